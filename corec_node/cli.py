@@ -1,0 +1,196 @@
+"""``corec-node``: run a node, and talk to a running one through its control socket.
+
+Exit codes: 0 success, 1 failure (node unreachable, command refused, node failed),
+2 usage or configuration error. ``--json`` output is built from plain dicts whose keys
+are a public interface: scripts rely on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from corec_node import __version__
+from corec_node.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: none, built-in defaults)")
+    p.add_argument("--data-dir", metavar="DIR", help="node data directory (holds the control socket)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corec-node",
+        description="CoreC: a brokerless node mesh. Run a node, join peers, look at the cluster.",
+    )
+    parser.add_argument("--version", action="version", version=f"corec-node {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run a node in the foreground", description="Run a node in the foreground until SIGINT/SIGTERM.")
+    _common(run)
+    run.add_argument("--name", help="node name (default: the host name)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="direct (ROUTER) address; PUB is the next port")
+    run.add_argument("--advertise", metavar="HOST:PORT", help="address peers dial (default: --listen)")
+    run.add_argument("--join", metavar="HOST:PORT", nargs="+", help="peers to join at start")
+    run.add_argument("--profile", choices=("lan", "edge", "test"), help="timer profile")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(func=cmd_run)
+
+    join = sub.add_parser("join", help="ask the local node to join a peer's cluster")
+    _common(join)
+    join.add_argument("peers", metavar="HOST:PORT", nargs="+")
+    join.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the peers (default 5)")
+    join.set_defaults(func=cmd_join)
+
+    members = sub.add_parser("members", help="list the cluster's members as this node sees them")
+    _common(members)
+    members.add_argument("--json", action="store_true", help="print JSON")
+    members.set_defaults(func=cmd_members)
+
+    status = sub.add_parser("status", help="show this node's status")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+
+    leader = sub.add_parser("leader", help="show the nucleus leader known to this node")
+    _common(leader)
+    leader.add_argument("--json", action="store_true", help="print JSON")
+    leader.set_defaults(func=cmd_leader)
+
+    leave = sub.add_parser("leave", help="leave the cluster gracefully and stop the node")
+    _common(leave)
+    leave.set_defaults(func=cmd_leave)
+
+    force = sub.add_parser("force-leave", help="mark a dead member as left so it is reaped")
+    _common(force)
+    force.add_argument("name", metavar="NAME")
+    force.set_defaults(func=cmd_force_leave)
+    return parser
+
+
+def _config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
+    base = {"node.data_dir": getattr(args, "data_dir", None)}
+    base.update(overrides or {})
+    return load_config(args.config, overrides=base)
+
+
+def _fail(message: str) -> int:
+    print(f"corec-node: {message}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _request(args: argparse.Namespace, cmd: str, **kw: Any) -> Any:
+    from corec_node.control import request
+
+    # the node may wait up to "wait" seconds itself (join); give it that plus a margin
+    return request(_config(args).control_path, cmd, timeout=10.0 + float(kw.get("wait", 0)), **kw)
+
+
+def _client(cmd: str, render: Callable[[Any], str], **extra: Callable[[argparse.Namespace], Any]):
+    """A command that asks the running node and prints its answer (text or --json)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from corec_node.control import ControlError
+
+        try:
+            result = _request(args, cmd, **{k: f(args) for k, f in extra.items()})
+        except ControlError as exc:
+            return _fail(str(exc))
+        if getattr(args, "json", False):
+            print(json.dumps(result, indent=2, sort_keys=True))
+        else:
+            print(render(result))
+        return EXIT_OK
+
+    return run
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def render_members(members: list[dict[str, Any]]) -> str:
+    rows = [["NAME", "ADDR", "STATUS", "INC"]]
+    rows += [[m["name"] + (" *" if m.get("self") else ""), m["addr"], m["status"], str(m["incarnation"])] for m in members]
+    return _table(rows)
+
+
+def render_status(s: dict[str, Any]) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in s["members"].items() if v) or "none"
+    lines = [
+        f"name:     {s['name']}",
+        f"address:  {s['addr']} (pub {s['pub']}, cluster {s['cluster']})",
+        f"uptime:   {s['uptime']:.1f} s",
+        f"members:  {counts}",
+        f"leader:   {s['leader'] or '(none)'} (term {s['term']})",
+        f"messages: {s['messages_in']} in, {s['messages_out']} out, {sum(s['rejected'].values())} rejected",
+    ]
+    for extra in ("entities", "blocks"):
+        if extra in s:
+            lines.append(f"{extra + ':':<9} {s[extra]}")
+    for c in s.get("name_conflicts", []):
+        lines.append(f"CONFLICT: node at {c['addr']} also uses the name {c['name']!r}")
+    return "\n".join(lines)
+
+
+def render_leader(r: dict[str, Any]) -> str:
+    return f"{r['leader'] or '(none)'} (term {r['term']})"
+
+
+cmd_members = _client("members", render_members)
+cmd_status = _client("status", render_status)
+cmd_leader = _client("leader", render_leader)
+cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
+                   addrs=lambda a: a.peers, wait=lambda a: a.timeout)
+cmd_force_leave = _client("force-leave", lambda r: f"{r['name']} marked left", name=lambda a: a.name)
+cmd_leave = _client("leave", lambda r: f"{r['name']} left the cluster; stopping")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args, {
+        "node.name": args.name,
+        "node.listen": args.listen,
+        "node.advertise": args.advertise,
+        "node.log_level": args.log_level,
+        "mesh.join": args.join,
+        "mesh.profile": args.profile,
+    })
+    from corec_node import log
+    from corec_node.node import Node, install_signal_handlers
+    from corec_node.state import DataDirBusy
+
+    log.setup(config.name, config.node.log_level)
+
+    async def main() -> int:
+        node = Node(config)
+        install_signal_handlers(node)
+        return await node.run()
+
+    try:
+        return asyncio.run(main())
+    except DataDirBusy as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"corec-node: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Node configuration: one TOML file, environment overrides, CLI overrides.
+
+Precedence, lowest first: built-in defaults, the TOML file, ``COREC_<SECTION>_<KEY>``
+environment variables, command-line flags. Every key has a default, so no file is needed.
+A bad file or value raises :class:`ConfigError` naming the file, the key and what was
+expected; the CLI turns it into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "COREC_"
+PROFILES = ("lan", "edge", "test")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the source, key and expectation."""
+
+    def __init__(self, source: str, key: str, expected: str, got: object = None) -> None:
+        self.source = source
+        self.key = key
+        self.expected = expected
+        detail = f"{source}: {key}: expected {expected}"
+        if got is not None:
+            detail += f", got {got!r}"
+        super().__init__(detail)
+
+
+def default_data_dir() -> str:
+    """Per-user state directory; systemd units set ``node.data_dir`` to StateDirectory."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "corec-node")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    name: str = ""  # empty: the host name
+    data_dir: str = ""  # empty: $XDG_STATE_HOME/corec-node
+    listen: str = "127.0.0.1:7400"  # direct (ROUTER) socket; loopback until told otherwise
+    advertise: str = ""  # what peers dial; empty: same as listen
+    cluster: str = "corec"  # label on every frame so two clusters on one network never merge
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSection:
+    profile: str = "lan"  # timer profile: lan (default), edge (slow links), test (fast)
+    pub_listen: str = ""  # PUB socket; empty: the listen port + 1
+    join: tuple[str, ...] = ()  # peers to join at start ("host:port" of their direct socket)
+    max_message_bytes: int = 16 * 1024 * 1024  # ZMQ_MAXMSGSIZE: hostile frames cut at the socket
+    discovery: bool = False  # UDP beacon on the LAN; off: nodes join explicitly
+    discovery_port: int = 7399
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSection:
+    tick_interval: float = 1.0  # seconds between block aggregations
+    block_size: int = 1000  # entities per block (one channel each)
+    max_errors: float = 0.1  # block error rate above which a block is repaired
+    min_fitness: float = 0.2  # blocks under this fuse into a strong block of their channel
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSection:
+    sqlite_path: str = ""  # empty: <data_dir>/corec.db
+    postgres_dsn: str = ""  # empty: SQLite only (the embedded default)
+    postgres_schema: str = "corec"
+    outbox_max_rows: int = 1_000_000  # past this the oldest history is dropped, never state
+
+
+@dataclass(frozen=True, slots=True)
+class PluginsSection:
+    paths: tuple[str, ...] = ()  # local plugin folders, besides installed entry points
+    disabled: tuple[str, ...] = ()  # plugin names not to load
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySection:
+    enabled: bool = False  # CurveZMQ; off is fine on loopback, the node says so at start
+    secret_key_file: str = ""
+    public_keys_dir: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    listen: str = ""  # Prometheus exposition "host:port"; empty: off
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+    engine: EngineSection = field(default_factory=EngineSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    plugins: PluginsSection = field(default_factory=PluginsSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    # per-plugin settings tables ([plugin.NAME]); validated by each plugin at load
+    plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    # -- derived values a caller may rely on --------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.node.name or socket.gethostname()
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir or default_data_dir()).expanduser()
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return split_addr(self.node.listen)
+
+    @property
+    def advertise(self) -> str:
+        return self.node.advertise or self.node.listen
+
+    @property
+    def pub_listen(self) -> tuple[str, int]:
+        if self.mesh.pub_listen:
+            return split_addr(self.mesh.pub_listen)
+        host, port = self.listen
+        return host, port + 1
+
+    @property
+    def pub_advertise(self) -> str:
+        """The PUB address peers dial: the advertised host with the PUB port."""
+        host, _ = split_addr(self.advertise)
+        _, port = self.pub_listen
+        return join_addr(host, port)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.storage.sqlite_path) if self.storage.sqlite_path else self.data_dir / "corec.db"
+
+    @property
+    def control_path(self) -> Path:
+        return self.data_dir / "control.sock"
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeSection,
+    "mesh": MeshSection,
+    "engine": EngineSection,
+    "storage": StorageSection,
+    "plugins": PluginsSection,
+    "security": SecuritySection,
+    "metrics": MetricsSection,
+}
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """Parse ``host:port`` (``[v6]:port`` too); ValueError says what is wrong."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def join_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config: defaults < file < environment < ``overrides`` ("section.key": value)."""
+    env = os.environ if env is None else env
+    source = str(path) if path else "<defaults>"
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(source, "(file)", "an existing TOML file", "not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "(file)", "valid TOML", str(exc)) from None
+        except OSError as exc:
+            raise ConfigError(source, "(file)", "a readable file", exc.strerror) from None
+
+    plugin_tables = raw.pop("plugin", {}) if isinstance(raw.get("plugin", {}), dict) else None
+    if plugin_tables is None:
+        raise ConfigError(source, "plugin", "a table of [plugin.NAME] tables")
+    sections: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # "section.key" -> where its value came from, for error messages
+    for section, cls in SECTIONS.items():
+        values: dict[str, Any] = {}
+        table = raw.pop(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(source, section, "a table", table)
+        fields = typing.get_type_hints(cls)
+        for key, value in table.items():
+            if key not in fields:
+                raise ConfigError(source, f"{section}.{key}", f"one of {', '.join(fields)}", "unknown key")
+            values[key] = _coerce(value, fields[key], source, f"{section}.{key}", from_text=False)
+            origins[f"{section}.{key}"] = source
+        for key, hint in fields.items():
+            env_name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if env_name in env:
+                values[key] = _coerce(env[env_name], hint, env_name, f"{section}.{key}", from_text=True)
+                origins[f"{section}.{key}"] = env_name
+        for dotted, value in (overrides or {}).items():
+            sec, _, key = dotted.partition(".")
+            if sec == section and value is not None:
+                if key not in fields:
+                    raise ConfigError("command line", dotted, "a known key", "unknown key")
+                values[key] = _coerce(value, fields[key], "command line", dotted, from_text=False)
+                origins[dotted] = "command line"
+        sections[section] = cls(**values)
+    if raw:
+        unknown = next(iter(raw))
+        raise ConfigError(source, unknown, f"one of the sections {', '.join(SECTIONS)}, plugin", "unknown section")
+    for name, table in plugin_tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(source, f"plugin.{name}", "a table of settings", table)
+    config = Config(**sections, plugin=plugin_tables, source=source)
+    _validate(config, origins)
+    return config
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str, *, from_text: bool) -> Any:
+    """Check (and from environment text, parse) one value against its field type."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if from_text and isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(source, key, "a list of strings", value)
+        return tuple(value)
+    if hint is bool:
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, "true or false", value)
+        return value
+    if hint is int:
+        if from_text and isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ConfigError(source, key, "an integer", value) from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, "an integer", value)
+        return value
+    if hint is float:
+        if from_text and isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(source, key, "a number", value) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, "a number", value)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, "a string", value)
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+
+def _validate(config: Config, origins: Mapping[str, str]) -> None:
+    """Checks across keys that types alone cannot express; errors name where the value came from."""
+
+    def fail(key: str, expected: str, got: object = None) -> ConfigError:
+        return ConfigError(origins.get(key, config.source), key, expected, got)
+
+    for key, addr in (("node.listen", config.node.listen), ("node.advertise", config.node.advertise),
+                      ("mesh.pub_listen", config.mesh.pub_listen), ("metrics.listen", config.metrics.listen)):
+        if addr:
+            try:
+                split_addr(addr)
+            except ValueError:
+                raise fail(key, "host:port", addr) from None
+    for peer in config.mesh.join:
+        try:
+            split_addr(peer)
+        except ValueError:
+            raise fail("mesh.join", "a list of host:port", peer) from None
+    if config.mesh.profile not in PROFILES:
+        raise fail("mesh.profile", f"one of {', '.join(PROFILES)}", config.mesh.profile)
+    if config.node.log_level not in LOG_LEVELS:
+        raise fail("node.log_level", f"one of {', '.join(LOG_LEVELS)}", config.node.log_level)
+    if not config.mesh.pub_listen and config.listen[1] >= 65535:
+        raise fail("node.listen", "a port below 65535 (the PUB port is the next one)", config.node.listen)
+    if config.mesh.max_message_bytes < 64 * 1024:
+        raise fail("mesh.max_message_bytes", "at least 65536", config.mesh.max_message_bytes)
+    if not config.node.cluster or len(config.node.cluster.encode()) > 64:
+        raise fail("node.cluster", "a non-empty label of at most 64 bytes", config.node.cluster)
+    if config.engine.tick_interval <= 0:
+        raise fail("engine.tick_interval", "a positive number of seconds", config.engine.tick_interval)
+    if config.engine.block_size <= 0:
+        raise fail("engine.block_size", "a positive integer", config.engine.block_size)
+    if not 0 <= config.engine.max_errors <= 1:
+        raise fail("engine.max_errors", "a rate between 0 and 1", config.engine.max_errors)
+    if not 0 <= config.engine.min_fitness <= 1:
+        raise fail("engine.min_fitness", "a fitness between 0 and 1", config.engine.min_fitness)
+    if config.security.enabled and not (config.security.secret_key_file and config.security.public_keys_dir):
+        raise fail("security.secret_key_file", "a key file and security.public_keys_dir when security.enabled is true")
+    name = config.name
+    if not name or len(name.encode()) > 255:
+        raise fail("node.name", "a name of 1 to 255 bytes", name)

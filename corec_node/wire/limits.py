@@ -1,0 +1,64 @@
+"""Size limits of CoreC wire protocol 1.0 (protocol/SPEC.md, "Size limits").
+
+Every value is part of the protocol: a receiver rejects anything above them, so a sender
+must stay under them. Each constant says why it is what it is.
+"""
+
+from __future__ import annotations
+
+ENTITY_RECORD_BYTES = 10
+"""One entity record: id u32 + channel u8 + value f32 + active u8 (``!IBf?``)."""
+
+MAX_ENVELOPE_BYTES = 1 << 20
+"""1 MiB. The envelope carries headers and small bodies; the largest is a full member list
+(StatePush/StateReply), about 100 bytes a member with typical names and addresses, so a
+cluster of several thousand members still fits in one frame."""
+
+MAX_PAYLOAD_BYTES = 16 << 20
+"""16 MiB. The payload frame of an entity batch: 1.6 M raw records, more than a node holds
+in one block set, small enough that a hostile frame cannot exhaust an edge device."""
+
+MAX_BATCH_RECORDS = MAX_PAYLOAD_BYTES // ENTITY_RECORD_BYTES
+"""1,677,721 records: what fits in a raw payload. A zstd payload may not decompress to
+more than this either (a compressed frame cannot smuggle a bigger batch, or a zip bomb)."""
+
+MAX_NAME_BYTES = 255
+"""Member names, sender, cluster label, alert kind (UTF-8 bytes): a DNS name fits."""
+
+MAX_ADDR_BYTES = 255
+"""``host:port`` addresses (UTF-8 bytes): a DNS name (253) plus a port does not need more."""
+
+MAX_MEMBERS_PER_MESSAGE = 10_000
+"""Member states in one Gossip/StatePush/StateReply. The 1 MiB envelope binds first for
+long names; this bounds the work a receiver does for one message."""
+
+MAX_TEXT_BYTES = 4096
+"""Free text (Alert.text): a readable message, not a log dump."""
+
+MAX_ROWS_PER_MESSAGE = 10_000
+"""Aggregates rows (placeholder): one row a block; 10,000 blocks of ~1000 entities is ten
+million entities, more than one node owns."""
+
+MAX_ROW_KEYS = 64
+"""Columns in one aggregates row (placeholder): count, mean, min, max, ... with room."""
+
+# -- msgpack unpacker limits ----------------------------------------------------------
+# They bound what one container or string in an envelope may declare, so that a tiny
+# hostile frame announcing a 4 GiB array is refused before anything is allocated. The
+# frame size (MAX_ENVELOPE_BYTES) bounds the total: msgpack needs at least one byte an
+# object, so a 1 MiB envelope decodes to at most about a million small Python objects.
+
+MSGPACK_MAX_STR_LEN = 64 << 10
+"""Longest string: our longest field is Alert.text (4 KiB); minor versions get headroom."""
+
+MSGPACK_MAX_BIN_LEN = 64 << 10
+"""Longest bin: 1.0 has no bin field in the envelope (bulk data goes in the payload)."""
+
+MSGPACK_MAX_ARRAY_LEN = 65_536
+"""Longest array: member lists and rows (10,000) with headroom for minor versions."""
+
+MSGPACK_MAX_MAP_LEN = 256
+"""Largest map: envelope, body, member state and row maps have a handful of keys."""
+
+MSGPACK_MAX_EXT_LEN = 0
+"""No ext types in protocol 1.0; an ext object anywhere is refused outright."""

@@ -1,0 +1,170 @@
+"""Typed protocol messages: what the mesh cores send and receive.
+
+The cores (membership, election, engine) speak these dataclasses only; the envelope codec
+(``envelope.py``) turns them into frames and back, validating every field, so a core never
+sees a value of the wrong type. Field names here are the body keys on the wire.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class MsgType(enum.IntEnum):
+    # WARNING: ONLY APPEND TO THIS LIST! The numeric values are part of the protocol itself.
+    PING = 1
+    ACK = 2
+    PING_REQ = 3
+    NACK = 4
+    GOSSIP = 5
+    STATE_PUSH = 6
+    STATE_REPLY = 7
+    VOTE_REQUEST = 10
+    VOTE = 11
+    HEARTBEAT = 12
+    ENTITY_BATCH = 20
+    AGGREGATES = 21
+    ALERT = 22
+
+
+class MemberStatus(enum.IntEnum):
+    # WARNING: ONLY APPEND TO THIS LIST! The numeric values are part of the protocol itself.
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """One member as gossiped: enough for any node to reach it and order updates."""
+
+    name: str
+    addr: str  # "host:port" of its ROUTER (direct) socket
+    pub: str  # "host:port" of its PUB socket
+    inc: int  # incarnation; only the member itself raises it (to refute)
+    status: MemberStatus
+
+
+# -- membership (SWIM + Lifeguard) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Direct probe; the target answers Ack to ``reply_to``."""
+
+    probe: int
+    target: str
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    probe: int
+    target: str  # the member that was probed (the sender itself, or via a relay)
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Ask a member to probe ``target`` for us and relay its Ack (or a Nack)."""
+
+    probe: int
+    target: str
+    target_addr: str
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Lifeguard: the relay is alive but got no Ack from the target in time."""
+
+    probe: int
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """Member updates broadcast on the PUB stream (topic ``mbr``)."""
+
+    updates: tuple[MemberState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StatePush:
+    """Full state push-pull: the receiver merges and answers StateReply."""
+
+    join: bool
+    reply_to: str
+    members: tuple[MemberState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply:
+    members: tuple[MemberState, ...]
+
+
+# -- nucleus election ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRequest:
+    """``pre`` marks a pre-vote: it asks, changes nothing, and is refused while a live
+    leader is heard."""
+
+    term: int
+    pre: bool
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    term: int
+    granted: bool
+    pre: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Leader heartbeat on the PUB stream (topic ``nuc``)."""
+
+    term: int
+    leader: str
+
+
+# -- engine (fields defined by the engine issue; placeholders for now) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntityBatch:
+    """Header of an entity batch; the records travel in the payload frame."""
+
+    channel: int
+    count: int
+    compressed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregates:
+    """Placeholder: block aggregates, defined by the engine issue."""
+
+    tick: int
+    rows: tuple = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Placeholder: an alert, defined by the plugin issue."""
+
+    kind: str
+    text: str
+
+
+Message = (
+    Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
+    | VoteRequest | Vote | Heartbeat | EntityBatch | Aggregates | Alert
+)

@@ -1,0 +1,531 @@
+"""Regenerate the golden vectors of CoreC wire protocol 1.0 (protocol/SPEC.md, section 16).
+
+    python protocol/vectors/generate.py          # rewrite entities.json and messages.json
+    python protocol/vectors/generate.py --check  # exit 1 if the files differ from what
+                                                 # this script would write (zstd bytes aside)
+
+The vectors are a contract: once published, a canonical vector changes only with a new
+protocol version. Valid vectors are built with the reference encoder and then checked
+against an independent msgpack encoding of their JSON form (in tests/test_wire_vectors.py);
+invalid vectors are built by hand, below, one defect each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+import msgpack  # noqa: E402
+import numpy as np  # noqa: E402
+import zstandard  # noqa: E402
+
+from corec_node.wire import (  # noqa: E402
+    ENTITY_DTYPE,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    SCHEMAS,
+    Ack,
+    Aggregates,
+    Alert,
+    EntityBatch,
+    Gossip,
+    Heartbeat,
+    MemberState,
+    MemberStatus,
+    MsgType,
+    Nack,
+    Ping,
+    PingReq,
+    StatePush,
+    StateReply,
+    Vote,
+    VoteRequest,
+    decode_message,
+    encode_entities,
+    encode_message,
+)
+
+PROTOCOL = "CoreC wire protocol 1.0"
+ZSTD_LEVEL = 1
+S = MemberStatus
+
+
+# -- entity records ----------------------------------------------------------------------
+
+
+def record_json(rec: np.void) -> dict[str, Any]:
+    value = float(rec["value"])
+    bits = struct.pack(">f", rec["value"]).hex()
+    if math.isnan(value):
+        shown: Any = "nan"
+    elif math.isinf(value):
+        shown = "inf" if value > 0 else "-inf"
+    else:
+        shown = value  # every float32 is exact as a (shortest round-trip) float64 literal
+    return {
+        "id": int(rec["id"]),
+        "channel": int(rec["channel"]),
+        "value": shown,
+        "value_bits": bits,
+        "active": bool(rec["active"]),
+    }
+
+
+def records(rows: list[tuple[int, int, float, bool]]) -> np.ndarray:
+    return np.array(rows, dtype=ENTITY_DTYPE)
+
+
+def sensor_records(n: int, channel: int) -> np.ndarray:
+    arr = np.zeros(n, dtype=ENTITY_DTYPE)
+    arr["id"] = np.arange(1000, 1000 + n)
+    arr["channel"] = channel
+    arr["value"] = np.round(20.0 + np.sin(np.arange(n) / 5.0) * 3.0, 2)
+    arr["active"] = (np.arange(n) % 7) != 3
+    return arr
+
+
+ENTITY_SAMPLES: list[tuple[str, str, np.ndarray]] = [
+    ("empty", "zero records: an empty batch", records([])),
+    ("one", "one record, all fields set", records([(1, 7, 1.5, True)])),
+    (
+        "extremes",
+        "extreme values: max id and channel, signed zero, subnormal, largest float32",
+        records(
+            [
+                (0, 0, 0.0, False),
+                (0xFFFFFFFF, 255, -0.0, True),
+                (2, 128, float(np.float32(1e-45)), True),
+                (3, 1, float(np.finfo(np.float32).max), False),
+                (4, 2, -2.25, True),
+            ]
+        ),
+    ),
+    (
+        "non_finite",
+        "NaN and infinities are valid on the wire (the engine counts them as entity errors)",
+        records([(10, 3, math.nan, True), (11, 3, math.inf, True), (12, 3, -math.inf, False)]),
+    ),
+    ("sensor", "a realistic batch: sequential ids, a slow signal rounded to 0.01",
+     sensor_records(24, 5)),
+]
+
+
+def entity_vectors() -> dict[str, Any]:
+    valid = []
+    for name, description, arr in ENTITY_SAMPLES:
+        raw = encode_entities(arr)
+        recs = [record_json(r) for r in arr]
+        valid.append(
+            {"name": f"raw_{name}", "description": description, "compressed": False,
+             "canonical": True, "data": raw.hex(), "records": recs}
+        )
+        valid.append(
+            {"name": f"zstd_{name}", "description": description + f" (zstd level {ZSTD_LEVEL})",
+             "compressed": True, "canonical": False, "raw": raw.hex(),
+             "data": encode_entities(arr, compress=True, level=ZSTD_LEVEL).hex(), "records": recs}
+        )
+    # A frame with a content checksum, at another level, as another encoder might write it.
+    arr = sensor_records(200, 9)
+    raw = encode_entities(arr)
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
+    valid.append(
+        {"name": "zstd_checksum", "description": "zstd frame with a content checksum (level 3)",
+         "compressed": True, "canonical": False, "raw": raw.hex(), "data": cctx.compress(raw).hex(),
+         "records": [record_json(r) for r in arr]}
+    )
+
+    one = encode_entities(records([(1, 7, 1.5, True)]))
+    three = encode_entities(records([(1, 7, 1.5, True), (2, 7, 2.5, False), (3, 7, 3.5, True)]))
+    z = zstandard.ZstdCompressor(level=1)
+    no_size = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(three)
+    two = encode_entities(records([(1, 7, 1.5, True), (2, 7, 2.5, False)]))
+    lying = bytearray(z.compress(two))
+    assert lying[4] & 0x20 and lying[4] >> 6 == 0  # single segment, 1-byte content size
+    lying[5] = 30  # declares 3 records, holds 2
+    # Frame header only: single segment, 8-byte content size = 1 TiB, then an empty raw block.
+    size = (1 << 40).to_bytes(8, "little")
+    huge = bytes.fromhex("28b52ffd") + bytes([0xE0]) + size + b"\x01\x00\x00"
+    bomb = z.compress(bytes(32 << 20))  # 32 MiB of zeros in ~1 KiB
+    active2 = bytearray(three)
+    active2[19] = 2
+    invalid = [
+        ("raw_partial_record", False, one[:9], "length", "9 bytes: less than one record"),
+        ("raw_odd_length", False, three + b"\x00", "length", "31 bytes: not a multiple of 10"),
+        ("raw_active_2", False, bytes(active2), "active", "second record's active byte is 2"),
+        ("raw_active_ff", False, one[:9] + b"\xff", "active", "active byte 0xff"),
+        ("raw_too_many", False, three, "too_large", "3 records with max_records=2", 2),
+        ("zstd_garbage", True, b"\x00\x01\x02\x03\x04\x05\x06\x07", "zstd", "not a zstd frame"),
+        ("zstd_empty", True, b"", "zstd", "no bytes at all"),
+        ("zstd_no_content_size", True, no_size, "zstd", "frame without a content size"),
+        ("zstd_size_mismatch", True, bytes(lying), "zstd", "declares 30 bytes, holds 20"),
+        ("zstd_truncated", True, z.compress(three)[:-2], "zstd", "frame cut short"),
+        ("zstd_trailing", True, z.compress(three) + b"\x00", "zstd", "a byte after the frame"),
+        ("zstd_two_frames", True, z.compress(one) + z.compress(one), "zstd", "two frames"),
+        ("zstd_odd_length", True, z.compress(three[:25]), "length", "decompresses to 25 bytes"),
+        ("zstd_declares_1tib", True, huge, "too_large", "declares 1 TiB (refused unallocated)"),
+        ("zstd_bomb", True, bomb, "too_large", "32 MiB of zeros: above MAX_PAYLOAD_BYTES"),
+        ("zstd_too_many", True, z.compress(three), "too_large", "3 records with max_records=2", 2),
+    ]
+    invalid_json = []
+    for name, compressed, data, reason, description, *max_records in invalid:
+        item = {"name": name, "description": description, "compressed": compressed,
+                "data": data.hex(), "reason": reason}
+        if max_records:
+            item["max_records"] = max_records[0]
+        invalid_json.append(item)
+    return {"protocol": PROTOCOL, "kind": "entities", "valid": valid, "invalid": invalid_json}
+
+
+# -- messages ------------------------------------------------------------------------------
+
+MEMBERS = (
+    MemberState("node-a", "10.0.0.1:7946", "10.0.0.1:7947", 0, S.ALIVE),
+    MemberState("node-b.edge", "gw-1.example.net:7946", "gw-1.example.net:7947", 7, S.SUSPECT),
+    MemberState("nodo-ñandú", "[fe80::1%eth0]:7946", "[fe80::1%eth0]:7947", 1 << 40, S.DEAD),
+    MemberState("node-d", "127.0.0.1:65535", "127.0.0.1:1", 3, S.LEFT),
+)
+U64_MAX = (1 << 64) - 1
+
+
+def _hdr(sender: str, seq: int, cluster: str = "") -> dict[str, Any]:
+    return {"sender": sender, "seq": seq, "cluster": cluster}
+
+
+def _batch(channel: int, rows: list[tuple[int, int, float, bool]],
+           compress: bool) -> tuple[EntityBatch, bytes]:
+    arr = records(rows)
+    msg = EntityBatch(channel=channel, count=len(arr), compressed=compress)
+    return msg, encode_entities(arr, compress=compress)
+
+
+_B_RAW = _batch(7, [(1, 7, 1.5, True), (2, 7, -0.25, False), (3, 7, 100.0, True)], False)
+_B_ZSTD = _batch(255, [(i, 255, i / 4, i % 2 == 0) for i in range(10)], True)
+_B_EMPTY = _batch(0, [], False)
+_ROW = {"block": 3, "mean": 20.5, "min": -1.25, "label": "b3", "ok": True, "x": None}
+
+# (name, description, message, header, payload)
+MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
+    ("ping", "direct probe",
+     Ping(probe=5, target="node-b", reply_to="10.0.0.1:7946"), _hdr("node-a", 3), None),
+    ("ack", "answer to a probe",
+     Ack(probe=5, target="node-b"), _hdr("node-b", 0), None),
+    ("ping_req", "indirect probe request, IPv6 target",
+     PingReq(probe=300, target="node-c", target_addr="[2001:db8::7]:7946",
+             reply_to="10.0.0.1:7946"), _hdr("node-a", 4), None),
+    ("nack", "Lifeguard nack from a relay",
+     Nack(probe=300, target="node-c"), _hdr("node-d", 65536), None),
+    ("gossip", "member updates of every status, a UTF-8 name, a large incarnation",
+     Gossip(updates=MEMBERS), _hdr("node-a", 42, "prod"), None),
+    ("gossip_empty", "no updates",
+     Gossip(updates=()), _hdr("node-a", 43), None),
+    ("state_push_join", "join push-pull",
+     StatePush(join=True, reply_to="10.0.0.9:7946", members=MEMBERS[:1]),
+     _hdr("node-new", 0, "prod"), None),
+    ("state_reply", "full member list",
+     StateReply(members=MEMBERS), _hdr("node-a", 9), None),
+    ("vote_request_pre", "pre-vote",
+     VoteRequest(term=8, pre=True, reply_to="10.0.0.3:7946"), _hdr("node-c", 200), None),
+    ("vote_request", "real vote request",
+     VoteRequest(term=9, pre=False, reply_to="10.0.0.3:7946"), _hdr("node-c", 201), None),
+    ("vote", "vote granted",
+     Vote(term=9, granted=True, pre=False), _hdr("node-a", 10), None),
+    ("vote_refused", "pre-vote refused",
+     Vote(term=8, granted=False, pre=True), _hdr("node-b", 1), None),
+    ("heartbeat", "leader heartbeat; term and seq at the uint64 maximum",
+     Heartbeat(term=U64_MAX, leader="node-a"), _hdr("node-a", U64_MAX), None),
+    ("entity_batch_raw", "3 raw records on channel 7 (topic ent.007)",
+     _B_RAW[0], _hdr("producer-1", 17), _B_RAW[1]),
+    ("entity_batch_zstd", "10 zstd records on channel 255 (payload bytes depend on zstd)",
+     _B_ZSTD[0], _hdr("producer-1", 0), _B_ZSTD[1]),
+    ("entity_batch_empty", "no records: an empty payload frame",
+     _B_EMPTY[0], _hdr("producer-1", 1), _B_EMPTY[1]),
+    ("aggregates", "PLACEHOLDER layout: rows are flat maps",
+     Aggregates(tick=12, rows=(_ROW,)), _hdr("node-a", 5), None),
+    ("alert", "PLACEHOLDER layout",
+     Alert(kind="threshold", text="channel 7 mean 98.5 > 90\nblock 3"), _hdr("node-b", 6), None),
+]
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _payload_json(msg: Any, payload: bytes | None) -> dict[str, Any]:
+    if payload is None:
+        return {"payload": None}
+    out: dict[str, Any] = {"payload": payload.hex()}
+    if isinstance(msg, EntityBatch):
+        raw = zstandard.ZstdDecompressor().decompress(payload) if msg.compressed else payload
+        out["records"] = [record_json(r) for r in np.frombuffer(raw, dtype=ENTITY_DTYPE)]
+    return out
+
+
+def valid_message(name: str, description: str, frames: list[bytes], canonical: bool,
+                  cluster: str | None = None) -> dict[str, Any]:
+    topic, env, payload = decode_message(frames, cluster=cluster)
+    wire = msgpack.unpackb(frames[1], raw=False)
+    item = {
+        "name": name,
+        "description": description,
+        "canonical": canonical,
+        "frames": [bytes(f).hex() for f in frames],
+        "topic": topic.decode("ascii"),
+        "header": {"version": env.version, "minor": env.minor, "type": int(env.type),
+                   "type_name": env.type.name, "cluster": env.cluster, "sender": env.sender,
+                   "seq": env.seq},
+        "body": _to_json(wire["b"]),
+    }
+    item.update(_payload_json(env.msg, payload if payload is None else bytes(payload)))
+    return item
+
+
+def pack(env: Any) -> bytes:
+    return msgpack.packb(env, use_bin_type=True)
+
+
+_DROP = object()
+
+
+def envelope(t: int, body: Any, /, **over: Any) -> dict[str, Any]:
+    """A 1.0 envelope as a dict, with header keys replaced (or dropped with ``_DROP``)."""
+    env = {"v": PROTOCOL_MAJOR, "m": PROTOCOL_MINOR, "t": t, "c": "", "s": "node-a", "q": 1,
+           "b": body}
+    for key, value in over.items():
+        if value is _DROP:
+            del env[key]
+        else:
+            env[key] = value
+    return env
+
+
+PING_BODY = {"probe": 5, "target": "node-b", "reply_to": "10.0.0.1:7946"}
+MEMBER = {"name": "node-a", "addr": "10.0.0.1:7946", "pub": "10.0.0.1:7947", "inc": 2, "status": 0}
+RAW_BODY = {"channel": 7, "count": 3, "compressed": False}
+BIG = "x" * 256
+
+
+def ping_header(**over: Any) -> list[bytes]:
+    """A PING on ``dir`` with header keys replaced."""
+    return [b"dir", pack(envelope(MsgType.PING, PING_BODY, **over))]
+
+
+def ping_body(**fields: Any) -> list[bytes]:
+    """A PING on ``dir`` with body fields replaced (or dropped with ``_DROP``)."""
+    body = {k: v for k, v in dict(PING_BODY, **fields).items() if v is not _DROP}
+    return [b"dir", pack(envelope(MsgType.PING, body))]
+
+
+def gossip(**fields: Any) -> list[bytes]:
+    """A GOSSIP of one member state with fields replaced (or dropped with ``_DROP``)."""
+    member = {k: v for k, v in dict(MEMBER, **fields).items() if v is not _DROP}
+    return [b"mbr", pack(envelope(MsgType.GOSSIP, {"updates": [member]}))]
+
+
+def batch(topic: bytes, payload: bytes | None, **fields: Any) -> list[bytes]:
+    """An ENTITY_BATCH (raw channel-7 header unless replaced) on ``topic``."""
+    frames = [topic, pack(envelope(MsgType.ENTITY_BATCH, dict(RAW_BODY, **fields)))]
+    return frames if payload is None else [*frames, payload]
+
+
+def message_vectors() -> dict[str, Any]:
+    valid = []
+    for name, description, msg, header, payload in MESSAGE_SAMPLES:
+        frames = encode_message(msg, payload=payload, **header)
+        valid.append(valid_message(name, description, frames, True))
+
+    future = envelope(MsgType.GOSSIP, {"updates": [dict(MEMBER, zone="eu-1")], "hops": 3},
+                      m=7, trace="abc", x=[1, 2, {"k": b"\x00\x01"}])
+    valid.append(valid_message(
+        "future_minor", "minor 7 with unknown keys in header, body and member state: "
+        "accepted, unknown keys ignored (decode only)", [b"mbr", pack(future)], False))
+    no_minor = envelope(MsgType.PING, PING_BODY, m=_DROP)
+    valid.append(valid_message("no_minor_key", "header without 'm' means minor 0 (decode only)",
+                               [b"dir", pack(no_minor)], False))
+    reordered = dict(reversed(list(envelope(MsgType.PING, PING_BODY).items())))
+    valid.append(valid_message("reordered_keys", "keys in another order, a non-minimal int "
+                               "(decode only)", [b"dir", _non_minimal_ping(reordered)], False))
+
+    p_raw, p_zstd = _B_RAW[1], _B_ZSTD[1]
+    ok_ping = pack(envelope(MsgType.PING, PING_BODY))
+    bad_utf8 = pack(envelope(MsgType.PING, PING_BODY, s="@@")).replace(b"\xa2@@", b"\xa2\xff\xfe")
+    ext = pack(envelope(MsgType.PING, PING_BODY, x=msgpack.ExtType(1, b"z")))
+    zstd_9 = {"channel": 255, "count": 9, "compressed": True}
+    # (name, description, frames, reason[, cluster the receiver expects])
+    inv: list[tuple[Any, ...]] = [
+        # frames
+        ("one_frame", "a lone envelope frame", [ok_ping], "frames"),
+        ("four_frames", "topic, envelope, payload and one more",
+         [b"dir", ok_ping, b"", b""], "frames"),
+        # msgpack
+        ("not_msgpack", "0xc1 is never used in msgpack", [b"dir", b"\xc1"], "msgpack"),
+        ("trailing_bytes", "a valid envelope followed by a byte",
+         [b"dir", ok_ping + b"\x00"], "msgpack"),
+        ("bad_utf8", "a str with invalid UTF-8", [b"dir", bad_utf8], "msgpack"),
+        ("ext_type", "an ext object (none in 1.0)", [b"dir", ext], "msgpack"),
+        ("int_map_key", "a map key that is not a string", [b"dir", pack({1: 1})], "msgpack"),
+        ("deep_nesting", "arrays nested 2000 deep", [b"dir", b"\x91" * 2000 + b"\xc0"], "msgpack"),
+        ("truncated", "envelope cut one byte short", [b"dir", ok_ping[:-1]], "truncated"),
+        ("empty_envelope", "zero-byte envelope frame", [b"dir", b""], "truncated"),
+        ("huge_array_header", "declares 2^32-1 elements in 5 bytes",
+         [b"dir", b"\xdd\xff\xff\xff\xff"], "msgpack"),
+        # header
+        ("not_a_map", "envelope is an array", [b"dir", pack([1, 1, "", "a", 1, {}])], "header"),
+        ("no_version", "no 'v'", ping_header(v=_DROP), "header"),
+        ("version_str", "'v' is a string", ping_header(v="1"), "header"),
+        ("no_sender", "no 's'", ping_header(s=_DROP), "header"),
+        ("empty_sender", "empty sender name", ping_header(s=""), "header"),
+        ("long_sender", "sender of 256 bytes", ping_header(s=BIG), "header"),
+        ("seq_negative", "'q' = -1", ping_header(q=-1), "header"),
+        ("seq_float", "'q' = 1.0", ping_header(q=1.0), "header"),
+        ("cluster_int", "'c' = 0", ping_header(c=0), "header"),
+        ("type_str", "'t' = \"PING\"", ping_header(t="PING"), "header"),
+        ("no_body", "no 'b'", ping_header(b=_DROP), "header"),
+        ("minor_negative", "'m' = -1", ping_header(m=-1), "header"),
+        # version, type
+        ("major_2", "major version 2", ping_header(v=2), "version"),
+        ("major_0", "major version 0", ping_header(v=0), "version"),
+        ("major_2_other_layout", "major 2 may change everything but 'v'",
+         [b"dir", pack({"v": 2})], "version"),
+        ("unknown_type", "type 99", ping_header(t=99), "type"),
+        ("unassigned_type", "type 8 (a gap in the table)", ping_header(t=8), "type"),
+        # cluster (decoded with cluster="test")
+        ("cluster_mismatch", "label 'prod' where 'test' is expected",
+         ping_header(c="prod"), "cluster", "test"),
+        ("cluster_missing_label", "empty label where 'test' is expected",
+         [b"dir", ok_ping], "cluster", "test"),
+        # topic
+        ("ping_on_mbr", "direct message on a PUB topic", [b"mbr", ok_ping], "topic"),
+        ("gossip_on_dir", "gossip must come on mbr",
+         [b"dir", pack(envelope(MsgType.GOSSIP, {"updates": []}))], "topic"),
+        ("heartbeat_on_nucx", "topic with an extra byte",
+         [b"nucx", pack(envelope(MsgType.HEARTBEAT, {"term": 1, "leader": "a"}))], "topic"),
+        ("batch_wrong_channel", "channel 7 batch on ent.008", batch(b"ent.008", p_raw), "topic"),
+        ("batch_short_topic", "ent.7 is not a topic: three digits",
+         batch(b"ent.7", p_raw), "topic"),
+        ("batch_on_all_prefix", "ent. alone is a prefix, not a topic",
+         batch(b"ent.", p_raw), "topic"),
+        # payload
+        ("ping_with_payload", "PING takes no payload", [b"dir", ok_ping, b"x"], "payload"),
+        ("batch_without_payload", "ENTITY_BATCH needs one", batch(b"ent.007", None), "payload"),
+        # body fields
+        ("body_not_map", "'b' is an array",
+         [b"dir", pack(envelope(MsgType.PING, [5, "a", "h:1"]))], "field"),
+        ("probe_missing", "no probe", ping_body(probe=_DROP), "field"),
+        ("probe_negative", "probe -1", ping_body(probe=-1), "field"),
+        ("probe_float", "probe 5.0", ping_body(probe=5.0), "field"),
+        ("probe_bool", "probe true", ping_body(probe=True), "field"),
+        ("probe_str", "probe \"5\"", ping_body(probe="5"), "field"),
+        ("target_empty", "empty name", ping_body(target=""), "field"),
+        ("target_long", "name of 256 bytes", ping_body(target=BIG), "field"),
+        ("target_long_utf8", "128 chars, 256 UTF-8 bytes", ping_body(target="ñ" * 128), "field"),
+        ("target_newline", "control character in a name", ping_body(target="a\nb"), "field"),
+        ("target_bin", "name sent as bin, not str", ping_body(target=b"node-b"), "field"),
+        ("addr_no_port", "reply_to without a port", ping_body(reply_to="10.0.0.1"), "field"),
+        ("addr_port_0", "port 0", ping_body(reply_to="10.0.0.1:0"), "field"),
+        ("addr_port_65536", "port 65536", ping_body(reply_to="10.0.0.1:65536"), "field"),
+        ("addr_ipv6_bare", "IPv6 without brackets", ping_body(reply_to="::1:7946"), "field"),
+        ("addr_url", "a URL, not host:port", ping_body(reply_to="tcp://h:1"), "field"),
+        ("join_int", "join = 1 (bool expected)",
+         [b"dir", pack(envelope(MsgType.STATE_PUSH, {"join": 1, "reply_to": "h:1",
+                                                     "members": []}))], "field"),
+        ("status_4", "member status 4", gossip(status=4), "field"),
+        ("status_str", "member status as a string", gossip(status="alive"), "field"),
+        ("member_no_inc", "member state without inc", gossip(inc=_DROP), "field"),
+        ("member_not_map", "member state as an array",
+         [b"mbr", pack(envelope(MsgType.GOSSIP, {"updates": [list(MEMBER.values())]}))], "field"),
+        ("updates_not_array", "updates is a map",
+         [b"mbr", pack(envelope(MsgType.GOSSIP, {"updates": MEMBER}))], "field"),
+        ("inc_too_big", "inc = 2^64 does not fit: sent as float",
+         gossip(inc=float(1 << 64)), "field"),
+        ("channel_256", "channel 256", batch(b"ent.256", p_raw, channel=256), "topic"),
+        ("channel_256_body", "channel 256 on a valid topic",
+         batch(b"ent.007", p_raw, channel=256), "field"),
+        ("count_over_limit", "count above MAX_BATCH_RECORDS",
+         batch(b"ent.007", p_raw, count=1 << 32), "too_large"),
+        ("alert_text_long", "alert text of 4097 bytes",
+         [b"alr", pack(envelope(MsgType.ALERT, {"kind": "k", "text": "t" * 4097}))], "field"),
+        ("rows_not_maps", "aggregates row that is not a map",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [[1, 2]]}))], "field"),
+        ("row_nested", "aggregates row value that is an array",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{"a": [1]}]}))],
+         "field"),
+        # entity payload against the header
+        ("batch_count_mismatch", "header says 4 records, payload holds 3",
+         batch(b"ent.007", p_raw, count=4), "count"),
+        ("batch_partial_record", "raw payload of 25 bytes",
+         batch(b"ent.007", p_raw[:25]), "length"),
+        ("batch_zstd_count_mismatch", "zstd frame declares 10 records, header says 9",
+         batch(b"ent.255", p_zstd, **zstd_9), "count"),
+        ("batch_zstd_not_zstd", "compressed flag on a raw payload",
+         batch(b"ent.007", p_raw, compressed=True), "zstd"),
+    ]
+    assert _B_RAW[0].count == 3 and _B_ZSTD[0].count == 10
+    invalid = []
+    for name, description, frames, reason, *cluster in inv:
+        item: dict[str, Any] = {"name": name, "description": description,
+                                "frames": [f.hex() for f in frames], "reason": reason}
+        if cluster:
+            item["cluster"] = cluster[0]
+        invalid.append(item)
+    return {"protocol": PROTOCOL, "kind": "messages",
+            "types": {t.name: int(t) for t in SCHEMAS}, "valid": valid, "invalid": invalid}
+
+
+def _non_minimal_ping(env: dict[str, Any]) -> bytes:
+    """The reordered ping with 'q' written as a uint64 (0xcf) instead of a fixint."""
+    data = pack(env)
+    marker = b"\xa1q\x01"
+    assert data.count(marker) == 1
+    return data.replace(marker, b"\xa1q\xcf" + (1).to_bytes(8, "big"))
+
+
+def render(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def _strip_zstd(doc: dict[str, Any]) -> dict[str, Any]:
+    """Drop what depends on the zstd library version, for --check."""
+    doc = json.loads(json.dumps(doc))
+    for item in doc["valid"]:
+        if item.get("compressed"):
+            item["data"] = None
+        if item.get("header", {}).get("type_name") == "ENTITY_BATCH" and item["body"]["compressed"]:
+            item["payload"] = None
+            item["frames"] = item["frames"][:2]
+    for item in doc["invalid"]:
+        if item.get("compressed") or "zstd" in item["name"]:
+            item["data"] = item["frames"] = None
+    return doc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args()
+    outputs = {"entities.json": entity_vectors(), "messages.json": message_vectors()}
+    if args.check:
+        stale = [name for name, doc in outputs.items()
+                 if _strip_zstd(json.loads((HERE / name).read_text())) != _strip_zstd(doc)]
+        for name in stale:
+            print(f"{name} differs from the generator", file=sys.stderr)
+        return 1 if stale else 0
+    for name, doc in outputs.items():
+        (HERE / name).write_text(render(doc), encoding="utf-8")
+        print(f"wrote {HERE / name}: {len(doc['valid'])} valid, {len(doc['invalid'])} invalid")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

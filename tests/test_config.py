@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corec_node.config import Config, ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file():
+    config = load_config(env={})
+    assert isinstance(config, Config)
+    assert config.node.listen == "127.0.0.1:7400"
+    assert config.pub_listen == ("127.0.0.1", 7401)
+    assert config.storage.postgres_dsn == ""
+    assert config.name  # the host name
+
+
+@pytest.mark.parametrize("example", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_load(example):
+    config = load_config(example, env={})
+    assert config.source == str(example)
+
+
+def test_precedence_file_env_flags(tmp_path):
+    path = write(tmp_path, '[node]\nname = "from-file"\nlisten = "127.0.0.1:9000"\n[mesh]\njoin = ["10.0.0.1:7400"]\n')
+    assert load_config(path, env={}).name == "from-file"
+    env = {"COREC_NODE_NAME": "from-env", "COREC_MESH_JOIN": "a:1, b:2", "COREC_ENGINE_TICK_INTERVAL": "0.5"}
+    config = load_config(path, env=env)
+    assert config.name == "from-env"
+    assert config.mesh.join == ("a:1", "b:2")
+    assert config.engine.tick_interval == 0.5
+    assert config.pub_listen == ("127.0.0.1", 9001)
+    config = load_config(path, env=env, overrides={"node.name": "from-flag", "node.listen": None})
+    assert config.name == "from-flag"
+    assert config.node.listen == "127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('[node]\nlisten = "nowhere"\n', "node.listen", "host:port"),
+        ('[node]\nlisten = 7400\n', "node.listen", "a string"),
+        ('[node]\nnmae = "x"\n', "node.nmae", "one of"),
+        ('[nodes]\nname = "x"\n', "nodes", "sections"),
+        ('[mesh]\nprofile = "wan"\n', "mesh.profile", "one of lan, edge, test"),
+        ('[mesh]\njoin = "a:1"\n', "mesh.join", "a list of strings"),
+        ('[engine]\ntick_interval = "fast"\n', "engine.tick_interval", "a number"),
+        ('[engine]\nblock_size = true\n', "engine.block_size", "an integer"),
+        ('[security]\nenabled = "yes"\n', "security.enabled", "true or false"),
+        ('[security]\nenabled = true\n', "security.secret_key_file", "key file"),
+        ("[node\n", "(file)", "valid TOML"),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path, text, key, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.key == key
+    assert expected in info.value.expected
+    assert str(path) in str(info.value)
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"COREC_ENGINE_BLOCK_SIZE": "many"})
+    assert info.value.source == "COREC_ENGINE_BLOCK_SIZE"
+    assert info.value.key == "engine.block_size"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.toml", env={})
+    assert "not found" in str(info.value)
+
+
+def test_plugin_tables_are_kept_for_plugins(tmp_path):
+    path = write(tmp_path, '[plugin.alerts]\nthreshold = 3.5\n')
+    assert load_config(path, env={}).plugin["alerts"]["threshold"] == 3.5

@@ -1,0 +1,420 @@
+"""The I/O shell and composition root: sockets, clock and files around the pure cores.
+
+Rules of the shell:
+1. Only here is there a clock: every core call gets ``now`` from the loop's monotonic time.
+2. Effects returned by a core are carried out in order, at once (a vote is persisted
+   before it is sent).
+3. Nothing a peer sends can raise out of a handler: bad frames are dropped and counted by
+   reason, and a core's refusal is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import zmq
+
+from corec_node import __version__
+from corec_node import log
+from corec_node.config import Config
+from corec_node.control import CommandError, ControlServer
+from corec_node.mesh.effects import (
+    Broadcast,
+    Effect,
+    LeaderChanged,
+    MemberChanged,
+    MemberReaped,
+    NameConflict,
+    PersistVote,
+    Send,
+)
+from corec_node.mesh.election import Election, ElectionConfig
+from corec_node.mesh.membership import Membership, MembershipConfig
+from corec_node.state import lock_data_dir, load_members, load_vote, save_members, save_vote
+from corec_node.transport import Transport
+from corec_node.wire import (
+    SeqEvent,
+    SequenceCounter,
+    SequenceTracker,
+    WireError,
+    decode_message,
+    encode_message,
+    topic_for,
+)
+from corec_node.wire.messages import MemberStatus, MsgType
+from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_MEMBERSHIP, TOPIC_NUCLEUS
+
+TICK_PERIOD = 0.02  # cores' timers resolve to 20 ms: well under the 100 ms probe timeout
+STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
+SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
+CONFLICT_GRACE = 10.0  # a node that finds its name taken this soon after it joined exits
+MEMBERSHIP_TYPES = frozenset({
+    MsgType.PING, MsgType.ACK, MsgType.PING_REQ, MsgType.NACK,
+    MsgType.GOSSIP, MsgType.STATE_PUSH, MsgType.STATE_REPLY,
+})
+ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT})
+
+
+def profile_configs(profile: str) -> tuple[MembershipConfig, ElectionConfig]:
+    return getattr(MembershipConfig, profile)(), getattr(ElectionConfig, profile)()
+
+
+class Node:
+    """One CoreC node process. ``await Node(config).run()`` returns the exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.name = config.name
+        self.addr = config.advertise
+        self.pub_addr = config.pub_advertise
+        self.cluster = config.node.cluster
+        self.data_dir = config.data_dir
+        self.started_wall = time.time()
+        self.transport = Transport(max_message_bytes=config.mesh.max_message_bytes)
+        self.rng = random.Random()
+        self.membership: Membership | None = None
+        self.election: Election | None = None
+        self.sequences = SequenceTracker()
+        self.counters = SequenceCounter()
+        self.messages_in: collections.Counter[str] = collections.Counter()
+        self.messages_out: collections.Counter[str] = collections.Counter()
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.conflicts: dict[str, str] = {}
+        self._peers: dict[str, tuple[str, str]] = {}  # name -> (direct addr, pub addr), for cleanup on reap
+        self.leader: str | None = None
+        self.term = 0
+        self.exit_code = 0
+        self._joined_at = float("-inf")  # wall time of our last join: we are the newcomer in a conflict
+        self._stop = asyncio.Event()
+        self._snapshot_dirty = False
+        self._snapshot_at = 0.0
+        self._lock_fd: int | None = None
+        self._last_reject_log = 0.0
+        self.control: ControlServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life -----------------------------------------------------------------------
+
+    def now(self) -> float:
+        assert self.loop is not None
+        return self.loop.time()
+
+    def request_stop(self, code: int = 0) -> None:
+        self.exit_code = self.exit_code or code
+        self._stop.set()
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._lock_fd = lock_data_dir(self.data_dir)
+        try:
+            return await self._run()
+        finally:
+            os.close(self._lock_fd)
+
+    async def _run(self) -> int:
+        cfg = self.config
+        term, voted_for = load_vote(self.data_dir)
+        mcfg, ecfg = profile_configs(cfg.mesh.profile)
+        now = self.now()
+        self.membership = Membership(self.name, self.addr, self.pub_addr, mcfg, self.rng, now)
+        self.election = Election(self.name, self.addr, ecfg, self.rng, now, term=term, voted_for=voted_for)
+        self.term = term
+        try:
+            self.transport.bind(cfg.node.listen, f"{cfg.pub_listen[0]}:{cfg.pub_listen[1]}")
+        except zmq.ZMQError as exc:
+            log.event("bind_failed", logging.ERROR, listen=cfg.node.listen, error=str(exc))
+            await self.transport.close()
+            return 1
+        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS])
+        self.control = ControlServer(cfg.control_path, self._commands())
+        await self.control.start()
+        self.transport.start(self._on_direct, self._on_broadcast)
+        if not cfg.security.enabled:
+            log.event("security_off", logging.WARNING, detail="CurveZMQ is off: anyone who reaches these ports can join and read")
+        snapshot = [s for s in load_members(self.data_dir) if s.name != self.name]
+        self._apply(self.election.set_voters(self.membership.voters(), now))
+        if snapshot:
+            self._joined_at = time.time()
+            self._apply(self.membership.restore(snapshot, now))
+        if cfg.mesh.join:
+            self._joined_at = time.time()
+            self._apply(self.membership.join(cfg.mesh.join, now))
+        log.event("ready", listen=cfg.node.listen, pub=self.pub_addr, advertise=self.addr,
+                  cluster=self.cluster, version=__version__, data_dir=str(self.data_dir),
+                  rejoin=len(snapshot), join=",".join(cfg.mesh.join))
+        ticker = asyncio.create_task(self._tick_loop())
+        try:
+            await self._stop.wait()
+        finally:
+            ticker.cancel()
+            try:
+                await ticker
+            except asyncio.CancelledError:
+                pass
+            self._save_snapshot()
+            await self.control.close()
+            await self.transport.close()
+            log.event("stopped", code=self.exit_code)
+        return self.exit_code
+
+    async def _tick_loop(self) -> None:
+        expected = self.now() + TICK_PERIOD
+        while True:
+            await asyncio.sleep(max(0.0, expected - self.now()))
+            now = self.now()
+            lag = now - expected
+            if lag > STALL_REPORT:
+                assert self.membership is not None
+                self.membership.note_stall(lag, now)
+                log.event("loop_stall", logging.DEBUG, lag=lag)
+            expected = max(expected + TICK_PERIOD, now)
+            try:
+                self._tick(now)
+            except Exception:  # a bug in a core must not silently stop the timers
+                logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
+
+    def _tick(self, now: float) -> None:
+        assert self.membership is not None and self.election is not None
+        self._apply(self.membership.tick(now))
+        self._apply(self.election.tick(now))
+        if self._snapshot_dirty and now - self._snapshot_at >= SNAPSHOT_PERIOD:
+            self._save_snapshot()
+
+    def _save_snapshot(self) -> None:
+        if self.membership is None or not self._snapshot_dirty:
+            return
+        self._snapshot_dirty = False
+        self._snapshot_at = self.now()
+        try:
+            save_members(self.data_dir, self.membership.snapshot())
+        except OSError as exc:
+            log.event("snapshot_failed", logging.WARNING, error=str(exc))
+
+    # -- inbound --------------------------------------------------------------------
+
+    def _reject(self, where: str, exc: WireError) -> None:
+        self.rejected[exc.reason] += 1
+        now = time.monotonic()
+        if now - self._last_reject_log > 1.0:  # rate-limited: a flood must not flood the log
+            self._last_reject_log = now
+            log.event("frame_rejected", logging.INFO, where=where, reason=exc.reason,
+                      detail=exc.detail[:200], total=sum(self.rejected.values()))
+
+    def _decode(self, where: str, frames: list[bytes]):
+        try:
+            return decode_message(frames, cluster=self.cluster, max_payload=self.config.mesh.max_message_bytes)
+        except WireError as exc:
+            self._reject(where, exc)
+            return None
+
+    def _on_direct(self, frames: list[bytes]) -> None:
+        decoded = self._decode("direct", frames)
+        if decoded is None:
+            return
+        topic, env, _payload = decoded
+        if topic != TOPIC_DIRECT:
+            self._reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
+            return
+        self.messages_in[env.type.name.lower()] += 1
+        self._dispatch(env, self.now())
+
+    def _on_broadcast(self, frames: list[bytes]) -> None:
+        decoded = self._decode("broadcast", frames)
+        if decoded is None:
+            return
+        topic, env, _payload = decoded
+        if env.sender == self.name:
+            return
+        self.messages_in[env.type.name.lower()] += 1
+        now = self.now()
+        verdict = self.sequences.observe(env.sender, topic, env.seq)
+        if verdict is SeqEvent.DUPLICATE:
+            return
+        self._dispatch(env, now)
+        if verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP and self.membership is not None:
+            self._apply(self.membership.on_gap(env.sender, now))
+
+    def _dispatch(self, env, now: float) -> None:
+        assert self.membership is not None and self.election is not None
+        self.election.heard_from(env.sender, now)
+        try:
+            if env.type in MEMBERSHIP_TYPES:
+                self._apply(self.membership.handle(env.sender, env.msg, now))
+            elif env.type in ELECTION_TYPES:
+                self._apply(self.election.handle(env.sender, env.msg, now))
+        except Exception:  # a core bug on one message must not take the node down
+            logging.getLogger(log.LOGGER_NAME).exception("handle_failed", extra={"fields": {"type": env.type.name}})
+
+    # -- outbound -------------------------------------------------------------------
+
+    def _frames(self, msg: Any, topic: bytes) -> list[bytes]:
+        return encode_message(msg, sender=self.name, seq=self.counters.next(topic), cluster=self.cluster)
+
+    def _apply(self, effects: list[Effect]) -> None:
+        voters_changed = False
+        for effect in effects:
+            match effect:
+                case Send(to=to, msg=msg):
+                    if to == self.addr:
+                        continue
+                    if self.transport.send(to, self._frames(msg, TOPIC_DIRECT)):
+                        self.messages_out[type(msg).__name__.lower()] += 1
+                case Broadcast(msg=msg):
+                    self.transport.publish(self._frames(msg, topic_for(msg)))
+                    self.messages_out[type(msg).__name__.lower()] += 1
+                case MemberChanged():
+                    self._member_changed(effect)
+                    voters_changed = True
+                    if self.election is not None and effect.name != self.name:
+                        if effect.new == MemberStatus.DEAD:
+                            self._apply(self.election.member_dead(effect.name, self.now()))
+                        elif effect.old == MemberStatus.DEAD:
+                            self._apply(self.election.member_alive(effect.name, self.now()))
+                case MemberReaped(name=name):
+                    self._member_reaped(name)
+                    voters_changed = True
+                case NameConflict(name=name, addr=addr):
+                    self._name_conflict(name, addr)
+                case PersistVote(term=term, voted_for=voted_for):
+                    save_vote(self.data_dir, term, voted_for)
+                case LeaderChanged(leader=leader, term=term):
+                    self.leader, self.term = leader, term
+                    log.event("leader_changed", leader=leader, term=term)
+        if voters_changed and self.election is not None and self.membership is not None:
+            self._apply(self.election.set_voters(self.membership.voters(), self.now()))
+
+    def _member_changed(self, change: MemberChanged) -> None:
+        assert self.membership is not None
+        self._snapshot_dirty = True
+        if change.name != self.name:
+            member = self.membership.member(change.name)
+            if member is not None:
+                self._peers[change.name] = (member.addr, member.pub)
+                if change.new in (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD):
+                    self.transport.connect_sub(member.pub)  # dead: keep listening, it may return
+                elif change.new == MemberStatus.LEFT:
+                    self.transport.disconnect_sub(member.pub)
+        log.event("member_changed", name=change.name, addr=change.addr,
+                  old=change.old.label if change.old is not None else None,
+                  new=change.new.label, inc=change.inc, reason=change.reason)
+
+    def _member_reaped(self, name: str) -> None:
+        self._snapshot_dirty = True
+        self.sequences.forget(name)
+        addr, pub = self._peers.pop(name, ("", ""))
+        if addr:
+            self.transport.disconnect_sub(pub)
+            self.transport.forget(addr)
+        log.event("member_reaped", name=name)
+
+    def _name_conflict(self, name: str, addr: str) -> None:
+        if self.conflicts.get(addr) == name:
+            return
+        self.conflicts[addr] = name
+        newcomer = time.time() - self._joined_at < CONFLICT_GRACE
+        log.event("name_conflict", logging.ERROR, name=name, other_addr=addr,
+                  detail=f"another live node at {addr} uses the name {name!r}; give each node its own --name",
+                  action="exiting: this node joined last" if newcomer else "keeping the name: the node that joined last exits")
+        if newcomer:
+            self.request_stop(1)
+
+    # -- control commands -------------------------------------------------------------
+
+    def _commands(self) -> dict[str, Any]:
+        return {
+            "status": self._cmd_status,
+            "members": self._cmd_members,
+            "leader": self._cmd_leader,
+            "join": self._cmd_join,
+            "leave": self._cmd_leave,
+            "force-leave": self._cmd_force_leave,
+        }
+
+    def members_json(self) -> list[dict[str, Any]]:
+        assert self.membership is not None
+        return [
+            {"name": m.name, "addr": m.addr, "pub": m.pub, "status": m.status.label,
+             "incarnation": m.inc, "self": m.name == self.name}
+            for m in self.membership.members()
+        ]
+
+    async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
+        assert self.membership is not None
+        return {
+            "name": self.name,
+            "addr": self.addr,
+            "pub": self.pub_addr,
+            "cluster": self.cluster,
+            "version": __version__,
+            "uptime": round(time.time() - self.started_wall, 3),
+            "members": self.membership.counts(),
+            "leader": self.leader,
+            "term": self.term,
+            "awareness": self.membership.awareness,
+            "messages_in": sum(self.messages_in.values()),
+            "messages_out": sum(self.messages_out.values()),
+            "rejected": dict(self.rejected),
+            "dropped": dict(self.transport.dropped),
+            "name_conflicts": [{"name": n, "addr": a} for a, n in self.conflicts.items()],
+        }
+
+    async def _cmd_members(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.members_json()
+
+    async def _cmd_leader(self, _req: dict[str, Any]) -> dict[str, Any]:
+        return {"leader": self.leader, "term": self.term}
+
+    async def _cmd_join(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.membership is not None
+        addrs = req.get("addrs")
+        timeout = float(req.get("wait", 5.0))
+        if not isinstance(addrs, list) or not addrs or not all(isinstance(a, str) for a in addrs):
+            raise CommandError("join needs at least one host:port")
+        self._joined_at = time.time()
+        self._apply(self.membership.join(addrs, self.now()))
+        deadline = self.now() + timeout
+        while True:
+            reached = {m.addr for m in self.membership.members() if m.status == MemberStatus.ALIVE}
+            missing = [a for a in addrs if a not in reached]
+            if not missing:
+                return {"joined": addrs, "members": len(self.membership.members())}
+            if self.now() >= deadline:
+                raise CommandError(f"no answer from {', '.join(missing)} within {timeout:g} s (still trying in the background)")
+            await asyncio.sleep(0.02)
+
+    async def _cmd_leave(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.membership is not None
+        self._apply(self.membership.leave(self.now()))
+        spread = float(req.get("spread", 1.0))
+
+        async def stop_later() -> None:
+            # keep ticking for a moment so the queued "left" gossip goes out and is retransmitted
+            await asyncio.sleep(spread)
+            self.request_stop(0)
+
+        asyncio.get_running_loop().create_task(stop_later())
+        return {"left": True, "name": self.name, "stopping_in": spread}
+
+    async def _cmd_force_leave(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.membership is not None
+        name = req.get("name")
+        if not isinstance(name, str):
+            raise CommandError("force-leave needs a member name")
+        try:
+            self._apply(self.membership.force_leave(name, self.now()))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        return {"name": name, "status": "left"}
+
+
+def install_signal_handlers(node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, node.request_stop, 0)

@@ -1,0 +1,197 @@
+"""ZeroMQ sockets: the only module that imports zmq.
+
+One node owns:
+- a ROUTER bound on its direct address: probes, push-pull and votes arrive here;
+- a PUB bound on its PUB address: gossip, heartbeats, aggregates, alerts, entity batches;
+- a SUB connected to every known member's PUB, subscribed to the topics the node wants;
+- one DEALER per peer it talks to directly, connected to that peer's ROUTER.
+
+Frames are opaque here: the node encodes and decodes them with ``corec_node.wire``. Sends
+never block the event loop: a full queue or an unreachable peer drops the message and
+counts it (the mesh protocols tolerate loss by design: probes time out, gossip is
+retransmitted, anti-entropy repairs the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import zmq
+import zmq.asyncio
+
+from corec_node.config import join_addr, split_addr
+
+Handler = Callable[[list[bytes]], Awaitable[None] | None]
+
+# Socket options, each on purpose:
+LINGER_MS = 0  # on close, drop unsent frames: a stopping node must not hang on dead peers
+SNDHWM = 10_000  # per-peer send queue; past it PUB drops (lossy by design), DEALER raises EAGAIN
+DEALER_HWM = 64  # direct messages queued towards one peer that is not (yet) connected
+RCVHWM = 100_000  # deep receive queues absorb bursts of entity batches
+RECONNECT_IVL_MS = 100  # first reconnect after 100 ms: a restarted peer is heard again quickly
+RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
+HEARTBEAT_IVL_MS = 1_000  # ZMTP heartbeats find dead TCP connections that SWIM already suspects
+HEARTBEAT_TIMEOUT_MS = 3_000
+HEARTBEAT_TTL_MS = 3_000
+ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
+
+
+def tcp(addr: str) -> str:
+    host, port = split_addr(addr)
+    return f"tcp://{join_addr(host, port)}"
+
+
+class Transport:
+    """Owns the sockets and the receive loops; knows nothing of the protocol."""
+
+    def __init__(self, *, max_message_bytes: int, security: object | None = None) -> None:
+        self.ctx = zmq.asyncio.Context()
+        # sends never wait: sending sockets are plain (sync) sockets on the same context,
+        # so NOBLOCK raises zmq.Again at once instead of parking it in a future
+        self.sync_ctx = zmq.Context.shadow(self.ctx.underlying)
+        self.max_message_bytes = max_message_bytes
+        self.security = security  # CurveZMQ settings, applied by the security issue
+        self.router: zmq.asyncio.Socket | None = None
+        self.pub: zmq.Socket | None = None
+        self.sub: zmq.asyncio.Socket | None = None
+        self.dealers: dict[str, zmq.Socket] = {}
+        self.sub_peers: set[str] = set()
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.sent = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _common(self, sock: zmq.Socket) -> None:
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+
+    def bind(self, direct: str, pub: str) -> None:
+        """Bind ROUTER and PUB; raises zmq.ZMQError (e.g. EADDRINUSE) for the caller to report."""
+        limit = self.max_message_bytes + ENVELOPE_OVERHEAD
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self._common(self.router)
+        self.router.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.router.setsockopt(zmq.MAXMSGSIZE, limit)  # a hostile sender is cut at the socket
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reusing its identity
+        self.router.bind(tcp(direct))
+        self.pub = self.sync_ctx.socket(zmq.PUB)
+        self._common(self.pub)
+        self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
+        try:
+            self.pub.bind(tcp(pub))
+        except zmq.ZMQError:
+            self.router.close(0)
+            raise
+        self.sub = self.ctx.socket(zmq.SUB)
+        self._common(self.sub)
+        self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, limit)
+
+    def subscribe(self, topics: Iterable[bytes]) -> None:
+        assert self.sub is not None
+        for topic in topics:
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def connect_sub(self, pub_addr: str) -> None:
+        """Listen to a member's PUB stream (idempotent)."""
+        if pub_addr in self.sub_peers or self.sub is None:
+            return
+        self.sub.connect(tcp(pub_addr))
+        self.sub_peers.add(pub_addr)
+
+    def disconnect_sub(self, pub_addr: str) -> None:
+        if pub_addr not in self.sub_peers or self.sub is None:
+            return
+        self.sub_peers.discard(pub_addr)
+        try:
+            self.sub.disconnect(tcp(pub_addr))
+        except zmq.ZMQError:
+            pass
+
+    def _dealer(self, addr: str) -> zmq.Socket:
+        sock = self.dealers.get(addr)
+        if sock is None:
+            sock = self.sync_ctx.socket(zmq.DEALER)
+            self._common(sock)
+            # A short queue per peer, and no IMMEDIATE: the first messages to a new peer
+            # (a join, a probe) wait the few ms its TCP connection takes instead of being
+            # dropped. Towards a dead peer at most DEALER_HWM stale messages wait; the
+            # protocols ignore them (old probe numbers, old terms) when it comes back.
+            sock.setsockopt(zmq.SNDHWM, DEALER_HWM)
+            sock.connect(tcp(addr))
+            self.dealers[addr] = sock
+        return sock
+
+    def forget(self, addr: str) -> None:
+        """Close the DEALER to a member that was reaped."""
+        sock = self.dealers.pop(addr, None)
+        if sock is not None:
+            sock.close(0)
+
+    def send(self, addr: str, frames: Sequence[bytes]) -> bool:
+        """Send direct frames to ``addr`` without blocking; False (and counted) if dropped."""
+        try:
+            self._dealer(addr).send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped["direct_queue_full"] += 1
+            return False
+        except (zmq.ZMQError, ValueError):
+            self.dropped["direct_error"] += 1
+            return False
+        self.sent += 1
+        return True
+
+    def publish(self, frames: Sequence[bytes]) -> None:
+        assert self.pub is not None
+        try:
+            self.pub.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+        except zmq.Again:
+            self.dropped["pub_queue_full"] += 1
+            return
+        self.sent += 1
+
+    def start(self, on_direct: Handler, on_broadcast: Handler) -> None:
+        """Start the receive loops; each frame list goes to its handler, identity stripped."""
+        assert self.router is not None and self.sub is not None
+        self._tasks = [
+            asyncio.create_task(self._recv_loop(self.router, on_direct, strip_identity=True)),
+            asyncio.create_task(self._recv_loop(self.sub, on_broadcast, strip_identity=False)),
+        ]
+
+    async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Handler, *, strip_identity: bool) -> None:
+        while True:
+            try:
+                frames = await sock.recv_multipart(copy=True)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError:
+                if sock.closed:
+                    return
+                self.dropped["recv_error"] += 1
+                continue
+            if strip_identity:
+                frames = frames[1:]
+            result = handler(frames)
+            if result is not None:
+                await result
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for sock in list(self.dealers.values()):
+            sock.close(0)
+        self.dealers.clear()
+        for sock in (self.router, self.pub, self.sub):
+            if sock is not None:
+                sock.close(0)
+        self.ctx.term()

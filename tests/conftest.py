@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import pytest
+
+from corec_node.localcluster import Cluster
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+        for node in c.nodes:
+            if node.proc is not None and node.proc.returncode is None:
+                node.kill()

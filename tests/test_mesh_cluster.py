@@ -1,0 +1,219 @@
+"""Membership with real `corec-node run` processes on loopback ports.
+
+Each test starts its own nodes and kills them at the end (the ``cluster`` fixture).
+Failures are real: SIGKILL, SIGSTOP, and hostile bytes on the node's own ports.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from corec_node.wire import encode_message
+from corec_node.wire.messages import Gossip, MemberState, MemberStatus, Ping, StatePush
+from meshutil import eventually, free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def statuses(node) -> dict[str, str]:
+    return node.members()
+
+
+def all_see(nodes, expected: dict[str, str]) -> bool:
+    return all({k: v for k, v in statuses(n).items() if k in expected} == expected for n in nodes)
+
+
+def start_chain(cluster, names):
+    """Start nodes joined in a chain (each through the previous one): convergence needs gossip."""
+    nodes = []
+    for name in names:
+        join = [nodes[-1].addr] if nodes else []
+        nodes.append(cluster.start(name, join=join))
+    for node in nodes:
+        node.wait_ready()
+    alive = {n.name: "alive" for n in nodes}
+    eventually(lambda: all_see(nodes, alive), 20, message=f"all of {names} alive everywhere")
+    return nodes
+
+
+def test_join_through_different_peers_converges(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c", "d", "e"])
+    for node in nodes:
+        members = node.ctl("members")
+        assert sorted(m["name"] for m in members) == ["a", "b", "c", "d", "e"]
+        by_name = {m["name"]: m for m in members}
+        for other in nodes:
+            assert by_name[other.name]["addr"] == other.addr
+            assert by_name[other.name]["incarnation"] >= 0
+
+
+def test_cli_join_and_members(cluster):
+    a = cluster.start("a").wait_ready()
+    b = cluster.start("b").wait_ready()
+    out = subprocess.run([sys.executable, "-m", "corec_node", "join", a.addr, "--data-dir", str(b.data_dir)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "-m", "corec_node", "members", "--json", "--data-dir", str(a.data_dir)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    eventually(lambda: all_see([a, b], {"a": "alive", "b": "alive"}), 10)
+    rows = json.loads(out.stdout)
+    assert {"name", "addr", "status", "incarnation"} <= set(rows[0])
+    out = subprocess.run([sys.executable, "-m", "corec_node", "members", "--data-dir", str(a.data_dir)],
+                         capture_output=True, text=True, timeout=30)
+    assert "NAME" in out.stdout and "alive" in out.stdout
+
+
+def test_join_unreachable_peer_says_so(cluster):
+    a = cluster.start("a").wait_ready()
+    out = subprocess.run([sys.executable, "-m", "corec_node", "join", f"127.0.0.1:{free_port()}", "--timeout", "1",
+                          "--data-dir", str(a.data_dir)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "no answer" in out.stderr
+
+
+def test_sigkill_is_seen_dead_by_all(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c", "d"])
+    victim = nodes[2]
+    victim.kill()
+    survivors = [n for n in nodes if n is not victim]
+    eventually(lambda: all(statuses(n)["c"] == "dead" for n in survivors), 20, message="c dead everywhere")
+    assert all(all(statuses(n)[o.name] == "alive" for o in survivors) for n in survivors)
+
+
+def test_graceful_leave_is_left_not_dead(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c"])
+    out = subprocess.run([sys.executable, "-m", "corec_node", "leave", "--data-dir", str(nodes[1].data_dir)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert nodes[1].proc.wait(15) == 0
+    eventually(lambda: all(statuses(n)["b"] == "left" for n in (nodes[0], nodes[2])), 15)
+    # and it stays left (nobody turns a departed node into a dead one)
+    time.sleep(1.0)
+    assert all(statuses(n)["b"] == "left" for n in (nodes[0], nodes[2]))
+
+
+def test_force_leave_marks_dead_member_left(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c"])
+    nodes[2].kill()
+    eventually(lambda: statuses(nodes[0])["c"] == "dead", 20)
+    with pytest.raises(Exception):
+        nodes[0].ctl("force-leave", name="b")  # alive members cannot be forced out
+    nodes[0].ctl("force-leave", name="c")
+    eventually(lambda: all(statuses(n).get("c") in ("left", None) for n in nodes[:2]), 10)
+
+
+def test_restarted_node_rejoins_from_snapshot(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c"])
+    c = nodes[2]
+    c.kill()
+    eventually(lambda: statuses(nodes[0])["c"] == "dead", 20)
+    c.join = []  # no --join: it must find the cluster from its own snapshot
+    c.start().wait_ready()
+    eventually(lambda: all_see(nodes, {"a": "alive", "b": "alive", "c": "alive"}), 20, message="c back alive")
+
+
+def test_sigstop_shorter_than_suspicion_is_never_dead(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c"])
+    victim = nodes[1]
+    victim.signal(signal.SIGSTOP)
+    time.sleep(0.6)  # shorter than the default suspicion timeout
+    victim.signal(signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for n in nodes:
+            assert statuses(n)["b"] != "dead", f"{n.name} declared b dead after a short stall"
+        time.sleep(0.1)
+    eventually(lambda: all_see(nodes, {"a": "alive", "b": "alive", "c": "alive"}), 10)
+
+
+def test_two_clusters_merge_through_one_member(cluster):
+    left = start_chain(cluster, ["l1", "l2"])
+    right = start_chain(cluster, ["r1", "r2", "r3"])
+    left[1].ctl("join", addrs=[right[2].addr])
+    everyone = left + right
+    eventually(lambda: all_see(everyone, {n.name: "alive" for n in everyone}), 20, message="one merged cluster")
+
+
+def test_duplicate_name_is_reported(cluster):
+    a = cluster.start("same").wait_ready()
+    b = cluster.start("same", join=[a.addr], data_name="same-2")
+    b.proc.wait(20)
+    assert b.proc.returncode == 1
+    assert any(e.get("event") == "name_conflict" for e in b.log_events())
+    eventually(lambda: any(e.get("event") == "name_conflict" for e in a.log_events()), 10)
+    assert a.proc.poll() is None
+
+
+def _raw_tcp(port: int, payload: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        try:
+            s.sendall(payload)
+            s.settimeout(0.5)
+            s.recv(100)
+        except OSError:
+            pass
+
+
+def test_hostile_frames_are_dropped_and_counted(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c"])
+    target = nodes[0]
+    ctx = zmq.Context()
+    evil_pub = ctx.socket(zmq.PUB)
+    evil_pub_port = evil_pub.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(f"tcp://{target.addr}")
+    try:
+        good = encode_message(Ping(probe=1, target="a", reply_to="127.0.0.1:1"), sender="x", seq=1, cluster="corec")
+        envelope = msgpack.unpackb(good[1])
+        bad_frames = [
+            [b"garbage"],
+            [b"dir", b"\xc1\xff\x00"],  # not msgpack
+            [good[0], good[1][: len(good[1]) // 2]],  # truncated
+            [good[0], msgpack.packb({**envelope, "v": 99})],  # unknown major version
+            [good[0], msgpack.packb({**envelope, "b": {"probe": "one", "target": 5}})],  # wrong types
+            [good[0], msgpack.packb({**envelope, "c": "another-cluster"})],  # other cluster
+            [b"dir", good[1], b"\x00" * (16 * 1024 * 1024 + 100)],  # oversized payload
+        ]
+        for frames in bad_frames:
+            dealer.send_multipart(frames)
+        # raw bytes that are not even ZMTP, on both ports
+        _raw_tcp(target.port, b"\xff" * 64 + b"GET / HTTP/1.1\r\n\r\n")
+        _raw_tcp(target.pub_port, b"\x00" * 1000)
+        # a "member" whose PUB stream is garbage: push its state so nodes subscribe to it
+        evil = MemberState("evil", f"127.0.0.1:{free_port()}", f"127.0.0.1:{evil_pub_port}", 0, MemberStatus.ALIVE)
+        push = StatePush(join=False, reply_to=evil.addr, members=(evil,))
+        dealer.send_multipart(encode_message(push, sender="evil", seq=2, cluster="corec"))
+        time.sleep(1.0)  # let the nodes' SUB sockets connect to the hostile PUB
+        gossip = encode_message(Gossip(updates=()), sender="evil", seq=1, cluster="corec")
+        for _ in range(20):
+            evil_pub.send_multipart([b"mbr", b"\x93\x01\x02"])
+            evil_pub.send_multipart([b"mbr", gossip[1][:-3]])
+            evil_pub.send_multipart([b"nuc", msgpack.packb({**msgpack.unpackb(gossip[1]), "v": 7})])
+            time.sleep(0.02)
+
+        def rejected() -> int:
+            return sum(target.ctl("status")["rejected"].values())
+
+        eventually(lambda: rejected() >= 7, 10, message="direct junk counted")
+        eventually(lambda: sum(sum(n.ctl("status")["rejected"].values()) for n in nodes[1:]) > 0, 10,
+                   message="PUB junk counted by the other nodes")
+        reasons = target.ctl("status")["rejected"]
+        assert {"version", "cluster"} <= set(reasons), reasons
+    finally:
+        dealer.close(0)
+        evil_pub.close(0)
+        ctx.term()
+    for node in nodes:
+        assert node.proc.poll() is None, f"{node.name} died from hostile bytes"
+    assert all_see(nodes, {"a": "alive", "b": "alive", "c": "alive"})

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(force)
     force.add_argument("name", metavar="NAME")
     force.set_defaults(func=cmd_force_leave)
+
+    from corec_node.security import add_cli as add_keygen
+
+    add_keygen(sub)
     return parser
 
 
@@ -165,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     })
     from corec_node import log
     from corec_node.node import Node, install_signal_handlers
+    from corec_node.security import SecurityError
     from corec_node.state import DataDirBusy
 
     log.setup(config.name, config.node.log_level)
@@ -178,6 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except DataDirBusy as exc:
         return _fail(str(exc))
+    except SecurityError as exc:  # a key problem is a config problem: exit 2, systemd does not restart
+        print(f"corec-node: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -25,6 +25,9 @@ from corec_node import __version__
 from corec_node import log
 from corec_node.config import Config
 from corec_node.control import CommandError, ControlServer
+from corec_node.metrics import Metrics, MetricsServer, TickHistogram
+from corec_node.notify import Notifier
+from corec_node.security import CurveConfig
 from corec_node.mesh.effects import (
     Broadcast,
     Effect,
@@ -54,6 +57,7 @@ from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_MEMBERSHIP, TOPIC_NUCLEUS
 TICK_PERIOD = 0.02  # cores' timers resolve to 20 ms: well under the 100 ms probe timeout
 STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
 SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
+STATUS_PERIOD = 5.0  # seconds between two STATUS= lines to systemd
 CONFLICT_GRACE = 10.0  # a node that finds its name taken this soon after it joined exits
 MEMBERSHIP_TYPES = frozenset({
     MsgType.PING, MsgType.ACK, MsgType.PING_REQ, MsgType.NACK,
@@ -77,7 +81,19 @@ class Node:
         self.cluster = config.node.cluster
         self.data_dir = config.data_dir
         self.started_wall = time.time()
-        self.transport = Transport(max_message_bytes=config.mesh.max_message_bytes)
+        sec = config.security
+        # SecurityError (names the key file) propagates: cmd_run turns it into exit 2
+        self.curve = CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None
+        self.transport = Transport(max_message_bytes=config.mesh.max_message_bytes, security=self.curve)
+        self.notifier = Notifier.from_env(unset=True)
+        self.tick_time = TickHistogram()
+        self.metrics_server: MetricsServer | None = None
+        self._status_at = float("-inf")
+        self.elections_started = 0
+        self.topic_in: collections.Counter[bytes] = collections.Counter()
+        self.topic_out: collections.Counter[bytes] = collections.Counter()
+        self.bytes_in: collections.Counter[bytes] = collections.Counter()
+        self.bytes_out: collections.Counter[bytes] = collections.Counter()
         self.rng = random.Random()
         self.membership: Membership | None = None
         self.election: Election | None = None
@@ -133,6 +149,14 @@ class Node:
             await self.transport.close()
             return 1
         self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS])
+        if cfg.metrics.listen:
+            metrics = Metrics(self.metrics_snapshot, name=self.name, cluster=self.cluster, version=__version__)
+            try:
+                self.metrics_server = await metrics.start_http(cfg.metrics.listen)
+            except OSError as exc:
+                log.event("metrics_bind_failed", logging.ERROR, listen=cfg.metrics.listen, error=str(exc))
+                await self.transport.close()
+                return 1
         self.control = ControlServer(cfg.control_path, self._commands())
         await self.control.start()
         self.transport.start(self._on_direct, self._on_broadcast)
@@ -149,10 +173,12 @@ class Node:
         log.event("ready", listen=cfg.node.listen, pub=self.pub_addr, advertise=self.addr,
                   cluster=self.cluster, version=__version__, data_dir=str(self.data_dir),
                   rejoin=len(snapshot), join=",".join(cfg.mesh.join))
+        self.notifier.ready(self.status_line())
         ticker = asyncio.create_task(self._tick_loop())
         try:
             await self._stop.wait()
         finally:
+            self.notifier.stopping()
             ticker.cancel()
             try:
                 await ticker
@@ -160,7 +186,10 @@ class Node:
                 pass
             self._save_snapshot()
             await self.control.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             await self.transport.close()
+            self.notifier.close()
             log.event("stopped", code=self.exit_code)
         return self.exit_code
 
@@ -175,10 +204,16 @@ class Node:
                 self.membership.note_stall(lag, now)
                 log.event("loop_stall", logging.DEBUG, lag=lag)
             expected = max(expected + TICK_PERIOD, now)
+            started = time.perf_counter()
             try:
                 self._tick(now)
             except Exception:  # a bug in a core must not silently stop the timers
                 logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
+            self.tick_time.observe(time.perf_counter() - started)
+            self.notifier.watchdog_due()  # from the loop itself: a hung loop stops the pings
+            if now - self._status_at >= STATUS_PERIOD:
+                self._status_at = now
+                self.notifier.status(self.status_line())
 
     def _tick(self, now: float) -> None:
         assert self.membership is not None and self.election is not None
@@ -223,6 +258,7 @@ class Node:
             self._reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
             return
         self.messages_in[env.type.name.lower()] += 1
+        self._count_in(topic, frames)
         self._dispatch(env, self.now())
 
     def _on_broadcast(self, frames: list[bytes]) -> None:
@@ -233,6 +269,7 @@ class Node:
         if env.sender == self.name:
             return
         self.messages_in[env.type.name.lower()] += 1
+        self._count_in(topic, frames)
         now = self.now()
         verdict = self.sequences.observe(env.sender, topic, env.seq)
         if verdict is SeqEvent.DUPLICATE:
@@ -264,11 +301,16 @@ class Node:
                 case Send(to=to, msg=msg):
                     if to == self.addr:
                         continue
-                    if self.transport.send(to, self._frames(msg, TOPIC_DIRECT)):
+                    frames = self._frames(msg, TOPIC_DIRECT)
+                    if self.transport.send(to, frames):
                         self.messages_out[type(msg).__name__.lower()] += 1
+                        self._count_out(TOPIC_DIRECT, frames)
                 case Broadcast(msg=msg):
-                    self.transport.publish(self._frames(msg, topic_for(msg)))
+                    topic = topic_for(msg)
+                    frames = self._frames(msg, topic)
+                    self.transport.publish(frames)
                     self.messages_out[type(msg).__name__.lower()] += 1
+                    self._count_out(topic, frames)
                 case MemberChanged():
                     self._member_changed(effect)
                     voters_changed = True
@@ -284,6 +326,8 @@ class Node:
                     self._name_conflict(name, addr)
                 case PersistVote(term=term, voted_for=voted_for):
                     save_vote(self.data_dir, term, voted_for)
+                    if voted_for == self.name:  # only a candidate votes for itself
+                        self.elections_started += 1
                 case LeaderChanged(leader=leader, term=term):
                     self.leader, self.term = leader, term
                     log.event("leader_changed", leader=leader, term=term)
@@ -324,6 +368,35 @@ class Node:
                   action="exiting: this node joined last" if newcomer else "keeping the name: the node that joined last exits")
         if newcomer:
             self.request_stop(1)
+
+    # -- operations: metrics and systemd status ----------------------------------------
+
+    def _count_in(self, topic: bytes, frames: list[bytes]) -> None:
+        self.topic_in[topic] += 1  # after decode: a hostile topic frame never becomes a label
+        self.bytes_in[topic] += sum(len(f) for f in frames)
+
+    def _count_out(self, topic: bytes, frames: list[bytes]) -> None:
+        self.topic_out[topic] += 1
+        self.bytes_out[topic] += sum(len(f) for f in frames)
+
+    def status_line(self) -> str:
+        alive = self.membership.counts().get("alive", 0) if self.membership is not None else 0
+        return f"members {alive} alive, leader {self.leader or '(none)'} (term {self.term})"
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Read at scrape time on the loop (metrics.py's contract); live Counters, no copies."""
+        rejected = dict(self.rejected)
+        if self.transport.auth is not None:
+            rejected["curve_denied"] = self.transport.auth.denied
+        return {
+            "members": self.membership.counts() if self.membership is not None else {},
+            "term": self.term,
+            "elections": self.elections_started,
+            "messages": {"in": self.topic_in, "out": self.topic_out},
+            "message_bytes": {"in": self.bytes_in, "out": self.bytes_out},
+            "rejected": rejected,
+            "tick": self.tick_time,
+        }
 
     # -- control commands -------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import zmq
 import zmq.asyncio
 
 from corec_node.config import join_addr, split_addr
+from corec_node.security import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
 
 Handler = Callable[[list[bytes]], Awaitable[None] | None]
 
@@ -46,13 +47,14 @@ def tcp(addr: str) -> str:
 class Transport:
     """Owns the sockets and the receive loops; knows nothing of the protocol."""
 
-    def __init__(self, *, max_message_bytes: int, security: object | None = None) -> None:
+    def __init__(self, *, max_message_bytes: int, security: CurveConfig | None = None) -> None:
         self.ctx = zmq.asyncio.Context()
         # sends never wait: sending sockets are plain (sync) sockets on the same context,
         # so NOBLOCK raises zmq.Again at once instead of parking it in a future
         self.sync_ctx = zmq.Context.shadow(self.ctx.underlying)
         self.max_message_bytes = max_message_bytes
-        self.security = security  # CurveZMQ settings, applied by the security issue
+        self.security = security  # CurveZMQ keys; None: plain TCP (the node warns at start)
+        self.auth = None  # the ZAP authenticator thread while security is on
         self.router: zmq.asyncio.Socket | None = None
         self.pub: zmq.Socket | None = None
         self.sub: zmq.asyncio.Socket | None = None
@@ -73,15 +75,21 @@ class Transport:
     def bind(self, direct: str, pub: str) -> None:
         """Bind ROUTER and PUB; raises zmq.ZMQError (e.g. EADDRINUSE) for the caller to report."""
         limit = self.max_message_bytes + ENVELOPE_OVERHEAD
+        if self.security is not None and self.auth is None:
+            self.auth = start_authenticator(self.sync_ctx, self.security)  # before any CURVE server exists
         self.router = self.ctx.socket(zmq.ROUTER)
         self._common(self.router)
         self.router.setsockopt(zmq.RCVHWM, RCVHWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, limit)  # a hostile sender is cut at the socket
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reusing its identity
+        if self.security is not None:
+            configure_server(self.router, self.security)
         self.router.bind(tcp(direct))
         self.pub = self.sync_ctx.socket(zmq.PUB)
         self._common(self.pub)
         self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
+        if self.security is not None:
+            configure_server(self.pub, self.security)
         try:
             self.pub.bind(tcp(pub))
         except zmq.ZMQError:
@@ -91,6 +99,8 @@ class Transport:
         self._common(self.sub)
         self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
         self.sub.setsockopt(zmq.MAXMSGSIZE, limit)
+        if self.security is not None:
+            configure_client(self.sub, self.security)
 
     def subscribe(self, topics: Iterable[bytes]) -> None:
         assert self.sub is not None
@@ -123,6 +133,8 @@ class Transport:
             # dropped. Towards a dead peer at most DEALER_HWM stale messages wait; the
             # protocols ignore them (old probe numbers, old terms) when it comes back.
             sock.setsockopt(zmq.SNDHWM, DEALER_HWM)
+            if self.security is not None:
+                configure_client(sock, self.security)
             sock.connect(tcp(addr))
             self.dealers[addr] = sock
         return sock
@@ -194,4 +206,7 @@ class Transport:
         for sock in (self.router, self.pub, self.sub):
             if sock is not None:
                 sock.close(0)
+        if self.auth is not None:
+            stop_authenticator(self.auth)
+            self.auth = None
         self.ctx.term()

@@ -1,0 +1,270 @@
+"""Prometheus exposition of a node, read from the node's own counters at scrape time.
+
+The hot path never touches prometheus_client: the node counts with plain ints and
+``collections.Counter`` (and :class:`TickHistogram` for tick time), and a scrape calls the
+node's ``snapshot()`` and turns the dict into metric families. A node that nobody scrapes
+pays nothing; a scrape costs one snapshot and one text rendering.
+
+The snapshot (every key optional; a missing key leaves its metric without a sample
+rather than reporting a made-up zero)::
+
+    {
+        "members": {"alive": 3, "suspect": 0, "dead": 1, "left": 0},   # by status
+        "term": 7,                                 # current leader term
+        "elections": 2,                            # elections this node started (candidacies)
+        "entities": 1_000_000,                     # entities held by this node
+        "blocks": 1000,
+        "messages": {"in": {"mbr": 10, "dir": 40}, "out": {...}},       # by direction, topic
+        "message_bytes": {"in": {"mbr": 1200}, "out": {...}},           # same keys, bytes
+        "rejected": {"cluster": 2, "decode": 1},   # rejected frames by reason
+        "tick": TickHistogram(...),                # tick durations
+        "sync_lag": 0.25,                          # seconds the storage sync is behind
+        "outbox_rows": 12,                         # rows waiting for PostgreSQL
+        "plugin_faults": {"anomaly": 1},           # hook failures by plugin
+    }
+
+Topics may be ``bytes`` (as on the wire) or ``str``. The HTTP server is an asyncio server
+on the node's own loop: ``snapshot()`` then runs on the loop that owns the counters, so it
+needs no lock and never sees a dict being resized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from corec_node import log
+from corec_node.config import split_addr
+
+# Tick time from 0.1 ms (an idle 20 ms tick) to 1 s (a tick that made the node miss probes).
+TICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+MEMBER_STATUSES = ("alive", "suspect", "dead", "left")  # always exported, 0 when absent: dashboards stack them
+DIRECTIONS = ("in", "out")
+MAX_REQUEST_BYTES = 8192  # a scrape request is one line and a few headers; more is not Prometheus
+REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request before we hang up
+ERROR_LOG_PERIOD = 10.0  # seconds between two "metrics_snapshot_failed" lines
+
+Snapshot = Mapping[str, Any]
+
+
+class TickHistogram:
+    """A fixed-bucket histogram for the hot path: one bisect and three adds per observation.
+
+    Not thread-safe; observe and read it on the node's loop. ``counts[i]`` holds
+    observations in ``(bounds[i-1], bounds[i]]``; the last slot is above every bound (+Inf).
+    """
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Iterable[float] = TICK_BUCKETS) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: (``le``, observations at or below it), ending with ``+Inf``."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return out
+
+
+def _label(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+class SnapshotCollector:
+    """A prometheus_client collector that reads ``snapshot()`` on every scrape."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], *, name: str, cluster: str, version: str) -> None:
+        self.snapshot = snapshot
+        self.info = {"version": version, "name": name, "cluster": cluster}
+        self.scrape_errors = 0
+        self._last_error_log = float("-inf")
+
+    def describe(self) -> list[Metric]:
+        """The families without samples: lets the registry check names without a snapshot."""
+        return list(self._families({}))
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = self.snapshot()
+            families = list(self._families(snap))
+        except Exception as exc:  # a broken snapshot must not turn the scrape into a 500
+            self.scrape_errors += 1
+            now = time.monotonic()
+            if now - self._last_error_log >= ERROR_LOG_PERIOD:
+                self._last_error_log = now
+                log.event("metrics_snapshot_failed", logging.WARNING, error=repr(exc)[:200], total=self.scrape_errors)
+            families = list(self._families({}))
+        yield from families
+        errors = CounterMetricFamily("corec_metrics_scrape_errors", "Scrapes whose node snapshot failed.")
+        errors.add_metric([], self.scrape_errors)
+        yield errors
+
+    def _families(self, s: Snapshot) -> Iterator[Metric]:
+        info = InfoMetricFamily("corec_node", "This node: version, name and cluster label.")
+        info.add_metric([], self.info)
+        yield info
+
+        members = GaugeMetricFamily("corec_members", "Cluster members as this node sees them, by status.", labels=["status"])
+        if "members" in s:
+            counts = dict(s["members"])
+            for status in (*MEMBER_STATUSES, *sorted(set(counts) - set(MEMBER_STATUSES))):
+                members.add_metric([status], float(counts.get(status, 0)))
+        yield members
+
+        yield _scalar(GaugeMetricFamily, "corec_leader_term", "Current nucleus leader term.", s.get("term"))
+        yield _scalar(CounterMetricFamily, "corec_elections", "Elections this node started as a candidate.", s.get("elections"))
+        yield _scalar(GaugeMetricFamily, "corec_entities", "Entities held by this node.", s.get("entities"))
+        yield _scalar(GaugeMetricFamily, "corec_blocks", "Entity blocks held by this node.", s.get("blocks"))
+
+        for key, name, doc in (("messages", "corec_messages", "Mesh messages, by direction and topic."),
+                               ("message_bytes", "corec_message_bytes", "Mesh message bytes on the wire, by direction and topic.")):
+            family = CounterMetricFamily(name, doc, labels=["direction", "topic"])
+            by_direction = s.get(key) or {}
+            for direction in DIRECTIONS:
+                for topic, n in sorted((by_direction.get(direction) or {}).items(), key=lambda kv: _label(kv[0])):
+                    family.add_metric([direction, _label(topic)], float(n))
+            yield family
+
+        rejected = CounterMetricFamily("corec_rejected_frames", "Frames dropped before the protocol, by reason.", labels=["reason"])
+        for reason, n in sorted((s.get("rejected") or {}).items()):
+            rejected.add_metric([_label(reason)], float(n))
+        yield rejected
+
+        tick = HistogramMetricFamily("corec_tick_duration_seconds", "Time one node tick takes (timers, effects).")
+        hist = s.get("tick")
+        if hist is not None:
+            tick.add_metric([], hist.cumulative(), hist.sum)
+        yield tick
+
+        yield _scalar(GaugeMetricFamily, "corec_sync_lag_seconds", "How far the storage sync is behind, in seconds.", s.get("sync_lag"))
+        yield _scalar(GaugeMetricFamily, "corec_outbox_rows", "Rows in the outbox waiting for PostgreSQL.", s.get("outbox_rows"))
+
+        faults = CounterMetricFamily("corec_plugin_faults", "Plugin hook calls that raised or timed out, by plugin.", labels=["plugin"])
+        for plugin, n in sorted((s.get("plugin_faults") or {}).items()):
+            faults.add_metric([_label(plugin)], float(n))
+        yield faults
+
+
+def _scalar(cls: type, name: str, doc: str, value: Any) -> Metric:
+    family = cls(name, doc, labels=[])
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
+
+
+class Metrics:
+    """The node's metrics on a registry of its own (never prometheus_client's global one)."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], *, name: str, cluster: str, version: str) -> None:
+        """``snapshot`` runs on every scrape, on the loop that serves HTTP; it must not block."""
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = SnapshotCollector(snapshot, name=name, cluster=cluster, version=version)
+        self.registry.register(self.collector)
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) as Prometheus would get them for this ``Accept`` header."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def text(self) -> str:
+        """The classic text format (0.0.4), for tests and ``status`` tooling."""
+        return generate_latest(self.registry).decode()
+
+    async def start_http(self, addr: str) -> MetricsServer:
+        """Serve ``GET /metrics`` on ``host:port`` (port 0: any free port, see ``.port``)."""
+        host, port = split_addr(addr) if not addr.endswith(":0") else (addr.rpartition(":")[0].strip("[]"), 0)
+        server = MetricsServer(self)
+        await server.start(host, port)
+        return server
+
+
+class MetricsServer:
+    """A minimal HTTP/1.1 server for scrapes: one request per connection, then close."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.server: asyncio.AbstractServer | None = None
+        self.host = ""
+        self.port = 0
+        self.requests = 0
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_BYTES)
+        self.host, self.port = self.server.sockets[0].getsockname()[:2]
+        log.event("metrics_listening", addr=f"{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split()
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                await self._reply(writer, "400 Bad Request", b"bad request\n", "text/plain")
+                return
+            method, target = parts[0], parts[1].split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                await self._reply(writer, "405 Method Not Allowed", b"GET only\n", "text/plain", extra="Allow: GET, HEAD\r\n")
+                return
+            if target not in ("/metrics", "/"):
+                await self._reply(writer, "404 Not Found", b"try /metrics\n", "text/plain")
+                return
+            self.requests += 1
+            body, content_type = self.metrics.exposition(headers.get("accept", ""))
+            await self._reply(writer, "200 OK", body, content_type, head_only=method == "HEAD")
+        except Exception:  # one bad scrape must not take the server down
+            logging.getLogger(log.LOGGER_NAME).exception("metrics_request_failed")
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, status: str, body: bytes, content_type: str, *,
+                     head_only: bool = False, extra: str = "") -> None:
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n{extra}\r\n").encode("latin-1")
+        writer.write(head if head_only else head + body)
+        try:
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+
+__all__ = ["TICK_BUCKETS", "Metrics", "MetricsServer", "SnapshotCollector", "TickHistogram"]

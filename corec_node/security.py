@@ -1,0 +1,352 @@
+"""CurveZMQ for the mesh: who may join, publish and read, and nobody reads the wire.
+
+Key design (one shared server key, one client key per node)
+-----------------------------------------------------------
+A ZeroMQ CURVE client must know the server's public key before it connects, but a node
+joins by address ("host:port") and learns peers by gossip, so it cannot know which node
+owns a key before it has talked to it. Hence:
+
+- **The cluster key** (``cluster.key_secret``, made once with ``corec-node keygen cluster``)
+  is the *server* key pair of every node: its ROUTER and its PUB are CURVE servers with it,
+  and every DEALER and SUB names its public half as the server key. Every node holds a
+  copy of it. A client therefore knows it talks to *a* cluster node, never to an
+  impostor that lacks the cluster secret.
+- **A node key** (``NAME.key_secret``, ``corec-node keygen NAME``) per node is its *client*
+  key pair. Each node's public half (``NAME.key``) goes into the authorized directory of
+  every node; the ZAP authenticator on each node admits a client only if its public key is
+  in that directory. ``security.secret_key_file`` names the node key; the cluster key is
+  read from ``cluster.key_secret`` beside it unless given explicitly.
+- The cluster's own public key must not be in the authorized directory (load refuses it):
+  that would admit any holder of the cluster secret, i.e. every node ever provisioned,
+  and per-node revocation would be lost.
+
+Threat model
+------------
+Protected, against anyone who can reach the ports or sit on the network path:
+- confidentiality and integrity of every mesh message (CurveZMQ: Curve25519 key exchange,
+  XSalsa20-Poly1305, per-connection transient keys so recorded traffic stays sealed even
+  if a long-term secret leaks later);
+- admission: a client without an authorized node key cannot join, send direct messages
+  (probes, votes, state pushes) or subscribe to broadcasts; nothing it sends reaches the
+  node's protocol code, and a plain (NULL) ZeroMQ or raw TCP peer fails the handshake;
+- server authenticity: a node connects only to servers holding the cluster secret, so an
+  outsider cannot pose as a member's ROUTER or PUB.
+
+Not protected:
+- a member is fully trusted: any holder of an authorized node key and the cluster key can
+  send any protocol message and claim any node name (the envelope's sender is not yet
+  bound to the CURVE key; the authenticator's User-Id is the key's file name, which makes
+  that check possible later);
+- revocation is two steps: remove ``NAME.key`` from every authorized directory (and reload
+  or restart the nodes) so the node can no longer connect out, *and* rotate the cluster key,
+  because the revoked node still holds the cluster secret and could serve as a PUB/ROUTER
+  to nodes that still dial its old address;
+- keys on disk are protected by file permissions only (secret files 0600 or 0640 to the
+  service group; world-readable secrets are refused at load);
+- traffic analysis (who talks to whom, when, how much) and denial of service: anyone who
+  reaches the ports can open TCP connections and start handshakes;
+- the control socket (local unix socket, 0600) and the metrics endpoint are outside CURVE:
+  bind metrics to loopback or a management network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from corec_node import log
+
+CLUSTER_KEY_NAME = "cluster"  # file stem of the shared server key pair
+SECRET_SUFFIX = ".key_secret"  # zmq.auth's naming: NAME.key (public), NAME.key_secret (both halves)
+PUBLIC_SUFFIX = ".key"
+DENIAL_LOG_PERIOD = 10.0  # seconds between "curve_denied" lines: a scanner must not flood the log
+
+_AUTH_CONTEXTS: set[int] = set()  # libzmq contexts (by address) with a running authenticator
+_AUTH_LOCK = threading.Lock()
+
+
+class SecurityError(Exception):
+    """A local key or setup problem; the message names the file and the fix."""
+
+
+# -- keys ---------------------------------------------------------------------------
+
+
+def keygen(directory: str | os.PathLike[str], name: str, *, force: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600) into ``directory``.
+
+    Uses ``zmq.auth.create_certificates`` in a private (0700) scratch directory, so the
+    secret is never readable by others, then moves both files into place. Existing files
+    are kept (FileExistsError) unless ``force``.
+    """
+    if not name or "/" in name or name.startswith(".") or name != name.strip():
+        raise ValueError(f"key name {name!r}: expected a plain file name such as a node name")
+    if not zmq.has("curve"):
+        raise SecurityError("this libzmq has no CURVE support (built without libsodium/tweetnacl)")
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    public_path, secret_path = target / f"{name}{PUBLIC_SUFFIX}", target / f"{name}{SECRET_SUFFIX}"
+    if not force:
+        for path in (public_path, secret_path):
+            if path.exists():
+                raise FileExistsError(f"{path} exists; keep it, or pass --force to replace it")
+    scratch = Path(tempfile.mkdtemp(prefix=".keygen-", dir=target))
+    try:
+        tmp_public, tmp_secret = (Path(p) for p in zmq.auth.create_certificates(scratch, name))
+        os.chmod(tmp_secret, 0o600)
+        os.chmod(tmp_public, 0o644)
+        for tmp, final in ((tmp_secret, secret_path), (tmp_public, public_path)):
+            if force:
+                os.replace(tmp, final)
+            else:
+                os.link(tmp, final)  # atomic and never overwrites: FileExistsError if another keygen won
+    finally:
+        for leftover in scratch.iterdir():
+            leftover.unlink()
+        scratch.rmdir()
+    return public_path, secret_path
+
+
+def _check_key(key: bytes | None, path: Path, what: str) -> bytes:
+    if key is None:
+        raise SecurityError(f"{path}: no {what} in this file")
+    try:
+        if len(key) != 40 or len(z85.decode(key)) != 32:
+            raise ValueError
+    except ValueError:
+        raise SecurityError(f"{path}: the {what} is not a 40-character Z85 CURVE key") from None
+    return key
+
+
+def _load_secret(path: Path, role: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file, refusing unreadable or world-readable files."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SecurityError(f"{path}: {role} not found (make it with: corec-node keygen NAME --dir DIR)") from None
+    except OSError as exc:
+        raise SecurityError(f"{path}: {role} unreadable: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise SecurityError(f"{path}: {role} is not a regular file")
+    if mode & stat.S_IROTH:
+        raise SecurityError(f"{path}: {role} is readable by everyone; run: chmod 600 {path}")
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise SecurityError(f"{path}: {role} unreadable: {exc}") from None
+    if secret is None:
+        raise SecurityError(f"{path}: {role} has no secret-key; give the .key_secret file, not the public .key")
+    return _check_key(public, path, "public-key"), _check_key(secret, path, "secret-key")
+
+
+def load_authorized(public_keys_dir: str | os.PathLike[str]) -> dict[bytes, str]:
+    """Authorized client keys: Z85 public key -> name (the ``NAME.key`` file stem)."""
+    directory = Path(public_keys_dir)
+    if not directory.is_dir():
+        raise SecurityError(f"{directory}: authorized public keys directory not found")
+    keys: dict[bytes, str] = {}
+    for path in sorted(directory.glob(f"*{PUBLIC_SUFFIX}")):
+        try:
+            public, _secret = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise SecurityError(f"{path}: not a public key file: {exc}") from None
+        keys[_check_key(public, path, "public-key")] = path.name[: -len(PUBLIC_SUFFIX)]
+    if not keys:
+        raise SecurityError(f"{directory}: no NAME.key public key files; nobody could connect")
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class CurveConfig:
+    """This node's keys and whom it admits; immutable, safe to share between threads."""
+
+    public_key: bytes  # this node's client key pair (Z85)
+    secret_key: bytes = field(repr=False)
+    server_public_key: bytes  # the cluster key pair, used by every ROUTER and PUB
+    server_secret_key: bytes = field(repr=False)
+    authorized: Mapping[bytes, str]  # Z85 public key -> node name
+    secret_key_file: str = ""
+    cluster_key_file: str = ""
+    public_keys_dir: str = ""
+
+    @classmethod
+    def load(cls, secret_key_file: str | os.PathLike[str], public_keys_dir: str | os.PathLike[str],
+             cluster_key_file: str | os.PathLike[str] | None = None) -> CurveConfig:
+        """Read and check every key; :class:`SecurityError` names the file at fault.
+
+        ``cluster_key_file`` defaults to ``cluster.key_secret`` beside ``secret_key_file``.
+        """
+        if not zmq.has("curve"):
+            raise SecurityError("this libzmq has no CURVE support (built without libsodium/tweetnacl)")
+        node_path = Path(secret_key_file)
+        cluster_path = Path(cluster_key_file) if cluster_key_file else node_path.with_name(CLUSTER_KEY_NAME + SECRET_SUFFIX)
+        public, secret = _load_secret(node_path, "node secret key")
+        server_public, server_secret = _load_secret(cluster_path, "cluster secret key")
+        if public == server_public:
+            raise SecurityError(f"{node_path}: this is the cluster key; give the node's own key (corec-node keygen NAME)")
+        authorized = load_authorized(public_keys_dir)
+        if server_public in authorized:
+            raise SecurityError(
+                f"{Path(public_keys_dir) / (authorized[server_public] + PUBLIC_SUFFIX)}: the cluster's public key "
+                "must not be authorized (every key holder, revoked ones too, would get in); remove it")
+        if public not in authorized:
+            log.event("own_key_not_authorized", logging.WARNING, key_file=str(node_path), dir=str(public_keys_dir),
+                      detail="this node's public key is not in its authorized directory; peers with the same directory will refuse it")
+        return cls(public, secret, server_public, server_secret, authorized,
+                   str(node_path), str(cluster_path), str(public_keys_dir))
+
+
+# -- authenticator ------------------------------------------------------------------
+
+
+class CurveAuthenticator(ThreadAuthenticator):
+    """ZAP handler admitting only the authorized node keys, in its own thread.
+
+    A thread rather than the node's event loop: handshakes are then answered even while
+    the loop is busy, and nothing here can block the loop. User-Id of a connection is the
+    node name of its key file. :attr:`allowed` and :attr:`denied` count handshakes.
+    """
+
+    def __init__(self, context: zmq.Context, curve: CurveConfig) -> None:
+        super().__init__(context=context, log=logging.getLogger("corec.zap"))
+        self.curve = curve
+        self._authorized: Mapping[bytes, str] = dict(curve.authorized)
+        self.allowed = 0
+        self.denied = 0
+        self._last_denial_log = float("-inf")
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """Credentials-provider hook (runs on the ZAP thread; a dict lookup, never blocks)."""
+        if key in self._authorized:
+            self.allowed += 1
+            return True
+        self.denied += 1
+        now = time.monotonic()
+        if now - self._last_denial_log >= DENIAL_LOG_PERIOD:
+            self._last_denial_log = now
+            log.event("curve_denied", logging.WARNING, key=key.decode("ascii", "replace"), total=self.denied,
+                      detail="a client with an unknown key tried to connect")
+        return False
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self._authorized.get(z85.encode(client_public_key), "")
+
+    def reload(self) -> int:
+        """Re-read the authorized directory (after a key was added or revoked); returns the count.
+
+        On a bad directory the old set stays in force and SecurityError is raised.
+        """
+        self._authorized = load_authorized(self.curve.public_keys_dir)
+        return len(self._authorized)
+
+
+def start_authenticator(context: zmq.Context, curve: CurveConfig) -> CurveAuthenticator:
+    """Start ZAP on ``context`` (any shadow of the node's context); call before binding.
+
+    Without a ZAP handler libzmq admits every CURVE client, so :func:`configure_server`
+    refuses to run on a context that has none. Stop it with :func:`stop_authenticator`
+    before terminating the context.
+    """
+    if isinstance(context, zmq.asyncio.Context):  # the handler thread needs plain sockets
+        context = zmq.Context.shadow(context.underlying)
+    auth = CurveAuthenticator(context, curve)
+    auth.start()
+    auth.configure_curve_callback(domain="*", credentials_provider=auth)
+    with _AUTH_LOCK:
+        _AUTH_CONTEXTS.add(context.underlying)
+    return auth
+
+
+def stop_authenticator(auth: CurveAuthenticator) -> None:
+    with _AUTH_LOCK:
+        _AUTH_CONTEXTS.discard(auth.context.underlying)
+    auth.stop()
+
+
+def configure_server(sock: zmq.Socket, curve: CurveConfig) -> None:
+    """Make ``sock`` (ROUTER or PUB) a CURVE server with the cluster key; before ``bind``.
+
+    A PUB is a server too, so a SUB must be an authorized client to receive anything.
+    """
+    with _AUTH_LOCK:
+        guarded = sock.context.underlying in _AUTH_CONTEXTS
+    if not guarded:
+        raise SecurityError("no CURVE authenticator on this socket's context: call start_authenticator first "
+                            "(without one libzmq admits every client key)")
+    sock.setsockopt(zmq.CURVE_SECRETKEY, curve.server_secret_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.server_public_key)
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+
+
+def configure_client(sock: zmq.Socket, curve: CurveConfig, server_public_key: bytes | None = None) -> None:
+    """Make ``sock`` (DEALER or SUB) a CURVE client with this node's key; before ``connect``.
+
+    ``server_public_key`` defaults to the cluster key, which every node serves with.
+    """
+    sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_public_key or curve.server_public_key)
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``keygen NAME --dir DIR [--force]`` to the ``corec-node`` subcommands."""
+    p = subparsers.add_parser(
+        "keygen", help="make a CurveZMQ key pair (a node's, or 'cluster' for the shared server key)",
+        description="Write NAME.key (public) and NAME.key_secret (secret, mode 0600) for CurveZMQ. "
+                    "Make the cluster key once with NAME 'cluster' and a node key per node; put every "
+                    "node's NAME.key (never cluster.key) into each node's security.public_keys_dir.")
+    p.add_argument("name", metavar="NAME", help="node name, or 'cluster' for the shared server key")
+    p.add_argument("--dir", required=True, metavar="DIR", help="directory to write the key files into")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.set_defaults(func=cmd_keygen)
+    return p
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Exit 0 and print the two paths; 1 if the files exist or cannot be written; 2 on a bad name."""
+    try:
+        public, secret = keygen(args.dir, args.name, force=getattr(args, "force", False))
+    except ValueError as exc:
+        print(f"corec-node: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, SecurityError) as exc:
+        print(f"corec-node: keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"public: {public}")
+    print(f"secret: {secret}")
+    return 0
+
+
+__all__ = [
+    "CLUSTER_KEY_NAME",
+    "CurveAuthenticator",
+    "CurveConfig",
+    "SecurityError",
+    "add_cli",
+    "cmd_keygen",
+    "configure_client",
+    "configure_server",
+    "keygen",
+    "load_authorized",
+    "start_authenticator",
+    "stop_authenticator",
+]

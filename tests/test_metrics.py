@@ -1,0 +1,264 @@
+"""Prometheus exposition from a node snapshot, over a real loopback HTTP port."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import re
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from corec_node.metrics import TICK_BUCKETS, Metrics, TickHistogram
+from meshutil import eventually, free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = [
+    "corec_members", "corec_leader_term", "corec_elections_total", "corec_entities", "corec_blocks",
+    "corec_messages_total", "corec_message_bytes_total", "corec_rejected_frames_total",
+    "corec_tick_duration_seconds", "corec_sync_lag_seconds", "corec_outbox_rows",
+    "corec_plugin_faults_total", "corec_node_info",
+]
+
+
+def real_snapshot() -> dict:
+    """What a busy node's snapshot looks like: the node's own Counters, bytes topics and all."""
+    tick = TickHistogram()
+    for seconds in (0.00004, 0.0002, 0.0002, 0.0008, 0.003, 0.03, 0.4, 1.7):
+        tick.observe(seconds)
+    messages_in = collections.Counter({b"mbr": 120, b"dir": 300, b"nuc": 40, b"ent.007": 5})
+    messages_out = collections.Counter({b"mbr": 100, b"dir": 310})
+    return {
+        "members": collections.Counter({"alive": 4, "suspect": 1, "dead": 1}),
+        "term": 3,
+        "elections": 2,
+        "entities": 1_000_000,
+        "blocks": 1000,
+        "messages": {"in": messages_in, "out": messages_out},
+        "message_bytes": {"in": {t: n * 150 for t, n in messages_in.items()}, "out": {t: n * 140 for t, n in messages_out.items()}},
+        "rejected": collections.Counter({"cluster": 7, "envelope": 2}),
+        "tick": tick,
+        "sync_lag": 0.75,
+        "outbox_rows": 12,
+        "plugin_faults": {"anomaly": 3},
+    }
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample as {(name, sorted labels): value}."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples, metric: str, /, **labels: str) -> float:
+    return samples[(metric, tuple(sorted(labels.items())))]
+
+
+def make_metrics(snapshot=real_snapshot) -> Metrics:
+    return Metrics(snapshot, name="node-a", cluster="prod", version="9.9.9")
+
+
+def test_exposition_has_every_metric_with_its_value():
+    text = make_metrics().text()
+    for name in REQUIRED:
+        assert re.search(rf"^{name}(_bucket)?[{{ ]", text, re.M), f"{name} missing from:\n{text}"
+    s = parse(text)
+    assert sample(s, "corec_members", status="alive") == 4
+    assert sample(s, "corec_members", status="suspect") == 1
+    assert sample(s, "corec_members", status="left") == 0  # every status, so stacked panels stay put
+    assert sample(s, "corec_leader_term") == 3
+    assert sample(s, "corec_elections_total") == 2
+    assert sample(s, "corec_entities") == 1_000_000
+    assert sample(s, "corec_blocks") == 1000
+    assert sample(s, "corec_messages_total", direction="in", topic="mbr") == 120
+    assert sample(s, "corec_messages_total", direction="in", topic="ent.007") == 5
+    assert sample(s, "corec_messages_total", direction="out", topic="dir") == 310
+    assert sample(s, "corec_message_bytes_total", direction="out", topic="mbr") == 14000
+    assert sample(s, "corec_rejected_frames_total", reason="cluster") == 7
+    assert sample(s, "corec_sync_lag_seconds") == 0.75
+    assert sample(s, "corec_outbox_rows") == 12
+    assert sample(s, "corec_plugin_faults_total", plugin="anomaly") == 3
+    assert sample(s, "corec_node_info", version="9.9.9", name="node-a", cluster="prod") == 1
+    assert sample(s, "corec_metrics_scrape_errors_total") == 0
+
+
+def test_tick_histogram_buckets():
+    s = parse(make_metrics().text())
+    bucket = lambda le: sample(s, "corec_tick_duration_seconds_bucket", le=le)  # noqa: E731
+    assert bucket("0.0001") == 1  # 40 µs
+    assert bucket("0.00025") == 3  # and two at 200 µs
+    assert bucket("0.001") == 4
+    assert bucket("0.05") == 6
+    assert bucket("1.0") == 7
+    assert bucket("+Inf") == 8  # 1.7 s: above every bound
+    assert sample(s, "corec_tick_duration_seconds_count") == 8
+    assert sample(s, "corec_tick_duration_seconds_sum") == pytest.approx(2.13424)
+    assert TICK_BUCKETS[0] == 0.0001 and TICK_BUCKETS[-1] == 1.0
+
+
+def test_tick_histogram_bounds_are_inclusive():
+    h = TickHistogram((0.001, 0.01))
+    for v in (0.001, 0.0010001, 0.01, 5.0):
+        h.observe(v)
+    assert h.counts == [1, 2, 1]
+    assert h.cumulative() == [("0.001", 1.0), ("0.01", 3.0), ("+Inf", 4.0)]
+
+
+def test_missing_keys_are_absent_not_zero():
+    s = parse(make_metrics(lambda: {"members": {"alive": 1}}).text())
+    assert sample(s, "corec_members", status="alive") == 1
+    names = {name for name, _ in s}
+    assert "corec_sync_lag_seconds" not in names and "corec_leader_term" not in names
+    assert "corec_node_info" in names
+
+
+def test_broken_snapshot_still_scrapes():
+    def broken() -> dict:
+        raise RuntimeError("node mid-shutdown")
+
+    m = make_metrics(broken)
+    s = parse(m.text())
+    assert sample(s, "corec_metrics_scrape_errors_total") == 1
+    assert sample(s, "corec_node_info", version="9.9.9", name="node-a", cluster="prod") == 1
+    assert sample(parse(m.text()), "corec_metrics_scrape_errors_total") == 2
+
+
+def test_registry_is_private():
+    m = make_metrics()
+    assert "corec_members" not in {f.name for f in REGISTRY.collect()}
+    make_metrics()  # a second node in one process: no duplicate-registration error
+    assert m.registry is not REGISTRY
+
+
+def test_openmetrics_when_asked():
+    body, content_type = make_metrics().exposition("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+    body, content_type = make_metrics().exposition("")
+    assert content_type.startswith("text/plain") and b"corec_members" in body
+
+
+# -- HTTP on a real loopback port ---------------------------------------------------------
+
+
+def http_get(url: str, method: str = "GET", accept: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+async def test_http_scrape_over_loopback():
+    loop_thread = threading.get_ident()
+    snapshot_threads: list[int] = []
+
+    def snapshot() -> dict:
+        snapshot_threads.append(threading.get_ident())
+        return real_snapshot()
+
+    server = await make_metrics(snapshot).start_http("127.0.0.1:0")
+    try:
+        assert server.port > 0
+        base = f"http://127.0.0.1:{server.port}"
+        status, headers, body = await asyncio.to_thread(http_get, base + "/metrics")
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/plain")
+        s = parse(body.decode())
+        assert sample(s, "corec_members", status="alive") == 4
+        assert sample(s, "corec_node_info", version="9.9.9", name="node-a", cluster="prod") == 1
+        assert snapshot_threads == [loop_thread]  # read on the node's loop: no lock needed
+
+        status, _, body = await asyncio.to_thread(http_get, base + "/nothing-here")
+        assert status == 404
+        status, headers, body = await asyncio.to_thread(http_get, base + "/metrics", "HEAD")
+        assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+        status, _, _ = await asyncio.to_thread(http_get, base + "/metrics", "POST")
+        assert status == 405
+        status, headers, body = await asyncio.to_thread(http_get, base + "/metrics", "GET", "application/openmetrics-text; version=1.0.0")
+        assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+        assert server.requests == 3
+    finally:
+        await server.close()
+    with pytest.raises(OSError):
+        await asyncio.to_thread(http_get, f"http://127.0.0.1:{server.port}/metrics")
+
+
+async def test_http_survives_garbage_and_slow_clients():
+    server = await make_metrics().start_http("127.0.0.1:0")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x00\xff not http at all\r\n\r\n")
+        await writer.drain()
+        assert (await reader.read()).startswith(b"HTTP/1.1 400")
+        writer.close()
+        _, idle = await asyncio.open_connection("127.0.0.1", server.port)  # says nothing; must not block others
+        status, _, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{server.port}/metrics")
+        assert status == 200
+        idle.close()
+    finally:
+        await server.close()
+
+
+# -- Grafana dashboard --------------------------------------------------------------------
+
+
+def test_grafana_dashboard_uses_the_metric_names():
+    dash = json.loads((ROOT / "configs" / "grafana-dashboard.json").read_text())
+    panels = dash["panels"]
+    assert dash["title"] and dash["uid"] and isinstance(dash["schemaVersion"], int)
+    assert len({p["id"] for p in panels}) == len(panels)
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    used = set(re.findall(r"\bcorec_[a-z_]+", " ".join(exprs)))
+    exported = set(parse(make_metrics().text()))
+    exported_names = {name for name, _ in exported}
+    for name in used:  # every series the dashboard queries exists
+        assert name in exported_names, f"dashboard queries {name}, which metrics.py does not export"
+    for name in REQUIRED:
+        assert any(u == name or u.startswith(name + "_") for u in used), f"dashboard has no panel for {name}"
+    titles = " | ".join(p["title"].lower() for p in panels)
+    for want in ("members by status", "leader term", "messages/s by topic", "rejected frames/s by reason",
+                 "tick duration p50 / p99", "sync lag", "outbox rows", "plugin faults"):
+        assert want in titles
+    for p in panels:
+        assert {"x", "y", "w", "h"} <= set(p["gridPos"]) and p["datasource"]["type"] == "prometheus"
+
+
+# -- end to end: a real node (passes once node.py serves [metrics] listen) ---------------
+
+
+def test_metrics_endpoint_after_real_run(cluster, tmp_path):
+    port = free_port()
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    a = cluster.start("a", args=["--config", str(cfg), "--profile", "test"]).wait_ready()
+    b = cluster.start("b", join=[a.addr], args=["--profile", "test"]).wait_ready()
+    eventually(lambda: a.members() == {"a": "alive", "b": "alive"}, 20, message="a sees b")
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scraped():
+        status, _, body = http_get(url)
+        s = parse(body.decode())
+        alive = s.get(("corec_members", (("status", "alive"),)))
+        term = s.get(("corec_leader_term", ()))
+        return status == 200 and alive == 2 and term is not None and term >= 1 and s
+
+    s = eventually(scraped, 20, message=f"{url} reports 2 alive members and a leader term")
+    assert sample(s, "corec_node_info", version=__import__("corec_node").__version__, name="a", cluster="corec") == 1
+    ins = {labels: v for (name, labels), v in s.items() if name == "corec_messages_total" and ("direction", "in") in labels}
+    outs = {labels: v for (name, labels), v in s.items() if name == "corec_messages_total" and ("direction", "out") in labels}
+    assert sum(ins.values()) > 0 and sum(outs.values()) > 0
+    topics = {dict(labels)["topic"] for labels in ins}
+    assert topics and all(t in {"dir", "mbr", "nuc", "agg", "alr"} or t.startswith("ent.") for t in topics), topics
+    assert sample(s, "corec_tick_duration_seconds_count") > 0
+    assert sample(s, "corec_members", status="dead") == 0
+    assert b.proc.poll() is None

@@ -1,0 +1,445 @@
+"""CurveZMQ with real sockets: who gets in, who does not, and what the wire shows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from corec_node.security import (
+    CurveConfig,
+    SecurityError,
+    add_cli,
+    cmd_keygen,
+    configure_client,
+    configure_server,
+    keygen,
+    start_authenticator,
+    stop_authenticator,
+)
+from meshutil import eventually
+
+pytestmark = pytest.mark.timeout(120)
+
+MARKER = b"CoreC-plaintext-marker-0123456789"
+SILENCE = 1.5  # seconds an intruder gets to deliver something; a member gets through in milliseconds
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+class Keys:
+    """A cluster key, member keys a and b (authorized), and mallory (not authorized)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "keys"
+        self.authorized = root / "authorized"
+        self.authorized.mkdir(parents=True)
+        for name in ("cluster", "a", "b", "mallory"):
+            keygen(self.dir, name)
+        for name in ("a", "b"):
+            shutil.copy(self.dir / f"{name}.key", self.authorized / f"{name}.key")
+
+    def secret(self, name: str) -> Path:
+        return self.dir / f"{name}.key_secret"
+
+    def curve(self, name: str) -> CurveConfig:
+        return CurveConfig.load(self.secret(name), self.authorized)
+
+
+@pytest.fixture
+def keys(tmp_path) -> Keys:
+    return Keys(tmp_path)
+
+
+class Zmq:
+    """Contexts and authenticators of one test, all torn down at its end."""
+
+    def __init__(self) -> None:
+        self.contexts: list[zmq.Context] = []
+        self.auths = []
+
+    def context(self) -> zmq.Context:
+        ctx = zmq.Context()
+        self.contexts.append(ctx)
+        return ctx
+
+    def server(self, curve: CurveConfig, kind: int) -> tuple[zmq.Socket, int]:
+        """A CURVE server socket on its own context with ZAP, bound to a random port."""
+        ctx = self.context()
+        self.auths.append(start_authenticator(ctx, curve))
+        sock = ctx.socket(kind)
+        sock.linger = 0
+        configure_server(sock, curve)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        return sock, port
+
+    def client(self, kind: int, port: int, curve: CurveConfig | None, server_key: bytes | None = None) -> zmq.Socket:
+        """A client on its own context (another node); no curve: a plain ZeroMQ peer."""
+        sock = self.context().socket(kind)
+        sock.linger = 0
+        if curve is not None:
+            configure_client(sock, curve, server_key)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        return sock
+
+    def close(self) -> None:
+        for auth in self.auths:
+            stop_authenticator(auth)
+        for ctx in self.contexts:
+            ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def z():
+    env = Zmq()
+    yield env
+    env.close()
+
+
+def recv(sock: zmq.Socket, timeout: float) -> list[zmq.Frame] | None:
+    if sock.poll(int(timeout * 1000), zmq.POLLIN):
+        return sock.recv_multipart(copy=False)
+    return None
+
+
+def drain(sock: zmq.Socket) -> list[list[bytes]]:
+    got = []
+    while sock.poll(0, zmq.POLLIN):
+        got.append(sock.recv_multipart())
+    return got
+
+
+def publish_until(pub: zmq.Socket, sub: zmq.Socket, payload: bytes, timeout: float) -> list[bytes] | None:
+    """PUB/SUB has a slow joiner: publish until the SUB hears it or the time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pub.send_multipart([b"mbr", payload])
+        frames = recv(sub, 0.05)
+        if frames is not None:
+            return [f.bytes for f in frames]
+    return None
+
+
+# -- who gets in ------------------------------------------------------------------------
+
+
+def test_authorized_client_reaches_router(keys, z):
+    router, port = z.server(keys.curve("a"), zmq.ROUTER)
+    dealer = z.client(zmq.DEALER, port, keys.curve("b"))
+    dealer.send_multipart([b"dir", b"hello from b"])
+    frames = recv(router, 10)
+    assert frames is not None, "an authorized client got nothing through"
+    assert [f.bytes for f in frames[1:]] == [b"dir", b"hello from b"]
+    assert frames[-1].get("User-Id") == "b"  # the authenticator names the key's node
+
+
+def test_authorized_subscriber_reads_pub(keys, z):
+    pub, port = z.server(keys.curve("a"), zmq.PUB)
+    sub = z.client(zmq.SUB, port, keys.curve("b"))
+    assert publish_until(pub, sub, b"gossip", 10) == [b"mbr", b"gossip"]
+
+
+@pytest.mark.parametrize("intruder", ["unauthorized_key", "plain_zmq"])
+def test_intruder_reaches_no_router(keys, z, intruder):
+    router, port = z.server(keys.curve("a"), zmq.ROUTER)
+    auth = z.auths[-1]
+    bad = z.client(zmq.DEALER, port, keys.curve("mallory") if intruder == "unauthorized_key" else None)
+    good = z.client(zmq.DEALER, port, keys.curve("b"))
+    deadline = time.monotonic() + SILENCE
+    while time.monotonic() < deadline:
+        try:
+            bad.send_multipart([b"dir", b"intruder"], flags=zmq.NOBLOCK)
+        except zmq.Again:  # no connection to queue on: the handshake never completes
+            pass
+        time.sleep(0.05)
+    good.send_multipart([b"dir", b"member"])
+    frames = recv(router, 10)
+    assert frames is not None and frames[-1].bytes == b"member", "the member's message must arrive (control)"
+    rest = drain(router)
+    assert all(f[-1] != b"intruder" for f in rest), "an intruder's message reached the ROUTER"
+    if intruder == "unauthorized_key":
+        assert auth.denied >= 1  # refused by ZAP, not merely slow
+    assert auth.allowed >= 1
+
+
+@pytest.mark.parametrize("intruder", ["unauthorized_key", "plain_zmq"])
+def test_intruder_reads_nothing_from_pub(keys, z, intruder):
+    pub, port = z.server(keys.curve("a"), zmq.PUB)
+    auth = z.auths[-1]
+    bad = z.client(zmq.SUB, port, keys.curve("mallory") if intruder == "unauthorized_key" else None)
+    good = z.client(zmq.SUB, port, keys.curve("b"))
+    assert publish_until(pub, good, b"secret gossip", 10) is not None, "the member must hear the PUB (control)"
+    deadline = time.monotonic() + SILENCE
+    while time.monotonic() < deadline:
+        pub.send_multipart([b"mbr", b"secret gossip"])
+        assert recv(bad, 0.05) is None, "an intruder read the PUB stream"
+    if intruder == "unauthorized_key":
+        assert auth.denied >= 1
+
+
+def test_client_refuses_impostor_server(keys, z, tmp_path):
+    """An outsider with its own server key, even one that admits our key, gets no connection."""
+    impostor_keys = tmp_path / "impostor"
+    keygen(impostor_keys, "cluster")
+    keygen(impostor_keys, "x")
+    impostor = CurveConfig.load(impostor_keys / "x.key_secret", keys.authorized)  # admits a and b
+    router, port = z.server(impostor, zmq.ROUTER)
+    dealer = z.client(zmq.DEALER, port, keys.curve("b"))  # b expects the real cluster key
+    dealer.send_multipart([b"dir", b"for members only"])
+    assert recv(router, SILENCE) is None
+
+
+def test_server_refuses_to_run_without_authenticator(keys, z):
+    """Without a ZAP handler libzmq would admit any client key: fail closed instead."""
+    sock = z.context().socket(zmq.ROUTER)
+    with pytest.raises(SecurityError, match="start_authenticator"):
+        configure_server(sock, keys.curve("a"))
+    sock.close(0)
+
+
+def test_reload_admits_a_new_key_and_revokes_an_old_one(keys, z):
+    router, port = z.server(keys.curve("a"), zmq.ROUTER)
+    auth = z.auths[-1]
+    shutil.copy(keys.dir / "mallory.key", keys.authorized / "mallory.key")
+    (keys.authorized / "b.key").unlink()
+    assert auth.reload() == 2  # a and mallory
+    newcomer = z.client(zmq.DEALER, port, keys.curve("mallory"))
+    newcomer.send_multipart([b"dir", b"now admitted"])
+    frames = recv(router, 10)
+    assert frames is not None and frames[-1].bytes == b"now admitted"
+    revoked = z.client(zmq.DEALER, port, keys.curve("b"))
+    revoked.send_multipart([b"dir", b"revoked"])
+    assert recv(router, SILENCE) is None
+    eventually(lambda: auth.denied >= 1, 5, message="b's handshake denied")
+
+
+# -- what the wire shows ----------------------------------------------------------------
+
+
+class SniffingProxy:
+    """A TCP relay between client and server that keeps a copy of every byte."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.captured = bytearray()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                down, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            up = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.conns += [down, up]
+            threading.Thread(target=self._pump, args=(down, up), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                with self.lock:
+                    self.captured += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def seen(self) -> bytes:
+        with self.lock:
+            return bytes(self.captured)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def proxies():
+    made: list[SniffingProxy] = []
+    yield lambda port: made.append(SniffingProxy(port)) or made[-1]
+    for p in made:
+        p.close()
+
+
+@pytest.mark.parametrize("secured", [True, False])
+def test_direct_messages_are_sealed_on_the_wire(keys, z, proxies, secured):
+    """With CURVE the marker never crosses the wire in clear; without it, the sniffer sees it."""
+    if secured:
+        router, port = z.server(keys.curve("a"), zmq.ROUTER)
+    else:
+        router = z.context().socket(zmq.ROUTER)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+    proxy = proxies(port)
+    dealer = z.client(zmq.DEALER, proxy.port, keys.curve("b") if secured else None)
+    for _ in range(20):
+        dealer.send_multipart([b"dir", MARKER])
+    frames = recv(router, 10)
+    assert frames is not None and frames[-1].bytes == MARKER, "the message must arrive through the proxy"
+    router.send_multipart([frames[0].bytes, b"dir", MARKER])  # and the other direction
+    assert recv(dealer, 10) is not None
+    wire = proxy.seen()
+    assert len(wire) > 20 * len(MARKER)
+    if secured:
+        assert MARKER not in wire and MARKER[:12] not in wire
+    else:
+        assert MARKER in wire  # the sniffer works: the secured case's silence means something
+
+
+def test_broadcasts_are_sealed_on_the_wire(keys, z, proxies):
+    pub, port = z.server(keys.curve("a"), zmq.PUB)
+    proxy = proxies(port)
+    sub = z.client(zmq.SUB, proxy.port, keys.curve("b"))
+    assert publish_until(pub, sub, MARKER, 10) == [b"mbr", MARKER]
+    wire = proxy.seen()
+    assert wire and MARKER not in wire and MARKER[:12] not in wire
+
+
+# -- keys and their errors --------------------------------------------------------------
+
+
+def test_keygen_writes_a_zmq_certificate_pair(tmp_path):
+    public, secret = keygen(tmp_path / "k", "node-a")
+    assert (public.name, secret.name) == ("node-a.key", "node-a.key_secret")
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    pub_key, none = zmq.auth.load_certificate(public)
+    pub_again, sec_key = zmq.auth.load_certificate(secret)
+    assert none is None and pub_key == pub_again and len(sec_key) == 40
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["node-a.key", "node-a.key_secret"]  # no scratch left
+
+
+def test_keygen_keeps_existing_keys_unless_forced(tmp_path):
+    _, secret = keygen(tmp_path, "a")
+    before = secret.read_bytes()
+    with pytest.raises(FileExistsError, match="a.key"):
+        keygen(tmp_path, "a")
+    assert secret.read_bytes() == before
+    keygen(tmp_path, "a", force=True)
+    assert secret.read_bytes() != before
+
+
+@pytest.mark.parametrize("name", ["", "../x", ".hidden", " a"])
+def test_keygen_refuses_odd_names(tmp_path, name):
+    with pytest.raises(ValueError):
+        keygen(tmp_path, name)
+
+
+def test_keygen_command(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="corec-node")
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["keygen", "node-a", "--dir", str(tmp_path / "keys")])
+    assert args.func is cmd_keygen
+    assert cmd_keygen(args) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "keys" / "node-a.key") in out and str(tmp_path / "keys" / "node-a.key_secret") in out
+    assert cmd_keygen(args) == 1  # exists: kept
+    assert "exists" in capsys.readouterr().err
+    assert cmd_keygen(parser.parse_args(["keygen", "../x", "--dir", str(tmp_path)])) == 2
+
+
+def test_load_reads_every_key(keys):
+    curve = keys.curve("a")
+    assert set(curve.authorized.values()) == {"a", "b"}
+    assert curve.server_public_key != curve.public_key
+    assert curve.cluster_key_file == str(keys.dir / "cluster.key_secret")
+    assert "secret_key=" not in repr(curve)  # secrets stay out of logs and tracebacks
+
+
+def _broken(keys: Keys, case: str) -> tuple[Path, Path, Path | None, str]:
+    """(secret_key_file, public_keys_dir, cluster_key_file, the file the error must name)."""
+    secret, authorized = keys.secret("a"), keys.authorized
+    if case == "missing_node_key":
+        return keys.dir / "nope.key_secret", authorized, None, "nope.key_secret"
+    if case == "missing_cluster_key":
+        return secret, authorized, keys.dir / "other.key_secret", "other.key_secret"
+    if case == "public_half_given":
+        return keys.dir / "a.key", authorized, keys.secret("cluster"), "a.key"
+    if case == "world_readable_secret":
+        os.chmod(secret, 0o644)
+        return secret, authorized, None, "a.key_secret"
+    if case == "cluster_key_as_node_key":
+        return keys.secret("cluster"), authorized, None, "cluster.key_secret"
+    if case == "no_authorized_dir":
+        return secret, keys.dir / "absent", None, "absent"
+    if case == "empty_authorized_dir":
+        empty = keys.dir.parent / "empty"
+        empty.mkdir()
+        return secret, empty, None, "empty"
+    if case == "garbage_public_key":
+        (authorized / "junk.key").write_text("curve\n    public-key = \"short\"\n")
+        return secret, authorized, None, "junk.key"
+    if case == "cluster_key_authorized":
+        shutil.copy(keys.dir / "cluster.key", authorized / "cluster.key")
+        return secret, authorized, None, "cluster.key"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "missing_node_key", "missing_cluster_key", "public_half_given", "world_readable_secret",
+    "cluster_key_as_node_key", "no_authorized_dir", "empty_authorized_dir", "garbage_public_key",
+    "cluster_key_authorized",
+])
+def test_load_errors_name_the_file(keys, case):
+    secret, authorized, cluster, culprit = _broken(keys, case)
+    with pytest.raises(SecurityError) as err:
+        CurveConfig.load(secret, authorized, cluster)
+    assert culprit in str(err.value)
+
+
+# -- end to end: real nodes (passes once node.py/transport.py apply [security]) ---------
+
+
+def _secured_config(path: Path, keys: Keys, name: str) -> Path:
+    path.write_text(
+        "[security]\nenabled = true\n"
+        f'secret_key_file = "{keys.secret(name)}"\n'
+        f'public_keys_dir = "{keys.authorized}"\n'
+    )
+    return path
+
+
+def test_intruder_cannot_join_secured_cluster(cluster, keys, tmp_path):
+    """Members a and b (CURVE) see each other; plain x and unauthorized mallory never get in."""
+    test = ["--profile", "test"]
+    a = cluster.start("a", args=["--config", str(_secured_config(tmp_path / "a.toml", keys, "a")), *test]).wait_ready()
+    b = cluster.start("b", join=[a.addr], args=["--config", str(_secured_config(tmp_path / "b.toml", keys, "b")), *test]).wait_ready()
+    members = {"a": "alive", "b": "alive"}
+    eventually(lambda: a.members() == members and b.members() == members, 20, message="secured a and b see each other")
+
+    # x: no CURVE at all; mallory: CURVE with the cluster key (a stolen copy) but an unauthorized node key
+    x = cluster.start("x", join=[a.addr, b.addr], args=test).wait_ready()
+    mallory = cluster.start("mallory", join=[a.addr, b.addr],
+                            args=["--config", str(_secured_config(tmp_path / "m.toml", keys, "mallory")), *test]).wait_ready()
+    time.sleep(3.0)  # many probe and gossip rounds on the test profile: long enough for any join to land
+    assert a.members() == members and b.members() == members, "an intruder joined the secured cluster"
+    for intruder in (x, mallory):
+        alive = {name for name, status in intruder.members().items() if status == "alive"}
+        assert alive == {intruder.name}, f"{intruder.name} sees members it should not reach: {intruder.members()}"
+    for member in (a, b):
+        names = {e.get("name") for e in member.log_events() if e.get("event") == "member_changed"}
+        assert not names & {"x", "mallory"}

@@ -1,0 +1,326 @@
+"""Entity engine benchmark: bytes per entity, ingest rate, tick time.
+
+    python bench/engine.py [memory|tick|all|throughput|latency] [--entities 1000000]
+                           [--batch 100000] [--block-size 1000] [--ticks 50]
+
+Parts:
+  (a) memory      RSS growth of this process while a store takes 1 M entities in batches,
+                  and store.nbytes(), as bytes per entity; next to the seeds' 1 KB/entity,
+                  Akka's ~400 B/actor, the bare 10 B wire record and a Python dict of lists
+                  measured here. Also the ingest rates seen on the way.
+  (b) tick        aggregate() over 1 M entities in 1,000 blocks: median, p99 and best of
+                  --ticks runs; next to a pure-Python loop over blocks (a subset, scaled)
+                  and a numpy loop over blocks measured in the same run, and the seeds'
+                  10-20 ms latency promise.
+  (c) throughput  NOT YET (the lead adds it): records/s through PUB/SUB into ingest.
+  (d) latency     NOT YET (the lead adds it): producer send -> aggregate row published.
+
+Prints a table, then one JSON line ``{"bench": "engine", ...}``. Figures only: nothing
+here passes or fails on time. The machine may be shared: medians and bests are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works without installing
+
+import numpy as np  # noqa: E402
+
+from corec_node.engine import EntityStore, aggregate  # noqa: E402
+from corec_node.wire import ENTITY_DTYPE  # noqa: E402
+
+SEED_BYTES_PER_ENTITY = 1024  # seeds: "1 KB por entidad", 1 M entities in 1 GB
+AKKA_BYTES_PER_ACTOR = 400  # Akka docs: ~2.7 M actors per GB of heap
+WIRE_RECORD_BYTES = 10
+SEED_LATENCY_MS = (10, 20)
+TICK_TARGET_MS = 10
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rss_bytes() -> int:
+    """Resident set size from /proc/self/statm (pages)."""
+    fields = Path("/proc/self/statm").read_text().split()
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def trim() -> None:
+    """Give freed heap back to the OS (glibc), so RSS shows what is held, not garbage."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def dataset(n: int, block_size: int, seed: int = 7) -> np.ndarray:
+    """n sensor-like records in n / block_size full blocks: 4 channels of n/4 sequential
+    ids (so 1 M entities, block size 1000 -> 1,000 blocks), values ~ N(20, 3) rounded to
+    0.01, 98% active, in random arrival order."""
+    rng = np.random.default_rng(seed)
+    per = n // 4
+    ids = np.tile(np.arange(per, dtype=np.uint32), 4)
+    channel = np.repeat(np.arange(4, dtype=np.uint8), per)
+    out = np.empty(len(ids), ENTITY_DTYPE)
+    out["id"] = ids
+    out["channel"] = channel
+    out["value"] = np.round(rng.normal(20.0, 3.0, len(ids)), 2)
+    out["active"] = rng.random(len(ids)) < 0.98
+    return out[rng.permutation(len(out))]
+
+
+# -- (a) memory ------------------------------------------------------------------------
+
+
+def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
+    data = dataset(args.entities, args.block_size)
+    n = len(data)
+    trim()
+    before = rss_bytes()
+    store = EntityStore(block_size=args.block_size)
+    t0 = time.perf_counter()
+    for start in range(0, n, args.batch):
+        store.ingest(data[start : start + args.batch])
+    bootstrap_s = time.perf_counter() - t0
+    aggregate(store, 0)  # the layout and its scratch buffers are part of what is held
+    after_raw = rss_bytes()
+    trim()
+    after = rss_bytes()
+    # steady state: every entity reports again, as one sorted sweep and as random batches
+    sweep = np.sort(data, order=["channel", "id"])
+    t_sweep = min(_timed(lambda: store.ingest(sweep)) for _ in range(3))
+    t_batches = min(
+        _timed(lambda: [store.ingest(data[s : s + args.batch]) for s in range(0, n, args.batch)])
+        for _ in range(3)
+    )
+    out = {
+        "entities": store.count(),
+        "blocks": len(store.block_ids()),
+        "rss_bytes_per_entity": (after - before) / n,
+        "rss_untrimmed_bytes_per_entity": (after_raw - before) / n,
+        "nbytes_per_entity": store.nbytes() / n,
+        "capacity": store.capacity,
+        "ingest_new_rps": n / bootstrap_s,
+        "ingest_update_sorted_rps": n / t_sweep,
+        "ingest_update_batches_rps": n / t_batches,
+    }
+    del store, sweep
+    out["python_dict_bytes_per_entity"] = _python_dict_baseline(min(n, 100_000))
+    return out
+
+
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _python_dict_baseline(n: int) -> float:
+    """RSS per entity of the obvious Python store: {(channel, id): [value, active, streak]}."""
+    trim()
+    before = rss_bytes()
+    d = {(i & 3, i): [20.0 + i * 1e-6, True, 0] for i in range(n)}
+    after = rss_bytes()
+    assert len(d) == n
+    del d
+    return (after - before) / n
+
+
+# -- (b) tick --------------------------------------------------------------------------
+
+
+def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
+    data = dataset(args.entities, args.block_size)
+    store = EntityStore(block_size=args.block_size)
+    store.ingest(data)
+    # a few erroring entities, as in production
+    err = data[:: 997].copy()
+    err["value"] = np.nan
+    store.ingest(err)
+    aggregate(store, 0)  # build the layout once (it is rebuilt only when keys change)
+    times = []
+    for t in range(args.ticks):
+        t0 = time.perf_counter()
+        aggregate(store, t)
+        times.append(time.perf_counter() - t0)
+    all_active = EntityStore(block_size=args.block_size)
+    ok = data.copy()
+    ok["active"] = 1
+    all_active.ingest(ok)
+    aggregate(all_active, 0)
+    times_all = [_timed(lambda: aggregate(all_active, 1)) for _ in range(args.ticks)]
+
+    py_blocks = max(1, min(args.py_blocks, len(store.block_ids())))
+    py_s = _python_loop_baseline(store, py_blocks) * len(store.block_ids()) / py_blocks
+    np_s = min(_numpy_loop_baseline(store) for _ in range(3))
+    ms = sorted(x * 1e3 for x in times)
+    return {
+        "entities": store.count(),
+        "blocks": len(store.block_ids()),
+        "tick_ms_median": statistics.median(ms),
+        "tick_ms_p99": ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))],
+        "tick_ms_best": ms[0],
+        "tick_all_active_ms_median": statistics.median(times_all) * 1e3,
+        "python_loop_ms_scaled": py_s * 1e3,
+        "python_loop_blocks_measured": py_blocks,
+        "numpy_loop_over_blocks_ms": np_s * 1e3,
+    }
+
+
+def _python_loop_baseline(store: EntityStore, blocks: int) -> float:
+    """Plain Python: per block, per entity, the same statistics (active only)."""
+    starts = store.block_starts().tolist()
+    values = store.values[: starts[blocks]].tolist()
+    active = store.active[: starts[blocks]].tolist()
+    streak = store.streaks[: starts[blocks]].tolist()
+    t0 = time.perf_counter()
+    rows = []
+    for b in range(blocks):
+        s, e = starts[b], starts[b + 1]
+        n = na = bad = 0
+        tot = sq = 0.0
+        lo, hi = float("inf"), float("-inf")
+        for i in range(s, e):
+            n += 1
+            if streak[i]:
+                bad += 1
+            if active[i]:
+                v = values[i]
+                na += 1
+                tot += v
+                sq += v * v
+                lo = min(lo, v)
+                hi = max(hi, v)
+        mean = tot / na if na else float("nan")
+        std = max(sq / na - mean * mean, 0.0) ** 0.5 if na else float("nan")
+        rows.append((n, na, mean, lo, hi, std, bad / n))
+    return time.perf_counter() - t0
+
+
+def _numpy_loop_baseline(store: EntityStore) -> float:
+    """numpy per block (a Python loop over blocks, vectorized inside each)."""
+    starts = store.block_starts().tolist()
+    values, active, streak = store.values, store.active, store.streaks
+    t0 = time.perf_counter()
+    for b in range(len(starts) - 1):
+        sl = slice(starts[b], starts[b + 1])
+        v = values[sl][active[sl]]
+        if len(v):
+            v.mean(), v.min(), v.max(), v.std()
+        np.count_nonzero(streak[sl])
+    return time.perf_counter() - t0
+
+
+# -- (c) throughput and (d) latency: the lead adds these once ingest runs over ZeroMQ --
+
+
+def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """(c) records/s from producers through PUB/SUB into EntityStore.ingest, against raw
+    pyzmq PUB/SUB on the same machine. TODO(lead): needs the node shell's ingest path."""
+    raise NotImplementedError("part (c) throughput: added with network ingest (node shell)")
+
+
+def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
+    """(d) latency from a producer's send to the block's aggregate row being published
+    (median, p99), against the seeds' 10-20 ms. TODO(lead): needs the node shell."""
+    raise NotImplementedError("part (d) latency: added with network ingest (node shell)")
+
+
+PARTS = {"memory": bench_memory, "tick": bench_tick,
+         "throughput": bench_throughput, "latency": bench_latency}
+
+
+def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"CoreC engine benchmark: {args.entities:,} entities, block size {args.block_size}")
+    print(f"{cpu_model()}, Python {platform.python_version()}, numpy {np.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    if "memory" in results:
+        m = results["memory"]
+        print()
+        print(f"(a) memory for {m['entities']:,} entities in {m['blocks']:,} blocks")
+        print(f"  {'what':<44} {'bytes/entity':>13}")
+        for label, value in (
+            ("CoreC EntityStore, RSS growth", m["rss_bytes_per_entity"]),
+            ("CoreC EntityStore, RSS growth before trim", m["rss_untrimmed_bytes_per_entity"]),
+            ("CoreC EntityStore, nbytes()", m["nbytes_per_entity"]),
+            ("wire record (bare)", WIRE_RECORD_BYTES),
+            ("Python dict of lists (measured here)", m["python_dict_bytes_per_entity"]),
+            ("Akka actor (documented)", AKKA_BYTES_PER_ACTOR),
+            ("seed documents' budget", SEED_BYTES_PER_ENTITY),
+        ):
+            print(f"  {label:<44} {value:>13,.1f}")
+        print(f"  ingest: new entities {m['ingest_new_rps']:,.0f} rec/s (batches of "
+              f"{args.batch:,}, random order); updates {m['ingest_update_sorted_rps']:,.0f} "
+              f"rec/s as one sorted sweep, {m['ingest_update_batches_rps']:,.0f} rec/s in "
+              f"random batches")
+    if "tick" in results:
+        t = results["tick"]
+        print()
+        print(f"(b) tick: aggregate() over {t['entities']:,} entities in {t['blocks']:,} blocks")
+        print(f"  {'what':<44} {'ms':>10}")
+        for label, value in (
+            ("CoreC aggregate, median", t["tick_ms_median"]),
+            ("CoreC aggregate, p99", t["tick_ms_p99"]),
+            ("CoreC aggregate, best", t["tick_ms_best"]),
+            ("CoreC aggregate, all active, median", t["tick_all_active_ms_median"]),
+            ("numpy loop over blocks", t["numpy_loop_over_blocks_ms"]),
+            (f"pure Python loop ({t['python_loop_blocks_measured']} blocks, scaled)",
+             t["python_loop_ms_scaled"]),
+            ("seeds' latency promise (whole path)", SEED_LATENCY_MS[1]),
+            ("target for one tick", TICK_TARGET_MS),
+        ):
+            print(f"  {label:<44} {value:>10,.2f}")
+        print(f"  speedup: {t['python_loop_ms_scaled'] / t['tick_ms_median']:,.0f}x over pure "
+              f"Python, {t['numpy_loop_over_blocks_ms'] / t['tick_ms_median']:,.1f}x over a "
+              f"numpy loop over blocks")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", nargs="?", default="all", choices=[*PARTS, "all"])
+    parser.add_argument("--entities", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--block-size", type=int, default=1000)
+    parser.add_argument("--ticks", type=int, default=50)
+    parser.add_argument("--py-blocks", type=int, default=20,
+                        help="blocks the pure-Python baseline measures (then scaled)")
+    args = parser.parse_args()
+    parts = ["memory", "tick"] if args.part == "all" else [args.part]
+    results: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        try:
+            results[part] = PARTS[part](args)
+        except NotImplementedError as exc:
+            print(f"{part}: {exc}", file=sys.stderr)
+            return 2
+    print_table(results, args)
+    print()
+    print(json.dumps({"bench": "engine", "entities": args.entities,
+                      "block_size": args.block_size, "cpu": cpu_model(),
+                      "loadavg": round(os.getloadavg()[0], 2), **{
+                          f"{part}.{k}": (round(v, 4) if isinstance(v, float) else v)
+                          for part, r in results.items() for k, v in r.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Placement: rendezvous hashing is deterministic across processes, balanced, and moves
+only what it must when a member joins or leaves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corec_node.engine.blocks import block_id
+from corec_node.engine.blocks import FusionTable
+from corec_node.mesh.placement import PlacementMap, member_seed, moves, owners, partition
+from corec_node.wire import ENTITY_DTYPE
+
+BLOCKS = np.array([block_id(c, i * 1000) for c in range(4) for i in range(25_000)], np.int64)
+NAMES = [f"node-{i}" for i in range(10)]
+
+
+def test_golden_values():
+    # The score is protocol (placement.py Rule 2): these must never change. Another
+    # implementation of the mesh must reproduce them.
+    assert member_seed("node-0") == 0x40C50760A3130312
+    m = PlacementMap(1, ["alpha", "beta", "gamma"])
+    blocks = [0, 1, 2, 3, 4, 5, 1 << 32, (7 << 32) | 12345, (255 << 32) | 0xFFFF_FFFF]
+    assert m.owner_names(blocks) == [
+        "gamma", "gamma", "gamma", "alpha", "gamma", "beta", "beta", "gamma", "beta",
+    ]
+
+
+def test_same_map_in_another_process():
+    code = (
+        "import json, sys; from corec_node.mesh.placement import owners;"
+        "blocks = json.loads(sys.argv[1]); names = json.loads(sys.argv[2]);"
+        "print(json.dumps(owners(blocks, names).tolist()))"
+    )
+    blocks = BLOCKS[::997].tolist()
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(blocks), json.dumps(NAMES)],
+        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "12345"},
+    )
+    assert json.loads(out.stdout) == owners(blocks, NAMES).tolist()
+
+
+def test_owner_does_not_depend_on_member_order():
+    a = np.asarray(NAMES)[owners(BLOCKS, NAMES)]
+    shuffled = NAMES[::-1][3:] + NAMES[::-1][:3]
+    b = np.asarray(shuffled)[owners(BLOCKS, shuffled)]
+    assert np.array_equal(a, b)
+    m = PlacementMap(3, shuffled)
+    assert m.members == tuple(sorted(NAMES))
+    assert np.array_equal(np.asarray(m.members)[m.owners(BLOCKS)], a)
+    assert m.owner(int(BLOCKS[5])) == a[5]
+
+
+def test_balance():
+    counts = np.bincount(owners(BLOCKS, NAMES), minlength=len(NAMES))
+    expected = len(BLOCKS) / len(NAMES)  # 10,000; binomial sd about 95
+    assert (np.abs(counts - expected) < 6 * np.sqrt(expected)).all(), counts
+
+
+def test_join_moves_only_to_the_newcomer_and_about_one_in_n():
+    old = PlacementMap(1, NAMES)
+    new = PlacementMap(2, NAMES + ["node-new"])
+    mv = moves(old, new, BLOCKS)
+    assert all(dst == "node-new" for _, dst in mv.values())
+    share = len(mv) / len(BLOCKS)
+    assert abs(share - 1 / 11) < 0.01
+    assert len(new.blocks_of("node-new", BLOCKS)) == len(mv)
+
+
+def test_leave_moves_only_the_leavers_blocks():
+    old = PlacementMap(1, NAMES)
+    new = PlacementMap(2, [n for n in NAMES if n != "node-3"])
+    mv = moves(old, new, BLOCKS)
+    theirs = old.blocks_of("node-3", BLOCKS)
+    assert sorted(mv) == sorted(theirs.tolist())
+    assert all(src == "node-3" and dst != "node-3" for src, dst in mv.values())
+    # spread over the others, not dumped on one
+    dests = {dst for _, dst in mv.values()}
+    assert len(dests) == len(NAMES) - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    members=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=8, unique=True),
+    extra=st.text(min_size=1, max_size=12),
+    blocks=st.lists(st.integers(0, (255 << 32) | 0xFFFF_FFFF), min_size=1, max_size=200),
+)
+def test_minimal_movement_property(members, extra, blocks):
+    before = PlacementMap(1, members)
+    if extra not in members:
+        after = PlacementMap(2, members + [extra])
+        assert all(dst == extra for _, dst in moves(before, after, blocks).values())
+    if len(members) > 1:
+        gone = members[0]
+        after = PlacementMap(2, members[1:])
+        assert all(src == gone for src, _ in moves(before, after, blocks).values())
+
+
+def test_errors():
+    with pytest.raises(ValueError):
+        owners([1], [])
+    with pytest.raises(ValueError):
+        PlacementMap(1, ["a", "a"])
+    assert PlacementMap(1, ["solo"]).owner(123) == "solo"
+    assert len(PlacementMap(1, ["a"]).blocks_of("b", [1, 2])) == 0
+
+
+def test_partition_records_by_owner():
+    m = PlacementMap(1, ["a", "b", "c"])
+    r = np.zeros(5000, ENTITY_DTYPE)
+    r["id"] = np.arange(5000) * 37
+    r["channel"] = np.arange(5000) % 3
+    parts = partition(r, m, 1000)
+    assert sum(len(p) for p in parts.values()) == 5000
+    for name, part in parts.items():
+        blocks = (part["channel"].astype(np.int64) << 32) | (part["id"] // 1000)
+        assert set(m.owner_names(blocks)) == {name}
+        assert np.all(np.diff(np.flatnonzero(np.isin(r, part))) > 0)  # input order kept
+    # a fused group goes to its root's owner
+    t = FusionTable()
+    weak = block_id(0, 0)
+    strong = next(b for b in (block_id(0, i * 1000) for i in range(1, 50))
+                  if m.owner(b) != m.owner(weak))
+    t.merge(weak, strong)
+    one = np.zeros(1, ENTITY_DTYPE)
+    assert list(partition(one, m, 1000, t.resolve)) == [m.owner(strong)]
+    assert partition(one[:0], m, 1000) == {}

@@ -68,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common(leave)
     leave.set_defaults(func=cmd_leave)
 
+    blocks = sub.add_parser("blocks", help="list cluster-wide block aggregates")
+    _common(blocks)
+    blocks.add_argument("--channel", type=int, help="only this channel")
+    blocks.add_argument("--json", action="store_true", help="print JSON")
+    blocks.set_defaults(func=cmd_blocks)
+
+    send = sub.add_parser("send", help="send entity records to a node",
+                          description="Send entity records to any node of a cluster (they reach their owners).")
+    send.add_argument("--to", metavar="HOST:PORT", required=True, help="a node's direct address")
+    source = send.add_mutually_exclusive_group(required=True)
+    source.add_argument("--channel", type=int, help="generate records on this channel (with --count)")
+    source.add_argument("--file", metavar="PATH", help="raw records in the wire format (10 bytes each, any channels)")
+    send.add_argument("--count", type=int, help="how many records to generate (ids 0..count-1)")
+    send.add_argument("--seed", type=int, default=0, help="seed of the generated values (default 0)")
+    send.add_argument("--cluster", default="corec", help="cluster label (default corec)")
+    send.set_defaults(func=cmd_send)
+
+    demo = sub.add_parser("demo", help="start three local nodes, stream entities, kill the leader, watch the failover")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory with the nodes' logs")
+    demo.set_defaults(func=cmd_demo)
+
     force = sub.add_parser("force-leave", help="mark a dead member as left so it is reaped")
     _common(force)
     force.add_argument("name", metavar="NAME")
@@ -145,6 +166,18 @@ def render_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_blocks(rows: list[dict[str, Any]]) -> str:
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    table = [["BLOCK", "CHANNEL", "OWNER", "COUNT", "ACTIVE", "MEAN", "MIN", "MAX", "STD", "FITNESS", "TICK"]]
+    for r in rows:
+        table.append([f"{r['channel']}:{r['block'] & 0xFFFFFFFF}", str(r["channel"]), r["owner"], str(r["count"]),
+                      str(r["active"]), f(r["mean"]), f(r["min"]), f(r["max"]), f(r["std"]), f(r["fitness"]), str(r["tick"])])
+    total = sum(r["count"] for r in rows)
+    return _table(table) + f"\n{len(rows)} blocks, {total} entities"
+
+
 def render_leader(r: dict[str, Any]) -> str:
     return f"{r['leader'] or '(none)'} (term {r['term']})"
 
@@ -152,10 +185,57 @@ def render_leader(r: dict[str, Any]) -> str:
 cmd_members = _client("members", render_members)
 cmd_status = _client("status", render_status)
 cmd_leader = _client("leader", render_leader)
+cmd_blocks = _client("blocks", render_blocks, channel=lambda a: a.channel)
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
                    addrs=lambda a: a.peers, wait=lambda a: a.timeout)
 cmd_force_leave = _client("force-leave", lambda r: f"{r['name']} marked left", name=lambda a: a.name)
 cmd_leave = _client("leave", lambda r: f"{r['name']} left the cluster; stopping")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from corec_node.client import Client
+    from corec_node.config import split_addr
+    from corec_node.wire import ENTITY_DTYPE, WireError, decode_entities
+
+    try:
+        split_addr(args.to)
+    except ValueError as exc:
+        print(f"corec-node: --to: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.file:
+        try:
+            with open(args.file, "rb") as f:
+                records = decode_entities(f.read(), max_records=1 << 40)
+        except OSError as exc:
+            return _fail(f"cannot read {args.file}: {exc.strerror}")
+        except WireError as exc:
+            return _fail(f"{args.file} is not raw entity records: {exc}")
+    else:
+        if args.count is None or args.count < 0 or not 0 <= args.channel <= 255:
+            print("corec-node: --channel 0..255 needs --count N (N >= 0)", file=sys.stderr)
+            return EXIT_USAGE
+        rng = np.random.default_rng(args.seed)
+        records = np.zeros(args.count, dtype=ENTITY_DTYPE)
+        records["id"] = np.arange(args.count, dtype=np.uint32)
+        records["channel"] = args.channel
+        records["value"] = (20 + rng.normal(0, 2, args.count)).astype(np.float32)
+        records["active"] = 1
+    started = time.perf_counter()
+    with Client(args.to, cluster=args.cluster) as client:
+        sent = client.send(records)
+    took = time.perf_counter() - started
+    print(f"sent {sent} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s)")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from corec_node.demo import run_demo
+
+    return run_demo(keep=args.keep)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import signal
 import time
 from typing import Any
 
+import numpy as np
 import zmq
 
 from corec_node import __version__
@@ -52,7 +53,16 @@ from corec_node.wire import (
     topic_for,
 )
 from corec_node.wire.messages import MemberStatus, MsgType
-from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_MEMBERSHIP, TOPIC_NUCLEUS
+from corec_node.enginehost import EngineHost
+from corec_node.wire import decode_batch, make_batch
+from corec_node.wire.messages import Aggregates, EntityBatch
+from corec_node.wire.topics import (
+    TOPIC_AGGREGATES,
+    TOPIC_DIRECT,
+    TOPIC_ENTITIES_ALL,
+    TOPIC_MEMBERSHIP,
+    TOPIC_NUCLEUS,
+)
 
 TICK_PERIOD = 0.02  # cores' timers resolve to 20 ms: well under the 100 ms probe timeout
 STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
@@ -64,6 +74,7 @@ MEMBERSHIP_TYPES = frozenset({
     MsgType.GOSSIP, MsgType.STATE_PUSH, MsgType.STATE_REPLY,
 })
 ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT})
+HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 
 
 def profile_configs(profile: str) -> tuple[MembershipConfig, ElectionConfig]:
@@ -98,6 +109,8 @@ class Node:
         self.membership: Membership | None = None
         self.election: Election | None = None
         self.sequences = SequenceTracker()
+        self.engine = EngineHost(self.name, block_size=config.engine.block_size, max_errors=config.engine.max_errors)
+        self._next_engine_tick = 0.0
         self.counters = SequenceCounter()
         self.messages_in: collections.Counter[str] = collections.Counter()
         self.messages_out: collections.Counter[str] = collections.Counter()
@@ -148,7 +161,8 @@ class Node:
             log.event("bind_failed", logging.ERROR, listen=cfg.node.listen, error=str(exc))
             await self.transport.close()
             return 1
-        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS])
+        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ENTITIES_ALL])
+        self._next_engine_tick = self.now() + cfg.engine.tick_interval
         if cfg.metrics.listen:
             metrics = Metrics(self.metrics_snapshot, name=self.name, cluster=self.cluster, version=__version__)
             try:
@@ -219,6 +233,9 @@ class Node:
         assert self.membership is not None and self.election is not None
         self._apply(self.membership.tick(now))
         self._apply(self.election.tick(now))
+        if now >= self._next_engine_tick:
+            self._next_engine_tick = max(self._next_engine_tick + self.config.engine.tick_interval, now)
+            self._engine_tick()
         if self._snapshot_dirty and now - self._snapshot_at >= SNAPSHOT_PERIOD:
             self._save_snapshot()
 
@@ -253,19 +270,21 @@ class Node:
         decoded = self._decode("direct", frames)
         if decoded is None:
             return
-        topic, env, _payload = decoded
-        if topic != TOPIC_DIRECT:
-            self._reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
-            return
+        topic, env, payload = decoded
         self.messages_in[env.type.name.lower()] += 1
         self._count_in(topic, frames)
-        self._dispatch(env, self.now())
+        if env.type == MsgType.ENTITY_BATCH:
+            self._direct_batch(env, payload)
+        elif topic != TOPIC_DIRECT:
+            self._reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
+        else:
+            self._dispatch(env, self.now())
 
     def _on_broadcast(self, frames: list[bytes]) -> None:
         decoded = self._decode("broadcast", frames)
         if decoded is None:
             return
-        topic, env, _payload = decoded
+        topic, env, payload = decoded
         if env.sender == self.name:
             return
         self.messages_in[env.type.name.lower()] += 1
@@ -273,6 +292,12 @@ class Node:
         now = self.now()
         verdict = self.sequences.observe(env.sender, topic, env.seq)
         if verdict is SeqEvent.DUPLICATE:
+            return
+        if env.type == MsgType.ENTITY_BATCH:
+            self._ingest(env.msg, payload, "broadcast")
+            return
+        if env.type == MsgType.AGGREGATES:
+            self.engine.observe_rows(env.sender, env.msg.rows)
             return
         self._dispatch(env, now)
         if verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP and self.membership is not None:
@@ -333,6 +358,7 @@ class Node:
                     log.event("leader_changed", leader=leader, term=term)
         if voters_changed and self.election is not None and self.membership is not None:
             self._apply(self.election.set_voters(self.membership.voters(), self.now()))
+            self._placement_changed()
 
     def _member_changed(self, change: MemberChanged) -> None:
         assert self.membership is not None
@@ -396,7 +422,69 @@ class Node:
             "message_bytes": {"in": self.bytes_in, "out": self.bytes_out},
             "rejected": rejected,
             "tick": self.tick_time,
+            "entities": self.engine.store.count(),
+            "blocks": len(self.engine.store.block_ids()),
         }
+
+    # -- entities -----------------------------------------------------------------------
+
+    def _direct_batch(self, env: Any, payload: Any) -> None:
+        """A batch on the direct socket: block state handed over by a member, or a producer's
+        batch, which this node publishes for every owner and subscriber of its channel."""
+        assert self.membership is not None
+        member = self.membership.member(env.sender)
+        if member is not None and env.sender != self.name:
+            try:
+                records = decode_batch(env.msg, payload)
+            except WireError as exc:
+                self._reject("direct", exc)
+                return
+            self.engine.receive_handoff(records)
+            return
+        topic = topic_for(env.msg)
+        frames = encode_message(env.msg, sender=self.name, seq=self.counters.next(topic),
+                                cluster=self.cluster, payload=payload)
+        self.transport.publish(frames)
+        self._count_out(topic, frames)
+        self._ingest(env.msg, payload, "direct")
+
+    def _ingest(self, header: EntityBatch, payload: Any, where: str) -> None:
+        try:
+            records = decode_batch(header, payload)
+        except WireError as exc:
+            self._reject(where, exc)
+            return
+        self.engine.ingest(records)
+
+    def _engine_tick(self) -> None:
+        rows, repairs = self.engine.tick()
+        for chunk in self.engine.chunks(rows):
+            if chunk:
+                msg = Aggregates(tick=self.engine.tick_no, rows=tuple(chunk))
+                frames = self._frames(msg, TOPIC_AGGREGATES)
+                self.transport.publish(frames)
+                self._count_out(TOPIC_AGGREGATES, frames)
+        for record in repairs:
+            log.event("repair", kind=record.kind, block=record.block, channel=record.channel,
+                      entities=record.entities, reason=record.reason)
+
+    def _placement_changed(self) -> None:
+        assert self.membership is not None
+        live = [m.name for m in self.membership.members() if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)]
+        handoffs = self.engine.set_members(live)
+        for owner, records in handoffs.items():
+            member = self.membership.member(owner)
+            if member is None:
+                continue
+            for start in range(0, len(records), HANDOFF_CHUNK):
+                chunk = records[start:start + HANDOFF_CHUNK]
+                channels = np.unique(chunk["channel"])
+                for channel in channels.tolist():
+                    header, payload = make_batch(chunk[chunk["channel"] == channel], channel)
+                    frames = encode_message(header, sender=self.name, seq=self.counters.next(TOPIC_DIRECT),
+                                            cluster=self.cluster, payload=payload)
+                    self.transport.send(member.addr, frames)
+            log.event("blocks_handed_off", to=owner, records=len(records), map_version=self.engine.placement.version)
 
     # -- control commands -------------------------------------------------------------
 
@@ -408,6 +496,7 @@ class Node:
             "join": self._cmd_join,
             "leave": self._cmd_leave,
             "force-leave": self._cmd_force_leave,
+            "blocks": self._cmd_blocks,
         }
 
     def members_json(self) -> list[dict[str, Any]]:
@@ -433,10 +522,22 @@ class Node:
             "awareness": self.membership.awareness,
             "messages_in": sum(self.messages_in.values()),
             "messages_out": sum(self.messages_out.values()),
+            "entities": self.engine.store.count(),
+            "blocks": len(self.engine.store.block_ids()),
+            "cluster_blocks": len(self.engine.cluster_rows()),
+            "entity_errors": self.engine.entity_errors,
+            "repairs": self.engine.repairs,
+            "placement_version": self.engine.placement.version,
             "rejected": dict(self.rejected),
             "dropped": dict(self.transport.dropped),
             "name_conflicts": [{"name": n, "addr": a} for a, n in self.conflicts.items()],
         }
+
+    async def _cmd_blocks(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        channel = req.get("channel")
+        if channel is not None and not isinstance(channel, int):
+            raise CommandError("channel must be an integer")
+        return self.engine.cluster_rows(channel)
 
     async def _cmd_members(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
         return self.members_json()

@@ -1,0 +1,120 @@
+"""The engine as one node runs it: its store, the placement map, the cluster's block rows.
+
+Pure like the cores (no sockets, no clock): the node shell feeds it member changes,
+batches and ticks, and sends what it returns.
+
+Ownership rules:
+1. A block's owner is rendezvous placement (``mesh/placement.py``) over the names of the
+   ALIVE and SUSPECT members (a suspect may still be fine; moving its blocks on every
+   suspicion would thrash). Every node computes the same map from the same member set.
+2. Every entity batch reaches every node (PUB stream, topic per channel); each node keeps
+   only the records of the blocks it owns, so every record ends in exactly one store once
+   the member views agree.
+3. When the map changes, a node hands the blocks it no longer owns to their new owner
+   (their state, not just their future data). The blocks of a node that died are rebuilt
+   from fresh data by their new owner: the dead node's state is gone with it.
+4. ``cluster_rows`` answers for the whole cluster from the aggregates every owner
+   publishes each tick, showing for each block the row of its current owner only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from corec_node.engine import EntityStore, IngestResult, RepairRecord, aggregate, aggregate_rows, repair
+from corec_node.mesh.placement import PlacementMap, partition
+
+ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
+
+
+class EngineHost:
+    def __init__(self, name: str, *, block_size: int = 1000, max_errors: float = 0.1) -> None:
+        self.name = name
+        self.block_size = block_size
+        self.max_errors = max_errors
+        self.store = EntityStore(block_size=block_size)
+        self.placement = PlacementMap(0, (name,))
+        self.tick_no = 0
+        self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
+        self.ingested = 0
+        self.entity_errors = 0
+        self.repairs = 0
+        self.handed_off = 0
+        self.received = 0
+
+    # -- membership -------------------------------------------------------------------
+
+    def set_members(self, live: Iterable[str]) -> dict[str, np.ndarray]:
+        """New live member set; returns the records to hand to each new owner."""
+        members = tuple(sorted(set(live) | {self.name}))
+        if members == tuple(self.placement.members):
+            return {}
+        self.placement = PlacementMap(self.placement.version + 1, members)
+        blocks = self.store.block_ids()
+        if len(blocks) == 0:
+            return {}
+        owners = self.placement.owners(self.store.fusions.resolve(blocks))
+        mine = self.placement.members.index(self.name)
+        leaving = blocks[owners != mine]
+        if len(leaving) == 0:
+            return {}
+        records = self.store.take_blocks(leaving)
+        self.handed_off += len(records)
+        return {k: v for k, v in partition(records, self.placement, self.block_size, self.store.fusions.resolve).items() if k != self.name}
+
+    # -- data -------------------------------------------------------------------------
+
+    def ingest(self, records: np.ndarray) -> IngestResult | None:
+        """A batch from the stream: keep the records of the blocks this node owns."""
+        if len(self.placement.members) > 1:
+            records = partition(records, self.placement, self.block_size, self.store.fusions.resolve).get(self.name)
+            if records is None:
+                return None
+        result = self.store.ingest(records)
+        self.ingested += result.records - result.errors
+        self.entity_errors += result.errors
+        return result
+
+    def receive_handoff(self, records: np.ndarray) -> int:
+        """Block state handed over by their previous owner."""
+        self.received += len(records)
+        return self.store.put_records(records)
+
+    def tick(self) -> tuple[list[dict[str, Any]], list[RepairRecord]]:
+        """One engine tick: this node's block rows (for publishing) and the repairs made."""
+        self.tick_no += 1
+        aggs = aggregate(self.store, self.tick_no)
+        records = repair(self.store, aggs, max_errors=self.max_errors)
+        self.repairs += len(records)
+        rows = aggregate_rows(aggs, owner=self.name, nan_as_none=True)
+        self.observe_rows(self.name, rows)
+        return rows, records
+
+    def observe_rows(self, owner: str, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            row["owner"] = owner
+            self.rows[int(row["block"])] = row
+
+    def forget_owner(self, owner: str) -> None:
+        for block in [b for b, r in self.rows.items() if r["owner"] == owner]:
+            del self.rows[block]
+
+    def cluster_rows(self, channel: int | None = None) -> list[dict[str, Any]]:
+        """Each block once, with the row of its current owner, sorted by block."""
+        blocks = np.fromiter(sorted(self.rows), dtype=np.int64)
+        if len(blocks) == 0:
+            return []
+        owners = self.placement.owner_names(blocks)
+        out = []
+        for block, owner in zip(blocks.tolist(), owners):
+            row = self.rows[block]
+            if row["owner"] == owner and (channel is None or row["channel"] == channel):
+                out.append(row)
+        return out
+
+    @staticmethod
+    def chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        return [rows[i:i + ROWS_PER_MESSAGE] for i in range(0, len(rows), ROWS_PER_MESSAGE)] or [[]]

@@ -12,8 +12,10 @@ Parts:
                   --ticks runs; next to a pure-Python loop over blocks (a subset, scaled)
                   and a numpy loop over blocks measured in the same run, and the seeds'
                   10-20 ms latency promise.
-  (c) throughput  NOT YET (the lead adds it): records/s through PUB/SUB into ingest.
-  (d) latency     NOT YET (the lead adds it): producer send -> aggregate row published.
+  (c) throughput  records/s from a producer through two real nodes into the owners'
+                  stores, against raw pyzmq PUB/SUB with the same frames (same run).
+  (d) latency     producer send of a 100-record batch -> records in the owner's store,
+                  median and p99, against the seeds' 10-20 ms.
 
 Prints a table, then one JSON line ``{"bench": "engine", ...}``. Figures only: nothing
 here passes or fails on time. The machine may be shared: medians and bests are reported.
@@ -230,19 +232,141 @@ def _numpy_loop_baseline(store: EntityStore) -> float:
     return time.perf_counter() - t0
 
 
-# -- (c) throughput and (d) latency: the lead adds these once ingest runs over ZeroMQ --
+# -- (c) throughput and (d) latency: real node processes on loopback ---------------------
+
+RAW_SUB = """
+import asyncio, sys, time, zmq, zmq.asyncio
+async def main(port, frames):
+    ctx = zmq.asyncio.Context()
+    sub = ctx.socket(zmq.SUB); sub.setsockopt(zmq.RCVHWM, 0); sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    print("ready", flush=True)
+    await sub.recv_multipart()
+    t0 = time.perf_counter()
+    for _ in range(frames - 1):
+        await sub.recv_multipart()
+    print(time.perf_counter() - t0, flush=True)
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+def _raw_pubsub(frames: int, frame_records: int) -> float:
+    """Records/s of raw pyzmq PUB/SUB (asyncio subscriber in another process), same frames."""
+    import subprocess
+
+    import zmq
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-c", RAW_SUB, str(port), str(frames)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    payload = np.zeros(frame_records, dtype=ENTITY_DTYPE).tobytes()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # slow joiner: publish until the subscriber hears
+        pub.send_multipart([b"ent.000", b"x", payload])
+        time.sleep(0.01)
+        if proc.poll() is not None:
+            break
+        try:
+            import select
+
+            if select.select([proc.stdout], [], [], 0)[0]:
+                break
+        except Exception:
+            break
+        if time.monotonic() > deadline - 9.5:
+            break
+    for _ in range(frames + 10):
+        pub.send_multipart([b"ent.000", b"x", payload], copy=False)
+    elapsed = float(proc.stdout.readline())
+    proc.wait(30)
+    pub.close(0)
+    ctx.term()
+    return (frames - 1) * frame_records / elapsed
+
+
+def _two_nodes():
+    import tempfile
+    from pathlib import Path
+
+    from corec_node.localcluster import Cluster, eventually
+
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-")))
+    a = cluster.start("a").wait_ready()
+    b = cluster.start("b", join=[a.addr]).wait_ready()
+    eventually(lambda: all(n.ctl("status")["members"].get("alive") == 2 for n in (a, b)), 20)
+    return cluster, a, b
+
+
+def _stored(nodes) -> int:
+    return sum(n.ctl("status")["entities"] for n in nodes)
 
 
 def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    """(c) records/s from producers through PUB/SUB into EntityStore.ingest, against raw
-    pyzmq PUB/SUB on the same machine. TODO(lead): needs the node shell's ingest path."""
-    raise NotImplementedError("part (c) throughput: added with network ingest (node shell)")
+    """(c) records/s from a producer through node a's PUB into the owners' stores (two
+    nodes: about half the records cross PUB/SUB to b), against raw pyzmq PUB/SUB with
+    frames of the same size, measured in the same run."""
+    from corec_node.client import Client
+
+    n, frame = args.entities, 10_000
+    recs = np.zeros(n, dtype=ENTITY_DTYPE)
+    recs["id"] = np.arange(n) // 4
+    recs["channel"] = np.arange(n) % 4
+    recs["value"] = np.random.default_rng(1).normal(20, 2, n).astype(np.float32)
+    recs["active"] = 1
+    recs = recs[np.argsort(recs["channel"], kind="stable")]
+    cluster, a, b = _two_nodes()
+    try:
+        t0 = time.perf_counter()
+        with Client(a.addr, batch=frame) as client:
+            client.send(recs)
+        while _stored((a, b)) < n:
+            time.sleep(0.005)
+        first = time.perf_counter() - t0
+        # steady state: the same entities report again (updates, as sensors do)
+        updated_before = sum(n.ctl("status")["ingested"] for n in (a, b))
+        t0 = time.perf_counter()
+        with Client(a.addr, batch=frame) as client:
+            client.send(recs)
+        while sum(n.ctl("status")["ingested"] for n in (a, b)) < updated_before + n:
+            time.sleep(0.002)
+        steady = time.perf_counter() - t0
+    finally:
+        cluster.close()
+    raw = _raw_pubsub(max(50, n // frame), frame)
+    return {"records": n, "frame_records": frame, "corec_rps": n / steady, "corec_first_load_rps": n / first,
+            "raw_pyzmq_rps": raw, "share_of_raw": (n / steady) / raw}
 
 
 def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
-    """(d) latency from a producer's send to the block's aggregate row being published
-    (median, p99), against the seeds' 10-20 ms. TODO(lead): needs the node shell."""
-    raise NotImplementedError("part (d) latency: added with network ingest (node shell)")
+    """(d) latency from a producer's send of a 100-record batch to the records sitting in
+    their owners' stores (polled over the control socket, which adds its own ~0.3 ms)."""
+    from corec_node.client import Client
+
+    samples = []
+    cluster, a, b = _two_nodes()
+    try:
+        with Client(a.addr, batch=100) as client:
+            for i in range(args.samples):
+                recs = np.zeros(100, dtype=ENTITY_DTYPE)
+                recs["id"] = np.arange(100) + i * 100
+                recs["channel"] = 9
+                recs["value"] = 1.0
+                recs["active"] = 1
+                before = _stored((a, b))
+                t0 = time.perf_counter()
+                client.send(recs)
+                while _stored((a, b)) < before + 100:
+                    pass
+                samples.append((time.perf_counter() - t0) * 1000)
+    finally:
+        cluster.close()
+    arr = np.array(samples)
+    return {"samples": len(arr), "latency_ms_median": float(np.median(arr)),
+            "latency_ms_p99": float(np.percentile(arr, 99)), "latency_ms_max": float(arr.max())}
 
 
 PARTS = {"memory": bench_memory, "tick": bench_tick,
@@ -294,6 +418,24 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
               f"numpy loop over blocks")
 
 
+def print_network(results: dict[str, dict[str, Any]]) -> None:
+    if "throughput" in results:
+        t = results["throughput"]
+        print()
+        print(f"(c) throughput: {t['records']:,} records in frames of {t['frame_records']:,}")
+        print(f"  {'CoreC producer -> node -> PUB/SUB -> owners':<44} {t['corec_rps']:>14,.0f} rec/s")
+        print(f"  {'  same, first load (new entities inserted)':<44} {t['corec_first_load_rps']:>14,.0f} rec/s")
+        print(f"  {'raw pyzmq PUB/SUB, same frames':<44} {t['raw_pyzmq_rps']:>14,.0f} rec/s")
+        print(f"  {'share of raw (target >= 0.25)':<44} {t['share_of_raw']:>14.2f}")
+    if "latency" in results:
+        t = results["latency"]
+        print()
+        print(f"(d) latency, send -> owner's store ({t['samples']} batches of 100)")
+        print(f"  {'median':<44} {t['latency_ms_median']:>10.2f} ms")
+        print(f"  {'p99 (target < 5)':<44} {t['latency_ms_p99']:>10.2f} ms")
+        print(f"  {'seeds promised':<44} {'10-20':>10} ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", nargs="?", default="all", choices=[*PARTS, "all"])
@@ -301,10 +443,11 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100_000)
     parser.add_argument("--block-size", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=300, help="latency samples (d)")
     parser.add_argument("--py-blocks", type=int, default=20,
                         help="blocks the pure-Python baseline measures (then scaled)")
     args = parser.parse_args()
-    parts = ["memory", "tick"] if args.part == "all" else [args.part]
+    parts = list(PARTS) if args.part == "all" else [args.part]
     results: dict[str, dict[str, Any]] = {}
     for part in parts:
         try:
@@ -313,6 +456,7 @@ def main() -> int:
             print(f"{part}: {exc}", file=sys.stderr)
             return 2
     print_table(results, args)
+    print_network(results)
     print()
     print(json.dumps({"bench": "engine", "entities": args.entities,
                       "block_size": args.block_size, "cpu": cpu_model(),

@@ -526,6 +526,7 @@ class Node:
             "blocks": len(self.engine.store.block_ids()),
             "cluster_blocks": len(self.engine.cluster_rows()),
             "entity_errors": self.engine.entity_errors,
+            "ingested": self.engine.ingested,
             "repairs": self.engine.repairs,
             "placement_version": self.engine.placement.version,
             "rejected": dict(self.rejected),

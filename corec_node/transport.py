@@ -36,6 +36,7 @@ RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
 HEARTBEAT_IVL_MS = 1_000  # ZMTP heartbeats find dead TCP connections that SWIM already suspects
 HEARTBEAT_TIMEOUT_MS = 3_000
 HEARTBEAT_TTL_MS = 3_000
+YIELD_EVERY = 0.005  # a receive backlog holds the loop at most ~5 ms at a time
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
 
 
@@ -176,7 +177,15 @@ class Transport:
         ]
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Handler, *, strip_identity: bool) -> None:
+        # Awaiting a message that is already queued does not yield to the event loop, so a
+        # backlog of batches would starve the timers (probes, heartbeats, ticks) and the
+        # control socket: yield at least every YIELD_EVERY seconds of handling.
+        loop = asyncio.get_running_loop()
+        last_yield = loop.time()
         while True:
+            if loop.time() - last_yield >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                last_yield = loop.time()
             try:
                 frames = await sock.recv_multipart(copy=True)
             except asyncio.CancelledError:

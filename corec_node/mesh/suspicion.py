@@ -1,0 +1,83 @@
+"""Lifeguard suspicion timer: how long a suspected member has to refute before it is dead.
+
+A suspicion starts at ``max`` and shrinks towards ``min`` as independent members confirm it
+(each by its own failed probe), following memberlist's suspicion.go:
+
+    timeout(c) = max(min, max - (max - min) * log(c + 1) / log(k + 1))
+
+where ``c`` is the number of confirmations so far and ``k`` the number we expect. One lone
+accuser (perhaps the slow one) gives the accused the long timeout; when k others agree, the
+verdict comes at ``min``. Pure: the caller passes times and reads deadlines.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["Suspicion", "expected_confirmations", "suspicion_timeouts"]
+
+
+def suspicion_timeouts(
+    mult: int, max_mult: int, n: int, probe_interval: float
+) -> tuple[float, float]:
+    """``(min, max)`` for a cluster of ``n`` live members (memberlist's suspicionTimeout).
+
+    min = mult * max(1, log10(n)) * probe_interval: the log grows the time with the cluster
+    (gossip takes longer to reach everyone), and the floor of 1 keeps tiny clusters from a
+    timeout shorter than ``mult`` probe intervals. max = max_mult * min.
+    """
+    scale = max(1.0, math.log10(max(n, 1)))
+    lo = mult * scale * probe_interval
+    return lo, max_mult * lo
+
+
+def expected_confirmations(indirect_checks: int, n: int) -> int:
+    """k = min(indirect_checks, n - 2): everyone but us and the suspect could confirm."""
+    return max(0, min(indirect_checks, n - 2))
+
+
+class Suspicion:
+    """One member's suspicion at one incarnation, as this node holds it."""
+
+    __slots__ = ("_confirmations", "_seen", "inc", "k", "max", "min", "start")
+
+    def __init__(
+        self,
+        *,
+        inc: int,
+        start: float,
+        k: int,
+        min_timeout: float,
+        max_timeout: float,
+        accuser: str | None,
+    ) -> None:
+        self.inc = inc
+        self.start = start
+        self.k = k
+        self.min = min_timeout
+        self.max = max(max_timeout, min_timeout)
+        # the first accuser started the timer: it is not a confirmation of itself
+        self._seen: set[str] = {accuser} if accuser is not None else set()
+        self._confirmations = 0
+
+    @property
+    def confirmations(self) -> int:
+        return self._confirmations
+
+    def confirm(self, name: str) -> bool:
+        """Count ``name``'s independent suspicion; True if it was new (and counted)."""
+        if self._confirmations >= self.k or name in self._seen:
+            return False
+        self._seen.add(name)
+        self._confirmations += 1
+        return True
+
+    def timeout(self) -> float:
+        if self.k < 1:
+            return self.min  # nobody could confirm: waiting longer would buy nothing
+        frac = math.log(self._confirmations + 1) / math.log(self.k + 1)
+        return max(self.min, self.max - frac * (self.max - self.min))
+
+    def deadline(self, scale: float = 1.0) -> float:
+        """When the suspect becomes dead; ``scale`` is Lifeguard's local health (score + 1)."""
+        return self.start + self.timeout() * scale

@@ -1,0 +1,321 @@
+"""Membership's parts on their own: precedence, suspicion, awareness, retransmit queue,
+sequence tracking, config; and a hypothesis state machine showing that replicas receiving
+the same updates in any order converge (rule 2 is a max over a total order)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from corec_node.mesh.awareness import Awareness
+from corec_node.mesh.broadcast import BroadcastQueue, retransmit_limit
+from corec_node.mesh.effects import MemberChanged
+from corec_node.mesh.membership import Membership, MembershipConfig, supersedes
+from corec_node.mesh.sequence import SequenceTracker
+from corec_node.mesh.suspicion import Suspicion, expected_confirmations, suspicion_timeouts
+from corec_node.wire.messages import Gossip, MemberState, MemberStatus, StatePush, StateReply
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberStatus.ALIVE,
+    MemberStatus.SUSPECT,
+    MemberStatus.DEAD,
+    MemberStatus.LEFT,
+)
+
+
+def ms(name: str, inc: int, status: MemberStatus) -> MemberState:
+    return MemberState(name, f"{name}:7400", f"{name}:7401", inc, status)
+
+
+def node(name: str = "me", now: float = 0.0) -> Membership:
+    return Membership(
+        name, f"{name}:7400", f"{name}:7401", MembershipConfig.test(), random.Random(1), now
+    )
+
+
+# -- precedence (rule 2) -----------------------------------------------------------------
+
+PRECEDENCE = [
+    # (held inc, held status), (update inc, update status), update wins?
+    ((1, ALIVE), (1, ALIVE), False),
+    ((1, ALIVE), (1, SUSPECT), True),
+    ((1, ALIVE), (1, DEAD), True),
+    ((1, ALIVE), (1, LEFT), True),
+    ((1, ALIVE), (2, ALIVE), True),
+    ((1, ALIVE), (0, DEAD), False),  # older incarnation: stale whatever it says
+    ((1, SUSPECT), (1, ALIVE), False),  # same inc: only the member's refutation (inc + 1) clears it
+    ((1, SUSPECT), (2, ALIVE), True),
+    ((1, SUSPECT), (1, SUSPECT), False),
+    ((1, SUSPECT), (1, DEAD), True),
+    ((1, DEAD), (1, SUSPECT), False),
+    ((1, DEAD), (1, ALIVE), False),
+    ((1, DEAD), (2, ALIVE), True),
+    ((1, DEAD), (1, LEFT), True),  # force-leave of a dead member keeps its incarnation
+    ((1, LEFT), (1, DEAD), False),  # left is final for its incarnation
+    ((1, LEFT), (1, ALIVE), False),
+    ((1, LEFT), (2, ALIVE), True),  # a rejoin after leave
+    ((1, LEFT), (2, DEAD), True),  # it rejoined, then died
+    ((2, LEFT), (1, LEFT), False),
+]
+
+
+@pytest.mark.parametrize(("held", "update", "wins"), PRECEDENCE)
+def test_supersedes_table(held, update, wins):
+    assert supersedes(update[0], update[1], held[0], held[1]) is wins
+
+
+def move_to(me: Membership, name: str, inc: int, status: MemberStatus) -> None:
+    """Bring ``name`` to (inc, status) by gossip; a dead verdict needs our suspicion first."""
+    me.handle("y", Gossip((ms(name, 0, ALIVE),)), 0.0)
+    if status == DEAD:
+        me.handle("y", Gossip((ms(name, inc, SUSPECT),)), 0.0)
+    me.handle("y", Gossip((ms(name, inc, status),)), 0.0)
+
+
+@pytest.mark.parametrize(("held", "update", "wins"), PRECEDENCE)
+def test_gossip_applies_the_precedence_table(held, update, wins):
+    me = node()
+    move_to(me, "x", *held)
+    assert (me.member("x").inc, me.member("x").status) == held
+    out = me.handle("z", Gossip((ms("x", *update),)), 0.0)
+    expected = update if wins else held
+    confirmed = held[1] == SUSPECT and held[0] == update[0]
+    if wins and update[1] == DEAD and held[1] in (ALIVE, SUSPECT) and not confirmed:
+        expected = (update[0], SUSPECT)  # rule 8: a verdict we did not suspect is a suspicion
+    assert (me.member("x").inc, me.member("x").status) == expected
+    changed = [e for e in out if isinstance(e, MemberChanged)]
+    assert len(changed) == (1 if expected[1] != held[1] else 0)
+
+
+def test_a_gossiped_dead_verdict_is_final_only_after_our_own_suspicion():
+    me = node()
+    me.handle("y", Gossip((ms("x", 3, ALIVE),)), 0.0)
+    out = me.handle("z", Gossip((ms("x", 3, DEAD),)), 0.0)
+    assert me.member("x").status == SUSPECT
+    assert [(e.new, e.reason) for e in out] == [(SUSPECT, "suspected by z")]
+    out = me.handle("z", Gossip((ms("x", 3, DEAD),)), 0.1)  # a retransmit: now we suspect it
+    assert me.member("x").status == DEAD
+    assert [(e.old, e.new) for e in out] == [(SUSPECT, DEAD)]
+
+
+def test_strangers_come_in_only_alive_or_suspect():
+    me = node()
+    me.handle("y", Gossip((ms("d", 3, DEAD), ms("l", 1, LEFT))), 0.0)
+    assert me.member("d") is None and me.member("l") is None
+    me.handle("y", Gossip((ms("s", 2, SUSPECT), ms("a", 0, ALIVE))), 0.0)
+    assert me.member("s").status == SUSPECT and me.member("a").status == ALIVE
+
+
+def test_a_live_member_keeps_its_address():
+    me = node()
+    me.handle("y", Gossip((ms("x", 0, ALIVE),)), 0.0)
+    impostor = MemberState("x", "evil:1", "evil:2", 9, ALIVE)
+    assert me.handle("y", Gossip((impostor,)), 0.0) == []
+    assert me.member("x").addr == "x:7400" and me.member("x").inc == 0
+    # once dead, a newer incarnation may move it (a restart on another port)
+    me.handle("y", Gossip((ms("x", 0, SUSPECT),)), 0.0)
+    me.handle("y", Gossip((ms("x", 0, DEAD),)), 0.0)
+    out = me.handle("x", Gossip((MemberState("x", "x:9000", "x:9001", 1, ALIVE),)), 1.0)
+    assert me.member("x").addr == "x:9000" and me.member("x").status == ALIVE
+    assert [(e.old, e.new, e.reason) for e in out] == [(DEAD, ALIVE, "refuted")]
+    # a new PUB address at the same direct address is taken and reported
+    out = me.handle("x", Gossip((MemberState("x", "x:9000", "x:9002", 2, ALIVE),)), 2.0)
+    assert me.member("x").pub == "x:9002"
+    assert [(e.old, e.new, e.reason) for e in out] == [(ALIVE, ALIVE, "address changed")]
+
+
+def test_push_pull_verdicts_are_forwarded_to_the_accused_not_adopted():
+    me = node()
+    me.handle("y", Gossip((ms("x", 2, ALIVE),)), 0.0)
+    out = me.handle("y", StatePush(join=False, reply_to="y:7400", members=(ms("x", 2, DEAD),)), 0.0)
+    assert me.member("x").status == ALIVE
+    forwarded = [e for e in out if e.to == "x:7400"]
+    assert len(forwarded) == 1 and forwarded[0].msg.members == (ms("x", 2, DEAD),)
+    # a suspect stranger over push-pull: a member again (alive), and told
+    out = me.handle("y", StateReply((ms("s", 4, SUSPECT),)), 0.0)
+    assert me.member("s").status == ALIVE and me.member("s").inc == 4
+    assert [e.to for e in out if hasattr(e, "to")] == ["s:7400"]
+
+
+# -- suspicion (rule 8) ------------------------------------------------------------------
+
+
+def test_suspicion_timeouts_scale_with_cluster_size():
+    assert suspicion_timeouts(4, 2, 1, 0.2) == pytest.approx((0.8, 1.6))
+    assert suspicion_timeouts(4, 2, 10, 0.2) == pytest.approx(
+        (0.8, 1.6)
+    )  # floor of 1 up to 10 nodes
+    assert suspicion_timeouts(4, 2, 100, 0.2) == pytest.approx((1.6, 3.2))
+    assert expected_confirmations(3, 2) == 0
+    assert expected_confirmations(3, 3) == 1
+    assert expected_confirmations(3, 10) == 3
+
+
+def test_confirmations_shrink_the_timeout_towards_min():
+    s = Suspicion(inc=1, start=10.0, k=3, min_timeout=0.8, max_timeout=1.6, accuser="a")
+    assert s.timeout() == pytest.approx(1.6)
+    assert not s.confirm("a")  # the first accuser does not confirm itself
+    assert s.confirm("b") and not s.confirm("b")
+    assert s.timeout() == pytest.approx(1.6 - 0.8 * math.log(2) / math.log(4))
+    assert s.confirm("c") and s.confirm("d")
+    assert s.timeout() == pytest.approx(0.8)
+    assert not s.confirm("e")  # k reached
+    assert s.deadline() == pytest.approx(10.8)
+    assert s.deadline(scale=3) == pytest.approx(12.4)
+    lone = Suspicion(inc=1, start=0.0, k=0, min_timeout=0.8, max_timeout=1.6, accuser=None)
+    assert lone.timeout() == pytest.approx(0.8)
+
+
+# -- awareness, queue, sequence, config --------------------------------------------------
+
+
+def test_awareness_is_clamped():
+    a = Awareness(8)
+    assert a.apply(-1) == 0
+    assert a.apply(3) == 3 and a.scale(0.1) == pytest.approx(0.4)
+    assert a.apply(100) == 7
+    with pytest.raises(ValueError):
+        Awareness(0)
+
+
+def test_broadcast_queue_replaces_limits_and_orders():
+    q = BroadcastQueue()
+    q.queue(ms("a", 0, SUSPECT))
+    q.queue(ms("b", 0, ALIVE))
+    q.queue(ms("a", 1, ALIVE))  # replaces a's older update
+    assert len(q) == 2 and q.pending("a") == ms("a", 1, ALIVE)
+    assert q.take(limit=2, max_items=1) == [ms("a", 1, ALIVE)]  # newest first among the unsent
+    assert q.take(limit=2, max_items=10) == [
+        ms("b", 0, ALIVE),
+        ms("a", 1, ALIVE),
+    ]  # fewest sent first
+    assert len(q) == 1 and q.take(2, 10) == [ms("b", 0, ALIVE)] and len(q) == 0
+    assert (
+        retransmit_limit(4, 1) == 4
+        and retransmit_limit(4, 10) == 8
+        and retransmit_limit(4, 100) == 12
+    )
+
+
+def test_sequence_tracker_verdicts():
+    t = SequenceTracker()
+    assert t.observe("a", b"mbr", 5) == "ok"  # first seen: we may have joined mid-stream
+    assert t.observe("a", b"mbr", 6) == "ok"
+    assert t.observe("a", b"mbr", 6) == "duplicate"
+    assert t.observe("a", b"mbr", 9) == "gap"
+    assert t.observe("a", b"mbr", 10) == "ok"
+    assert t.observe("a", b"nuc", 1) == "ok"  # topics are numbered apart
+    assert t.observe("b", b"mbr", 1) == "ok"
+    assert t.observe("a", b"mbr", 1) == "restart"
+    assert t.observe("a", b"mbr", 2) == "ok"
+    assert t.last("a", b"mbr") == 2
+    t.forget("a")
+    assert t.last("a", b"mbr") is None and t.last("b", b"mbr") == 1
+    assert t.observe("a", b"mbr", 40) == "ok"
+
+
+def test_profiles_and_validation():
+    lan = MembershipConfig.lan()
+    assert lan == MembershipConfig() == MembershipConfig.profile("lan")
+    assert (lan.probe_interval, lan.probe_timeout, lan.indirect_checks) == (0.2, 0.1, 3)
+    edge = MembershipConfig.edge()
+    assert edge.probe_interval > lan.probe_interval and edge.reap_after >= lan.reap_after
+    assert MembershipConfig.test().push_pull_interval < lan.push_pull_interval
+    with pytest.raises(ValueError, match="unknown membership profile 'wan'"):
+        MembershipConfig.profile("wan")
+    with pytest.raises(ValueError, match="probe_timeout"):
+        MembershipConfig(probe_interval=0.1, probe_timeout=0.1)
+    with pytest.raises(ValueError, match="reconnect_for"):
+        MembershipConfig(reap_after=10.0, reconnect_for=20.0)
+    with pytest.raises(ValueError, match="gossip_interval"):
+        MembershipConfig(gossip_interval=0)
+    with pytest.raises(ValueError, match="name"):
+        Membership("", "a:1", "a:2", lan, random.Random(1), 0.0)
+
+
+def test_views():
+    me = node("m")
+    me.handle("y", Gossip((ms("b", 0, ALIVE), ms("a", 0, ALIVE), ms("c", 0, ALIVE))), 0.0)
+    me.handle("y", Gossip((ms("b", 0, SUSPECT), ms("c", 0, SUSPECT))), 0.0)
+    me.handle("y", Gossip((ms("c", 0, DEAD),)), 0.0)
+    assert [m.name for m in me.members()] == ["a", "b", "c", "m"]
+    assert me.alive() == ["a", "b", "m"]  # suspect is still a member
+    assert me.voters() == {"a": "a:7400", "b": "b:7400", "c": "c:7400", "m": "m:7400"}
+    assert me.counts() == {"alive": 2, "suspect": 1, "dead": 1, "left": 0}
+    assert [s.name for s in me.snapshot()] == ["a", "b", "c", "m"]
+    copy = me.member("a")
+    copy.status = DEAD  # views are copies
+    assert me.member("a").status == ALIVE
+    assert me.name == "m" and me.incarnation == 0 and me.awareness == 0 and not me.left
+
+
+# -- convergence under any delivery order (rule 2) --------------------------------------
+
+MEMBERS = ["m0", "m1", "m2"]
+REPLICAS = ["r0", "r1", "r2"]
+UPDATES = st.builds(
+    ms, st.sampled_from(MEMBERS), st.integers(0, 3), st.sampled_from(list(MemberStatus))
+)
+
+
+class Convergence(RuleBasedStateMachine):
+    """Updates are created, then delivered to replicas in any order, each by Gossip; after
+    everything is delivered twice (retransmits), every replica holds the same view."""
+
+    @initialize()
+    def start(self) -> None:
+        self.replicas = {r: node(r) for r in REPLICAS}
+        self.updates: list[MemberState] = []
+        self.seen = {r: set() for r in REPLICAS}
+        bootstrap = Gossip(tuple(ms(m, 0, ALIVE) for m in MEMBERS))
+        for rep in self.replicas.values():
+            rep.handle("seed", bootstrap, 0.0)
+
+    @rule(update=UPDATES)
+    def create(self, update: MemberState) -> None:
+        self.updates.append(update)
+
+    @precondition(lambda self: self.updates)
+    @rule(replica=st.sampled_from(REPLICAS), data=st.data())
+    def deliver(self, replica: str, data) -> None:
+        i = data.draw(st.integers(0, len(self.updates) - 1))
+        sender = data.draw(st.sampled_from(["s0", "s1"]))
+        self.replicas[replica].handle(sender, Gossip((self.updates[i],)), 0.0)
+        self.seen[replica].add(i)
+
+    @invariant()
+    def each_replica_holds_the_max_of_what_it_saw(self) -> None:
+        for r, rep in self.replicas.items():
+            for m in MEMBERS:
+                best = (0, ALIVE)
+                for i in self.seen[r]:
+                    u = self.updates[i]
+                    if u.name == m and supersedes(u.inc, u.status, *best):
+                        best = (u.inc, u.status)
+                held = rep.member(m)
+                # rule 8: a dead verdict we had not suspected is held as a suspicion for now
+                assert (held.inc, held.status) == best or (
+                    best[1] == DEAD and (held.inc, held.status) == (best[0], SUSPECT)
+                )
+
+    def teardown(self) -> None:
+        if not hasattr(self, "replicas"):
+            return
+        for rep in self.replicas.values():
+            for _ in range(2):  # retransmits: the second pass confirms what the first suspected
+                for u in self.updates:
+                    rep.handle("s0", Gossip((u,)), 0.0)
+        views = [
+            [(m.name, m.inc, m.status) for m in rep.members() if m.name in MEMBERS]
+            for rep in self.replicas.values()
+        ]
+        assert views[0] == views[1] == views[2]
+
+
+TestConvergence = Convergence.TestCase
+TestConvergence.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--json", action="store_true", help="print JSON")
     blocks.set_defaults(func=cmd_blocks)
 
+    plugins = sub.add_parser("plugins", help="plugins loaded by the running node: source, hooks, state, faults")
+    _common(plugins)
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=cmd_plugins)
+
     send = sub.add_parser("send", help="send entity records to a node",
                           description="Send entity records to any node of a cluster (they reach their owners).")
     send.add_argument("--to", metavar="HOST:PORT", required=True, help="a node's direct address")
@@ -88,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start three local nodes, stream entities, kill the leader, watch the failover")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory with the nodes' logs")
     demo.set_defaults(func=cmd_demo)
+
+    from corec_node.scaffold import add_cli as add_plugin_cli
+
+    add_plugin_cli(sub)
 
     force = sub.add_parser("force-leave", help="mark a dead member as left so it is reaped")
     _common(force)
@@ -178,6 +187,15 @@ def render_blocks(rows: list[dict[str, Any]]) -> str:
     return _table(table) + f"\n{len(rows)} blocks, {total} entities"
 
 
+def render_plugins(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no plugins loaded"
+    table = [["NAME", "VERSION", "SOURCE", "STATE", "FAULTS", "HOOKS"]]
+    table += [[r["name"], str(r.get("version") or "-"), r["source"], r["state"], str(r["faults"]), ",".join(r["hooks"])]
+              for r in rows]
+    return _table(table)
+
+
 def render_leader(r: dict[str, Any]) -> str:
     return f"{r['leader'] or '(none)'} (term {r['term']})"
 
@@ -186,6 +204,7 @@ cmd_members = _client("members", render_members)
 cmd_status = _client("status", render_status)
 cmd_leader = _client("leader", render_leader)
 cmd_blocks = _client("blocks", render_blocks, channel=lambda a: a.channel)
+cmd_plugins = _client("plugins", render_plugins)
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
                    addrs=lambda a: a.peers, wait=lambda a: a.timeout)
 cmd_force_leave = _client("force-leave", lambda r: f"{r['name']} marked left", name=lambda a: a.name)

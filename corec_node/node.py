@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,8 @@ from corec_node.config import Config
 from corec_node.control import CommandError, ControlServer
 from corec_node.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.notify import Notifier
+from corec_node.engine.audit import Auditor
+from corec_node.plugins import PluginManager
 from corec_node.security import CurveConfig
 from corec_node.mesh.effects import (
     Broadcast,
@@ -41,7 +44,8 @@ from corec_node.mesh.effects import (
 )
 from corec_node.mesh.election import Election, ElectionConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
-from corec_node.state import lock_data_dir, load_members, load_vote, save_members, save_vote
+from corec_node.state import lock_data_dir, load_vote, save_vote
+from corec_node.storage import LocalStore, SchemaTooNewError, StaleTermError, StorageError, Syncer
 from corec_node.transport import Transport
 from corec_node.wire import (
     SeqEvent,
@@ -75,6 +79,8 @@ MEMBERSHIP_TYPES = frozenset({
 })
 ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT})
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
+PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
+PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 
 
 def profile_configs(profile: str) -> tuple[MembershipConfig, ElectionConfig]:
@@ -111,6 +117,11 @@ class Node:
         self.sequences = SequenceTracker()
         self.engine = EngineHost(self.name, block_size=config.engine.block_size, max_errors=config.engine.max_errors)
         self._next_engine_tick = 0.0
+        self.local: LocalStore | None = None
+        self.syncer: Syncer | None = None
+        self._next_prune = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.storage_errors = 0
         self.counters = SequenceCounter()
         self.messages_in: collections.Counter[str] = collections.Counter()
         self.messages_out: collections.Counter[str] = collections.Counter()
@@ -120,6 +131,7 @@ class Node:
         self.leader: str | None = None
         self.term = 0
         self.exit_code = 0
+        self._voters_held = False
         self._joined_at = float("-inf")  # wall time of our last join: we are the newcomer in a conflict
         self._stop = asyncio.Event()
         self._snapshot_dirty = False
@@ -127,6 +139,12 @@ class Node:
         self._lock_fd: int | None = None
         self._last_reject_log = 0.0
         self.control: ControlServer | None = None
+        self._loop_thread: int | None = None
+        self._plugin_stores: dict[str, asyncio.Future[Any]] = {}
+        self.auditor = Auditor()  # IsolationForest over this node's block rows (engine/audit.py)
+        self._auditing = False
+        # loads, validates and configures every plugin now: a PluginError is a ConfigError (exit 2)
+        self.plugins = PluginManager(config, on_alert=self._publish_alert).load()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- life -----------------------------------------------------------------------
@@ -141,15 +159,70 @@ class Node:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._lock_fd = lock_data_dir(self.data_dir)
         try:
             return await self._run()
         finally:
             os.close(self._lock_fd)
 
+    async def _open_storage(self) -> bool:
+        """SQLite always; PostgreSQL sync when a DSN is set. False: refuse to start."""
+        cfg = self.config
+        try:
+            self.local = await LocalStore.for_config(cfg)
+        except SchemaTooNewError as exc:
+            log.event("storage_refused", logging.ERROR, error=str(exc))
+            return False
+        self.engine.tick_no = await self.local.last_tick(self.name) or 0  # ticks keep rising across restarts
+        if cfg.storage.postgres_dsn:
+            self.syncer = Syncer.from_config(self.local, cfg)
+            try:
+                await asyncio.wait_for(self.syncer.connect(), PG_CONNECT_WAIT)
+            except SchemaTooNewError as exc:
+                log.event("storage_refused", logging.ERROR, error=str(exc))
+                await self.local.close()
+                return False
+            except Exception as exc:  # unreachable now: the outbox keeps everything until it answers
+                log.event("postgres_unreachable", logging.WARNING, error=str(exc) or type(exc).__name__,
+                          detail="keeping block state in the SQLite outbox until PostgreSQL answers")
+            self.syncer.start()
+        return True
+
+    async def _close_storage(self) -> None:
+        for task in list(self._tasks):
+            try:
+                await asyncio.wait_for(task, 2.0)
+            except Exception:
+                pass
+        if self.syncer is not None:
+            await self.syncer.stop(flush=True, timeout=2.0)
+        if self.local is not None:
+            await self.local.close()
+
+    def _spawn(self, what: str, coro: Any) -> None:
+        """Run a storage write off the hot path; a failure is logged and counted, never fatal."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                self.storage_errors += 1
+                level = logging.WARNING if isinstance(exc, (StorageError, StaleTermError)) else logging.ERROR
+                log.event("storage_write_failed", level, what=what, error=str(exc) or type(exc).__name__)
+
+        task.add_done_callback(done)
+
+    def audit(self, kind: str, subject: str, reason: str, **details: Any) -> None:
+        if self.local is not None:
+            self._spawn(f"audit {kind}", self.local.add_audit(kind, subject, reason, details=details or None))
+
     async def _run(self) -> int:
         cfg = self.config
         term, voted_for = load_vote(self.data_dir)
+        if not await self._open_storage():
+            return 1
         mcfg, ecfg = profile_configs(cfg.mesh.profile)
         now = self.now()
         self.membership = Membership(self.name, self.addr, self.pub_addr, mcfg, self.rng, now)
@@ -160,6 +233,7 @@ class Node:
         except zmq.ZMQError as exc:
             log.event("bind_failed", logging.ERROR, listen=cfg.node.listen, error=str(exc))
             await self.transport.close()
+            await self._close_storage()
             return 1
         self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ENTITIES_ALL])
         self._next_engine_tick = self.now() + cfg.engine.tick_interval
@@ -170,14 +244,21 @@ class Node:
             except OSError as exc:
                 log.event("metrics_bind_failed", logging.ERROR, listen=cfg.metrics.listen, error=str(exc))
                 await self.transport.close()
+                await self._close_storage()
                 return 1
         self.control = ControlServer(cfg.control_path, self._commands())
         await self.control.start()
         self.transport.start(self._on_direct, self._on_broadcast)
+        await self.plugins.startup(self)
         if not cfg.security.enabled:
             log.event("security_off", logging.WARNING, detail="CurveZMQ is off: anyone who reaches these ports can join and read")
-        snapshot = [s for s in load_members(self.data_dir) if s.name != self.name]
-        self._apply(self.election.set_voters(self.membership.voters(), now))
+        assert self.local is not None
+        snapshot = await self.local.load_members()
+        # A fresh node told to join keeps out of elections until a peer answered: otherwise
+        # a node whose seeds are unreachable would lead a cluster of one and merge later.
+        self._voters_held = bool(cfg.mesh.join) and not snapshot
+        if not self._voters_held:
+            self._apply(self.election.set_voters(self.membership.voters(), now))
         if snapshot:
             self._joined_at = time.time()
             self._apply(self.membership.restore(snapshot, now))
@@ -199,10 +280,17 @@ class Node:
             except asyncio.CancelledError:
                 pass
             self._save_snapshot()
+            await self.plugins.shutdown(self)
+            for opening in self._plugin_stores.values():
+                try:
+                    await (await opening).close()
+                except Exception as exc:
+                    log.event("plugin_store_close_failed", logging.WARNING, error=str(exc))
             await self.control.close()
             if self.metrics_server is not None:
                 await self.metrics_server.close()
             await self.transport.close()
+            await self._close_storage()
             self.notifier.close()
             log.event("stopped", code=self.exit_code)
         return self.exit_code
@@ -238,16 +326,17 @@ class Node:
             self._engine_tick()
         if self._snapshot_dirty and now - self._snapshot_at >= SNAPSHOT_PERIOD:
             self._save_snapshot()
+        if now >= self._next_prune and self.local is not None:
+            self._next_prune = now + PRUNE_PERIOD
+            self._spawn("prune history", self.local.prune_history(time.time() - self.config.storage.history_retention))
 
     def _save_snapshot(self) -> None:
         if self.membership is None or not self._snapshot_dirty:
             return
         self._snapshot_dirty = False
         self._snapshot_at = self.now()
-        try:
-            save_members(self.data_dir, self.membership.snapshot())
-        except OSError as exc:
-            log.event("snapshot_failed", logging.WARNING, error=str(exc))
+        if self.local is not None:
+            self._spawn("member snapshot", self.local.save_members(self.membership.snapshot()))
 
     # -- inbound --------------------------------------------------------------------
 
@@ -356,8 +445,16 @@ class Node:
                 case LeaderChanged(leader=leader, term=term):
                     self.leader, self.term = leader, term
                     log.event("leader_changed", leader=leader, term=term)
+                    self.plugins.spawn(self.plugins.leader_changed(self, leader, term))
+                    self.audit("leader_change", leader or "-", "elected" if leader else "leader lost", term=term)
+                    if leader == self.name and self.local is not None:
+                        self._spawn("nucleus term", self.local.record_nucleus(term, leader))
         if voters_changed and self.election is not None and self.membership is not None:
-            self._apply(self.election.set_voters(self.membership.voters(), self.now()))
+            if self._voters_held and any(m.status == MemberStatus.ALIVE and m.name != self.name
+                                         for m in self.membership.members()):
+                self._voters_held = False
+            if not self._voters_held:
+                self._apply(self.election.set_voters(self.membership.voters(), self.now()))
             self._placement_changed()
 
     def _member_changed(self, change: MemberChanged) -> None:
@@ -374,6 +471,9 @@ class Node:
         log.event("member_changed", name=change.name, addr=change.addr,
                   old=change.old.label if change.old is not None else None,
                   new=change.new.label, inc=change.inc, reason=change.reason)
+        self.plugins.spawn(self.plugins.member_event(self, {
+            "name": change.name, "addr": change.addr, "old": change.old.label if change.old is not None else None,
+            "new": change.new.label, "incarnation": change.inc, "reason": change.reason}))
 
     def _member_reaped(self, name: str) -> None:
         self._snapshot_dirty = True
@@ -383,6 +483,8 @@ class Node:
             self.transport.disconnect_sub(pub)
             self.transport.forget(addr)
         log.event("member_reaped", name=name)
+        self.plugins.spawn(self.plugins.member_event(self, {
+            "name": name, "addr": addr, "old": None, "new": "reaped", "incarnation": None, "reason": "reaped"}))
 
     def _name_conflict(self, name: str, addr: str) -> None:
         if self.conflicts.get(addr) == name:
@@ -409,6 +511,16 @@ class Node:
         alive = self.membership.counts().get("alive", 0) if self.membership is not None else 0
         return f"members {alive} alive, leader {self.leader or '(none)'} (term {self.term})"
 
+    def storage_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sqlite": str(self.config.sqlite_path), "postgres": None,
+                               "outbox": 0, "sync_lag": 0.0, "errors": self.storage_errors}
+        if self.syncer is not None:
+            st = self.syncer.status()
+            out.update(postgres=st["state"], connected=st["connected"], outbox=st["outbox"],
+                       sync_lag=round(st["lag_seconds"], 3), last_error=st["last_error"],
+                       drained=st["drained_total"], dropped=st["dropped_total"])
+        return out
+
     def metrics_snapshot(self) -> dict[str, Any]:
         """Read at scrape time on the loop (metrics.py's contract); live Counters, no copies."""
         rejected = dict(self.rejected)
@@ -424,6 +536,8 @@ class Node:
             "tick": self.tick_time,
             "entities": self.engine.store.count(),
             "blocks": len(self.engine.store.block_ids()),
+            **({"sync_lag": self.syncer.status()["lag_seconds"], "outbox_rows": self.syncer.status()["outbox"]}
+               if self.syncer is not None else {}),
         }
 
     # -- entities -----------------------------------------------------------------------
@@ -455,9 +569,17 @@ class Node:
             self._reject(where, exc)
             return
         self.engine.ingest(records)
+        if self.plugins.wants(header.channel):
+            self.plugins.spawn(self.plugins.entities(self, header.channel, records))
 
     def _engine_tick(self) -> None:
         rows, repairs = self.engine.tick()
+        self.plugins.spawn(self.plugins.block_aggregates(self, self.engine.tick_no, rows))
+        if rows and not self._auditing:  # one audit at a time, in a worker thread
+            self._auditing = True
+            self._spawn("audit", self._audit_tick(rows, self.engine.tick_no))
+        if rows and self.local is not None:
+            self._spawn("block state", self.local.record_tick(rows, time.time()))
         for chunk in self.engine.chunks(rows):
             if chunk:
                 msg = Aggregates(tick=self.engine.tick_no, rows=tuple(chunk))
@@ -467,6 +589,8 @@ class Node:
         for record in repairs:
             log.event("repair", kind=record.kind, block=record.block, channel=record.channel,
                       entities=record.entities, reason=record.reason)
+            self.audit(record.kind, f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason,
+                       block=record.block, entities=record.entities)
 
     def _placement_changed(self) -> None:
         assert self.membership is not None
@@ -485,6 +609,49 @@ class Node:
                                             cluster=self.cluster, payload=payload)
                     self.transport.send(member.addr, frames)
             log.event("blocks_handed_off", to=owner, records=len(records), map_version=self.engine.placement.version)
+            self.audit("placement", owner, "membership changed: blocks handed to their new owner",
+                       records=len(records), map_version=self.engine.placement.version)
+
+    # -- plugins and audit: the API hooks may call on ``node`` -----------------------------
+
+    def raise_alert(self, kind: str, text: str, *, severity: str = "warning", **fields: Any) -> None:
+        """Record, log and publish an alert. Safe from any thread (sync hooks run in workers)."""
+        alert = {"kind": kind, "text": text, "severity": severity, "plugin": fields.pop("plugin", None), **fields}
+        if self.loop is not None and threading.get_ident() != self._loop_thread:
+            self.loop.call_soon_threadsafe(self._publish_alert, alert)
+        else:
+            self._publish_alert(alert)
+
+    def _publish_alert(self, alert: dict[str, Any]) -> None:
+        """On the loop: the PluginManager's on_alert, and raise_alert's end."""
+        log.event("alert", logging.WARNING, **alert)
+        if self.local is not None:
+            details = {k: v for k, v in alert.items() if k not in ("kind", "text", "severity", "block")}
+            self._spawn("alert", self.local.add_alert(alert["kind"], alert["text"], severity=alert["severity"],
+                                                      block=alert.get("block"), details=details))
+        self.plugins.spawn(self.plugins.alert(self, alert))
+
+    async def plugin_store(self, name: str) -> Any:
+        """The plugin's own store (opened and migrated once, with its corec_storage_migrations)."""
+        opening = self._plugin_stores.get(name)
+        if opening is None:
+            from corec_node.storage import PluginStore
+
+            opening = self._plugin_stores[name] = asyncio.ensure_future(PluginStore.for_config(
+                name, self.config, sqlite_migrations=self.plugins.migrations().get(name, ())))
+        return await opening
+
+    async def _audit_tick(self, rows: list[dict[str, Any]], tick: int) -> None:
+        try:
+            findings, records = await asyncio.to_thread(self.auditor.step, rows, tick)
+        finally:
+            self._auditing = False
+        for rec in records:
+            log.event("audit", kind=rec.kind, subject=rec.subject, reason=rec.reason, tick=rec.tick)
+            self.audit(rec.kind, rec.subject, rec.reason, tick=rec.tick, **rec.details)
+        for finding in findings:
+            alert = finding.alert()
+            self.raise_alert(alert.pop("kind"), alert.pop("text"), **alert)
 
     # -- control commands -------------------------------------------------------------
 
@@ -497,6 +664,7 @@ class Node:
             "leave": self._cmd_leave,
             "force-leave": self._cmd_force_leave,
             "blocks": self._cmd_blocks,
+            "plugins": self._cmd_plugins,
         }
 
     def members_json(self) -> list[dict[str, Any]]:
@@ -529,10 +697,14 @@ class Node:
             "ingested": self.engine.ingested,
             "repairs": self.engine.repairs,
             "placement_version": self.engine.placement.version,
+            "storage": self.storage_status(),
             "rejected": dict(self.rejected),
             "dropped": dict(self.transport.dropped),
             "name_conflicts": [{"name": n, "addr": a} for a, n in self.conflicts.items()],
         }
+
+    async def _cmd_plugins(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.plugins.info()
 
     async def _cmd_blocks(self, req: dict[str, Any]) -> list[dict[str, Any]]:
         channel = req.get("channel")

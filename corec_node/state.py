@@ -1,8 +1,10 @@
-"""Small durable files in the data directory: the member snapshot and the election vote.
+"""Small durable files in the data directory: the data-directory lock and the election vote.
 
-Both are written atomically (temporary file, fsync, rename), so a crash leaves the old
-version or the new one, never half of either. The vote is fsynced before the node sends
-it: a restarted node cannot vote twice in one term.
+The vote is written atomically (temporary file, fsync, rename) before the node sends it,
+so a crash leaves the old vote or the new one, and a restarted node cannot vote twice in
+one term. It is a file rather than a SQLite row because the election core's effects are
+carried out synchronously, in order, on the loop (a 100-byte fsync). The member snapshot
+lives in SQLite (``storage.LocalStore``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from corec_node.wire.messages import MemberState, MemberStatus
 
-SNAPSHOT_FILE = "members.json"
 VOTE_FILE = "vote.json"
 LOCK_FILE = "node.lock"
 
@@ -50,30 +50,6 @@ def lock_data_dir(data_dir: Path) -> int:
         os.close(fd)
         raise DataDirBusy(f"another node is running with data directory {data_dir}") from None
     return fd
-
-
-def save_members(data_dir: Path, states: list[MemberState]) -> None:
-    rows = [
-        {"name": s.name, "addr": s.addr, "pub": s.pub, "inc": s.inc, "status": s.status.label}
-        for s in states
-    ]
-    # a snapshot is a hint for rejoining, not a safety record: no fsync on every change
-    write_atomic(data_dir / SNAPSHOT_FILE, json.dumps(rows, indent=1).encode(), sync=False)
-
-
-def load_members(data_dir: Path) -> list[MemberState]:
-    """The last snapshot, or nothing; a damaged file is ignored (the node rejoins by config)."""
-    try:
-        rows: Any = json.loads((data_dir / SNAPSHOT_FILE).read_bytes())
-        return [
-            MemberState(
-                name=str(r["name"]), addr=str(r["addr"]), pub=str(r["pub"]), inc=int(r["inc"]),
-                status=MemberStatus[str(r["status"]).upper()],
-            )
-            for r in rows
-        ]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
 
 
 def save_vote(data_dir: Path, term: int, voted_for: str | None) -> None:

@@ -16,7 +16,6 @@ from corec_node.mesh.awareness import Awareness
 from corec_node.mesh.broadcast import BroadcastQueue, retransmit_limit
 from corec_node.mesh.effects import MemberChanged
 from corec_node.mesh.membership import Membership, MembershipConfig, supersedes
-from corec_node.mesh.sequence import SequenceTracker
 from corec_node.mesh.suspicion import Suspicion, expected_confirmations, suspicion_timeouts
 from corec_node.wire.messages import Gossip, MemberState, MemberStatus, StatePush, StateReply
 
@@ -200,23 +199,6 @@ def test_broadcast_queue_replaces_limits_and_orders():
         and retransmit_limit(4, 10) == 8
         and retransmit_limit(4, 100) == 12
     )
-
-
-def test_sequence_tracker_verdicts():
-    t = SequenceTracker()
-    assert t.observe("a", b"mbr", 5) == "ok"  # first seen: we may have joined mid-stream
-    assert t.observe("a", b"mbr", 6) == "ok"
-    assert t.observe("a", b"mbr", 6) == "duplicate"
-    assert t.observe("a", b"mbr", 9) == "gap"
-    assert t.observe("a", b"mbr", 10) == "ok"
-    assert t.observe("a", b"nuc", 1) == "ok"  # topics are numbered apart
-    assert t.observe("b", b"mbr", 1) == "ok"
-    assert t.observe("a", b"mbr", 1) == "restart"
-    assert t.observe("a", b"mbr", 2) == "ok"
-    assert t.last("a", b"mbr") == 2
-    t.forget("a")
-    assert t.last("a", b"mbr") is None and t.last("b", b"mbr") == 1
-    assert t.observe("a", b"mbr", 40) == "ok"
 
 
 def test_profiles_and_validation():

@@ -53,7 +53,7 @@ class SequenceTracker:
         self._last[key] = seq
         if last is None:
             return SeqEvent.FIRST
-        if seq == last + 1:
+        if seq == last + 1 or (last == UINT64_MAX and seq == 0):  # the counter wraps
             return SeqEvent.NEXT
         return SeqEvent.GAP if seq > last else SeqEvent.RESTART
 

@@ -1,0 +1,302 @@
+"""Audit: IsolationForest over block aggregates, to flag blocks that look unlike the rest.
+
+Pure but for scikit-learn: no sockets, no asyncio, no clock (ticks are the only time), no
+files. Deterministic: the same rows and ticks give the same fits and findings.
+
+What it looks at, per block row (a dict of ``aggregate_rows`` or an ``AGGREGATE_DTYPE``
+row): ``count``, ``active`` share, ``mean``, ``std``, ``min``, ``max``, ``error_rate``,
+``fitness``. Channels measure different things on different scales (a temperature, a
+pressure), so every feature is normalized *per channel* with a robust centre and spread
+(median, MAD) taken from the window the model was fitted on; one forest then covers every
+channel. A block whose channel was not in the fitted window is not scored (no baseline).
+
+How the shell uses it (CPU-heavy: a fit is ~0.1-0.5 s, a score ~10-50 ms for 1,000 blocks,
+so from a worker thread, one caller at a time; an Auditor is not thread-safe)::
+
+    findings, records = await asyncio.to_thread(auditor.step, rows, tick)
+    for rec in records + [f.record() for f in findings]:
+        log.event("audit", kind=rec.kind, subject=rec.subject, reason=rec.reason, tick=rec.tick)
+        await local_store.add_audit(rec.kind, rec.subject, rec.reason, details=rec.details)
+
+Rules:
+1. ``score`` judges rows against the model fitted on *earlier* ticks; ``step`` scores first
+   and observes after, so an anomaly never trains the model that judges it.
+2. The window is bounded in ticks (``window``) and rows (``max_window_rows``): memory does
+   not grow with uptime.
+3. A refit happens on ``observe`` when ``refit_every`` ticks passed since the last fit (and
+   the first time ``min_rows`` rows are in the window). Each refit and each flag returns an
+   :class:`AuditRecord` for the node's audit log.
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FEATURES = ("count", "active_share", "mean", "std", "min", "max", "error_rate", "fitness")
+"""Columns of the feature vector, in order."""
+
+MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
+Z_CLIP = 50.0  # normalized features are clipped here: order is kept, and no inf reaches sklearn
+RANGE_MARGIN = 4.0  # robust sigmas beyond anything in the fitted window that flag a block on their own
+RANGE_SCORE = 0.01  # score added per robust sigma beyond the window's range
+MIN_SPREAD_REL = 1e-3  # a feature with no spread in the window gets this share of |centre| as spread ...
+MIN_SPREAD_ABS = 1e-6  # ... and at least this, so a constant feature still scales finitely
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit decision, shaped for ``LocalStore.add_audit(kind, subject, reason, details=)``."""
+
+    kind: str  # "audit_refit" | "audit_flag"
+    subject: str  # "model", or "block <channel>:<number>"
+    reason: str
+    tick: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFinding:
+    """A block judged anomalous. ``score`` > 0; higher is stranger (sklearn's
+    ``-decision_function``: the offset set by ``contamination`` is 0)."""
+
+    block: int
+    channel: int
+    score: float
+    reason: str
+    tick: int
+    deviations: Mapping[str, float] = field(default_factory=dict)  # feature -> robust z-score
+
+    def record(self) -> AuditRecord:
+        return AuditRecord(
+            kind="audit_flag",
+            subject=f"block {self.channel}:{self.block & 0xFFFFFFFF}",
+            reason=self.reason,
+            tick=self.tick,
+            details={"block": self.block, "channel": self.channel, "score": round(self.score, 6),
+                     "deviations": {k: round(v, 3) for k, v in self.deviations.items()}},
+        )
+
+    def alert(self) -> dict[str, Any]:
+        """The finding as an alert dict (``node.raise_alert``'s fields)."""
+        return {"kind": "audit_anomaly", "text": f"block {self.channel}:{self.block & 0xFFFFFFFF}: {self.reason}",
+                "severity": "warning", "block": self.block, "channel": self.channel, "tick": self.tick,
+                "score": round(self.score, 6)}
+
+
+def features(rows: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, blocks, channels)`` from aggregate rows: dicts (None or NaN for missing
+    statistics) or an ``AGGREGATE_DTYPE`` array. X is float64 (n, len(FEATURES)), NaN
+    where a statistic is missing."""
+    if isinstance(rows, np.ndarray) and rows.dtype.names is not None:
+        cols = {k: np.asarray(rows[k], np.float64) for k in ("count", "active", "mean", "std", "min", "max", "error_rate", "fitness")}
+        blocks = np.asarray(rows["block"], np.int64)
+        channels = np.asarray(rows["channel"], np.int64)
+    else:
+        rows = list(rows)
+        n = len(rows)
+        blocks = np.fromiter((r["block"] for r in rows), np.int64, n)
+        channels = np.fromiter((r["channel"] for r in rows), np.int64, n)
+        cols = {}
+        for k in ("count", "active", "mean", "std", "min", "max", "error_rate", "fitness"):
+            cols[k] = np.fromiter((np.nan if r.get(k) is None else r[k] for r in rows), np.float64, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = cols["active"] / np.maximum(cols["count"], 1.0)
+    X = np.column_stack([cols["count"], share, cols["mean"], cols["std"], cols["min"], cols["max"],
+                         cols["error_rate"], cols["fitness"]])
+    return X, blocks, channels
+
+
+class _Scaler:
+    """Per-channel robust centre and spread of each feature, and the range of the
+    normalized window (what the forest saw)."""
+
+    __slots__ = ("center", "hi", "lo", "spread")
+
+    def __init__(self, X: np.ndarray, channels: np.ndarray) -> None:
+        self.center: dict[int, np.ndarray] = {}
+        self.spread: dict[int, np.ndarray] = {}
+        self.lo: dict[int, np.ndarray] = {}
+        self.hi: dict[int, np.ndarray] = {}
+        for ch in np.unique(channels).tolist():
+            sub = X[channels == ch]
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: centre NaN, handled below
+                c = np.nanmedian(sub, axis=0)
+                s = np.nanmedian(np.abs(sub - c), axis=0) * MAD_TO_SIGMA
+            c = np.where(np.isnan(c), 0.0, c)
+            floor = np.maximum(np.abs(c) * MIN_SPREAD_REL, MIN_SPREAD_ABS)
+            s = np.where(np.isnan(s) | (s < floor), floor, s)
+            self.center[ch], self.spread[ch] = c, s
+            z = self._z(sub, c, s)
+            self.lo[ch], self.hi[ch] = z.min(axis=0), z.max(axis=0)
+
+    @staticmethod
+    def _z(X: np.ndarray, c: np.ndarray, s: np.ndarray) -> np.ndarray:
+        z = (X - c) / s
+        return np.nan_to_num(z, nan=0.0, posinf=1e9, neginf=-1e9)  # missing statistic: at the centre
+
+    def transform(self, X: np.ndarray, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(Z, known, excess)``: robust z-scores (unclipped), a mask of the rows whose
+        channel has a baseline, and how far (in robust sigmas) each row lies beyond the
+        window's range on its most extreme feature."""
+        Z = np.zeros_like(X)
+        excess = np.zeros(len(X))
+        known = np.zeros(len(X), bool)
+        for ch in np.unique(channels).tolist():
+            if ch not in self.center:
+                continue
+            m = channels == ch
+            z = self._z(X[m], self.center[ch], self.spread[ch])
+            Z[m] = z
+            excess[m] = np.maximum(np.maximum(z - self.hi[ch], self.lo[ch] - z), 0.0).max(axis=1)
+            known |= m
+        return Z, known, excess
+
+
+class Auditor:
+    """Flags anomalous blocks with an IsolationForest refitted on a sliding window.
+
+    :param contamination: expected share of anomalous rows (sklearn's meaning), or "auto".
+    :param refit_every: ticks between two fits.
+    :param random_state: seed of the forest (same seed, same data -> same model).
+    :param window: ticks of rows kept for fitting.
+    :param min_rows: rows needed before the first fit.
+    :param max_window_rows: cap on rows kept (oldest ticks dropped first).
+    :param n_estimators, max_samples: the forest's size (sklearn's meaning).
+    """
+
+    def __init__(
+        self,
+        contamination: float | str = 0.01,
+        refit_every: int = 10,
+        random_state: int = 0,
+        *,
+        window: int = 30,
+        min_rows: int = 200,
+        max_window_rows: int = 200_000,
+        n_estimators: int = 100,
+        max_samples: int = 256,
+        range_margin: float = RANGE_MARGIN,
+    ) -> None:
+        if refit_every < 1 or window < 1:
+            raise ValueError("refit_every and window must be >= 1")
+        if contamination != "auto" and not 0.0 < float(contamination) <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5] or 'auto', got {contamination!r}")
+        self.contamination = contamination
+        self.refit_every = refit_every
+        self.random_state = random_state
+        self.window = window
+        self.min_rows = min_rows
+        self.max_window_rows = max_window_rows
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.range_margin = range_margin
+        self._ticks: collections.deque[tuple[int, np.ndarray, np.ndarray]] = collections.deque()
+        self._rows = 0
+        self.model: Any = None
+        self.scaler: _Scaler | None = None
+        self.fitted_tick: int | None = None
+        self.fits = 0
+
+    @property
+    def window_rows(self) -> int:
+        return self._rows
+
+    def observe(self, rows: Any, tick: int) -> list[AuditRecord]:
+        """Add a tick's rows to the window; refit when due. Returns the refit record, if any."""
+        X, _, channels = features(rows)
+        if len(X):
+            self._ticks.append((tick, X, channels))
+            self._rows += len(X)
+        while self._ticks and (tick - self._ticks[0][0] >= self.window or self._rows > self.max_window_rows):
+            _, old, _ = self._ticks.popleft()
+            self._rows -= len(old)
+        due = self.model is None or tick - (self.fitted_tick or 0) >= self.refit_every
+        if not due or self._rows < self.min_rows:
+            return []
+        return [self._fit(tick)]
+
+    def _fit(self, tick: int) -> AuditRecord:
+        from sklearn.ensemble import (
+            IsolationForest,  # heavy import: first fit, in the caller's thread
+        )
+
+        X = np.concatenate([x for _, x, _ in self._ticks])
+        channels = np.concatenate([c for _, _, c in self._ticks])
+        scaler = _Scaler(X, channels)
+        Z, _, _ = scaler.transform(X, channels)
+        np.clip(Z, -Z_CLIP, Z_CLIP, out=Z)
+        model = IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=min(self.max_samples, len(Z)),
+            contamination=self.contamination,
+            random_state=self.random_state,
+        )
+        model.fit(Z)
+        self.model, self.scaler, self.fitted_tick = model, scaler, tick
+        self.fits += 1
+        first = self._ticks[0][0]
+        return AuditRecord(
+            kind="audit_refit",
+            subject="model",
+            reason=f"IsolationForest refit #{self.fits} on {len(Z)} rows of ticks {first}..{tick}",
+            tick=tick,
+            details={"rows": len(Z), "first_tick": int(first), "last_tick": int(tick),
+                     "channels": sorted(int(c) for c in scaler.center), "contamination": self.contamination,
+                     "n_estimators": self.n_estimators, "random_state": self.random_state},
+        )
+
+    def score(self, rows: Any, tick: int | None = None) -> list[AuditFinding]:
+        """The rows the current model calls anomalous, strangest first (empty before the
+        first fit). ``tick`` stamps the findings (default: the rows' own ``tick``)."""
+        if self.model is None or self.scaler is None:
+            return []
+        X, blocks, channels = features(rows)
+        if not len(X):
+            return []
+        Z, known, excess = self.scaler.transform(X, channels)
+        if not known.any():
+            return []
+        idx = np.flatnonzero(known)
+        scores = -self.model.decision_function(np.clip(Z[idx], -Z_CLIP, Z_CLIP))
+        beyond = excess[idx]
+        out_of_range = beyond > self.range_margin
+        flagged = np.flatnonzero((scores > 0) | out_of_range)
+        combined = np.maximum(scores, 0.0) + RANGE_SCORE * np.minimum(beyond, Z_CLIP)
+        if tick is None:
+            tick = _row_tick(rows)
+        out = []
+        for j in flagged[np.argsort(-combined[flagged], kind="stable")].tolist():
+            i = int(idx[j])
+            z = Z[i]
+            top = np.argsort(-np.abs(z), kind="stable")[:3]
+            devs = {FEATURES[k]: float(np.clip(z[k], -1e6, 1e6)) for k in top.tolist() if abs(z[k]) >= 1.0}
+            reason = ", ".join(f"{name} {v:+.1f} sigma" for name, v in devs.items()) or "an unusual mix of features"
+            where = "beyond the range of" if out_of_range[j] else "against"
+            out.append(AuditFinding(
+                block=int(blocks[i]), channel=int(channels[i]), score=float(combined[j]),
+                reason=f"{reason} {where} channel {int(channels[i])}'s recent blocks", tick=int(tick), deviations=devs,
+            ))
+        return out
+
+    def step(self, rows: Any, tick: int) -> tuple[list[AuditFinding], list[AuditRecord]]:
+        """Score ``rows`` against the model of earlier ticks, then add them to the window.
+        Returns the findings and the decision records (refits, then one per flag)."""
+        rows = rows if isinstance(rows, np.ndarray) else list(rows)
+        findings = self.score(rows, tick)
+        records = self.observe(rows, tick)
+        return findings, records + [f.record() for f in findings]
+
+
+def _row_tick(rows: Sequence[Any] | np.ndarray) -> int:
+    if isinstance(rows, np.ndarray):
+        return int(rows["tick"][0]) if len(rows) else 0
+    for r in rows if isinstance(rows, Iterable) else ():
+        return int(r.get("tick") or 0)
+    return 0

@@ -1,0 +1,572 @@
+"""A simulated cluster: the REAL Membership and Election cores, wired as ``node.py`` wires
+them, over a virtual network (``network.py``) and a virtual clock.
+
+Everything is driven by one event queue ordered by ``(time, sequence number)``: ties go to
+whatever was scheduled first, so the order never depends on hashing or on the host. All
+randomness comes from ``random.Random`` objects derived from the seed (one per node
+incarnation, one for the network, one for the cluster's own choices), so the same seed
+gives the same run, byte for byte (``trace_hash``).
+
+What each simulated node does is what the shell does (see ``node.py``):
+- ``Send`` goes to the node whose direct address it names; ``Broadcast`` goes to every node
+  subscribed to the sender's PUB stream (a node subscribes when it learns a member, alive,
+  suspect or dead, and unsubscribes when it leaves), each copy lost or delayed on its own;
+- broadcasts are numbered per sender and topic and run through the real SequenceTracker:
+  duplicates are dropped and a gap on the ``mbr`` topic calls ``Membership.on_gap``;
+- ``PersistVote`` is "written to disk" at once, ``MemberChanged`` feeds the election
+  (``member_dead`` / ``member_alive``) and, when the voter set changed, ``set_voters``;
+- every inbound message is reported to ``Election.heard_from``;
+- a fresh node (no snapshot) configured to join gives the election no voter set until
+  one of its join addresses answered (``Membership.pending_joins``): otherwise, with its
+  seeds unreachable, it would lead a cluster of one (or of the nodes that joined it), and
+  when its join finally lands there are two leaders of one term (the sweeps found this
+  with nodes joining during partitions). ``node.py`` calls set_voters at once; it should
+  do the same;
+- both cores tick every ``tick_interval`` (the shell: 20 ms), each node at its own phase.
+A crash loses everything but the persisted vote and the member snapshot (taken at the
+crash: the real shell writes it at most a second late); a restart follows ``node.py``'s
+start sequence: ``set_voters``, ``restore(snapshot)``, ``join(config.join)``.
+
+Invariants (``invariants.py``) are checked on every vote and every leadership, i.e. at
+every step where they could break; convergence after faults is ``await_convergence``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from corec_node.mesh.effects import (
+    Broadcast,
+    Effect,
+    LeaderChanged,
+    MemberChanged,
+    MemberReaped,
+    NameConflict,
+    PersistVote,
+    Send,
+)
+from corec_node.mesh.election import LEADER, Election, ElectionConfig
+from corec_node.mesh.membership import Membership, MembershipConfig
+from corec_node.wire.sequence import SeqEvent, SequenceTracker
+from corec_node.sim.invariants import Invariants, InvariantViolation
+from corec_node.sim.network import Network, NetworkConfig
+from corec_node.wire.messages import (
+    Gossip,
+    Heartbeat,
+    MemberState,
+    MemberStatus,
+    Vote,
+    VoteRequest,
+)
+from corec_node.wire.topics import FIXED_TOPICS, TOPIC_MEMBERSHIP
+
+__all__ = ["Cluster", "SimNode"]
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberStatus.ALIVE,
+    MemberStatus.SUSPECT,
+    MemberStatus.DEAD,
+    MemberStatus.LEFT,
+)
+ELECTION_TYPES = frozenset({VoteRequest, Vote, Heartbeat})
+BROADCAST_TOPICS = {Gossip: FIXED_TOPICS[Gossip], Heartbeat: FIXED_TOPICS[Heartbeat]}
+LEAVE_SPREAD = 1.0  # node.py's leave: keep ticking 1 s so the "left" gossip goes out, then stop
+
+_DELIVER, _TICK, _CALL = 0, 1, 2
+
+
+class SimNode:
+    """One simulated process. ``membership`` and ``election`` are None while it is down."""
+
+    __slots__ = (
+        "addr",
+        "election",
+        "epoch",
+        "gated",
+        "join",
+        "left",
+        "membership",
+        "name",
+        "pub",
+        "saved",
+        "seq",
+        "starts",
+        "subs",
+        "tracker",
+        "up",
+        "vote",
+        "voters_dirty",
+    )
+
+    def __init__(self, name: str, addr: str, pub: str) -> None:
+        self.name = name
+        self.addr = addr
+        self.pub = pub
+        self.up = False
+        self.left = False
+        self.epoch = (
+            0  # bumped on crash and restart: in-flight messages to the old process are lost
+        )
+        self.membership: Membership | None = None
+        self.election: Election | None = None
+        self.tracker = SequenceTracker()
+        self.seq: dict[bytes, int] = {}
+        self.vote: tuple[int, str | None] = (0, None)  # what the shell persisted (survives crashes)
+        self.saved: list[MemberState] = []  # the member snapshot on "disk"
+        self.subs: dict[str, None] = {}  # publishers this node's SUB socket is connected to
+        self.join: list[str] = []  # config.mesh.join
+        self.voters_dirty = False
+        self.gated = False  # joining: no voter set for the election until the join answered
+        self.starts = 0
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else ("left" if self.left else "down")
+        return f"<SimNode {self.name} {state} epoch={self.epoch}>"
+
+
+class Cluster:
+    """``Cluster(50, seed=1)``; ``bootstrap()``; ``run(10)``; faults; views; invariants."""
+
+    def __init__(
+        self,
+        size: int | Sequence[str],
+        seed: int = 0,
+        *,
+        network: NetworkConfig | None = None,
+        membership: MembershipConfig | None = None,
+        election: ElectionConfig | None = None,
+        tick_interval: float = 0.02,
+        trace: bool = False,
+        strict: bool = True,
+    ) -> None:
+        names = [f"n{i:04d}" for i in range(size)] if isinstance(size, int) else list(size)
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique")
+        self.seed = seed
+        self.rng = random.Random(f"{seed}/cluster")
+        self.net = Network(network or NetworkConfig(), random.Random(f"{seed}/net"))
+        self.mcfg = membership or MembershipConfig.lan()
+        self.ecfg = election or ElectionConfig.lan()
+        self.tick_interval = tick_interval
+        self.now = 0.0
+        self.invariants = Invariants(strict=strict)
+        self.stats: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()  # messages sent (a broadcast counts once), by type
+        self.leaderships: list[
+            tuple[float, str, int]
+        ] = []  # (time, node, term) each time a node became leader
+        self.nodes: dict[str, SimNode] = {}
+        self._by_addr: dict[str, SimNode] = {}
+        self._subscribers: dict[str, dict[str, SimNode]] = {}  # publisher -> nodes subscribed to it
+        for i, name in enumerate(names):
+            node = SimNode(
+                name,
+                f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:7400",
+                f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:7401",
+            )
+            self.nodes[name] = node
+            self._by_addr[node.addr] = node
+            self._subscribers[name] = {}
+        self._heap: list[tuple] = []
+        self._seq = 0
+        self._trace = hashlib.blake2b(digest_size=16) if trace else None
+        self._watch: dict[tuple[str, MemberStatus], dict[str, float]] = {}
+        self.booted: dict[
+            str, None
+        ] = {}  # nodes bootstrap() started or scheduled; the rest are spares
+        self.events = 0
+
+    # -- scheduling -------------------------------------------------------------------
+
+    def _push(self, when: float, kind: int, *payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, kind, *payload))
+
+    def at(self, when: float, fn: Callable[[], object], label: str = "call") -> None:
+        """Run ``fn()`` at virtual time ``when`` (a fault, a measurement)."""
+        self._push(max(when, self.now), _CALL, fn, label)
+
+    def after(self, delay: float, fn: Callable[[], object], label: str = "call") -> None:
+        self.at(self.now + delay, fn, label)
+
+    def run(self, seconds: float) -> None:
+        self.run_until_time(self.now + seconds)
+
+    def run_until_time(self, end: float) -> None:
+        heap = self._heap
+        pop = heapq.heappop
+        trace = self._trace
+        while heap and heap[0][0] <= end:
+            ev = pop(heap)
+            self.now = ev[0]
+            self.events += 1
+            kind = ev[2]
+            if kind == _DELIVER:
+                self._deliver(ev)
+            elif kind == _TICK:
+                node = ev[3]
+                if node.up and node.epoch == ev[4]:
+                    self._tick(node)
+            else:
+                if trace is not None:
+                    trace.update(f"{self.now!r} {ev[4]}\n".encode())
+                ev[3]()
+        self.now = max(self.now, end)
+
+    def run_until(
+        self, condition: Callable[[], bool], timeout: float, every: float = 0.1
+    ) -> float | None:
+        """Run until ``condition()`` holds (checked every ``every`` virtual seconds); the
+        virtual seconds it took, or None if it did not hold within ``timeout``."""
+        start = self.now
+        while True:
+            if condition():
+                return self.now - start
+            if self.now - start >= timeout:
+                return None
+            self.run(min(every, timeout - (self.now - start)))
+
+    def await_convergence(self, within: float, every: float = 0.25) -> float:
+        """Liveness: every live node agrees on the members and the leader within ``within``
+        virtual seconds; raises InvariantViolation otherwise. Returns the time it took."""
+        took = self.run_until(self.converged, within, every)
+        if took is None:
+            raise InvariantViolation(
+                f"t={self.now:.3f}: no convergence within {within} s: {self.describe()}"
+            )
+        return took
+
+    # -- life of nodes ----------------------------------------------------------------
+
+    def bootstrap(
+        self, mode: str = "snapshot", stagger: float = 0.01, names: Iterable[str] | None = None
+    ) -> None:
+        """Start nodes. ``snapshot``: every node starts as if restarted from the snapshot of
+        a formed cluster (cheap, no join storm). ``join``: the first node starts alone and
+        each next one joins through the first three (its configured seeds), ``stagger``
+        seconds apart (what operators do)."""
+        chosen = [self.nodes[n] for n in names] if names is not None else list(self.nodes.values())
+        for node in chosen:
+            self.booted[node.name] = None
+        if mode == "snapshot":
+            states = [MemberState(n.name, n.addr, n.pub, 0, ALIVE) for n in chosen]
+            for node in chosen:
+                node.saved = states
+                self.start(node.name)
+        elif mode == "join":
+            seeds = [n.addr for n in chosen[:3]]
+            self.start(chosen[0].name)
+            for i, node in enumerate(chosen[1:], start=1):
+                node.join = [a for a in seeds if a != node.addr]
+                self.at(
+                    self.now + i * stagger,
+                    lambda name=node.name: self.start(name),
+                    f"start {node.name}",
+                )
+        else:
+            raise ValueError(f"bootstrap mode must be 'snapshot' or 'join', got {mode!r}")
+
+    def start(self, name: str) -> None:
+        """Start (or restart) a node as ``node.py`` does, from its persisted vote and snapshot."""
+        node = self.nodes[name]
+        if node.up:
+            raise ValueError(f"{name} is already up")
+        if node.left:
+            raise ValueError(f"{name} left the cluster; it cannot restart")
+        now = self.now
+        node.epoch += 1
+        node.starts += 1
+        node.up = True
+        rng = random.Random(f"{self.seed}/{name}/{node.epoch}")
+        term, voted_for = node.vote
+        node.membership = Membership(name, node.addr, node.pub, self.mcfg, rng, now)
+        node.election = Election(
+            name, node.addr, self.ecfg, rng, now, term=term, voted_for=voted_for
+        )
+        node.tracker = SequenceTracker()
+        node.seq = {}
+        snapshot = [s for s in node.saved if s.name != name]
+        node.gated = bool(node.join) and not snapshot
+        if not node.gated:
+            self._sync_voters(node)
+        if snapshot:
+            self._apply(node, node.membership.restore(snapshot, now))
+        if node.join:
+            self._apply(node, node.membership.join(node.join, now))
+        self._push(now + self.rng.random() * self.tick_interval, _TICK, node, node.epoch)
+
+    def crash(self, name: str) -> None:
+        """Kill -9: only the persisted vote and the member snapshot survive."""
+        node = self.nodes[name]
+        if not node.up:
+            return
+        assert node.membership is not None
+        node.saved = node.membership.snapshot()
+        self._stop(node)
+        self.stats["crashes"] += 1
+
+    def restart(self, name: str) -> None:
+        if not self.nodes[name].up:
+            self.start(name)
+
+    def leave(self, name: str) -> None:
+        """Graceful leave, as ``corec-node leave``: gossip "left", keep ticking 1 s, stop."""
+        node = self.nodes[name]
+        if not node.up or node.membership is None:
+            return
+        self._apply(node, node.membership.leave(self.now))
+        epoch = node.epoch
+
+        def stop() -> None:
+            if node.up and node.epoch == epoch:
+                assert node.membership is not None
+                node.saved = node.membership.snapshot()
+                self._stop(node)
+                node.left = True
+
+        self.after(LEAVE_SPREAD, stop, f"stop {name}")
+
+    def _stop(self, node: SimNode) -> None:
+        node.up = False
+        node.epoch += 1
+        for pub in node.subs:
+            self._subscribers[pub].pop(node.name, None)
+        node.subs.clear()
+        node.membership = None
+        node.election = None
+
+    # -- network faults ---------------------------------------------------------------
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        self.net.partition(*groups)
+
+    def isolate(self, name: str) -> None:
+        self.net.isolate(name)
+
+    def heal(self) -> None:
+        self.net.heal()
+
+    # -- the shell --------------------------------------------------------------------
+
+    def _tick(self, node: SimNode) -> None:
+        now = self.now
+        assert node.membership is not None and node.election is not None
+        effects = node.membership.tick(now)
+        effects += node.election.tick(now)
+        if node.gated:
+            node.voters_dirty = True  # see whether the join has answered
+        if effects or node.voters_dirty:
+            if self._trace is not None:
+                self._trace.update(f"{now!r} tick {node.name} {effects!r}\n".encode())
+            self._apply(node, effects)
+        if node.up:
+            self._push(now + self.tick_interval, _TICK, node, node.epoch)
+
+    def _deliver(self, ev: tuple) -> None:
+        _, _, _, src, dst, epoch, msg, topic, seq = ev
+        if not dst.up or dst.epoch != epoch or not self.net.reachable(src, dst.name):
+            return
+        now = self.now
+        gap = False
+        if topic is not None:
+            verdict = dst.tracker.observe(src, topic, seq)
+            if verdict is SeqEvent.DUPLICATE:
+                return
+            gap = verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP
+        if self._trace is not None:
+            self._trace.update(f"{now!r} {src}>{dst.name} {msg!r}\n".encode())
+        self.stats["delivered"] += 1
+        election = dst.election
+        assert election is not None and dst.membership is not None
+        election.heard_from(src, now)
+        if type(msg) in ELECTION_TYPES:
+            self._apply(dst, election.handle(src, msg, now))
+        else:
+            self._apply(dst, dst.membership.handle(src, msg, now))
+        if gap and dst.up and dst.membership is not None:
+            self.stats["gap_resyncs"] += 1
+            self._apply(dst, dst.membership.on_gap(src, now))
+
+    def _apply(self, node: SimNode, effects: list[Effect]) -> None:
+        for eff in effects:
+            t = type(eff)
+            if t is Send:
+                self._send(node, eff.to, eff.msg)  # type: ignore[union-attr]
+            elif t is Broadcast:
+                self._broadcast(node, eff.msg)  # type: ignore[union-attr]
+            elif t is MemberChanged:
+                self._member_changed(node, eff)  # type: ignore[arg-type]
+            elif t is PersistVote:
+                node.vote = (eff.term, eff.voted_for)  # type: ignore[union-attr]
+                self.invariants.on_persist(self.now, node.name, eff.term, eff.voted_for)  # type: ignore[union-attr]
+            elif t is LeaderChanged:
+                self._leader_changed(node, eff)  # type: ignore[arg-type]
+            elif t is MemberReaped:
+                node.voters_dirty = True
+                self.stats["reaped"] += 1
+            elif t is NameConflict:
+                self.stats["name_conflicts"] += 1
+        if node.voters_dirty and node.up:
+            node.voters_dirty = False
+            self._sync_voters(node)
+
+    def _sync_voters(self, node: SimNode) -> None:
+        assert node.election is not None and node.membership is not None
+        if node.gated:
+            pending = node.membership.pending_joins()
+            if all(addr in pending for addr in node.join):
+                return
+            node.gated = False
+        voters = node.membership.voters()
+        self.stats["set_voters"] += 1
+        self._apply(node, node.election.set_voters(voters, self.now))
+
+    def _send(self, node: SimNode, to: str, msg: object) -> None:
+        dst = self._by_addr.get(to)
+        if dst is None or dst is node:
+            return
+        self.sent[type(msg).__name__] += 1
+        if not dst.up:
+            return
+        for d in self.net.delays(node.name, dst.name):
+            self._push(self.now + d, _DELIVER, node.name, dst, dst.epoch, msg, None, 0)
+
+    def _broadcast(self, node: SimNode, msg: object) -> None:
+        topic = BROADCAST_TOPICS[type(msg)]
+        self.sent[type(msg).__name__] += 1
+        seq = node.seq.get(topic, 0) + 1
+        node.seq[topic] = seq
+        delays = self.net.delays
+        now = self.now
+        src = node.name
+        for dst in self._subscribers[src].values():
+            if dst.up:
+                for d in delays(src, dst.name):
+                    self._push(now + d, _DELIVER, src, dst, dst.epoch, msg, topic, seq)
+
+    def _member_changed(self, node: SimNode, ch: MemberChanged) -> None:
+        name = ch.name
+        if name == node.name:
+            if ch.new == LEFT:
+                node.voters_dirty = True
+            return
+        new, old = ch.new, ch.old
+        if new == LEFT:
+            if name in node.subs:
+                del node.subs[name]
+                self._subscribers[name].pop(node.name, None)
+        elif name not in node.subs and name in self._subscribers:
+            node.subs[name] = None
+            self._subscribers[name][node.name] = node
+        if old is None or new == LEFT or old == LEFT or old == new:
+            node.voters_dirty = True  # joined, left, rejoined or moved: the voter set changed
+        election = node.election
+        assert election is not None
+        if new == DEAD:
+            self._apply(node, election.member_dead(name, self.now))
+        elif old == DEAD and new != LEFT:
+            self._apply(node, election.member_alive(name, self.now))
+        if new == SUSPECT and ch.reason == "probe timeout":
+            self.stats["suspicions"] += 1
+            if self._really_fine(node.name, name):
+                self.stats["false_suspicions"] += 1
+        elif new == DEAD and ch.reason == "suspicion timeout":
+            self.stats["deaths"] += 1
+            if self._really_fine(node.name, name):
+                self.stats["false_deaths"] += 1
+        if self._watch:
+            seen = self._watch.get((name, new))
+            if seen is not None and node.name not in seen:
+                seen[node.name] = self.now
+
+    def _really_fine(self, observer: str, target: str) -> bool:
+        t = self.nodes.get(target)
+        return (
+            t is not None
+            and t.up
+            and self.net.reachable(observer, target)
+            and self.net.reachable(target, observer)
+        )
+
+    def _leader_changed(self, node: SimNode, eff: LeaderChanged) -> None:
+        self.stats["leader_changes"] += 1
+        if eff.leader == node.name:
+            assert node.election is not None
+            self.leaderships.append((self.now, node.name, eff.term))
+            self.invariants.on_leader(self.now, node.name, eff.term, node.election.voters())
+
+    # -- observation ------------------------------------------------------------------
+
+    def watch(self, name: str, status: MemberStatus) -> dict[str, float]:
+        """Record when each node first sees ``name`` become ``status`` (from now on)."""
+        return self._watch.setdefault((name, status), {})
+
+    def unwatch(self, name: str, status: MemberStatus) -> None:
+        self._watch.pop((name, status), None)
+
+    def trace_hash(self) -> str:
+        if self._trace is None:
+            raise ValueError("Cluster(..., trace=True) to record a trace")
+        return self._trace.hexdigest()
+
+    def live(self) -> list[SimNode]:
+        return [
+            n
+            for n in self.nodes.values()
+            if n.up and not n.left and n.membership is not None and not n.membership.left
+        ]
+
+    def leaders(self, among: Iterable[str] | None = None) -> list[str]:
+        nodes = self.live() if among is None else [self.nodes[n] for n in among if self.nodes[n].up]
+        return [n.name for n in nodes if n.election is not None and n.election.role == LEADER]
+
+    def agreed_leader(self, among: Iterable[str] | None = None) -> tuple[str, int] | None:
+        """(leader, term) if every live node (of ``among``) sees the same live leader."""
+        nodes = self.live() if among is None else [self.nodes[n] for n in among if self.nodes[n].up]
+        if not nodes:
+            return None
+        first = nodes[0].election
+        assert first is not None
+        view = (first.leader, first.term)
+        if view[0] is None:
+            return None
+        for n in nodes:
+            e = n.election
+            assert e is not None
+            if e.leader != view[0] or e.term != view[1]:
+                return None
+        leader = self.nodes.get(view[0])
+        if (
+            leader is None
+            or not leader.up
+            or leader.election is None
+            or leader.election.role != LEADER
+        ):
+            return None
+        return view[0], view[1]
+
+    def members_converged(self, among: Iterable[str] | None = None) -> bool:
+        """Every live node's alive list is exactly the set of live nodes."""
+        nodes = self.live() if among is None else [self.nodes[n] for n in among if self.nodes[n].up]
+        expected = sorted(n.name for n in nodes)
+        size = len(expected)
+        for n in nodes:
+            counts = n.membership.counts()  # type: ignore[union-attr]
+            if counts["alive"] + counts["suspect"] != size:
+                return False
+        return all(n.membership.alive() == expected for n in nodes)  # type: ignore[union-attr]
+
+    def converged(self) -> bool:
+        return self.agreed_leader() is not None and self.members_converged()
+
+    def describe(self) -> str:
+        views = Counter((n.election.leader, n.election.term) for n in self.live())  # type: ignore[union-attr]
+        alive = Counter(len(n.membership.alive()) for n in self.live())  # type: ignore[union-attr]
+        return (
+            f"{len(self.live())} live, leaders={self.leaders()}, views={dict(views.most_common(4))}, "
+            f"alive-list sizes={dict(alive.most_common(4))}, partitioned={self.net.partitioned}"
+        )

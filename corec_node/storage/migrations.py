@@ -1,0 +1,317 @@
+"""Versioned schema migrations for SQLite and PostgreSQL, applied at start.
+
+Rules:
+
+1. Migrations are append-only: version N is the N-th entry of its list, and a released entry is
+   never edited (a fix is a new entry). The version a database is at is recorded in it.
+2. Applying is idempotent: a database at the newest version is left untouched.
+3. A database at a version newer than the list raises :class:`SchemaTooNewError` before anything
+   is written: an older node must not write into a schema it does not understand.
+4. SQLite: each migration runs in one ``BEGIN IMMEDIATE`` transaction with its version bump.
+   Version table: ``meta`` (key ``schema_version``) for the core, ``corec_plugin_meta`` for a
+   plugin file.
+5. PostgreSQL: every pending migration runs in one transaction under an advisory lock on the
+   schema name, so nodes starting together migrate once. Version table: ``schema_migrations``
+   inside the schema. Core SQL names the schema as ``{s}``; plugin SQL is unqualified and runs
+   with ``search_path`` set to the plugin's schema only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from corec_node.storage.errors import SchemaTooNewError
+
+IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+def numbered(statements: Sequence[str], prefix: str = "migration") -> list[Migration]:
+    """A plugin's list of SQL strings as migrations 1..N."""
+    return [Migration(i + 1, f"{prefix} {i + 1}", sql) for i, sql in enumerate(statements)]
+
+
+def quote_ident(name: str) -> str:
+    """Double-quote a name we validated ourselves (lower-case letters, digits, underscore)."""
+    if not IDENT_RE.match(name):
+        raise ValueError(f"not a valid schema or table name: {name!r} (use a-z, 0-9, _; at most 63)")
+    return f'"{name}"'
+
+
+def _check_list(migrations: Sequence[Migration]) -> None:
+    for i, m in enumerate(migrations):
+        if m.version != i + 1:
+            raise ValueError(f"migration list out of order: entry {i} has version {m.version}")
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+
+async def sqlite_version(conn: aiosqlite.Connection, table: str) -> int:
+    await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    async with conn.execute(f"SELECT value FROM {table} WHERE key = 'schema_version'") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def migrate_sqlite(
+    conn: aiosqlite.Connection, migrations: Sequence[Migration], *, database: str, table: str = "meta"
+) -> int:
+    """Bring an SQLite database (connection in autocommit mode) to the newest version; returns it."""
+    _check_list(migrations)
+    current = await sqlite_version(conn, table)
+    if current > len(migrations):
+        raise SchemaTooNewError(database, current, len(migrations))
+    for m in migrations[current:]:
+        # executescript runs BEGIN..COMMIT as written: the DDL and the version bump commit together
+        script = (
+            f"BEGIN IMMEDIATE;\n{m.sql.rstrip().rstrip(';')};\n"
+            f"INSERT INTO {table} (key, value) VALUES ('schema_version', '{m.version}') "
+            f"ON CONFLICT (key) DO UPDATE SET value = excluded.value;\nCOMMIT;"
+        )
+        try:
+            await conn.executescript(script)
+        except Exception:
+            if conn.in_transaction:
+                await conn.rollback()
+            raise
+    return len(migrations)
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+
+async def postgres_version(conn: Any, schema: str) -> int:
+    """The schema's version, 0 when it or its version table does not exist."""
+    exists = await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f"{quote_ident(schema)}.schema_migrations"
+    )
+    if not exists:
+        return 0
+    return int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {quote_ident(schema)}.schema_migrations"))
+
+
+async def migrate_postgres(
+    conn: Any, schema: str, migrations: Sequence[Migration], *, database: str, plugin: bool = False
+) -> int:
+    """Create the schema if needed and apply pending migrations in one transaction; returns the version."""
+    _check_list(migrations)
+    s = quote_ident(schema)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"corec-migrate:{schema}")
+        has_schema = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema)
+        if not has_schema:
+            await conn.execute(f"CREATE SCHEMA {s}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations (version integer PRIMARY KEY, "
+            "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = await postgres_version(conn, schema)
+        if current > len(migrations):
+            raise SchemaTooNewError(database, current, len(migrations))
+        if plugin:
+            await conn.execute(f"SET LOCAL search_path TO {s}")
+        for m in migrations[current:]:
+            await conn.execute(m.sql if plugin else m.sql.replace("{s}", s))
+            await conn.execute(
+                f"INSERT INTO {s}.schema_migrations (version, description) VALUES ($1, $2)",
+                m.version, m.description,
+            )
+    return len(migrations)
+
+
+# -- the core schema --------------------------------------------------------------------------
+
+# WARNING: ONLY APPEND TO THESE LISTS. A released migration is never edited.
+
+CORE_SQLITE: list[Migration] = [
+    Migration(1, "core tables", """
+CREATE TABLE members (
+    name TEXT PRIMARY KEY,
+    addr TEXT NOT NULL,
+    pub TEXT NOT NULL,
+    inc INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE block_state (           -- latest row per block (rule: rows.newer)
+    block INTEGER PRIMARY KEY,
+    channel INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    active INTEGER NOT NULL,
+    mean REAL, min REAL, max REAL, std REAL,
+    error_rate REAL, fitness REAL,
+    ts REAL NOT NULL                 -- wall time of the tick, epoch seconds
+);
+CREATE TABLE block_history (         -- append only: rowid order is arrival order (pruned from the front)
+    block INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    channel INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    active INTEGER NOT NULL,
+    mean REAL, min REAL, max REAL, std REAL,
+    error_rate REAL, fitness REAL,
+    ts REAL NOT NULL
+);
+-- a replayed row is ignored; a rowid table plus this small index is about twice as fast to
+-- append to as a table clustered on (block, ...), whose every tick lands on every leaf page
+CREATE UNIQUE INDEX block_history_key ON block_history (block, owner, tick);
+CREATE TABLE owner_ticks (           -- highest tick recorded per owner (LocalStore.last_tick)
+    owner TEXT PRIMARY KEY,
+    tick INTEGER NOT NULL
+);
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    block INTEGER,
+    message TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,              -- repair, fusion, leader, placement, ...
+    subject TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    term INTEGER,                    -- set: a nucleus decision, fenced
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE outbox (                -- what must still reach PostgreSQL, oldest first
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('state', 'history', 'alert', 'audit', 'member', 'nucleus')),
+    key TEXT,                        -- coalescing key ('state', 'member'), else NULL
+    rows INTEGER NOT NULL DEFAULT 1, -- block rows carried; outbox_max_rows counts these
+    payload BLOB NOT NULL,           -- msgpack
+    created_at REAL NOT NULL
+);
+CREATE INDEX outbox_keyed ON outbox (kind, key) WHERE key IS NOT NULL;
+CREATE TABLE outbox_dead (           -- entries PostgreSQL rejected as bad data, kept for a human
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key TEXT,
+    rows INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE TABLE election (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    term INTEGER NOT NULL,
+    voted_for TEXT
+);
+INSERT INTO election (id, term, voted_for) VALUES (1, 0, NULL);
+CREATE TABLE nucleus (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    term INTEGER NOT NULL,
+    leader TEXT,
+    updated_at REAL NOT NULL
+);
+INSERT INTO nucleus (id, term, leader, updated_at) VALUES (1, 0, NULL, 0);
+CREATE TABLE placement (
+    block INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    term INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""),
+]
+
+CORE_POSTGRES: list[Migration] = [
+    Migration(1, "core tables", """
+CREATE TABLE {s}.block_state (
+    block bigint PRIMARY KEY,
+    channel smallint NOT NULL,
+    owner text NOT NULL,
+    tick bigint NOT NULL,
+    count integer NOT NULL,
+    active integer NOT NULL,
+    mean double precision,
+    min double precision,
+    max double precision,
+    std double precision,
+    error_rate double precision,
+    fitness double precision,
+    updated_at timestamptz NOT NULL
+) WITH (fillfactor = 70);  -- room on the page: the per-tick update of a row stays HOT
+CREATE TABLE {s}.block_history (
+    ts timestamptz NOT NULL,
+    block bigint NOT NULL,
+    owner text NOT NULL,
+    tick bigint NOT NULL,
+    channel smallint NOT NULL,
+    count integer NOT NULL,
+    active integer NOT NULL,
+    mean double precision,
+    min double precision,
+    max double precision,
+    std double precision,
+    error_rate double precision,
+    fitness double precision,
+    PRIMARY KEY (block, owner, tick, ts)  -- ts: a partitioned table's keys include its partition key
+) PARTITION BY RANGE (ts);
+CREATE TABLE {s}.members (
+    name text PRIMARY KEY,
+    addr text NOT NULL,
+    pub text NOT NULL,
+    inc bigint NOT NULL,
+    status text NOT NULL,
+    rank smallint NOT NULL,      -- alive 0, suspect 1, dead 2, left 3: (inc, rank) only grows
+    reported_by text NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE TABLE {s}.alerts (
+    uid uuid PRIMARY KEY,
+    ts timestamptz NOT NULL,
+    node text NOT NULL,
+    kind text NOT NULL,
+    severity text NOT NULL,
+    block bigint,
+    message text NOT NULL,
+    details jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX alerts_ts ON {s}.alerts (ts);
+CREATE TABLE {s}.audit (
+    uid uuid PRIMARY KEY,
+    ts timestamptz NOT NULL,
+    node text NOT NULL,
+    kind text NOT NULL,
+    subject text NOT NULL,
+    reason text NOT NULL,
+    term bigint,
+    details jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_ts ON {s}.audit (ts);
+CREATE TABLE {s}.nucleus (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    term bigint NOT NULL,
+    leader text,
+    updated_at timestamptz NOT NULL
+);
+INSERT INTO {s}.nucleus (id, term, leader, updated_at) VALUES (1, 0, NULL, now());
+CREATE TABLE {s}.placement (
+    block bigint PRIMARY KEY,
+    owner text NOT NULL,
+    term bigint NOT NULL,
+    updated_at timestamptz NOT NULL
+)
+"""),
+]

@@ -1,0 +1,150 @@
+"""engine/audit.py: IsolationForest over block aggregates flags planted anomalies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from corec_node.engine import EntityStore, aggregate, aggregate_rows
+from corec_node.engine.audit import FEATURES, AuditFinding, Auditor, AuditRecord, features
+from corec_node.wire import ENTITY_DTYPE
+
+BLOCKS_PER_CHANNEL = 300
+CHANNELS = {1: 20.0, 2: 1000.0}  # two scales: a temperature, a pressure
+
+
+def normal_rows(tick: int, rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for ch, level in CHANNELS.items():
+        for b in range(BLOCKS_PER_CHANNEL):
+            mean = level + rng.normal(0, level * 0.01)
+            std = level * 0.05 * (1 + rng.normal(0, 0.05))
+            active = int(1000 - rng.integers(0, 20))
+            rows.append({"block": (ch << 32) | b, "channel": ch, "owner": "a", "count": 1000, "active": active,
+                         "mean": mean, "std": std, "min": mean - 3 * std, "max": mean + 3 * std,
+                         "error_rate": float(rng.integers(0, 3)) / 1000, "fitness": 0.9 + rng.normal(0, 0.005),
+                         "tick": tick})
+    return rows
+
+
+def plant(rows: list[dict]) -> set[tuple[int, int]]:
+    """Four kinds of sick block; returns their (channel, number)."""
+    def row(ch: int, b: int) -> dict:
+        return rows[(ch - 1) * BLOCKS_PER_CHANNEL + b]
+
+    row(1, 5)["mean"] *= 1.5  # a shifted level
+    r = row(2, 7)
+    r["active"], r["fitness"] = 100, 0.05  # most entities dead
+    r = row(1, 100)
+    r["error_rate"], r["fitness"] = 0.4, 0.5  # erroring
+    r = row(2, 250)
+    r["std"] *= 5
+    r["min"], r["max"] = r["mean"] - 15 * r["std"], r["mean"] + 15 * r["std"]  # noisy
+    return {(1, 5), (2, 7), (1, 100), (2, 250)}
+
+
+def found(findings: list[AuditFinding]) -> set[tuple[int, int]]:
+    return {(f.channel, f.block & 0xFFFFFFFF) for f in findings}
+
+
+def test_planted_anomalies_are_flagged_and_normal_blocks_mostly_not():
+    rng = np.random.default_rng(3)
+    auditor = Auditor(contamination=0.001, refit_every=5, random_state=0)
+    false_flags = 0
+    for tick in range(1, 26):
+        findings, _ = auditor.step(normal_rows(tick, rng), tick)
+        if tick > 1:
+            false_flags += len(findings)
+    normal_total = 24 * len(CHANNELS) * BLOCKS_PER_CHANNEL
+    assert false_flags <= 0.005 * normal_total, false_flags
+
+    rows = normal_rows(26, rng)
+    planted = plant(rows)
+    findings, records = auditor.step(rows, 26)
+    assert planted <= found(findings), [(f.channel, f.block & 0xFFFF, f.reason) for f in findings]
+    assert len(findings) - len(planted) <= 3
+    assert findings == sorted(findings, key=lambda f: -f.score)
+    assert all(f.score > 0 and f.tick == 26 for f in findings)
+    # each flag is a decision record for the audit log
+    flags = [r for r in records if r.kind == "audit_flag"]
+    assert len(flags) == len(findings)
+    shifted = next(f for f in findings if (f.channel, f.block & 0xFFFF) == (1, 5))
+    assert "mean" in shifted.reason and "channel 1" in shifted.reason
+    assert shifted.deviations["mean"] > 10
+    assert shifted.record().subject == "block 1:5"
+    assert shifted.alert()["kind"] == "audit_anomaly"
+
+
+def test_anomalies_never_train_the_model_that_judges_them():
+    rng = np.random.default_rng(4)
+    auditor = Auditor(contamination=0.001, refit_every=1, random_state=0, min_rows=100)
+    for tick in range(1, 6):
+        auditor.step(normal_rows(tick, rng), tick)
+    rows = normal_rows(6, rng)
+    planted = plant(rows)
+    findings, records = auditor.step(rows, 6)  # scored before observed (and refitted)
+    assert planted <= found(findings)
+    assert records[0].kind == "audit_refit"
+
+
+def test_refit_schedule_window_and_records():
+    rng = np.random.default_rng(5)
+    auditor = Auditor(contamination=0.01, refit_every=3, random_state=0, window=4, min_rows=1000)
+    kinds = {}
+    for tick in range(1, 12):
+        kinds[tick] = [r for r in auditor.observe(normal_rows(tick, rng), tick)]
+    refits = [t for t, recs in kinds.items() if recs]
+    assert refits == [2, 5, 8, 11]  # first when min_rows (600 rows a tick) is reached, then every 3 ticks
+    rec = kinds[11][0]
+    assert isinstance(rec, AuditRecord) and rec.kind == "audit_refit" and rec.subject == "model"
+    assert rec.details["first_tick"] == 8 and rec.details["rows"] == 4 * 600  # the window is 4 ticks
+    assert auditor.window_rows == 4 * 600
+
+
+def test_no_model_no_findings_and_unknown_channel_not_scored():
+    rng = np.random.default_rng(6)
+    auditor = Auditor(random_state=0)
+    assert auditor.score(normal_rows(1, rng)) == []
+    auditor.step(normal_rows(1, rng), 1)
+    stranger = [dict(r, channel=9, block=(9 << 32) | i, mean=1e9) for i, r in enumerate(normal_rows(2, rng)[:5])]
+    assert auditor.score(stranger, 2) == []
+
+
+def test_deterministic():
+    def run() -> list[tuple]:
+        rng = np.random.default_rng(7)
+        a = Auditor(contamination=0.01, refit_every=2, random_state=11)
+        out = []
+        for tick in range(1, 8):
+            findings, _ = a.step(normal_rows(tick, rng), tick)
+            out += [(f.block, round(f.score, 12)) for f in findings]
+        return out
+
+    assert run() == run()
+
+
+def test_features_from_real_aggregates_dicts_and_array_agree():
+    store = EntityStore(block_size=100)
+    r = np.zeros(1000, ENTITY_DTYPE)
+    r["id"] = np.arange(1000, dtype=np.uint32)
+    r["channel"] = 3
+    r["value"] = np.linspace(0, 10, 1000, dtype=np.float32)
+    r["active"] = np.arange(1000) % 7 != 0
+    r["active"][:100] = 0  # block 0 has no active entity: NaN statistics
+    store.ingest(r)
+    aggs = aggregate(store, 1)
+    X1, b1, c1 = features(aggs)
+    X2, b2, c2 = features(aggregate_rows(aggs, owner="a", nan_as_none=True))
+    np.testing.assert_array_equal(b1, b2)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_allclose(X1, X2, equal_nan=True)
+    assert X1.shape == (10, len(FEATURES)) and np.isnan(X1[0, 2])
+    auditor = Auditor(contamination=0.05, random_state=0, min_rows=5)
+    auditor.observe(aggs, 1)
+    auditor.score(aggs, 2)  # NaN rows are scored without error
+
+
+@pytest.mark.parametrize("kw", [{"contamination": 0.0}, {"contamination": 0.9}, {"refit_every": 0}])
+def test_bad_parameters(kw):
+    with pytest.raises(ValueError):
+        Auditor(**kw)

@@ -1,0 +1,58 @@
+"""Nucleus election with real `corec-node run` processes: agreement, failover, no coup."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from meshutil import eventually
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def agreed(nodes, not_: str | None = None):
+    """(leader, term) if every node names the same live leader, else None."""
+    views = {(r["leader"], r["term"]) for r in (n.ctl("leader") for n in nodes)}
+    if len(views) != 1:
+        return None
+    leader, term = next(iter(views))
+    return (leader, term) if leader and leader != not_ else None
+
+
+def start(cluster, names):
+    nodes = [cluster.start(names[0])]
+    nodes += [cluster.start(n, join=[nodes[0].addr]) for n in names[1:]]
+    for n in nodes:
+        n.wait_ready()
+    return nodes
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_one_leader_all_agree_then_failover_then_no_coup(cluster, size):
+    nodes = start(cluster, [f"n{i}" for i in range(size)])
+    leader, term = eventually(lambda: agreed(nodes), 30, message="one agreed leader")
+    assert leader in {n.name for n in nodes}
+    statuses = [n.ctl("status") for n in nodes]
+    assert all(s["leader"] == leader and s["term"] == term for s in statuses)
+
+    old = next(n for n in nodes if n.name == leader)
+    old.kill()
+    survivors = [n for n in nodes if n is not old]
+    new_leader, new_term = eventually(lambda: agreed(survivors, not_=leader), 30, message="a new leader")
+    assert new_term > term
+
+    old.join = []  # it comes back from its own snapshot
+    old.start().wait_ready()
+    eventually(lambda: old.ctl("leader")["leader"] == new_leader, 20, message="the old leader follows")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # and never takes over by force
+        view = agreed(nodes)
+        assert view is None or view == (new_leader, new_term), view
+        time.sleep(0.1)
+    assert agreed(nodes) == (new_leader, new_term)
+
+
+def test_single_node_is_its_own_leader(cluster):
+    solo = cluster.start("solo").wait_ready()
+    assert eventually(lambda: agreed([solo]), 10)[0] == "solo"

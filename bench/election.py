@@ -1,0 +1,141 @@
+"""Nucleus failover with real node processes on loopback, default timers.
+
+Measures, from the nodes' own structured logs:
+- failover: from SIGKILL of the leader to every survivor naming the same new leader,
+  3 and 5 nodes, median and worst of --kills kills each;
+- false elections: term changes during a quiet run while a producer streams entities
+  (the load: ingest, ticks and Python's GC on the same 2 cores).
+
+Prints a table and one JSON line. Never passes or fails. Usage:
+    python bench/election.py [--kills 10] [--quiet-seconds 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from corec_node.localcluster import Cluster, eventually  # noqa: E402
+
+RAFT_MEDIAN_S = 0.287  # Raft dissertation, 150-300 ms timeouts
+ETCD_S = 1.4  # etcd's default timers on this machine class (project brief)
+
+
+def ts(event: dict[str, str]) -> float:
+    return datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def agreed(nodes, not_: str | None = None):
+    views = {(r["leader"], r["term"]) for r in (n.ctl("leader") for n in nodes)}
+    if len(views) != 1:
+        return None
+    leader, term = views.pop()
+    return (leader, term) if leader and leader != not_ else None
+
+
+def start(size: int):
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-")))
+    nodes = [cluster.start("n0")]
+    nodes += [cluster.start(f"n{i}", join=[nodes[0].addr]) for i in range(1, size)]
+    for n in nodes:
+        n.wait_ready()
+    return cluster, nodes
+
+
+def failover(size: int, kills: int) -> list[float]:
+    cluster, nodes = start(size)
+    out = []
+    try:
+        for _ in range(kills):
+            leader, _term = eventually(lambda: agreed(nodes), 30)
+            eventually(lambda: all(n.ctl("status")["members"].get("alive") == size for n in nodes), 30)
+            time.sleep(1.0)
+            victim = next(n for n in nodes if n.name == leader)
+            survivors = [n for n in nodes if n is not victim]
+            t0 = time.time()
+            victim.kill()
+            new, term = eventually(lambda: agreed(survivors, not_=leader), 30)
+            seen = []
+            for n in survivors:
+                events = [e for e in n.log_events() if e.get("event") == "leader_changed"
+                          and e.get("leader") == new and int(e.get("term", 0)) == term and ts(e) >= t0]
+                seen.append(min(ts(e) for e in events) if events else time.time())
+            out.append(max(seen) - t0)
+            victim.join = []
+            victim.start().wait_ready()
+        return out
+    finally:
+        cluster.close()
+
+
+def quiet(size: int, seconds: float) -> dict[str, float]:
+    from corec_node.client import Client
+    from corec_node.wire import ENTITY_DTYPE
+
+    cluster, nodes = start(size)
+    stop = threading.Event()
+    sent = [0]
+
+    def produce() -> None:
+        recs = np.zeros(100_000, dtype=ENTITY_DTYPE)
+        recs["id"] = np.arange(100_000) % 25_000
+        recs["channel"] = np.arange(100_000) // 25_000
+        recs["active"] = 1
+        rng = np.random.default_rng(3)
+        with Client(nodes[0].addr) as c:
+            while not stop.is_set():
+                recs["value"] = rng.normal(20, 2, len(recs)).astype(np.float32)
+                sent[0] += c.send(recs)
+                time.sleep(0.1)
+
+    try:
+        leader, term = eventually(lambda: agreed(nodes), 30)
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        time.sleep(seconds)
+        stop.set()
+        producer.join(10)
+        terms = {n.ctl("leader")["term"] for n in nodes}
+        changes = sum(1 for n in nodes for e in n.log_events() if e.get("event") == "leader_changed"
+                      and int(e.get("term", 0)) > term)
+        return {"false_elections": max(terms) - term, "leader_change_events": changes,
+                "records_sent": sent[0], "records_per_s": sent[0] / seconds}
+    finally:
+        cluster.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--quiet-seconds", type=float, default=600.0)
+    args = parser.parse_args()
+    runs = {n: failover(n, args.kills) for n in (3, 5)}
+    q = quiet(3, args.quiet_seconds)
+    print(f"{'measure':<46}{'figure':>10}{'target':>10}{'baseline':>22}")
+    for n, xs in runs.items():
+        print(f"{f'failover, {n} nodes, median (s)':<46}{statistics.median(xs):>10.3f}{'< 1':>10}{f'etcd ~{ETCD_S}, Raft {RAFT_MEDIAN_S}':>22}")
+        print(f"{f'failover, {n} nodes, worst (s)':<46}{max(xs):>10.3f}{'< 2':>10}{'':>22}")
+    print(f"{f'false elections, {args.quiet_seconds:g} s under load':<46}{q['false_elections']:>10}{'0':>10}{'':>22}")
+    print(f"{'  load: records/s streamed meanwhile':<46}{q['records_per_s']:>10,.0f}")
+    print(json.dumps({
+        "bench": "election",
+        "failover_s": {str(k): {"median": round(statistics.median(v), 4), "worst": round(max(v), 4),
+                                "runs": [round(x, 4) for x in v]} for k, v in runs.items()},
+        "quiet_seconds": args.quiet_seconds, **q,
+        "baseline_etcd_s": ETCD_S, "baseline_raft_median_s": RAFT_MEDIAN_S,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -59,6 +59,7 @@ class MeshSection:
     max_message_bytes: int = 16 * 1024 * 1024  # ZMQ_MAXMSGSIZE: hostile frames cut at the socket
     discovery: bool = False  # UDP beacon on the LAN; off: nodes join explicitly
     discovery_port: int = 7399
+    discovery_addr: str = "255.255.255.255"  # where beacons go: the subnet's broadcast address
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +300,13 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
             split_addr(peer)
         except ValueError:
             raise fail("mesh.join", "a list of host:port", peer) from None
+    if not 0 < config.mesh.discovery_port < 65536:
+        raise fail("mesh.discovery_port", "a UDP port 1..65535", config.mesh.discovery_port)
+    if config.mesh.discovery:
+        try:
+            socket.inet_aton(config.mesh.discovery_addr)
+        except OSError:
+            raise fail("mesh.discovery_addr", "an IPv4 broadcast address", config.mesh.discovery_addr) from None
     if config.mesh.profile not in PROFILES:
         raise fail("mesh.profile", f"one of {', '.join(PROFILES)}", config.mesh.profile)
     if config.node.log_level not in LOG_LEVELS:

@@ -57,6 +57,7 @@ from corec_node.wire import (
     topic_for,
 )
 from corec_node.wire.messages import MemberStatus, MsgType
+from corec_node.discovery import Discovery
 from corec_node.enginehost import EngineHost
 from corec_node.wire import decode_batch, make_batch
 from corec_node.wire.messages import Aggregates, EntityBatch
@@ -132,6 +133,8 @@ class Node:
         self.term = 0
         self.exit_code = 0
         self._voters_held = False
+        self.discovery: Discovery | None = None
+        self._discovered: dict[str, float] = {}  # addr -> when we last tried to join it
         self._joined_at = float("-inf")  # wall time of our last join: we are the newcomer in a conflict
         self._stop = asyncio.Event()
         self._snapshot_dirty = False
@@ -265,6 +268,15 @@ class Node:
         if cfg.mesh.join:
             self._joined_at = time.time()
             self._apply(self.membership.join(cfg.mesh.join, now))
+        if cfg.mesh.discovery:
+            self.discovery = Discovery(cluster=self.cluster, name=self.name, addr=self.addr,
+                                       target=(cfg.mesh.discovery_addr, cfg.mesh.discovery_port),
+                                       on_peer=self._discovered_peer)
+            try:
+                await self.discovery.start()
+            except OSError as exc:
+                log.event("discovery_failed", logging.WARNING, port=cfg.mesh.discovery_port, error=str(exc))
+                self.discovery = None
         log.event("ready", listen=cfg.node.listen, pub=self.pub_addr, advertise=self.addr,
                   cluster=self.cluster, version=__version__, data_dir=str(self.data_dir),
                   rejoin=len(snapshot), join=",".join(cfg.mesh.join))
@@ -286,6 +298,8 @@ class Node:
                     await (await opening).close()
                 except Exception as exc:
                     log.event("plugin_store_close_failed", logging.WARNING, error=str(exc))
+            if self.discovery is not None:
+                await self.discovery.close()
             await self.control.close()
             if self.metrics_server is not None:
                 await self.metrics_server.close()
@@ -652,6 +666,19 @@ class Node:
         for finding in findings:
             alert = finding.alert()
             self.raise_alert(alert.pop("kind"), alert.pop("text"), **alert)
+
+    def _discovered_peer(self, name: str, addr: str) -> None:
+        """A beacon from a node of our cluster: join it unless we know it alive already."""
+        assert self.membership is not None
+        member = self.membership.member(name)
+        if member is not None and member.addr == addr and member.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+            return
+        now = self.now()
+        if now - self._discovered.get(addr, float("-inf")) < 5.0:  # one join a peer per 5 s
+            return
+        self._discovered[addr] = now
+        log.event("peer_discovered", name=name, addr=addr)
+        self._apply(self.membership.join([addr], now))
 
     # -- control commands -------------------------------------------------------------
 

@@ -76,7 +76,7 @@ class StorageSection:
     postgres_dsn: str = ""  # empty: SQLite only (the embedded default)
     postgres_schema: str = "corec"
     outbox_max_rows: int = 1_000_000  # past this the oldest history is dropped, never state
-    history_retention: float = 3600.0  # seconds of block history kept in SQLite (1000 blocks: 3.6 M rows)
+    history_retention: float = 0.0  # seconds of block history kept in SQLite; 0 keeps all (1000 blocks, 1 s ticks: ~86 M rows a day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,8 +325,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("engine.max_errors", "a rate between 0 and 1", config.engine.max_errors)
     if not 0 <= config.engine.min_fitness <= 1:
         raise fail("engine.min_fitness", "a fitness between 0 and 1", config.engine.min_fitness)
-    if config.storage.history_retention <= 0:
-        raise fail("storage.history_retention", "a positive number of seconds", config.storage.history_retention)
+    if config.storage.history_retention < 0:
+        raise fail("storage.history_retention", "0 (keep all) or a number of seconds", config.storage.history_retention)
     schema = config.storage.postgres_schema
     if not (schema and len(schema) <= 40 and schema[0].isalpha() and all(c.islower() or c.isdigit() or c == "_" for c in schema)):
         raise fail("storage.postgres_schema", "a lowercase SQL name of at most 40 characters", schema)

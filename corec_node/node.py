@@ -340,7 +340,7 @@ class Node:
             self._engine_tick()
         if self._snapshot_dirty and now - self._snapshot_at >= SNAPSHOT_PERIOD:
             self._save_snapshot()
-        if now >= self._next_prune and self.local is not None:
+        if now >= self._next_prune and self.local is not None and self.config.storage.history_retention > 0:
             self._next_prune = now + PRUNE_PERIOD
             self._spawn("prune history", self.local.prune_history(time.time() - self.config.storage.history_retention))
 

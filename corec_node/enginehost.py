@@ -15,6 +15,10 @@ Ownership rules:
    from fresh data by their new owner: the dead node's state is gone with it.
 4. ``cluster_rows`` answers for the whole cluster from the aggregates every owner
    publishes each tick, showing for each block the row of its current owner only.
+5. Fusion: the nucleus plans fusions from the cluster's rows (``plan``) and every node
+   applies the plan in the nucleus's order (``apply_fusions``): a weak block then lives,
+   is aggregated and is placed under its strong block's id, and its state is handed to
+   that block's owner. Ids never change; a fused group is reported as one row.
 """
 
 from __future__ import annotations
@@ -24,7 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from corec_node.engine import EntityStore, IngestResult, RepairRecord, aggregate, aggregate_rows, repair
+from corec_node.engine import (
+    EntityStore,
+    Fusion,
+    IngestResult,
+    RepairRecord,
+    aggregate,
+    aggregate_rows,
+    apply_fusion,
+    plan_fusions,
+    repair,
+)
 from corec_node.mesh.placement import PlacementMap, partition
 
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
@@ -44,15 +58,20 @@ class EngineHost:
         self.repairs = 0
         self.handed_off = 0
         self.received = 0
+        self.fusions = 0
 
     # -- membership -------------------------------------------------------------------
 
     def set_members(self, live: Iterable[str]) -> dict[str, np.ndarray]:
         """New live member set; returns the records to hand to each new owner."""
-        members = tuple(sorted(set(live) | {self.name}))
-        if members == tuple(self.placement.members):
+        placement = PlacementMap(self.placement.version + 1, set(live) | {self.name})
+        if placement.members == self.placement.members:
             return {}
-        self.placement = PlacementMap(self.placement.version + 1, members)
+        self.placement = placement
+        return self._rebalance()
+
+    def _rebalance(self) -> dict[str, np.ndarray]:
+        """Take out the blocks this node no longer owns, grouped by their owner."""
         blocks = self.store.block_ids()
         if len(blocks) == 0:
             return {}
@@ -98,6 +117,24 @@ class EngineHost:
             row["owner"] = owner
             self.rows[int(row["block"])] = row
 
+    def plan(self, min_fitness: float) -> list[Fusion]:
+        """The nucleus's fusion plan over the cluster's current rows (deterministic)."""
+        rows = self.cluster_rows()
+        if not rows:
+            return []
+        arr = np.zeros(len(rows), dtype=[("block", "<i8"), ("channel", "u1"), ("count", "<i8"), ("fitness", "<f8")])
+        for i, r in enumerate(rows):
+            arr[i] = (r["block"], r["channel"], r["count"], r["fitness"])
+        return plan_fusions(arr, min_fitness, max_count=4 * self.block_size)
+
+    def apply_fusions(self, fusions: Iterable[Fusion]) -> tuple[list[RepairRecord], dict[str, np.ndarray]]:
+        """Apply the nucleus's plan in order; returns the records and the handoffs it causes."""
+        records = [r for f in fusions if (r := apply_fusion(self.store, f)) is not None]
+        if not records:
+            return [], {}
+        self.fusions += len(records)
+        return records, self._rebalance()
+
     def forget_owner(self, owner: str) -> None:
         for block in [b for b, r in self.rows.items() if r["owner"] == owner]:
             del self.rows[block]
@@ -109,9 +146,10 @@ class EngineHost:
             return []
         owners = self.placement.owner_names(blocks)
         out = []
-        for block, owner in zip(blocks.tolist(), owners):
+        roots = self.store.fusions.resolve(blocks)
+        for block, owner, root in zip(blocks.tolist(), owners, roots.tolist()):
             row = self.rows[block]
-            if row["owner"] == owner and (channel is None or row["channel"] == channel):
+            if root == block and row["owner"] == owner and (channel is None or row["channel"] == channel):
                 out.append(row)
         return out
 

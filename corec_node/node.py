@@ -60,7 +60,8 @@ from corec_node.wire.messages import MemberStatus, MsgType
 from corec_node.discovery import Discovery
 from corec_node.enginehost import EngineHost
 from corec_node.wire import decode_batch, make_batch
-from corec_node.wire.messages import Aggregates, EntityBatch
+from corec_node.engine import Fusion
+from corec_node.wire.messages import Aggregates, EntityBatch, FusionPlan
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_DIRECT,
@@ -80,6 +81,7 @@ MEMBERSHIP_TYPES = frozenset({
 })
 ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT})
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
+FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 
@@ -402,6 +404,9 @@ class Node:
         if env.type == MsgType.AGGREGATES:
             self.engine.observe_rows(env.sender, env.msg.rows)
             return
+        if env.type == MsgType.FUSION_PLAN:
+            self._fusion_plan(env.sender, env.msg)
+            return
         self._dispatch(env, now)
         if verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP and self.membership is not None:
             self._apply(self.membership.on_gap(env.sender, now))
@@ -600,16 +605,62 @@ class Node:
                 frames = self._frames(msg, TOPIC_AGGREGATES)
                 self.transport.publish(frames)
                 self._count_out(TOPIC_AGGREGATES, frames)
+        if self.leader == self.name and self.engine.tick_no % FUSION_EVERY == 0:
+            self._plan_fusions()
         for record in repairs:
             log.event("repair", kind=record.kind, block=record.block, channel=record.channel,
                       entities=record.entities, reason=record.reason)
             self.audit(record.kind, f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason,
                        block=record.block, entities=record.entities)
 
+    def _plan_fusions(self) -> None:
+        """As nucleus: fuse weak blocks into strong ones of their channel, fenced by our term."""
+        plan = self.engine.plan(self.config.engine.min_fitness)
+        if not plan:
+            return
+        msg = FusionPlan(term=self.term, fusions=tuple(
+            {"weak": f.weak_block, "strong": f.strong_block, "channel": f.channel, "reason": f.reason} for f in plan))
+        frames = self._frames(msg, TOPIC_NUCLEUS)
+        self.transport.publish(frames)
+        self._count_out(TOPIC_NUCLEUS, frames)
+        self._apply_fusions(plan, self.term)
+
+    def _fusion_plan(self, sender: str, msg: FusionPlan) -> None:
+        """A plan from the nucleus: applied only if it comes from the leader of our term."""
+        if sender != self.leader or msg.term != self.term:
+            log.event("fusion_plan_refused", logging.WARNING, sender=sender, term=msg.term,
+                      leader=self.leader, our_term=self.term)
+            return
+        try:
+            plan = [Fusion(int(f["weak"]), int(f["strong"]), int(f["channel"]), str(f.get("reason", "")))
+                    for f in msg.fusions]
+        except (KeyError, TypeError, ValueError):
+            self.rejected["fusion_plan"] += 1
+            return
+        self._apply_fusions(plan, msg.term)
+
+    def _apply_fusions(self, plan: list[Fusion], term: int) -> None:
+        try:
+            records, handoffs = self.engine.apply_fusions(plan)
+        except ValueError as exc:  # e.g. a plan across channels: the nucleus's bug, not ours
+            log.event("fusion_failed", logging.WARNING, error=str(exc))
+            return
+        for record in records:
+            log.event("fusion", block=record.block, into=record.target, channel=record.channel,
+                      entities=record.entities, reason=record.reason, term=term)
+            if self.local is not None:
+                self._spawn("audit fusion", self.local.add_audit(
+                    "fusion", f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason, term=term,
+                    details={"into": record.target, "entities": record.entities}))
+        self._hand_off(handoffs)
+
     def _placement_changed(self) -> None:
         assert self.membership is not None
         live = [m.name for m in self.membership.members() if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)]
-        handoffs = self.engine.set_members(live)
+        self._hand_off(self.engine.set_members(live))
+
+    def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
+        assert self.membership is not None
         for owner, records in handoffs.items():
             member = self.membership.member(owner)
             if member is None:
@@ -723,6 +774,7 @@ class Node:
             "entity_errors": self.engine.entity_errors,
             "ingested": self.engine.ingested,
             "repairs": self.engine.repairs,
+            "fusions": self.engine.fusions,
             "placement_version": self.engine.placement.version,
             "storage": self.storage_status(),
             "rejected": dict(self.rejected),

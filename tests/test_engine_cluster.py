@@ -128,3 +128,29 @@ def test_joining_node_receives_its_blocks_state(cluster):
     for node in everyone:
         eventually(lambda: matches(node.ctl("blocks"), ref), 30, message=f"{node.name} after handoff")
     assert sum(n.ctl("status")["entities"] for n in everyone) == sum(v["count"] for v in ref.values())
+
+
+def test_nucleus_fuses_a_weak_block_into_a_strong_one(cluster):
+    env = {"COREC_ENGINE_TICK_INTERVAL": "0.2"}
+    nodes = [cluster.start("a", extra_env=env)]
+    nodes.append(cluster.start("b", join=[nodes[0].addr], extra_env=env))
+    for n in nodes:
+        n.wait_ready()
+    eventually(lambda: all(n.ctl("leader")["leader"] for n in nodes), 20)
+    recs = np.zeros(2000, dtype=ENTITY_DTYPE)
+    recs["channel"] = 5
+    recs["id"] = np.arange(2000)
+    recs["value"] = 20 + (np.arange(2000) % 3)
+    recs["active"] = np.arange(2000) < 1000  # block 5:0 healthy, block 5:1 all inactive: fitness 0
+    with Client(nodes[0].addr) as c:
+        c.send(recs)
+    strong = 5 << 32
+
+    def fused(node) -> bool:
+        rows = node.ctl("blocks", channel=5)
+        return len(rows) == 1 and rows[0]["block"] == strong and rows[0]["count"] == 2000 and rows[0]["active"] == 1000
+
+    for node in nodes:
+        eventually(lambda: fused(node), 30, message=f"{node.name} reports the fused group as one block")
+    events = [e for n in nodes for e in n.log_events() if e.get("event") == "fusion"]
+    assert events and all("min_fitness" in e["reason"] for e in events)

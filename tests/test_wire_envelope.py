@@ -22,6 +22,7 @@ from corec_node.wire import (
     Alert,
     EntityBatch,
     Envelope,
+    FusionPlan,
     Gossip,
     Heartbeat,
     MemberState,
@@ -92,6 +93,7 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.HEARTBEAT: st.builds(Heartbeat, term=u64, leader=names),
     MsgType.AGGREGATES: st.builds(Aggregates, tick=u64, rows=rows),
     MsgType.ALERT: st.builds(Alert, kind=names, text=st.text(max_size=200)),
+    MsgType.FUSION_PLAN: st.builds(FusionPlan, term=u64, fusions=rows),
 }
 
 

@@ -33,6 +33,7 @@ from corec_node.wire.messages import (
     Aggregates,
     Alert,
     EntityBatch,
+    FusionPlan,
     Gossip,
     Heartbeat,
     MemberState,
@@ -409,6 +410,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         ),
         _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),  # placeholder
         _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),  # placeholder
+        _schema(MsgType.FUSION_PLAN, FusionPlan, term=_U64, fusions=_ROWS),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

@@ -26,6 +26,7 @@ class MsgType(enum.IntEnum):
     ENTITY_BATCH = 20
     AGGREGATES = 21
     ALERT = 22
+    FUSION_PLAN = 23
 
 
 class MemberStatus(enum.IntEnum):
@@ -164,7 +165,16 @@ class Alert:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class FusionPlan:
+    """The nucleus's fusion decisions (topic ``nuc``), fenced by its ``term``. Each entry is a
+    map ``{"weak", "strong", "channel", "reason"}``; every node applies them in order."""
+
+    term: int
+    fusions: tuple = field(default_factory=tuple)
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
-    | VoteRequest | Vote | Heartbeat | EntityBatch | Aggregates | Alert
+    | VoteRequest | Vote | Heartbeat | EntityBatch | Aggregates | Alert | FusionPlan
 )

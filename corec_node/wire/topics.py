@@ -15,6 +15,7 @@ from corec_node.wire.messages import (
     Aggregates,
     Alert,
     EntityBatch,
+    FusionPlan,
     Gossip,
     Heartbeat,
     Message,
@@ -51,6 +52,7 @@ FIXED_TOPICS: dict[type, bytes] = {
     Heartbeat: TOPIC_NUCLEUS,
     Aggregates: TOPIC_AGGREGATES,
     Alert: TOPIC_ALERTS,
+    FusionPlan: TOPIC_NUCLEUS,
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

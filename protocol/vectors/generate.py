@@ -36,6 +36,7 @@ from corec_node.wire import (  # noqa: E402
     Aggregates,
     Alert,
     EntityBatch,
+    FusionPlan,
     Gossip,
     Heartbeat,
     MemberState,
@@ -249,6 +250,9 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      _B_EMPTY[0], _hdr("producer-1", 1), _B_EMPTY[1]),
     ("aggregates", "PLACEHOLDER layout: rows are flat maps",
      Aggregates(tick=12, rows=(_ROW,)), _hdr("node-a", 5), None),
+    ("fusion_plan", "the nucleus of term 9 fuses block 7:3 into 7:1",
+     FusionPlan(term=9, fusions=({"weak": (7 << 32) | 3, "strong": (7 << 32) | 1, "channel": 7,
+                                  "reason": "fitness 0.050 < min_fitness 0.2"},)), _hdr("node-a", 7), None),
     ("alert", "PLACEHOLDER layout",
      Alert(kind="threshold", text="channel 7 mean 98.5 > 90\nblock 3"), _hdr("node-b", 6), None),
 ]

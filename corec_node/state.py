@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 
 VOTE_FILE = "vote.json"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+pytest_plugins = ["pgutil"]  # PostgreSQL fixtures: pg_dsn, pg_schema, pg
+
 import pytest
 
 from corec_node.localcluster import Cluster

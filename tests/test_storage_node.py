@@ -15,7 +15,7 @@ import pytest
 from corec_node.client import Client
 from corec_node.wire import ENTITY_DTYPE
 from meshutil import free_port
-from pgutil import eventually, pg, pg_dsn, pg_schema  # noqa: F401  (fixtures)
+from pgutil import eventually  # the pg, pg_dsn and pg_schema fixtures come through conftest
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -66,7 +66,7 @@ def records(n: int, value: float) -> np.ndarray:
     return recs
 
 
-async def test_block_state_reaches_postgres_through_an_outage(cluster, pg_dsn, pg_schema, pg):  # noqa: F811
+async def test_block_state_reaches_postgres_through_an_outage(cluster, pg_dsn, pg_schema, pg):
     cable = Cable(free_port(), ("127.0.0.1", 5432))
     await cable.plug()
     dsn = f"postgresql://postgres@127.0.0.1:{cable.port}/postgres"

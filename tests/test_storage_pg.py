@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pgutil import eventually, pg, pg_dsn, pg_schema  # noqa: F401  (fixtures)
+from pgutil import eventually  # the pg, pg_dsn and pg_schema fixtures come through conftest
 from test_storage_local import rows_for
 
 from corec_node.localcluster import free_port

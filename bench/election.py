@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--quiet-seconds", type=float, default=600.0)
     args = parser.parse_args()
-    runs = {n: failover(n, args.kills) for n in (3, 5)}
+    runs = {n: failover(n, args.kills) for n in (3, 5)} if args.kills else {}
     q = quiet(3, args.quiet_seconds)
     print(f"{'measure':<46}{'figure':>10}{'target':>10}{'baseline':>22}")
     for n, xs in runs.items():

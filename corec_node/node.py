@@ -23,15 +23,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from corec_node import __version__
-from corec_node import log
+from corec_node import __version__, log
 from corec_node.config import Config
 from corec_node.control import CommandError, ControlServer
-from corec_node.metrics import Metrics, MetricsServer, TickHistogram
-from corec_node.notify import Notifier
+from corec_node.discovery import Discovery
+from corec_node.engine import Fusion
 from corec_node.engine.audit import Auditor
-from corec_node.plugins import PluginManager
-from corec_node.security import CurveConfig
+from corec_node.enginehost import EngineHost
 from corec_node.mesh.effects import (
     Broadcast,
     Effect,
@@ -44,7 +42,11 @@ from corec_node.mesh.effects import (
 )
 from corec_node.mesh.election import Election, ElectionConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
-from corec_node.state import lock_data_dir, load_vote, save_vote
+from corec_node.metrics import Metrics, MetricsServer, TickHistogram
+from corec_node.notify import Notifier
+from corec_node.plugins import PluginManager
+from corec_node.security import CurveConfig
+from corec_node.state import load_vote, lock_data_dir, save_vote
 from corec_node.storage import LocalStore, SchemaTooNewError, StaleTermError, StorageError, Syncer
 from corec_node.transport import Transport
 from corec_node.wire import (
@@ -52,18 +54,16 @@ from corec_node.wire import (
     SequenceCounter,
     SequenceTracker,
     WireError,
+    decode_batch,
     decode_message,
     encode_message,
+    make_batch,
     topic_for,
 )
-from corec_node.wire.messages import MemberStatus, MsgType
-from corec_node.discovery import Discovery
-from corec_node.enginehost import EngineHost
-from corec_node.wire import decode_batch, make_batch
-from corec_node.engine import Fusion
-from corec_node.wire.messages import Aggregates, EntityBatch, FusionPlan
+from corec_node.wire.messages import Aggregates, Alert, EntityBatch, FusionPlan, MemberStatus, MsgType
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
+    TOPIC_ALERTS,
     TOPIC_DIRECT,
     TOPIC_ENTITIES_ALL,
     TOPIC_MEMBERSHIP,
@@ -240,7 +240,7 @@ class Node:
             await self.transport.close()
             await self._close_storage()
             return 1
-        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ENTITIES_ALL])
+        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS, TOPIC_ENTITIES_ALL])
         self._next_engine_tick = self.now() + cfg.engine.tick_interval
         if cfg.metrics.listen:
             metrics = Metrics(self.metrics_snapshot, name=self.name, cluster=self.cluster, version=__version__)
@@ -403,6 +403,9 @@ class Node:
             return
         if env.type == MsgType.AGGREGATES:
             self.engine.observe_rows(env.sender, env.msg.rows)
+            return
+        if env.type == MsgType.ALERT:
+            log.event("peer_alert", logging.INFO, sender=env.sender, kind=env.msg.kind, text=env.msg.text)
             return
         if env.type == MsgType.FUSION_PLAN:
             self._fusion_plan(env.sender, env.msg)
@@ -690,6 +693,14 @@ class Node:
     def _publish_alert(self, alert: dict[str, Any]) -> None:
         """On the loop: the PluginManager's on_alert, and raise_alert's end."""
         log.event("alert", logging.WARNING, **alert)
+        text = alert["text"] if len(alert["text"].encode()) <= 4096 else alert["text"][:1000] + "..."
+        try:  # published for every node and subscriber (topic alr)
+            frames = self._frames(Alert(kind=alert["kind"], text=text), TOPIC_ALERTS)
+        except (ValueError, TypeError):  # a kind that is not a valid name on the wire
+            frames = None
+        if frames is not None:
+            self.transport.publish(frames)
+            self._count_out(TOPIC_ALERTS, frames)
         if self.local is not None:
             details = {k: v for k, v in alert.items() if k not in ("kind", "text", "severity", "block")}
             self._spawn("alert", self.local.add_alert(alert["kind"], alert["text"], severity=alert["severity"],

@@ -47,7 +47,7 @@ from corec_node.notify import Notifier
 from corec_node.plugins import PluginManager
 from corec_node.security import CurveConfig
 from corec_node.state import load_vote, lock_data_dir, save_vote
-from corec_node.storage import LocalStore, SchemaTooNewError, StaleTermError, StorageError, Syncer
+from corec_node.storage import LocalStore, SchemaTooNewError, StaleTermError, StorageError
 from corec_node.transport import Transport
 from corec_node.wire import (
     SeqEvent,
@@ -121,7 +121,7 @@ class Node:
         self.engine = EngineHost(self.name, block_size=config.engine.block_size, max_errors=config.engine.max_errors)
         self._next_engine_tick = 0.0
         self.local: LocalStore | None = None
-        self.syncer: Syncer | None = None
+        self.syncer: Any = None  # storage.Syncer when a PostgreSQL DSN is set
         self._next_prune = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.storage_errors = 0
@@ -181,6 +181,8 @@ class Node:
             return False
         self.engine.tick_no = await self.local.last_tick(self.name) or 0  # ticks keep rising across restarts
         if cfg.storage.postgres_dsn:
+            from corec_node.storage import Syncer
+
             self.syncer = Syncer.from_config(self.local, cfg)
             try:
                 await asyncio.wait_for(self.syncer.connect(), PG_CONNECT_WAIT)

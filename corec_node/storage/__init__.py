@@ -10,12 +10,31 @@ Public API (everything else in this package is private):
 - Errors: :class:`StaleTermError`, :class:`SchemaTooNewError` (both :class:`StorageError`).
 """
 
+from importlib import import_module
+from typing import Any
+
 from corec_node.storage.errors import SchemaTooNewError, StaleTermError, StorageError
-from corec_node.storage.local import OutboxItem, LocalStore
-from corec_node.storage.plugin_store import PluginPostgres, PluginStore
-from corec_node.storage.postgres import ApplyResult, PostgresSync
+from corec_node.storage.local import LocalStore, OutboxItem
 from corec_node.storage.rows import BLOCK_COLUMNS
-from corec_node.storage.sync import Syncer
+
+# The PostgreSQL side (asyncpg) loads on first use: an edge node on SQLite alone never
+# pays for it at start.
+_LAZY = {
+    "ApplyResult": "postgres",
+    "PostgresSync": "postgres",
+    "PluginPostgres": "plugin_store",
+    "PluginStore": "plugin_store",
+    "Syncer": "sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"corec_node.storage.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "BLOCK_COLUMNS",

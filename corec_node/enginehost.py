@@ -39,6 +39,7 @@ from corec_node.engine import (
     plan_fusions,
     repair,
 )
+from corec_node.engine.blocks import block_ids_of
 from corec_node.mesh.placement import PlacementMap, partition
 
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
@@ -51,6 +52,7 @@ class EngineHost:
         self.max_errors = max_errors
         self.store = EntityStore(block_size=block_size)
         self.placement = PlacementMap(0, (name,))
+        self._my_index = 0
         self.tick_no = 0
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
         self.ingested = 0
@@ -68,6 +70,7 @@ class EngineHost:
         if placement.members == self.placement.members:
             return {}
         self.placement = placement
+        self._my_index = placement.members.index(self.name)
         return self._rebalance()
 
     def _rebalance(self) -> dict[str, np.ndarray]:
@@ -89,9 +92,13 @@ class EngineHost:
     def ingest(self, records: np.ndarray) -> IngestResult | None:
         """A batch from the stream: keep the records of the blocks this node owns."""
         if len(self.placement.members) > 1:
-            records = partition(records, self.placement, self.block_size, self.store.fusions.resolve).get(self.name)
-            if records is None:
+            blocks = self.store.fusions.resolve(block_ids_of(records["channel"], records["id"], self.block_size))
+            uniq, inverse = np.unique(blocks, return_inverse=True)  # a batch spans few blocks
+            mine = (self.placement.owners(uniq) == self._my_index)[inverse]
+            if not mine.any():
                 return None
+            if not mine.all():
+                records = records[mine]
         result = self.store.ingest(records)
         self.ingested += result.records - result.errors
         self.entity_errors += result.errors

@@ -83,6 +83,7 @@ ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEA
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
+INGEST_QUEUE = 256  # entity batches waiting for the ingest worker (~25 MB); past it they are dropped and counted
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 
 
@@ -125,6 +126,10 @@ class Node:
         self._next_prune = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.storage_errors = 0
+        # Entity batches go through a queue to their own worker task, so probes, gossip and
+        # heartbeats never wait behind a backlog of data on the same socket.
+        self._batches: asyncio.Queue[tuple[Any, Any, str]] | None = None
+        self.ingest_dropped = 0
         self.counters = SequenceCounter()
         self.messages_in: collections.Counter[str] = collections.Counter()
         self.messages_out: collections.Counter[str] = collections.Counter()
@@ -286,15 +291,17 @@ class Node:
                   rejoin=len(snapshot), join=",".join(cfg.mesh.join))
         self.notifier.ready(self.status_line())
         ticker = asyncio.create_task(self._tick_loop())
+        worker = asyncio.create_task(self._ingest_worker())
         try:
             await self._stop.wait()
         finally:
             self.notifier.stopping()
-            ticker.cancel()
-            try:
-                await ticker
-            except asyncio.CancelledError:
-                pass
+            for task in (ticker, worker):
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
             self._save_snapshot()
             await self.plugins.shutdown(self)
             for opening in self._plugin_stores.values():
@@ -381,7 +388,7 @@ class Node:
         self.messages_in[env.type.name.lower()] += 1
         self._count_in(topic, frames)
         if env.type == MsgType.ENTITY_BATCH:
-            self._direct_batch(env, payload)
+            self._queue_batch(env, payload, "direct")
         elif topic != TOPIC_DIRECT:
             self._reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
         else:
@@ -401,7 +408,7 @@ class Node:
         if verdict is SeqEvent.DUPLICATE:
             return
         if env.type == MsgType.ENTITY_BATCH:
-            self._ingest(env.msg, payload, "broadcast")
+            self._queue_batch(env, payload, "broadcast")
             return
         if env.type == MsgType.AGGREGATES:
             self.engine.observe_rows(env.sender, env.msg.rows)
@@ -565,6 +572,29 @@ class Node:
         }
 
     # -- entities -----------------------------------------------------------------------
+
+    def _queue_batch(self, env: Any, payload: Any, where: str) -> None:
+        if self._batches is None:
+            self._batches = asyncio.Queue(INGEST_QUEUE)
+        try:
+            self._batches.put_nowait((env, payload, where))
+        except asyncio.QueueFull:  # we cannot keep up: shed data, never the control plane
+            self.ingest_dropped += 1
+            self.rejected["ingest_overflow"] += 1
+
+    async def _ingest_worker(self) -> None:
+        if self._batches is None:
+            self._batches = asyncio.Queue(INGEST_QUEUE)
+        while True:
+            env, payload, where = await self._batches.get()
+            try:
+                if where == "direct":
+                    self._direct_batch(env, payload)
+                else:
+                    self._ingest(env.msg, payload, where)
+            except Exception:  # a bug on one batch must not stop ingest
+                logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
+            await asyncio.sleep(0)  # one batch at a time: timers and control messages go between
 
     def _direct_batch(self, env: Any, payload: Any) -> None:
         """A batch on the direct socket: block state handed over by a member, or a producer's
@@ -786,6 +816,8 @@ class Node:
             "cluster_blocks": len(self.engine.cluster_rows()),
             "entity_errors": self.engine.entity_errors,
             "ingested": self.engine.ingested,
+            "ingest_dropped": self.ingest_dropped,
+            "ingest_queue": self._batches.qsize() if self._batches is not None else 0,
             "repairs": self.engine.repairs,
             "fusions": self.engine.fusions,
             "placement_version": self.engine.placement.version,

@@ -36,6 +36,7 @@ RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
 HEARTBEAT_IVL_MS = 1_000  # ZMTP heartbeats find dead TCP connections that SWIM already suspects
 HEARTBEAT_TIMEOUT_MS = 3_000
 HEARTBEAT_TTL_MS = 3_000
+ZERO_COPY_MIN = 65536  # ZeroMQ copies frames under 64 KiB anyway; above, hand out views
 YIELD_EVERY = 0.005  # a receive backlog holds the loop at most ~5 ms at a time
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
 
@@ -187,7 +188,10 @@ class Transport:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
             try:
-                frames = await sock.recv_multipart(copy=True)
+                raw = await sock.recv_multipart(copy=False)
+                # small frames as bytes (cheapest to parse); big payloads as zero-copy views
+                # that keep their zmq.Frame alive for as long as someone holds them
+                frames = [f.bytes if len(f) < ZERO_COPY_MIN else f.buffer for f in raw]
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError:

@@ -79,8 +79,7 @@ class EngineHost:
         if len(blocks) == 0:
             return {}
         owners = self.placement.owners(self.store.fusions.resolve(blocks))
-        mine = self.placement.members.index(self.name)
-        leaving = blocks[owners != mine]
+        leaving = blocks[owners != self._my_index]
         if len(leaving) == 0:
             return {}
         records = self.store.take_blocks(leaving)

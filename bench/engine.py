@@ -41,22 +41,13 @@ import numpy as np  # noqa: E402
 
 from corec_node.engine import EntityStore, aggregate  # noqa: E402
 from corec_node.wire import ENTITY_DTYPE  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 SEED_BYTES_PER_ENTITY = 1024  # seeds: "1 KB por entidad", 1 M entities in 1 GB
 AKKA_BYTES_PER_ACTOR = 400  # Akka docs: ~2.7 M actors per GB of heap
 WIRE_RECORD_BYTES = 10
 SEED_LATENCY_MS = (10, 20)
 TICK_TARGET_MS = 10
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rss_bytes() -> int:

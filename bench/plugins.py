@@ -41,6 +41,7 @@ from corec_node.engine import EntityStore, aggregate, aggregate_rows  # noqa: E4
 from corec_node.hookspecs import hookimpl  # noqa: E402
 from corec_node.plugins import PluginManager  # noqa: E402
 from corec_node.wire import ENTITY_DTYPE  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 TARGET_SHARE = 0.05  # the hook path may add at most 5% to a tick
 
@@ -71,16 +72,6 @@ class AsyncTrivial:
     @hookimpl
     async def corec_block_aggregates(self, aggregates):
         return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_store(n: int, block_size: int) -> EntityStore:

@@ -37,6 +37,7 @@ from corec_node.wire import (  # noqa: E402
     encode_entities,
     encode_message,
 )
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 TARGET_DECODE_X = 100
 TARGET_ENCODE_X = 30
@@ -65,16 +66,6 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

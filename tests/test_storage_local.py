@@ -120,6 +120,18 @@ async def test_outbox_batch_limit_and_delete(store):
     assert await store.outbox_oldest() is not None
 
 
+async def test_outbox_batch_after_reads_past_batches_in_flight(store):
+    for t in range(4):
+        await store.record_tick(rows_for(t, range(10)), T0 + t)
+    first = await store.outbox_batch(15)
+    second = await store.outbox_batch(15, after=first[-1].id)  # the first is not deleted yet
+    assert [i.payload["rows"][0][3] for i in first + second] == [0, 1]
+    assert await store.outbox_batch(15, after=10**9) == []
+    assert store.outbox_rows == 40  # an empty read past the end does not reset the count
+    await store.outbox_delete([second[0].id])  # out of order: the later batch committed first
+    assert [i.payload["rows"][0][3] for i in await store.outbox_batch(100)] == [0, 2, 3]
+
+
 async def test_trim_drops_oldest_history_never_state(store):
     blocks = range(20)
     for t in range(10):

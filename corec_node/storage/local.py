@@ -479,13 +479,18 @@ class LocalStore:
         rows = await self._fetchall("SELECT created_at FROM outbox ORDER BY id LIMIT 1")
         return float(rows[0][0]) if rows else None
 
-    async def outbox_batch(self, limit: int = 5000) -> list[OutboxItem]:
-        """The oldest entries, in order, up to ``limit`` block rows (always at least one entry)."""
+    async def outbox_batch(self, limit: int = 5000, *, after: int = 0) -> list[OutboxItem]:
+        """The oldest entries with an id above ``after``, in order, up to ``limit`` block rows
+        (always at least one entry). ``after``: the last id of a batch still in flight, so a
+        pipelined drain reads the next batch before the previous one is deleted."""
         async with self._lock:
-            async with self._conn.execute("SELECT id, rows FROM outbox ORDER BY id LIMIT ?", (BATCH_SCAN,)) as cur:
+            async with self._conn.execute(
+                "SELECT id, rows FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, BATCH_SCAN)
+            ) as cur:
                 heads = await cur.fetchall()
             if not heads:
-                self._outbox_rows = 0  # self-healing: an empty outbox holds nothing, whatever was counted
+                if not after:
+                    self._outbox_rows = 0  # self-healing: an empty outbox holds nothing, whatever was counted
                 return []
             last, total = heads[0][0], 0
             for i, n in heads:
@@ -493,7 +498,8 @@ class LocalStore:
                     break
                 last, total = i, total + n
             async with self._conn.execute(
-                "SELECT id, kind, key, rows, payload, created_at FROM outbox WHERE id <= ? ORDER BY id", (last,)
+                "SELECT id, kind, key, rows, payload, created_at FROM outbox WHERE id > ? AND id <= ? ORDER BY id",
+                (after, last),
             ) as cur:
                 fetched = await cur.fetchall()
 

@@ -16,6 +16,12 @@ Rules:
    counted, and removed from the outbox: it must not be retried.
 5. :class:`SchemaTooNewError` stops the syncer for good (status ``failed``): this node must not
    write into a schema it does not understand. The node itself keeps running on SQLite.
+6. Up to ``pipeline`` batches are in flight at once, each its own transaction on its own pooled
+   connection (postgres.py rule 6), and each deleted from the outbox right after ITS commit; the
+   next batch is read past the last id in flight. A batch carrying fenced entries (nucleus,
+   audit with a term) waits for those in flight and is written alone, so fenced decisions
+   still reach PostgreSQL one at a time, in outbox order. On an outage the batches in flight
+   finish (or fail) before the error is raised; what did not commit stays in the outbox.
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ import asyncpg
 from corec_node.log import event
 from corec_node.storage.errors import SchemaTooNewError
 from corec_node.storage.local import LocalStore, OutboxItem
-from corec_node.storage.postgres import PARTITIONS_AHEAD, ApplyResult, PostgresSync, describe_dsn
+from corec_node.storage.postgres import (
+    PARTITIONS_AHEAD,
+    PIPELINE,
+    ApplyResult,
+    PostgresSync,
+    describe_dsn,
+)
 
 BATCH_ROWS = 5_000  # block rows per PostgreSQL transaction: ~50 ms of work, a few MB of COPY data
 MAINTENANCE_INTERVAL = 3600.0  # seconds between partition checks (partitions are daily)
@@ -44,6 +56,13 @@ POISON_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_fenced(item: OutboxItem) -> bool:
+    """A nucleus decision (leader, placement) or an audit row with a term: drained alone (rule 6)."""
+    if item.kind == "nucleus":
+        return True
+    return item.kind == "audit" and isinstance(item.payload, dict) and item.payload.get("term") is not None
+
+
 class Syncer:
     """Drains ``store``'s outbox into the PostgreSQL at ``dsn`` (see the module rules)."""
 
@@ -51,9 +70,10 @@ class Syncer:
         self, store: LocalStore, dsn: str, *, schema: str = "corec", interval: float = 1.0,
         batch_rows: int = BATCH_ROWS, max_backoff: float = 30.0, outbox_max_rows: int = 1_000_000,
         connect_timeout: float = 5.0, command_timeout: float = 30.0,
-        partitions_ahead: int = PARTITIONS_AHEAD,
+        partitions_ahead: int = PARTITIONS_AHEAD, pipeline: int = PIPELINE,
     ) -> None:
         self.store = store
+        self.pipeline = max(1, pipeline)
         self.schema = schema
         self.interval = interval
         self.batch_rows = batch_rows
@@ -159,42 +179,82 @@ class Syncer:
     # -- draining ------------------------------------------------------------------------------------
 
     async def drain_once(self) -> int:
-        """Drain one batch; returns the block rows it carried (0: the outbox is empty). Raises."""
-        return (await self._drain_batch())[1]
+        """Drain one batch; returns the block rows it carried (0: the outbox is empty).
 
-    async def _drain_batch(self) -> tuple[int, int]:
-        """One batch: (entries taken, block rows drained). Raises on an outage or bad data."""
+        A bad entry is quarantined (rule 3); raises on an outage."""
         pg = await self.connect()
         items = await self.store.outbox_batch(self.batch_rows)
         if not items:
-            return 0, 0
+            return 0
         try:
-            try:
-                result = await pg.apply(items)
-            except POISON_ERRORS:
-                if len(items) == 1:
-                    raise
-                return len(items), await self._apply_one_by_one(pg, items)
-        except POISON_ERRORS:
-            raise
+            return await self._apply_batch(pg, items)
         except Exception:
             self._drop_pg()  # an outage: the next attempt starts from a fresh pool
             raise
-        await self._done(items, result)
-        return len(items), result.rows
 
     async def flush(self) -> int:
         """Drain until the outbox is empty; returns block rows drained. Raises on an outage."""
-        total = 0
-        while True:
-            try:
-                taken, rows = await self._drain_batch()
-            except POISON_ERRORS as exc:
-                await self._quarantine_head(exc)
-                continue
-            if not taken:
-                return total
-            total += rows
+        return (await self._drain_pass(None))[0]
+
+    async def _drain_pass(self, deadline: float | None) -> tuple[int, bool]:
+        """Drain the outbox front to back, ``pipeline`` batches in flight (rule 6), until it is
+        empty or, with a ``deadline``, that passes or the syncer stops.
+
+        Returns (block rows drained, True when stopped with entries probably left). Raises on
+        an outage once the batches in flight have settled, and drops the pool.
+        """
+        pg = await self.connect()
+        flying: set[asyncio.Task[int]] = set()
+        drained, after = 0, 0
+
+        async def settle(wait: str) -> None:
+            nonlocal flying, drained
+            if flying:
+                done, flying = await asyncio.wait(flying, return_when=wait)
+                errors = [e for e in (t.exception() for t in done) if e is not None]
+                drained += sum(t.result() for t in done if t.exception() is None)
+                if errors:
+                    raise errors[0]
+
+        try:
+            while deadline is None or (time.monotonic() < deadline and not self._stopping):
+                items = await self.store.outbox_batch(self.batch_rows, after=after)
+                if not items:
+                    await settle(asyncio.ALL_COMPLETED)
+                    return drained, False
+                after = items[-1].id
+                if self.pipeline == 1 or any(map(is_fenced, items)):
+                    await settle(asyncio.ALL_COMPLETED)
+                    drained += await self._apply_batch(pg, items)
+                    continue
+                flying.add(asyncio.create_task(self._apply_batch(pg, items), name="corec-storage-batch"))
+                if len(flying) >= self.pipeline:
+                    await settle(asyncio.FIRST_COMPLETED)
+            await settle(asyncio.ALL_COMPLETED)
+            return drained, True
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if cancelled:
+                for t in flying:
+                    t.cancel()
+            if flying:  # settle them before the pool goes: a commit that lands still deletes its entries
+                await asyncio.gather(*flying, return_exceptions=True)
+            if not cancelled and self._pg is pg:
+                self._drop_pg()  # an outage: the next attempt starts from a fresh pool
+            raise
+
+    async def _apply_batch(self, pg: PostgresSync, items: list[OutboxItem]) -> int:
+        """Write one batch, then delete its entries; returns its block rows. Bad data: the batch
+        again entry by entry, the bad entry to outbox_dead (rule 3). Raises on an outage."""
+        try:
+            result = await pg.apply(items)
+        except POISON_ERRORS as exc:
+            if len(items) == 1:
+                await self._quarantine(items[0], exc)
+                return 0
+            return await self._apply_one_by_one(pg, items)
+        await self._done(items, result)
+        return result.rows
 
     async def _done(self, items: list[OutboxItem], result: ApplyResult) -> None:
         """After the PostgreSQL commit: delete the entries, count, log refusals."""
@@ -217,11 +277,6 @@ class Syncer:
             total += result.rows
         return total
 
-    async def _quarantine_head(self, exc: BaseException) -> None:
-        items = await self.store.outbox_batch(1)
-        if items:
-            await self._quarantine(items[0], exc)
-
     async def _quarantine(self, item: OutboxItem, exc: BaseException) -> None:
         await self.store.quarantine(item, repr(exc))
         self.quarantined_total += 1
@@ -237,7 +292,7 @@ class Syncer:
             more = False
             if now >= self._retry_at:
                 try:
-                    more = await self._drain_for(self.interval)
+                    more = (await self._drain_pass(time.monotonic() + self.interval))[1]
                     if self._pg is not None and now >= self._next_maintenance:
                         await self._pg.maintain()
                         self._next_maintenance = now + MAINTENANCE_INTERVAL
@@ -267,17 +322,6 @@ class Syncer:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except TimeoutError:
                 pass
-
-    async def _drain_for(self, budget: float) -> bool:
-        """Drain batches for up to ``budget`` seconds; True when entries are probably left."""
-        deadline = time.monotonic() + budget
-        while time.monotonic() < deadline and not self._stopping:
-            try:
-                if (await self._drain_batch())[0] == 0:
-                    return False
-            except POISON_ERRORS as exc:
-                await self._quarantine_head(exc)
-        return True
 
     async def _trim(self) -> None:
         dropped = await self.store.trim_outbox(self.outbox_max_rows)

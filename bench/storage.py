@@ -1,14 +1,18 @@
 """Storage benchmark: block rows per second into PostgreSQL and SQLite.
 
-    python bench/storage.py [--rows 100000] [--batch 1000] [--baseline-rows 2000] [--dsn DSN]
+    python bench/storage.py [--rows 100000] [--batch 1000] [--baseline-rows 2000] [--pipeline 2] [--dsn DSN]
 
 PostgreSQL (own schema ``corec_bench_<random>``, dropped at the end):
 
 - ``pg copy+upsert``: binary COPY into the staging table, then one upsert of block_state, one
-  transaction per batch (``PostgresSync.write_rows(history=False)``).
-- ``pg copy+history+upsert``: the same plus the history insert (what a drained tick costs).
+  transaction per batch, one batch after the other (``PostgresSync.write_rows(history=False)``).
+- ``pg copy+upsert pipelined``: the same transactions, ``--pipeline`` of them in flight on their
+  own connections (``PostgresSync.write_batches``); every commit is still durable.
+- ``pg copy+history+upsert`` (and ``pipelined``): the same plus the history insert (what a
+  drained tick costs).
 - ``pg executemany upsert``: the same upsert with ``executemany``, one transaction per batch.
-- ``pg outbox drain``: ``Syncer.flush()`` of an outbox holding the rows (end to end).
+- ``pg outbox drain``: ``Syncer.flush()`` of an outbox holding the rows (end to end), with the
+  default pipeline; ``pg outbox drain serial``: the same with one batch in flight.
 - ``pg commit per row``: the baseline, one autocommitted upsert per row, on ``--baseline-rows``.
 
 SQLite (a temporary file):
@@ -42,6 +46,7 @@ import asyncpg  # noqa: E402
 
 from corec_node.storage import LocalStore, PostgresSync, Syncer  # noqa: E402
 from corec_node.storage.local import _UPSERT_STATE  # noqa: E402
+from corec_node.storage.postgres import PIPELINE
 
 TARGET_PG = 100_000  # upserted rows/s into PostgreSQL
 TARGET_SQLITE = 200_000  # rows/s into SQLite
@@ -73,9 +78,9 @@ async def timed(label: str, rows: int, coro_fn: Any, results: dict[str, dict[str
 
 
 async def bench_pg(dsn: str, batches: list[list[tuple[Any, ...]]], baseline: list[tuple[Any, ...]],
-                   results: dict[str, dict[str, float]], tmp: Path) -> None:
+                   results: dict[str, dict[str, float]], tmp: Path, pipeline: int) -> None:
     schema = f"corec_bench_{uuid.uuid4().hex[:10]}"
-    sync = await PostgresSync.connect(dsn, schema=schema)
+    sync = await PostgresSync.connect(dsn, schema=schema, max_size=max(4, pipeline + 1))
     s = f'"{schema}"'
     n = sum(len(b) for b in batches)
     try:
@@ -86,6 +91,12 @@ async def bench_pg(dsn: str, batches: list[list[tuple[Any, ...]]], baseline: lis
         async def copy_history_upsert() -> None:
             for b in batches:
                 await sync.write_rows(b, history=True)
+
+        async def copy_upsert_pipelined() -> None:
+            await sync.write_batches(batches, history=False, pipeline=pipeline)
+
+        async def copy_history_upsert_pipelined() -> None:
+            await sync.write_batches(batches, history=True, pipeline=pipeline)
 
         async def executemany() -> None:
             for b in batches:
@@ -103,22 +114,24 @@ async def bench_pg(dsn: str, batches: list[list[tuple[Any, ...]]], baseline: lis
                 await conn.execute(f"TRUNCATE {s}.block_state, {s}.block_history")
                 await conn.execute(f"VACUUM ANALYZE {s}.block_state")
 
-        await reset()
-        await timed("pg copy+upsert", n, copy_upsert, results)
-        await reset()
-        await timed("pg executemany upsert", n, executemany, results)
-        await reset()
-        await timed("pg copy+history+upsert", n, copy_history_upsert, results)
+        for label, fn in (("pg copy+upsert", copy_upsert), ("pg copy+upsert pipelined", copy_upsert_pipelined),
+                          ("pg executemany upsert", executemany),
+                          ("pg copy+history+upsert", copy_history_upsert),
+                          ("pg copy+history+upsert pipelined", copy_history_upsert_pipelined)):
+            await reset()
+            await timed(label, n, fn, results)
         await reset()
         await timed("pg commit per row", len(baseline), per_row, results, scaled=True)
 
-        store = await LocalStore.open(tmp / "drain.db", node="bench-node")
-        for b in batches:
-            await store.record_tick([r[:12] for r in b], b[0][12] + 3600)  # newer than the rows above
-        syncer = Syncer(store, dsn, schema=schema)
-        await timed("pg outbox drain", n, syncer.flush, results)
-        await syncer.stop(flush=False)
-        await store.close()
+        for label, in_flight in (("pg outbox drain", PIPELINE), ("pg outbox drain serial", 1)):
+            await reset()
+            store = await LocalStore.open(tmp / f"drain{in_flight}.db", node="bench-node")
+            for b in batches:
+                await store.record_tick([r[:12] for r in b], b[0][12])
+            syncer = Syncer(store, dsn, schema=schema, pipeline=in_flight)
+            await timed(label, n, syncer.flush, results)
+            await syncer.stop(flush=False)
+            await store.close()
     finally:
         await sync.close()
         conn = await asyncpg.connect(dsn)
@@ -169,6 +182,7 @@ async def main() -> int:
     ap.add_argument("--batch", type=int, default=1_000)
     ap.add_argument("--blocks", type=int, default=10_000)
     ap.add_argument("--baseline-rows", type=int, default=2_000)
+    ap.add_argument("--pipeline", type=int, default=PIPELINE, help="transactions in flight for the pipelined lines")
     ap.add_argument("--dsn", default=DEFAULT_DSN)
     ap.add_argument("--no-pg", action="store_true", help="SQLite only")
     args = ap.parse_args()
@@ -184,18 +198,20 @@ async def main() -> int:
         await bench_sqlite(batches, baseline, results, tmp)
         if not args.no_pg:
             try:
-                await bench_pg(args.dsn, batches, baseline, results, tmp)
+                await bench_pg(args.dsn, batches, baseline, results, tmp, args.pipeline)
             except (OSError, asyncpg.PostgresError) as exc:
                 pg_error = f"{type(exc).__name__}: {exc}"
 
-    print(f"{'path':<26} {'rows':>8} {'seconds':>9} {'rows/s':>10}  note")
+    print(f"{'path':<34} {'rows':>8} {'seconds':>9} {'rows/s':>10}  note")
     for label, r in results.items():
         note = "baseline, scaled from a subset" if r["scaled"] else ""
-        if label == "pg copy+upsert":
+        if label in ("pg copy+upsert", "pg copy+upsert pipelined"):
             note = f"target >= {TARGET_PG:,}: {'met' if r['rows_per_s'] >= TARGET_PG else 'NOT met'}"
+            if label.endswith("pipelined"):
+                note += f" ({args.pipeline} in flight)"
         if label == "sqlite upsert":
             note = f"target >= {TARGET_SQLITE:,}: {'met' if r['rows_per_s'] >= TARGET_SQLITE else 'NOT met'}"
-        print(f"{label:<26} {r['rows']:>8} {r['seconds']:>9.3f} {r['rows_per_s']:>10,}  {note}")
+        print(f"{label:<34} {r['rows']:>8} {r['seconds']:>9.3f} {r['rows_per_s']:>10,}  {note}")
     if pg_error:
         print(f"PostgreSQL skipped: {pg_error}")
 
@@ -212,7 +228,9 @@ async def main() -> int:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "results": {k: v["rows_per_s"] for k, v in results.items()},
+        "pipeline": args.pipeline,
         "pg_copy_vs_per_row_x": speedup("pg copy+upsert", "pg commit per row"),
+        "pg_pipelined_vs_serial_x": speedup("pg copy+upsert pipelined", "pg copy+upsert"),
         "sqlite_batch_vs_per_row_x": speedup("sqlite upsert", "sqlite commit per row"),
         "pg_error": pg_error,
     }

@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
@@ -83,7 +84,8 @@ ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEA
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
-INGEST_QUEUE = 256  # entity batches waiting for the ingest worker (~25 MB); past it they are dropped and counted
+INGEST_QUEUE = 256  # entity batches waiting for the ingest worker (~25 MB); see _queue_batch for what happens past it
+COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 
 
@@ -380,19 +382,20 @@ class Node:
             self._reject(where, exc)
             return None
 
-    def _on_direct(self, frames: list[bytes]) -> None:
+    def _on_direct(self, frames: list[bytes]) -> Awaitable[None] | None:
         decoded = self._decode("direct", frames)
         if decoded is None:
-            return
+            return None
         topic, env, payload = decoded
         self.messages_in[env.type.name.lower()] += 1
         self._count_in(topic, frames)
         if env.type == MsgType.ENTITY_BATCH:
-            self._queue_batch(env, payload, "direct")
-        elif topic != TOPIC_DIRECT:
+            return self._queue_batch(env, payload, "direct")
+        if topic != TOPIC_DIRECT:
             self._reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
         else:
             self._dispatch(env, self.now())
+        return None
 
     def _on_broadcast(self, frames: list[bytes]) -> None:
         decoded = self._decode("broadcast", frames)
@@ -573,58 +576,90 @@ class Node:
 
     # -- entities -----------------------------------------------------------------------
 
-    def _queue_batch(self, env: Any, payload: Any, where: str) -> None:
+    def _queue_batch(self, env: Any, payload: Any, where: str) -> Awaitable[None] | None:
+        """Queue a batch for the ingest worker. When the queue is full, a batch on the direct
+        socket (a producer's, or a handoff) waits for room: the receive loop pauses, ZeroMQ
+        holds what follows and the producer's send blocks, so nothing is lost, while the
+        ROUTER's fair queueing still lets each member's probes through between two batches.
+        A batch from the PUB stream cannot make its publisher wait: it is dropped and counted."""
         if self._batches is None:
             self._batches = asyncio.Queue(INGEST_QUEUE)
+        item = (env, payload, where)
+        if where == "direct" and self._batches.full():
+            return self._batches.put(item)
         try:
-            self._batches.put_nowait((env, payload, where))
-        except asyncio.QueueFull:  # we cannot keep up: shed data, never the control plane
+            self._batches.put_nowait(item)
+        except asyncio.QueueFull:  # we cannot keep up: shed stream data, never the control plane
             self.ingest_dropped += 1
             self.rejected["ingest_overflow"] += 1
+        return None
 
     async def _ingest_worker(self) -> None:
+        """Ingest queued batches in arrival order. A backlog is taken in one go (up to
+        COALESCE_RECORDS records): one store call merges all its new keys at once."""
         if self._batches is None:
             self._batches = asyncio.Queue(INGEST_QUEUE)
         while True:
-            env, payload, where = await self._batches.get()
+            items = [await self._batches.get()]
+            records = items[0][0].msg.count
+            while records < COALESCE_RECORDS and not self._batches.empty():
+                items.append(self._batches.get_nowait())
+                records += items[-1][0].msg.count
             try:
-                if where == "direct":
-                    self._direct_batch(env, payload)
-                else:
-                    self._ingest(env.msg, payload, where)
+                self._ingest_items(items)
             except Exception:  # a bug on one batch must not stop ingest
                 logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
-            await asyncio.sleep(0)  # one batch at a time: timers and control messages go between
+            await asyncio.sleep(0)  # timers and control messages go between two takes
 
-    def _direct_batch(self, env: Any, payload: Any) -> None:
-        """A batch on the direct socket: block state handed over by a member, or a producer's
-        batch, which this node publishes for every owner and subscriber of its channel."""
+    def _ingest_items(self, items: list[tuple[Any, Any, str]]) -> None:
+        """Stream and producer batches are stored together; a handoff is applied in its place
+        in the order (what came before it is stored first)."""
+        pending: list[np.ndarray] = []
+        for env, payload, where in items:
+            if where == "direct" and self._is_handoff(env):
+                self._store(pending)
+                self._handoff(env, payload)
+                continue
+            if where == "direct":
+                self._republish(env, payload)
+            records = self._decode_batch(env.msg, payload, where)
+            if records is not None:
+                pending.append(records)
+        self._store(pending)
+
+    def _is_handoff(self, env: Any) -> bool:
         assert self.membership is not None
-        member = self.membership.member(env.sender)
-        if member is not None and env.sender != self.name:
-            try:
-                records = decode_batch(env.msg, payload)
-            except WireError as exc:
-                self._reject("direct", exc)
-                return
+        return env.sender != self.name and self.membership.member(env.sender) is not None
+
+    def _handoff(self, env: Any, payload: Any) -> None:
+        """Block state handed over by a member."""
+        records = self._decode_batch(env.msg, payload, "direct")
+        if records is not None:
             self.engine.receive_handoff(records)
-            return
+
+    def _republish(self, env: Any, payload: Any) -> None:
+        """A producer's batch: publish it for every owner and subscriber of its channel."""
         topic = topic_for(env.msg)
         frames = encode_message(env.msg, sender=self.name, seq=self.counters.next(topic),
                                 cluster=self.cluster, payload=payload)
         self.transport.publish(frames)
         self._count_out(topic, frames)
-        self._ingest(env.msg, payload, "direct")
 
-    def _ingest(self, header: EntityBatch, payload: Any, where: str) -> None:
+    def _decode_batch(self, header: EntityBatch, payload: Any, where: str) -> np.ndarray | None:
         try:
             records = decode_batch(header, payload)
         except WireError as exc:
             self._reject(where, exc)
-            return
-        self.engine.ingest(records)
+            return None
         if self.plugins.wants(header.channel):
             self.plugins.spawn(self.plugins.entities(self, header.channel, records))
+        return records
+
+    def _store(self, pending: list[np.ndarray]) -> None:
+        """Ingest decoded batches in one store call (and empty the list)."""
+        if pending:
+            self.engine.ingest(pending[0] if len(pending) == 1 else np.concatenate(pending))
+            pending.clear()
 
     def _engine_tick(self) -> None:
         rows, repairs = self.engine.tick()

@@ -31,6 +31,7 @@ LINGER_MS = 0  # on close, drop unsent frames: a stopping node must not hang on 
 SNDHWM = 10_000  # per-peer send queue; past it PUB drops (lossy by design), DEALER raises EAGAIN
 DEALER_HWM = 64  # direct messages queued towards one peer that is not (yet) connected
 RCVHWM = 100_000  # deep receive queues absorb bursts of entity batches
+ROUTER_RCVHWM = 1_000  # per peer: a producer the node makes wait holds at most this many batches here
 RECONNECT_IVL_MS = 100  # first reconnect after 100 ms: a restarted peer is heard again quickly
 RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
 HEARTBEAT_IVL_MS = 1_000  # ZMTP heartbeats find dead TCP connections that SWIM already suspects
@@ -81,7 +82,7 @@ class Transport:
             self.auth = start_authenticator(self.sync_ctx, self.security)  # before any CURVE server exists
         self.router = self.ctx.socket(zmq.ROUTER)
         self._common(self.router)
-        self.router.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, limit)  # a hostile sender is cut at the socket
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reusing its identity
         if self.security is not None:

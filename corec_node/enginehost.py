@@ -91,9 +91,7 @@ class EngineHost:
     def ingest(self, records: np.ndarray) -> IngestResult | None:
         """A batch from the stream: keep the records of the blocks this node owns."""
         if len(self.placement.members) > 1:
-            blocks = self.store.fusions.resolve(block_ids_of(records["channel"], records["id"], self.block_size))
-            uniq, inverse = np.unique(blocks, return_inverse=True)  # a batch spans few blocks
-            mine = (self.placement.owners(uniq) == self._my_index)[inverse]
+            mine = self._mine(records)
             if not mine.any():
                 return None
             if not mine.all():
@@ -102,6 +100,17 @@ class EngineHost:
         self.ingested += result.records - result.errors
         self.entity_errors += result.errors
         return result
+
+    def _mine(self, records: np.ndarray) -> np.ndarray:
+        """Mask of the records whose block this node owns. Producers send ids in order, so
+        a batch is a few runs of one block each: each run is placed once, in O(records)."""
+        blocks = self.store.fusions.resolve(block_ids_of(records["channel"], records["id"], self.block_size))
+        starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+        if len(starts) > len(blocks) // 16:  # scattered ids: placing each record beats sorting
+            return self.placement.owners(blocks) == self._my_index
+        starts = np.concatenate(([0], starts))
+        mine = self.placement.owners(blocks[starts]) == self._my_index
+        return np.repeat(mine, np.diff(np.append(starts, len(blocks))))
 
     def receive_handoff(self, records: np.ndarray) -> int:
         """Block state handed over by their previous owner."""

@@ -304,3 +304,22 @@ def test_stable_order_is_a_stable_argsort(monkeypatch, key_bits):
     rng = np.random.default_rng(5)
     keys = rng.integers(0, 50, 5000).astype(np.uint64) << np.uint64(30)
     assert np.array_equal(store_mod._stable_order(keys), np.argsort(keys, kind="stable"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, 1 << 39), st.integers(1, 300), st.integers(0, 3)),
+        min_size=1, max_size=12,
+    ),
+    repeat=st.booleans(),
+)
+def test_stable_order_of_sorted_runs(runs, repeat):
+    # A node's backlog: sorted runs (disjoint, overlapping, with repeated keys), sometimes
+    # the same run twice; the order must be exactly numpy's stable argsort.
+    parts = [np.uint64(start) + np.arange(length, dtype=np.uint64) * np.uint64(step)
+             for start, length, step in runs]
+    if repeat:
+        parts += parts[:1]
+    keys = np.concatenate(parts)
+    assert np.array_equal(store_mod._stable_order(keys), np.argsort(keys, kind="stable"))

@@ -1,0 +1,47 @@
+"""EngineHost: which records a node keeps (placement over the live members)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corec_node.engine.blocks import block_ids_of
+from corec_node.enginehost import EngineHost
+from corec_node.wire import ENTITY_DTYPE
+
+
+def _records(channels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    recs = np.zeros(len(ids), ENTITY_DTYPE)
+    recs["channel"], recs["id"], recs["value"], recs["active"] = channels, ids, 1.0, 1
+    return recs
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sweeps=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50_000), st.integers(1, 3000)),
+                    min_size=1, max_size=6),
+    scattered=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_ingest_keeps_exactly_the_records_of_owned_blocks(sweeps, scattered, seed):
+    # runs of consecutive ids (a producer's sweep) or the same records shuffled: each node
+    # keeps the records of the blocks placement gives it, and together they keep them all.
+    channels = np.concatenate([np.full(n, ch) for ch, _, n in sweeps])
+    ids = np.concatenate([np.arange(first, first + n) for _, first, n in sweeps])
+    recs = _records(channels, ids)
+    if scattered:
+        recs = recs[np.random.default_rng(seed).permutation(len(recs))]
+    hosts = {name: EngineHost(name, block_size=100) for name in ("a", "b", "c")}
+    for host in hosts.values():
+        host.set_members(hosts)
+    held = []
+    for name, host in hosts.items():
+        host.ingest(recs)
+        blocks = block_ids_of(recs["channel"], recs["id"], 100)
+        owned = np.array([host.placement.owner(int(b)) == name for b in blocks], bool)
+        expected = np.unique((recs["channel"][owned].astype(np.uint64) << np.uint64(32)) | recs["id"][owned])
+        assert np.array_equal(host.store.keys, expected)
+        held.append(host.store.count())
+    distinct = len(np.unique((recs["channel"].astype(np.uint64) << np.uint64(32)) | recs["id"]))
+    assert sum(held) == distinct

@@ -179,17 +179,22 @@ class Transport:
         ]
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Handler, *, strip_identity: bool) -> None:
-        # Awaiting a message that is already queued does not yield to the event loop, so a
-        # backlog of batches would starve the timers (probes, heartbeats, ticks) and the
-        # control socket: yield at least every YIELD_EVERY seconds of handling.
+        # A queued message is taken with a plain non-blocking recv on a shadow of the socket
+        # (no Future per message: a third of the cost of a small batch); only an empty
+        # socket is awaited. So a backlog would starve the timers (probes, heartbeats,
+        # ticks) and the control socket: yield at least every YIELD_EVERY seconds.
         loop = asyncio.get_running_loop()
+        queued = zmq.Socket.shadow(sock.underlying)
         last_yield = loop.time()
         while True:
             if loop.time() - last_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
             try:
-                raw = await sock.recv_multipart(copy=False)
+                try:
+                    raw = queued.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    raw = await sock.recv_multipart(copy=False)
                 # small frames as bytes (cheapest to parse); big payloads as zero-copy views
                 # that keep their zmq.Frame alive for as long as someone holds them
                 frames = [f.bytes if len(f) < ZERO_COPY_MIN else f.buffer for f in raw]
@@ -199,6 +204,7 @@ class Transport:
                 if sock.closed:
                     return
                 self.dropped["recv_error"] += 1
+                await asyncio.sleep(0)  # an error must not spin the loop
                 continue
             if strip_identity:
                 frames = frames[1:]

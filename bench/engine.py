@@ -13,9 +13,10 @@ Parts:
                   and a numpy loop over blocks measured in the same run, and the seeds'
                   10-20 ms latency promise.
   (c) throughput  records/s from a producer through two real nodes into the owners'
-                  stores, against raw pyzmq PUB/SUB with the same frames (same run).
-  (d) latency     producer send of a 100-record batch -> records in the owner's store,
-                  median and p99, against the seeds' 10-20 ms.
+                  stores, sustained over --reps passes (10 M records by default), against
+                  raw pyzmq PUB/SUB with the same frames (same run); and the first load.
+  (d) latency     producer send of a 100-record batch -> records in the owner's store and
+                  its corec_entities hook run, median and p99, against the seeds' 10-20 ms.
 
 Prints a table, then one JSON line ``{"bench": "engine", ...}``. Figures only: nothing
 here passes or fails on time. The machine may be shared: medians and bests are reported.
@@ -229,12 +230,15 @@ RAW_SUB = """
 import asyncio, sys, time, zmq, zmq.asyncio
 async def main(port, frames):
     ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB); sub.setsockopt(zmq.RCVHWM, 0); sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub = ctx.socket(zmq.SUB); sub.setsockopt(zmq.RCVHWM, 0); sub.setsockopt(zmq.SUBSCRIBE, b"ent.")
     sub.connect(f"tcp://127.0.0.1:{port}")
     print("ready", flush=True)
-    await sub.recv_multipart(copy=False)
+    await sub.recv_multipart(copy=False)  # the publisher says hello until one arrives
+    print("heard", flush=True)
+    while (await sub.recv_multipart())[1] != b"go":
+        pass
     t0 = time.perf_counter()
-    for _ in range(frames - 1):
+    for _ in range(frames):
         await sub.recv_multipart(copy=False)
     print(time.perf_counter() - t0, flush=True)
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
@@ -242,7 +246,9 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 
 
 def _raw_pubsub(frames: int, frame_records: int) -> float:
-    """Records/s of raw pyzmq PUB/SUB (asyncio subscriber in another process), same frames."""
+    """Records/s of raw pyzmq PUB/SUB (asyncio subscriber in another process) over
+    ``frames`` frames of ``frame_records`` records, timed from the first frame after "go"."""
+    import select
     import subprocess
 
     import zmq
@@ -251,43 +257,36 @@ def _raw_pubsub(frames: int, frame_records: int) -> float:
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-c", RAW_SUB, str(port), str(frames)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", RAW_SUB, str(port), str(frames)],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     proc.stdout.readline()
     payload = np.zeros(frame_records, dtype=ENTITY_DTYPE).tobytes()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # slow joiner: publish until the subscriber hears
-        pub.send_multipart([b"ent.000", b"x", payload])
-        time.sleep(0.01)
-        if proc.poll() is not None:
+    while time.monotonic() < deadline:  # slow joiner: say hello until the subscriber hears one
+        pub.send_multipart([b"ent.000", b"hello", b""])
+        if select.select([proc.stdout], [], [], 0.01)[0]:
             break
-        try:
-            import select
-
-            if select.select([proc.stdout], [], [], 0)[0]:
-                break
-        except Exception:
-            break
-        if time.monotonic() > deadline - 9.5:
-            break
-    for _ in range(frames + 10):
+    proc.stdout.readline()
+    pub.send_multipart([b"ent.000", b"go", b""])
+    for _ in range(frames):
         pub.send_multipart([b"ent.000", b"x", payload], copy=False)
     elapsed = float(proc.stdout.readline())
     proc.wait(30)
     pub.close(0)
     ctx.term()
-    return (frames - 1) * frame_records / elapsed
+    return frames * frame_records / elapsed
 
 
-def _two_nodes():
+def _two_nodes(env: dict[str, str] | None = None):
     import tempfile
     from pathlib import Path
 
     from corec_node.localcluster import Cluster, eventually
 
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-")))
-    a = cluster.start("a").wait_ready()
-    b = cluster.start("b", join=[a.addr]).wait_ready()
+    a = cluster.start("a", extra_env=env).wait_ready()
+    b = cluster.start("b", join=[a.addr], extra_env=env).wait_ready()
     eventually(lambda: all(n.ctl("status")["members"].get("alive") == 2 for n in (a, b)), 20)
     return cluster, a, b
 
@@ -296,13 +295,29 @@ def _stored(nodes) -> int:
     return sum(n.ctl("status")["entities"] for n in nodes)
 
 
+def _ingested(nodes) -> int:
+    return sum(n.ctl("status")["ingested"] for n in nodes)
+
+
+def _wait_ingested(nodes, target: int, timeout: float = 120.0) -> bool:
+    """Poll until the nodes have ingested ``target`` records (False on timeout: records lost)."""
+    deadline = time.monotonic() + timeout
+    while _ingested(nodes) < target:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    """(c) records/s from a producer through node a's PUB into the owners' stores (two
-    nodes: about half the records cross PUB/SUB to b), against raw pyzmq PUB/SUB with
-    frames of the same size, measured in the same run."""
+    """(c) records/s from a producer through node a into the owners' stores (two nodes:
+    about half the records cross a's PUB to b), against raw pyzmq PUB/SUB with frames of
+    the same size, measured in the same run. First load: ``--entities`` new entities.
+    Steady state: the same entities report again (updates, as sensors do), ``--reps``
+    times in one go, so the figure is a sustained rate, not a burst into queues."""
     from corec_node.client import Client
 
-    n, frame = args.entities, 10_000
+    n, frame = args.entities, args.frame
     recs = np.zeros(n, dtype=ENTITY_DTYPE)
     recs["id"] = np.arange(n) // 4
     recs["channel"] = np.arange(n) % 4
@@ -314,49 +329,92 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         with Client(a.addr, batch=frame) as client:
             client.send(recs)
-        while _stored((a, b)) < n:
-            time.sleep(0.005)
+        complete = _wait_ingested((a, b), n)
         first = time.perf_counter() - t0
-        # steady state: the same entities report again (updates, as sensors do)
-        updated_before = sum(n.ctl("status")["ingested"] for n in (a, b))
+        stored = _stored((a, b))
+        before = _ingested((a, b))
         t0 = time.perf_counter()
         with Client(a.addr, batch=frame) as client:
-            client.send(recs)
-        while sum(n.ctl("status")["ingested"] for n in (a, b)) < updated_before + n:
-            time.sleep(0.002)
+            for _ in range(args.reps):
+                client.send(recs)
+        complete = _wait_ingested((a, b), before + n * args.reps) and complete
         steady = time.perf_counter() - t0
+        status = [node.ctl("status") for node in (a, b)]
     finally:
         cluster.close()
-    raw = _raw_pubsub(max(50, n // frame), frame)
-    return {"records": n, "frame_records": frame, "corec_rps": n / steady, "corec_first_load_rps": n / first,
-            "raw_pyzmq_rps": raw, "share_of_raw": (n / steady) / raw}
+    total = n * args.reps
+    raw = _raw_pubsub(max(2000, total // frame), frame)
+    return {"records": total, "frame_records": frame, "corec_rps": total / steady,
+            "corec_first_load_rps": n / first, "entities_stored": stored,
+            "all_ingested": complete, "ingest_dropped": sum(st["ingest_dropped"] for st in status),
+            "raw_pyzmq_rps": raw, "share_of_raw": (total / steady) / raw}
+
+
+LATENCY_PROBE = """
+import os, socket, time
+from corec_node.engine.blocks import block_id
+from corec_node.hookspecs import hookimpl
+
+SOCK = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+PORT = int(os.environ["COREC_BENCH_LATENCY_PORT"])
+
+@hookimpl
+def corec_channels():
+    return [9]
+
+@hookimpl
+async def corec_entities(node, channel, records):
+    # called once the batch is stored; only the owner of the batch's block answers
+    first = int(records["id"][0])
+    if node.engine.placement.owner(block_id(channel, first, node.engine.block_size)) == node.name:
+        SOCK.sendto(b"%d %.9f" % (first, time.monotonic()), ("127.0.0.1", PORT))
+"""
 
 
 def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
-    """(d) latency from a producer's send of a 100-record batch to the records sitting in
-    their owners' stores (polled over the control socket, which adds its own ~0.3 ms)."""
+    """(d) latency from a producer's send of a 100-record batch to its owner's
+    ``corec_entities`` hook, which runs once the batch is in the owner's store: a probe
+    plugin sends the monotonic time (one clock for every process here) over UDP. Half the
+    batches cross node a's PUB to their owner b. One batch in flight at a time."""
+    import socket
+    import tempfile
+    from pathlib import Path
+
     from corec_node.client import Client
 
-    samples = []
-    cluster, a, b = _two_nodes()
+    plugins = Path(tempfile.mkdtemp(prefix="corec-bench-probe-"))
+    (plugins / "latency_probe.py").write_text(LATENCY_PROBE)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(2.0)
+    env = {"COREC_PLUGINS_PATHS": str(plugins), "COREC_BENCH_LATENCY_PORT": str(udp.getsockname()[1])}
+    samples, lost = [], 0
+    cluster, a, b = _two_nodes(env)
     try:
         with Client(a.addr, batch=100) as client:
-            for i in range(args.samples):
+            for i in range(args.samples + 20):  # the first 20 warm up
                 recs = np.zeros(100, dtype=ENTITY_DTYPE)
-                recs["id"] = np.arange(100) + i * 100
+                recs["id"] = np.arange(100) + i * 1000
                 recs["channel"] = 9
                 recs["value"] = 1.0
                 recs["active"] = 1
-                before = _stored((a, b))
-                t0 = time.perf_counter()
+                t0 = time.monotonic()
                 client.send(recs)
-                while _stored((a, b)) < before + 100:
-                    pass
-                samples.append((time.perf_counter() - t0) * 1000)
+                try:
+                    while True:
+                        first, at = udp.recv(64).split()
+                        if int(first) == i * 1000:
+                            break
+                except TimeoutError:
+                    lost += i >= 20
+                    continue
+                if i >= 20:
+                    samples.append((float(at) - t0) * 1000)
     finally:
         cluster.close()
+        udp.close()
     arr = np.array(samples)
-    return {"samples": len(arr), "latency_ms_median": float(np.median(arr)),
+    return {"samples": len(arr), "lost": lost, "latency_ms_median": float(np.median(arr)),
             "latency_ms_p99": float(np.percentile(arr, 99)), "latency_ms_max": float(arr.max())}
 
 
@@ -413,7 +471,9 @@ def print_network(results: dict[str, dict[str, Any]]) -> None:
     if "throughput" in results:
         t = results["throughput"]
         print()
-        print(f"(c) throughput: {t['records']:,} records in frames of {t['frame_records']:,}")
+        print(f"(c) throughput: {t['records']:,} records in frames of {t['frame_records']:,}"
+              f" ({'all ingested' if t['all_ingested'] else 'SOME LOST'}, "
+              f"{t['ingest_dropped']} batches dropped)")
         print(f"  {'CoreC producer -> node -> PUB/SUB -> owners':<44} {t['corec_rps']:>14,.0f} rec/s")
         print(f"  {'  same, first load (new entities inserted)':<44} {t['corec_first_load_rps']:>14,.0f} rec/s")
         print(f"  {'raw pyzmq PUB/SUB, same frames':<44} {t['raw_pyzmq_rps']:>14,.0f} rec/s")
@@ -421,7 +481,7 @@ def print_network(results: dict[str, dict[str, Any]]) -> None:
     if "latency" in results:
         t = results["latency"]
         print()
-        print(f"(d) latency, send -> owner's store ({t['samples']} batches of 100)")
+        print(f"(d) latency, send -> owner's store and corec_entities hook ({t['samples']} batches of 100, {t['lost']} lost)")
         print(f"  {'median':<44} {t['latency_ms_median']:>10.2f} ms")
         print(f"  {'p99 (target < 5)':<44} {t['latency_ms_p99']:>10.2f} ms")
         print(f"  {'seeds promised':<44} {'10-20':>10} ms")
@@ -434,6 +494,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100_000)
     parser.add_argument("--block-size", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=50)
+    parser.add_argument("--frame", type=int, default=10_000, help="records per frame (c)")
+    parser.add_argument("--reps", type=int, default=10,
+                        help="times (c) sends the entities again for the steady-state rate")
     parser.add_argument("--samples", type=int, default=300, help="latency samples (d)")
     parser.add_argument("--py-blocks", type=int, default=20,
                         help="blocks the pure-Python baseline measures (then scaled)")

@@ -7,6 +7,9 @@ Ownership rules:
 1. A block's owner is rendezvous placement (``mesh/placement.py``) over the names of the
    ALIVE and SUSPECT members (a suspect may still be fine; moving its blocks on every
    suspicion would thrash). Every node computes the same map from the same member set.
+   The nucleus confirms maps (SPEC 9.1): a node records its live view (``observe_view``)
+   and adopts it when the leader's heartbeat carries the same digest (``confirm``); the
+   leader, or a node with no leader to confirm, adopts its view at once (``adopt_view``).
 2. Every entity batch reaches every node (PUB stream, topic per channel); each node keeps
    only the records of the blocks it owns, so every record ends in exactly one store once
    the member views agree.
@@ -40,7 +43,7 @@ from corec_node.engine import (
     repair,
 )
 from corec_node.engine.blocks import block_ids_of
-from corec_node.mesh.placement import PlacementMap, partition
+from corec_node.mesh.placement import PlacementMap, members_digest, partition
 
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
 
@@ -52,6 +55,9 @@ class EngineHost:
         self.max_errors = max_errors
         self.store = EntityStore(block_size=block_size)
         self.placement = PlacementMap(0, (name,))
+        self.view: frozenset[str] = frozenset((name,))  # live members as this node sees them
+        self._pending: PlacementMap | None = None  # the map of ``view`` while not adopted
+        self._pending_index = 0
         self._my_index = 0
         self.tick_no = 0
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
@@ -71,7 +77,36 @@ class EngineHost:
             return {}
         self.placement = placement
         self._my_index = placement.members.index(self.name)
+        if self._pending is not None and self._pending.members == placement.members:
+            self._pending = None
         return self._rebalance()
+
+    def observe_view(self, live: Iterable[str]) -> None:
+        """The live members as this node now sees them. Until the view is adopted, records
+        of the blocks it would give this node are kept too (``_mine``): the blocks of a dead
+        owner are rebuilt from the data that arrives while the nucleus confirms."""
+        self.view = frozenset(live) | {self.name}
+        pending = PlacementMap(self.placement.version, self.view)
+        self._pending = None if pending.members == self.placement.members else pending
+        self._pending_index = pending.members.index(self.name)
+
+    def view_digest(self) -> str:
+        return members_digest(self.view)
+
+    def placement_digest(self) -> str:
+        """What a leader's heartbeat carries: the digest of the map it acts on."""
+        return members_digest(self.placement.members)
+
+    def adopt_view(self) -> dict[str, np.ndarray]:
+        """Act on this node's own view now; returns the handoffs (see ``set_members``)."""
+        return self.set_members(self.view)
+
+    def confirm(self, digest: str) -> dict[str, np.ndarray] | None:
+        """The nucleus's digest: adopt our view if it is the same set (returns the
+        handoffs), else keep the current map and return None."""
+        if digest != self.view_digest():
+            return None
+        return self.set_members(self.view)
 
     def _rebalance(self) -> dict[str, np.ndarray]:
         """Take out the blocks this node no longer owns, grouped by their owner."""
@@ -90,7 +125,7 @@ class EngineHost:
 
     def ingest(self, records: np.ndarray) -> IngestResult | None:
         """A batch from the stream: keep the records of the blocks this node owns."""
-        if len(self.placement.members) > 1:
+        if len(self.placement.members) > 1 or self._pending is not None:
             mine = self._mine(records)
             if not mine.any():
                 return None
@@ -107,10 +142,15 @@ class EngineHost:
         blocks = self.store.fusions.resolve(block_ids_of(records["channel"], records["id"], self.block_size))
         starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
         if len(starts) > len(blocks) // 16:  # scattered ids: placing each record beats sorting
-            return self.placement.owners(blocks) == self._my_index
+            return self._owned(blocks)
         starts = np.concatenate(([0], starts))
-        mine = self.placement.owners(blocks[starts]) == self._my_index
-        return np.repeat(mine, np.diff(np.append(starts, len(blocks))))
+        return np.repeat(self._owned(blocks[starts]), np.diff(np.append(starts, len(blocks))))
+
+    def _owned(self, blocks: np.ndarray) -> np.ndarray:
+        mine = self.placement.owners(blocks) == self._my_index
+        if self._pending is not None:
+            mine |= self._pending.owners(blocks) == self._pending_index
+        return mine
 
     def receive_handoff(self, records: np.ndarray) -> int:
         """Block state handed over by their previous owner."""

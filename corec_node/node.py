@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import random
@@ -61,7 +62,7 @@ from corec_node.wire import (
     make_batch,
     topic_for,
 )
-from corec_node.wire.messages import Aggregates, Alert, EntityBatch, FusionPlan, MemberStatus, MsgType
+from corec_node.wire.messages import Aggregates, Alert, EntityBatch, FusionPlan, Heartbeat, MemberStatus, MsgType
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_ALERTS,
@@ -139,6 +140,9 @@ class Node:
         self.conflicts: dict[str, str] = {}
         self._peers: dict[str, tuple[str, str]] = {}  # name -> (direct addr, pub addr), for cleanup on reap
         self.leader: str | None = None
+        # the digest in our leader's last heartbeat: None = not heard since it was elected,
+        # "" = it does not confirm maps (a 1.0 leader)
+        self._leader_placement: str | None = None
         self.term = 0
         self.exit_code = 0
         self._voters_held = False
@@ -423,6 +427,8 @@ class Node:
             self._fusion_plan(env.sender, env.msg)
             return
         self._dispatch(env, now)
+        if env.type == MsgType.HEARTBEAT:
+            self._placement_heartbeat(env.sender, env.msg)
         if verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP and self.membership is not None:
             self._apply(self.membership.on_gap(env.sender, now))
 
@@ -443,7 +449,7 @@ class Node:
         return encode_message(msg, sender=self.name, seq=self.counters.next(topic), cluster=self.cluster)
 
     def _apply(self, effects: list[Effect]) -> None:
-        voters_changed = False
+        voters_changed = placement_dirty = False
         for effect in effects:
             match effect:
                 case Send(to=to, msg=msg):
@@ -454,6 +460,8 @@ class Node:
                         self.messages_out[type(msg).__name__.lower()] += 1
                         self._count_out(TOPIC_DIRECT, frames)
                 case Broadcast(msg=msg):
+                    if type(msg) is Heartbeat:  # the nucleus confirms the map it acts on
+                        msg = dataclasses.replace(msg, placement=self.engine.placement_digest())
                     topic = topic_for(msg)
                     frames = self._frames(msg, topic)
                     self.transport.publish(frames)
@@ -478,6 +486,8 @@ class Node:
                         self.elections_started += 1
                 case LeaderChanged(leader=leader, term=term):
                     self.leader, self.term = leader, term
+                    self._leader_placement = None  # the new leader has confirmed nothing yet
+                    placement_dirty = True
                     log.event("leader_changed", leader=leader, term=term)
                     self.plugins.spawn(self.plugins.leader_changed(self, leader, term))
                     self.audit("leader_change", leader or "-", "elected" if leader else "leader lost", term=term)
@@ -489,6 +499,7 @@ class Node:
                 self._voters_held = False
             if not self._voters_held:
                 self._apply(self.election.set_voters(self.membership.voters(), self.now()))
+        if (voters_changed or placement_dirty) and self.membership is not None:
             self._placement_changed()
 
     def _member_changed(self, change: MemberChanged) -> None:
@@ -725,9 +736,38 @@ class Node:
         self._hand_off(handoffs)
 
     def _placement_changed(self) -> None:
+        """Our live view changed (or the leader did): act on it now if we are the nucleus or
+        nobody confirms maps, else wait for the leader's digest (SPEC 9.1)."""
         assert self.membership is not None
-        live = [m.name for m in self.membership.members() if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)]
-        self._hand_off(self.engine.set_members(live))
+        self.engine.observe_view(m.name for m in self.membership.members()
+                                 if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT))
+        if self.leader is None or self.leader == self.name or self._leader_placement == "":
+            self._hand_off(self.engine.adopt_view())
+        elif self._leader_placement is not None:
+            self._confirm_placement()
+
+    def _placement_confirmed(self) -> bool:
+        """Whether the map we act on is the one the nucleus confirmed (our own view when
+        we are the nucleus or nobody confirms)."""
+        if self.leader is None or self.leader == self.name or self._leader_placement == "":
+            return self.engine.placement_digest() == self.engine.view_digest()
+        return self.engine.placement_digest() == self._leader_placement
+
+    def _placement_heartbeat(self, sender: str, msg: Heartbeat) -> None:
+        """A heartbeat, after the election core saw it: from our leader, its digest."""
+        if sender != self.leader or msg.term != self.term or sender == self.name:
+            return
+        if msg.placement != self._leader_placement:
+            self._leader_placement = msg.placement
+            if msg.placement:
+                self._confirm_placement()
+            else:  # a leader that does not confirm maps: act on our own view
+                self._hand_off(self.engine.adopt_view())
+
+    def _confirm_placement(self) -> None:
+        handoffs = self.engine.confirm(self._leader_placement or "")
+        if handoffs is not None:
+            self._hand_off(handoffs)
 
     def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
         assert self.membership is not None
@@ -856,6 +896,7 @@ class Node:
             "repairs": self.engine.repairs,
             "fusions": self.engine.fusions,
             "placement_version": self.engine.placement.version,
+            "placement_confirmed": self._placement_confirmed(),
             "storage": self.storage_status(),
             "rejected": dict(self.rejected),
             "dropped": dict(self.transport.dropped),

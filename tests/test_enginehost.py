@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from corec_node.engine.blocks import block_ids_of
 from corec_node.enginehost import EngineHost
+from corec_node.mesh.placement import PlacementMap, members_digest
 from corec_node.wire import ENTITY_DTYPE
 
 
@@ -17,7 +18,7 @@ def _records(channels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return recs
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     sweeps=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50_000), st.integers(1, 3000)),
                     min_size=1, max_size=6),
@@ -45,3 +46,38 @@ def test_ingest_keeps_exactly_the_records_of_owned_blocks(sweeps, scattered, see
         held.append(host.store.count())
     distinct = len(np.unique((recs["channel"].astype(np.uint64) << np.uint64(32)) | recs["id"]))
     assert sum(held) == distinct
+
+
+def test_a_view_is_acted_on_only_once_the_nucleus_confirms_it():
+    a, b = EngineHost("a", block_size=100), EngineHost("b", block_size=100)
+    for host in (a, b):
+        host.set_members(["a", "b"])
+    recs = _records(np.zeros(20_000, int), np.arange(20_000))
+    b.ingest(recs)
+    held = b.store.count()
+    # b sees c join; nothing moves until the leader's heartbeat carries the same member set
+    b.observe_view(["a", "b", "c"])
+    assert b.placement.members == ("a", "b")
+    assert b.confirm(members_digest(["a", "b"])) is None  # the leader has not seen c yet
+    assert b.store.count() == held and b.placement.members == ("a", "b")
+    handoffs = b.confirm(members_digest(["c", "b", "a"]))
+    assert handoffs is not None and b.placement.members == ("a", "b", "c")
+    moved = sum(len(r) for r in handoffs.values())
+    assert set(handoffs) == {"c"} and moved > 0 and b.store.count() == held - moved
+
+
+def test_while_a_view_waits_the_blocks_it_would_give_are_kept():
+    # c died: until the nucleus confirms {a, b}, a keeps the records of c's blocks that
+    # {a, b} gives it as well as its own, so c's blocks are rebuilt from that data
+    a = EngineHost("a", block_size=100)
+    a.set_members(["a", "b", "c"])
+    recs = _records(np.zeros(50_000, int), np.arange(50_000))
+    blocks = block_ids_of(recs["channel"], recs["id"], 100)
+    before = np.array([a.placement.owner(int(x)) == "a" for x in blocks])
+    a.observe_view(["a", "b"])
+    a.ingest(recs)
+    after = PlacementMap(0, ["a", "b"])
+    want = before | np.array([after.owner(int(x)) == "a" for x in blocks])
+    assert a.store.count() == int(want.sum()) > int(before.sum())
+    assert a.confirm(members_digest(["a", "b"])) == {}  # nothing to hand away: all a's now
+    assert a.store.count() == int(want.sum())

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from corec_node.wire import (
     ENTITY_DTYPE,
     PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
     SCHEMAS,
     TOPIC_DIRECT,
     TOPIC_ENTITIES_ALL,
@@ -90,7 +91,7 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.STATE_REPLY: st.builds(StateReply, members=member_lists),
     MsgType.VOTE_REQUEST: st.builds(VoteRequest, term=u64, pre=st.booleans(), reply_to=addrs),
     MsgType.VOTE: st.builds(Vote, term=u64, granted=st.booleans(), pre=st.booleans()),
-    MsgType.HEARTBEAT: st.builds(Heartbeat, term=u64, leader=names),
+    MsgType.HEARTBEAT: st.builds(Heartbeat, term=u64, leader=names, placement=st.sampled_from(["", "9f86d081884c7d65"])),
     MsgType.AGGREGATES: st.builds(Aggregates, tick=u64, rows=rows),
     MsgType.ALERT: st.builds(Alert, kind=names, text=st.text(max_size=200)),
     MsgType.FUSION_PLAN: st.builds(FusionPlan, term=u64, fusions=rows),
@@ -133,7 +134,7 @@ def test_round_trip_every_type(msg_payload: tuple[Any, bytes | None], header: di
     topic, env, got_payload = decode_message(frames, cluster=header["cluster"])
     assert topic == frames[0]
     assert env == Envelope(PROTOCOL_MAJOR, message_type(msg), header["cluster"], header["sender"],
-                           header["seq"], msg)
+                           header["seq"], msg, PROTOCOL_MINOR)
     assert got_payload == payload
     # canonical: re-encoding the decoded message gives the same bytes
     again = encode_message(
@@ -168,7 +169,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 0, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 1, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}
@@ -461,3 +462,15 @@ def test_sequence_counter_and_tracker() -> None:
     assert tracker.observe("a", b"nuc", 9) is SeqEvent.FIRST  # per topic
     tracker.forget("a")
     assert tracker.last("a", b"mbr") is None
+
+
+def test_heartbeat_placement_is_a_minor_addition():
+    # 1.1 adds Heartbeat.placement: a 1.0 heartbeat (no key) decodes with it empty, and an
+    # empty one is not written, so a 1.0 peer sees the bytes it always saw.
+    from corec_node.wire import Heartbeat
+
+    old = encode_message(Heartbeat(term=3, leader="node-a"), sender="node-a", seq=1)
+    assert b"placement" not in b"".join(old)
+    assert decode_message(old)[1].msg == Heartbeat(term=3, leader="node-a", placement="")
+    new = encode_message(Heartbeat(term=3, leader="node-a", placement="00ff00ff00ff00ff"), sender="node-a", seq=2)
+    assert decode_message(new)[1].msg.placement == "00ff00ff00ff00ff"

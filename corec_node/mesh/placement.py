@@ -42,6 +42,15 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
+def members_digest(members: Iterable[str]) -> str:
+    """The digest the nucleus confirms a map with (SPEC 9.1): 16 hex digits of BLAKE2b over
+    the sorted names, each followed by a zero byte. Equal digests: equal member sets."""
+    h = hashlib.blake2b(digest_size=8, person=b"corec-members")
+    for name in sorted(n.encode("utf-8") for n in members):
+        h.update(name + b"\0")
+    return h.hexdigest()
+
+
 def member_seed(name: str) -> int:
     """Rule 2's per-member seed (a uint64 as a Python int)."""
     digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=PERSON).digest()

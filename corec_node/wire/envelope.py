@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import msgpack
@@ -51,7 +51,7 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""
@@ -259,7 +259,7 @@ class _Status(_Kind):
 class _Struct(_Kind):
     """A dataclass as a map: keys are the field names, in declaration order."""
 
-    __slots__ = ("cls", "kinds", "spec")
+    __slots__ = ("cls", "kinds", "spec", "defaults")
 
     def __init__(self, cls: type, **kinds: _Kind) -> None:
         names = tuple(f.name for f in fields(cls))
@@ -268,6 +268,9 @@ class _Struct(_Kind):
         self.cls = cls
         self.kinds = tuple((name, kind, "." + name) for name, kind in kinds.items())
         self.spec = f"map ({cls.__name__})"
+        # a field with a default was added by a minor version: absent means the default,
+        # and the default is not written, so older peers see the bytes they always saw
+        self.defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def load(self, value: Any) -> Any:
         if type(value) is not dict:
@@ -277,6 +280,8 @@ class _Struct(_Kind):
         for name, kind, segment in self.kinds:
             item = get(name, _MISSING)
             if item is _MISSING:
+                if name in self.defaults:
+                    continue
                 raise _Bad("field", "missing").at(segment)
             try:
                 args[name] = kind.load(item)
@@ -289,8 +294,11 @@ class _Struct(_Kind):
             raise _expected(self.cls.__name__, value)
         out = {}
         for name, kind, segment in self.kinds:
+            item = getattr(value, name)
+            if name in self.defaults and item == self.defaults[name]:
+                continue
             try:
-                out[name] = kind.dump(getattr(value, name))
+                out[name] = kind.dump(item)
             except _Bad as exc:
                 raise exc.at(segment) from None
         return out
@@ -370,6 +378,7 @@ _LABEL = _Str(limits.MAX_NAME_BYTES, empty=True, printable=True, spec="cluster l
 _ROW_KEY = _Str(limits.MAX_NAME_BYTES, empty=False, printable=True, spec="column name")
 _TEXT = _Str(limits.MAX_TEXT_BYTES, empty=True, printable=False, spec="text")
 _ADDR = _Addr()
+_DIGEST = _Str(32, empty=True, printable=True, spec="digest")
 _MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, status=_Status())
 _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)
@@ -403,7 +412,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.STATE_REPLY, StateReply, members=_MEMBERS),
         _schema(MsgType.VOTE_REQUEST, VoteRequest, term=_U64, pre=_BOOL, reply_to=_ADDR),
         _schema(MsgType.VOTE, Vote, term=_U64, granted=_BOOL, pre=_BOOL),
-        _schema(MsgType.HEARTBEAT, Heartbeat, term=_U64, leader=_NAME),
+        _schema(MsgType.HEARTBEAT, Heartbeat, term=_U64, leader=_NAME, placement=_DIGEST),
         _schema(
             MsgType.ENTITY_BATCH, EntityBatch, payload=True,
             channel=_U8, count=_COUNT, compressed=_BOOL,

@@ -1,4 +1,4 @@
-"""Regenerate the golden vectors of CoreC wire protocol 1.0 (protocol/SPEC.md, section 16).
+"""Regenerate the golden vectors of CoreC wire protocol 1.1 (protocol/SPEC.md, section 16).
 
     python protocol/vectors/generate.py          # rewrite entities.json and messages.json
     python protocol/vectors/generate.py --check  # exit 1 if the files differ from what
@@ -54,7 +54,7 @@ from corec_node.wire import (  # noqa: E402
     encode_message,
 )
 
-PROTOCOL = "CoreC wire protocol 1.0"
+PROTOCOL = "CoreC wire protocol 1.1"
 ZSTD_LEVEL = 1
 S = MemberStatus
 
@@ -242,6 +242,8 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      Vote(term=8, granted=False, pre=True), _hdr("node-b", 1), None),
     ("heartbeat", "leader heartbeat; term and seq at the uint64 maximum",
      Heartbeat(term=U64_MAX, leader="node-a"), _hdr("node-a", U64_MAX), None),
+    ("heartbeat_placement", "leader heartbeat confirming a placement map (since 1.1)",
+     Heartbeat(term=12, leader="node-a", placement="9f86d081884c7d65"), _hdr("node-a", 40), None),
     ("entity_batch_raw", "3 raw records on channel 7 (topic ent.007)",
      _B_RAW[0], _hdr("producer-1", 17), _B_RAW[1]),
     ("entity_batch_zstd", "10 zstd records on channel 255 (payload bytes depend on zstd)",
@@ -303,7 +305,7 @@ _DROP = object()
 
 
 def envelope(t: int, body: Any, /, **over: Any) -> dict[str, Any]:
-    """A 1.0 envelope as a dict, with header keys replaced (or dropped with ``_DROP``)."""
+    """An envelope of this version as a dict, with header keys replaced (or dropped with ``_DROP``)."""
     env = {"v": PROTOCOL_MAJOR, "m": PROTOCOL_MINOR, "t": t, "c": "", "s": "node-a", "q": 1,
            "b": body}
     for key, value in over.items():

@@ -1,4 +1,4 @@
-"""Size limits of CoreC wire protocol 1.0 (protocol/SPEC.md, "Size limits").
+"""Size limits of CoreC wire protocol 1.1 (protocol/SPEC.md, "Size limits").
 
 Every value is part of the protocol: a receiver rejects anything above them, so a sender
 must stay under them. Each constant says why it is what it is.
@@ -61,4 +61,4 @@ MSGPACK_MAX_MAP_LEN = 256
 """Largest map: envelope, body, member state and row maps have a handful of keys."""
 
 MSGPACK_MAX_EXT_LEN = 0
-"""No ext types in protocol 1.0; an ext object anywhere is refused outright."""
+"""No ext types in protocol 1.x; an ext object anywhere is refused outright."""

@@ -205,7 +205,8 @@ def test_alerts_plugin_end_to_end_on_a_real_node(cluster, tmp_path, alerts_insta
     cfg = tmp_path / "node.toml"
     cfg.write_text('[engine]\ntick_interval = 0.2\n\n[plugin.alerts]\nthresholds = { "3" = { max = 40.0 } }\n')
     node = cluster.start("watch", args=["--config", str(cfg)]).wait_ready()
-    assert any(p["name"] == "alerts" and p["state"] == "active" for p in node.ctl("plugins"))
+    plugins = node.ctl("plugins")
+    assert any(p["name"] == "alerts" and p["state"] == "active" for p in plugins), plugins
     rng = np.random.default_rng(5)
     recs = np.zeros(3000, dtype=ENTITY_DTYPE)
     recs["channel"] = 3

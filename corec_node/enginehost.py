@@ -57,7 +57,6 @@ class EngineHost:
         self.placement = PlacementMap(0, (name,))
         self.view: frozenset[str] = frozenset((name,))  # live members as this node sees them
         self._pending: PlacementMap | None = None  # the map of ``view`` while not adopted
-        self._pending_index = 0
         self._my_index = 0
         self.tick_no = 0
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
@@ -88,7 +87,6 @@ class EngineHost:
         self.view = frozenset(live) | {self.name}
         pending = PlacementMap(self.placement.version, self.view)
         self._pending = None if pending.members == self.placement.members else pending
-        self._pending_index = pending.members.index(self.name)
 
     def view_digest(self) -> str:
         return members_digest(self.view)
@@ -149,7 +147,7 @@ class EngineHost:
     def _owned(self, blocks: np.ndarray) -> np.ndarray:
         mine = self.placement.owners(blocks) == self._my_index
         if self._pending is not None:
-            mine |= self._pending.owners(blocks) == self._pending_index
+            mine |= self._pending.owners(blocks) == self._pending.members.index(self.name)
         return mine
 
     def receive_handoff(self, records: np.ndarray) -> int:

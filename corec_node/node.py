@@ -636,6 +636,8 @@ class Node:
             records = self._decode_batch(env.msg, payload, where)
             if records is not None:
                 pending.append(records)
+                if self.plugins.wants(env.msg.channel):
+                    self.plugins.spawn(self.plugins.entities(self, env.msg.channel, records))
         self._store(pending)
 
     def _is_handoff(self, env: Any) -> bool:
@@ -662,8 +664,6 @@ class Node:
         except WireError as exc:
             self._reject(where, exc)
             return None
-        if self.plugins.wants(header.channel):
-            self.plugins.spawn(self.plugins.entities(self, header.channel, records))
         return records
 
     def _store(self, pending: list[np.ndarray]) -> None:
@@ -741,17 +741,20 @@ class Node:
         assert self.membership is not None
         self.engine.observe_view(m.name for m in self.membership.members()
                                  if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT))
-        if self.leader is None or self.leader == self.name or self._leader_placement == "":
+        if self._acts_on_own_view():
             self._hand_off(self.engine.adopt_view())
         elif self._leader_placement is not None:
             self._confirm_placement()
 
+    def _acts_on_own_view(self) -> bool:
+        """True when we are the nucleus, know none, or ours does not confirm maps (1.0)."""
+        return self.leader is None or self.leader == self.name or self._leader_placement == ""
+
     def _placement_confirmed(self) -> bool:
         """Whether the map we act on is the one the nucleus confirmed (our own view when
-        we are the nucleus or nobody confirms)."""
-        if self.leader is None or self.leader == self.name or self._leader_placement == "":
-            return self.engine.placement_digest() == self.engine.view_digest()
-        return self.engine.placement_digest() == self._leader_placement
+        nobody else confirms)."""
+        confirmed = self.engine.view_digest() if self._acts_on_own_view() else self._leader_placement
+        return self.engine.placement_digest() == confirmed
 
     def _placement_heartbeat(self, sender: str, msg: Heartbeat) -> None:
         """A heartbeat, after the election core saw it: from our leader, its digest."""

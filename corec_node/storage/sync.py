@@ -178,20 +178,6 @@ class Syncer:
 
     # -- draining ------------------------------------------------------------------------------------
 
-    async def drain_once(self) -> int:
-        """Drain one batch; returns the block rows it carried (0: the outbox is empty).
-
-        A bad entry is quarantined (rule 3); raises on an outage."""
-        pg = await self.connect()
-        items = await self.store.outbox_batch(self.batch_rows)
-        if not items:
-            return 0
-        try:
-            return await self._apply_batch(pg, items)
-        except Exception:
-            self._drop_pg()  # an outage: the next attempt starts from a fresh pool
-            raise
-
     async def flush(self) -> int:
         """Drain until the outbox is empty; returns block rows drained. Raises on an outage."""
         return (await self._drain_pass(None))[0]

@@ -20,6 +20,14 @@ def pip_install(path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def is_installed(dist: str) -> bool:
+    """Whether a fresh interpreter of this venv (what a node runs in) sees ``dist``. Not
+    this process's view: pytest puts test folders on sys.path, and a plugin's source folder
+    there holds a build's ``*.egg-info`` that looks like an installed distribution."""
+    code = f"import importlib.metadata as m; m.distribution({dist!r})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
+
+
 def pip_uninstall(dist: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", dist], capture_output=True, timeout=300)
 

@@ -4,7 +4,6 @@ raises, which the node must switch off while it lives on."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import sqlite3
 import signal
@@ -19,7 +18,7 @@ from meshutil import eventually
 
 from corec_node.client import Client
 from corec_node.wire import ENTITY_DTYPE
-from piputil import pip_install, pip_uninstall
+from piputil import is_installed, pip_install, pip_uninstall
 
 RECORDER = '''
     """Writes one JSON line per hook call to the file named by its "out" setting."""
@@ -188,12 +187,9 @@ ALERTS_DIR = Path(__file__).resolve().parent.parent / "plugins" / "corec-alerts"
 @pytest.fixture
 def alerts_installed():
     """`pip install ./plugins/corec-alerts`, as a user would; uninstalled after unless it was there."""
-    try:
-        importlib.metadata.distribution("corec-alerts")
+    if is_installed("corec-alerts"):
         yield
         return
-    except importlib.metadata.PackageNotFoundError:
-        pass
     pip_install(ALERTS_DIR)
     try:
         yield

@@ -305,7 +305,7 @@ def _wait_ingested(nodes, target: int, timeout: float = 120.0) -> bool:
     while _ingested(nodes) < target:
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.002)
+        time.sleep(0.01)  # each poll is a status call on both nodes: not too often
     return True
 
 

@@ -60,6 +60,8 @@ class EngineHost:
         self._my_index = 0
         self.tick_no = 0
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
+        self._rows_version = 0  # grows when ``rows`` changes: cluster_rows is cached on it
+        self._cluster: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
         self.ingested = 0
         self.entity_errors = 0
         self.repairs = 0
@@ -169,6 +171,7 @@ class EngineHost:
         for row in rows:
             row["owner"] = owner
             self.rows[int(row["block"])] = row
+        self._rows_version += 1
 
     def plan(self, min_fitness: float) -> list[Fusion]:
         """The nucleus's fusion plan over the cluster's current rows (deterministic)."""
@@ -191,20 +194,25 @@ class EngineHost:
     def forget_owner(self, owner: str) -> None:
         for block in [b for b, r in self.rows.items() if r["owner"] == owner]:
             del self.rows[block]
+        self._rows_version += 1
 
     def cluster_rows(self, channel: int | None = None) -> list[dict[str, Any]]:
-        """Each block once, with the row of its current owner, sorted by block."""
+        """Each block once, with the row of its current owner, sorted by block. Computed once
+        per change of the rows, the map or the fusions (status and the CLI ask often)."""
+        key = (self._rows_version, self.placement.version, self.placement.members, self.store.fusions.version)
+        if self._cluster is None or self._cluster[0] != key:
+            self._cluster = (key, self._current_rows())
+        rows = self._cluster[1]
+        return list(rows) if channel is None else [r for r in rows if r["channel"] == channel]
+
+    def _current_rows(self) -> list[dict[str, Any]]:
         blocks = np.fromiter(sorted(self.rows), dtype=np.int64)
         if len(blocks) == 0:
             return []
         owners = self.placement.owner_names(blocks)
-        out = []
         roots = self.store.fusions.resolve(blocks)
-        for block, owner, root in zip(blocks.tolist(), owners, roots.tolist()):
-            row = self.rows[block]
-            if root == block and row["owner"] == owner and (channel is None or row["channel"] == channel):
-                out.append(row)
-        return out
+        return [self.rows[block] for block, owner, root in zip(blocks.tolist(), owners, roots.tolist(), strict=True)
+                if root == block and self.rows[block]["owner"] == owner]
 
     @staticmethod
     def chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -81,3 +81,21 @@ def test_while_a_view_waits_the_blocks_it_would_give_are_kept():
     assert a.store.count() == int(want.sum()) > int(before.sum())
     assert a.confirm(members_digest(["a", "b"])) == {}  # nothing to hand away: all a's now
     assert a.store.count() == int(want.sum())
+
+
+def test_cluster_rows_follow_new_rows_and_a_new_map():
+    # cluster_rows is cached: a new row, a member leaving and a forgotten owner all show
+    host = EngineHost("a", block_size=100)
+    host.set_members(["a", "b"])
+    blocks = [1 << 32 | n for n in range(40)]
+    owner = {blk: host.placement.owner(blk) for blk in blocks}
+    host.observe_rows("a", [{"block": blk, "channel": 1, "mean": 1.0} for blk in blocks if owner[blk] == "a"])
+    host.observe_rows("b", [{"block": blk, "channel": 1, "mean": 2.0} for blk in blocks if owner[blk] == "b"])
+    assert [r["block"] for r in host.cluster_rows()] == blocks
+    assert host.cluster_rows(channel=2) == []
+    host.set_members(["a"])  # b left: its rows are no longer the owner's
+    assert {r["owner"] for r in host.cluster_rows()} == {"a"}
+    host.observe_rows("a", [{"block": blk, "channel": 1, "mean": 3.0} for blk in blocks if owner[blk] == "b"])
+    assert [r["block"] for r in host.cluster_rows()] == blocks
+    host.forget_owner("a")
+    assert host.cluster_rows() == []

@@ -60,6 +60,7 @@ import asyncio
 import collections
 import collections.abc
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -920,6 +921,8 @@ class PluginManager:
                 rec.in_flight[hook] = now
                 slot = _Slot(impl, t0)
                 slot.task = loop.create_task(coro)
+                # not busy once the call has returned, even before this dispatch judges it
+                slot.task.add_done_callback(functools.partial(_release, rec, hook))
                 if self.trace:
                     slot.task.add_done_callback(slot.stamp)
                 tasks.append(slot)
@@ -1137,6 +1140,10 @@ class _SyncBatch:
         with self.lock:
             self.expired = True
         return self.slots
+
+
+def _release(rec: PluginRecord, hook: str, _task: asyncio.Future[Any]) -> None:
+    rec.in_flight.pop(hook, None)
 
 
 def _abandon(slot: _Slot) -> None:

@@ -180,9 +180,9 @@ class Transport:
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Handler, *, strip_identity: bool) -> None:
         # A queued message is taken with a plain non-blocking recv on a shadow of the socket
-        # (no Future per message: a third of the cost of a small batch); only an empty
-        # socket is awaited. So a backlog would starve the timers (probes, heartbeats,
-        # ticks) and the control socket: yield at least every YIELD_EVERY seconds.
+        # (no Future per message); only an empty socket is awaited. So a backlog would
+        # starve the timers (probes, heartbeats, ticks) and the control socket: yield at
+        # least every YIELD_EVERY seconds.
         loop = asyncio.get_running_loop()
         queued = zmq.Socket.shadow(sock.underlying)
         last_yield = loop.time()

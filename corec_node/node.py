@@ -623,8 +623,9 @@ class Node:
             await asyncio.sleep(0)  # timers and control messages go between two takes
 
     def _ingest_items(self, items: list[tuple[Any, Any, str]]) -> None:
-        """Stream and producer batches are stored together; a handoff is applied in its place
-        in the order (what came before it is stored first)."""
+        """A sweep of known entities is stored at once (``ingest_sweep``); other batches are
+        stored together, in one call, with every batch after them; a handoff is applied in its
+        place in the order (what came before it is stored first)."""
         pending: list[np.ndarray] = []
         for env, payload, where in items:
             if where == "direct" and self._is_handoff(env):
@@ -635,7 +636,8 @@ class Node:
                 self._republish(env, payload)
             records = self._decode_batch(env.msg, payload, where)
             if records is not None:
-                pending.append(records)
+                if pending or self.engine.ingest_sweep(records) is None:  # in order, after pending
+                    pending.append(records)
                 if self.plugins.wants(env.msg.channel):
                     self.plugins.spawn(self.plugins.entities(self, env.msg.channel, records))
         self._store(pending)
@@ -898,6 +900,7 @@ class Node:
             "ingest_queue": self._batches.qsize() if self._batches is not None else 0,
             "repairs": self.engine.repairs,
             "fusions": self.engine.fusions,
+            "audit_fits": self.auditor.fits,
             "placement_version": self.engine.placement.version,
             "placement_confirmed": self._placement_confirmed(),
             "storage": self.storage_status(),

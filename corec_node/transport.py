@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -161,10 +162,15 @@ class Transport:
         self.sent += 1
         return True
 
-    def publish(self, frames: Sequence[bytes]) -> None:
+    def publish(self, frames: Sequence[Any]) -> None:
         assert self.pub is not None
+        last = frames[-1]
+        if isinstance(last, memoryview) and isinstance(last.obj, zmq.Frame) and last.nbytes == len(last.obj):
+            # a payload received here goes out as its own zmq.Frame: libzmq shares the bytes
+            # (no copy, and no tracking thread as for a zero-copy send of a buffer)
+            frames = [*frames[:-1], last.obj]
         try:
-            self.pub.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            self.pub.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(last) < ZERO_COPY_MIN)
         except zmq.Again:
             self.dropped["pub_queue_full"] += 1
             return

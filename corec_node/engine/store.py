@@ -355,6 +355,27 @@ class EntityStore:
             np.add.at(self._berr, bi, nerr[has])
         return IngestResult(m, n_new, int(np.count_nonzero(upd)), n_errors, duplicates)
 
+    def run_position(self, first_key: int, m: int) -> int:
+        """Column position of the ``m`` consecutive keys ``first_key ..`` when all are held,
+        else -1. O(log n): held keys are sorted and unique, so the first and the last found
+        m - 1 positions apart means every key between them is held, in order."""
+        n = self._n
+        if m <= 0 or n < m:
+            return -1
+        first = np.uint64(first_key)  # a Python int would cast the column to float64
+        pos = int(np.searchsorted(self._key[:n], first))
+        if pos + m > n or self._key[pos] != first or int(self._key[pos + m - 1]) != first_key + m - 1:
+            return -1
+        return pos
+
+    def update_run(self, pos: int, values: np.ndarray, active: np.ndarray) -> None:
+        """Ingest rule 1 for the entities at positions ``pos ..`` (from ``run_position``):
+        ``values`` must all be finite (the caller checked); three slice copies."""
+        sl = slice(pos, pos + len(values))
+        self._value[sl] = values
+        self._active[sl] = active
+        self._streak[sl] = 0
+
     def put_records(
         self, records: np.ndarray, *, overwrite: bool = False, streak: np.ndarray | None = None
     ) -> int:

@@ -440,9 +440,12 @@ def message_type(msg: Message) -> MsgType:
 
 
 def encode_message(
-    msg: Message, *, sender: str, seq: int, cluster: str = "", payload: bytes | None = None
-) -> list[bytes]:
+    msg: Message, *, sender: str, seq: int, cluster: str = "", payload: Any = None
+) -> list[Any]:
     """Frames ``[topic, envelope]`` or ``[topic, envelope, payload]`` for ``msg``.
+
+    ``payload`` is bytes or any contiguous buffer, which is put in the frames as a view,
+    not copied (the sender must not change it before it is sent).
 
     ``seq`` is the sender's counter for the topic ``msg`` travels on (SPEC.md, "Sequence
     numbers"); the caller keeps it. Raises ValueError/TypeError if ``msg`` or the header
@@ -465,7 +468,7 @@ def encode_message(
         if schema.payload != (payload is not None):
             raise WireError("payload", "required" if schema.payload else "not allowed")
         if payload is not None:
-            payload = payload if type(payload) is bytes else bytes(payload)
+            payload = payload if type(payload) is bytes else _view(payload, "payload")  # not copied
             if len(payload) > limits.MAX_PAYLOAD_BYTES:
                 raise WireError("too_large", f"payload {len(payload)} > {limits.MAX_PAYLOAD_BYTES}")
             if type(msg) is EntityBatch:

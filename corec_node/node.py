@@ -42,7 +42,9 @@ from corec_node.mesh.effects import (
     PersistVote,
     Send,
 )
+from corec_node.ingestqueue import IngestQueue, payload_bytes
 from corec_node.mesh.election import Election, ElectionConfig
+from corec_node.mesh.flow import MAX_WAIT, FlowControl
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.notify import Notifier
@@ -62,12 +64,13 @@ from corec_node.wire import (
     make_batch,
     topic_for,
 )
-from corec_node.wire.messages import Aggregates, Alert, EntityBatch, FusionPlan, Heartbeat, MemberStatus, MsgType
+from corec_node.wire.messages import Aggregates, Alert, EntityBatch, Flow, FusionPlan, Heartbeat, MemberStatus, MsgType
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_ALERTS,
     TOPIC_DIRECT,
     TOPIC_ENTITIES_ALL,
+    TOPIC_FLOW,
     TOPIC_MEMBERSHIP,
     TOPIC_NUCLEUS,
 )
@@ -85,7 +88,10 @@ ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEA
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
-INGEST_QUEUE = 256  # entity batches waiting for the ingest worker (~25 MB); see _queue_batch for what happens past it
+INGEST_QUEUE_BYTES = 128 << 20  # stream batches past this are dropped (ingestqueue.py); flow control keeps far below
+INGEST_WAIT_BYTES = 32 << 20  # a producer's batch waits while this much is queued (~3 s of work at worst)
+FLOW_HIGH_BYTES = 8 << 20  # a stream backlog of this many bytes asks the stream's sources to pause (SPEC 9.3)
+FLOW_LOW_BYTES = 2 << 20  # ... and this little ends the pause
 COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 
@@ -129,10 +135,9 @@ class Node:
         self._next_prune = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.storage_errors = 0
-        # Entity batches go through a queue to their own worker task, so probes, gossip and
-        # heartbeats never wait behind a backlog of data on the same socket.
-        self._batches: asyncio.Queue[tuple[Any, Any, str]] | None = None
+        self._batches: IngestQueue | None = None  # made on the loop (ingestqueue.py)
         self.ingest_dropped = 0
+        self.flow = FlowControl(FLOW_HIGH_BYTES, FLOW_LOW_BYTES)  # asks for, and grants, pauses of the stream
         self.counters = SequenceCounter()
         self.messages_in: collections.Counter[str] = collections.Counter()
         self.messages_out: collections.Counter[str] = collections.Counter()
@@ -253,7 +258,7 @@ class Node:
             await self.transport.close()
             await self._close_storage()
             return 1
-        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS, TOPIC_ENTITIES_ALL])
+        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS, TOPIC_ENTITIES_ALL, TOPIC_FLOW])
         self._next_engine_tick = self.now() + cfg.engine.tick_interval
         if cfg.metrics.listen:
             metrics = Metrics(self.metrics_snapshot, name=self.name, cluster=self.cluster, version=__version__)
@@ -426,6 +431,9 @@ class Node:
         if env.type == MsgType.FUSION_PLAN:
             self._fusion_plan(env.sender, env.msg)
             return
+        if env.type == MsgType.FLOW:
+            self.flow.peer_flow(env.sender, env.msg.hold_ms, now)
+            return
         self._dispatch(env, now)
         if env.type == MsgType.HEARTBEAT:
             self._placement_heartbeat(env.sender, env.msg)
@@ -588,38 +596,61 @@ class Node:
     # -- entities -----------------------------------------------------------------------
 
     def _queue_batch(self, env: Any, payload: Any, where: str) -> Awaitable[None] | None:
-        """Queue a batch for the ingest worker. When the queue is full, a batch on the direct
-        socket (a producer's, or a handoff) waits for room: the receive loop pauses, ZeroMQ
-        holds what follows and the producer's send blocks, so nothing is lost, while the
-        ROUTER's fair queueing still lets each member's probes through between two batches.
-        A batch from the PUB stream cannot make its publisher wait: it is dropped and counted."""
-        if self._batches is None:
-            self._batches = asyncio.Queue(INGEST_QUEUE)
+        """Queue a batch for the ingest worker (bounds and waits: ingestqueue.py).
+
+        A producer's batch (direct socket, sender not a member) is republished on the PUB
+        stream as it arrives, unless a member asked for a pause (SPEC 9.3): then it waits at
+        the door, and the producer behind it. A stream batch that finds the queue over its
+        limit is dropped and counted; this node asks for pauses long before that."""
+        queue = self._ingest_queue()
         item = (env, payload, where)
-        if where == "direct" and self._batches.full():
-            return self._batches.put(item)
-        try:
-            self._batches.put_nowait(item)
-        except asyncio.QueueFull:  # we cannot keep up: shed stream data, never the control plane
+        if where == "direct":
+            if not self._is_handoff(env):
+                if self.flow.held_until(self.now()) is not None:
+                    return self._admit(item)
+                self._republish(env, payload)
+            return None if queue.put_now(item) else queue.put(item)
+        if not queue.offer(item):  # we cannot keep up: shed stream data, never the control plane
             self.ingest_dropped += 1
             self.rejected["ingest_overflow"] += 1
+            return None
+        self._ask_flow(self.flow.stream_queued(payload_bytes(item), self.now()))
         return None
+
+    def _ingest_queue(self) -> IngestQueue:
+        if self._batches is None:
+            self._batches = IngestQueue(limit_bytes=INGEST_QUEUE_BYTES, wait_bytes=INGEST_WAIT_BYTES)
+        return self._batches
+
+    async def _admit(self, item: tuple[Any, Any, str]) -> None:
+        """A producer's batch during a member's pause: wait until the pause ends (MAX_WAIT
+        at most, so that member messages on the same socket are not held long), then go on."""
+        start = self.now()
+        while (until := self.flow.held_until(now := self.now())) is not None and now - start < MAX_WAIT:
+            await asyncio.sleep(min(until - now, start + MAX_WAIT - now, 0.002))  # a release ends it early
+        self.flow.held(self.now() - start)
+        env, payload, _ = item
+        self._republish(env, payload)
+        await self._ingest_queue().put(item)
+
+    def _ask_flow(self, hold_ms: int | None) -> None:
+        if hold_ms is not None:
+            frames = self._frames(Flow(hold_ms=hold_ms), TOPIC_FLOW)
+            self.transport.publish(frames)
+            self._count_out(TOPIC_FLOW, frames)
 
     async def _ingest_worker(self) -> None:
         """Ingest queued batches in arrival order. A backlog is taken in one go (up to
         COALESCE_RECORDS records): one store call merges all its new keys at once."""
-        if self._batches is None:
-            self._batches = asyncio.Queue(INGEST_QUEUE)
+        queue = self._ingest_queue()
         while True:
-            items = [await self._batches.get()]
-            records = items[0][0].msg.count
-            while records < COALESCE_RECORDS and not self._batches.empty():
-                items.append(self._batches.get_nowait())
-                records += items[-1][0].msg.count
+            items = await queue.take(COALESCE_RECORDS)
             try:
                 self._ingest_items(items)
             except Exception:  # a bug on one batch must not stop ingest
                 logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
+            stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
+            self._ask_flow(self.flow.stream_taken(stream, self.now()))
             await asyncio.sleep(0)  # timers and control messages go between two takes
 
     def _ingest_items(self, items: list[tuple[Any, Any, str]]) -> None:
@@ -632,8 +663,6 @@ class Node:
                 self._store(pending)
                 self._handoff(env, payload)
                 continue
-            if where == "direct":
-                self._republish(env, payload)
             records = self._decode_batch(env.msg, payload, where)
             if records is not None:
                 if pending or self.engine.ingest_sweep(records) is None:  # in order, after pending
@@ -898,9 +927,11 @@ class Node:
             "ingested": self.engine.ingested,
             "ingest_dropped": self.ingest_dropped,
             "ingest_queue": self._batches.qsize() if self._batches is not None else 0,
+            "ingest_queue_bytes": self._batches.bytes if self._batches is not None else 0,
             "repairs": self.engine.repairs,
             "fusions": self.engine.fusions,
             "audit_fits": self.auditor.fits,
+            "flow": self.flow.status(),
             "placement_version": self.engine.placement.version,
             "placement_confirmed": self._placement_confirmed(),
             "storage": self.storage_status(),

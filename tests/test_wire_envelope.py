@@ -23,6 +23,7 @@ from corec_node.wire import (
     Alert,
     EntityBatch,
     Envelope,
+    Flow,
     FusionPlan,
     Gossip,
     Heartbeat,
@@ -95,6 +96,7 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.AGGREGATES: st.builds(Aggregates, tick=u64, rows=rows),
     MsgType.ALERT: st.builds(Alert, kind=names, text=st.text(max_size=200)),
     MsgType.FUSION_PLAN: st.builds(FusionPlan, term=u64, fusions=rows),
+    MsgType.FLOW: st.builds(Flow, hold_ms=u64),
 }
 
 
@@ -169,7 +171,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 1, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 2, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}

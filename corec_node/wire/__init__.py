@@ -1,4 +1,4 @@
-"""CoreC wire protocol 1.1 (protocol/SPEC.md): entity records, topics, message envelope.
+"""CoreC wire protocol 1.2 (protocol/SPEC.md): entity records, topics, message envelope.
 
 Pure codecs: bytes in, typed values out, no I/O. Every decoder raises :class:`WireError`
 (with a short ``reason`` slug for metrics) and nothing else on bad input.
@@ -28,6 +28,7 @@ from corec_node.wire.messages import (
     Aggregates,
     Alert,
     EntityBatch,
+    Flow,
     FusionPlan,
     Gossip,
     Heartbeat,
@@ -48,6 +49,7 @@ from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_ALERTS,
     TOPIC_DIRECT,
+    TOPIC_FLOW,
     TOPIC_ENTITIES_ALL,
     TOPIC_MEMBERSHIP,
     TOPIC_NUCLEUS,
@@ -65,6 +67,7 @@ __all__ = [
     "TOPIC_AGGREGATES",
     "TOPIC_ALERTS",
     "TOPIC_DIRECT",
+    "TOPIC_FLOW",
     "TOPIC_ENTITIES_ALL",
     "TOPIC_MEMBERSHIP",
     "TOPIC_NUCLEUS",
@@ -72,6 +75,7 @@ __all__ = [
     "Aggregates",
     "Alert",
     "EntityBatch",
+    "Flow",
     "FusionPlan",
     "Envelope",
     "Gossip",

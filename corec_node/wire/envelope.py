@@ -33,6 +33,7 @@ from corec_node.wire.messages import (
     Aggregates,
     Alert,
     EntityBatch,
+    Flow,
     FusionPlan,
     Gossip,
     Heartbeat,
@@ -51,7 +52,7 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""
@@ -420,6 +421,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),  # placeholder
         _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),  # placeholder
         _schema(MsgType.FUSION_PLAN, FusionPlan, term=_U64, fusions=_ROWS),
+        _schema(MsgType.FLOW, Flow, hold_ms=_U64),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

@@ -1,4 +1,4 @@
-"""Size limits of CoreC wire protocol 1.1 (protocol/SPEC.md, "Size limits").
+"""Size limits of CoreC wire protocol 1.2 (protocol/SPEC.md, "Size limits").
 
 Every value is part of the protocol: a receiver rejects anything above them, so a sender
 must stay under them. Each constant says why it is what it is.

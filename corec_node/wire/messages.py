@@ -27,6 +27,7 @@ class MsgType(enum.IntEnum):
     AGGREGATES = 21
     ALERT = 22
     FUSION_PLAN = 23
+    FLOW = 24
 
 
 class MemberStatus(enum.IntEnum):
@@ -178,7 +179,16 @@ class FusionPlan:
     fusions: tuple = field(default_factory=tuple)
 
 
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Ingest flow control (topic ``flw``, since 1.2): the sender's backlog of stream batches
+    is deep, so nodes that republish producer batches should pause taking new ones for
+    ``hold_ms`` milliseconds (or until the sender's next FLOW); 0 ends the pause."""
+
+    hold_ms: int
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
-    | VoteRequest | Vote | Heartbeat | EntityBatch | Aggregates | Alert | FusionPlan
+    | VoteRequest | Vote | Heartbeat | EntityBatch | Aggregates | Alert | FusionPlan | Flow
 )

@@ -15,6 +15,7 @@ from corec_node.wire.messages import (
     Aggregates,
     Alert,
     EntityBatch,
+    Flow,
     FusionPlan,
     Gossip,
     Heartbeat,
@@ -33,6 +34,7 @@ TOPIC_NUCLEUS = b"nuc"
 TOPIC_AGGREGATES = b"agg"
 TOPIC_ALERTS = b"alr"
 TOPIC_DIRECT = b"dir"
+TOPIC_FLOW = b"flw"
 TOPIC_ENTITIES_ALL = b"ent."
 """Subscribe to this prefix for every entity channel."""
 
@@ -53,6 +55,7 @@ FIXED_TOPICS: dict[type, bytes] = {
     Aggregates: TOPIC_AGGREGATES,
     Alert: TOPIC_ALERTS,
     FusionPlan: TOPIC_NUCLEUS,
+    Flow: TOPIC_FLOW,
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

@@ -1,4 +1,4 @@
-"""Regenerate the golden vectors of CoreC wire protocol 1.1 (protocol/SPEC.md, section 16).
+"""Regenerate the golden vectors of CoreC wire protocol 1.2 (protocol/SPEC.md, section 16).
 
     python protocol/vectors/generate.py          # rewrite entities.json and messages.json
     python protocol/vectors/generate.py --check  # exit 1 if the files differ from what
@@ -36,6 +36,7 @@ from corec_node.wire import (  # noqa: E402
     Aggregates,
     Alert,
     EntityBatch,
+    Flow,
     FusionPlan,
     Gossip,
     Heartbeat,
@@ -54,7 +55,7 @@ from corec_node.wire import (  # noqa: E402
     encode_message,
 )
 
-PROTOCOL = "CoreC wire protocol 1.1"
+PROTOCOL = "CoreC wire protocol 1.2"
 ZSTD_LEVEL = 1
 S = MemberStatus
 
@@ -255,6 +256,10 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
     ("fusion_plan", "the nucleus of term 9 fuses block 7:3 into 7:1",
      FusionPlan(term=9, fusions=({"weak": (7 << 32) | 3, "strong": (7 << 32) | 1, "channel": 7,
                                   "reason": "fitness 0.050 < min_fitness 0.2"},)), _hdr("node-a", 7), None),
+    ("flow_hold", "ingest flow control: pause republishing for 100 ms (since 1.2)",
+     Flow(hold_ms=100), _hdr("node-b", 3), None),
+    ("flow_release", "ingest flow control: the pause is over (since 1.2)",
+     Flow(hold_ms=0), _hdr("node-b", 4), None),
     ("alert", "PLACEHOLDER layout",
      Alert(kind="threshold", text="channel 7 mean 98.5 > 90\nblock 3"), _hdr("node-b", 6), None),
 ]

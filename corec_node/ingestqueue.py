@@ -1,0 +1,79 @@
+"""The queue between a node's receive loops and its ingest worker, bounded by bytes.
+
+Entity batches go through it to their own worker task, so probes, gossip and heartbeats
+never wait behind a backlog of data on the same socket. Two bounds, each on purpose:
+
+- A batch on the direct socket (a producer's, or a handoff) waits while ``wait_bytes`` are
+  queued: its receive loop pauses, ZeroMQ holds what follows and the producer's send
+  blocks, so nothing is lost; the ROUTER's fair queueing still lets each member's probes
+  through between two batches.
+- A batch from the PUB stream cannot make its publisher wait. It is queued up to
+  ``limit_bytes`` and dropped past it (the caller counts it). A stream batch was already
+  received into memory when it is offered, so this bound is a safety net against a
+  sustained overload, not the first defence: flow control (``mesh/flow.py``) asks the
+  stream's sources to pause long before it is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+Item = tuple[Any, Any, str]  # (envelope, payload, "direct" | "broadcast")
+
+
+def payload_bytes(item: Item) -> int:
+    payload = item[1]
+    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
+
+
+class IngestQueue:
+    def __init__(self, *, limit_bytes: int, wait_bytes: int) -> None:
+        if not 0 < wait_bytes <= limit_bytes:
+            raise ValueError("need 0 < wait_bytes <= limit_bytes")
+        self.limit_bytes = limit_bytes
+        self.wait_bytes = wait_bytes
+        self.bytes = 0  # payload bytes queued
+        self._items: asyncio.Queue[Item] = asyncio.Queue()  # unbounded: the byte bounds are the limits
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def qsize(self) -> int:
+        return self._items.qsize()
+
+    def offer(self, item: Item) -> bool:
+        """Queue a stream batch unless ``limit_bytes`` are queued (then False: drop it)."""
+        if self.bytes >= self.limit_bytes:
+            return False
+        self._add(item)
+        return True
+
+    def put_now(self, item: Item) -> bool:
+        """Queue a direct batch if it need not wait (True), else do nothing (False)."""
+        if self.bytes >= self.wait_bytes:
+            return False
+        self._add(item)
+        return True
+
+    async def put(self, item: Item) -> None:
+        """Queue a direct batch once fewer than ``wait_bytes`` are queued."""
+        while self.bytes >= self.wait_bytes:
+            self._room.clear()
+            await self._room.wait()
+        self._add(item)
+
+    async def take(self, max_records: int) -> list[Item]:
+        """Wait for a batch, then take it and what follows it, up to ``max_records`` records."""
+        items = [await self._items.get()]
+        records = items[0][0].msg.count
+        while records < max_records and not self._items.empty():
+            items.append(self._items.get_nowait())
+            records += items[-1][0].msg.count
+        self.bytes -= sum(payload_bytes(item) for item in items)
+        if self.bytes < self.wait_bytes:
+            self._room.set()
+        return items
+
+    def _add(self, item: Item) -> None:
+        self.bytes += payload_bytes(item)
+        self._items.put_nowait(item)

@@ -50,11 +50,12 @@ class Client:
         arr = as_entity_array(records)  # validated once here, not again per frame
         if arr.size == 0:
             return 0
-        channels = arr["channel"]
-        if not (channels[1:] >= channels[:-1]).all():  # grouped by channel already: no sort
-            arr = arr[np.argsort(channels, kind="stable")]
-            channels = arr["channel"]
+        channels = np.ascontiguousarray(arr["channel"])
         cuts = np.flatnonzero(channels[1:] != channels[:-1]) + 1
+        if len(cuts) and not (channels[cuts] > channels[cuts - 1]).all():  # not grouped by channel yet
+            arr = arr[np.argsort(channels, kind="stable")]
+            channels = np.ascontiguousarray(arr["channel"])
+            cuts = np.flatnonzero(channels[1:] != channels[:-1]) + 1
         for part in np.split(arr, cuts) if len(cuts) else (arr,):
             channel = int(part["channel"][0])
             for start in range(0, len(part), self.batch):

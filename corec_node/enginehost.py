@@ -142,37 +142,42 @@ class EngineHost:
         self.entity_errors += result.errors
         return result
 
-    def ingest_sweep(self, records: np.ndarray) -> IngestResult | None:
+    def ingest_sweep(self, records: np.ndarray, channel: int | None = None) -> IngestResult | None:
         """Fast path for what producers send most: a sweep of known entities. When the batch
         is one channel, its ids consecutive and increasing, every value finite and every
         entity of the blocks this node owns already held, the owned part is written as slice
         copies (one per run of owned blocks), in O(blocks + records) with no key column, sort
         or per-record placement. Returns None, changing nothing, when the batch is anything
-        else (the caller then uses ``ingest``); the result counts the records kept here."""
+        else (the caller then uses ``ingest``); the result counts the records kept here.
+        ``channel``: every record is known to be of it (a decoded wire batch, whose channel
+        decode_batch checked), so it is not checked again."""
         m = len(records)
         if m < SWEEP_MIN:
             return None
-        channels = records["channel"]
-        channel = int(channels[0])
         ids = records["id"]
         first = int(ids[0])
-        if int(ids[-1]) - first != m - 1 or not (channels == channel).all():
+        if int(ids[-1]) - first != m - 1:
             return None
+        if channel is None:
+            channels = records["channel"]
+            channel = int(channels[0])
+            if not (channels == channel).all():
+                return None
         ids = ids.astype(np.uint32)  # native order: the comparison below runs on one copy
         if not (ids[1:] > ids[:-1]).all():  # strictly increasing and m - 1 apart: consecutive
             return None
-        values = records["value"]
+        values = records["value"].astype(np.float32)  # native and contiguous: checked and copied fast
         if not np.isfinite(values).all():
             return None
         bs = self.block_size
-        first_block = (channel << CHANNEL_SHIFT) | first // bs
-        blocks = np.arange(first_block, first_block + (first + m - 1) // bs - first // bs + 1, dtype=np.int64)
-        edges = np.clip((blocks - first_block + first // bs) * bs - first, 0, m)  # each block's first record
-        owned = self._owned_blocks(blocks)
-        runs = []
-        for i in np.flatnonzero(owned).tolist():  # runs of owned blocks, merged
-            start, stop = int(edges[i]), (int(edges[i + 1]) if i + 1 < len(blocks) else m)
-            if runs and runs[-1][1] == start:
+        b0, b1 = first // bs, (first + m - 1) // bs
+        prefix = channel << CHANNEL_SHIFT
+        runs: list[list[int]] = []
+        for i, mine in enumerate(self._owned_blocks([prefix | b for b in range(b0, b1 + 1)])):
+            if not mine:
+                continue
+            start, stop = max((b0 + i) * bs - first, 0), min((b0 + i + 1) * bs - first, m)
+            if runs and runs[-1][1] == start:  # runs of owned blocks, merged
                 runs[-1][1] = stop
             else:
                 runs.append([start, stop])
@@ -187,7 +192,7 @@ class EngineHost:
         self.ingested += kept
         return IngestResult(kept, 0, kept, 0, 0)
 
-    def _owned_blocks(self, blocks: np.ndarray) -> np.ndarray:
+    def _owned_blocks(self, blocks: list[int]) -> list[bool]:
         """``_owned`` of raw block ids, remembered per block until the map, the pending view
         or the fusions change (a sweep's dozen blocks cost a dict lookup each, not a hash)."""
         key = (self.placement.members, None if self._pending is None else self._pending.members,
@@ -195,12 +200,11 @@ class EngineHost:
         if key != self._owned_key:
             self._owned_key, self._owned_memo = key, {}
         memo = self._owned_memo
-        out = [memo.get(b) for b in blocks.tolist()]
+        out = [memo.get(b) for b in blocks]
         if None in out:
-            fresh = self._owned(self.store.fusions.resolve(blocks)).tolist()
-            memo.update(zip(blocks.tolist(), fresh, strict=True))
-            out = fresh
-        return np.array(out, dtype=np.bool_)
+            out = self._owned(self.store.fusions.resolve(np.array(blocks, dtype=np.int64))).tolist()
+            memo.update(zip(blocks, out, strict=True))
+        return out
 
     def _mine(self, records: np.ndarray) -> np.ndarray:
         """Mask of the records whose block this node owns. Producers send ids in order, so

@@ -665,7 +665,7 @@ class Node:
                 continue
             records = self._decode_batch(env.msg, payload, where)
             if records is not None:
-                if pending or self.engine.ingest_sweep(records) is None:  # in order, after pending
+                if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
                     pending.append(records)
                 if self.plugins.wants(env.msg.channel):
                     self.plugins.spawn(self.plugins.entities(self, env.msg.channel, records))

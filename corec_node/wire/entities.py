@@ -120,7 +120,7 @@ def _from_columns(columns: Mapping[str, Any], n: int) -> np.ndarray:
 
 
 def _check_active(col: np.ndarray) -> None:
-    if col.size and col.dtype != np.bool_ and (col.min() < 0 or col.max() > 1):
+    if col.size and col.dtype != np.bool_ and ((col.dtype.kind == "i" and col.min() < 0) or col.max() > 1):
         raise ValueError("entity field 'active' must be 0 or 1")
 
 

@@ -68,6 +68,7 @@ class EngineSection:
     block_size: int = 1000  # entities per block (one channel each)
     max_errors: float = 0.1  # block error rate above which a block is repaired
     min_fitness: float = 0.2  # blocks under this fuse into a strong block of their channel
+    ingest_queue_mb: float = 128.0  # entity batches waiting to be stored; flow control asks for pauses at 1/16 of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +326,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("engine.max_errors", "a rate between 0 and 1", config.engine.max_errors)
     if not 0 <= config.engine.min_fitness <= 1:
         raise fail("engine.min_fitness", "a fitness between 0 and 1", config.engine.min_fitness)
+    if not 1 <= config.engine.ingest_queue_mb <= 65536:
+        raise fail("engine.ingest_queue_mb", "a number of MiB from 1 to 65536", config.engine.ingest_queue_mb)
     if config.storage.history_retention < 0:
         raise fail("storage.history_retention", "0 (keep all) or a number of seconds", config.storage.history_retention)
     schema = config.storage.postgres_schema

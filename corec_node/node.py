@@ -88,10 +88,11 @@ ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEA
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
-INGEST_QUEUE_BYTES = 128 << 20  # stream batches past this are dropped (ingestqueue.py); flow control keeps far below
-INGEST_WAIT_BYTES = 32 << 20  # a producer's batch waits while this much is queued (~3 s of work at worst)
-FLOW_HIGH_BYTES = 8 << 20  # a stream backlog of this many bytes asks the stream's sources to pause (SPEC 9.3)
-FLOW_LOW_BYTES = 2 << 20  # ... and this little ends the pause
+# The ingest queue's bounds, as shares of engine.ingest_queue_mb (ingestqueue.py, mesh/flow.py):
+INGEST_WAIT_SHARE = 1 / 4  # a producer's batch waits while this much is queued
+FLOW_HIGH_SHARE = 1 / 16  # a stream backlog this deep asks the stream's sources to pause (SPEC 9.3)
+FLOW_LOW_SHARE = 1 / 64  # ... and this shallow ends the pause; past the whole, stream batches are dropped
+REPUBLISH_BURST = 1 << 20  # producer bytes republished between two looks at the members' FLOW messages
 COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 
@@ -137,7 +138,10 @@ class Node:
         self.storage_errors = 0
         self._batches: IngestQueue | None = None  # made on the loop (ingestqueue.py)
         self.ingest_dropped = 0
-        self.flow = FlowControl(FLOW_HIGH_BYTES, FLOW_LOW_BYTES)  # asks for, and grants, pauses of the stream
+        self._burst = 0  # producer bytes republished since the receive loop last yielded
+        self.ingest_limit = int(config.engine.ingest_queue_mb * (1 << 20))
+        # asks for, and grants, pauses of the stream
+        self.flow = FlowControl(int(self.ingest_limit * FLOW_HIGH_SHARE), int(self.ingest_limit * FLOW_LOW_SHARE))
         self.counters = SequenceCounter()
         self.messages_in: collections.Counter[str] = collections.Counter()
         self.messages_out: collections.Counter[str] = collections.Counter()
@@ -609,6 +613,10 @@ class Node:
                 if self.flow.held_until(self.now()) is not None:
                     return self._admit(item)
                 self._republish(env, payload)
+                self._burst += payload_bytes(item)
+                if self._burst >= REPUBLISH_BURST and queue.put_now(item):
+                    self._burst = 0
+                    return asyncio.sleep(0)  # let a member's FLOW in before republishing more
             return None if queue.put_now(item) else queue.put(item)
         if not queue.offer(item):  # we cannot keep up: shed stream data, never the control plane
             self.ingest_dropped += 1
@@ -619,7 +627,7 @@ class Node:
 
     def _ingest_queue(self) -> IngestQueue:
         if self._batches is None:
-            self._batches = IngestQueue(limit_bytes=INGEST_QUEUE_BYTES, wait_bytes=INGEST_WAIT_BYTES)
+            self._batches = IngestQueue(limit_bytes=self.ingest_limit, wait_bytes=int(self.ingest_limit * INGEST_WAIT_SHARE))
         return self._batches
 
     async def _admit(self, item: tuple[Any, Any, str]) -> None:

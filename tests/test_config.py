@@ -55,6 +55,7 @@ def test_precedence_file_env_flags(tmp_path):
         ('[mesh]\njoin = "a:1"\n', "mesh.join", "a list of strings"),
         ('[engine]\ntick_interval = "fast"\n', "engine.tick_interval", "a number"),
         ('[engine]\nblock_size = true\n', "engine.block_size", "an integer"),
+        ('[engine]\ningest_queue_mb = 0\n', "engine.ingest_queue_mb", "MiB"),
         ('[security]\nenabled = "yes"\n', "security.enabled", "true or false"),
         ('[security]\nenabled = true\n', "security.secret_key_file", "key file"),
         ("[node\n", "(file)", "valid TOML"),

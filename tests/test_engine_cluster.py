@@ -154,3 +154,37 @@ def test_nucleus_fuses_a_weak_block_into_a_strong_one(cluster):
         eventually(lambda: fused(node), 30, message=f"{node.name} reports the fused group as one block")
     events = [e for n in nodes for e in n.log_events() if e.get("event") == "fusion"]
     assert events and all("min_fitness" in e["reason"] for e in events)
+
+
+def test_a_small_ingest_queue_asks_for_pauses_and_loses_nothing(cluster):
+    # Both nodes hold at most 32 MiB of batches (pauses asked from 2 MiB): a producer streams
+    # 20 M updates through a as fast as it can, and a republishes them to b over PUB/SUB,
+    # which cannot make a wait. Without flow control b drops stream batches here (the three
+    # processes share the CPU, and b falls behind); with it, a holds the producer instead.
+    env = {"COREC_ENGINE_INGEST_QUEUE_MB": "32"}
+    a = cluster.start("a", extra_env=env).wait_ready()
+    b = cluster.start("b", join=[a.addr], extra_env=env).wait_ready()
+    eventually(lambda: all(n.ctl("status")["members"].get("alive") == 2 for n in (a, b)), 20)
+    n = 1_000_000
+    recs = np.zeros(n, dtype=ENTITY_DTYPE)
+    recs["channel"] = np.arange(n) % 4
+    recs["id"] = np.arange(n) // 4
+    recs["value"] = 1.0
+    recs["active"] = 1
+    recs = recs[np.argsort(recs["channel"], kind="stable")]
+    with Client(a.addr) as c:
+        for rep in range(20):
+            recs["value"] = rep
+            c.send(recs)
+
+    def settled():
+        status = [x.ctl("status") for x in (a, b)]
+        done = sum(s["ingested"] for s in status) >= 20 * n or any(s["ingest_dropped"] for s in status)
+        return status if done else None
+
+    status = eventually(settled, 120)
+    assert [s["ingest_dropped"] for s in status] == [0, 0], status
+    assert sum(s["ingested"] for s in status) == 20 * n
+    assert sum(s["entities"] for s in status) == n
+    eventually(lambda: sum(r["count"] for r in a.ctl("blocks")) == n and all(
+        r["mean"] == 19.0 for r in a.ctl("blocks")), 10)  # the last pass is what every block holds

@@ -2,6 +2,7 @@
 
     python bench/engine.py [memory|tick|all|throughput|latency] [--entities 1000000]
                            [--batch 100000] [--block-size 1000] [--ticks 50]
+                           [--frame 10000] [--reps 50] [--runs 3] [--samples 300]
 
 Parts:
   (a) memory      RSS growth of this process while a store takes 1 M entities in batches,
@@ -14,8 +15,9 @@ Parts:
                   10-20 ms latency promise.
   (c) throughput  records/s from a producer through two real nodes into the owners'
                   stores, sustained over --reps passes (50 M records by default) once the
-                  nodes are warm (first audit fit done), against
-                  raw pyzmq PUB/SUB with the same frames (same run); and the first load.
+                  nodes are warm (first audit fit done), median of --runs runs, against
+                  raw pyzmq PUB/SUB with the same frames (same run, median of as many
+                  runs); and the first load.
   (d) latency     producer send of a 100-record batch -> records in the owner's store and
                   its corec_entities hook run, median and p99, against the seeds' 10-20 ms.
 
@@ -327,7 +329,9 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     about half the records cross a's PUB to b), against raw pyzmq PUB/SUB with frames of
     the same size, measured in the same run. First load: ``--entities`` new entities.
     Steady state: the same entities report again (updates, as sensors do), ``--reps``
-    times in one go, so the figure is a sustained rate, not a burst into queues."""
+    times in one go, so the figure is a sustained rate, not a burst into queues. Both the
+    steady run and raw pyzmq are measured ``--runs`` times (the machine is noisy): the
+    medians are compared, and every run is reported."""
     from corec_node.client import Client
 
     n, frame = args.entities, args.frame
@@ -346,22 +350,26 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         first = time.perf_counter() - t0
         stored = _stored((a, b))
         warm = _wait_warm((a, b))
-        before = _ingested((a, b))
-        t0 = time.perf_counter()
-        with Client(a.addr, batch=frame) as client:
-            for _ in range(args.reps):
-                client.send(recs)
-        complete = _wait_ingested((a, b), before + n * args.reps) and complete
-        steady = time.perf_counter() - t0
+        runs = []
+        for _ in range(args.runs):
+            before = _ingested((a, b))
+            t0 = time.perf_counter()
+            with Client(a.addr, batch=frame) as client:
+                for _ in range(args.reps):
+                    client.send(recs)
+            complete = _wait_ingested((a, b), before + n * args.reps) and complete
+            runs.append(n * args.reps / (time.perf_counter() - t0))
         status = [node.ctl("status") for node in (a, b)]
     finally:
         cluster.close()
     total = n * args.reps
-    raw = _raw_pubsub(max(2000, total // frame), frame)
-    return {"records": total, "frame_records": frame, "corec_rps": total / steady,
-            "corec_first_load_rps": n / first, "entities_stored": stored,
+    raws = [_raw_pubsub(max(2000, total // frame), frame) for _ in range(args.runs)]
+    corec, raw = statistics.median(runs), statistics.median(raws)
+    return {"records": total, "frame_records": frame, "runs": args.runs, "corec_rps": corec,
+            "corec_rps_runs": runs, "corec_first_load_rps": n / first, "entities_stored": stored,
             "all_ingested": complete, "warmed_up": warm, "ingest_dropped": sum(st["ingest_dropped"] for st in status),
-            "raw_pyzmq_rps": raw, "share_of_raw": (total / steady) / raw}
+            "flow_holds": status[0]["flow"]["holds"], "flow_requests": status[1]["flow"]["requests"],
+            "raw_pyzmq_rps": raw, "raw_pyzmq_rps_runs": raws, "share_of_raw": corec / raw}
 
 
 LATENCY_PROBE = """
@@ -489,13 +497,17 @@ def print_network(results: dict[str, dict[str, Any]]) -> None:
     if "throughput" in results:
         t = results["throughput"]
         print()
-        print(f"(c) throughput: {t['records']:,} records in frames of {t['frame_records']:,}"
+        print(f"(c) throughput: {t['runs']} runs of {t['records']:,} records in frames of {t['frame_records']:,}"
               f" ({'all ingested' if t['all_ingested'] else 'SOME LOST'}, "
               f"{t['ingest_dropped']} batches dropped, "
               f"{'nodes warm' if t['warmed_up'] else 'NOT WARM: first audit fit not seen'})")
-        print(f"  {'CoreC producer -> node -> PUB/SUB -> owners':<44} {t['corec_rps']:>14,.0f} rec/s")
+        print(f"  {'CoreC producer -> node -> PUB/SUB -> owners':<44} {t['corec_rps']:>14,.0f} rec/s (median; "
+              f"runs {', '.join(f'{r / 1e6:.1f}' for r in t['corec_rps_runs'])} M)")
         print(f"  {'  same, first load (new entities inserted)':<44} {t['corec_first_load_rps']:>14,.0f} rec/s")
-        print(f"  {'raw pyzmq PUB/SUB, same frames':<44} {t['raw_pyzmq_rps']:>14,.0f} rec/s")
+        print(f"  {'raw pyzmq PUB/SUB, same frames':<44} {t['raw_pyzmq_rps']:>14,.0f} rec/s (median; "
+              f"runs {', '.join(f'{r / 1e6:.0f}' for r in t['raw_pyzmq_rps_runs'])} M)")
+        print(f"  {'flow control: producer batches held by a':<44} {t['flow_holds']:>14,}"
+              f" (b asked {t['flow_requests']:,} times)")
         print(f"  {'share of raw (target >= 0.25)':<44} {t['share_of_raw']:>14.2f}")
     if "latency" in results:
         t = results["latency"]
@@ -516,6 +528,8 @@ def main() -> int:
     parser.add_argument("--frame", type=int, default=10_000, help="records per frame (c)")
     parser.add_argument("--reps", type=int, default=50,
                         help="times (c) sends the entities again for the steady-state rate")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="times (c) measures the steady rate and raw pyzmq (medians compared)")
     parser.add_argument("--samples", type=int, default=300, help="latency samples (d)")
     parser.add_argument("--py-blocks", type=int, default=20,
                         help="blocks the pure-Python baseline measures (then scaled)")

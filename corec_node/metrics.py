@@ -14,6 +14,9 @@ rather than reporting a made-up zero)::
         "elections": 2,                            # elections this node started (candidacies)
         "entities": 1_000_000,                     # entities held by this node
         "blocks": 1000,
+        "ingest_queue_bytes": 0,                   # entity batch bytes waiting to be stored
+        "flow_requests": 0,                        # pauses this node asked of its peers (FLOW)
+        "flow_holds": 0,                           # producer batches held for a peer's pause
         "messages": {"in": {"mbr": 10, "dir": 40}, "out": {...}},       # by direction, topic
         "message_bytes": {"in": {"mbr": 1200}, "out": {...}},           # same keys, bytes
         "rejected": {"cluster": 2, "decode": 1},   # rejected frames by reason
@@ -140,6 +143,12 @@ class SnapshotCollector:
         yield _scalar(CounterMetricFamily, "corec_elections", "Elections this node started as a candidate.", s.get("elections"))
         yield _scalar(GaugeMetricFamily, "corec_entities", "Entities held by this node.", s.get("entities"))
         yield _scalar(GaugeMetricFamily, "corec_blocks", "Entity blocks held by this node.", s.get("blocks"))
+        yield _scalar(GaugeMetricFamily, "corec_ingest_queue_bytes", "Entity batch bytes waiting to be stored.",
+                      s.get("ingest_queue_bytes"))
+        yield _scalar(CounterMetricFamily, "corec_flow_requests", "Pauses of the stream this node asked of its peers.",
+                      s.get("flow_requests"))
+        yield _scalar(CounterMetricFamily, "corec_flow_holds", "Producer batches held for a peer's pause.",
+                      s.get("flow_holds"))
 
         for key, name, doc in (("messages", "corec_messages", "Mesh messages, by direction and topic."),
                                ("message_bytes", "corec_message_bytes", "Mesh message bytes on the wire, by direction and topic.")):

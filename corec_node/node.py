@@ -593,6 +593,9 @@ class Node:
             "tick": self.tick_time,
             "entities": self.engine.store.count(),
             "blocks": len(self.engine.store.block_ids()),
+            "ingest_queue_bytes": self._batches.bytes if self._batches is not None else 0,
+            "flow_requests": self.flow.requests,
+            "flow_holds": self.flow.holds,
             **({"sync_lag": self.syncer.status()["lag_seconds"], "outbox_rows": self.syncer.status()["outbox"]}
                if self.syncer is not None else {}),
         }

@@ -25,7 +25,8 @@ REQUIRED = [
     "corec_members", "corec_leader_term", "corec_elections_total", "corec_entities", "corec_blocks",
     "corec_messages_total", "corec_message_bytes_total", "corec_rejected_frames_total",
     "corec_tick_duration_seconds", "corec_sync_lag_seconds", "corec_outbox_rows",
-    "corec_plugin_faults_total", "corec_node_info",
+    "corec_plugin_faults_total", "corec_node_info", "corec_ingest_queue_bytes", "corec_flow_requests_total",
+    "corec_flow_holds_total",
 ]
 
 
@@ -42,6 +43,9 @@ def real_snapshot() -> dict:
         "elections": 2,
         "entities": 1_000_000,
         "blocks": 1000,
+        "ingest_queue_bytes": 3 << 20,
+        "flow_requests": 5,
+        "flow_holds": 40,
         "messages": {"in": messages_in, "out": messages_out},
         "message_bytes": {"in": {t: n * 150 for t, n in messages_in.items()}, "out": {t: n * 140 for t, n in messages_out.items()}},
         "rejected": collections.Counter({"cluster": 7, "envelope": 2}),
@@ -78,6 +82,9 @@ def test_exposition_has_every_metric_with_its_value():
     assert sample(s, "corec_elections_total") == 2
     assert sample(s, "corec_entities") == 1_000_000
     assert sample(s, "corec_blocks") == 1000
+    assert sample(s, "corec_ingest_queue_bytes") == 3 << 20
+    assert sample(s, "corec_flow_requests_total") == 5
+    assert sample(s, "corec_flow_holds_total") == 40
     assert sample(s, "corec_messages_total", direction="in", topic="mbr") == 120
     assert sample(s, "corec_messages_total", direction="in", topic="ent.007") == 5
     assert sample(s, "corec_messages_total", direction="out", topic="dir") == 310

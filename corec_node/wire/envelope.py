@@ -338,7 +338,7 @@ class _Array(_Kind):
 
 
 class _Row(_Kind):
-    """Placeholder (Aggregates.rows): a flat map of column name -> nil/bool/int/float/str."""
+    """A row of Aggregates.rows or FusionPlan.fusions: a flat map of key -> nil/bool/int/float/str."""
 
     __slots__ = ()
     spec = "row map"
@@ -418,8 +418,8 @@ SCHEMAS: dict[MsgType, Schema] = {
             MsgType.ENTITY_BATCH, EntityBatch, payload=True,
             channel=_U8, count=_COUNT, compressed=_BOOL,
         ),
-        _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),  # placeholder
-        _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),  # placeholder
+        _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),
+        _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),
         _schema(MsgType.FUSION_PLAN, FusionPlan, term=_U64, fusions=_ROWS),
         _schema(MsgType.FLOW, Flow, hold_ms=_U64),
     )

@@ -36,11 +36,11 @@ MAX_TEXT_BYTES = 4096
 """Free text (Alert.text): a readable message, not a log dump."""
 
 MAX_ROWS_PER_MESSAGE = 10_000
-"""Aggregates rows (placeholder): one row a block; 10,000 blocks of ~1000 entities is ten
+"""Aggregates rows in one message: one row a block; 10,000 blocks of ~1000 entities is ten
 million entities, more than one node owns."""
 
 MAX_ROW_KEYS = 64
-"""Columns in one aggregates row (placeholder): count, mean, min, max, ... with room."""
+"""Keys in one aggregates row: SPEC 9.2 defines 12 (block, count, mean, ...); room to add."""
 
 # -- msgpack unpacker limits ----------------------------------------------------------
 # They bound what one container or string in an envelope may declare, so that a tiny

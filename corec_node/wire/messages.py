@@ -142,7 +142,7 @@ class Heartbeat:
     placement: str = ""
 
 
-# -- engine (fields defined by the engine issue; placeholders for now) ----------------
+# -- engine (SPEC section 9) -------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +156,8 @@ class EntityBatch:
 
 @dataclass(frozen=True, slots=True)
 class Aggregates:
-    """Placeholder: block aggregates, defined by the engine issue."""
+    """An owner's block aggregates after its tick ``tick`` (topic ``agg``): one row map per
+    block, with the keys of SPEC 9.2."""
 
     tick: int
     rows: tuple = field(default_factory=tuple)
@@ -164,7 +165,7 @@ class Aggregates:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """Placeholder: an alert, defined by the plugin issue."""
+    """An alert a node raised (topic ``alr``): its ``kind`` and readable ``text``."""
 
     kind: str
     text: str

@@ -251,7 +251,7 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      _B_ZSTD[0], _hdr("producer-1", 0), _B_ZSTD[1]),
     ("entity_batch_empty", "no records: an empty payload frame",
      _B_EMPTY[0], _hdr("producer-1", 1), _B_EMPTY[1]),
-    ("aggregates", "PLACEHOLDER layout: rows are flat maps",
+    ("aggregates", "rows are flat maps: the wire checks their form, SPEC 9.2 names their keys",
      Aggregates(tick=12, rows=(_ROW,)), _hdr("node-a", 5), None),
     ("fusion_plan", "the nucleus of term 9 fuses block 7:3 into 7:1",
      FusionPlan(term=9, fusions=({"weak": (7 << 32) | 3, "strong": (7 << 32) | 1, "channel": 7,
@@ -260,7 +260,7 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      Flow(hold_ms=100), _hdr("node-b", 3), None),
     ("flow_release", "ingest flow control: the pause is over (since 1.2)",
      Flow(hold_ms=0), _hdr("node-b", 4), None),
-    ("alert", "PLACEHOLDER layout",
+    ("alert", "an alert with a two-line text",
      Alert(kind="threshold", text="channel 7 mean 98.5 > 90\nblock 3"), _hdr("node-b", 6), None),
 ]
 

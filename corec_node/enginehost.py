@@ -166,9 +166,6 @@ class EngineHost:
         ids = ids.astype(np.uint32)  # native order: the comparison below runs on one copy
         if not (ids[1:] > ids[:-1]).all():  # strictly increasing and m - 1 apart: consecutive
             return None
-        values = records["value"].astype(np.float32)  # native and contiguous: checked and copied fast
-        if not np.isfinite(values).all():
-            return None
         bs = self.block_size
         b0, b1 = first // bs, (first + m - 1) // bs
         prefix = channel << CHANNEL_SHIFT
@@ -181,9 +178,14 @@ class EngineHost:
                 runs[-1][1] = stop
             else:
                 runs.append([start, stop])
+        if not runs:
+            return IngestResult(0, 0, 0, 0, 0)
         key0 = (channel << CHANNEL_SHIFT) | first
         located = [(self.store.run_position(key0 + a, b - a), a, b) for a, b in runs]
         if any(pos < 0 for pos, _, _ in located):
+            return None
+        values = records["value"].astype(np.float32)  # native and contiguous: checked and copied fast
+        if not np.isfinite(values).all():
             return None
         active = records["active"]
         for pos, a, b in located:

@@ -323,3 +323,25 @@ def test_stable_order_of_sorted_runs(runs, repeat):
         parts += parts[:1]
     keys = np.concatenate(parts)
     assert np.array_equal(store_mod._stable_order(keys), np.argsort(keys, kind="stable"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    held=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3_000), st.integers(1, 700)), min_size=1, max_size=5),
+    queries=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4_000), st.integers(1, 900)), min_size=1, max_size=8),
+)
+def test_run_position_finds_exactly_the_runs_held_whole(held, queries):
+    # the position of m consecutive keys, or -1 when one of them is missing; asked while
+    # the key set changes (binary search) and once it is stable (the block index)
+    store = EntityStore(block_size=100)
+    for ch, first, n in held:
+        recs = np.zeros(n, ENTITY_DTYPE)
+        recs["channel"], recs["id"], recs["value"], recs["active"] = ch, np.arange(first, first + n), 1.0, 1
+        store.put_records(recs)
+    keys = store.keys.tolist()
+    where = {k: i for i, k in enumerate(keys)}
+    for _ in range(2):  # the first pass finds the key set new, the second uses the index
+        for ch, first, m in queries:
+            k0 = (ch << 32) | first
+            want = where[k0] if all((k0 + j) in where for j in range(m)) else -1
+            assert store.run_position(k0, m) == want

@@ -159,7 +159,8 @@ class EntityStore:
 
     __slots__ = (
         "block_size", "fusions", "_n", "_key", "_value", "_active", "_streak",
-        "_bkeys", "_bstart", "_berr", "_layout", "_layout_key", "_version",
+        "_bkeys", "_bstart", "_berr", "_layout", "_layout_key", "_version", "_index", "_index_version",
+        "_index_asked",
     )
 
     def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, capacity: int = 0) -> None:
@@ -177,6 +178,9 @@ class EntityStore:
         self._layout: Layout | None = None
         self._layout_key: tuple[int, int] = (-1, -1)
         self._version = 0
+        self._index: dict[int, int] = {}
+        self._index_version = -1
+        self._index_asked = -1
 
     # -- reading ----------------------------------------------------------------------
 
@@ -357,16 +361,40 @@ class EntityStore:
 
     def run_position(self, first_key: int, m: int) -> int:
         """Column position of the ``m`` consecutive keys ``first_key ..`` when all are held,
-        else -1. O(log n): held keys are sorted and unique, so the first and the last found
-        m - 1 positions apart means every key between them is held, in order."""
+        else -1. Held keys are sorted and unique, so the first and the last found m - 1
+        positions apart means every key between them is held, in order. The first is looked
+        for where it sits when its block is held whole from its start (a dict lookup and
+        two reads), else by binary search."""
         n = self._n
         if m <= 0 or n < m:
             return -1
-        first = np.uint64(first_key)  # a Python int would cast the column to float64
-        pos = int(np.searchsorted(self._key[:n], first))
-        if pos + m > n or self._key[pos] != first or int(self._key[pos + m - 1]) != first_key + m - 1:
+        key = self._key
+        pos = -1
+        index = self._block_index()
+        if index is not None:
+            i = index.get((first_key >> CHANNEL_SHIFT << CHANNEL_SHIFT) | (first_key & ID_MASK) // self.block_size)
+            if i is None:
+                return -1
+            start = int(self._bstart[i])
+            pos = start + first_key - int(key[start])
+        if not (0 <= pos < n and int(key[pos]) == first_key):
+            pos = int(np.searchsorted(key[:n], np.uint64(first_key)))  # np.uint64: no float64 cast
+            if pos >= n or int(key[pos]) != first_key:
+                return -1
+        if pos + m > n or int(key[pos + m - 1]) != first_key + m - 1:
             return -1
         return pos
+
+    def _block_index(self) -> dict[int, int] | None:
+        """Raw block id -> index into the block table; None while the key set keeps changing
+        (a first load), where rebuilding it, O(blocks), on every call would not pay."""
+        if self._index_version != self._version:
+            if self._index_asked != self._version:
+                self._index_asked = self._version
+                return None
+            self._index = dict(zip(self._bkeys.tolist(), range(len(self._bkeys)), strict=True))
+            self._index_version = self._version
+        return self._index
 
     def update_run(self, pos: int, values: np.ndarray, active: np.ndarray) -> None:
         """Ingest rule 1 for the entities at positions ``pos ..`` (from ``run_position``):

@@ -21,7 +21,7 @@ from __future__ import annotations
 HOLD_MS = 100  # one request's pause; refreshed while the backlog stays deep
 REFRESH = 0.02  # seconds between two requests while the backlog stays deep
 MAX_HOLD_MS = 1000  # a longer request is taken as this (SPEC 9.3)
-MAX_WAIT = 0.05  # seconds a producer batch is held at most (member messages share its socket)
+MAX_WAIT = 0.02  # seconds a producer batch is held at most: member probes share its socket (probe timeout 0.1 s on lan)
 
 
 class FlowControl:

@@ -19,6 +19,7 @@ from typing import Any
 
 ENV_PREFIX = "COREC_"
 PROFILES = ("lan", "edge", "test")
+MAX_MESSAGE_BYTES = 16 << 20  # wire.limits.MAX_PAYLOAD_BYTES (not imported: config stays light to load)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -314,8 +315,9 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("node.log_level", f"one of {', '.join(LOG_LEVELS)}", config.node.log_level)
     if not config.mesh.pub_listen and config.listen[1] >= 65535:
         raise fail("node.listen", "a port below 65535 (the PUB port is the next one)", config.node.listen)
-    if config.mesh.max_message_bytes < 64 * 1024:
-        raise fail("mesh.max_message_bytes", "at least 65536", config.mesh.max_message_bytes)
+    if not 64 * 1024 <= config.mesh.max_message_bytes <= MAX_MESSAGE_BYTES:
+        raise fail("mesh.max_message_bytes", f"65536 to {MAX_MESSAGE_BYTES} (the protocol's payload limit)",
+                   config.mesh.max_message_bytes)
     if not config.node.cluster or len(config.node.cluster.encode()) > 64:
         raise fail("node.cluster", "a non-empty label of at most 64 bytes", config.node.cluster)
     if config.engine.tick_interval <= 0:

@@ -148,7 +148,8 @@ class EngineHost:
         entity of the blocks this node owns already held, the owned part is written as slice
         copies (one per run of owned blocks), in O(blocks + records) with no key column, sort
         or per-record placement. Returns None, changing nothing, when the batch is anything
-        else (the caller then uses ``ingest``); the result counts the records kept here.
+        else (the caller then uses ``ingest``). The result, like ``ingest``'s, is about the
+        records this node keeps (``records`` = those of its blocks).
         ``channel``: every record is known to be of it (a decoded wire batch, whose channel
         decode_batch checked), so it is not checked again."""
         m = len(records)

@@ -3,10 +3,11 @@
 Entity batches go through it to their own worker task, so probes, gossip and heartbeats
 never wait behind a backlog of data on the same socket. Two bounds, each on purpose:
 
-- A batch on the direct socket (a producer's, or a handoff) waits while ``wait_bytes`` are
-  queued: its receive loop pauses, ZeroMQ holds what follows and the producer's send
-  blocks, so nothing is lost; the ROUTER's fair queueing still lets each member's probes
-  through between two batches.
+- A batch on the direct socket (a producer's, or a handoff) waits while ``wait_bytes`` of
+  direct batches, or ``limit_bytes`` in all, are queued: its receive loop pauses, ZeroMQ
+  holds what follows and the producer's send blocks, so nothing is lost. Each wait ends
+  with the worker's next take, so member probes on the same socket are not held long (a
+  stream backlog alone never stops the direct socket before the whole limit).
 - A batch from the PUB stream cannot make its publisher wait. It is queued up to
   ``limit_bytes`` and dropped past it (the caller counts it). A stream batch was already
   received into memory when it is offered, so this bound is a safety net against a
@@ -34,6 +35,7 @@ class IngestQueue:
         self.limit_bytes = limit_bytes
         self.wait_bytes = wait_bytes
         self.bytes = 0  # payload bytes queued
+        self.direct_bytes = 0  # of which direct batches
         self._items: asyncio.Queue[Item] = asyncio.Queue()  # unbounded: the byte bounds are the limits
         self._room = asyncio.Event()
         self._room.set()
@@ -50,17 +52,20 @@ class IngestQueue:
 
     def put_now(self, item: Item) -> bool:
         """Queue a direct batch if it need not wait (True), else do nothing (False)."""
-        if self.bytes >= self.wait_bytes:
+        if self._full():
             return False
         self._add(item)
         return True
 
     async def put(self, item: Item) -> None:
-        """Queue a direct batch once fewer than ``wait_bytes`` are queued."""
-        while self.bytes >= self.wait_bytes:
+        """Queue a direct batch once it need not wait."""
+        while self._full():
             self._room.clear()
             await self._room.wait()
         self._add(item)
+
+    def _full(self) -> bool:
+        return self.direct_bytes >= self.wait_bytes or self.bytes >= self.limit_bytes
 
     async def take(self, max_records: int) -> list[Item]:
         """Wait for a batch, then take it and what follows it, up to ``max_records`` records."""
@@ -69,11 +74,18 @@ class IngestQueue:
         while records < max_records and not self._items.empty():
             items.append(self._items.get_nowait())
             records += items[-1][0].msg.count
-        self.bytes -= sum(payload_bytes(item) for item in items)
-        if self.bytes < self.wait_bytes:
+        for item in items:
+            size = payload_bytes(item)
+            self.bytes -= size
+            if item[2] == "direct":
+                self.direct_bytes -= size
+        if not self._full():
             self._room.set()
         return items
 
     def _add(self, item: Item) -> None:
-        self.bytes += payload_bytes(item)
+        size = payload_bytes(item)
+        self.bytes += size
+        if item[2] == "direct":
+            self.direct_bytes += size
         self._items.put_nowait(item)

@@ -32,6 +32,7 @@ from corec_node.discovery import Discovery
 from corec_node.engine import Fusion
 from corec_node.engine.audit import Auditor
 from corec_node.enginehost import EngineHost
+from corec_node.ingestqueue import IngestQueue, payload_bytes
 from corec_node.mesh.effects import (
     Broadcast,
     Effect,
@@ -42,7 +43,6 @@ from corec_node.mesh.effects import (
     PersistVote,
     Send,
 )
-from corec_node.ingestqueue import IngestQueue, payload_bytes
 from corec_node.mesh.election import Election, ElectionConfig
 from corec_node.mesh.flow import MAX_WAIT, FlowControl
 from corec_node.mesh.membership import Membership, MembershipConfig
@@ -613,13 +613,13 @@ class Node:
         item = (env, payload, where)
         if where == "direct":
             if not self._is_handoff(env):
-                if self.flow.held_until(self.now()) is not None:
+                if self.flow.may_hold(self.now()):
                     return self._admit(item)
                 self._republish(env, payload)
                 self._burst += payload_bytes(item)
-                if self._burst >= REPUBLISH_BURST and queue.put_now(item):
-                    self._burst = 0
-                    return asyncio.sleep(0)  # let a member's FLOW in before republishing more
+                if self._burst >= REPUBLISH_BURST:
+                    self._burst = 0  # let a member's FLOW in before republishing more
+                    return asyncio.sleep(0) if queue.put_now(item) else queue.put(item)
             return None if queue.put_now(item) else queue.put(item)
         if not queue.offer(item):  # we cannot keep up: shed stream data, never the control plane
             self.ingest_dropped += 1
@@ -639,7 +639,8 @@ class Node:
         start = self.now()
         while (until := self.flow.held_until(now := self.now())) is not None and now - start < MAX_WAIT:
             await asyncio.sleep(min(until - now, start + MAX_WAIT - now, 0.002))  # a release ends it early
-        self.flow.held(self.now() - start)
+        now = self.now()
+        self.flow.held(now - start, now)
         env, payload, _ = item
         self._republish(env, payload)
         await self._ingest_queue().put(item)
@@ -661,7 +662,7 @@ class Node:
             except Exception:  # a bug on one batch must not stop ingest
                 logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
             stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
-            self._ask_flow(self.flow.stream_taken(stream, self.now()))
+            self._ask_flow(self.flow.stream_taken(stream, self.now()))  # publish never raises
             await asyncio.sleep(0)  # timers and control messages go between two takes
 
     def _ingest_items(self, items: list[tuple[Any, Any, str]]) -> None:
@@ -695,8 +696,12 @@ class Node:
     def _republish(self, env: Any, payload: Any) -> None:
         """A producer's batch: publish it for every owner and subscriber of its channel."""
         topic = topic_for(env.msg)
-        frames = encode_message(env.msg, sender=self.name, seq=self.counters.next(topic),
-                                cluster=self.cluster, payload=payload)
+        try:
+            frames = encode_message(env.msg, sender=self.name, seq=self.counters.next(topic),
+                                    cluster=self.cluster, payload=payload)
+        except ValueError as exc:  # accepted here but not sendable (over the wire's payload limit)
+            self._reject("republish", WireError("too_large", str(exc)))
+            return
         self.transport.publish(frames)
         self._count_out(topic, frames)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from corec_node.config import join_addr, split_addr
+from corec_node.log import LOGGER_NAME
 from corec_node.security import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
 
 Handler = Callable[[list[bytes]], Awaitable[None] | None]
@@ -174,6 +176,9 @@ class Transport:
         except zmq.Again:
             self.dropped["pub_queue_full"] += 1
             return
+        except (zmq.ZMQError, ValueError, TypeError):  # never raises into its caller's loop
+            self.dropped["pub_error"] += 1
+            return
         self.sent += 1
 
     def start(self, on_direct: Handler, on_broadcast: Handler) -> None:
@@ -214,9 +219,15 @@ class Transport:
                 continue
             if strip_identity:
                 frames = frames[1:]
-            result = handler(frames)
-            if result is not None:
-                await result
+            try:
+                result = handler(frames)
+                if result is not None:
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug on one message must not stop this socket's loop
+                self.dropped["handler_error"] += 1
+                logging.getLogger(LOGGER_NAME).exception("receive_handler_failed")
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -56,6 +56,7 @@ def test_precedence_file_env_flags(tmp_path):
         ('[engine]\ntick_interval = "fast"\n', "engine.tick_interval", "a number"),
         ('[engine]\nblock_size = true\n', "engine.block_size", "an integer"),
         ('[engine]\ningest_queue_mb = 0\n', "engine.ingest_queue_mb", "MiB"),
+        ('[mesh]\nmax_message_bytes = 33554432\n', "mesh.max_message_bytes", "payload limit"),
         ('[security]\nenabled = "yes"\n', "security.enabled", "true or false"),
         ('[security]\nenabled = true\n', "security.secret_key_file", "key file"),
         ("[node\n", "(file)", "valid TOML"),
@@ -86,3 +87,10 @@ def test_missing_file(tmp_path):
 def test_plugin_tables_are_kept_for_plugins(tmp_path):
     path = write(tmp_path, '[plugin.alerts]\nthreshold = 3.5\n')
     assert load_config(path, env={}).plugin["alerts"]["threshold"] == 3.5
+
+
+def test_message_limit_is_the_protocols():
+    from corec_node.config import MAX_MESSAGE_BYTES
+    from corec_node.wire.limits import MAX_PAYLOAD_BYTES
+
+    assert MAX_MESSAGE_BYTES == MAX_PAYLOAD_BYTES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corec_node.mesh.flow import HOLD_MS, MAX_HOLD_MS, REFRESH, FlowControl
+from corec_node.mesh.flow import HOLD_MS, MAX_HOLD_MS, MAX_WAIT, REFRESH, FlowControl
 
 
 def test_a_deep_backlog_asks_refreshes_and_releases_once():
@@ -40,3 +40,25 @@ def test_taking_more_than_queued_never_goes_negative():
     assert flow.backlog == 0
     with pytest.raises(ValueError):
         FlowControl(high=4, low=4)
+
+
+def test_holds_stop_the_socket_at_most_half_the_time():
+    # however many producer batches arrive, after a hold of d seconds none is held for d
+    flow = FlowControl(high=8, low=4)
+    assert not flow.may_hold(0.0)  # nobody asked
+    flow.peer_flow("b", 1000, 0.0)
+    assert flow.may_hold(0.0)
+    flow.held(MAX_WAIT, MAX_WAIT)  # one batch waited the longest a batch waits
+    assert not flow.may_hold(MAX_WAIT)  # the next ones pass: member probes get through
+    assert not flow.may_hold(1.5 * MAX_WAIT)
+    assert flow.may_hold(2 * MAX_WAIT)  # the pause still lasts: holding resumes
+    assert flow.holds == 1 and flow.held_seconds == pytest.approx(MAX_WAIT)
+
+
+def test_the_pause_is_renewed_until_the_backlog_is_down_to_low():
+    flow = FlowControl(high=800, low=400)
+    assert flow.stream_queued(800, 0.0) == HOLD_MS
+    assert flow.stream_taken(300, 0.5 * REFRESH) is None  # 500: between low and high
+    assert flow.stream_taken(0, 2 * REFRESH) == HOLD_MS  # still above low: renewed
+    assert flow.stream_taken(100, 3 * REFRESH) == 0  # down to low: released
+    assert flow.stream_queued(300, 4 * REFRESH) is None  # 700: under high, not asking again

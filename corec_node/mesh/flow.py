@@ -14,6 +14,10 @@ Two sides in one object, since every node is both:
 - *Holds* (republishing). ``peer_flow`` records what a member asked; ``held_until`` says
   until when producer batches should wait (None: not now). A pause lasts at most
   MAX_HOLD_MS after it was received, so a member that died asking holds nothing for long.
+  Holding a batch stops the socket it came on, which member probes share, so ``may_hold``
+  allows one hold of at most MAX_WAIT at a time and, after a hold of d seconds, none for
+  the next d: the socket is never stopped longer than MAX_WAIT nor more than half the time,
+  however many producers are waiting.
 """
 
 from __future__ import annotations
@@ -37,29 +41,31 @@ class FlowControl:
         self.requests = 0  # pauses asked (first requests and refreshes)
         self.holds = 0  # producer batches this node held
         self.held_seconds = 0.0  # time they waited, summed
+        self._next_hold = float("-inf")  # no hold before this (duty cycle, see the docstring)
 
     # -- receiving side -------------------------------------------------------------
 
     def stream_queued(self, nbytes: int, now: float) -> int | None:
         self.backlog += nbytes
-        if self.backlog >= self.high and (not self.asking or now - self._asked_at >= REFRESH):
-            self.asking, self._asked_at = True, now
-            self.requests += 1
-            return HOLD_MS
-        return None
+        return self._ask(now)
 
     def stream_taken(self, nbytes: int, now: float) -> int | None:
         self.backlog = max(0, self.backlog - nbytes)
-        if not self.asking:
-            return None
-        if self.backlog <= self.low:
+        if self.asking and self.backlog <= self.low:
             self.asking = False
             return 0
-        if self.backlog >= self.high and now - self._asked_at >= REFRESH:
-            self._asked_at = now
-            self.requests += 1
-            return HOLD_MS
-        return None
+        return self._ask(now)
+
+    def _ask(self, now: float) -> int | None:
+        if self.asking:
+            due = self.backlog > self.low and now - self._asked_at >= REFRESH
+        else:
+            due = self.backlog >= self.high
+        if not due:
+            return None
+        self.asking, self._asked_at = True, now
+        self.requests += 1
+        return HOLD_MS
 
     # -- republishing side ----------------------------------------------------------
 
@@ -77,10 +83,15 @@ class FlowControl:
             del self._until[sender]
         return max(self._until.values(), default=None)
 
-    def held(self, seconds: float) -> None:
-        """A producer batch waited ``seconds`` for a pause (the shell's count)."""
+    def may_hold(self, now: float) -> bool:
+        """Should a producer batch arriving now wait for a pause?"""
+        return now >= self._next_hold and self.held_until(now) is not None
+
+    def held(self, seconds: float, now: float) -> None:
+        """A producer batch waited ``seconds``, until ``now``, for a pause."""
         self.holds += 1
         self.held_seconds += seconds
+        self._next_hold = now + seconds
 
     def status(self) -> dict[str, float | int | bool]:
         return {"backlog": self.backlog, "asking": self.asking, "requests": self.requests,

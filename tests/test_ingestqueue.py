@@ -1,0 +1,40 @@
+"""The ingest queue's two bounds (ingestqueue.py), on a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from corec_node.ingestqueue import IngestQueue
+
+
+def batch(where: str, size: int, count: int = 10) -> tuple:
+    env = SimpleNamespace(msg=SimpleNamespace(count=count))
+    return (env, bytes(size), where)
+
+
+async def test_stream_batches_past_the_limit_are_refused_and_direct_ones_wait():
+    q = IngestQueue(limit_bytes=1000, wait_bytes=400)
+    assert all(q.offer(batch("broadcast", 100)) for _ in range(5))  # 500 of stream: over wait_bytes
+    assert q.put_now(batch("direct", 100))  # a stream backlog alone does not stop the direct socket
+    assert q.put_now(batch("direct", 300))  # 400 of direct now
+    assert not q.put_now(batch("direct", 1))
+    waiting = asyncio.ensure_future(q.put(batch("direct", 50)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert q.offer(batch("broadcast", 100))  # 1000 in all
+    assert not q.offer(batch("broadcast", 1))  # past the limit: the caller drops and counts it
+    taken = await q.take(max_records=70)  # the stream batches (7 x 10 records)
+    assert [w for _, _, w in taken] == ["broadcast"] * 5 + ["direct"] * 2
+    await asyncio.wait_for(waiting, 1)  # direct bytes went down: the waiting batch is in
+    assert (q.bytes, q.direct_bytes) == (150, 50)
+    rest = await q.take(max_records=1000)
+    assert [w for _, _, w in rest] == ["broadcast", "direct"]
+    assert (q.bytes, q.direct_bytes, q.qsize()) == (0, 0, 0)
+
+
+def test_bounds_are_checked():
+    with pytest.raises(ValueError):
+        IngestQueue(limit_bytes=100, wait_bytes=200)

@@ -15,9 +15,9 @@ Two sides in one object, since every node is both:
   until when producer batches should wait (None: not now). A pause lasts at most
   MAX_HOLD_MS after it was received, so a member that died asking holds nothing for long.
   Holding a batch stops the socket it came on, which member probes share, so ``may_hold``
-  allows one hold of at most MAX_WAIT at a time and, after a hold of d seconds, none for
-  the next d: the socket is never stopped longer than MAX_WAIT nor more than half the time,
-  however many producers are waiting.
+  allows one hold of at most MAX_WAIT at a time and none for HOLD_GAP after it: the socket
+  is never stopped longer than MAX_WAIT, and between two stops it reads every peer's next
+  message (the ROUTER takes one from each in turn), however many producers are waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ HOLD_MS = 100  # one request's pause; refreshed while the backlog stays deep
 REFRESH = 0.02  # seconds between two requests while the backlog stays deep
 MAX_HOLD_MS = 1000  # a longer request is taken as this (SPEC 9.3)
 MAX_WAIT = 0.02  # seconds a producer batch is held at most: member probes share its socket (probe timeout 0.1 s on lan)
+HOLD_GAP = 0.005  # seconds after a hold with no hold: ample for one message from each peer
 
 
 class FlowControl:
@@ -91,7 +92,7 @@ class FlowControl:
         """A producer batch waited ``seconds``, until ``now``, for a pause."""
         self.holds += 1
         self.held_seconds += seconds
-        self._next_hold = now + seconds
+        self._next_hold = now + HOLD_GAP
 
     def status(self) -> dict[str, float | int | bool]:
         return {"backlog": self.backlog, "asking": self.asking, "requests": self.requests,

@@ -4,10 +4,12 @@ Measures, from the nodes' own structured logs:
 - failover: from SIGKILL of the leader to every survivor naming the same new leader,
   3 and 5 nodes, median and worst of --kills kills each;
 - false elections: term changes during a quiet run while a producer streams entities
-  (the load: ingest, ticks and Python's GC on the same 2 cores).
+  (the load: ingest, ticks and Python's GC on the same 2 cores), 1 M records every 0.1 s
+  or, with --full-speed, as fast as the cluster takes them (flow control holding the
+  producer); also member changes after the start (false suspicions) and dropped batches.
 
 Prints a table and one JSON line. Never passes or fails. Usage:
-    python bench/election.py [--kills 10] [--quiet-seconds 600]
+    python bench/election.py [--kills 10] [--quiet-seconds 600] [--full-speed]
 """
 
 from __future__ import annotations
@@ -79,7 +81,11 @@ def failover(size: int, kills: int) -> list[float]:
         cluster.close()
 
 
-def quiet(size: int, seconds: float) -> dict[str, float]:
+def member_changes(node) -> list[dict[str, str]]:
+    return [e for e in node.log_events() if e.get("event") == "member_changed"]
+
+
+def quiet(size: int, seconds: float, full_speed: bool = False) -> dict[str, float]:
     from corec_node.client import Client
     from corec_node.wire import ENTITY_DTYPE
 
@@ -97,10 +103,12 @@ def quiet(size: int, seconds: float) -> dict[str, float]:
             while not stop.is_set():
                 recs["value"] = rng.normal(20, 2, len(recs)).astype(np.float32)
                 sent[0] += c.send(recs)
-                time.sleep(0.1)
+                if not full_speed:
+                    time.sleep(0.1)
 
     try:
         leader, term = eventually(lambda: agreed(nodes), 30)
+        settled = {n.name: len(member_changes(n)) for n in nodes}
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
         time.sleep(seconds)
@@ -109,7 +117,10 @@ def quiet(size: int, seconds: float) -> dict[str, float]:
         terms = {n.ctl("leader")["term"] for n in nodes}
         changes = sum(1 for n in nodes for e in n.log_events() if e.get("event") == "leader_changed"
                       and int(e.get("term", 0)) > term)
+        status = [n.ctl("status") for n in nodes]
         return {"false_elections": max(terms) - term, "leader_change_events": changes,
+                "member_changes": sum(len(member_changes(n)) - settled[n.name] for n in nodes),
+                "ingest_dropped": sum(s["ingest_dropped"] for s in status),
                 "records_sent": sent[0], "records_per_s": sent[0] / seconds}
     finally:
         cluster.close()
@@ -119,15 +130,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--quiet-seconds", type=float, default=600.0)
+    parser.add_argument("--full-speed", action="store_true", help="stream as fast as the cluster takes it")
     args = parser.parse_args()
     runs = {n: failover(n, args.kills) for n in (3, 5)} if args.kills else {}
-    q = quiet(3, args.quiet_seconds)
+    q = quiet(3, args.quiet_seconds, args.full_speed)
     print(f"{'measure':<46}{'figure':>10}{'target':>10}{'baseline':>22}")
     for n, xs in runs.items():
         print(f"{f'failover, {n} nodes, median (s)':<46}{statistics.median(xs):>10.3f}{'< 1':>10}{f'etcd ~{ETCD_S}, Raft {RAFT_MEDIAN_S}':>22}")
         print(f"{f'failover, {n} nodes, worst (s)':<46}{max(xs):>10.3f}{'< 2':>10}{'':>22}")
     print(f"{f'false elections, {args.quiet_seconds:g} s under load':<46}{q['false_elections']:>10}{'0':>10}{'':>22}")
+    print(f"{'  member changes meanwhile (false suspicions)':<46}{q['member_changes']:>10}{'0':>10}{'':>22}")
     print(f"{'  load: records/s streamed meanwhile':<46}{q['records_per_s']:>10,.0f}")
+    print(f"{'  stream batches dropped':<46}{q['ingest_dropped']:>10}{'0':>10}{'':>22}")
     print(json.dumps({
         "bench": "election",
         "failover_s": {str(k): {"median": round(statistics.median(v), 4), "worst": round(max(v), 4),

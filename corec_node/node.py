@@ -6,6 +6,11 @@ Rules of the shell:
    before it is sent).
 3. Nothing a peer sends can raise out of a handler: bad frames are dropped and counted by
    reason, and a core's refusal is logged, never fatal.
+
+The shell is one class in three files, one concern each: this one (life, sockets in and
+out, membership and election effects, alerts, operations), ``nodeentities.py`` (the entity
+path: ingest, flow control, handoffs, ticks, fusions) and ``nodecommands.py`` (the
+control socket's commands).
 """
 
 from __future__ import annotations
@@ -22,17 +27,17 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-import numpy as np
 import zmq
 
 from corec_node import __version__, log
 from corec_node.config import Config
-from corec_node.control import CommandError, ControlServer
+from corec_node.control import ControlServer
 from corec_node.discovery import Discovery
-from corec_node.engine import Fusion
 from corec_node.engine.audit import Auditor
 from corec_node.enginehost import EngineHost
-from corec_node.ingestqueue import IngestQueue, payload_bytes
+from corec_node.ingestqueue import IngestQueue
+from corec_node.nodecommands import ControlCommands
+from corec_node.nodeentities import FLOW_HIGH_SHARE, FLOW_LOW_SHARE, EntityPath
 from corec_node.mesh.effects import (
     Broadcast,
     Effect,
@@ -44,7 +49,7 @@ from corec_node.mesh.effects import (
     Send,
 )
 from corec_node.mesh.election import Election, ElectionConfig
-from corec_node.mesh.flow import MAX_WAIT, FlowControl
+from corec_node.mesh.flow import FlowControl
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.notify import Notifier
@@ -58,13 +63,11 @@ from corec_node.wire import (
     SequenceCounter,
     SequenceTracker,
     WireError,
-    decode_batch,
     decode_message,
     encode_message,
-    make_batch,
     topic_for,
 )
-from corec_node.wire.messages import Aggregates, Alert, EntityBatch, Flow, FusionPlan, Heartbeat, MemberStatus, MsgType
+from corec_node.wire.messages import Alert, Heartbeat, MemberStatus, MsgType
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_ALERTS,
@@ -85,15 +88,7 @@ MEMBERSHIP_TYPES = frozenset({
     MsgType.GOSSIP, MsgType.STATE_PUSH, MsgType.STATE_REPLY,
 })
 ELECTION_TYPES = frozenset({MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT})
-HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
-FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
-# The ingest queue's bounds, as shares of engine.ingest_queue_mb (ingestqueue.py, mesh/flow.py):
-INGEST_WAIT_SHARE = 1 / 4  # a producer's batch waits while this much is queued
-FLOW_HIGH_SHARE = 1 / 16  # a stream backlog this deep asks the stream's sources to pause (SPEC 9.3)
-FLOW_LOW_SHARE = 1 / 64  # ... and this shallow ends the pause; past the whole, stream batches are dropped
-REPUBLISH_BURST = 1 << 20  # producer bytes republished between two looks at the members' FLOW messages
-COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 
 
@@ -101,7 +96,7 @@ def profile_configs(profile: str) -> tuple[MembershipConfig, ElectionConfig]:
     return getattr(MembershipConfig, profile)(), getattr(ElectionConfig, profile)()
 
 
-class Node:
+class Node(EntityPath, ControlCommands):
     """One CoreC node process. ``await Node(config).run()`` returns the exit code."""
 
     def __init__(self, config: Config) -> None:
@@ -600,243 +595,6 @@ class Node:
                if self.syncer is not None else {}),
         }
 
-    # -- entities -----------------------------------------------------------------------
-
-    def _queue_batch(self, env: Any, payload: Any, where: str) -> Awaitable[None] | None:
-        """Queue a batch for the ingest worker (bounds and waits: ingestqueue.py).
-
-        A producer's batch (direct socket, sender not a member) is republished on the PUB
-        stream as it arrives, unless a member asked for a pause (SPEC 9.3): then it waits at
-        the door, and the producer behind it. A stream batch that finds the queue over its
-        limit is dropped and counted; this node asks for pauses long before that."""
-        queue = self._ingest_queue()
-        item = (env, payload, where)
-        if where == "direct":
-            if not self._is_handoff(env):
-                if self.flow.may_hold(self.now()):
-                    return self._admit(item)
-                self._republish(env, payload)
-                self._burst += payload_bytes(item)
-                if self._burst >= REPUBLISH_BURST:
-                    self._burst = 0  # let a member's FLOW in before republishing more
-                    return asyncio.sleep(0) if queue.put_now(item) else queue.put(item)
-            return None if queue.put_now(item) else queue.put(item)
-        if not queue.offer(item):  # we cannot keep up: shed stream data, never the control plane
-            self.ingest_dropped += 1
-            self.rejected["ingest_overflow"] += 1
-            return None
-        self._ask_flow(self.flow.stream_queued(payload_bytes(item), self.now()))
-        return None
-
-    def _ingest_queue(self) -> IngestQueue:
-        if self._batches is None:
-            self._batches = IngestQueue(limit_bytes=self.ingest_limit, wait_bytes=int(self.ingest_limit * INGEST_WAIT_SHARE))
-        return self._batches
-
-    async def _admit(self, item: tuple[Any, Any, str]) -> None:
-        """A producer's batch during a member's pause: wait until the pause ends (MAX_WAIT
-        at most, so that member messages on the same socket are not held long), then go on."""
-        start = self.now()
-        while (until := self.flow.held_until(now := self.now())) is not None and now - start < MAX_WAIT:
-            await asyncio.sleep(min(until - now, start + MAX_WAIT - now, 0.002))  # a release ends it early
-        now = self.now()
-        self.flow.held(now - start, now)
-        env, payload, _ = item
-        self._republish(env, payload)
-        await self._ingest_queue().put(item)
-
-    def _ask_flow(self, hold_ms: int | None) -> None:
-        if hold_ms is not None:
-            frames = self._frames(Flow(hold_ms=hold_ms), TOPIC_FLOW)
-            self.transport.publish(frames)
-            self._count_out(TOPIC_FLOW, frames)
-
-    async def _ingest_worker(self) -> None:
-        """Ingest queued batches in arrival order. A backlog is taken in one go (up to
-        COALESCE_RECORDS records): one store call merges all its new keys at once."""
-        queue = self._ingest_queue()
-        while True:
-            items = await queue.take(COALESCE_RECORDS)
-            try:
-                self._ingest_items(items)
-            except Exception:  # a bug on one batch must not stop ingest
-                logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
-            stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
-            self._ask_flow(self.flow.stream_taken(stream, self.now()))  # publish never raises
-            await asyncio.sleep(0)  # timers and control messages go between two takes
-
-    def _ingest_items(self, items: list[tuple[Any, Any, str]]) -> None:
-        """A sweep of known entities is stored at once (``ingest_sweep``); other batches are
-        stored together, in one call, with every batch after them; a handoff is applied in its
-        place in the order (what came before it is stored first)."""
-        pending: list[np.ndarray] = []
-        for env, payload, where in items:
-            if where == "direct" and self._is_handoff(env):
-                self._store(pending)
-                self._handoff(env, payload)
-                continue
-            records = self._decode_batch(env.msg, payload, where)
-            if records is not None:
-                if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
-                    pending.append(records)
-                if self.plugins.wants(env.msg.channel):
-                    self.plugins.spawn(self.plugins.entities(self, env.msg.channel, records))
-        self._store(pending)
-
-    def _is_handoff(self, env: Any) -> bool:
-        assert self.membership is not None
-        return env.sender != self.name and self.membership.member(env.sender) is not None
-
-    def _handoff(self, env: Any, payload: Any) -> None:
-        """Block state handed over by a member."""
-        records = self._decode_batch(env.msg, payload, "direct")
-        if records is not None:
-            self.engine.receive_handoff(records)
-
-    def _republish(self, env: Any, payload: Any) -> None:
-        """A producer's batch: publish it for every owner and subscriber of its channel."""
-        topic = topic_for(env.msg)
-        try:
-            frames = encode_message(env.msg, sender=self.name, seq=self.counters.next(topic),
-                                    cluster=self.cluster, payload=payload)
-        except ValueError as exc:  # accepted here but not sendable (over the wire's payload limit)
-            self._reject("republish", WireError("too_large", str(exc)))
-            return
-        self.transport.publish(frames)
-        self._count_out(topic, frames)
-
-    def _decode_batch(self, header: EntityBatch, payload: Any, where: str) -> np.ndarray | None:
-        try:
-            records = decode_batch(header, payload)
-        except WireError as exc:
-            self._reject(where, exc)
-            return None
-        return records
-
-    def _store(self, pending: list[np.ndarray]) -> None:
-        """Ingest decoded batches in one store call (and empty the list)."""
-        if pending:
-            self.engine.ingest(pending[0] if len(pending) == 1 else np.concatenate(pending))
-            pending.clear()
-
-    def _engine_tick(self) -> None:
-        rows, repairs = self.engine.tick()
-        self.plugins.spawn(self.plugins.block_aggregates(self, self.engine.tick_no, rows))
-        if rows and not self._auditing:  # one audit at a time, in a worker thread
-            self._auditing = True
-            self._spawn("audit", self._audit_tick(rows, self.engine.tick_no))
-        if rows and self.local is not None:
-            self._spawn("block state", self.local.record_tick(rows, time.time()))
-        for chunk in self.engine.chunks(rows):
-            if chunk:
-                msg = Aggregates(tick=self.engine.tick_no, rows=tuple(chunk))
-                frames = self._frames(msg, TOPIC_AGGREGATES)
-                self.transport.publish(frames)
-                self._count_out(TOPIC_AGGREGATES, frames)
-        if self.leader == self.name and self.engine.tick_no % FUSION_EVERY == 0:
-            self._plan_fusions()
-        for record in repairs:
-            log.event("repair", kind=record.kind, block=record.block, channel=record.channel,
-                      entities=record.entities, reason=record.reason)
-            self.audit(record.kind, f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason,
-                       block=record.block, entities=record.entities)
-
-    def _plan_fusions(self) -> None:
-        """As nucleus: fuse weak blocks into strong ones of their channel, fenced by our term."""
-        plan = self.engine.plan(self.config.engine.min_fitness)
-        if not plan:
-            return
-        msg = FusionPlan(term=self.term, fusions=tuple(
-            {"weak": f.weak_block, "strong": f.strong_block, "channel": f.channel, "reason": f.reason} for f in plan))
-        frames = self._frames(msg, TOPIC_NUCLEUS)
-        self.transport.publish(frames)
-        self._count_out(TOPIC_NUCLEUS, frames)
-        self._apply_fusions(plan, self.term)
-
-    def _fusion_plan(self, sender: str, msg: FusionPlan) -> None:
-        """A plan from the nucleus: applied only if it comes from the leader of our term."""
-        if sender != self.leader or msg.term != self.term:
-            log.event("fusion_plan_refused", logging.WARNING, sender=sender, term=msg.term,
-                      leader=self.leader, our_term=self.term)
-            return
-        try:
-            plan = [Fusion(int(f["weak"]), int(f["strong"]), int(f["channel"]), str(f.get("reason", "")))
-                    for f in msg.fusions]
-        except (KeyError, TypeError, ValueError):
-            self.rejected["fusion_plan"] += 1
-            return
-        self._apply_fusions(plan, msg.term)
-
-    def _apply_fusions(self, plan: list[Fusion], term: int) -> None:
-        try:
-            records, handoffs = self.engine.apply_fusions(plan)
-        except ValueError as exc:  # e.g. a plan across channels: the nucleus's bug, not ours
-            log.event("fusion_failed", logging.WARNING, error=str(exc))
-            return
-        for record in records:
-            log.event("fusion", block=record.block, into=record.target, channel=record.channel,
-                      entities=record.entities, reason=record.reason, term=term)
-            if self.local is not None:
-                self._spawn("audit fusion", self.local.add_audit(
-                    "fusion", f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason, term=term,
-                    details={"into": record.target, "entities": record.entities}))
-        self._hand_off(handoffs)
-
-    def _placement_changed(self) -> None:
-        """Our live view changed (or the leader did): act on it now if we are the nucleus or
-        nobody confirms maps, else wait for the leader's digest (SPEC 9.1)."""
-        assert self.membership is not None
-        self.engine.observe_view(m.name for m in self.membership.members()
-                                 if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT))
-        if self._acts_on_own_view():
-            self._hand_off(self.engine.adopt_view())
-        elif self._leader_placement is not None:
-            self._confirm_placement()
-
-    def _acts_on_own_view(self) -> bool:
-        """True when we are the nucleus, know none, or ours does not confirm maps (1.0)."""
-        return self.leader is None or self.leader == self.name or self._leader_placement == ""
-
-    def _placement_confirmed(self) -> bool:
-        """Whether the map we act on is the one the nucleus confirmed (our own view when
-        nobody else confirms)."""
-        confirmed = self.engine.view_digest() if self._acts_on_own_view() else self._leader_placement
-        return self.engine.placement_digest() == confirmed
-
-    def _placement_heartbeat(self, sender: str, msg: Heartbeat) -> None:
-        """A heartbeat, after the election core saw it: from our leader, its digest."""
-        if sender != self.leader or msg.term != self.term or sender == self.name:
-            return
-        if msg.placement != self._leader_placement:
-            self._leader_placement = msg.placement
-            if msg.placement:
-                self._confirm_placement()
-            else:  # a leader that does not confirm maps: act on our own view
-                self._hand_off(self.engine.adopt_view())
-
-    def _confirm_placement(self) -> None:
-        handoffs = self.engine.confirm(self._leader_placement or "")
-        if handoffs is not None:
-            self._hand_off(handoffs)
-
-    def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
-        assert self.membership is not None
-        for owner, records in handoffs.items():
-            member = self.membership.member(owner)
-            if member is None:
-                continue
-            for start in range(0, len(records), HANDOFF_CHUNK):
-                chunk = records[start:start + HANDOFF_CHUNK]
-                channels = np.unique(chunk["channel"])
-                for channel in channels.tolist():
-                    header, payload = make_batch(chunk[chunk["channel"] == channel], channel)
-                    frames = encode_message(header, sender=self.name, seq=self.counters.next(TOPIC_DIRECT),
-                                            cluster=self.cluster, payload=payload)
-                    self.transport.send(member.addr, frames)
-            log.event("blocks_handed_off", to=owner, records=len(records), map_version=self.engine.placement.version)
-            self.audit("placement", owner, "membership changed: blocks handed to their new owner",
-                       records=len(records), map_version=self.engine.placement.version)
-
     # -- plugins and audit: the API hooks may call on ``node`` -----------------------------
 
     def raise_alert(self, kind: str, text: str, *, severity: str = "warning", **fields: Any) -> None:
@@ -898,121 +656,6 @@ class Node:
         self._discovered[addr] = now
         log.event("peer_discovered", name=name, addr=addr)
         self._apply(self.membership.join([addr], now))
-
-    # -- control commands -------------------------------------------------------------
-
-    def _commands(self) -> dict[str, Any]:
-        return {
-            "status": self._cmd_status,
-            "members": self._cmd_members,
-            "leader": self._cmd_leader,
-            "join": self._cmd_join,
-            "leave": self._cmd_leave,
-            "force-leave": self._cmd_force_leave,
-            "blocks": self._cmd_blocks,
-            "plugins": self._cmd_plugins,
-        }
-
-    def members_json(self) -> list[dict[str, Any]]:
-        assert self.membership is not None
-        return [
-            {"name": m.name, "addr": m.addr, "pub": m.pub, "status": m.status.label,
-             "incarnation": m.inc, "self": m.name == self.name}
-            for m in self.membership.members()
-        ]
-
-    async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
-        assert self.membership is not None
-        return {
-            "name": self.name,
-            "addr": self.addr,
-            "pub": self.pub_addr,
-            "cluster": self.cluster,
-            "version": __version__,
-            "uptime": round(time.time() - self.started_wall, 3),
-            "members": self.membership.counts(),
-            "leader": self.leader,
-            "term": self.term,
-            "awareness": self.membership.awareness,
-            "messages_in": sum(self.messages_in.values()),
-            "messages_out": sum(self.messages_out.values()),
-            "entities": self.engine.store.count(),
-            "blocks": len(self.engine.store.block_ids()),
-            "cluster_blocks": len(self.engine.cluster_rows()),
-            "entity_errors": self.engine.entity_errors,
-            "ingested": self.engine.ingested,
-            "ingest_dropped": self.ingest_dropped,
-            "ingest_queue": self._batches.qsize() if self._batches is not None else 0,
-            "ingest_queue_bytes": self._batches.bytes if self._batches is not None else 0,
-            "repairs": self.engine.repairs,
-            "fusions": self.engine.fusions,
-            "audit_fits": self.auditor.fits,
-            "flow": self.flow.status(),
-            "placement_version": self.engine.placement.version,
-            "placement_confirmed": self._placement_confirmed(),
-            "storage": self.storage_status(),
-            "rejected": dict(self.rejected),
-            "dropped": dict(self.transport.dropped),
-            "name_conflicts": [{"name": n, "addr": a} for a, n in self.conflicts.items()],
-        }
-
-    async def _cmd_plugins(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.plugins.info()
-
-    async def _cmd_blocks(self, req: dict[str, Any]) -> list[dict[str, Any]]:
-        channel = req.get("channel")
-        if channel is not None and not isinstance(channel, int):
-            raise CommandError("channel must be an integer")
-        return self.engine.cluster_rows(channel)
-
-    async def _cmd_members(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.members_json()
-
-    async def _cmd_leader(self, _req: dict[str, Any]) -> dict[str, Any]:
-        return {"leader": self.leader, "term": self.term}
-
-    async def _cmd_join(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.membership is not None
-        addrs = req.get("addrs")
-        timeout = float(req.get("wait", 5.0))
-        if not isinstance(addrs, list) or not addrs or not all(isinstance(a, str) for a in addrs):
-            raise CommandError("join needs at least one host:port")
-        self._joined_at = time.time()
-        self._apply(self.membership.join(addrs, self.now()))
-        deadline = self.now() + timeout
-        while True:
-            reached = {m.addr for m in self.membership.members() if m.status == MemberStatus.ALIVE}
-            missing = [a for a in addrs if a not in reached]
-            if not missing:
-                return {"joined": addrs, "members": len(self.membership.members())}
-            if self.now() >= deadline:
-                raise CommandError(f"no answer from {', '.join(missing)} within {timeout:g} s (still trying in the background)")
-            await asyncio.sleep(0.02)
-
-    async def _cmd_leave(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.membership is not None
-        self._apply(self.membership.leave(self.now()))
-        spread = float(req.get("spread", 1.0))
-
-        async def stop_later() -> None:
-            # keep ticking for a moment so the queued "left" gossip goes out and is retransmitted
-            await asyncio.sleep(spread)
-            self.request_stop(0)
-
-        asyncio.get_running_loop().create_task(stop_later())
-        return {"left": True, "name": self.name, "stopping_in": spread}
-
-    async def _cmd_force_leave(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.membership is not None
-        name = req.get("name")
-        if not isinstance(name, str):
-            raise CommandError("force-leave needs a member name")
-        try:
-            self._apply(self.membership.force_leave(name, self.now()))
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        return {"name": name, "status": "left"}
-
 
 def install_signal_handlers(node: Node) -> None:
     loop = asyncio.get_running_loop()

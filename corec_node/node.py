@@ -33,7 +33,7 @@ from corec_node import __version__, log
 from corec_node.config import Config
 from corec_node.control import ControlServer
 from corec_node.discovery import Discovery
-from corec_node.engine.audit import Auditor
+from corec_node.engine.audit import AlertGate, Auditor
 from corec_node.enginehost import EngineHost
 from corec_node.ingestqueue import IngestQueue
 from corec_node.nodecommands import ControlCommands
@@ -161,7 +161,10 @@ class Node(EntityPath, ControlCommands):
         self.control: ControlServer | None = None
         self._loop_thread: int | None = None
         self._plugin_stores: dict[str, asyncio.Future[Any]] = {}
-        self.auditor = Auditor()  # IsolationForest over this node's block rows (engine/audit.py)
+        # IsolationForest over this node's block rows (engine/audit.py); 0.1 % of healthy rows
+        # are flagged on a tick, and only a block flagged 3 audits in a row raises an alert
+        self.auditor = Auditor(contamination=0.001)
+        self.alert_gate = AlertGate(persist=3)
         self._auditing = False
         # loads, validates and configures every plugin now: a PluginError is a ConfigError (exit 2)
         self.plugins = PluginManager(config, on_alert=self._publish_alert).load()
@@ -637,10 +640,11 @@ class Node(EntityPath, ControlCommands):
             findings, records = await asyncio.to_thread(self.auditor.step, rows, tick)
         finally:
             self._auditing = False
-        for rec in records:
+        alerted = self.alert_gate.step(findings)  # a flag alone is chance; the same block again is not
+        for rec in [r for r in records if r.kind != "audit_flag"] + [f.record() for f in alerted]:
             log.event("audit", kind=rec.kind, subject=rec.subject, reason=rec.reason, tick=rec.tick)
             self.audit(rec.kind, rec.subject, rec.reason, tick=rec.tick, **rec.details)
-        for finding in findings:
+        for finding in alerted:
             alert = finding.alert()
             self.raise_alert(alert.pop("kind"), alert.pop("text"), **alert)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from corec_node.engine import EntityStore, aggregate, aggregate_rows
-from corec_node.engine.audit import FEATURES, AuditFinding, Auditor, AuditRecord, features
+from corec_node.engine.audit import FEATURES, AlertGate, AuditFinding, Auditor, AuditRecord, features
 from corec_node.wire import ENTITY_DTYPE
 
 BLOCKS_PER_CHANNEL = 300
@@ -148,3 +148,49 @@ def test_features_from_real_aggregates_dicts_and_array_agree():
 def test_bad_parameters(kw):
     with pytest.raises(ValueError):
         Auditor(**kw)
+
+
+def finding(block: int, tick: int, score: float = 0.5) -> AuditFinding:
+    return AuditFinding(block=block, channel=1, score=score, reason="r", tick=tick)
+
+
+def test_alert_gate_alerts_a_block_flagged_in_a_row_once_per_episode():
+    gate = AlertGate(persist=3)
+    assert gate.step([finding(1, 1), finding(2, 1)]) == []
+    assert gate.step([finding(1, 2)]) == []  # block 2's streak is broken
+    alerted = gate.step([finding(1, 3), finding(2, 3)])
+    assert [f.block for f in alerted] == [1]  # the third audit in a row
+    assert gate.step([finding(1, 4)]) == []  # the same episode: no second alert
+    for tick in (5, 6):
+        assert gate.step([]) == []
+    assert gate.step([finding(1, 7)]) == []  # 2 quiet audits: the episode goes on
+    for tick in (8, 9, 10):
+        gate.step([])  # 3 quiet audits: it is over
+    assert gate.step([finding(1, 11)]) == [] and gate.step([finding(1, 12)]) == []
+    assert [f.block for f in gate.step([finding(1, 13)])] == [1]  # a new episode, a new alert
+    weak = [gate.step([finding(3, tick, score=0.05)]) for tick in (14, 15, 16, 17)]
+    assert weak == [[]] * 4  # flagged every time, but too weakly to be more than chance
+    with pytest.raises(ValueError):
+        AlertGate(persist=0)
+
+
+def test_healthy_blocks_raise_no_alert_and_a_sick_one_raises_one():
+    # What a node does with the auditor: 30 audits of healthy rows through the gate raise
+    # nothing (the model flags a share of them on each tick, never the same block 3 times
+    # in a row), and a block that stays sick raises exactly one alert.
+    rng = np.random.default_rng(5)
+    auditor = Auditor(contamination=0.001, refit_every=10, random_state=0)
+    gate = AlertGate(persist=3)
+    flagged = alerts = 0
+    for tick in range(1, 31):
+        findings, _ = auditor.step(normal_rows(tick, rng), tick)
+        flagged += len(findings)
+        alerts += len(gate.step(findings))
+    assert alerts == 0, (alerts, flagged)
+    sick = []
+    for tick in range(31, 37):
+        rows = normal_rows(tick, rng)
+        rows[5]["mean"] *= 1.5  # channel 1, block 5: a shifted level, from now on
+        findings, _ = auditor.step(rows, tick)
+        sick += gate.step(findings)
+    assert [(f.channel, f.block & 0xFFFFFFFF, f.tick) for f in sick] == [(1, 5, 33)]

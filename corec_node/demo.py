@@ -1,14 +1,17 @@
 """``corec-node demo``: the whole product in a minute, on loopback.
 
 Starts three real node processes in a temporary directory, joins them, streams synthetic
-entities into them, prints a live summary, SIGKILLs the leader, shows the failover, and
-stops everything. Exit 0 when the cluster behaved as it should, 1 otherwise.
+entities into them (and keeps streaming), prints a live summary, SIGKILLs the leader,
+shows the failover and the dead leader's blocks rebuilt by the survivors, restarts it and
+shows its blocks handed back, and stops everything. Exit 0 when the cluster behaved as it
+should (one leader, every entity held exactly once at each step), 1 otherwise.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,31 +43,56 @@ def _summary(nodes: list[NodeProc], rate: float | None) -> str:
     return line
 
 
-def _stream(node: NodeProc, seconds: float, say: Callable[[str], None], nodes: list[NodeProc]) -> float:
-    """Send synthetic sensor readings for ``seconds``; returns the records/s achieved."""
-    from corec_node.client import Client
-    from corec_node.wire import ENTITY_DTYPE
+ENTITIES = 100_000
 
-    rng = np.random.default_rng(7)
-    records = np.zeros(100_000, dtype=ENTITY_DTYPE)
-    records["id"] = np.arange(100_000) % 50_000
-    records["channel"] = np.repeat(np.arange(2), 50_000)
-    records["active"] = 1
-    sent, started, last_print = 0, time.monotonic(), 0.0
-    with Client(node.addr) as client:
-        while (now := time.monotonic()) - started < seconds:
-            records["value"] = 20 + rng.normal(0, 1, len(records)).astype(np.float32)
-            sent += client.send(records)
-            if now - last_print >= 1.0:
-                last_print = now
-                say("  " + _summary(nodes, sent / max(now - started, 1e-9)))
-            time.sleep(0.05)
-    return sent / max(time.monotonic() - started, 1e-9)
+
+class _Producer:
+    """Streams synthetic sensor readings (every entity, 20 times a second) from a thread
+    until stopped; counts what it sent."""
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self.sent = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-producer", daemon=True)
+
+    def start(self) -> _Producer:
+        self._thread.start()
+        return self
+
+    def rate(self) -> float:
+        return self.sent / max(time.monotonic() - self.started, 1e-9)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from corec_node.client import Client
+        from corec_node.wire import ENTITY_DTYPE
+
+        rng = np.random.default_rng(7)
+        records = np.zeros(ENTITIES, dtype=ENTITY_DTYPE)
+        records["id"] = np.arange(ENTITIES) % (ENTITIES // 2)
+        records["channel"] = np.repeat(np.arange(2), ENTITIES // 2)
+        records["active"] = 1
+        with Client(self.addr) as client:
+            while not self._stop.is_set():
+                records["value"] = 20 + rng.normal(0, 1, len(records)).astype(np.float32)
+                self.sent += client.send(records)
+                self._stop.wait(0.05)
+
+
+def _held(nodes: list[NodeProc]) -> int:
+    """Entities held across the running nodes."""
+    return sum(n.ctl("status")["entities"] for n in nodes if n.proc is not None and n.proc.poll() is None)
 
 
 def run_demo(say: Callable[[str], None] = print, keep: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="corec-demo-"))
     cluster = Cluster(root)
+    producer: _Producer | None = None
     ok = True
     try:
         say(f"starting {len(NAMES)} nodes in {root}")
@@ -76,9 +104,13 @@ def run_demo(say: Callable[[str], None] = print, keep: bool = False) -> int:
                    message="all nodes alive")
         leader = eventually(lambda: _agreed_leader(nodes), 20, message="one agreed leader")
         say(f"cluster formed: {len(NAMES)} members alive, nucleus leader {leader}")
-        say("streaming synthetic entities (2 channels, 100,000 entities)")
-        rate = _stream(nodes[1], 3.0, say, nodes)
-        say(f"sent at {rate / 1e6:.2f} M records/s")
+        entry = next(n for n in nodes if n.name != leader)  # the producer keeps its node through the failover
+        say(f"streaming synthetic entities into {entry.name} (2 channels, {ENTITIES:,} entities, 20 times a second)")
+        producer = _Producer(entry.addr).start()
+        eventually(lambda: _held(nodes) == ENTITIES, 20, message="every entity stored once")
+        for _ in range(2):
+            say("  " + _summary(nodes, producer.rate()))
+            time.sleep(1.0)
         victim = next(n for n in nodes if n.name == leader)
         say(f"SIGKILL the leader {leader}")
         t0 = time.monotonic()
@@ -88,17 +120,23 @@ def run_demo(say: Callable[[str], None] = print, keep: bool = False) -> int:
         took = time.monotonic() - t0
         eventually(lambda: all(n.members().get(leader) == "dead" for n in survivors), 30, message="old leader dead")
         say(f"failover: {new_leader} leads after {took:.2f} s; {leader} is dead on every survivor")
-        say("  " + _summary(nodes, None))
-        say(f"restarting {leader}: it rejoins from its snapshot and follows")
+        eventually(lambda: _held(survivors) == ENTITIES, 20, message="the dead leader's blocks rebuilt")
+        say(f"  {leader}'s blocks are rebuilt by the survivors from the stream: {ENTITIES:,} entities held again")
+        say("  " + _summary(nodes, producer.rate()))
+        say(f"restarting {leader}: it rejoins from its snapshot, follows, and gets its blocks back")
         victim.join = []
         victim.start().wait_ready()
         eventually(lambda: all(n.ctl("status")["members"].get("alive") == len(NAMES) for n in nodes), 30,
                    message="the old leader back alive")
-        say("  " + _summary(nodes, None))
+        eventually(lambda: victim.ctl("status")["entities"] > 0 and _held(nodes) == ENTITIES, 20,
+                   message="blocks handed back, each entity held once")
+        say("  " + _summary(nodes, producer.rate()))
     except AssertionError as exc:
         say(f"demo failed: {exc}")
         ok = False
     finally:
+        if producer is not None:
+            producer.stop()
         cluster.close()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from corec_node import __version__
 from corec_node.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE = 128 + 13  # SIGPIPE's exit status: what a shell shows for `cat big | head`
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -215,8 +217,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
+    import zmq
 
-    from corec_node.client import Client
+    from corec_node.client import LINGER_MS, Client
     from corec_node.config import split_addr
     from corec_node.wire import ENTITY_DTYPE, WireError, decode_entities
 
@@ -246,8 +249,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with Client(args.to, cluster=args.cluster) as client:
         sent = client.send(records)
+    zmq.Context.instance().term()  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
     took = time.perf_counter() - started
-    print(f"sent {sent} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s)")
+    if took * 1000 >= LINGER_MS:
+        return _fail(f"{args.to} did not take the records within {LINGER_MS / 1000:g} s; some may be lost")
+    print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s)")
     return EXIT_OK
 
 
@@ -297,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"corec-node: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `corec-node blocks | head`: the reader left; end quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from corec_node.transport import tcp
 from corec_node.wire import EntityBatch, as_entity_array, encode_message, make_batch
 from corec_node.wire.limits import MAX_BATCH_RECORDS
 
+LINGER_MS = 5_000  # what close() leaves queued batches to reach the node; past it they are dropped
 DEFAULT_BATCH = 10_000  # records per message: 100 KB frames, far past per-message overhead
 
 
@@ -39,7 +40,7 @@ class Client:
         self.compress = compress
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 5_000)  # on close, give queued batches 5 s to leave
+        self._sock.setsockopt(zmq.LINGER, LINGER_MS)  # on close, give queued batches 5 s to leave
         self._sock.setsockopt(zmq.SNDHWM, 1_000)
         self._sock.connect(tcp(addr))
         self._seq = 0

@@ -91,3 +91,28 @@ def test_second_node_on_same_data_dir_refused(cluster):
     out = cli("run", "--name", "two", "--data-dir", str(first.data_dir), "--listen", f"127.0.0.1:{free_port()}")
     assert out.returncode == 1
     assert "another node is running" in out.stderr
+
+
+def test_send_reports_what_reached_the_node_and_blocks_pipes_into_head(cluster):
+    node = cluster.start("sink").wait_ready()
+    out = cli("send", "--to", node.addr, "--channel", "2", "--count", "1000000")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"sent 1,000,000 records to {node.addr} in ")
+    eventually(lambda: node.ctl("status")["entities"] == 1_000_000, 10)
+    eventually(lambda: len(node.ctl("blocks")) == 1000, 10)
+    # a reader that leaves early (`| head -1`) ends the listing quietly, with SIGPIPE's status;
+    # 1000 blocks as JSON (~300 KB) cannot all wait in the pipe (64 KB), so the write fails
+    blocks = subprocess.Popen([*CLI, "blocks", "--json", "--data-dir", str(node.data_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert blocks.stdout is not None and blocks.stderr is not None
+    assert blocks.stdout.readline().strip() == "["
+    blocks.stdout.close()
+    assert blocks.wait(30) == 141
+    assert "Traceback" not in blocks.stderr.read()
+
+
+def test_send_to_nobody_fails_and_says_so():
+    addr = f"127.0.0.1:{free_port()}"
+    out = cli("send", "--to", addr, "--channel", "1", "--count", "10")
+    assert out.returncode == 1
+    assert f"{addr} did not take the records" in out.stderr

@@ -247,12 +247,16 @@ def cmd_send(args: argparse.Namespace) -> int:
         records["value"] = (20 + rng.normal(0, 2, args.count)).astype(np.float32)
         records["active"] = 1
     started = time.perf_counter()
-    with Client(args.to, cluster=args.cluster) as client:
-        sent = client.send(records)
+    try:
+        with Client(args.to, cluster=args.cluster, timeout=LINGER_MS / 1000) as client:
+            sent = client.send(records)
+    except TimeoutError as exc:  # nothing takes the batches: the node is down or unreachable
+        return _fail(f"{exc}; records not sent")
+    flushing = time.perf_counter()
     zmq.Context.instance().term()  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
+    if (time.perf_counter() - flushing) * 1000 >= LINGER_MS:
+        return _fail(f"{args.to} did not take the last records within {LINGER_MS / 1000:g} s; some may be lost")
     took = time.perf_counter() - started
-    if took * 1000 >= LINGER_MS:
-        return _fail(f"{args.to} did not take the records within {LINGER_MS / 1000:g} s; some may be lost")
     print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s)")
     return EXIT_OK
 

@@ -30,7 +30,10 @@ class Client:
     """A DEALER connected to one node's direct socket. Not thread-safe (ZeroMQ sockets are not)."""
 
     def __init__(self, addr: str, *, cluster: str = "corec", name: str | None = None,
-                 batch: int = DEFAULT_BATCH, compress: bool = False) -> None:
+                 batch: int = DEFAULT_BATCH, compress: bool = False, timeout: float | None = None) -> None:
+        """``timeout``: seconds one batch may wait for the node to take it before ``send``
+        raises TimeoutError (None: wait as long as it takes; a busy node makes its producers
+        wait on purpose, so set it only to notice a node that is gone)."""
         if not 0 < batch <= MAX_BATCH_RECORDS:
             raise ValueError(f"batch must be 1..{MAX_BATCH_RECORDS}")
         self.addr = addr
@@ -42,6 +45,9 @@ class Client:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, LINGER_MS)  # on close, give queued batches 5 s to leave
         self._sock.setsockopt(zmq.SNDHWM, 1_000)
+        self.timeout = timeout
+        if timeout is not None:
+            self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
         self._sock.connect(tcp(addr))
         self._seq = 0
         self.sent_records = 0
@@ -72,7 +78,11 @@ class Client:
         else:
             header, payload = EntityBatch(channel=channel, count=len(chunk), compressed=False), memoryview(chunk).cast("B")
         self._seq += 1
-        self._sock.send_multipart(encode_message(header, sender=self.name, seq=self._seq, cluster=self.cluster, payload=payload))
+        try:
+            self._sock.send_multipart(encode_message(header, sender=self.name, seq=self._seq, cluster=self.cluster,
+                                                     payload=payload))
+        except zmq.Again:
+            raise TimeoutError(f"{self.addr} did not take a batch within {self.timeout:g} s") from None
 
     def close(self) -> None:
         self._sock.close()

@@ -5,9 +5,10 @@ never wait behind a backlog of data on the same socket. Two bounds, each on purp
 
 - A batch on the direct socket (a producer's, or a handoff) waits while ``wait_bytes`` of
   direct batches, or ``limit_bytes`` in all, are queued: its receive loop pauses, ZeroMQ
-  holds what follows and the producer's send blocks, so nothing is lost. Each wait ends
-  with the worker's next take, so member probes on the same socket are not held long (a
-  stream backlog alone never stops the direct socket before the whole limit).
+  holds what follows and the producer's send blocks, so nothing is lost. A wait usually
+  ends with the worker's next take, so member probes on the same socket are not held
+  long; a stream backlog alone stops the direct socket only at the whole limit, which
+  flow control keeps the stream far from.
 - A batch from the PUB stream cannot make its publisher wait. It is queued up to
   ``limit_bytes`` and dropped past it (the caller counts it). A stream batch was already
   received into memory when it is offered, so this bound is a safety net against a

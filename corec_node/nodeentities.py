@@ -77,11 +77,11 @@ class EntityPath:
         start = self.now()
         while (until := self.flow.held_until(now := self.now())) is not None and now - start < MAX_WAIT:
             await asyncio.sleep(min(until - now, start + MAX_WAIT - now, 0.002))  # a release ends it early
-        now = self.now()
-        self.flow.held(now - start, now)
+        held = self.now() - start
         env, payload, _ = item
         self._republish(env, payload)
         await self._ingest_queue().put(item)
+        self.flow.held(held, self.now())  # the gap starts when the socket is read again
 
     def _ask_flow(self, hold_ms: int | None) -> None:
         if hold_ms is not None:

@@ -168,6 +168,8 @@ def test_alert_gate_alerts_a_block_flagged_in_a_row_once_per_episode():
         gate.step([])  # 3 quiet audits: it is over
     assert gate.step([finding(1, 11)]) == [] and gate.step([finding(1, 12)]) == []
     assert [f.block for f in gate.step([finding(1, 13)])] == [1]  # a new episode, a new alert
+    flicker = [gate.step([finding(4, t)] if t != 22 else []) for t in (20, 21, 22, 23)]
+    assert [[f.block for f in a] for a in flicker] == [[], [], [], [4]]  # 3 of the last 4 audits
     weak = [gate.step([finding(3, tick, score=0.05)]) for tick in (14, 15, 16, 17)]
     assert weak == [[]] * 4  # flagged every time, but too weakly to be more than chance
     with pytest.raises(ValueError):
@@ -194,3 +196,27 @@ def test_healthy_blocks_raise_no_alert_and_a_sick_one_raises_one():
         findings, _ = auditor.step(rows, tick)
         sick += gate.step(findings)
     assert [(f.channel, f.block & 0xFFFFFFFF, f.tick) for f in sick] == [(1, 5, 33)]
+
+
+def test_on_a_small_node_a_sick_block_stays_flagged_through_refits():
+    # 30 blocks a tick: a chance flag on the same tick as the sick block must not let the
+    # sick row into the training window, or the next refit makes it the baseline
+    rng = np.random.default_rng(8)
+    auditor = Auditor(contamination=0.001, refit_every=3, random_state=0, min_rows=60)
+    gate = AlertGate()
+
+    def rows(tick: int, sick: bool) -> list[dict]:
+        out = [r for r in normal_rows(tick, rng) if r["channel"] == 1][:30]
+        if sick:
+            out[5]["mean"] *= 1.5
+        return out
+
+    for tick in range(1, 21):
+        auditor.step(rows(tick, False), tick)
+    flagged, alerts = 0, []
+    for tick in range(21, 41):
+        findings, _ = auditor.step(rows(tick, True), tick)
+        flagged += any(f.block & 0xFFFFFFFF == 5 for f in findings)
+        alerts += gate.step(findings)
+    assert flagged == 20  # every audit, across 6 refits
+    assert [(f.block & 0xFFFFFFFF, f.tick) for f in alerts] == [(5, 23)]

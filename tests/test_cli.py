@@ -115,4 +115,4 @@ def test_send_to_nobody_fails_and_says_so():
     addr = f"127.0.0.1:{free_port()}"
     out = cli("send", "--to", addr, "--channel", "1", "--count", "10")
     assert out.returncode == 1
-    assert f"{addr} did not take the records" in out.stderr
+    assert f"{addr} did not take the last records" in out.stderr

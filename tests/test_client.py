@@ -42,3 +42,19 @@ def test_send_splits_by_channel_keeps_order_and_copies(tmp_path):
             assert not np.any(sent["value"] == 99.0)
     finally:
         router.close(0)
+
+
+def test_a_send_nobody_takes_times_out_when_asked_to():
+    import socket as pysocket
+
+    import pytest
+
+    with pysocket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recs = np.zeros(2_000, ENTITY_DTYPE)  # 2000 one-record batches: past the 1000-batch queue
+    recs["id"] = np.arange(2_000)
+    with Client(f"127.0.0.1:{port}", batch=1, timeout=0.2) as client:
+        with pytest.raises(TimeoutError, match="did not take a batch within 0.2 s"):
+            client.send(recs)
+        client._sock.setsockopt(zmq.LINGER, 0)  # nothing to wait for at close

@@ -26,8 +26,8 @@ Rules:
 3. A refit happens on ``observe`` when ``refit_every`` ticks passed since the last fit (and
    the first time ``min_rows`` rows are in the window). Each refit and each flag returns an
    :class:`AuditRecord` for the node's audit log.
-4. ``step`` keeps the rows it flagged out of the window when they are a small share of the
-   tick (MAX_UNLEARNED_SHARE): a block that stays sick never becomes the baseline, and is
+4. ``step`` keeps the rows it flagged out of the window when they are few (at most
+   MIN_UNLEARNED, or MAX_UNLEARNED_SHARE of the tick): a block that stays sick never becomes the baseline, and is
    flagged tick after tick (which is what :class:`AlertGate` waits for). When many blocks
    change at once, that is a new normal, and it is learned.
 """
@@ -49,7 +49,8 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standar
 Z_CLIP = 50.0  # normalized features are clipped here: order is kept, and no inf reaches sklearn
 RANGE_MARGIN = 4.0  # robust sigmas beyond anything in the fitted window that flag a block on their own
 RANGE_SCORE = 0.01  # score added per robust sigma beyond the window's range
-MAX_UNLEARNED_SHARE = 0.05  # flagged rows up to this share of a tick stay out of the window (rule 4)
+MAX_UNLEARNED_SHARE = 0.05  # flagged rows up to this share of a tick stay out of the window (rule 4) ...
+MIN_UNLEARNED = 3  # ... or up to this many, so a node with few blocks keeps a sick one out too
 MIN_SPREAD_REL = 1e-3  # a feature with no spread in the window gets this share of |centre| as spread ...
 MIN_SPREAD_ABS = 1e-6  # ... and at least this, so a constant feature still scales finitely
 
@@ -298,7 +299,7 @@ class Auditor:
         findings = self.score(rows, tick)
         flagged = {f.block for f in findings}
         learn = rows
-        if flagged and len(flagged) <= MAX_UNLEARNED_SHARE * len(rows):
+        if flagged and len(flagged) <= max(MIN_UNLEARNED, MAX_UNLEARNED_SHARE * len(rows)):
             if isinstance(rows, np.ndarray):
                 learn = rows[~np.isin(rows["block"], np.fromiter(flagged, np.int64))]
             else:
@@ -309,44 +310,49 @@ class Auditor:
 
 class AlertGate:
     """Which findings deserve an alert: a block flagged with a score of at least
-    ``min_score`` in ``persist`` audits in a row, once per episode.
+    ``min_score`` in ``persist`` of the last ``persist + 1`` audits, once per episode.
 
     An anomaly model flags a share of healthy rows on every tick (about ``contamination``
     of them, by construction): alerting on each finding would raise alerts every second on
     a healthy cluster. Those flags score low (at most ~0.05 in the tests' healthy windows;
     a shifted, dead, erroring or noisy block scores ~0.5), and a block flagged audit after
-    audit is not chance. So a block is alerted the ``persist``-th audit in a row it scores
-    ``min_score`` or more, and not again until it has gone ``persist`` audits without
-    (its episode is over). Pure; memory is bounded by the blocks being flagged.
+    audit is not chance (one miss is allowed: a sick block near the threshold flickers).
+    An alerted block is not alerted again until it has gone ``persist`` audits unflagged
+    (its episode is over). Pure; memory is bounded by the blocks flagged lately.
     """
 
     def __init__(self, persist: int = 3, min_score: float = 0.1) -> None:
         if persist < 1:
             raise ValueError(f"persist must be >= 1, got {persist}")
         self.persist = persist
+        self.window = persist + 1
         self.min_score = min_score
-        self._streak: dict[int, int] = {}  # block -> audits in a row it was flagged
-        self._quiet: dict[int, int] = {}  # alerted block -> audits in a row it was not
+        self._audits = 0
+        self._flags: dict[int, collections.deque[int]] = {}  # block -> audits it was flagged in, lately
+        self._episodes: dict[int, int] = {}  # alerted block -> the last audit that flagged it
         self.suppressed = 0  # findings that raised no alert (chance, or an episode already alerted)
 
     def step(self, findings: Sequence[AuditFinding]) -> list[AuditFinding]:
         """The findings of one audit -> those to alert now (strangest first)."""
+        self._audits += 1
+        now = self._audits
         flagged = {f.block: f for f in findings if f.score >= self.min_score}
         self.suppressed += len(findings) - len(flagged)
-        self._streak = {b: self._streak.get(b, 0) + 1 for b in flagged}
         out = []
         for block, finding in flagged.items():
-            if block in self._quiet:  # an alerted episode goes on
-                self._quiet[block] = 0
-            elif self._streak[block] >= self.persist:
-                self._quiet[block] = 0
+            seen = self._flags.setdefault(block, collections.deque(maxlen=self.persist))
+            seen.append(now)
+            if block in self._episodes:  # an alerted episode goes on
+                self._episodes[block] = now
+            elif len(seen) == self.persist and now - seen[0] < self.window:
+                self._episodes[block] = now
                 out.append(finding)
                 continue
             self.suppressed += 1
-        for block in [b for b in self._quiet if b not in flagged]:
-            self._quiet[block] += 1
-            if self._quiet[block] >= self.persist:
-                del self._quiet[block]
+        for block in [b for b, seen in self._flags.items() if now - seen[-1] >= self.window]:
+            del self._flags[block]
+        for block in [b for b, last in self._episodes.items() if now - last >= self.persist]:
+            del self._episodes[block]
         return sorted(out, key=lambda f: -f.score)
 
 

@@ -172,6 +172,11 @@ def render_status(s: dict[str, Any]) -> str:
     for extra in ("entities", "blocks"):
         if extra in s:
             lines.append(f"{extra + ':':<9} {s[extra]}")
+    if "ingested" in s:
+        flow = s.get("flow", {})
+        lines.append(f"ingest:   {s['ingested']:,} records, {s.get('ingest_queue_bytes', 0) / 2**20:.1f} MiB queued, "
+                     f"{s.get('ingest_dropped', 0)} batches dropped; pauses asked {flow.get('requests', 0)}, "
+                     f"producer batches held {flow.get('holds', 0)}")
     for c in s.get("name_conflicts", []):
         lines.append(f"CONFLICT: node at {c['addr']} also uses the name {c['name']!r}")
     return "\n".join(lines)

@@ -100,6 +100,9 @@ def test_send_reports_what_reached_the_node_and_blocks_pipes_into_head(cluster):
     assert out.stdout.startswith(f"sent 1,000,000 records to {node.addr} in ")
     eventually(lambda: node.ctl("status")["entities"] == 1_000_000, 10)
     eventually(lambda: len(node.ctl("blocks")) == 1000, 10)
+    status = cli("status", "--data-dir", str(node.data_dir))
+    assert "entities: 1000000" in status.stdout
+    assert "ingest:   1,000,000 records" in status.stdout and "0 batches dropped" in status.stdout
     # a reader that leaves early (`| head -1`) ends the listing quietly, with SIGPIPE's status;
     # 1000 blocks as JSON (~300 KB) cannot all wait in the pipe (64 KB), so the write fails
     blocks = subprocess.Popen([*CLI, "blocks", "--json", "--data-dir", str(node.data_dir)],

@@ -126,9 +126,10 @@ class EngineHost:
 
     # -- data -------------------------------------------------------------------------
 
-    def ingest(self, records: np.ndarray) -> IngestResult | None:
-        """A batch from the stream: keep the records of the blocks this node owns."""
-        swept = self.ingest_sweep(records)
+    def ingest(self, records: np.ndarray, *, sweep: bool = True) -> IngestResult | None:
+        """A batch from the stream: keep the records of the blocks this node owns. ``sweep``:
+        try ``ingest_sweep`` first (False when the caller already tried it)."""
+        swept = self.ingest_sweep(records) if sweep else None
         if swept is not None:
             return swept
         if len(self.placement.members) > 1 or self._pending is not None:

@@ -152,9 +152,10 @@ class EntityPath:
         return records
 
     def _store(self, pending: list[np.ndarray]) -> None:
-        """Ingest decoded batches in one store call (and empty the list)."""
+        """Ingest decoded batches in one store call (and empty the list). They are not
+        sweeps (``_ingest_items`` tried), so the general path is taken at once."""
         if pending:
-            self.engine.ingest(pending[0] if len(pending) == 1 else np.concatenate(pending))
+            self.engine.ingest(pending[0] if len(pending) == 1 else np.concatenate(pending), sweep=False)
             pending.clear()
 
     def _engine_tick(self) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from corec_node.localcluster import Cluster, eventually  # noqa: E402
+from corec_node.testing.cluster import Cluster, eventually  # noqa: E402
 
 RAFT_MEDIAN_S = 0.287  # Raft dissertation, 150-300 ms timeouts
 ETCD_S = 1.4  # etcd's default timers on this machine class (project brief)

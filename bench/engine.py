@@ -285,7 +285,7 @@ def _two_nodes(env: dict[str, str] | None = None):
     import tempfile
     from pathlib import Path
 
-    from corec_node.localcluster import Cluster, eventually
+    from corec_node.testing.cluster import Cluster, eventually
 
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-")))
     a = cluster.start("a", extra_env=env).wait_ready()

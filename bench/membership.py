@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from corec_node.localcluster import Cluster, eventually  # noqa: E402
+from corec_node.testing.cluster import Cluster, eventually  # noqa: E402
 
 SERF_DETECTION_S = 6.0  # Serf's default detection time on this machine class (project brief)
 

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     force.add_argument("name", metavar="NAME")
     force.set_defaults(func=cmd_force_leave)
 
-    from corec_node.security import add_cli as add_keygen
+    from corec_node.shell.curve import add_cli as add_keygen
 
     add_keygen(sub)
     return parser
@@ -123,7 +123,7 @@ def _fail(message: str) -> int:
 
 
 def _request(args: argparse.Namespace, cmd: str, **kw: Any) -> Any:
-    from corec_node.control import request
+    from corec_node.shell.control import request
 
     # the node may wait up to "wait" seconds itself (join); give it that plus a margin
     return request(_config(args).control_path, cmd, timeout=10.0 + float(kw.get("wait", 0)), **kw)
@@ -133,7 +133,7 @@ def _client(cmd: str, render: Callable[[Any], str], **extra: Callable[[argparse.
     """A command that asks the running node and prints its answer (text or --json)."""
 
     def run(args: argparse.Namespace) -> int:
-        from corec_node.control import ControlError
+        from corec_node.shell.control import ControlError
 
         try:
             result = _request(args, cmd, **{k: f(args) for k, f in extra.items()})
@@ -282,9 +282,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         "mesh.profile": args.profile,
     })
     from corec_node import log
-    from corec_node.node import Node, install_signal_handlers
-    from corec_node.security import SecurityError
-    from corec_node.state import DataDirBusy
+    from corec_node.shell.node import Node, install_signal_handlers
+    from corec_node.shell.curve import SecurityError
+    from corec_node.shell.datadir import DataDirBusy
 
     log.setup(config.name, config.node.log_level)
 

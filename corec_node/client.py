@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from corec_node.transport import tcp
+from corec_node.shell.transport import tcp
 from corec_node.wire import EntityBatch, as_entity_array, encode_message, make_batch
 from corec_node.wire.limits import MAX_BATCH_RECORDS
 

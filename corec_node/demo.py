@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corec_node.localcluster import Cluster, NodeProc, eventually
+from corec_node.testing.cluster import Cluster, NodeProc, eventually
 
 NAMES = ("alpha", "beta", "gamma")
 

@@ -4,7 +4,7 @@ pytest_plugins = ["pgutil"]  # PostgreSQL fixtures: pg_dsn, pg_schema, pg
 
 import pytest
 
-from corec_node.localcluster import Cluster
+from corec_node.testing.cluster import Cluster
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from corec_node.discovery import MAGIC, decode_beacon, encode_beacon
+from corec_node.shell.discovery import MAGIC, decode_beacon, encode_beacon
 from meshutil import eventually, free_port
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corec_node.engine.blocks import block_ids_of
-from corec_node.enginehost import EngineHost
-from corec_node.mesh.placement import PlacementMap, members_digest
+from corec_node.engine.host import EngineHost
+from corec_node.engine.placement import PlacementMap, members_digest
 from corec_node.wire import ENTITY_DTYPE
 
 

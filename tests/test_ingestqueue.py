@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from corec_node.ingestqueue import IngestQueue
+from corec_node.shell.ingestqueue import IngestQueue
 
 
 def batch(where: str, size: int, count: int = 10) -> tuple:

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from corec_node.metrics import TICK_BUCKETS, Metrics, TickHistogram
+from corec_node.shell.metrics import TICK_BUCKETS, Metrics, TickHistogram
 from meshutil import eventually, free_port
 
 pytestmark = pytest.mark.timeout(60)

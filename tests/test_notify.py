@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from corec_node.notify import Notifier
+from corec_node.shell.systemd import Notifier
 from meshutil import free_port
 
 pytestmark = pytest.mark.timeout(60)

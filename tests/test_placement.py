@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from corec_node.engine.blocks import block_id
 from corec_node.engine.blocks import FusionTable
-from corec_node.mesh.placement import PlacementMap, member_seed, moves, owners, partition
+from corec_node.engine.placement import PlacementMap, member_seed, moves, owners, partition
 from corec_node.wire import ENTITY_DTYPE
 
 BLOCKS = np.array([block_id(c, i * 1000) for c in range(4) for i in range(25_000)], np.int64)
@@ -34,7 +34,7 @@ def test_golden_values():
 
 def test_same_map_in_another_process():
     code = (
-        "import json, sys; from corec_node.mesh.placement import owners;"
+        "import json, sys; from corec_node.engine.placement import owners;"
         "blocks = json.loads(sys.argv[1]); names = json.loads(sys.argv[2]);"
         "print(json.dumps(owners(blocks, names).tolist()))"
     )

@@ -15,7 +15,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from corec_node.security import (
+from corec_node.shell.curve import (
     CurveConfig,
     SecurityError,
     add_cli,

@@ -288,7 +288,7 @@ async def test_plugin_sqlite_isolated_and_migrated_once(tmp_path):
 
 async def test_syncer_without_a_server_keeps_the_node_working(store):
     """Nothing listens at the DSN: ticks still record, the drain backs off, stop is bounded."""
-    from corec_node.localcluster import free_port
+    from corec_node.testing.cluster import free_port
     from corec_node.storage import Syncer
 
     syncer = Syncer(store, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",

@@ -21,7 +21,7 @@ import pytest
 from pgutil import eventually  # the pg, pg_dsn and pg_schema fixtures come through conftest
 from test_storage_local import rows_for
 
-from corec_node.localcluster import free_port
+from corec_node.testing.cluster import free_port
 from corec_node.storage import (
     LocalStore,
     PluginStore,

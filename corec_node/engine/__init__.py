@@ -4,7 +4,7 @@ What the shell does (the node owns one :class:`EntityStore`, ``store``):
 
 - On every entity batch for a block this node owns: ``store.ingest(records)``. Batches
   for blocks owned elsewhere are forwarded to the owner, found with
-  ``corec_node.mesh.placement`` on ``store.fusions.resolve(block_ids_of(channel, id))``.
+  ``corec_node.engine.placement`` on ``store.fusions.resolve(block_ids_of(channel, id))``.
 - Each tick, in this order:
   1. ``rows = aggregate(store, tick)``; publish ``aggregate_rows(rows, owner=me)``.
   2. ``records = repair(store, rows, max_errors=..., kernels=...)``; log and count them.

@@ -43,7 +43,7 @@ from corec_node.engine import (
     repair,
 )
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
-from corec_node.mesh.placement import PlacementMap, members_digest, partition
+from corec_node.engine.placement import PlacementMap, members_digest, partition
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from corec_node.control import ControlError, request
+from corec_node.shell.control import ControlError, request
 from corec_node.log import parse_line
 
 

@@ -1,6 +1,6 @@
 """The node's control commands: what ``corec-node status``, ``blocks``, ``members``,
 ``leader``, ``join``, ``leave``, ``force-leave`` and ``plugins`` ask a running node through
-its control socket (``control.py``). A mixin of :class:`corec_node.node.Node`; each command
+its control socket (``control.py``). A mixin of :class:`corec_node.shell.node.Node`; each command
 runs on the node's loop and answers with JSON-able data.
 """
 
@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from corec_node import __version__
-from corec_node.control import CommandError
+from corec_node.shell.control import CommandError
 from corec_node.wire.messages import MemberStatus
 
 

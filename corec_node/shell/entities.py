@@ -1,7 +1,7 @@
 """The node's entity path: producer and stream batches into the store, flow control, handoffs,
 engine ticks, fusions and the nucleus's confirmation of the placement map.
 
-A part of the I/O shell (a mixin of :class:`corec_node.node.Node`, which owns the state
+A part of the I/O shell (a mixin of :class:`corec_node.shell.node.Node`, which owns the state
 it uses: transport, engine, membership, plugins, counters); the decisions are made by the
 pure cores it calls (``enginehost.py``, ``engine/``, ``mesh/flow.py``).
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from corec_node import log
 from corec_node.engine import Fusion
-from corec_node.ingestqueue import IngestQueue, payload_bytes
+from corec_node.shell.ingestqueue import IngestQueue, payload_bytes
 from corec_node.mesh.flow import MAX_WAIT
 from corec_node.wire import WireError, decode_batch, encode_message, make_batch, topic_for
 from corec_node.wire.messages import Aggregates, EntityBatch, Flow, FusionPlan, Heartbeat, MemberStatus

@@ -25,7 +25,7 @@ import zmq.asyncio
 
 from corec_node.config import join_addr, split_addr
 from corec_node.log import LOGGER_NAME
-from corec_node.security import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
+from corec_node.shell.curve import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
 
 Handler = Callable[[list[bytes]], Awaitable[None] | None]
 

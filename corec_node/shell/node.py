@@ -31,13 +31,13 @@ import zmq
 
 from corec_node import __version__, log
 from corec_node.config import Config
-from corec_node.control import ControlServer
-from corec_node.discovery import Discovery
+from corec_node.shell.control import ControlServer
+from corec_node.shell.discovery import Discovery
 from corec_node.engine.audit import AlertGate, Auditor
-from corec_node.enginehost import EngineHost
-from corec_node.ingestqueue import IngestQueue
-from corec_node.nodecommands import ControlCommands
-from corec_node.nodeentities import FLOW_HIGH_SHARE, FLOW_LOW_SHARE, EntityPath
+from corec_node.engine.host import EngineHost
+from corec_node.shell.ingestqueue import IngestQueue
+from corec_node.shell.commands import ControlCommands
+from corec_node.shell.entities import FLOW_HIGH_SHARE, FLOW_LOW_SHARE, EntityPath
 from corec_node.mesh.effects import (
     Broadcast,
     Effect,
@@ -51,13 +51,13 @@ from corec_node.mesh.effects import (
 from corec_node.mesh.election import Election, ElectionConfig
 from corec_node.mesh.flow import FlowControl
 from corec_node.mesh.membership import Membership, MembershipConfig
-from corec_node.metrics import Metrics, MetricsServer, TickHistogram
-from corec_node.notify import Notifier
+from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
+from corec_node.shell.systemd import Notifier
 from corec_node.plugins import PluginManager
-from corec_node.security import CurveConfig
-from corec_node.state import load_vote, lock_data_dir, save_vote
+from corec_node.shell.curve import CurveConfig
+from corec_node.shell.datadir import load_vote, lock_data_dir, save_vote
 from corec_node.storage import LocalStore, SchemaTooNewError, StaleTermError, StorageError
-from corec_node.transport import Transport
+from corec_node.shell.transport import Transport
 from corec_node.wire import (
     SeqEvent,
     SequenceCounter,

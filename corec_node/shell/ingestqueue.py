@@ -19,7 +19,10 @@ never wait behind a backlog of data on the same socket. Two bounds, each on purp
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
+
+from corec_node.mesh.flow import FlowControl
 
 Item = tuple[Any, Any, str]  # (envelope, payload, "direct" | "broadcast")
 
@@ -90,3 +93,25 @@ class IngestQueue:
         if item[2] == "direct":
             self.direct_bytes += size
         self._items.put_nowait(item)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """``engine.ingest_queue_mb`` and its shares, in one place: the queue's bounds and the
+    flow-control thresholds are cut from the same budget, so they stay in proportion.
+    Past the whole of it, stream batches are dropped (and counted)."""
+
+    limit_bytes: int
+    wait_share: float = 1 / 4  # a producer's batch waits while this much is direct batches
+    flow_high_share: float = 1 / 16  # a stream backlog this deep asks its sources to pause (SPEC 9.3)
+    flow_low_share: float = 1 / 64  # ... and this shallow ends the pause
+
+    @classmethod
+    def from_mb(cls, mb: float) -> IngestLimits:
+        return cls(int(mb * (1 << 20)))
+
+    def queue(self) -> IngestQueue:
+        return IngestQueue(limit_bytes=self.limit_bytes, wait_bytes=int(self.limit_bytes * self.wait_share))
+
+    def flow(self) -> FlowControl:
+        return FlowControl(int(self.limit_bytes * self.flow_high_share), int(self.limit_bytes * self.flow_low_share))

@@ -1,5 +1,5 @@
-"""A simulated cluster: the REAL Membership and Election cores, wired as ``node.py`` wires
-them, over a virtual network (``network.py``) and a virtual clock.
+"""A simulated cluster: the REAL mesh core (``mesh/core.py``), the same object the node
+shell drives, over a virtual network (``network.py``) and a virtual clock.
 
 Everything is driven by one event queue ordered by ``(time, sequence number)``: ties go to
 whatever was scheduled first, so the order never depends on hashing or on the host. All
@@ -7,25 +7,19 @@ randomness comes from ``random.Random`` objects derived from the seed (one per n
 incarnation, one for the network, one for the cluster's own choices), so the same seed
 gives the same run, byte for byte (``trace_hash``).
 
-What each simulated node does is what the shell does (see ``node.py``):
+What each simulated node does is what the shell does: it drives one ``mesh/core.py``
+``MeshCore`` (membership and election composed by the core's rules, the same object
+``shell/control_plane.py`` drives) and carries out its effects:
 - ``Send`` goes to the node whose direct address it names; ``Broadcast`` goes to every node
   subscribed to the sender's PUB stream (a node subscribes when it learns a member, alive,
   suspect or dead, and unsubscribes when it leaves), each copy lost or delayed on its own;
 - broadcasts are numbered per sender and topic and run through the real SequenceTracker:
-  duplicates are dropped and a gap on the ``mbr`` topic calls ``Membership.on_gap``;
-- ``PersistVote`` is "written to disk" at once, ``MemberChanged`` feeds the election
-  (``member_dead`` / ``member_alive``) and, when the voter set changed, ``set_voters``;
-- every inbound message is reported to ``Election.heard_from``;
-- a fresh node (no snapshot) configured to join gives the election no voter set until
-  one of its join addresses answered (``Membership.pending_joins``): otherwise, with its
-  seeds unreachable, it would lead a cluster of one (or of the nodes that joined it), and
-  when its join finally lands there are two leaders of one term (the sweeps found this
-  with nodes joining during partitions). ``node.py`` calls set_voters at once; it should
-  do the same;
-- both cores tick every ``tick_interval`` (the shell: 20 ms), each node at its own phase.
+  duplicates are dropped and a gap on the ``mbr`` topic is passed to the core;
+- ``PersistVote`` is "written to disk" at once;
+- the core ticks every ``tick_interval`` (the shell: 20 ms), each node at its own phase.
 A crash loses everything but the persisted vote and the member snapshot (taken at the
-crash: the real shell writes it at most a second late); a restart follows ``node.py``'s
-start sequence: ``set_voters``, ``restore(snapshot)``, ``join(config.join)``.
+crash: the real shell writes it at most a second late); a restart is ``MeshCore.start``
+with that snapshot and the node's join addresses, as the shell starts.
 
 Invariants (``invariants.py``) are checked on every vote and every leadership, i.e. at
 every step where they could break; convergence after faults is ``await_convergence``.
@@ -49,6 +43,7 @@ from corec_node.mesh.effects import (
     PersistVote,
     Send,
 )
+from corec_node.mesh.core import MeshCore
 from corec_node.mesh.election import LEADER, Election, ElectionConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.wire.sequence import SeqEvent, SequenceTracker
@@ -59,8 +54,6 @@ from corec_node.wire.messages import (
     Heartbeat,
     MemberState,
     MemberStatus,
-    Vote,
-    VoteRequest,
 )
 from corec_node.wire.topics import FIXED_TOPICS, TOPIC_MEMBERSHIP
 
@@ -72,7 +65,6 @@ ALIVE, SUSPECT, DEAD, LEFT = (
     MemberStatus.DEAD,
     MemberStatus.LEFT,
 )
-ELECTION_TYPES = frozenset({VoteRequest, Vote, Heartbeat})
 BROADCAST_TOPICS = {Gossip: FIXED_TOPICS[Gossip], Heartbeat: FIXED_TOPICS[Heartbeat]}
 LEAVE_SPREAD = 1.0  # node.py's leave: keep ticking 1 s so the "left" gossip goes out, then stop
 
@@ -80,13 +72,14 @@ _DELIVER, _TICK, _CALL = 0, 1, 2
 
 
 class SimNode:
-    """One simulated process. ``membership`` and ``election`` are None while it is down."""
+    """One simulated process. ``core`` (and its ``membership`` and ``election``) are None
+    while it is down."""
 
     __slots__ = (
         "addr",
+        "core",
         "election",
         "epoch",
-        "gated",
         "join",
         "left",
         "membership",
@@ -99,7 +92,6 @@ class SimNode:
         "tracker",
         "up",
         "vote",
-        "voters_dirty",
     )
 
     def __init__(self, name: str, addr: str, pub: str) -> None:
@@ -111,16 +103,15 @@ class SimNode:
         self.epoch = (
             0  # bumped on crash and restart: in-flight messages to the old process are lost
         )
-        self.membership: Membership | None = None
-        self.election: Election | None = None
+        self.core: MeshCore | None = None
+        self.membership: Membership | None = None  # core.membership, for reading
+        self.election: Election | None = None  # core.election, for reading
         self.tracker = SequenceTracker()
         self.seq: dict[bytes, int] = {}
         self.vote: tuple[int, str | None] = (0, None)  # what the shell persisted (survives crashes)
         self.saved: list[MemberState] = []  # the member snapshot on "disk"
         self.subs: dict[str, None] = {}  # publishers this node's SUB socket is connected to
         self.join: list[str] = []  # config.mesh.join
-        self.voters_dirty = False
-        self.gated = False  # joining: no voter set for the election until the join answered
         self.starts = 0
 
     def __repr__(self) -> str:
@@ -254,8 +245,8 @@ class Cluster:
             self.booted[node.name] = None
         if mode == "snapshot":
             states = [MemberState(n.name, n.addr, n.pub, 0, ALIVE) for n in chosen]
-            for node in chosen:
-                node.saved = states
+            for node in chosen:  # its peers, not itself: a record of its own would raise its
+                node.saved = [s for s in states if s.name != node.name]  # inc (rule 15)
                 self.start(node.name)
         elif mode == "join":
             seeds = [n.addr for n in chosen[:3]]
@@ -283,20 +274,13 @@ class Cluster:
         node.up = True
         rng = random.Random(f"{self.seed}/{name}/{node.epoch}")
         term, voted_for = node.vote
-        node.membership = Membership(name, node.addr, node.pub, self.mcfg, rng, now)
-        node.election = Election(
-            name, node.addr, self.ecfg, rng, now, term=term, voted_for=voted_for
+        core = MeshCore(
+            name, node.addr, node.pub, self.mcfg, self.ecfg, rng, now, term=term, voted_for=voted_for
         )
+        node.core, node.membership, node.election = core, core.membership, core.election
         node.tracker = SequenceTracker()
         node.seq = {}
-        snapshot = [s for s in node.saved if s.name != name]
-        node.gated = bool(node.join) and not snapshot
-        if not node.gated:
-            self._sync_voters(node)
-        if snapshot:
-            self._apply(node, node.membership.restore(snapshot, now))
-        if node.join:
-            self._apply(node, node.membership.join(node.join, now))
+        self._apply(node, core.start(node.saved, node.join, now))
         self._push(now + self.rng.random() * self.tick_interval, _TICK, node, node.epoch)
 
     def crash(self, name: str) -> None:
@@ -318,7 +302,8 @@ class Cluster:
         node = self.nodes[name]
         if not node.up or node.membership is None:
             return
-        self._apply(node, node.membership.leave(self.now))
+        assert node.core is not None
+        self._apply(node, node.core.leave(self.now))
         epoch = node.epoch
 
         def stop() -> None:
@@ -336,8 +321,7 @@ class Cluster:
         for pub in node.subs:
             self._subscribers[pub].pop(node.name, None)
         node.subs.clear()
-        node.membership = None
-        node.election = None
+        node.core = node.membership = node.election = None
 
     # -- network faults ---------------------------------------------------------------
 
@@ -354,12 +338,9 @@ class Cluster:
 
     def _tick(self, node: SimNode) -> None:
         now = self.now
-        assert node.membership is not None and node.election is not None
-        effects = node.membership.tick(now)
-        effects += node.election.tick(now)
-        if node.gated:
-            node.voters_dirty = True  # see whether the join has answered
-        if effects or node.voters_dirty:
+        assert node.core is not None
+        effects = node.core.tick(now)
+        if effects:
             if self._trace is not None:
                 self._trace.update(f"{now!r} tick {node.name} {effects!r}\n".encode())
             self._apply(node, effects)
@@ -380,16 +361,10 @@ class Cluster:
         if self._trace is not None:
             self._trace.update(f"{now!r} {src}>{dst.name} {msg!r}\n".encode())
         self.stats["delivered"] += 1
-        election = dst.election
-        assert election is not None and dst.membership is not None
-        election.heard_from(src, now)
-        if type(msg) in ELECTION_TYPES:
-            self._apply(dst, election.handle(src, msg, now))
-        else:
-            self._apply(dst, dst.membership.handle(src, msg, now))
-        if gap and dst.up and dst.membership is not None:
+        assert dst.core is not None
+        if gap:
             self.stats["gap_resyncs"] += 1
-            self._apply(dst, dst.membership.on_gap(src, now))
+        self._apply(dst, dst.core.handle(src, msg, now, gap))
 
     def _apply(self, node: SimNode, effects: list[Effect]) -> None:
         for eff in effects:
@@ -406,24 +381,9 @@ class Cluster:
             elif t is LeaderChanged:
                 self._leader_changed(node, eff)  # type: ignore[arg-type]
             elif t is MemberReaped:
-                node.voters_dirty = True
                 self.stats["reaped"] += 1
             elif t is NameConflict:
                 self.stats["name_conflicts"] += 1
-        if node.voters_dirty and node.up:
-            node.voters_dirty = False
-            self._sync_voters(node)
-
-    def _sync_voters(self, node: SimNode) -> None:
-        assert node.election is not None and node.membership is not None
-        if node.gated:
-            pending = node.membership.pending_joins()
-            if all(addr in pending for addr in node.join):
-                return
-            node.gated = False
-        voters = node.membership.voters()
-        self.stats["set_voters"] += 1
-        self._apply(node, node.election.set_voters(voters, self.now))
 
     def _send(self, node: SimNode, to: str, msg: object) -> None:
         dst = self._by_addr.get(to)
@@ -451,10 +411,8 @@ class Cluster:
     def _member_changed(self, node: SimNode, ch: MemberChanged) -> None:
         name = ch.name
         if name == node.name:
-            if ch.new == LEFT:
-                node.voters_dirty = True
             return
-        new, old = ch.new, ch.old
+        new = ch.new
         if new == LEFT:
             if name in node.subs:
                 del node.subs[name]
@@ -462,14 +420,6 @@ class Cluster:
         elif name not in node.subs and name in self._subscribers:
             node.subs[name] = None
             self._subscribers[name][node.name] = node
-        if old is None or new == LEFT or old == LEFT or old == new:
-            node.voters_dirty = True  # joined, left, rejoined or moved: the voter set changed
-        election = node.election
-        assert election is not None
-        if new == DEAD:
-            self._apply(node, election.member_dead(name, self.now))
-        elif old == DEAD and new != LEFT:
-            self._apply(node, election.member_alive(name, self.now))
         if new == SUSPECT and ch.reason == "probe timeout":
             self.stats["suspicions"] += 1
             if self._really_fine(node.name, name):

@@ -1,0 +1,300 @@
+"""The control plane of the shell: membership and election (``mesh/core.py``) driven with
+the node's clock, their effects carried out on the sockets, the vote file and the logs.
+
+It owns the mesh core and tells the data plane what the cluster looks like through one
+narrow, plain-data link (``ClusterListener``: a ``ClusterView`` on every change of members
+or leader, and the placement digest in the leader's heartbeats), and learns from the data
+plane only the digest its own heartbeats carry. Plain data both ways, so that the two
+planes can later live in separate threads or processes joined by queues.
+
+Care: everything here runs on the node's event loop; nothing may block it (the vote file
+is a small fsynced write, the only disk I/O on this path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from corec_node import log
+from corec_node.mesh.core import MeshCore
+from corec_node.mesh.effects import (
+    Broadcast,
+    Effect,
+    LeaderChanged,
+    MemberChanged,
+    MemberReaped,
+    NameConflict,
+    PersistVote,
+    Send,
+)
+from corec_node.mesh.election import ElectionConfig
+from corec_node.mesh.membership import MembershipConfig
+from corec_node.plugins import PluginManager
+from corec_node.shell.datadir import save_vote
+from corec_node.shell.recorder import Recorder
+from corec_node.shell.traffic import Outbox
+from corec_node.shell.transport import Transport
+from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus, Message, MsgType
+
+SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
+CONFLICT_GRACE = 10.0  # a node that finds its name taken this soon after it joined exits
+DISCOVERY_RETRY = 5.0  # one join per discovered peer per 5 s
+CONTROL_TYPES = frozenset({  # what the mesh core handles; the router sends these here
+    MsgType.PING, MsgType.ACK, MsgType.PING_REQ, MsgType.NACK, MsgType.GOSSIP,
+    MsgType.STATE_PUSH, MsgType.STATE_REPLY, MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT,
+})
+_LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+
+
+def profile_configs(profile: str) -> tuple[MembershipConfig, ElectionConfig]:
+    return getattr(MembershipConfig, profile)(), getattr(ElectionConfig, profile)()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """What the data plane needs to know of the cluster, as plain data."""
+
+    members: Mapping[str, str]  # every known member (any status) -> its direct address
+    live: tuple[str, ...]  # alive or suspect, this node included, sorted
+    leader: str | None
+    term: int
+
+
+class ClusterListener(Protocol):
+    """The data plane's side of the link (the node wires ``DataPlane`` here)."""
+
+    def view_changed(self, view: ClusterView) -> None: ...
+
+    def leader_placement(self, digest: str) -> None:
+        """The digest in our leader's heartbeat changed ("" : a leader that confirms no map)."""
+
+
+class PluginHost(Protocol):
+    """What plugin hooks receive as ``node`` (hookspecs.py documents it)."""
+
+    name: str
+
+
+class ControlPlane:
+    """Drives one ``MeshCore`` for the node; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        addr: str,
+        pub: str,
+        profile: str,
+        data_dir: Path,
+        transport: Transport,
+        outbox: Outbox,
+        recorder: Recorder,
+        plugins: PluginManager,
+        host: PluginHost,
+        stop: Callable[[int], None],
+    ) -> None:
+        self.name, self.addr, self.pub = name, addr, pub
+        self.profile = profile
+        self.data_dir = data_dir
+        self.transport = transport
+        self.outbox = outbox
+        self.recorder = recorder
+        self.plugins = plugins
+        self.host = host
+        self.stop = stop
+        self.core: MeshCore | None = None
+        self.listener: ClusterListener | None = None
+        self.elections_started = 0
+        self.conflicts: dict[str, str] = {}  # other node's addr -> the name it shares with us
+        self.leader_placement: str | None = None  # digest in our leader's last heartbeat (SPEC 9.1)
+        self.placement_digest = ""  # the map our own heartbeats confirm, set by the data plane
+        self._peers: dict[str, tuple[str, str]] = {}  # name -> (direct addr, pub addr), for cleanup on reap
+        self._joined_at = float("-inf")  # wall time of our last join: we are the newcomer in a conflict
+        self._discovered: dict[str, float] = {}  # addr -> when we last tried to join it
+        self._snapshot_dirty = False
+        self._snapshot_at = 0.0
+
+    # -- life -----------------------------------------------------------------------
+
+    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], *, term: int,
+              voted_for: str | None, now: float) -> None:
+        mcfg, ecfg = profile_configs(self.profile)
+        self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
+                             term=term, voted_for=voted_for)
+        if snapshot or join:
+            self._joined_at = time.time()
+        self.apply(self.core.start(snapshot, join, now))
+
+    @property
+    def ready(self) -> bool:
+        return self.core is not None
+
+    @property
+    def leader(self) -> str | None:
+        return self.core.leader if self.core is not None else None
+
+    @property
+    def term(self) -> int:
+        return self.core.term if self.core is not None else 0
+
+    def view(self) -> ClusterView:
+        assert self.core is not None
+        members = self.core.membership.members()
+        return ClusterView(
+            members={m.name: m.addr for m in members},
+            live=tuple(sorted(m.name for m in members if m.status in _LIVE)),
+            leader=self.core.leader,
+            term=self.core.term,
+        )
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def handle(self, sender: str, msg: Message, now: float, gap: bool = False) -> None:
+        """A decoded control message (``CONTROL_TYPES``); a core bug on one message is
+        logged, never fatal."""
+        assert self.core is not None
+        try:
+            self.apply(self.core.handle(sender, msg, now, gap))
+        except Exception:
+            logging.getLogger(log.LOGGER_NAME).exception("handle_failed", extra={"fields": {"type": type(msg).__name__}})
+            return
+        if type(msg) is Heartbeat:
+            self._placement_heartbeat(sender, msg)
+
+    def tick(self, now: float) -> None:
+        assert self.core is not None
+        self.apply(self.core.tick(now))
+        if self._snapshot_dirty and now - self._snapshot_at >= SNAPSHOT_PERIOD:
+            self.save_snapshot(now)
+
+    def note_stall(self, lag: float, now: float) -> None:
+        if self.core is not None:
+            self.core.note_stall(lag, now)
+
+    def join(self, addrs: list[str], now: float) -> None:
+        assert self.core is not None
+        self._joined_at = time.time()
+        self.apply(self.core.join(addrs, now))
+
+    def leave(self, now: float) -> None:
+        assert self.core is not None
+        self.apply(self.core.leave(now))
+
+    def force_leave(self, name: str, now: float) -> None:
+        """ValueError when the member is not dead."""
+        assert self.core is not None
+        self.apply(self.core.force_leave(name, now))
+
+    def discovered(self, name: str, addr: str, now: float) -> None:
+        """A LAN beacon from a node of our cluster: join it unless we know it alive already."""
+        assert self.core is not None
+        member = self.core.membership.member(name)
+        if member is not None and member.addr == addr and member.status in _LIVE:
+            return
+        if now - self._discovered.get(addr, float("-inf")) < DISCOVERY_RETRY:
+            return
+        self._discovered[addr] = now
+        log.event("peer_discovered", name=name, addr=addr)
+        self.join([addr], now)
+
+    def save_snapshot(self, now: float) -> None:
+        if self.core is None or not self._snapshot_dirty:
+            return
+        self._snapshot_dirty = False
+        self._snapshot_at = now
+        self.recorder.members(self.core.membership.snapshot())
+
+    # -- effects ----------------------------------------------------------------------
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Carry out the core's effects in order (a vote is on disk before it is sent)."""
+        changed = False
+        for effect in effects:
+            match effect:
+                case Send(to=to, msg=msg):
+                    if to != self.addr:
+                        self.outbox.send(to, msg)
+                case Broadcast(msg=msg):
+                    if type(msg) is Heartbeat:  # the nucleus confirms the map it acts on
+                        msg = dataclasses.replace(msg, placement=self.placement_digest)
+                    self.outbox.publish(msg)
+                case MemberChanged():
+                    self._member_changed(effect)
+                    changed = True
+                case MemberReaped(name=name):
+                    self._member_reaped(name)
+                    changed = True
+                case NameConflict(name=name, addr=addr):
+                    self._name_conflict(name, addr)
+                case PersistVote(term=term, voted_for=voted_for):
+                    save_vote(self.data_dir, term, voted_for)
+                    if voted_for == self.name:  # only a candidate votes for itself
+                        self.elections_started += 1
+                case LeaderChanged(leader=leader, term=term):
+                    self.leader_placement = None  # the new leader has confirmed nothing yet
+                    changed = True
+                    self._leader_changed(leader, term)
+        if changed and self.listener is not None:
+            self.listener.view_changed(self.view())
+
+    def _member_changed(self, change: MemberChanged) -> None:
+        assert self.core is not None
+        self._snapshot_dirty = True
+        if change.name != self.name:
+            member = self.core.membership.member(change.name)
+            if member is not None:
+                self._peers[change.name] = (member.addr, member.pub)
+                if change.new in (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD):
+                    self.transport.connect_sub(member.pub)  # dead: keep listening, it may return
+                elif change.new == MemberStatus.LEFT:
+                    self.transport.disconnect_sub(member.pub)
+        old = change.old.label if change.old is not None else None
+        log.event("member_changed", name=change.name, addr=change.addr, old=old,
+                  new=change.new.label, inc=change.inc, reason=change.reason)
+        self.plugins.spawn(self.plugins.member_event(self.host, {
+            "name": change.name, "addr": change.addr, "old": old,
+            "new": change.new.label, "incarnation": change.inc, "reason": change.reason}))
+
+    def _member_reaped(self, name: str) -> None:
+        self._snapshot_dirty = True
+        addr, pub = self._peers.pop(name, ("", ""))
+        if addr:
+            self.transport.disconnect_sub(pub)
+            self.transport.forget(addr)
+        log.event("member_reaped", name=name)
+        self.plugins.spawn(self.plugins.member_event(self.host, {
+            "name": name, "addr": addr, "old": None, "new": "reaped", "incarnation": None, "reason": "reaped"}))
+
+    def _name_conflict(self, name: str, addr: str) -> None:
+        if self.conflicts.get(addr) == name:
+            return
+        self.conflicts[addr] = name
+        newcomer = time.time() - self._joined_at < CONFLICT_GRACE
+        log.event("name_conflict", logging.ERROR, name=name, other_addr=addr,
+                  detail=f"another live node at {addr} uses the name {name!r}; give each node its own --name",
+                  action="exiting: this node joined last" if newcomer else "keeping the name: the node that joined last exits")
+        if newcomer:
+            self.stop(1)
+
+    def _leader_changed(self, leader: str | None, term: int) -> None:
+        log.event("leader_changed", leader=leader, term=term)
+        self.plugins.spawn(self.plugins.leader_changed(self.host, leader, term))
+        self.recorder.audit("leader_change", leader or "-", "elected" if leader else "leader lost", term=term)
+        if leader == self.name:
+            self.recorder.nucleus(term, leader)
+
+    def _placement_heartbeat(self, sender: str, msg: Heartbeat) -> None:
+        """A heartbeat, after the election core saw it: from our leader, its digest."""
+        if sender != self.leader or msg.term != self.term or sender == self.name:
+            return
+        if msg.placement != self.leader_placement:
+            self.leader_placement = msg.placement
+            if self.listener is not None:
+                self.listener.leader_placement(msg.placement)

@@ -1,0 +1,351 @@
+"""The data plane of the shell: producer and stream batches into the engine, flow control,
+handoffs, engine ticks and their audit, fusions, and the placement map the nucleus confirms.
+
+It learns the cluster from the control plane as plain data (``view_changed``,
+``leader_placement``: see ``control_plane.py``) and tells it only the digest of the map it
+acts on (``publish_digest``). The decisions are made by the pure cores it calls
+(``engine/host.py``, ``engine/``, ``mesh/flow.py``).
+
+Care: everything here runs on the node's event loop; nothing may block it. The audit's
+model runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from corec_node import log
+from corec_node.config import EngineSection
+from corec_node.engine import Fusion
+from corec_node.engine.audit import AlertGate, Auditor
+from corec_node.engine.host import EngineHost
+from corec_node.mesh.flow import MAX_WAIT
+from corec_node.plugins import PluginManager
+from corec_node.shell.control_plane import ClusterView, PluginHost
+from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
+from corec_node.shell.recorder import Recorder
+from corec_node.shell.traffic import Outbox, Traffic
+from corec_node.wire import WireError, decode_batch, make_batch, topic_for
+from corec_node.wire.messages import Aggregates, EntityBatch, Flow, FusionPlan
+from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
+
+REPUBLISH_BURST = 1 << 20  # producer bytes republished between two looks at the members' FLOW messages
+COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
+HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
+FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
+
+
+class DataPlane:
+    """The entity path of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        engine_config: EngineSection,
+        outbox: Outbox,
+        traffic: Traffic,
+        recorder: Recorder,
+        plugins: PluginManager,
+        host: PluginHost,
+        raise_alert: Callable[..., None],
+        publish_digest: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.config = engine_config
+        self.outbox = outbox
+        self.traffic = traffic
+        self.recorder = recorder
+        self.plugins = plugins
+        self.host = host
+        self.raise_alert = raise_alert
+        self.publish_digest = publish_digest
+        self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors)
+        limits = IngestLimits.from_mb(engine_config.ingest_queue_mb)
+        self.flow = limits.flow()  # asks for, and grants, pauses of the stream
+        self._limits = limits
+        self._queue: IngestQueue | None = None  # made on the loop
+        self.ingest_dropped = 0
+        self._burst = 0  # producer bytes republished since the receive loop last yielded
+        self.view = ClusterView(members={}, live=(name,), leader=None, term=0)
+        # the digest in our leader's last heartbeat: None = not heard since it was elected,
+        # "" = it does not confirm maps (a 1.0 leader)
+        self._leader_placement: str | None = None
+        # IsolationForest over this node's block rows (engine/audit.py); 0.1 % of healthy rows
+        # are flagged on a tick, and only a block flagged 3 audits in a row raises an alert
+        self.auditor = Auditor(contamination=0.001)
+        self.alert_gate = AlertGate(persist=3)
+        self._auditing = False
+        self._now: Callable[[], float] = time.monotonic
+
+    def bind(self, now: Callable[[], float]) -> None:
+        """The node's clock (its loop's time), once the loop runs."""
+        self._now = now
+
+    # -- the link from the control plane ------------------------------------------------
+
+    def view_changed(self, view: ClusterView) -> None:
+        """Members or leader changed: act on our live view now if we are the nucleus or
+        nobody confirms maps, else wait for the leader's digest (SPEC 9.1)."""
+        if (view.leader, view.term) != (self.view.leader, self.view.term):
+            self._leader_placement = None  # the new leader has confirmed nothing yet
+        self.view = view
+        self.engine.observe_view(view.live)
+        if self._acts_on_own_view():
+            self._hand_off(self.engine.adopt_view())
+        elif self._leader_placement is not None:
+            self._confirm_placement()
+        self.publish_digest(self.engine.placement_digest())
+
+    def leader_placement(self, digest: str) -> None:
+        self._leader_placement = digest
+        if digest:
+            self._confirm_placement()
+        else:  # a leader that does not confirm maps: act on our own view
+            self._hand_off(self.engine.adopt_view())
+        self.publish_digest(self.engine.placement_digest())
+
+    def _acts_on_own_view(self) -> bool:
+        """True when we are the nucleus, know none, or ours does not confirm maps (1.0)."""
+        leader = self.view.leader
+        return leader is None or leader == self.name or self._leader_placement == ""
+
+    def placement_confirmed(self) -> bool:
+        """Whether the map we act on is the one the nucleus confirmed (our own view when
+        nobody else confirms)."""
+        confirmed = self.engine.view_digest() if self._acts_on_own_view() else self._leader_placement
+        return self.engine.placement_digest() == confirmed
+
+    def _confirm_placement(self) -> None:
+        handoffs = self.engine.confirm(self._leader_placement or "")
+        if handoffs is not None:
+            self._hand_off(handoffs)
+
+    # -- ingest -----------------------------------------------------------------------
+
+    def queue(self) -> IngestQueue:
+        if self._queue is None:
+            self._queue = self._limits.queue()
+        return self._queue
+
+    def is_handoff(self, sender: str) -> bool:
+        """A direct batch from a member is block state handed over, not a producer's."""
+        return sender != self.name and sender in self.view.members
+
+    def batch(self, env: Any, payload: Any, where: str) -> Awaitable[None] | None:
+        """Queue a batch for the ingest worker (bounds and waits: ingestqueue.py).
+
+        A producer's batch (direct socket, sender not a member) is republished on the PUB
+        stream as it arrives, unless a member asked for a pause (SPEC 9.3): then it waits at
+        the door, and the producer behind it. A stream batch that finds the queue over its
+        limit is dropped and counted; this node asks for pauses long before that."""
+        queue = self.queue()
+        item = (env, payload, where)
+        if where == "direct":
+            if not self.is_handoff(env.sender):
+                if self.flow.may_hold(self._now()):
+                    return self._admit(item)
+                self._republish(env, payload)
+                self._burst += payload_bytes(item)
+                if self._burst >= REPUBLISH_BURST:
+                    self._burst = 0  # let a member's FLOW in before republishing more
+                    return asyncio.sleep(0) if queue.put_now(item) else queue.put(item)
+            return None if queue.put_now(item) else queue.put(item)
+        if not queue.offer(item):  # we cannot keep up: shed stream data, never the control plane
+            self.ingest_dropped += 1
+            self.traffic.rejected["ingest_overflow"] += 1
+            return None
+        self._ask_flow(self.flow.stream_queued(payload_bytes(item), self._now()))
+        return None
+
+    def peer_flow(self, sender: str, hold_ms: int) -> None:
+        self.flow.peer_flow(sender, hold_ms, self._now())
+
+    async def _admit(self, item: Item) -> None:
+        """A producer's batch during a member's pause: wait until the pause ends (MAX_WAIT
+        at most, so that member messages on the same socket are not held long), then go on."""
+        start = self._now()
+        while (until := self.flow.held_until(now := self._now())) is not None and now - start < MAX_WAIT:
+            await asyncio.sleep(min(until - now, start + MAX_WAIT - now, 0.002))  # a release ends it early
+        held = self._now() - start
+        env, payload, _ = item
+        self._republish(env, payload)
+        await self.queue().put(item)
+        self.flow.held(held, self._now())  # the gap starts when the socket is read again
+
+    def _ask_flow(self, hold_ms: int | None) -> None:
+        if hold_ms is not None:
+            self.outbox.publish_frames(TOPIC_FLOW, self.outbox.frames(Flow(hold_ms=hold_ms), TOPIC_FLOW))
+
+    async def worker(self) -> None:
+        """Ingest queued batches in arrival order. A backlog is taken in one go (up to
+        COALESCE_RECORDS records): one store call merges all its new keys at once."""
+        queue = self.queue()
+        while True:
+            items = await queue.take(COALESCE_RECORDS)
+            try:
+                self._ingest_items(items)
+            except Exception:  # a bug on one batch must not stop ingest
+                logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
+            stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
+            self._ask_flow(self.flow.stream_taken(stream, self._now()))  # publish never raises
+            await asyncio.sleep(0)  # timers and control messages go between two takes
+
+    def _ingest_items(self, items: list[Item]) -> None:
+        """A sweep of known entities is stored at once (``ingest_sweep``); other batches are
+        stored together, in one call, with every batch after them; a handoff is applied in its
+        place in the order (what came before it is stored first)."""
+        pending: list[np.ndarray] = []
+        for env, payload, where in items:
+            if where == "direct" and self.is_handoff(env.sender):
+                self._store(pending)
+                records = self._decode_batch(env.msg, payload, "direct")
+                if records is not None:
+                    self.engine.receive_handoff(records)
+                continue
+            records = self._decode_batch(env.msg, payload, where)
+            if records is not None:
+                if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
+                    pending.append(records)
+                if self.plugins.wants(env.msg.channel):
+                    self.plugins.spawn(self.plugins.entities(self.host, env.msg.channel, records))
+        self._store(pending)
+
+    def _republish(self, env: Any, payload: Any) -> None:
+        """A producer's batch: publish it for every owner and subscriber of its channel."""
+        topic = topic_for(env.msg)
+        try:
+            frames = self.outbox.frames(env.msg, topic, payload)
+        except ValueError as exc:  # accepted here but not sendable (over the wire's payload limit)
+            self.traffic.reject("republish", WireError("too_large", str(exc)))
+            return
+        self.outbox.publish_frames(topic, frames)
+
+    def _decode_batch(self, header: EntityBatch, payload: Any, where: str) -> np.ndarray | None:
+        try:
+            return decode_batch(header, payload)
+        except WireError as exc:
+            self.traffic.reject(where, exc)
+            return None
+
+    def _store(self, pending: list[np.ndarray]) -> None:
+        """Ingest decoded batches in one store call (and empty the list). They are not
+        sweeps (``_ingest_items`` tried), so the general path is taken at once."""
+        if pending:
+            self.engine.ingest(pending[0] if len(pending) == 1 else np.concatenate(pending), sweep=False)
+            pending.clear()
+
+    # -- ticks, audit, fusions --------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One engine tick: aggregates published and stored, audit, repairs, fusions."""
+        rows, repairs = self.engine.tick()
+        tick_no = self.engine.tick_no
+        self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))
+        if rows and not self._auditing:  # one audit at a time, in a worker thread
+            self._auditing = True
+            self.recorder.spawn("audit", self._audit_tick(rows, tick_no))
+        if rows:
+            self.recorder.block_state(rows, time.time())
+        for chunk in self.engine.chunks(rows):
+            if chunk:
+                self.outbox.publish(Aggregates(tick=tick_no, rows=tuple(chunk)))
+        if self.view.leader == self.name and tick_no % FUSION_EVERY == 0:
+            self._plan_fusions()
+        for record in repairs:
+            log.event("repair", kind=record.kind, block=record.block, channel=record.channel,
+                      entities=record.entities, reason=record.reason)
+            self.recorder.audit(record.kind, f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason,
+                                block=record.block, entities=record.entities)
+
+    async def _audit_tick(self, rows: list[dict[str, Any]], tick: int) -> None:
+        try:
+            findings, records = await asyncio.to_thread(self.auditor.step, rows, tick)
+        finally:
+            self._auditing = False
+        alerted = self.alert_gate.step(findings)  # a flag alone is chance; the same block again is not
+        for rec in [r for r in records if r.kind != "audit_flag"] + [f.record() for f in alerted]:
+            log.event("audit", kind=rec.kind, subject=rec.subject, reason=rec.reason, tick=rec.tick)
+            self.recorder.audit(rec.kind, rec.subject, rec.reason, tick=rec.tick, **rec.details)
+        for finding in alerted:
+            alert = finding.alert()
+            self.raise_alert(alert.pop("kind"), alert.pop("text"), **alert)
+
+    def _plan_fusions(self) -> None:
+        """As nucleus: fuse weak blocks into strong ones of their channel, fenced by our term."""
+        plan = self.engine.plan(self.config.min_fitness)
+        if not plan:
+            return
+        term = self.view.term
+        self.outbox.publish(FusionPlan(term=term, fusions=tuple(
+            {"weak": f.weak_block, "strong": f.strong_block, "channel": f.channel, "reason": f.reason} for f in plan)))
+        self._apply_fusions(plan, term)
+
+    def fusion_plan(self, sender: str, msg: FusionPlan) -> None:
+        """A plan from the nucleus: applied only if it comes from the leader of our term."""
+        if sender != self.view.leader or msg.term != self.view.term:
+            log.event("fusion_plan_refused", logging.WARNING, sender=sender, term=msg.term,
+                      leader=self.view.leader, our_term=self.view.term)
+            return
+        try:
+            plan = [Fusion(int(f["weak"]), int(f["strong"]), int(f["channel"]), str(f.get("reason", "")))
+                    for f in msg.fusions]
+        except (KeyError, TypeError, ValueError):
+            self.traffic.rejected["fusion_plan"] += 1
+            return
+        self._apply_fusions(plan, msg.term)
+
+    def _apply_fusions(self, plan: list[Fusion], term: int) -> None:
+        try:
+            records, handoffs = self.engine.apply_fusions(plan)
+        except ValueError as exc:  # e.g. a plan across channels: the nucleus's bug, not ours
+            log.event("fusion_failed", logging.WARNING, error=str(exc))
+            return
+        for record in records:
+            log.event("fusion", block=record.block, into=record.target, channel=record.channel,
+                      entities=record.entities, reason=record.reason, term=term)
+            self.recorder.audit("fusion", f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason,
+                                term=term, into=record.target, entities=record.entities)
+        self._hand_off(handoffs)
+
+    def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
+        for owner, records in handoffs.items():
+            addr = self.view.members.get(owner)
+            if addr is None:
+                continue
+            for start in range(0, len(records), HANDOFF_CHUNK):
+                chunk = records[start:start + HANDOFF_CHUNK]
+                for channel in np.unique(chunk["channel"]).tolist():
+                    header, payload = make_batch(chunk[chunk["channel"] == channel], channel)
+                    self.outbox.transport.send(addr, self.outbox.frames(header, TOPIC_DIRECT, payload))
+            version = self.engine.placement.version
+            log.event("blocks_handed_off", to=owner, records=len(records), map_version=version)
+            self.recorder.audit("placement", owner, "membership changed: blocks handed to their new owner",
+                                records=len(records), map_version=version)
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        queue = self._queue
+        return {
+            "entities": self.engine.store.count(),
+            "blocks": len(self.engine.store.block_ids()),
+            "cluster_blocks": len(self.engine.cluster_rows()),
+            "entity_errors": self.engine.entity_errors,
+            "ingested": self.engine.ingested,
+            "ingest_dropped": self.ingest_dropped,
+            "ingest_queue": queue.qsize() if queue is not None else 0,
+            "ingest_queue_bytes": queue.bytes if queue is not None else 0,
+            "repairs": self.engine.repairs,
+            "fusions": self.engine.fusions,
+            "audit_fits": self.auditor.fits,
+            "flow": self.flow.status(),
+            "placement_version": self.engine.placement.version,
+            "placement_confirmed": self.placement_confirmed(),
+        }

@@ -6,8 +6,11 @@ stream (topic ``mbr``), which every member subscribes to, so one broadcast reach
 live member in one hop. No sockets, no asyncio, no clock, no files, no global random: the
 same rng seed and the same inputs give the same effects (the simulator relies on it).
 
-Shape follows hashicorp/memberlist (state.go; suspicion.py, awareness.py and broadcast.py
-beside this file are its suspicion.go, awareness.go and queue.go).
+Shape follows hashicorp/memberlist: this file is its state.go (merging, refutation, the
+timers' order, leave, reap); beside it, membership_config.py is config.go, probing.py the
+probe loop (rule 7), pushpull.py push-pull and join (rules 10-12, 15), member.py the member
+record and precedence (rule 2), and suspicion.py, awareness.py and broadcast.py are
+suspicion.go, awareness.go and queue.go.
 
 Future work: every node here subscribes to every member's PUB and probes round-robin over
 all members. That is right up to a few hundred nodes; beyond, a node should keep a partial
@@ -138,7 +141,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from corec_node.mesh.awareness import Awareness
 from corec_node.mesh.broadcast import BroadcastQueue, retransmit_limit
@@ -150,6 +153,21 @@ from corec_node.mesh.effects import (
     NameConflict,
     Send,
 )
+from corec_node.mesh.member import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    LIVE,
+    SUSPECT,
+    Member,
+    n_live,
+    random_alive,
+    sorted_states,
+    supersedes,
+)
+from corec_node.mesh.membership_config import PROFILES, MembershipConfig
+from corec_node.mesh.probing import Probe, Prober
+from corec_node.mesh.pushpull import PushPull, forward
 from corec_node.mesh.suspicion import Suspicion, expected_confirmations, suspicion_timeouts
 from corec_node.wire.messages import (
     Ack,
@@ -166,229 +184,8 @@ from corec_node.wire.messages import (
 
 __all__ = ["PROFILES", "Member", "Membership", "MembershipConfig", "supersedes"]
 
-ALIVE, SUSPECT, DEAD, LEFT = (
-    MemberStatus.ALIVE,
-    MemberStatus.SUSPECT,
-    MemberStatus.DEAD,
-    MemberStatus.LEFT,
-)
-_LIVE = frozenset({ALIVE, SUSPECT})  # still members: probed, counted in n, listed by alive()
-_RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}  # rule 2, at equal incarnation
-
 MAX_GOSSIP_UPDATES = 64  # updates per Gossip (~4 KB): frames stay small; the rest go next flush
-MAX_RELAYS = 256  # PingReq relays in flight: a PingReq flood cannot grow our memory
-NACK_FRACTION = 0.5  # a relay nacks after this share of the base probe timeout (rule 7)
-JOIN_RETRY_MAX_FACTOR = 8  # join retries back off up to 8 x join_retry
-RESTORE_FANOUT = 8  # restore pushes to this many remembered members at once, the rest later
-GAP_RESYNC_PERIODS = 5  # at most one gap-triggered push-pull per sender per 5 probe intervals
 _NEVER = -math.inf
-
-
-def supersedes(
-    new_inc: int, new_status: MemberStatus, old_inc: int, old_status: MemberStatus
-) -> bool:
-    """Rule 2: does an update ``(new_inc, new_status)`` replace ``(old_inc, old_status)``?"""
-    if new_inc != old_inc:
-        return new_inc > old_inc
-    return _RANK[new_status] > _RANK[old_status]
-
-
-@dataclass(frozen=True, slots=True)
-class MembershipConfig:
-    """Timers and fan-outs. Named profiles: ``lan()`` (the defaults), ``edge()``, ``test()``.
-
-    Failure detection arithmetic for the lan defaults, n = 3..10 on loopback:
-      detection ~= t1 (until some survivor's round-robin reaches the dead node: the minimum
-                       of n-1 uniform phases over (n-1) * 0.2 s, ~0.15 s on average)
-                  + 0.2 (one probe period: direct 0.1 s, then indirect, then suspect)
-                  + 0.8 (suspicion min: the other survivors probe a member they heard
-                         suspected first, so k confirmations arrive within ~0.4 s and the
-                         timeout falls from 1.6 s to 0.8 s)
-                  + <= 0.05 (the dead verdict waits for the next gossip flush)
-                ~= 1.2 s typical, ~1.5 s when t1 is unlucky (P(t1 > 0.6 s) < 5 %): < 2 s.
-    No false suspicion from loop stalls of tens of ms: a target has the whole 0.2 s period
-    to answer, a stalled prober does not count its stall (rule 16), and a node stopped for
-    0.6 s is first suspected >= 0.2 s after it stopped and declared dead no earlier than
-    0.8 s after that, so it wakes and refutes in time.
-    """
-
-    # One probe per 200 ms per node (~5 small messages/s each); sets detection speed.
-    probe_interval: float = 0.2
-    # Direct Ack wait: loopback/LAN RTT is ~1 ms, so 100 ms absorbs a stall of tens of ms
-    # and leaves the other 100 ms of the period for the indirect round.
-    probe_timeout: float = 0.1
-    # k relays (memberlist's IndirectChecks): routes around one bad link with margin.
-    indirect_checks: int = 3
-    # min = 4 x 0.2 = 0.8 s up to 10 nodes: longer than a 0.6 s stop plus its refutation,
-    # short enough for detection under 2 s.
-    suspicion_mult: int = 4
-    # max = 1.6 s when nobody confirms: a lone (perhaps slow) accuser gives the accused
-    # twice the time to refute, still inside the 2 s budget. memberlist uses 6 at 1 s probes.
-    suspicion_max_mult: int = 2
-    # Lifeguard: an unhealthy node stretches its timeouts up to 8x (memberlist's default).
-    awareness_max: int = 8
-    # Each update rides 4 * ceil(log10(n + 1)) flushes (memberlist's RetransmitMult):
-    # 8 flushes, 400 ms, for 10 nodes; covers a subscriber that connected a moment late.
-    retransmit_mult: int = 4
-    # Flush queued updates at most every 50 ms: a verdict leaves at the next tick after a
-    # quiet spell, retransmits batch into one frame.
-    gossip_interval: float = 0.05
-    # Anti-entropy: one full sync per node every 5 s (scaled up above 32 nodes); the PUB
-    # sequence-gap resync repairs most losses long before.
-    push_pull_interval: float = 5.0
-    # Forget dead/left members after 24 h (Serf's reconnect/tombstone timeout). Dead members
-    # stay voters until then, so a partition cannot shrink its quorum into a majority.
-    reap_after: float = 86400.0
-    # Keep knocking on dead members as long as we remember them: a partition heals whenever
-    # the network does.
-    reconnect_for: float = 86400.0
-    # One dead member per 3 s per node: a healed partition merges within seconds, and a
-    # really dead node costs one small message per node every 3 s.
-    reconnect_interval: float = 3.0
-    # An unanswered join is retried after 2 s, doubling up to 16 s, until answered.
-    join_retry: float = 2.0
-    # Rule 16: a silence longer than this between calls means our own loop stalled (the
-    # shell ticks every 20 ms). None turns the guard off (a simulator with coarse ticks).
-    stall_gap: float | None = 0.1
-
-    def __post_init__(self) -> None:
-        for key in (
-            "probe_interval",
-            "probe_timeout",
-            "gossip_interval",
-            "push_pull_interval",
-            "reap_after",
-            "reconnect_interval",
-            "join_retry",
-        ):
-            if not getattr(self, key) > 0:
-                raise ValueError(
-                    f"membership config: {key} must be > 0, got {getattr(self, key)!r}"
-                )
-        if self.probe_timeout >= self.probe_interval:
-            raise ValueError(
-                f"membership config: probe_timeout ({self.probe_timeout}) must be shorter than "
-                f"probe_interval ({self.probe_interval}) to leave time for indirect probes"
-            )
-        for key in ("suspicion_mult", "suspicion_max_mult", "awareness_max", "retransmit_mult"):
-            if getattr(self, key) < 1:
-                raise ValueError(
-                    f"membership config: {key} must be >= 1, got {getattr(self, key)!r}"
-                )
-        if self.indirect_checks < 0:
-            raise ValueError(
-                f"membership config: indirect_checks must be >= 0, got {self.indirect_checks!r}"
-            )
-        if self.reconnect_for < 0 or self.reconnect_for > self.reap_after:
-            raise ValueError(
-                f"membership config: reconnect_for ({self.reconnect_for}) must be between 0 and "
-                f"reap_after ({self.reap_after}): a reaped member cannot be reconnected"
-            )
-        if self.stall_gap is not None and not self.stall_gap > 0:
-            raise ValueError(
-                f"membership config: stall_gap must be > 0 or None, got {self.stall_gap!r}"
-            )
-
-    @classmethod
-    def lan(cls) -> MembershipConfig:
-        """The defaults: a LAN or one host; death seen in ~1-2 s."""
-        return cls()
-
-    @classmethod
-    def edge(cls) -> MembershipConfig:
-        """Lossy Wi-Fi and small CPUs (a Raspberry Pi): slower, surer verdicts (~6-10 s)."""
-        return cls(
-            # radio links lose and delay packets in bursts: memberlist's LAN pace
-            probe_interval=1.0,
-            # Wi-Fi RTT spikes to hundreds of ms, and a Pi's loop stalls longer
-            probe_timeout=0.5,
-            suspicion_mult=4,  # min 4 s
-            # max 24 s for a lone accuser (memberlist's default): flaky links accuse wrongly
-            suspicion_max_mult=6,
-            gossip_interval=0.2,  # fewer, bigger frames on a slow link
-            push_pull_interval=30.0,  # memberlist's LAN value: full syncs cost airtime
-            # 72 h: edge devices go offline for long stretches and must come back as voters
-            reap_after=259200.0,
-            reconnect_for=259200.0,
-            reconnect_interval=10.0,  # knocking costs airtime too
-            join_retry=5.0,
-            stall_gap=0.5,  # a Pi's loop may legitimately pause longer between ticks
-        )
-
-    @classmethod
-    def test(cls) -> MembershipConfig:
-        """The lan failure detector with fast background work, so tests and the simulator
-        see anti-entropy, reconnect and reaping within seconds."""
-        return cls(
-            push_pull_interval=1.0,  # anti-entropy visible within a test's patience
-            reap_after=30.0,  # long enough that a test reads "dead" before it is reaped
-            reconnect_for=30.0,
-            reconnect_interval=0.5,  # a healed partition merges in about a second
-            join_retry=0.5,
-        )
-
-    @classmethod
-    def profile(cls, name: str) -> MembershipConfig:
-        try:
-            return PROFILES[name]()
-        except KeyError:
-            raise ValueError(
-                f"unknown membership profile {name!r}; expected one of {', '.join(PROFILES)}"
-            ) from None
-
-
-PROFILES = {
-    "lan": MembershipConfig.lan,
-    "edge": MembershipConfig.edge,
-    "test": MembershipConfig.test,
-}
-
-
-@dataclass(slots=True)
-class Member:
-    """This node's view of one member. Views hand out copies."""
-
-    name: str
-    addr: str
-    pub: str
-    inc: int
-    status: MemberStatus
-    since: float  # the ``now`` of the last status change
-
-    def state(self) -> MemberState:
-        return MemberState(self.name, self.addr, self.pub, self.inc, self.status)
-
-
-@dataclass(slots=True)
-class _Probe:
-    probe: int
-    target: str
-    addr: str
-    inc: int  # the target's incarnation when the probe started: a failure suspects that one
-    direct_deadline: float
-    deadline: float
-    acked: bool = False
-    indirect: bool = False
-    expected_nacks: int = 0
-    nacks: int = 0
-
-
-@dataclass(slots=True)
-class _Relay:
-    probe: int  # the asker's probe number
-    target: str
-    reply_to: str
-    nack_at: float
-    expire_at: float
-    acked: bool = False
-    nacked: bool = False
-
-
-@dataclass(slots=True)
-class _PendingJoin:
-    restore: bool  # from restore(): done once any member answers
-    next_at: float
-    interval: float
 
 
 class Membership:
@@ -418,25 +215,18 @@ class Membership:
         self._awareness = Awareness(config.awareness_max)
         self._queue = BroadcastQueue()
         self._suspicions: dict[str, Suspicion] = {}
-        self._probe: _Probe | None = None
-        self._order: list[str] = []
-        self._order_pos = 0
-        self._probe_first: list[str] = []
-        self._seq = 0
-        self._relays: dict[int, _Relay] = {}
-        self._pending: dict[str, _PendingJoin] = {}
-        self._outstanding: dict[str, float] = {}  # addr -> live time of our last StatePush to it
-        self._joined_any = False
-        self._resync: list[tuple[float, str]] = []  # (live time, addr): post-join push-pulls
         self._conflicts: set[str] = set()
-        self._gap_sync: dict[str, float] = {}
         self._left = False
         self._live = now
         self._last_now = now
         # first timers at random phases, so nodes started together do not beat in step
-        self._next_probe = now + rng.random() * config.probe_interval
-        self._next_push_pull = now + rng.random() * config.push_pull_interval
-        self._next_reconnect = now + rng.random() * config.reconnect_interval
+        next_probe = now + rng.random() * config.probe_interval
+        next_push_pull = now + rng.random() * config.push_pull_interval
+        next_reconnect = now + rng.random() * config.reconnect_interval
+        self._prober = Prober(name, addr, config, rng, self._awareness, next_probe=next_probe)
+        self._sync = PushPull(
+            name, addr, config, rng, next_push_pull=next_push_pull, next_reconnect=next_reconnect
+        )
         self._last_flush = _NEVER
 
     # -- properties -------------------------------------------------------------------
@@ -481,7 +271,7 @@ class Membership:
 
     def alive(self) -> list[str]:
         """Names of ALIVE or SUSPECT members, this node included unless it left, sorted."""
-        return sorted(n for n, m in self._members.items() if m.status in _LIVE)
+        return sorted(n for n, m in self._members.items() if m.status in LIVE)
 
     def voters(self) -> dict[str, str]:
         """name -> direct addr of members that joined and have not left or been forced out:
@@ -494,7 +284,7 @@ class Membership:
 
     def snapshot(self) -> list[MemberState]:
         """What the shell writes to disk (and what a push-pull carries), sorted by name."""
-        return [self._members[n].state() for n in sorted(self._members)]
+        return sorted_states(self._members)
 
     def counts(self) -> dict[str, int]:
         out = {s.label: 0 for s in MemberStatus}
@@ -504,7 +294,7 @@ class Membership:
 
     def pending_joins(self) -> list[str]:
         """Addresses pushed to by join/restore that have not answered yet (rule 11)."""
-        return list(self._pending)
+        return self._sync.pending_joins()
 
     def broadcasts_pending(self) -> int:
         """Updates still to be retransmitted; after ``leave`` the shell may stop at 0."""
@@ -517,15 +307,7 @@ class Membership:
         live = self._clock(now)
         if self._left:
             return []
-        out: list[Effect] = []
-        for addr in dict.fromkeys(addrs):
-            if addr == self.addr:
-                continue
-            self._pending[addr] = _PendingJoin(
-                False, live + self._cfg.join_retry, self._cfg.join_retry
-            )
-            out.append(self._push(addr, live, join=True))
-        return out
+        return self._sync.join(addrs, self._members, live)
 
     def handle(self, sender: str, msg: Message, now: float) -> list[Effect]:
         """Any membership message; ``sender`` is the envelope's sender name. Other message
@@ -534,22 +316,27 @@ class Membership:
         if self._left:
             return []
         out: list[Effect] = []
+        if isinstance(msg, (Ping, PingReq, StatePush)) and sender == self.name:
+            if msg.reply_to != self.addr:
+                self._conflict(msg.reply_to, out)  # rule 6: a direct message under our name
         if isinstance(msg, Ping):
-            self._on_ping(sender, msg, out)
+            self._prober.on_ping(msg, out)
         elif isinstance(msg, Ack):
-            self._on_ack(msg, out)
+            self._prober.on_ack(msg, out)
         elif isinstance(msg, PingReq):
-            self._on_ping_req(sender, msg, live, out)
+            self._prober.on_ping_req(msg, live, out)
         elif isinstance(msg, Nack):
-            p = self._probe
-            if p is not None and msg.probe == p.probe and msg.target == p.target:
-                p.nacks += 1
+            self._prober.on_nack(msg)
         elif isinstance(msg, Gossip):
             self._merge(msg.updates, sender, now, live, out, gossip=True)
         elif isinstance(msg, StatePush):
-            self._on_state_push(sender, msg, now, live, out)
+            self._merge(msg.members, sender, now, live, out, gossip=False)
+            self._sync.on_state_push(sender, msg, self._members, out)  # rule 10: answer it
         elif isinstance(msg, StateReply):
-            self._on_state_reply(sender, msg, now, live, out)
+            inc_before = self._self.inc
+            self._merge(msg.members, sender, now, live, out, gossip=False)
+            refuted = self._self.inc != inc_before
+            self._sync.on_state_reply(sender, msg, self._members, live, out, refuted=refuted)
         return out
 
     def tick(self, now: float) -> list[Effect]:
@@ -561,28 +348,19 @@ class Membership:
             return out
         self._reap(now, out)
         self._tick_probe(now, live, out)
-        self._tick_relays(live, out)
+        self._prober.tick_relays(live, out)
         self._tick_suspicions(now, live, out)
-        self._tick_joins(live, out)
-        self._tick_push_pull(live, out)
-        self._tick_reconnect(now, live, out)
+        self._sync.tick(self._members, now, live, out)
         self._flush(live, out)
         return out
 
     def on_gap(self, sender: str, now: float) -> list[Effect]:
         """The shell saw a sequence gap on ``sender``'s mbr topic: push-pull with it
-        (at most once per GAP_RESYNC_PERIODS probe intervals per sender)."""
+        (at most once per pushpull.GAP_RESYNC_PERIODS probe intervals per sender)."""
         live = self._clock(now)
         if self._left or sender == self.name:
             return []
-        m = self._members.get(sender)
-        if m is None or m.status == LEFT:
-            return []
-        last = self._gap_sync.get(sender)
-        if last is not None and live - last < GAP_RESYNC_PERIODS * self._cfg.probe_interval:
-            return []
-        self._gap_sync[sender] = live
-        return [self._push(m.addr, live, join=False)]
+        return self._sync.on_gap(sender, self._members, live)
 
     def leave(self, now: float) -> list[Effect]:
         """Rule 14: mark ourselves left (inc + 1) and spread it. Keep calling ``tick`` for a
@@ -597,11 +375,11 @@ class Membership:
         me.status = LEFT
         me.since = now
         out: list[Effect] = [MemberChanged(me.name, me.addr, old, LEFT, me.inc, "left")]
-        self._probe = None
-        self._relays.clear()
-        self._pending.clear()
+        self._prober.stop()
+        self._sync.stop()
         self._queue.queue(me.state())
-        for m in self._random_alive(self._cfg.indirect_checks, exclude={me.name}):
+        fanout = self._cfg.indirect_checks
+        for m in random_alive(self._members, self._rng, fanout, exclude={me.name}):
             out.append(Send(m.addr, StatePush(join=False, reply_to=me.addr, members=(me.state(),))))
         self._last_flush = _NEVER
         self._flush(live, out)
@@ -658,25 +436,15 @@ class Membership:
                 m = Member(st.name, st.addr, st.pub, st.inc, status, now)
                 self._members[st.name] = m
                 out.append(MemberChanged(m.name, m.addr, None, status, m.inc, "restored"))
-                if status in _LIVE:
-                    self._probe_insert(m.name)
+                if status in LIVE:
+                    self._prober.insert(m.name)
             elif supersedes(st.inc, status, m.inc, m.status) and (
-                st.addr == m.addr or m.status not in _LIVE
+                st.addr == m.addr or m.status not in LIVE
             ):
                 self._set(m, st.inc, status, now, "restored", out, addr=st.addr, pub=st.pub)
-            if m.status in _LIVE and m.addr not in targets:
+            if m.status in LIVE and m.addr not in targets:
                 targets.append(m.addr)
-        self._rng.shuffle(targets)
-        for i, addr in enumerate(targets):
-            if addr in self._pending:
-                continue
-            batch = i // RESTORE_FANOUT
-            first = live + self._cfg.join_retry * batch
-            self._pending[addr] = _PendingJoin(
-                True, first if batch else live + self._cfg.join_retry, self._cfg.join_retry
-            )
-            if batch == 0:
-                out.append(self._push(addr, live, join=True))
+        self._sync.restore(targets, self._members, live, out)
         return out
 
     # -- clock (rule 16) --------------------------------------------------------------
@@ -688,80 +456,6 @@ class Membership:
             self._live += dt if gap is None else min(dt, gap)
             self._last_now = now
         return self._live
-
-    # -- message handlers ---------------------------------------------------------------
-
-    def _on_ping(self, sender: str, msg: Ping, out: list[Effect]) -> None:
-        if sender == self.name and msg.reply_to != self.addr:
-            self._conflict(msg.reply_to, out)
-        if msg.target != self.name:
-            return  # meant for whoever had this address before: let its prober time out
-        out.append(Send(msg.reply_to, Ack(msg.probe, self.name)))
-
-    def _on_ack(self, msg: Ack, out: list[Effect]) -> None:
-        p = self._probe
-        if p is not None and not p.acked and msg.probe == p.probe and msg.target == p.target:
-            p.acked = True
-            self._awareness.apply(-1)
-            return
-        r = self._relays.get(msg.probe)
-        if r is not None and not r.acked and msg.target == r.target:
-            r.acked = True  # relayed even after a Nack: a late Ack still saves the target
-            out.append(Send(r.reply_to, Ack(r.probe, r.target)))
-
-    def _on_ping_req(self, sender: str, msg: PingReq, live: float, out: list[Effect]) -> None:
-        if sender == self.name and msg.reply_to != self.addr:
-            self._conflict(msg.reply_to, out)
-        if msg.target == self.name:
-            out.append(Send(msg.reply_to, Ack(msg.probe, self.name)))
-            return
-        if len(self._relays) >= MAX_RELAYS:
-            return
-        self._seq += 1
-        cfg = self._cfg
-        self._relays[self._seq] = _Relay(
-            msg.probe,
-            msg.target,
-            msg.reply_to,
-            nack_at=live + cfg.probe_timeout * NACK_FRACTION,
-            expire_at=live + 2 * cfg.probe_interval,
-        )
-        out.append(Send(msg.target_addr, Ping(self._seq, msg.target, self.addr)))
-
-    def _on_state_push(
-        self, sender: str, msg: StatePush, now: float, live: float, out: list[Effect]
-    ) -> None:
-        if sender == self.name and msg.reply_to != self.addr:
-            self._conflict(msg.reply_to, out)
-        self._merge(msg.members, sender, now, live, out, gossip=False)
-        if sender != self.name:
-            m = self._members.get(sender)
-            if m is not None:
-                self._pending.pop(m.addr, None)  # it reached us: joining it is done
-            self._pending.pop(msg.reply_to, None)
-        out.append(Send(msg.reply_to, StateReply(tuple(self.snapshot()))))
-
-    def _on_state_reply(
-        self, sender: str, msg: StateReply, now: float, live: float, out: list[Effect]
-    ) -> None:
-        inc_before = self._self.inc
-        self._merge(msg.members, sender, now, live, out, gossip=False)
-        if sender == self.name:
-            addr = next(
-                (s.addr for s in msg.members if s.name == sender and s.addr != self.addr), None
-            )
-        else:
-            m = self._members.get(sender)
-            addr = m.addr if m is not None else None
-        self._answered(addr)
-        if not self._joined_any:
-            self._joined_any = True
-            if addr is not None and sender != self.name:
-                period = self._cfg.probe_interval
-                self._resync = [(live + period, addr), (live + 5 * period, addr)]
-        self._settle_pending()
-        if self._self.inc != inc_before and addr is not None and sender != self.name:
-            out.append(self._push(addr, live, join=False))  # rule 10: let it see our refutation now
 
     # -- merging (rules 2-6, 10) --------------------------------------------------------
 
@@ -820,23 +514,23 @@ class Membership:
         gossip: bool,
     ) -> None:
         m = self._members.get(st.name)
-        if m is not None and st.addr != m.addr and m.status in _LIVE:
+        if m is not None and st.addr != m.addr and m.status in LIVE:
             return  # rule 5
         if not gossip and st.status in (SUSPECT, DEAD):
-            if m is not None and m.status in _LIVE:
+            if m is not None and m.status in LIVE:
                 if supersedes(st.inc, st.status, m.inc, m.status):
-                    out.append(self._forward(m.addr, st))  # rule 10: not ours to adopt
+                    out.append(forward(m.addr, self.addr, st))  # rule 10: not ours to adopt
                 return
             if st.status == SUSPECT and (m is None or st.inc > m.inc):
-                out.append(self._forward(st.addr, st))
+                out.append(forward(st.addr, self.addr, st))
                 st = replace(st, status=ALIVE)  # a member again; its own refutation will follow
         if m is None:
-            if st.status not in _LIVE:
+            if st.status not in LIVE:
                 return  # rule 4
             m = Member(st.name, st.addr, st.pub, st.inc, st.status, now)
             self._members[st.name] = m
             out.append(MemberChanged(m.name, m.addr, None, m.status, m.inc, "joined"))
-            self._probe_insert(m.name)
+            self._prober.insert(m.name)
             if m.status == SUSPECT:
                 self._start_suspicion(m, sender, live)
             elif not gossip:
@@ -849,7 +543,7 @@ class Membership:
                     s.confirm(sender)  # rule 8: an independent accuser
             return
         unconfirmed = not (m.status == SUSPECT and m.inc == st.inc)
-        if gossip and st.status == DEAD and m.status in _LIVE and unconfirmed:
+        if gossip and st.status == DEAD and m.status in LIVE and unconfirmed:
             # rule 8: a verdict we did not suspect ourselves is a suspicion for us
             self._set(m, st.inc, SUSPECT, now, f"suspected by {sender}", out)
             self._start_suspicion(m, sender, live)
@@ -910,12 +604,12 @@ class Membership:
             out.append(MemberChanged(m.name, m.addr, old, status, inc, reason))
         elif moved:
             out.append(MemberChanged(m.name, m.addr, old, status, inc, "address changed"))
-        if status in _LIVE and old not in _LIVE:
-            self._probe_insert(m.name)
+        if status in LIVE and old not in LIVE:
+            self._prober.insert(m.name)
 
     def _start_suspicion(self, m: Member, accuser: str, live: float) -> None:
         cfg = self._cfg
-        n = self._n_live()
+        n = n_live(self._members)
         lo, hi = suspicion_timeouts(
             cfg.suspicion_mult, cfg.suspicion_max_mult, n, cfg.probe_interval
         )
@@ -927,47 +621,19 @@ class Membership:
             max_timeout=hi,
             accuser=accuser,
         )
-        if accuser != self.name and m.name not in self._probe_first:
-            self._probe_first.append(m.name)  # rule 7: our own verdict, soon
+        if accuser != self.name:
+            self._prober.probe_soon(m.name)  # rule 7: our own verdict, soon
 
     # -- timers -----------------------------------------------------------------------
 
     def _tick_probe(self, now: float, live: float, out: list[Effect]) -> None:
-        cfg = self._cfg
-        p = self._probe
-        if p is not None:
-            if not p.acked and not p.indirect and live >= p.direct_deadline:
-                p.indirect = True
-                relays = self._random_alive(cfg.indirect_checks, exclude={self.name, p.target})
-                p.expected_nacks = len(relays)
-                for r in relays:
-                    out.append(Send(r.addr, PingReq(p.probe, p.target, p.addr, self.addr)))
-            if live >= p.deadline:
-                self._probe = None
-                if not p.acked:
-                    self._probe_failed(p, now, live, out)
-        if self._probe is None and live >= self._next_probe:
-            target = self._next_target()
-            if target is None:
-                self._next_probe = live + cfg.probe_interval
-                return
-            scale = self._awareness.score + 1
-            self._seq += 1
-            p = _Probe(
-                self._seq,
-                target.name,
-                target.addr,
-                target.inc,
-                direct_deadline=live + cfg.probe_timeout * scale,
-                deadline=live + cfg.probe_interval * scale,
-            )
-            self._probe = p
-            self._next_probe = p.deadline
-            out.append(Send(target.addr, Ping(p.probe, target.name, self.addr)))
+        failed = self._prober.expire_probe(self._members, live, out)
+        if failed is not None:
+            self._probe_failed(failed, now, live, out)
+        self._prober.start_probe(self._members, live, out)
 
-    def _probe_failed(self, p: _Probe, now: float, live: float, out: list[Effect]) -> None:
-        if p.expected_nacks > 0 and p.nacks < p.expected_nacks:
-            self._awareness.apply(1)  # relays could not answer us either: we may be the slow one
+    def _probe_failed(self, p: Probe, now: float, live: float, out: list[Effect]) -> None:
+        """Rule 7: no Ack for ``p`` within its period; the target becomes suspect."""
         m = self._members.get(p.target)
         if m is None or m.inc != p.inc:
             return  # reaped, or refuted meanwhile
@@ -980,14 +646,6 @@ class Membership:
             if s is not None and s.confirm(self.name):
                 self._queue.queue(m.state())  # our independent accusation counts for others
 
-    def _tick_relays(self, live: float, out: list[Effect]) -> None:
-        for seq, r in list(self._relays.items()):
-            if not r.acked and not r.nacked and live >= r.nack_at:
-                r.nacked = True
-                out.append(Send(r.reply_to, Nack(r.probe, r.target)))
-            if live >= r.expire_at:
-                del self._relays[seq]
-
     def _tick_suspicions(self, now: float, live: float, out: list[Effect]) -> None:
         scale = self._awareness.score + 1
         for name, s in list(self._suspicions.items()):
@@ -999,42 +657,6 @@ class Membership:
                 self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
                 self._queue.queue(m.state())
 
-    def _tick_joins(self, live: float, out: list[Effect]) -> None:
-        cfg = self._cfg
-        while self._resync and live >= self._resync[0][0]:
-            out.append(self._push(self._resync.pop(0)[1], live, join=False))
-        for addr, pj in list(self._pending.items()):
-            if live >= pj.next_at:
-                pj.next_at = live + pj.interval
-                pj.interval = min(pj.interval * 2, cfg.join_retry * JOIN_RETRY_MAX_FACTOR)
-                out.append(self._push(addr, live, join=True))
-        horizon = live - cfg.join_retry * JOIN_RETRY_MAX_FACTOR
-        for addr in [a for a, t in self._outstanding.items() if t < horizon]:
-            del self._outstanding[addr]
-
-    def _tick_push_pull(self, live: float, out: list[Effect]) -> None:
-        if live < self._next_push_pull:
-            return
-        n = self._n_live()
-        interval = self._cfg.push_pull_interval
-        if n > 32:  # memberlist's pushPullScale: fewer full syncs per node as the cluster grows
-            interval *= math.ceil(math.log2(n) - math.log2(32)) + 1
-        self._next_push_pull = live + interval
-        for m in self._random_alive(1, exclude={self.name}):
-            out.append(self._push(m.addr, live, join=False))
-
-    def _tick_reconnect(self, now: float, live: float, out: list[Effect]) -> None:
-        if live < self._next_reconnect:
-            return
-        self._next_reconnect = live + self._cfg.reconnect_interval
-        dead = sorted(
-            n
-            for n, m in self._members.items()
-            if m.status == DEAD and now - m.since < self._cfg.reconnect_for
-        )
-        if dead:
-            out.append(self._push(self._members[self._rng.choice(dead)].addr, live, join=False))
-
     def _reap(self, now: float, out: list[Effect]) -> None:
         for name, m in list(self._members.items()):
             if (
@@ -1045,87 +667,15 @@ class Membership:
                 del self._members[name]
                 self._suspicions.pop(name, None)
                 self._queue.drop(name)
-                self._gap_sync.pop(name, None)
-                if name in self._probe_first:
-                    self._probe_first.remove(name)
+                self._sync.forget(name)
+                self._prober.forget(name)
                 out.append(MemberReaped(name))
 
     def _flush(self, live: float, out: list[Effect]) -> None:
         if not len(self._queue) or live < self._last_flush + self._cfg.gossip_interval:
             return
-        limit = retransmit_limit(self._cfg.retransmit_mult, self._n_live())
+        limit = retransmit_limit(self._cfg.retransmit_mult, n_live(self._members))
         updates = self._queue.take(limit, MAX_GOSSIP_UPDATES)
         if updates:
             self._last_flush = live
             out.append(Broadcast(Gossip(tuple(updates))))
-
-    # -- helpers ----------------------------------------------------------------------
-
-    def _n_live(self) -> int:
-        return max(1, sum(1 for m in self._members.values() if m.status in _LIVE))
-
-    def _forward(self, addr: str, st: MemberState) -> Send:
-        """Show an accused member the verdict someone holds on it (rule 10)."""
-        return Send(addr, StatePush(join=False, reply_to=self.addr, members=(st,)))
-
-    def _push(self, addr: str, live: float, *, join: bool) -> Send:
-        self._outstanding[addr] = live
-        return Send(addr, StatePush(join=join, reply_to=self.addr, members=tuple(self.snapshot())))
-
-    def _answered(self, addr: str | None) -> None:
-        """A StateReply came from the member at ``addr``: settle the push it answers."""
-        matched = addr if addr is not None and addr in self._outstanding else None
-        if matched is None:
-            known = {m.addr for m in self._members.values()}
-            aliases = [a for a in self._outstanding if a not in known]
-            if len(aliases) == 1:
-                matched = aliases[0]  # we pushed to an alias of its address (localhost, a DNS name)
-        if matched is not None:
-            del self._outstanding[matched]
-            self._pending.pop(matched, None)
-        if addr is not None:
-            self._pending.pop(addr, None)
-
-    def _settle_pending(self) -> None:
-        if not self._joined_any or not self._pending:
-            return
-        live_addrs = {
-            m.addr for n, m in self._members.items() if m.status in _LIVE and n != self.name
-        }
-        for addr, pj in list(self._pending.items()):
-            if pj.restore or addr in live_addrs:
-                del self._pending[addr]
-
-    def _random_alive(self, k: int, *, exclude: set[str]) -> list[Member]:
-        names = sorted(
-            n for n, m in self._members.items() if m.status == ALIVE and n not in exclude
-        )
-        if k <= 0 or not names:
-            return []
-        return [self._members[n] for n in self._rng.sample(names, min(k, len(names)))]
-
-    def _probe_insert(self, name: str) -> None:
-        if name == self.name or name in self._order[self._order_pos :]:
-            return
-        self._order.insert(self._rng.randint(self._order_pos, len(self._order)), name)
-
-    def _next_target(self) -> Member | None:
-        while self._probe_first:
-            m = self._members.get(self._probe_first.pop(0))
-            if m is not None and m.status == SUSPECT:
-                return m
-        for _ in range(2):
-            while self._order_pos < len(self._order):
-                name = self._order[self._order_pos]
-                self._order_pos += 1
-                m = self._members.get(name)
-                if m is not None and m.status in _LIVE and name != self.name:
-                    return m
-            self._order = sorted(
-                n for n, m in self._members.items() if m.status in _LIVE and n != self.name
-            )
-            self._rng.shuffle(self._order)
-            self._order_pos = 0
-            if not self._order:
-                return None
-        return None

@@ -1,0 +1,79 @@
+"""One member's record and the precedence between updates about it (membership rules 2, 4).
+
+Also the read-only queries over a member table (name -> Member) that membership, probing and
+push-pull share: who is live, how many, and a random pick of alive members from the rng.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from corec_node.wire.messages import MemberState, MemberStatus
+
+__all__ = [
+    "ALIVE",
+    "DEAD",
+    "LEFT",
+    "LIVE",
+    "SUSPECT",
+    "Member",
+    "n_live",
+    "random_alive",
+    "sorted_states",
+    "supersedes",
+]
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberStatus.ALIVE,
+    MemberStatus.SUSPECT,
+    MemberStatus.DEAD,
+    MemberStatus.LEFT,
+)
+LIVE = frozenset({ALIVE, SUSPECT})  # still members: probed, counted in n, listed by alive()
+_RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}  # rule 2, at equal incarnation
+
+
+def supersedes(
+    new_inc: int, new_status: MemberStatus, old_inc: int, old_status: MemberStatus
+) -> bool:
+    """Rule 2: does an update ``(new_inc, new_status)`` replace ``(old_inc, old_status)``?"""
+    if new_inc != old_inc:
+        return new_inc > old_inc
+    return _RANK[new_status] > _RANK[old_status]
+
+
+@dataclass(slots=True)
+class Member:
+    """This node's view of one member. Views hand out copies."""
+
+    name: str
+    addr: str
+    pub: str
+    inc: int
+    status: MemberStatus
+    since: float  # the ``now`` of the last status change
+
+    def state(self) -> MemberState:
+        return MemberState(self.name, self.addr, self.pub, self.inc, self.status)
+
+
+def n_live(members: Mapping[str, Member]) -> int:
+    """How many members are alive or suspect (at least 1: the cluster size n of the rules)."""
+    return max(1, sum(1 for m in members.values() if m.status in LIVE))
+
+
+def sorted_states(members: Mapping[str, Member]) -> list[MemberState]:
+    """Every member's state, sorted by name (a snapshot, a push-pull's payload)."""
+    return [members[n].state() for n in sorted(members)]
+
+
+def random_alive(
+    members: Mapping[str, Member], rng: random.Random, k: int, *, exclude: set[str]
+) -> list[Member]:
+    """Up to ``k`` ALIVE members not in ``exclude``, drawn with one ``rng.sample`` call."""
+    names = sorted(n for n, m in members.items() if m.status == ALIVE and n not in exclude)
+    if k <= 0 or not names:
+        return []
+    return [members[n] for n in rng.sample(names, min(k, len(names)))]

@@ -106,6 +106,9 @@ Rule 11. Join. ``join`` pushes to each address and keeps it pending, retried wit
     schedules two more push-pulls with the member that answered, 1 and 5 probe intervals
     later (ZeroMQ's Clone pattern: a snapshot after our SUB sockets are up catches what was
     gossiped before we subscribed, e.g. nodes joining through the same seed at once).
+    Pushes are counted per address and each reply settles one: a member pushed twice in
+    one period (anti-entropy and a resync) answers twice, and its second answer is not
+    taken for an alias's (it used to settle an unreachable seed's join).
 
 Rule 12. Anti-entropy and reconnect. Every push_pull_interval (scaled up above 32 members as
     memberlist), a push-pull with one random alive member. Every reconnect_interval, one

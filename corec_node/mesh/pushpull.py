@@ -62,7 +62,9 @@ class PushPull:
         self._cfg = config
         self._rng = rng
         self._pending: dict[str, _PendingJoin] = {}
-        self._outstanding: dict[str, float] = {}  # addr -> live time of our last StatePush to it
+        # addr -> (StatePushes not yet answered, live time of the last): two pushes to one
+        # member in one period get two replies, and the second must not pass for an alias's
+        self._outstanding: dict[str, tuple[int, float]] = {}
         self._joined_any = False
         self._resync: list[tuple[float, str]] = []  # (live time, addr): post-join push-pulls
         self._gap_sync: dict[str, float] = {}
@@ -77,7 +79,8 @@ class PushPull:
         self, addr: str, members: Mapping[str, Member], live: float, *, join: bool
     ) -> Send:
         """Our full state to ``addr``; its StateReply will settle it."""
-        self._outstanding[addr] = live
+        count, _ = self._outstanding.get(addr, (0, live))
+        self._outstanding[addr] = (count + 1, live)
         return Send(
             addr, StatePush(join=join, reply_to=self._addr, members=tuple(sorted_states(members)))
         )
@@ -196,7 +199,7 @@ class PushPull:
                 pj.interval = min(pj.interval * 2, cfg.join_retry * JOIN_RETRY_MAX_FACTOR)
                 out.append(self.push(addr, members, live, join=True))
         horizon = live - cfg.join_retry * JOIN_RETRY_MAX_FACTOR
-        for addr in [a for a, t in self._outstanding.items() if t < horizon]:
+        for addr in [a for a, (_, t) in self._outstanding.items() if t < horizon]:
             del self._outstanding[addr]
 
     def _tick_push_pull(
@@ -238,7 +241,11 @@ class PushPull:
             if len(aliases) == 1:
                 matched = aliases[0]  # we pushed to an alias of its address (localhost, a DNS name)
         if matched is not None:
-            del self._outstanding[matched]
+            count, at = self._outstanding[matched]
+            if count > 1:
+                self._outstanding[matched] = (count - 1, at)
+            else:
+                del self._outstanding[matched]
             self._pending.pop(matched, None)
         if addr is not None:
             self._pending.pop(addr, None)

@@ -222,9 +222,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
-    import zmq
 
-    from corec_node.client import LINGER_MS, Client
+    from corec_node.client import LINGER_MS, Client, flush_all
     from corec_node.config import split_addr
     from corec_node.wire import ENTITY_DTYPE, WireError, decode_entities
 
@@ -257,9 +256,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             sent = client.send(records)
     except TimeoutError as exc:  # nothing takes the batches: the node is down or unreachable
         return _fail(f"{exc}; records not sent")
-    flushing = time.perf_counter()
-    zmq.Context.instance().term()  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
-    if (time.perf_counter() - flushing) * 1000 >= LINGER_MS:
+    if not flush_all():  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
         return _fail(f"{args.to} did not take the last records within {LINGER_MS / 1000:g} s; some may be lost")
     took = time.perf_counter() - started
     print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s)")

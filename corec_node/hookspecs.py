@@ -78,7 +78,7 @@ def corec_startup(node: Any) -> None:
 
     :param node: the running node. Plugins may rely on ``node.name``, ``node.config``,
         ``node.data_dir``, ``node.raise_alert(kind, text, **fields)`` and
-        ``await node.plugin_store(name)`` (the node API: ``corec_node/plugins.py``).
+        ``await node.plugin_store(name)`` (the node API: ``corec_node/shell/node.py``).
 
     Return value: ignored. A raise or timeout (a longer budget than other hooks) is a
     fault. Not firstresult. Runs on the node's event loop or in a worker thread: must not

@@ -4,7 +4,7 @@ Pure like the cores (no sockets, no clock): the node shell feeds it member chang
 batches and ticks, and sends what it returns.
 
 Ownership rules:
-1. A block's owner is rendezvous placement (``mesh/placement.py``) over the names of the
+1. A block's owner is rendezvous placement (``engine/placement.py``) over the names of the
    ALIVE and SUSPECT members (a suspect may still be fine; moving its blocks on every
    suspicion would thrash). Every node computes the same map from the same member set.
    The nucleus confirms maps (SPEC 9.1): a node records its live view (``observe_view``)

@@ -2,7 +2,7 @@
 
 Every core method returns a list of these, in the order the shell must carry them out
 (a ``PersistVote`` comes before the ``Send`` of that vote, so a restart cannot vote twice).
-The cores never touch a socket, a file or a clock; the shell (``node.py``) does.
+The cores never touch a socket, a file or a clock; the shell (``corec_node/shell/``) does.
 """
 
 from __future__ import annotations

@@ -77,13 +77,14 @@ term > stored term, or term == stored term and leader == stored leader. Two clus
 formed apart (each leading itself in term 1) and then merged are the same case; they
 converge on one leader (rule 7).
 
-What the shell must do: carry out effects in order (``PersistVote`` durably before the
-next effect); call ``set_voters(membership.voters(), now)`` whenever the voter set changes;
-call ``member_dead`` / ``member_alive`` on membership's DEAD verdicts and their reversal;
-call ``heard_from(sender, now)`` for every inbound message (any type);
-feed every VoteRequest, Vote and Heartbeat to ``handle``; call ``tick`` at least every
-few tens of milliseconds or at ``next_deadline`` (drain inbound messages before ticking,
-so a loop stall is not mistaken for a dead leader).
+What its driver must do (``mesh/core.py`` does it, for the node and the simulator alike):
+carry out effects in order (``PersistVote`` durably before the next effect); call
+``set_voters(membership.voters(), now)`` whenever the voter set changes; call
+``member_dead`` / ``member_alive`` on membership's DEAD verdicts and their reversal; call
+``heard_from(sender, now)`` for every inbound message (any type); feed every VoteRequest,
+Vote and Heartbeat to ``handle``; call ``tick`` at least every few tens of milliseconds or
+at ``next_deadline`` (drain inbound messages before ticking, so a loop stall is not
+mistaken for a dead leader).
 """
 
 from __future__ import annotations

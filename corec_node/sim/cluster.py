@@ -66,7 +66,7 @@ ALIVE, SUSPECT, DEAD, LEFT = (
     MemberStatus.LEFT,
 )
 BROADCAST_TOPICS = {Gossip: FIXED_TOPICS[Gossip], Heartbeat: FIXED_TOPICS[Heartbeat]}
-LEAVE_SPREAD = 1.0  # node.py's leave: keep ticking 1 s so the "left" gossip goes out, then stop
+LEAVE_SPREAD = 1.0  # the shell's leave (shell/commands.py): keep ticking 1 s so the "left" gossip goes out, then stop
 
 _DELIVER, _TICK, _CALL = 0, 1, 2
 
@@ -262,7 +262,7 @@ class Cluster:
             raise ValueError(f"bootstrap mode must be 'snapshot' or 'join', got {mode!r}")
 
     def start(self, name: str) -> None:
-        """Start (or restart) a node as ``node.py`` does, from its persisted vote and snapshot."""
+        """Start (or restart) a node as the shell does, from its persisted vote and snapshot."""
         node = self.nodes[name]
         if node.up:
             raise ValueError(f"{name} is already up")

@@ -133,7 +133,7 @@ class Vote:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Leader heartbeat on the PUB stream (topic ``nuc``). ``placement`` (since 1.1) is the
-    digest of the member set the leader places blocks over (``mesh.placement.members_digest``):
+    digest of the member set the leader places blocks over (``engine.placement.members_digest``):
     followers act on a new placement map only when their own view has the same digest.
     Empty: the sender does not confirm maps (a 1.0 leader); followers act on their own view."""
 

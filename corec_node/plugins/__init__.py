@@ -55,8 +55,10 @@ The node API hooks may rely on (the ``node`` argument):
 
 Layout: :mod:`.manager` finds, checks and registers plugins and is the facade
 (:class:`PluginManager`); :mod:`.dispatch` is how one hook call runs (threads and tasks,
-budgets, faults, the breaker, tracing); :mod:`.settings` checks each ``[plugin.NAME]``
-table and holds the load errors; :mod:`.records` is what both know about a plugin.
+budgets, faults, the breaker, tracing), in a ``Dispatcher`` the manager builds and hands
+each call to (composition, as pluggy keeps its manager apart from its call loop);
+:mod:`.settings` checks each ``[plugin.NAME]`` table and holds the load errors;
+:mod:`.records` is what both know about a plugin.
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ Sync implementations run in this manager's own daemon worker threads, async ones
 sync ones returning an awaitable: "await me maybe") as tasks on the loop; every call has
 a time budget; a raise, a timeout or a bad return value is a fault, and ``max_faults``
 faults within ``fault_window`` seconds trip the breaker that switches the plugin off.
-:class:`Dispatcher` is the part of :class:`~corec_node.plugins.PluginManager` that does this.
+:class:`~corec_node.plugins.PluginManager` builds one :class:`Dispatcher` and hands it each
+call with the implementations to run, as pluggy's manager hands its call loop the hookimpls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import inspect
 import logging
@@ -18,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from corec_node import log
 from corec_node.plugins.records import ACTIVE, PluginRecord, _Impl
@@ -42,7 +44,7 @@ EVENT_HOOKS = (
 DIRECT_HOOKS = ("corec_configure", "corec_channels", "corec_kernels", "corec_storage_migrations",
                 "corec_cli_commands")
 
-_SKIPPED = object()  # a direct call that faulted or was not made
+SKIPPED = object()  # a direct call that faulted or was not made
 
 
 # -- worker threads -------------------------------------------------------------------------
@@ -127,74 +129,102 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
 
 
 class Dispatcher:
-    """The calling half of :class:`~corec_node.plugins.PluginManager` (its base class):
-    dispatches, the worker pool, background tasks, faults and the breaker.
+    """Runs hook calls for a :class:`~corec_node.plugins.PluginManager`, which keeps the
+    registrations and hands over, per call, the implementations and the budget.
 
-    It keeps its state on the manager, which sets it up in ``__init__`` and keeps
-    ``records`` and ``_impls`` current as plugins come and go; switching a plugin off
-    (``disable``) is the manager's too.
+    It owns what only calling needs: the worker pool, background dispatches, each
+    plugin's calls in flight and recent faults. It judges the records it is given
+    (counting calls, faults, drops) and, when the breaker trips, asks ``disable(name,
+    reason)`` (the manager's) to switch the plugin off, then sends ``on_alert`` the alert.
     """
 
-    on_alert: Callable[[dict[str, Any]], Any] | None
-    budget: float
-    startup_budget: float
-    max_faults: int
-    fault_window: float
-    clock: Callable[[], float]
-    trace: bool
-    records: dict[str, PluginRecord]
-    _impls: dict[str, tuple[_Impl, ...]]
-    _pool: _ThreadPool | None
-    _tasks: set[asyncio.Task[Any]]
-    _closed: bool
-
-    if TYPE_CHECKING:
-        def disable(self, name: str, reason: str) -> None: ...
+    def __init__(
+        self,
+        *,
+        disable: Callable[[str, str], None],
+        on_alert: Callable[[dict[str, Any]], Any] | None = None,
+        max_faults: int = DEFAULT_MAX_FAULTS,
+        fault_window: float = DEFAULT_FAULT_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+        trace: bool = False,
+    ) -> None:
+        self.on_alert = on_alert
+        self.max_faults = max_faults
+        self.fault_window = fault_window
+        self.clock = clock
+        self.trace = trace
+        self._disable = disable
+        self._workers = 2
+        self.pool: _ThreadPool | None = None
+        self.closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tracks: dict[PluginRecord, _Track] = {}
 
     # -- background dispatches and the worker pool ------------------------------------------
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a dispatch in the background (the tick and the ingest path never wait for
-        plugins); the task is kept until done and awaited by :meth:`shutdown`."""
+        plugins); the task is kept until done and awaited by :meth:`drain`."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _max_workers(self) -> int:
-        # One slot per (plugin, event hook) ever registered: each holds at most one call in
-        # flight, and a switched-off plugin's hung threads still hold theirs. Threads start
-        # on demand, so this is a bound, not a cost.
-        return max(2, sum(1 for r in self.records.values() for h in r.hooks if h in EVENT_HOOKS))
+    async def drain(self, timeout: float) -> None:
+        """Let background dispatches finish (up to ``timeout``); cancel the rest."""
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for task in still:
+                task.cancel()
+
+    def close(self) -> None:
+        """No more calls; idle worker threads exit, busy ones when their call returns."""
+        self.closed = True
+        if self.pool is not None:
+            self.pool.close()
+
+    def size_pool(self, workers: int) -> None:
+        """At most ``workers`` threads: one per (plugin, event hook) ever registered, as each
+        holds one call in flight at most (a switched-off plugin's hung threads still hold
+        theirs). Threads start on demand, so this is a bound, not a cost; it never shrinks
+        a running pool."""
+        self._workers = workers
+        if self.pool is not None:
+            self.pool.max_workers = max(self.pool.max_workers, workers)
 
     def _get_pool(self) -> _ThreadPool:
-        if self._pool is None:
-            self._pool = _ThreadPool(self._max_workers())
-        return self._pool
+        if self.pool is None:
+            self.pool = _ThreadPool(self._workers)
+        return self.pool
+
+    def _track(self, rec: PluginRecord) -> _Track:
+        track = self._tracks.get(rec)
+        if track is None:
+            track = self._tracks[rec] = _Track()
+        return track
 
     # -- calling ------------------------------------------------------------------------
 
-    def _direct(self, impl: _Impl, **kwargs: Any) -> Any:
-        """A direct (startup-time, sync) hook call; a raise is a fault."""
+    def direct(self, impl: _Impl, **kwargs: Any) -> Any:
+        """A direct (startup-time, sync) hook call; a raise is a fault (then ``SKIPPED``)."""
         if impl.rec.state != ACTIVE:
-            return _SKIPPED
+            return SKIPPED
         try:
             return impl.fn(**impl.args(kwargs))
         except Exception as exc:
-            self._fault(impl.rec, impl.hook, "error", exc)
-            return _SKIPPED
+            self.fault(impl.rec, impl.hook, "error", exc)
+            return SKIPPED
 
-    async def _dispatch(self, hook: str, kwargs: dict[str, Any], budget: float, *,
-                        impls: tuple[_Impl, ...] | None = None, skip: str | None = None,
-                        alerts: bool = False) -> list[dict[str, Any]]:
+    async def run(self, hook: str, impls: tuple[_Impl, ...], kwargs: dict[str, Any], budget: float, *,
+                  skip: str | None = None, alerts: bool = False) -> list[dict[str, Any]]:
         """Start every implementation at once (async ones as tasks, sync ones in worker
         threads), wait for all of them under one deadline, then judge each on its own.
 
         Cost matters here (it runs per tick and per batch): one timer per dispatch, and
         the sync calls of a dispatch wake the loop once, when the last one returns.
         """
-        impls = self._impls[hook] if impls is None else impls
-        if not impls or self._closed:
+        if not impls or self.closed:
             return []
         loop = asyncio.get_running_loop()
         now = self.clock()
@@ -205,12 +235,13 @@ class Dispatcher:
             rec = impl.rec
             if rec.state != ACTIVE or rec.name == skip:
                 continue
-            started = rec.in_flight.get(hook)
+            track = self._track(rec)
+            started = track.busy.get(hook)
             if started is not None:
                 if now - started > budget:
-                    self._fault(rec, hook, "hung", TimeoutError(f"the previous call is still running after {now - started:.1f} s"))
+                    self.fault(rec, hook, "hung", TimeoutError(f"the previous call is still running after {now - started:.1f} s"))
                 else:
-                    self._dropped(rec, hook, now)
+                    self._dropped(rec, track, hook, now)
                 continue
             rec.calls += 1
             args = impl.args(kwargs)
@@ -218,21 +249,21 @@ class Dispatcher:
                 try:
                     coro = impl.fn(**args)
                 except Exception as exc:  # e.g. a TypeError before the coroutine exists
-                    self._fault(rec, hook, "error", exc)
+                    self.fault(rec, hook, "error", exc)
                     continue
-                rec.in_flight[hook] = now
-                slot = _Slot(impl, t0)
+                track.busy[hook] = now
+                slot = _Slot(impl, track.busy, t0)
                 slot.task = loop.create_task(coro)
                 # not busy once the call has returned, even before this dispatch judges it
-                slot.task.add_done_callback(functools.partial(_release, rec, hook))
+                slot.task.add_done_callback(functools.partial(_release, track.busy, hook))
                 if self.trace:
                     slot.task.add_done_callback(slot.stamp)
                 tasks.append(slot)
             else:
-                rec.in_flight[hook] = now
+                track.busy[hook] = now
                 if batch is None:
                     batch = _SyncBatch(loop)
-                batch.slots.append(_Slot(impl, t0, args))
+                batch.slots.append(_Slot(impl, track.busy, t0, args))
         if batch is not None:
             batch.start(self._get_pool())
         waitables: list[asyncio.Future[Any]] = [s.task for s in tasks if s.task is not None]
@@ -256,19 +287,19 @@ class Dispatcher:
             for slot in batch.expire():
                 rec = slot.impl.rec
                 if not slot.done:  # the thread keeps running and releases its slot when it returns
-                    self._fault(rec, hook, "timeout", TimeoutError(
+                    self.fault(rec, hook, "timeout", TimeoutError(
                         f"no answer within {budget:g} s (a sync hook: its thread keeps running)"))
                     self._trace(slot, "timeout")
                 elif slot.exc is not None:
-                    rec.in_flight.pop(hook, None)
-                    self._fault(rec, hook, "error", slot.exc)
+                    slot.busy.pop(hook, None)
+                    self.fault(rec, hook, "error", slot.exc)
                     self._trace(slot, "error")
                 elif inspect.isawaitable(slot.result):  # await me maybe
                     slot.task = asyncio.ensure_future(slot.result, loop=loop)
                     slot.result = None
                     later.append(slot)
                 else:
-                    rec.in_flight.pop(hook, None)
+                    slot.busy.pop(hook, None)
                     results.append((slot.impl, slot.result))
                     self._trace(slot, "ok")
         if later:
@@ -290,7 +321,7 @@ class Dispatcher:
             try:
                 items = [_alert_from(impl.rec.name, item) for item in result]
             except (TypeError, ValueError) as exc:
-                self._fault(impl.rec, hook, "error", exc)
+                self.fault(impl.rec, hook, "error", exc)
                 continue
             for alert in items:
                 alert.setdefault("hook", hook)
@@ -305,17 +336,17 @@ class Dispatcher:
             # cancelled, not waited for: a plugin that swallows CancelledError must not hang
             # the caller; its slot is held until the task really ends
             _abandon(slot)
-            self._fault(rec, hook, "timeout", TimeoutError(f"no answer within {budget:g} s (an async hook: cancelled)"))
+            self.fault(rec, hook, "timeout", TimeoutError(f"no answer within {budget:g} s (an async hook: cancelled)"))
             self._trace(slot, "timeout")
             return
-        rec.in_flight.pop(hook, None)
+        slot.busy.pop(hook, None)
         if task.cancelled():
-            self._fault(rec, hook, "error", asyncio.CancelledError("the hook's task was cancelled"))
+            self.fault(rec, hook, "error", asyncio.CancelledError("the hook's task was cancelled"))
             self._trace(slot, "cancelled")
             return
         exc = task.exception()
         if exc is not None:
-            self._fault(rec, hook, "error", exc)
+            self.fault(rec, hook, "error", exc)
             self._trace(slot, "error")
             return
         results.append((slot.impl, task.result()))
@@ -329,37 +360,39 @@ class Dispatcher:
 
     # -- faults and the breaker -------------------------------------------------------------
 
-    def _fault(self, rec: PluginRecord, hook: str, kind: str, exc: BaseException) -> None:
+    def fault(self, rec: PluginRecord, hook: str, kind: str, exc: BaseException) -> None:
+        """Count and log a fault of ``rec``; trip the breaker at ``max_faults`` in the window."""
         now = self.clock()
         rec.faults += 1
         kind_name = "TimeoutError" if isinstance(exc, TimeoutError) else type(exc).__name__
         rec.last_error = f"{hook}: {kind_name}: {exc}"
-        rec.recent.append(now)
-        while rec.recent and now - rec.recent[0] > self.fault_window:
-            rec.recent.popleft()
+        recent = self._track(rec).recent
+        recent.append(now)
+        while recent and now - recent[0] > self.fault_window:
+            recent.popleft()
         log.event("plugin_fault", logging.WARNING, plugin=rec.name, hook=hook, kind=kind,
-                  error=f"{kind_name}: {exc}", where=_where(exc).strip(" ()") or None,
-                  faults=rec.faults, recent=len(rec.recent))
-        if rec.state == ACTIVE and len(rec.recent) >= self.max_faults:
-            self._trip(rec)
+                  error=f"{kind_name}: {exc}", where=where(exc).strip(" ()") or None,
+                  faults=rec.faults, recent=len(recent))
+        if rec.state == ACTIVE and len(recent) >= self.max_faults:
+            self._trip(rec, len(recent))
 
-    def _trip(self, rec: PluginRecord) -> None:
-        reason = (f"circuit breaker: {len(rec.recent)} faults within {self.fault_window:g} s "
+    def _trip(self, rec: PluginRecord, recent: int) -> None:
+        reason = (f"circuit breaker: {recent} faults within {self.fault_window:g} s "
                   f"(last: {rec.last_error})")
-        self.disable(rec.name, reason)
+        self._disable(rec.name, reason)
         log.event("plugin_disabled", logging.ERROR, plugin=rec.name, faults=rec.faults, reason=reason)
         self._emit({
             "kind": "plugin_disabled",
             "severity": "critical",
-            "text": f"plugin {rec.name} switched off after {len(rec.recent)} faults within {self.fault_window:g} s: {rec.last_error}",
+            "text": f"plugin {rec.name} switched off after {recent} faults within {self.fault_window:g} s: {rec.last_error}",
             "plugin": rec.name,
             "faults": rec.faults,
         })
 
-    def _dropped(self, rec: PluginRecord, hook: str, now: float) -> None:
+    def _dropped(self, rec: PluginRecord, track: _Track, hook: str, now: float) -> None:
         rec.dropped += 1
-        if now - rec.dropped_logged >= DROP_LOG_PERIOD:
-            rec.dropped_logged = now
+        if now - track.dropped_logged >= DROP_LOG_PERIOD:
+            track.dropped_logged = now
             log.event("plugin_dropped", logging.INFO, plugin=rec.name, hook=hook, dropped=rec.dropped,
                       detail="the previous call is still running (within its budget): this one is skipped")
 
@@ -375,13 +408,27 @@ class Dispatcher:
             logging.getLogger(log.LOGGER_NAME).exception("on_alert_failed")
 
 
+class _Track:
+    """What the dispatcher keeps about one plugin: its calls in flight (hook -> start
+    time), its recent fault times (the breaker's window), when a drop was last logged."""
+
+    __slots__ = ("busy", "dropped_logged", "recent")
+
+    def __init__(self) -> None:
+        self.busy: dict[str, float] = {}
+        self.recent: collections.deque[float] = collections.deque()
+        self.dropped_logged = float("-inf")
+
+
 class _Slot:
-    """One implementation's call within one dispatch."""
+    """One implementation's call within one dispatch; ``busy`` is its plugin's in-flight map."""
 
-    __slots__ = ("args", "done", "exc", "impl", "result", "t0", "t1", "task")
+    __slots__ = ("args", "busy", "done", "exc", "impl", "result", "t0", "t1", "task")
 
-    def __init__(self, impl: _Impl, t0: float, args: dict[str, Any] | None = None) -> None:
+    def __init__(self, impl: _Impl, busy: dict[str, float], t0: float,
+                 args: dict[str, Any] | None = None) -> None:
         self.impl = impl
+        self.busy = busy
         self.t0 = t0
         self.t1 = 0.0
         self.args = args
@@ -426,7 +473,7 @@ class _SyncBatch:
             late, last = self.expired, self.remaining == 0
         try:
             if late:
-                self.loop.call_soon_threadsafe(slot.impl.rec.in_flight.pop, slot.impl.hook, None)
+                self.loop.call_soon_threadsafe(slot.busy.pop, slot.impl.hook, None)
             elif last:
                 self.loop.call_soon_threadsafe(_settle, self.fut, None, None)
         except RuntimeError:  # the loop closed while this call ran: nobody waits for it
@@ -439,8 +486,8 @@ class _SyncBatch:
         return self.slots
 
 
-def _release(rec: PluginRecord, hook: str, _task: asyncio.Future[Any]) -> None:
-    rec.in_flight.pop(hook, None)
+def _release(busy: dict[str, float], hook: str, _task: asyncio.Future[Any]) -> None:
+    busy.pop(hook, None)
 
 
 def _abandon(slot: _Slot) -> None:
@@ -448,10 +495,10 @@ def _abandon(slot: _Slot) -> None:
     task = slot.task
     if task is None:
         return
-    rec, hook = slot.impl.rec, slot.impl.hook
+    busy, hook = slot.busy, slot.impl.hook
 
     def release(t: asyncio.Future[Any]) -> None:
-        rec.in_flight.pop(hook, None)
+        busy.pop(hook, None)
         if not t.cancelled():
             t.exception()  # retrieved: no "exception was never retrieved" noise
 
@@ -479,7 +526,8 @@ def _alert_from(plugin: str, item: Any) -> dict[str, Any]:
     return alert
 
 
-def _where(exc: BaseException) -> str:
+def where(exc: BaseException) -> str:
+    """`` (file:line)`` of where ``exc`` was raised, for log lines and load errors."""
     tb = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else None
     if not tb:
         return ""

@@ -2,7 +2,8 @@
 
 Plugins come from the ``corec_node`` entry points, the folders of config
 ``plugins.paths`` and built-ins; ``COREC_DISABLED_PLUGINS`` and ``plugins.disabled``
-keep them from being imported. How a hook call runs is :mod:`corec_node.plugins.dispatch`.
+keep them from being imported. How a hook call runs is :mod:`corec_node.plugins.dispatch`:
+the manager builds one :class:`~corec_node.plugins.dispatch.Dispatcher` and hands it each call.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,20 @@ from corec_node.plugins.dispatch import (
     DEFAULT_FAULT_WINDOW,
     DEFAULT_MAX_FAULTS,
     DEFAULT_STARTUP_BUDGET,
+    EVENT_HOOKS,
+    SKIPPED,
     TRACE_ENV,
-    _SKIPPED,
     Dispatcher,
     _ThreadPool,
-    _where,
+    where,
 )
 from corec_node.plugins.records import ACTIVE, DISABLED, PluginRecord, _Impl
-from corec_node.plugins.settings import PluginConfigError, PluginError, PluginLoadError, validate_settings
+from corec_node.plugins.settings import (
+    PluginConfigError,
+    PluginError,
+    PluginLoadError,
+    validate_settings,
+)
 
 ENTRYPOINT_GROUP = PROJECT  # "corec_node"
 DISABLED_ENV = "COREC_DISABLED_PLUGINS"
@@ -67,8 +74,9 @@ class _PluggyManager(pluggy.PluginManager):
 # -- the manager ----------------------------------------------------------------------------
 
 
-class PluginManager(Dispatcher):
-    """Plugins of one node: loading, settings, the typed hook facade, the breaker.
+class PluginManager:
+    """Plugins of one node: loading, settings, the typed hook facade; the calls themselves
+    are its :class:`~corec_node.plugins.dispatch.Dispatcher`'s, built here.
 
     ``on_alert(alert)`` is called on the loop for every alert a plugin returns and for the
     breaker's ``plugin_disabled`` alerts; it may return an awaitable (it is then run as a
@@ -88,25 +96,45 @@ class PluginManager(Dispatcher):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config if config is not None else Config()
-        self.on_alert = on_alert
         self.budget = budget
         self.startup_budget = startup_budget
-        self.max_faults = max_faults
-        self.fault_window = fault_window
-        self.clock = clock
         env = os.environ if env is None else env
         self.env_disabled = frozenset(n.strip() for n in env.get(DISABLED_ENV, "").split(",") if n.strip())
-        self.trace = env.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+        trace = env.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+        self._dispatcher = Dispatcher(disable=self.disable, on_alert=on_alert, max_faults=max_faults,
+                                      fault_window=fault_window, clock=clock, trace=trace)
         self.pm = _PluggyManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
         self._impls: dict[str, tuple[_Impl, ...]] = {h: () for h in HOOK_NAMES}
         self._by_channel: list[tuple[_Impl, ...]] = [()] * 256
         self._channels: frozenset[int] = frozenset()
-        self._pool: _ThreadPool | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._loaded = False
-        self._closed = False
+
+    # the dispatcher's settings and pool, readable here as before the split
+    @property
+    def on_alert(self) -> Callable[[dict[str, Any]], Any] | None:
+        return self._dispatcher.on_alert
+
+    @property
+    def max_faults(self) -> int:
+        return self._dispatcher.max_faults
+
+    @property
+    def fault_window(self) -> float:
+        return self._dispatcher.fault_window
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._dispatcher.clock
+
+    @property
+    def trace(self) -> bool:
+        return self._dispatcher.trace
+
+    @property
+    def _pool(self) -> _ThreadPool | None:
+        return self._dispatcher.pool
 
     # -- loading ------------------------------------------------------------------------
 
@@ -286,7 +314,7 @@ class PluginManager(Dispatcher):
             except ConfigError as exc:
                 raise PluginConfigError(rec.name, getattr(exc, "key", ""), str(exc), source=self.config.source) from None
             except Exception as exc:
-                raise PluginLoadError(rec.name, f"corec_configure failed: {type(exc).__name__}: {exc}{_where(exc)}",
+                raise PluginLoadError(rec.name, f"corec_configure failed: {type(exc).__name__}: {exc}{where(exc)}",
                                       source=rec.origin) from exc
 
     def _impl_function(self, rec: PluginRecord, hook: str) -> Callable[..., Any] | None:
@@ -311,29 +339,30 @@ class PluginManager(Dispatcher):
                 by_channel[ch].append(impl)
         self._by_channel = [tuple(v) for v in by_channel]
         self._channels = frozenset(ch for r in self.records.values() if r.state == ACTIVE for ch in r.channels)
-        if self._pool is not None:
-            self._pool.max_workers = max(self._pool.max_workers, self._max_workers())
+        # one worker per (plugin, event hook) ever registered: switched-off ones included
+        self._dispatcher.size_pool(max(2, sum(1 for r in self.records.values() for h in r.hooks if h in EVENT_HOOKS)))
 
     # -- the facade: startup and shutdown ---------------------------------------------------
 
     async def startup(self, node: Any) -> None:
         """corec_startup on every plugin (awaited, ``startup_budget`` each, concurrently),
         then corec_channels. Call once, on the loop, before the first tick."""
-        await self._dispatch("corec_startup", {"node": node}, self.startup_budget)
+        await self._dispatcher.run("corec_startup", self._impls["corec_startup"], {"node": node},
+                                   self.startup_budget)
         self.refresh_channels()
 
     async def shutdown(self, node: Any) -> None:
         """Let dispatches in flight finish (up to ``budget``), then corec_shutdown on every
         active plugin (``startup_budget`` each); the worker threads are let go."""
-        pending = {t for t in self._tasks if not t.done()}
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=self.budget)
-            for task in still:
-                task.cancel()
-        await self._dispatch("corec_shutdown", {"node": node}, self.startup_budget)
-        self._closed = True
-        if self._pool is not None:
-            self._pool.close()
+        await self._dispatcher.drain(self.budget)
+        await self._dispatcher.run("corec_shutdown", self._impls["corec_shutdown"], {"node": node},
+                                   self.startup_budget)
+        self._dispatcher.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a dispatch in the background (the tick and the ingest path never wait for
+        plugins); the task is kept until done and awaited by :meth:`shutdown`."""
+        return self._dispatcher.spawn(coro)
 
     # -- the facade: data and events ---------------------------------------------------------
 
@@ -356,7 +385,7 @@ class PluginManager(Dispatcher):
                 if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in chans):
                     raise TypeError(f"corec_channels must return channel numbers 0..255, got {sorted(chans, key=repr)[:5]!r}")
             except Exception as exc:
-                self._fault(rec, "corec_channels", "error", exc)
+                self._dispatcher.fault(rec, "corec_channels", "error", exc)
                 chans = frozenset()
             rec.channels = chans
         self._rebuild()
@@ -371,26 +400,31 @@ class PluginManager(Dispatcher):
         if getattr(records, "flags", None) is not None and records.flags.writeable:
             records = records.view()
             records.flags.writeable = False
-        return await self._dispatch("corec_entities", {"node": node, "channel": channel, "records": records},
-                                    self.budget, impls=impls, alerts=True)
+        return await self._dispatcher.run("corec_entities", impls,
+                                          {"node": node, "channel": channel, "records": records},
+                                          self.budget, alerts=True)
 
     async def block_aggregates(self, node: Any, tick: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """corec_block_aggregates with this node's rows of ``tick``; returns the alerts the
         plugins raised (already passed to ``on_alert``)."""
-        return await self._dispatch("corec_block_aggregates", {"node": node, "tick": tick, "aggregates": rows},
-                                    self.budget, alerts=True)
+        return await self._dispatcher.run("corec_block_aggregates", self._impls["corec_block_aggregates"],
+                                          {"node": node, "tick": tick, "aggregates": rows},
+                                          self.budget, alerts=True)
 
     async def alert(self, node: Any, alert: dict[str, Any]) -> None:
         """corec_alert on every plugin but the one that raised ``alert``."""
-        await self._dispatch("corec_alert", {"node": node, "alert": alert}, self.budget, skip=alert.get("plugin"))
+        await self._dispatcher.run("corec_alert", self._impls["corec_alert"], {"node": node, "alert": alert},
+                                   self.budget, skip=alert.get("plugin"))
 
     async def member_event(self, node: Any, event: dict[str, Any]) -> None:
         """corec_member_event (see the hook for the keys of ``event``)."""
-        await self._dispatch("corec_member_event", {"node": node, "event": event}, self.budget)
+        await self._dispatcher.run("corec_member_event", self._impls["corec_member_event"],
+                                   {"node": node, "event": event}, self.budget)
 
     async def leader_changed(self, node: Any, leader: str | None, term: int) -> None:
         """corec_leader_changed."""
-        await self._dispatch("corec_leader_changed", {"node": node, "leader": leader, "term": term}, self.budget)
+        await self._dispatcher.run("corec_leader_changed", self._impls["corec_leader_changed"],
+                                   {"node": node, "leader": leader, "term": term}, self.budget)
 
     # -- the facade: extensions -----------------------------------------------------------
 
@@ -402,11 +436,11 @@ class PluginManager(Dispatcher):
         out: dict[str, Any] = {}
         owner: dict[str, str] = {}
         for impl in self._impls["corec_kernels"]:
-            got = self._direct(impl)
-            if got is _SKIPPED or got is None:
+            got = self._dispatcher.direct(impl)
+            if got is SKIPPED or got is None:
                 continue
             if not isinstance(got, Mapping):
-                self._fault(impl.rec, impl.hook, "error", TypeError(f"corec_kernels must return a mapping, got {type(got).__name__}"))
+                self._dispatcher.fault(impl.rec, impl.hook, "error", TypeError(f"corec_kernels must return a mapping, got {type(got).__name__}"))
                 continue
             for name, fn in got.items():
                 if not isinstance(name, str) or not callable(fn):
@@ -422,8 +456,8 @@ class PluginManager(Dispatcher):
         """``{plugin name: [sql, ...]}`` for the plugins that keep their own store."""
         out: dict[str, list[str]] = {}
         for impl in self._impls["corec_storage_migrations"]:
-            got = self._direct(impl)
-            if got is _SKIPPED or got is None:
+            got = self._dispatcher.direct(impl)
+            if got is SKIPPED or got is None:
                 continue
             if isinstance(got, str) or not all(isinstance(s, str) for s in got):
                 raise PluginLoadError(impl.rec.name, "corec_storage_migrations must return a list of SQL strings")
@@ -488,7 +522,7 @@ def _import_path(name: str, path: Path) -> types.ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(modname, None)
-        raise PluginLoadError(name, f"cannot import {path}: {type(exc).__name__}: {exc}{_where(exc)}", source=str(path)) from exc
+        raise PluginLoadError(name, f"cannot import {path}: {type(exc).__name__}: {exc}{where(exc)}", source=str(path)) from exc
     return module
 
 

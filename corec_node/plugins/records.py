@@ -1,12 +1,11 @@
 """What the plugin manager knows about each plugin and each hook implementation.
 
-Made at registration by :mod:`corec_node.plugins.manager`; calls, faults and calls in
-flight are counted on them by :mod:`corec_node.plugins.dispatch`.
+Made at registration by :mod:`corec_node.plugins.manager`; the calls, faults and drops
+that ``info()`` reports are counted on them by :mod:`corec_node.plugins.dispatch`.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
@@ -34,9 +33,6 @@ class PluginRecord:
     dropped: int = 0
     calls: int = 0
     last_error: str = ""
-    recent: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
-    in_flight: dict[str, float] = dataclasses.field(default_factory=dict)
-    dropped_logged: float = float("-inf")
 
     def info(self) -> dict[str, Any]:
         return {

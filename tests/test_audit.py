@@ -7,7 +7,7 @@ import pytest
 
 from corec_node.engine import EntityStore, aggregate, aggregate_rows
 from corec_node.engine.audit import FEATURES, AlertGate, AuditFinding, Auditor, AuditRecord, features
-from corec_node.wire import ENTITY_DTYPE
+from records import entities
 
 BLOCKS_PER_CHANNEL = 300
 CHANNELS = {1: 20.0, 2: 1000.0}  # two scales: a temperature, a pressure
@@ -125,12 +125,10 @@ def test_deterministic():
 
 def test_features_from_real_aggregates_dicts_and_array_agree():
     store = EntityStore(block_size=100)
-    r = np.zeros(1000, ENTITY_DTYPE)
-    r["id"] = np.arange(1000, dtype=np.uint32)
-    r["channel"] = 3
-    r["value"] = np.linspace(0, 10, 1000, dtype=np.float32)
-    r["active"] = np.arange(1000) % 7 != 0
-    r["active"][:100] = 0  # block 0 has no active entity: NaN statistics
+    active = np.arange(1000) % 7 != 0
+    active[:100] = False  # block 0 has no active entity: NaN statistics
+    r = entities(np.arange(1000, dtype=np.uint32), 3, np.linspace(0, 10, 1000, dtype=np.float32),
+                 active)
     store.ingest(r)
     aggs = aggregate(store, 1)
     X1, b1, c1 = features(aggs)

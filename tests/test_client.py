@@ -6,7 +6,8 @@ import numpy as np
 import zmq
 
 from corec_node.client import Client
-from corec_node.wire import ENTITY_DTYPE, decode_batch, decode_message
+from corec_node.wire import decode_batch, decode_message
+from records import entities
 
 
 def _received(router: zmq.Socket, count: int) -> list[tuple[int, np.ndarray]]:
@@ -25,11 +26,8 @@ def test_send_splits_by_channel_keeps_order_and_copies(tmp_path):
     port = router.bind_to_random_port("tcp://127.0.0.1")
     try:
         rng = np.random.default_rng(3)
-        recs = np.zeros(2_500, ENTITY_DTYPE)
-        recs["id"] = np.arange(2_500)
-        recs["channel"] = rng.integers(0, 3, 2_500)  # channels interleaved
-        recs["value"] = rng.normal(0, 1, 2_500)
-        recs["active"] = 1
+        channels = rng.integers(0, 3, 2_500)  # interleaved
+        recs = entities(np.arange(2_500), channels, rng.normal(0, 1, 2_500))
         with Client(f"127.0.0.1:{port}", batch=400) as client:
             assert client.send(recs) == 2_500
             recs["value"] = 99.0  # the caller reuses its array at once: what was sent stays
@@ -52,8 +50,8 @@ def test_a_send_nobody_takes_times_out_when_asked_to():
     with pysocket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    recs = np.zeros(2_000, ENTITY_DTYPE)  # 2000 one-record batches: past the 1000-batch queue
-    recs["id"] = np.arange(2_000)
+    # 2000 one-record batches: past the 1000-batch queue
+    recs = entities(np.arange(2_000), active=0)
     with Client(f"127.0.0.1:{port}", batch=1, timeout=0.2) as client:
         with pytest.raises(TimeoutError, match="did not take a batch within 0.2 s"):
             client.send(recs)

@@ -12,17 +12,7 @@ from corec_node.engine import store as store_mod
 from corec_node.engine.aggregate import AGGREGATE_DTYPE, ROW_KEYS, aggregate, aggregate_rows
 from corec_node.engine.blocks import block_id
 from corec_node.engine.store import EntityStore
-from corec_node.wire import ENTITY_DTYPE
-
-
-def recs(ids, channel, values, active=1) -> np.ndarray:
-    ids = np.asarray(ids)
-    out = np.empty(len(ids), ENTITY_DTYPE)
-    out["id"] = ids
-    out["channel"] = channel
-    out["value"] = values
-    out["active"] = active
-    return out
+from records import entities as recs
 
 
 def reference(ids, chans, vals, act, block_size):

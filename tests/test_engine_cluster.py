@@ -6,21 +6,11 @@ import numpy as np
 import pytest
 
 from corec_node.client import Client
-from corec_node.wire import ENTITY_DTYPE
 from meshutil import eventually
+from records import entities, random_entities
 
 pytestmark = pytest.mark.timeout(240)
 BLOCK = 1000
-
-
-def make_records(n: int, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    recs = np.zeros(n, dtype=ENTITY_DTYPE)
-    recs["channel"] = rng.integers(0, 4, n)
-    recs["id"] = rng.integers(0, 300_000, n)  # duplicates on purpose: the last value wins
-    recs["value"] = np.round(rng.normal(50, 10, n), 2).astype(np.float32)
-    recs["active"] = rng.random(n) < 0.9
-    return recs
 
 
 def reference(recs: np.ndarray) -> dict[int, dict[str, float]]:
@@ -81,7 +71,7 @@ def send_through(nodes, recs):
 
 def test_million_records_conserved_with_exact_aggregates(cluster):
     nodes = start(cluster, ["a", "b", "c"])
-    recs = make_records(1_000_000)
+    recs = random_entities(1_000_000)
     ref = reference(recs)
     distinct = sum(v["count"] for v in ref.values())
     send_through(nodes, recs)
@@ -99,7 +89,7 @@ def test_million_records_conserved_with_exact_aggregates(cluster):
 
 def test_killed_owner_blocks_are_rebuilt_from_fresh_data(cluster):
     nodes = start(cluster, ["a", "b", "c"])
-    recs = make_records(200_000, seed=2)
+    recs = random_entities(200_000, seed=2)
     ref = reference(recs)
     send_through(nodes, recs)
     eventually(lambda: matches(nodes[0].ctl("blocks"), ref), 60)
@@ -117,7 +107,7 @@ def test_killed_owner_blocks_are_rebuilt_from_fresh_data(cluster):
 
 def test_joining_node_receives_its_blocks_state(cluster):
     nodes = start(cluster, ["a", "b"])
-    recs = make_records(200_000, seed=3)
+    recs = random_entities(200_000, seed=3)
     ref = reference(recs)
     send_through(nodes, recs)
     eventually(lambda: matches(nodes[0].ctl("blocks"), ref), 60)
@@ -137,11 +127,8 @@ def test_nucleus_fuses_a_weak_block_into_a_strong_one(cluster):
     for n in nodes:
         n.wait_ready()
     eventually(lambda: all(n.ctl("leader")["leader"] for n in nodes), 20)
-    recs = np.zeros(2000, dtype=ENTITY_DTYPE)
-    recs["channel"] = 5
-    recs["id"] = np.arange(2000)
-    recs["value"] = 20 + (np.arange(2000) % 3)
-    recs["active"] = np.arange(2000) < 1000  # block 5:0 healthy, block 5:1 all inactive: fitness 0
+    # block 5:0 healthy, block 5:1 all inactive: fitness 0
+    recs = entities(np.arange(2000), 5, 20 + (np.arange(2000) % 3), np.arange(2000) < 1000)
     with Client(nodes[0].addr) as c:
         c.send(recs)
     strong = 5 << 32
@@ -166,11 +153,7 @@ def test_a_small_ingest_queue_asks_for_pauses_and_loses_nothing(cluster):
     b = cluster.start("b", join=[a.addr], extra_env=env).wait_ready()
     eventually(lambda: all(n.ctl("status")["members"].get("alive") == 2 for n in (a, b)), 20)
     n = 1_000_000
-    recs = np.zeros(n, dtype=ENTITY_DTYPE)
-    recs["channel"] = np.arange(n) % 4
-    recs["id"] = np.arange(n) // 4
-    recs["value"] = 1.0
-    recs["active"] = 1
+    recs = entities(np.arange(n) // 4, np.arange(n) % 4, 1.0)
     recs = recs[np.argsort(recs["channel"], kind="stable")]
     with Client(a.addr) as c:
         for rep in range(20):

@@ -19,6 +19,7 @@ from corec_node.engine.kernels import (
     transform,
 )
 from corec_node.wire import ENTITY_DTYPE
+from records import entities
 
 
 def test_registry():
@@ -92,7 +93,6 @@ def test_synthetic_sine_with_phase_and_bad_specs():
 
 
 def test_transform_applies_a_kernel_to_incoming_records():
-    r = np.zeros(3, ENTITY_DTYPE)
-    r["value"] = [-1, 0.5, 9]
+    r = entities([0, 0, 0], 0, [-1, 0.5, 9], active=0)
     out = transform(r, clip, KernelState.seeded(0, {"lo": 0, "hi": 1}))
     assert out["value"].tolist() == [0.0, 0.5, 1.0] and r["value"][0] == -1

@@ -19,17 +19,7 @@ from corec_node.engine.repair import (
     repair,
 )
 from corec_node.engine.store import EntityStore
-from corec_node.wire import ENTITY_DTYPE
-
-
-def recs(ids, channel, values, active=1) -> np.ndarray:
-    ids = np.asarray(ids)
-    out = np.empty(len(ids), ENTITY_DTYPE)
-    out["id"] = ids
-    out["channel"] = channel
-    out["value"] = values
-    out["active"] = active
-    return out
+from records import entities as recs
 
 
 def tick(s: EntityStore, t: int = 0, **kw) -> list[RepairRecord]:

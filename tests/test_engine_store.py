@@ -20,16 +20,7 @@ from corec_node.engine.blocks import (
 )
 from corec_node.engine.store import EntityStore, IngestResult
 from corec_node.wire import ENTITY_DTYPE, decode_entities, encode_entities
-
-
-def recs(ids, channel, values, active=1) -> np.ndarray:
-    ids = np.asarray(ids)
-    out = np.empty(len(ids), ENTITY_DTYPE)
-    out["id"] = ids
-    out["channel"] = channel
-    out["value"] = values
-    out["active"] = active
-    return out
+from records import entities as recs
 
 
 class Model:
@@ -335,9 +326,7 @@ def test_run_position_finds_exactly_the_runs_held_whole(held, queries):
     # the key set changes (binary search) and once it is stable (the block index)
     store = EntityStore(block_size=100)
     for ch, first, n in held:
-        recs = np.zeros(n, ENTITY_DTYPE)
-        recs["channel"], recs["id"], recs["value"], recs["active"] = ch, np.arange(first, first + n), 1.0, 1
-        store.put_records(recs)
+        store.put_records(recs(np.arange(first, first + n), ch, 1.0))
     keys = store.keys.tolist()
     where = {k: i for i, k in enumerate(keys)}
     for _ in range(2):  # the first pass finds the key set new, the second uses the index

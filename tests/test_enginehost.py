@@ -9,13 +9,7 @@ from hypothesis import strategies as st
 from corec_node.engine.blocks import block_ids_of
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import PlacementMap, members_digest
-from corec_node.wire import ENTITY_DTYPE
-
-
-def _records(channels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    recs = np.zeros(len(ids), ENTITY_DTYPE)
-    recs["channel"], recs["id"], recs["value"], recs["active"] = channels, ids, 1.0, 1
-    return recs
+from records import entities
 
 
 @settings(max_examples=30, deadline=None)
@@ -30,7 +24,7 @@ def test_ingest_keeps_exactly_the_records_of_owned_blocks(sweeps, scattered, see
     # keeps the records of the blocks placement gives it, and together they keep them all.
     channels = np.concatenate([np.full(n, ch) for ch, _, n in sweeps])
     ids = np.concatenate([np.arange(first, first + n) for _, first, n in sweeps])
-    recs = _records(channels, ids)
+    recs = entities(ids, channels, 1.0)
     if scattered:
         recs = recs[np.random.default_rng(seed).permutation(len(recs))]
     hosts = {name: EngineHost(name, block_size=100) for name in ("a", "b", "c")}
@@ -52,7 +46,7 @@ def test_a_view_is_acted_on_only_once_the_nucleus_confirms_it():
     a, b = EngineHost("a", block_size=100), EngineHost("b", block_size=100)
     for host in (a, b):
         host.set_members(["a", "b"])
-    recs = _records(np.zeros(20_000, int), np.arange(20_000))
+    recs = entities(np.arange(20_000), 0, 1.0)
     b.ingest(recs)
     held = b.store.count()
     # b sees c join; nothing moves until the leader's heartbeat carries the same member set
@@ -71,7 +65,7 @@ def test_while_a_view_waits_the_blocks_it_would_give_are_kept():
     # {a, b} gives it as well as its own, so c's blocks are rebuilt from that data
     a = EngineHost("a", block_size=100)
     a.set_members(["a", "b", "c"])
-    recs = _records(np.zeros(50_000, int), np.arange(50_000))
+    recs = entities(np.arange(50_000), 0, 1.0)
     blocks = block_ids_of(recs["channel"], recs["id"], 100)
     before = np.array([a.placement.owner(int(x)) == "a" for x in blocks])
     a.observe_view(["a", "b"])
@@ -116,7 +110,7 @@ def test_a_sweep_of_known_entities_ends_as_the_general_path_does(held, sweep, ba
     channels = np.concatenate([np.full(n, ch) for ch, _, n in held])
     ids = np.concatenate([np.arange(first, first + n) for _, first, n in held])
     ch, first, n = sweep
-    recs = _records(np.full(n, ch), np.arange(first, first + n))
+    recs = entities(np.arange(first, first + n), ch, 1.0)
     recs["value"] = rng.normal(20, 3, n)
     recs["active"] = rng.random(n) < 0.9
     if bad == "nan":
@@ -130,7 +124,7 @@ def test_a_sweep_of_known_entities_ends_as_the_general_path_does(held, sweep, ba
     fast, slow = EngineHost("a", block_size=100), EngineHost("a", block_size=100)
     for host in (fast, slow):
         host.set_members(["a", "b"])
-        host.store.put_records(_records(channels, ids))
+        host.store.put_records(entities(ids, channels, 1.0))
         if fused:
             host.store.fusions.merge(int(block_ids_of(np.array([ch]), np.array([first]), 100)[0]),
                                    int(block_ids_of(np.array([ch]), np.array([first + 500]), 100)[0]))
@@ -147,8 +141,8 @@ def test_a_sweep_of_known_entities_ends_as_the_general_path_does(held, sweep, ba
 def test_ingest_sweep_takes_only_what_it_can_write_as_runs():
     host = EngineHost("a", block_size=100)
     host.set_members(["a", "b"])
-    host.store.put_records(_records(np.zeros(1000, int), np.arange(1000)))
-    sweep = _records(np.zeros(1000, int), np.arange(1000))
+    host.store.put_records(entities(np.arange(1000), 0, 1.0))
+    sweep = entities(np.arange(1000), 0, 1.0)
     sweep["value"] = 7.0
     result = host.ingest_sweep(sweep)
     mine = host._mine(sweep)

@@ -22,13 +22,14 @@ async def test_stream_batches_past_the_limit_are_refused_and_direct_ones_wait():
     assert q.put_now(batch("direct", 300))  # 400 of direct now
     assert not q.put_now(batch("direct", 1))
     waiting = asyncio.ensure_future(q.put(batch("direct", 50)))
-    await asyncio.sleep(0.01)
-    assert not waiting.done()
+    for _ in range(10):  # loop turns, not a duration: the put runs up to where it waits
+        await asyncio.sleep(0)
+    assert not waiting.done() and q.qsize() == 7  # waiting, not queued
     assert q.offer(batch("broadcast", 100))  # 1000 in all
     assert not q.offer(batch("broadcast", 1))  # past the limit: the caller drops and counts it
     taken = await q.take(max_records=70)  # the stream batches (7 x 10 records)
     assert [w for _, _, w in taken] == ["broadcast"] * 5 + ["direct"] * 2
-    await asyncio.wait_for(waiting, 1)  # direct bytes went down: the waiting batch is in
+    await asyncio.wait_for(waiting, 30)  # direct bytes went down: the waiting batch is in (30 s: a hang)
     assert (q.bytes, q.direct_bytes) == (150, 50)
     rest = await q.take(max_records=1000)
     assert [w for _, _, w in rest] == ["broadcast", "direct"]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from corec_node.engine.blocks import block_id
 from corec_node.engine.blocks import FusionTable
 from corec_node.engine.placement import PlacementMap, member_seed, moves, owners, partition
-from corec_node.wire import ENTITY_DTYPE
+from records import entities
 
 BLOCKS = np.array([block_id(c, i * 1000) for c in range(4) for i in range(25_000)], np.int64)
 NAMES = [f"node-{i}" for i in range(10)]
@@ -113,9 +113,7 @@ def test_errors():
 
 def test_partition_records_by_owner():
     m = PlacementMap(1, ["a", "b", "c"])
-    r = np.zeros(5000, ENTITY_DTYPE)
-    r["id"] = np.arange(5000) * 37
-    r["channel"] = np.arange(5000) % 3
+    r = entities(np.arange(5000) * 37, np.arange(5000) % 3, active=0)
     parts = partition(r, m, 1000)
     assert sum(len(p) for p in parts.values()) == 5000
     for name, part in parts.items():
@@ -128,6 +126,6 @@ def test_partition_records_by_owner():
     strong = next(b for b in (block_id(0, i * 1000) for i in range(1, 50))
                   if m.owner(b) != m.owner(weak))
     t.merge(weak, strong)
-    one = np.zeros(1, ENTITY_DTYPE)
+    one = entities([0], active=0)
     assert list(partition(one, m, 1000, t.resolve)) == [m.owner(strong)]
     assert partition(one[:0], m, 1000) == {}

@@ -14,7 +14,6 @@ import inspect
 import logging
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ from corec_node.plugins import (
     PluginManager,
     validate_settings,
 )
-from corec_node.wire import ENTITY_DTYPE
+from pgutil import eventually  # async: polls on the running loop
+from records import entities
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -45,12 +45,8 @@ class Node:
 
 def entity_batch(channel: int, n: int = 2500, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    r = np.zeros(n, ENTITY_DTYPE)
-    r["id"] = np.arange(n, dtype=np.uint32)
-    r["channel"] = channel
-    r["value"] = (20 + rng.normal(0, 2, n)).astype(np.float32)
-    r["active"] = 1
-    return r
+    values = (20 + rng.normal(0, 2, n)).astype(np.float32)
+    return entities(np.arange(n, dtype=np.uint32), channel, values)
 
 
 def real_rows(tick: int = 1) -> list[dict[str, Any]]:
@@ -215,7 +211,10 @@ async def test_several_plugins_all_called_concurrently():
         @hookimpl
         async def corec_block_aggregates(self, tick):
             order.append("slow start")
-            await asyncio.sleep(0.2)
+            for _ in range(1000):  # until the fast plugin has run (or 10 s: it was not called meanwhile)
+                if "fast" in order:
+                    break
+                await asyncio.sleep(0.01)
             order.append("slow end")
 
     class Fast:
@@ -342,20 +341,26 @@ def test_kernels_migrations_and_cli():
 
 
 class Ticker:
-    """Measures event-loop responsiveness: the largest gap between 10 ms ticks."""
+    """Counts turns of the event loop (one per 10 ms sleep). Any thread can wait for the count
+    to move on, which it only does while the loop is free to run."""
 
     def __init__(self) -> None:
-        self.max_gap = 0.0
         self.ticks = 0
+        self._moved = threading.Condition()
 
     async def run(self) -> None:
-        last = time.perf_counter()
         while True:
             await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            self.max_gap = max(self.max_gap, now - last)
-            self.ticks += 1
-            last = now
+            with self._moved:
+                self.ticks += 1
+                self._moved.notify_all()
+
+    def turns(self, n: int, timeout: float = 30.0) -> bool:
+        """From a worker thread: block until the loop has turned ``n`` more times; False if it
+        did not within ``timeout`` (the loop stood still)."""
+        with self._moved:
+            target = self.ticks + n
+            return self._moved.wait_for(lambda: self.ticks >= target, timeout)
 
 
 class Healthy:
@@ -374,11 +379,18 @@ class Raises:
 
 
 class HangsSync:
-    def __init__(self) -> None:
+    """Blocks its worker thread until released. With a ticker, it first checks, from inside
+    the blocked call, that the event loop keeps turning while it blocks."""
+
+    def __init__(self, ticker: Ticker | None = None) -> None:
         self.release = threading.Event()
+        self.ticker = ticker
+        self.loop_turned: list[bool] = []  # per call: the loop turned 3 times while it blocked
 
     @hookimpl
     def corec_block_aggregates(self, tick):
+        if self.ticker is not None:
+            self.loop_turned.append(self.ticker.turns(3))
         self.release.wait(30)  # a blocking call that never returns in time
 
 
@@ -401,16 +413,19 @@ class IgnoresCancel:
 async def test_faulty_plugin_is_switched_off_while_others_and_the_loop_go_on(bad_cls, events):
     alerts: list[dict] = []
     pm = PluginManager(on_alert=alerts.append, budget=0.2, max_faults=3, fault_window=60)
-    good, bad = Healthy(), bad_cls()
+    ticker = Ticker()
+    good, bad = Healthy(), (HangsSync(ticker) if bad_cls is HangsSync else bad_cls())
     pm.register(good, "good")
     pm.register(bad, "bad")
-    ticker = Ticker()
     task = asyncio.create_task(ticker.run())
     node = Node()
     try:
         for tick in range(1, 8):
             await pm.block_aggregates(node, tick, [])
             await asyncio.sleep(0.05)
+        if bad_cls is HangsSync:  # its first call is still blocked in a worker thread: its check
+            # answers once the loop turned 3 times (or, the loop stalled, after 30 s: False)
+            await eventually(lambda: bad.loop_turned, 60, message="the hung hook's check of the loop")
     finally:
         task.cancel()
         if isinstance(bad, HangsSync):
@@ -426,9 +441,11 @@ async def test_faulty_plugin_is_switched_off_while_others_and_the_loop_go_on(bad
     faults = [e for e in events if e["event"] == "plugin_fault"]
     assert len(faults) == 3 and all(e["plugin"] == "bad" and e["hook"] == "corec_block_aggregates" for e in faults)
     assert any(e["event"] == "plugin_disabled" and e["plugin"] == "bad" for e in events)
-    # the loop kept running: budget 0.2 s per call, hangs of 30 s never stalled it
-    assert ticker.ticks > 20
-    assert ticker.max_gap < 1.0, ticker.max_gap
+    # the loop kept running: the blocking sync hook saw, from inside its call, the ticker on
+    # the loop turn while it blocked (had the call blocked the loop, the ticker could not move
+    # and its wait would run out). The async hangs wait on the loop itself: they cannot stall it.
+    if bad_cls is HangsSync:
+        assert bad.loop_turned == [True], bad.loop_turned
 
 
 async def test_a_hung_sync_plugin_holds_one_thread_per_hook_at_most():
@@ -449,6 +466,7 @@ async def test_a_slow_plugin_drops_calls_but_is_not_faulted():
     class Slow:
         def __init__(self):
             self.seen = []
+            self.release = threading.Event()
 
         @hookimpl
         def corec_channels(self):
@@ -457,13 +475,20 @@ async def test_a_slow_plugin_drops_calls_but_is_not_faulted():
         @hookimpl
         def corec_entities(self, records):
             self.seen.append(len(records))
-            time.sleep(0.1)  # slower than the stream, within its budget
+            self.release.wait(30)  # slower than the stream (busy until the test releases it)
 
     slow = Slow()
-    pm = PluginManager(budget=2.0)
+    pm = PluginManager(budget=60.0)  # within its budget however long the machine takes
     pm.register(slow, "slow")
     batch = entity_batch(7, 10)
-    await asyncio.gather(*(pm.entities(Node(), 7, batch) for _ in range(5)))
+    calls = [asyncio.ensure_future(pm.entities(Node(), 7, batch)) for _ in range(5)]
+    try:
+        await eventually(lambda: sum(c.done() for c in calls) >= 4 and slow.seen, 30,
+                         message="the first call runs, the 4 that arrive meanwhile return")
+        assert sum(c.done() for c in calls) == 4 and slow.seen == [10]  # the first one is still running
+    finally:
+        slow.release.set()
+    await asyncio.gather(*calls)
     info = pm.info()[0]
     assert slow.seen == [10] and info["dropped"] == 4 and info["faults"] == 0 and info["state"] == "active"
 

@@ -19,7 +19,7 @@ import pytest
 from corec_node.config import Config, PluginsSection
 from corec_node.engine import EntityStore, aggregate, aggregate_rows
 from corec_node.plugins import DISABLED_ENV, PluginManager
-from corec_node.wire import ENTITY_DTYPE
+from records import entities
 from piputil import pip_install, pip_uninstall
 
 
@@ -105,11 +105,8 @@ async def test_installed_plugin_is_found_by_entry_point_and_its_hooks_fire(insta
     assert obj.limit == 20.0
 
     store = EntityStore(block_size=1000)
-    batch = np.zeros(2000, ENTITY_DTYPE)
-    batch["id"] = np.arange(2000, dtype=np.uint32)
-    batch["channel"] = 3
-    batch["value"] = np.where(np.arange(2000) < 1000, 10.0, 30.0).astype(np.float32)
-    batch["active"] = 1
+    values = np.where(np.arange(2000) < 1000, 10.0, 30.0).astype(np.float32)
+    batch = entities(np.arange(2000, dtype=np.uint32), 3, values)
     store.ingest(batch)
     node = object()
     await pm.startup(node)

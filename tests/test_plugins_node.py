@@ -17,8 +17,8 @@ import pytest
 from meshutil import eventually
 
 from corec_node.client import Client
-from corec_node.wire import ENTITY_DTYPE
 from piputil import is_installed, pip_install, pip_uninstall
+from records import entities
 
 RECORDER = '''
     """Writes one JSON line per hook call to the file named by its "out" setting."""
@@ -204,11 +204,8 @@ def test_alerts_plugin_end_to_end_on_a_real_node(cluster, tmp_path, alerts_insta
     plugins = node.ctl("plugins")
     assert any(p["name"] == "alerts" and p["state"] == "active" for p in plugins), plugins
     rng = np.random.default_rng(5)
-    recs = np.zeros(3000, dtype=ENTITY_DTYPE)
-    recs["channel"] = 3
-    recs["id"] = np.arange(3000)
-    recs["value"] = np.where(np.arange(3000) < 1000, 50.0, 20.0) + rng.normal(0, 1, 3000)  # block 3:0 too hot
-    recs["active"] = 1
+    hot = np.where(np.arange(3000) < 1000, 50.0, 20.0)  # block 3:0 too hot
+    recs = entities(np.arange(3000), 3, hot + rng.normal(0, 1, 3000))
     with Client(node.addr) as c:
         c.send(recs)
 

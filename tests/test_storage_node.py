@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from corec_node.client import Client
-from corec_node.wire import ENTITY_DTYPE
 from meshutil import free_port
 from pgutil import eventually  # the pg, pg_dsn and pg_schema fixtures come through conftest
+from records import entities
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,12 +58,8 @@ class Cable:
 
 
 def records(n: int, value: float) -> np.ndarray:
-    recs = np.zeros(n, dtype=ENTITY_DTYPE)
-    recs["id"] = np.arange(n)
-    recs["channel"] = 1
-    recs["value"] = value + np.arange(n) % 7
-    recs["active"] = 1
-    return recs
+    """n records of channel 1, ids 0..n-1, values value + (id % 7)."""
+    return entities(np.arange(n), 1, value + np.arange(n) % 7)
 
 
 async def test_block_state_reaches_postgres_through_an_outage(cluster, pg_dsn, pg_schema, pg):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -196,7 +197,7 @@ PR_SET_MDWE = 65  # Linux 6.3: the kernel's MemoryDenyWriteExecute, which system
 PR_MDWE_REFUSE_EXEC_GAIN = 1
 
 MDWE_CHILD = textwrap.dedent("""
-    import ctypes, mmap, os, signal, sys, threading, time
+    import ctypes, mmap, sys
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(%(set)d, %(refuse)d, 0, 0, 0) != 0:
         sys.exit(77)
@@ -210,14 +211,7 @@ MDWE_CHILD = textwrap.dedent("""
     assert (a @ a).sum() > 0 and np.fft.fft(a[0]).shape == (200,)
     sklearn.cluster.KMeans(n_clusters=2, n_init=1).fit(a[:, :3])
     assert len(zmq.curve_keypair()[0]) == 40
-    control = %(control)r
-    def stop_when_serving():
-        while not os.path.exists(control):
-            time.sleep(0.05)
-        time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=stop_when_serving, daemon=True).start()
-    from corec_node.cli import main
+    from corec_node.cli import main  # runs until the test, having read event=ready, sends SIGTERM
     sys.exit(main(["run", "--name", "mdwe", "--data-dir", %(data)r, "--listen", %(listen)r]))
 """)
 
@@ -236,11 +230,29 @@ def test_node_runs_under_memory_deny_write_execute(tmp_path):
     if not _mdwe_supported():
         pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3): cannot emulate MemoryDenyWriteExecute here")
     data = tmp_path / "d"
-    script = MDWE_CHILD % {"set": PR_SET_MDWE, "refuse": PR_MDWE_REFUSE_EXEC_GAIN, "control": str(data / "control.sock"),
+    script = MDWE_CHILD % {"set": PR_SET_MDWE, "refuse": PR_MDWE_REFUSE_EXEC_GAIN,
                            "data": str(data), "listen": f"127.0.0.1:{free_port()}"}
-    env = dict(os.environ, COREC_MESH_PUB_LISTEN=f"127.0.0.1:{free_port()}")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, env=env)
-    assert out.returncode not in (77, 78), "MDWE could not be set or was not enforced"
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "event=ready" in out.stdout and "event=stopped" in out.stdout
-    assert "Traceback" not in out.stderr
+    env = dict(os.environ, COREC_MESH_PUB_LISTEN=f"127.0.0.1:{free_port()}", PYTHONUNBUFFERED="1")
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # the node's log, until it says it is ready (or the child ends)
+            lines.append(line)
+            if "event=ready" in line:
+                proc.send_signal(signal.SIGTERM)  # a systemctl stop
+                break
+        lines += proc.stdout.readlines()  # to EOF: the child's last words
+        returncode = proc.wait(90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    stdout, stderr = "".join(lines), errors.read_text()
+    assert returncode not in (77, 78), "MDWE could not be set or was not enforced"
+    assert returncode == 0, stdout + stderr
+    assert "event=ready" in stdout and "event=stopped" in stdout
+    assert "Traceback" not in stderr

@@ -32,6 +32,7 @@ from corec_node.wire.messages import (
     FusionPlan,
     Gossip,
     Heartbeat,
+    HeartbeatAck,
     MemberState,
     MemberStatus,
     Message,
@@ -42,6 +43,7 @@ from corec_node.wire.messages import (
     StatePush,
     StateReply,
     Vote,
+    Voter,
     VoteRequest,
 )
 from corec_node.wire.sequence import SeqEvent, SequenceCounter, SequenceTracker
@@ -80,6 +82,7 @@ __all__ = [
     "Envelope",
     "Gossip",
     "Heartbeat",
+    "HeartbeatAck",
     "MemberState",
     "MemberStatus",
     "Message",
@@ -93,6 +96,7 @@ __all__ = [
     "StatePush",
     "StateReply",
     "Vote",
+    "Voter",
     "VoteRequest",
     "WireError",
     "as_entity_array",

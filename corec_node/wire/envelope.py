@@ -37,6 +37,7 @@ from corec_node.wire.messages import (
     FusionPlan,
     Gossip,
     Heartbeat,
+    HeartbeatAck,
     MemberState,
     MemberStatus,
     Message,
@@ -47,12 +48,13 @@ from corec_node.wire.messages import (
     StatePush,
     StateReply,
     Vote,
+    Voter,
     VoteRequest,
 )
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 2
+PROTOCOL_MINOR = 3
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""
@@ -382,6 +384,7 @@ _ADDR = _Addr()
 _DIGEST = _Str(32, empty=True, printable=True, spec="digest")
 _MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, status=_Status())
 _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
+_VOTERS = _Array(_Struct(Voter, name=_NAME, addr=_ADDR), limits.MAX_VOTERS)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)
 
 
@@ -411,9 +414,14 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.GOSSIP, Gossip, updates=_MEMBERS),
         _schema(MsgType.STATE_PUSH, StatePush, join=_BOOL, reply_to=_ADDR, members=_MEMBERS),
         _schema(MsgType.STATE_REPLY, StateReply, members=_MEMBERS),
-        _schema(MsgType.VOTE_REQUEST, VoteRequest, term=_U64, pre=_BOOL, reply_to=_ADDR),
+        _schema(MsgType.VOTE_REQUEST, VoteRequest, term=_U64, pre=_BOOL, reply_to=_ADDR,
+                cfg_term=_U64, cfg_index=_U64, cfg_cluster=_DIGEST),
         _schema(MsgType.VOTE, Vote, term=_U64, granted=_BOOL, pre=_BOOL),
-        _schema(MsgType.HEARTBEAT, Heartbeat, term=_U64, leader=_NAME, placement=_DIGEST),
+        _schema(MsgType.HEARTBEAT, Heartbeat, term=_U64, leader=_NAME, placement=_DIGEST,
+                seq=_U64, cfg_term=_U64, cfg_index=_U64, voters=_VOTERS, commit=_U64,
+                cfg_cluster=_DIGEST),
+        _schema(MsgType.HEARTBEAT_ACK, HeartbeatAck, term=_U64, seq=_U64, cfg_term=_U64,
+                cfg_index=_U64),
         _schema(
             MsgType.ENTITY_BATCH, EntityBatch, payload=True,
             channel=_U8, count=_COUNT, compressed=_BOOL,

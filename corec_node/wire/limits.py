@@ -32,6 +32,10 @@ MAX_MEMBERS_PER_MESSAGE = 10_000
 """Member states in one Gossip/StatePush/StateReply. The 1 MiB envelope binds first for
 long names; this bounds the work a receiver does for one message."""
 
+MAX_VOTERS = 64
+"""Voters in one configuration (Heartbeat.voters). Clusters keep 3, 5 or 7 voters; this
+bounds a hostile heartbeat, not a real one."""
+
 MAX_TEXT_BYTES = 4096
 """Free text (Alert.text): a readable message, not a log dump."""
 

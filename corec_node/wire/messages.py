@@ -28,6 +28,7 @@ class MsgType(enum.IntEnum):
     ALERT = 22
     FUSION_PLAN = 23
     FLOW = 24
+    HEARTBEAT_ACK = 25
 
 
 class MemberStatus(enum.IntEnum):
@@ -114,13 +115,26 @@ class StateReply:
 
 
 @dataclass(frozen=True, slots=True)
+class Voter:
+    """One voter of a configuration (since 1.3): its name and direct address."""
+
+    name: str
+    addr: str
+
+
+@dataclass(frozen=True, slots=True)
 class VoteRequest:
     """``pre`` marks a pre-vote: it asks, changes nothing, and is refused while a live
-    leader is heard."""
+    leader is heard. ``cfg_term``/``cfg_index``/``cfg_cluster`` (since 1.3) identify the
+    candidate's voter configuration: a voter whose own is newer, or of another cluster,
+    refuses it."""
 
     term: int
     pre: bool
     reply_to: str
+    cfg_term: int = 0
+    cfg_index: int = 0
+    cfg_cluster: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +149,33 @@ class Heartbeat:
     """Leader heartbeat on the PUB stream (topic ``nuc``). ``placement`` (since 1.1) is the
     digest of the member set the leader places blocks over (``engine.placement.members_digest``):
     followers act on a new placement map only when their own view has the same digest.
-    Empty: the sender does not confirm maps (a 1.0 leader); followers act on their own view."""
+    Empty: the sender does not confirm maps (a 1.0 leader); followers act on their own view.
+    Since 1.3: ``seq`` numbers the heartbeat (followers answer HeartbeatAck), and the
+    leader's voter configuration travels in ``cfg_term``, ``cfg_index``, ``voters``, with
+    the highest index it knows committed in ``commit`` and the id of the cluster it was
+    bootstrapped in, ``cfg_cluster``."""
 
     term: int
     leader: str
     placement: str = ""
+    seq: int = 0
+    cfg_term: int = 0
+    cfg_index: int = 0
+    voters: tuple[Voter, ...] = ()
+    commit: int = 0
+    cfg_cluster: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    """A follower's answer to its leader's heartbeat ``seq`` (direct, since 1.3): it follows
+    the leader of ``term`` and has stored the configuration ``(cfg_term, cfg_index)``. The
+    leader's lease and its configuration commits count these."""
+
+    term: int
+    seq: int
+    cfg_term: int
+    cfg_index: int
 
 
 # -- engine (SPEC section 9) -------------------------------------------------------
@@ -191,5 +227,5 @@ class Flow:
 
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
-    | VoteRequest | Vote | Heartbeat | EntityBatch | Aggregates | Alert | FusionPlan | Flow
+    | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
 )

@@ -1,4 +1,4 @@
-"""Regenerate the golden vectors of CoreC wire protocol 1.2 (protocol/SPEC.md, section 16).
+"""Regenerate the golden vectors of CoreC wire protocol 1.3 (protocol/SPEC.md, section 16).
 
     python protocol/vectors/generate.py          # rewrite entities.json and messages.json
     python protocol/vectors/generate.py --check  # exit 1 if the files differ from what
@@ -40,6 +40,7 @@ from corec_node.wire import (  # noqa: E402
     FusionPlan,
     Gossip,
     Heartbeat,
+    HeartbeatAck,
     MemberState,
     MemberStatus,
     MsgType,
@@ -49,13 +50,14 @@ from corec_node.wire import (  # noqa: E402
     StatePush,
     StateReply,
     Vote,
+    Voter,
     VoteRequest,
     decode_message,
     encode_entities,
     encode_message,
 )
 
-PROTOCOL = "CoreC wire protocol 1.2"
+PROTOCOL = "CoreC wire protocol 1.3"
 ZSTD_LEVEL = 1
 S = MemberStatus
 
@@ -245,6 +247,15 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      Heartbeat(term=U64_MAX, leader="node-a"), _hdr("node-a", U64_MAX), None),
     ("heartbeat_placement", "leader heartbeat confirming a placement map (since 1.1)",
      Heartbeat(term=12, leader="node-a", placement="9f86d081884c7d65"), _hdr("node-a", 40), None),
+    ("heartbeat_voters", "leader heartbeat with its numbered voter configuration (since 1.3)",
+     Heartbeat(term=12, leader="node-a", placement="9f86d081884c7d65", seq=77, cfg_term=12, cfg_index=5,
+               voters=(Voter("node-a", "10.0.0.1:7946"), Voter("node-b", "10.0.0.2:7946"),
+                       Voter("node-c", "10.0.0.3:7946")), commit=4), _hdr("node-a", 41), None),
+    ("heartbeat_ack", "a voter answers heartbeat 77 and has stored configuration (12, 5) (since 1.3)",
+     HeartbeatAck(term=12, seq=77, cfg_term=12, cfg_index=5), _hdr("node-b", 9), None),
+    ("vote_request_config", "real vote request carrying the candidate's configuration (since 1.3)",
+     VoteRequest(term=13, pre=False, reply_to="10.0.0.3:7946", cfg_term=12, cfg_index=5),
+     _hdr("node-c", 202), None),
     ("entity_batch_raw", "3 raw records on channel 7 (topic ent.007)",
      _B_RAW[0], _hdr("producer-1", 17), _B_RAW[1]),
     ("entity_batch_zstd", "10 zstd records on channel 255 (payload bytes depend on zstd)",

@@ -137,7 +137,7 @@ def failover(n: int, seeds: range, loss: float = 0.0) -> dict:
 
 def sweep(runs: int, first_seed: int = 100_000) -> dict:
     t0 = time.perf_counter()
-    violations = nonconverged = islands = leaderships = 0
+    violations = nonconverged = commits = leaderships = 0
     worst = 0.0
     examples: list[str] = []
     for seed in range(first_seed, first_seed + runs):
@@ -162,13 +162,13 @@ def sweep(runs: int, first_seed: int = 100_000) -> dict:
         if c.invariants.violations:
             violations += 1
             examples.append(f"seed {seed}: {c.invariants.violations[0]}")
-        islands += c.invariants.merged_islands
+        commits += len(c.invariants.committed)
         leaderships += len(c.leaderships)
     return {
         "runs": runs,
         "violations": violations,
         "not_converged": nonconverged,
-        "islands": islands,
+        "configs_committed": commits,
         "elections": leaderships,
         "worst_convergence_s": worst,
         "examples": examples[:5],
@@ -188,6 +188,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes and a short sweep (< 1 min)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sweep-runs", type=int, default=None, help="seeded fault runs (default 1000, --quick 100)")
+    ap.add_argument("--sweep-only", action="store_true", help="only the seeded fault sweep")
     args = ap.parse_args()
     quick = args.quick
     sizes = [10, 30, 100] if quick else [10, 30, 100, 300, 1000]
@@ -199,62 +201,63 @@ def main() -> int:
         "election_timers": vars_of(ElectionConfig.lan()),
     }
 
-    print(
-        f"{'dissemination (0% loss)':<28}{'join s':>9}{'rounds':>8}{'dead s':>9}{'rounds':>8}"
-        f"{'boot real s':>13}{'measure real s':>16}"
-    )
-    rows = []
-    for n in sizes:
-        r = dissemination(n, args.seed)
-        rows.append(r)
+    if not args.sweep_only:
         print(
-            f"{'N=' + str(n):<28}{fmt(r['join_s'], 3):>9}{fmt(r['join_rounds'], 1):>8}{fmt(r['dead_s'], 3):>9}"
-            f"{fmt(r['dead_rounds'], 1):>8}{fmt(r['boot_real_s'], 1):>13}{fmt(r['measure_real_s'], 1):>16}",
-            flush=True,
+            f"{'dissemination (0% loss)':<28}{'join s':>9}{'rounds':>8}{'dead s':>9}{'rounds':>8}"
+            f"{'boot real s':>13}{'measure real s':>16}"
         )
-    out["dissemination"] = rows
+        rows = []
+        for n in sizes:
+            r = dissemination(n, args.seed)
+            rows.append(r)
+            print(
+                f"{'N=' + str(n):<28}{fmt(r['join_s'], 3):>9}{fmt(r['join_rounds'], 1):>8}{fmt(r['dead_s'], 3):>9}"
+                f"{fmt(r['dead_rounds'], 1):>8}{fmt(r['boot_real_s'], 1):>13}{fmt(r['measure_real_s'], 1):>16}",
+                flush=True,
+            )
+        out["dissemination"] = rows
 
-    print(
-        f"\n{'false suspicions':<28}{'loss':>6}{'per node-min':>14}{'false deaths':>14}{'gap resync/s':>14}"
-        f"{'leader kept':>13}{'real s':>8}"
-    )
-    fs = []
-    n_fs, secs = (30, 20.0) if quick else (100, 60.0)
-    for loss in (0.05, 0.10):
-        r = false_suspicions(n_fs, loss, secs, args.seed)
-        fs.append(r)
         print(
-            f"{'N=' + str(n_fs) + f', {secs:g} s':<28}{loss:>6.0%}{fmt(r['suspicions_per_node_min'], 3):>14}"
-            f"{r['false_deaths']:>14}{fmt(r['gap_resyncs_per_s'], 1):>14}{r['leader_kept']!s:>13}"
-            f"{fmt(r['real_s'], 1):>8}",
-            flush=True,
+            f"\n{'false suspicions':<28}{'loss':>6}{'per node-min':>14}{'false deaths':>14}{'gap resync/s':>14}"
+            f"{'leader kept':>13}{'real s':>8}"
         )
-    out["false_suspicions"] = fs
+        fs = []
+        n_fs, secs = (30, 20.0) if quick else (100, 60.0)
+        for loss in (0.05, 0.10):
+            r = false_suspicions(n_fs, loss, secs, args.seed)
+            fs.append(r)
+            print(
+                f"{'N=' + str(n_fs) + f', {secs:g} s':<28}{loss:>6.0%}{fmt(r['suspicions_per_node_min'], 3):>14}"
+                f"{r['false_deaths']:>14}{fmt(r['gap_resyncs_per_s'], 1):>14}{r['leader_kept']!s:>13}"
+                f"{fmt(r['real_s'], 1):>8}",
+                flush=True,
+            )
+        out["false_suspicions"] = fs
 
-    print(
-        f"\n{'failover (leader crash)':<28}{'runs':>6}{'mean s':>9}{'p50 s':>8}{'max s':>8}{'failed':>8}{'real s':>8}"
-    )
-    fo = []
-    plan = [(5, 10), (50, 5)] if quick else [(5, 40), (50, 20), (300, 5)]
-    for n, k in plan:
-        r = failover(n, range(args.seed, args.seed + k))
-        fo.append(r)
         print(
-            f"{'N=' + str(n):<28}{r['runs']:>6}{fmt(r['mean_s']):>9}{fmt(r['p50_s']):>8}{fmt(r['max_s']):>8}"
-            f"{r['failed']:>8}{fmt(r['real_s'], 1):>8}",
-            flush=True,
+            f"\n{'failover (leader crash)':<28}{'runs':>6}{'mean s':>9}{'p50 s':>8}{'max s':>8}{'failed':>8}{'real s':>8}"
         )
-    out["failover"] = fo
+        fo = []
+        plan = [(5, 10), (50, 5)] if quick else [(5, 40), (50, 20), (300, 5)]
+        for n, k in plan:
+            r = failover(n, range(args.seed, args.seed + k))
+            fo.append(r)
+            print(
+                f"{'N=' + str(n):<28}{r['runs']:>6}{fmt(r['mean_s']):>9}{fmt(r['p50_s']):>8}{fmt(r['max_s']):>8}"
+                f"{r['failed']:>8}{fmt(r['real_s'], 1):>8}",
+                flush=True,
+            )
+        out["failover"] = fo
 
-    runs = 100 if quick else 1000
+    runs = args.sweep_runs if args.sweep_runs is not None else (100 if quick else 1000)
     r = sweep(runs)
     out["sweep"] = r
     print(
-        f"\n{'sweep (5-7 nodes, faults)':<28}{'runs':>6}{'violations':>12}{'not conv.':>11}{'islands':>9}"
+        f"\n{'sweep (5-7 nodes, faults)':<28}{'runs':>6}{'violations':>12}{'not conv.':>11}{'configs':>9}"
         f"{'elections':>11}{'worst conv s':>14}{'real s':>8}"
     )
     print(
-        f"{'':<28}{r['runs']:>6}{r['violations']:>12}{r['not_converged']:>11}{r['islands']:>9}"
+        f"{'':<28}{r['runs']:>6}{r['violations']:>12}{r['not_converged']:>11}{r['configs_committed']:>9}"
         f"{r['elections']:>11}{fmt(r['worst_convergence_s']):>14}{fmt(r['real_s'], 1):>8}"
     )
     for line in r["examples"]:

@@ -9,19 +9,23 @@ from corec_node.mesh.core import MeshCore
 from corec_node.mesh.effects import Broadcast, Effect, LeaderChanged, MemberChanged, Send
 from corec_node.mesh.election import LEADER, ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
-from corec_node.wire.messages import MemberState, MemberStatus
+from corec_node.mesh.voters import Configuration, VoterConfig
+from corec_node.wire.messages import MemberState, MemberStatus, Vote, VoteRequest
 
 ALIVE, DEAD, LEFT = MemberStatus.ALIVE, MemberStatus.DEAD, MemberStatus.LEFT
 TICK = 0.02
 
 
 class Net:
-    """Cores on a lossless in-memory network; ``down`` nodes neither send nor receive."""
+    """Cores on a lossless in-memory network, a broadcast reaching the nodes that know its
+    sender (as a SUB socket connects to known members); ``down`` nodes neither send nor
+    receive, and ``cut`` pairs do not reach each other."""
 
     def __init__(self) -> None:
         self.now = 0.0
         self.cores: dict[str, MeshCore] = {}
         self.down: set[str] = set()
+        self.cut: set[frozenset[str]] = set()  # pairs that cannot reach each other
         self.log: dict[str, list[Effect]] = {}
         self._queue: list[tuple[str, str, object]] = []
 
@@ -29,9 +33,10 @@ class Net:
         return f"{name}:7400"
 
     def add(self, name: str, *, join: tuple[str, ...] = (), snapshot: list[MemberState] | None = None,
-            term: int = 0) -> MeshCore:
+            term: int = 0, config: Configuration | None = None) -> MeshCore:
         core = MeshCore(name, self.addr(name), f"{name}:7401", MembershipConfig.test(),
-                        ElectionConfig.test(), random.Random(name), self.now, term=term)
+                        ElectionConfig.test(), random.Random(name), self.now, term=term,
+                        config=config, voter_config=VoterConfig(promote_after=0.5))
         self.cores[name] = core
         self.log[name] = []
         self.apply(name, core.start(snapshot or [], [self.addr(j) for j in join], self.now))
@@ -43,15 +48,17 @@ class Net:
             if isinstance(eff, Send):
                 dst = eff.to.split(":")[0]
                 self._queue.append((name, dst, eff.msg))
-            elif isinstance(eff, Broadcast):
-                self._queue.extend((name, dst, eff.msg) for dst in self.cores if dst != name)
+            elif isinstance(eff, Broadcast):  # to the nodes that know us: their SUB is connected
+                self._queue.extend((name, dst, eff.msg) for dst, core in self.cores.items()
+                                   if dst != name and core.membership.member(name) is not None)
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
         while self.now < end:
             while self._queue:
                 src, dst, msg = self._queue.pop(0)
-                if src in self.down or dst in self.down or dst not in self.cores:
+                if (src in self.down or dst in self.down or dst not in self.cores
+                        or frozenset((src, dst)) in self.cut):
                     continue
                 self.apply(dst, self.cores[dst].handle(src, msg, self.now))
             self.now += TICK
@@ -76,35 +83,46 @@ def test_a_cluster_forms_and_elects_one_leader() -> None:
     assert all(set(c.election.voters()) == {"a", "b", "c"} for c in net.cores.values())
 
 
-def test_voter_gate_opens_only_when_a_join_address_answers() -> None:
-    """Rule 5: a node that joined *us* is no reason to vote before our seeds answered."""
+def test_a_node_started_with_join_is_a_member_not_a_voter_until_a_leader_adds_it() -> None:
+    """Core rule 6 and voters rule 6: no bootstrap of its own, so nodes that joined each
+    other while their seed was unreachable elect nobody."""
     net = Net()
     net.add("seed")
     net.down.add("seed")  # our seed is unreachable for now
     fresh = net.add("fresh", join=("seed",))
-    assert fresh.gated and fresh.election.voters() == {}
+    assert fresh.config.index == 0 and fresh.election.voters() == {}
     other = net.add("other", join=("fresh",))  # another fresh node joins us
-    net.run(3.0)  # several election timeouts of the test profile
+    net.run(4.0)  # several election timeouts of the test profile
     assert fresh.membership.member("other").status == ALIVE
-    assert fresh.gated, "another member alive must not open the gate"
-    assert fresh.election.voters() == {}
-    assert fresh.election.role != LEADER and other.election.role != LEADER
-    net.down.discard("seed")  # the seed answers a join retry
-    net.run(5.0)
-    assert not fresh.gated
-    assert set(fresh.election.voters()) == {"seed", "fresh", "other"}
-    assert len(leaders(net)) == 1
+    assert not leaders(net) or leaders(net) == ["seed"]
+    assert fresh.election.voters() == {} and other.election.voters() == {}
+    net.down.discard("seed")  # the seed answers a join retry: its leader promotes them
+    net.run(10.0)
+    assert leaders(net) == ["seed"]
+    assert all(set(c.config.names()) == {"seed", "fresh", "other"} for c in net.cores.values())
 
 
-def test_a_join_asked_later_counts_for_the_gate() -> None:
+def test_a_minority_side_never_adds_voters_or_elects() -> None:
+    """The issue's scenario: 3|2 partition, then fresh nodes join the minority side."""
     net = Net()
-    net.add("a")
-    fresh = net.add("fresh", join=("nowhere",))  # a seed that never answers
-    net.run(1.0)
-    assert fresh.gated
-    net.apply("fresh", fresh.join([net.addr("a")], net.now))  # corec-node join a
-    net.run(1.0)
-    assert not fresh.gated and set(fresh.election.voters()) == {"a", "fresh"}
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        net.add(name, join=("a",) if name != "a" else ())
+    net.run(15.0)
+    config = net.cores["a"].config
+    assert config.names() == frozenset(names), config
+    leader = leaders(net)[0]
+    minority = [n for n in names if n != leader][:2]
+    net.cut = {frozenset((x, y)) for x in minority for y in names if y not in minority}
+    for fresh in ("f", "g", "h", "i"):
+        net.add(fresh, join=(minority[0],))
+        net.cut |= {frozenset((fresh, y)) for y in names if y not in minority}
+    net.run(15.0)
+    side = minority + ["f", "g", "h", "i"]
+    assert not [n for n in side if net.cores[n].election.role == LEADER]
+    assert all(net.cores[n].config == config or net.cores[n].config.index == 0 for n in side)
+    assert net.cores["f"].membership.member(minority[1]).status == ALIVE  # they did meet
+    assert [n for n in leaders(net) if n not in side], "the majority keeps a leader"
 
 
 def test_dead_member_verdict_reaches_the_election_in_order() -> None:
@@ -128,7 +146,7 @@ def test_dead_member_verdict_reaches_the_election_in_order() -> None:
 
 
 def test_force_leave_of_a_dead_member_is_not_a_return() -> None:
-    """Rule 3: DEAD -> LEFT does not call member_alive; rule 4: the voter set drops it."""
+    """Rule 3: DEAD -> LEFT does not call member_alive; rule 7: the leader removes it."""
     net = Net()
     for name in ("a", "b", "c"):
         net.add(name, join=("a",) if name != "a" else ())
@@ -143,16 +161,125 @@ def test_force_leave_of_a_dead_member_is_not_a_return() -> None:
     effects = core.force_leave(victim, net.now)
     net.apply(keeper, effects)
     assert any(isinstance(e, MemberChanged) and e.name == victim and e.new == LEFT for e in effects)
-    assert victim not in core.election.voters()
-    assert core.election.live_voters() == 2
+    assert core.election.live_voters() == 2  # still down, not back
+    for name in net.cores:  # the others force-leave it too (the CLI's gossip does this)
+        if name not in (victim, keeper):
+            net.apply(name, net.cores[name].force_leave(victim, net.now))
+    net.run(3.0)
+    for name, other in net.cores.items():
+        if name != victim:
+            assert victim not in other.election.voters() and victim not in other.config.names()
 
 
 def test_start_restores_the_snapshot_and_raises_our_incarnation() -> None:
-    """Rule 6: a restart from a snapshot knows its voters at once and is not gated, and
-    its own record raises its incarnation (membership rule 15)."""
+    """Rule 6: a restart uses its stored configuration, and its own snapshot record raises
+    its incarnation (membership rule 15)."""
     net = Net()
     snapshot = [MemberState("a", "a:7400", "a:7401", 4, ALIVE), MemberState("b", "b:7400", "b:7401", 0, ALIVE)]
-    core = net.add("a", join=("b",), snapshot=snapshot)
-    assert not core.gated
-    assert set(core.election.voters()) == {"a", "b"}
+    stored = Configuration(3, 2, (("a", "a:7400"), ("b", "b:7400")))
+    core = net.add("a", join=("b",), snapshot=snapshot, config=stored)
+    assert core.config == stored and set(core.election.voters()) == {"a", "b"}
+    assert core.election.config_id == (2, 3)
     assert core.membership.incarnation == 5
+
+
+def test_an_upgraded_node_founds_its_configuration_from_its_snapshot() -> None:
+    """Rule 6: no stored configuration, no join, peers remembered: every such node derives
+    the same configuration, so a whole cluster upgraded at once agrees."""
+    net = Net()
+    snapshot = [MemberState(n, f"{n}:7400", f"{n}:7401", 0, ALIVE) for n in ("a", "b", "c")]
+    cores = [net.add(n, snapshot=snapshot) for n in ("a", "b", "c")]
+    (config,) = {c.config for c in cores}  # one configuration, one cluster id, on every node
+    assert (config.index, config.term, config.voters) == (1, 0, tuple((n, f"{n}:7400") for n in "abc"))
+    assert config.cluster
+    net.run(5.0)
+    assert len(leaders(net)) == 1
+
+
+def test_a_new_leader_commits_the_configuration_again_in_its_term() -> None:
+    """Voters rule 4 (Ongaro 2015): no change before an entry of the leader's own term commits."""
+    net = Net()
+    for name in ("a", "b", "c"):
+        net.add(name, join=("a",) if name != "a" else ())
+    net.run(10.0)
+    leader = net.cores[leaders(net)[0]]
+    assert leader.config.term == leader.term and leader.voters.committed
+    net.down.add(leader.name)
+    net.run(6.0)
+    new = net.cores[leaders(net)[0]]
+    assert new.name != leader.name and new.term > leader.term
+    assert new.config.term == new.term and new.config.index > leader.config.index
+    assert new.voters.committed
+
+
+def test_a_voter_refuses_a_candidate_with_an_older_configuration() -> None:
+    """Election rule 13, on the real cores: a VoteRequest carrying an older (term, index)."""
+    net = Net()
+    for name in ("a", "b", "c"):
+        net.add(name, join=("a",) if name != "a" else ())
+    net.run(10.0)
+    follower = next(c for n, c in net.cores.items() if n not in leaders(net))
+    net.down.add(leaders(net)[0])  # no lease in the way
+    net.run(1.0)
+    old = follower.config
+    effects = follower.handle("x", VoteRequest(follower.term + 5, False, "x:7400", old.term, old.index - 1), net.now)
+    votes = [e.msg for e in effects if isinstance(e, Send) and isinstance(e.msg, Vote)]
+    assert votes and not votes[0].granted
+
+
+def test_a_cut_off_leader_steps_down_before_anyone_else_is_elected() -> None:
+    """Rule 9: the lease counts acknowledged heartbeats, not SWIM's verdicts."""
+    net = Net()
+    for name in ("a", "b", "c"):
+        net.add(name, join=("a",) if name != "a" else ())
+    net.run(10.0)
+    old = leaders(net)[0]
+    others = [n for n in net.cores if n != old]
+    net.cut = {frozenset((old, o)) for o in others}
+    cut_at, stepped_down, replaced = net.now, None, None
+    while net.now - cut_at < 5.0 and (stepped_down is None or replaced is None):
+        net.run(TICK)
+        if stepped_down is None and net.cores[old].election.role != LEADER:
+            stepped_down = net.now
+        if replaced is None and any(net.cores[o].election.role == LEADER for o in others):
+            replaced = net.now
+    assert stepped_down is not None and replaced is not None
+    assert stepped_down < replaced
+    span = ElectionConfig.test().election_timeout_min
+    assert stepped_down - cut_at <= span + 2 * TICK  # virtual seconds: the lease, not SWIM's verdict
+
+
+def test_two_clusters_bootstrapped_apart_never_merge_their_elections() -> None:
+    """Voters rule 8: nodes that hear each other's leaders keep their own configurations."""
+    net = Net()
+    for name in ("a", "b", "c"):
+        net.add(name, join=("a",) if name != "a" else ())
+    for name in ("x", "y", "z"):
+        net.add(name, join=("x",) if name != "x" else ())
+    net.run(10.0)
+    first, second = net.cores["a"].config, net.cores["x"].config
+    assert first.cluster != second.cluster
+    net.apply("b", net.cores["b"].join([net.addr("y")], net.now))  # an operator's mistake
+    net.run(10.0)
+    assert {n for n in net.cores if net.cores[n].membership.member("y") is not None} >= {"a", "b", "x"}
+    assert all(net.cores[n].config.names() == frozenset("abc") for n in "abc")
+    assert all(net.cores[n].config.names() == frozenset("xyz") for n in "xyz")
+    assert len(leaders(net)) == 2 and {net.cores[n].config.cluster for n in leaders(net)} == {
+        first.cluster, second.cluster}
+    assert any(net.cores[n].foreign for n in net.cores), "the foreign cluster is noticed"
+
+
+def test_a_lone_founder_told_to_join_gives_its_cluster_of_one_up() -> None:
+    """Voters rule 8: ``corec-node run`` alone, then ``corec-node join``: it becomes a
+    member, then a voter, of the cluster it joined."""
+    net = Net()
+    for name in ("a", "b"):
+        net.add(name, join=("a",) if name != "a" else ())
+    lone = net.add("c")
+    net.run(5.0)
+    assert lone.config.names() == {"c"} and lone.election.role == LEADER
+    net.apply("c", lone.join([net.addr("b")], net.now))
+    net.run(8.0)
+    assert leaders(net) != ["c"] and len(leaders(net)) == 1
+    assert all(core.config.names() == frozenset("abc") for core in net.cores.values())
+    assert len({core.config.cluster for core in net.cores.values()}) == 1

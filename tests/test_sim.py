@@ -22,6 +22,7 @@ import pytest
 
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
+from corec_node.mesh.voters import VoterConfig
 from corec_node.sim import (
     Cluster,
     FaultPlan,
@@ -39,9 +40,11 @@ LOSSY = NetworkConfig(loss=0.05)
 ECFG = ElectionConfig.lan()
 CONVERGE = 30.0  # virtual seconds allowed to converge after the last fault heals
 FAILOVER = 10.0  # virtual seconds from a leader's crash to an agreed successor (lan timers)
+ALL_VOTE = VoterConfig(max_voters=9)  # up to 9 nodes every node votes: node majorities are voter majorities
 
 
 def formed(n: int, seed: int, network: NetworkConfig = LOSSY, **kw) -> Cluster:
+    kw.setdefault("voters", ALL_VOTE)
     c = Cluster(n, seed=seed, network=network, **kw)
     c.bootstrap()
     c.await_convergence(CONVERGE)

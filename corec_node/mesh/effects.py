@@ -63,11 +63,33 @@ class PersistVote:
 
 
 @dataclass(frozen=True, slots=True)
+class PersistConfig:
+    """Durably store this voter configuration (``mesh/voters.py``) before any later effect:
+    it is acknowledged, and counted, only once it is on disk."""
+
+    index: int
+    term: int
+    voters: tuple[tuple[str, str], ...]
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigCommitted:
+    """As leader: this voter configuration is stored by a majority of its voters (log it,
+    audit it; the simulator checks that committed configurations form one history)."""
+
+    index: int
+    term: int
+    voters: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LeaderChanged:
     leader: str | None
     term: int
 
 
 Effect = (
-    Send | Broadcast | MemberChanged | MemberReaped | NameConflict | PersistVote | LeaderChanged
+    Send | Broadcast | MemberChanged | MemberReaped | NameConflict | PersistVote | PersistConfig
+    | ConfigCommitted | LeaderChanged
 )

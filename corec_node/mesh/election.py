@@ -23,8 +23,8 @@ Rules (everything that changes this state machine lives in this file):
     does it increment its term, vote for itself and ask for real votes. A node that
     cannot see a majority of live voters (rule 10) sends nothing and waits another timeout.
  6. A candidate with a majority of real votes of its voter set (itself included) leads.
-    The voter set is what ``set_voters`` last gave: members that joined and have not left
-    or been force-removed, dead ones included. Votes from non-voters are not counted.
+    The voter set is what ``set_voters`` last gave: the node's latest stored voter
+    configuration (``mesh/voters.py``). Votes from non-voters are not counted.
  7. The leader broadcasts ``Heartbeat(term, leader)`` on becoming leader and then every
     heartbeat_interval. A node hearing a heartbeat whose term is >= its own, from a voter
     that is the heartbeat's leader, adopts the term and leader and resets its timer;
@@ -62,24 +62,19 @@ Rules (everything that changes this state machine lives in this file):
     full timeout (still pre-vote first, so a false verdict cannot disrupt anything).
 12. ``LeaderChanged(leader, term)`` is emitted whenever the (leader, term) pair this node
     sees changes, including to ``leader=None`` when it steps down or loses its leader.
-Limits. Raft's safety argument needs any two majorities to intersect, which holds while
-any two nodes' voter sets differ by at most one member (Raft's single-server change).
-Voter sets here are gossiped, not committed through a log, so members joining (or
-leaving) on one side of a partition can make two majorities disjoint: the simulator's
-sweeps found two leaders of one term when a partitioned minority admitted fresh joiners
-that the majority never heard of and then won an election with their votes. Within the
-envelope "membership changes while the network is whole" the sweeps find none. A cheap
-rule that would close it (fresh nodes vote only to found a cluster) deadlocks elections
-after a lossy first election, so it is not here; closing it for real takes committed
-voter-set changes (the leader confirms a new voter before anyone counts it). Until then
-storage should claim a term atomically: accept a write stamped (term, leader) only if
-term > stored term, or term == stored term and leader == stored leader. Two clusters
-formed apart (each leading itself in term 1) and then merged are the same case; they
-converge on one leader (rule 7).
+13. Voter configurations (``mesh/voters.py``): the voter set comes with the id
+    ``(term, index)`` of its configuration, and every VoteRequest carries the candidate's.
+    A node refuses (pre-)votes to a candidate whose configuration is older than its own
+    (Raft's up-to-date check, with configuration entries as the only log); for a newer
+    one it may grant even if it does not know the candidate as a voter yet.
+Safety. Raft's argument needs any two majorities to intersect: the voter sets are committed
+configurations, changed one member at a time by the leader (``mesh/voters.py``), so two
+nodes' sets differ by at most one member whatever the partitions, and the up-to-date check
+(rule 13) keeps a candidate with an old configuration from winning.
 
 What its driver must do (``mesh/core.py`` does it, for the node and the simulator alike):
 carry out effects in order (``PersistVote`` durably before the next effect); call
-``set_voters(membership.voters(), now)`` whenever the voter set changes; call
+``set_voters(voters, now, config_id)`` whenever the voter configuration changes; call
 ``member_dead`` / ``member_alive`` on membership's DEAD verdicts and their reversal; call
 ``heard_from(sender, now)`` for every inbound message (any type); feed every VoteRequest,
 Vote and Heartbeat to ``handle``; call ``tick`` at least every few tens of milliseconds or
@@ -162,6 +157,8 @@ class Election:
         "_term",
         "_voted_for",
         "_voters",
+        "_config_id",
+        "_cluster",
         "addr",
         "config",
         "name",
@@ -189,6 +186,8 @@ class Election:
         self._role = FOLLOWER
         self._prevoting = False
         self._voters: dict[str, str] = {}
+        self._config_id = (0, 0)  # (term, index) of the voter configuration (mesh/voters.py)
+        self._cluster = ""  # its cluster id
         self._majority = 1
         self._down: set[str] = set()  # names membership declared dead (not necessarily voters)
         self._down_voters = 0  # len(self._down & self._voters), kept incrementally
@@ -239,10 +238,20 @@ class Election:
 
     # -- inputs ---------------------------------------------------------------------
 
-    def set_voters(self, voters: Mapping[str, str], now: float) -> list[Effect]:
-        """Replace the voter set (name -> direct address), e.g. ``membership.voters()``."""
+    @property
+    def config_id(self) -> tuple[int, int]:
+        return self._config_id
+
+    def set_voters(
+        self, voters: Mapping[str, str], now: float, config_id: tuple[int, int] = (0, 0),
+        cluster: str = "",
+    ) -> list[Effect]:
+        """Replace the voter set (name -> direct address) and the id ``(term, index)`` and
+        cluster of the configuration it comes from (rule 13)."""
         effects: list[Effect] = []
         self._voters = dict(voters)
+        self._config_id = config_id
+        self._cluster = cluster
         self._majority = len(self._voters) // 2 + 1
         self._down = {n for n in self._down if n in self._voters}
         self._down_voters = len(self._down)
@@ -294,6 +303,30 @@ class Election:
             if name in self._voters:
                 self._down_voters -= 1
         return []
+
+    def step_down(self, now: float) -> list[Effect]:
+        """The driver's verdict that this leader lost its lease (no majority acknowledged a
+        heartbeat in time): follow, and let the others elect."""
+        effects: list[Effect] = []
+        if self._role == LEADER:
+            self._become_follower(now)
+        self._sync(effects)
+        return effects
+
+    def restore(self, term: int, voted_for: str | None, now: float) -> list[Effect]:
+        """The vote on disk is ``(term, voted_for)``: a later one could not be written.
+        Go back to it as a follower with no known leader (nothing after it was sent)."""
+        effects: list[Effect] = []
+        self._term, self._voted_for = term, voted_for
+        self._persisted = (term, voted_for)
+        self._role = FOLLOWER
+        self._prevoting = False
+        self._leader = None
+        self._leader_heard_at = NEVER
+        self._grants = set()
+        self._deadline = now + self._timeout()
+        self._sync(effects)
+        return effects
 
     def heard_from(self, name: str, now: float) -> None:
         """The shell received a message (any type) from ``name``: proof that this node is
@@ -358,7 +391,10 @@ class Election:
     def _on_vote_request(
         self, sender: str, msg: VoteRequest, now: float, effects: list[Effect]
     ) -> None:
-        eligible = sender in self._voters and self.name in self._voters and sender != self.name
+        theirs = (msg.cfg_term, msg.cfg_index)
+        eligible = sender != self.name and theirs >= self._config_id and (
+            theirs > self._config_id or (sender in self._voters and self.name in self._voters)
+        )  # rule 13
         if msg.pre:
             granted = eligible and msg.term > self._term and not self._lease(now)
             effects.append(
@@ -411,7 +447,7 @@ class Election:
         if len(self._grants) >= self._majority:
             self._start_election(now, effects)
             return
-        request = VoteRequest(self._term + 1, True, self.addr)
+        request = VoteRequest(self._term + 1, True, self.addr, *self._config_id, self._cluster)
         down = self._down
         effects.extend(
             Send(addr, request)
@@ -431,7 +467,7 @@ class Election:
         if len(self._grants) >= self._majority:
             self._become_leader(now, effects)
             return
-        request = VoteRequest(self._term, False, self.addr)
+        request = VoteRequest(self._term, False, self.addr, *self._config_id, self._cluster)
         down = self._down
         effects.extend(
             Send(addr, request)

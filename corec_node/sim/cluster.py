@@ -35,17 +35,20 @@ from collections.abc import Callable, Iterable, Sequence
 
 from corec_node.mesh.effects import (
     Broadcast,
+    ConfigCommitted,
     Effect,
     LeaderChanged,
     MemberChanged,
     MemberReaped,
     NameConflict,
+    PersistConfig,
     PersistVote,
     Send,
 )
 from corec_node.mesh.core import MeshCore
 from corec_node.mesh.election import LEADER, Election, ElectionConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
+from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.wire.sequence import SeqEvent, SequenceTracker
 from corec_node.sim.invariants import Invariants, InvariantViolation
 from corec_node.sim.network import Network, NetworkConfig
@@ -77,6 +80,7 @@ class SimNode:
 
     __slots__ = (
         "addr",
+        "config",
         "core",
         "election",
         "epoch",
@@ -109,6 +113,7 @@ class SimNode:
         self.tracker = SequenceTracker()
         self.seq: dict[bytes, int] = {}
         self.vote: tuple[int, str | None] = (0, None)  # what the shell persisted (survives crashes)
+        self.config: Configuration | None = None  # the voter configuration on "disk"
         self.saved: list[MemberState] = []  # the member snapshot on "disk"
         self.subs: dict[str, None] = {}  # publishers this node's SUB socket is connected to
         self.join: list[str] = []  # config.mesh.join
@@ -130,6 +135,7 @@ class Cluster:
         network: NetworkConfig | None = None,
         membership: MembershipConfig | None = None,
         election: ElectionConfig | None = None,
+        voters: VoterConfig | None = None,
         tick_interval: float = 0.02,
         trace: bool = False,
         strict: bool = True,
@@ -142,6 +148,7 @@ class Cluster:
         self.net = Network(network or NetworkConfig(), random.Random(f"{seed}/net"))
         self.mcfg = membership or MembershipConfig.lan()
         self.ecfg = election or ElectionConfig.lan()
+        self.vcfg = voters or VoterConfig()
         self.tick_interval = tick_interval
         self.now = 0.0
         self.invariants = Invariants(strict=strict)
@@ -275,7 +282,8 @@ class Cluster:
         rng = random.Random(f"{self.seed}/{name}/{node.epoch}")
         term, voted_for = node.vote
         core = MeshCore(
-            name, node.addr, node.pub, self.mcfg, self.ecfg, rng, now, term=term, voted_for=voted_for
+            name, node.addr, node.pub, self.mcfg, self.ecfg, rng, now, term=term,
+            voted_for=voted_for, config=node.config, voter_config=self.vcfg,
         )
         node.core, node.membership, node.election = core, core.membership, core.election
         node.tracker = SequenceTracker()
@@ -378,6 +386,10 @@ class Cluster:
             elif t is PersistVote:
                 node.vote = (eff.term, eff.voted_for)  # type: ignore[union-attr]
                 self.invariants.on_persist(self.now, node.name, eff.term, eff.voted_for)  # type: ignore[union-attr]
+            elif t is PersistConfig:
+                node.config = Configuration(eff.index, eff.term, eff.voters, eff.cluster)  # type: ignore[union-attr]
+            elif t is ConfigCommitted:
+                self.invariants.on_commit(self.now, node.name, eff.index, eff.term, eff.voters)  # type: ignore[union-attr]
             elif t is LeaderChanged:
                 self._leader_changed(node, eff)  # type: ignore[arg-type]
             elif t is MemberReaped:

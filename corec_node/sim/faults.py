@@ -55,6 +55,10 @@ def random_faults(cluster: Cluster, rng: random.Random, plan: FaultPlan = FaultP
             return rng.choice(leaders)
         return rng.choice(candidates)
 
+    def leaving(name: str) -> bool:
+        membership = cluster.nodes[name].membership
+        return membership is not None and membership.left
+
     def fire() -> None:
         kind = rng.choices(kinds, weights)[0]
         started = [n for n in names if cluster.nodes[n].starts > 0 and not cluster.nodes[n].left]
@@ -83,11 +87,12 @@ def random_faults(cluster: Cluster, rng: random.Random, plan: FaultPlan = FaultP
         elif kind == "heal":
             cluster.heal()
             log.append(f"{cluster.now:.2f} heal")
-        elif kind == "join" and spares and up and not cluster.net.partitioned:
-            # membership changes while the network is whole: see election.py, "Limits"
+        elif kind == "join" and spares and (staying := [n for n in up if not leaving(n)]):
+            # also during partitions: a joiner on a minority side must not help it elect
+            # (voters.py); it joins through members that are not leaving
             name = spares.pop(0)
             via = rng.sample(
-                started, min(len(started), rng.randint(1, 3))
+                staying, min(len(staying), rng.randint(1, 3))
             )  # a config lists a few seeds
             cluster.nodes[name].join = [cluster.nodes[v].addr for v in via]
             cluster.start(name)

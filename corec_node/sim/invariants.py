@@ -4,14 +4,15 @@ The checker sees every ``PersistVote`` and ``LeaderChanged`` the simulated nodes
 it judges what the nodes did (a vote counts when the voter persisted it, whether or not
 the candidate ever heard of it), not what they believe:
 
-- at most one leader per term, across all nodes, ever, among leaders whose voter sets
-  overlap (two islands that formed apart, e.g. nodes that joined each other while their
-  seeds were unreachable, each elect a leader of term 1; that is two clusters, counted in
-  ``merged_islands``, and they converge on one leader when they merge);
+- at most one leader per term, across all nodes, ever (bootstrap is explicit, so there
+  are no islands that formed apart: every node's voters come from one configuration
+  history);
 - a node becomes leader of a term only if a majority of the voter set it holds at that
   moment persisted a vote for it in that term;
 - one vote per term per node, even across restarts;
-- a node's persisted term never goes down.
+- a node's persisted term never goes down;
+- committed voter configurations form one history: never two different ones with one
+  index.
 
 Liveness (convergence after faults heal) is checked by the cluster, which knows time.
 """
@@ -30,12 +31,12 @@ class InvariantViolation(AssertionError):
 
 class Invariants:
     __slots__ = (
+        "_commits",
         "_grants",
         "_term",
         "_votes",
         "elections",
         "leader_of_term",
-        "merged_islands",
         "strict",
         "violations",
     )
@@ -46,13 +47,13 @@ class Invariants:
         self.leader_of_term: dict[int, list[tuple[str, frozenset[str]]]] = defaultdict(
             list
         )  # term -> (leader, voters)
-        self.merged_islands = 0  # same-term leaders with disjoint voter sets: separate clusters
         self._votes: dict[tuple[str, int], str] = {}  # (voter, term) -> candidate
         self._grants: dict[tuple[str, int], set[str]] = defaultdict(
             set
         )  # (candidate, term) -> voters
         self._term: dict[str, int] = {}  # node -> last persisted term
         self.elections = 0
+        self._commits: dict[int, tuple[int, tuple[tuple[str, str], ...], str]] = {}  # index -> (term, voters, by)
 
     def _fail(self, now: float, text: str) -> None:
         text = f"t={now:.3f}: {text}"
@@ -79,13 +80,9 @@ class Invariants:
         self.elections += 1
         mine = frozenset(voters)
         seen = self.leader_of_term[term]
-        for other, theirs in seen:
-            if other == node:
-                continue
-            if mine & theirs:
+        for other, _theirs in seen:
+            if other != node:
                 self._fail(now, f"two leaders in term {term}: {other} and {node}")
-            else:
-                self.merged_islands += 1
         seen.append((node, mine))
         granted = sum(1 for v in self._grants.get((node, term), ()) if v in voters)
         need = len(voters) // 2 + 1
@@ -94,6 +91,21 @@ class Invariants:
                 now,
                 f"{node} leads term {term} with {granted} votes of {len(voters)} voters (needs {need})",
             )
+
+    def on_commit(self, now: float, node: str, index: int, term: int,
+                  voters: tuple[tuple[str, str], ...]) -> None:
+        """``node``, as leader, saw the configuration ``index`` stored by a majority."""
+        seen = self._commits.get(index)
+        if seen is None:
+            self._commits[index] = (term, voters, node)
+        elif (seen[0], seen[1]) != (term, voters):
+            self._fail(now, f"two configurations committed with index {index}: {seen[1]} in term "
+                            f"{seen[0]} by {seen[2]}, {voters} in term {term} by {node}")
+
+    @property
+    def committed(self) -> dict[int, tuple[int, tuple[tuple[str, str], ...], str]]:
+        """index -> (term, voters, the leader that saw it committed)."""
+        return self._commits
 
     def votes_for(self, node: str, term: int) -> set[str]:
         return set(self._grants.get((node, term), ()))

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from corec_node.testing.cluster import Cluster, eventually  # noqa: E402
+from corec_node.testing.cluster import Cluster, eventually, voters_agree  # noqa: E402
 
 RAFT_MEDIAN_S = 0.287  # Raft dissertation, 150-300 ms timeouts
 ETCD_S = 1.4  # etcd's default timers on this machine class (project brief)
@@ -60,8 +60,9 @@ def failover(size: int, kills: int) -> list[float]:
     out = []
     try:
         for _ in range(kills):
-            leader, _term = eventually(lambda: agreed(nodes), 30)
             eventually(lambda: all(n.ctl("status")["members"].get("alive") == size for n in nodes), 30)
+            eventually(lambda: voters_agree(nodes, [n.name for n in nodes]), 30)  # every node votes again
+            leader, _term = eventually(lambda: agreed(nodes), 30)
             time.sleep(1.0)
             victim = next(n for n in nodes if n.name == leader)
             survivors = [n for n in nodes if n is not victim]

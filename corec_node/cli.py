@@ -66,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     leader.add_argument("--json", action="store_true", help="print JSON")
     leader.set_defaults(func=cmd_leader)
 
+    voters = sub.add_parser("voters", help="show the committed voter configuration (who elects the nucleus)")
+    _common(voters)
+    voters.add_argument("--json", action="store_true", help="print JSON")
+    voters.set_defaults(func=cmd_voters)
+
+    recover = sub.add_parser(
+        "recover-voters", help="after the loss of a majority of voters: make NAMEs the voters (on one survivor)")
+    _common(recover)
+    recover.add_argument("names", nargs="+", metavar="NAME", help="the surviving voters, this node among them")
+    recover.add_argument("--json", action="store_true", help="print JSON")
+    recover.set_defaults(func=cmd_recover_voters)
+
     leave = sub.add_parser("leave", help="leave the cluster gracefully and stop the node")
     _common(leave)
     leave.set_defaults(func=cmd_leave)
@@ -177,6 +189,8 @@ def render_status(s: dict[str, Any]) -> str:
         lines.append(f"ingest:   {s['ingested']:,} records, {s.get('ingest_queue_bytes', 0) / 2**20:.1f} MiB queued, "
                      f"{s.get('ingest_dropped', 0)} batches dropped; pauses asked {flow.get('requests', 0)}, "
                      f"producer batches held {flow.get('holds', 0)}")
+    if s.get("disk_error"):
+        lines.append(f"DISK:     {s['disk_error']} (not voting until it can be written)")
     for c in s.get("name_conflicts", []):
         lines.append(f"CONFLICT: node at {c['addr']} also uses the name {c['name']!r}")
     return "\n".join(lines)
@@ -207,7 +221,24 @@ def render_leader(r: dict[str, Any]) -> str:
     return f"{r['leader'] or '(none)'} (term {r['term']})"
 
 
+def render_voters(r: dict[str, Any]) -> str:
+    state = "committed" if r["committed"] else "not yet known committed"
+    rows = [["NAME", "ADDR", "ROLE"]]
+    rows += [[v["name"], v["addr"], "leader" if v["name"] == r["leader"] else "voter"] for v in r["voters"]]
+    head = f"configuration {r['index']} (made in term {r['config_term']}, {state}); leader {r['leader'] or '(none)'} (term {r['term']})"
+    return head + ("\n" + _table(rows) if r["voters"] else "\nno voters: this node has not been added to a cluster yet")
+
+
 cmd_members = _client("members", render_members)
+cmd_voters = _client("voters", render_voters)
+_recover = _client("recover-voters", render_voters, names=lambda a: a.names)
+
+
+def cmd_recover_voters(args: argparse.Namespace) -> int:
+    print("corec-node: WARNING: rewriting the voter configuration by hand. Use this only when a "
+          "majority of the voters is gone for good; voters not named are out of the cluster's "
+          "elections, and two survivors given different lists split the cluster.", file=sys.stderr)
+    return _recover(args)
 cmd_status = _client("status", render_status)
 cmd_leader = _client("leader", render_leader)
 cmd_blocks = _client("blocks", render_blocks, channel=lambda a: a.channel)

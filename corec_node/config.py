@@ -61,6 +61,7 @@ class MeshSection:
     discovery: bool = False  # UDP beacon on the LAN; off: nodes join explicitly
     discovery_port: int = 7399
     discovery_addr: str = "255.255.255.255"  # where beacons go: the subnet's broadcast address
+    max_voters: int = 5  # members that elect the nucleus (3, 5 or 7: two may fail of five); the rest follow
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +303,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
             split_addr(peer)
         except ValueError:
             raise fail("mesh.join", "a list of host:port", peer) from None
+    if config.mesh.max_voters < 1:
+        raise fail("mesh.max_voters", "a positive integer (3, 5 or 7 is usual)", config.mesh.max_voters)
     if not 0 < config.mesh.discovery_port < 65536:
         raise fail("mesh.discovery_port", "a UDP port 1..65535", config.mesh.discovery_port)
     if config.mesh.discovery:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corec_node.testing.cluster import Cluster, NodeProc, eventually
+from corec_node.testing.cluster import Cluster, NodeProc, eventually, voters_agree
 
 NAMES = ("alpha", "beta", "gamma")
 
@@ -112,8 +112,9 @@ def run_demo(say: Callable[[str], None] = print, keep: bool = False) -> int:
             n.wait_ready()
         eventually(lambda: all(n.ctl("status")["members"].get("alive") == len(NAMES) for n in nodes), 20,
                    message="all nodes alive")
+        eventually(lambda: voters_agree(nodes, NAMES), 30, message="every node a voter")
         leader = eventually(lambda: _agreed_leader(nodes), 20, message="one agreed leader")
-        say(f"cluster formed: {len(NAMES)} members alive, nucleus leader {leader}")
+        say(f"cluster formed: {len(NAMES)} members alive and voting, nucleus leader {leader}")
         entry = next(n for n in nodes if n.name != leader)  # the producer keeps its node through the failover
         say(f"streaming synthetic entities into {entry.name} (2 channels, {ENTITIES:,} entities, each every 50 ms or so)")
         producer = _Producer(entry.addr).start()

@@ -8,6 +8,8 @@ import pytest
 
 from meshutil import eventually
 
+from corec_node.testing import voters_agree
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -35,6 +37,9 @@ def test_one_leader_all_agree_then_failover_then_no_coup(cluster, size):
     assert leader in {n.name for n in nodes}
     statuses = [n.ctl("status") for n in nodes]
     assert all(s["leader"] == leader and s["term"] == term for s in statuses)
+    # the leader promotes the members that joined, one at a time: wait until all vote
+    eventually(lambda: voters_agree(nodes, [n.name for n in nodes]), 30, message="every node a voter")
+    leader, term = eventually(lambda: agreed(nodes), 10, message="one agreed leader")
 
     old = next(n for n in nodes if n.name == leader)
     old.kill()
@@ -56,3 +61,32 @@ def test_one_leader_all_agree_then_failover_then_no_coup(cluster, size):
 def test_single_node_is_its_own_leader(cluster):
     solo = cluster.start("solo").wait_ready()
     assert eventually(lambda: agreed([solo]), 10)[0] == "solo"
+
+
+def test_recover_voters_after_losing_a_majority_for_good(cluster):
+    """Three of five voters SIGKILLed for good: the two survivors cannot elect (by design)
+    until an operator names them the voters on one of them."""
+    import subprocess
+    import sys
+
+    names = [f"r{i}" for i in range(5)]
+    nodes = start(cluster, names)
+    eventually(lambda: voters_agree(nodes, names), 30, message="every node a voter")
+    leader, _term = eventually(lambda: agreed(nodes), 10, message="one agreed leader")
+    doomed = [n for n in nodes if n.name != leader][:2] + [n for n in nodes if n.name == leader]
+    survivors = [n for n in nodes if n not in doomed]
+    for n in doomed:
+        n.kill()
+    eventually(lambda: all(n.ctl("leader")["leader"] is None for n in survivors), 30, message="no leader left")
+    eventually(lambda: all(all(n.members().get(d.name) == "dead" for d in doomed) for n in survivors), 30,
+               message="the lost voters dead on the survivors")
+    keep = sorted(n.name for n in survivors)
+    out = subprocess.run([sys.executable, "-m", "corec_node", "recover-voters", *keep, "--json",
+                          "--data-dir", str(survivors[0].data_dir)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" in out.stderr
+    new_leader, _ = eventually(lambda: agreed(survivors), 30, message="the survivors elect a leader")
+    assert new_leader in keep
+    eventually(lambda: voters_agree(survivors, keep), 30, message="one configuration of the survivors")
+    audit = [e for e in survivors[0].log_events() if e.get("event") == "voters_recovered"]
+    assert audit and audit[0]["voters"] == ",".join(keep)

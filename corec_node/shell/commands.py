@@ -66,6 +66,8 @@ class ControlCommands:
             "status": self.status,
             "members": self.members,
             "leader": self.leader,
+            "voters": self.voters,
+            "recover-voters": self.recover_voters,
             "join": self.join,
             "leave": self.leave,
             "force-leave": self.force_leave,
@@ -103,6 +105,8 @@ class ControlCommands:
             "rejected": dict(self.traffic.rejected),
             "dropped": dict(self.transport.dropped),
             "name_conflicts": [{"name": n, "addr": a} for a, n in self.control.conflicts.items()],
+            "voters": sorted(self.control.core.config.names()),
+            "disk_error": self.control.disk_error,
         }
 
     async def plugin_list(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,6 +123,18 @@ class ControlCommands:
 
     async def leader(self, _req: dict[str, Any]) -> dict[str, Any]:
         return {"leader": self.control.leader, "term": self.control.term}
+
+    async def voters(self, _req: dict[str, Any]) -> dict[str, Any]:
+        return self.control.voters_json()
+
+    async def recover_voters(self, req: dict[str, Any]) -> dict[str, Any]:
+        names = req.get("names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise CommandError("recover-voters needs the names of the new voters")
+        try:
+            return self.control.recover_voters(names, self.now())
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
 
     async def join(self, req: dict[str, Any]) -> dict[str, Any]:
         core = self.control.core

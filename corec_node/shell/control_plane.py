@@ -20,24 +20,27 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from corec_node import log
 from corec_node.mesh.core import MeshCore
 from corec_node.mesh.effects import (
     Broadcast,
+    ConfigCommitted,
     Effect,
     LeaderChanged,
     MemberChanged,
     MemberReaped,
     NameConflict,
+    PersistConfig,
     PersistVote,
     Send,
 )
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
+from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.plugins import PluginManager
-from corec_node.shell.datadir import save_vote
+from corec_node.shell.datadir import load_voters, save_vote, save_voters
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
@@ -49,7 +52,10 @@ DISCOVERY_RETRY = 5.0  # one join per discovered peer per 5 s
 CONTROL_TYPES = frozenset({  # what the mesh core handles; the router sends these here
     MsgType.PING, MsgType.ACK, MsgType.PING_REQ, MsgType.NACK, MsgType.GOSSIP,
     MsgType.STATE_PUSH, MsgType.STATE_REPLY, MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT,
+    MsgType.HEARTBEAT_ACK,
 })
+# how long a member must stay alive before the leader makes it a voter, per timer profile
+PROMOTE_AFTER = {"lan": 2.0, "edge": 10.0, "test": 0.5}
 _LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 
 
@@ -92,6 +98,7 @@ class ControlPlane:
         addr: str,
         pub: str,
         profile: str,
+        max_voters: int,
         data_dir: Path,
         transport: Transport,
         outbox: Outbox,
@@ -99,9 +106,11 @@ class ControlPlane:
         plugins: PluginManager,
         host: PluginHost,
         stop: Callable[[int], None],
+        clock: Callable[[], float],
     ) -> None:
         self.name, self.addr, self.pub = name, addr, pub
         self.profile = profile
+        self.voter_config = VoterConfig(max_voters=max_voters, promote_after=PROMOTE_AFTER.get(profile, 2.0))
         self.data_dir = data_dir
         self.transport = transport
         self.outbox = outbox
@@ -109,6 +118,7 @@ class ControlPlane:
         self.plugins = plugins
         self.host = host
         self.stop = stop
+        self._clock = clock
         self.core: MeshCore | None = None
         self.listener: ClusterListener | None = None
         self.elections_started = 0
@@ -120,14 +130,19 @@ class ControlPlane:
         self._discovered: dict[str, float] = {}  # addr -> when we last tried to join it
         self._snapshot_dirty = False
         self._snapshot_at = 0.0
+        self._durable: tuple[tuple[int, str | None], Configuration] = ((0, None), Configuration())  # on disk
+        self.disk_error: str | None = None  # the last vote or configuration write that failed
 
     # -- life -----------------------------------------------------------------------
 
     def start(self, snapshot: Sequence[MemberState], join: Sequence[str], *, term: int,
               voted_for: str | None, now: float) -> None:
         mcfg, ecfg = profile_configs(self.profile)
+        stored = load_voters(self.data_dir)
+        config = Configuration(*stored) if stored is not None else None
+        self._durable = ((term, voted_for), config or Configuration())
         self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
-                             term=term, voted_for=voted_for)
+                             term=term, voted_for=voted_for, config=config, voter_config=self.voter_config)
         if snapshot or join:
             self._joined_at = time.time()
         self.apply(self.core.start(snapshot, join, now))
@@ -143,6 +158,16 @@ class ControlPlane:
     @property
     def term(self) -> int:
         return self.core.term if self.core is not None else 0
+
+    def voters_json(self) -> dict[str, Any]:
+        """``corec-node voters``: the configuration this node holds, as ``raft list-peers``."""
+        assert self.core is not None
+        cfg = self.core.config
+        return {"index": cfg.index, "config_term": cfg.term, "committed": self.core.voters.committed,
+                "disk_error": self.disk_error,
+                "cluster_id": cfg.cluster, "foreign": [{"name": n, "cluster_id": c} for n, c in self.core.foreign.items()],
+                "voters": [{"name": n, "addr": a} for n, a in cfg.voters],
+                "leader": self.core.leader, "term": self.core.term}
 
     def view(self) -> ClusterView:
         assert self.core is not None
@@ -192,6 +217,20 @@ class ControlPlane:
         assert self.core is not None
         self.apply(self.core.force_leave(name, now))
 
+    def recover_voters(self, names: list[str], now: float) -> dict[str, Any]:
+        """Rewrite the voter configuration on this survivor (ValueError: why not)."""
+        assert self.core is not None
+        before = self.core.config
+        self.apply(self.core.recover(names, now))
+        after = self.core.config
+        log.event("voters_recovered", logging.WARNING, index=after.index, voters=",".join(sorted(after.names())),
+                  previous=",".join(sorted(before.names())),
+                  detail="voter configuration rewritten by an operator: the old voters not named are out")
+        self.recorder.audit("voters_recovered", ",".join(sorted(after.names())),
+                            "operator recovery after the loss of a majority of voters",
+                            term=self.term, index=after.index, previous=sorted(before.names()))
+        return self.voters_json()
+
     def discovered(self, name: str, addr: str, now: float) -> None:
         """A LAN beacon from a node of our cluster: join it unless we know it alive already."""
         assert self.core is not None
@@ -214,9 +253,16 @@ class ControlPlane:
     # -- effects ----------------------------------------------------------------------
 
     def apply(self, effects: list[Effect]) -> None:
-        """Carry out the core's effects in order (a vote is on disk before it is sent)."""
+        """Carry out the core's effects in order (a vote is on disk before it is sent). A
+        vote or configuration that cannot be written stops the batch there (core rule 11)."""
         changed = False
         for effect in effects:
+            if type(effect) in (PersistVote, PersistConfig) and not self._persist(effect):
+                assert self.core is not None
+                vote, config = self._durable
+                effects = self.core.write_failed(vote, config, self._clock())
+                self.apply(effects)
+                break
             match effect:
                 case Send(to=to, msg=msg):
                     if to != self.addr:
@@ -233,16 +279,43 @@ class ControlPlane:
                     changed = True
                 case NameConflict(name=name, addr=addr):
                     self._name_conflict(name, addr)
-                case PersistVote(term=term, voted_for=voted_for):
-                    save_vote(self.data_dir, term, voted_for)
+                case PersistVote(voted_for=voted_for):
                     if voted_for == self.name:  # only a candidate votes for itself
                         self.elections_started += 1
+                case ConfigCommitted(index=index, term=term, voters=voters):
+                    names = ",".join(n for n, _ in voters)
+                    log.event("voters_committed", index=index, term=term, voters=names)
+                    self.recorder.audit("voters", names, "voter configuration committed", term=term, index=index)
                 case LeaderChanged(leader=leader, term=term):
                     self.leader_placement = None  # the new leader has confirmed nothing yet
                     changed = True
                     self._leader_changed(leader, term)
         if changed and self.listener is not None:
             self.listener.view_changed(self.view())
+
+    def _persist(self, effect: PersistVote | PersistConfig) -> bool:
+        """Write a vote or a configuration durably; False (logged, shown by ``status``) when
+        the disk refuses it."""
+        try:
+            if type(effect) is PersistVote:
+                save_vote(self.data_dir, effect.term, effect.voted_for)
+                self._durable = ((effect.term, effect.voted_for), self._durable[1])
+            else:
+                save_voters(self.data_dir, effect.index, effect.term, effect.voters, effect.cluster)
+                self._durable = (self._durable[0], Configuration(effect.index, effect.term, effect.voters,
+                                                                 effect.cluster))
+        except OSError as exc:
+            what = "vote" if type(effect) is PersistVote else "voter configuration"
+            error = f"cannot write the {what} in {self.data_dir}: {exc.strerror or exc}"
+            if error != self.disk_error:
+                log.event("disk_write_failed", logging.ERROR, error=error,
+                          detail="not voting, standing or acknowledging until it can be written")
+            self.disk_error = error
+            return False
+        if self.disk_error is not None:
+            log.event("disk_write_recovered", previous=self.disk_error)
+            self.disk_error = None
+        return True
 
     def _member_changed(self, change: MemberChanged) -> None:
         assert self.core is not None

@@ -1,4 +1,5 @@
-"""Small durable files in the data directory: the data-directory lock and the election vote.
+"""Small durable files in the data directory: the data-directory lock, the election vote and
+the voter configuration (``mesh/voters.py``).
 
 The vote is written atomically (temporary file, fsync, rename) before the node sends it,
 so a crash leaves the old vote or the new one, and a restarted node cannot vote twice in
@@ -16,6 +17,7 @@ from pathlib import Path
 
 
 VOTE_FILE = "vote.json"
+VOTERS_FILE = "voters.json"
 LOCK_FILE = "node.lock"
 
 
@@ -65,3 +67,23 @@ def load_vote(data_dir: Path) -> tuple[int, str | None]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         # refusing to start beats voting twice in a term we no longer remember
         raise RuntimeError(f"{data_dir / VOTE_FILE} is damaged ({exc}); move it aside only if this node has been down for an election timeout") from None
+
+
+def save_voters(data_dir: Path, index: int, term: int, voters: tuple[tuple[str, str], ...], cluster: str) -> None:
+    """The latest voter configuration, fsynced before it is acknowledged (voters rule 2)."""
+    row = {"index": index, "term": term, "cluster": cluster,
+           "voters": [{"name": n, "addr": a} for n, a in voters]}
+    write_atomic(data_dir / VOTERS_FILE, json.dumps(row).encode())
+
+
+def load_voters(data_dir: Path) -> tuple[int, int, tuple[tuple[str, str], ...], str] | None:
+    """``(index, term, voters, cluster)``, or None when this node never stored one."""
+    try:
+        row = json.loads((data_dir / VOTERS_FILE).read_bytes())
+        voters = tuple(sorted((str(v["name"]), str(v["addr"])) for v in row["voters"]))
+        return int(row["index"]), int(row["term"]), voters, str(row["cluster"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RuntimeError(f"{data_dir / VOTERS_FILE} is damaged ({exc}); recover the voters with "
+                           "`corec-node voters` on a healthy node") from None

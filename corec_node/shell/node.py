@@ -102,8 +102,8 @@ class Node:
         self.plugins = PluginManager(config, on_alert=self._publish_alert).load()
         self.control = ControlPlane(
             name=self.name, addr=config.advertise, pub=config.pub_advertise, profile=config.mesh.profile,
-            data_dir=self.data_dir, transport=self.transport, outbox=self.outbox, recorder=self.recorder,
-            plugins=self.plugins, host=self, stop=self.request_stop)
+            max_voters=config.mesh.max_voters, data_dir=self.data_dir, transport=self.transport, outbox=self.outbox, recorder=self.recorder,
+            plugins=self.plugins, host=self, stop=self.request_stop, clock=self.now)
         self.data = DataPlane(
             name=self.name, engine_config=config.engine, outbox=self.outbox, traffic=self.traffic,
             recorder=self.recorder, plugins=self.plugins, host=self, raise_alert=self.raise_alert,

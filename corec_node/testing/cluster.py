@@ -45,9 +45,9 @@ class NodeProc:
 
     def __init__(self, name: str, root: Path, *, join: list[str] | None = None, extra_env: dict[str, str] | None = None,
                  port: int | None = None, pub_port: int | None = None, args: list[str] | None = None,
-                 data_name: str | None = None) -> None:
+                 data_name: str | None = None, data_dir: Path | None = None) -> None:
         self.name = name
-        self.data_dir = root / (data_name or name)
+        self.data_dir = data_dir or root / (data_name or name)
         self.port = port or free_port()
         self.pub_port = pub_port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
@@ -75,6 +75,11 @@ class NodeProc:
 
     def ctl(self, cmd: str, **args: Any) -> Any:
         return request(self.data_dir / "control.sock", cmd, timeout=5.0, **args)
+
+    def voters(self) -> list[str]:
+        """The voters of the configuration this node holds, if it knows it committed."""
+        r = self.ctl("voters")
+        return sorted(v["name"] for v in r["voters"]) if r["committed"] else []
 
     def members(self) -> dict[str, str]:
         return {m["name"]: m["status"] for m in self.ctl("members")}
@@ -105,6 +110,14 @@ class NodeProc:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+
+def voters_agree(nodes: list[NodeProc], names: list[str] | None = None) -> bool:
+    """Every node holds the same committed voter configuration (of ``names``, if given):
+    the leader has promoted the members that joined (mesh/voters.py, rule 7)."""
+    views = [n.voters() for n in nodes]
+    want = sorted(names) if names is not None else views[0]
+    return bool(want) and all(v == want for v in views)
 
 
 class Cluster:

@@ -27,6 +27,7 @@ from corec_node.wire import (
     FusionPlan,
     Gossip,
     Heartbeat,
+    HeartbeatAck,
     MemberState,
     MemberStatus,
     MsgType,
@@ -39,6 +40,7 @@ from corec_node.wire import (
     StatePush,
     StateReply,
     Vote,
+    Voter,
     VoteRequest,
     WireError,
     decode_message,
@@ -90,9 +92,14 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
         StatePush, join=st.booleans(), reply_to=addrs, members=member_lists
     ),
     MsgType.STATE_REPLY: st.builds(StateReply, members=member_lists),
-    MsgType.VOTE_REQUEST: st.builds(VoteRequest, term=u64, pre=st.booleans(), reply_to=addrs),
+    MsgType.VOTE_REQUEST: st.builds(VoteRequest, term=u64, pre=st.booleans(), reply_to=addrs,
+                                    cfg_term=u64, cfg_index=u64),
     MsgType.VOTE: st.builds(Vote, term=u64, granted=st.booleans(), pre=st.booleans()),
-    MsgType.HEARTBEAT: st.builds(Heartbeat, term=u64, leader=names, placement=st.sampled_from(["", "9f86d081884c7d65"])),
+    MsgType.HEARTBEAT: st.builds(Heartbeat, term=u64, leader=names, placement=st.sampled_from(["", "9f86d081884c7d65"]),
+                                 seq=u64, cfg_term=u64, cfg_index=u64,
+                                 voters=st.lists(st.builds(Voter, name=names, addr=addrs), max_size=7).map(tuple),
+                                 commit=u64),
+    MsgType.HEARTBEAT_ACK: st.builds(HeartbeatAck, term=u64, seq=u64, cfg_term=u64, cfg_index=u64),
     MsgType.AGGREGATES: st.builds(Aggregates, tick=u64, rows=rows),
     MsgType.ALERT: st.builds(Alert, kind=names, text=st.text(max_size=200)),
     MsgType.FUSION_PLAN: st.builds(FusionPlan, term=u64, fusions=rows),
@@ -171,7 +178,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 2, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 3, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}

@@ -203,7 +203,8 @@ class MeshCore:
         out = self._settle(self.membership.tick(now), now)
         if self._leading and self._lease_lost(now):
             out += self.election.step_down(now)
-        out += self.election.tick(now)
+        if not self.membership.left or self._leading:  # a node that left stands no more
+            out += self.election.tick(now)
         out = self._after(out, now)
         if self._leading:
             out += self._plan(now)
@@ -370,6 +371,8 @@ class MeshCore:
                 elif not leading and self._leading:
                     self._leading = False
                     self.voters.stop_leading()
+                    if self.election.config_id != self.voters.current.id:  # a leaving leader's
+                        out[i + 1:i + 1] = self._configure(now)  # own removal, uncommitted
             elif t is Broadcast and type(eff.msg) is Heartbeat:  # type: ignore[union-attr]
                 out[i] = Broadcast(self._stamp(eff.msg, now))  # type: ignore[union-attr]
         return out

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     members = sub.add_parser("members", help="list the cluster's members as this node sees them")
     _common(members)
     members.add_argument("--json", action="store_true", help="print JSON")
+    members.add_argument("--detailed", action="store_true", help="also the role, version, protocol and features")
     members.set_defaults(func=cmd_members)
 
     status = sub.add_parser("status", help="show this node's status")
@@ -171,6 +172,14 @@ def render_members(members: list[dict[str, Any]]) -> str:
     return _table(rows)
 
 
+def render_members_detailed(members: list[dict[str, Any]]) -> str:
+    rows = [["NAME", "ADDR", "STATUS", "INC", "ROLE", "VERSION", "PROTOCOL", "FEATURES"]]
+    rows += [[m["name"] + (" *" if m.get("self") else ""), m["addr"], m["status"], str(m["incarnation"]),
+              "voter" if m.get("voter") else "member", m.get("version") or "?", m.get("protocol") or "?",
+              ",".join(m.get("features") or []) or "-"] for m in members]
+    return _table(rows)
+
+
 def render_status(s: dict[str, Any]) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in s["members"].items() if v) or "none"
     lines = [
@@ -229,7 +238,12 @@ def render_voters(r: dict[str, Any]) -> str:
     return head + ("\n" + _table(rows) if r["voters"] else "\nno voters: this node has not been added to a cluster yet")
 
 
-cmd_members = _client("members", render_members)
+_members_plain = _client("members", render_members)
+_members_detailed = _client("members", render_members_detailed)
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    return (_members_detailed if args.detailed else _members_plain)(args)
 cmd_voters = _client("voters", render_voters)
 _recover = _client("recover-voters", render_voters, names=lambda a: a.names)
 

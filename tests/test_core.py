@@ -33,10 +33,11 @@ class Net:
         return f"{name}:7400"
 
     def add(self, name: str, *, join: tuple[str, ...] = (), snapshot: list[MemberState] | None = None,
-            term: int = 0, config: Configuration | None = None) -> MeshCore:
+            term: int = 0, config: Configuration | None = None,
+            build: tuple[str, str, tuple[str, ...]] = ("", "", ())) -> MeshCore:
         core = MeshCore(name, self.addr(name), f"{name}:7401", MembershipConfig.test(),
                         ElectionConfig.test(), random.Random(name), self.now, term=term,
-                        config=config, voter_config=VoterConfig(promote_after=0.5))
+                        config=config, voter_config=VoterConfig(promote_after=0.5), build=build)
         self.cores[name] = core
         self.log[name] = []
         self.apply(name, core.start(snapshot or [], [self.addr(j) for j in join], self.now))
@@ -283,3 +284,21 @@ def test_a_lone_founder_told_to_join_gives_its_cluster_of_one_up() -> None:
     assert leaders(net) != ["c"] and len(leaders(net)) == 1
     assert all(core.config.names() == frozenset("abc") for core in net.cores.values())
     assert len({core.config.cluster for core in net.cores.values()}) == 1
+
+
+def test_a_feature_is_on_only_when_every_voter_announces_it() -> None:
+    """Rule 12: versions and features travel with each member's own record."""
+    net = Net()
+    new = ("2.0", "1.3", ("voters", "shiny"))
+    net.add("a", build=new)
+    net.add("b", join=("a",), build=new)
+    net.add("c", join=("a",), build=("1.9", "1.3", ("voters",)))
+    net.run(10.0)
+    a = net.cores["a"]
+    assert a.config.names() == frozenset("abc")
+    assert a.membership.member("c").build == ("1.9", "1.3", ("voters",))
+    assert a.feature_on("voters") and not a.feature_on("shiny")
+    net.down.add("c")
+    net.run(1.0)
+    for name in ("a", "b"):  # c is still a voter: until it is removed, "shiny" stays off
+        assert not net.cores[name].feature_on("shiny")

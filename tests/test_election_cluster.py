@@ -90,3 +90,28 @@ def test_recover_voters_after_losing_a_majority_for_good(cluster):
     eventually(lambda: voters_agree(survivors, keep), 30, message="one configuration of the survivors")
     audit = [e for e in survivors[0].log_events() if e.get("event") == "voters_recovered"]
     assert audit and audit[0]["voters"] == ",".join(keep)
+
+
+def test_members_detailed_shows_versions_and_roles(cluster):
+    import json
+    import subprocess
+    import sys
+
+    from corec_node import __version__
+
+    nodes = start(cluster, ["v0", "v1", "v2"])
+    eventually(lambda: voters_agree(nodes, ["v0", "v1", "v2"]), 30, message="every node a voter")
+    for n in nodes:
+        rows = eventually(lambda n=n: [m for m in n.ctl("members") if m["version"]] if all(
+            m["version"] for m in n.ctl("members")) else None, 20, message="every member's build known")
+        assert {m["name"]: (m["version"], m["protocol"], m["voter"]) for m in rows} == {
+            name: (__version__, "1.3", True) for name in ("v0", "v1", "v2")}
+        assert all("voters" in m["features"] for m in rows)
+    out = subprocess.run([sys.executable, "-m", "corec_node", "members", "--detailed", "--data-dir",
+                          str(nodes[0].data_dir)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "VERSION" in out.stdout and __version__ in out.stdout and "voter" in out.stdout
+    voters = json.loads(subprocess.run([sys.executable, "-m", "corec_node", "voters", "--json", "--data-dir",
+                                        str(nodes[1].data_dir)], capture_output=True, text=True,
+                                       timeout=30).stdout)
+    assert "voters" in voters["features"] and voters["committed"]

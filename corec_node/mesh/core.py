@@ -72,6 +72,11 @@ Rule 11. Durable or not at all. When the shell cannot write a vote or a configur
     with what is on disk: the node goes back to that vote and configuration, as a
     follower with no leader, so it never grants a vote, adopts a term or acknowledges a
     configuration it could not store; the next attempt, once the disk has room, goes on.
+
+Rule 12. Feature gates. Every node announces its build version, protocol and features
+    with its own member record (gossiped like the rest of it). A feature that changes what
+    travels on the wire is used only while ``feature_on`` holds: every voter of the
+    configuration announced it. Later protocol changes state their gate here.
 """
 
 from __future__ import annotations
@@ -127,9 +132,10 @@ class MeshCore:
         voted_for: str | None = None,
         config: Configuration | None = None,
         voter_config: VoterConfig | None = None,
+        build: tuple[str, str, tuple[str, ...]] = ("", "", ()),
     ) -> None:
         self.name = name
-        self.membership = Membership(name, addr, pub, membership, rng, now)
+        self.membership = Membership(name, addr, pub, membership, rng, now, build)
         self.election = Election(name, addr, election, rng, now, term=term, voted_for=voted_for)
         self.voters = Voters(name, voter_config or VoterConfig(), config or Configuration())
         self._rng = rng
@@ -153,6 +159,17 @@ class MeshCore:
     @property
     def config(self) -> Configuration:
         return self.voters.current
+
+    def feature_on(self, feature: str) -> bool:
+        """Rule 12: every voter of our configuration announced ``feature``."""
+        names = self.voters.current.names()
+        if not names:
+            return False
+        for name in names:
+            member = self.membership.member(name)
+            if member is None or feature not in member.build[2]:
+                return False
+        return True
 
     # -- inputs ---------------------------------------------------------------------
 

@@ -54,9 +54,15 @@ class Member:
     inc: int
     status: MemberStatus
     since: float  # the ``now`` of the last status change
+    build: tuple[str, str, tuple[str, ...]] = ("", "", ())  # version, protocol, features it announced
 
     def state(self) -> MemberState:
-        return MemberState(self.name, self.addr, self.pub, self.inc, self.status)
+        return MemberState(self.name, self.addr, self.pub, self.inc, self.status, *self.build)
+
+    def learn_build(self, st: MemberState) -> None:
+        """What the member announced of itself (not a verdict: it never orders updates)."""
+        if st.version and st.inc >= self.inc:
+            self.build = (st.version, st.protocol, st.features)
 
 
 def n_live(members: Mapping[str, Member]) -> int:

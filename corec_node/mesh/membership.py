@@ -206,14 +206,17 @@ class Membership:
         config: MembershipConfig,
         rng: random.Random,
         now: float,
+        build: tuple[str, str, tuple[str, ...]] = ("", "", ()),
     ) -> None:
+        """``build``: this node's version, protocol and features, announced with its own
+        record (shown by ``members --detailed``; feature gates read them)."""
         if not name:
             raise ValueError("membership: the node name must not be empty")
         if not addr:
             raise ValueError("membership: the node's direct address must not be empty")
         self._cfg = config
         self._rng = rng
-        self._self = Member(name, addr, pub, 0, ALIVE, now)
+        self._self = Member(name, addr, pub, 0, ALIVE, now, build)
         self._members: dict[str, Member] = {name: self._self}
         self._awareness = Awareness(config.awareness_max)
         self._queue = BroadcastQueue()
@@ -519,6 +522,8 @@ class Membership:
         m = self._members.get(st.name)
         if m is not None and st.addr != m.addr and m.status in LIVE:
             return  # rule 5
+        if m is not None:
+            m.learn_build(st)
         if not gossip and st.status in (SUSPECT, DEAD):
             if m is not None and m.status in LIVE:
                 if supersedes(st.inc, st.status, m.inc, m.status):
@@ -531,6 +536,7 @@ class Membership:
             if st.status not in LIVE:
                 return  # rule 4
             m = Member(st.name, st.addr, st.pub, st.inc, st.status, now)
+            m.learn_build(st)
             self._members[st.name] = m
             out.append(MemberChanged(m.name, m.addr, None, m.status, m.inc, "joined"))
             self._prober.insert(m.name)

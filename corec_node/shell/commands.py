@@ -77,9 +77,12 @@ class ControlCommands:
 
     def members_json(self) -> list[dict[str, Any]]:
         assert self.control.core is not None
+        voters = self.control.core.config.names()
         return [
             {"name": m.name, "addr": m.addr, "pub": m.pub, "status": m.status.label,
-             "incarnation": m.inc, "self": m.name == self.identity.name}
+             "incarnation": m.inc, "self": m.name == self.identity.name,
+             "version": m.build[0] or None, "protocol": m.build[1] or None, "features": list(m.build[2]),
+             "voter": m.name in voters}
             for m in self.control.core.membership.members()
         ]
 

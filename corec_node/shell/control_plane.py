@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from corec_node import log
+from corec_node import __version__, log
 from corec_node.mesh.core import MeshCore
 from corec_node.mesh.effects import (
     Broadcast,
@@ -44,6 +44,7 @@ from corec_node.shell.datadir import load_voters, save_vote, save_voters
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
+from corec_node.wire import FEATURES, PROTOCOL
 from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus, Message, MsgType
 
 SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
@@ -142,7 +143,8 @@ class ControlPlane:
         config = Configuration(*stored) if stored is not None else None
         self._durable = ((term, voted_for), config or Configuration())
         self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
-                             term=term, voted_for=voted_for, config=config, voter_config=self.voter_config)
+                             term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
+                             build=(__version__, PROTOCOL, FEATURES))
         if snapshot or join:
             self._joined_at = time.time()
         self.apply(self.core.start(snapshot, join, now))
@@ -165,7 +167,7 @@ class ControlPlane:
         cfg = self.core.config
         return {"index": cfg.index, "config_term": cfg.term, "committed": self.core.voters.committed,
                 "disk_error": self.disk_error,
-                "cluster_id": cfg.cluster, "foreign": [{"name": n, "cluster_id": c} for n, c in self.core.foreign.items()],
+                "cluster_id": cfg.cluster, "features": sorted(f for f in FEATURES if self.core.feature_on(f)), "foreign": [{"name": n, "cluster_id": c} for n, c in self.core.foreign.items()],
                 "voters": [{"name": n, "addr": a} for n, a in cfg.voters],
                 "leader": self.core.leader, "term": self.core.term}
 

@@ -14,6 +14,8 @@ from corec_node.wire.entities import (
 )
 from corec_node.wire.envelope import (
     DECODE_EXCEPTIONS,
+    FEATURES,
+    PROTOCOL,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     SCHEMAS,
@@ -63,6 +65,8 @@ from corec_node.wire.topics import (
 __all__ = [
     "DECODE_EXCEPTIONS",
     "ENTITY_DTYPE",
+    "FEATURES",
+    "PROTOCOL",
     "PROTOCOL_MAJOR",
     "PROTOCOL_MINOR",
     "SCHEMAS",

@@ -55,6 +55,10 @@ from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
 PROTOCOL_MINOR = 3
+PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
+FEATURES = ("placement", "flow", "voters")
+"""What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3), as members
+announce it: a feature is used cluster-wide only when every voter announces it."""
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""
@@ -382,7 +386,8 @@ _ROW_KEY = _Str(limits.MAX_NAME_BYTES, empty=False, printable=True, spec="column
 _TEXT = _Str(limits.MAX_TEXT_BYTES, empty=True, printable=False, spec="text")
 _ADDR = _Addr()
 _DIGEST = _Str(32, empty=True, printable=True, spec="digest")
-_MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, status=_Status())
+_MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, status=_Status(),
+                  version=_LABEL, protocol=_LABEL, features=_Array(_NAME, limits.MAX_FEATURES))
 _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
 _VOTERS = _Array(_Struct(Voter, name=_NAME, addr=_ADDR), limits.MAX_VOTERS)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)

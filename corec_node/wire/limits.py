@@ -36,6 +36,9 @@ MAX_VOTERS = 64
 """Voters in one configuration (Heartbeat.voters). Clusters keep 3, 5 or 7 voters; this
 bounds a hostile heartbeat, not a real one."""
 
+MAX_FEATURES = 32
+"""Feature names one member announces (MemberState.features)."""
+
 MAX_TEXT_BYTES = 4096
 """Free text (Alert.text): a readable message, not a log dump."""
 

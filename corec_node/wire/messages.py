@@ -52,6 +52,9 @@ class MemberState:
     pub: str  # "host:port" of its PUB socket
     inc: int  # incarnation; only the member itself raises it (to refute)
     status: MemberStatus
+    version: str = ""  # since 1.3: the member's build ("" unknown), as it announced itself
+    protocol: str = ""  # since 1.3: the wire protocol it speaks, "MAJOR.MINOR"
+    features: tuple[str, ...] = ()  # since 1.3: what it supports that changes the wire
 
 
 # -- membership (SWIM + Lifeguard) ----------------------------------------------------

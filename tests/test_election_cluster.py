@@ -115,3 +115,20 @@ def test_members_detailed_shows_versions_and_roles(cluster):
                                         str(nodes[1].data_dir)], capture_output=True, text=True,
                                        timeout=30).stdout)
     assert "voters" in voters["features"] and voters["committed"]
+
+
+def test_a_killed_leader_closes_its_connections_and_the_survivors_see_it(cluster):
+    """Core rule 13: the socket monitor reports the closed connections of a SIGKILLed
+    process (a hint: the probes still decide) and the survivors elect a new leader."""
+    nodes = start(cluster, ["k0", "k1", "k2"])
+    eventually(lambda: voters_agree(nodes, ["k0", "k1", "k2"]), 30, message="every node a voter")
+    leader, term = eventually(lambda: agreed(nodes), 10, message="one agreed leader")
+    victim = next(n for n in nodes if n.name == leader)
+    survivors = [n for n in nodes if n is not victim]
+    before = [n.ctl("status")["connection_hints"] for n in survivors]
+    victim.kill()
+    eventually(lambda: all(n.ctl("status")["connection_hints"] > b for n, b in zip(survivors, before)), 20,
+               message="both survivors' monitors saw the connection close")
+    new, new_term = eventually(lambda: agreed(survivors, not_=leader), 30, message="a new leader")
+    assert new_term > term
+    eventually(lambda: all(n.members()[leader] == "dead" for n in survivors), 20, message="dead by the probes")

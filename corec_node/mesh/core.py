@@ -77,6 +77,11 @@ Rule 12. Feature gates. Every node announces its build version, protocol and fea
     with its own member record (gossiped like the rest of it). A feature that changes what
     travels on the wire is used only while ``feature_on`` holds: every voter of the
     configuration announced it. Later protocol changes state their gate here.
+
+Rule 13. Transport hints (the shell's socket monitor): a connection to a member that
+    closed makes membership probe it at once (membership rule 17); a refused reconnect to
+    the leader's port also drops its lease (election rule 14). A hint is never a verdict,
+    and closes a node announced (a member that left) are not hints.
 """
 
 from __future__ import annotations
@@ -255,6 +260,14 @@ class MeshCore:
 
     def note_stall(self, lag: float, now: float) -> None:
         self.membership.note_stall(lag, now)
+
+    def hint(self, name: str, refused: bool, now: float) -> list[Effect]:
+        """Rule 13: the transport saw our connection to ``name`` close (``refused``: and a
+        reconnect to its port was refused)."""
+        out = self._settle(self.membership.hint_down(name, now), now)
+        if refused:
+            out += self.election.leader_unreachable(name, now)
+        return self._after(out, now)
 
     def write_failed(self, vote: tuple[int, str | None], config: Configuration, now: float) -> list[Effect]:
         """Rule 11: a ``PersistVote`` or ``PersistConfig`` could not be written. ``vote`` and

@@ -67,6 +67,9 @@ Rules (everything that changes this state machine lives in this file):
     A node refuses (pre-)votes to a candidate whose configuration is older than its own
     (Raft's up-to-date check, with configuration entries as the only log); for a newer
     one it may grant even if it does not know the candidate as a voter yet.
+14. A refused reconnect to the leader's port (``leader_unreachable``) drops its lease at
+    once, like rule 11's DEAD verdict. A dropped connection alone never does: it may be a
+    cut link, and a follower that gave up a live leader's lease could help elect a second.
 Safety. Raft's argument needs any two majorities to intersect: the voter sets are committed
 configurations, changed one member at a time by the leader (``mesh/voters.py``), so two
 nodes' sets differ by at most one member whatever the partitions, and the up-to-date check
@@ -303,6 +306,16 @@ class Election:
             if name in self._voters:
                 self._down_voters -= 1
         return []
+
+    def leader_unreachable(self, name: str, now: float) -> list[Effect]:
+        """Rule 14: our reconnect to ``name``'s port was refused (a closed port on a live
+        host: its process is gone). If it is our leader, drop its lease and stand soon, as
+        for a DEAD verdict (rule 11); pre-votes still decide."""
+        effects: list[Effect] = []
+        if name == self._leader and name != self.name and self._role != LEADER:
+            self._lose_leader(now)
+        self._sync(effects)
+        return effects
 
     def step_down(self, now: float) -> list[Effect]:
         """The driver's verdict that this leader lost its lease (no majority acknowledged a

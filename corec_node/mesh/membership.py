@@ -137,6 +137,12 @@ Rule 16. Local stalls. Timers run on a "live" clock that advances with ``now`` b
     our deadlines passes, or we accuse healthy peers for our own slowness. Time spent
     stalled therefore does not count against others. The shell must call in at least every
     stall_gap / 2 (it ticks every 20-50 ms); ``stall_gap=None`` turns this off.
+
+Rule 17. Transport hints. A crashed process closes its TCP connections at once, and the
+    shell's socket monitor reports it (``hint_down``): that member is probed at once,
+    ahead of the round. A hint is never a verdict: only the failed direct and indirect
+    probes make it suspect, and only the suspicion timeout makes it dead. Silent losses (a
+    host that vanished, a cut link, a stopped process) give no hint and keep the timers.
 """
 
 from __future__ import annotations
@@ -344,6 +350,16 @@ class Membership:
             refuted = self._self.inc != inc_before
             self._sync.on_state_reply(sender, msg, self._members, live, out, refuted=refuted)
         return out
+
+    def hint_down(self, name: str, now: float) -> list[Effect]:
+        """Rule 17: the transport saw our connection to ``name`` close. Probe it at once;
+        the probe and the indirect probes decide, never the hint."""
+        live = self._clock(now)
+        m = self._members.get(name)
+        if self._left or m is None or m.status not in LIVE or name == self.name:
+            return []
+        self._prober.probe_now(name, live)
+        return self.tick(now)
 
     def tick(self, now: float) -> list[Effect]:
         """Run due timers. Call every ~20-50 ms and after each input (rule 16)."""

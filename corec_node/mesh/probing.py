@@ -192,6 +192,12 @@ class Prober:
         if name not in self._probe_first:
             self._probe_first.append(name)
 
+    def probe_now(self, name: str, live: float) -> None:
+        """A transport hint on ``name``: probe it next, at once if no probe is in flight."""
+        self.probe_soon(name)
+        if self._probe is None:
+            self._next_probe = min(self._next_probe, live)
+
     def forget(self, name: str) -> None:
         """``name`` was reaped."""
         if name in self._probe_first:

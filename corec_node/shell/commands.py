@@ -110,6 +110,7 @@ class ControlCommands:
             "name_conflicts": [{"name": n, "addr": a} for a, n in self.control.conflicts.items()],
             "voters": sorted(self.control.core.config.names()),
             "disk_error": self.control.disk_error,
+            "connection_hints": self.control.hints,
         }
 
     async def plugin_list(self, _req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -133,6 +133,7 @@ class ControlPlane:
         self._snapshot_at = 0.0
         self._durable: tuple[tuple[int, str | None], Configuration] = ((0, None), Configuration())  # on disk
         self.disk_error: str | None = None  # the last vote or configuration write that failed
+        self.hints = 0  # connection closes the socket monitor reported (core rule 13)
 
     # -- life -----------------------------------------------------------------------
 
@@ -232,6 +233,17 @@ class ControlPlane:
                             "operator recovery after the loss of a majority of voters",
                             term=self.term, index=after.index, previous=sorted(before.names()))
         return self.voters_json()
+
+    def peer_hint(self, addr: str, refused: bool) -> None:
+        """The socket monitor: our connection to ``addr`` closed (core rule 13)."""
+        if self.core is None:
+            return
+        member = next((m for m in self.core.membership.members() if m.addr == addr), None)
+        if member is None or member.status not in _LIVE:
+            return  # a member that left or is known dead: an announced close, not a hint
+        log.event("peer_connection_lost", logging.DEBUG, name=member.name, addr=addr, refused=refused)
+        self.hints += 1
+        self.apply(self.core.hint(member.name, refused, self._clock()))
 
     def discovered(self, name: str, addr: str, now: float) -> None:
         """A LAN beacon from a node of our cluster: join it unless we know it alive already."""

@@ -203,6 +203,7 @@ class Node:
         self.control_server = ControlServer(cfg.control_path, self.commands.table())
         await self.control_server.start()
         snapshot = await local.load_members()
+        self.transport.watch_peers(self.control.peer_hint)
         self.control.start(snapshot, cfg.mesh.join, term=term, voted_for=voted_for, now=self.now())
         self.transport.start(self._on_direct, self._on_broadcast)
         await self.plugins.startup(self)

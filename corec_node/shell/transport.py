@@ -22,12 +22,14 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from corec_node.config import join_addr, split_addr
 from corec_node.log import LOGGER_NAME
 from corec_node.shell.curve import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
 
 Handler = Callable[[list[bytes]], Awaitable[None] | None]
+PeerHint = Callable[[str, bool], None]  # (peer's direct addr, reconnect refused)
 
 # Socket options, each on purpose:
 LINGER_MS = 0  # on close, drop unsent frames: a stopping node must not hang on dead peers
@@ -69,6 +71,8 @@ class Transport:
         self.dropped: collections.Counter[str] = collections.Counter()
         self.sent = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._on_peer: PeerHint | None = None
+        self._monitors: dict[str, asyncio.Task[None]] = {}
 
     def _common(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -143,10 +147,56 @@ class Transport:
                 configure_client(sock, self.security)
             sock.connect(tcp(addr))
             self.dealers[addr] = sock
+            self._monitor(addr, sock)
         return sock
+
+    def watch_peers(self, on_peer: PeerHint) -> None:
+        """Report ``on_peer(addr, refused)`` when a DEALER's connection to ``addr`` closes
+        (``refused``: and the reconnect that follows is refused). Needs the running loop."""
+        self._on_peer = on_peer
+        for addr, sock in self.dealers.items():
+            self._monitor(addr, sock)
+
+    def _monitor(self, addr: str, sock: zmq.Socket) -> None:
+        if self._on_peer is None or addr in self._monitors:
+            return
+        endpoint = f"inproc://corec-monitor-{id(sock)}"
+        sock.monitor(endpoint, zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        pair = self.ctx.socket(zmq.PAIR)
+        pair.connect(endpoint)
+        self._monitors[addr] = asyncio.get_running_loop().create_task(self._watch(addr, pair))
+
+    async def _watch(self, addr: str, pair: zmq.asyncio.Socket) -> None:
+        """One peer's socket events; the first refused reconnect after a close is reported."""
+        closed = False
+        try:
+            while True:
+                event = parse_monitor_message(await pair.recv_multipart())["event"]
+                if event == zmq.EVENT_CONNECTED:
+                    closed = False
+                elif event == zmq.EVENT_DISCONNECTED:
+                    closed = True
+                    self._hint(addr, False)
+                elif event == zmq.EVENT_CONNECT_RETRIED and closed:
+                    closed = False  # once per close: the retries go on every RECONNECT_IVL
+                    self._hint(addr, True)
+        except (asyncio.CancelledError, zmq.ZMQError):
+            pass
+        finally:
+            pair.close(0)
+
+    def _hint(self, addr: str, refused: bool) -> None:
+        if self._on_peer is not None and addr in self.dealers:
+            try:
+                self._on_peer(addr, refused)
+            except Exception:  # a hint must never break the transport
+                logging.getLogger(LOGGER_NAME).exception("peer_hint_failed")
 
     def forget(self, addr: str) -> None:
         """Close the DEALER to a member that was reaped."""
+        task = self._monitors.pop(addr, None)
+        if task is not None:
+            task.cancel()
         sock = self.dealers.pop(addr, None)
         if sock is not None:
             sock.close(0)
@@ -230,6 +280,9 @@ class Transport:
                 logging.getLogger(LOGGER_NAME).exception("receive_handler_failed")
 
     async def close(self) -> None:
+        for task in self._monitors.values():
+            task.cancel()
+        self._monitors.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -134,20 +134,21 @@ def main() -> None:
     parser.add_argument("--full-speed", action="store_true", help="stream as fast as the cluster takes it")
     args = parser.parse_args()
     runs = {n: failover(n, args.kills) for n in (3, 5)} if args.kills else {}
-    q = quiet(3, args.quiet_seconds, args.full_speed)
+    q = quiet(3, args.quiet_seconds, args.full_speed) if args.quiet_seconds > 0 else None
     print(f"{'measure':<46}{'figure':>10}{'target':>10}{'baseline':>22}")
     for n, xs in runs.items():
         print(f"{f'failover, {n} nodes, median (s)':<46}{statistics.median(xs):>10.3f}{'< 1':>10}{f'etcd ~{ETCD_S}, Raft {RAFT_MEDIAN_S}':>22}")
         print(f"{f'failover, {n} nodes, worst (s)':<46}{max(xs):>10.3f}{'< 2':>10}{'':>22}")
-    print(f"{f'false elections, {args.quiet_seconds:g} s under load':<46}{q['false_elections']:>10}{'0':>10}{'':>22}")
-    print(f"{'  member changes meanwhile (false suspicions)':<46}{q['member_changes']:>10}{'0':>10}{'':>22}")
-    print(f"{'  load: records/s streamed meanwhile':<46}{q['records_per_s']:>10,.0f}")
-    print(f"{'  stream batches dropped':<46}{q['ingest_dropped']:>10}{'0':>10}{'':>22}")
+    if q is not None:
+        print(f"{f'false elections, {args.quiet_seconds:g} s under load':<46}{q['false_elections']:>10}{'0':>10}{'':>22}")
+        print(f"{'  member changes meanwhile (false suspicions)':<46}{q['member_changes']:>10}{'0':>10}{'':>22}")
+        print(f"{'  load: records/s streamed meanwhile':<46}{q['records_per_s']:>10,.0f}")
+        print(f"{'  stream batches dropped':<46}{q['ingest_dropped']:>10}{'0':>10}{'':>22}")
     print(json.dumps({
         "bench": "election",
         "failover_s": {str(k): {"median": round(statistics.median(v), 4), "worst": round(max(v), 4),
                                 "runs": [round(x, 4) for x in v]} for k, v in runs.items()},
-        "quiet_seconds": args.quiet_seconds, **q,
+        "quiet_seconds": args.quiet_seconds, **(q or {}),
         "baseline_etcd_s": ETCD_S, "baseline_raft_median_s": RAFT_MEDIAN_S,
     }))
 

@@ -6,10 +6,12 @@ Measures, from the nodes' own structured logs:
 - false elections: term changes during a quiet run while a producer streams entities
   (the load: ingest, ticks and Python's GC on the same 2 cores), 1 M records every 0.1 s
   or, with --full-speed, as fast as the cluster takes them (flow control holding the
-  producer); also member changes after the start (false suspicions) and dropped batches.
+  producer); also member changes after the start (false suspicions) and dropped batches;
+- with --sigstops N: each node in turn SIGSTOPped for --pause s (0.6) then resumed; the
+  elections and dead verdicts that followed (both should be 0).
 
 Prints a table and one JSON line. Never passes or fails. Usage:
-    python bench/election.py [--kills 10] [--quiet-seconds 600] [--full-speed]
+    python bench/election.py [--kills 10] [--quiet-seconds 600] [--full-speed] [--sigstops 9 --pause 0.6]
 """
 
 from __future__ import annotations
@@ -127,12 +129,45 @@ def quiet(size: int, seconds: float, full_speed: bool = False) -> dict[str, floa
         cluster.close()
 
 
+def sigstops(size: int, rounds: int, pause: float) -> dict[str, int]:
+    """SIGSTOP one node at a time (leader and followers in turn) for ``pause`` seconds:
+    elections and dead verdicts that followed (both should be 0)."""
+    import signal
+
+    cluster, nodes = start(size)
+    try:
+        eventually(lambda: voters_agree(nodes, [n.name for n in nodes]), 30)
+        _, term0 = eventually(lambda: agreed(nodes), 30)
+        deaths = 0
+        for i in range(rounds):
+            victim = nodes[i % size]
+            victim.signal(signal.SIGSTOP)
+            time.sleep(pause)
+            victim.signal(signal.SIGCONT)
+            time.sleep(2.0)  # let any election or verdict that the pause caused show
+        _, term = eventually(lambda: agreed(nodes), 30)
+        for n in nodes:
+            deaths += sum(1 for e in n.log_events() if e.get("event") == "member_changed" and e.get("new") == "dead")
+        return {"sigstops": rounds, "pause_s": pause, "false_elections": term - term0, "false_deaths": deaths}
+    finally:
+        cluster.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--quiet-seconds", type=float, default=600.0)
     parser.add_argument("--full-speed", action="store_true", help="stream as fast as the cluster takes it")
+    parser.add_argument("--sigstops", type=int, default=0, help="SIGSTOP rounds (each node in turn, --pause s)")
+    parser.add_argument("--pause", type=float, default=0.6)
     args = parser.parse_args()
+    if args.sigstops:
+        r = sigstops(3, args.sigstops, args.pause)
+        label = f"false elections after {args.sigstops} SIGSTOPs of {args.pause:g} s"
+        print(f"{label:<46}{r['false_elections']:>10}{'0':>10}")
+        print(f"{'  false dead verdicts':<46}{r['false_deaths']:>10}{'0':>10}")
+        print(json.dumps({"bench": "election_sigstop", **r}))
+        return
     runs = {n: failover(n, args.kills) for n in (3, 5)} if args.kills else {}
     q = quiet(3, args.quiet_seconds, args.full_speed) if args.quiet_seconds > 0 else None
     print(f"{'measure':<46}{'figure':>10}{'target':>10}{'baseline':>22}")

@@ -302,3 +302,38 @@ def test_a_feature_is_on_only_when_every_voter_announces_it() -> None:
     net.run(1.0)
     for name in ("a", "b"):  # c is still a voter: until it is removed, "shiny" stays off
         assert not net.cores[name].feature_on("shiny")
+
+
+def _time_to_dead(refused: bool | None) -> float:
+    """Seconds from a member going down to a survivor's DEAD verdict; ``refused``: the
+    survivor's transport hint at the moment it went down (None: no hint, a silent loss)."""
+    net = Net()
+    for name in ("a", "b", "c", "d"):
+        net.add(name, join=("a",) if name != "a" else ())
+    net.run(5.0)
+    net.down.add("d")
+    t0 = net.now
+    if refused is not None:
+        net.apply("a", net.cores["a"].hint("d", False, net.now))
+        if refused:
+            net.apply("a", net.cores["a"].hint("d", True, net.now))
+    while net.now - t0 < 20:
+        net.run(TICK)
+        m = net.cores["a"].membership.member("d")
+        if m is not None and m.status == DEAD:
+            return net.now - t0
+    raise AssertionError("d never declared dead")
+
+
+def test_a_refused_reconnect_shortens_the_suspicion_never_skips_the_probes() -> None:
+    """Core rule 13 / membership rule 17: a closed connection probes at once; a refused
+    reconnect (the port is closed: nobody left to refute) shortens the suspicion the probes
+    start to REFUSED_SUSPICION periods. The verdict still waits for the failed probes."""
+    from corec_node.mesh.suspicion import suspicion_timeouts
+
+    cfg = MembershipConfig.test()
+    lifeguard_min, _ = suspicion_timeouts(cfg.suspicion_mult, cfg.suspicion_max_mult, 4, cfg.probe_interval)
+    silent, closed, refused = _time_to_dead(None), _time_to_dead(False), _time_to_dead(True)
+    assert refused < closed <= silent
+    assert refused >= cfg.probe_timeout  # the direct probe had to fail first
+    assert refused < lifeguard_min + cfg.probe_interval  # faster than any suspicion could end

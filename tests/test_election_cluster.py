@@ -105,7 +105,7 @@ def test_members_detailed_shows_versions_and_roles(cluster):
         rows = eventually(lambda n=n: [m for m in n.ctl("members") if m["version"]] if all(
             m["version"] for m in n.ctl("members")) else None, 20, message="every member's build known")
         assert {m["name"]: (m["version"], m["protocol"], m["voter"]) for m in rows} == {
-            name: (__version__, "1.3", True) for name in ("v0", "v1", "v2")}
+            name: (__version__, PROTOCOL, True) for name in ("v0", "v1", "v2")}
         assert all("voters" in m["features"] for m in rows)
     out = subprocess.run([sys.executable, "-m", "corec_node", "members", "--detailed", "--data-dir",
                           str(nodes[0].data_dir)], capture_output=True, text=True, timeout=30)

@@ -82,6 +82,12 @@ Rule 13. Transport hints (the shell's socket monitor): a connection to a member 
     closed makes membership probe it at once (membership rule 17); a refused reconnect to
     the leader's port also drops its lease (election rule 14). A hint is never a verdict,
     and closes a node announced (a member that left) are not hints.
+
+Rule 14. A leader whose node cannot work gives up. While the shell reports the node's
+    data plane stalled past its bound (``engine_stalled``), a leader steps down at once
+    and the node stands for nothing (it still votes and follows); when the data plane
+    beats again it stands as any member does. A stalled nucleus would hold leadership
+    while planning nothing.
 """
 
 from __future__ import annotations
@@ -121,7 +127,7 @@ class MeshCore:
     goes through this object."""
 
     __slots__ = ("_acked_at", "_followers", "_hb_seq", "_leading", "_rng", "_sent", "election",
-                 "foreign", "membership", "name", "voters")
+                 "foreign", "membership", "name", "stalled", "voters")
 
     def __init__(
         self,
@@ -146,6 +152,7 @@ class MeshCore:
         self._rng = rng
         self._hb_seq = 0
         self._leading = False
+        self.stalled = False
         self.foreign: dict[str, str] = {}  # node -> the other cluster id it spoke for (voters rule 8)
         self._sent: dict[int, float] = {}  # as leader: heartbeat seq -> when it was sent
         self._acked_at: dict[str, float] = {}  # as leader: voter -> send time of its latest acked heartbeat
@@ -225,8 +232,10 @@ class MeshCore:
         out = self._settle(self.membership.tick(now), now)
         if self._leading and self._lease_lost(now):
             out += self.election.step_down(now)
-        if not self.membership.left or self._leading:  # a node that left stands no more
-            out += self.election.tick(now)
+        if self.stalled and self._leading:  # rule 14
+            out += self.election.step_down(now)
+        if (not self.membership.left or self._leading) and not self.stalled:  # a node that left
+            out += self.election.tick(now)  # stands no more; a stalled one stands for nothing
         out = self._after(out, now)
         if self._leading:
             out += self._plan(now)
@@ -261,10 +270,16 @@ class MeshCore:
     def note_stall(self, lag: float, now: float) -> None:
         self.membership.note_stall(lag, now)
 
+    def engine_stalled(self, stalled: bool, now: float) -> list[Effect]:
+        """Rule 14: the node's data plane stopped beating past its bound (or beats again)."""
+        self.stalled = stalled
+        out = self.election.step_down(now) if stalled and self._leading else []
+        return self._after(out, now)
+
     def hint(self, name: str, refused: bool, now: float) -> list[Effect]:
         """Rule 13: the transport saw our connection to ``name`` close (``refused``: and a
         reconnect to its port was refused)."""
-        out = self._settle(self.membership.hint_down(name, now), now)
+        out = self._settle(self.membership.hint_down(name, now, refused), now)
         if refused:
             out += self.election.leader_unreachable(name, now)
         return self._after(out, now)

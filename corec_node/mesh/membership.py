@@ -143,6 +143,10 @@ Rule 17. Transport hints. A crashed process closes its TCP connections at once, 
     ahead of the round. A hint is never a verdict: only the failed direct and indirect
     probes make it suspect, and only the suspicion timeout makes it dead. Silent losses (a
     host that vanished, a cut link, a stopped process) give no hint and keep the timers.
+    A *refused* reconnect (the member's port is closed on a host that answers: its process
+    is gone; a stopped process or a cut link never refuses) shortens that member's
+    suspicion, once the probes have made it, to ``REFUSED_SUSPICION`` probe periods: there
+    is nobody left to refute, so waiting out the Lifeguard timeout buys nothing.
 """
 
 from __future__ import annotations
@@ -194,6 +198,8 @@ from corec_node.wire.messages import (
 __all__ = ["PROFILES", "Member", "Membership", "MembershipConfig", "supersedes"]
 
 MAX_GOSSIP_UPDATES = 64  # updates per Gossip (~4 KB): frames stay small; the rest go next flush
+REFUSED_SUSPICION = 2  # rule 17: probe periods a member whose port refused us has to refute (0.4 s on lan)
+REFUSED_FRESH = 10  # probe periods a refused reconnect stays evidence for a suspicion to come
 _NEVER = -math.inf
 
 
@@ -227,6 +233,7 @@ class Membership:
         self._awareness = Awareness(config.awareness_max)
         self._queue = BroadcastQueue()
         self._suspicions: dict[str, Suspicion] = {}
+        self._refused: dict[str, tuple[int, float]] = {}  # rule 17: name -> (incarnation, when)
         self._conflicts: set[str] = set()
         self._left = False
         self._live = now
@@ -351,15 +358,24 @@ class Membership:
             self._sync.on_state_reply(sender, msg, self._members, live, out, refuted=refuted)
         return out
 
-    def hint_down(self, name: str, now: float) -> list[Effect]:
-        """Rule 17: the transport saw our connection to ``name`` close. Probe it at once;
-        the probe and the indirect probes decide, never the hint."""
+    def hint_down(self, name: str, now: float, refused: bool = False) -> list[Effect]:
+        """Rule 17: the transport saw our connection to ``name`` close (``refused``: and
+        its port refused the reconnect). Probe it at once; the probe and the indirect
+        probes decide, never the hint."""
         live = self._clock(now)
         m = self._members.get(name)
         if self._left or m is None or m.status not in LIVE or name == self.name:
             return []
+        if refused:
+            self._refused[name] = (m.inc, live)
+            s = self._suspicions.get(name)
+            if s is not None and s.inc == m.inc:
+                s.shorten(self._refused_timeout())
         self._prober.probe_now(name, live)
         return self.tick(now)
+
+    def _refused_timeout(self) -> float:
+        return REFUSED_SUSPICION * self._cfg.probe_interval
 
     def tick(self, now: float) -> list[Effect]:
         """Run due timers. Call every ~20-50 ms and after each input (rule 16)."""
@@ -638,7 +654,7 @@ class Membership:
         lo, hi = suspicion_timeouts(
             cfg.suspicion_mult, cfg.suspicion_max_mult, n, cfg.probe_interval
         )
-        self._suspicions[m.name] = Suspicion(
+        self._suspicions[m.name] = s = Suspicion(
             inc=m.inc,
             start=live,
             k=expected_confirmations(cfg.indirect_checks, n),
@@ -646,6 +662,9 @@ class Membership:
             max_timeout=hi,
             accuser=accuser,
         )
+        refused = self._refused.pop(m.name, None)
+        if refused is not None and refused[0] == m.inc and live - refused[1] < REFUSED_FRESH * cfg.probe_interval:
+            s.shorten(self._refused_timeout())  # rule 17
         if accuser != self.name:
             self._prober.probe_soon(m.name)  # rule 7: our own verdict, soon
 

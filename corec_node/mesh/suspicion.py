@@ -72,6 +72,11 @@ class Suspicion:
         self._confirmations += 1
         return True
 
+    def shorten(self, timeout: float) -> None:
+        """Evidence that nobody is left to refute (membership rule 17): at most ``timeout``."""
+        self.min = min(self.min, timeout)
+        self.max = min(self.max, timeout)
+
     def timeout(self) -> float:
         if self.k < 1:
             return self.min  # nobody could confirm: waiting longer would buy nothing

@@ -1,27 +1,37 @@
 """The node's control commands: what ``corec-node status``, ``blocks``, ``members``,
-``leader``, ``join``, ``leave``, ``force-leave`` and ``plugins`` ask a running node through
-its control socket (``control.py``). Each command runs on the node's loop, validates its
-parameters before it acts, and answers with JSON-able data.
+``leader``, ``voters``, ``join``, ``leave``, ``force-leave`` and ``plugins`` ask a running
+node through its control socket (``control.py``). The control socket is served by the node
+process; the membership and election commands are answered by the mesh process
+(``MeshCommands``, over the link), the data plane's here. Each command validates its
+parameters before it acts and answers with JSON-able data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from corec_node import __version__
 from corec_node.plugins import PluginManager
 from corec_node.shell.control import CommandError
 from corec_node.shell.control_plane import ControlPlane
 from corec_node.shell.data_plane import DataPlane
+from corec_node.shell.link import RequestFailed
 from corec_node.shell.traffic import Traffic
 from corec_node.shell.transport import Transport
 from corec_node.wire.messages import MemberStatus
 
 Command = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class MeshLink(Protocol):
+    """The mesh process as the node's commands reach it (``mesh_process.MeshHandle``)."""
+
+    async def request(self, command: str, params: dict[str, Any]) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +45,87 @@ class Identity:
     started_wall: float
 
 
+MESH_COMMANDS = ("members", "leader", "voters", "recover-voters", "join", "leave", "force-leave")
+
+
 class ControlCommands:
-    """Answers the control socket from the planes it is given (see the module docstring)."""
+    """Answers the control socket in the node process: the data plane's commands here, the
+    control plane's forwarded to the mesh process (``MeshCommands``)."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        mesh: MeshLink,
+        data: DataPlane,
+        traffic: Traffic,
+        plugins: PluginManager,
+        storage_status: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.identity = identity
+        self.mesh = mesh
+        self.data = data
+        self.traffic = traffic
+        self.plugins = plugins
+        self.storage_status = storage_status
+
+    def table(self) -> dict[str, Command]:
+        table: dict[str, Command] = {"status": self.status, "blocks": self.blocks, "plugins": self.plugin_list}
+        for name in MESH_COMMANDS:
+            table[name] = self._forward(name)
+        return table
+
+    def _forward(self, command: str) -> Command:
+        async def forward(req: dict[str, Any]) -> Any:
+            return await self._ask(command, req)
+        return forward
+
+    async def _ask(self, command: str, req: dict[str, Any]) -> Any:
+        try:
+            return await self.mesh.request(command, req)
+        except RequestFailed as exc:
+            raise CommandError(str(exc)) from None
+
+    async def status(self, req: dict[str, Any]) -> dict[str, Any]:
+        mesh = await self._ask("status", req)
+        rejected = collections.Counter(mesh.pop("rejected"))
+        rejected.update(self.traffic.rejected)
+        return {
+            **mesh,
+            "messages_out": mesh["messages_out"] + sum(self.traffic.messages_out.values()),
+            **self.data.status(),
+            "storage": self.storage_status(),
+            "rejected": dict(rejected),
+        }
+
+    async def plugin_list(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.plugins.info()
+
+    async def blocks(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        channel = req.get("channel")
+        if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
+            raise CommandError("channel must be an integer")
+        return self.data.engine.cluster_rows(channel)
+
+
+class MeshCommands:
+    """The control plane's commands, answered in the mesh process from its own state, so
+    they tell the truth about membership and election whatever the data plane is doing."""
 
     def __init__(
         self,
         *,
         identity: Identity,
         control: ControlPlane,
-        data: DataPlane,
         traffic: Traffic,
         transport: Transport,
-        plugins: PluginManager,
-        storage_status: Callable[[], dict[str, Any]],
         now: Callable[[], float],
         stop: Callable[[int], None],
     ) -> None:
         self.identity = identity
         self.control = control
-        self.data = data
         self.traffic = traffic
         self.transport = transport
-        self.plugins = plugins
-        self.storage_status = storage_status
         self.now = now
         self.stop = stop
 
@@ -71,8 +139,6 @@ class ControlCommands:
             "join": self.join,
             "leave": self.leave,
             "force-leave": self.force_leave,
-            "blocks": self.blocks,
-            "plugins": self.plugin_list,
         }
 
     def members_json(self) -> list[dict[str, Any]]:
@@ -85,6 +151,22 @@ class ControlCommands:
              "voter": m.name in voters}
             for m in self.control.core.membership.members()
         ]
+
+    def stats(self, link_dropped: Mapping[str, int]) -> dict[str, Any]:
+        """What the node process shows in metrics and systemd's status line, twice a second."""
+        core = self.control.core
+        assert core is not None
+        t = self.traffic
+        rejected = dict(t.rejected)
+        if self.transport.auth is not None:
+            rejected["curve_denied"] = self.transport.auth.denied
+        return {
+            "members": core.membership.counts(), "leader": core.leader, "term": core.term,
+            "elections": self.control.elections_started, "stalled": core.stalled,
+            "topic_in": dict(t.topic_in), "topic_out": dict(t.topic_out),
+            "bytes_in": dict(t.bytes_in), "bytes_out": dict(t.bytes_out),
+            "rejected": rejected, "dropped": {**self.transport.dropped, **link_dropped},
+        }
 
     async def status(self, _req: dict[str, Any]) -> dict[str, Any]:
         core = self.control.core
@@ -103,24 +185,16 @@ class ControlCommands:
             "awareness": core.membership.awareness,
             "messages_in": sum(self.traffic.messages_in.values()),
             "messages_out": sum(self.traffic.messages_out.values()),
-            **self.data.status(),
-            "storage": self.storage_status(),
             "rejected": dict(self.traffic.rejected),
             "dropped": dict(self.transport.dropped),
             "name_conflicts": [{"name": n, "addr": a} for a, n in self.control.conflicts.items()],
             "voters": sorted(self.control.core.config.names()),
             "disk_error": self.control.disk_error,
             "connection_hints": self.control.hints,
+            "engine_stalled": core.stalled,
+            "heartbeat_gap_max": round(self.control.gaps.largest, 4),
+            "heartbeat_gaps_late": self.control.gaps.late,
         }
-
-    async def plugin_list(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.plugins.info()
-
-    async def blocks(self, req: dict[str, Any]) -> list[dict[str, Any]]:
-        channel = req.get("channel")
-        if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
-            raise CommandError("channel must be an integer")
-        return self.data.engine.cluster_rows(channel)
 
     async def members(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
         return self.members_json()

@@ -1,13 +1,14 @@
 """The control plane of the shell: membership and election (``mesh/core.py``) driven with
 the node's clock, their effects carried out on the sockets, the vote file and the logs.
 
-It owns the mesh core and tells the data plane what the cluster looks like through one
-narrow, plain-data link (``ClusterListener``: a ``ClusterView`` on every change of members
-or leader, and the placement digest in the leader's heartbeats), and learns from the data
-plane only the digest its own heartbeats carry. Plain data both ways, so that the two
-planes can later live in separate threads or processes joined by queues.
+It owns the mesh core and tells the rest of the node what happened through one narrow,
+plain-data interface (``ControlEvents``: a ``ClusterView`` on every change of members or
+leader, the placement digest in the leader's heartbeats, member and leader changes for the
+plugin hooks, rows for SQLite), and learns from the data plane only the digest its own
+heartbeats carry. It runs in the mesh process (``mesh_process.py``), where the data plane
+cannot stall it; the events cross the link to the node process.
 
-Care: everything here runs on the node's event loop; nothing may block it (the vote file
+Care: everything here runs on the mesh process's loop; nothing may block it (the vote file
 is a small fsynced write, the only disk I/O on this path).
 """
 
@@ -39,9 +40,7 @@ from corec_node.mesh.effects import (
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig
-from corec_node.plugins import PluginManager
 from corec_node.shell.datadir import load_voters, save_vote, save_voters
-from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
 from corec_node.wire import FEATURES, PROTOCOL
@@ -74,19 +73,57 @@ class ClusterView:
     term: int
 
 
-class ClusterListener(Protocol):
-    """The data plane's side of the link (the node wires ``DataPlane`` here)."""
+class ControlEvents(Protocol):
+    """What the control plane tells the rest of the node (in the node process: the data
+    plane, the plugin hooks, the recorder)."""
 
     def view_changed(self, view: ClusterView) -> None: ...
 
     def leader_placement(self, digest: str) -> None:
         """The digest in our leader's heartbeat changed ("" : a leader that confirms no map)."""
 
+    def member_event(self, event: dict[str, Any]) -> None:
+        """For the ``corec_member_event`` hook (hookspecs.py)."""
+
+    def leader_changed(self, leader: str | None, term: int) -> None:
+        """For the ``corec_leader_changed`` hook."""
+
+    def audit(self, kind: str, subject: str, reason: str, *, term: int | None = None, **details: Any) -> None: ...
+
+    def nucleus(self, term: int, leader: str) -> None: ...
+
+    def members(self, snapshot: Sequence[MemberState]) -> None:
+        """The member snapshot to keep in SQLite."""
+
+    def stop(self, code: int) -> None:
+        """Stop the node with this exit code."""
+
 
 class PluginHost(Protocol):
     """What plugin hooks receive as ``node`` (hookspecs.py documents it)."""
 
     name: str
+
+
+class HeartbeatGaps:
+    """The largest gap between two heartbeats of our leader: how well the leader's timing
+    held (an overloaded node shows here before it costs an election)."""
+
+    __slots__ = ("largest", "late", "late_after", "_from", "_last")
+
+    def __init__(self) -> None:
+        self.largest = 0.0
+        self.late = 0  # gaps over ``late_after``: the interval plus a tenth of the election timeout
+        self.late_after = float("inf")
+        self._from: str | None = None
+        self._last = 0.0
+
+    def heard(self, leader: str, now: float) -> None:
+        if leader == self._from:
+            gap = now - self._last
+            self.largest = max(self.largest, gap)
+            self.late += gap > self.late_after
+        self._from, self._last = leader, now
 
 
 class ControlPlane:
@@ -103,10 +140,7 @@ class ControlPlane:
         data_dir: Path,
         transport: Transport,
         outbox: Outbox,
-        recorder: Recorder,
-        plugins: PluginManager,
-        host: PluginHost,
-        stop: Callable[[int], None],
+        events: ControlEvents,
         clock: Callable[[], float],
     ) -> None:
         self.name, self.addr, self.pub = name, addr, pub
@@ -115,13 +149,9 @@ class ControlPlane:
         self.data_dir = data_dir
         self.transport = transport
         self.outbox = outbox
-        self.recorder = recorder
-        self.plugins = plugins
-        self.host = host
-        self.stop = stop
+        self.events = events
         self._clock = clock
         self.core: MeshCore | None = None
-        self.listener: ClusterListener | None = None
         self.elections_started = 0
         self.conflicts: dict[str, str] = {}  # other node's addr -> the name it shares with us
         self.leader_placement: str | None = None  # digest in our leader's last heartbeat (SPEC 9.1)
@@ -134,12 +164,14 @@ class ControlPlane:
         self._durable: tuple[tuple[int, str | None], Configuration] = ((0, None), Configuration())  # on disk
         self.disk_error: str | None = None  # the last vote or configuration write that failed
         self.hints = 0  # connection closes the socket monitor reported (core rule 13)
+        self.gaps = HeartbeatGaps()
 
     # -- life -----------------------------------------------------------------------
 
     def start(self, snapshot: Sequence[MemberState], join: Sequence[str], *, term: int,
               voted_for: str | None, now: float) -> None:
         mcfg, ecfg = profile_configs(self.profile)
+        self.gaps.late_after = ecfg.heartbeat_interval + ecfg.election_timeout_min / 10
         stored = load_voters(self.data_dir)
         config = Configuration(*stored) if stored is not None else None
         self._durable = ((term, voted_for), config or Configuration())
@@ -194,6 +226,8 @@ class ControlPlane:
             logging.getLogger(log.LOGGER_NAME).exception("handle_failed", extra={"fields": {"type": type(msg).__name__}})
             return
         if type(msg) is Heartbeat:
+            if sender == self.leader and sender != self.name:
+                self.gaps.heard(sender, now)
             self._placement_heartbeat(sender, msg)
 
     def tick(self, now: float) -> None:
@@ -229,7 +263,7 @@ class ControlPlane:
         log.event("voters_recovered", logging.WARNING, index=after.index, voters=",".join(sorted(after.names())),
                   previous=",".join(sorted(before.names())),
                   detail="voter configuration rewritten by an operator: the old voters not named are out")
-        self.recorder.audit("voters_recovered", ",".join(sorted(after.names())),
+        self.events.audit("voters_recovered", ",".join(sorted(after.names())),
                             "operator recovery after the loss of a majority of voters",
                             term=self.term, index=after.index, previous=sorted(before.names()))
         return self.voters_json()
@@ -257,12 +291,13 @@ class ControlPlane:
         log.event("peer_discovered", name=name, addr=addr)
         self.join([addr], now)
 
-    def save_snapshot(self, now: float) -> None:
-        if self.core is None or not self._snapshot_dirty:
+    def save_snapshot(self, now: float, *, force: bool = False) -> None:
+        """The member snapshot to SQLite when it changed (``force``: at stop, whatever)."""
+        if self.core is None or not (self._snapshot_dirty or force):
             return
         self._snapshot_dirty = False
         self._snapshot_at = now
-        self.recorder.members(self.core.membership.snapshot())
+        self.events.members(self.core.membership.snapshot())
 
     # -- effects ----------------------------------------------------------------------
 
@@ -299,13 +334,13 @@ class ControlPlane:
                 case ConfigCommitted(index=index, term=term, voters=voters):
                     names = ",".join(n for n, _ in voters)
                     log.event("voters_committed", index=index, term=term, voters=names)
-                    self.recorder.audit("voters", names, "voter configuration committed", term=term, index=index)
+                    self.events.audit("voters", names, "voter configuration committed", term=term, index=index)
                 case LeaderChanged(leader=leader, term=term):
                     self.leader_placement = None  # the new leader has confirmed nothing yet
                     changed = True
                     self._leader_changed(leader, term)
-        if changed and self.listener is not None:
-            self.listener.view_changed(self.view())
+        if changed:
+            self.events.view_changed(self.view())
 
     def _persist(self, effect: PersistVote | PersistConfig) -> bool:
         """Write a vote or a configuration durably; False (logged, shown by ``status``) when
@@ -345,9 +380,9 @@ class ControlPlane:
         old = change.old.label if change.old is not None else None
         log.event("member_changed", name=change.name, addr=change.addr, old=old,
                   new=change.new.label, inc=change.inc, reason=change.reason)
-        self.plugins.spawn(self.plugins.member_event(self.host, {
+        self.events.member_event({
             "name": change.name, "addr": change.addr, "old": old,
-            "new": change.new.label, "incarnation": change.inc, "reason": change.reason}))
+            "new": change.new.label, "incarnation": change.inc, "reason": change.reason})
 
     def _member_reaped(self, name: str) -> None:
         self._snapshot_dirty = True
@@ -356,8 +391,8 @@ class ControlPlane:
             self.transport.disconnect_sub(pub)
             self.transport.forget(addr)
         log.event("member_reaped", name=name)
-        self.plugins.spawn(self.plugins.member_event(self.host, {
-            "name": name, "addr": addr, "old": None, "new": "reaped", "incarnation": None, "reason": "reaped"}))
+        self.events.member_event({
+            "name": name, "addr": addr, "old": None, "new": "reaped", "incarnation": None, "reason": "reaped"})
 
     def _name_conflict(self, name: str, addr: str) -> None:
         if self.conflicts.get(addr) == name:
@@ -368,14 +403,14 @@ class ControlPlane:
                   detail=f"another live node at {addr} uses the name {name!r}; give each node its own --name",
                   action="exiting: this node joined last" if newcomer else "keeping the name: the node that joined last exits")
         if newcomer:
-            self.stop(1)
+            self.events.stop(1)
 
     def _leader_changed(self, leader: str | None, term: int) -> None:
         log.event("leader_changed", leader=leader, term=term)
-        self.plugins.spawn(self.plugins.leader_changed(self.host, leader, term))
-        self.recorder.audit("leader_change", leader or "-", "elected" if leader else "leader lost", term=term)
+        self.events.leader_changed(leader, term)
+        self.events.audit("leader_change", leader or "-", "elected" if leader else "leader lost", term=term)
         if leader == self.name:
-            self.recorder.nucleus(term, leader)
+            self.events.nucleus(term, leader)
 
     def _placement_heartbeat(self, sender: str, msg: Heartbeat) -> None:
         """A heartbeat, after the election core saw it: from our leader, its digest."""
@@ -383,5 +418,4 @@ class ControlPlane:
             return
         if msg.placement != self.leader_placement:
             self.leader_placement = msg.placement
-            if self.listener is not None:
-                self.listener.leader_placement(msg.placement)
+            self.events.leader_placement(msg.placement)

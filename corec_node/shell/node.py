@@ -7,16 +7,20 @@ Rules of the shell:
 3. Nothing a peer sends can raise out of a handler: bad frames are dropped and counted by
    reason, and a core's refusal is logged, never fatal.
 
-The parts, each built here with what it needs: ``ControlPlane`` (membership and election,
-``control_plane.py``), ``DataPlane`` (ingest, engine, ticks, fusions: ``data_plane.py``),
-``ControlCommands`` (the CLI's commands), ``Recorder`` (background writes to SQLite), the
-``Transport`` with its ``Outbox`` and ``Traffic`` counters. The node routes each decoded
-message to its plane and exposes the API plugin hooks receive as ``node`` (hookspecs.py).
+The parts, each built here with what it needs: the mesh process (``mesh_process.py``: the
+sockets and the control plane, in a child process the data plane cannot stall), reached
+through ``MeshHandle``; ``DataPlane`` (ingest, engine, ticks, fusions: ``data_plane.py``);
+``ControlCommands`` (the CLI's commands); ``Recorder`` (background writes to SQLite); an
+``Outbox`` that sends through the mesh process, and ``Traffic`` counters. The node routes
+each data message the mesh process forwards to the data plane, carries out what the control
+plane reports (``NodeEvents``), and exposes the API plugin hooks receive as ``node``
+(hookspecs.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -25,39 +29,26 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-import zmq
-
 from corec_node import __version__, log
 from corec_node.config import Config
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
 from corec_node.shell.commands import ControlCommands, Identity
 from corec_node.shell.control import ControlServer
-from corec_node.shell.control_plane import CONTROL_TYPES, ControlPlane
+from corec_node.shell.control_plane import ClusterView
 from corec_node.shell.curve import CurveConfig
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datadir import load_vote, lock_data_dir
-from corec_node.shell.discovery import Discovery
+from corec_node.shell.mesh_process import MeshHandle
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.systemd import Notifier
 from corec_node.shell.traffic import Outbox, Traffic
-from corec_node.shell.transport import Transport
 from corec_node.storage import LocalStore, SchemaTooNewError
-from corec_node.wire import SeqEvent, SequenceTracker, WireError, decode_message
-from corec_node.wire.messages import Alert, MsgType
-from corec_node.wire.topics import (
-    TOPIC_AGGREGATES,
-    TOPIC_ALERTS,
-    TOPIC_DIRECT,
-    TOPIC_ENTITIES_ALL,
-    TOPIC_FLOW,
-    TOPIC_MEMBERSHIP,
-    TOPIC_NUCLEUS,
-)
+from corec_node.wire import WireError, decode_message
+from corec_node.wire.messages import Alert, MemberState, MsgType
 
-TICK_PERIOD = 0.02  # cores' timers resolve to 20 ms: well under the 100 ms probe timeout
-STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
+TICK_PERIOD = 0.1  # the node process's timers: engine ticks, the data plane's beat, the watchdog
 STATUS_PERIOD = 5.0  # seconds between two STATUS= lines to systemd
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
@@ -77,15 +68,14 @@ class Node:
         cluster = config.node.cluster
         self.identity = Identity(config.name, config.advertise, config.pub_advertise, cluster, time.time())
         sec = config.security
-        # SecurityError (names the key file) propagates: cmd_run turns it into exit 2
-        curve = CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None
-        self.transport = Transport(max_message_bytes=config.mesh.max_message_bytes, security=curve)
-        self.traffic = Traffic()
-        self.outbox = Outbox(self.transport, self.traffic, name=self.name, cluster=cluster)
+        if sec.enabled:  # SecurityError (names the key file) here, before the mesh process starts: exit 2
+            CurveConfig.load(sec.secret_key_file, sec.public_keys_dir)
+        self.mesh = MeshHandle(config, self.identity, NodeEvents(self))
+        self.traffic = Traffic()  # what the data plane sends; the mesh process counts the wire
+        self.outbox = Outbox(self.mesh, self.traffic, name=self.name, cluster=cluster)  # type: ignore[arg-type]
         self.recorder = Recorder()
         self.notifier = Notifier.from_env(unset=True)
         self.tick_time = TickHistogram()
-        self.sequences = SequenceTracker()
         self.exit_code = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -96,31 +86,23 @@ class Node:
         self._plugin_stores: dict[str, asyncio.Future[Any]] = {}
         self.syncer: Any = None  # storage.Syncer when a PostgreSQL DSN is set (loaded on demand)
         self.metrics_server: MetricsServer | None = None
-        self.discovery: Discovery | None = None
         self.control_server: ControlServer | None = None
         # loads, validates and configures every plugin now: a PluginError is a ConfigError (exit 2)
         self.plugins = PluginManager(config, on_alert=self._publish_alert).load()
-        self.control = ControlPlane(
-            name=self.name, addr=config.advertise, pub=config.pub_advertise, profile=config.mesh.profile,
-            max_voters=config.mesh.max_voters, data_dir=self.data_dir, transport=self.transport, outbox=self.outbox, recorder=self.recorder,
-            plugins=self.plugins, host=self, stop=self.request_stop, clock=self.now)
         self.data = DataPlane(
             name=self.name, engine_config=config.engine, outbox=self.outbox, traffic=self.traffic,
             recorder=self.recorder, plugins=self.plugins, host=self, raise_alert=self.raise_alert,
             publish_digest=self._publish_digest)
-        self.control.listener = self.data
-        self.control.placement_digest = self.data.engine.placement_digest()
         self.commands = ControlCommands(
-            identity=self.identity, control=self.control, data=self.data, traffic=self.traffic,
-            transport=self.transport, plugins=self.plugins, storage_status=self.storage_status,
-            now=self.now, stop=self.request_stop)
+            identity=self.identity, mesh=self.mesh, data=self.data, traffic=self.traffic,
+            plugins=self.plugins, storage_status=self.storage_status)
 
     @property
     def engine(self) -> EngineHost:
         return self.data.engine
 
     def _publish_digest(self, digest: str) -> None:
-        self.control.placement_digest = digest
+        self.mesh.operation("digest", digest)
 
     # -- life -----------------------------------------------------------------------
 
@@ -181,15 +163,12 @@ class Node:
         local = await self._open_storage()
         if local is None:
             return 1
-        try:
-            self.transport.bind(cfg.node.listen, f"{cfg.pub_listen[0]}:{cfg.pub_listen[1]}")
-        except zmq.ZMQError as exc:
-            log.event("bind_failed", logging.ERROR, listen=cfg.node.listen, error=str(exc))
-            await self.transport.close()
+        snapshot = await local.load_members()
+        if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast):
+            log.event("mesh_start_failed", logging.ERROR, error=self.mesh.failure)
             await self._close_storage()
             return 1
-        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS,
-                                  TOPIC_ENTITIES_ALL, TOPIC_FLOW])
+        self._publish_digest(self.data.engine.placement_digest())
         self._next_engine_tick = self.now() + cfg.engine.tick_interval
         if cfg.metrics.listen:
             metrics = Metrics(self.metrics_snapshot, name=self.name, cluster=self.identity.cluster, version=__version__)
@@ -197,30 +176,17 @@ class Node:
                 self.metrics_server = await metrics.start_http(cfg.metrics.listen)
             except OSError as exc:
                 log.event("metrics_bind_failed", logging.ERROR, listen=cfg.metrics.listen, error=str(exc))
-                await self.transport.close()
+                await self.mesh.stop()
                 await self._close_storage()
                 return 1
         self.control_server = ControlServer(cfg.control_path, self.commands.table())
         await self.control_server.start()
-        snapshot = await local.load_members()
-        self.transport.watch_peers(self.control.peer_hint)
-        self.control.start(snapshot, cfg.mesh.join, term=term, voted_for=voted_for, now=self.now())
-        self.transport.start(self._on_direct, self._on_broadcast)
         await self.plugins.startup(self)
         if not cfg.security.enabled:
             log.event("security_off", logging.WARNING, detail="CurveZMQ is off: anyone who reaches these ports can join and read")
-        if cfg.mesh.discovery:
-            self.discovery = Discovery(cluster=self.identity.cluster, name=self.name, addr=self.identity.addr,
-                                       target=(cfg.mesh.discovery_addr, cfg.mesh.discovery_port),
-                                       on_peer=lambda name, addr: self.control.discovered(name, addr, self.now()))
-            try:
-                await self.discovery.start()
-            except OSError as exc:
-                log.event("discovery_failed", logging.WARNING, port=cfg.mesh.discovery_port, error=str(exc))
-                self.discovery = None
         log.event("ready", listen=cfg.node.listen, pub=self.identity.pub, advertise=self.identity.addr,
                   cluster=self.identity.cluster, version=__version__, data_dir=str(self.data_dir),
-                  rejoin=len(snapshot), join=",".join(cfg.mesh.join))
+                  rejoin=len(snapshot), join=",".join(cfg.mesh.join), mesh_pid=self.mesh.pid)
         self.notifier.ready(self.status_line())
         tasks = [asyncio.create_task(self._tick_loop()), asyncio.create_task(self.data.worker())]
         try:
@@ -237,20 +203,17 @@ class Node:
                 await task
             except asyncio.CancelledError:
                 pass
-        self.control.save_snapshot(self.now())
+        await self.mesh.stop()  # it sends its member snapshot on the way out
         await self.plugins.shutdown(self)
         for opening in self._plugin_stores.values():
             try:
                 await (await opening).close()
             except Exception as exc:
                 log.event("plugin_store_close_failed", logging.WARNING, error=str(exc))
-        if self.discovery is not None:
-            await self.discovery.close()
         if self.control_server is not None:
             await self.control_server.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
-        await self.transport.close()
         await self._close_storage()
         self.notifier.close()
         log.event("stopped", code=self.exit_code)
@@ -260,11 +223,13 @@ class Node:
         while True:
             await asyncio.sleep(max(0.0, expected - self.now()))
             now = self.now()
-            lag = now - expected
-            if lag > STALL_REPORT:
-                self.control.note_stall(lag, now)
-                log.event("loop_stall", logging.DEBUG, lag=lag)
             expected = max(expected + TICK_PERIOD, now)
+            if not self.mesh.alive:
+                log.event("mesh_process_exited", logging.ERROR, code=self.mesh.exit_code,
+                          detail="the node's sockets and control plane are gone: stopping")
+                self.request_stop(1)
+                return
+            self.mesh.operation("beat")  # the data plane is alive (mesh core rule 14)
             started = time.perf_counter()
             try:
                 self._tick(now)
@@ -277,7 +242,6 @@ class Node:
                 self.notifier.status(self.status_line())
 
     def _tick(self, now: float) -> None:
-        self.control.tick(now)
         if now >= self._next_engine_tick:
             self._next_engine_tick = max(self._next_engine_tick + self.config.engine.tick_interval, now)
             self.data.tick()
@@ -286,40 +250,30 @@ class Node:
             self._next_prune = now + PRUNE_PERIOD
             self.recorder.prune(time.time() - retention)
 
-    # -- inbound: decode, count, route to a plane -------------------------------------------
+    # -- inbound: data messages the mesh process forwards -------------------------------------
 
-    def _decode(self, where: str, frames: list[bytes]) -> Any:
+    def _decode(self, where: str, frames: list[Any]) -> Any:
         try:
             return decode_message(frames, cluster=self.identity.cluster, max_payload=self.config.mesh.max_message_bytes)
         except WireError as exc:
             self.traffic.reject(where, exc)
             return None
 
-    def _on_direct(self, frames: list[bytes]) -> Awaitable[None] | None:
-        decoded = self._decode("direct", frames)
+    def _on_direct(self, frames: list[Any]) -> Awaitable[None] | None:
+        """``[producer identity, *message frames]``: counted and checked by the mesh process."""
+        decoded = self._decode("direct", frames[1:])
         if decoded is None:
             return None
-        topic, env, payload = decoded
-        self.traffic.count_in(env.type.name.lower(), topic, frames)
+        _topic, env, payload = decoded
         if env.type == MsgType.ENTITY_BATCH:
-            return self.data.batch(env, payload, "direct")
-        if topic != TOPIC_DIRECT:
-            self.traffic.reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
-        elif env.type in CONTROL_TYPES:
-            self.control.handle(env.sender, env.msg, self.now())
+            return self.data.batch(env, payload, "direct", bytes(frames[0]))
         return None
 
-    def _on_broadcast(self, frames: list[bytes]) -> None:
+    def _on_broadcast(self, frames: list[Any]) -> None:
         decoded = self._decode("broadcast", frames)
         if decoded is None:
             return
-        topic, env, payload = decoded
-        if env.sender == self.name:
-            return
-        self.traffic.count_in(env.type.name.lower(), topic, frames)
-        verdict = self.sequences.observe(env.sender, topic, env.seq)
-        if verdict is SeqEvent.DUPLICATE:
-            return
+        _topic, env, payload = decoded
         match env.type:
             case MsgType.ENTITY_BATCH:
                 self.data.batch(env, payload, "broadcast")
@@ -331,16 +285,13 @@ class Node:
                 self.data.fusion_plan(env.sender, env.msg)
             case MsgType.FLOW:
                 self.data.peer_flow(env.sender, env.msg.hold_ms)
-            case _ if env.type in CONTROL_TYPES:
-                gap = verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP
-                self.control.handle(env.sender, env.msg, self.now(), gap)
 
     # -- operations: metrics and systemd status ----------------------------------------
 
     def status_line(self) -> str:
-        core = self.control.core
-        alive = core.membership.counts().get("alive", 0) if core is not None else 0
-        return f"members {alive} alive, leader {self.control.leader or '(none)'} (term {self.control.term})"
+        stats = self.mesh.stats
+        alive = stats.get("members", {}).get("alive", 0)
+        return f"members {alive} alive, leader {stats.get('leader') or '(none)'} (term {stats.get('term', 0)})"
 
     def storage_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sqlite": str(self.config.sqlite_path), "postgres": None,
@@ -353,18 +304,22 @@ class Node:
         return out
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        """Read at scrape time on the loop (metrics.py's contract); live Counters, no copies."""
-        rejected = dict(self.traffic.rejected)
-        if self.transport.auth is not None:
-            rejected["curve_denied"] = self.transport.auth.denied
-        core = self.control.core
+        """Read at scrape time on the loop (metrics.py's contract): the mesh process's
+        counters as it last reported them (at most 0.5 s old), the data plane's live."""
+        mesh = self.mesh.stats
+        rejected = collections.Counter(mesh.get("rejected", {}))
+        rejected.update(self.traffic.rejected)
+        topic_out = collections.Counter(mesh.get("topic_out", {}))
+        topic_out.update(self.traffic.topic_out)
+        bytes_out = collections.Counter(mesh.get("bytes_out", {}))
+        bytes_out.update(self.traffic.bytes_out)
         queue = self.data.queue() if self.loop is not None else None
         return {
-            "members": core.membership.counts() if core is not None else {},
-            "term": self.control.term,
-            "elections": self.control.elections_started,
-            "messages": {"in": self.traffic.topic_in, "out": self.traffic.topic_out},
-            "message_bytes": {"in": self.traffic.bytes_in, "out": self.traffic.bytes_out},
+            "members": mesh.get("members", {}),
+            "term": mesh.get("term", 0),
+            "elections": mesh.get("elections", 0),
+            "messages": {"in": mesh.get("topic_in", {}), "out": topic_out},
+            "message_bytes": {"in": mesh.get("bytes_in", {}), "out": bytes_out},
             "rejected": rejected,
             "tick": self.tick_time,
             "entities": self.data.engine.store.count(),
@@ -408,6 +363,40 @@ class Node:
             opening = self._plugin_stores[name] = asyncio.ensure_future(PluginStore.for_config(
                 name, self.config, sqlite_migrations=self.plugins.migrations().get(name, ())))
         return await opening
+
+
+class NodeEvents:
+    """What the control plane reports (over the link from the mesh process), carried out
+    in the node process: the data plane's view, plugin hooks, rows for SQLite, a stop."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def view_changed(self, view: ClusterView) -> None:
+        self.node.data.view_changed(view)
+
+    def leader_placement(self, digest: str) -> None:
+        self.node.data.leader_placement(digest)
+
+    def member_event(self, event: dict[str, Any]) -> None:
+        plugins = self.node.plugins
+        plugins.spawn(plugins.member_event(self.node, event))
+
+    def leader_changed(self, leader: str | None, term: int) -> None:
+        plugins = self.node.plugins
+        plugins.spawn(plugins.leader_changed(self.node, leader, term))
+
+    def audit(self, kind: str, subject: str, reason: str, *, term: int | None = None, **details: Any) -> None:
+        self.node.recorder.audit(kind, subject, reason, term=term, **details)
+
+    def nucleus(self, term: int, leader: str) -> None:
+        self.node.recorder.nucleus(term, leader)
+
+    def members(self, snapshot: list[MemberState]) -> None:
+        self.node.recorder.members(snapshot)
+
+    def stop(self, code: int) -> None:
+        self.node.request_stop(code)
 
 
 def install_signal_handlers(node: Node) -> None:

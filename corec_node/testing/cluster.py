@@ -40,6 +40,18 @@ def eventually(condition: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text()
+            out.extend(int(x) for x in text.split())
+    except OSError:
+        pass
+    return out
+
+
 class NodeProc:
     """One real ``corec-node run`` process with its own data directory and ports."""
 
@@ -87,9 +99,19 @@ class NodeProc:
     def log_events(self) -> list[dict[str, str]]:
         return [parse_line(line) for line in self.log_path.read_text(errors="replace").splitlines() if line.startswith("ts=")]
 
+    def pids(self) -> list[int]:
+        """The node's processes: the node process and its mesh process (its child)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *child_pids(self.proc.pid)]
+
     def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        """Signal the whole node (both of its processes): a SIGSTOP stops it all."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         """SIGKILL: the node gets no chance to say goodbye."""
@@ -101,7 +123,7 @@ class NodeProc:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
+            self.signal(signal.SIGCONT)
             self.proc.terminate()
             try:
                 self.proc.wait(timeout)

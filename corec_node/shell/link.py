@@ -1,0 +1,169 @@
+"""The link between the node process and its mesh process: two ZeroMQ PUSH/PULL pairs
+over abstract unix sockets, one each way, and both ends.
+
+The mesh process (``mesh_process.py``) owns the node's network sockets and its control
+plane; the node process owns the data plane. Across the link travel:
+
+- data messages, as the raw frames that arrived (``D`` direct, with the producer's ROUTER
+  identity; ``B`` broadcast), mesh -> node, and what the data plane sends (``S`` to one
+  member, ``P`` published, ``Y`` a reply to a producer), node -> mesh. Frames are not
+  decoded again on the way: the mesh process forwards bytes;
+- events (``E``), mesh -> node: the cluster view, the leader's placement digest, member
+  and leader changes for the plugin hooks, rows for SQLite, counters, a stop request;
+- operations (``C``), node -> mesh: the placement digest our heartbeats carry, the engine's
+  beat, stop; and requests (``Q``) answered by replies (``R``): the control commands.
+
+Events and requests are pickled: both ends run the same code and the socket is private to
+the two processes (an abstract unix socket named by the node process). Sends never block
+either loop: a full link drops the message and counts it, as a full socket towards a peer
+does (``dropped["link_full"]``). One socket per direction, on purpose: a ZeroMQ socket's
+file descriptor is edge-triggered, and a plain send on a socket that a loop also awaits
+for receiving can swallow the wake-up of a message that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from corec_node.log import LOGGER_NAME
+
+DIRECT, BROADCAST, EVENT, REPLY = b"D", b"B", b"E", b"R"  # mesh -> node
+SEND, PUBLISH, ANSWER, OPERATION, REQUEST = b"S", b"P", b"Y", b"C", b"Q"  # node -> mesh
+LINK_HWM = 200_000  # messages queued either way before the link drops (and counts)
+ZERO_COPY_MIN = 65536  # as the transport: big frames cross as zero-copy views
+YIELD_EVERY = 0.005  # a backlog on the link holds a loop at most ~5 ms at a time
+
+
+def endpoint_for(pid: int) -> str:
+    """A private abstract socket name (no file to clean up, gone with the processes)."""
+    return f"ipc://@corec-link-{pid}-{os.urandom(4).hex()}"
+
+
+class LinkEnd:
+    """One end of the link: a PUSH for non-blocking sends, a PULL and its receive loop.
+    The node process binds (``bind=True``: its PUSH on ``endpoint-down``, its PULL on
+    ``endpoint-up``); the mesh process connects the other way round."""
+
+    def __init__(self, endpoint: str, *, bind: bool) -> None:
+        self.ctx = zmq.asyncio.Context()
+        sync_ctx = zmq.Context.shadow(self.ctx.underlying)
+        self._out = sync_ctx.socket(zmq.PUSH)  # plain: NOBLOCK raises at once, no future
+        self.sock = self.ctx.socket(zmq.PULL)
+        for sock in (self._out, self.sock):
+            sock.setsockopt(zmq.LINGER, 0)
+        self._out.setsockopt(zmq.SNDHWM, LINK_HWM)
+        self.sock.setsockopt(zmq.RCVHWM, LINK_HWM)
+        out_end, in_end = (f"{endpoint}-down", f"{endpoint}-up") if bind else (f"{endpoint}-up", f"{endpoint}-down")
+        if bind:
+            self._out.bind(out_end)
+            self.sock.bind(in_end)
+        else:
+            self._out.connect(out_end)
+            self.sock.connect(in_end)
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, frames: Sequence[Any]) -> bool:
+        try:
+            self._out.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped["link_full"] += 1
+            return False
+        except (zmq.ZMQError, ValueError, TypeError):
+            self.dropped["link_error"] += 1
+            return False
+        return True
+
+    def put_object(self, kind: bytes, obj: Any) -> bool:
+        return self.put([kind, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)])
+
+    def start(self, handler: Callable[[bytes, list[Any]], None]) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._recv_loop(handler))
+
+    async def _recv_loop(self, handler: Callable[[bytes, list[Any]], None]) -> None:
+        loop = asyncio.get_running_loop()
+        queued = zmq.Socket.shadow(self.sock.underlying)
+        last_yield = loop.time()
+        while True:
+            if loop.time() - last_yield >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                last_yield = loop.time()
+            try:
+                try:
+                    raw = queued.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    raw = await self.sock.recv_multipart(copy=False)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError:
+                if self.sock.closed:
+                    return
+                self.dropped["link_recv_error"] += 1
+                await asyncio.sleep(0)
+                continue
+            frames = [f.bytes if len(f) < ZERO_COPY_MIN else f.buffer for f in raw]
+            try:
+                handler(frames[0], frames[1:])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad message must not stop the link
+                self.dropped["link_handler_error"] += 1
+                logging.getLogger(LOGGER_NAME).exception("link_handler_failed")
+
+    async def close(self, linger_ms: int = 0) -> None:
+        """``linger_ms``: how long what is still queued may take to leave."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._out.close(linger_ms)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class Requests:
+    """Requests awaiting their replies, by number (the node process's side)."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+
+    def new(self) -> tuple[int, asyncio.Future[Any]]:
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        return rid, fut
+
+    def done(self, rid: int, ok: bool, value: Any) -> None:
+        fut = self._waiting.pop(rid, None)
+        if fut is None or fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(RequestFailed(value))
+
+    def forget(self, rid: int) -> None:
+        self._waiting.pop(rid, None)
+
+    def fail_all(self, why: str) -> None:
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(RequestFailed(why))
+        self._waiting.clear()
+
+
+class RequestFailed(Exception):
+    """The mesh process refused a request (its one-line reason) or is gone."""

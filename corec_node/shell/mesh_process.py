@@ -1,0 +1,533 @@
+"""The mesh process: the node's sockets and its control plane, in a child process.
+
+Why a process. Heartbeats, probes and votes must keep their timing whatever the data plane
+does; msgpack, numpy, SQLite and torch hold the GIL, so a thread of the node process was
+late by up to 0.14 s under a flood and a child process by at most 0.06 s (ARCHITECTURE.md,
+``bench/controlplane.py``). The mesh process owns every network socket (``Transport``),
+decodes what arrives, hands control messages to the ``ControlPlane`` and forwards data
+messages, as the frames that arrived, to the node process over the link (``link.py``); it
+sends what the data plane asks. The node process keeps the data plane, storage, plugins,
+metrics and the control socket, and asks the mesh process for the control commands.
+
+The two sides:
+- ``MeshHandle`` (node process): starts the child, carries the link, mirrors the cluster
+  view and the counters the child reports, forwards requests, and is the data plane's
+  transport (``send``, ``publish``, ``reply``).
+- ``MeshProcess`` (child): the composition of the control plane; ``child_main`` is its
+  entry point. It dies with the node process (``PR_SET_PDEATHSIG``): a SIGKILLed node
+  closes its ports at once, as one process did.
+
+The data plane beats over the link from the node's tick loop; a leader whose data plane
+has not beaten for ``ENGINE_STALL_BOUND`` gives up leadership (mesh core rule 14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from corec_node import log
+from corec_node.config import Config
+from corec_node.shell.commands import Identity, MeshCommands
+from corec_node.shell.control import CommandError
+from corec_node.shell.control_plane import CONTROL_TYPES, ClusterView, ControlEvents, ControlPlane
+from corec_node.shell.curve import CurveConfig
+from corec_node.shell.discovery import Discovery
+from corec_node.shell.link import (
+    ANSWER,
+    BROADCAST,
+    DIRECT,
+    EVENT,
+    OPERATION,
+    PUBLISH,
+    REPLY,
+    REQUEST,
+    SEND,
+    LinkEnd,
+    RequestFailed,
+    Requests,
+    endpoint_for,
+)
+from corec_node.shell.traffic import Outbox, Traffic
+from corec_node.shell.transport import Transport
+from corec_node.wire import SeqEvent, SequenceTracker, WireError, decode_message
+from corec_node.wire.messages import MemberState
+from corec_node.wire.topics import (
+    TOPIC_AGGREGATES,
+    TOPIC_ALERTS,
+    TOPIC_DIRECT,
+    TOPIC_ENTITIES_ALL,
+    TOPIC_FLOW,
+    TOPIC_MEMBERSHIP,
+    TOPIC_NUCLEUS,
+)
+
+TICK_PERIOD = 0.02  # the cores' timers resolve to 20 ms: well under the 100 ms probe timeout
+STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
+STATS_PERIOD = 0.5  # counters and status reported to the node process twice a second
+ENGINE_STALL_BOUND = 8.0  # a data plane silent this long is stalled (systemd's watchdog: 10 s)
+START_TIMEOUT = 30.0  # the child binds and reports ready within this (TimeoutStartSec)
+STOP_TIMEOUT = 5.0  # the child saves its snapshot and exits within this, or is killed
+REQUEST_TIMEOUT = 30.0  # a control command answered by the mesh process
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSpec:
+    """What the child needs to start, pickled to it."""
+
+    config: Config
+    snapshot: tuple[MemberState, ...]
+    term: int
+    voted_for: str | None
+    endpoint: str
+    parent_pid: int
+    identity: Identity
+
+
+# -- the node process's side ------------------------------------------------------------
+
+
+class MeshHandle:
+    """The mesh process as the node process sees it (see the module docstring)."""
+
+    def __init__(self, config: Config, identity: Identity, events: ControlEvents) -> None:
+        self.config = config
+        self.identity = identity
+        self.events = events
+        self.endpoint = endpoint_for(os.getpid())
+        self.link: LinkEnd | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.requests = Requests()
+        self.view = ClusterView(members={}, live=(config.name,), leader=None, term=0)
+        self.stats: dict[str, Any] = {}
+        self.failure: str | None = None  # why the child could not start or stopped
+        self._ready: asyncio.Future[bool] | None = None
+        self._stopped: asyncio.Future[bool] | None = None
+        self._handlers: dict[bytes, Any] = {}
+
+    async def start(self, snapshot: Sequence[MemberState], term: int, voted_for: str | None,
+                    on_direct: Any, on_broadcast: Any) -> bool:
+        """Spawn the child and wait until its sockets are bound; False: ``failure`` says why."""
+        loop = asyncio.get_running_loop()
+        self._ready, self._stopped = loop.create_future(), loop.create_future()
+        self.link = LinkEnd(self.endpoint, bind=True)
+        self._handlers = {DIRECT: on_direct, BROADCAST: on_broadcast}
+        self.link.start(self._on_link)
+        spec = MeshSpec(self.config, tuple(snapshot), term, voted_for, self.endpoint, os.getpid(), self.identity)
+        # a fresh interpreter that imports only the mesh (not the caller's __main__, as
+        # multiprocessing's spawn would); the spec arrives on its stdin
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND], stdin=subprocess.PIPE, close_fds=True)
+        assert self.proc.stdin is not None
+        data = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+        await loop.run_in_executor(None, self._hand_over, data)
+        deadline = loop.time() + START_TIMEOUT
+        while not self._ready.done() and self.alive and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._ready.done() and self._ready.result():
+            return True
+        if self.alive and not self._ready.done():
+            self.failure = f"the mesh process did not start within {START_TIMEOUT:g} s"
+        elif self.failure is None:
+            self.failure = f"the mesh process exited with code {self.proc.poll()}"
+        await self.close()
+        return False
+
+    def _hand_over(self, data: bytes) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.close()
+        except OSError:  # it died at once: start() reports its exit code
+            pass
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def _on_link(self, kind: bytes, frames: list[Any]) -> None:
+        if kind in (DIRECT, BROADCAST):
+            result = self._handlers[kind](frames)
+            if result is not None:  # the data plane admits a batch later: never hold the link
+                asyncio.ensure_future(result)
+        elif kind == EVENT:
+            name, args = pickle.loads(frames[0])
+            self._event(name, args)
+        elif kind == REPLY:
+            rid, ok, value = pickle.loads(frames[0])
+            self.requests.done(rid, ok, value)
+
+    def _event(self, name: str, args: Any) -> None:
+        events = self.events
+        match name:
+            case "view":
+                self.view = args
+                events.view_changed(args)
+            case "placement":
+                events.leader_placement(args)
+            case "member_event":
+                events.member_event(args)
+            case "leader_changed":
+                events.leader_changed(*args)
+            case "audit":
+                kind, subject, reason, term, details = args
+                events.audit(kind, subject, reason, term=term, **details)
+            case "nucleus":
+                events.nucleus(*args)
+            case "members":
+                events.members(args)
+            case "stats":
+                self.stats = args
+            case "stop":
+                events.stop(args)
+            case "ready":
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(True)
+            case "failed":
+                self.failure = args
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(False)
+            case "stopped":
+                if self._stopped is not None and not self._stopped.done():
+                    self._stopped.set_result(True)
+
+    # -- the data plane's transport -------------------------------------------------------
+
+    def send(self, addr: str, frames: Sequence[Any]) -> bool:
+        return self.link is not None and self.link.put([SEND, addr.encode(), *frames])
+
+    def publish(self, frames: Sequence[Any]) -> None:
+        if self.link is not None:
+            self.link.put([PUBLISH, *frames])
+
+    def reply(self, identity: bytes, frames: Sequence[Any]) -> bool:
+        return self.link is not None and self.link.put([ANSWER, identity, *frames])
+
+    # -- operations and requests ----------------------------------------------------------
+
+    def operation(self, name: str, *args: Any) -> None:
+        if self.link is not None:
+            self.link.put_object(OPERATION, (name, args))
+
+    async def request(self, command: str, params: dict[str, Any]) -> Any:
+        """A control command run by the mesh process; RequestFailed carries its error line."""
+        if self.link is None or not self.alive:
+            raise RequestFailed("the mesh process is not running")
+        rid, fut = self.requests.new()
+        if not self.link.put_object(REQUEST, (rid, command, params)):
+            self.requests.forget(rid)
+            raise RequestFailed("the link to the mesh process is full")
+        try:
+            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.requests.forget(rid)
+            raise RequestFailed(f"the mesh process did not answer {command} within {REQUEST_TIMEOUT:g} s") from None
+
+    async def stop(self) -> None:
+        """Ask the child to save its snapshot and leave; kill it if it does not."""
+        if self.proc is None:
+            return
+        if self.alive:
+            self.operation("stop", 0)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_TIMEOUT
+            while self.alive and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if self.alive:
+                log.event("mesh_process_killed", logging.WARNING, detail=f"no exit within {STOP_TIMEOUT:g} s")
+                self.proc.kill()
+        await self.close()
+
+    async def close(self) -> None:
+        if self.proc is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.proc.wait, STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(1.0)
+        self.requests.fail_all("the mesh process stopped")
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
+
+
+# -- the child's side -----------------------------------------------------------------------
+
+
+class LinkEvents:
+    """``ControlEvents`` carried over the link to the node process."""
+
+    def __init__(self, link: LinkEnd) -> None:
+        self.link = link
+
+    def _put(self, name: str, args: Any) -> None:
+        self.link.put_object(EVENT, (name, args))
+
+    def view_changed(self, view: ClusterView) -> None:
+        self._put("view", view)
+
+    def leader_placement(self, digest: str) -> None:
+        self._put("placement", digest)
+
+    def member_event(self, event: dict[str, Any]) -> None:
+        self._put("member_event", event)
+
+    def leader_changed(self, leader: str | None, term: int) -> None:
+        self._put("leader_changed", (leader, term))
+
+    def audit(self, kind: str, subject: str, reason: str, *, term: int | None = None, **details: Any) -> None:
+        self._put("audit", (kind, subject, reason, term, details))
+
+    def nucleus(self, term: int, leader: str) -> None:
+        self._put("nucleus", (term, leader))
+
+    def members(self, snapshot: Sequence[MemberState]) -> None:
+        self._put("members", list(snapshot))
+
+    def stop(self, code: int) -> None:
+        self._put("stop", code)
+
+
+class MeshProcess:
+    """The child: transport, control plane, discovery, and the commands they answer."""
+
+    def __init__(self, spec: MeshSpec) -> None:
+        self.spec = spec
+        cfg = self.config = spec.config
+        self.name = cfg.name
+        sec = cfg.security
+        curve = CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None
+        self.transport = Transport(max_message_bytes=cfg.mesh.max_message_bytes, security=curve)
+        self.traffic = Traffic()
+        self.cluster = cfg.node.cluster
+        self.outbox = Outbox(self.transport, self.traffic, name=self.name, cluster=self.cluster)
+        self.sequences = SequenceTracker()
+        self.link = LinkEnd(spec.endpoint, bind=False)
+        self.events = LinkEvents(self.link)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.control = ControlPlane(
+            name=self.name, addr=cfg.advertise, pub=cfg.pub_advertise, profile=cfg.mesh.profile,
+            max_voters=cfg.mesh.max_voters, data_dir=cfg.data_dir, transport=self.transport,
+            outbox=self.outbox, events=self.events, clock=self.now)
+        self.commands = MeshCommands(identity=spec.identity, control=self.control, traffic=self.traffic,
+                                     transport=self.transport, now=self.now, stop=self.events.stop)
+        self.discovery: Discovery | None = None
+        self._stop = asyncio.Event()
+        self._engine_beat = 0.0
+        self._stats_at = float("-inf")
+
+    def now(self) -> float:
+        assert self.loop is not None
+        return self.loop.time()
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        self.link.start(self._on_link)
+        cfg = self.config
+        try:
+            self.transport.bind(cfg.node.listen, f"{cfg.pub_listen[0]}:{cfg.pub_listen[1]}")
+        except zmq.ZMQError as exc:
+            log.event("bind_failed", logging.ERROR, listen=cfg.node.listen, error=str(exc))
+            self.events._put("failed", f"cannot bind {cfg.node.listen}: {exc}")
+            await self._close()
+            return 1
+        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS,
+                                  TOPIC_ENTITIES_ALL, TOPIC_FLOW])
+        self._engine_beat = self.now()
+        self.transport.watch_peers(self.control.peer_hint)
+        self.control.start(list(self.spec.snapshot), cfg.mesh.join, term=self.spec.term,
+                           voted_for=self.spec.voted_for, now=self.now())
+        self.transport.start(self._on_direct, self._on_broadcast)
+        if cfg.mesh.discovery:
+            self.discovery = Discovery(cluster=self.cluster, name=self.name, addr=cfg.advertise,
+                                       target=(cfg.mesh.discovery_addr, cfg.mesh.discovery_port),
+                                       on_peer=lambda name, addr: self.control.discovered(name, addr, self.now()))
+            try:
+                await self.discovery.start()
+            except OSError as exc:
+                log.event("discovery_failed", logging.WARNING, port=cfg.mesh.discovery_port, error=str(exc))
+                self.discovery = None
+        self._report(self.now())
+        self.events.view_changed(self.control.view())
+        self.events._put("ready", None)
+        ticks = asyncio.create_task(self._tick_loop())
+        try:
+            await self._stop.wait()
+        finally:
+            ticks.cancel()
+            try:
+                await ticks
+            except asyncio.CancelledError:
+                pass
+            self.control.save_snapshot(self.now(), force=True)
+            self._report(self.now())
+            self.events._put("stopped", None)
+            await self._close()
+        return 0
+
+    async def _close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()
+        await self.transport.close()
+        await asyncio.sleep(0.05)  # the last events leave the link before it closes
+        await self.link.close(linger_ms=1000)
+
+    async def _tick_loop(self) -> None:
+        expected = self.now() + TICK_PERIOD
+        while True:
+            await asyncio.sleep(max(0.0, expected - self.now()))
+            now = self.now()
+            lag = now - expected
+            if lag > STALL_REPORT:
+                self.control.note_stall(lag, now)
+                log.event("loop_stall", logging.DEBUG, lag=lag)
+            expected = max(expected + TICK_PERIOD, now)
+            try:
+                self._watch_engine(now)
+                self.control.tick(now)
+            except Exception:  # a bug in a core must not silently stop the timers
+                logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
+            if now - self._stats_at >= STATS_PERIOD:
+                self._report(now)
+
+    def _watch_engine(self, now: float) -> None:
+        core = self.control.core
+        assert core is not None
+        silent = now - self._engine_beat
+        if silent > ENGINE_STALL_BOUND and not core.stalled:
+            log.event("engine_stalled", logging.WARNING, silent=round(silent, 3), leader=core.leader == self.name,
+                      detail="the data plane stopped beating: standing for nothing, stepping down if leading")
+            self.control.apply(core.engine_stalled(True, now))
+        elif silent <= ENGINE_STALL_BOUND and core.stalled:
+            log.event("engine_resumed", silent=round(silent, 3))
+            self.control.apply(core.engine_stalled(False, now))
+
+    def _report(self, now: float) -> None:
+        self._stats_at = now
+        self.events._put("stats", self.commands.stats(self.link.dropped))
+
+    # -- inbound from the network --------------------------------------------------------
+
+    def _decode(self, where: str, frames: list[Any]) -> Any:
+        try:
+            return decode_message(frames, cluster=self.cluster, max_payload=self.config.mesh.max_message_bytes)
+        except WireError as exc:
+            self.traffic.reject(where, exc)
+            return None
+
+    def _on_direct(self, frames: list[Any], identity: bytes = b"") -> None:
+        decoded = self._decode("direct", frames)
+        if decoded is None:
+            return
+        topic, env, _payload = decoded
+        self.traffic.count_in(env.type.name.lower(), topic, frames)
+        if env.type in CONTROL_TYPES:
+            if topic != TOPIC_DIRECT:
+                self.traffic.reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
+            else:
+                self.control.handle(env.sender, env.msg, self.now())
+            return
+        self.link.put([DIRECT, identity, *frames])
+
+    def _on_broadcast(self, frames: list[Any]) -> None:
+        decoded = self._decode("broadcast", frames)
+        if decoded is None:
+            return
+        topic, env, _payload = decoded
+        if env.sender == self.name:
+            return
+        self.traffic.count_in(env.type.name.lower(), topic, frames)
+        verdict = self.sequences.observe(env.sender, topic, env.seq)
+        if verdict is SeqEvent.DUPLICATE:
+            return
+        if env.type in CONTROL_TYPES:
+            gap = verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP
+            self.control.handle(env.sender, env.msg, self.now(), gap)
+        else:
+            self.link.put([BROADCAST, *frames])
+
+    # -- inbound from the node process ---------------------------------------------------
+
+    def _on_link(self, kind: bytes, frames: list[Any]) -> None:
+        if kind == SEND:
+            self.transport.send(bytes(frames[0]).decode(), frames[1:])
+        elif kind == PUBLISH:
+            self.transport.publish(frames)
+        elif kind == ANSWER:
+            self.transport.reply(bytes(frames[0]), frames[1:])
+        elif kind == OPERATION:
+            name, args = pickle.loads(frames[0])
+            if name == "beat":
+                self._engine_beat = self.now()
+            elif name == "digest":
+                self.control.placement_digest = args[0]
+            elif name == "stop":
+                self._stop.set()
+        elif kind == REQUEST:
+            rid, command, params = pickle.loads(frames[0])
+            asyncio.ensure_future(self._answer(rid, command, params))
+
+    async def _answer(self, rid: int, command: str, params: dict[str, Any]) -> None:
+        handler = self.commands.table().get(command)
+        try:
+            if handler is None:
+                raise CommandError(f"unknown command {command!r}")
+            result: tuple[int, bool, Any] = (rid, True, await handler(params))
+        except CommandError as exc:
+            result = (rid, False, str(exc))
+        except Exception as exc:  # a bug answers with its one line, never kills the process
+            logging.getLogger(log.LOGGER_NAME).exception("command_failed", extra={"fields": {"command": command}})
+            result = (rid, False, f"{type(exc).__name__}: {exc}")
+        self.link.put_object(REPLY, result)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when the node process dies (Linux); exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+CHILD_COMMAND = "from corec_node.shell.mesh_process import child_main; child_main()"
+
+
+def child_main() -> None:
+    """The mesh process's entry point: its ``MeshSpec`` is pickled on stdin."""
+    spec: MeshSpec = pickle.load(sys.stdin.buffer)
+    _die_with_parent(spec.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the node process stops us
+    log.setup(spec.config.name, spec.config.node.log_level)
+    try:
+        code = asyncio.run(MeshProcess(spec).run())
+    except Exception:
+        logging.getLogger(log.LOGGER_NAME).exception("mesh_process_failed")
+        code = 1
+    sys.stdout.flush()
+    os._exit(code)
+
+
+__all__ = ["ENGINE_STALL_BOUND", "MeshHandle", "MeshProcess", "MeshSpec", "child_main"]

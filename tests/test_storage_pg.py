@@ -30,7 +30,7 @@ from corec_node.storage import (
     StaleTermError,
     Syncer,
 )
-from corec_node.storage.migrations import CORE_POSTGRES
+from corec_node.storage.migrations import CORE_POSTGRES, migrate_postgres
 from corec_node.wire.messages import MemberState, MemberStatus
 
 COLS = ("block", "channel", "owner", "tick", "count", "active", "mean", "min", "max", "std", "error_rate", "fitness")
@@ -39,6 +39,11 @@ NOW = time.time()
 
 def bad_dsn(port: int) -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def with_epoch(rows: list[dict], epoch: int) -> list[dict]:
+    """Engine rows stamped with their owner's placement epoch, as EngineHost.tick does."""
+    return [{**r, "epoch": epoch} for r in rows]
 
 
 @pytest.fixture
@@ -181,14 +186,14 @@ async def test_pipelined_drain_loses_nothing_duplicates_nothing(tmp_path, pg_dsn
     syncers = [Syncer(st, pg_dsn, schema=pg_schema, batch_rows=160, pipeline=3) for st in (a, b)]
     try:
         for t in range(30):
-            await a.record_tick(rows_for(t, range(80), owner="a"), NOW + t)
-            await b.record_tick(rows_for(t, range(40, 120), owner="b"), NOW + t + 0.5)
+            await a.record_tick(with_epoch(rows_for(t, range(80), owner="a"), 2), NOW + t)
+            await b.record_tick(with_epoch(rows_for(t, range(40, 120), owner="b"), 1), NOW + t + 0.5)
             if t % 7 == 3:
                 await a.add_alert("hot", f"alert {t}")
         await a.record_nucleus(4, "a")  # fenced, mid-outbox: drained alone, in outbox order
         await a.record_placement(4, {1: "a"})
         for t in range(30, 40):
-            await a.record_tick(rows_for(t, range(80), owner="a"), NOW + t)
+            await a.record_tick(with_epoch(rows_for(t, range(80), owner="a"), 2), NOW + t)
         await a.record_nucleus(5, "a")
         await a.record_placement(5, {1: "a", 2: "a"})
         await a.add_audit("placement", "block:2", "moved to a", term=5)
@@ -202,7 +207,7 @@ async def test_pipelined_drain_loses_nothing_duplicates_nothing(tmp_path, pg_dsn
         assert len(state) == 120
         for block, row in state.items():
             n = block & 0xFFFF_FFFF
-            # 0..39: only a; 40..79: both, a's tick 39 (NOW+39) is later than b's tick 29; 80..: only b
+            # 0..39: only a; 40..79: both, a's placement epoch 2 is above b's 1; 80..: only b
             assert (row["owner"], row["tick"]) == (("b", 29) if n >= 80 else ("a", 39)), n
         assert await pg.fetchval(f"SELECT count(*) FROM {s}.alerts") == 4
         assert await pg.fetchval(f"SELECT count(*) FROM {s}.audit") == 1
@@ -233,6 +238,92 @@ async def test_pipelined_drain_keeps_fenced_entries_in_order(store, pg_dsn, pg_s
     assert await pg.fetchval(f"SELECT count(*) FROM {s}.placement") == 12
     assert await pg.fetchval(f"SELECT count(*) FROM {s}.audit") == 12
     await assert_pg_matches_local(pg, pg_schema, store)
+    await syncer.stop()
+
+
+# -- which row of a block is the latest: placement epochs and ticks, never clocks ---------------------
+
+HOUR = 3600.0
+
+
+async def test_block_state_follows_placement_epochs_not_clocks(tmp_path, pg_dsn, pg_schema, pg):
+    # c's clock runs an hour ahead; it owned blocks 0..9 at epoch 5 and died. a took them over
+    # at epoch 6 with a true clock: a's rows win, and nothing c left behind brings c back
+    c = await LocalStore.open(tmp_path / "c.db", node="c")
+    a = await LocalStore.open(tmp_path / "a.db", node="a")
+    sync = await PostgresSync.connect(pg_dsn, schema=pg_schema)
+    try:
+        await c.record_tick(with_epoch(rows_for(37, range(10), owner="c"), 5), NOW + HOUR)
+        c_items = await c.outbox_batch(10_000)
+        await sync.apply(c_items)
+        state = await pg_state(pg, pg_schema)
+        assert {(r["owner"], r["tick"], r["epoch"]) for r in state.values()} == {("c", 37, 5)}
+        assert all(r["updated_at"].timestamp() == pytest.approx(NOW + HOUR) for r in state.values())
+
+        await a.record_tick(with_epoch(rows_for(3, range(10), owner="a"), 6), NOW)
+        assert (await sync.apply(await a.outbox_batch(10_000))).state_updated == 10
+        await c.record_tick(with_epoch(rows_for(38, range(10), owner="c"), 5), NOW + HOUR + 1)
+        late = await c.outbox_batch(10_000)  # c's outbox, drained late (c came back, or a replay)
+        assert (await sync.apply(late)).state_updated == 0
+        assert (await sync.apply(c_items)).state_updated == 0
+        await sync.write_rows([tuple(r[k] for k in COLS) + (NOW + 2 * HOUR,)
+                               for r in rows_for(99, range(10), owner="c")], history=False)  # no epoch: 0
+        state = await pg_state(pg, pg_schema)
+        assert {(r["owner"], r["tick"], r["epoch"]) for r in state.values()} == {("a", 3, 6)}
+        assert all(r["updated_at"].timestamp() == pytest.approx(NOW) for r in state.values())
+
+        # the same owner moves on by its ticks alone; its stored epoch keeps the highest it wrote
+        await sync.write_rows([(*(r[k] for k in COLS), NOW - HOUR, 1) for r in rows_for(4, range(10), owner="a")])
+        state = await pg_state(pg, pg_schema)
+        assert {(r["owner"], r["tick"], r["epoch"]) for r in state.values()} == {("a", 4, 6)}
+        # another owner at the same epoch: the row that arrives last is the one still written
+        await sync.write_rows([(*(r[k] for k in COLS), NOW - HOUR, 6) for r in rows_for(1, range(5), owner="b")])
+        state = await pg_state(pg, pg_schema)
+        assert sorted({(r["owner"], r["tick"], r["epoch"]) for r in state.values()}) == [("a", 4, 6), ("b", 1, 6)]
+        # history keeps every row, whoever won the state
+        assert len(await pg_history(pg, pg_schema)) == 4 * 10 + 5  # c 37, 38; a 3, 4; b 1
+    finally:
+        await sync.close()
+        await a.close()
+        await c.close()
+
+
+async def test_block_state_epoch_migration_from_version_1(pg_dsn, pg_schema, pg):
+    # a schema written before rows carried epochs: its rows get epoch 0, which the first row
+    # of another owner passes; the migration can run again without harm
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await migrate_postgres(conn, pg_schema, CORE_POSTGRES[:1], database="test") == 1
+    finally:
+        await conn.close()
+    s = f'"{pg_schema}"'
+    await pg.execute(f"INSERT INTO {s}.block_state (block, channel, owner, tick, count, active, updated_at) "
+                     "VALUES (7, 0, 'old', 500, 1, 1, now() + interval '1 hour')")
+    sync = await PostgresSync.connect(pg_dsn, schema=pg_schema)
+    try:
+        assert await pg.fetchval(f"SELECT max(version) FROM {s}.schema_migrations") == len(CORE_POSTGRES)
+        assert tuple(await pg.fetchrow(f"SELECT owner, tick, epoch FROM {s}.block_state")) == ("old", 500, 0)
+        await pg.execute(CORE_POSTGRES[1].sql.replace("{s}", s))  # idempotent
+        assert await sync.max_epoch() == 0
+        await sync.write_rows([(7, 0, "new", 1, 1, 1, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, NOW, 1)])
+        assert tuple(await pg.fetchrow(f"SELECT owner, tick, epoch FROM {s}.block_state")) == ("new", 1, 1)
+        assert await sync.max_epoch() == 1
+    finally:
+        await sync.close()
+
+
+async def test_syncer_hands_the_highest_epoch_in_postgres_to_the_node(store, pg_dsn, pg_schema, pg):
+    # a node alone in a new cluster must still outrank rows left by nodes that are gone
+    sync = await PostgresSync.connect(pg_dsn, schema=pg_schema)
+    await sync.write_rows([(*(r[k] for k in COLS), NOW, 41) for r in rows_for(9, range(3), owner="gone")])
+    await sync.close()
+    floors: list[int] = []
+    syncer = Syncer(store, pg_dsn, schema=pg_schema, on_epoch=floors.append)
+    await syncer.connect()
+    assert floors == [41]
+    await store.record_tick(with_epoch(rows_for(1, range(3)), 41), NOW - HOUR)
+    await syncer.flush()
+    assert {(r["owner"], r["epoch"]) for r in (await pg_state(pg, pg_schema)).values()} == {("a", 41)}
     await syncer.stop()
 
 

@@ -22,6 +22,17 @@ Ownership rules:
    applies the plan in the nucleus's order (``apply_fusions``): a weak block then lives,
    is aggregated and is placed under its strong block's id, and its state is handed to
    that block's owner. Ids never change; a fused group is reported as one row.
+6. Placement epoch (``epoch``): what orders the rows of one block written by different
+   owners (storage/rows.py ``newer``), since no host's clock may. It is a cluster-wide
+   Lamport count of placement maps. A node raises it to the highest epoch it hears: every
+   row it publishes carries its own (``observe_rows``), ``raise_epoch`` takes a floor (the
+   highest in PostgreSQL), ``observe_term`` a nucleus term (``term << TERM_SHIFT``: a map
+   adopted under a newer term outranks any adopted under an older one). Adopting a new map
+   adds one. So a node that takes over a block, from a dead owner or a live one, stamps its
+   rows above every row the previous owner published under the old map. A row of a block
+   held but not owned under the adopted map (kept while a view waits, rule 1, or handed
+   over before we adopted the map that gives it to us) carries one less: it never displaces
+   the row of the block's owner at the same epoch.
 """
 
 from __future__ import annotations
@@ -46,6 +57,8 @@ from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
 from corec_node.engine.placement import PlacementMap, members_digest, partition
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
+EPOCH_KEY = "epoch"  # the placement epoch in a row (rule 6); storage/rows.py reads the same key
+TERM_SHIFT = 32  # epoch = term << 32 | maps adopted in the term: 4 billion maps a term, 2**31 terms
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
 
 
@@ -60,6 +73,7 @@ class EngineHost:
         self._pending: PlacementMap | None = None  # the map of ``view`` while not adopted
         self._my_index = 0
         self.tick_no = 0
+        self.epoch = 0  # placement epoch (rule 6)
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
         self._rows_version = 0  # grows when ``rows`` changes: cluster_rows is cached on it
         self._cluster: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
@@ -80,6 +94,7 @@ class EngineHost:
         if placement.members == self.placement.members:
             return {}
         self.placement = placement
+        self.epoch += 1  # rule 6: already at the highest heard, now past it
         self._my_index = placement.members.index(self.name)
         if self._pending is not None and self._pending.members == placement.members:
             self._pending = None
@@ -238,14 +253,42 @@ class EngineHost:
         records = repair(self.store, aggs, max_errors=self.max_errors)
         self.repairs += len(records)
         rows = aggregate_rows(aggs, owner=self.name, nan_as_none=True)
+        self._stamp_epochs(rows, aggs["block"])
         self.observe_rows(self.name, rows)
         return rows, records
 
+    def _stamp_epochs(self, rows: list[dict[str, Any]], blocks: np.ndarray) -> None:
+        """Rule 6: our epoch on the rows of blocks the adopted map gives us, one less on the others."""
+        epoch = self.epoch
+        if len(self.placement.members) == 1 or not rows:
+            for row in rows:
+                row[EPOCH_KEY] = epoch
+            return
+        owned = self.placement.owners(self.store.fusions.resolve(blocks)) == self._my_index
+        held = max(0, epoch - 1)
+        for row, mine in zip(rows, owned.tolist(), strict=True):
+            row[EPOCH_KEY] = epoch if mine else held
+
     def observe_rows(self, owner: str, rows: Iterable[dict[str, Any]]) -> None:
+        """An owner's rows of one tick (ours too); their epochs raise ours (rule 6)."""
+        top = self.epoch
         for row in rows:
             row["owner"] = owner
             self.rows[int(row["block"])] = row
+            e = row.get(EPOCH_KEY)
+            if type(e) is int and e > top:
+                top = e
+        self.epoch = top
         self._rows_version += 1
+
+    def raise_epoch(self, floor: int) -> None:
+        """Rule 6: never stamp below ``floor`` (e.g. the highest epoch already in PostgreSQL)."""
+        if floor > self.epoch:
+            self.epoch = int(floor)
+
+    def observe_term(self, term: int) -> None:
+        """Rule 6: the nucleus term we know; a newer one starts a higher range of epochs."""
+        self.raise_epoch(int(term) << TERM_SHIFT)
 
     def plan(self, min_fitness: float) -> list[Fusion]:
         """The nucleus's fusion plan over the cluster's current rows (deterministic)."""

@@ -42,7 +42,7 @@ import msgpack
 
 from corec_node.storage.errors import StaleTermError
 from corec_node.storage.migrations import CORE_SQLITE, migrate_sqlite
-from corec_node.storage.rows import BLOCK_COLUMNS, normalize_rows, to_epoch
+from corec_node.storage.rows import BLOCK_COLUMNS, normalize_rows, tick_epochs, to_epoch
 from corec_node.wire.messages import MemberState, MemberStatus
 
 OUTBOX_KINDS = ("state", "history", "alert", "audit", "member", "nucleus")
@@ -197,15 +197,20 @@ class LocalStore:
         when = to_epoch(ts)
         lit = repr(when)  # a float we formatted: safe as a literal, saves a 13th parameter per row
 
+        rows = rows if isinstance(rows, Sequence) else list(rows)
+
         def prepare() -> tuple[list[Any], dict[str, int], bytes]:
             batch = normalize_rows(rows)
             top: dict[str, int] = {}
             for r in batch:
                 if r[3] > top.get(r[2], -1):
                     top[r[2]] = r[3]
-            return batch, top, (_pack({"ts": when, "rows": batch}) if self.outbox_enabled and batch else b"")
+            if not (self.outbox_enabled and batch):
+                return batch, top, b""
+            # the placement epochs travel to PostgreSQL: its block_state rule orders owners by them
+            return batch, top, _pack({"ts": when, "rows": batch, "epochs": tick_epochs(rows)})
 
-        big = isinstance(rows, Sequence) and len(rows) > OFFLOAD_ROWS
+        big = len(rows) > OFFLOAD_ROWS
         batch, top, payload = await asyncio.to_thread(prepare) if big else prepare()
         if not batch:
             return 0

@@ -314,4 +314,9 @@ CREATE TABLE {s}.placement (
     updated_at timestamptz NOT NULL
 )
 """),
+    # A block's latest row is chosen by placement epoch and tick, never by updated_at (the
+    # owner's wall clock): rows from before this have epoch 0, which any owner's new row passes.
+    Migration(2, "block_state placement epoch", """
+ALTER TABLE {s}.block_state ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0
+"""),
 ]

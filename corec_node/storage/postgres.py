@@ -5,8 +5,13 @@ Rules:
 1. One outbox batch is one transaction. Block rows go through a binary COPY into a per-connection
    temporary staging table, then one ``INSERT .. SELECT`` into ``block_history`` (ON CONFLICT DO
    NOTHING on ``(block, owner, tick, ts)``) and one upsert into ``block_state``.
-2. ``block_state`` only moves forward (:func:`corec_node.storage.rows.newer`): same owner, a higher
-   tick; another owner, a later ts. Equal changes nothing, so replaying an old outbox is a no-op.
+2. ``block_state`` only moves forward (:func:`corec_node.storage.rows.newer`), and no host's
+   clock decides how: same owner, a higher tick; another owner, a placement ``epoch`` at least
+   as high (the stored ``epoch`` of an owner's row is the highest it wrote for the block).
+   ``updated_at`` is the owner's wall time of the tick, kept for people, never compared. A
+   replayed row of the stored owner changes nothing, so replaying an old outbox is a no-op.
+   :meth:`PostgresSync.max_epoch` is the floor a starting node raises its epoch to, so that a
+   node alone in a new cluster still outranks rows left by nodes that are gone.
 3. ``block_history`` is partitioned by day (UTC) on ``ts``. Partitions are created ahead
    (yesterday .. today + ``partitions_ahead``) at connect and by :meth:`maintain`, and on demand
    before a batch whose rows fall outside them (under an advisory lock, IF NOT EXISTS).
@@ -42,7 +47,17 @@ import asyncpg
 from corec_node.storage.errors import StaleTermError
 from corec_node.storage.local import OutboxItem
 from corec_node.storage.migrations import CORE_POSTGRES, migrate_postgres, quote_ident
-from corec_node.storage.rows import TS, Row, epoch_us, latest_per_block, to_datetime, to_epoch, utc_day
+from corec_node.storage.rows import (
+    EPOCH_INDEX,
+    TS,
+    Row,
+    epoch_us,
+    latest_per_block,
+    row_epoch,
+    to_datetime,
+    to_epoch,
+    utc_day,
+)
 
 OFFLOAD_ROWS = 2_000  # a batch above this many block rows is prepared in a worker thread
 PIPELINE = 2  # batch transactions in flight at once (rule 6); 1: one after the other
@@ -58,22 +73,23 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
     block bigint, channel smallint, tick bigint, count integer, active integer,
     mean double precision, min double precision, max double precision, std double precision,
     error_rate double precision, fitness double precision,
-    ts timestamptz, hist boolean, latest boolean, owner text
+    ts timestamptz, hist boolean, latest boolean, epoch bigint, owner text
 ) ON COMMIT DELETE ROWS
 """
-_STAGE_NFIELDS = 15
+_STAGE_NFIELDS = 16
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 # every field but owner, all floats present: the common case packs in one call
-_ROW_FAST = struct.Struct(">h" + "iq" + "ih" + "iq" + "ii" + "ii" + "id" * 6 + "iq" + "iB" + "iB" + "i")
+_ROW_FAST = struct.Struct(">h" + "iq" + "ih" + "iq" + "ii" + "ii" + "id" * 6 + "iq" + "iB" + "iB" + "iq" + "i")
 _I8, _I2, _I4, _F8, _B = (struct.Struct(">iq"), struct.Struct(">ih"), struct.Struct(">ii"),
                           struct.Struct(">id"), struct.Struct(">iB"))
 _NULL = struct.pack(">i", -1)
 
 
 def encode_stage(rows: Sequence[Row], hist: Sequence[bool], latest: set[int]) -> bytes:
-    """Binary COPY data for the staging table from 13-field rows (ts last, epoch seconds)."""
+    """Binary COPY data for the staging table from 13-field rows (ts in epoch seconds) or
+    14-field rows (ts, then the placement epoch)."""
     out = [_COPY_HEADER]
     append = out.append
     pack = _ROW_FAST.pack
@@ -83,15 +99,17 @@ def encode_stage(rows: Sequence[Row], hist: Sequence[bool], latest: set[int]) ->
         if ob is None:
             ob = owners[r[2]] = r[2].encode()
         ts = epoch_us(r[TS]) - _PG_EPOCH_US
+        ep = r[EPOCH_INDEX] if len(r) > EPOCH_INDEX else 0
         if None not in r:
             append(pack(_STAGE_NFIELDS, 8, r[0], 2, r[1], 8, r[3], 4, r[4], 4, r[5],
                         8, r[6], 8, r[7], 8, r[8], 8, r[9], 8, r[10], 8, r[11],
-                        8, ts, 1, hist[i], 1, i in latest, len(ob)))
+                        8, ts, 1, hist[i], 1, i in latest, 8, ep, len(ob)))
         else:
             parts = [struct.pack(">h", _STAGE_NFIELDS), _I8.pack(8, r[0]), _I2.pack(2, r[1]),
                      _I8.pack(8, r[3]), _I4.pack(4, r[4]), _I4.pack(4, r[5])]
             parts += [_NULL if v is None else _F8.pack(8, v) for v in r[6:12]]
-            parts += [_I8.pack(8, ts), _B.pack(1, hist[i]), _B.pack(1, i in latest), struct.pack(">i", len(ob))]
+            parts += [_I8.pack(8, ts), _B.pack(1, hist[i]), _B.pack(1, i in latest), _I8.pack(8, ep),
+                      struct.pack(">i", len(ob))]
             append(b"".join(parts))
         append(ob)
     append(_COPY_TRAILER)
@@ -198,16 +216,20 @@ class PostgresSync:
     @staticmethod
     def _statements(s: str) -> dict[str, str]:
         cols = "block, channel, owner, tick, count, active, mean, min, max, std, error_rate, fitness"
-        state_set = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols.split(", ")[1:]) + ", updated_at = EXCLUDED.updated_at"
+        # rows.newer and rows.merged_epoch; updated_at (the owner's clock) is stored, never compared
+        state_set = (", ".join(f"{c} = EXCLUDED.{c}" for c in cols.split(", ")[1:])
+                     + ", updated_at = EXCLUDED.updated_at, epoch = CASE WHEN EXCLUDED.owner = t.owner "
+                     "THEN greatest(EXCLUDED.epoch, t.epoch) ELSE EXCLUDED.epoch END")
         state_rule = ("WHERE (EXCLUDED.owner = t.owner AND EXCLUDED.tick > t.tick) "
-                      "OR (EXCLUDED.owner <> t.owner AND EXCLUDED.updated_at > t.updated_at)")
+                      "OR (EXCLUDED.owner <> t.owner AND EXCLUDED.epoch >= t.epoch)")
         return {
             "history": f"INSERT INTO {s}.block_history (ts, {cols}) SELECT ts, {cols} FROM pg_temp.{STAGE} "
                        "WHERE hist ORDER BY block, owner, tick, ts ON CONFLICT DO NOTHING",
-            "state": f"INSERT INTO {s}.block_state AS t ({cols}, updated_at) SELECT {cols}, ts FROM pg_temp.{STAGE} "
-                     f"WHERE latest ORDER BY block ON CONFLICT (block) DO UPDATE SET {state_set} {state_rule}",
-            "state_values": f"INSERT INTO {s}.block_state AS t ({cols}, updated_at) VALUES "
-                            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "state": f"INSERT INTO {s}.block_state AS t ({cols}, updated_at, epoch) SELECT {cols}, ts, epoch "
+                     f"FROM pg_temp.{STAGE} WHERE latest ORDER BY block "
+                     f"ON CONFLICT (block) DO UPDATE SET {state_set} {state_rule}",
+            "state_values": f"INSERT INTO {s}.block_state AS t ({cols}, updated_at, epoch) VALUES "
+                            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
                             f"ON CONFLICT (block) DO UPDATE SET {state_set} {state_rule}",
             "members": f"INSERT INTO {s}.members AS m (name, addr, pub, inc, status, rank, reported_by, updated_at) "
                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE SET "
@@ -294,7 +316,8 @@ class PostgresSync:
         result.state_updated += _count(await conn.execute(self._sql["state"]))
 
     async def write_rows(self, rows: Sequence[Row], *, history: bool = True) -> ApplyResult:
-        """COPY + upsert 13-field rows (ts last) in one transaction; ``history=False``: state only."""
+        """COPY + upsert 13- or 14-field rows (ts, then the placement epoch) in one transaction;
+        ``history=False``: state only."""
         rows = list(rows)
         result = ApplyResult(items=0, rows=len(rows))
         if not rows:
@@ -330,7 +353,7 @@ class PostgresSync:
             ts = dt_cache.get(r[TS])
             if ts is None:
                 ts = dt_cache[r[TS]] = to_datetime(r[TS])
-            args.append((*r[:12], ts))
+            args.append((*r[:12], ts, row_epoch(r)))
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(self._sql["state_values"], args)
 
@@ -422,6 +445,11 @@ class PostgresSync:
             row = await conn.fetchrow(f"SELECT term, leader FROM {self._s}.nucleus WHERE id = 1")
         return int(row["term"]), row["leader"]
 
+    async def max_epoch(self) -> int:
+        """The highest placement epoch in ``block_state`` (0 when empty): the floor for a node's own."""
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval(f"SELECT coalesce(max(epoch), 0) FROM {self._s}.block_state"))
+
 
 @dataclass(slots=True)
 class _Prepared:
@@ -449,7 +477,13 @@ def _prepare(items: Sequence[OutboxItem]) -> _Prepared:
         p = item.payload
         if item.kind == "history":
             ts = float(p["ts"])
-            rows.extend((*r, ts) for r in p["rows"])
+            epochs = p.get("epochs", 0)  # absent: written before rows carried one
+            if isinstance(epochs, int):
+                rows.extend((*r, ts, epochs) for r in p["rows"])
+            else:
+                if len(epochs) != len(p["rows"]):
+                    raise ValueError(f"outbox entry {item.id}: {len(epochs)} epochs for {len(p['rows'])} rows")
+                rows.extend((*r, ts, int(e)) for r, e in zip(p["rows"], epochs))
             hist.extend([True] * len(p["rows"]))
             prep.has_history = True
         elif item.kind == "state":

@@ -8,13 +8,20 @@ UTC). NaN in a float column means "no value" and is stored as NULL in both datab
 Timestamps reach PostgreSQL as whole microseconds, ``round(ts * 1e6)``, computed by
 :func:`epoch_us` and nowhere else: the same float always gives the same ``timestamptz``, so
 the history key ``(block, owner, tick, ts)`` of a replayed row is the key it had the first time.
+
+Which row of a block is the latest is decided without any wall clock (:func:`newer`): ``ts``
+comes from the owner's clock, and two hosts' clocks may be an hour apart. A row carries its
+owner's placement ``epoch`` (``engine/host.py``: a cluster-wide count of placement maps that
+every node raises to the highest it hears and that an owner taking over a block has already
+passed); the engine puts it in the row dict under ``"epoch"``. In PostgreSQL's 14-field rows it
+follows ``ts``; a 13-field row (no epoch known, e.g. a state snapshot from SQLite) has epoch 0.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -22,8 +29,10 @@ BLOCK_COLUMNS = (
     "block", "channel", "owner", "tick", "count", "active",
     "mean", "min", "max", "std", "error_rate", "fitness",
 )
-NCOL = len(BLOCK_COLUMNS)  # 12; a row with its ts appended has 13 fields (ts last)
-TS = NCOL  # index of ts in a 13-field row
+NCOL = len(BLOCK_COLUMNS)  # 12; a row with its ts appended has 13 fields, with ts and epoch 14
+TS = NCOL  # index of ts in a 13- or 14-field row
+EPOCH_INDEX = NCOL + 1  # index of the placement epoch in a 14-field row
+EPOCH_KEY = "epoch"  # the placement epoch in an engine row dict (and in AGGREGATES rows)
 
 Row = tuple[Any, ...]
 
@@ -106,20 +115,45 @@ def utc_day(ts: float) -> date:
     return date(1970, 1, 1) + timedelta(days=int(ts // DAY))
 
 
+def row_epoch(r: Row) -> int:
+    """The placement epoch of a 13- or 14-field row (0 when it carries none)."""
+    return r[EPOCH_INDEX] if len(r) > EPOCH_INDEX else 0
+
+
+def tick_epochs(rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> int | list[int]:
+    """The placement epochs of one tick's engine rows, for the outbox: one int when every row
+    has the same (the usual case: one map, one epoch), else one per row. A row without one: 0."""
+    epochs = [int(r.get(EPOCH_KEY) or 0) if isinstance(r, Mapping) else 0 for r in rows]
+    if epochs and epochs.count(epochs[0]) == len(epochs):
+        return epochs[0]
+    return epochs
+
+
 def newer(a: Row, b: Row) -> bool:
-    """The block_state rule on 13-field rows: does ``a`` replace ``b``?
+    """The block_state rule on 13- or 14-field rows: does ``a`` replace ``b``?
 
     Same owner: a strictly higher tick wins (ticks are per owner and must rise across the
-    owner's restarts, see ``LocalStore.last_tick``). Another owner (the block moved): a strictly
-    later ts wins. Equal keeps what is stored, so a replay never changes anything.
+    owner's restarts, see ``LocalStore.last_tick``). Another owner (the block moved): a
+    placement epoch at least as high wins. An owner that takes a block over has a higher epoch
+    than any row the previous owner published; at an equal epoch the row that arrives last wins,
+    because the owner still writing is the live one, so a dead owner's row never stays.
+    ``ts`` never decides: it is one host's clock. Equal rows of one owner keep what is stored,
+    so replaying an owner's outbox never moves its state back.
     """
     if a[2] == b[2]:
         return a[3] > b[3]
-    return a[TS] > b[TS]
+    return row_epoch(a) >= row_epoch(b)
+
+
+def merged_epoch(a: Row, b: Row) -> int:
+    """The epoch stored when ``a`` replaces ``b``: an owner's row keeps the highest epoch that
+    owner has written for the block (its epoch may restart lower after a restart, its ticks do not)."""
+    return max(row_epoch(a), row_epoch(b)) if a[2] == b[2] else row_epoch(a)
 
 
 def latest_per_block(rows: list[Row]) -> dict[int, int]:
-    """Index of the winning row per block under :func:`newer`, for one batch."""
+    """Index of the winning row per block under :func:`newer`, for one batch (later rows are
+    the later arrivals)."""
     best: dict[int, int] = {}
     for i, r in enumerate(rows):
         j = best.get(r[0])

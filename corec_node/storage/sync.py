@@ -22,6 +22,9 @@ Rules:
    audit with a term) waits for those in flight and is written alone, so fenced decisions
    still reach PostgreSQL one at a time, in outbox order. On an outage the batches in flight
    finish (or fail) before the error is raised; what did not commit stays in the outbox.
+7. On every (re)connect, the highest placement epoch in ``block_state`` goes to ``on_epoch``
+   (the node raises its engine's epoch to it): rows left by nodes that are gone are then
+   outranked by this node's next rows, even when no other node is left to hear it from.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 import random
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -71,8 +75,10 @@ class Syncer:
         batch_rows: int = BATCH_ROWS, max_backoff: float = 30.0, outbox_max_rows: int = 1_000_000,
         connect_timeout: float = 5.0, command_timeout: float = 30.0,
         partitions_ahead: int = PARTITIONS_AHEAD, pipeline: int = PIPELINE,
+        on_epoch: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_epoch = on_epoch
         self.pipeline = max(1, pipeline)
         self.schema = schema
         self.interval = interval
@@ -137,6 +143,12 @@ class Syncer:
             self._pg = pg
             self._next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL
             event("storage_pg_connected", logging.INFO, server=describe_dsn(self._dsn), schema=self.schema)
+            if self.on_epoch is not None:  # rule 7
+                try:
+                    self.on_epoch(await pg.max_epoch())
+                except BaseException:
+                    self._drop_pg()
+                    raise
         return self._pg
 
     def start(self) -> asyncio.Task[None]:

@@ -1,8 +1,9 @@
 """``corec-node``: run a node, and talk to a running one through its control socket.
 
 Exit codes: 0 success, 1 failure (node unreachable, command refused, node failed),
-2 usage or configuration error. ``--json`` output is built from plain dicts whose keys
-are a public interface: scripts rely on them.
+2 usage or configuration error, 65 a damaged data directory (``check``; ``run`` refuses to
+start on one: restarting cannot repair it, ``recover`` can). ``--json`` output is built
+from plain dicts whose keys are a public interface: scripts rely on them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from corec_node import __version__
 from corec_node.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_DAMAGED = 65  # EX_DATAERR: the data directory is damaged; the systemd units do not restart on it
 EXIT_PIPE = 128 + 13  # SIGPIPE's exit status: what a shell shows for `cat big | head`
 
 
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(force)
     force.add_argument("name", metavar="NAME")
     force.set_defaults(func=cmd_force_leave)
+
+    _add_data_dir_commands(sub)
 
     from corec_node.shell.curve import add_cli as add_keygen
 
@@ -326,6 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from corec_node import log
     from corec_node.shell.node import Node, install_signal_handlers
     from corec_node.shell.curve import SecurityError
+    from corec_node.shell.datacheck import DataDirDamaged, NeedsJoin
     from corec_node.shell.datadir import DataDirBusy
 
     log.setup(config.name, config.node.log_level)
@@ -339,11 +344,143 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except DataDirBusy as exc:
         return _fail(str(exc))
+    except DataDirDamaged as exc:  # one line, no traceback: the file and the way out
+        print(f"corec-node: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
+    except NeedsJoin as exc:
+        print(f"corec-node: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except SecurityError as exc:  # a key problem is a config problem: exit 2, systemd does not restart
         print(f"corec-node: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+# -- the data directory offline: check, recover, backup, restore ---------------------------
+
+
+def _add_data_dir_commands(sub: Any) -> None:
+    check = sub.add_parser("check", help="verify a data directory: store, vote, voter configuration",
+                           description="Verify a data directory (read-only; safe beside a running node). "
+                                       "Exit 0 healthy, 65 damaged, 1 when it cannot tell.")
+    _common(check)
+    check.add_argument("--full", action="store_true", help="PRAGMA integrity_check (also matches every index "
+                                                           "against its table; slower) instead of quick_check")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(func=cmd_check)
+
+    recover = sub.add_parser("recover", help="rebuild a damaged data directory (node stopped)",
+                             description="Move damaged files aside (kept), rebuild the store from what SQLite can "
+                                         "still read, keep the highest known term with no vote in it. The node "
+                                         "then rejoins its cluster (--join) and re-learns members and block state.")
+    _common(recover)
+    recover.add_argument("--json", action="store_true", help="print JSON")
+    recover.set_defaults(func=cmd_recover)
+
+    backup = sub.add_parser("backup", help="copy the node's store, consistent even while the node runs")
+    _common(backup)
+    backup.add_argument("--to", metavar="FILE", required=True, help="the backup file to create (must not exist)")
+    backup.add_argument("--json", action="store_true", help="print JSON")
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser("restore", help="put a backup in place as the store (node stopped)",
+                             description="Verify the backup, move the store it replaces aside, and mark the data "
+                                         "directory restored: the node rejoins as a non-voter (start it with --join).")
+    _common(restore)
+    restore.add_argument("--from", metavar="FILE", dest="source", required=True, help="a file made by `backup`")
+    restore.add_argument("--json", action="store_true", help="print JSON")
+    restore.set_defaults(func=cmd_restore)
+
+
+def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from corec_node.shell.datacheck import check_data_dir
+    from corec_node.shell.datadir import held_lock
+
+    config = _config(args)
+    if not config.data_dir.is_dir():
+        return _fail(f"no data directory at {config.data_dir}")
+    try:
+        with held_lock(config.data_dir) as ours:
+            report = check_data_dir(config.data_dir, config.sqlite_path, full=args.full, live=not ours)
+    except sqlite3.Error as exc:
+        return _fail(f"cannot check {config.sqlite_path}: {exc}")
+    _print(args, report.as_json(), report.render())
+    return EXIT_DAMAGED if report.damaged else EXIT_OK if report.healthy else EXIT_FAIL
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from corec_node.shell.datacheck import recover_data_dir
+    from corec_node.shell.datadir import held_lock
+
+    config = _config(args)
+    if not config.data_dir.is_dir():
+        return _fail(f"no data directory at {config.data_dir}")
+    with held_lock(config.data_dir) as ours:
+        if not ours:
+            return _fail(f"a node is running with data directory {config.data_dir}: stop it first")
+        rec = recover_data_dir(config.data_dir, config.sqlite_path)
+    _print(args, rec.as_json(), "\n".join([*rec.lines, "", rec.after.render()]))
+    return EXIT_OK if rec.after.healthy else EXIT_DAMAGED
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from corec_node.storage.backup import copy_store
+    from corec_node.storage.verify import is_damage
+
+    config = _config(args)
+    src = config.sqlite_path
+    try:
+        copied = copy_store(src, args.to)
+    except (FileExistsError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    except sqlite3.Error as exc:
+        if is_damage(exc):
+            print(f"corec-node: {src} is damaged ({exc}): not backed up", file=sys.stderr)
+            return EXIT_DAMAGED
+        return _fail(f"cannot back up {src}: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot write {args.to}: {exc.strerror or exc}")
+    check = copied.check
+    if check.damaged:  # the store itself is damaged: the copy holds the same pages
+        copied.path.unlink(missing_ok=True)
+        print(f"corec-node: {src} is damaged ({check.reason()}): not backed up", file=sys.stderr)
+        return EXIT_DAMAGED
+    data = {"backup": str(copied.path), "source": str(src), "size": copied.size, "seconds": round(copied.seconds, 3),
+            "schema_version": check.schema_version, "term": check.term}
+    _print(args, data, f"backed up {src} to {copied.path}: {copied.size / 2**20:.1f} MiB, schema "
+                       f"{check.schema_version}, term {check.term}, in {copied.seconds:.2f} s")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import sqlite3
+    from pathlib import Path
+
+    from corec_node.shell.datacheck import DataDirDamaged, RestoreRefused, restore_data_dir
+    from corec_node.shell.datadir import held_lock
+
+    config = _config(args)
+    with held_lock(config.data_dir) as ours:
+        if not ours:
+            return _fail(f"a node is running with data directory {config.data_dir}: stop it first")
+        try:
+            done = restore_data_dir(config.data_dir, config.sqlite_path, Path(args.source))
+        except DataDirDamaged as exc:
+            print(f"corec-node: {exc}", file=sys.stderr)
+            return EXIT_DAMAGED
+        except (RestoreRefused, FileNotFoundError, FileExistsError, sqlite3.Error) as exc:
+            return _fail(str(exc))
+    _print(args, done, "\n".join(done["messages"]))
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

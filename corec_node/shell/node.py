@@ -38,7 +38,8 @@ from corec_node.shell.control import ControlServer
 from corec_node.shell.control_plane import ClusterView
 from corec_node.shell.curve import CurveConfig
 from corec_node.shell.data_plane import DataPlane
-from corec_node.shell.datadir import load_vote, lock_data_dir
+from corec_node.shell.datacheck import open_store, start_check
+from corec_node.shell.datadir import lock_data_dir
 from corec_node.shell.mesh_process import MeshHandle
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
@@ -128,7 +129,7 @@ class Node:
         """SQLite always; PostgreSQL sync when a DSN is set. None: refuse to start."""
         cfg = self.config
         try:
-            local = await LocalStore.for_config(cfg)
+            local = await open_store(cfg)  # DataDirDamaged: cli exits 65
         except SchemaTooNewError as exc:
             log.event("storage_refused", logging.ERROR, error=str(exc))
             return None
@@ -159,7 +160,7 @@ class Node:
 
     async def _run(self) -> int:
         cfg = self.config
-        term, voted_for = load_vote(self.data_dir)
+        term, voted_for = await asyncio.to_thread(start_check, cfg)  # DataDirDamaged: cli exits 65
         local = await self._open_storage()
         if local is None:
             return 1

@@ -8,6 +8,11 @@ written before the commit returns) but may lose the last commits on power loss; 
 vote is the exception and is written with ``synchronous=FULL`` (fsynced) before
 :meth:`save_vote` returns.
 
+The term row (``meta`` key ``term_seen``) holds the highest term any write here carried (an
+audit row with a term, a nucleus or placement record, :meth:`note_term`); it only rises. The
+node compares its vote file with it at start: a vote file older than it was rolled back
+(``shell/datacheck.py``).
+
 The outbox holds what PostgreSQL has not confirmed yet. Entries, oldest first:
 
 - ``history``: one entry per :meth:`record_tick` call carrying all its rows (``rows`` = count).
@@ -40,9 +45,11 @@ from typing import Any
 import aiosqlite
 import msgpack
 
+from corec_node.storage.backup import Copied, copy_store
 from corec_node.storage.errors import StaleTermError
 from corec_node.storage.migrations import CORE_SQLITE, migrate_sqlite
 from corec_node.storage.rows import BLOCK_COLUMNS, normalize_rows, tick_epochs, to_epoch
+from corec_node.storage.verify import TERM_KEY, StoreCheck, check_store
 from corec_node.wire.messages import MemberState, MemberStatus
 
 OUTBOX_KINDS = ("state", "history", "alert", "audit", "member", "nucleus")
@@ -63,6 +70,9 @@ _UPSERT_STATE = (
 )
 _INSERT_HISTORY = f"INSERT OR IGNORE INTO block_history ({_STATE_COLS13}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,{{ts}})"
 _INSERT_OUTBOX = "INSERT INTO outbox (kind, key, rows, payload, created_at) VALUES (?, ?, ?, ?, ?)"
+# the term row (meta key term_seen): only ever raised
+_NOTE_TERM = (f"INSERT INTO meta (key, value) VALUES ('{TERM_KEY}', ?) ON CONFLICT (key) DO UPDATE SET "
+              "value = excluded.value WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +190,16 @@ class LocalStore:
         async with self._lock:
             async with self._conn.execute(sql, params) as cur:
                 return list(await cur.fetchall())
+
+    async def quick_check(self, budget: float | None = None) -> StoreCheck:
+        """PRAGMA quick_check on a connection of its own, read-only (a WAL reader: the
+        node's writes go on meanwhile), in a worker thread; ``budget`` in seconds."""
+        return await asyncio.to_thread(check_store, self.path, budget=budget, readonly=True)
+
+    async def backup(self, dest: str | os.PathLike[str]) -> Copied:
+        """A consistent copy of the store at ``dest`` while the node keeps writing (SQLite's
+        online backup API in one step, from a read-only connection; ``storage/backup.py``)."""
+        return await asyncio.to_thread(copy_store, self.path, dest)
 
     async def schema_version(self) -> int:
         rows = await self._fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
@@ -345,6 +365,7 @@ class LocalStore:
         async with self._tx() as conn:
             if term is not None:
                 await self._fence(conn, int(term))
+                await conn.execute(_NOTE_TERM, (str(int(term)),))
             await conn.execute(
                 "INSERT INTO audit (uid, ts, kind, subject, reason, term, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (uid, when, kind, subject, reason, term, det),
@@ -412,6 +433,21 @@ class LocalStore:
         term, leader = (await self._fetchall("SELECT term, leader FROM nucleus WHERE id = 1"))[0]
         return int(term), leader
 
+    async def note_term(self, term: int) -> None:
+        """Raise the term row to ``term`` (never lowers it). Every write that carries a term
+        (an audit row with one, a nucleus or placement record) raises it too, so it holds
+        the highest term this node acknowledged: a vote file found older than it at start
+        is not trusted (``shell/datacheck.py``)."""
+        async with self._tx() as conn:
+            await conn.execute(_NOTE_TERM, (str(int(term)),))
+
+    async def highest_term(self) -> int:
+        """The highest term recorded here: the term row, the election row, the nucleus."""
+        rows = await self._fetchall(
+            f"SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '{TERM_KEY}'), 0), "
+            "(SELECT term FROM election WHERE id = 1), (SELECT term FROM nucleus WHERE id = 1))")
+        return int(rows[0][0])
+
     async def _fence(self, conn: aiosqlite.Connection, term: int) -> tuple[int, str | None]:
         """Inside a write transaction: refuse a term below the highest seen (nucleus or vote)."""
         async with conn.execute(
@@ -438,6 +474,7 @@ class LocalStore:
                                      f"term {term} already has leader {n_leader!r}")
             await conn.execute("UPDATE nucleus SET term = ?, leader = ?, updated_at = ? WHERE id = 1",
                                (int(term), leader, when))
+            await conn.execute(_NOTE_TERM, (str(int(term)),))
             if self.outbox_enabled:
                 payload = {"op": "leader", "term": int(term), "leader": leader, "ts": when}
                 await conn.execute(_INSERT_OUTBOX, ("nucleus", None, 1, _pack(payload), time.time()))
@@ -453,6 +490,7 @@ class LocalStore:
         pairs = [(int(b), str(o)) for b, o in items]
         async with self._tx() as conn:
             await self._fence(conn, int(term))
+            await conn.execute(_NOTE_TERM, (str(int(term)),))
             await conn.executemany(
                 "INSERT INTO placement (block, owner, term, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (block) DO UPDATE SET owner = excluded.owner, term = excluded.term, "

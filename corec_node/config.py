@@ -8,6 +8,7 @@ expected; the CLI turns it into one line and exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -93,6 +94,7 @@ class SecuritySection:
     enabled: bool = False  # CurveZMQ; off is fine on loopback, the node says so at start
     secret_key_file: str = ""
     public_keys_dir: str = ""
+    allow: tuple[str, ...] = ()  # peer networks admitted ("10.0.0.0/8"), refused before libzmq buffers them; empty: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +335,11 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("engine.min_fitness", "a fitness between 0 and 1", config.engine.min_fitness)
     if not 1 <= config.engine.ingest_queue_mb <= 65536:
         raise fail("engine.ingest_queue_mb", "a number of MiB from 1 to 65536", config.engine.ingest_queue_mb)
+    for entry in config.security.allow:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise fail("security.allow", "a list of IP networks such as 10.0.0.0/8", entry) from None
     if config.storage.history_retention < 0:
         raise fail("storage.history_retention", "0 (keep all) or a number of seconds", config.storage.history_retention)
     schema = config.storage.postgres_schema

@@ -91,7 +91,8 @@ def test_service_directives(unit_path):
     assert one(unit, svc, "NotifyAccess") == "main"
     assert one(unit, svc, "Restart") == "on-failure"
     assert float(one(unit, svc, "RestartSec")) > 0
-    assert one(unit, svc, "RestartPreventExitStatus") == "2"  # config errors: restarting cannot help
+    # 2: a config error, 65: a damaged store on disk; restarting cannot help either
+    assert one(unit, svc, "RestartPreventExitStatus").split() == ["2", "65"]
     assert one(unit, svc, "WatchdogSec") == "10"
     assert one(unit, svc, "User") == "corec" or one(unit, svc, "DynamicUser") == "yes"
     for key, value in HARDENING.items():
@@ -101,6 +102,24 @@ def test_service_directives(unit_path):
     assert "@system-service" in filters
     assert one(unit, svc, "AmbientCapabilities") == ""
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def _bytes(value: str) -> int:
+    """A systemd size (1800M, 2G) in bytes."""
+    match = re.fullmatch(r"([0-9]+)([KMGT]?)", value)
+    assert match, f"{value!r}: expected a size such as 2G (a percentage or infinity is no bound to size)"
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2) or " "))
+
+
+def test_memory_is_bounded(unit_path):
+    """The kernel's bound on what unauthenticated peers can make libzmq buffer (README: Bounded input)."""
+    unit = parse_unit(unit_path)
+    high, most = _bytes(one(unit, "Service", "MemoryHigh")), _bytes(one(unit, "Service", "MemoryMax"))
+    assert 512 << 20 <= high < most, "MemoryHigh a little below MemoryMax, both above a node's working set"
+    assert high >= most * 0.8, "MemoryHigh far below MemoryMax would slow the node long before the bound"
+    assert one(unit, "Service", "OOMPolicy") == "stop"  # the whole unit goes and Restart= brings it back
+    text = unit_path.read_text()
+    assert "MemoryMax" in text and "Size it" in text, "the unit says how to size the bound"
 
 
 def test_single_node_paths():

@@ -157,9 +157,7 @@ class MeshCommands:
         core = self.control.core
         assert core is not None
         t = self.traffic
-        rejected = dict(t.rejected)
-        if self.transport.auth is not None:
-            rejected["curve_denied"] = self.transport.auth.denied
+        rejected = {**t.rejected, **self.transport.refused}  # frames, and handshakes refused
         return {
             "members": core.membership.counts(), "leader": core.leader, "term": core.term,
             "elections": self.control.elections_started, "stalled": core.stalled,
@@ -185,7 +183,7 @@ class MeshCommands:
             "awareness": core.membership.awareness,
             "messages_in": sum(self.traffic.messages_in.values()),
             "messages_out": sum(self.traffic.messages_out.values()),
-            "rejected": dict(self.traffic.rejected),
+            "rejected": {**self.traffic.rejected, **self.transport.refused},  # frames, and handshakes refused
             "dropped": dict(self.transport.dropped),
             "name_conflicts": [{"name": n, "addr": a} for a, n in self.control.conflicts.items()],
             "voters": sorted(self.control.core.config.names()),

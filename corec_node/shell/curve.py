@@ -45,6 +45,13 @@ Not protected:
   service group; world-readable secrets are refused at load);
 - traffic analysis (who talks to whom, when, how much) and denial of service: anyone who
   reaches the ports can open TCP connections and start handshakes;
+- memory, only in part: a stranger's message is refused before libzmq queues it (a peer
+  without an authorized key fails the handshake, a peer outside ``security.allow`` is
+  refused by ZAP during it), but during a handshake libzmq holds the frame in flight, one
+  per connection, up to the socket's MAXMSGSIZE (the ROUTER's
+  ``mesh.max_message_bytes`` + 1 MiB, the PUB's 16 KiB), for at most the 30 s handshake
+  interval. Without CURVE or an allowlist nothing bounds what libzmq buffers (a multipart
+  message of any number of frames) except the kernel: systemd's ``MemoryMax=``;
 - the control socket (local unix socket, 0600) and the metrics endpoint are outside CURVE:
   bind metrics to loopback or a management network.
 """
@@ -52,6 +59,7 @@ Not protected:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import stat
@@ -59,7 +67,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +85,7 @@ SECRET_SUFFIX = ".key_secret"  # zmq.auth's naming: NAME.key (public), NAME.key_
 PUBLIC_SUFFIX = ".key"
 DENIAL_LOG_PERIOD = 10.0  # seconds between "curve_denied" lines: a scanner must not flood the log
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _AUTH_CONTEXTS: set[int] = set()  # libzmq contexts (by address) with a running authenticator
 _AUTH_LOCK = threading.Lock()
 
@@ -215,21 +224,75 @@ class CurveConfig:
 # -- authenticator ------------------------------------------------------------------
 
 
+def parse_allow(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Networks from ``security.allow`` ("10.0.0.0/8", "192.0.2.7", "fd00::/8");
+    ValueError names the entry that is not one."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or network (such as 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
+def _address_in(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False  # not an IP peer (ipc, inproc): no address of ours to admit
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return any(ip in net for net in networks)
+
+
 class CurveAuthenticator(ThreadAuthenticator):
-    """ZAP handler admitting only the authorized node keys, in its own thread.
+    """ZAP handler admitting the authorized node keys and, if given, only peers from the
+    allowed networks; in its own thread.
 
     A thread rather than the node's event loop: handshakes are then answered even while
-    the loop is busy, and nothing here can block the loop. User-Id of a connection is the
-    node name of its key file. :attr:`allowed` and :attr:`denied` count handshakes.
+    the loop is busy, and nothing here can block the loop. A refusal here ends the
+    connection during its handshake, before libzmq queues any message from it: that is
+    what bounds what a stranger can make the node hold (the one frame in flight). User-Id
+    of a connection is the node name of its key
+    file. :attr:`allowed` counts admitted handshakes, :attr:`denied` refused ones;
+    :meth:`refused` says why.
     """
 
-    def __init__(self, context: zmq.Context, curve: CurveConfig) -> None:
+    def __init__(self, context: zmq.Context, curve: CurveConfig | None, allow: Iterable[str] = ()) -> None:
         super().__init__(context=context, log=logging.getLogger("corec.zap"))
         self.curve = curve
-        self._authorized: Mapping[bytes, str] = dict(curve.authorized)
+        self._authorized: Mapping[bytes, str] = dict(curve.authorized) if curve is not None else {}
+        self.networks = parse_allow(allow)
         self.allowed = 0
         self.denied = 0
+        self.key_denied = 0
+        self.address_denied = 0
+        self._peer = ""  # the address of the request being answered (one ZAP thread: one at a time)
         self._last_denial_log = float("-inf")
+
+    def refused(self) -> dict[str, int]:
+        """Refused handshakes by reason, as status and metrics show them."""
+        out = {}
+        if self.curve is not None:
+            out["curve_denied"] = self.key_denied
+        if self.networks:
+            out["address_denied"] = self.address_denied
+        return out
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        """The address check first, for every mechanism; then zmq.auth's own (CURVE: :meth:`callback`)."""
+        self._peer = msg[3].decode("utf-8", "replace") if len(msg) >= 6 else ""
+        if self.networks and len(msg) >= 6 and not _address_in(self._peer, self.networks):
+            self.denied += 1
+            self.address_denied += 1
+            self._log_denial("address_denied", "a peer outside security.allow tried to connect",
+                             mechanism=msg[5].decode("ascii", "replace"))
+            self._send_zap_reply(msg[1], b"400", b"Address not allowed")
+            return
+        await super().handle_zap_message(msg)
+        if self.curve is None and len(msg) >= 6 and msg[5] == b"NULL":
+            self.allowed += 1  # an allowed address on an unsecured socket: nothing more to check
 
     def callback(self, domain: str, key: bytes) -> bool:
         """Credentials-provider hook (runs on the ZAP thread; a dict lookup, never blocks)."""
@@ -237,12 +300,17 @@ class CurveAuthenticator(ThreadAuthenticator):
             self.allowed += 1
             return True
         self.denied += 1
+        self.key_denied += 1
+        self._log_denial("curve_denied", "a client with an unknown key tried to connect",
+                         key=key.decode("ascii", "replace"))
+        return False
+
+    def _log_denial(self, event: str, detail: str, **fields: Any) -> None:
+        """One line per DENIAL_LOG_PERIOD at most, naming the latest peer: a scanner must not flood the log."""
         now = time.monotonic()
         if now - self._last_denial_log >= DENIAL_LOG_PERIOD:
             self._last_denial_log = now
-            log.event("curve_denied", logging.WARNING, key=key.decode("ascii", "replace"), total=self.denied,
-                      detail="a client with an unknown key tried to connect")
-        return False
+            log.event(event, logging.WARNING, peer=self._peer, **fields, total=self.denied, detail=detail)
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         return self._authorized.get(z85.encode(client_public_key), "")
@@ -252,22 +320,27 @@ class CurveAuthenticator(ThreadAuthenticator):
 
         On a bad directory the old set stays in force and SecurityError is raised.
         """
+        if self.curve is None:
+            return 0
         self._authorized = load_authorized(self.curve.public_keys_dir)
         return len(self._authorized)
 
 
-def start_authenticator(context: zmq.Context, curve: CurveConfig) -> CurveAuthenticator:
+def start_authenticator(context: zmq.Context, curve: CurveConfig | None,
+                        allow: Iterable[str] = ()) -> CurveAuthenticator:
     """Start ZAP on ``context`` (any shadow of the node's context); call before binding.
 
     Without a ZAP handler libzmq admits every CURVE client, so :func:`configure_server`
-    refuses to run on a context that has none. Stop it with :func:`stop_authenticator`
-    before terminating the context.
+    refuses to run on a context that has none. ``allow``: admit only peers from these
+    networks, with CURVE or without (an unsecured socket asks ZAP only if it has a
+    ZAP_DOMAIN). Stop it with :func:`stop_authenticator` before terminating the context.
     """
     if isinstance(context, zmq.asyncio.Context):  # the handler thread needs plain sockets
         context = zmq.Context.shadow(context.underlying)
-    auth = CurveAuthenticator(context, curve)
+    auth = CurveAuthenticator(context, curve, allow)
     auth.start()
-    auth.configure_curve_callback(domain="*", credentials_provider=auth)
+    if curve is not None:
+        auth.configure_curve_callback(domain="*", credentials_provider=auth)
     with _AUTH_LOCK:
         _AUTH_CONTEXTS.add(context.underlying)
     return auth
@@ -347,6 +420,7 @@ __all__ = [
     "configure_server",
     "keygen",
     "load_authorized",
+    "parse_allow",
     "start_authenticator",
     "stop_authenticator",
 ]

@@ -316,7 +316,8 @@ class MeshProcess:
         self.name = cfg.name
         sec = cfg.security
         curve = CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None
-        self.transport = Transport(max_message_bytes=cfg.mesh.max_message_bytes, security=curve)
+        self.transport = Transport(max_message_bytes=cfg.mesh.max_message_bytes, security=curve,
+                                   allow=cfg.security.allow)
         self.traffic = Traffic()
         self.cluster = cfg.node.cluster
         self.outbox = Outbox(self.transport, self.traffic, name=self.name, cluster=self.cluster)

@@ -45,6 +45,12 @@ HEARTBEAT_TTL_MS = 3_000
 ZERO_COPY_MIN = 65536  # ZeroMQ copies frames under 64 KiB anyway; above, hand out views
 YIELD_EVERY = 0.005  # a receive backlog holds the loop at most ~5 ms at a time
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
+# What a PUB reads is subscriptions (a topic of a few bytes) and, with CURVE, the handshake
+# (its largest command, INITIATE, is under 1 KiB). libzmq reads a frame of any declared size
+# into memory, even before the handshake, unless told a limit: without this a stranger's
+# single 1 GB "frame" at the PUB port costs the node 1 GB.
+PUB_MAXMSGSIZE = 16 << 10
+ZAP_DOMAIN = "corec"  # libzmq asks ZAP about NULL (unsecured) peers only on sockets with a domain
 
 
 def tcp(addr: str) -> str:
@@ -55,14 +61,16 @@ def tcp(addr: str) -> str:
 class Transport:
     """Owns the sockets and the receive loops; knows nothing of the protocol."""
 
-    def __init__(self, *, max_message_bytes: int, security: CurveConfig | None = None) -> None:
+    def __init__(self, *, max_message_bytes: int, security: CurveConfig | None = None,
+                 allow: Sequence[str] = ()) -> None:
         self.ctx = zmq.asyncio.Context()
         # sends never wait: sending sockets are plain (sync) sockets on the same context,
         # so NOBLOCK raises zmq.Again at once instead of parking it in a future
         self.sync_ctx = zmq.Context.shadow(self.ctx.underlying)
         self.max_message_bytes = max_message_bytes
         self.security = security  # CurveZMQ keys; None: plain TCP (the node warns at start)
-        self.auth = None  # the ZAP authenticator thread while security is on
+        self.allow = tuple(allow)  # peer networks admitted ("10.0.0.0/8"); empty: every address
+        self.auth = None  # the ZAP authenticator thread while security or an allowlist is on
         self.router: zmq.asyncio.Socket | None = None
         self.pub: zmq.Socket | None = None
         self.sub: zmq.asyncio.Socket | None = None
@@ -85,19 +93,25 @@ class Transport:
     def bind(self, direct: str, pub: str) -> None:
         """Bind ROUTER and PUB; raises zmq.ZMQError (e.g. EADDRINUSE) for the caller to report."""
         limit = self.max_message_bytes + ENVELOPE_OVERHEAD
-        if self.security is not None and self.auth is None:
-            self.auth = start_authenticator(self.sync_ctx, self.security)  # before any CURVE server exists
+        if (self.security is not None or self.allow) and self.auth is None:
+            # before any server socket exists: a stranger is refused before libzmq buffers its message
+            self.auth = start_authenticator(self.sync_ctx, self.security, allow=self.allow)
         self.router = self.ctx.socket(zmq.ROUTER)
         self._common(self.router)
         self.router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, limit)  # a hostile sender is cut at the socket
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reusing its identity
+        if self.allow:
+            self.router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
         if self.security is not None:
             configure_server(self.router, self.security)
         self.router.bind(tcp(direct))
         self.pub = self.sync_ctx.socket(zmq.PUB)
         self._common(self.pub)
         self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAXMSGSIZE)
+        if self.allow:
+            self.pub.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
         if self.security is not None:
             configure_server(self.pub, self.security)
         try:
@@ -111,6 +125,11 @@ class Transport:
         self.sub.setsockopt(zmq.MAXMSGSIZE, limit)
         if self.security is not None:
             configure_client(self.sub, self.security)
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Handshakes refused by the authenticator, by reason (``curve_denied``, ``address_denied``)."""
+        return self.auth.refused() if self.auth is not None else {}
 
     def subscribe(self, topics: Iterable[bytes]) -> None:
         assert self.sub is not None
@@ -143,6 +162,9 @@ class Transport:
             # dropped. Towards a dead peer at most DEALER_HWM stale messages wait; the
             # protocols ignore them (old probe numbers, old terms) when it comes back.
             sock.setsockopt(zmq.SNDHWM, DEALER_HWM)
+            # nothing is read here, but a server could still send (or, before its handshake,
+            # declare) a frame of any size: cap it as the ROUTER does
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes + ENVELOPE_OVERHEAD)
             if self.security is not None:
                 configure_client(sock, self.security)
             sock.connect(tcp(addr))
@@ -278,6 +300,9 @@ class Transport:
             except Exception:  # a bug on one message must not stop this socket's loop
                 self.dropped["handler_error"] += 1
                 logging.getLogger(LOGGER_NAME).exception("receive_handler_failed")
+            # drop the last message now, not when the next one comes: on a quiet socket a
+            # stranger's 1.5 GB would otherwise stay in memory until someone else speaks
+            raw = frames = None  # type: ignore[assignment]
 
     async def close(self) -> None:
         for task in self._monitors.values():

@@ -159,6 +159,19 @@ def test_one_vote_per_term_even_across_a_restart() -> None:
     assert r.handle("c", VoteRequest(4, False, addr("c")), 10.2)[-1].msg.granted
 
 
+def test_a_restored_node_abstains_until_a_leader_leads_it() -> None:
+    """Rule 15: a vote rolled back with its store may hide a vote in a term this node no
+    longer remembers: no vote until a leader's heartbeat, which becomes its vote then."""
+    e = Election("a", addr("a"), CFG, random.Random(5), 0.0, term=2, abstain=True)
+    e.set_voters({n: addr(n) for n in "abc"}, 0.0)
+    assert not e.handle("b", VoteRequest(3, True, addr("b")), 0.1)[-1].msg.granted  # no pre-vote
+    assert not e.handle("b", VoteRequest(3, False, addr("b")), 0.2)[-1].msg.granted  # no vote
+    effects = e.handle("c", Heartbeat(4, "c"), 0.3)
+    assert e.leader == "c" and PersistVote(4, "c") in effects  # led: its vote in term 4 is c's
+    assert not e.handle("b", VoteRequest(4, False, addr("b")), 5.0)[-1].msg.granted
+    assert e.handle("b", VoteRequest(5, False, addr("b")), 9.0)[-1].msg.granted  # a new term: as anyone
+
+
 def test_unknown_candidate_gets_no_vote() -> None:
     e = Election("a", addr("a"), CFG, random.Random(6), 0.0)
     e.set_voters({n: addr(n) for n in "ab"}, 0.0)

@@ -144,10 +144,14 @@ class MeshCore:
         config: Configuration | None = None,
         voter_config: VoterConfig | None = None,
         build: tuple[str, str, tuple[str, ...]] = ("", "", ()),
+        abstain: bool = False,
     ) -> None:
+        """``abstain``: the vote and store may both have been rolled back (a restored
+        backup): grant no vote until a leader leads us (election rule 15)."""
         self.name = name
         self.membership = Membership(name, addr, pub, membership, rng, now, build)
-        self.election = Election(name, addr, election, rng, now, term=term, voted_for=voted_for)
+        self.election = Election(name, addr, election, rng, now, term=term, voted_for=voted_for,
+                                 abstain=abstain)
         self.voters = Voters(name, voter_config or VoterConfig(), config or Configuration())
         self._rng = rng
         self._hb_seq = 0

@@ -70,6 +70,10 @@ Rules (everything that changes this state machine lives in this file):
 14. A refused reconnect to the leader's port (``leader_unreachable``) drops its lease at
     once, like rule 11's DEAD verdict. A dropped connection alone never does: it may be a
     cut link, and a follower that gave up a live leader's lease could help elect a second.
+15. Abstain until led (``abstain=True``): a node whose vote and store may both have been
+    rolled back (restored from a backup) may have voted in a term it no longer remembers.
+    It grants no vote, nor pre-vote, until it accepts a leader's heartbeat; then it records
+    that leader as its vote in the leader's term, so it never helps elect another in it.
 Safety. Raft's argument needs any two majorities to intersect: the voter sets are committed
 configurations, changed one member at a time by the leader (``mesh/voters.py``), so two
 nodes' sets differ by at most one member whatever the partitions, and the up-to-date check
@@ -144,6 +148,7 @@ class Election:
     """One node's view of the nucleus election. Every method returns effects, in order."""
 
     __slots__ = (
+        "_abstain",
         "_contact_at",
         "_contact_fed",
         "_deadline",
@@ -178,6 +183,7 @@ class Election:
         now: float,
         term: int = 0,
         voted_for: str | None = None,
+        abstain: bool = False,
     ) -> None:
         if term < 0:
             raise ValueError(f"term must be >= 0, got {term}")
@@ -187,6 +193,7 @@ class Election:
         self._rng = rng
         self._term = term
         self._voted_for = voted_for
+        self._abstain = abstain  # rule 15
         self._leader: str | None = None
         self._role = FOLLOWER
         self._prevoting = False
@@ -397,6 +404,9 @@ class Election:
         if msg.term > self._term:
             self._term = msg.term
             self._voted_for = None
+        if self._abstain:  # rule 15: led at last; our vote in this term is its leader's
+            self._abstain = False
+            self._voted_for = leader
         self._role = FOLLOWER
         self._prevoting = False
         self._leader = leader
@@ -411,7 +421,7 @@ class Election:
             theirs > self._config_id or (sender in self._voters and self.name in self._voters)
         )  # rule 13
         if msg.pre:
-            granted = eligible and msg.term > self._term and not self._lease(now)
+            granted = eligible and msg.term > self._term and not self._lease(now) and not self._abstain
             effects.append(
                 Send(msg.reply_to, Vote(msg.term if granted else self._term, granted, True))
             )
@@ -421,7 +431,7 @@ class Election:
             return
         if msg.term > self._term:
             self._adopt(msg.term, now)
-        granted = eligible and self._voted_for in (None, sender)
+        granted = eligible and self._voted_for in (None, sender) and not self._abstain
         if granted:
             self._voted_for = sender
             self._deadline = now + self._timeout()

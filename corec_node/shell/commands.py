@@ -13,17 +13,19 @@ import collections
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corec_node import __version__
-from corec_node.plugins import PluginManager
 from corec_node.shell.control import CommandError
-from corec_node.shell.control_plane import ControlPlane
-from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.link import RequestFailed
-from corec_node.shell.traffic import Traffic
-from corec_node.shell.transport import Transport
 from corec_node.wire.messages import MemberStatus
+
+if TYPE_CHECKING:  # the mesh process imports this module: it needs neither plane's code
+    from corec_node.plugins import PluginManager
+    from corec_node.shell.control_plane import ControlPlane
+    from corec_node.shell.data_plane import DataPlane
+    from corec_node.shell.traffic import Traffic
+    from corec_node.shell.transport import Transport
 
 Command = Callable[[dict[str, Any]], Awaitable[Any]]
 

@@ -95,6 +95,10 @@ class ControlEvents(Protocol):
     def members(self, snapshot: Sequence[MemberState]) -> None:
         """The member snapshot to keep in SQLite."""
 
+    def vote(self, term: int) -> None:
+        """A vote of this term is on disk: SQLite keeps the highest term too, so a vote file
+        rolled back behind it is not trusted at the next start (``shell/datacheck.py``)."""
+
     def stop(self, code: int) -> None:
         """Stop the node with this exit code."""
 
@@ -169,7 +173,7 @@ class ControlPlane:
     # -- life -----------------------------------------------------------------------
 
     def start(self, snapshot: Sequence[MemberState], join: Sequence[str], *, term: int,
-              voted_for: str | None, now: float) -> None:
+              voted_for: str | None, now: float, abstain: bool = False) -> None:
         mcfg, ecfg = profile_configs(self.profile)
         self.gaps.late_after = ecfg.heartbeat_interval + ecfg.election_timeout_min / 10
         stored = load_voters(self.data_dir)
@@ -177,7 +181,7 @@ class ControlPlane:
         self._durable = ((term, voted_for), config or Configuration())
         self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
                              term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
-                             build=(__version__, PROTOCOL, FEATURES))
+                             build=(__version__, PROTOCOL, FEATURES), abstain=abstain)
         if snapshot or join:
             self._joined_at = time.time()
         self.apply(self.core.start(snapshot, join, now))
@@ -349,6 +353,7 @@ class ControlPlane:
             if type(effect) is PersistVote:
                 save_vote(self.data_dir, effect.term, effect.voted_for)
                 self._durable = ((effect.term, effect.voted_for), self._durable[1])
+                self.events.vote(effect.term)
             else:
                 save_voters(self.data_dir, effect.index, effect.term, effect.voters, effect.cluster)
                 self._durable = (self._durable[0], Configuration(effect.index, effect.term, effect.voters,

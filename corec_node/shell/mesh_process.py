@@ -94,6 +94,7 @@ class MeshSpec:
     endpoint: str
     parent_pid: int
     identity: Identity
+    abstain: bool = False  # a restored data directory: no vote until led (election rule 15)
 
 
 # -- the node process's side ------------------------------------------------------------
@@ -118,14 +119,15 @@ class MeshHandle:
         self._handlers: dict[bytes, Any] = {}
 
     async def start(self, snapshot: Sequence[MemberState], term: int, voted_for: str | None,
-                    on_direct: Any, on_broadcast: Any) -> bool:
+                    on_direct: Any, on_broadcast: Any, *, abstain: bool = False) -> bool:
         """Spawn the child and wait until its sockets are bound; False: ``failure`` says why."""
         loop = asyncio.get_running_loop()
         self._ready, self._stopped = loop.create_future(), loop.create_future()
         self.link = LinkEnd(self.endpoint, bind=True)
         self._handlers = {DIRECT: on_direct, BROADCAST: on_broadcast}
         self.link.start(self._on_link)
-        spec = MeshSpec(self.config, tuple(snapshot), term, voted_for, self.endpoint, os.getpid(), self.identity)
+        spec = MeshSpec(self.config, tuple(snapshot), term, voted_for, self.endpoint, os.getpid(), self.identity,
+                        abstain)
         # a fresh interpreter that imports only the mesh (not the caller's __main__, as
         # multiprocessing's spawn would); the spec arrives on its stdin
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND], stdin=subprocess.PIPE, close_fds=True)
@@ -195,6 +197,8 @@ class MeshHandle:
                 events.nucleus(*args)
             case "members":
                 events.members(args)
+            case "vote":
+                events.vote(args)
             case "stats":
                 self.stats = args
             case "stop":
@@ -303,6 +307,9 @@ class LinkEvents:
     def members(self, snapshot: Sequence[MemberState]) -> None:
         self._put("members", list(snapshot))
 
+    def vote(self, term: int) -> None:
+        self._put("vote", term)
+
     def stop(self, code: int) -> None:
         self._put("stop", code)
 
@@ -357,7 +364,7 @@ class MeshProcess:
         self._engine_beat = self.now()
         self.transport.watch_peers(self.control.peer_hint)
         self.control.start(list(self.spec.snapshot), cfg.mesh.join, term=self.spec.term,
-                           voted_for=self.spec.voted_for, now=self.now())
+                           voted_for=self.spec.voted_for, now=self.now(), abstain=self.spec.abstain)
         self.transport.start(self._on_direct, self._on_broadcast)
         if cfg.mesh.discovery:
             self.discovery = Discovery(cluster=self.cluster, name=self.name, addr=cfg.advertise,

@@ -39,7 +39,7 @@ from corec_node.shell.control_plane import ClusterView
 from corec_node.shell.curve import CurveConfig
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
-from corec_node.shell.datadir import lock_data_dir
+from corec_node.shell.datadir import lock_data_dir, restored_mark
 from corec_node.shell.mesh_process import MeshHandle
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
@@ -137,7 +137,7 @@ class Node:
         if cfg.storage.postgres_dsn:
             from corec_node.storage import Syncer
 
-            self.syncer = Syncer.from_config(local, cfg)
+            self.syncer = Syncer.from_config(local, cfg, on_epoch=self.data.engine.raise_epoch)
             try:
                 await asyncio.wait_for(self.syncer.connect(), PG_CONNECT_WAIT)
             except SchemaTooNewError as exc:
@@ -165,7 +165,8 @@ class Node:
         if local is None:
             return 1
         snapshot = await local.load_members()
-        if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast):
+        abstain = restored_mark(self.data_dir) is not None  # election rule 15
+        if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast, abstain=abstain):
             log.event("mesh_start_failed", logging.ERROR, error=self.mesh.failure)
             await self._close_storage()
             return 1
@@ -395,6 +396,11 @@ class NodeEvents:
 
     def members(self, snapshot: list[MemberState]) -> None:
         self.node.recorder.members(snapshot)
+
+    def vote(self, term: int) -> None:
+        store = self.node.recorder.store
+        if store is not None:
+            self.node.recorder.spawn("vote term", store.note_term(term))
 
     def stop(self, code: int) -> None:
         self.node.request_stop(code)

@@ -71,6 +71,7 @@ class EngineSection:
     block_size: int = 1000  # entities per block (one channel each)
     max_errors: float = 0.1  # block error rate above which a block is repaired
     min_fitness: float = 0.2  # blocks under this fuse into a strong block of their channel
+    tick_rows: int = 10_000  # rows one tick makes at most; past it, changed blocks first, the rest in turn (engine/host.py rule 7)
     ingest_queue_mb: float = 128.0  # entity batches waiting to be stored; flow control asks for pauses at 1/16 of it
 
 
@@ -327,6 +328,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("node.cluster", "a non-empty label of at most 64 bytes", config.node.cluster)
     if config.engine.tick_interval <= 0:
         raise fail("engine.tick_interval", "a positive number of seconds", config.engine.tick_interval)
+    if config.engine.tick_rows <= 0:
+        raise fail("engine.tick_rows", "a positive number of rows", config.engine.tick_rows)
     if config.engine.block_size <= 0:
         raise fail("engine.block_size", "a positive integer", config.engine.block_size)
     if not 0 <= config.engine.max_errors <= 1:

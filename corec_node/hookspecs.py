@@ -133,7 +133,9 @@ def corec_entities(node: Any, channel: int, records: Any) -> Any:
 @hookspec
 def corec_block_aggregates(node: Any, tick: int, aggregates: list[dict[str, Any]]) -> Any:
     """Called after each engine tick with the aggregate rows of the blocks this node owns.
-    Sync (worker thread) or async (awaited on the loop).
+    Sync (worker thread) or async (awaited on the loop). A node holding more than
+    ``engine.tick_rows`` blocks passes at most that many rows a tick: the blocks that
+    changed first, the others in turn (every block again within blocks / tick_rows ticks).
 
     :param node: the running node.
     :param tick: the engine tick number (increases by one each tick).

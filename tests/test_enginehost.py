@@ -155,3 +155,45 @@ def test_ingest_sweep_takes_only_what_it_can_write_as_runs():
     assert host.ingest_sweep(sweep) is None
     assert not np.any(host.store.values == 8.0)
     assert host.ingest(sweep).updated == int(mine.sum()) - 100  # the general path takes it
+
+
+def test_a_tick_makes_at_most_tick_rows_rows_changed_blocks_first_and_every_row_in_turn():
+    """Rule 7: past tick_rows blocks a tick makes rows for the changed blocks first, then a
+    rotating share of the rest; every block gets its row within blocks / tick_rows ticks,
+    and a block that changed always gets one before it would merely be refreshed."""
+    host = EngineHost("a", block_size=10, tick_rows=100)
+    host.ingest(entities(np.arange(1000), 0, 1.0))  # 100 blocks: every tick is full
+    rows, _ = host.tick()
+    assert len(rows) == 100
+    host.ingest(entities(np.arange(1000, 3500), 0, 1.0))  # 350 blocks now, 250 of them new
+    seen: set[int] = set()
+    for _ in range(3):  # the 250 new blocks take 3 ticks of 100 rows, nothing else meanwhile
+        rows, _ = host.tick()
+        assert len(rows) == 100
+        seen |= {r["block"] for r in rows}
+    new_blocks = {int(b) for b in np.unique(block_ids_of(np.zeros(2500, np.uint8), np.arange(1000, 3500), 10))}
+    assert new_blocks <= seen
+    host.ingest(entities(np.array([5]), 0, 7.0))  # one value changes in block 0
+    rows, _ = host.tick()
+    changed = [r for r in rows if r["block"] == int(block_ids_of(np.zeros(1, np.uint8), np.array([5]), 10)[0])]
+    assert len(rows) == 100 and changed and changed[0]["max"] == 7.0
+    refreshed: set[int] = set()
+    for _ in range(4):  # nothing changes: a rotating refresh reaches every block
+        rows, _ = host.tick()
+        assert len(rows) == 100
+        refreshed |= {r["block"] for r in rows}
+    assert len(refreshed) == 350
+
+
+def test_a_new_placement_epoch_gives_every_block_a_row_again():
+    host = EngineHost("a", block_size=10, tick_rows=100)
+    host.ingest(entities(np.arange(2000), 0, 1.0))
+    for _ in range(3):
+        host.tick()
+    host.set_members(["a", "b"])
+    epoch = host.epoch
+    stamped: set[int] = set()
+    for _ in range(3):
+        rows, _ = host.tick()
+        stamped |= {r["block"] for r in rows if r["epoch"] >= epoch - 1}
+    assert stamped == {int(b) for b in host.store.block_ids()}

@@ -33,6 +33,14 @@ Ownership rules:
    held but not owned under the adopted map (kept while a view waits, rule 1, or handed
    over before we adopted the map that gives it to us) carries one less: it never displaces
    the row of the block's owner at the same epoch.
+7. Bounded ticks. Every tick aggregates every block (vectorized: milliseconds per million
+   entities), but makes rows, the costly part downstream (published, stored, handed to the
+   hooks and the audit), for at most ``tick_rows`` blocks. A node holding no more blocks
+   than that gives every block its row every tick. Past it, a tick gives the blocks whose
+   aggregates changed since their last row (taken in turn from a rotating cursor when they
+   alone exceed the budget) and fills what is left of the budget with a rotating share of
+   the unchanged ones, so each row is refreshed every ``blocks / tick_rows`` ticks at
+   least. A new placement epoch makes every block changed (its rows must carry the epoch).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from corec_node.engine import (
+    AGGREGATE_DTYPE,
     EntityStore,
     Fusion,
     IngestResult,
@@ -59,14 +68,22 @@ from corec_node.engine.placement import PlacementMap, members_digest, partition
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
 EPOCH_KEY = "epoch"  # the placement epoch in a row (rule 6); storage/rows.py reads the same key
 TERM_SHIFT = 32  # epoch = term << 32 | maps adopted in the term: 4 billion maps a term, 2**31 terms
+TICK_ROWS = 10_000  # rule 7: rows one tick makes at most (~0.1 s of publishing and storing)
+_COMPARED = tuple(k for k in AGGREGATE_DTYPE.names if k not in ("block", "tick"))
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
 
 
 class EngineHost:
-    def __init__(self, name: str, *, block_size: int = 1000, max_errors: float = 0.1) -> None:
+    def __init__(self, name: str, *, block_size: int = 1000, max_errors: float = 0.1,
+                 tick_rows: int = TICK_ROWS) -> None:
         self.name = name
         self.block_size = block_size
         self.max_errors = max_errors
+        self.tick_rows = tick_rows  # rule 7
+        self._published = np.empty(0, AGGREGATE_DTYPE)  # per block, the values of its last row (rule 7)
+        self._published_epoch = -1
+        self._changed_cursor = 0
+        self._refresh_cursor = 0
         self.store = EntityStore(block_size=block_size)
         self.placement = PlacementMap(0, (name,))
         self.view: frozenset[str] = frozenset((name,))  # live members as this node sees them
@@ -252,10 +269,45 @@ class EngineHost:
         aggs = aggregate(self.store, self.tick_no)
         records = repair(self.store, aggs, max_errors=self.max_errors)
         self.repairs += len(records)
+        aggs = self._select(aggs)
         rows = aggregate_rows(aggs, owner=self.name, nan_as_none=True)
         self._stamp_epochs(rows, aggs["block"])
         self.observe_rows(self.name, rows)
         return rows, records
+
+    def _select(self, aggs: np.ndarray) -> np.ndarray:
+        """Rule 7: the aggregates of the blocks this tick makes rows for (sorted by block)."""
+        nb = len(aggs)
+        if nb <= self.tick_rows:
+            self._published = aggs.copy()
+            self._published_epoch = self.epoch
+            return aggs
+        prev = self._published
+        if self._published_epoch != self.epoch:
+            prev = np.empty(0, AGGREGATE_DTYPE)  # a new epoch: every row must carry it
+        at = np.searchsorted(prev["block"], aggs["block"])
+        at_clipped = np.minimum(at, max(len(prev) - 1, 0))
+        known = (at < len(prev)) & (prev["block"][at_clipped] == aggs["block"]) if len(prev) else np.zeros(nb, bool)
+        changed = ~known
+        old = prev[at_clipped] if len(prev) else aggs
+        for key in _COMPARED:
+            a, b = aggs[key], old[key]
+            differ = a != b
+            if a.dtype.kind == "f":
+                differ &= ~(np.isnan(a) & np.isnan(b))
+            changed |= known & differ
+        chosen = np.zeros(nb, bool)
+        self._changed_cursor = _take_in_turn(chosen, np.flatnonzero(changed), self.tick_rows, self._changed_cursor)
+        room = self.tick_rows - int(chosen.sum())
+        if room > 0:
+            self._refresh_cursor = _take_in_turn(chosen, np.flatnonzero(~changed), room, self._refresh_cursor)
+        # what a row now says, per block: the new values where one was made, else the last row's
+        published = aggs.copy()
+        keep = ~chosen & known
+        published[keep] = prev[at[keep]]
+        self._published = published[chosen | known]  # a block never given a row stays "changed"
+        self._published_epoch = self.epoch
+        return aggs[chosen]
 
     def _stamp_epochs(self, rows: list[dict[str, Any]], blocks: np.ndarray) -> None:
         """Rule 6: our epoch on the rows of blocks the adopted map gives us, one less on the others."""
@@ -334,3 +386,17 @@ class EngineHost:
     @staticmethod
     def chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         return [rows[i:i + ROWS_PER_MESSAGE] for i in range(0, len(rows), ROWS_PER_MESSAGE)] or [[]]
+
+
+def _take_in_turn(chosen: np.ndarray, candidates: np.ndarray, budget: int, cursor: int) -> int:
+    """Mark up to ``budget`` of ``candidates`` (positions, ascending) in ``chosen``, starting
+    at block position ``cursor`` and wrapping; returns the cursor for the next tick."""
+    if len(candidates) == 0 or budget <= 0:
+        return cursor
+    if len(candidates) <= budget:
+        chosen[candidates] = True
+        return cursor
+    start = int(np.searchsorted(candidates, cursor))
+    picked = np.roll(candidates, -start)[:budget]
+    chosen[picked] = True
+    return int(picked[-1]) + 1

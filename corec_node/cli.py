@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--count", type=int, help="how many records to generate (ids 0..count-1)")
     send.add_argument("--seed", type=int, default=0, help="seed of the generated values (default 0)")
     send.add_argument("--cluster", default="corec", help="cluster label (default corec)")
+    send.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds a batch waits for the node's answer before it counts as unconfirmed (default 10)")
     send.set_defaults(func=cmd_send)
 
     demo = sub.add_parser("demo", help="start three local nodes, stream entities, kill the leader, watch the failover")
@@ -268,6 +270,7 @@ cmd_leave = _client("leave", lambda r: f"{r['name']} left the cluster; stopping"
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    """Send, then say what the node answered: exit 1 unless every record was accepted."""
     import time
 
     import numpy as np
@@ -280,6 +283,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         split_addr(args.to)
     except ValueError as exc:
         print(f"corec-node: --to: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.timeout > 0:
+        print("corec-node: --timeout must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
     if args.file:
         try:
@@ -300,15 +306,25 @@ def cmd_send(args: argparse.Namespace) -> int:
         records["value"] = (20 + rng.normal(0, 2, args.count)).astype(np.float32)
         records["active"] = 1
     started = time.perf_counter()
+    client = Client(args.to, cluster=args.cluster, reply_timeout=args.timeout)
     try:
-        with Client(args.to, cluster=args.cluster, timeout=LINGER_MS / 1000) as client:
-            sent = client.send(records)
-    except TimeoutError as exc:  # nothing takes the batches: the node is down or unreachable
-        return _fail(f"{exc}; records not sent")
+        with client:  # closing waits for the answers still due
+            client.send(records)
+    except TimeoutError as exc:  # the node answered nothing and stopped taking batches
+        return _fail(f"{exc}; {len(records) - client.accepted:,} records not sent or not confirmed")
     if not flush_all():  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
         return _fail(f"{args.to} did not take the last records within {LINGER_MS / 1000:g} s; some may be lost")
     took = time.perf_counter() - started
-    print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s)")
+    sent, rejected, unconfirmed = client.sent_records, sum(client.rejected.values()), client.unconfirmed
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(client.rejected.items()))
+    print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s): "
+          f"{client.accepted:,} accepted, {rejected:,} rejected{f' ({reasons})' if reasons else ''}, "
+          f"{unconfirmed:,} unconfirmed")
+    if unconfirmed and not client.answered:
+        return _fail(f"{args.to} did not take the last records: no answer within {args.timeout:g} s (the node is "
+                     f"down or unreachable, of another cluster, or older than protocol 1.4)")
+    if rejected or unconfirmed:
+        return _fail(f"{args.to} did not accept {rejected + unconfirmed:,} of {sent:,} records")
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from corec_node.wire import (
     Ack,
     Aggregates,
     Alert,
+    BatchReply,
     EntityBatch,
     Envelope,
     Flow,
@@ -104,6 +105,9 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.ALERT: st.builds(Alert, kind=names, text=st.text(max_size=200)),
     MsgType.FUSION_PLAN: st.builds(FusionPlan, term=u64, fusions=rows),
     MsgType.FLOW: st.builds(Flow, hold_ms=u64),
+    MsgType.BATCH_REPLY: st.builds(BatchReply, seq=u64, accepted=st.integers(0, limits.MAX_BATCH_RECORDS),
+                                   rejected=st.dictionaries(names, st.integers(0, limits.MAX_BATCH_RECORDS), max_size=16),
+                                   stage=st.integers(0, 255)),
 }
 
 
@@ -178,7 +182,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 3, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 4, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}

@@ -6,6 +6,13 @@ It learns the cluster from the control plane as plain data (``view_changed``,
 acts on (``publish_digest``). The decisions are made by the pure cores it calls
 (``engine/host.py``, ``engine/``, ``mesh/flow.py``).
 
+Accounting (SPEC 9.4): every record a producer sends is stored by its owner, counted in a
+drop counter by reason (``dropped_records``, records this node would have kept), or
+answered to the producer as refused (``producers``, BatchReply). A producer's batch is
+answered once it is queued and republished; it waits for room at the door (``_door``, a
+task of its own), never in a receive loop, and is refused as busy past ADMIT_WAIT or when
+the door is full.
+
 Care: everything here runs on the node's event loop; nothing may block it. The audit's
 model runs in a worker thread.
 """
@@ -13,9 +20,11 @@ model runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,20 +34,51 @@ from corec_node.config import EngineSection
 from corec_node.engine import Fusion
 from corec_node.engine.audit import AlertGate, Auditor
 from corec_node.engine.host import EngineHost
-from corec_node.mesh.flow import MAX_WAIT
 from corec_node.plugins import PluginManager
 from corec_node.shell.control_plane import ClusterView, PluginHost
 from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
-from corec_node.wire.messages import Aggregates, EntityBatch, Flow, FusionPlan
+from corec_node.wire.messages import Aggregates, BatchReply, EntityBatch, Flow, FusionPlan
 from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
 
-REPUBLISH_BURST = 1 << 20  # producer bytes republished between two looks at the members' FLOW messages
+ADMIT_WAIT = 5.0  # seconds a producer's batch may wait for room before it is refused as busy
+DOOR_SHARE = 1 / 8  # of the ingest queue: producer bytes waiting at the door; past it, busy at once
+HOLD_POLL = 0.002  # a batch waiting out a member's pause looks again this often (a release ends it)
+REPLY_MINOR = 4  # producers of protocol 1.4 and later read BatchReply; older ones never do
 COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A producer's batch at the door: decoded, not yet queued nor answered."""
+
+    env: Any
+    payload: Any
+    records: np.ndarray
+    identity: bytes | None  # where its answer goes; None: the producer reads none
+    arrived: float
+    size: int
+    held: bool = False  # it waited for a member's pause
+
+
+@dataclass(slots=True)
+class ProducerCounts:
+    """What producers sent this node, and what it answered, in batches and records."""
+
+    batches: int = 0
+    records: int = 0
+    accepted: int = 0  # records queued for storing and republished
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)  # records, by reason
+    rejected_batches: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def status(self, waiting: int) -> dict[str, Any]:
+        return {"batches": self.batches, "records": self.records, "accepted": self.accepted,
+                "rejected": dict(self.rejected), "rejected_batches": dict(self.rejected_batches),
+                "waiting": waiting}
 
 
 class DataPlane:
@@ -66,13 +106,23 @@ class DataPlane:
         self.host = host
         self.raise_alert = raise_alert
         self.publish_digest = publish_digest
-        self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors)
+        self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
+                                 tick_rows=engine_config.tick_rows)
         limits = IngestLimits.from_mb(engine_config.ingest_queue_mb)
         self.flow = limits.flow()  # asks for, and grants, pauses of the stream
         self._limits = limits
         self._queue: IngestQueue | None = None  # made on the loop
-        self.ingest_dropped = 0
-        self._burst = 0  # producer bytes republished since the receive loop last yielded
+        self.ingest_dropped = 0  # stream batches dropped (queue over its limit)
+        self.producers = ProducerCounts()
+        # records lost after they reached this node, by reason; only those of blocks it
+        # would keep (the same batch reaches every member: each counts its own part)
+        self.dropped_records: collections.Counter[str] = collections.Counter()
+        self.stream_gaps = 0  # stream batches missed on the way (sequence gaps, SPEC 11)
+        self._stream_seq: dict[tuple[str, int], int] = {}
+        self._door: collections.deque[_Waiting] = collections.deque()
+        self._door_bytes = 0
+        self._door_limit = int(limits.limit_bytes * DOOR_SHARE)
+        self._door_task: asyncio.Task[None] | None = None
         self.view = ClusterView(members={}, live=(name,), leader=None, term=0)
         # the digest in our leader's last heartbeat: None = not heard since it was elected,
         # "" = it does not confirm maps (a 1.0 leader)
@@ -138,46 +188,127 @@ class DataPlane:
         """A direct batch from a member is block state handed over, not a producer's."""
         return sender != self.name and sender in self.view.members
 
-    def batch(self, env: Any, payload: Any, where: str) -> Awaitable[None] | None:
-        """Queue a batch for the ingest worker (bounds and waits: ingestqueue.py).
+    def batch(self, env: Any, payload: Any, where: str, identity: bytes | None = None) -> None:
+        """Take a batch for the ingest worker; never makes the caller wait.
 
-        A producer's batch (direct socket, sender not a member) is republished on the PUB
-        stream as it arrives, unless a member asked for a pause (SPEC 9.3): then it waits at
-        the door, and the producer behind it. A stream batch that finds the queue over its
-        limit is dropped and counted; this node asks for pauses long before that."""
-        queue = self.queue()
-        item = (env, payload, where)
+        A producer's batch (direct socket, sender not a member) goes through the door and
+        is answered to ``identity`` (its ROUTER connection) if the producer reads answers.
+        A handoff (direct, from a member) is always queued. A stream batch that finds the
+        queue over its limit is dropped and counted; this node asks for pauses long before."""
         if where == "direct":
-            if not self.is_handoff(env.sender):
-                if self.flow.may_hold(self._now()):
-                    return self._admit(item)
-                self._republish(env, payload)
-                self._burst += payload_bytes(item)
-                if self._burst >= REPUBLISH_BURST:
-                    self._burst = 0  # let a member's FLOW in before republishing more
-                    return asyncio.sleep(0) if queue.put_now(item) else queue.put(item)
-            return None if queue.put_now(item) else queue.put(item)
-        if not queue.offer(item):  # we cannot keep up: shed stream data, never the control plane
+            if self.is_handoff(env.sender):
+                self.queue().add((env, payload, where, None))  # block state: refusing it would lose it
+            else:
+                self._producer_batch(env, payload, identity)
+            return
+        self._note_stream_seq(env)
+        item = (env, payload, where, None)
+        if not self.queue().offer(item):  # we cannot keep up: shed stream data, never the control plane
             self.ingest_dropped += 1
             self.traffic.rejected["ingest_overflow"] += 1
-            return None
+            self._count_lost(env, payload, "stream_overflow")
+            return
         self._ask_flow(self.flow.stream_queued(payload_bytes(item), self._now()))
-        return None
 
     def peer_flow(self, sender: str, hold_ms: int) -> None:
         self.flow.peer_flow(sender, hold_ms, self._now())
 
-    async def _admit(self, item: Item) -> None:
-        """A producer's batch during a member's pause: wait until the pause ends (MAX_WAIT
-        at most, so that member messages on the same socket are not held long), then go on."""
-        start = self._now()
-        while (until := self.flow.held_until(now := self._now())) is not None and now - start < MAX_WAIT:
-            await asyncio.sleep(min(until - now, start + MAX_WAIT - now, 0.002))  # a release ends it early
-        held = self._now() - start
-        env, payload, _ = item
+    # -- producers: the door and the answers (SPEC 9.4) ------------------------------------
+
+    def _producer_batch(self, env: Any, payload: Any, identity: bytes | None) -> None:
+        answer = identity if identity and env.minor >= REPLY_MINOR else None
+        self.producers.batches += 1
+        self.producers.records += env.msg.count
+        try:
+            records = decode_batch(env.msg, payload)  # before it is answered: a bad record is refused, not lost
+        except WireError as exc:
+            self.traffic.reject("direct", exc)
+            self._refuse(env, answer, "too_large" if exc.reason == "too_large" else "malformed")
+            return
+        entry = _Waiting(env, payload, records, answer, self._now(), payload_bytes((env, payload)))
+        if not self._door and self._admit(entry):
+            return
+        if self._door_bytes + entry.size > self._door_limit:
+            self._refuse(env, answer, "busy")
+            return
+        self._door.append(entry)
+        self._door_bytes += entry.size
+        if self._door_task is None or self._door_task.done():
+            self._door_task = asyncio.get_running_loop().create_task(self._run_door())
+
+    def _admit(self, entry: _Waiting) -> bool:
+        """Queue, republish and answer ``entry`` if nothing holds it now (a member's pause,
+        no room in the queue); False leaves it waiting."""
+        now = self._now()
+        if self.flow.held_until(now) is not None:
+            entry.held = True
+            return False
+        queue = self.queue()
+        if not queue.room():
+            return False
+        env, payload = entry.env, entry.payload
         self._republish(env, payload)
-        await self.queue().put(item)
-        self.flow.held(held, self._now())  # the gap starts when the socket is read again
+        queue.add((env, payload, "direct", entry.records))
+        if entry.held:
+            self.flow.held(now - entry.arrived, now)
+        self.producers.accepted += env.msg.count
+        if entry.identity is not None:
+            self._answer(entry.identity, BatchReply(seq=env.seq, accepted=env.msg.count))
+        return True
+
+    async def _run_door(self) -> None:
+        """Admit the batches at the door in arrival order; refuse those that waited ADMIT_WAIT."""
+        queue = self.queue()
+        while self._door:
+            entry = self._door[0]
+            if not self._admit(entry):
+                left = entry.arrived + ADMIT_WAIT - self._now()
+                if left > 0:
+                    if entry.held:
+                        await asyncio.sleep(min(HOLD_POLL, left))
+                    else:
+                        await queue.wait_room(left)
+                    continue
+                self._refuse(entry.env, entry.identity, "busy")
+            self._door.popleft()
+            self._door_bytes -= entry.size
+
+    def _refuse(self, env: Any, identity: bytes | None, reason: str) -> None:
+        count = env.msg.count
+        self.producers.rejected[reason] += count
+        self.producers.rejected_batches[reason] += 1
+        if reason == "busy":  # the wire's reasons were counted by traffic.reject already
+            self.traffic.rejected["busy"] += 1
+        if identity is not None:
+            self._answer(identity, BatchReply(seq=env.seq, accepted=0, rejected={reason: count}))
+
+    def _answer(self, identity: bytes, reply: BatchReply) -> None:
+        try:
+            self.outbox.reply(identity, reply)  # a lost answer: the producer counts the batch unconfirmed
+        except ValueError as exc:  # not encodable: a bug, never the producer's fault
+            log.event("batch_reply_failed", logging.WARNING, error=str(exc))
+
+    # -- the stream's losses ------------------------------------------------------------
+
+    def _note_stream_seq(self, env: Any) -> None:
+        """Count stream batches missed on the way (the PUB/SUB path is lossy, SPEC 11)."""
+        key = (env.sender, env.msg.channel)
+        last = self._stream_seq.get(key)
+        self._stream_seq[key] = env.seq
+        if last is not None and env.seq > last + 1:
+            self.stream_gaps += env.seq - last - 1
+
+    def _count_lost(self, env: Any, payload: Any, reason: str) -> None:
+        """A batch this node will not store: count the records of it this node would keep."""
+        try:
+            records = decode_batch(env.msg, payload)
+        except WireError:
+            return  # counted as a rejected frame when it arrived, or it would be now: nothing valid lost
+        self._count_records(records, reason)
+
+    def _count_records(self, records: np.ndarray, reason: str) -> None:
+        if len(records):  # the engine's own test of what this node keeps (its map and the pending view)
+            self.dropped_records[reason] += int(np.count_nonzero(self.engine._mine(records)))
 
     def _ask_flow(self, hold_ms: int | None) -> None:
         if hold_ms is not None:
@@ -193,6 +324,7 @@ class DataPlane:
                 self._ingest_items(items)
             except Exception:  # a bug on one batch must not stop ingest
                 logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
+                self.dropped_records["ingest_error"] += sum(item[0].msg.count for item in items)  # at most
             stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
             self._ask_flow(self.flow.stream_taken(stream, self._now()))  # publish never raises
             await asyncio.sleep(0)  # timers and control messages go between two takes
@@ -202,14 +334,14 @@ class DataPlane:
         stored together, in one call, with every batch after them; a handoff is applied in its
         place in the order (what came before it is stored first)."""
         pending: list[np.ndarray] = []
-        for env, payload, where in items:
-            if where == "direct" and self.is_handoff(env.sender):
+        for env, payload, where, decoded in items:
+            if where == "direct" and decoded is None:  # a handoff
                 self._store(pending)
                 records = self._decode_batch(env.msg, payload, "direct")
                 if records is not None:
                     self.engine.receive_handoff(records)
                 continue
-            records = self._decode_batch(env.msg, payload, where)
+            records = decoded if decoded is not None else self._decode_batch(env.msg, payload, where)
             if records is not None:
                 if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
                     pending.append(records)
@@ -317,13 +449,17 @@ class DataPlane:
     def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
         for owner, records in handoffs.items():
             addr = self.view.members.get(owner)
-            if addr is None:
+            if addr is None:  # taken out of our store with nowhere to go
+                self.dropped_records["handoff"] += len(records)
+                log.event("handoff_lost", logging.WARNING, to=owner, records=len(records), detail="owner has no address")
                 continue
             for start in range(0, len(records), HANDOFF_CHUNK):
                 chunk = records[start:start + HANDOFF_CHUNK]
                 for channel in np.unique(chunk["channel"]).tolist():
-                    header, payload = make_batch(chunk[chunk["channel"] == channel], channel)
-                    self.outbox.transport.send(addr, self.outbox.frames(header, TOPIC_DIRECT, payload))
+                    part = chunk[chunk["channel"] == channel]
+                    header, payload = make_batch(part, channel)
+                    if not self.outbox.transport.send(addr, self.outbox.frames(header, TOPIC_DIRECT, payload)):
+                        self.dropped_records["handoff"] += len(part)
             version = self.engine.placement.version
             log.event("blocks_handed_off", to=owner, records=len(records), map_version=version)
             self.recorder.audit("placement", owner, "membership changed: blocks handed to their new owner",
@@ -340,6 +476,9 @@ class DataPlane:
             "entity_errors": self.engine.entity_errors,
             "ingested": self.engine.ingested,
             "ingest_dropped": self.ingest_dropped,
+            "producers": self.producers.status(len(self._door)),
+            "dropped_records": dict(self.dropped_records),
+            "stream_gaps": self.stream_gaps,
             "ingest_queue": queue.qsize() if queue is not None else 0,
             "ingest_queue_bytes": queue.bytes if queue is not None else 0,
             "repairs": self.engine.repairs,

@@ -1,14 +1,17 @@
 """The queue between a node's receive loops and its ingest worker, bounded by bytes.
 
 Entity batches go through it to their own worker task, so probes, gossip and heartbeats
-never wait behind a backlog of data on the same socket. Two bounds, each on purpose:
+never wait behind a backlog of data. Nothing here ever makes a receive loop wait: a loop
+that stops reading its socket holds every peer on it, and ZeroMQ's heartbeats drop a
+connection whose reader fell behind. Two bounds, each on purpose:
 
-- A batch on the direct socket (a producer's, or a handoff) waits while ``wait_bytes`` of
-  direct batches, or ``limit_bytes`` in all, are queued: its receive loop pauses, ZeroMQ
-  holds what follows and the producer's send blocks, so nothing is lost. A wait usually
-  ends with the worker's next take, so member probes on the same socket are not held
-  long; a stream backlog alone stops the direct socket only at the whole limit, which
-  flow control keeps the stream far from.
+- A producer's batch is taken only while there is ``room``: fewer than ``wait_bytes`` of
+  direct batches and fewer than ``limit_bytes`` in all are queued. Until then it waits at
+  the data plane's door, in a task of its own, and the producer waits for its answer
+  (SPEC 9.4); past the door's limits the node refuses it as busy. A room check usually
+  passes again at the worker's next take; a stream backlog alone closes the door only at
+  the whole limit, which flow control keeps the stream far from. A handoff (block state
+  from the previous owner) is always taken (``add``): refusing it would lose the state.
 - A batch from the PUB stream cannot make its publisher wait. It is queued up to
   ``limit_bytes`` and dropped past it (the caller counts it). A stream batch was already
   received into memory when it is offered, so this bound is a safety net against a
@@ -24,7 +27,7 @@ from typing import Any
 
 from corec_node.mesh.flow import FlowControl
 
-Item = tuple[Any, Any, str]  # (envelope, payload, "direct" | "broadcast")
+Item = tuple[Any, ...]  # (envelope, payload, "direct" | "broadcast"[, records already decoded])
 
 
 def payload_bytes(item: Item) -> int:
@@ -54,22 +57,24 @@ class IngestQueue:
         self._add(item)
         return True
 
-    def put_now(self, item: Item) -> bool:
-        """Queue a direct batch if it need not wait (True), else do nothing (False)."""
-        if self._full():
+    def room(self) -> bool:
+        """Whether a producer's batch may be queued now (see the module docstring)."""
+        return self.direct_bytes < self.wait_bytes and self.bytes < self.limit_bytes
+
+    async def wait_room(self, timeout: float) -> bool:
+        """Wait until there is ``room`` (True) or ``timeout`` seconds pass (False)."""
+        if self.room():
+            return True
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except TimeoutError:
             return False
-        self._add(item)
-        return True
+        return self.room()
 
-    async def put(self, item: Item) -> None:
-        """Queue a direct batch once it need not wait."""
-        while self._full():
-            self._room.clear()
-            await self._room.wait()
+    def add(self, item: Item) -> None:
+        """Queue a batch whatever the bounds: one the caller admitted (``room``), or a handoff."""
         self._add(item)
-
-    def _full(self) -> bool:
-        return self.direct_bytes >= self.wait_bytes or self.bytes >= self.limit_bytes
 
     async def take(self, max_records: int) -> list[Item]:
         """Wait for a batch, then take it and what follows it, up to ``max_records`` records."""
@@ -83,7 +88,7 @@ class IngestQueue:
             self.bytes -= size
             if item[2] == "direct":
                 self.direct_bytes -= size
-        if not self._full():
+        if self.room():
             self._room.set()
         return items
 
@@ -102,7 +107,7 @@ class IngestLimits:
     Past the whole of it, stream batches are dropped (and counted)."""
 
     limit_bytes: int
-    wait_share: float = 1 / 4  # a producer's batch waits while this much is direct batches
+    wait_share: float = 1 / 4  # a producer's batch waits at the door while this much is direct batches
     flow_high_share: float = 1 / 16  # a stream backlog this deep asks its sources to pause (SPEC 9.3)
     flow_low_share: float = 1 / 64  # ... and this shallow ends the pause
 

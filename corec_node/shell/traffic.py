@@ -82,6 +82,16 @@ class Outbox:
         self.traffic.count_out(TOPIC_DIRECT, frames)
         return True
 
+    def reply(self, identity: bytes, msg: Any) -> bool:
+        """A direct answer to a producer, on the connection (ROUTER ``identity``) its
+        message came in on; False when the transport dropped it."""
+        frames = self.frames(msg, TOPIC_DIRECT)
+        if not self.transport.reply(identity, frames):
+            return False
+        self.traffic.messages_out[type(msg).__name__.lower()] += 1
+        self.traffic.count_out(TOPIC_DIRECT, frames)
+        return True
+
     def publish(self, msg: Any, payload: Any = None) -> None:
         """A broadcast on this node's PUB stream, under the message's own topic."""
         topic = topic_for(msg)

@@ -29,6 +29,7 @@ from corec_node.log import LOGGER_NAME
 from corec_node.shell.curve import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
 
 Handler = Callable[[list[bytes]], Awaitable[None] | None]
+DirectHandler = Callable[[list[bytes], bytes], Awaitable[None] | None]  # (frames, ROUTER identity)
 PeerHint = Callable[[str, bool], None]  # (peer's direct addr, reconnect refused)
 
 # Socket options, each on purpose:
@@ -98,6 +99,13 @@ class Transport:
             self.auth = start_authenticator(self.sync_ctx, self.security, allow=self.allow)
         self.router = self.ctx.socket(zmq.ROUTER)
         self._common(self.router)
+        # No ZMTP heartbeats on the ROUTER. In libzmq 4.3.5 an engine whose peer filled its
+        # receive pipe stops reading, so it cannot see the peer's PONGs: after
+        # HEARTBEAT_TIMEOUT it drops the connection and what was in flight with it, and if
+        # the peer hangs up meanwhile the next heartbeat aborts the process (assertion
+        # !_io_error, stream_engine_base.cpp:310). Peers' DEALERs keep theirs.
+        self.router.setsockopt(zmq.HEARTBEAT_IVL, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply nobody can take is counted, not lost silently
         self.router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, limit)  # a hostile sender is cut at the socket
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reusing its identity
@@ -253,15 +261,30 @@ class Transport:
             return
         self.sent += 1
 
-    def start(self, on_direct: Handler, on_broadcast: Handler) -> None:
-        """Start the receive loops; each frame list goes to its handler, identity stripped."""
+    def reply(self, identity: bytes, frames: Sequence[Any]) -> bool:
+        """Send frames back on the ROUTER to the connection ``identity`` (a producer's);
+        False (and counted) when it is gone or its queue is full. Through the asyncio
+        socket, which the receive loop awaits: a plain send on a shadow could swallow the
+        wake-up of a message that arrived meanwhile."""
+        assert self.router is not None
+        sent = self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+        error = sent.exception() if sent.done() else None  # NOBLOCK: settled at once
+        if error is None:
+            self.sent += 1
+            return True
+        self.dropped["reply_queue_full" if isinstance(error, zmq.Again) else "reply_unroutable"] += 1
+        return False
+
+    def start(self, on_direct: DirectHandler, on_broadcast: Handler) -> None:
+        """Start the receive loops; each frame list goes to its handler, identity stripped
+        (the direct handler gets it as its second argument, for ``reply``)."""
         assert self.router is not None and self.sub is not None
         self._tasks = [
             asyncio.create_task(self._recv_loop(self.router, on_direct, strip_identity=True)),
             asyncio.create_task(self._recv_loop(self.sub, on_broadcast, strip_identity=False)),
         ]
 
-    async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Handler, *, strip_identity: bool) -> None:
+    async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Any, *, strip_identity: bool) -> None:
         # A queued message is taken with a plain non-blocking recv on a shadow of the socket
         # (no Future per message); only an empty socket is awaited. So a backlog would
         # starve the timers (probes, heartbeats, ticks) and the control socket: yield at
@@ -289,10 +312,8 @@ class Transport:
                 self.dropped["recv_error"] += 1
                 await asyncio.sleep(0)  # an error must not spin the loop
                 continue
-            if strip_identity:
-                frames = frames[1:]
             try:
-                result = handler(frames)
+                result = handler(frames[1:], bytes(frames[0])) if strip_identity else handler(frames)
                 if result is not None:
                     await result
             except asyncio.CancelledError:

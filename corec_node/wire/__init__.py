@@ -1,4 +1,4 @@
-"""CoreC wire protocol 1.2 (protocol/SPEC.md): entity records, topics, message envelope.
+"""CoreC wire protocol 1.4 (protocol/SPEC.md): entity records, topics, message envelope.
 
 Pure codecs: bytes in, typed values out, no I/O. Every decoder raises :class:`WireError`
 (with a short ``reason`` slug for metrics) and nothing else on bad input.
@@ -29,6 +29,7 @@ from corec_node.wire.messages import (
     Ack,
     Aggregates,
     Alert,
+    BatchReply,
     EntityBatch,
     Flow,
     FusionPlan,
@@ -42,6 +43,7 @@ from corec_node.wire.messages import (
     Nack,
     Ping,
     PingReq,
+    ReplyStage,
     StatePush,
     StateReply,
     Vote,
@@ -80,6 +82,7 @@ __all__ = [
     "Ack",
     "Aggregates",
     "Alert",
+    "BatchReply",
     "EntityBatch",
     "Flow",
     "FusionPlan",
@@ -94,6 +97,7 @@ __all__ = [
     "Nack",
     "Ping",
     "PingReq",
+    "ReplyStage",
     "SeqEvent",
     "SequenceCounter",
     "SequenceTracker",

@@ -32,6 +32,7 @@ from corec_node.wire.messages import (
     Ack,
     Aggregates,
     Alert,
+    BatchReply,
     EntityBatch,
     Flow,
     FusionPlan,
@@ -54,11 +55,12 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 3
+PROTOCOL_MINOR = 4
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-FEATURES = ("placement", "flow", "voters")
-"""What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3), as members
-announce it: a feature is used cluster-wide only when every voter announces it."""
+FEATURES = ("placement", "flow", "voters", "batch_reply")
+"""What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
+members announce it: a feature is used cluster-wide only when every voter announces it.
+``batch_reply`` is between a node and its producers, who announce it with their minor."""
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""
@@ -343,6 +345,44 @@ class _Array(_Kind):
         return out
 
 
+class _Counts(_Kind):
+    """A map of name -> count (BatchReply.rejected): at most ``max_len`` pairs, written
+    sorted by name so that the encoding is canonical."""
+
+    __slots__ = ("max_len", "spec")
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.spec = "map of name to count"
+
+    def load(self, value: Any) -> dict[str, int]:
+        if type(value) is not dict:
+            raise _expected(self.spec, value)
+        if len(value) > self.max_len:
+            raise _Bad("too_large", f"{len(value)} keys > {self.max_len}")
+        for key, count in value.items():
+            try:
+                _NAME.load(key)
+            except _Bad as exc:
+                raise exc.at(" (a key)") from None
+            try:
+                _COUNT.load(count)
+            except _Bad as exc:
+                raise exc.at(f".{key}") from None
+        return value
+
+    def dump(self, value: Any) -> dict[str, int]:
+        if not isinstance(value, Mapping):
+            raise _expected(self.spec, value)
+        out = {}
+        for key in sorted(value, key=lambda k: k.encode("utf-8", "surrogatepass") if isinstance(k, str) else b""):
+            try:
+                out[key] = _COUNT.dump(value[key])
+            except _Bad as exc:
+                raise exc.at(f".{key}") from None
+        return self.load(out)
+
+
 class _Row(_Kind):
     """A row of Aggregates.rows or FusionPlan.fusions: a flat map of key -> nil/bool/int/float/str."""
 
@@ -391,6 +431,7 @@ _MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, stat
 _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
 _VOTERS = _Array(_Struct(Voter, name=_NAME, addr=_ADDR), limits.MAX_VOTERS)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)
+_REASONS = _Counts(limits.MAX_REASONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +476,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),
         _schema(MsgType.FUSION_PLAN, FusionPlan, term=_U64, fusions=_ROWS),
         _schema(MsgType.FLOW, Flow, hold_ms=_U64),
+        _schema(MsgType.BATCH_REPLY, BatchReply, seq=_U64, accepted=_COUNT, rejected=_REASONS, stage=_U8),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

@@ -1,4 +1,4 @@
-"""Size limits of CoreC wire protocol 1.2 (protocol/SPEC.md, "Size limits").
+"""Size limits of CoreC wire protocol 1.4 (protocol/SPEC.md, "Size limits").
 
 Every value is part of the protocol: a receiver rejects anything above them, so a sender
 must stay under them. Each constant says why it is what it is.
@@ -45,6 +45,10 @@ MAX_TEXT_BYTES = 4096
 MAX_ROWS_PER_MESSAGE = 10_000
 """Aggregates rows in one message: one row a block; 10,000 blocks of ~1000 entities is ten
 million entities, more than one node owns."""
+
+MAX_REASONS = 16
+"""Reasons in one BatchReply's ``rejected`` map (since 1.4): a batch is refused for one
+reason in 1.4; room for partial answers of later minors, none for a hostile map."""
 
 MAX_ROW_KEYS = 64
 """Keys in one aggregates row: SPEC 9.2 defines 12 (block, count, mean, ...); room to add."""

@@ -8,6 +8,7 @@ sees a value of the wrong type. Field names here are the body keys on the wire.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -29,6 +30,7 @@ class MsgType(enum.IntEnum):
     FUSION_PLAN = 23
     FLOW = 24
     HEARTBEAT_ACK = 25
+    BATCH_REPLY = 26
 
 
 class MemberStatus(enum.IntEnum):
@@ -228,7 +230,29 @@ class Flow:
     hold_ms: int
 
 
+class ReplyStage(enum.IntEnum):
+    # WARNING: ONLY APPEND TO THIS LIST! The numeric values are part of the protocol itself.
+    QUEUED = 0  # the batch was queued for storing and republished (or refused)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReply:
+    """A node's answer to a producer's EntityBatch (direct, to the producer's connection,
+    since 1.4): the batch's ``seq`` (its envelope's), how many of its records the node
+    ``accepted`` and how many it refused, by reason (``rejected``, empty when none).
+    ``stage`` says how far the accepted records got: 1.4 answers once, when the batch is
+    queued; a later minor may answer again for the same batch at a later stage, and a
+    producer ignores stages it does not know. Producers are held by how many batches they
+    leave unanswered, never by the node's socket (SPEC 9.4)."""
+
+    seq: int
+    accepted: int
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    stage: int = ReplyStage.QUEUED
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
     | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
+    | BatchReply
 )

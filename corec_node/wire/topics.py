@@ -14,6 +14,7 @@ from corec_node.wire.messages import (
     Ack,
     Aggregates,
     Alert,
+    BatchReply,
     EntityBatch,
     Flow,
     FusionPlan,
@@ -58,6 +59,7 @@ FIXED_TOPICS: dict[type, bytes] = {
     Alert: TOPIC_ALERTS,
     FusionPlan: TOPIC_NUCLEUS,
     Flow: TOPIC_FLOW,
+    BatchReply: TOPIC_DIRECT,
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

@@ -1,4 +1,4 @@
-"""Regenerate the golden vectors of CoreC wire protocol 1.3 (protocol/SPEC.md, section 16).
+"""Regenerate the golden vectors of CoreC wire protocol 1.4 (protocol/SPEC.md, section 16).
 
     python protocol/vectors/generate.py          # rewrite entities.json and messages.json
     python protocol/vectors/generate.py --check  # exit 1 if the files differ from what
@@ -35,6 +35,7 @@ from corec_node.wire import (  # noqa: E402
     Ack,
     Aggregates,
     Alert,
+    BatchReply,
     EntityBatch,
     Flow,
     FusionPlan,
@@ -57,7 +58,7 @@ from corec_node.wire import (  # noqa: E402
     encode_message,
 )
 
-PROTOCOL = "CoreC wire protocol 1.3"
+PROTOCOL = "CoreC wire protocol 1.4"
 ZSTD_LEVEL = 1
 S = MemberStatus
 
@@ -275,6 +276,12 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      Flow(hold_ms=100), _hdr("node-b", 3), None),
     ("flow_release", "ingest flow control: the pause is over (since 1.2)",
      Flow(hold_ms=0), _hdr("node-b", 4), None),
+    ("batch_reply_accepted", "a node accepted all 10,000 records of a producer's batch 17 (since 1.4)",
+     BatchReply(seq=17, accepted=10_000), _hdr("node-a", 12), None),
+    ("batch_reply_busy", "a node refused a producer's batch 18 as busy: no room in time (since 1.4)",
+     BatchReply(seq=18, accepted=0, rejected={"busy": 10_000}), _hdr("node-a", 13, "prod"), None),
+    ("batch_reply_reasons", "a later minor's partial answer at stage 1: reasons sorted by name (since 1.4)",
+     BatchReply(seq=U64_MAX, accepted=5, rejected={"too_large": 2, "busy": 3}, stage=1), _hdr("node-b", 2), None),
     ("alert", "an alert with a two-line text",
      Alert(kind="threshold", text="channel 7 mean 98.5 > 90\nblock 3"), _hdr("node-b", 6), None),
 ]
@@ -480,6 +487,28 @@ def message_vectors() -> dict[str, Any]:
          batch(b"ent.007", p_raw, channel=256), "field"),
         ("count_over_limit", "count above MAX_BATCH_RECORDS",
          batch(b"ent.007", p_raw, count=1 << 32), "too_large"),
+        ("reply_reasons_17", "BATCH_REPLY with 17 reasons",
+         [b"dir", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 0,
+                                                       "rejected": {f"r{i:02d}": 1 for i in range(17)}}))],
+         "too_large"),
+        ("reply_reason_negative", "a reason's count is -1",
+         [b"dir", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 0, "rejected": {"busy": -1}}))],
+         "field"),
+        ("reply_reason_empty_name", "a reason with an empty name",
+         [b"dir", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 0, "rejected": {"": 1}}))],
+         "field"),
+        ("reply_rejected_array", "rejected is an array",
+         [b"dir", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 0, "rejected": [["busy", 1]]}))],
+         "field"),
+        ("reply_accepted_over_limit", "accepted above MAX_BATCH_RECORDS",
+         [b"dir", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 1 << 32, "rejected": {}}))],
+         "too_large"),
+        ("reply_stage_256", "stage 256 (uint8)",
+         [b"dir", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 0, "rejected": {}, "stage": 256}))],
+         "field"),
+        ("reply_on_ent", "BATCH_REPLY on an entity topic",
+         [b"ent.007", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 0, "rejected": {}}))],
+         "topic"),
         ("alert_text_long", "alert text of 4097 bytes",
          [b"alr", pack(envelope(MsgType.ALERT, {"kind": "k", "text": "t" * 4097}))], "field"),
         ("rows_not_maps", "aggregates row that is not a map",

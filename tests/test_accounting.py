@@ -20,7 +20,7 @@ import zmq
 from corec_node.client import Client
 from corec_node.testing.cluster import eventually, free_port
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 _spec = importlib.util.spec_from_file_location("flood", Path(__file__).resolve().parents[1] / "bench" / "flood.py")
 assert _spec is not None and _spec.loader is not None
@@ -42,7 +42,7 @@ def test_every_record_is_stored_dropped_by_name_or_refused(cluster):
         client, _ = flood.flood(nodes[0], recs, batch=10_000, window=32)
         assert client.sent_records == RECORDS
         assert client.unconfirmed == 0, "every batch answered"
-        status = flood.settled(nodes, 120)
+        status = flood.settled(nodes, 240)  # ~5 s unloaded; a loaded machine stretches it
         books = flood.account(client, status)
         totals["sent"] += books["sent"]
         totals["refused"] += sum(books["rejected"].values())

@@ -45,8 +45,12 @@ YIELD_EVERY = 0.005  # a backlog on the link holds a loop at most ~5 ms at a tim
 
 
 def endpoint_for(pid: int) -> str:
-    """A private abstract socket name (no file to clean up, gone with the processes)."""
-    return f"ipc://@corec-link-{pid}-{os.urandom(4).hex()}"
+    """Unix sockets in a fresh directory of mode 0700 (``mkdtemp``): only this user can
+    connect. (Abstract sockets have no permission check: any local process could.) The
+    node process removes the directory when the link closes."""
+    import tempfile
+
+    return f"ipc://{tempfile.mkdtemp(prefix=f'corec-link-{pid}-')}/s"
 
 
 class LinkEnd:

@@ -28,6 +28,7 @@ import ctypes
 import logging
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,10 +242,12 @@ class MeshHandle:
             self.requests.forget(rid)
             raise RequestFailed("the link to the mesh process is full")
         try:
-            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+            wait = params.get("wait")  # a command that waits (join --timeout) gets its time and more
+            timeout = REQUEST_TIMEOUT + (float(wait) if isinstance(wait, (int, float)) else 0.0)
+            return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             self.requests.forget(rid)
-            raise RequestFailed(f"the mesh process did not answer {command} within {REQUEST_TIMEOUT:g} s") from None
+            raise RequestFailed(f"the mesh process did not answer {command} within {timeout:g} s") from None
 
     async def stop(self) -> None:
         """Ask the child to save its snapshot and leave; kill it if it does not."""
@@ -272,6 +275,7 @@ class MeshHandle:
         if self.link is not None:
             await self.link.close()
             self.link = None
+            shutil.rmtree(os.path.dirname(self.endpoint.removeprefix("ipc://")), ignore_errors=True)
 
 
 # -- the child's side -----------------------------------------------------------------------
@@ -341,6 +345,7 @@ class MeshProcess:
         self.discovery: Discovery | None = None
         self._stop = asyncio.Event()
         self._engine_beat = 0.0
+        self._beaten = False
         self._stats_at = float("-inf")
 
     def now(self) -> float:
@@ -421,6 +426,8 @@ class MeshProcess:
     def _watch_engine(self, now: float) -> None:
         core = self.control.core
         assert core is not None
+        if not self._beaten:  # rule 14 judges only a data plane that has started beating
+            return
         silent = now - self._engine_beat
         if silent > ENGINE_STALL_BOUND and not core.stalled:
             log.event("engine_stalled", logging.WARNING, silent=round(silent, 3), leader=core.leader == self.name,
@@ -487,6 +494,7 @@ class MeshProcess:
             name, args = pickle.loads(frames[0])
             if name == "beat":
                 self._engine_beat = self.now()
+                self._beaten = True
             elif name == "digest":
                 self.control.placement_digest = args[0]
             elif name == "stop":

@@ -27,7 +27,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import os
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any

@@ -98,6 +98,7 @@ def test_members_detailed_shows_versions_and_roles(cluster):
     import sys
 
     from corec_node import __version__
+    from corec_node.wire import PROTOCOL
 
     nodes = start(cluster, ["v0", "v1", "v2"])
     eventually(lambda: voters_agree(nodes, ["v0", "v1", "v2"]), 30, message="every node a voter")

@@ -74,6 +74,8 @@ Rules (everything that changes this state machine lives in this file):
     rolled back (restored from a backup) may have voted in a term it no longer remembers.
     It grants no vote, nor pre-vote, until it accepts a leader's heartbeat; then it records
     that leader as its vote in the leader's term, so it never helps elect another in it.
+    The node does not set it for a restored directory today: in a cluster of two voters
+    the survivor needs the restored voter's vote to elect anyone, and so to re-add it.
 Safety. Raft's argument needs any two majorities to intersect: the voter sets are committed
 configurations, changed one member at a time by the leader (``mesh/voters.py``), so two
 nodes' sets differ by at most one member whatever the partitions, and the up-to-date check

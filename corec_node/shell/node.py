@@ -39,7 +39,7 @@ from corec_node.shell.control_plane import ClusterView
 from corec_node.shell.curve import CurveConfig
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
-from corec_node.shell.datadir import lock_data_dir, restored_mark
+from corec_node.shell.datadir import lock_data_dir
 from corec_node.shell.mesh_process import MeshHandle
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
@@ -165,8 +165,9 @@ class Node:
         if local is None:
             return 1
         snapshot = await local.load_members()
-        abstain = restored_mark(self.data_dir) is not None  # election rule 15
-        if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast, abstain=abstain):
+        # a restored directory does not abstain (election rule 15): in a cluster of two voters
+        # the survivor needs its vote to elect anyone, and so to re-add it
+        if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast):
             log.event("mesh_start_failed", logging.ERROR, error=self.mesh.failure)
             await self._close_storage()
             return 1

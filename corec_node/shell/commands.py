@@ -33,7 +33,12 @@ Command = Callable[[dict[str, Any]], Awaitable[Any]]
 class MeshLink(Protocol):
     """The mesh process as the node's commands reach it (``mesh_process.MeshHandle``)."""
 
-    async def request(self, command: str, params: dict[str, Any]) -> Any: ...
+    async def request(self, command: str, params: dict[str, Any], *, timeout: float | None = None) -> Any: ...
+
+    def hung(self) -> str | None: ...
+
+    @property
+    def link_dropped(self) -> Mapping[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,7 @@ class Identity:
     started_wall: float
 
 
+STATUS_WAIT = 2.0  # status answers within the CLI's patience, even when the mesh process is slow
 MESH_COMMANDS = ("members", "leader", "voters", "recover-voters", "join", "leave", "force-leave")
 
 
@@ -82,22 +88,28 @@ class ControlCommands:
             return await self._ask(command, req)
         return forward
 
-    async def _ask(self, command: str, req: dict[str, Any]) -> Any:
+    async def _ask(self, command: str, req: dict[str, Any], timeout: float | None = None) -> Any:
+        hung = self.mesh.hung()
+        if hung is not None:  # fail now, not after the request's timeout
+            raise CommandError(hung)
         try:
-            return await self.mesh.request(command, req)
+            return await self.mesh.request(command, req, timeout=timeout)
         except RequestFailed as exc:
             raise CommandError(str(exc)) from None
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
-        mesh = await self._ask("status", req)
+        mesh = await self._ask("status", req, STATUS_WAIT)
         rejected = collections.Counter(mesh.pop("rejected"))
         rejected.update(self.traffic.rejected)
+        link_dropped = collections.Counter(mesh.pop("link_dropped"))
+        link_dropped.update(self.mesh.link_dropped)
         return {
             **mesh,
             "messages_out": mesh["messages_out"] + sum(self.traffic.messages_out.values()),
             **self.data.status(),
             "storage": self.storage_status(),
             "rejected": dict(rejected),
+            "link_dropped": dict(link_dropped),  # messages between the node's two processes
         }
 
     async def plugin_list(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,6 +135,7 @@ class MeshCommands:
         transport: Transport,
         now: Callable[[], float],
         stop: Callable[[int], None],
+        link_dropped: Mapping[str, int],
     ) -> None:
         self.identity = identity
         self.control = control
@@ -130,6 +143,7 @@ class MeshCommands:
         self.transport = transport
         self.now = now
         self.stop = stop
+        self.link_dropped = link_dropped  # this process's end of the link (a live counter)
 
     def table(self) -> dict[str, Command]:
         return {
@@ -154,7 +168,7 @@ class MeshCommands:
             for m in self.control.core.membership.members()
         ]
 
-    def stats(self, link_dropped: Mapping[str, int]) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """What the node process shows in metrics and systemd's status line, twice a second."""
         core = self.control.core
         assert core is not None
@@ -165,7 +179,7 @@ class MeshCommands:
             "elections": self.control.elections_started, "stalled": core.stalled,
             "topic_in": dict(t.topic_in), "topic_out": dict(t.topic_out),
             "bytes_in": dict(t.bytes_in), "bytes_out": dict(t.bytes_out),
-            "rejected": rejected, "dropped": {**self.transport.dropped, **link_dropped},
+            "rejected": rejected, "dropped": {**self.transport.dropped, **self.link_dropped},
         }
 
     async def status(self, _req: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +201,7 @@ class MeshCommands:
             "messages_out": sum(self.traffic.messages_out.values()),
             "rejected": {**self.traffic.rejected, **self.transport.refused},  # frames, and handshakes refused
             "dropped": dict(self.transport.dropped),
+            "link_dropped": dict(self.link_dropped),
             "name_conflicts": [{"name": n, "addr": a} for a, n in self.control.conflicts.items()],
             "voters": sorted(self.control.core.config.names()),
             "disk_error": self.control.disk_error,

@@ -40,13 +40,12 @@ from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payloa
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
-from corec_node.wire.messages import Aggregates, BatchReply, EntityBatch, Flow, FusionPlan
+from corec_node.wire.messages import REPLY_MINOR, Aggregates, BatchReply, EntityBatch, Flow, FusionPlan
 from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
 
 ADMIT_WAIT = 5.0  # seconds a producer's batch may wait for room before it is refused as busy
 DOOR_SHARE = 1 / 8  # of the ingest queue: producer bytes waiting at the door; past it, busy at once
 HOLD_POLL = 0.002  # a batch waiting out a member's pause looks again this often (a release ends it)
-REPLY_MINOR = 4  # producers of protocol 1.4 and later read BatchReply; older ones never do
 COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in

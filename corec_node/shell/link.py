@@ -1,5 +1,5 @@
-"""The link between the node process and its mesh process: two ZeroMQ PUSH/PULL pairs
-over abstract unix sockets, one each way, and both ends.
+"""The link between the node process and its mesh process: ZeroMQ PUSH/PULL pairs over
+unix sockets in a private directory, and both ends.
 
 The mesh process (``mesh_process.py``) owns the node's network sockets and its control
 plane; the node process owns the data plane. Across the link travel:
@@ -13,12 +13,23 @@ plane; the node process owns the data plane. Across the link travel:
 - operations (``C``), node -> mesh: the placement digest our heartbeats carry, the engine's
   beat, stop; and requests (``Q``) answered by replies (``R``): the control commands.
 
-Events and requests are pickled: both ends run the same code and the socket is private to
-the two processes (an abstract unix socket named by the node process). Sends never block
-either loop: a full link drops the message and counts it, as a full socket towards a peer
-does (``dropped["link_full"]``). One socket per direction, on purpose: a ZeroMQ socket's
-file descriptor is edge-triggered, and a plain send on a socket that a loop also awaits
-for receiving can swallow the wake-up of a message that arrived meanwhile.
+Two lanes each way, read by one PULL that takes from each in turn (ZeroMQ fair-queues
+its pipes), so a backlog of data never delays an event:
+
+- the *data lane* (``put``) is bounded: at most ``LINK_BYTES`` sent and not yet read by
+  the other end (it returns credit, ``K``, every 1/``CREDIT_SHARE`` of it that it reads), and at
+  most ``LINK_HWM`` messages. Past either, the message is dropped and counted, as a full
+  socket towards a peer is (``dropped["link_full"]``): a stalled reader costs bounded
+  memory, never the other loop's time;
+- the *control lane* (``put_object``: events, operations, requests, replies, credit) is
+  lossless and ordered: its volume is a few messages a second, and a lost view change or
+  vote would leave the two processes disagreeing about the cluster.
+
+Events and requests are pickled: both ends run the same code and the sockets are private
+to the two processes. Sends never block either loop. A socket is used by one loop for one
+direction only, on purpose: a ZeroMQ socket's file descriptor is edge-triggered, and a
+plain send on a socket that a loop also awaits for receiving can swallow the wake-up of a
+message that arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -38,7 +49,11 @@ from corec_node.log import LOGGER_NAME
 
 DIRECT, BROADCAST, EVENT, REPLY = b"D", b"B", b"E", b"R"  # mesh -> node
 SEND, PUBLISH, ANSWER, OPERATION, REQUEST = b"S", b"P", b"Y", b"C", b"Q"  # node -> mesh
-LINK_HWM = 200_000  # messages queued either way before the link drops (and counts)
+CREDIT = b"K"  # either way, on the control lane: bytes of data read so far (kept by LinkEnd)
+DATA_KINDS = frozenset((DIRECT, BROADCAST, SEND, PUBLISH, ANSWER))  # the data lane's; the rest is control
+LINK_HWM = 200_000  # data messages queued either way before the link drops (and counts)
+LINK_BYTES = 64 << 20  # data bytes sent and not yet read by the other end, at most
+CREDIT_SHARE = 64  # the reader returns credit every LINK_BYTES / CREDIT_SHARE bytes it reads
 ZERO_COPY_MIN = 65536  # as the transport: big frames cross as zero-copy views
 YIELD_EVERY = 0.005  # a backlog on the link holds a loop at most ~5 ms at a time
 
@@ -53,30 +68,49 @@ def endpoint_for(pid: int) -> str:
 
 
 class LinkEnd:
-    """One end of the link: a PUSH for non-blocking sends, a PULL and its receive loop.
-    The node process binds (``bind=True``: its PUSH on ``endpoint-down``, its PULL on
-    ``endpoint-up``); the mesh process connects the other way round."""
+    """One end of the link: a PUSH per lane for non-blocking sends, a PULL and its receive
+    loop. The node process binds (``bind=True``: its PUSHes on ``endpoint-down`` and
+    ``endpoint-down-c``, its PULL on ``endpoint-up``); the mesh process connects the other
+    way round (both its PUSHes to ``endpoint-up``)."""
 
     def __init__(self, endpoint: str, *, bind: bool) -> None:
         self.ctx = zmq.asyncio.Context()
         sync_ctx = zmq.Context.shadow(self.ctx.underlying)
         self._out = sync_ctx.socket(zmq.PUSH)  # plain: NOBLOCK raises at once, no future
+        self._ctl = sync_ctx.socket(zmq.PUSH)
         self.sock = self.ctx.socket(zmq.PULL)
-        for sock in (self._out, self.sock):
+        for sock in (self._out, self._ctl, self.sock):
             sock.setsockopt(zmq.LINGER, 0)
         self._out.setsockopt(zmq.SNDHWM, LINK_HWM)
+        self._ctl.setsockopt(zmq.SNDHWM, 0)  # no limit: the control lane never drops
         self.sock.setsockopt(zmq.RCVHWM, LINK_HWM)
-        out_end, in_end = (f"{endpoint}-down", f"{endpoint}-up") if bind else (f"{endpoint}-up", f"{endpoint}-down")
         if bind:
-            self._out.bind(out_end)
-            self.sock.bind(in_end)
+            self._out.bind(f"{endpoint}-down")
+            self._ctl.bind(f"{endpoint}-down-c")
+            self.sock.bind(f"{endpoint}-up")
         else:
-            self._out.connect(out_end)
-            self.sock.connect(in_end)
+            self._out.connect(f"{endpoint}-up")
+            self._ctl.connect(f"{endpoint}-up")
+            self.sock.connect(f"{endpoint}-down")
+            self.sock.connect(f"{endpoint}-down-c")
         self.dropped: collections.Counter[str] = collections.Counter()
+        self.sent_bytes = 0  # data bytes this end sent
+        self.credited_bytes = 0  # ... of which the other end has read this many
+        self.read_bytes = 0  # data bytes this end read
+        self._credit_sent = 0
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def in_flight(self) -> int:
+        """Data bytes sent and not yet known to be read (at most ``LINK_BYTES``)."""
+        return self.sent_bytes - self.credited_bytes
+
     def put(self, frames: Sequence[Any]) -> bool:
+        """Data: dropped and counted when the other end is ``LINK_BYTES`` behind."""
+        size = _nbytes(frames)
+        if self.sent_bytes - self.credited_bytes + size > LINK_BYTES:
+            self.dropped["link_full"] += 1
+            return False
         try:
             self._out.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -85,10 +119,35 @@ class LinkEnd:
         except (zmq.ZMQError, ValueError, TypeError):
             self.dropped["link_error"] += 1
             return False
+        self.sent_bytes += size
         return True
 
     def put_object(self, kind: bytes, obj: Any) -> bool:
-        return self.put([kind, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)])
+        """Control: never dropped while the other end lives (False only once it is closed)."""
+        try:
+            self._ctl.send_multipart([kind, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)],
+                                     flags=zmq.NOBLOCK)
+        except (zmq.ZMQError, pickle.PicklingError, TypeError) as exc:
+            self.dropped["link_error"] += 1
+            logging.getLogger(LOGGER_NAME).warning("link_control_send_failed: %s", exc)
+            return False
+        return True
+
+    def _take(self, kind: bytes, frames: list[Any]) -> bool:
+        """Count data read and return credit; True: the message was the link's own."""
+        if kind == CREDIT:
+            self.credited_bytes = max(self.credited_bytes, int(frames[0]))
+            return True
+        if kind not in DATA_KINDS:
+            return False
+        self.read_bytes += len(kind) + _nbytes(frames)
+        if self.read_bytes - self._credit_sent >= LINK_BYTES // CREDIT_SHARE:
+            self._credit_sent = self.read_bytes
+            try:
+                self._ctl.send_multipart([CREDIT, str(self.read_bytes).encode()], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        return False
 
     def start(self, handler: Callable[[bytes, list[Any]], None]) -> None:
         self._task = asyncio.get_running_loop().create_task(self._recv_loop(handler))
@@ -116,6 +175,8 @@ class LinkEnd:
                 continue
             frames = [f.bytes if len(f) < ZERO_COPY_MIN else f.buffer for f in raw]
             try:
+                if self._take(frames[0], frames[1:]):
+                    continue
                 handler(frames[0], frames[1:])
             except asyncio.CancelledError:
                 raise
@@ -132,8 +193,13 @@ class LinkEnd:
             except (asyncio.CancelledError, Exception):
                 pass
         self._out.close(linger_ms)
+        self._ctl.close(linger_ms)
         self.sock.close(0)
         self.ctx.term()
+
+
+def _nbytes(frames: Sequence[Any]) -> int:
+    return sum(len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames)
 
 
 class Requests:

@@ -62,8 +62,8 @@ from corec_node.shell.link import (
 )
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.shell.transport import Transport
-from corec_node.wire import SeqEvent, SequenceTracker, WireError, decode_message
-from corec_node.wire.messages import MemberState
+from corec_node.wire import SeqEvent, SequenceTracker, WireError, decode_message, topic_for
+from corec_node.wire.messages import REPLY_MINOR, BatchReply, EntityBatch, MemberState
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_ALERTS,
@@ -81,6 +81,7 @@ ENGINE_STALL_BOUND = 8.0  # a data plane silent this long is stalled (systemd's 
 START_TIMEOUT = 30.0  # the child binds and reports ready within this (TimeoutStartSec)
 STOP_TIMEOUT = 5.0  # the child saves its snapshot and exits within this, or is killed
 REQUEST_TIMEOUT = 30.0  # a control command answered by the mesh process
+MESH_SILENCE_BOUND = ENGINE_STALL_BOUND  # a mesh process silent this long is hung (stopped, or stuck)
 PR_SET_PDEATHSIG = 1
 
 
@@ -114,6 +115,7 @@ class MeshHandle:
         self.requests = Requests()
         self.view = ClusterView(members={}, live=(config.name,), leader=None, term=0)
         self.stats: dict[str, Any] = {}
+        self.stats_at: float | None = None  # loop time of the last report (twice a second)
         self.failure: str | None = None  # why the child could not start or stopped
         self._ready: asyncio.Future[bool] | None = None
         self._stopped: asyncio.Future[bool] | None = None
@@ -154,6 +156,22 @@ class MeshHandle:
             self.proc.stdin.close()
         except OSError:  # it died at once: start() reports its exit code
             pass
+
+    def silence(self, now: float) -> float:
+        """Seconds since the mesh process last reported (0 before it has): a live process
+        that stays silent past ``MESH_SILENCE_BOUND`` is stopped or stuck."""
+        return 0.0 if self.stats_at is None else max(0.0, now - self.stats_at)
+
+    def hung(self) -> str | None:
+        """One line when the mesh process is silent past ``MESH_SILENCE_BOUND``, else None."""
+        silent = self.silence(asyncio.get_running_loop().time())
+        if silent <= MESH_SILENCE_BOUND:
+            return None
+        return f"the mesh process has not reported for {silent:.1f} s (stopped or stuck; pid {self.pid})"
+
+    @property
+    def link_dropped(self) -> dict[str, int]:
+        return dict(self.link.dropped) if self.link is not None else {}
 
     @property
     def alive(self) -> bool:
@@ -202,6 +220,7 @@ class MeshHandle:
                 events.vote(args)
             case "stats":
                 self.stats = args
+                self.stats_at = asyncio.get_running_loop().time()
             case "stop":
                 events.stop(args)
             case "ready":
@@ -233,8 +252,9 @@ class MeshHandle:
         if self.link is not None:
             self.link.put_object(OPERATION, (name, args))
 
-    async def request(self, command: str, params: dict[str, Any]) -> Any:
-        """A control command run by the mesh process; RequestFailed carries its error line."""
+    async def request(self, command: str, params: dict[str, Any], *, timeout: float | None = None) -> Any:
+        """A control command run by the mesh process; RequestFailed carries its error line.
+        ``timeout``: the wait (default REQUEST_TIMEOUT, and a waiting command's own wait)."""
         if self.link is None or not self.alive:
             raise RequestFailed("the mesh process is not running")
         rid, fut = self.requests.new()
@@ -242,21 +262,26 @@ class MeshHandle:
             self.requests.forget(rid)
             raise RequestFailed("the link to the mesh process is full")
         try:
-            wait = params.get("wait")  # a command that waits (join --timeout) gets its time and more
-            timeout = REQUEST_TIMEOUT + (float(wait) if isinstance(wait, (int, float)) else 0.0)
+            if timeout is None:  # a command that waits (join --timeout) gets its time and more
+                wait = params.get("wait")
+                timeout = REQUEST_TIMEOUT + (float(wait) if isinstance(wait, (int, float)) else 0.0)
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             self.requests.forget(rid)
             raise RequestFailed(f"the mesh process did not answer {command} within {timeout:g} s") from None
 
     async def stop(self) -> None:
-        """Ask the child to save its snapshot and leave; kill it if it does not."""
+        """Ask the child to save its snapshot and leave; kill it if it does not. Its events
+        up to ``stopped`` (the last it sends, on the ordered control lane) are handled before
+        the link closes: the member snapshot and audit rows it sends on the way out."""
         if self.proc is None:
             return
         if self.alive:
             self.operation("stop", 0)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_TIMEOUT
+            while self.alive and loop.time() < deadline and not (self._stopped is not None and self._stopped.done()):
+                await asyncio.sleep(0.02)
             while self.alive and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             if self.alive:
@@ -276,6 +301,25 @@ class MeshHandle:
             await self.link.close()
             self.link = None
             shutil.rmtree(os.path.dirname(self.endpoint.removeprefix("ipc://")), ignore_errors=True)
+
+
+class MeshOutbox(Outbox):
+    """The node process's outbox. Messages on a topic the mesh process also publishes on
+    (``nuc``: its heartbeats, the data plane's fusion plans) are handed to the mesh process
+    to be numbered and sent there: one sequence counter per topic, as receivers expect."""
+
+    MESH_TOPICS = frozenset((TOPIC_NUCLEUS,))
+
+    def __init__(self, mesh: MeshHandle, traffic: Traffic, *, name: str, cluster: str) -> None:
+        super().__init__(mesh, traffic, name=name, cluster=cluster)  # type: ignore[arg-type]
+        self.mesh = mesh
+
+    def publish(self, msg: Any, payload: Any = None) -> None:
+        if topic_for(msg) in self.MESH_TOPICS:
+            self.mesh.operation("publish", msg, payload)
+            self.traffic.messages_out[type(msg).__name__.lower()] += 1
+            return
+        super().publish(msg, payload)
 
 
 # -- the child's side -----------------------------------------------------------------------
@@ -341,7 +385,8 @@ class MeshProcess:
             max_voters=cfg.mesh.max_voters, data_dir=cfg.data_dir, transport=self.transport,
             outbox=self.outbox, events=self.events, clock=self.now)
         self.commands = MeshCommands(identity=spec.identity, control=self.control, traffic=self.traffic,
-                                     transport=self.transport, now=self.now, stop=self.events.stop)
+                                     transport=self.transport, now=self.now, stop=self.events.stop,
+                                     link_dropped=self.link.dropped)
         self.discovery: Discovery | None = None
         self._stop = asyncio.Event()
         self._engine_beat = 0.0
@@ -439,7 +484,7 @@ class MeshProcess:
 
     def _report(self, now: float) -> None:
         self._stats_at = now
-        self.events._put("stats", self.commands.stats(self.link.dropped))
+        self.events._put("stats", self.commands.stats())
 
     # -- inbound from the network --------------------------------------------------------
 
@@ -462,7 +507,10 @@ class MeshProcess:
             else:
                 self.control.handle(env.sender, env.msg, self.now())
             return
-        self.link.put([DIRECT, identity, *frames])
+        if not self.link.put([DIRECT, identity, *frames]) and identity and type(env.msg) is EntityBatch \
+                and env.minor >= REPLY_MINOR:  # the node process is behind: the producer hears so now
+            self.traffic.rejected["busy"] += 1
+            self.outbox.reply(identity, BatchReply(seq=env.seq, accepted=0, rejected={"busy": env.msg.count}))
 
     def _on_broadcast(self, frames: list[Any]) -> None:
         decoded = self._decode("broadcast", frames)
@@ -497,6 +545,8 @@ class MeshProcess:
                 self._beaten = True
             elif name == "digest":
                 self.control.placement_digest = args[0]
+            elif name == "publish":  # a message on a topic this process numbers (``MeshOutbox``)
+                self.outbox.publish(*args)
             elif name == "stop":
                 self._stop.set()
         elif kind == REQUEST:
@@ -546,4 +596,4 @@ def child_main() -> None:
     os._exit(code)
 
 
-__all__ = ["ENGINE_STALL_BOUND", "MeshHandle", "MeshProcess", "MeshSpec", "child_main"]
+__all__ = ["ENGINE_STALL_BOUND", "MESH_SILENCE_BOUND", "MeshHandle", "MeshOutbox", "MeshProcess", "MeshSpec", "child_main"]

@@ -235,6 +235,9 @@ class ReplyStage(enum.IntEnum):
     QUEUED = 0  # the batch was queued for storing and republished (or refused)
 
 
+REPLY_MINOR = 4  # producers of protocol 1.4 and later read BatchReply; older ones never do
+
+
 @dataclass(frozen=True, slots=True)
 class BatchReply:
     """A node's answer to a producer's EntityBatch (direct, to the producer's connection,

@@ -204,11 +204,44 @@ def render_status(s: dict[str, Any]) -> str:
         lines.append(f"ingest:   {s['ingested']:,} records, {s.get('ingest_queue_bytes', 0) / 2**20:.1f} MiB queued, "
                      f"{s.get('ingest_dropped', 0)} batches dropped; pauses asked {flow.get('requests', 0)}, "
                      f"producer batches held {flow.get('holds', 0)}")
+    lines += _accounting_lines(s)
+    if s.get("engine_stalled"):
+        lines.append("STALLED:  the data plane stopped beating: this node stands for nothing and does not lead")
     if s.get("disk_error"):
         lines.append(f"DISK:     {s['disk_error']} (not voting until it can be written)")
     for c in s.get("name_conflicts", []):
         lines.append(f"CONFLICT: node at {c['addr']} also uses the name {c['name']!r}")
     return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``{"busy": 10000}`` as " (busy 10,000)", nothing when empty."""
+    return f" ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))})" if counts else ""
+
+
+def _batches(n: int) -> str:
+    return f"{n:,} batch" if n == 1 else f"{n:,} batches"
+
+
+def _accounting_lines(s: dict[str, Any]) -> list[str]:
+    """Where records went (SPEC 9.4), stream gaps, heartbeat gaps and dropped messages."""
+    lines = []
+    if "producers" in s:
+        p = s["producers"]
+        rejected = p.get("rejected", {})
+        lines.append(f"records:  {p['records']:,} from producers ({_batches(p['batches'])}): {p['accepted']:,} accepted, "
+                     f"{sum(rejected.values()):,} rejected{_counts(rejected)}, {_batches(p.get('waiting', 0))} waiting")
+    if "dropped_records" in s:
+        lost = s["dropped_records"]
+        lines.append(f"lost:     {sum(lost.values()):,} records after they arrived{_counts(lost)}")
+    if "stream_gaps" in s:
+        lines.append(f"stream:   {s['stream_gaps']:,} batches missed (sequence gaps)")
+    if "heartbeat_gap_max" in s:
+        lines.append(f"beats:    largest gap {s['heartbeat_gap_max']:.3f} s between the leader's heartbeats, "
+                     f"{s.get('heartbeat_gaps_late', 0):,} late")
+    if s.get("dropped"):
+        lines.append(f"dropped:  {sum(s['dropped'].values()):,} messages{_counts(s['dropped'])}")
+    return lines
 
 
 def render_blocks(rows: list[dict[str, Any]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,12 @@ def test_send_reports_what_reached_the_node_and_blocks_pipes_into_head(cluster):
     status = cli("status", "--data-dir", str(node.data_dir))
     assert "entities: 1000000" in status.stdout
     assert "ingest:   1,000,000 records" in status.stdout and "0 batches dropped" in status.stdout
+    # every record accepted, none waiting (a batch refused as busy on a loaded machine is sent again: not asserted)
+    assert re.search(r"^records:  [\d,]+ from producers \([\d,]+ batches\): 1,000,000 accepted, .*, 0 batches waiting$",
+                     status.stdout, re.M), status.stdout
+    assert "lost:     0 records after they arrived\n" in status.stdout
+    assert "stream:   0 batches missed" in status.stdout
+    assert "STALLED" not in status.stdout
     # a reader that leaves early (`| head -1`) ends the listing quietly, with SIGPIPE's status;
     # 1000 blocks as JSON (~300 KB) cannot all wait in the pipe (64 KB), so the write fails
     blocks = subprocess.Popen([*CLI, "blocks", "--json", "--data-dir", str(node.data_dir)],
@@ -119,3 +126,51 @@ def test_send_to_nobody_fails_and_says_so():
     out = cli("send", "--to", addr, "--channel", "1", "--count", "10")
     assert out.returncode == 1
     assert f"{addr} did not take the last records" in out.stderr
+
+
+def status_answer(**changes) -> dict:
+    """A node's status answer as the control socket gives it (the keys render_status reads)."""
+    answer = {
+        "name": "a", "addr": "127.0.0.1:7946", "pub": "127.0.0.1:7947", "cluster": "corec", "uptime": 12.5,
+        "members": {"alive": 3, "suspect": 0}, "leader": "b", "term": 4, "messages_in": 900, "messages_out": 800,
+        "rejected": {"busy": 2}, "dropped": {}, "engine_stalled": False, "heartbeat_gap_max": 0.1234,
+        "heartbeat_gaps_late": 0, "entities": 370000, "blocks": 37,
+        "producers": {"batches": 41, "records": 410_000, "accepted": 370_000, "rejected": {"busy": 20_000, "too_large": 10_000},
+                      "rejected_batches": {"busy": 2, "too_large": 1}, "waiting": 1},
+        "dropped_records": {}, "stream_gaps": 0,
+    }
+    return {**answer, **changes}
+
+
+def test_status_text_accounts_for_records_and_drops():
+    from corec_node.cli import render_status
+
+    lines = render_status(status_answer()).splitlines()
+    assert ("records:  410,000 from producers (41 batches): 370,000 accepted, 30,000 rejected (busy 20,000, "
+            "too_large 10,000), 1 batch waiting") in lines
+    assert "lost:     0 records after they arrived" in lines
+    assert "stream:   0 batches missed (sequence gaps)" in lines
+    assert "beats:    largest gap 0.123 s between the leader's heartbeats, 0 late" in lines
+    assert not [line for line in lines if line.startswith(("dropped:", "STALLED:"))]  # nothing dropped, not stalled
+
+    text = render_status(status_answer(dropped_records={"stream_overflow": 4321, "handoff_failed": 17}, stream_gaps=6,
+                                       dropped={"pub_queue_full": 9, "link_full": 2}, engine_stalled=True,
+                                       heartbeat_gap_max=2.5, heartbeat_gaps_late=3))
+    lines = text.splitlines()
+    assert "lost:     4,338 records after they arrived (handoff_failed 17, stream_overflow 4,321)" in lines
+    assert "stream:   6 batches missed (sequence gaps)" in lines
+    assert "beats:    largest gap 2.500 s between the leader's heartbeats, 3 late" in lines
+    assert "dropped:  11 messages (link_full 2, pub_queue_full 9)" in lines
+    assert any(line.startswith("STALLED:  the data plane stopped beating") for line in lines)
+    assert len(lines) == len(set(lines))  # one line each
+
+
+def test_status_text_of_an_older_node_leaves_the_accounting_out():
+    from corec_node.cli import render_status
+
+    old = status_answer()
+    for key in ("producers", "dropped_records", "stream_gaps", "heartbeat_gap_max", "heartbeat_gaps_late",
+                "engine_stalled", "dropped"):
+        del old[key]
+    text = render_status(old)
+    assert text.startswith("name:     a\n") and "records:" not in text and "beats:" not in text

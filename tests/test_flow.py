@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corec_node.mesh.flow import HOLD_GAP, HOLD_MS, MAX_HOLD_MS, MAX_WAIT, REFRESH, FlowControl
+from corec_node.mesh.flow import HOLD_MS, MAX_HOLD_MS, REFRESH, FlowControl
 
 
 def test_a_deep_backlog_asks_refreshes_and_releases_once():
@@ -42,17 +42,14 @@ def test_taking_more_than_queued_never_goes_negative():
         FlowControl(high=4, low=4)
 
 
-def test_holds_leave_gaps_for_member_messages():
-    # however many producer batches arrive, after a hold none is held for HOLD_GAP
+def test_held_batches_are_counted_with_their_wait():
     flow = FlowControl(high=8, low=4)
-    assert not flow.may_hold(0.0)  # nobody asked
     flow.peer_flow("b", 1000, 0.0)
-    assert flow.may_hold(0.0)
-    flow.held(MAX_WAIT, MAX_WAIT)  # one batch waited the longest a batch waits
-    assert not flow.may_hold(MAX_WAIT)  # the next ones pass: member probes get through
-    assert not flow.may_hold(MAX_WAIT + 0.9 * HOLD_GAP)
-    assert flow.may_hold(MAX_WAIT + HOLD_GAP)  # the pause still lasts: holding resumes
-    assert flow.holds == 1 and flow.held_seconds == pytest.approx(MAX_WAIT)
+    flow.held(0.25, 0.25)
+    flow.held(0.5, 0.75)
+    assert flow.holds == 2 and flow.held_seconds == pytest.approx(0.75)
+    assert flow.status() == {"backlog": 0, "asking": False, "requests": 0, "holds": 2, "held_seconds": 0.75,
+                             "paused_by": 1}
 
 
 def test_the_pause_is_renewed_until_the_backlog_is_down_to_low():

@@ -6,6 +6,8 @@ import asyncio
 import collections
 import json
 import re
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -26,7 +28,9 @@ REQUIRED = [
     "corec_messages_total", "corec_message_bytes_total", "corec_rejected_frames_total",
     "corec_tick_duration_seconds", "corec_sync_lag_seconds", "corec_outbox_rows",
     "corec_plugin_faults_total", "corec_node_info", "corec_ingest_queue_bytes", "corec_flow_requests_total",
-    "corec_flow_holds_total",
+    "corec_flow_holds_total", "corec_records_total", "corec_producer_batches_total", "corec_producer_batches_waiting",
+    "corec_stream_gaps_total", "corec_dropped_messages_total", "corec_engine_stalled",
+    "corec_heartbeat_gap_max_seconds", "corec_heartbeat_gaps_late_total",
 ]
 
 
@@ -53,6 +57,16 @@ def real_snapshot() -> dict:
         "sync_lag": 0.75,
         "outbox_rows": 12,
         "plugin_faults": {"anomaly": 3},
+        # 41 batches of 10,000 arrived: 37 accepted, 3 refused (2 busy, 1 too large), 1 at the door
+        "producers": {"batches": 41, "records": 410_000, "accepted": 370_000,
+                      "rejected": collections.Counter({"busy": 20_000, "too_large": 10_000}),
+                      "rejected_batches": collections.Counter({"busy": 2, "too_large": 1}), "waiting": 1},
+        "dropped_records": collections.Counter({"stream_overflow": 4_321, "handoff_failed": 17}),
+        "stream_gaps": 6,
+        "dropped": collections.Counter({"pub_queue_full": 9, "link_full": 2}),
+        "engine_stalled": True,
+        "heartbeat_gap_max": 0.1375,
+        "heartbeat_gaps_late": 4,
     }
 
 
@@ -95,6 +109,43 @@ def test_exposition_has_every_metric_with_its_value():
     assert sample(s, "corec_plugin_faults_total", plugin="anomaly") == 3
     assert sample(s, "corec_node_info", version="9.9.9", name="node-a", cluster="prod") == 1
     assert sample(s, "corec_metrics_scrape_errors_total") == 0
+
+
+def test_record_accounting_and_drops():
+    s = parse(make_metrics().text())
+    records = lambda outcome, reason="": sample(s, "corec_records_total", outcome=outcome, reason=reason)  # noqa: E731
+    assert records("accepted") == 370_000
+    assert records("rejected", "busy") == 20_000
+    assert records("rejected", "too_large") == 10_000
+    assert records("dropped", "stream_overflow") == 4_321
+    assert records("dropped", "handoff_failed") == 17
+    assert {dict(labels)["outcome"] for name, labels in s if name == "corec_records_total"} == {"accepted", "rejected", "dropped"}
+    batches = lambda outcome, reason="": sample(s, "corec_producer_batches_total", outcome=outcome, reason=reason)  # noqa: E731
+    assert batches("accepted") == 37  # 41 arrived, 3 refused, 1 still waiting for its answer
+    assert batches("rejected", "busy") == 2 and batches("rejected", "too_large") == 1
+    assert sample(s, "corec_producer_batches_waiting") == 1
+    assert sample(s, "corec_stream_gaps_total") == 6
+    assert sample(s, "corec_dropped_messages_total", reason="pub_queue_full") == 9
+    assert sample(s, "corec_dropped_messages_total", reason="link_full") == 2
+    assert sample(s, "corec_engine_stalled") == 1
+    assert sample(s, "corec_heartbeat_gap_max_seconds") == 0.1375
+    assert sample(s, "corec_heartbeat_gaps_late_total") == 4
+
+
+def test_accounting_of_an_idle_node_is_zero_and_absent_keys_stay_absent():
+    s = parse(make_metrics(lambda: {"producers": {"batches": 0, "records": 0, "accepted": 0, "rejected": {},
+                                                  "rejected_batches": {}, "waiting": 0},
+                                    "dropped_records": {}, "stream_gaps": 0, "dropped": {},
+                                    "engine_stalled": False}).text())
+    assert sample(s, "corec_records_total", outcome="accepted", reason="") == 0
+    assert sample(s, "corec_producer_batches_total", outcome="accepted", reason="") == 0
+    assert sample(s, "corec_stream_gaps_total") == 0
+    assert sample(s, "corec_engine_stalled") == 0
+    names = {name for name, _ in s}
+    assert "corec_dropped_messages_total" not in names  # no reason, no sample
+    assert "corec_heartbeat_gap_max_seconds" not in names  # not in this snapshot: not a made-up zero
+    s = parse(make_metrics(lambda: {}).text())
+    assert not {"corec_records_total", "corec_engine_stalled", "corec_stream_gaps_total"} & {name for name, _ in s}
 
 
 def test_tick_histogram_buckets():
@@ -268,4 +319,21 @@ def test_metrics_endpoint_after_real_run(cluster, tmp_path):
     assert topics and all(t in {"dir", "mbr", "nuc", "agg", "alr"} or t.startswith("ent.") for t in topics), topics
     assert sample(s, "corec_tick_duration_seconds_count") > 0
     assert sample(s, "corec_members", status="dead") == 0
+    assert sample(s, "corec_engine_stalled") == 0
+    assert sample(s, "corec_records_total", outcome="accepted", reason="") == 0
+
+    sent = subprocess.run([sys.executable, "-m", "corec_node", "send", "--to", a.addr, "--channel", "3",
+                           "--count", "25000"], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert "25,000 accepted, 0 rejected" in sent.stdout
+
+    def accounted():
+        s = parse(http_get(url)[2].decode())
+        return sample(s, "corec_records_total", outcome="accepted", reason="") == 25_000 and s
+
+    s = eventually(accounted, 20, message="a's accepted records counter reaches the 25,000 sent")
+    assert sample(s, "corec_producer_batches_total", outcome="accepted", reason="") == 3  # 10,000 a batch
+    assert sample(s, "corec_producer_batches_waiting") == 0
+    assert not [labels for name, labels in s if name == "corec_records_total" and ("outcome", "dropped") in labels]
+    assert sample(s, "corec_stream_gaps_total") == 0
     assert b.proc.poll() is None

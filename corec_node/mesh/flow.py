@@ -14,10 +14,11 @@ Two sides in one object, since every node is both:
 - *Holds* (republishing). ``peer_flow`` records what a member asked; ``held_until`` says
   until when producer batches should wait (None: not now). A pause lasts at most
   MAX_HOLD_MS after it was received, so a member that died asking holds nothing for long.
-  Holding a batch stops the socket it came on, which member probes share, so ``may_hold``
-  allows one hold of at most MAX_WAIT at a time and none for HOLD_GAP after it: the socket
-  is never stopped longer than MAX_WAIT, and between two stops it reads every peer's next
-  message (the ROUTER takes one from each in turn), however many producers are waiting.
+  A held batch waits in the node, unanswered (the data plane's door, which refuses it as
+  busy once it has waited too long); the socket it came on is never stopped, since member
+  probes and votes share it. Its producer is held by its answers instead: it keeps at most
+  a window of unanswered batches (32 in the reference client; BatchReply, protocol 1.4,
+  SPEC 9.4). ``held`` counts the batches that waited and for how long.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from __future__ import annotations
 HOLD_MS = 100  # one request's pause; refreshed while the backlog stays deep
 REFRESH = 0.02  # seconds between two requests while the backlog stays deep
 MAX_HOLD_MS = 1000  # a longer request is taken as this (SPEC 9.3)
-MAX_WAIT = 0.02  # seconds a producer batch is held at most: member probes share its socket (probe timeout 0.1 s on lan)
-HOLD_GAP = 0.005  # seconds after a hold with no hold: ample for one message from each peer
 
 
 class FlowControl:
@@ -42,7 +41,6 @@ class FlowControl:
         self.requests = 0  # pauses asked (first requests and refreshes)
         self.holds = 0  # producer batches this node held
         self.held_seconds = 0.0  # time they waited, summed
-        self._next_hold = float("-inf")  # no hold before this (duty cycle, see the docstring)
 
     # -- receiving side -------------------------------------------------------------
 
@@ -84,15 +82,10 @@ class FlowControl:
             del self._until[sender]
         return max(self._until.values(), default=None)
 
-    def may_hold(self, now: float) -> bool:
-        """Should a producer batch arriving now wait for a pause?"""
-        return now >= self._next_hold and self.held_until(now) is not None
-
     def held(self, seconds: float, now: float) -> None:
         """A producer batch waited ``seconds``, until ``now``, for a pause."""
         self.holds += 1
         self.held_seconds += seconds
-        self._next_hold = now + HOLD_GAP
 
     def status(self) -> dict[str, float | int | bool]:
         return {"backlog": self.backlog, "asking": self.asking, "requests": self.requests,

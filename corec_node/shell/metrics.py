@@ -24,7 +24,25 @@ rather than reporting a made-up zero)::
         "sync_lag": 0.25,                          # seconds the storage sync is behind
         "outbox_rows": 12,                         # rows waiting for PostgreSQL
         "plugin_faults": {"anomaly": 1},           # hook failures by plugin
+        # what producers sent this node and its answers (DataPlane.status()["producers"]):
+        # records and batches received, records accepted, refused records and batches by
+        # reason, batches still waiting at the door for an answer
+        "producers": {"batches": 40, "records": 400_000, "accepted": 390_000,
+                      "rejected": {"busy": 10_000}, "rejected_batches": {"busy": 1}, "waiting": 0},
+        "dropped_records": {"stream_overflow": 5000},  # records lost after they reached this node, by reason
+        "stream_gaps": 3,                          # stream batches missed on the way (sequence gaps)
+        "dropped": {"pub_queue_full": 2, "link_full": 1},  # messages the transport and the link dropped
+        "engine_stalled": False,                   # the mesh process finds the data plane silent (rule 14)
+        "heartbeat_gap_max": 0.13,                 # largest gap between two of our leader's heartbeats
+        "heartbeat_gaps_late": 0,                  # gaps over the interval plus a tenth of the election timeout
     }
+
+Record accounting (SPEC 9.4) is one family, ``corec_records_total{outcome, reason}``:
+``accepted`` (reason empty) and ``rejected`` are records producers sent this node and what
+it answered; ``dropped`` are records this node lost after they reached it, counted only
+for blocks it would keep (a producer's batch accepted by another node may be dropped here).
+So ``accepted`` plus ``rejected`` is what producers sent this node, less what still waits
+for an answer, and ``dropped`` is not a third share of the same records.
 
 Topics may be ``bytes`` (as on the wire) or ``str``. The HTTP server is an asyncio server
 on the node's own loop: ``snapshot()`` then runs on the loop that owns the counters, so it
@@ -177,6 +195,50 @@ class SnapshotCollector:
         for plugin, n in sorted((s.get("plugin_faults") or {}).items()):
             faults.add_metric([_label(plugin)], float(n))
         yield faults
+
+        yield from _accounting(s)
+
+
+def _accounting(s: Snapshot) -> Iterator[Metric]:
+    """Where records went (SPEC 9.4) and what the node and its link dropped: the counters
+    ``status`` shows under producers, dropped_records, stream_gaps and dropped."""
+    producers = s.get("producers")
+    records = CounterMetricFamily(
+        "corec_records", "Records producers sent this node, accepted or rejected (by reason), and records this "
+        "node dropped after they reached it (by reason).", labels=["outcome", "reason"])
+    batches = CounterMetricFamily("corec_producer_batches", "Producer batches answered: accepted, or rejected by reason.",
+                                  labels=["outcome", "reason"])
+    if producers is not None:
+        records.add_metric(["accepted", ""], float(producers.get("accepted", 0)))
+        rejected_batches = producers.get("rejected_batches") or {}
+        # a batch is accepted whole or rejected whole (SPEC 9.4); the rest still wait at the door
+        accepted = producers.get("batches", 0) - sum(rejected_batches.values()) - producers.get("waiting", 0)
+        batches.add_metric(["accepted", ""], float(max(0, accepted)))
+        for reason, n in sorted((producers.get("rejected") or {}).items()):
+            records.add_metric(["rejected", _label(reason)], float(n))
+        for reason, n in sorted(rejected_batches.items()):
+            batches.add_metric(["rejected", _label(reason)], float(n))
+    for reason, n in sorted((s.get("dropped_records") or {}).items()):
+        records.add_metric(["dropped", _label(reason)], float(n))
+    yield records
+    yield batches
+    yield _scalar(GaugeMetricFamily, "corec_producer_batches_waiting", "Producer batches waiting at the door for an answer.",
+                  producers.get("waiting") if producers is not None else None)
+    yield _scalar(CounterMetricFamily, "corec_stream_gaps", "Stream batches missed on the way (sequence gaps).",
+                  s.get("stream_gaps"))
+
+    dropped = CounterMetricFamily("corec_dropped_messages", "Messages the transport or the link between the node's "
+                                  "two processes dropped, by reason.", labels=["reason"])
+    for reason, n in sorted((s.get("dropped") or {}).items()):
+        dropped.add_metric([_label(reason)], float(n))
+    yield dropped
+
+    yield _scalar(GaugeMetricFamily, "corec_engine_stalled", "1 while the data plane has stopped beating (the node "
+                  "stands for nothing and steps down).", s.get("engine_stalled"))
+    yield _scalar(GaugeMetricFamily, "corec_heartbeat_gap_max_seconds", "Largest gap between two heartbeats of our "
+                  "leader, in seconds.", s.get("heartbeat_gap_max"))
+    yield _scalar(CounterMetricFamily, "corec_heartbeat_gaps_late", "Gaps between two leader heartbeats over the "
+                  "interval plus a tenth of the election timeout.", s.get("heartbeat_gaps_late"))
 
 
 def _scalar(cls: type, name: str, doc: str, value: Any) -> Metric:

@@ -241,6 +241,8 @@ def _accounting_lines(s: dict[str, Any]) -> list[str]:
                      f"{s.get('heartbeat_gaps_late', 0):,} late")
     if s.get("dropped"):
         lines.append(f"dropped:  {sum(s['dropped'].values()):,} messages{_counts(s['dropped'])}")
+    if s.get("link_dropped"):  # between the node's own two processes
+        lines.append(f"link:     {sum(s['link_dropped'].values()):,} messages dropped{_counts(s['link_dropped'])}")
     return lines
 
 

@@ -180,6 +180,7 @@ class MeshCommands:
             "topic_in": dict(t.topic_in), "topic_out": dict(t.topic_out),
             "bytes_in": dict(t.bytes_in), "bytes_out": dict(t.bytes_out),
             "rejected": rejected, "dropped": {**self.transport.dropped, **self.link_dropped},
+            "heartbeat_gap_max": round(self.control.gaps.largest, 4), "heartbeat_gaps_late": self.control.gaps.late,
         }
 
     async def status(self, _req: dict[str, Any]) -> dict[str, Any]:

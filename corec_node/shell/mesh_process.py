@@ -62,7 +62,7 @@ from corec_node.shell.link import (
 )
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.shell.transport import Transport
-from corec_node.wire import SeqEvent, SequenceTracker, WireError, decode_message, topic_for
+from corec_node.wire import MsgType, SeqEvent, SequenceTracker, WireError, decode_message, topic_for
 from corec_node.wire.messages import REPLY_MINOR, BatchReply, EntityBatch, MemberState
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
@@ -83,6 +83,9 @@ STOP_TIMEOUT = 5.0  # the child saves its snapshot and exits within this, or is 
 REQUEST_TIMEOUT = 30.0  # a control command answered by the mesh process
 MESH_SILENCE_BOUND = ENGINE_STALL_BOUND  # a mesh process silent this long is hung (stopped, or stuck)
 PR_SET_PDEATHSIG = 1
+# data messages forwarded whole to the node process, which checks and builds their bodies;
+# producer batches are built here (a small body: the busy answer needs its count)
+FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.FUSION_PLAN, MsgType.ALERT, MsgType.FLOW))
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,7 +493,8 @@ class MeshProcess:
 
     def _decode(self, where: str, frames: list[Any]) -> Any:
         try:
-            return decode_message(frames, cluster=self.cluster, max_payload=self.config.mesh.max_message_bytes)
+            return decode_message(frames, cluster=self.cluster, max_payload=self.config.mesh.max_message_bytes,
+                                  skip_body=FORWARDED_BODIES)
         except WireError as exc:
             self.traffic.reject(where, exc)
             return None

@@ -11,7 +11,7 @@ The parts, each built here with what it needs: the mesh process (``mesh_process.
 sockets and the control plane, in a child process the data plane cannot stall), reached
 through ``MeshHandle``; ``DataPlane`` (ingest, engine, ticks, fusions: ``data_plane.py``);
 ``ControlCommands`` (the CLI's commands); ``Recorder`` (background writes to SQLite); an
-``Outbox`` that sends through the mesh process, and ``Traffic`` counters. The node routes
+``MeshOutbox`` that sends through the mesh process, and ``Traffic`` counters. The node routes
 each data message the mesh process forwards to the data plane, carries out what the control
 plane reports (``NodeEvents``), and exposes the API plugin hooks receive as ``node``
 (hookspecs.py).
@@ -40,11 +40,11 @@ from corec_node.shell.curve import CurveConfig
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
 from corec_node.shell.datadir import lock_data_dir
-from corec_node.shell.mesh_process import MeshHandle
+from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.systemd import Notifier
-from corec_node.shell.traffic import Outbox, Traffic
+from corec_node.shell.traffic import Traffic
 from corec_node.storage import LocalStore, SchemaTooNewError
 from corec_node.wire import WireError, decode_message
 from corec_node.wire.messages import Alert, MemberState, MsgType
@@ -73,7 +73,7 @@ class Node:
             CurveConfig.load(sec.secret_key_file, sec.public_keys_dir)
         self.mesh = MeshHandle(config, self.identity, NodeEvents(self))
         self.traffic = Traffic()  # what the data plane sends; the mesh process counts the wire
-        self.outbox = Outbox(self.mesh, self.traffic, name=self.name, cluster=cluster)  # type: ignore[arg-type]
+        self.outbox = MeshOutbox(self.mesh, self.traffic, name=self.name, cluster=cluster)
         self.recorder = Recorder()
         self.notifier = Notifier.from_env(unset=True)
         self.tick_time = TickHistogram()
@@ -82,6 +82,7 @@ class Node:
         self._loop_thread: int | None = None
         self._stop = asyncio.Event()
         self._status_at = float("-inf")
+        self._mesh_hung = False
         self._next_engine_tick = 0.0
         self._next_prune = 0.0
         self._plugin_stores: dict[str, asyncio.Future[Any]] = {}
@@ -233,13 +234,21 @@ class Node:
                 self.request_stop(1)
                 return
             self.mesh.operation("beat")  # the data plane is alive (mesh core rule 14)
+            hung = self.mesh.hung()
+            if (hung is not None) != self._mesh_hung:
+                self._mesh_hung = hung is not None
+                if hung is not None:
+                    log.event("mesh_process_stalled", logging.ERROR, detail=hung + ": watchdog pings stop")
+                else:
+                    log.event("mesh_process_resumed", logging.WARNING)
             started = time.perf_counter()
             try:
                 self._tick(now)
             except Exception:  # a bug in a core must not silently stop the timers
                 logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
             self.tick_time.observe(time.perf_counter() - started)
-            self.notifier.watchdog_due()  # from the loop itself: a hung loop stops the pings
+            if not self._mesh_hung:  # from the loop itself: a hung loop, or mesh process, stops the pings
+                self.notifier.watchdog_due()
             if now - self._status_at >= STATUS_PERIOD:
                 self._status_at = now
                 self.notifier.status(self.status_line())
@@ -317,6 +326,9 @@ class Node:
         bytes_out = collections.Counter(mesh.get("bytes_out", {}))
         bytes_out.update(self.traffic.bytes_out)
         queue = self.data.queue() if self.loop is not None else None
+        dropped = collections.Counter(mesh.get("dropped", {}))  # the mesh process's transport and its link end
+        if self.mesh.link is not None:
+            dropped.update(self.mesh.link.dropped)  # our link end: what we could not hand the mesh process
         return {
             "members": mesh.get("members", {}),
             "term": mesh.get("term", 0),
@@ -330,6 +342,14 @@ class Node:
             "ingest_queue_bytes": queue.bytes if queue is not None else 0,
             "flow_requests": self.data.flow.requests,
             "flow_holds": self.data.flow.holds,
+            # the door's length is what status shows as waiting (DataPlane has no accessor for it)
+            "producers": self.data.producers.status(len(self.data._door)),
+            "dropped_records": self.data.dropped_records,
+            "stream_gaps": self.data.stream_gaps,
+            "dropped": dropped,
+            **({"engine_stalled": mesh["stalled"]} if "stalled" in mesh else {}),
+            # in the stats once the mesh process reports them (its status has them today)
+            **{key: mesh[key] for key in ("heartbeat_gap_max", "heartbeat_gaps_late") if key in mesh},
             **({"sync_lag": self.syncer.status()["lag_seconds"], "outbox_rows": self.syncer.status()["outbox"]}
                if self.syncer is not None else {}),
         }

@@ -598,8 +598,12 @@ def decode_message(
     *,
     cluster: str | None = None,
     max_payload: int = limits.MAX_PAYLOAD_BYTES,
+    skip_body: frozenset[MsgType] = frozenset(),
 ) -> tuple[bytes, Envelope, bytes | memoryview | None]:
     """Decode and validate one multipart message: ``(topic, envelope, payload)``.
+
+    ``skip_body``: types whose body is left unchecked and unbuilt (the envelope's ``msg``
+    is None): for a process that only forwards them to one that decodes them whole.
 
     Raises WireError (and nothing else) for anything that does not follow SPEC.md; when
     ``cluster`` is given, a message with another cluster label is refused ("cluster").
@@ -667,6 +671,8 @@ def decode_message(
     if not schema.payload and payload is not None:
         raise WireError("payload", f"{schema.type.name} takes no payload frame")
 
+    if schema.type in skip_body:
+        return topic, Envelope(PROTOCOL_MAJOR, schema.type, label, sender, seq, None, minor), payload  # type: ignore[arg-type]
     try:
         msg = schema.body.load(obj["b"])
     except _Bad as exc:

@@ -7,7 +7,9 @@
 The vectors are a contract: once published, a canonical vector changes only with a new
 protocol version. Valid vectors are built with the reference encoder and then checked
 against an independent msgpack encoding of their JSON form (in tests/test_wire_vectors.py);
-invalid vectors are built by hand, below, one defect each.
+invalid vectors are built by hand, below, one defect each (two for the ``order_*`` vectors,
+which test the order of SPEC section 19), and each is refused by the reference decoder with
+its reason before it is written (``refused``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from corec_node.wire import (  # noqa: E402
     Vote,
     Voter,
     VoteRequest,
+    WireError,
+    decode_entities,
     decode_message,
     encode_entities,
     encode_message,
@@ -64,6 +68,17 @@ S = MemberStatus
 
 
 # -- entity records ----------------------------------------------------------------------
+
+
+def refused(name: str, reason: str, decode: Any, *args: Any, **kwargs: Any) -> None:
+    """An invalid vector's reason is what the reference decoder says, never a guess."""
+    try:
+        decode(*args, **kwargs)
+    except WireError as exc:
+        if exc.reason != reason:
+            raise AssertionError(f"vector {name}: the decoder says {exc.reason!r}, not {reason!r}") from None
+        return
+    raise AssertionError(f"vector {name}: the decoder accepts it")
 
 
 def record_json(rec: np.void) -> dict[str, Any]:
@@ -181,6 +196,8 @@ def entity_vectors() -> dict[str, Any]:
     ]
     invalid_json = []
     for name, compressed, data, reason, description, *max_records in invalid:
+        refused(name, reason, decode_entities, data, compressed=compressed, **(
+            {"max_records": max_records[0]} if max_records else {}))
         item = {"name": name, "description": description, "compressed": compressed,
                 "data": data.hex(), "reason": reason}
         if max_records:
@@ -215,6 +232,40 @@ _B_RAW = _batch(7, [(1, 7, 1.5, True), (2, 7, -0.25, False), (3, 7, 100.0, True)
 _B_ZSTD = _batch(255, [(i, 255, i / 4, i % 2 == 0) for i in range(10)], True)
 _B_EMPTY = _batch(0, [], False)
 _ROW = {"block": 3, "mean": 20.5, "min": -1.25, "label": "b3", "ok": True, "x": None}
+
+AGG_ROW_KEYS = ("block", "channel", "owner", "count", "active", "mean", "min", "max", "std",
+                "error_rate", "fitness", "tick", "epoch")
+"""SPEC 9.2: the keys of an AGGREGATES row, in canonical order (tests/test_spec_conformance.py
+checks that the engine's rows have exactly these, in this order)."""
+FUSION_KEYS = ("weak", "strong", "channel", "reason")
+"""SPEC 9.2: the keys of a FUSION_PLAN map, in canonical order."""
+CLUSTER_ID = "3f2a9c0d5e7b1486"
+
+
+def _fitness(count: int, active: int, error_rate: float, mean: float | None, std: float | None) -> float:
+    """SPEC 9.2's fitness, to build rows whose figures agree with each other."""
+    if not active or mean is None or std is None:
+        return 0.0
+    ratio = abs(mean) / (abs(mean) + std) if std > 0 else 1.0
+    return min(1.0, max(0.0, active / count * (1 - error_rate) * (1 + ratio) / 2))
+
+
+def agg_row(block: int, count: int, active: int, stats: tuple[float, float, float, float] | None,
+            error_rate: float, tick: int, epoch: int, owner: str = "node-a") -> dict[str, Any]:
+    """One AGGREGATES row as an owner publishes it: AGG_ROW_KEYS in order, nil statistics
+    when the block has no active entity."""
+    mean, lo, hi, std = stats if stats is not None else (None, None, None, None)
+    values = (block, block >> 32, owner, count, active, mean, lo, hi, std, error_rate,
+              _fitness(count, active, error_rate, mean, std), tick, epoch)
+    return dict(zip(AGG_ROW_KEYS, values, strict=True))
+
+
+_EPOCH = (3 << 32) | 2  # term 3, the second map adopted in it
+_AGG_ROWS = (
+    agg_row((7 << 32) | 1, 1000, 998, (20.25, 17.5, 23.0, 1.5), 0.0, 41, _EPOCH),
+    agg_row((7 << 32) | 2, 3, 0, None, 1 / 3, 41, _EPOCH - 1),  # held, not owned: one epoch less
+)
+_B_PRODUCER = _batch(3, [(5000, 3, 21.5, True), (5001, 3, 21.75, True)], False)
 
 # (name, description, message, header, payload)
 MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
@@ -284,6 +335,38 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      BatchReply(seq=U64_MAX, accepted=5, rejected={"too_large": 2, "busy": 3}, stage=1), _hdr("node-b", 2), None),
     ("alert", "an alert with a two-line text",
      Alert(kind="threshold", text="channel 7 mean 98.5 > 90\nblock 3"), _hdr("node-b", 6), None),
+    # -- rules a stranger's implementation needs (SPEC 5, 9.2, 9.5, 12) --
+    ("entity_batch_producer", ("a producer's first batch as `corec-node send` writes it: the default "
+     "label corec, the producer's own name (no member's), q from its one counter for all channels, "
+     "topic ent.003 on the node's direct socket, minor 4 so that the node answers (SPEC 9.5)"),
+     _B_PRODUCER[0], _hdr("client-gw1-4242", 1, "corec"), _B_PRODUCER[1]),
+    ("batch_reply_to_producer", ("the node's answer to that batch: its own name, label and dir counter, "
+     "seq = the batch's q (SPEC 9.4)"),
+     BatchReply(seq=1, accepted=2), _hdr("node-a", 30, "corec"), None),
+    ("aggregates_rows", ("two rows as an owner publishes them after its tick: every key of SPEC 9.2 "
+     "in canonical order; a block with no active entity has nil statistics; floats as float 64"),
+     Aggregates(tick=41, rows=_AGG_ROWS), _hdr("node-a", 88, "corec"), None),
+    ("heartbeat_cluster_id", ("leader heartbeat with the cluster id drawn at bootstrap, cfg_cluster "
+     "(a digest, SPEC 5 and 8.1; since 1.3)"),
+     Heartbeat(term=12, leader="node-a", placement="9f86d081884c7d65", seq=78, cfg_term=12, cfg_index=5,
+               voters=(Voter("node-a", "10.0.0.1:7946"), Voter("node-b", "10.0.0.2:7946"),
+                       Voter("node-c", "10.0.0.3:7946")), commit=5, cfg_cluster=CLUSTER_ID),
+     _hdr("node-a", 42, "corec"), None),
+    ("vote_request_cluster_id", "pre-vote carrying the candidate's configuration and cluster id (since 1.3)",
+     VoteRequest(term=13, pre=True, reply_to="10.0.0.3:7946", cfg_term=12, cfg_index=5, cfg_cluster=CLUSTER_ID),
+     _hdr("node-c", 203, "corec"), None),
+    ("names_printable", ("printable names (SPEC 5): a space, non-ASCII letters, an emoji; a label "
+     "with a slash"),
+     Gossip(updates=(MemberState("rack 1 node", "10.0.0.5:7946", "10.0.0.5:7947", 1, S.ALIVE),
+                     MemberState("nodo-ñandú-東京", "10.0.0.6:7946", "10.0.0.6:7947", 1, S.ALIVE),
+                     MemberState("edge-\U0001F600", "10.0.0.7:7946", "10.0.0.7:7947", 1, S.ALIVE))),
+     _hdr("rack 1 node", 3, "site/eu-1"), None),
+    ("addresses", ("every form of address (SPEC 5): DNS name with _ and -, IPv4, IPv6, IPv4-mapped "
+     "IPv6, IPv6 with a zone, ports 1 and 65535"),
+     Gossip(updates=(MemberState("a", "gw_1.rack-2.example:1", "10.0.0.1:65535", 0, S.ALIVE),
+                     MemberState("b", "[2001:db8::7]:7946", "[::ffff:10.0.0.1]:7947", 0, S.ALIVE),
+                     MemberState("c", "[fe80::1%eth0]:7946", "localhost:7947", 0, S.ALIVE))),
+     _hdr("a", 5), None),
 ]
 
 
@@ -389,12 +472,30 @@ def message_vectors() -> dict[str, Any]:
     reordered = dict(reversed(list(envelope(MsgType.PING, PING_BODY).items())))
     valid.append(valid_message("reordered_keys", "keys in another order, a non-minimal int "
                                "(decode only)", [b"dir", _non_minimal_ping(reordered)], False))
+    valid.append(valid_message("minor_2_sender", "a 1.2 node's PING: every message carries its "
+                               "sender's own minor, whatever its type (decode only)",
+                               ping_header(m=2), False))
+    hb_empty = envelope(MsgType.HEARTBEAT, {"term": 3, "leader": "node-a", "placement": ""})
+    valid.append(valid_message("placement_empty", "placement written as \"\": the same as absent, the "
+                               "sender confirms no map (decode only; senders omit the key)",
+                               [b"nuc", pack(hb_empty)], False))
+    loose_row = dict(_AGG_ROWS[0], mean=20, min=17, std=0, error_rate=0, x_future="kept")
+    loose = msgpack.packb(envelope(MsgType.AGGREGATES, {"tick": 41, "rows": [loose_row]}),
+                          use_bin_type=True, use_single_float=True)
+    valid.append(valid_message("aggregates_loose_numbers", "a row with ints where floats are expected, "
+                               "floats as float 32 and a key of a later minor: all accepted (decode only)",
+                               [b"agg", loose], False))
+    valid.append(valid_message("addr_leading_zero_port", "port written with a leading zero (5 digits "
+                               "at most): accepted, port 7946 (decode only; senders write none)",
+                               ping_body(reply_to="10.0.0.1:07946"), False))
 
     p_raw, p_zstd = _B_RAW[1], _B_ZSTD[1]
     ok_ping = pack(envelope(MsgType.PING, PING_BODY))
     bad_utf8 = pack(envelope(MsgType.PING, PING_BODY, s="@@")).replace(b"\xa2@@", b"\xa2\xff\xfe")
     ext = pack(envelope(MsgType.PING, PING_BODY, x=msgpack.ExtType(1, b"z")))
     zstd_9 = {"channel": 255, "count": 9, "compressed": True}
+    z1 = zstandard.ZstdCompressor(level=1)
+    huge = bytes.fromhex("28b52ffd") + bytes([0xE0]) + (10**12).to_bytes(8, "little") + b"\x01\x00\x00"
     # (name, description, frames, reason[, cluster the receiver expects])
     inv: list[tuple[Any, ...]] = [
         # frames
@@ -525,10 +626,96 @@ def message_vectors() -> dict[str, Any]:
          batch(b"ent.255", p_zstd, **zstd_9), "count"),
         ("batch_zstd_not_zstd", "compressed flag on a raw payload",
          batch(b"ent.007", p_raw, compressed=True), "zstd"),
+        ("batch_zstd_declares_1tb", ("a zstd frame declaring 10^12 bytes (10^11 records) under a header "
+         "of 9 records: the declared size is checked against count, unallocated (SPEC 10.2)"),
+         batch(b"ent.255", huge, **zstd_9), "count"),
+        ("batch_zstd_declares_odd", "a zstd frame declaring 25 bytes: not whole records, before count",
+         batch(b"ent.007", z1.compress(p_raw[:25]), compressed=True), "length"),
+        # -- the topic frame (SPEC 3) --
+        ("topic_33_bytes", "a topic frame of 33 bytes", [b"ent." + b"0" * 29, ok_ping], "topic"),
+        ("topic_33_bytes_not_msgpack", "a 33-byte topic is refused before the envelope is parsed",
+         [b"x" * 33, b"\xc1"], "topic"),
+        ("batch_on_dir", "ENTITY_BATCH travels on ent.NNN on every socket, never on dir",
+         batch(b"dir", p_raw), "topic"),
+        ("ping_on_ent", "a direct message on an entity topic", [b"ent.007", ok_ping], "topic"),
+        # -- the cluster label (SPEC 12) --
+        ("cluster_empty_vs_default", "empty label where the default corec is expected",
+         [b"dir", ok_ping], "cluster", "corec"),
+        ("cluster_case", "labels are compared byte for byte: Corec is not corec",
+         ping_header(c="Corec"), "cluster", "corec"),
+        ("cluster_label_tab", "a label with a control character", ping_header(c="a\tb"), "header"),
+        ("cluster_label_256", "a label of 256 bytes", ping_header(c=BIG), "header"),
+        # -- printable names and addresses (SPEC 5) --
+        ("sender_tab", "a sender name with a tab", ping_header(s="node\ta"), "header"),
+        ("name_nbsp", "U+00A0 no-break space (Zs) in a name", ping_body(target="node\u00a0b"), "field"),
+        ("name_zero_width", "U+200B zero width space (Cf) in a name", ping_body(target="node\u200bb"), "field"),
+        ("name_del", "U+007F DEL (Cc) in a name", ping_body(target="node\x7fb"), "field"),
+        ("name_private_use", "U+E000 private use (Co) in a name", ping_body(target="node\ue000"), "field"),
+        ("name_line_separator", "U+2028 line separator (Zl) in a name", ping_body(target="a\u2028b"), "field"),
+        ("name_unassigned", "U+0378, unassigned (Cn), in a name", ping_body(target="a\u0378"), "field"),
+        ("addr_space", "a space in the host", ping_body(reply_to="my host:7946"), "field"),
+        ("addr_non_ascii", "a non-ASCII host (IDNs travel as punycode)", ping_body(reply_to="höst:7946"), "field"),
+        ("addr_port_6_digits", "six port digits, though the value is 80", ping_body(reply_to="h:000080"), "field"),
+        ("addr_port_plus", "a sign before the port", ping_body(reply_to="h:+80"), "field"),
+        ("addr_empty_host", "no host", ping_body(reply_to=":7946"), "field"),
+        ("addr_empty_zone", "an IPv6 zone of no characters", ping_body(reply_to="[fe80::1%]:7946"), "field"),
+        ("addr_ipv6_no_port", "an IPv6 address in brackets without a port", ping_body(reply_to="[::1]"), "field"),
+        ("addr_trailing_space", "a space after the port", ping_body(reply_to="h:7946 "), "field"),
+        # -- the placement digest (SPEC 5) --
+        ("placement_33", "a digest of 33 characters",
+         [b"nuc", pack(envelope(MsgType.HEARTBEAT, {"term": 1, "leader": "a", "placement": "f" * 33}))],
+         "field"),
+        ("placement_int", "a digest sent as an int",
+         [b"nuc", pack(envelope(MsgType.HEARTBEAT, {"term": 1, "leader": "a", "placement": 7}))], "field"),
+        ("placement_newline", "a digest with a newline",
+         [b"nuc", pack(envelope(MsgType.HEARTBEAT, {"term": 1, "leader": "a", "placement": "9f86\n"}))],
+         "field"),
+        ("cfg_cluster_bin", "a cluster id sent as bin",
+         [b"nuc", pack(envelope(MsgType.HEARTBEAT, {"term": 1, "leader": "a", "cfg_cluster": b"3f2a"}))],
+         "field"),
+        # -- rows of AGGREGATES and FUSION_PLAN (SPEC 9.2) --
+        ("row_bin_value", "a row value sent as bin",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{"block": b"\x07"}]}))], "field"),
+        ("row_map_value", "a row value that is a map",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{"a": {"b": 1}}]}))], "field"),
+        ("row_empty_key", "a row key of no characters",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{"": 1}]}))], "field"),
+        ("row_key_newline", "a row key with a newline",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{"a\nb": 1}]}))], "field"),
+        ("row_65_keys", "a row of 65 keys",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{f"k{i:02d}": i for i in range(65)}]}))],
+         "too_large"),
+        ("row_text_4097", "a row str of 4097 bytes",
+         [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{"owner": "t" * 4097}]}))], "field"),
+        ("fusion_not_map", "a fusion that is an array",
+         [b"nuc", pack(envelope(MsgType.FUSION_PLAN, {"term": 1, "fusions": [[1, 2, 0, "r"]]}))], "field"),
+        # -- the order of the checks (SPEC 19): several defects, the first check gives the reason --
+        ("order_frames_first", "four frames, garbage in each", [b"x" * 40, b"\xc1", b"", b""], "frames"),
+        ("order_minor_before_type", "'m' = -1 and type 99", ping_header(m=-1, t=99), "header"),
+        ("order_type_before_cluster", "type 99 and 'c' = 0", ping_header(t=99, c=0), "type"),
+        ("order_version_before_sender", "major 2 and no 's'", ping_header(v=2, s=_DROP), "version"),
+        ("order_body_present_before_cluster", "no 'b' and a foreign label",
+         ping_header(b=_DROP, c="prod"), "header", "test"),
+        ("order_cluster_before_topic", "a foreign label on the wrong topic",
+         [b"mbr", pack(envelope(MsgType.PING, PING_BODY, c="prod"))], "cluster", "test"),
+        ("order_topic_before_payload", "PING on mbr with a payload", [b"mbr", ok_ping, b"x"], "topic"),
+        ("order_payload_before_body", "ENTITY_BATCH without payload and with a bad body",
+         batch(b"ent.007", None, compressed=1), "payload"),
+        ("order_batch_topic_before_body", ("ENTITY_BATCH on dir with a bad body: the entity topic "
+         "is checked before the body"), batch(b"dir", p_raw, channel="x"), "topic"),
+        ("order_body_before_channel", ("channel 7 on ent.008 and compressed = 1: the body is checked "
+         "before its channel is compared with the topic"), batch(b"ent.008", p_raw, compressed=1), "field"),
+        ("order_channel_before_count", ("channel 7 on ent.008 and count 4 for 3 records: the channel "
+         "is compared before the payload"), batch(b"ent.008", p_raw, count=4), "topic"),
+        ("order_fields_in_order", "probe and target both bad: probe comes first",
+         ping_body(probe=-1, target=""), "field"),
+        ("order_length_before_count", "25 raw bytes under count 9", batch(b"ent.007", p_raw[:25], count=9),
+         "length"),
     ]
     assert _B_RAW[0].count == 3 and _B_ZSTD[0].count == 10
     invalid = []
     for name, description, frames, reason, *cluster in inv:
+        refused(name, reason, decode_message, frames, cluster=cluster[0] if cluster else None)
         item: dict[str, Any] = {"name": name, "description": description,
                                 "frames": [f.hex() for f in frames], "reason": reason}
         if cluster:

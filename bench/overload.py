@@ -35,22 +35,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from corec_node.testing.cluster import Cluster, eventually, voters_agree  # noqa: E402
+from corec_node.testing.measure import rss_mb  # noqa: E402
 
 HEARTBEAT_INTERVAL = 0.1
 BOUND = 0.08  # a tenth of the lan profile's 0.8 s minimum election timeout
 BEFORE = "same loop as the data plane (before): largest gap 1.10-2.66 s; 20 M new ids took the term from 1 to 46"
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 def counts(node) -> dict[str, int]:

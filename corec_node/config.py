@@ -57,6 +57,7 @@ class NodeSection:
 class MeshSection:
     profile: str = "lan"  # timer profile: lan (default), edge (slow links), test (fast)
     pub_listen: str = ""  # PUB socket; empty: the listen port + 1
+    data_listen: str = ""  # data socket (producers, owner-routed batches); empty: the listen port + 2
     join: tuple[str, ...] = ()  # peers to join at start ("host:port" of their direct socket)
     max_message_bytes: int = 16 * 1024 * 1024  # ZMQ_MAXMSGSIZE: hostile frames cut at the socket
     discovery: bool = False  # UDP beacon on the LAN; off: nodes join explicitly
@@ -140,6 +141,20 @@ class Config:
             return split_addr(self.mesh.pub_listen)
         host, port = self.listen
         return host, port + 1
+
+    @property
+    def data_listen(self) -> tuple[str, int]:
+        if self.mesh.data_listen:
+            return split_addr(self.mesh.data_listen)
+        host, port = self.listen
+        return host, port + 2
+
+    @property
+    def data_advertise(self) -> str:
+        """The data socket's address producers and peers dial: the advertised host, the data port."""
+        host, _ = split_addr(self.advertise)
+        _, port = self.data_listen
+        return join_addr(host, port)
 
     @property
     def pub_advertise(self) -> str:
@@ -295,7 +310,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         return ConfigError(origins.get(key, config.source), key, expected, got)
 
     for key, addr in (("node.listen", config.node.listen), ("node.advertise", config.node.advertise),
-                      ("mesh.pub_listen", config.mesh.pub_listen), ("metrics.listen", config.metrics.listen)):
+                      ("mesh.pub_listen", config.mesh.pub_listen), ("mesh.data_listen", config.mesh.data_listen),
+                      ("metrics.listen", config.metrics.listen)):
         if addr:
             try:
                 split_addr(addr)
@@ -321,6 +337,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("node.log_level", f"one of {', '.join(LOG_LEVELS)}", config.node.log_level)
     if not config.mesh.pub_listen and config.listen[1] >= 65535:
         raise fail("node.listen", "a port below 65535 (the PUB port is the next one)", config.node.listen)
+    if not config.mesh.data_listen and config.listen[1] >= 65534:
+        raise fail("node.listen", "a port below 65534 (the data port is listen + 2)", config.node.listen)
     if not 64 * 1024 <= config.mesh.max_message_bytes <= MAX_MESSAGE_BYTES:
         raise fail("mesh.max_message_bytes", f"65536 to {MAX_MESSAGE_BYTES} (the protocol's payload limit)",
                    config.mesh.max_message_bytes)

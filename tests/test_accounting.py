@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from corec_node.client import Client
+from corec_node.wire import PROTOCOL_MINOR
 from corec_node.testing.cluster import eventually, free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -133,7 +134,7 @@ def test_an_older_producer_gets_no_answers_and_loses_nothing_silently(cluster):
     header, payload = make_batch(recs, 0)
     frames = encode_message(header, sender="old-producer", seq=1, cluster="corec", payload=payload)
     old = bytearray(frames[1])
-    assert old[5:7] == b"m\x04"  # the envelope's minor, 4: made 3
+    assert old[5:7] == bytes([ord("m"), PROTOCOL_MINOR])  # the envelope's minor: made 3
     old[6] = 3
     sock.send_multipart([frames[0], bytes(old), payload])
     eventually(lambda: node.ctl("status")["entities"] == 1000, 20)

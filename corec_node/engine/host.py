@@ -258,6 +258,26 @@ class EngineHost:
             mine |= self._pending.owners(blocks) == self._pending.members.index(self.name)
         return mine
 
+    def route(self, records: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Owner-routed ingest (SPEC 9.5): the mask of the records this node keeps (``_mine``:
+        the adopted map, and the pending view's), and the rest split by their owner under
+        the adopted map, where they are forwarded."""
+        mine = self._mine(records)
+        if mine.all():
+            return mine, {}
+        rest = partition(records[~mine], self.placement, self.block_size, self.store.fusions.resolve)
+        rest.pop(self.name, None)  # cannot happen (``_mine`` covers the adopted map): never forward to self
+        return mine, rest
+
+    def blocks_of(self, records: np.ndarray) -> np.ndarray:
+        """Each record's block as placed (its fusion root): what producer sequences key on."""
+        return self.store.fusions.resolve(block_ids_of(records["channel"], records["id"], self.block_size))
+
+    def map_message(self) -> tuple[int, str, tuple[str, ...], list[dict[str, int]]]:
+        """The adopted map as a producer needs it: (epoch, digest, members, fusions)."""
+        fusions = [{"block": int(w), "root": int(r)} for w, r in sorted(self.store.fusions.as_dict().items())]
+        return self.epoch, self.placement_digest(), self.placement.members, fusions
+
     def receive_handoff(self, records: np.ndarray) -> int:
         """Block state handed over by their previous owner."""
         self.received += len(records)

@@ -143,7 +143,7 @@ class MeshCore:
         voted_for: str | None = None,
         config: Configuration | None = None,
         voter_config: VoterConfig | None = None,
-        build: tuple[str, str, tuple[str, ...]] = ("", "", ()),
+        build: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
         abstain: bool = False,
     ) -> None:
         """``abstain``: the vote and store may both have been rolled back (a restored

@@ -54,7 +54,8 @@ class Member:
     inc: int
     status: MemberStatus
     since: float  # the ``now`` of the last status change
-    build: tuple[str, str, tuple[str, ...]] = ("", "", ())  # version, protocol, features it announced
+    # version, protocol, features it announced, and its data socket ("" none: before 1.5)
+    build: tuple[str, str, tuple[str, ...], str] = ("", "", (), "")
 
     def state(self) -> MemberState:
         return MemberState(self.name, self.addr, self.pub, self.inc, self.status, *self.build)
@@ -62,7 +63,7 @@ class Member:
     def learn_build(self, st: MemberState) -> None:
         """What the member announced of itself (not a verdict: it never orders updates)."""
         if st.version and st.inc >= self.inc:
-            self.build = (st.version, st.protocol, st.features)
+            self.build = (st.version, st.protocol, st.features, st.data)
 
 
 def n_live(members: Mapping[str, Member]) -> int:

@@ -218,7 +218,7 @@ class Membership:
         config: MembershipConfig,
         rng: random.Random,
         now: float,
-        build: tuple[str, str, tuple[str, ...]] = ("", "", ()),
+        build: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
     ) -> None:
         """``build``: this node's version, protocol and features, announced with its own
         record (shown by ``members --detailed``; feature gates read them)."""

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,6 +71,13 @@ class ClusterView:
     live: tuple[str, ...]  # alive or suspect, this node included, sorted
     leader: str | None
     term: int
+    data: Mapping[str, str] = field(default_factory=dict)  # member -> its data socket (1.5 and later)
+
+    @property
+    def routed(self) -> bool:
+        """Owner-routed ingest (SPEC 9.5): every live member has a data socket. Otherwise
+        producer batches are republished on the PUB stream, as before 1.5."""
+        return all(name in self.data for name in self.live)
 
 
 class ControlEvents(Protocol):
@@ -146,8 +153,9 @@ class ControlPlane:
         outbox: Outbox,
         events: ControlEvents,
         clock: Callable[[], float],
+        data: str = "",
     ) -> None:
-        self.name, self.addr, self.pub = name, addr, pub
+        self.name, self.addr, self.pub, self.data = name, addr, pub, data
         self.profile = profile
         self.voter_config = VoterConfig(max_voters=max_voters, promote_after=PROMOTE_AFTER.get(profile, 2.0))
         self.data_dir = data_dir
@@ -181,7 +189,7 @@ class ControlPlane:
         self._durable = ((term, voted_for), config or Configuration())
         self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
                              term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
-                             build=(__version__, PROTOCOL, FEATURES), abstain=abstain)
+                             build=(__version__, PROTOCOL, FEATURES, self.data), abstain=abstain)
         if snapshot or join:
             self._joined_at = time.time()
         self.apply(self.core.start(snapshot, join, now))
@@ -213,6 +221,7 @@ class ControlPlane:
         members = self.core.membership.members()
         return ClusterView(
             members={m.name: m.addr for m in members},
+            data={m.name: m.build[3] for m in members if m.build[3]} | ({self.name: self.data} if self.data else {}),
             live=tuple(sorted(m.name for m in members if m.status in _LIVE)),
             leader=self.core.leader,
             term=self.core.term,

@@ -40,7 +40,9 @@ from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payloa
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
-from corec_node.wire.messages import REPLY_MINOR, Aggregates, BatchReply, EntityBatch, Flow, FusionPlan
+from corec_node.engine.producers import ProducerSeqs
+from corec_node.shell.routing import NOT_OWNER, Answer, Forwarder, Relay
+from corec_node.wire.messages import REPLY_MINOR, Aggregates, BatchReply, EntityBatch, Flow, FusionPlan, Owner, Placement
 from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
 
 ADMIT_WAIT = 5.0  # seconds a producer's batch may wait for room before it is refused as busy
@@ -53,12 +55,13 @@ FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from 
 
 @dataclass(slots=True)
 class _Waiting:
-    """A producer's batch at the door: decoded, not yet queued nor answered."""
+    """A producer's batch (this node's part of it) at the door: decoded, not yet queued
+    nor answered."""
 
     env: Any
     payload: Any
     records: np.ndarray
-    identity: bytes | None  # where its answer goes; None: the producer reads none
+    relay: Relay  # gathers its answer with those of the parts forwarded to other owners
     arrived: float
     size: int
     held: bool = False  # it waited for a member's pause
@@ -70,12 +73,14 @@ class ProducerCounts:
 
     batches: int = 0
     records: int = 0
-    accepted: int = 0  # records queued for storing and republished
+    accepted: int = 0  # records queued for storing (and republished, when not owner-routed)
+    forwarded: int = 0  # records sent on to their owner (owner-routed ingest, SPEC 9.5)
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)  # records, by reason
     rejected_batches: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def status(self, waiting: int) -> dict[str, Any]:
         return {"batches": self.batches, "records": self.records, "accepted": self.accepted,
+                "forwarded": self.forwarded,
                 "rejected": dict(self.rejected), "rejected_batches": dict(self.rejected_batches),
                 "waiting": waiting}
 
@@ -105,6 +110,9 @@ class DataPlane:
         self.host = host
         self.raise_alert = raise_alert
         self.publish_digest = publish_digest
+        self.forwarder = Forwarder(self._send_part, self._now_)
+        self.seqs = ProducerSeqs()  # idempotent producers (SPEC 9.5)
+        self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
                                  tick_rows=engine_config.tick_rows)
         limits = IngestLimits.from_mb(engine_config.ingest_queue_mb)
@@ -136,6 +144,13 @@ class DataPlane:
     def bind(self, now: Callable[[], float]) -> None:
         """The node's clock (its loop's time), once the loop runs."""
         self._now = now
+
+    def _now_(self) -> float:
+        return self._now()
+
+    def _send_part(self, owner: str, header: EntityBatch, payload: Any) -> int | None:
+        addr = self.view.data.get(owner)
+        return None if addr is None else self.data_send(addr, header, payload)
 
     # -- the link from the control plane ------------------------------------------------
 
@@ -187,18 +202,18 @@ class DataPlane:
         """A direct batch from a member is block state handed over, not a producer's."""
         return sender != self.name and sender in self.view.members
 
-    def batch(self, env: Any, payload: Any, where: str, identity: bytes | None = None) -> None:
+    def batch(self, env: Any, payload: Any, where: str, answer: Answer | None = None) -> None:
         """Take a batch for the ingest worker; never makes the caller wait.
 
-        A producer's batch (direct socket, sender not a member) goes through the door and
-        is answered to ``identity`` (its ROUTER connection) if the producer reads answers.
+        A producer's batch (direct or data socket, or forwarded by a member: ``hops`` > 0)
+        goes through the door and is answered with ``answer`` if the producer reads answers.
         A handoff (direct, from a member) is always queued. A stream batch that finds the
         queue over its limit is dropped and counted; this node asks for pauses long before."""
         if where == "direct":
-            if self.is_handoff(env.sender):
+            if self.is_handoff(env.sender) and env.msg.hops == 0:
                 self.queue().add((env, payload, where, None))  # block state: refusing it would lose it
             else:
-                self._producer_batch(env, payload, identity)
+                self._producer_batch(env, payload, answer)
             return
         self._note_stream_seq(env)
         item = (env, payload, where, None)
@@ -214,21 +229,41 @@ class DataPlane:
 
     # -- producers: the door and the answers (SPEC 9.4) ------------------------------------
 
-    def _producer_batch(self, env: Any, payload: Any, identity: bytes | None) -> None:
-        answer = identity if identity and env.minor >= REPLY_MINOR else None
+    def _producer_batch(self, env: Any, payload: Any, answer: Answer | None) -> None:
+        msg = env.msg
+        if env.minor < REPLY_MINOR or msg.acks == 0:
+            answer = None
         self.producers.batches += 1
-        self.producers.records += env.msg.count
+        self.producers.records += msg.count
+        stale = msg.epoch != 0 and msg.epoch < self.engine.epoch
+        relay = Relay(env.seq, answer, self.engine.epoch if stale else 0, parts=1)
         try:
-            records = decode_batch(env.msg, payload)  # before it is answered: a bad record is refused, not lost
+            records = decode_batch(msg, payload)  # before it is answered: a bad record is refused, not lost
         except WireError as exc:
             self.traffic.reject("direct", exc)
-            self._refuse(env, answer, "too_large" if exc.reason == "too_large" else "malformed")
+            self._refuse_records(relay, msg.count, "too_large" if exc.reason == "too_large" else "malformed")
             return
-        entry = _Waiting(env, payload, records, answer, self._now(), payload_bytes((env, payload)))
+        if self.view.routed:
+            mine, parts = self.engine.route(records)
+            if parts:
+                records = records[mine]
+                relay.epoch = self.engine.epoch  # the producer's map is not the one we act on
+                if msg.hops > 0:  # forwarded once already: the sender's map and ours disagree
+                    self._refuse_records(relay, sum(len(p) for p in parts.values()), NOT_OWNER, last=False)
+                else:
+                    relay.parts += len(parts)
+                    before = self.forwarder.forwarded
+                    self.forwarder.forward(env, parts, relay)
+                    self.producers.forwarded += self.forwarder.forwarded - before
+            if not len(records):
+                relay.part(0)
+                return
+        entry = _Waiting(env, payload, records, relay, self._now(),
+                         records.nbytes if self.view.routed else payload_bytes((env, payload)))
         if not self._door and self._admit(entry):
             return
         if self._door_bytes + entry.size > self._door_limit:
-            self._refuse(env, answer, "busy")
+            self._refuse_records(relay, len(records), "busy")
             return
         self._door.append(entry)
         self._door_bytes += entry.size
@@ -246,14 +281,26 @@ class DataPlane:
         if not queue.room():
             return False
         env, payload = entry.env, entry.payload
-        self._republish(env, payload)
-        queue.add((env, payload, "direct", entry.records))
+        records, refused = self._admit_sequences(env.msg, entry.records)
+        if not self.view.routed:
+            self._republish(env, payload)
+        queue.add((env, payload, "direct", records))
         if entry.held:
             self.flow.held(now - entry.arrived, now)
-        self.producers.accepted += env.msg.count
-        if entry.identity is not None:
-            self._answer(entry.identity, BatchReply(seq=env.seq, accepted=env.msg.count))
+        self.producers.accepted += len(records)
+        for reason, count in refused.items():
+            self.producers.rejected[reason] += count
+            self.producers.rejected_batches[reason] += 1
+        entry.relay.part(len(records), refused)
         return True
+
+    def _admit_sequences(self, msg: EntityBatch, records: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+        """Idempotent producers: drop the records of blocks a batch as new or newer from
+        the same producer has already written (``engine/producers.py``)."""
+        if msg.producer == 0 or not len(records):
+            return records, {}
+        keep, refused = self.seqs.admit(msg.producer, msg.pseq, self.engine.blocks_of(records))
+        return (records[keep], refused) if refused else (records, {})
 
     async def _run_door(self) -> None:
         """Admit the batches at the door in arrival order; refuse those that waited ADMIT_WAIT."""
@@ -268,24 +315,34 @@ class DataPlane:
                     else:
                         await queue.wait_room(left)
                     continue
-                self._refuse(entry.env, entry.identity, "busy")
+                self._refuse_records(entry.relay, len(entry.records), "busy")
             self._door.popleft()
             self._door_bytes -= entry.size
 
-    def _refuse(self, env: Any, identity: bytes | None, reason: str) -> None:
-        count = env.msg.count
+    def _refuse_records(self, relay: Relay, count: int, reason: str, *, last: bool = True) -> None:
+        """Refuse ``count`` records of a producer's batch; ``last``: this closes our part."""
         self.producers.rejected[reason] += count
         self.producers.rejected_batches[reason] += 1
         if reason == "busy":  # the wire's reasons were counted by traffic.reject already
             self.traffic.rejected["busy"] += 1
-        if identity is not None:
-            self._answer(identity, BatchReply(seq=env.seq, accepted=0, rejected={reason: count}))
+        if last:
+            relay.part(0, {reason: count})
+        else:
+            relay.rejected[reason] += count
 
-    def _answer(self, identity: bytes, reply: BatchReply) -> None:
-        try:
-            self.outbox.reply(identity, reply)  # a lost answer: the producer counts the batch unconfirmed
-        except ValueError as exc:  # not encodable: a bug, never the producer's fault
-            log.event("batch_reply_failed", logging.WARNING, error=str(exc))
+    def owner_answered(self, sender: str, reply: BatchReply) -> None:
+        """An owner answered a part we forwarded (SPEC 9.5)."""
+        if not self.forwarder.answered(sender, reply):
+            self.traffic.rejected["stray_reply"] += 1
+
+    def placement_request(self, answer: Answer) -> None:
+        """A producer asks for the map: the one this node acts on, with every owner's data
+        socket; no owners when some live member has none (a 1.4 node): send everything here."""
+        epoch, digest, members, fusions = self.engine.map_message()
+        data = self.view.data
+        owners = tuple(Owner(m, data[m]) for m in members) if self.view.routed and all(m in data for m in members) else ()
+        answer(Placement(epoch=epoch, digest=digest, block_size=self.engine.block_size, owners=owners,
+                         fusions=tuple(fusions)))
 
     # -- the stream's losses ------------------------------------------------------------
 
@@ -341,6 +398,10 @@ class DataPlane:
                     self.engine.receive_handoff(records)
                 continue
             records = decoded if decoded is not None else self._decode_batch(env.msg, payload, where)
+            if records is not None and where == "broadcast" and env.msg.producer:
+                records, refused = self._admit_sequences(env.msg, records[self.engine._mine(records)])
+                for reason, count in refused.items():
+                    self.dropped_records[reason] += count
             if records is not None:
                 if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
                     pending.append(records)
@@ -376,6 +437,7 @@ class DataPlane:
 
     def tick(self) -> None:
         """One engine tick: aggregates published and stored, audit, repairs, fusions."""
+        self.forwarder.expire()
         rows, repairs = self.engine.tick()
         tick_no = self.engine.tick_no
         self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))
@@ -476,6 +538,9 @@ class DataPlane:
             "ingested": self.engine.ingested,
             "ingest_dropped": self.ingest_dropped,
             "producers": self.producers.status(len(self._door)),
+            "routed": self.view.routed,
+            "forwards_waiting": self.forwarder.waiting(),
+            "placement_epoch": self.engine.epoch,
             "dropped_records": dict(self.dropped_records),
             "stream_gaps": self.stream_gaps,
             "ingest_queue": queue.qsize() if queue is not None else 0,

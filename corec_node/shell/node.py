@@ -29,8 +29,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import zmq
+
 from corec_node import __version__, log
-from corec_node.config import Config
+from corec_node.config import Config, join_addr
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
 from corec_node.shell.commands import ControlCommands, Identity
@@ -44,9 +46,10 @@ from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.systemd import Notifier
-from corec_node.shell.traffic import Traffic
+from corec_node.shell.traffic import Outbox, Traffic
+from corec_node.shell.transport import Transport
 from corec_node.storage import LocalStore, SchemaTooNewError
-from corec_node.wire import WireError, decode_message
+from corec_node.wire import WireError, decode_message, encode_message, topic_for
 from corec_node.wire.messages import Alert, MemberState, MsgType
 
 TICK_PERIOD = 0.1  # the node process's timers: engine ticks, the data plane's beat, the watchdog
@@ -72,6 +75,11 @@ class Node:
         if sec.enabled:  # SecurityError (names the key file) here, before the mesh process starts: exit 2
             CurveConfig.load(sec.secret_key_file, sec.public_keys_dir)
         self.mesh = MeshHandle(config, self.identity, NodeEvents(self))
+        # the data socket: producers' batches and the parts members forward (SPEC 9.5), apart
+        # from the mesh process's probes, votes and heartbeats
+        self.datasock = Transport(max_message_bytes=config.mesh.max_message_bytes,
+                                  security=CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None,
+                                  allow=sec.allow)
         self.traffic = Traffic()  # what the data plane sends; the mesh process counts the wire
         self.outbox = MeshOutbox(self.mesh, self.traffic, name=self.name, cluster=cluster)
         self.recorder = Recorder()
@@ -95,6 +103,8 @@ class Node:
             name=self.name, engine_config=config.engine, outbox=self.outbox, traffic=self.traffic,
             recorder=self.recorder, plugins=self.plugins, host=self, raise_alert=self.raise_alert,
             publish_digest=self._publish_digest)
+        self.data.data_send = self._data_send
+        self.data_outbox = Outbox(self.datasock, self.traffic, name=self.name, cluster=cluster)
         self.commands = ControlCommands(
             identity=self.identity, mesh=self.mesh, data=self.data, traffic=self.traffic,
             plugins=self.plugins, storage_status=self.storage_status)
@@ -172,6 +182,16 @@ class Node:
             log.event("mesh_start_failed", logging.ERROR, error=self.mesh.failure)
             await self._close_storage()
             return 1
+        data_listen = join_addr(*cfg.data_listen)
+        try:
+            self.datasock.bind_router(data_listen)
+        except zmq.ZMQError as exc:
+            log.event("bind_failed", logging.ERROR, listen=data_listen, error=str(exc), socket="data")
+            await self.mesh.stop()
+            await self.datasock.close()
+            await self._close_storage()
+            return 1
+        self.datasock.start(self._on_data, None)
         self._publish_digest(self.data.engine.placement_digest())
         self._next_engine_tick = self.now() + cfg.engine.tick_interval
         if cfg.metrics.listen:
@@ -208,6 +228,7 @@ class Node:
             except asyncio.CancelledError:
                 pass
         await self.mesh.stop()  # it sends its member snapshot on the way out
+        await self.datasock.close()
         await self.plugins.shutdown(self)
         for opening in self._plugin_stores.values():
             try:
@@ -277,9 +298,55 @@ class Node:
         if decoded is None:
             return None
         _topic, env, payload = decoded
+        identity = bytes(frames[0])
         if env.type == MsgType.ENTITY_BATCH:
-            return self.data.batch(env, payload, "direct", bytes(frames[0]))
+            self.data.batch(env, payload, "direct", lambda msg: self._answer(self.outbox, identity, msg))
+        elif env.type == MsgType.PLACEMENT_REQUEST:
+            self.data.placement_request(lambda msg: self._answer(self.outbox, identity, msg))
         return None
+
+    def _on_data(self, frames: list[Any], identity: bytes) -> None:
+        """The data socket: producers' batches and map requests, members' forwarded parts
+        and their answers to ours (SPEC 9.5)."""
+        decoded = self._decode("data", frames)
+        if decoded is None:
+            return
+        topic, env, payload = decoded
+        self.traffic.count_in(env.type.name.lower(), topic, frames)
+        match env.type:
+            case MsgType.ENTITY_BATCH:
+                member = self.data.view.data.get(env.sender) if env.msg.hops > 0 else None
+                if member is not None:  # a part a member forwarded: answered to its data socket
+                    self.data.batch(env, payload, "direct", lambda msg: self._data_send(member, msg, None))
+                else:
+                    self.data.batch(env, payload, "direct", lambda msg: self._answer(self.data_outbox, identity, msg))
+            case MsgType.BATCH_REPLY:
+                self.data.owner_answered(env.sender, env.msg)
+            case MsgType.PLACEMENT_REQUEST:
+                self.data.placement_request(lambda msg: self._answer(self.data_outbox, identity, msg))
+            case _:
+                self.traffic.reject("data", WireError("type", f"{env.type.name} on the data socket"))
+
+    @staticmethod
+    def _answer(outbox: Outbox, identity: bytes, msg: Any) -> None:
+        try:
+            outbox.reply(identity, msg)  # a lost answer: the producer counts the batch unconfirmed
+        except ValueError as exc:  # not encodable: a bug, never the producer's fault
+            log.event("answer_failed", logging.WARNING, error=str(exc))
+
+    def _data_send(self, addr: str, msg: Any, payload: Any) -> int | None:
+        """A message to a member's data socket; the seq it went out under, None if dropped."""
+        topic = topic_for(msg)
+        seq = self.data_outbox.counters.next(topic)
+        try:
+            frames = encode_message(msg, sender=self.name, seq=seq, cluster=self.identity.cluster, payload=payload)
+        except ValueError as exc:
+            log.event("data_send_failed", logging.WARNING, error=str(exc))
+            return None
+        if not self.datasock.send(addr, frames):
+            return None
+        self.traffic.count_out(topic, frames)
+        return seq
 
     def _on_broadcast(self, frames: list[Any]) -> None:
         decoded = self._decode("broadcast", frames)

@@ -93,6 +93,31 @@ class Transport:
 
     def bind(self, direct: str, pub: str) -> None:
         """Bind ROUTER and PUB; raises zmq.ZMQError (e.g. EADDRINUSE) for the caller to report."""
+        self.bind_router(direct)
+        limit = self.max_message_bytes + ENVELOPE_OVERHEAD
+        self.pub = self.sync_ctx.socket(zmq.PUB)
+        self._common(self.pub)
+        self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAXMSGSIZE)
+        if self.allow:
+            self.pub.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+        if self.security is not None:
+            configure_server(self.pub, self.security)
+        try:
+            self.pub.bind(tcp(pub))
+        except zmq.ZMQError:
+            assert self.router is not None
+            self.router.close(0)
+            raise
+        self.sub = self.ctx.socket(zmq.SUB)
+        self._common(self.sub)
+        self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, limit)
+        if self.security is not None:
+            configure_client(self.sub, self.security)
+
+    def bind_router(self, direct: str) -> None:
+        """Bind the ROUTER alone (the node process's data socket has no PUB or SUB)."""
         limit = self.max_message_bytes + ENVELOPE_OVERHEAD
         if (self.security is not None or self.allow) and self.auth is None:
             # before any server socket exists: a stranger is refused before libzmq buffers its message
@@ -114,25 +139,6 @@ class Transport:
         if self.security is not None:
             configure_server(self.router, self.security)
         self.router.bind(tcp(direct))
-        self.pub = self.sync_ctx.socket(zmq.PUB)
-        self._common(self.pub)
-        self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
-        self.pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAXMSGSIZE)
-        if self.allow:
-            self.pub.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
-        if self.security is not None:
-            configure_server(self.pub, self.security)
-        try:
-            self.pub.bind(tcp(pub))
-        except zmq.ZMQError:
-            self.router.close(0)
-            raise
-        self.sub = self.ctx.socket(zmq.SUB)
-        self._common(self.sub)
-        self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
-        self.sub.setsockopt(zmq.MAXMSGSIZE, limit)
-        if self.security is not None:
-            configure_client(self.sub, self.security)
 
     @property
     def refused(self) -> dict[str, int]:
@@ -278,11 +284,10 @@ class Transport:
     def start(self, on_direct: DirectHandler, on_broadcast: Handler) -> None:
         """Start the receive loops; each frame list goes to its handler, identity stripped
         (the direct handler gets it as its second argument, for ``reply``)."""
-        assert self.router is not None and self.sub is not None
-        self._tasks = [
-            asyncio.create_task(self._recv_loop(self.router, on_direct, strip_identity=True)),
-            asyncio.create_task(self._recv_loop(self.sub, on_broadcast, strip_identity=False)),
-        ]
+        assert self.router is not None
+        self._tasks = [asyncio.create_task(self._recv_loop(self.router, on_direct, strip_identity=True))]
+        if self.sub is not None:
+            self._tasks.append(asyncio.create_task(self._recv_loop(self.sub, on_broadcast, strip_identity=False)))
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Any, *, strip_identity: bool) -> None:
         # A queued message is taken with a plain non-blocking recv on a shadow of the socket

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,11 +18,26 @@ from corec_node.shell.control import ControlError, request
 from corec_node.log import parse_line
 
 
+PORT_RANGE = (20_000, 32_000)  # below the kernel's ephemeral range (32768 and up): the outgoing
+# connections of many nodes are never given a port a test node is about to bind
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port the OS just handed out (bind port 0), free for the test to reuse."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port below the ephemeral range that binds now and was not handed out before in this
+    process, free for the test to use (with the next two, by a node's defaults)."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(*PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def eventually(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, message: str = "") -> Any:
@@ -62,6 +78,7 @@ class NodeProc:
         self.data_dir = data_dir or root / (data_name or name)
         self.port = port or free_port()
         self.pub_port = pub_port or free_port()
+        self.data_port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.join = join or []
         self.extra_env = extra_env or {}
@@ -71,7 +88,8 @@ class NodeProc:
 
     def start(self) -> NodeProc:
         env = dict(os.environ)
-        env.update({"COREC_MESH_PUB_LISTEN": f"127.0.0.1:{self.pub_port}", "PYTHONUNBUFFERED": "1"})
+        env.update({"COREC_MESH_PUB_LISTEN": f"127.0.0.1:{self.pub_port}",
+                    "COREC_MESH_DATA_LISTEN": f"127.0.0.1:{self.data_port}", "PYTHONUNBUFFERED": "1"})
         env.update(self.extra_env)
         cmd = [sys.executable, "-m", "corec_node", "run", "--name", self.name, "--data-dir", str(self.data_dir),
                "--listen", self.addr, *self.args]

@@ -41,6 +41,9 @@ from corec_node.wire.messages import (
     HeartbeatAck,
     MemberState,
     MemberStatus,
+    Owner,
+    Placement,
+    PlacementRequest,
     Message,
     MsgType,
     Nack,
@@ -55,9 +58,9 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 4
+PROTOCOL_MINOR = 5
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-FEATURES = ("placement", "flow", "voters", "batch_reply")
+FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor."""
@@ -418,6 +421,7 @@ class _Row(_Kind):
 
 _U64 = _UInt(UINT64_MAX, "uint64")
 _U8 = _UInt(0xFF, "uint8")
+_U32 = _UInt(0xFFFFFFFF, "uint32")
 _COUNT = _UInt(limits.MAX_BATCH_RECORDS, "record count", reason_hi="too_large")
 _BOOL = _Bool()
 _NAME = _Str(limits.MAX_NAME_BYTES, empty=False, printable=True, spec="name")
@@ -427,7 +431,7 @@ _TEXT = _Str(limits.MAX_TEXT_BYTES, empty=True, printable=False, spec="text")
 _ADDR = _Addr()
 _DIGEST = _Str(32, empty=True, printable=True, spec="digest")
 _MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, status=_Status(),
-                  version=_LABEL, protocol=_LABEL, features=_Array(_NAME, limits.MAX_FEATURES))
+                  version=_LABEL, protocol=_LABEL, features=_Array(_NAME, limits.MAX_FEATURES), data=_ADDR)
 _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
 _VOTERS = _Array(_Struct(Voter, name=_NAME, addr=_ADDR), limits.MAX_VOTERS)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)
@@ -470,13 +474,19 @@ SCHEMAS: dict[MsgType, Schema] = {
                 cfg_index=_U64),
         _schema(
             MsgType.ENTITY_BATCH, EntityBatch, payload=True,
-            channel=_U8, count=_COUNT, compressed=_BOOL,
+            channel=_U8, count=_COUNT, compressed=_BOOL, producer=_U64, pseq=_U64, acks=_U8, epoch=_U64,
+            hops=_U8,
         ),
         _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),
         _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),
         _schema(MsgType.FUSION_PLAN, FusionPlan, term=_U64, fusions=_ROWS),
         _schema(MsgType.FLOW, Flow, hold_ms=_U64),
-        _schema(MsgType.BATCH_REPLY, BatchReply, seq=_U64, accepted=_COUNT, rejected=_REASONS, stage=_U8),
+        _schema(MsgType.BATCH_REPLY, BatchReply, seq=_U64, accepted=_COUNT, rejected=_REASONS, stage=_U8,
+                epoch=_U64),
+        _schema(MsgType.PLACEMENT_REQUEST, PlacementRequest, epoch=_U64),
+        _schema(MsgType.PLACEMENT, Placement, epoch=_U64, digest=_DIGEST, block_size=_U32,
+                owners=_Array(_Struct(Owner, name=_NAME, data=_ADDR), limits.MAX_MEMBERS_PER_MESSAGE),
+                fusions=_ROWS),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

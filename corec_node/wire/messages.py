@@ -31,6 +31,8 @@ class MsgType(enum.IntEnum):
     FLOW = 24
     HEARTBEAT_ACK = 25
     BATCH_REPLY = 26
+    PLACEMENT_REQUEST = 27
+    PLACEMENT = 28
 
 
 class MemberStatus(enum.IntEnum):
@@ -57,6 +59,7 @@ class MemberState:
     version: str = ""  # since 1.3: the member's build ("" unknown), as it announced itself
     protocol: str = ""  # since 1.3: the wire protocol it speaks, "MAJOR.MINOR"
     features: tuple[str, ...] = ()  # since 1.3: what it supports that changes the wire
+    data: str = ""  # since 1.5: "host:port" of its data (producer) socket; "" none
 
 
 # -- membership (SWIM + Lifeguard) ----------------------------------------------------
@@ -188,11 +191,22 @@ class HeartbeatAck:
 
 @dataclass(frozen=True, slots=True)
 class EntityBatch:
-    """Header of an entity batch; the records travel in the payload frame."""
+    """Header of an entity batch; the records travel in the payload frame.
+
+    Since 1.5 (owner-routed ingest, SPEC 9.5): ``producer`` (a producer's id, 0 anonymous)
+    and ``pseq`` (its sequence, rising by batch across all the owners it sends to) make
+    retries idempotent; ``acks`` is what the producer waits for (0 nothing, 1 the owner
+    queued the records for its store); ``epoch`` is the placement epoch of the map the
+    producer split the batch by (0: not split); ``hops`` counts forwards between nodes."""
 
     channel: int
     count: int
     compressed: bool
+    producer: int = 0
+    pseq: int = 0
+    acks: int = 1
+    epoch: int = 0
+    hops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +266,42 @@ class BatchReply:
     accepted: int
     rejected: Mapping[str, int] = field(default_factory=dict)
     stage: int = ReplyStage.QUEUED
+    epoch: int = 0  # since 1.5: the node's placement epoch when it is newer than the batch's
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    """A producer asks a node for the placement map (direct, since 1.5); ``epoch``: the map
+    it holds (0 none)."""
+
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A member that owns blocks under a placement map, and where its data socket is."""
+
+    name: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The placement map the answering node acts on (direct, since 1.5): its ``epoch`` and
+    member ``digest`` (SPEC 9.1), the ``block_size`` that makes block ids, the ``owners``
+    (every member of the map, with its data socket), and the ``fusions`` in force (rows
+    ``{"block": id, "root": id}``: a fused block is placed under its root, engine rule 5).
+    A producer computes each block's owner with the rendezvous rule (SPEC 9.1)."""
+
+    epoch: int
+    digest: str
+    block_size: int
+    owners: tuple[Owner, ...] = ()
+    fusions: tuple = ()
 
 
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
     | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
-    | BatchReply
+    | BatchReply | PlacementRequest | Placement
 )

@@ -25,6 +25,8 @@ from corec_node.wire.messages import (
     Nack,
     Ping,
     PingReq,
+    Placement,
+    PlacementRequest,
     StatePush,
     StateReply,
     Vote,
@@ -60,6 +62,8 @@ FIXED_TOPICS: dict[type, bytes] = {
     FusionPlan: TOPIC_NUCLEUS,
     Flow: TOPIC_FLOW,
     BatchReply: TOPIC_DIRECT,
+    PlacementRequest: TOPIC_DIRECT,
+    Placement: TOPIC_DIRECT,
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

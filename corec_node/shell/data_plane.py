@@ -42,7 +42,17 @@ from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
 from corec_node.engine.producers import ProducerSeqs
 from corec_node.shell.routing import NOT_OWNER, Answer, Forwarder, Relay
-from corec_node.wire.messages import REPLY_MINOR, Aggregates, BatchReply, EntityBatch, Flow, FusionPlan, Owner, Placement
+from corec_node.wire.messages import (
+    REPLY_MINOR,
+    Aggregates,
+    BatchReply,
+    EntityBatch,
+    Flow,
+    FusionPlan,
+    Owner,
+    Placement,
+    SequenceHandoff,
+)
 from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
 
 ADMIT_WAIT = 5.0  # seconds a producer's batch may wait for room before it is refused as busy
@@ -50,6 +60,7 @@ DOOR_SHARE = 1 / 8  # of the ingest queue: producer bytes waiting at the door; p
 HOLD_POLL = 0.002  # a batch waiting out a member's pause looks again this often (a release ends it)
 COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
+SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under the rows limit)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 
 
@@ -514,6 +525,7 @@ class DataPlane:
                 self.dropped_records["handoff"] += len(records)
                 log.event("handoff_lost", logging.WARNING, to=owner, records=len(records), detail="owner has no address")
                 continue
+            self._hand_off_sequences(addr, records)
             for start in range(0, len(records), HANDOFF_CHUNK):
                 chunk = records[start:start + HANDOFF_CHUNK]
                 for channel in np.unique(chunk["channel"]).tolist():
@@ -525,6 +537,27 @@ class DataPlane:
             log.event("blocks_handed_off", to=owner, records=len(records), map_version=version)
             self.recorder.audit("placement", owner, "membership changed: blocks handed to their new owner",
                                 records=len(records), map_version=version)
+
+    def _hand_off_sequences(self, addr: str, records: np.ndarray) -> None:
+        """The producer sequences of the blocks handed over go first (same socket, so in
+        order): the new owner refuses what we had already applied (SPEC 9.5)."""
+        rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist())
+        for start in range(0, len(rows), SEQUENCE_ROWS):
+            chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
+            if not self.outbox.transport.send(addr, self.outbox.frames(SequenceHandoff(rows=chunk), TOPIC_DIRECT)):
+                self.dropped_records["sequence_handoff"] += len(chunk)
+
+    def sequence_handoff(self, sender: str, msg: SequenceHandoff) -> None:
+        """Sequences a block's previous owner applied: merged before its records arrive."""
+        if sender not in self.view.members:
+            self.traffic.rejected["sequence_handoff"] += 1
+            return
+        try:
+            rows = [(int(r["producer"]), int(r["block"]), int(r["pseq"])) for r in msg.rows]
+        except (KeyError, TypeError, ValueError):
+            self.traffic.rejected["sequence_handoff"] += 1
+            return
+        self.seqs.merge(rows)
 
     # -- status -------------------------------------------------------------------------
 

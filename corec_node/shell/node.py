@@ -303,6 +303,8 @@ class Node:
             self.data.batch(env, payload, "direct", lambda msg: self._answer(self.outbox, identity, msg))
         elif env.type == MsgType.PLACEMENT_REQUEST:
             self.data.placement_request(lambda msg: self._answer(self.outbox, identity, msg))
+        elif env.type == MsgType.SEQUENCE_HANDOFF:
+            self.data.sequence_handoff(env.sender, env.msg)
         return None
 
     def _on_data(self, frames: list[Any], identity: bytes) -> None:

@@ -44,6 +44,7 @@ from corec_node.wire.messages import (
     Owner,
     Placement,
     PlacementRequest,
+    SequenceHandoff,
     Message,
     MsgType,
     Nack,
@@ -487,6 +488,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.PLACEMENT, Placement, epoch=_U64, digest=_DIGEST, block_size=_U32,
                 owners=_Array(_Struct(Owner, name=_NAME, data=_ADDR), limits.MAX_MEMBERS_PER_MESSAGE),
                 fusions=_ROWS),
+        _schema(MsgType.SEQUENCE_HANDOFF, SequenceHandoff, rows=_ROWS),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

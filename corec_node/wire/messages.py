@@ -33,6 +33,7 @@ class MsgType(enum.IntEnum):
     BATCH_REPLY = 26
     PLACEMENT_REQUEST = 27
     PLACEMENT = 28
+    SEQUENCE_HANDOFF = 29
 
 
 class MemberStatus(enum.IntEnum):
@@ -300,8 +301,17 @@ class Placement:
     fusions: tuple = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceHandoff:
+    """Producer sequences handed to a block's new owner with the block (direct, since 1.5):
+    rows ``{"producer": id, "block": id, "pseq": n}``, the highest sequence each producer
+    has applied to each block (SPEC 9.5). Sent before the block's records."""
+
+    rows: tuple = ()
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
     | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
-    | BatchReply | PlacementRequest | Placement
+    | BatchReply | PlacementRequest | Placement | SequenceHandoff
 )

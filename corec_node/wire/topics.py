@@ -27,6 +27,7 @@ from corec_node.wire.messages import (
     PingReq,
     Placement,
     PlacementRequest,
+    SequenceHandoff,
     StatePush,
     StateReply,
     Vote,
@@ -64,6 +65,7 @@ FIXED_TOPICS: dict[type, bytes] = {
     BatchReply: TOPIC_DIRECT,
     PlacementRequest: TOPIC_DIRECT,
     Placement: TOPIC_DIRECT,
+    SequenceHandoff: TOPIC_DIRECT,
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

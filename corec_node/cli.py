@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--cluster", default="corec", help="cluster label (default corec)")
     send.add_argument("--timeout", type=float, default=10.0,
                       help="seconds a batch waits for the node's answer before it counts as unconfirmed (default 10)")
+    send.add_argument("--acks", choices=["0", "1", "all"], default="1",
+                      help="answers to wait for: 1, each record's owner queued it for its store (default); 0, none "
+                           "(fire and forget: nothing is acknowledged); all, treated as 1 until blocks have replicas")
     send.set_defaults(func=cmd_send)
 
     demo = sub.add_parser("demo", help="start three local nodes, stream entities, kill the leader, watch the failover")
@@ -305,7 +308,8 @@ cmd_leave = _client("leave", lambda r: f"{r['name']} left the cluster; stopping"
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    """Send, then say what the node answered: exit 1 unless every record was accepted."""
+    """Send, then say what the owners answered: exit 1 unless every record was accepted
+    (with ``--acks 0``, unless every record was handed to a socket and written out)."""
     import time
 
     import numpy as np
@@ -322,6 +326,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         print("corec-node: --timeout must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
+    acks = args.acks if args.acks == "all" else int(args.acks)
     if args.file:
         try:
             with open(args.file, "rb") as f:
@@ -341,20 +346,39 @@ def cmd_send(args: argparse.Namespace) -> int:
         records["value"] = (20 + rng.normal(0, 2, args.count)).astype(np.float32)
         records["active"] = 1
     started = time.perf_counter()
-    client = Client(args.to, cluster=args.cluster, reply_timeout=args.timeout)
+    # acks 0: no answer bounds the wait, so a socket that takes nothing for --timeout fails the send
+    client = Client(args.to, cluster=args.cluster, reply_timeout=args.timeout, acks=acks,
+                    timeout=args.timeout if acks == 0 else None)
     try:
         with client:  # closing waits for the answers still due
             client.send(records)
-    except TimeoutError as exc:  # the node answered nothing and stopped taking batches
+    except TimeoutError as exc:  # a node answered nothing and stopped taking batches
         return _fail(f"{exc}; {len(records) - client.accepted:,} records not sent or not confirmed")
     if not flush_all():  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
         return _fail(f"{args.to} did not take the last records within {LINGER_MS / 1000:g} s; some may be lost")
     took = time.perf_counter() - started
     sent, rejected, unconfirmed = client.sent_records, sum(client.rejected.values()), client.unconfirmed
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(client.rejected.items()))
+    unacked = f", {client.sent_unacknowledged:,} sent without acknowledgement" if acks == 0 else ""
+    owners = len(client.owners_used)
+    if client.owners_used:
+        direct = sum(client.sent_by_owner.values())
+        route = f"routed to {owners} owner{'s' if owners != 1 else ''}"
+        if direct != sent:  # the map changed to one without owners on the way
+            route += f" ({direct:,} records; the rest through {args.to})"
+    else:
+        route = f"not routed ({client.why_unrouted})" if client.why_unrouted else "not routed"
     print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s): "
           f"{client.accepted:,} accepted, {rejected:,} rejected{f' ({reasons})' if reasons else ''}, "
-          f"{unconfirmed:,} unconfirmed")
+          f"{unconfirmed:,} unconfirmed{unacked}; {route}")
+    if acks == "all":
+        print("acks all is treated as 1 until blocks have replicas: each record was acknowledged by its owner alone")
+    if acks == 0:
+        print("acks 0: nothing was acknowledged; the records were handed to the nodes, whether they were stored "
+              "is not known")
+        if client.sent_unacknowledged != len(records):
+            return _fail(f"{len(records) - client.sent_unacknowledged:,} of {len(records):,} records were not sent")
+        return EXIT_OK
     if unconfirmed and not client.answered:
         return _fail(f"{args.to} did not take the last records: no answer within {args.timeout:g} s (the node is "
                      f"down or unreachable, of another cluster, or older than protocol 1.4)")

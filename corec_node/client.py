@@ -1,28 +1,48 @@
-"""Producer client: send entity batches to any node of a cluster.
+"""Producer client: send entity records to a cluster, each record straight to its owner.
 
     from corec_node.client import Client
     with Client("127.0.0.1:7400") as c:
         c.send(records)          # an ENTITY_DTYPE array (any channels), or columns
     print(c.accepted, c.rejected, c.unconfirmed)
 
-The node that receives a batch publishes it on its PUB stream under the channel's topic;
-every record ends in the store of its block's owner. Send big batches (thousands of
-records): one record per message is tens of times slower.
+Owner-routed (SPEC 9.5, protocol 1.5). At its first send the client asks the node it was
+given for the placement map (PLACEMENT_REQUEST, answered within ``map_timeout``), splits
+each batch by the owner of its records' blocks and sends every part straight to its
+owner's data socket: one DEALER and one window per owner, so what a cluster ingests grows
+with its members. An answer that names a newer placement epoch makes the client fetch the
+map again (from the node it was given; if that fails the old map stays) and split later
+batches by the new one. A node that receives records it no longer owns forwards them and
+answers for the whole batch, so a stale map costs a hop, never a record.
 
-Every batch is answered (SPEC 9.4, protocol 1.4): accepted (queued for storing and
-republished) or refused with a reason. The client keeps at most ``window`` batches
-unanswered, so a busy node holds its producers without ever holding its own socket; a
-batch refused as busy is sent again, with backoff, for ``retry_busy`` seconds. A node that
-answers nothing within ``reply_timeout`` (down, of another cluster, or older than 1.4)
-leaves its batches *unconfirmed*: the client then stops waiting for answers from it and
-counts everything it sends there as unconfirmed. An answer that comes late still counts:
-the batch moves from unconfirmed to what the node said.
+The 1.4 path: when the node does not answer the map request (older than 1.5, or
+unreachable), when its map has no owners (some member is older than 1.5), or with
+``route=False``, everything goes to the given address, which republishes or forwards it.
+
+Idempotent producers: the client has a random producer id and numbers its batches with
+one rising ``pseq`` across all owners (a batch offered again keeps its number). An owner
+applies a batch only in the blocks where it is newer than the last one it applied from
+this producer: a retry is refused ``duplicate``, an older batch that a newer one overtook
+``out_of_order`` (the newer values stand). Send big batches (thousands of records): one
+record per message is tens of times slower.
+
+Answers (SPEC 9.4). With ``acks=1`` (the default) every batch is answered: accepted
+(queued for its owner's store) or refused with a reason. Per socket, the client keeps at
+most ``window`` batches unanswered, so a busy node holds its producers without ever
+holding its own socket; a batch refused as busy is sent again, with backoff, for
+``retry_busy`` seconds. A socket whose node answers nothing within ``reply_timeout``
+(down, of another cluster, or older than 1.4) leaves its batches *unconfirmed*: the client
+stops waiting for answers there and counts everything it sends there as unconfirmed. An
+answer that comes late still counts: the batch moves from unconfirmed to what the node
+said. With ``acks=0`` nothing is answered nor awaited: those records are counted
+``sent_unacknowledged``, never accepted. ``acks="all"`` is accepted and means 1 until
+blocks have replicas: the owner alone acknowledges.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -31,10 +51,14 @@ from typing import Any
 import numpy as np
 import zmq
 
+from corec_node.engine.blocks import FusionTable, check_block_size
+from corec_node.engine.placement import PlacementMap, partition
 from corec_node.shell.transport import tcp
 from corec_node.wire import (
     BatchReply,
     EntityBatch,
+    Placement,
+    PlacementRequest,
     ReplyStage,
     WireError,
     as_entity_array,
@@ -46,11 +70,17 @@ from corec_node.wire.limits import MAX_BATCH_RECORDS
 
 LINGER_MS = 5_000  # what close() leaves queued batches to reach the node; past it they are dropped
 DEFAULT_BATCH = 10_000  # records per message: 100 KB frames, far past per-message overhead
-DEFAULT_WINDOW = 32  # batches unanswered at most: 320 K records in flight keep a node's worker busy
+DEFAULT_WINDOW = 32  # batches unanswered at most, per socket: 320 K records in flight keep a node's worker busy
 REPLY_TIMEOUT = 30.0  # seconds a batch waits for its answer (a node refuses as busy after 5 of its own)
 RETRY_BUSY = 30.0  # seconds a batch refused as busy is offered again
 BACKOFF_MIN, BACKOFF_MAX = 0.01, 0.5  # seconds between two offers of a busy batch, doubling
-LATE_KEPT = 1024  # unconfirmed batches whose late answer still counts (older ones stay unconfirmed)
+LATE_KEPT = 1024  # unconfirmed batches per socket whose late answer still counts (older ones stay unconfirmed)
+MAP_TIMEOUT = 1.0  # seconds the first send waits for the map; a node answers in milliseconds, a 1.4 node never
+MAP_RETRY = 1.0  # seconds between two map fetches while answers say ours is old: the node we ask may lag a tick
+ACKS = (0, 1, "all")
+
+NOT_ASKED = "route=False: everything goes to the given address"
+OLD_CLUSTER = "the cluster has nodes older than 1.5"
 
 
 @dataclass(slots=True)
@@ -60,29 +90,65 @@ class _Batch:
     channel: int
     count: int
     payload: bytes
+    pseq: int  # its producer sequence: kept when it is offered again
+    epoch: int  # the map it was split by (0: not split)
     first_sent: float
     sent: float = 0.0
     backoff: float = BACKOFF_MIN
     due: float | None = None  # when to offer it again, once refused as busy
 
 
+class _Link:
+    """One DEALER to one node's socket (an owner's data socket, or the given address on the
+    1.4 path) and the batches on their way there."""
+
+    __slots__ = ("addr", "name", "sock", "timeout", "pending", "parked", "late", "answered", "silent")
+
+    def __init__(self, ctx: zmq.Context, addr: str, name: str | None, timeout: float | None) -> None:
+        self.addr = addr
+        self.name = name  # the owner's name; None for the given address
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, LINGER_MS)  # on close, give queued batches 5 s to leave
+        self.sock.setsockopt(zmq.SNDHWM, 1_000)
+        self.timeout = timeout
+        if timeout is not None:
+            self.sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+        self.sock.connect(tcp(addr))
+        self.pending: dict[int, _Batch] = {}  # sent, awaiting an answer, by the seq it was sent under
+        self.parked: list[_Batch] = []  # refused as busy, to be offered again when due
+        self.late: collections.OrderedDict[int, _Batch] = collections.OrderedDict()  # counted unconfirmed
+        self.answered = False  # its node has answered: it speaks 1.4 or later
+        self.silent = False  # it answered nothing within reply_timeout: answers are no longer awaited
+
+    def waiting(self) -> int:
+        return len(self.pending) + len(self.parked)
+
+
 class Client:
-    """A DEALER connected to one node's direct socket. Not thread-safe (ZeroMQ sockets are not)."""
+    """Producer DEALERs: one to each owner's data socket (owner-routed), or one to the
+    given node (the 1.4 path). Not thread-safe (ZeroMQ sockets are not)."""
 
     def __init__(self, addr: str, *, cluster: str = "corec", name: str | None = None,
                  batch: int = DEFAULT_BATCH, compress: bool = False, timeout: float | None = None,
                  window: int = DEFAULT_WINDOW, reply_timeout: float = REPLY_TIMEOUT,
-                 retry_busy: float = RETRY_BUSY) -> None:
-        """``timeout``: seconds ``send`` may wait for the node to take or answer a batch
+                 retry_busy: float = RETRY_BUSY, acks: int | str = 1, route: bool = True,
+                 map_timeout: float = MAP_TIMEOUT) -> None:
+        """``timeout``: seconds ``send`` may wait for a node to take or answer a batch
         before it raises TimeoutError (None: wait; a busy node makes its producers wait on
         purpose, so set it only to notice a node that is gone). ``window``: batches sent
-        and not yet answered, at most. ``reply_timeout``: seconds after which an unanswered
-        batch counts as unconfirmed. ``retry_busy``: seconds a batch refused as busy is
-        offered again (0: never)."""
+        and not yet answered, at most, per socket (per owner). ``reply_timeout``: seconds
+        after which an unanswered batch counts as unconfirmed. ``retry_busy``: seconds a
+        batch refused as busy is offered again (0: never). ``acks``: 1 (each owner answers
+        once it queued the records for its store), 0 (no answers: fire and forget) or
+        ``"all"`` (treated as 1 until blocks have replicas). ``route``: False sends
+        everything to ``addr`` (the 1.4 path). ``map_timeout``: seconds the first send
+        waits for the placement map before it takes the 1.4 path."""
         if not 0 < batch <= MAX_BATCH_RECORDS:
             raise ValueError(f"batch must be 1..{MAX_BATCH_RECORDS}")
-        if window < 1 or reply_timeout <= 0 or retry_busy < 0:
-            raise ValueError("window must be >= 1, reply_timeout > 0 and retry_busy >= 0")
+        if window < 1 or reply_timeout <= 0 or retry_busy < 0 or map_timeout <= 0:
+            raise ValueError("window must be >= 1, reply_timeout and map_timeout > 0, retry_busy >= 0")
+        if acks not in ACKS or isinstance(acks, bool):
+            raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
         self.addr = addr
         self.cluster = cluster
         self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
@@ -91,34 +157,139 @@ class Client:
         self.window = window
         self.reply_timeout = reply_timeout
         self.retry_busy = retry_busy
-        self._ctx = zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, LINGER_MS)  # on close, give queued batches 5 s to leave
-        self._sock.setsockopt(zmq.SNDHWM, 1_000)
+        self.acks = acks
+        self.route = route
+        self.map_timeout = map_timeout
         self.timeout = timeout
-        if timeout is not None:
-            self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
-        self._sock.connect(tcp(addr))
-        self._seq = 0
-        self._pending: dict[int, _Batch] = {}  # sent, awaiting an answer, by the seq it was sent under
-        self._parked: list[_Batch] = []  # refused as busy, to be offered again when due
-        self._late: collections.OrderedDict[int, _Batch] = collections.OrderedDict()  # counted unconfirmed, answer still welcome
-        self.sent_records = 0  # records handed to send()
-        self.accepted = 0  # records the node accepted (queued for storing, republished)
+        self.producer = secrets.randbits(63) or 1  # nonzero: 0 is the anonymous producer nobody checks
+        self._wire_acks = 0 if acks == 0 else 1  # "all" is 1 until replicas exist
+        self._ctx = zmq.Context.instance()
+        self._poller = zmq.Poller()
+        self._links: dict[str, _Link] = {}  # by address
+        self._map_sock: zmq.Socket | None = None
+        self._closed = False
+        self._seq = 0  # envelope seq: one counter for every message this producer sends
+        self._pseq = 0  # producer sequence: one per batch, rising across all owners
+        self._map_asked = False
+        self._placement: PlacementMap | None = None  # None: not routed
+        self._owner_addr: dict[str, str] = {}
+        self._fusions = FusionTable()
+        self._block_size = 0
+        self._want_epoch = 0  # the highest placement epoch an answer named
+        self._map_doubt = False  # an owner stopped answering: its blocks may have moved
+        self._next_map_try = 0.0
+        self.sent_records = 0  # records handed to send() and to a socket
+        self.accepted = 0  # records the owners accepted (queued for storing)
         self.rejected: collections.Counter[str] = collections.Counter()  # records refused, by reason
         self.unconfirmed = 0  # records sent and never answered
+        self.sent_unacknowledged = 0  # records sent with acks 0: handed to a socket, no answer asked
         self.retries = 0  # batches offered again after a busy answer
-        self.answered = False  # the node has answered: it speaks 1.4 or later
-        self.silent = False  # it answered nothing within reply_timeout: answers are no longer awaited
+        self.routed = False  # records go straight to their owners (set at the first send)
+        self.why_unrouted = ""  # when not routed, why (after the first send)
+        self.map_epoch = 0  # the placement epoch of the map batches are split by
+        self.map_fetches = 0  # maps received (the first one included)
+        self.owners_used: set[str] = set()  # owners sent to directly
+        self.sent_by_owner: collections.Counter[str] = collections.Counter()  # records sent to each owner
+
+    @property
+    def answered(self) -> bool:
+        """Some node has answered a batch: it speaks 1.4 or later."""
+        return any(link.answered for link in self._links.values())
+
+    @property
+    def silent(self) -> bool:
+        """Some socket's node answered nothing within reply_timeout: no answers awaited there."""
+        return any(link.silent for link in self._links.values())
+
+    # -- the map --------------------------------------------------------------------------
+
+    def _first_map(self) -> None:
+        self._map_asked = True
+        if not self.route:
+            self.why_unrouted = NOT_ASKED
+            return
+        placement = self._request_map()
+        if placement is None:
+            self.why_unrouted = (f"{self.addr} did not answer the map request within {self.map_timeout:g} s "
+                                 f"(older than 1.5, or unreachable)")
+            return
+        self._adopt(placement)
+
+    def _request_map(self) -> Placement | None:
+        """Ask the given node for its map; None when no usable answer came in time."""
+        if self._map_sock is None:
+            self._map_sock = self._ctx.socket(zmq.DEALER)
+            self._map_sock.setsockopt(zmq.LINGER, 0)  # a request nobody took is worth nothing
+            self._map_sock.setsockopt(zmq.SNDHWM, 4)
+            self._map_sock.connect(tcp(self.addr))
+        sock = self._map_sock
+        while sock.poll(0):  # answers to requests that timed out: old news
+            sock.recv_multipart()
+        self._seq += 1
+        try:
+            sock.send_multipart(encode_message(PlacementRequest(epoch=self.map_epoch), sender=self.name,
+                                               seq=self._seq, cluster=self.cluster), zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        end = time.monotonic() + self.map_timeout
+        while (left := end - time.monotonic()) > 0:
+            if not sock.poll(max(1, int(left * 1000))):
+                break
+            try:
+                _, env, _ = decode_message(sock.recv_multipart(zmq.NOBLOCK), cluster=self.cluster)
+            except (WireError, zmq.Again):
+                continue
+            if isinstance(env.msg, Placement):
+                return env.msg
+        return None
+
+    def _adopt(self, p: Placement) -> None:
+        """Split later batches by ``p`` (no owners: some member is older than 1.5, the 1.4 path)."""
+        self.map_fetches += 1
+        self.map_epoch = max(self.map_epoch, p.epoch)
+        if not p.owners:
+            self._placement, self.routed, self.why_unrouted = None, False, OLD_CLUSTER
+            return
+        try:
+            placement = PlacementMap(p.epoch, [o.name for o in p.owners])
+            block_size = check_block_size(p.block_size)
+            fusions = FusionTable({int(r["block"]): int(r["root"]) for r in p.fusions})
+            owner_addr = {o.name: o.data for o in p.owners}
+            for data in owner_addr.values():
+                tcp(data)
+        except (ValueError, TypeError, KeyError) as exc:  # the node's bug: its own 1.4 path still works
+            self._placement, self.routed = None, False
+            self.why_unrouted = f"the map {self.addr} sent is not usable ({exc})"
+            return
+        self._placement, self._block_size, self._fusions, self._owner_addr = placement, block_size, fusions, owner_addr
+        self.routed, self.why_unrouted = True, ""
+
+    def _refresh_map(self) -> None:
+        """Between two slabs of a send: fetch the map again when an answer named a newer
+        epoch (or an owner went silent), at most every MAP_RETRY seconds."""
+        if not self.route or not (self._want_epoch > self.map_epoch or self._map_doubt):
+            return
+        now = time.monotonic()
+        if now < self._next_map_try:
+            return
+        self._next_map_try = now + MAP_RETRY
+        placement = self._request_map()
+        if placement is None:
+            return  # the old map stays: a stale map costs a forward, not a record
+        self._map_doubt = False
+        if placement.epoch > self.map_epoch or (self._placement is None) != (not placement.owners):
+            self._adopt(placement)
 
     # -- sending --------------------------------------------------------------------------
 
     def send(self, records: Any) -> int:
         """Send records (any channels); returns how many were handed over. Waits while
-        ``window`` batches are unanswered."""
+        ``window`` batches to the owner of the next one are unanswered."""
         arr = as_entity_array(records)  # validated once here, not again per frame
         if arr.size == 0:
             return 0
+        if not self._map_asked:
+            self._first_map()
         channels = np.ascontiguousarray(arr["channel"])
         cuts = np.flatnonzero(channels[1:] != channels[:-1]) + 1
         if len(cuts) and not (channels[cuts] > channels[cuts - 1]).all():  # not grouped by channel yet
@@ -127,39 +298,72 @@ class Client:
             cuts = np.flatnonzero(channels[1:] != channels[:-1]) + 1
         for part in np.split(arr, cuts) if len(cuts) else (arr,):
             channel = int(part["channel"][0])
-            for start in range(0, len(part), self.batch):
-                self._send_chunk(channel, part[start:start + self.batch])
-                self.sent_records += min(self.batch, len(part) - start)
+            pos = 0
+            while pos < len(part):
+                self._pump(time.monotonic())  # answers already here: a newer epoch, busy batches due
+                self._refresh_map()
+                owners = len(self._placement.members) if self._placement is not None else 1
+                slab = part[pos:pos + self.batch * owners]  # about one full batch per owner
+                pos += len(slab)
+                for link, piece in self._split(slab):
+                    pieces = -(-len(piece) // self.batch)
+                    for chunk in np.array_split(piece, pieces) if pieces > 1 else (piece,):
+                        self._send_chunk(link, channel, chunk)
+                        self.sent_records += len(chunk)
+                        if link.name is not None:
+                            self.sent_by_owner[link.name] += len(chunk)
         return len(arr)
 
-    def _send_chunk(self, channel: int, chunk: np.ndarray) -> None:
+    def _split(self, slab: np.ndarray) -> list[tuple[_Link, np.ndarray]]:
+        """Each owner's part of ``slab`` with its socket (all of it to ``addr`` when not routed)."""
+        if self._placement is None:
+            return [(self._link(self.addr, None), slab)]
+        resolve = self._fusions.resolve if self._fusions else None
+        parts = partition(slab, self._placement, self._block_size, resolve)
+        return [(self._link(self._owner_addr[owner], owner), records) for owner, records in parts.items()]
+
+    def _link(self, addr: str, name: str | None) -> _Link:
+        link = self._links.get(addr)
+        if link is None:
+            link = self._links[addr] = _Link(self._ctx, addr, name, self.timeout)
+            self._poller.register(link.sock, zmq.POLLIN)
+        elif name is not None:
+            link.name = name
+        if name is not None:
+            self.owners_used.add(name)
+        return link
+
+    def _send_chunk(self, link: _Link, channel: int, chunk: np.ndarray) -> None:
         """One ENTITY_BATCH of valid records of one channel, kept (as bytes: the caller may
         reuse its array at once) until the node answers it."""
         if self.compress:
             _, payload = make_batch(chunk, channel, compress=True)
         else:
             payload = chunk.tobytes()
-        self._wait_for_room()
-        item = _Batch(channel, len(chunk), payload, time.monotonic())
-        self._put(item)
+        if self._wire_acks:
+            while link.waiting() >= self.window:
+                self._pump(self._next_deadline(), in_send=True)
+        self._pseq += 1
+        epoch = self.map_epoch if self._placement is not None else 0  # 0: not split by a map
+        self._put(link, _Batch(channel, len(chunk), payload, self._pseq, epoch, time.monotonic()))
 
-    def _put(self, item: _Batch) -> None:
-        header = EntityBatch(channel=item.channel, count=item.count, compressed=self.compress)
+    def _put(self, link: _Link, item: _Batch) -> None:
+        header = EntityBatch(channel=item.channel, count=item.count, compressed=self.compress,
+                             producer=self.producer, pseq=item.pseq, acks=self._wire_acks, epoch=item.epoch)
         self._seq += 1
         try:
-            self._sock.send_multipart(encode_message(header, sender=self.name, seq=self._seq, cluster=self.cluster,
-                                                     payload=item.payload))
+            link.sock.send_multipart(encode_message(header, sender=self.name, seq=self._seq, cluster=self.cluster,
+                                                    payload=item.payload))
         except zmq.Again:
-            raise TimeoutError(f"{self.addr} did not take a batch within {self.timeout:g} s") from None
-        if self.silent:  # no answer is awaited: counted now, a late one still welcome
-            self._unconfirmed(self._seq, item)
+            raise TimeoutError(f"{link.addr} did not take a batch within {link.timeout:g} s") from None
+        if not self._wire_acks:  # nothing will answer: handed over is all that is known
+            self.sent_unacknowledged += item.count
+            return
+        if link.silent:  # no answer is awaited: counted now, a late one still welcome
+            self._unconfirmed(link, self._seq, item)
             return
         item.sent = time.monotonic()
-        self._pending[self._seq] = item
-
-    def _wait_for_room(self) -> None:
-        while len(self._pending) + len(self._parked) >= self.window:
-            self._pump(self._next_deadline(), in_send=True)
+        link.pending[self._seq] = item
 
     # -- answers ------------------------------------------------------------------------
 
@@ -167,38 +371,48 @@ class Client:
         """Wait until every batch sent is answered (or counted unconfirmed, or ``timeout``
         seconds pass); True when none is left unanswered."""
         end = None if timeout is None else time.monotonic() + timeout
-        while self._pending or self._parked:
+        while any(link.waiting() for link in self._links.values()):
             deadline = self._next_deadline()
             if end is not None:
                 if time.monotonic() >= end:
                     return False
                 deadline = min(deadline, end)
             self._pump(deadline)
-        if self._late:
+        if self._links:
             self._pump(time.monotonic())  # late answers that came meanwhile
         return True
 
     def _next_deadline(self) -> float:
         """When something must happen without an answer: a busy batch's next offer, the
         oldest batch's reply timeout, or ``timeout``."""
-        limit = self.reply_timeout if self.timeout is None else min(self.timeout, self.reply_timeout)
-        times = [b.sent + limit for b in self._pending.values()] + [b.due for b in self._parked if b.due is not None]
+        times = []
+        for link in self._links.values():
+            limit = self.reply_timeout if link.timeout is None else min(link.timeout, self.reply_timeout)
+            times += [b.sent + limit for b in link.pending.values()]
+            times += [b.due for b in link.parked if b.due is not None]
         return min(times, default=time.monotonic())
 
     def _pump(self, deadline: float, *, in_send: bool = False) -> None:
-        """Read answers until ``deadline``, then offer due batches again and expire old ones
-        (``in_send``: a node that never answered within ``timeout`` raises TimeoutError)."""
+        """Read answers on every socket until ``deadline``, then offer due batches again and
+        expire old ones (``in_send``: a node that never answered within ``timeout`` raises
+        TimeoutError)."""
+        if not self._links:
+            return
         wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
-        if self._sock.poll(wait_ms, zmq.POLLIN):
-            while True:
-                try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._on_answer(frames)
+        ready = dict(self._poller.poll(wait_ms))
+        if ready:
+            for link in list(self._links.values()):
+                if link.sock not in ready:
+                    continue
+                while True:
+                    try:
+                        frames = link.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_answer(link, frames)
         self._due(in_send)
 
-    def _on_answer(self, frames: list[bytes]) -> None:
+    def _on_answer(self, link: _Link, frames: list[bytes]) -> None:
         try:
             _, env, _ = decode_message(frames, cluster=self.cluster)
         except WireError:
@@ -206,14 +420,16 @@ class Client:
         reply = env.msg
         if not isinstance(reply, BatchReply) or reply.stage != ReplyStage.QUEUED:
             return  # a later stage or another message: nothing 1.4 acts on
-        item = self._pending.pop(reply.seq, None)
+        if reply.epoch > self._want_epoch:
+            self._want_epoch = reply.epoch  # our map is older than the node's: fetched before the next slab
+        item = link.pending.pop(reply.seq, None)
         if item is None:
-            item = self._late.pop(reply.seq, None)
+            item = link.late.pop(reply.seq, None)
             if item is None:
-                return  # answered already
+                return  # answered already (or acks 0 to a node older than 1.5: not counted)
             self.unconfirmed -= item.count  # a late answer: the batch is accounted for after all
-            self.silent = False
-        self.answered = True
+            link.silent = False
+        link.answered = True
         accepted = min(reply.accepted, item.count)
         self.accepted += accepted
         left = item.count - accepted
@@ -223,7 +439,7 @@ class Client:
         if set(refused) == {"busy"} and not accepted and time.monotonic() - item.first_sent < self.retry_busy:
             item.due = time.monotonic() + item.backoff
             item.backoff = min(item.backoff * 2, BACKOFF_MAX)
-            self._parked.append(item)
+            link.parked.append(item)
             return
         first = next(iter(refused))
         for reason, n in refused.items():  # the node's counts, and what it did not count under the first
@@ -235,66 +451,78 @@ class Client:
 
     def _due(self, in_send: bool) -> None:
         now = time.monotonic()
-        due = [b for b in self._parked if b.due is not None and b.due <= now]
-        if due:
-            self._parked = [b for b in self._parked if b not in due]
-            for item in due:
-                self.retries += 1
-                item.due = None
-                self._put(item)
-        for key, item in list(self._pending.items()):
-            if in_send and self.timeout is not None and now - item.sent >= self.timeout and not self.answered:
-                self._give_up_answers()  # nothing more to wait for: close() returns at once
-                raise TimeoutError(f"{self.addr} did not take a batch within {self.timeout:g} s")
-            if now - item.sent >= self.reply_timeout:
-                del self._pending[key]
-                self._unconfirmed(key, item)
-                if not self.answered:
-                    self._give_up_answers()
-                    return
+        for link in list(self._links.values()):
+            due = [b for b in link.parked if b.due is not None and b.due <= now]
+            if due:
+                link.parked = [b for b in link.parked if b not in due]
+                for item in due:
+                    self.retries += 1
+                    item.due = None
+                    self._put(link, item)  # same pseq: a retry must never apply twice
+            for key, item in list(link.pending.items()):
+                if in_send and link.timeout is not None and now - item.sent >= link.timeout and not link.answered:
+                    self._give_up_answers(link)  # nothing more to wait for: close() returns at once
+                    raise TimeoutError(f"{link.addr} did not take a batch within {link.timeout:g} s")
+                if now - item.sent >= self.reply_timeout:
+                    del link.pending[key]
+                    self._unconfirmed(link, key, item)
+                    if not link.answered:
+                        self._give_up_answers(link)
+                        break
 
-    def _unconfirmed(self, seq: int, item: _Batch) -> None:
+    def _unconfirmed(self, link: _Link, seq: int, item: _Batch) -> None:
         """No answer in time: counted unconfirmed until (if ever) its answer comes."""
         self.unconfirmed += item.count
-        self._late[seq] = item
-        while len(self._late) > LATE_KEPT:
-            self._late.popitem(last=False)
+        link.late[seq] = item
+        while len(link.late) > LATE_KEPT:
+            link.late.popitem(last=False)
 
-    def _give_up_answers(self) -> None:
+    def _give_up_answers(self, link: _Link) -> None:
         """Nothing answered within reply_timeout: an older node, or none. Count what is in
-        flight as unconfirmed and stop waiting for answers (ZeroMQ's queue holds the rest)."""
-        self.silent = True
-        for seq, item in self._pending.items():
-            self._unconfirmed(seq, item)
-        for item in self._parked:
+        flight there as unconfirmed and stop waiting for its answers (ZeroMQ's queue holds
+        the rest); an owner gone silent may have left the cluster: fetch the map again."""
+        link.silent = True
+        for seq, item in link.pending.items():
+            self._unconfirmed(link, seq, item)
+        for item in link.parked:
             self.unconfirmed += item.count
-        self._pending.clear()
-        self._parked.clear()
-        if self.timeout is None:  # the legacy node's queue blocks the send: bound it anyway
-            self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.reply_timeout * 1000)))
-            self.timeout = self.reply_timeout
+        link.pending.clear()
+        link.parked.clear()
+        if link.name is not None:
+            self._map_doubt = True
+        if link.timeout is None:  # the legacy node's queue blocks the send: bound it anyway
+            link.sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.reply_timeout * 1000)))
+            link.timeout = self.reply_timeout
 
     # -- the end ------------------------------------------------------------------------
 
     @property
     def outstanding(self) -> int:
         """Records sent and not answered yet (busy ones waiting to be offered again included)."""
-        return sum(b.count for b in [*self._pending.values(), *self._parked])
+        return sum(b.count for link in self._links.values() for b in [*link.pending.values(), *link.parked])
+
+    def _close_sockets(self) -> None:
+        self._closed = True
+        for link in self._links.values():
+            link.sock.close()
+        if self._map_sock is not None:
+            self._map_sock.close(0)
 
     def close(self) -> None:
-        """Wait for the answers still due (``flush``), then close the socket."""
-        if not self._sock.closed:
+        """Wait for the answers still due (``flush``), then close the sockets."""
+        if not self._closed:
             try:
                 self.flush()
             finally:
-                self._sock.close()
+                self._close_sockets()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is not None:  # an error on the way: do not wait for answers
-            self._sock.close()
+            if not self._closed:
+                self._close_sockets()
             return
         self.close()
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from corec_node.engine.producers import DUPLICATE, OUT_OF_ORDER, ProducerSeqs
-from corec_node.shell.routing import NOT_OWNER, UNCONFIRMED, Forwarder, Relay
+from corec_node.shell.routing import BUSY, NOT_OWNER, UNCONFIRMED, Forwarder, Relay
 from corec_node.wire import ENTITY_DTYPE, EntityBatch
 from corec_node.wire.messages import BatchReply
 
@@ -79,14 +79,14 @@ def test_the_producer_hears_once_every_part_is_answered() -> None:
     assert answers == [BatchReply(seq=41, accepted=23, rejected={DUPLICATE: 2, UNCONFIRMED: 5}, epoch=12)]
 
 
-def test_a_part_that_cannot_leave_is_unconfirmed_and_acks_zero_waits_for_nothing() -> None:
+def test_a_part_that_cannot_leave_is_busy_and_acks_zero_waits_for_nothing() -> None:
     answers: list[BatchReply] = []
     fwd = Forwarder(lambda owner, header, payload: None, _Clock())
     env = SimpleNamespace(seq=1, msg=EntityBatch(channel=0, count=4, compressed=False))
     relay = Relay(1, answers.append, epoch=0, parts=2)
     fwd.forward(env, {"b": _records(4)}, relay)
     relay.part(0, {NOT_OWNER: 0})
-    assert answers == [BatchReply(seq=1, accepted=0, rejected={UNCONFIRMED: 4})]
+    assert answers == [BatchReply(seq=1, accepted=0, rejected={BUSY: 4})]
     quiet = Forwarder(lambda owner, header, payload: 1, _Clock())
     relay = Relay(2, None, epoch=0, parts=2)
     quiet.forward(env, {"b": _records(4)}, relay)

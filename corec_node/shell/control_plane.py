@@ -177,6 +177,7 @@ class ControlPlane:
         self.disk_error: str | None = None  # the last vote or configuration write that failed
         self.hints = 0  # connection closes the socket monitor reported (core rule 13)
         self.gaps = HeartbeatGaps()
+        self._last_view: ClusterView | None = None
 
     # -- life -----------------------------------------------------------------------
 
@@ -353,7 +354,20 @@ class ControlPlane:
                     changed = True
                     self._leader_changed(leader, term)
         if changed:
-            self.events.view_changed(self.view())
+            self._send_view(self.view())
+
+    def _send_view(self, view: ClusterView) -> None:
+        self._last_view = view
+        self.events.view_changed(view)
+
+    def refresh_view(self) -> None:
+        """Send the view again if it differs from the last one sent: what a member announces
+        of itself (its data socket) can change with no change of status."""
+        if self.core is None:
+            return
+        view = self.view()
+        if view != self._last_view:
+            self._send_view(view)
 
     def _persist(self, effect: PersistVote | PersistConfig) -> bool:
         """Write a vote or a configuration durably; False (logged, shown by ``status``) when

@@ -583,5 +583,6 @@ class DataPlane:
             "audit_fits": self.auditor.fits,
             "flow": self.flow.status(),
             "placement_version": self.engine.placement.version,
+            "placement_members": list(self.engine.placement.members),
             "placement_confirmed": self.placement_confirmed(),
         }

@@ -428,8 +428,7 @@ class MeshProcess:
             except OSError as exc:
                 log.event("discovery_failed", logging.WARNING, port=cfg.mesh.discovery_port, error=str(exc))
                 self.discovery = None
-        self._report(self.now())
-        self.events.view_changed(self.control.view())
+        self._report(self.now())  # and the first view
         self.events._put("ready", None)
         ticks = asyncio.create_task(self._tick_loop())
         try:
@@ -487,6 +486,7 @@ class MeshProcess:
 
     def _report(self, now: float) -> None:
         self._stats_at = now
+        self.control.refresh_view()
         self.events._put("stats", self.commands.stats())
 
     # -- inbound from the network --------------------------------------------------------

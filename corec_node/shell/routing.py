@@ -7,7 +7,10 @@ everything to the node it was given. Its records of blocks this node does not ow
 part per owner, to the owners' data sockets (one hop: a forwarded batch is never forwarded
 again; what its receiver does not own is refused ``not_owner``). With ``acks`` 1 the
 producer's answer waits for the owners' answers (a ``Relay``); a part left unanswered past
-``FORWARD_WAIT`` is reported ``unconfirmed``: the node cannot say whether it was stored.
+``FORWARD_WAIT`` is reported ``unconfirmed``: the node cannot say whether it was stored. A
+part that cannot leave (its owner has no data socket in our view: it died and the map has
+not moved yet; or the queue towards it is full) is refused ``busy``: nothing was stored,
+and the producer offers it again.
 The answer carries this node's placement epoch, so the producer refreshes its map.
 """
 
@@ -26,6 +29,7 @@ from corec_node.wire.messages import BatchReply, EntityBatch
 
 FORWARD_WAIT = 8.0  # seconds an owner has to answer a forwarded part (its own door waits 5 s)
 UNCONFIRMED = "unconfirmed"
+BUSY = "busy"
 NOT_OWNER = "not_owner"
 
 Answer = Callable[[Any], None]  # sends one message back to whoever sent the batch
@@ -87,7 +91,7 @@ class Forwarder:
             seq = self._send(owner, header, payload)
             if seq is None:
                 self.lost += len(records)
-                relay.part(0, {UNCONFIRMED: len(records)})
+                relay.part(0, {BUSY: len(records)})
                 continue
             self.forwarded += len(records)
             if relay.answer is None:

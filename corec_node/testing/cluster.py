@@ -73,7 +73,9 @@ class NodeProc:
 
     def __init__(self, name: str, root: Path, *, join: list[str] | None = None, extra_env: dict[str, str] | None = None,
                  port: int | None = None, pub_port: int | None = None, args: list[str] | None = None,
-                 data_name: str | None = None, data_dir: Path | None = None) -> None:
+                 data_name: str | None = None, data_dir: Path | None = None, cwd: Path | None = None) -> None:
+        """``cwd``: where the process runs (``python -m`` puts it first on sys.path: a node
+        of another version runs from a directory holding that version's package)."""
         self.name = name
         self.data_dir = data_dir or root / (data_name or name)
         self.port = port or free_port()
@@ -83,6 +85,7 @@ class NodeProc:
         self.join = join or []
         self.extra_env = extra_env or {}
         self.args = args or []
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / f"{data_name or name}.log"
 
@@ -96,7 +99,7 @@ class NodeProc:
         if self.join:
             cmd += ["--join", *self.join]
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> NodeProc:

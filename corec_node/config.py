@@ -74,6 +74,7 @@ class EngineSection:
     min_fitness: float = 0.2  # blocks under this fuse into a strong block of their channel
     tick_rows: int = 10_000  # rows one tick makes at most; past it, changed blocks first, the rest in turn (engine/host.py rule 7)
     ingest_queue_mb: float = 128.0  # entity batches waiting to be stored; flow control asks for pauses at 1/16 of it
+    audit: bool = True  # IsolationForest over block rows (loads scikit-learn: about 85 MB a node); false on small devices
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,9 +228,16 @@ class Auditor:
             return []
         return [self._fit(tick)]
 
+    @staticmethod
+    def preload() -> None:
+        """Import the model's library now (about 85 MB and a second): the shell does it in a
+        worker thread at start, so memory is what it will be from the start and the first
+        fit does not wait for it."""
+        import sklearn.ensemble  # noqa: F401
+
     def _fit(self, tick: int) -> AuditRecord:
         from sklearn.ensemble import (
-            IsolationForest,  # heavy import: first fit, in the caller's thread
+            IsolationForest,  # heavy import: preloaded at start, else the first fit's thread pays it
         )
 
         X = np.concatenate([x for _, x, _ in self._ticks])

@@ -452,7 +452,7 @@ class DataPlane:
         rows, repairs = self.engine.tick()
         tick_no = self.engine.tick_no
         self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))
-        if rows and not self._auditing:  # one audit at a time, in a worker thread
+        if rows and self.config.audit and not self._auditing:  # one audit at a time, in a worker thread
             self._auditing = True
             self.recorder.spawn("audit", self._audit_tick(rows, tick_no))
         if rows:

@@ -33,6 +33,7 @@ import zmq
 
 from corec_node import __version__, log
 from corec_node.config import Config, join_addr
+from corec_node.engine.audit import Auditor
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
 from corec_node.shell.commands import ControlCommands, Identity
@@ -42,6 +43,7 @@ from corec_node.shell.curve import CurveConfig
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
 from corec_node.shell.datadir import lock_data_dir
+from corec_node.shell.memory import release_free_memory
 from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
@@ -55,6 +57,7 @@ from corec_node.wire.messages import Alert, MemberState, MsgType
 TICK_PERIOD = 0.1  # the node process's timers: engine ticks, the data plane's beat, the watchdog
 STATUS_PERIOD = 5.0  # seconds between two STATUS= lines to systemd
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
+TRIM_PERIOD = 5.0  # after ingest, freed heap goes back to the system at most this often
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 ALERT_TEXT_MAX = 4096  # bytes of alert text published; longer texts are cut
 
@@ -91,9 +94,12 @@ class Node:
         self._stop = asyncio.Event()
         self._status_at = float("-inf")
         self._mesh_hung = False
+        self._next_trim = 0.0
+        self._trimmed_at = 0  # engine.ingested at the last trim
         self._next_engine_tick = 0.0
         self._next_prune = 0.0
         self._plugin_stores: dict[str, asyncio.Future[Any]] = {}
+        self._preload: asyncio.Future[None] | None = None  # the audit's library, loading
         self.syncer: Any = None  # storage.Syncer when a PostgreSQL DSN is set (loaded on demand)
         self.metrics_server: MetricsServer | None = None
         self.control_server: ControlServer | None = None
@@ -192,6 +198,8 @@ class Node:
             await self._close_storage()
             return 1
         self.datasock.start(self._on_data, None)
+        if cfg.engine.audit:  # the audit's library, loaded now off the loop: RSS is flat from here on
+            self._preload = asyncio.get_running_loop().run_in_executor(None, Auditor.preload)
         self._publish_digest(self.data.engine.placement_digest())
         self._next_engine_tick = self.now() + cfg.engine.tick_interval
         if cfg.metrics.listen:
@@ -274,7 +282,21 @@ class Node:
                 self._status_at = now
                 self.notifier.status(self.status_line())
 
+    def _trim(self, now: float) -> None:
+        """Once ingest has gone quiet, give the heap that receive buffers and batches freed
+        back to the system (glibc keeps it otherwise: RSS would stay at a burst's peak)."""
+        if now < self._next_trim:
+            return
+        self._next_trim = now + TRIM_PERIOD
+        ingested = self.data.engine.ingested
+        queue = self.data.queue()
+        if ingested == self._trimmed_at or queue.qsize():
+            return
+        self._trimmed_at = ingested
+        release_free_memory()
+
     def _tick(self, now: float) -> None:
+        self._trim(now)
         if now >= self._next_engine_tick:
             self._next_engine_tick = max(self._next_engine_tick + self.config.engine.tick_interval, now)
             self.data.tick()

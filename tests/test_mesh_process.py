@@ -41,7 +41,8 @@ def test_a_stopped_mesh_process_is_named_and_the_node_answers_again_after(cluste
         os.kill(mesh_pid, signal.SIGCONT)
     eventually(lambda: _status_error(a) is None, timeout=10, message="status answers again")
     assert a.ctl("status")["name"] == "a"
-    assert any(e.get("event") == "mesh_process_resumed" for e in a.log_events())
+    eventually(lambda: any(e.get("event") == "mesh_process_resumed" for e in a.log_events()), timeout=5,
+               message="the node logs that the mesh process reports again")
 
 
 def test_a_killed_mesh_process_stops_the_node_with_one_line(cluster):

@@ -34,7 +34,7 @@ class Net:
 
     def add(self, name: str, *, join: tuple[str, ...] = (), snapshot: list[MemberState] | None = None,
             term: int = 0, config: Configuration | None = None,
-            build: tuple[str, str, tuple[str, ...]] = ("", "", ())) -> MeshCore:
+            build: tuple[str, str, tuple[str, ...], str] = ("", "", (), "")) -> MeshCore:
         core = MeshCore(name, self.addr(name), f"{name}:7401", MembershipConfig.test(),
                         ElectionConfig.test(), random.Random(name), self.now, term=term,
                         config=config, voter_config=VoterConfig(promote_after=0.5), build=build)
@@ -287,16 +287,19 @@ def test_a_lone_founder_told_to_join_gives_its_cluster_of_one_up() -> None:
 
 
 def test_a_feature_is_on_only_when_every_voter_announces_it() -> None:
-    """Rule 12: versions and features travel with each member's own record."""
+    """Rule 12: versions, features and (since 1.5) the data socket travel with each
+    member's own record: (version, protocol, features, data), data "" before 1.5."""
     net = Net()
-    new = ("2.0", "1.3", ("voters", "shiny"))
-    net.add("a", build=new)
-    net.add("b", join=("a",), build=new)
-    net.add("c", join=("a",), build=("1.9", "1.3", ("voters",)))
+    new = ("2.0", "1.5", ("voters", "shiny"))
+    net.add("a", build=(*new, "a:7402"))
+    net.add("b", join=("a",), build=(*new, "b:7402"))
+    net.add("c", join=("a",), build=("1.9", "1.4", ("voters",), ""))
     net.run(10.0)
     a = net.cores["a"]
     assert a.config.names() == frozenset("abc")
-    assert a.membership.member("c").build == ("1.9", "1.3", ("voters",))
+    assert a.membership.member("c").build == ("1.9", "1.4", ("voters",), "")
+    assert a.membership.member("b").build == (*new, "b:7402")
+    assert net.cores["c"].membership.member("a").build == (*new, "a:7402")
     assert a.feature_on("voters") and not a.feature_on("shiny")
     net.down.add("c")
     net.run(1.0)

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import re
 import sys
+import threading
 import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,22 +21,29 @@ import pytest
 import zmq
 
 from corec_node.client import Client
-from corec_node.config import NodeSection
+from corec_node.config import Config, NodeSection
+from corec_node.engine import producers
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import members_digest
 from corec_node.engine.repair import Fusion
 from corec_node.shell import data_plane as data_plane_module
+from corec_node.shell import routing
 from corec_node.shell.control_plane import ClusterView
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import (
     ENTITY_DTYPE,
+    FEATURES,
     PROTOCOL_MINOR,
     SCHEMAS,
     BatchReply,
     EntityBatch,
     FusionPlan,
+    Owner,
     Ping,
+    Placement,
+    PlacementRequest,
+    decode_batch,
     decode_message,
     encode_entities,
     encode_message,
@@ -250,27 +258,173 @@ def router():
 
 
 def test_the_client_writes_a_producer_batch_as_9_5_says(router) -> None:
+    """The 1.4 path: a node that does not answer the map request (older than 1.5) gets
+    every batch on its direct socket, under one q counter with the request."""
     sock, port = router
     recs = np.zeros(6, dtype=ENTITY_DTYPE)
     recs["id"] = np.arange(6)
     recs["channel"] = [3, 3, 5, 5, 5, 3]
     recs["active"] = 1
     seen = []
-    with Client(f"127.0.0.1:{port}", reply_timeout=5.0) as client:
+    with Client(f"127.0.0.1:{port}", reply_timeout=5.0, map_timeout=0.2) as client:
         client.send(recs)
-        while sum(env.msg.count for _, env in seen) < 6:
+        while sum(env.msg.count for _, env in seen if isinstance(env.msg, EntityBatch)) < 6:
             assert sock.poll(5000), "the client's batches did not arrive"
             identity, *frames = sock.recv_multipart()
             topic, env, _payload = decode_message(frames, cluster="corec")
             seen.append((topic, env))
-            answer = BatchReply(seq=env.seq, accepted=env.msg.count)
-            sock.send_multipart([identity, *encode_message(answer, sender="node-a", seq=len(seen), cluster="corec")])
-    assert [t for t, _ in seen] == [b"ent.003", b"ent.005"]  # its channel's topic on a direct socket, never dir
-    assert [env.seq for _, env in seen] == [1, 2]  # one counter for every channel
+            if isinstance(env.msg, EntityBatch):
+                answer = BatchReply(seq=env.seq, accepted=env.msg.count)
+                sock.send_multipart([identity, *encode_message(answer, sender="node-a", seq=len(seen), cluster="corec")])
+    request, *batches = seen
+    assert request[0] == TOPIC_DIRECT and request[1].msg == PlacementRequest()  # no map held: epoch 0
+    assert [t for t, _ in batches] == [b"ent.003", b"ent.005"]  # its channel's topic on a direct socket, never dir
+    assert [env.seq for _, env in seen] == [1, 2, 3]  # one counter for every message, every channel
     for _, env in seen:
         assert (env.minor, env.cluster) == (PROTOCOL_MINOR, "corec")
         assert env.sender.startswith("client-")
-    assert client.accepted == 6
+    msgs = [env.msg for _, env in batches]
+    assert msgs[0].producer == msgs[1].producer != 0  # 9.6: one id, never the anonymous 0
+    assert [m.pseq for m in msgs] == [1, 2]  # rising
+    assert [(m.epoch, m.hops, m.acks) for m in msgs] == [(0, 0, 1)] * 2  # not split; producers never write hops
+    assert client.accepted == 6 and not client.routed
+
+
+def _spec_owner(names: list[str], block: int) -> str:
+    """SPEC 9.1's rendezvous rule written from the text alone (not the engine's numpy code)."""
+    import hashlib
+
+    mask = (1 << 64) - 1
+
+    def mix(x: int) -> int:
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & mask
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    def score(name: str) -> int:
+        seed = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8, person=b"corec-placement").digest(), "big")
+        return mix(mix((block + 0x9E3779B97F4A7C15) & mask) ^ seed)
+
+    return min(names, key=lambda n: (-score(n), n.encode()))
+
+
+def test_the_routing_example_of_9_6_is_the_reference_placement() -> None:
+    text = section("9.6")
+    placement = _vector("placement")["body"]
+    names = [o["name"] for o in placement["owners"]]
+    roots = {f["block"]: f["root"] for f in placement["fusions"]}
+    assert placement["block_size"] == GEN.BLOCK_SIZE and placement["digest"] == members_digest(names)
+    rows = re.findall(r"^  \| \((\d+), (\d+)\) \| (\d+):(\d+) = (\d+) \| (\d+):(\d+)[^|]*\| `([^`]+)`", text, re.MULTILINE)
+    assert len(rows) == len(GEN.ROUTING_EXAMPLE) == 5, "the table of section 9.6"
+    for channel, id_, b_ch, b_no, b_dec, r_ch, r_no, owner in (tuple(map(str, r)) for r in rows):
+        block = int(channel) << 32 | int(id_) // placement["block_size"]
+        assert (int(b_ch) << 32 | int(b_no)) == block == int(b_dec)
+        root = roots.get(block, block)
+        assert (int(r_ch) << 32 | int(r_no)) == root
+        assert owner == _spec_owner(names, root) == GEN.owner_of(int(channel), int(id_))
+    fused = (7 << 32) | 2
+    assert _spec_owner(names, fused) != _spec_owner(names, roots[fused])  # the example shows the root matters
+    # the vectors' parts go where the map says
+    for name, owner in (("entity_batch_owner_routed", "node-b"), ("entity_batch_forwarded", "node-c")):
+        for rec in _vector(name)["records"]:
+            assert _spec_owner(names, rec["channel"] << 32 | rec["id"] // placement["block_size"]) == owner, name
+
+
+def test_the_owner_routing_rules_of_9_6_are_the_codes() -> None:
+    text, answers = " ".join(section("9.6").split()), " ".join(section("9.4").split())
+    for reason in (routing.NOT_OWNER, routing.UNCONFIRMED, routing.BUSY, producers.DUPLICATE, producers.OUT_OF_ORDER):
+        assert f"`{reason}`" in answers and f"`{reason}`" in text, reason
+    assert routing.FORWARD_WAIT == 8.0 and "8 s after it was sent" in text
+    assert Config().data_listen[1] == Config().listen[1] + 2
+    assert "direct port + 2" in section("1") and "direct port + 2" in text and "`mesh.data_listen`" in section("1")
+    assert "owner_routing" in FEATURES and "`owner_routing` 1.5" in " ".join(section("5").split())
+    assert data_plane_module.SEQUENCE_ROWS <= 10_000 and f"{data_plane_module.SEQUENCE_ROWS:,}" in text
+    assert EntityBatch(channel=0, count=0, compressed=False).acks == 1 and "`acks`, whose absence means 1" in " ".join(section("6").split())
+
+
+@pytest.fixture
+def routers():
+    socks = []
+
+    def make():
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        socks.append(sock)
+        return sock, sock.bind_to_random_port("tcp://127.0.0.1")
+
+    yield make
+    for sock in socks:
+        sock.close(0)
+
+
+def test_the_client_routes_by_owner_as_9_6_says(routers) -> None:
+    """Ask the given node for the map, split by owner with the fusions and the rendezvous
+    rule, send each part to its owner's data socket with the map's epoch; fetch the map
+    again when an answer names a higher epoch."""
+    given, given_port = routers()
+    owners = {name: routers() for name in ("node-a", "node-b", "node-c")}
+    epoch = GEN._EPOCH
+
+    def placement(e: int) -> Placement:
+        return Placement(epoch=e, digest=members_digest(owners), block_size=GEN.BLOCK_SIZE,
+                         owners=tuple(Owner(n, f"127.0.0.1:{port}") for n, (_, port) in owners.items()),
+                         fusions=GEN.FUSIONS)
+
+    requests: list = []
+    answer_maps = iter([placement(epoch), placement(epoch + 1)])
+
+    def node() -> None:  # the given node: answers two map requests on their connection
+        for _ in range(2):
+            if not given.poll(10_000):
+                return
+            identity, *frames = given.recv_multipart()
+            _topic, env, _ = decode_message(frames, cluster="corec")
+            requests.append(env)
+            given.send_multipart([identity, *encode_message(next(answer_maps), sender="node-a", seq=len(requests),
+                                                            cluster="corec")])
+
+    thread = threading.Thread(target=node, daemon=True)
+    thread.start()
+    recs = np.zeros(len(GEN.ROUTING_EXAMPLE), dtype=ENTITY_DTYPE)
+    recs["channel"] = [c for c, _ in GEN.ROUTING_EXAMPLE]
+    recs["id"] = [i for _, i in GEN.ROUTING_EXAMPLE]
+    recs["active"] = 1
+    got: list = []  # (owner, env, records)
+
+    def take(want: int, reply_epoch: int) -> None:
+        while sum(len(r) for _, _, r in got) < want:
+            ready = zmq.select([s for s, _ in owners.values()], [], [], 5.0)[0]
+            assert ready, "the client's parts did not arrive"
+            for name, (sock, _) in owners.items():
+                if sock in ready:
+                    identity, *frames = sock.recv_multipart()
+                    _topic, env, payload = decode_message(frames, cluster="corec")
+                    got.append((name, env, decode_batch(env.msg, payload)))
+                    reply = BatchReply(seq=env.seq, accepted=env.msg.count, epoch=reply_epoch)
+                    sock.send_multipart([identity, *encode_message(reply, sender=name, seq=len(got), cluster="corec")])
+
+    with Client(f"127.0.0.1:{given_port}", reply_timeout=5.0, map_timeout=5.0) as client:
+        client.send(recs)
+        take(len(recs), epoch + 1)  # the owners' answers say the map is stale
+        client.flush(5.0)
+        client.send(recs[:1])
+        take(len(recs) + 1, 0)
+    thread.join(5.0)
+    assert [r.msg for r in requests] == [PlacementRequest(), PlacementRequest(epoch=epoch)]
+    first, last = got[:-1], got[-1]
+    for name, env, records in got:
+        for rec in records:
+            assert GEN.owner_of(int(rec["channel"]), int(rec["id"])) == name
+        assert env.msg.hops == 0 and env.msg.acks == 1 and env.msg.producer == first[0][1].msg.producer != 0
+    assert {e.msg.epoch for _, e, _ in first} == {epoch} and last[1].msg.epoch == epoch + 1
+    seqs = [e.seq for _, e, _ in got] + [r.seq for r in requests]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))  # one q counter for every message
+    by_q = sorted(got, key=lambda g: g[1].seq)
+    pseqs = [e.msg.pseq for _, e, _ in by_q]
+    assert pseqs == sorted(pseqs) and len(set(pseqs)) == len(pseqs)  # rising across every owner
+    assert client.routed and client.accepted == len(recs) + 1
 
 
 def test_a_node_tells_a_producer_from_a_member_by_its_name() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -33,10 +34,14 @@ from corec_node.wire import (
     MemberStatus,
     MsgType,
     Nack,
+    Owner,
     Ping,
     PingReq,
+    Placement,
+    PlacementRequest,
     SeqEvent,
     SequenceCounter,
+    SequenceHandoff,
     SequenceTracker,
     StatePush,
     StateReply,
@@ -73,13 +78,16 @@ hosts = st.one_of(
 addrs = st.builds(lambda h, p: f"{h}:{p}", hosts, st.integers(1, 65535))
 u64 = st.integers(0, U64)
 members = st.builds(MemberState, name=names, addr=addrs, pub=addrs, inc=u64,
-                    status=st.sampled_from(MemberStatus))
+                    status=st.sampled_from(MemberStatus), version=labels, protocol=labels,
+                    features=st.lists(names, max_size=5).map(tuple),
+                    data=st.one_of(st.just(""), addrs))  # "" (a member older than 1.5) is not written
 member_lists = st.lists(members, max_size=6).map(tuple)
 row_values = st.one_of(
     st.none(), st.booleans(), st.integers(-(1 << 63), U64), st.floats(allow_nan=False),
     st.text(max_size=40),
 )
 rows = st.lists(st.dictionaries(names, row_values, max_size=8), max_size=4).map(tuple)
+u8 = st.integers(0, 255)
 
 MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.PING: st.builds(Ping, probe=u64, target=names, reply_to=addrs),
@@ -107,7 +115,13 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.FLOW: st.builds(Flow, hold_ms=u64),
     MsgType.BATCH_REPLY: st.builds(BatchReply, seq=u64, accepted=st.integers(0, limits.MAX_BATCH_RECORDS),
                                    rejected=st.dictionaries(names, st.integers(0, limits.MAX_BATCH_RECORDS), max_size=16),
-                                   stage=st.integers(0, 255)),
+                                   stage=u8, epoch=u64),
+    MsgType.PLACEMENT_REQUEST: st.builds(PlacementRequest, epoch=u64),
+    MsgType.PLACEMENT: st.builds(Placement, epoch=u64, digest=st.sampled_from(["", "e78319b292e39e89"]),
+                                 block_size=st.integers(0, (1 << 32) - 1),
+                                 owners=st.lists(st.builds(Owner, name=names, data=addrs), max_size=6).map(tuple),
+                                 fusions=rows),
+    MsgType.SEQUENCE_HANDOFF: st.builds(SequenceHandoff, rows=rows),
 }
 
 
@@ -120,7 +134,10 @@ def batches(draw: st.DrawFn) -> tuple[EntityBatch, bytes]:
     arr["channel"] = channel
     arr["value"] = draw(st.lists(st.floats(width=32), min_size=n, max_size=n))
     arr["active"] = draw(st.lists(st.booleans(), min_size=n, max_size=n))
-    return make_batch(arr, channel, compress=draw(st.booleans()))
+    msg, payload = make_batch(arr, channel, compress=draw(st.booleans()))
+    # since 1.5 (SPEC 9.6): owner-routed batches, forwarded parts
+    routed = {"producer": draw(u64), "pseq": draw(u64), "acks": draw(u8), "epoch": draw(u64), "hops": draw(u8)}
+    return dataclasses.replace(msg, **draw(st.sampled_from([{}, routed]))), payload
 
 
 messages_with_payload = st.one_of(
@@ -182,7 +199,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 4, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 5, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}
@@ -276,7 +293,9 @@ def test_one_bad_field_only_raises_wire_error(
     for key in ("updates", "members"):
         if target.get(key):
             target = target[key][0]
-    key = data.draw(st.sampled_from(sorted(target)))
+    # a body of defaults only (PLACEMENT_REQUEST {}) gets one of its optional keys
+    keys = sorted(target) or [name for name, _kind, _seg in SCHEMAS[message_type(msg)].body.kinds]
+    key = data.draw(st.sampled_from(keys))
     target[key] = data.draw(msgpack_objects)
     frames[1] = msgpack.packb(env, use_bin_type=True)
     _only_wire_error(frames)
@@ -427,6 +446,12 @@ def test_hostile_container_headers_are_refused_cheaply() -> None:
         (EntityBatch(channel=1, count=1, compressed=False), {}),
         (EntityBatch(channel=1, count=2, compressed=False), {"payload": b"\x00" * 10}),
         (EntityBatch(channel=300, count=0, compressed=False), {"payload": b""}),
+        (EntityBatch(channel=1, count=0, compressed=False, acks=256), {"payload": b""}),
+        (EntityBatch(channel=1, count=0, compressed=False, hops=-1), {"payload": b""}),
+        (Gossip(updates=(MemberState("a", "h:1", "h:2", 0, MemberStatus.ALIVE, data="h"),)), {}),
+        (Placement(epoch=1, digest="", block_size=1 << 32), {}),
+        (Placement(epoch=1, digest="", block_size=1000, owners=(Owner("a", ""),)), {}),
+        (BatchReply(seq=1, accepted=0, epoch=-1), {}),
     ],
 )
 def test_encode_refuses_invalid_messages(msg: Any, kw: dict) -> None:

@@ -20,6 +20,7 @@ import zstandard
 
 from corec_node.wire import (
     ENTITY_DTYPE,
+    PROTOCOL,
     SCHEMAS,
     MsgType,
     WireError,
@@ -55,10 +56,31 @@ def records_from_json(records: list[dict]) -> np.ndarray:
 
 
 def test_vector_files_describe_this_protocol() -> None:
-    assert ENTITIES["protocol"] == MESSAGES["protocol"] == "CoreC wire protocol 1.4"
+    assert ENTITIES["protocol"] == MESSAGES["protocol"] == "CoreC wire protocol 1.5" == f"CoreC wire protocol {PROTOCOL}"
     assert MESSAGES["types"] == {t.name: int(t) for t in MsgType}
     covered = {v["header"]["type_name"] for v in MESSAGES["valid"] if v["canonical"]}
     assert covered == {t.name for t in SCHEMAS}, "a canonical vector for every message type"
+
+
+def test_every_optional_field_is_written_by_a_canonical_vector() -> None:
+    """Each key a minor added appears, with a value other than its default, in a canonical
+    vector: a stranger sees how it is written (SPEC 4.1, 6)."""
+    from corec_node.wire.envelope import _MEMBER
+
+    written: dict[str, set[str]] = {}
+    for vector in MESSAGES["valid"]:
+        if not vector["canonical"]:
+            continue
+        body = vector["body"]
+        written.setdefault(vector["header"]["type_name"], set()).update(body)
+        for key in ("updates", "members"):
+            for member in body.get(key, ()):
+                written.setdefault("member state", set()).update(member)
+    wanted = {t.name: set(schema.body.defaults) for t, schema in SCHEMAS.items()}
+    wanted["member state"] = set(_MEMBER.defaults)
+    for where, keys in wanted.items():
+        missing = keys - written.get(where, set())
+        assert not missing, f"no canonical vector writes {sorted(missing)} of {where}"
 
 
 # -- entities --------------------------------------------------------------------------------

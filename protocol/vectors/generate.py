@@ -1,4 +1,4 @@
-"""Regenerate the golden vectors of CoreC wire protocol 1.4 (protocol/SPEC.md, section 16).
+"""Regenerate the golden vectors of CoreC wire protocol 1.5 (protocol/SPEC.md, section 16).
 
     python protocol/vectors/generate.py          # rewrite entities.json and messages.json
     python protocol/vectors/generate.py --check  # exit 1 if the files differ from what
@@ -15,6 +15,7 @@ its reason before it is written (``refused``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import struct
@@ -29,6 +30,7 @@ import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 import zstandard  # noqa: E402
 
+from corec_node.engine.placement import members_digest, owners  # noqa: E402
 from corec_node.wire import (  # noqa: E402
     ENTITY_DTYPE,
     PROTOCOL_MAJOR,
@@ -48,8 +50,12 @@ from corec_node.wire import (  # noqa: E402
     MemberStatus,
     MsgType,
     Nack,
+    Owner,
     Ping,
     PingReq,
+    Placement,
+    PlacementRequest,
+    SequenceHandoff,
     StatePush,
     StateReply,
     Vote,
@@ -61,8 +67,9 @@ from corec_node.wire import (  # noqa: E402
     encode_entities,
     encode_message,
 )
+from corec_node.wire import PROTOCOL as WIRE_VERSION  # noqa: E402
 
-PROTOCOL = "CoreC wire protocol 1.4"
+PROTOCOL = f"CoreC wire protocol {WIRE_VERSION}"
 ZSTD_LEVEL = 1
 S = MemberStatus
 
@@ -267,6 +274,39 @@ _AGG_ROWS = (
 )
 _B_PRODUCER = _batch(3, [(5000, 3, 21.5, True), (5001, 3, 21.75, True)], False)
 
+# -- owner-routed ingest (SPEC 9.6, since 1.5) --
+BLOCK_SIZE = 1000
+OWNERS = (Owner("node-a", "10.0.0.1:7948"), Owner("node-b", "10.0.0.2:7948"), Owner("node-c", "10.0.0.3:7948"))
+"""The map of vector ``placement``: three members and their data sockets (the direct port + 2)."""
+FUSIONS = ({"block": (7 << 32) | 2, "root": (7 << 32) | 1},)
+"""Its fusion: block 7:2 (node-c's by its own id) is placed under its root 7:1 (node-b's)."""
+PRODUCER_ID = 0x9A3F1C7E5B2D4086  # a producer id drawn at random, above 2^63: written as uint 64
+ROUTING_EXAMPLE = ((3, 5000), (3, 2999), (3, 4000), (7, 2500), (7, 6001))
+"""Records (channel, id) whose owners under OWNERS and FUSIONS the table of SPEC 9.6 shows
+(tests/test_spec_conformance.py holds the table to ``owner_of``)."""
+
+
+def owner_of(channel: int, id_: int) -> str:
+    """SPEC 9.6: a record's block, replaced by its fusion root, owned by rendezvous over OWNERS."""
+    block = channel << 32 | id_ // BLOCK_SIZE
+    root = {f["block"]: f["root"] for f in FUSIONS}.get(block, block)
+    names = [o.name for o in OWNERS]
+    return names[int(owners([root], names)[0])]
+
+
+def _routed(channel: int, rows: list[tuple[int, int, float, bool]], **fields: Any) -> tuple[EntityBatch, bytes]:
+    msg, payload = _batch(channel, rows, False)
+    return dataclasses.replace(msg, **fields), payload
+
+
+_ROUTED_ROWS = [(5000, 3, 21.5, True), (5001, 3, 21.75, True), (8123, 3, 19.0, False)]
+assert {owner_of(3, r[0]) for r in _ROUTED_ROWS} == {"node-b"}  # blocks 3:5 and 3:8
+_B_ROUTED = _routed(3, _ROUTED_ROWS, producer=PRODUCER_ID, pseq=2, epoch=_EPOCH)
+_B_ACKS_0 = _routed(3, _ROUTED_ROWS[:1], producer=PRODUCER_ID, pseq=3, acks=0, epoch=_EPOCH)
+_FORWARDED_ROWS = [(4000, 3, 18.25, True), (4999, 3, 18.5, True)]
+assert {owner_of(3, r[0]) for r in _FORWARDED_ROWS} == {"node-c"}  # block 3:4
+_B_FORWARDED = _routed(3, _FORWARDED_ROWS, producer=PRODUCER_ID, pseq=4, epoch=_EPOCH, hops=1)
+
 # (name, description, message, header, payload)
 MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
     ("ping", "direct probe",
@@ -338,7 +378,8 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
     # -- rules a stranger's implementation needs (SPEC 5, 9.2, 9.5, 12) --
     ("entity_batch_producer", ("a producer's first batch as `corec-node send` writes it: the default "
      "label corec, the producer's own name (no member's), q from its one counter for all channels, "
-     "topic ent.003 on the node's direct socket, minor 4 so that the node answers (SPEC 9.5)"),
+     "topic ent.003 on the node's direct socket, its minor (4 or more: the node answers; SPEC 9.5), "
+     "none of the optional keys of 1.5 (a producer that does not route, SPEC 9.6)"),
      _B_PRODUCER[0], _hdr("client-gw1-4242", 1, "corec"), _B_PRODUCER[1]),
     ("batch_reply_to_producer", ("the node's answer to that batch: its own name, label and dir counter, "
      "seq = the batch's q (SPEC 9.4)"),
@@ -367,6 +408,46 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
                      MemberState("b", "[2001:db8::7]:7946", "[::ffff:10.0.0.1]:7947", 0, S.ALIVE),
                      MemberState("c", "[fe80::1%eth0]:7946", "localhost:7947", 0, S.ALIVE))),
      _hdr("a", 5), None),
+    # -- owner-routed ingest (SPEC 9.6, since 1.5) --
+    ("gossip_data", ("a 1.5 member announcing its data socket (`data`, the direct port + 2 by default) "
+     "and the feature owner_routing"),
+     Gossip(updates=(MemberState("node-b", "10.0.0.2:7946", "10.0.0.2:7947", 3, MemberStatus.ALIVE, "0.5.0", "1.5",
+                                 ("placement", "flow", "voters", "batch_reply", "owner_routing"), "10.0.0.2:7948"),)),
+     _hdr("node-b", 45, "corec"), None),
+    ("placement_request", ("a producer asks the node it was given for the placement map: no map held yet, "
+     "so no epoch (an empty body); q from the producer's one counter"),
+     PlacementRequest(), _hdr("client-gw1-4242", 1, "corec"), None),
+    ("placement_request_epoch", "a producer asks again, naming the epoch of the map it holds",
+     PlacementRequest(epoch=_EPOCH), _hdr("client-gw1-4242", 7, "corec"), None),
+    ("placement", ("the map the node acts on: its epoch, the digest of its members (SPEC 9.1), the block "
+     "size, every owner with its data socket, and the fusion 7:2 -> 7:1 (blocks 30064771074 and "
+     "30064771073); answered on the connection the request came in on"),
+     Placement(epoch=_EPOCH, digest=members_digest(o.name for o in OWNERS), block_size=BLOCK_SIZE,
+               owners=OWNERS, fusions=FUSIONS), _hdr("node-a", 31, "corec"), None),
+    ("placement_no_owners", ("a cluster with a member older than 1.5 (no data socket): owners left out, "
+     "the producer sends everything to this node as in 1.4"),
+     Placement(epoch=_EPOCH, digest=members_digest(["node-a", "node-b", "node-c", "node-old"]),
+               block_size=BLOCK_SIZE), _hdr("node-a", 32, "corec"), None),
+    ("entity_batch_owner_routed", ("a producer's part for node-b, sent to node-b's data socket: blocks 3:5 "
+     "and 3:8, node-b's under the map of vector placement; producer id and pseq, the epoch it split "
+     "by; acks 1 and hops 0 are defaults, not written"),
+     _B_ROUTED[0], _hdr("client-gw1-4242", 2, "corec"), _B_ROUTED[1]),
+    ("entity_batch_acks_0", "fire and forget: acks 0 is written, and no node answers the batch",
+     _B_ACKS_0[0], _hdr("client-gw1-4242", 3, "corec"), _B_ACKS_0[1]),
+    ("entity_batch_forwarded", ("node-a forwards to node-c's data socket the records of block 3:4 that a "
+     "producer sent it: hops 1, the producer's id and pseq, node-a's epoch, q from node-a's direct counter"),
+     _B_FORWARDED[0], _hdr("node-a", 57, "corec"), _B_FORWARDED[1]),
+    ("batch_reply_not_owner", ("node-c answers node-a's part at node-a's data socket: seq = the part's q; one "
+     "record it does not own under its newer map, refused, not forwarded again; its epoch"),
+     BatchReply(seq=57, accepted=1, rejected={"not_owner": 1}, epoch=_EPOCH + 1), _hdr("node-c", 12, "corec"), None),
+    ("batch_reply_epoch", ("node-a's answer to a producer once every part is answered: some records refused, "
+     "a part unanswered in time; its epoch, so that the producer fetches the map again"),
+     BatchReply(seq=5, accepted=6, rejected={"unconfirmed": 2, "duplicate": 1}, epoch=_EPOCH + 1),
+     _hdr("node-a", 58, "corec"), None),
+    ("sequence_handoff", ("the producer sequences of block 3:5 (12884901893) handed to its new owner before "
+     "the block's records: rows producer, block, pseq"),
+     SequenceHandoff(rows=({"producer": PRODUCER_ID, "block": (3 << 32) | 5, "pseq": 2},
+                           {"producer": 17, "block": (3 << 32) | 5, "pseq": 40})), _hdr("node-b", 60, "corec"), None),
 ]
 
 
@@ -447,6 +528,15 @@ def gossip(**fields: Any) -> list[bytes]:
     """A GOSSIP of one member state with fields replaced (or dropped with ``_DROP``)."""
     member = {k: v for k, v in dict(MEMBER, **fields).items() if v is not _DROP}
     return [b"mbr", pack(envelope(MsgType.GOSSIP, {"updates": [member]}))]
+
+
+PLACEMENT_BODY = {"epoch": 1, "digest": "", "block_size": 1000, "owners": [{"name": "node-a", "data": "10.0.0.1:7948"}]}
+
+
+def placement(**fields: Any) -> list[bytes]:
+    """A PLACEMENT on ``dir`` with body fields replaced (or dropped with ``_DROP``)."""
+    body = {k: v for k, v in dict(PLACEMENT_BODY, **fields).items() if v is not _DROP}
+    return [b"dir", pack(envelope(MsgType.PLACEMENT, body))]
 
 
 def batch(topic: bytes, payload: bytes | None, **fields: Any) -> list[bytes]:
@@ -689,6 +779,50 @@ def message_vectors() -> dict[str, Any]:
          [b"agg", pack(envelope(MsgType.AGGREGATES, {"tick": 1, "rows": [{"owner": "t" * 4097}]}))], "field"),
         ("fusion_not_map", "a fusion that is an array",
          [b"nuc", pack(envelope(MsgType.FUSION_PLAN, {"term": 1, "fusions": [[1, 2, 0, "r"]]}))], "field"),
+        # -- owner-routed ingest (SPEC 5, 6, 9.6; since 1.5) --
+        ("member_data_not_addr", "a member's data socket without a port", gossip(data="10.0.0.1"), "field"),
+        ("member_data_empty", "data \"\" is not an address: a member without a data socket leaves the key out",
+         gossip(data=""), "field"),
+        ("batch_acks_256", "acks 256 (uint8)", batch(b"ent.007", p_raw, acks=256), "field"),
+        ("batch_acks_bool", "acks true: a bool is not an int", batch(b"ent.007", p_raw, acks=True), "field"),
+        ("batch_hops_256", "hops 256 (uint8)", batch(b"ent.007", p_raw, hops=256), "field"),
+        ("batch_hops_negative", "hops -1", batch(b"ent.007", p_raw, hops=-1), "field"),
+        ("batch_producer_negative", "producer -1", batch(b"ent.007", p_raw, producer=-1), "field"),
+        ("batch_producer_2_64", "producer 2^64 does not fit: sent as float",
+         batch(b"ent.007", p_raw, producer=float(1 << 64)), "field"),
+        ("batch_pseq_str", "pseq \"2\"", batch(b"ent.007", p_raw, pseq="2"), "field"),
+        ("batch_epoch_float", "epoch 1.0", batch(b"ent.007", p_raw, epoch=1.0), "field"),
+        ("reply_epoch_negative", "BATCH_REPLY epoch -1",
+         [b"dir", pack(envelope(MsgType.BATCH_REPLY, {"seq": 1, "accepted": 0, "rejected": {}, "epoch": -1}))],
+         "field"),
+        ("placement_request_epoch_str", "PLACEMENT_REQUEST epoch \"3\"",
+         [b"dir", pack(envelope(MsgType.PLACEMENT_REQUEST, {"epoch": "3"}))], "field"),
+        ("placement_request_on_ent", "PLACEMENT_REQUEST travels on dir, whatever the socket",
+         [b"ent.003", pack(envelope(MsgType.PLACEMENT_REQUEST, {}))], "topic"),
+        ("placement_request_with_payload", "PLACEMENT_REQUEST takes no payload",
+         [b"dir", pack(envelope(MsgType.PLACEMENT_REQUEST, {})), b""], "payload"),
+        ("placement_no_digest", "PLACEMENT without digest (required; \"\" when none)",
+         placement(digest=_DROP), "field"),
+        ("placement_no_block_size", "PLACEMENT without block_size", placement(block_size=_DROP), "field"),
+        ("placement_block_size_2_32", "block_size 2^32 (uint32)", placement(block_size=1 << 32), "field"),
+        ("placement_owners_map", "owners is a map, not an array",
+         placement(owners={"node-a": "10.0.0.1:7948"}), "field"),
+        ("placement_owner_no_data", "an owner without its data socket",
+         placement(owners=[{"name": "node-a"}]), "field"),
+        ("placement_owner_data_empty", "an owner whose data socket is \"\"",
+         placement(owners=[{"name": "node-a", "data": ""}]), "field"),
+        ("placement_owner_data_url", "an owner's data socket as a URL",
+         placement(owners=[{"name": "node-a", "data": "tcp://10.0.0.1:7948"}]), "field"),
+        ("placement_owner_name_empty", "an owner of no name",
+         placement(owners=[{"name": "", "data": "10.0.0.1:7948"}]), "field"),
+        ("placement_fusion_not_map", "a fusion that is an array",
+         placement(fusions=[[(7 << 32) | 2, (7 << 32) | 1]]), "field"),
+        ("placement_on_nuc", "PLACEMENT is a direct answer, never on nuc",
+         [b"nuc", pack(envelope(MsgType.PLACEMENT, PLACEMENT_BODY))], "topic"),
+        ("sequence_handoff_row_array", "a sequence row that is an array",
+         [b"dir", pack(envelope(MsgType.SEQUENCE_HANDOFF, {"rows": [[1, 2, 3]]}))], "field"),
+        ("sequence_handoff_on_mbr", "SEQUENCE_HANDOFF is direct",
+         [b"mbr", pack(envelope(MsgType.SEQUENCE_HANDOFF, {"rows": []}))], "topic"),
         # -- the order of the checks (SPEC 19): several defects, the first check gives the reason --
         ("order_frames_first", "four frames, garbage in each", [b"x" * 40, b"\xc1", b"", b""], "frames"),
         ("order_minor_before_type", "'m' = -1 and type 99", ping_header(m=-1, t=99), "header"),
@@ -711,6 +845,8 @@ def message_vectors() -> dict[str, Any]:
          ping_body(probe=-1, target=""), "field"),
         ("order_length_before_count", "25 raw bytes under count 9", batch(b"ent.007", p_raw[:25], count=9),
          "length"),
+        ("order_hops_before_count", ("hops 256 and count 4 for 3 records: the body is checked before the "
+         "payload against it"), batch(b"ent.007", p_raw, count=4, hops=256), "field"),
     ]
     assert _B_RAW[0].count == 3 and _B_ZSTD[0].count == 10
     invalid = []

@@ -367,7 +367,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         if direct != sent:  # the map changed to one without owners on the way
             route += f" ({direct:,} records; the rest through {args.to})"
     else:
-        route = f"not routed ({client.why_unrouted})" if client.why_unrouted else "not routed"
+        route = f"not routed ({client.why_unrouted or 'nothing to send'})"
     print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s): "
           f"{client.accepted:,} accepted, {rejected:,} rejected{f' ({reasons})' if reasons else ''}, "
           f"{unconfirmed:,} unconfirmed{unacked}; {route}")

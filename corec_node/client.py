@@ -102,7 +102,7 @@ class _Link:
     """One DEALER to one node's socket (an owner's data socket, or the given address on the
     1.4 path) and the batches on their way there."""
 
-    __slots__ = ("addr", "name", "sock", "timeout", "pending", "parked", "late", "answered", "silent")
+    __slots__ = ("addr", "answered", "late", "name", "parked", "pending", "silent", "sock", "timeout")
 
     def __init__(self, ctx: zmq.Context, addr: str, name: str | None, timeout: float | None) -> None:
         self.addr = addr
@@ -210,8 +210,8 @@ class Client:
             return
         placement = self._request_map()
         if placement is None:
-            self.why_unrouted = (f"{self.addr} did not answer the map request within {self.map_timeout:g} s "
-                                 f"(older than 1.5, or unreachable)")
+            self.why_unrouted = (f"{self.addr} did not answer the map request within {self.map_timeout:g} s: "
+                                 f"older than 1.5, or unreachable")
             return
         self._adopt(placement)
 
@@ -420,8 +420,7 @@ class Client:
         reply = env.msg
         if not isinstance(reply, BatchReply) or reply.stage != ReplyStage.QUEUED:
             return  # a later stage or another message: nothing 1.4 acts on
-        if reply.epoch > self._want_epoch:
-            self._want_epoch = reply.epoch  # our map is older than the node's: fetched before the next slab
+        self._want_epoch = max(self._want_epoch, reply.epoch)  # newer than our map: fetched before the next slab
         item = link.pending.pop(reply.seq, None)
         if item is None:
             item = link.late.pop(reply.seq, None)

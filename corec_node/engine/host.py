@@ -259,7 +259,7 @@ class EngineHost:
         return mine
 
     def route(self, records: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Owner-routed ingest (SPEC 9.5): the mask of the records this node keeps (``_mine``:
+        """Owner-routed ingest (SPEC 9.6): the mask of the records this node keeps (``_mine``:
         the adopted map, and the pending view's), and the rest split by their owner under
         the adopted map, where they are forwarded."""
         mine = self._mine(records)

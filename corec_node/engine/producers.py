@@ -1,4 +1,4 @@
-"""Idempotent producers (SPEC 9.5): the last sequence each producer wrote to each block.
+"""Idempotent producers (SPEC 9.6): the last sequence each producer wrote to each block.
 
 Records are absolute values: a retried batch, or one that overtook a newer one on another
 path (a forward after a map change), must never overwrite what a newer batch wrote. A

@@ -75,7 +75,7 @@ class ClusterView:
 
     @property
     def routed(self) -> bool:
-        """Owner-routed ingest (SPEC 9.5): every live member has a data socket. Otherwise
+        """Owner-routed ingest (SPEC 9.6): every live member has a data socket. Otherwise
         producer batches are republished on the PUB stream, as before 1.5."""
         return all(name in self.data for name in self.live)
 

@@ -85,7 +85,7 @@ class ProducerCounts:
     batches: int = 0
     records: int = 0
     accepted: int = 0  # records queued for storing (and republished, when not owner-routed)
-    forwarded: int = 0  # records sent on to their owner (owner-routed ingest, SPEC 9.5)
+    forwarded: int = 0  # records sent on to their owner (owner-routed ingest, SPEC 9.6)
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)  # records, by reason
     rejected_batches: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -122,7 +122,7 @@ class DataPlane:
         self.raise_alert = raise_alert
         self.publish_digest = publish_digest
         self.forwarder = Forwarder(self._send_part, self._now_)
-        self.seqs = ProducerSeqs()  # idempotent producers (SPEC 9.5)
+        self.seqs = ProducerSeqs()  # idempotent producers (SPEC 9.6)
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
                                  tick_rows=engine_config.tick_rows)
@@ -342,7 +342,7 @@ class DataPlane:
             relay.rejected[reason] += count
 
     def owner_answered(self, sender: str, reply: BatchReply) -> None:
-        """An owner answered a part we forwarded (SPEC 9.5)."""
+        """An owner answered a part we forwarded (SPEC 9.6)."""
         if not self.forwarder.answered(sender, reply):
             self.traffic.rejected["stray_reply"] += 1
 
@@ -525,7 +525,8 @@ class DataPlane:
                 self.dropped_records["handoff"] += len(records)
                 log.event("handoff_lost", logging.WARNING, to=owner, records=len(records), detail="owner has no address")
                 continue
-            self._hand_off_sequences(addr, records)
+            if owner in self.view.data:  # 1.5 and later: a 1.4 owner would drop the message as unknown
+                self._hand_off_sequences(addr, records)
             for start in range(0, len(records), HANDOFF_CHUNK):
                 chunk = records[start:start + HANDOFF_CHUNK]
                 for channel in np.unique(chunk["channel"]).tolist():
@@ -540,7 +541,7 @@ class DataPlane:
 
     def _hand_off_sequences(self, addr: str, records: np.ndarray) -> None:
         """The producer sequences of the blocks handed over go first (same socket, so in
-        order): the new owner refuses what we had already applied (SPEC 9.5)."""
+        order): the new owner refuses what we had already applied (SPEC 9.6)."""
         rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist())
         for start in range(0, len(rows), SEQUENCE_ROWS):
             chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])

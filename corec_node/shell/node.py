@@ -53,6 +53,7 @@ from corec_node.shell.transport import Transport
 from corec_node.storage import LocalStore, SchemaTooNewError
 from corec_node.wire import WireError, decode_message, encode_message, topic_for
 from corec_node.wire.messages import Alert, MemberState, MsgType
+from corec_node.wire.topics import TOPIC_DIRECT
 
 TICK_PERIOD = 0.1  # the node process's timers: engine ticks, the data plane's beat, the watchdog
 STATUS_PERIOD = 5.0  # seconds between two STATUS= lines to systemd
@@ -78,7 +79,7 @@ class Node:
         if sec.enabled:  # SecurityError (names the key file) here, before the mesh process starts: exit 2
             CurveConfig.load(sec.secret_key_file, sec.public_keys_dir)
         self.mesh = MeshHandle(config, self.identity, NodeEvents(self))
-        # the data socket: producers' batches and the parts members forward (SPEC 9.5), apart
+        # the data socket: producers' batches and the parts members forward (SPEC 9.6), apart
         # from the mesh process's probes, votes and heartbeats
         self.datasock = Transport(max_message_bytes=config.mesh.max_message_bytes,
                                   security=CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None,
@@ -331,7 +332,7 @@ class Node:
 
     def _on_data(self, frames: list[Any], identity: bytes) -> None:
         """The data socket: producers' batches and map requests, members' forwarded parts
-        and their answers to ours (SPEC 9.5)."""
+        and their answers to ours (SPEC 9.6)."""
         decoded = self._decode("data", frames)
         if decoded is None:
             return
@@ -361,7 +362,7 @@ class Node:
     def _data_send(self, addr: str, msg: Any, payload: Any) -> int | None:
         """A message to a member's data socket; the seq it went out under, None if dropped."""
         topic = topic_for(msg)
-        seq = self.data_outbox.counters.next(topic)
+        seq = self.data_outbox.counters.next(TOPIC_DIRECT)  # one counter: answers are matched by (owner, seq)
         try:
             frames = encode_message(msg, sender=self.name, seq=seq, cluster=self.identity.cluster, payload=payload)
         except ValueError as exc:

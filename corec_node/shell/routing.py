@@ -1,4 +1,4 @@
-"""Owner-routed ingest (SPEC 9.5): a producer's batch parts for other owners are forwarded
+"""Owner-routed ingest (SPEC 9.6): a producer's batch parts for other owners are forwarded
 to them, and the producer gets one answer once every part is answered.
 
 A producer that holds the current map sends each record straight to its block's owner, so

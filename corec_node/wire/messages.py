@@ -194,7 +194,7 @@ class HeartbeatAck:
 class EntityBatch:
     """Header of an entity batch; the records travel in the payload frame.
 
-    Since 1.5 (owner-routed ingest, SPEC 9.5): ``producer`` (a producer's id, 0 anonymous)
+    Since 1.5 (owner-routed ingest, SPEC 9.6): ``producer`` (a producer's id, 0 anonymous)
     and ``pseq`` (its sequence, rising by batch across all the owners it sends to) make
     retries idempotent; ``acks`` is what the producer waits for (0 nothing, 1 the owner
     queued the records for its store); ``epoch`` is the placement epoch of the map the
@@ -305,7 +305,7 @@ class Placement:
 class SequenceHandoff:
     """Producer sequences handed to a block's new owner with the block (direct, since 1.5):
     rows ``{"producer": id, "block": id, "pseq": n}``, the highest sequence each producer
-    has applied to each block (SPEC 9.5). Sent before the block's records."""
+    has applied to each block (SPEC 9.6). Sent before the block's records."""
 
     rows: tuple = ()
 

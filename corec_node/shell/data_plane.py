@@ -246,8 +246,9 @@ class DataPlane:
             answer = None
         self.producers.batches += 1
         self.producers.records += msg.count
-        stale = msg.epoch != 0 and msg.epoch < self.engine.epoch
-        relay = Relay(env.seq, answer, self.engine.epoch if stale else 0, parts=1)
+        # the answer names our map's epoch only when the producer's map sent us records we do
+        # not own: epochs of one member set may differ between nodes until rows carry them
+        relay = Relay(env.seq, answer, 0, parts=1)
         try:
             records = decode_batch(msg, payload)  # before it is answered: a bad record is refused, not lost
         except WireError as exc:

@@ -267,7 +267,7 @@ class BatchReply:
     accepted: int
     rejected: Mapping[str, int] = field(default_factory=dict)
     stage: int = ReplyStage.QUEUED
-    epoch: int = 0  # since 1.5: the node's placement epoch when it is newer than the batch's
+    epoch: int = 0  # since 1.5: the node's placement epoch when the batch reached a node that does not own all of it
 
 
 @dataclass(frozen=True, slots=True)

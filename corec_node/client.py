@@ -62,6 +62,7 @@ from corec_node.wire import (
     ReplyStage,
     WireError,
     as_entity_array,
+    decode_batch,
     decode_message,
     encode_message,
     make_batch,
@@ -77,6 +78,8 @@ BACKOFF_MIN, BACKOFF_MAX = 0.01, 0.5  # seconds between two offers of a busy bat
 LATE_KEPT = 1024  # unconfirmed batches per socket whose late answer still counts (older ones stay unconfirmed)
 MAP_TIMEOUT = 1.0  # seconds the first send waits for the map; a node answers in milliseconds, a 1.4 node never
 MAP_RETRY = 1.0  # seconds between two map fetches while answers say ours is old: the node we ask may lag a tick
+OWNER_DOUBT = 1.0  # seconds an owner may leave its oldest batch unanswered before we ask whether it is gone
+WAIT_STEP = 0.2  # seconds a full window waits at a time before the owners are looked at again
 ACKS = (0, 1, "all")
 
 NOT_ASKED = "route=False: everything goes to the given address"
@@ -188,6 +191,7 @@ class Client:
         self.why_unrouted = ""  # when not routed, why (after the first send)
         self.map_epoch = 0  # the placement epoch of the map batches are split by
         self.map_fetches = 0  # maps received (the first one included)
+        self.rehomed = 0  # records resent to a new owner after theirs left the map
         self.owners_used: set[str] = set()  # owners sent to directly
         self.sent_by_owner: collections.Counter[str] = collections.Counter()  # records sent to each owner
 
@@ -264,10 +268,10 @@ class Client:
         self._placement, self._block_size, self._fusions, self._owner_addr = placement, block_size, fusions, owner_addr
         self.routed, self.why_unrouted = True, ""
 
-    def _refresh_map(self) -> None:
+    def _refresh_map(self, *, newer: bool = True) -> None:
         """Between two slabs of a send: fetch the map again when an answer named a newer
         epoch (or an owner went silent), at most every MAP_RETRY seconds."""
-        if not self.route or not (self._want_epoch > self.map_epoch or self._map_doubt):
+        if not self.route or not ((newer and self._want_epoch > self.map_epoch) or self._map_doubt):
             return
         now = time.monotonic()
         if now < self._next_map_try:
@@ -279,6 +283,48 @@ class Client:
         self._map_doubt = False
         if placement.epoch > self.map_epoch or (self._placement is None) != (not placement.owners):
             self._adopt(placement)
+
+    def _check_owners(self, *, newer: bool = True) -> None:
+        """An owner that leaves its oldest batch unanswered for OWNER_DOUBT may be gone (a
+        dead owner answers nothing): ask for the map. Batches waiting at an owner the new map
+        no longer has go to their new owners, with their own pseq (SPEC 9.6). ``newer``:
+        also fetch it when an answer named a newer epoch (between slabs; not while flushing,
+        where nothing is left to split)."""
+        if self._placement is not None and not self._map_doubt:
+            now = time.monotonic()
+            for link in self._links.values():
+                if link.name is not None and link.pending and \
+                        now - min(b.sent for b in link.pending.values()) > OWNER_DOUBT:
+                    self._map_doubt = True
+                    break
+        before = self._placement
+        self._refresh_map(newer=newer)
+        if self._placement is not None and self._placement is not before:
+            self._rehome()
+
+    def _rehome(self) -> None:
+        members = set(self._placement.members) if self._placement is not None else set()
+        for addr, link in list(self._links.items()):
+            if link.name is None or link.name in members:
+                continue
+            items = [*link.pending.values(), *link.parked]
+            link.pending.clear()
+            link.parked.clear()
+            self._poller.unregister(link.sock)
+            link.sock.close(0)  # what it still queued for a gone owner is resent below
+            del self._links[addr]
+            for item in items:
+                self.rehomed += item.count
+                self._resend(item)
+
+    def _resend(self, item: _Batch) -> None:
+        """A batch split anew by the current map, each part with the batch's pseq."""
+        records = decode_batch(EntityBatch(channel=item.channel, count=item.count, compressed=self.compress),
+                               item.payload)
+        for link, part in self._split(records):
+            payload = make_batch(part, item.channel, compress=True)[1] if self.compress else part.tobytes()
+            self._put(link, _Batch(item.channel, len(part), payload, item.pseq, self.map_epoch if self._placement
+                                   is not None else 0, item.first_sent))
 
     # -- sending --------------------------------------------------------------------------
 
@@ -301,7 +347,7 @@ class Client:
             pos = 0
             while pos < len(part):
                 self._pump(time.monotonic())  # answers already here: a newer epoch, busy batches due
-                self._refresh_map()
+                self._check_owners()
                 owners = len(self._placement.members) if self._placement is not None else 1
                 slab = part[pos:pos + self.batch * owners]  # about one full batch per owner
                 pos += len(slab)
@@ -341,9 +387,13 @@ class Client:
         else:
             payload = chunk.tobytes()
         if self._wire_acks:
-            while link.waiting() >= self.window:
-                self._pump(self._next_deadline(), in_send=True)
+            while self._links.get(link.addr) is link and link.waiting() >= self.window:
+                self._pump(min(self._next_deadline(), time.monotonic() + WAIT_STEP), in_send=True)
+                self._check_owners()
         self._pseq += 1
+        if self._links.get(link.addr) is not link:  # its owner left the map meanwhile: split this chunk anew
+            self._resend(_Batch(channel, len(chunk), payload, self._pseq, 0, time.monotonic()))
+            return
         epoch = self.map_epoch if self._placement is not None else 0  # 0: not split by a map
         self._put(link, _Batch(channel, len(chunk), payload, self._pseq, epoch, time.monotonic()))
 
@@ -372,12 +422,13 @@ class Client:
         seconds pass); True when none is left unanswered."""
         end = None if timeout is None else time.monotonic() + timeout
         while any(link.waiting() for link in self._links.values()):
-            deadline = self._next_deadline()
+            deadline = min(self._next_deadline(), time.monotonic() + WAIT_STEP)
             if end is not None:
                 if time.monotonic() >= end:
                     return False
                 deadline = min(deadline, end)
             self._pump(deadline)
+            self._check_owners(newer=False)
         if self._links:
             self._pump(time.monotonic())  # late answers that came meanwhile
         return True

@@ -142,7 +142,8 @@ class Producer:
         return False
 
     def finish(self, timeout: float) -> tuple[int | None, str, float]:
-        """(exit code, last line, CPU seconds); kills it after ``timeout``."""
+        """(exit code, its summary line (``sent ... records/s ...``, else the last line), CPU
+        seconds); kills it after ``timeout``."""
         try:
             out, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -150,7 +151,9 @@ class Producer:
             out, _ = self.proc.communicate()
         self.running()
         lines = (out or "").strip().splitlines()
-        return self.proc.returncode, (lines[-1] if lines else ""), children_cpu() - self.cpu0
+        summary = [line for line in lines if line.startswith("sent ")]
+        line = summary[-1] if summary else (lines[-1] if lines else "")
+        return self.proc.returncode, line, children_cpu() - self.cpu0
 
 
 # -- baselines in this process ------------------------------------------------------------

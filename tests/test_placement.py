@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corec_node.engine.blocks import block_id
-from corec_node.engine.blocks import FusionTable
+from corec_node.engine.blocks import FusionTable, block_ids_of
 from corec_node.engine.placement import PlacementMap, member_seed, moves, owners, partition
 from records import entities
 
@@ -129,3 +129,25 @@ def test_partition_records_by_owner():
     one = entities([0], active=0)
     assert list(partition(one, m, 1000, t.resolve)) == [m.owner(strong)]
     assert partition(one[:0], m, 1000) == {}
+
+
+def test_partition_keeps_the_records_dtype_and_order_on_both_paths() -> None:
+    """The wire's records are big-endian: a part must keep that dtype (a promotion to native
+    order would send every id byte-swapped), and the runs path and the scattered path agree."""
+    from corec_node.wire import ENTITY_DTYPE
+
+    pm = PlacementMap(1, ["a", "b", "c"])
+    runs = np.zeros(20_000, dtype=ENTITY_DTYPE)
+    runs["id"] = np.arange(20_000)
+    runs["value"] = np.arange(20_000, dtype=np.float32)
+    scattered = runs[np.random.default_rng(3).permutation(20_000)]
+    for records in (runs, scattered):
+        parts = partition(records, pm, 1000)
+        assert sum(len(p) for p in parts.values()) == len(records)
+        for owner, part in parts.items():
+            assert part.dtype == ENTITY_DTYPE
+            blocks = block_ids_of(part["channel"], part["id"], 1000)
+            assert set(pm.owner_names(np.unique(blocks))) == {owner}
+            assert (part["value"] == part["id"].astype(np.float32)).all()  # whole records, not mixed
+        if records is runs:
+            assert all((np.diff(p["id"].astype(np.int64)) > 0).all() for p in parts.values())  # input order kept

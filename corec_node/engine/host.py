@@ -177,10 +177,11 @@ class EngineHost:
 
     def ingest_sweep(self, records: np.ndarray, channel: int | None = None) -> IngestResult | None:
         """Fast path for what producers send most: a sweep of known entities. When the batch
-        is one channel, its ids consecutive and increasing, every value finite and every
-        entity of the blocks this node owns already held, the owned part is written as slice
-        copies (one per run of owned blocks), in O(blocks + records) with no key column, sort
-        or per-record placement. Returns None, changing nothing, when the batch is anything
+        is one channel, its ids increasing in a few consecutive stretches (a whole batch, or
+        an owner's part of one: SPEC 9.6), every value finite and every entity of the blocks
+        this node owns already held, the owned part is written as slice copies (one per run
+        of owned blocks), in O(blocks + records) with no key column, sort or per-record
+        placement. Returns None, changing nothing, when the batch is anything
         else (the caller then uses ``ingest``). The result, like ``ingest``'s, is about the
         records this node keeps (``records`` = those of its blocks).
         ``channel``: every record is known to be of it (a decoded wire batch, whose channel
@@ -188,34 +189,39 @@ class EngineHost:
         m = len(records)
         if m < SWEEP_MIN:
             return None
-        ids = records["id"]
-        first = int(ids[0])
-        if int(ids[-1]) - first != m - 1:
-            return None
         if channel is None:
             channels = records["channel"]
             channel = int(channels[0])
             if not (channels == channel).all():
                 return None
-        ids = ids.astype(np.uint32)  # native order: the comparison below runs on one copy
-        if not (ids[1:] > ids[:-1]).all():  # strictly increasing and m - 1 apart: consecutive
+        ids = records["id"].astype(np.uint32)  # native order: the comparisons below run on one copy
+        if not (ids[1:] > ids[:-1]).all():
             return None
+        # consecutive stretches: one for a whole batch, one per owned block range for a
+        # producer's part of a batch split by owner (SPEC 9.6)
+        breaks = np.flatnonzero(ids[1:] != ids[:-1] + 1) + 1
+        if len(breaks) > m // SWEEP_MIN:
+            return None  # scattered ids: the general path
         bs = self.block_size
-        b0, b1 = first // bs, (first + m - 1) // bs
         prefix = channel << CHANNEL_SHIFT
-        runs: list[list[int]] = []
-        for i, mine in enumerate(self._owned_blocks([prefix | b for b in range(b0, b1 + 1)])):
-            if not mine:
-                continue
-            start, stop = max((b0 + i) * bs - first, 0), min((b0 + i + 1) * bs - first, m)
-            if runs and runs[-1][1] == start:  # runs of owned blocks, merged
-                runs[-1][1] = stop
-            else:
-                runs.append([start, stop])
+        runs: list[list[int]] = []  # [start, stop) positions in ``records`` of owned, consecutive ids
+        starts = [0, *breaks.tolist()]
+        stops = [*breaks.tolist(), m]
+        for s0, s1 in zip(starts, stops, strict=True):
+            first = int(ids[s0])
+            b0, b1 = first // bs, (first + s1 - s0 - 1) // bs
+            for i, mine in enumerate(self._owned_blocks([prefix | b for b in range(b0, b1 + 1)])):
+                if not mine:
+                    continue
+                start = s0 + max((b0 + i) * bs - first, 0)
+                stop = s0 + min((b0 + i + 1) * bs - first, s1 - s0)
+                if runs and runs[-1][1] == start and int(ids[start]) == int(ids[start - 1]) + 1:
+                    runs[-1][1] = stop  # runs of owned blocks, merged
+                else:
+                    runs.append([start, stop])
         if not runs:
             return IngestResult(0, 0, 0, 0, 0)
-        key0 = (channel << CHANNEL_SHIFT) | first
-        located = [(self.store.run_position(key0 + a, b - a), a, b) for a, b in runs]
+        located = [(self.store.run_position(prefix | int(ids[a]), b - a), a, b) for a, b in runs]
         if any(pos < 0 for pos, _, _ in located):
             return None
         values = records["value"].astype(np.float32)  # native and contiguous: checked and copied fast

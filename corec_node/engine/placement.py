@@ -188,6 +188,24 @@ def partition(
     blocks = block_ids_of(records["channel"], records["id"], block_size)
     if resolve is not None:
         blocks = resolve(blocks)
+    starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+    if len(starts) <= len(blocks) // 16:  # a few runs of one block each (ids in order): place each run once
+        starts = np.concatenate(([0], starts))
+        stops = np.append(starts[1:], len(blocks))
+        run_owner = placement.owners(blocks[starts])
+        parts: dict[str, np.ndarray] = {}
+        for index in np.unique(run_owner).tolist():
+            mine = np.flatnonzero(run_owner == index)
+            spans = list(zip(starts[mine].tolist(), stops[mine].tolist(), strict=True))
+            # slices copied into one array of the records' own dtype (np.concatenate would
+            # promote a big-endian wire dtype to native byte order)
+            part = np.empty(sum(b - a for a, b in spans), dtype=records.dtype)
+            at = 0
+            for a, b in spans:
+                part[at:at + b - a] = records[a:b]
+                at += b - a
+            parts[placement.members[index]] = part
+        return parts
     uniq, inverse = np.unique(blocks, return_inverse=True)
     owner = placement.owners(uniq)[inverse]
     order = np.argsort(owner, kind="stable")

@@ -13,8 +13,8 @@ Parts:
                   --ticks runs; next to a pure-Python loop over blocks (a subset, scaled)
                   and a numpy loop over blocks measured in the same run, and the seeds'
                   10-20 ms latency promise.
-  (c) throughput  records/s from a producer through two real nodes into the owners'
-                  stores, sustained over --reps passes (50 M records by default) once the
+  (c) throughput  records/s from a producer into two real nodes' stores (owner-routed:
+                  each record straight to its owner; --acks 0 or 1), sustained over --reps passes (50 M records by default) once the
                   nodes are warm (first audit fit done), median of --runs runs, against
                   raw pyzmq PUB/SUB with the same frames (same run, median of as many
                   runs); and the first load.
@@ -325,8 +325,8 @@ def _wait_warm(nodes, timeout: float = 60.0) -> bool:
 
 
 def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    """(c) records/s from a producer through node a into the owners' stores (two nodes:
-    about half the records cross a's PUB to b), against raw pyzmq PUB/SUB with frames of
+    """(c) records/s from a producer into the owners' stores (two nodes; since protocol 1.5
+    the producer sends each record to its owner's data socket), against raw pyzmq PUB/SUB with frames of
     the same size, measured in the same run. First load: ``--entities`` new entities.
     Steady state: the same entities report again (updates, as sensors do), ``--reps``
     times in one go, so the figure is a sustained rate, not a burst into queues. Both the
@@ -354,7 +354,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.runs):
             before = _ingested((a, b))
             t0 = time.perf_counter()
-            with Client(a.addr, batch=frame) as client:
+            with Client(a.addr, batch=frame, acks=args.acks) as client:
                 for _ in range(args.reps):
                     client.send(recs)
             complete = _wait_ingested((a, b), before + n * args.reps) and complete
@@ -365,7 +365,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     total = n * args.reps
     raws = [_raw_pubsub(max(2000, total // frame), frame) for _ in range(args.runs)]
     corec, raw = statistics.median(runs), statistics.median(raws)
-    return {"records": total, "frame_records": frame, "runs": args.runs, "corec_rps": corec,
+    return {"records": total, "frame_records": frame, "runs": args.runs, "acks": args.acks, "corec_rps": corec,
             "corec_rps_runs": runs, "corec_first_load_rps": n / first, "entities_stored": stored,
             "all_ingested": complete, "warmed_up": warm, "ingest_dropped": sum(st["ingest_dropped"] for st in status),
             "flow_holds": status[0]["flow"]["holds"], "flow_requests": status[1]["flow"]["requests"],
@@ -501,7 +501,8 @@ def print_network(results: dict[str, dict[str, Any]]) -> None:
               f" ({'all ingested' if t['all_ingested'] else 'SOME LOST'}, "
               f"{t['ingest_dropped']} batches dropped, "
               f"{'nodes warm' if t['warmed_up'] else 'NOT WARM: first audit fit not seen'})")
-        print(f"  {'CoreC producer -> node -> PUB/SUB -> owners':<44} {t['corec_rps']:>14,.0f} rec/s (median; "
+        label = f"CoreC producer -> owners, acks {t.get('acks', 1)}"
+        print(f"  {label:<44} {t['corec_rps']:>14,.0f} rec/s (median; "
               f"runs {', '.join(f'{r / 1e6:.1f}' for r in t['corec_rps_runs'])} M)")
         print(f"  {'  same, first load (new entities inserted)':<44} {t['corec_first_load_rps']:>14,.0f} rec/s")
         print(f"  {'raw pyzmq PUB/SUB, same frames':<44} {t['raw_pyzmq_rps']:>14,.0f} rec/s (median; "
@@ -526,6 +527,8 @@ def main() -> int:
     parser.add_argument("--block-size", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=50)
     parser.add_argument("--frame", type=int, default=10_000, help="records per frame (c)")
+    parser.add_argument("--acks", type=int, choices=(0, 1), default=1,
+                        help="(c) 1: every batch answered (the default); 0: none, the rate is what the owners stored")
     parser.add_argument("--reps", type=int, default=50,
                         help="times (c) sends the entities again for the steady-state rate")
     parser.add_argument("--runs", type=int, default=3,

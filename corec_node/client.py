@@ -79,6 +79,7 @@ LATE_KEPT = 1024  # unconfirmed batches per socket whose late answer still count
 MAP_TIMEOUT = 1.0  # seconds the first send waits for the map; a node answers in milliseconds, a 1.4 node never
 MAP_RETRY = 1.0  # seconds between two map fetches while answers say ours is old: the node we ask may lag a tick
 OWNER_DOUBT = 1.0  # seconds an owner may leave its oldest batch unanswered before we ask whether it is gone
+SLAB_BATCHES = 4  # batches per owner split at a time: the split's fixed cost spread, a new map used soon
 WAIT_STEP = 0.2  # seconds a full window waits at a time before the owners are looked at again
 ACKS = (0, 1, "all")
 
@@ -349,7 +350,7 @@ class Client:
                 self._pump(time.monotonic())  # answers already here: a newer epoch, busy batches due
                 self._check_owners()
                 owners = len(self._placement.members) if self._placement is not None else 1
-                slab = part[pos:pos + self.batch * owners]  # about one full batch per owner
+                slab = part[pos:pos + self.batch * owners * SLAB_BATCHES]  # a few full batches per owner
                 pos += len(slab)
                 for link, piece in self._split(slab):
                     pieces = -(-len(piece) // self.batch)

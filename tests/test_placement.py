@@ -133,7 +133,8 @@ def test_partition_records_by_owner():
 
 def test_partition_keeps_the_records_dtype_and_order_on_both_paths() -> None:
     """The wire's records are big-endian: a part must keep that dtype (a promotion to native
-    order would send every id byte-swapped), and the runs path and the scattered path agree."""
+    order would send every id byte-swapped), and the three paths (consecutive ids, ids in
+    order, scattered ids) place every record with its block's owner."""
     from corec_node.wire import ENTITY_DTYPE
 
     pm = PlacementMap(1, ["a", "b", "c"])
@@ -141,7 +142,8 @@ def test_partition_keeps_the_records_dtype_and_order_on_both_paths() -> None:
     runs["id"] = np.arange(20_000)
     runs["value"] = np.arange(20_000, dtype=np.float32)
     scattered = runs[np.random.default_rng(3).permutation(20_000)]
-    for records in (runs, scattered):
+    gaps = runs[runs["id"] % 3000 < 2000]  # in order, not consecutive: the runs path
+    for records in (runs, gaps, scattered):
         parts = partition(records, pm, 1000)
         assert sum(len(p) for p in parts.values()) == len(records)
         for owner, part in parts.items():
@@ -149,5 +151,5 @@ def test_partition_keeps_the_records_dtype_and_order_on_both_paths() -> None:
             blocks = block_ids_of(part["channel"], part["id"], 1000)
             assert set(pm.owner_names(np.unique(blocks))) == {owner}
             assert (part["value"] == part["id"].astype(np.float32)).all()  # whole records, not mixed
-        if records is runs:
+        if records is not scattered:
             assert all((np.diff(p["id"].astype(np.int64)) > 0).all() for p in parts.values())  # input order kept

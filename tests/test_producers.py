@@ -91,3 +91,17 @@ def test_a_part_that_cannot_leave_is_busy_and_acks_zero_waits_for_nothing() -> N
     relay = Relay(2, None, epoch=0, parts=2)
     quiet.forward(env, {"b": _records(4)}, relay)
     assert quiet.waiting() == 0 and relay.parts == 1
+
+
+def test_runs_of_blocks_are_judged_as_a_scattered_batch_is() -> None:
+    """A batch in id order (runs of one block each) takes the per-run path; the same
+    records scattered take the per-block path: both keep and refuse the same records."""
+    blocks = np.repeat(np.array([4, 5, 6, 4], dtype=np.int64), 500)  # block 4 in two runs
+    for order in (np.arange(len(blocks)), np.random.default_rng(1).permutation(len(blocks))):
+        seqs = ProducerSeqs()
+        seqs.admit(7, 10, np.array([5] * 100))
+        keep, refused = seqs.admit(7, 10, blocks[order])
+        assert refused == {DUPLICATE: 500}
+        assert (keep == (blocks[order] != 5)).all()
+        keep, refused = seqs.admit(7, 9, blocks[order])
+        assert not keep.any() and refused == {OUT_OF_ORDER: 2000}

@@ -248,15 +248,19 @@ class EngineHost:
             memo.update(zip(blocks, out, strict=True))
         return out
 
-    def _mine(self, records: np.ndarray) -> np.ndarray:
+    def _mine(self, records: np.ndarray, blocks: np.ndarray | None = None) -> np.ndarray:
         """Mask of the records whose block this node owns. Producers send ids in order, so
-        a batch is a few runs of one block each: each run is placed once, in O(records)."""
-        blocks = self.store.fusions.resolve(block_ids_of(records["channel"], records["id"], self.block_size))
+        a batch is a few runs of one block each: each run is placed once (remembered per
+        block, ``_owned_blocks``), in O(records). ``blocks``: ``blocks_of(records)``, when
+        the caller has it already."""
+        if blocks is None:
+            blocks = self.blocks_of(records)
         starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
         if len(starts) > len(blocks) // 16:  # scattered ids: placing each record beats sorting
             return self._owned(blocks)
         starts = np.concatenate(([0], starts))
-        return np.repeat(self._owned(blocks[starts]), np.diff(np.append(starts, len(blocks))))
+        owned = np.array(self._owned_blocks(blocks[starts].tolist()), dtype=bool)
+        return np.repeat(owned, np.diff(np.append(starts, len(blocks))))
 
     def _owned(self, blocks: np.ndarray) -> np.ndarray:
         mine = self.placement.owners(blocks) == self._my_index
@@ -264,11 +268,11 @@ class EngineHost:
             mine |= self._pending.owners(blocks) == self._pending.members.index(self.name)
         return mine
 
-    def route(self, records: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def route(self, records: np.ndarray, blocks: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Owner-routed ingest (SPEC 9.6): the mask of the records this node keeps (``_mine``:
         the adopted map, and the pending view's), and the rest split by their owner under
         the adopted map, where they are forwarded."""
-        mine = self._mine(records)
+        mine = self._mine(records, blocks)
         if mine.all():
             return mine, {}
         rest = partition(records[~mine], self.placement, self.block_size, self.store.fusions.resolve)

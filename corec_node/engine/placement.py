@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from corec_node.engine.blocks import block_ids_of
+from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
 
 PERSON = b"corec-placement"
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -173,6 +173,25 @@ def moves(
     return {int(b[i]): (str(o[i]), str(n[i])) for i in changed.tolist()}
 
 
+def _gather(records: np.ndarray, placement: PlacementMap, run_owner: np.ndarray, starts: np.ndarray,
+            stops: np.ndarray) -> dict[str, np.ndarray]:
+    """Each owner's runs ``records[start:stop]``, copied as raw bytes into one array viewed
+    back as the records' own dtype (np.concatenate would promote a big-endian wire dtype to
+    native byte order, and a structured copy goes field by field)."""
+    raw = np.ascontiguousarray(records).view(np.dtype((np.void, records.dtype.itemsize)))
+    parts: dict[str, np.ndarray] = {}
+    for index in np.unique(run_owner).tolist():
+        mine = np.flatnonzero(run_owner == index)
+        spans = list(zip(starts[mine].tolist(), stops[mine].tolist(), strict=True))
+        part = np.empty(sum(b - a for a, b in spans), dtype=raw.dtype)
+        at = 0
+        for a, b in spans:
+            part[at:at + b - a] = raw[a:b]
+            at += b - a
+        parts[placement.members[index]] = part.view(records.dtype)
+    return parts
+
+
 def partition(
     records: np.ndarray,
     placement: PlacementMap,
@@ -183,9 +202,21 @@ def partition(
     records}`` (members owning none are absent; each part keeps the input order).
     ``resolve`` maps block ids to placement keys (``store.fusions.resolve``), so a fused
     group goes to its root's owner."""
-    if len(records) == 0:
+    m = len(records)
+    if m == 0:
         return {}
-    blocks = block_ids_of(records["channel"], records["id"], block_size)
+    ids, channels = records["id"], records["channel"]
+    first, last, channel = int(ids[0]), int(ids[-1]), int(channels[0])
+    if last - first == m - 1 and (channels == channel).all() and (np.diff(ids.astype(np.int64)) == 1).all():
+        # consecutive ids of one channel (what producers send most): the runs are the blocks
+        # from first // block_size to last // block_size, no per-record block id needed
+        b0, b1 = first // block_size, last // block_size
+        heads = np.arange(b0, b1 + 1, dtype=np.int64) | (channel << CHANNEL_SHIFT)
+        starts = np.maximum(np.arange(b0, b1 + 1, dtype=np.int64) * block_size - first, 0)
+        stops = np.append(starts[1:], m)
+        run_owner = placement.owners(resolve(heads) if resolve is not None else heads)
+        return _gather(records, placement, run_owner, starts, stops)
+    blocks = block_ids_of(channels, ids, block_size)
     if resolve is not None:
         blocks = resolve(blocks)
     starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
@@ -193,19 +224,7 @@ def partition(
         starts = np.concatenate(([0], starts))
         stops = np.append(starts[1:], len(blocks))
         run_owner = placement.owners(blocks[starts])
-        parts: dict[str, np.ndarray] = {}
-        for index in np.unique(run_owner).tolist():
-            mine = np.flatnonzero(run_owner == index)
-            spans = list(zip(starts[mine].tolist(), stops[mine].tolist(), strict=True))
-            # slices copied into one array of the records' own dtype (np.concatenate would
-            # promote a big-endian wire dtype to native byte order)
-            part = np.empty(sum(b - a for a, b in spans), dtype=records.dtype)
-            at = 0
-            for a, b in spans:
-                part[at:at + b - a] = records[a:b]
-                at += b - a
-            parts[placement.members[index]] = part
-        return parts
+        return _gather(records, placement, run_owner, starts, stops)
     uniq, inverse = np.unique(blocks, return_inverse=True)
     owner = placement.owners(uniq)[inverse]
     order = np.argsort(owner, kind="stable")

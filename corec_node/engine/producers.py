@@ -40,18 +40,30 @@ class ProducerSeqs:
         if producer == 0 or not len(blocks):
             return keep, {}
         refused: dict[str, int] = {}
-        uniq, inverse = np.unique(blocks, return_inverse=True)
         last = self._last
-        for i, block in enumerate(uniq.tolist()):
-            key = (producer, block)
-            seen = last.get(key)
-            if seen is None or pseq > seen:
-                last[key] = pseq
-                continue
-            rows = inverse == i
-            keep[rows] = False
-            reason = DUPLICATE if pseq == seen else OUT_OF_ORDER
-            refused[reason] = refused.get(reason, 0) + int(np.count_nonzero(rows))
+        cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+        if len(cuts) <= len(blocks) // 16:  # a few runs of one block each (ids in order): a check per run
+            starts = [0, *cuts.tolist()]
+            stops = [*cuts.tolist(), len(blocks)]
+            runs = [(block, slice(a, b)) for block, a, b in zip(blocks[starts].tolist(), starts, stops, strict=True)]
+        else:
+            uniq, inverse = np.unique(blocks, return_inverse=True)
+            runs = [(block, inverse == i) for i, block in enumerate(uniq.tolist())]
+        decided: dict[int, str | None] = {}  # a block seen in two runs of one batch is judged once
+        for block, rows in runs:
+            if block not in decided:
+                key = (producer, block)
+                seen = last.get(key)
+                if seen is None or pseq > seen:
+                    last[key] = pseq
+                    decided[block] = None
+                else:
+                    decided[block] = DUPLICATE if pseq == seen else OUT_OF_ORDER
+            reason = decided[block]
+            if reason is not None:
+                keep[rows] = False
+                count = rows.stop - rows.start if isinstance(rows, slice) else int(np.count_nonzero(rows))
+                refused[reason] = refused.get(reason, 0) + count
         return keep, refused
 
     def take(self, blocks: Iterable[int]) -> list[tuple[int, int, int]]:

@@ -73,6 +73,7 @@ class _Waiting:
     payload: Any
     records: np.ndarray
     relay: Relay  # gathers its answer with those of the parts forwarded to other owners
+    blocks: np.ndarray | None  # each record's block (engine.blocks_of), when known
     arrived: float
     size: int
     held: bool = False  # it waited for a member's pause
@@ -255,10 +256,12 @@ class DataPlane:
             self.traffic.reject("direct", exc)
             self._refuse_records(relay, msg.count, "too_large" if exc.reason == "too_large" else "malformed")
             return
+        blocks = None
         if self.view.routed:
-            mine, parts = self.engine.route(records)
+            blocks = self.engine.blocks_of(records)
+            mine, parts = self.engine.route(records, blocks)
             if parts:
-                records = records[mine]
+                records, blocks = records[mine], blocks[mine]
                 relay.epoch = self.engine.epoch  # the producer's map is not the one we act on
                 if msg.hops > 0:  # forwarded once already: the sender's map and ours disagree
                     self._refuse_records(relay, sum(len(p) for p in parts.values()), NOT_OWNER, last=False)
@@ -270,7 +273,7 @@ class DataPlane:
             if not len(records):
                 relay.part(0)
                 return
-        entry = _Waiting(env, payload, records, relay, self._now(),
+        entry = _Waiting(env, payload, records, relay, blocks, self._now(),
                          records.nbytes if self.view.routed else payload_bytes((env, payload)))
         if not self._door and self._admit(entry):
             return
@@ -293,7 +296,7 @@ class DataPlane:
         if not queue.room():
             return False
         env, payload = entry.env, entry.payload
-        records, refused = self._admit_sequences(env.msg, entry.records)
+        records, refused = self._admit_sequences(env.msg, entry.records, entry.blocks)
         if not self.view.routed:
             self._republish(env, payload)
         queue.add((env, payload, "direct", records))
@@ -306,12 +309,14 @@ class DataPlane:
         entry.relay.part(len(records), refused)
         return True
 
-    def _admit_sequences(self, msg: EntityBatch, records: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    def _admit_sequences(self, msg: EntityBatch, records: np.ndarray,
+                         blocks: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """Idempotent producers: drop the records of blocks a batch as new or newer from
         the same producer has already written (``engine/producers.py``)."""
         if msg.producer == 0 or not len(records):
             return records, {}
-        keep, refused = self.seqs.admit(msg.producer, msg.pseq, self.engine.blocks_of(records))
+        keep, refused = self.seqs.admit(msg.producer, msg.pseq, self.engine.blocks_of(records) if blocks is None
+                                        else blocks)
         return (records[keep], refused) if refused else (records, {})
 
     async def _run_door(self) -> None:

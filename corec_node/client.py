@@ -41,6 +41,7 @@ blocks have replicas: the owner alone acknowledges.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import secrets
 import socket
@@ -352,9 +353,12 @@ class Client:
                 owners = len(self._placement.members) if self._placement is not None else 1
                 slab = part[pos:pos + self.batch * owners * SLAB_BATCHES]  # a few full batches per owner
                 pos += len(slab)
+                queues = []
                 for link, piece in self._split(slab):
                     pieces = -(-len(piece) // self.batch)
-                    for chunk in np.array_split(piece, pieces) if pieces > 1 else (piece,):
+                    queues.append([(link, chunk) for chunk in (np.array_split(piece, pieces) if pieces > 1 else (piece,))])
+                for round_ in itertools.zip_longest(*queues):  # owners in turn: every window fills, none waits alone
+                    for link, chunk in filter(None, round_):
                         self._send_chunk(link, channel, chunk)
                         self.sent_records += len(chunk)
                         if link.name is not None:

@@ -122,7 +122,7 @@ class DataPlane:
         self.host = host
         self.raise_alert = raise_alert
         self.publish_digest = publish_digest
-        self.forwarder = Forwarder(self._send_part, self._now_)
+        self.forwarder = Forwarder(self._send_part, lambda: self._now())  # _now is set by bind()
         self.seqs = ProducerSeqs()  # idempotent producers (SPEC 9.6)
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
@@ -156,9 +156,6 @@ class DataPlane:
     def bind(self, now: Callable[[], float]) -> None:
         """The node's clock (its loop's time), once the loop runs."""
         self._now = now
-
-    def _now_(self) -> float:
-        return self._now()
 
     def _send_part(self, owner: str, header: EntityBatch, payload: Any) -> int | None:
         addr = self.view.data.get(owner)

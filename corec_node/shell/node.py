@@ -76,14 +76,13 @@ class Node:
         cluster = config.node.cluster
         self.identity = Identity(config.name, config.advertise, config.pub_advertise, cluster, time.time())
         sec = config.security
-        if sec.enabled:  # SecurityError (names the key file) here, before the mesh process starts: exit 2
-            CurveConfig.load(sec.secret_key_file, sec.public_keys_dir)
+        # SecurityError (names the key file) here, before the mesh process starts: exit 2
+        curve = CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None
         self.mesh = MeshHandle(config, self.identity, NodeEvents(self))
         # the data socket: producers' batches and the parts members forward (SPEC 9.6), apart
         # from the mesh process's probes, votes and heartbeats
         self.datasock = Transport(max_message_bytes=config.mesh.max_message_bytes,
-                                  security=CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None,
-                                  allow=sec.allow)
+                                  security=curve, allow=sec.allow)
         self.traffic = Traffic()  # what the data plane sends; the mesh process counts the wire
         self.outbox = MeshOutbox(self.mesh, self.traffic, name=self.name, cluster=cluster)
         self.recorder = Recorder()

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds a batch waits for the node's answer before it counts as unconfirmed (default 10)")
     send.add_argument("--acks", choices=["0", "1", "all"], default="1",
                       help="answers to wait for: 1, each record's owner queued it for its store (default); 0, none "
-                           "(fire and forget: nothing is acknowledged); all, treated as 1 until blocks have replicas")
+                           "(fire and forget: nothing is acknowledged); all, every holder of each record's block (owner "
+                           "and replicas) queued it")
     send.set_defaults(func=cmd_send)
 
     demo = sub.add_parser("demo", help="start three local nodes, stream entities, kill the leader, watch the failover")
@@ -371,8 +372,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s): "
           f"{client.accepted:,} accepted, {rejected:,} rejected{f' ({reasons})' if reasons else ''}, "
           f"{unconfirmed:,} unconfirmed{unacked}; {route}")
-    if acks == "all":
-        print("acks all is treated as 1 until blocks have replicas: each record was acknowledged by its owner alone")
+    if acks == "all" and client.acks_all_by_owner:
+        print("acks all was treated as 1: the cluster's map names no replicas (older than 1.6), so each record was "
+              "acknowledged by its owner alone")
     if acks == 0:
         print("acks 0: nothing was acknowledged; the records were handed to the nodes, whether they were stored "
               "is not known")

@@ -34,8 +34,11 @@ holding its own socket; a batch refused as busy is sent again, with backoff, for
 stops waiting for answers there and counts everything it sends there as unconfirmed. An
 answer that comes late still counts: the batch moves from unconfirmed to what the node
 said. With ``acks=0`` nothing is answered nor awaited: those records are counted
-``sent_unacknowledged``, never accepted. ``acks="all"`` is accepted and means 1 until
-blocks have replicas: the owner alone acknowledges.
+``sent_unacknowledged``, never accepted. With ``acks="all"`` a batch is accepted once
+every holder of its blocks (owner and replicas, SPEC 9.7) queued it; a cluster older than
+1.6 (its map names no replicas) acknowledges by the owner alone. A batch refused
+``no_leader`` (an election under way, or the minority side of a partition) is offered
+again like a busy one.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ DEFAULT_BATCH = 10_000  # records per message: 100 KB frames, far past per-messa
 DEFAULT_WINDOW = 32  # batches unanswered at most, per socket: 320 K records in flight keep a node's worker busy
 REPLY_TIMEOUT = 30.0  # seconds a batch waits for its answer (a node refuses as busy after 5 of its own)
 RETRY_BUSY = 30.0  # seconds a batch refused as busy is offered again
+RETRIED = frozenset(("busy", "no_leader"))  # refusals that store nothing and pass: offered again
 BACKOFF_MIN, BACKOFF_MAX = 0.01, 0.5  # seconds between two offers of a busy batch, doubling
 LATE_KEPT = 1024  # unconfirmed batches per socket whose late answer still counts (older ones stay unconfirmed)
 MAP_TIMEOUT = 1.0  # seconds the first send waits for the map; a node answers in milliseconds, a 1.4 node never
@@ -167,7 +171,8 @@ class Client:
         self.map_timeout = map_timeout
         self.timeout = timeout
         self.producer = secrets.randbits(63) or 1  # nonzero: 0 is the anonymous producer nobody checks
-        self._wire_acks = 0 if acks == 0 else 1  # "all" is 1 until replicas exist
+        self._wire_acks = 0 if acks == 0 else 1  # "all": 2 once a map says blocks have replicas (1.6)
+        self.acks_all_by_owner = acks == "all"  # until a 1.6 map says otherwise
         self._ctx = zmq.Context.instance()
         self._poller = zmq.Poller()
         self._links: dict[str, _Link] = {}  # by address
@@ -253,6 +258,9 @@ class Client:
         """Split later batches by ``p`` (no owners: some member is older than 1.5, the 1.4 path)."""
         self.map_fetches += 1
         self.map_epoch = max(self.map_epoch, p.epoch)
+        if self.acks == "all":
+            self._wire_acks = 2 if p.replicas else 1
+            self.acks_all_by_owner = not p.replicas
         if not p.owners:
             self._placement, self.routed, self.why_unrouted = None, False, OLD_CLUSTER
             return
@@ -491,7 +499,7 @@ class Client:
         if not left:
             return
         refused = dict(reply.rejected) or {"unknown": left}
-        if set(refused) == {"busy"} and not accepted and time.monotonic() - item.first_sent < self.retry_busy:
+        if set(refused) <= RETRIED and not accepted and time.monotonic() - item.first_sent < self.retry_busy:
             item.due = time.monotonic() + item.backoff
             item.backoff = min(item.backoff * 2, BACKOFF_MAX)
             link.parked.append(item)

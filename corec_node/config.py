@@ -74,6 +74,8 @@ class EngineSection:
     min_fitness: float = 0.2  # blocks under this fuse into a strong block of their channel
     tick_rows: int = 10_000  # rows one tick makes at most; past it, changed blocks first, the rest in turn (engine/host.py rule 7)
     ingest_queue_mb: float = 128.0  # entity batches waiting to be stored; flow control asks for pauses at 1/16 of it
+    replicas: int = 1  # copies of each block in total, its owner's included: 2 = a primary and one replica
+    min_insync: int = 0  # holders that must store a batch sent with acks all; 0: min(2, replicas)
     audit: bool = True  # IsolationForest over block rows (loads scikit-learn: about 85 MB a node); false on small devices
 
 
@@ -347,6 +349,11 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("node.cluster", "a non-empty label of at most 64 bytes", config.node.cluster)
     if config.engine.tick_interval <= 0:
         raise fail("engine.tick_interval", "a positive number of seconds", config.engine.tick_interval)
+    if not 1 <= config.engine.replicas <= 8:
+        raise fail("engine.replicas", "copies of each block from 1 to 8 (the owner's included)", config.engine.replicas)
+    if not 0 <= config.engine.min_insync <= config.engine.replicas:
+        raise fail("engine.min_insync", f"from 0 (automatic) to engine.replicas ({config.engine.replicas})",
+                   config.engine.min_insync)
     if config.engine.tick_rows <= 0:
         raise fail("engine.tick_rows", "a positive number of rows", config.engine.tick_rows)
     if config.engine.block_size <= 0:

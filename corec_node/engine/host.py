@@ -13,9 +13,14 @@ Ownership rules:
 2. Every entity batch reaches every node (PUB stream, topic per channel); each node keeps
    only the records of the blocks it owns, so every record ends in exactly one store once
    the member views agree.
-3. When the map changes, a node hands the blocks it no longer owns to their new owner
-   (their state, not just their future data). The blocks of a node that died are rebuilt
-   from fresh data by their new owner: the dead node's state is gone with it.
+3. Copies (``copies``, placement rule 4): a block is held by its owner (primary) and the
+   next ``copies - 1`` members of its ranking (replicas); the owner sends what it stores
+   to the others (``replica_parts``). When the map changes, the block's sender (its new
+   owner if it held the block, else the holder of smallest name still in the map) copies
+   it to every new holder, and a node drops the blocks it no longer holds. So the blocks
+   of a node that died are owned at once by a replica that holds them; with one copy (or
+   every copy dead) they are rebuilt from fresh data. A learner (catching up) holds copies
+   and owns nothing until the nucleus makes it a member.
 4. ``cluster_rows`` answers for the whole cluster from the aggregates every owner
    publishes each tick, showing for each block the row of its current owner only.
 5. Fusion: the nucleus plans fusions from the cluster's rows (``plan``) and every node
@@ -63,7 +68,7 @@ from corec_node.engine import (
     repair,
 )
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
-from corec_node.engine.placement import PlacementMap, members_digest, partition
+from corec_node.engine.placement import PlacementMap, map_digest, partition
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
 EPOCH_KEY = "epoch"  # the placement epoch in a row (rule 6); storage/rows.py reads the same key
@@ -75,8 +80,9 @@ ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, unde
 
 class EngineHost:
     def __init__(self, name: str, *, block_size: int = 1000, max_errors: float = 0.1,
-                 tick_rows: int = TICK_ROWS) -> None:
+                 tick_rows: int = TICK_ROWS, copies: int = 1) -> None:
         self.name = name
+        self.copies = max(1, int(copies))  # rule 3: holders of each block, its owner included
         self.block_size = block_size
         self.max_errors = max_errors
         self.tick_rows = tick_rows  # rule 7
@@ -87,6 +93,7 @@ class EngineHost:
         self.store = EntityStore(block_size=block_size)
         self.placement = PlacementMap(0, (name,))
         self.view: frozenset[str] = frozenset((name,))  # live members as this node sees them
+        self.view_learners: frozenset[str] = frozenset()  # of them, those the nucleus names learners
         self._pending: PlacementMap | None = None  # the map of ``view`` while not adopted
         self._my_index = 0
         self.tick_no = 0
@@ -97,64 +104,142 @@ class EngineHost:
         self.ingested = 0
         self.entity_errors = 0
         self.repairs = 0
-        self.handed_off = 0
+        self.handed_off = 0  # records copied to new holders
+        self.dropped_held = 0  # entities dropped: blocks no longer held
         self.received = 0
+        self.replicated_in = 0  # records stored as a replica
         self.fusions = 0
         self._owned_key: tuple[Any, ...] = ()
         self._owned_memo: dict[int, bool] = {}
 
     # -- membership -------------------------------------------------------------------
 
-    def set_members(self, live: Iterable[str]) -> dict[str, np.ndarray]:
-        """New live member set; returns the records to hand to each new owner."""
-        placement = PlacementMap(self.placement.version + 1, set(live) | {self.name})
-        if placement.members == self.placement.members:
+    def set_members(self, live: Iterable[str], learners: Iterable[str] = ()) -> dict[str, np.ndarray]:
+        """New live member set (``learners`` among them: catching up, owning nothing);
+        returns the copies to send to each new holder (rule 3)."""
+        everyone = frozenset(live) | {self.name}
+        learners = frozenset(learners) & everyone
+        members = everyone - learners
+        if not members:  # nobody to learn from
+            members, learners = everyone, frozenset()
+        placement = PlacementMap(self.placement.version + 1, members, learners)
+        if (placement.members, placement.learners) == (self.placement.members, self.placement.learners):
             return {}
-        self.placement = placement
+        old, self.placement = self.placement, placement
         self.epoch += 1  # rule 6: already at the highest heard, now past it
-        self._my_index = placement.members.index(self.name)
-        if self._pending is not None and self._pending.members == placement.members:
+        self._my_index = placement.members.index(self.name) if self.name in placement.members else -1
+        if self._pending is not None and (self._pending.members, self._pending.learners) == (placement.members, placement.learners):
             self._pending = None
-        return self._rebalance()
+        return self._rebalance(old)
 
-    def observe_view(self, live: Iterable[str]) -> None:
-        """The live members as this node now sees them. Until the view is adopted, records
-        of the blocks it would give this node are kept too (``_mine``): the blocks of a dead
-        owner are rebuilt from the data that arrives while the nucleus confirms."""
-        self.view = frozenset(live) | {self.name}
-        pending = PlacementMap(self.placement.version, self.view)
-        self._pending = None if pending.members == self.placement.members else pending
+    def observe_view(self, live: Iterable[str], learners: Iterable[str] = ()) -> None:
+        """The live members as this node now sees them, and the learners among them as the
+        nucleus last named them. Until the view is adopted, records of the blocks it would
+        give this node are kept too (``_mine``)."""
+        live = frozenset(live) | {self.name}
+        self.view_learners = frozenset(learners) & live
+        self.view = live - self.view_learners
+        if not self.view:
+            self.view, self.view_learners = frozenset((self.name,)), frozenset()
+        pending = PlacementMap(self.placement.version, self.view, self.view_learners)
+        same = (pending.members, pending.learners) == (self.placement.members, self.placement.learners)
+        self._pending = None if same else pending
 
     def view_digest(self) -> str:
-        return members_digest(self.view)
+        return map_digest(self.view, self.view_learners)
 
     def placement_digest(self) -> str:
         """What a leader's heartbeat carries: the digest of the map it acts on."""
-        return members_digest(self.placement.members)
+        return self.placement.digest()
 
     def adopt_view(self) -> dict[str, np.ndarray]:
-        """Act on this node's own view now; returns the handoffs (see ``set_members``)."""
-        return self.set_members(self.view)
+        """Act on this node's own view now; returns the copies (see ``set_members``)."""
+        return self.set_members(self.view | self.view_learners, self.view_learners)
 
     def confirm(self, digest: str) -> dict[str, np.ndarray] | None:
-        """The nucleus's digest: adopt our view if it is the same set (returns the
-        handoffs), else keep the current map and return None."""
+        """The nucleus's digest: adopt our view if it is the same map (returns the
+        copies), else keep the current map and return None."""
         if digest != self.view_digest():
             return None
-        return self.set_members(self.view)
+        return self.adopt_view()
 
-    def _rebalance(self) -> dict[str, np.ndarray]:
-        """Take out the blocks this node no longer owns, grouped by their owner."""
+    def is_learner(self) -> bool:
+        return self.name in self.placement.learners
+
+    def _holder_columns(self, placement: PlacementMap, roots: np.ndarray, names: list[str]) -> np.ndarray:
+        """``placement.holder_mask`` with its columns placed among ``names``."""
+        out = np.zeros((len(roots), len(names)), bool)
+        out[:, [names.index(m) for m in placement.everyone]] = placement.holder_mask(roots, self.copies)
+        return out
+
+    def _rebalance(self, old: PlacementMap) -> dict[str, np.ndarray]:
+        """Rule 3 on a map change: the copies this node sends to new holders (grouped by
+        holder), and the blocks it no longer holds dropped."""
         blocks = self.store.block_ids()
         if len(blocks) == 0:
             return {}
-        owners = self.placement.owners(self.store.fusions.resolve(blocks))
-        leaving = blocks[owners != self._my_index]
-        if len(leaving) == 0:
+        new = self.placement
+        roots = self.store.fusions.resolve(blocks)
+        names = sorted(set(old.everyone) | set(new.everyone) | {self.name}, key=lambda m: m.encode("utf-8"))
+        was, now = self._holder_columns(old, roots, names), self._holder_columns(new, roots, names)
+        me = names.index(self.name)
+        was[:, me] = True  # what we hold, we held (a map we never acted on may say otherwise)
+        rows = np.arange(len(blocks))
+        owner = np.array([names.index(m) for m in new.members], np.intp)[new.owners(roots)]
+        present = np.array([m in new.everyone or m == self.name for m in names], bool)
+        candidates = was & present[None, :]
+        sender = np.where(was[rows, owner], owner, np.argmax(candidates, axis=1))  # names are sorted: smallest
+        mine = sender == me
+        targets = now & ~was
+        targets[:, me] = False
+        out: dict[str, np.ndarray] = {}
+        for col in np.flatnonzero((targets & mine[:, None]).any(axis=0)).tolist():
+            records = self.store.copy_blocks(blocks[mine & targets[:, col]])
+            if len(records):
+                out[names[col]] = records
+                self.handed_off += len(records)
+        gone = blocks[~now[:, me]]
+        if len(gone):
+            self.dropped_held += self.store.drop_blocks(gone)
+        return out
+
+    def replica_parts(self, records: np.ndarray, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """What we store as owner, split by the other holders of its blocks (rule 3):
+        ``{holder: records}``. ``blocks``: each record's placed block."""
+        if self.copies == 1 and not self.placement.learners or not len(records):
             return {}
-        records = self.store.take_blocks(leaving)
-        self.handed_off += len(records)
-        return {k: v for k, v in partition(records, self.placement, self.block_size, self.store.fusions.resolve).items() if k != self.name}
+        starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+        if len(starts) > len(blocks) // 16:
+            uniq, inverse = np.unique(blocks, return_inverse=True)
+            held = self.placement.holder_mask(uniq, self.copies)[inverse]
+        else:
+            starts = np.concatenate(([0], starts))
+            held = np.repeat(self.placement.holder_mask(blocks[starts], self.copies), np.diff(np.append(starts, len(blocks))), axis=0)
+        out: dict[str, np.ndarray] = {}
+        for col, name in enumerate(self.placement.everyone):
+            if name == self.name:
+                continue
+            sel = held[:, col]
+            if sel.all():
+                out[name] = records
+            elif sel.any():
+                out[name] = records[sel]
+        return out
+
+    def in_sync(self) -> int:
+        """Members holding each block (the owner included; learners not counted)."""
+        return min(self.copies, len(self.placement.members))
+
+    def owned_entities(self) -> int:
+        """Entities of the blocks this node owns (the rest it holds are replicas)."""
+        blocks = self.store.block_ids()
+        if len(blocks) == 0:
+            return 0
+        sizes = np.diff(self.store.block_starts())
+        if self._my_index < 0:
+            return 0
+        owned = self.placement.owners(self.store.fusions.resolve(blocks)) == self._my_index
+        return int(sizes[owned].sum())
 
     # -- data -------------------------------------------------------------------------
 
@@ -175,7 +260,8 @@ class EngineHost:
         self.entity_errors += result.errors
         return result
 
-    def ingest_sweep(self, records: np.ndarray, channel: int | None = None) -> IngestResult | None:
+    def ingest_sweep(self, records: np.ndarray, channel: int | None = None, *,
+                     owned_only: bool = True) -> IngestResult | None:
         """Fast path for what producers send most: a sweep of known entities. When the batch
         is one channel, its ids increasing in a few consecutive stretches (a whole batch, or
         an owner's part of one: SPEC 9.6), every value finite and every entity of the blocks
@@ -185,7 +271,8 @@ class EngineHost:
         else (the caller then uses ``ingest``). The result, like ``ingest``'s, is about the
         records this node keeps (``records`` = those of its blocks).
         ``channel``: every record is known to be of it (a decoded wire batch, whose channel
-        decode_batch checked), so it is not checked again."""
+        decode_batch checked), so it is not checked again. ``owned_only`` False: every
+        record is kept (a replica's writes), only held entities are checked."""
         m = len(records)
         if m < SWEEP_MIN:
             return None
@@ -210,7 +297,8 @@ class EngineHost:
         for s0, s1 in zip(starts, stops, strict=True):
             first = int(ids[s0])
             b0, b1 = first // bs, (first + s1 - s0 - 1) // bs
-            for i, mine in enumerate(self._owned_blocks([prefix | b for b in range(b0, b1 + 1)])):
+            heads = [prefix | b for b in range(b0, b1 + 1)]
+            for i, mine in enumerate(self._owned_blocks(heads) if owned_only else [True] * len(heads)):
                 if not mine:
                     continue
                 start = s0 + max((b0 + i) * bs - first, 0)
@@ -231,13 +319,14 @@ class EngineHost:
         for pos, a, b in located:
             self.store.update_run(pos, values[a:b], active[a:b])
         kept = sum(b - a for _, a, b in located)
-        self.ingested += kept
+        if owned_only:
+            self.ingested += kept
         return IngestResult(kept, 0, kept, 0, 0)
 
     def _owned_blocks(self, blocks: list[int]) -> list[bool]:
         """``_owned`` of raw block ids, remembered per block until the map, the pending view
         or the fusions change (a sweep's dozen blocks cost a dict lookup each, not a hash)."""
-        key = (self.placement.members, None if self._pending is None else self._pending.members,
+        key = (self.placement.members, self._my_index, None if self._pending is None else self._pending.members,
                self.store.fusions.version)
         if key != self._owned_key:
             self._owned_key, self._owned_memo = key, {}
@@ -264,7 +353,7 @@ class EngineHost:
 
     def _owned(self, blocks: np.ndarray) -> np.ndarray:
         mine = self.placement.owners(blocks) == self._my_index
-        if self._pending is not None:
+        if self._pending is not None and self.name in self._pending.members:
             mine |= self._pending.owners(blocks) == self._pending.members.index(self.name)
         return mine
 
@@ -288,15 +377,24 @@ class EngineHost:
         fusions = [{"block": int(w), "root": int(r)} for w, r in sorted(self.store.fusions.as_dict().items())]
         return self.epoch, self.placement_digest(), self.placement.members, fusions
 
-    def receive_handoff(self, records: np.ndarray) -> int:
-        """Block state handed over by their previous owner."""
+    def receive_handoff(self, records: np.ndarray, *, overwrite: bool = False) -> int:
+        """Block state copied by its sender (rule 3). ``overwrite``: it came on the same
+        socket as the owner's later writes, so it is older than none of what we hold."""
         self.received += len(records)
-        return self.store.put_records(records)
+        return self.store.put_records(records, overwrite=overwrite)
+
+    def apply_replica(self, records: np.ndarray, channel: int | None = None) -> None:
+        """Records the owner of their blocks stored, for us as their replica."""
+        self.replicated_in += len(records)
+        if self.ingest_sweep(records, channel, owned_only=False) is None:
+            self.store.ingest(records)
 
     def tick(self) -> tuple[list[dict[str, Any]], list[RepairRecord]]:
         """One engine tick: this node's block rows (for publishing) and the repairs made."""
         self.tick_no += 1
         aggs = aggregate(self.store, self.tick_no)
+        if self.copies > 1 or self.placement.learners:  # rows and repairs of the blocks we own (rule 3)
+            aggs = aggs[self._owned(self.store.fusions.resolve(aggs["block"]))]
         records = repair(self.store, aggs, max_errors=self.max_errors)
         self.repairs += len(records)
         aggs = self._select(aggs)

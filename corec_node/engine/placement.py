@@ -19,6 +19,13 @@ Rule 3. Minimal movement follows from Rule 1: a block's owner changes only if th
     owner is a member that joined (it now has the highest score), or the old owner left.
     A join moves about 1/n of the blocks, all to the newcomer; a leave moves exactly the
     leaver's blocks, spread over the others.
+Rule 4. Copies (``holders``). With ``copies`` = c, a block is held by the c members of
+    highest score: the first is its owner (primary), the others its replicas. Ranking a
+    subset keeps the order, so when the primary leaves the next holder is the new primary
+    and already holds the block: promotion moves no data. A learner (a member catching up,
+    not yet trusted with ownership) is ranked with the members but never owns: it holds
+    a block when it is among the c highest of members and learners together, besides the
+    c highest members, so a block keeps its c copies while a learner copies it.
 
 Vectorized: ``owners`` scores blocks x members with numpy uint64 arithmetic (10^5 blocks x
 10 members in about 10 ms). ``partition`` splits an entity batch by owner (what the
@@ -47,6 +54,21 @@ def members_digest(members: Iterable[str]) -> str:
     the sorted names, each followed by a zero byte. Equal digests: equal member sets."""
     h = hashlib.blake2b(digest_size=8, person=b"corec-members")
     for name in sorted(n.encode("utf-8") for n in members):
+        h.update(name + b"\0")
+    return h.hexdigest()
+
+
+def map_digest(members: Iterable[str], learners: Iterable[str] = ()) -> str:
+    """The digest of a map with learners (rule 4): ``members_digest`` when there are none
+    (what a 1.5 node confirms), else over both sets, learners after a one byte."""
+    learners = sorted(n.encode("utf-8") for n in learners)
+    if not learners:
+        return members_digest(members)
+    h = hashlib.blake2b(digest_size=8, person=b"corec-members")
+    for name in sorted(n.encode("utf-8") for n in members):
+        h.update(name + b"\0")
+    h.update(b"\1")
+    for name in learners:
         h.update(name + b"\0")
     return h.hexdigest()
 
@@ -128,17 +150,68 @@ def owners(block_ids: np.ndarray | Iterable[int], members: Sequence[str]) -> np.
 @dataclass(frozen=True)
 class PlacementMap:
     """Who owns which block for one membership view. ``version`` is the caller's (e.g. the
-    membership epoch or the nucleus term): it orders maps, placement ignores it."""
+    membership epoch or the nucleus term): it orders maps, placement ignores it.
+    ``learners``: members catching up, which hold copies but own nothing (rule 4)."""
 
     version: int
     members: tuple[str, ...]
+    learners: tuple[str, ...]
     _seeds: np.ndarray = field(init=False, repr=False, compare=False)
+    _ranked: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _ranked_seeds: np.ndarray = field(init=False, repr=False, compare=False)
 
-    def __init__(self, version: int, members: Iterable[str]) -> None:
+    def __init__(self, version: int, members: Iterable[str], learners: Iterable[str] = ()) -> None:
         names = tuple(sorted(_checked(list(members)), key=lambda m: m.encode("utf-8")))
+        extra = tuple(sorted(set(learners) - set(names), key=lambda m: m.encode("utf-8")))
+        ranked = tuple(sorted(names + extra, key=lambda m: m.encode("utf-8")))
         object.__setattr__(self, "version", int(version))
         object.__setattr__(self, "members", names)
+        object.__setattr__(self, "learners", extra)
         object.__setattr__(self, "_seeds", np.array([member_seed(m) for m in names], np.uint64))
+        object.__setattr__(self, "_ranked", ranked)
+        object.__setattr__(self, "_ranked_seeds", np.array([member_seed(m) for m in ranked], np.uint64))
+
+    @property
+    def everyone(self) -> tuple[str, ...]:
+        """Members and learners, sorted: the columns of ``holder_mask``."""
+        return self._ranked
+
+    def digest(self) -> str:
+        return map_digest(self.members, self.learners)
+
+    def holder_mask(self, block_ids: np.ndarray | Iterable[int], copies: int) -> np.ndarray:
+        """Rule 4: (blocks, len(everyone)) bool, True where that member or learner holds the
+        block (the owner included)."""
+        b = np.asarray(block_ids, dtype=np.int64).ravel()
+        n = len(self._ranked)
+        held = np.zeros((len(b), n), bool)
+        if len(b) == 0:
+            return held
+        if copies >= n:
+            held[:] = True
+            return held
+        sc = scores(b, self._ranked).T  # (blocks, everyone)
+        order = np.argsort(sc, axis=1)[:, ::-1]  # highest first
+        is_member = np.array([m not in self.learners for m in self._ranked], bool)
+        rows = np.arange(len(b))
+        members_taken = np.zeros(len(b), np.intp)
+        for depth in range(n):
+            col = order[:, depth]
+            member = is_member[col]
+            take = (members_taken < copies) & (member | (depth < copies))
+            held[rows[take], col[take]] = True
+            members_taken += member
+            if (members_taken >= copies).all():
+                break
+        return held
+
+    def holders(self, block: int, copies: int) -> list[str]:
+        """One block's holders, its owner first, then by score."""
+        mask = self.holder_mask([block], copies)[0]
+        owner = self.owner(block)
+        ranked = sorted((m for m, h in zip(self._ranked, mask.tolist(), strict=True) if h and m != owner),
+                        key=lambda m: -int(scores([block], [m])[0, 0]))
+        return [owner, *ranked]
 
     def owners(self, block_ids: np.ndarray | Iterable[int]) -> np.ndarray:
         """Index into ``self.members`` (sorted names) of each block's owner."""
@@ -159,7 +232,7 @@ class PlacementMap:
         return b[self.owners(b) == self.members.index(member)]
 
     def with_members(self, version: int, members: Iterable[str]) -> PlacementMap:
-        return PlacementMap(version, members)
+        return PlacementMap(version, members, self.learners)
 
 
 def moves(

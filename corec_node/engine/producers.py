@@ -66,12 +66,14 @@ class ProducerSeqs:
                 refused[reason] = refused.get(reason, 0) + count
         return keep, refused
 
-    def take(self, blocks: Iterable[int]) -> list[tuple[int, int, int]]:
-        """Remove and return ``(producer, block, pseq)`` for ``blocks`` (handed to a new owner)."""
+    def take(self, blocks: Iterable[int], *, keep: bool = False) -> list[tuple[int, int, int]]:
+        """Remove and return ``(producer, block, pseq)`` for ``blocks`` (handed to a new owner);
+        ``keep``: return them and keep them (copied to a new holder of blocks we hold still)."""
         wanted = set(blocks)
         out = [(p, b, s) for (p, b), s in self._last.items() if b in wanted]
-        for p, b, _ in out:
-            del self._last[(p, b)]
+        if not keep:
+            for p, b, _ in out:
+                del self._last[(p, b)]
         return out
 
     def merge(self, rows: Iterable[tuple[int, int, int]]) -> None:

@@ -457,6 +457,11 @@ class EntityStore:
         self._remove_blocks(idx)
         return recs
 
+    def copy_blocks(self, block_ids: np.ndarray | list[int]) -> np.ndarray:
+        """Whole raw blocks' entities as wire records (key order), kept here: a replica's
+        copy (not held: skipped)."""
+        return self._records_at(self._positions_of_blocks(self._block_indices(block_ids, strict=False)))
+
     def drop_blocks(self, block_ids: np.ndarray | list[int]) -> int:
         """Remove whole raw blocks (not held: skipped). Returns entities removed."""
         idx = self._block_indices(block_ids, strict=False)

@@ -72,6 +72,7 @@ class ClusterView:
     leader: str | None
     term: int
     data: Mapping[str, str] = field(default_factory=dict)  # member -> its data socket (1.5 and later)
+    replicating: frozenset[str] = frozenset()  # members that hold replicas and learn (1.6 and later)
 
     @property
     def routed(self) -> bool:
@@ -226,6 +227,7 @@ class ControlPlane:
             live=tuple(sorted(m.name for m in members if m.status in _LIVE)),
             leader=self.core.leader,
             term=self.core.term,
+            replicating=frozenset(m.name for m in members if "replicas" in m.build[2]) | {self.name},
         )
 
     # -- inputs -----------------------------------------------------------------------

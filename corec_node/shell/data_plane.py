@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -41,16 +42,20 @@ from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
 from corec_node.engine.producers import ProducerSeqs
+from corec_node.shell.replication import NO_LEADER, NOT_ENOUGH_REPLICAS, Replicator
 from corec_node.shell.routing import NOT_OWNER, Answer, Forwarder, Relay
 from corec_node.wire.messages import (
     REPLY_MINOR,
     Aggregates,
     BatchReply,
+    CopyDone,
     EntityBatch,
     Flow,
     FusionPlan,
+    Learners,
     Owner,
     Placement,
+    Ready,
     SequenceHandoff,
 )
 from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
@@ -62,6 +67,8 @@ COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store cal
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under the rows limit)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
+REPLICA_WRITE, REPLICA_COPY = 1, 2  # EntityBatch.replica (SPEC 9.7)
+ACKS_ALL = 2  # EntityBatch.acks: every holder queued the records
 
 
 @dataclass(slots=True)
@@ -124,9 +131,17 @@ class DataPlane:
         self.publish_digest = publish_digest
         self.forwarder = Forwarder(self._send_part, lambda: self._now())  # _now is set by bind()
         self.seqs = ProducerSeqs()  # idempotent producers (SPEC 9.6)
+        self.replicator = Replicator(lambda: self._now())  # acks all (SPEC 9.7)
+        self.min_insync = engine_config.min_insync or min(2, engine_config.replicas)
+        # learners (SPEC 9.7): as nucleus, the members it trusts with ownership (``_ready``);
+        # as follower, the learners its nucleus last named; as learner, who sent its copies
+        self._ready: set[str] = set()
+        self._learners: frozenset[str] = frozenset()
+        self._learners_published: tuple[int, frozenset[str]] | None = None
+        self._copy_done: dict[str, set[str]] = {}
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
-                                 tick_rows=engine_config.tick_rows)
+                                 tick_rows=engine_config.tick_rows, copies=engine_config.replicas)
         limits = IngestLimits.from_mb(engine_config.ingest_queue_mb)
         self.flow = limits.flow()  # asks for, and grants, pauses of the stream
         self._limits = limits
@@ -168,13 +183,24 @@ class DataPlane:
         nobody confirms maps, else wait for the leader's digest (SPEC 9.1)."""
         if (view.leader, view.term) != (self.view.leader, self.view.term):
             self._leader_placement = None  # the new leader has confirmed nothing yet
+            if view.leader == self.name:  # trusted: the members of the map we act on, and ourselves
+                self._ready = set(self.engine.placement.members) | {self.name}
         self.view = view
-        self.engine.observe_view(view.live)
+        self._act_on_view()
+
+    def _act_on_view(self) -> None:
+        view = self.view
+        if view.leader == self.name:
+            self._learners = frozenset(m for m in view.live if m in view.replicating and m not in self._ready)
+        self.engine.observe_view(view.live, self._learners)
         if self._acts_on_own_view():
-            self._hand_off(self.engine.adopt_view())
+            if view.leader is not None or self.engine.copies == 1:  # with replicas, only a nucleus moves blocks
+                self._hand_off(self.engine.adopt_view())
         elif self._leader_placement is not None:
             self._confirm_placement()
         self.publish_digest(self.engine.placement_digest())
+        if view.leader == self.name:
+            self._publish_learners()
 
     def leader_placement(self, digest: str) -> None:
         self._leader_placement = digest
@@ -270,6 +296,12 @@ class DataPlane:
             if not len(records):
                 relay.part(0)
                 return
+        if msg.acks and self.view.leader is None:  # a minority side (or no nucleus yet): nothing is acknowledged
+            self._refuse_records(relay, len(records), NO_LEADER)
+            return
+        if msg.acks >= ACKS_ALL and self.engine.in_sync() < self.min_insync:
+            self._refuse_records(relay, len(records), NOT_ENOUGH_REPLICAS)
+            return
         entry = _Waiting(env, payload, records, relay, blocks, self._now(),
                          records.nbytes if self.view.routed else payload_bytes((env, payload)))
         if not self._door and self._admit(entry):
@@ -293,28 +325,45 @@ class DataPlane:
         if not queue.room():
             return False
         env, payload = entry.env, entry.payload
-        records, refused = self._admit_sequences(env.msg, entry.records, entry.blocks)
+        records, refused, blocks = self._admit_sequences(env.msg, entry.records, entry.blocks)
         if not self.view.routed:
             self._republish(env, payload)
         queue.add((env, payload, "direct", records))
+        sent = self._replicate(env.msg, records, blocks) if blocks is not None and self.view.routed else []
         if entry.held:
             self.flow.held(now - entry.arrived, now)
         self.producers.accepted += len(records)
         for reason, count in refused.items():
             self.producers.rejected[reason] += count
             self.producers.rejected_batches[reason] += 1
-        entry.relay.part(len(records), refused)
+        if env.msg.acks >= ACKS_ALL and entry.relay.answer is not None:
+            self.replicator.wait(entry.relay, len(records), refused, sent)
+        else:
+            entry.relay.part(len(records), refused)
         return True
 
+    def _replicate(self, msg: EntityBatch, records: np.ndarray, blocks: np.ndarray) -> list[tuple[str, int | None, int]]:
+        """Send what we queued as owner to the other holders of its blocks (SPEC 9.7):
+        ``(holder, seq or None, records)`` per holder."""
+        sent: list[tuple[str, int | None, int]] = []
+        for holder, part in self.engine.replica_parts(records, blocks).items():
+            header, payload = make_batch(part, msg.channel)
+            header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq,
+                                         acks=ACKS_ALL if msg.acks >= ACKS_ALL else 0, replica=REPLICA_WRITE)
+            sent.append((holder, self._send_part(holder, header, payload), len(part)))
+        return sent
+
     def _admit_sequences(self, msg: EntityBatch, records: np.ndarray,
-                         blocks: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, int]]:
+                         blocks: np.ndarray | None) -> tuple[np.ndarray, dict[str, int], np.ndarray | None]:
         """Idempotent producers: drop the records of blocks a batch as new or newer from
-        the same producer has already written (``engine/producers.py``)."""
+        the same producer has already written (``engine/producers.py``). ``blocks``: each
+        record's placed block; returned with the records kept."""
         if msg.producer == 0 or not len(records):
-            return records, {}
-        keep, refused = self.seqs.admit(msg.producer, msg.pseq, self.engine.blocks_of(records) if blocks is None
-                                        else blocks)
-        return (records[keep], refused) if refused else (records, {})
+            return records, {}, blocks
+        if blocks is None:
+            blocks = self.engine.blocks_of(records)
+        keep, refused = self.seqs.admit(msg.producer, msg.pseq, blocks)
+        return (records[keep], refused, blocks[keep]) if refused else (records, {}, blocks)
 
     async def _run_door(self) -> None:
         """Admit the batches at the door in arrival order; refuse those that waited ADMIT_WAIT."""
@@ -344,11 +393,6 @@ class DataPlane:
         else:
             relay.rejected[reason] += count
 
-    def owner_answered(self, sender: str, reply: BatchReply) -> None:
-        """An owner answered a part we forwarded (SPEC 9.6)."""
-        if not self.forwarder.answered(sender, reply):
-            self.traffic.rejected["stray_reply"] += 1
-
     def placement_request(self, answer: Answer) -> None:
         """A producer asks for the map: the one this node acts on, with every owner's data
         socket; no owners when some live member has none (a 1.4 node): send everything here."""
@@ -356,7 +400,7 @@ class DataPlane:
         data = self.view.data
         owners = tuple(Owner(m, data[m]) for m in members) if self.view.routed and all(m in data for m in members) else ()
         answer(Placement(epoch=epoch, digest=digest, block_size=self.engine.block_size, owners=owners,
-                         fusions=tuple(fusions)))
+                         fusions=tuple(fusions), replicas=self.engine.copies))
 
     # -- the stream's losses ------------------------------------------------------------
 
@@ -394,7 +438,7 @@ class DataPlane:
                 self._ingest_items(items)
             except Exception:  # a bug on one batch must not stop ingest
                 logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
-                self.dropped_records["ingest_error"] += sum(item[0].msg.count for item in items)  # at most
+                self.dropped_records["ingest_error"] += sum(getattr(item[0].msg, "count", 0) for item in items)  # at most
             stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
             self._ask_flow(self.flow.stream_taken(stream, self._now()))  # publish never raises
             await asyncio.sleep(0)  # timers and control messages go between two takes
@@ -411,9 +455,22 @@ class DataPlane:
                 if records is not None:
                     self.engine.receive_handoff(records)
                 continue
+            if where in ("replica", "copy", "copy_done"):  # in the order their owner sent them
+                self._store(pending)
+                if where == "replica":
+                    self.engine.apply_replica(decoded, env.msg.channel)
+                elif where == "copy":
+                    self.engine.receive_handoff(decoded, overwrite=True)
+                else:
+                    self._copy_done.setdefault(env.msg.digest, set()).add(env.sender)
+                    while len(self._copy_done) > 8:  # maps we learned under long ago
+                        del self._copy_done[next(iter(self._copy_done))]
+                    self._check_ready()
+                continue
             records = decoded if decoded is not None else self._decode_batch(env.msg, payload, where)
             if records is not None and where == "broadcast" and env.msg.producer:
-                records, refused = self._admit_sequences(env.msg, records[self.engine._mine(records)])
+                records = records[self.engine._mine(records)]
+                records, refused, _ = self._admit_sequences(env.msg, records, self.engine.blocks_of(records))
                 for reason, count in refused.items():
                     self.dropped_records[reason] += count
             if records is not None:
@@ -452,6 +509,11 @@ class DataPlane:
     def tick(self) -> None:
         """One engine tick: aggregates published and stored, audit, repairs, fusions."""
         self.forwarder.expire()
+        self.replicator.expire()
+        if self.view.leader == self.name:
+            self._publish_learners(force=True)
+        self._mark_copies()
+        self._check_ready()
         rows, repairs = self.engine.tick()
         tick_no = self.engine.tick_no
         self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))
@@ -522,7 +584,12 @@ class DataPlane:
         self._hand_off(handoffs)
 
     def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
+        """Send block copies to their new holders (engine rule 3), then tell the map's
+        learners we sent them all."""
         for owner, records in handoffs.items():
+            if owner in self.view.data and owner in self.view.replicating:
+                self._copy_to(owner, records)
+                continue
             addr = self.view.members.get(owner)
             if addr is None:  # taken out of our store with nowhere to go
                 self.dropped_records["handoff"] += len(records)
@@ -541,6 +608,27 @@ class DataPlane:
             log.event("blocks_handed_off", to=owner, records=len(records), map_version=version)
             self.recorder.audit("placement", owner, "membership changed: blocks handed to their new owner",
                                 records=len(records), map_version=version)
+        self._mark_copies()
+
+    def _copy_to(self, holder: str, records: np.ndarray) -> None:
+        """Blocks' copies for a new holder, on its data socket: the sequences first, then the
+        records, so the owner's later writes on the same socket come after them (SPEC 9.7)."""
+        addr = self.view.data[holder]
+        rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist(), keep=True)
+        for start in range(0, len(rows), SEQUENCE_ROWS):
+            chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
+            if self.data_send(addr, SequenceHandoff(rows=chunk), None) is None:
+                self.dropped_records["sequence_handoff"] += len(chunk)
+        for start in range(0, len(records), HANDOFF_CHUNK):
+            chunk = records[start:start + HANDOFF_CHUNK]
+            for channel in np.unique(chunk["channel"]).tolist():
+                part = chunk[chunk["channel"] == channel]
+                header, payload = make_batch(part, channel)
+                if self.data_send(addr, dataclasses.replace(header, acks=0, replica=REPLICA_COPY), payload) is None:
+                    self.dropped_records["handoff"] += len(part)
+        log.event("blocks_copied", to=holder, records=len(records), map_version=self.engine.placement.version)
+        self.recorder.audit("placement", holder, "map changed: blocks copied to a new holder",
+                            records=len(records), map_version=self.engine.placement.version)
 
     def _hand_off_sequences(self, addr: str, records: np.ndarray) -> None:
         """The producer sequences of the blocks handed over go first (same socket, so in
@@ -563,12 +651,112 @@ class DataPlane:
             return
         self.seqs.merge(rows)
 
+    # -- replicas and learners (SPEC 9.7) -------------------------------------------------
+
+    def replica_batch(self, env: Any, payload: Any, answer: Answer) -> None:
+        """An owner's records for us as a holder (``replica`` 1), or a block's copy (2):
+        queued in its order; a write sent with acks all is answered once queued."""
+        msg = env.msg
+        if env.sender not in self.view.members or env.sender == self.name:
+            self.traffic.rejected["replica_stranger"] += 1
+            return
+        records = self._decode_batch(msg, payload, "data")
+        if records is None:
+            if msg.acks >= ACKS_ALL:
+                answer(BatchReply(seq=env.seq, accepted=0, rejected={"malformed": msg.count}))
+            return
+        if msg.replica == REPLICA_COPY:
+            self.queue().add((env, payload, "copy", records))
+            return
+        kept, refused, _ = self._admit_sequences(msg, records, None)
+        if len(kept):
+            self.queue().add((env, payload, "replica", kept))
+        if msg.acks >= ACKS_ALL:
+            answer(BatchReply(seq=env.seq, accepted=len(kept), rejected=refused))
+
+    def holder_answered(self, sender: str, reply: BatchReply) -> None:
+        """An answer on the data socket: to a part we forwarded, or to a write we replicated."""
+        if not self.forwarder.answered(sender, reply) and not self.replicator.answered(sender, reply):
+            self.traffic.rejected["stray_reply"] += 1
+
+    def copy_done(self, env: Any) -> None:
+        """A member sent us every copy it owes us: counted once the copies before it are applied."""
+        self.queue().add((env, None, "copy_done", None))
+
+    def _check_ready(self) -> None:
+        """As a learner: once every replicating member of our map sent its CopyDone for it,
+        tell the nucleus we have caught up (again every tick, until it makes us a member)."""
+        if not self.engine.is_learner():
+            return
+        leader = self.view.leader
+        if leader is None or self.awaited_copies():
+            return
+        digest = self.engine.placement_digest()
+        addr = self.view.data.get(leader)
+        if addr is not None:
+            self.data_send(addr, Ready(digest=digest), None)
+
+    def awaited_copies(self) -> list[str]:
+        """As a learner: the members whose copies under our map we still wait for."""
+        if not self.engine.is_learner():
+            return []
+        done = self._copy_done.get(self.engine.placement_digest(), set())
+        return sorted(m for m in self.engine.placement.members if m in self.view.replicating and m not in done)
+
+    def ready(self, sender: str, msg: Ready) -> None:
+        """A learner caught up: as nucleus, trust it with ownership if it caught up under
+        the map we act on now."""
+        if self.view.leader != self.name or sender not in self._learners:
+            return
+        if msg.digest != self.engine.placement_digest():
+            return  # the map moved since: it catches up under the new one and says so again
+        self._ready.add(sender)
+        log.event("learner_ready", member=sender, map=msg.digest)
+        self._act_on_view()
+
+    def learners(self, sender: str, msg: Learners) -> None:
+        """The nucleus names its learners: our view leaves them out of ownership."""
+        if sender != self.view.leader or msg.term != self.view.term:
+            return
+        names = frozenset(msg.names)
+        if names != self._learners:
+            self._learners = names
+            self._act_on_view()
+
+    def _publish_learners(self, *, force: bool = False) -> None:
+        key = (self.view.term, self._learners)
+        if force or key != self._learners_published:
+            self._learners_published = key
+            self.outbox.publish(Learners(term=self.view.term, names=tuple(sorted(self._learners))))
+
+    def _mark_copies(self) -> None:
+        """After the copies of a new map, and every tick while it has learners: tell each
+        learner we sent all we owe it (a marker lost or early is simply sent again)."""
+        placement = self.engine.placement
+        if not placement.learners or self.engine.is_learner():
+            return
+        digest = placement.digest()
+        for learner in placement.learners:
+            addr = self.view.data.get(learner)
+            if addr is not None:
+                self.data_send(addr, CopyDone(digest=digest), None)
+
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         queue = self._queue
         return {
-            "entities": self.engine.store.count(),
+            "entities": self.engine.owned_entities(),
+            "held_entities": self.engine.store.count(),
+            "replicas": self.engine.copies,
+            "min_insync": self.min_insync,
+            "in_sync": self.engine.in_sync(),
+            "learner": self.engine.is_learner(),
+            "learners": sorted(self.engine.placement.learners),
+            "awaited_copies": self.awaited_copies(),
+            "replicated_in": self.engine.replicated_in,
+            "replicas_waiting": self.replicator.waiting(),
+            "not_replicated": self.replicator.not_replicated,
             "blocks": len(self.engine.store.block_ids()),
             "cluster_blocks": len(self.engine.cluster_rows()),
             "entity_errors": self.engine.entity_errors,

@@ -32,6 +32,8 @@ Item = tuple[Any, ...]  # (envelope, payload, "direct" | "broadcast"[, records a
 
 def payload_bytes(item: Item) -> int:
     payload = item[1]
+    if payload is None:  # a marker in the order (a learner's CopyDone): no bytes
+        return 0
     return payload.nbytes if isinstance(payload, memoryview) else len(payload)
 
 
@@ -79,10 +81,10 @@ class IngestQueue:
     async def take(self, max_records: int) -> list[Item]:
         """Wait for a batch, then take it and what follows it, up to ``max_records`` records."""
         items = [await self._items.get()]
-        records = items[0][0].msg.count
+        records = getattr(items[0][0].msg, "count", 0)
         while records < max_records and not self._items.empty():
             items.append(self._items.get_nowait())
-            records += items[-1][0].msg.count
+            records += getattr(items[-1][0].msg, "count", 0)
         for item in items:
             size = payload_bytes(item)
             self.bytes -= size

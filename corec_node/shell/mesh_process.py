@@ -85,7 +85,8 @@ MESH_SILENCE_BOUND = ENGINE_STALL_BOUND  # a mesh process silent this long is hu
 PR_SET_PDEATHSIG = 1
 # data messages forwarded whole to the node process, which checks and builds their bodies;
 # producer batches are built here (a small body: the busy answer needs its count)
-FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.FUSION_PLAN, MsgType.ALERT, MsgType.FLOW))
+FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.FUSION_PLAN, MsgType.ALERT, MsgType.FLOW,
+                              MsgType.LEARNERS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -339,13 +339,26 @@ class Node:
         self.traffic.count_in(env.type.name.lower(), topic, frames)
         match env.type:
             case MsgType.ENTITY_BATCH:
+                if env.msg.replica:  # an owner's writes or copies for us as a holder (SPEC 9.7)
+                    holder_of = self.data.view.data.get(env.sender)
+                    if holder_of is not None:
+                        self.data.replica_batch(env, payload, lambda msg: self._data_send(holder_of, msg, None))
+                    else:
+                        self.traffic.rejected["replica_stranger"] += 1
+                    return
                 member = self.data.view.data.get(env.sender) if env.msg.hops > 0 else None
                 if member is not None:  # a part a member forwarded: answered to its data socket
                     self.data.batch(env, payload, "direct", lambda msg: self._data_send(member, msg, None))
                 else:
                     self.data.batch(env, payload, "direct", lambda msg: self._answer(self.data_outbox, identity, msg))
             case MsgType.BATCH_REPLY:
-                self.data.owner_answered(env.sender, env.msg)
+                self.data.holder_answered(env.sender, env.msg)
+            case MsgType.SEQUENCE_HANDOFF:
+                self.data.sequence_handoff(env.sender, env.msg)
+            case MsgType.COPY_DONE:
+                self.data.copy_done(env)
+            case MsgType.READY:
+                self.data.ready(env.sender, env.msg)
             case MsgType.PLACEMENT_REQUEST:
                 self.data.placement_request(lambda msg: self._answer(self.data_outbox, identity, msg))
             case _:
@@ -386,6 +399,8 @@ class Node:
                 log.event("peer_alert", logging.INFO, sender=env.sender, kind=env.msg.kind, text=env.msg.text)
             case MsgType.FUSION_PLAN:
                 self.data.fusion_plan(env.sender, env.msg)
+            case MsgType.LEARNERS:
+                self.data.learners(env.sender, env.msg)
             case MsgType.FLOW:
                 self.data.peer_flow(env.sender, env.msg.hold_ms)
 

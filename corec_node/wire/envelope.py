@@ -45,6 +45,9 @@ from corec_node.wire.messages import (
     Placement,
     PlacementRequest,
     SequenceHandoff,
+    CopyDone,
+    Ready,
+    Learners,
     Message,
     MsgType,
     Nack,
@@ -59,9 +62,9 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 5
+PROTOCOL_MINOR = 6
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing")
+FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor."""
@@ -476,7 +479,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(
             MsgType.ENTITY_BATCH, EntityBatch, payload=True,
             channel=_U8, count=_COUNT, compressed=_BOOL, producer=_U64, pseq=_U64, acks=_U8, epoch=_U64,
-            hops=_U8,
+            hops=_U8, replica=_U8,
         ),
         _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),
         _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),
@@ -487,8 +490,11 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.PLACEMENT_REQUEST, PlacementRequest, epoch=_U64),
         _schema(MsgType.PLACEMENT, Placement, epoch=_U64, digest=_DIGEST, block_size=_U32,
                 owners=_Array(_Struct(Owner, name=_NAME, data=_ADDR), limits.MAX_MEMBERS_PER_MESSAGE),
-                fusions=_ROWS),
+                fusions=_ROWS, replicas=_U8),
         _schema(MsgType.SEQUENCE_HANDOFF, SequenceHandoff, rows=_ROWS),
+        _schema(MsgType.COPY_DONE, CopyDone, digest=_DIGEST, records=_COUNT),
+        _schema(MsgType.READY, Ready, digest=_DIGEST),
+        _schema(MsgType.LEARNERS, Learners, term=_U64, names=_Array(_NAME, limits.MAX_MEMBERS_PER_MESSAGE)),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

@@ -34,6 +34,9 @@ class MsgType(enum.IntEnum):
     PLACEMENT_REQUEST = 27
     PLACEMENT = 28
     SEQUENCE_HANDOFF = 29
+    COPY_DONE = 30
+    READY = 31
+    LEARNERS = 32
 
 
 class MemberStatus(enum.IntEnum):
@@ -198,7 +201,10 @@ class EntityBatch:
     and ``pseq`` (its sequence, rising by batch across all the owners it sends to) make
     retries idempotent; ``acks`` is what the producer waits for (0 nothing, 1 the owner
     queued the records for its store); ``epoch`` is the placement epoch of the map the
-    producer split the batch by (0: not split); ``hops`` counts forwards between nodes."""
+    producer split the batch by (0: not split); ``hops`` counts forwards between nodes.
+    Since 1.6 (replicas, SPEC 9.7): ``replica`` 1 marks records a block's owner stored, sent
+    to the block's other holders (answered once queued: what ``acks`` 2, all, waits for);
+    2 a block's copy for a new holder (catch-up); 0 a producer's batch."""
 
     channel: int
     count: int
@@ -208,6 +214,7 @@ class EntityBatch:
     acks: int = 1
     epoch: int = 0
     hops: int = 0
+    replica: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +306,7 @@ class Placement:
     block_size: int
     owners: tuple[Owner, ...] = ()
     fusions: tuple = ()
+    replicas: int = 0  # since 1.6: copies of each block (0: a 1.5 node, one copy); acks 2 waits for all
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +318,35 @@ class SequenceHandoff:
     rows: tuple = ()
 
 
+@dataclass(frozen=True, slots=True)
+class CopyDone:
+    """A member sent a learner every block copy it owes it under the map of ``digest``
+    (data socket, since 1.6, after the copies: SPEC 9.7); ``records`` it sent."""
+
+    digest: str
+    records: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A learner caught up under the map of ``digest``: every member sent its CopyDone.
+    To the nucleus's data socket (since 1.6), again every tick until it is a member."""
+
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Learners:
+    """The members the nucleus of ``term`` names learners (topic ``nuc``, since 1.6): they
+    hold copies and own no block until they have caught up (SPEC 9.7). Sent on change and
+    every engine tick."""
+
+    term: int
+    names: tuple[str, ...] = ()
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
     | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
-    | BatchReply | PlacementRequest | Placement | SequenceHandoff
+    | BatchReply | PlacementRequest | Placement | SequenceHandoff | CopyDone | Ready | Learners
 )

@@ -28,6 +28,9 @@ from corec_node.wire.messages import (
     Placement,
     PlacementRequest,
     SequenceHandoff,
+    CopyDone,
+    Ready,
+    Learners,
     StatePush,
     StateReply,
     Vote,
@@ -66,6 +69,9 @@ FIXED_TOPICS: dict[type, bytes] = {
     PlacementRequest: TOPIC_DIRECT,
     Placement: TOPIC_DIRECT,
     SequenceHandoff: TOPIC_DIRECT,
+    CopyDone: TOPIC_DIRECT,
+    Ready: TOPIC_DIRECT,
+    Learners: TOPIC_NUCLEUS,
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

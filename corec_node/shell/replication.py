@@ -1,0 +1,101 @@
+"""Acknowledgements of every holder (``acks`` all, SPEC 9.7): a producer's records are
+acknowledged once their owner has queued them and every other holder of their blocks has
+answered that it queued its copy.
+
+The owner sends each holder its part of what it stores (``EngineHost.replica_parts``) on
+the holder's data socket, the same socket that carried the block's catch-up copy, so a
+holder applies them in the owner's order. A holder that does not answer within
+``REPLICA_WAIT`` (dead, partitioned, its queue stalled), or a part that cannot leave, makes
+the records ``not_replicated``: the owner stored them, but not every copy is known to
+hold them, and the producer hears so; its retry is refused ``duplicate`` where applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from corec_node.shell.routing import Relay
+from corec_node.wire.messages import BatchReply
+
+REPLICA_WAIT = 8.0  # seconds a holder has to answer (as a forwarded part's owner)
+NOT_REPLICATED = "not_replicated"
+NOT_ENOUGH_REPLICAS = "not_enough_replicas"
+NO_LEADER = "no_leader"
+
+
+@dataclass(slots=True)
+class _Quorum:
+    """The owner's part of one producer batch, waiting for its holders."""
+
+    relay: Relay
+    count: int  # records the owner accepted
+    refused: dict[str, int]  # records the owner refused (answered with the part)
+    waiting: int  # holders yet to answer
+    failed: bool = False
+
+
+class Replicator:
+    """Matches holders' answers to the producer batches waiting for them."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
+        self._waiting: dict[tuple[str, int], tuple[_Quorum, float, int]] = {}
+        self.sent = 0  # records sent to holders
+        self.unsent = 0  # records that could not leave (no data socket, queue full)
+        self.not_replicated = 0  # records answered not_replicated
+
+    def wait(self, relay: Relay, count: int, refused: dict[str, int],
+             sent: list[tuple[str, int | None, int]]) -> None:
+        """The owner's part of a batch (``count`` records accepted) went out to its holders:
+        ``(holder, seq or None if it could not leave, records)``; ``relay`` hears once all
+        answered."""
+        quorum = _Quorum(relay, count, refused, waiting=0)
+        deadline = self._now() + REPLICA_WAIT
+        for holder, seq, records in sent:
+            if seq is None:
+                quorum.failed = True
+                self.unsent += records
+                continue
+            self.sent += records
+            quorum.waiting += 1
+            self._waiting[(holder, seq)] = (quorum, deadline, records)
+        if quorum.waiting == 0:
+            self._finish(quorum)
+
+    def answered(self, holder: str, reply: BatchReply) -> bool:
+        """A holder's answer; False when it matches none of ours."""
+        entry = self._waiting.pop((holder, reply.seq), None)
+        if entry is None:
+            return False
+        quorum, _deadline, records = entry
+        if reply.accepted + reply.rejected.get("duplicate", 0) < records:  # a duplicate is held already
+            quorum.failed = True
+        quorum.waiting -= 1
+        if quorum.waiting == 0:
+            self._finish(quorum)
+        return True
+
+    def expire(self) -> int:
+        """Holders that did not answer in time fail their batches."""
+        now = self._now()
+        late = [key for key, (_q, deadline) in self._waiting.items() if deadline <= now]
+        for key in late:
+            quorum, _deadline, _records = self._waiting.pop(key)
+            quorum.failed = True
+            quorum.waiting -= 1
+            if quorum.waiting == 0:
+                self._finish(quorum)
+        return len(late)
+
+    def _finish(self, quorum: _Quorum) -> None:
+        if quorum.failed:
+            self.not_replicated += quorum.count
+            refused = dict(quorum.refused)
+            refused[NOT_REPLICATED] = refused.get(NOT_REPLICATED, 0) + quorum.count
+            quorum.relay.part(0, refused)
+        else:
+            quorum.relay.part(quorum.count, quorum.refused)
+
+    def waiting(self) -> int:
+        return len(self._waiting)

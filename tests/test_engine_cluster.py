@@ -117,7 +117,12 @@ def test_joining_node_receives_its_blocks_state(cluster):
     # nothing re-sent: the handed-over state alone gives the same aggregates
     for node in everyone:
         eventually(lambda: matches(node.ctl("blocks"), ref), 30, message=f"{node.name} after handoff")
-    assert sum(n.ctl("status")["entities"] for n in everyone) == sum(v["count"] for v in ref.values())
+    # c is a learner first (SPEC 9.7), a member once it holds its copies
+    eventually(lambda: all(n.ctl("status")["placement_members"] == ["a", "b", "c"] for n in everyone), 20,
+               message="every node names c a member")
+    total = sum(v["count"] for v in ref.values())
+    assert sum(n.ctl("status")["entities"] for n in everyone) == total
+    assert sum(n.ctl("status")["held_entities"] for n in everyone) == total  # one copy each: none held twice
 
 
 def test_nucleus_fuses_a_weak_block_into_a_strong_one(cluster):

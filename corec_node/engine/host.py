@@ -108,6 +108,9 @@ class EngineHost:
         self.dropped_held = 0  # entities dropped: blocks no longer held
         self.received = 0
         self.replicated_in = 0  # records stored as a replica
+        self.stale_replica = 0  # replica records of blocks no longer ours, not kept
+        self._held_key: tuple[Any, ...] = ()
+        self._held_memo: dict[int, bool] = {}
         self.fusions = 0
         self._owned_key: tuple[Any, ...] = ()
         self._owned_memo: dict[int, bool] = {}
@@ -172,16 +175,19 @@ class EngineHost:
         out[:, [names.index(m) for m in placement.everyone]] = placement.holder_mask(roots, self.copies)
         return out
 
-    def _rebalance(self, old: PlacementMap) -> dict[str, np.ndarray]:
-        """Rule 3 on a map change: the copies this node sends to new holders (grouped by
-        holder), and the blocks it no longer holds dropped."""
+    def _rebalance(self, old: PlacementMap, placed_before: dict[int, int] | None = None) -> dict[str, np.ndarray]:
+        """Rule 3 on a map change (or fusions: ``placed_before`` each held block's placement
+        key before them): the copies this node sends to new holders (grouped by holder),
+        and the blocks it no longer holds dropped."""
         blocks = self.store.block_ids()
         if len(blocks) == 0:
             return {}
         new = self.placement
         roots = self.store.fusions.resolve(blocks)
+        before = roots if placed_before is None else np.array([placed_before.get(b, r) for b, r in
+                                                               zip(blocks.tolist(), roots.tolist(), strict=True)], np.int64)
         names = sorted(set(old.everyone) | set(new.everyone) | {self.name}, key=lambda m: m.encode("utf-8"))
-        was, now = self._holder_columns(old, roots, names), self._holder_columns(new, roots, names)
+        was, now = self._holder_columns(old, before, names), self._holder_columns(new, roots, names)
         me = names.index(self.name)
         was[:, me] = True  # what we hold, we held (a map we never acted on may say otherwise)
         rows = np.arange(len(blocks))
@@ -189,7 +195,7 @@ class EngineHost:
         present = np.array([m in new.everyone or m == self.name for m in names], bool)
         candidates = was & present[None, :]
         sender = np.where(was[rows, owner], owner, np.argmax(candidates, axis=1))  # names are sorted: smallest
-        mine = sender == me
+        mine = (sender == me) & (self._my_index >= 0)  # a learner sends nothing: it holds only what it was sent
         targets = now & ~was
         targets[:, me] = False
         out: dict[str, np.ndarray] = {}
@@ -206,7 +212,13 @@ class EngineHost:
     def replica_parts(self, records: np.ndarray, blocks: np.ndarray) -> dict[str, np.ndarray]:
         """What we store as owner, split by the other holders of its blocks (rule 3):
         ``{holder: records}``. ``blocks``: each record's placed block."""
-        if self.copies == 1 and not self.placement.learners or not len(records):
+        if self.copies == 1 and not self.placement.learners:
+            return {}
+        return self.holder_parts(records, blocks)
+
+    def holder_parts(self, records: np.ndarray, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """``records`` split by the holders of their blocks under our map, ourselves left out."""
+        if not len(records):
             return {}
         starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
         if len(starts) > len(blocks) // 16:
@@ -379,15 +391,48 @@ class EngineHost:
 
     def receive_handoff(self, records: np.ndarray, *, overwrite: bool = False) -> int:
         """Block state copied by its sender (rule 3). ``overwrite``: it came on the same
-        socket as the owner's later writes, so it is older than none of what we hold."""
+        socket as the owner's later writes, so it is older than none of what we hold; and
+        only blocks our map gives us are kept (a copy that arrives after the map moved on
+        would linger, held by nobody's account)."""
+        if overwrite:
+            records = records[self._held(records)]
         self.received += len(records)
         return self.store.put_records(records, overwrite=overwrite)
 
-    def apply_replica(self, records: np.ndarray, channel: int | None = None) -> None:
-        """Records the owner of their blocks stored, for us as their replica."""
-        self.replicated_in += len(records)
+    def apply_replica(self, records: np.ndarray, channel: int | None = None, *, moved: bool = False) -> None:
+        """Records the owner of their blocks stored, for us as a holder (only those of
+        blocks our map gives us: a write sent under an older map is the new holder's now).
+        ``moved``: a previous owner's, accepted before the blocks came to us: what we own of
+        them counts as ingested here, where it is stored as owner."""
+        held = self._held(records)
+        if not held.all():
+            records = records[held]
+            self.stale_replica += int(np.count_nonzero(~held))
+        if moved:
+            self.ingested += int(np.count_nonzero(self._mine(records)))
+        else:
+            self.replicated_in += len(records)
         if self.ingest_sweep(records, channel, owned_only=False) is None:
             self.store.ingest(records)
+
+    def _held(self, records: np.ndarray) -> np.ndarray:
+        """Mask of the records of blocks this node holds under its map (rule 3), one
+        placement per run of one block, remembered per block until the map changes."""
+        if not len(records):
+            return np.zeros(0, bool)
+        blocks = self.blocks_of(records)
+        key = (self.placement.members, self.placement.learners, self.store.fusions.version)
+        if key != self._held_key:
+            self._held_key, self._held_memo = key, {}
+        starts = np.concatenate(([0], np.flatnonzero(blocks[1:] != blocks[:-1]) + 1))
+        heads = blocks[starts].tolist()
+        memo = self._held_memo
+        if any(b not in memo for b in heads):
+            unknown = np.array(sorted({b for b in heads if b not in memo}), np.int64)
+            column = self.placement.everyone.index(self.name) if self.name in self.placement.everyone else -1
+            held = self.placement.holder_mask(unknown, self.copies)[:, column] if column >= 0 else np.zeros(len(unknown), bool)
+            memo.update(zip(unknown.tolist(), held.tolist(), strict=True))
+        return np.repeat(np.array([memo[b] for b in heads], bool), np.diff(np.append(starts, len(blocks))))
 
     def tick(self) -> tuple[list[dict[str, Any]], list[RepairRecord]]:
         """One engine tick: this node's block rows (for publishing) and the repairs made."""
@@ -481,12 +526,15 @@ class EngineHost:
         return plan_fusions(arr, min_fitness, max_count=4 * self.block_size)
 
     def apply_fusions(self, fusions: Iterable[Fusion]) -> tuple[list[RepairRecord], dict[str, np.ndarray]]:
-        """Apply the nucleus's plan in order; returns the records and the handoffs it causes."""
+        """Apply the nucleus's plan in order; returns the records and the copies it causes
+        (a weak block now lives with its root's holders)."""
+        held = self.store.block_ids()
+        placed_before = dict(zip(held.tolist(), self.store.fusions.resolve(held).tolist(), strict=True))
         records = [r for f in fusions if (r := apply_fusion(self.store, f)) is not None]
         if not records:
             return [], {}
         self.fusions += len(records)
-        return records, self._rebalance()
+        return records, self._rebalance(self.placement, placed_before)
 
     def forget_owner(self, owner: str) -> None:
         for block in [b for b, r in self.rows.items() if r["owner"] == owner]:
@@ -503,13 +551,25 @@ class EngineHost:
         return list(rows) if channel is None else [r for r in rows if r["channel"] == channel]
 
     def _current_rows(self) -> list[dict[str, Any]]:
+        """Each placed block's row from its owner or, until the owner's first row comes (it
+        took the block a moment ago), from another holder of the block: never from a node
+        that no longer holds it."""
         blocks = np.fromiter(sorted(self.rows), dtype=np.int64)
         if len(blocks) == 0:
             return []
-        owners = self.placement.owner_names(blocks)
         roots = self.store.fusions.resolve(blocks)
-        return [self.rows[block] for block, owner, root in zip(blocks.tolist(), owners, roots.tolist(), strict=True)
-                if root == block and self.rows[block]["owner"] == owner]
+        placed = roots == blocks
+        blocks = blocks[placed]
+        owners = self.placement.owner_names(blocks)
+        column = {name: i for i, name in enumerate(self.placement.everyone)}
+        held = self.placement.holder_mask(blocks, self.copies) if self.copies > 1 else None
+        out = []
+        for i, (block, owner) in enumerate(zip(blocks.tolist(), owners, strict=True)):
+            row = self.rows[block]
+            by = row["owner"]
+            if by == owner or (held is not None and by in column and held[i, column[by]]):
+                out.append(row)
+        return out
 
     @staticmethod
     def chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -191,6 +191,7 @@ class DataPlane:
     def _act_on_view(self) -> None:
         view = self.view
         if view.leader == self.name:
+            self._ready |= set(self.engine.placement.members)  # a member is never made a learner again
             self._learners = frozenset(m for m in view.live if m in view.replicating and m not in self._ready)
         self.engine.observe_view(view.live, self._learners)
         if self._acts_on_own_view():
@@ -296,7 +297,8 @@ class DataPlane:
             if not len(records):
                 relay.part(0)
                 return
-        if msg.acks and self.view.leader is None:  # a minority side (or no nucleus yet): nothing is acknowledged
+        if relay.answer is not None and self.view.leader is None and self.engine.copies > 1:
+            # a minority side, or no nucleus yet: its blocks may have moved on the other side
             self._refuse_records(relay, len(records), NO_LEADER)
             return
         if msg.acks >= ACKS_ALL and self.engine.in_sync() < self.min_insync:
@@ -458,7 +460,7 @@ class DataPlane:
             if where in ("replica", "copy", "copy_done"):  # in the order their owner sent them
                 self._store(pending)
                 if where == "replica":
-                    self.engine.apply_replica(decoded, env.msg.channel)
+                    self.engine.apply_replica(decoded, env.msg.channel, moved=env.msg.hops > 0)
                 elif where == "copy":
                     self.engine.receive_handoff(decoded, overwrite=True)
                 else:
@@ -473,12 +475,30 @@ class DataPlane:
                 records, refused, _ = self._admit_sequences(env.msg, records, self.engine.blocks_of(records))
                 for reason, count in refused.items():
                     self.dropped_records[reason] += count
+            if records is not None and where == "direct" and self.view.routed:
+                records = self._moved_away(env.msg, records)
             if records is not None:
                 if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
                     pending.append(records)
                 if self.plugins.wants(env.msg.channel):
                     self.plugins.spawn(self.plugins.entities(self.host, env.msg.channel, records))
         self._store(pending)
+
+    def _moved_away(self, msg: EntityBatch, records: np.ndarray) -> np.ndarray:
+        """Records we accepted as owner whose blocks the map gave another owner before they
+        were stored: sent on to the blocks' holders as their owner's writes (after the
+        copies we sent them, on the same socket), never dropped. Returns the ones we keep."""
+        mine = self.engine._mine(records)
+        if mine.all():
+            return records
+        moved = records[~mine]
+        for holder, part in self.engine.holder_parts(moved, self.engine.blocks_of(moved)).items():
+            header, payload = make_batch(part, msg.channel)
+            header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq, acks=0, hops=1,
+                                         replica=REPLICA_WRITE)  # hops 1: a previous owner's, not the owner's
+            if self._send_part(holder, header, payload) is None:
+                self.dropped_records["moved_away"] += len(part)
+        return records[mine]
 
     def _republish(self, env: Any, payload: Any) -> None:
         """A producer's batch: publish it for every owner and subscriber of its channel."""

@@ -79,7 +79,7 @@ class Replicator:
     def expire(self) -> int:
         """Holders that did not answer in time fail their batches."""
         now = self._now()
-        late = [key for key, (_q, deadline) in self._waiting.items() if deadline <= now]
+        late = [key for key, (_q, deadline, _n) in self._waiting.items() if deadline <= now]
         for key in late:
             quorum, _deadline, _records = self._waiting.pop(key)
             quorum.failed = True

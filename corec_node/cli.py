@@ -254,9 +254,10 @@ def render_blocks(rows: list[dict[str, Any]]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    table = [["BLOCK", "CHANNEL", "OWNER", "COUNT", "ACTIVE", "MEAN", "MIN", "MAX", "STD", "FITNESS", "TICK"]]
+    table = [["BLOCK", "CHANNEL", "OWNER", "REPLICAS", "COUNT", "ACTIVE", "MEAN", "MIN", "MAX", "STD", "FITNESS", "TICK"]]
     for r in rows:
-        table.append([f"{r['channel']}:{r['block'] & 0xFFFFFFFF}", str(r["channel"]), r["owner"], str(r["count"]),
+        table.append([f"{r['channel']}:{r['block'] & 0xFFFFFFFF}", str(r["channel"]), r["owner"],
+                      ",".join(r.get("replicas") or ()) or "-", str(r["count"]),
                       str(r["active"]), f(r["mean"]), f(r["min"]), f(r["max"]), f(r["std"]), f(r["fitness"]), str(r["tick"])])
     total = sum(r["count"] for r in rows)
     return _table(table) + f"\n{len(rows)} blocks, {total} entities"

@@ -68,7 +68,7 @@ from corec_node.engine import (
     repair,
 )
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
-from corec_node.engine.placement import PlacementMap, map_digest, partition
+from corec_node.engine.placement import PlacementMap, map_digest, partition, scores
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
 EPOCH_KEY = "epoch"  # the placement epoch in a row (rule 6); storage/rows.py reads the same key
@@ -108,7 +108,6 @@ class EngineHost:
         self.dropped_held = 0  # entities dropped: blocks no longer held
         self.received = 0
         self.replicated_in = 0  # records stored as a replica
-        self.stale_replica = 0  # replica records of blocks no longer ours, not kept
         self._held_key: tuple[Any, ...] = ()
         self._held_memo: dict[int, bool] = {}
         self.fusions = 0
@@ -189,12 +188,15 @@ class EngineHost:
         names = sorted(set(old.everyone) | set(new.everyone) | {self.name}, key=lambda m: m.encode("utf-8"))
         was, now = self._holder_columns(old, before, names), self._holder_columns(new, roots, names)
         me = names.index(self.name)
-        was[:, me] = True  # what we hold, we held (a map we never acted on may say otherwise)
         rows = np.arange(len(blocks))
         owner = np.array([names.index(m) for m in new.members], np.intp)[new.owners(roots)]
         present = np.array([m in new.everyone or m == self.name for m in names], bool)
         candidates = was & present[None, :]
-        sender = np.where(was[rows, owner], owner, np.argmax(candidates, axis=1))  # names are sorted: smallest
+        # the new owner if it held the block, else the smallest name that held it (names are
+        # sorted), else (no map said anyone held it) we who hold it; a copy we hold without
+        # the old map saying so never makes us a holder that needs no copy
+        sender = np.where(was[rows, owner], owner,
+                          np.where(candidates.any(axis=1), np.argmax(candidates, axis=1), me))
         mine = (sender == me) & (self._my_index >= 0)  # a learner sends nothing: it holds only what it was sent
         targets = now & ~was
         targets[:, me] = False
@@ -391,23 +393,17 @@ class EngineHost:
 
     def receive_handoff(self, records: np.ndarray, *, overwrite: bool = False) -> int:
         """Block state copied by its sender (rule 3). ``overwrite``: it came on the same
-        socket as the owner's later writes, so it is older than none of what we hold; and
-        only blocks our map gives us are kept (a copy that arrives after the map moved on
-        would linger, held by nobody's account)."""
-        if overwrite:
-            records = records[self._held(records)]
+        socket as the owner's later writes, so it is older than none of what we hold. A
+        copy may come before we adopt the map that gives us the block: it is kept (the
+        next map change drops what we do not hold)."""
         self.received += len(records)
         return self.store.put_records(records, overwrite=overwrite)
 
     def apply_replica(self, records: np.ndarray, channel: int | None = None, *, moved: bool = False) -> None:
-        """Records the owner of their blocks stored, for us as a holder (only those of
-        blocks our map gives us: a write sent under an older map is the new holder's now).
-        ``moved``: a previous owner's, accepted before the blocks came to us: what we own of
-        them counts as ingested here, where it is stored as owner."""
-        held = self._held(records)
-        if not held.all():
-            records = records[held]
-            self.stale_replica += int(np.count_nonzero(~held))
+        """Records the owner of their blocks stored, for us as a holder (kept even before
+        we adopt the map that gives us their blocks; producer sequences refuse a write
+        older than one applied). ``moved``: a previous owner's, accepted before the blocks
+        came to us: what we own of them counts as ingested here, where it is stored as owner."""
         if moved:
             self.ingested += int(np.count_nonzero(self._mine(records)))
         else:
@@ -569,6 +565,23 @@ class EngineHost:
             by = row["owner"]
             if by == owner or (held is not None and by in column and held[i, column[by]]):
                 out.append(row)
+        return out
+
+    def rows_with_holders(self, channel: int | None = None) -> list[dict[str, Any]]:
+        """``cluster_rows`` with each block's ``replicas``: its other holders under our map
+        (a learner copying it included), best ranked first."""
+        rows = self.cluster_rows(channel)
+        if not rows:
+            return []
+        blocks = np.array([r["block"] for r in rows], np.int64)
+        names = self.placement.everyone
+        held = self.placement.holder_mask(blocks, self.copies)
+        ranked = np.argsort(scores(blocks, names).T, axis=1)[:, ::-1]  # holders in score order
+        owners = self.placement.owner_names(blocks)
+        out = []
+        for i, row in enumerate(rows):
+            replicas = [names[j] for j in ranked[i].tolist() if held[i, j] and names[j] != owners[i]]
+            out.append({**row, "replicas": replicas})
         return out
 
     @staticmethod

@@ -119,7 +119,7 @@ class ControlCommands:
         channel = req.get("channel")
         if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
             raise CommandError("channel must be an integer")
-        return self.data.engine.cluster_rows(channel)
+        return self.data.engine.rows_with_holders(channel)
 
 
 class MeshCommands:

@@ -183,8 +183,8 @@ class DataPlane:
         nobody confirms maps, else wait for the leader's digest (SPEC 9.1)."""
         if (view.leader, view.term) != (self.view.leader, self.view.term):
             self._leader_placement = None  # the new leader has confirmed nothing yet
-            if view.leader == self.name:  # trusted: the members of the map we act on, and ourselves
-                self._ready = set(self.engine.placement.members) | {self.name}
+            if view.leader == self.name:  # trusted: the members of the map we act on (a learner elected
+                self._ready = set(self.engine.placement.members)  # learns still, and says READY to itself)
         self.view = view
         self._act_on_view()
 
@@ -477,12 +477,23 @@ class DataPlane:
                     self.dropped_records[reason] += count
             if records is not None and where == "direct" and self.view.routed:
                 records = self._moved_away(env.msg, records)
+            if records is not None and where == "broadcast" and (self.engine.copies > 1 or self.engine.placement.learners):
+                self._keep_copies(records, env.msg.channel, pending)
             if records is not None:
                 if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
                     pending.append(records)
                 if self.plugins.wants(env.msg.channel):
                     self.plugins.spawn(self.plugins.entities(self.host, env.msg.channel, records))
         self._store(pending)
+
+    def _keep_copies(self, records: np.ndarray, channel: int, pending: list[np.ndarray]) -> None:
+        """The stream of a cluster that is not owner-routed reaches every holder: a replica,
+        or a learner, keeps the records of the blocks it holds and does not own (the owner
+        sends it nothing in that cluster)."""
+        copies = self.engine._held(records) & ~self.engine._mine(records)
+        if copies.any():
+            self._store(pending)
+            self.engine.apply_replica(records[copies], channel)
 
     def _moved_away(self, msg: EntityBatch, records: np.ndarray) -> np.ndarray:
         """Records we accepted as owner whose blocks the map gave another owner before they

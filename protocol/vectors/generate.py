@@ -30,7 +30,7 @@ import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 import zstandard  # noqa: E402
 
-from corec_node.engine.placement import members_digest, owners  # noqa: E402
+from corec_node.engine.placement import map_digest, members_digest, owners  # noqa: E402
 from corec_node.wire import (  # noqa: E402
     ENTITY_DTYPE,
     PROTOCOL_MAJOR,
@@ -56,6 +56,9 @@ from corec_node.wire import (  # noqa: E402
     Placement,
     PlacementRequest,
     SequenceHandoff,
+    CopyDone,
+    Ready,
+    Learners,
     StatePush,
     StateReply,
     Vote,
@@ -306,6 +309,8 @@ _B_ACKS_0 = _routed(3, _ROUTED_ROWS[:1], producer=PRODUCER_ID, pseq=3, acks=0, e
 _FORWARDED_ROWS = [(4000, 3, 18.25, True), (4999, 3, 18.5, True)]
 assert {owner_of(3, r[0]) for r in _FORWARDED_ROWS} == {"node-c"}  # block 3:4
 _B_FORWARDED = _routed(3, _FORWARDED_ROWS, producer=PRODUCER_ID, pseq=4, epoch=_EPOCH, hops=1)
+_B_REPLICA = _routed(3, _ROUTED_ROWS[:2], producer=PRODUCER_ID, pseq=2, acks=2, replica=1)
+_B_COPY = _routed(3, _ROUTED_ROWS, acks=0, replica=2)
 
 # (name, description, message, header, payload)
 MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
@@ -448,6 +453,22 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      "the block's records: rows producer, block, pseq"),
      SequenceHandoff(rows=({"producer": PRODUCER_ID, "block": (3 << 32) | 5, "pseq": 2},
                            {"producer": 17, "block": (3 << 32) | 5, "pseq": 40})), _hdr("node-b", 60, "corec"), None),
+    ("placement_replicas", "a 1.6 node's map: two copies of each block, so a producer may ask acks 2 (all)",
+     Placement(epoch=_EPOCH, digest=members_digest(o.name for o in OWNERS), block_size=BLOCK_SIZE,
+               owners=OWNERS, replicas=2), _hdr("node-a", 33, "corec"), None),
+    ("entity_batch_replica", ("node-b, owner of block 3:5, sends to the block's replica the records it queued "
+     "from a producer's batch sent with acks 2: replica 1, the producer's id and pseq, node-b's q"),
+     _B_REPLICA[0], _hdr("node-b", 61, "corec"), _B_REPLICA[1]),
+    ("entity_batch_copy", ("node-b copies blocks 3:5 and 3:8 to a new holder, after their sequences and "
+     "before its later writes: replica 2, acks 0"),
+     _B_COPY[0], _hdr("node-b", 62, "corec"), _B_COPY[1]),
+    ("copy_done", "node-b sent the learner node-d every copy it owes it under the map of this digest",
+     CopyDone(digest=map_digest(["node-a", "node-b", "node-c"], ["node-d"]), records=3), _hdr("node-b", 63, "corec"),
+     None),
+    ("ready", "node-d caught up under that map: it tells the nucleus's data socket",
+     Ready(digest=map_digest(["node-a", "node-b", "node-c"], ["node-d"])), _hdr("node-d", 1, "corec"), None),
+    ("learners", "the nucleus of term 7 names node-d a learner: it holds copies and owns nothing yet",
+     Learners(term=7, names=("node-d",)), _hdr("node-a", 40, "corec"), None),
 ]
 
 

@@ -1,0 +1,305 @@
+"""Replicas (SPEC 9.7): every block held by its owner and the next members of its ranking;
+acks all acknowledged by every holder; a dead owner's blocks owned at once by a replica
+that holds them; a restarted, empty node a learner until it has caught up.
+
+The pure rules (placement rule 4, engine rule 3, the acks-all accounting) are tested on
+their own; the cluster tests run real nodes and SIGKILL them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from records import entities
+
+from corec_node.client import Client
+from corec_node.engine.host import EngineHost
+from corec_node.engine.placement import PlacementMap
+from corec_node.shell.replication import NOT_REPLICATED, Replicator
+from corec_node.shell.routing import Relay
+from corec_node.testing.cluster import Cluster, NodeProc, eventually
+from corec_node.wire.messages import BatchReply
+
+BLOCK_SIZE = 1000
+BLOCKS = np.arange(5000, dtype=np.int64) | (1 << 32)
+
+
+# -- placement rule 4 -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("copies", [1, 2, 3])
+def test_each_block_has_its_owner_and_the_next_members_as_holders(copies):
+    m = PlacementMap(1, ["a", "b", "c", "d", "e"])
+    held = m.holder_mask(BLOCKS, copies)
+    assert (held.sum(axis=1) == copies).all()
+    owners = m.owners(BLOCKS)
+    assert held[np.arange(len(BLOCKS)), owners].all()  # the owner is a holder
+    # spread: every member holds about copies / 5 of the blocks
+    share = held.mean(axis=0)
+    assert np.allclose(share, copies / 5, atol=0.03), share
+
+
+def test_a_dead_owner_is_replaced_by_a_holder_and_no_survivor_loses_a_copy():
+    before = PlacementMap(1, ["a", "b", "c", "d"])
+    held = before.holder_mask(BLOCKS, 2)
+    for dead in before.members:
+        after = PlacementMap(2, [m for m in before.members if m != dead])
+        new_owner = np.array(after.members)[after.owners(BLOCKS)]
+        col = {m: i for i, m in enumerate(before.members)}
+        # the new owner of every block held a copy already: promotion moves no data
+        assert all(held[i, col[o]] for i, o in enumerate(new_owner.tolist()))
+        # survivors keep what they held (rendezvous: ranking a subset keeps the order)
+        after_held = after.holder_mask(BLOCKS, 2)
+        for j, m in enumerate(after.members):
+            assert not (held[:, col[m]] & ~after_held[:, j]).any()
+
+
+def test_a_learner_holds_copies_owns_nothing_and_blocks_keep_their_member_copies():
+    members = PlacementMap(1, ["a", "b", "c"])
+    learning = PlacementMap(2, ["a", "b", "c"], ["d"])
+    joined = PlacementMap(3, ["a", "b", "c", "d"])
+    assert (learning.owners(BLOCKS) == members.owners(BLOCKS)).all()
+    assert learning.digest() != members.digest() and learning.digest() != joined.digest()
+    lm = learning.holder_mask(BLOCKS, 2)
+    col = {m: i for i, m in enumerate(learning.everyone)}
+    member_copies = lm[:, [col[m] for m in ("a", "b", "c")]].sum(axis=1)
+    assert (member_copies == 2).all()  # the learner is on top of the two member copies
+    jm = joined.holder_mask(BLOCKS, 2)
+    assert (lm[:, col["d"]] == jm[:, col["d"]]).all()  # it learns exactly what it will hold
+    assert not (jm & ~lm).any()  # once a member, nobody holds a block it did not hold learning
+
+
+# -- engine rule 3: copies follow the map ---------------------------------------------------
+
+
+def _hosts(names: list[str], copies: int) -> dict[str, EngineHost]:
+    return {n: EngineHost(n, block_size=BLOCK_SIZE, copies=copies) for n in names}
+
+
+def _move(hosts: dict[str, EngineHost], live: list[str], learners: tuple[str, ...] = ()) -> None:
+    """Every live host adopts the map; copies are delivered in order (the data socket)."""
+    out = {n: hosts[n].set_members(live, learners) for n in live}
+    for sender in live:
+        for holder, records in out[sender].items():
+            hosts[holder].receive_handoff(records, overwrite=True)
+
+
+def _write(hosts: dict[str, EngineHost], records: np.ndarray) -> None:
+    """Each record to its owner, and the owner's writes to the other holders."""
+    for host in hosts.values():
+        if host._my_index < 0:
+            continue
+        mine = host._mine(records)
+        if not mine.any():
+            continue
+        part = records[mine]
+        host.ingest(part)
+        for holder, rest in host.replica_parts(part, host.blocks_of(part)).items():
+            hosts[holder].apply_replica(rest)
+
+
+def _cluster_view(hosts: dict[str, EngineHost], live: list[str]) -> dict[int, float]:
+    """Each entity's value as its owner holds it."""
+    out: dict[int, float] = {}
+    for name in live:
+        host = hosts[name]
+        if host._my_index < 0:
+            continue
+        records = host.store.records()
+        blocks = host.blocks_of(records)
+        owned = host.placement.owners(blocks) == host._my_index
+        for rid, value in zip(records["id"][owned].tolist(), records["value"][owned].tolist(), strict=True):
+            assert rid not in out, f"entity {rid} owned twice"
+            out[rid] = value
+    return out
+
+
+def test_copies_survive_a_death_a_learner_and_a_rejoin_with_every_value():
+    names = ["a", "b", "c"]
+    hosts = _hosts(names, copies=2)
+    _move(hosts, names)
+    n = 60 * BLOCK_SIZE
+    recs = entities(np.arange(n), 1, np.arange(n, dtype=np.float32))
+    _write(hosts, recs)
+    assert sum(h.store.count() for h in hosts.values()) == 2 * n  # two copies of each
+    want = {i: float(i) for i in range(n)}
+    assert _cluster_view(hosts, names) == want
+    # c dies: a and b adopt the map without it; every block is owned by a holder
+    _move(hosts, ["a", "b"])
+    assert _cluster_view(hosts, ["a", "b"]) == want
+    assert sum(hosts[m].store.count() for m in ("a", "b")) == 2 * n  # re-replicated to two copies
+    # writes go on; then c comes back empty as a learner, copies arrive, it becomes a member
+    recs["value"] += 1
+    _write({k: hosts[k] for k in ("a", "b")}, recs)
+    hosts["c"] = EngineHost("c", block_size=BLOCK_SIZE, copies=2)
+    _move(hosts, names, ("c",))
+    assert hosts["c"].is_learner() and hosts["c"].owned_entities() == 0
+    recs["value"] += 1  # written while c learns: its owners send c the writes too
+    _write(hosts, recs)
+    _move(hosts, names)
+    want = {i: float(i + 2) for i in range(n)}
+    assert _cluster_view(hosts, names) == want
+    assert sum(h.store.count() for h in hosts.values()) == 2 * n
+    assert hosts["c"].owned_entities() > 0
+
+
+# -- acks all ---------------------------------------------------------------------------
+
+
+def _relay(answers: list) -> Relay:
+    return Relay(seq=7, answer=answers.append, epoch=0, parts=1)
+
+
+def test_acks_all_waits_for_every_holder_and_names_what_was_not_replicated():
+    now = [0.0]
+    rep = Replicator(lambda: now[0])
+    answers: list[BatchReply] = []
+    rep.wait(_relay(answers), 100, {}, [("b", 11, 100), ("c", 12, 40)])
+    rep.answered("b", BatchReply(seq=11, accepted=100))
+    assert answers == []  # c has not answered
+    rep.answered("c", BatchReply(seq=12, accepted=40))
+    assert answers[-1].accepted == 100 and not answers[-1].rejected
+    # a holder that never answers: not replicated once REPLICA_WAIT passed
+    rep.wait(_relay(answers), 50, {}, [("b", 13, 50)])
+    now[0] += 60
+    assert rep.expire() == 1
+    assert answers[-1].accepted == 0 and answers[-1].rejected == {NOT_REPLICATED: 50}
+    # a part that could not leave fails at once; a duplicate on the holder is held already
+    rep.wait(_relay(answers), 5, {}, [("b", None, 5)])
+    assert answers[-1].rejected == {NOT_REPLICATED: 5}
+    rep.wait(_relay(answers), 5, {}, [("b", 14, 5)])
+    rep.answered("b", BatchReply(seq=14, accepted=0, rejected={"duplicate": 5}))
+    assert answers[-1].accepted == 5
+    assert rep.waiting() == 0
+
+
+# -- real nodes -------------------------------------------------------------------------
+
+ENV = {"COREC_ENGINE_REPLICAS": "2"}
+
+
+def _start(cluster: Cluster, names: list[str]) -> list[NodeProc]:
+    nodes = [cluster.start(names[0], extra_env=ENV)]
+    nodes += [cluster.start(n, join=[nodes[0].addr], extra_env=ENV) for n in names[1:]]
+    for node in nodes:
+        node.wait_ready(30)
+    _members(nodes, sorted(names))
+    return nodes
+
+
+def _members(nodes: list[NodeProc], names: list[str]) -> None:
+    eventually(lambda: all(n.ctl("status")["placement_members"] == names and n.ctl("status")["routed"]
+                           for n in nodes), 60, message=f"every node acts on the map {names}")
+
+
+def _summary(node: NodeProc, channel: int) -> tuple[int, int, float]:
+    """(blocks, entities, sum of values) from ``blocks`` as this node answers it."""
+    rows = node.ctl("blocks", channel=channel)
+    return len(rows), sum(r["count"] for r in rows), sum(r["count"] * (r["mean"] or 0.0) for r in rows)
+
+
+def _exact(nodes: list[NodeProc], channel: int, n: int, total: float) -> bool:
+    for node in nodes:
+        blocks, count, s = _summary(node, channel)
+        if blocks != n // BLOCK_SIZE or count != n or abs(s - total) > 1e-6 * abs(total):
+            return False
+    return True
+
+
+def test_a_million_entities_survive_the_sigkill_of_any_owner_and_a_restarted_node_learns_first(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        nodes = _start(cluster, ["a", "b", "c"])
+        n, channel = 1_000_000, 3
+        values = (20 + np.random.default_rng(5).normal(0, 2, n)).astype(np.float32)
+        total = float(values.astype(np.float64).sum())
+        with Client(nodes[0].addr, acks="all") as client:
+            client.send(entities(np.arange(n), channel, values))
+            client.flush()
+            assert client.accepted == n, (client.accepted, dict(client.rejected))
+        eventually(lambda: _exact(nodes, channel, n, total), 20, message="every node answers the exact aggregates")
+        for node in nodes:
+            st = node.ctl("status")
+            assert st["held_entities"] >= st["entities"] > 0
+        assert sum(node.ctl("status")["held_entities"] for node in nodes) == 2 * n
+        rows = nodes[0].ctl("blocks", channel=channel)
+        assert all(len(r["replicas"]) == 1 and r["replicas"][0] != r["owner"] for r in rows)
+
+        # SIGKILL b: with no fresh data, a and c answer the same exact figures within seconds
+        victim = nodes[1]
+        victim.kill()
+        killed = time.monotonic()
+        survivors = [nodes[0], nodes[2]]
+        _members(survivors, ["a", "c"])  # b's rows are no longer shown: its blocks are owned by replicas
+        eventually(lambda: _exact(survivors, channel, n, total), 20, message="exact after the SIGKILL")
+        took = time.monotonic() - killed
+        eventually(lambda: sum(node.ctl("status")["held_entities"] for node in survivors) == 2 * n, 20,
+                   message="two copies of every block again")
+        print(f"new map and exact counts and sum from both survivors {took:.2f} s after the SIGKILL")
+
+        # b restarts empty: a learner, owning nothing, until every member sent its copies
+        back = cluster.start("b", join=[nodes[0].addr], extra_env=ENV, port=victim.port,
+                             pub_port=victim.pub_port, data_name="b-empty")
+        samples = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                st = back.ctl("status")
+            except Exception:
+                time.sleep(0.02)
+                continue
+            samples.append((st["learner"], st["placement_members"], st["entities"], st["held_entities"]))
+            if st["placement_members"] == ["a", "b", "c"] and not st["learner"]:
+                break
+            time.sleep(0.02)
+        member = [s for s in samples if s[1] == ["a", "b", "c"]]  # (before it joins, b's own map is ["b"])
+        assert member, samples[-3:]
+        # the first answer that names b a member: b already holds every entity it owns
+        placement = PlacementMap(0, ["a", "b", "c"])
+        blocks = np.arange(n // BLOCK_SIZE, dtype=np.int64) | (channel << 32)
+        owned = int((np.array(placement.members)[placement.owners(blocks)] == "b").sum()) * BLOCK_SIZE
+        assert member[0][2] == owned and member[0][3] >= owned, member[0]
+        assert all(s[2] == 0 for s in samples if s[1] == ["a", "c"])  # never an owner while it learns
+        ready = [e for e in nodes[0].log_events() + nodes[2].log_events()
+                 if e.get("event") == "learner_ready" and e.get("member") == "b"]
+        assert ready, "the nucleus made b a member once it said it had caught up"
+        everyone = [nodes[0], back, nodes[2]]
+        _members(everyone, ["a", "b", "c"])
+        eventually(lambda: _exact(everyone, channel, n, total), 20, message="exact on all three after b learned")
+        eventually(lambda: sum(node.ctl("status")["held_entities"] for node in everyone) == 2 * n, 20,
+                   message="two copies of every block, none more")
+    finally:
+        cluster.close()
+
+
+def test_acks_all_fails_naming_the_records_when_too_few_copies_are_left(tmp_path):
+    """Three copies asked of three nodes: once one is SIGKILLed, the two left (a majority,
+    with a leader) hold two copies, too few for acks all; acks 1 still works."""
+    cluster = Cluster(tmp_path)
+    env = {"COREC_ENGINE_REPLICAS": "3", "COREC_ENGINE_MIN_INSYNC": "3"}
+    try:
+        a = cluster.start("a", extra_env=env)
+        b = cluster.start("b", join=[a.addr], extra_env=env)
+        c = cluster.start("c", join=[a.addr], extra_env=env)
+        for node in (a, b, c):
+            node.wait_ready(30)
+        _members([a, b, c], ["a", "b", "c"])
+        recs = entities(np.arange(5000), 4, 1.0)
+        with Client(a.addr, acks="all") as client:
+            client.send(recs)
+            client.flush()
+            assert client.accepted == 5000
+        c.kill()
+        _members([a, b], ["a", "b"])
+        with Client(a.addr, acks="all") as client:
+            client.send(recs)
+            client.flush()
+            assert client.accepted == 0
+            assert dict(client.rejected) == {"not_enough_replicas": 5000}
+        with Client(a.addr, acks=1) as client:  # one copy acknowledges acks 1
+            client.send(entities(np.arange(5000), 4, 2.0))
+            client.flush()
+            assert client.accepted == 5000
+    finally:
+        cluster.close()

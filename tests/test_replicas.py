@@ -303,3 +303,36 @@ def test_acks_all_fails_naming_the_records_when_too_few_copies_are_left(tmp_path
             assert client.accepted == 5000
     finally:
         cluster.close()
+
+
+# -- memory admission -------------------------------------------------------------------
+
+
+def test_the_cgroup_limit_is_read_from_the_kernels_own_text():
+    from corec_node.shell.memory import cgroup_path, parse_limit
+    assert cgroup_path("0::/system.slice/corec-node.service\n") == "/system.slice/corec-node.service"
+    assert cgroup_path("12:memory:/x\n0::/\n") == "/"
+    assert cgroup_path("12:memory:/x\n") is None  # cgroup v1 only: no limit read
+    assert parse_limit("2147483648\n") == 2 << 30
+    assert parse_limit("max\n") is None
+
+
+def test_a_node_near_its_memory_limit_refuses_new_blocks_and_stays_up(tmp_path):
+    """A limit far below what a node needs: producers' records of blocks it does not hold
+    are refused ``memory_full`` at once (an alert says so), nothing is stored, the node lives."""
+    cluster = Cluster(tmp_path)
+    try:
+        node = cluster.start("m", extra_env={"COREC_ENGINE_MEMORY_LIMIT_MB": "1", "COREC_ENGINE_AUDIT": "false"})
+        node.wait_ready(30)
+        eventually(lambda: node.ctl("status")["memory_full"], 10, message="the node says it is at its limit")
+        with Client(node.addr) as client:
+            client.send(entities(np.arange(3000), 2, 5.0))
+            client.flush()
+            assert client.accepted == 0 and dict(client.rejected) == {"memory_full": 3000}
+        st = node.ctl("status")
+        assert st["entities"] == 0 and st["producers"]["rejected"] == {"memory_full": 3000}
+        events = [e["event"] for e in node.log_events()]
+        assert "memory_full" in events and "alert" in events
+        assert node.proc.poll() is None
+    finally:
+        cluster.close()

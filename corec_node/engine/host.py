@@ -240,6 +240,15 @@ class EngineHost:
                 out[name] = records[sel]
         return out
 
+    def new_blocks(self, records: np.ndarray) -> np.ndarray:
+        """Mask of the records of blocks this node does not hold yet (one lookup per run)."""
+        if not len(records):
+            return np.zeros(0, bool)
+        raw = block_ids_of(records["channel"], records["id"], self.block_size)
+        starts = np.concatenate(([0], np.flatnonzero(raw[1:] != raw[:-1]) + 1))
+        new = np.array([not self.store.has_block(b) for b in raw[starts].tolist()], bool)
+        return np.repeat(new, np.diff(np.append(starts, len(raw))))
+
     def in_sync(self) -> int:
         """Members holding each block (the owner included; learners not counted)."""
         return min(self.copies, len(self.placement.members))

@@ -69,6 +69,7 @@ SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under 
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 REPLICA_WRITE, REPLICA_COPY = 1, 2  # EntityBatch.replica (SPEC 9.7)
 ACKS_ALL = 2  # EntityBatch.acks: every holder queued the records
+MEMORY_FULL = "memory_full"  # a producer's records of blocks not held, refused near the memory limit
 
 
 @dataclass(slots=True)
@@ -139,6 +140,7 @@ class DataPlane:
         self._learners: frozenset[str] = frozenset()
         self._learners_published: tuple[int, frozenset[str]] | None = None
         self._copy_done: dict[str, set[str]] = {}
+        self._memory_full = False  # near the memory limit: no new blocks from producers (shell/memory.py)
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
                                  tick_rows=engine_config.tick_rows, copies=engine_config.replicas)
@@ -301,6 +303,13 @@ class DataPlane:
             # a minority side, or no nucleus yet: its blocks may have moved on the other side
             self._refuse_records(relay, len(records), NO_LEADER)
             return
+        if self._memory_full:
+            new = self.engine.new_blocks(records)
+            if new.any():  # updates of blocks held still go in: they take no new memory
+                self._refuse_records(relay, int(new.sum()), MEMORY_FULL, last=new.all())
+                if new.all():
+                    return
+                records, blocks = records[~new], (blocks[~new] if blocks is not None else None)
         if msg.acks >= ACKS_ALL and self.engine.in_sync() < self.min_insync:
             self._refuse_records(relay, len(records), NOT_ENOUGH_REPLICAS)
             return
@@ -772,6 +781,21 @@ class DataPlane:
             if addr is not None:
                 self.data_send(addr, CopyDone(digest=digest), None)
 
+    def memory_full(self, full: bool, gauge: Any) -> None:
+        """The node's memory against its limit, each tick: past 90 % it takes no new blocks
+        from producers (refused ``memory_full``, with an alert), copies and updates still."""
+        if full == self._memory_full:
+            return
+        self._memory_full = full
+        used, limit = gauge.used(), gauge.limit
+        if full:
+            log.event("memory_full", logging.WARNING, used_mb=round(used / 2**20, 1), limit_mb=round(limit / 2**20, 1),
+                      source=gauge.source, detail="new blocks from producers are refused until memory is freed")
+            self.raise_alert("memory_full", f"memory {used / 2**20:.0f} of {limit / 2**20:.0f} MiB: new blocks refused",
+                             used_mb=round(used / 2**20, 1), limit_mb=round(limit / 2**20, 1))
+        else:
+            log.event("memory_ok", used_mb=round(used / 2**20, 1), limit_mb=round(limit / 2**20, 1))
+
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -788,6 +812,7 @@ class DataPlane:
             "replicated_in": self.engine.replicated_in,
             "replicas_waiting": self.replicator.waiting(),
             "not_replicated": self.replicator.not_replicated,
+            "memory_full": self._memory_full,
             "blocks": len(self.engine.store.block_ids()),
             "cluster_blocks": len(self.engine.cluster_rows()),
             "entity_errors": self.engine.entity_errors,

@@ -43,7 +43,7 @@ from corec_node.shell.curve import CurveConfig
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
 from corec_node.shell.datadir import lock_data_dir
-from corec_node.shell.memory import release_free_memory
+from corec_node.shell.memory import MemoryGauge, release_free_memory
 from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
@@ -79,6 +79,8 @@ class Node:
         # SecurityError (names the key file) here, before the mesh process starts: exit 2
         curve = CurveConfig.load(sec.secret_key_file, sec.public_keys_dir) if sec.enabled else None
         self.mesh = MeshHandle(config, self.identity, NodeEvents(self))
+        self.memory = MemoryGauge(config.engine.memory_limit_mb,
+                                  lambda: [os.getpid(), *([self.mesh.pid] if self.mesh.pid else [])])
         # the data socket: producers' batches and the parts members forward (SPEC 9.6), apart
         # from the mesh process's probes, votes and heartbeats
         self.datasock = Transport(max_message_bytes=config.mesh.max_message_bytes,
@@ -297,6 +299,7 @@ class Node:
 
     def _tick(self, now: float) -> None:
         self._trim(now)
+        self.data.memory_full(self.memory.full(), self.memory)
         if now >= self._next_engine_tick:
             self._next_engine_tick = max(self._next_engine_tick + self.config.engine.tick_interval, now)
             self.data.tick()

@@ -76,6 +76,7 @@ class EngineSection:
     ingest_queue_mb: float = 128.0  # entity batches waiting to be stored; flow control asks for pauses at 1/16 of it
     replicas: int = 1  # copies of each block in total, its owner's included: 2 = a primary and one replica
     min_insync: int = 0  # holders that must store a batch sent with acks all; 0: min(2, replicas)
+    copy_mb_per_s: float = 64.0  # block copies to each new holder at most this fast (a join must not starve ingest); 0: unpaced
     memory_limit_mb: float = 0.0  # past 90 % of it (RSS of the node's processes) no new blocks are taken; 0: the cgroup's MemoryMax, if any
     audit: bool = True  # IsolationForest over block rows (loads scikit-learn: about 85 MB a node); false on small devices
 
@@ -355,6 +356,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
     if not 0 <= config.engine.min_insync <= config.engine.replicas:
         raise fail("engine.min_insync", f"from 0 (automatic) to engine.replicas ({config.engine.replicas})",
                    config.engine.min_insync)
+    if not 0 <= config.engine.copy_mb_per_s <= 1 << 20:
+        raise fail("engine.copy_mb_per_s", "MiB/s from 0 (unpaced) to 1048576", config.engine.copy_mb_per_s)
     if not 0 <= config.engine.memory_limit_mb <= 1 << 24:
         raise fail("engine.memory_limit_mb", "MiB from 0 (the service's MemoryMax, if any) to 16777216",
                    config.engine.memory_limit_mb)

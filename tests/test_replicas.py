@@ -16,6 +16,7 @@ from records import entities
 from corec_node.client import Client
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import PlacementMap
+from corec_node.shell.lanes import HolderLanes
 from corec_node.shell.replication import NOT_REPLICATED, Replicator
 from corec_node.shell.routing import Relay
 from corec_node.testing.cluster import Cluster, NodeProc, eventually
@@ -155,23 +156,48 @@ def test_acks_all_waits_for_every_holder_and_names_what_was_not_replicated():
     now = [0.0]
     rep = Replicator(lambda: now[0])
     answers: list[BatchReply] = []
-    rep.wait(_relay(answers), 100, {}, [("b", 11, 100), ("c", 12, 40)])
+    quorum = rep.wait(_relay(answers), 100, {}, 2)
+    rep.sent(quorum, "b", 100)(11)
+    rep.sent(quorum, "c", 40)(12)
     rep.answered("b", BatchReply(seq=11, accepted=100))
     assert answers == []  # c has not answered
     rep.answered("c", BatchReply(seq=12, accepted=40))
     assert answers[-1].accepted == 100 and not answers[-1].rejected
-    # a holder that never answers: not replicated once REPLICA_WAIT passed
-    rep.wait(_relay(answers), 50, {}, [("b", 13, 50)])
+    # a holder that never answers: not replicated once REPLICA_WAIT passed since it was sent
+    quorum = rep.wait(_relay(answers), 50, {}, 1)
+    rep.sent(quorum, "b", 50)(13)
     now[0] += 60
     assert rep.expire() == 1
     assert answers[-1].accepted == 0 and answers[-1].rejected == {NOT_REPLICATED: 50}
-    # a part that could not leave fails at once; a duplicate on the holder is held already
-    rep.wait(_relay(answers), 5, {}, [("b", None, 5)])
+    # a part that could not leave fails; a duplicate on the holder is held already
+    rep.sent(rep.wait(_relay(answers), 5, {}, 1), "b", 5)(None)
     assert answers[-1].rejected == {NOT_REPLICATED: 5}
-    rep.wait(_relay(answers), 5, {}, [("b", 14, 5)])
+    quorum = rep.wait(_relay(answers), 5, {}, 1)
+    rep.sent(quorum, "b", 5)(14)
     rep.answered("b", BatchReply(seq=14, accepted=0, rejected={"duplicate": 5}))
     assert answers[-1].accepted == 5
     assert rep.waiting() == 0
+
+
+def test_a_holders_lane_keeps_order_and_paces_copies():
+    now = [0.0]
+    out: list[tuple[str, str]] = []
+    seqs = iter(range(100))
+    lanes = HolderLanes(lambda holder, msg, payload: (out.append((holder, msg)), next(seqs))[1], 1000.0,
+                        lambda: now[0])
+    lanes.send("b", "write-1")  # nothing waits: sent at once
+    lanes.send("b", "copy-1", copy_bytes=250)  # the budget (250 bytes, a quarter second) allows it
+    lanes.send("b", "copy-2", copy_bytes=500)  # must wait for budget
+    seen: list[int | None] = []
+    lanes.send("b", "write-2", sent=seen.append)  # behind copy-2, whatever its size
+    lanes.send("c", "write-c")  # another holder's lane does not wait
+    assert out == [("b", "write-1"), ("b", "copy-1"), ("c", "write-c")]
+    wait = lanes.pump()
+    assert wait is not None and wait > 0 and seen == []
+    now[0] += 0.5  # 500 bytes of budget at 1000 bytes/s (the bucket holds 250: a full one lets a copy go)
+    assert lanes.pump() is None
+    assert out[3:] == [("b", "copy-2"), ("b", "write-2")] and seen == [4]
+    assert lanes.waiting() == 0
 
 
 # -- real nodes -------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
 from corec_node.engine.producers import ProducerSeqs
+from corec_node.shell.lanes import HolderLanes
 from corec_node.shell.replication import NO_LEADER, NOT_ENOUGH_REPLICAS, Replicator
 from corec_node.shell.routing import NOT_OWNER, Answer, Forwarder, Relay
 from corec_node.wire.messages import (
@@ -133,6 +134,9 @@ class DataPlane:
         self.forwarder = Forwarder(self._send_part, lambda: self._now())  # _now is set by bind()
         self.seqs = ProducerSeqs()  # idempotent producers (SPEC 9.6)
         self.replicator = Replicator(lambda: self._now())  # acks all (SPEC 9.7)
+        # to each holder in order, copies paced (shell/lanes.py)
+        self.lanes = HolderLanes(self._send_part, engine_config.copy_mb_per_s * 2**20, lambda: self._now())
+        self._lanes_task: asyncio.Task[None] | None = None
         self.min_insync = engine_config.min_insync or min(2, engine_config.replicas)
         # learners (SPEC 9.7): as nucleus, the members it trusts with ownership (``_ready``);
         # as follower, the learners its nucleus last named; as learner, who sent its copies
@@ -340,29 +344,44 @@ class DataPlane:
         if not self.view.routed:
             self._republish(env, payload)
         queue.add((env, payload, "direct", records))
-        sent = self._replicate(env.msg, records, blocks) if blocks is not None and self.view.routed else []
         if entry.held:
             self.flow.held(now - entry.arrived, now)
         self.producers.accepted += len(records)
         for reason, count in refused.items():
             self.producers.rejected[reason] += count
             self.producers.rejected_batches[reason] += 1
+        parts = self.engine.replica_parts(records, blocks) if blocks is not None and self.view.routed else {}
         if env.msg.acks >= ACKS_ALL and entry.relay.answer is not None:
-            self.replicator.wait(entry.relay, len(records), refused, sent)
+            self._replicate(env.msg, parts, self.replicator.wait(entry.relay, len(records), refused, len(parts)))
         else:
             entry.relay.part(len(records), refused)
+            self._replicate(env.msg, parts, None)
         return True
 
-    def _replicate(self, msg: EntityBatch, records: np.ndarray, blocks: np.ndarray) -> list[tuple[str, int | None, int]]:
-        """Send what we queued as owner to the other holders of its blocks (SPEC 9.7):
-        ``(holder, seq or None, records)`` per holder."""
-        sent: list[tuple[str, int | None, int]] = []
-        for holder, part in self.engine.replica_parts(records, blocks).items():
+    def _replicate(self, msg: EntityBatch, parts: dict[str, np.ndarray], quorum: Any) -> None:
+        """Send what we queued as owner to the other holders of its blocks (SPEC 9.7),
+        through their lanes; ``quorum``: the acks-all wait their answers complete."""
+        for holder, part in parts.items():
             header, payload = make_batch(part, msg.channel)
             header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq,
-                                         acks=ACKS_ALL if msg.acks >= ACKS_ALL else 0, replica=REPLICA_WRITE)
-            sent.append((holder, self._send_part(holder, header, payload), len(part)))
-        return sent
+                                         acks=ACKS_ALL if quorum is not None else 0, replica=REPLICA_WRITE)
+            self.lanes.send(holder, header, payload,
+                            sent=self.replicator.sent(quorum, holder, len(part)) if quorum is not None else None)
+        if parts:
+            self._kick_lanes()
+
+    def _kick_lanes(self) -> None:
+        """Make sure what waits in a holder's lane is sent as its budget allows."""
+        if not self.lanes.waiting() or (self._lanes_task is not None and not self._lanes_task.done()):
+            return
+        try:
+            self._lanes_task = asyncio.get_running_loop().create_task(self._run_lanes())
+        except RuntimeError:  # no loop (a test driving the plane by hand): the next tick pumps
+            pass
+
+    async def _run_lanes(self) -> None:
+        while (wait := self.lanes.pump()) is not None:
+            await asyncio.sleep(min(wait, 0.05))
 
     def _admit_sequences(self, msg: EntityBatch, records: np.ndarray,
                          blocks: np.ndarray | None) -> tuple[np.ndarray, dict[str, int], np.ndarray | None]:
@@ -516,9 +535,15 @@ class DataPlane:
             header, payload = make_batch(part, msg.channel)
             header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq, acks=0, hops=1,
                                          replica=REPLICA_WRITE)  # hops 1: a previous owner's, not the owner's
-            if self._send_part(holder, header, payload) is None:
-                self.dropped_records["moved_away"] += len(part)
+            self.lanes.send(holder, header, payload, sent=self._count_unsent("moved_away", len(part)))
+        self._kick_lanes()
         return records[mine]
+
+    def _count_unsent(self, reason: str, records: int) -> Callable[[int | None], None]:
+        def sent(seq: int | None) -> None:
+            if seq is None:
+                self.dropped_records[reason] += records
+        return sent
 
     def _republish(self, env: Any, payload: Any) -> None:
         """A producer's batch: publish it for every owner and subscriber of its channel."""
@@ -549,6 +574,7 @@ class DataPlane:
     def tick(self) -> None:
         """One engine tick: aggregates published and stored, audit, repairs, fusions."""
         self.forwarder.expire()
+        self.lanes.pump()
         self.replicator.expire()
         if self.view.leader == self.name:
             self._publish_learners(force=True)
@@ -653,19 +679,18 @@ class DataPlane:
     def _copy_to(self, holder: str, records: np.ndarray) -> None:
         """Blocks' copies for a new holder, on its data socket: the sequences first, then the
         records, so the owner's later writes on the same socket come after them (SPEC 9.7)."""
-        addr = self.view.data[holder]
         rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist(), keep=True)
         for start in range(0, len(rows), SEQUENCE_ROWS):
             chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
-            if self.data_send(addr, SequenceHandoff(rows=chunk), None) is None:
-                self.dropped_records["sequence_handoff"] += len(chunk)
+            self.lanes.send(holder, SequenceHandoff(rows=chunk), sent=self._count_unsent("sequence_handoff", len(chunk)))
         for start in range(0, len(records), HANDOFF_CHUNK):
             chunk = records[start:start + HANDOFF_CHUNK]
             for channel in np.unique(chunk["channel"]).tolist():
                 part = chunk[chunk["channel"] == channel]
                 header, payload = make_batch(part, channel)
-                if self.data_send(addr, dataclasses.replace(header, acks=0, replica=REPLICA_COPY), payload) is None:
-                    self.dropped_records["handoff"] += len(part)
+                self.lanes.send(holder, dataclasses.replace(header, acks=0, replica=REPLICA_COPY), payload,
+                                copy_bytes=len(payload), sent=self._count_unsent("handoff", len(part)))
+        self._kick_lanes()
         log.event("blocks_copied", to=holder, records=len(records), map_version=self.engine.placement.version)
         self.recorder.audit("placement", holder, "map changed: blocks copied to a new holder",
                             records=len(records), map_version=self.engine.placement.version)
@@ -777,9 +802,9 @@ class DataPlane:
             return
         digest = placement.digest()
         for learner in placement.learners:
-            addr = self.view.data.get(learner)
-            if addr is not None:
-                self.data_send(addr, CopyDone(digest=digest), None)
+            if learner in self.view.data:  # behind the copies in its lane
+                self.lanes.send(learner, CopyDone(digest=digest))
+        self._kick_lanes()
 
     def memory_full(self, full: bool, gauge: Any) -> None:
         """The node's memory against its limit, each tick: past 90 % it takes no new blocks
@@ -812,6 +837,7 @@ class DataPlane:
             "replicated_in": self.engine.replicated_in,
             "replicas_waiting": self.replicator.waiting(),
             "not_replicated": self.replicator.not_replicated,
+            "copies_waiting": self.lanes.waiting(),
             "memory_full": self._memory_full,
             "blocks": len(self.engine.store.block_ids()),
             "cluster_blocks": len(self.engine.cluster_rows()),

@@ -2,9 +2,9 @@
 acknowledged once their owner has queued them and every other holder of their blocks has
 answered that it queued its copy.
 
-The owner sends each holder its part of what it stores (``EngineHost.replica_parts``) on
-the holder's data socket, the same socket that carried the block's catch-up copy, so a
-holder applies them in the owner's order. A holder that does not answer within
+The owner sends each holder its part of what it stores (``EngineHost.replica_parts``)
+through the holder's lane (``lanes.py``) to its data socket, behind the block's copy, so
+a holder applies them in the owner's order; a part is timed from when it leaves its lane. A holder that does not answer within
 ``REPLICA_WAIT`` (dead, partitioned, its queue stalled), or a part that cannot leave, makes
 the records ``not_replicated``: the owner stored them, but not every copy is known to
 hold them, and the producer hears so; its retry is refused ``duplicate`` where applied.
@@ -41,25 +41,33 @@ class Replicator:
     def __init__(self, now: Callable[[], float]) -> None:
         self._now = now
         self._waiting: dict[tuple[str, int], tuple[_Quorum, float, int]] = {}
-        self.sent = 0  # records sent to holders
+        self.sent_records = 0  # records sent to holders
         self.unsent = 0  # records that could not leave (no data socket, queue full)
         self.not_replicated = 0  # records answered not_replicated
 
-    def wait(self, relay: Relay, count: int, refused: dict[str, int],
-             sent: list[tuple[str, int | None, int]]) -> None:
-        """The owner's part of a batch (``count`` records accepted) went out to its holders:
-        ``(holder, seq or None if it could not leave, records)``; ``relay`` hears once all
-        answered."""
-        quorum = _Quorum(relay, count, refused, waiting=0)
-        deadline = self._now() + REPLICA_WAIT
-        for holder, seq, records in sent:
+    def wait(self, relay: Relay, count: int, refused: dict[str, int], holders: int) -> _Quorum:
+        """The owner's part of a batch (``count`` records accepted) goes to ``holders``
+        holders (``sent`` tells each one's seq once it leaves its lane); ``relay`` hears
+        once every holder answered or failed."""
+        quorum = _Quorum(relay, count, refused, waiting=holders)
+        if holders == 0:
+            self._finish(quorum)
+        return quorum
+
+    def sent(self, quorum: _Quorum, holder: str, records: int) -> Callable[[int | None], None]:
+        """What a holder's lane calls with the seq its part left under (None: it could not)."""
+        def on_sent(seq: int | None) -> None:
             if seq is None:
                 quorum.failed = True
                 self.unsent += records
-                continue
-            self.sent += records
-            quorum.waiting += 1
-            self._waiting[(holder, seq)] = (quorum, deadline, records)
+                self._settle(quorum)
+                return
+            self.sent_records += records
+            self._waiting[(holder, seq)] = (quorum, self._now() + REPLICA_WAIT, records)
+        return on_sent
+
+    def _settle(self, quorum: _Quorum) -> None:
+        quorum.waiting -= 1
         if quorum.waiting == 0:
             self._finish(quorum)
 
@@ -71,9 +79,7 @@ class Replicator:
         quorum, _deadline, records = entry
         if reply.accepted + reply.rejected.get("duplicate", 0) < records:  # a duplicate is held already
             quorum.failed = True
-        quorum.waiting -= 1
-        if quorum.waiting == 0:
-            self._finish(quorum)
+        self._settle(quorum)
         return True
 
     def expire(self) -> int:
@@ -83,9 +89,7 @@ class Replicator:
         for key in late:
             quorum, _deadline, _records = self._waiting.pop(key)
             quorum.failed = True
-            quorum.waiting -= 1
-            if quorum.waiting == 0:
-                self._finish(quorum)
+            self._settle(quorum)
         return len(late)
 
     def _finish(self, quorum: _Quorum) -> None:

@@ -113,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "and replicas) queued it")
     send.set_defaults(func=cmd_send)
 
+    delete = sub.add_parser("delete", help="remove entities from the cluster (every holder of their blocks)")
+    delete.add_argument("--to", required=True, metavar="HOST:PORT", help="a node's listen address")
+    delete.add_argument("--channel", type=int, required=True, help="the entities' channel (0-255)")
+    delete.add_argument("--ids", required=True, help="ids and ranges, e.g. 7,10-19 (inclusive)")
+    delete.add_argument("--cluster", default="corec", help="cluster label (default corec)")
+    delete.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
+    delete.add_argument("--acks", choices=["1", "all"], default="1",
+                        help="1: each owner queued the delete (default); all: every holder did")
+    delete.set_defaults(func=cmd_delete)
+
     demo = sub.add_parser("demo", help="start three local nodes, stream entities, kill the leader, watch the failover")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory with the nodes' logs")
     demo.set_defaults(func=cmd_demo)
@@ -138,6 +148,49 @@ def _config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -
     base = {"node.data_dir": getattr(args, "data_dir", None)}
     base.update(overrides or {})
     return load_config(args.config, overrides=base)
+
+
+def parse_ids(text: str) -> list[int]:
+    """``7,10-19``: ids and inclusive ranges (uint32); ValueError naming the bad part."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not an id or a range A-B") from None
+        if not 0 <= a <= b <= 0xFFFFFFFF:
+            raise ValueError(f"{part.strip()!r} is not an id or a range A-B of uint32 ids")
+        if b - a >= 1 << 27:
+            raise ValueError(f"{part.strip()!r} names more than {1 << 27:,} ids")
+        out.extend(range(a, b + 1))
+    return out
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Send deletes like records; exit 1 unless every one was acknowledged."""
+    from corec_node.client import Client
+    from corec_node.config import split_addr
+
+    try:
+        split_addr(args.to)
+        ids = parse_ids(args.ids)
+        if not 0 <= args.channel <= 255:
+            raise ValueError("--channel must be 0..255")
+    except ValueError as exc:
+        print(f"corec-node: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    client = Client(args.to, cluster=args.cluster, reply_timeout=args.timeout,
+                    acks=args.acks if args.acks == "all" else 1)
+    with client:
+        client.delete(args.channel, ids)
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(client.rejected.items()))
+    print(f"delete of {len(ids):,} entities of channel {args.channel}: {client.accepted:,} acknowledged, "
+          f"{sum(client.rejected.values()):,} refused{f' ({reasons})' if reasons else ''}, "
+          f"{client.unconfirmed:,} unconfirmed")
+    if client.accepted != len(ids):
+        return _fail(f"{len(ids) - client.accepted:,} of {len(ids):,} deletes were not acknowledged")
+    return EXIT_OK
 
 
 def _fail(message: str) -> int:

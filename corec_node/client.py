@@ -59,6 +59,7 @@ from corec_node.engine.blocks import FusionTable, check_block_size
 from corec_node.engine.placement import PlacementMap, partition
 from corec_node.shell.transport import tcp
 from corec_node.wire import (
+    ENTITY_DTYPE,
     BatchReply,
     EntityBatch,
     Placement,
@@ -102,6 +103,7 @@ class _Batch:
     pseq: int  # its producer sequence: kept when it is offered again
     epoch: int  # the map it was split by (0: not split)
     first_sent: float
+    delete: bool = False  # the records name entities to remove
     sent: float = 0.0
     backoff: float = BACKOFF_MIN
     due: float | None = None  # when to offer it again, once refused as busy
@@ -180,6 +182,7 @@ class Client:
         self._closed = False
         self._seq = 0  # envelope seq: one counter for every message this producer sends
         self._pseq = 0  # producer sequence: one per batch, rising across all owners
+        self._deleting = False  # batches made now name entities to remove (``delete``)
         self._map_asked = False
         self._placement: PlacementMap | None = None  # None: not routed
         self._owner_addr: dict[str, str] = {}
@@ -334,7 +337,7 @@ class Client:
         for link, part in self._split(records):
             payload = make_batch(part, item.channel, compress=True)[1] if self.compress else part.tobytes()
             self._put(link, _Batch(item.channel, len(part), payload, item.pseq, self.map_epoch if self._placement
-                                   is not None else 0, item.first_sent))
+                                   is not None else 0, item.first_sent, item.delete))
 
     # -- sending --------------------------------------------------------------------------
 
@@ -373,6 +376,21 @@ class Client:
                             self.sent_by_owner[link.name] += len(chunk)
         return len(arr)
 
+    def delete(self, channel: int, ids: Any) -> int:
+        """Remove entities ``ids`` of ``channel`` from the cluster: sent like records (to
+        each block's owner, in order with what this producer sent before, answered and
+        counted the same way), and removed by every holder of their blocks (SPEC 9.7)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() > 0xFFFFFFFF):
+            raise ValueError("entity ids are uint32")
+        records = np.zeros(len(ids), ENTITY_DTYPE)
+        records["id"], records["channel"] = ids, channel
+        self._deleting = True
+        try:
+            return self.send(records)
+        finally:
+            self._deleting = False
+
     def _split(self, slab: np.ndarray) -> list[tuple[_Link, np.ndarray]]:
         """Each owner's part of ``slab`` with its socket (all of it to ``addr`` when not routed)."""
         if self._placement is None:
@@ -405,14 +423,15 @@ class Client:
                 self._check_owners()
         self._pseq += 1
         if self._links.get(link.addr) is not link:  # its owner left the map meanwhile: split this chunk anew
-            self._resend(_Batch(channel, len(chunk), payload, self._pseq, 0, time.monotonic()))
+            self._resend(_Batch(channel, len(chunk), payload, self._pseq, 0, time.monotonic(), self._deleting))
             return
         epoch = self.map_epoch if self._placement is not None else 0  # 0: not split by a map
-        self._put(link, _Batch(channel, len(chunk), payload, self._pseq, epoch, time.monotonic()))
+        self._put(link, _Batch(channel, len(chunk), payload, self._pseq, epoch, time.monotonic(), self._deleting))
 
     def _put(self, link: _Link, item: _Batch) -> None:
         header = EntityBatch(channel=item.channel, count=item.count, compressed=self.compress,
-                             producer=self.producer, pseq=item.pseq, acks=self._wire_acks, epoch=item.epoch)
+                             producer=self.producer, pseq=item.pseq, acks=self._wire_acks, epoch=item.epoch,
+                             delete=item.delete)
         self._seq += 1
         try:
             link.sock.send_multipart(encode_message(header, sender=self.name, seq=self._seq, cluster=self.cluster,

@@ -77,8 +77,24 @@ class EngineSection:
     replicas: int = 1  # copies of each block in total, its owner's included: 2 = a primary and one replica
     min_insync: int = 0  # holders that must store a batch sent with acks all; 0: min(2, replicas)
     copy_mb_per_s: float = 64.0  # block copies to each new holder at most this fast (a join must not starve ingest); 0: unpaced
+    ttl: tuple[str, ...] = ()  # "CHANNEL:SECONDS": entities of the channel not written for that long expire
     memory_limit_mb: float = 0.0  # past 90 % of it (RSS of the node's processes) no new blocks are taken; 0: the cgroup's MemoryMax, if any
     audit: bool = True  # IsolationForest over block rows (loads scikit-learn: about 85 MB a node); false on small devices
+
+
+def ttl_seconds(entries: tuple[str, ...]) -> dict[int, int]:
+    """``engine.ttl`` as {channel: seconds}; ValueError naming the first bad entry."""
+    out: dict[int, int] = {}
+    for entry in entries:
+        channel, sep, seconds = str(entry).partition(":")
+        try:
+            c, t = int(channel), int(seconds)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not CHANNEL:SECONDS") from None
+        if not sep or not 0 <= c <= 255 or t <= 0:
+            raise ValueError(f"{entry!r} is not CHANNEL:SECONDS")
+        out[c] = t
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +372,11 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
     if not 0 <= config.engine.min_insync <= config.engine.replicas:
         raise fail("engine.min_insync", f"from 0 (automatic) to engine.replicas ({config.engine.replicas})",
                    config.engine.min_insync)
+    try:
+        ttl_seconds(config.engine.ttl)
+    except ValueError as exc:
+        raise fail("engine.ttl", f'"CHANNEL:SECONDS" entries, channel 0-255, seconds > 0 ({exc})',
+                   list(config.engine.ttl)) from None
     if not 0 <= config.engine.copy_mb_per_s <= 1 << 20:
         raise fail("engine.copy_mb_per_s", "MiB/s from 0 (unpaced) to 1048576", config.engine.copy_mb_per_s)
     if not 0 <= config.engine.memory_limit_mb <= 1 << 24:

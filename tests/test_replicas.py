@@ -362,3 +362,66 @@ def test_a_node_near_its_memory_limit_refuses_new_blocks_and_stays_up(tmp_path):
         assert node.proc.poll() is None
     finally:
         cluster.close()
+
+
+# -- deletes and TTLs -------------------------------------------------------------------
+
+
+def test_the_store_deletes_entities_and_finds_those_a_ttl_passed():
+    from corec_node.engine.store import EntityStore
+    store = EntityStore(BLOCK_SIZE, stamps=True)
+    store.now = 100
+    store.ingest(entities(np.arange(3000), 7, 1.0))
+    store.ingest(entities(np.arange(500), 8, 1.0))
+    store.now = 105
+    store.ingest(entities(np.arange(1000, 1200), 7, 2.0))  # written again later
+    old = store.expired({7: 3}, 106)
+    assert sorted((old & np.uint64(0xFFFFFFFF)).tolist()) == [i for i in range(3000) if not 1000 <= i < 1200]
+    assert len(store.expired({7: 10}, 106)) == 0  # channel 8 has no TTL; 7's is not passed
+    assert store.delete(7, np.arange(0, 1000)) == 1000  # block 7:0 goes whole
+    assert store.delete(7, np.arange(0, 1000)) == 0  # not held: nothing
+    assert store.count() == 2500 and (7 << 32) not in store.block_ids().tolist()
+    assert store.delete(7, np.array([1000, 2999])) == 2
+    assert store.count() == 2498
+    rec = store.records()
+    assert 1000 not in rec["id"][rec["channel"] == 7].tolist() and len(rec) == 2498
+    assert np.diff(store.block_starts()).sum() == store.count()
+
+
+def test_deletes_and_ttls_reach_every_holder(tmp_path):
+    """Deleted and expired entities leave their owner and every replica: the nodes'
+    ``blocks`` and held entities agree."""
+    import subprocess
+    import sys
+    cluster = Cluster(tmp_path)
+    env = {**ENV, "COREC_ENGINE_TTL": "9:2"}
+    try:
+        nodes = [cluster.start("a", extra_env=env)]
+        nodes += [cluster.start(n, join=[nodes[0].addr], extra_env=env) for n in ("b", "c")]
+        for node in nodes:
+            node.wait_ready(30)
+        _members(nodes, ["a", "b", "c"])
+        with Client(nodes[0].addr, acks="all") as client:
+            client.send(entities(np.arange(10_000), 6, 3.0))
+            client.flush()
+        out = subprocess.run([sys.executable, "-m", "corec_node", "delete", "--to", nodes[1].addr, "--channel", "6",
+                              "--ids", "0-999,5000", "--acks", "all"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "1,001 acknowledged" in out.stdout
+        eventually(lambda: all(_summary(n, 6)[:2] == (9, 8999) for n in nodes), 20,
+                   message="every node's blocks lost the deleted entities")
+        assert sum(n.ctl("status")["held_entities"] for n in nodes) == 2 * 8999
+        # channel 9 expires after 2 s unwritten: ids below 2000 are written again and again
+        with Client(nodes[0].addr, acks="all") as client:
+            client.send(entities(np.arange(5000), 9, 1.0))
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                client.send(entities(np.arange(2000), 9, 1.0))
+                client.flush()
+                time.sleep(0.3)
+            eventually(lambda: all(_summary(n, 9)[1] == 2000 for n in nodes), 10,
+                       message="the entities left unwritten expired on every node")
+        assert sum(n.ctl("status")["held_entities"] for n in nodes) == 2 * (8999 + 2000)
+        assert sum(n.ctl("status")["expired"] for n in nodes) == 3000  # each expired once, by its owner
+    finally:
+        cluster.close()

@@ -69,6 +69,7 @@ from corec_node.engine import (
 )
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
 from corec_node.engine.placement import PlacementMap, map_digest, partition, scores
+from corec_node.wire.entities import ENTITY_DTYPE
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
 EPOCH_KEY = "epoch"  # the placement epoch in a row (rule 6); storage/rows.py reads the same key
@@ -80,7 +81,7 @@ ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, unde
 
 class EngineHost:
     def __init__(self, name: str, *, block_size: int = 1000, max_errors: float = 0.1,
-                 tick_rows: int = TICK_ROWS, copies: int = 1) -> None:
+                 tick_rows: int = TICK_ROWS, copies: int = 1, ttl: dict[int, int] | None = None) -> None:
         self.name = name
         self.copies = max(1, int(copies))  # rule 3: holders of each block, its owner included
         self.block_size = block_size
@@ -90,7 +91,11 @@ class EngineHost:
         self._published_epoch = -1
         self._changed_cursor = 0
         self._refresh_cursor = 0
-        self.store = EntityStore(block_size=block_size)
+        self.ttl = dict(ttl or {})  # channel -> seconds an entity lives unwritten
+        self.store = EntityStore(block_size=block_size, stamps=bool(self.ttl))
+        self.deleted = 0  # entities removed by producers' deletes (as owner or holder)
+        self.expired = 0  # entities removed by a TTL (as owner)
+        self._emptied: set[int] = set()  # blocks deletes or a TTL emptied: a last row says so
         self.placement = PlacementMap(0, (name,))
         self.view: frozenset[str] = frozenset((name,))  # live members as this node sees them
         self.view_learners: frozenset[str] = frozenset()  # of them, those the nucleus names learners
@@ -248,6 +253,38 @@ class EngineHost:
         starts = np.concatenate(([0], np.flatnonzero(raw[1:] != raw[:-1]) + 1))
         new = np.array([not self.store.has_block(b) for b in raw[starts].tolist()], bool)
         return np.repeat(new, np.diff(np.append(starts, len(raw))))
+
+    def delete(self, records: np.ndarray) -> int:
+        """Remove the entities ``records`` name (any we hold, as owner or holder)."""
+        removed = self._remove(records)
+        self.deleted += removed
+        return removed
+
+    def _remove(self, records: np.ndarray) -> int:
+        before = self.store.block_ids()
+        removed = 0
+        for channel in np.unique(records["channel"]).tolist():
+            removed += self.store.delete(channel, records["id"][records["channel"] == channel])
+        if removed:
+            self._emptied.update(np.setdiff1d(before, self.store.block_ids()).tolist())
+        return removed
+
+    def expire(self, now: int) -> np.ndarray:
+        """Stamp later writes with ``now`` (whole seconds, the shell's clock), and remove the
+        entities of our own blocks that a TTL has passed; returned as records, for the
+        blocks' other holders (the owner decides what expired: holders agree)."""
+        self.store.now = now
+        keys = self.store.expired(self.ttl, now)
+        if not len(keys):
+            return np.empty(0, ENTITY_DTYPE)
+        records = np.zeros(len(keys), ENTITY_DTYPE)
+        records["id"] = keys & np.uint64(0xFFFFFFFF)
+        records["channel"] = keys >> np.uint64(CHANNEL_SHIFT)
+        if self._my_index < 0:
+            return records[:0]
+        records = records[self.placement.owners(self.blocks_of(records)) == self._my_index]
+        self.expired += self._remove(records)
+        return records
 
     def in_sync(self) -> int:
         """Members holding each block (the owner included; learners not counted)."""
@@ -448,10 +485,28 @@ class EngineHost:
         records = repair(self.store, aggs, max_errors=self.max_errors)
         self.repairs += len(records)
         aggs = self._select(aggs)
+        aggs = self._with_emptied(aggs)
         rows = aggregate_rows(aggs, owner=self.name, nan_as_none=True)
         self._stamp_epochs(rows, aggs["block"])
         self.observe_rows(self.name, rows)
         return rows, records
+
+    def _with_emptied(self, aggs: np.ndarray) -> np.ndarray:
+        """A row of count 0 for each block of ours deletes or a TTL emptied since the last
+        tick: every node then stops showing it (``observe_rows``)."""
+        if not self._emptied:
+            return aggs
+        gone = np.array(sorted(b for b in self._emptied if not self.store.has_block(b)), np.int64)
+        self._emptied.clear()
+        if self._my_index >= 0 and len(gone):
+            gone = gone[self.placement.owners(self.store.fusions.resolve(gone)) == self._my_index]
+        if not len(gone):
+            return aggs
+        empty = np.zeros(len(gone), AGGREGATE_DTYPE)
+        empty["block"], empty["channel"], empty["tick"] = gone, gone >> CHANNEL_SHIFT, self.tick_no
+        for key in ("mean", "min", "max", "std"):
+            empty[key] = np.nan
+        return np.sort(np.concatenate([aggs, empty]), order="block")
 
     def _select(self, aggs: np.ndarray) -> np.ndarray:
         """Rule 7: the aggregates of the blocks this tick makes rows for (sorted by block)."""
@@ -504,7 +559,10 @@ class EngineHost:
         top = self.epoch
         for row in rows:
             row["owner"] = owner
-            self.rows[int(row["block"])] = row
+            if row.get("count") == 0:  # the block was emptied (deletes, a TTL): shown no more
+                self.rows.pop(int(row["block"]), None)
+            else:
+                self.rows[int(row["block"])] = row
             e = row.get(EPOCH_KEY)
             if type(e) is int and e > top:
                 top = e

@@ -32,6 +32,12 @@ Ingest rules (what a record does to its entity):
 3. Several records for one key in one batch apply in order (the last finite one wins,
    errors after it count and set the streak), exactly as if sent one by one.
 
+Expiry. A store made with ``stamps=True`` (a channel has a TTL) keeps a fifth column,
+``stamp`` uint32, the ``now`` (whole seconds on the owner's clock, set by its caller) at
+which each entity was last written with data, and ``expired`` lists the entities a TTL
+has passed; ``delete`` removes entities (deletes and expiry alike). Without TTLs the
+column does not exist and costs nothing.
+
 ``put_records`` is the receiving side of a block handoff and is not an ingest: it stores
 state as given (NaN is "no data", not an error) and by default keeps any entity the
 receiver already holds, since what arrived directly is newer than a handed-over snapshot.
@@ -158,12 +164,12 @@ class EntityStore:
     """
 
     __slots__ = (
-        "block_size", "fusions", "_n", "_key", "_value", "_active", "_streak",
+        "block_size", "fusions", "_n", "_key", "_value", "_active", "_streak", "_stamp", "now",
         "_bkeys", "_bstart", "_berr", "_layout", "_layout_key", "_version", "_index", "_index_version",
         "_index_asked",
     )
 
-    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, capacity: int = 0) -> None:
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, capacity: int = 0, *, stamps: bool = False) -> None:
         self.block_size = check_block_size(block_size)
         self.fusions = FusionTable()
         self._n = 0
@@ -172,6 +178,8 @@ class EntityStore:
         self._value = np.empty(cap, np.float32)
         self._active = np.empty(cap, np.bool_)
         self._streak = np.empty(cap, np.uint8)
+        self._stamp = np.empty(cap, np.uint32) if stamps else None  # last written (expiry)
+        self.now = 0  # what a write stamps: seconds on the owner's clock (the caller sets it)
         self._bkeys = np.empty(0, np.int64)  # sorted raw block ids
         self._bstart = np.zeros(1, np.int64)  # block starts, then n
         self._berr = np.empty(0, np.int64)  # non-finite records ever counted, per block
@@ -221,7 +229,7 @@ class EntityStore:
 
     def nbytes(self) -> int:
         """Bytes held by the columns (at capacity), the block table and the cached layout."""
-        total = sum(a.nbytes for a in (self._key, self._value, self._active, self._streak))
+        total = sum(getattr(self, name).nbytes for name in self._columns())
         total += self._bkeys.nbytes + self._bstart.nbytes + self._berr.nbytes
         if self._layout is not None:
             total += self._layout.nbytes()
@@ -324,6 +332,8 @@ class EntityStore:
                 self._value[sl] = values
                 self._active[sl] = active
                 self._streak[sl] = 0
+                if self._stamp is not None:
+                    self._stamp[sl] = self.now
                 return IngestResult(m, 0, len(keys), 0, duplicates)
         pos, found = self._lookup(keys)
 
@@ -338,6 +348,8 @@ class EntityStore:
         self._value[p] = values[upd]
         self._active[p] = active[upd]
         self._streak[p] = np.minimum(trail[upd], STREAK_MAX)
+        if self._stamp is not None:
+            self._stamp[p] = self.now
         err = found & ~finite
         if err.any():
             p = pos[err]
@@ -403,6 +415,8 @@ class EntityStore:
         self._value[sl] = values
         self._active[sl] = active
         self._streak[sl] = 0
+        if self._stamp is not None:
+            self._stamp[sl] = self.now
 
     def put_records(
         self, records: np.ndarray, *, overwrite: bool = False, streak: np.ndarray | None = None
@@ -469,6 +483,54 @@ class EntityStore:
         self._remove_blocks(idx)
         return removed
 
+    # -- deletes and expiry -----------------------------------------------------------
+
+    def delete(self, channel: np.ndarray | int, ids: np.ndarray) -> int:
+        """Remove the entities ``(channel, ids)`` held (the rest skipped); a block left
+        empty goes. O(n): the columns are compacted once. Returns entities removed."""
+        keys = np.unique(entity_keys(np.broadcast_to(np.asarray(channel), np.shape(ids)), np.asarray(ids)))
+        if not len(keys) or not self._n:
+            return 0
+        pos, found = self._lookup(keys)
+        return self._remove_positions(pos[found])
+
+    def expired(self, ttl: dict[int, int], now: int) -> np.ndarray:
+        """Keys (channel << 32 | id) of the entities of channels with a TTL (seconds) not
+        written with data for longer than it, as of ``now``. Empty without stamps."""
+        if self._stamp is None or not ttl or not self._n:
+            return np.empty(0, np.uint64)
+        out = []
+        for channel, seconds in ttl.items():
+            lo = int(np.searchsorted(self._key[: self._n], np.uint64(channel << CHANNEL_SHIFT)))
+            hi = int(np.searchsorted(self._key[: self._n], np.uint64((channel + 1) << CHANNEL_SHIFT)))
+            if hi > lo:
+                old = np.flatnonzero(now - self._stamp[lo:hi].astype(np.int64) > seconds)
+                if len(old):
+                    out.append(self._key[lo:hi][old])
+        return np.concatenate(out) if out else np.empty(0, np.uint64)
+
+    def _remove_positions(self, pos: np.ndarray) -> int:
+        if not len(pos):
+            return 0
+        n = self._n
+        keep = np.ones(n, np.bool_)
+        keep[pos] = False
+        left = int(keep.sum())
+        for name in self._columns():
+            col = getattr(self, name)
+            col[:left] = col[:n][keep]
+        bi = np.searchsorted(self._bstart[1:], pos, side="right")  # the block of each position
+        counts = np.diff(self._bstart) - np.bincount(bi, minlength=len(self._bkeys))
+        alive = counts > 0
+        self._bkeys, self._berr = self._bkeys[alive], self._berr[alive]
+        self._bstart = np.concatenate(([0], np.cumsum(counts[alive]))).astype(np.int64)
+        self._n = left
+        self._version += 1
+        return n - left
+
+    def _columns(self) -> tuple[str, ...]:
+        return ("_key", "_value", "_active", "_streak") + (("_stamp",) if self._stamp is not None else ())
+
     # -- low-level writes (repair.py) ---------------------------------------------------
 
     def reset_entities(self, positions: np.ndarray, values: np.ndarray) -> None:
@@ -530,10 +592,14 @@ class EntityStore:
             self._value[sl] = values
             self._active[sl] = active
             self._streak[sl] = 0 if streak is None else streak
+            if self._stamp is not None:
+                self._stamp[sl] = self.now
         else:
             self._value[pos] = values
             self._active[pos] = active
             self._streak[pos] = 0 if streak is None else streak
+            if self._stamp is not None:
+                self._stamp[pos] = self.now
 
     def _insert(
         self,
@@ -556,9 +622,10 @@ class EntityStore:
             old[at] = False
             old_at = np.flatnonzero(old)
         cols = []
-        for name, new_vals in (
-            ("_key", keys), ("_value", values), ("_active", active), ("_streak", streak)
-        ):
+        fields = [("_key", keys), ("_value", values), ("_active", active), ("_streak", streak)]
+        if self._stamp is not None:
+            fields.append(("_stamp", np.full(k, self.now, np.uint32)))
+        for name, new_vals in fields:
             src = getattr(self, name)
             dst = np.empty(new_cap, src.dtype) if grow else src
             if k <= SMALL_INSERT:
@@ -567,7 +634,9 @@ class EntityStore:
                 dst[old_at] = src[:n] if grow else src[:n].copy()
                 dst[at] = new_vals
             cols.append(dst)
-        self._key, self._value, self._active, self._streak = cols
+        self._key, self._value, self._active, self._streak = cols[:4]
+        if self._stamp is not None:
+            self._stamp = cols[4]
         self._n = n2
         self._add_blocks(block_ids_of_keys(keys, self.block_size))
         self._version += 1
@@ -621,7 +690,7 @@ class EntityStore:
             return
         n = self._n
         starts, stops = self._bstart[idx].tolist(), self._bstart[idx + 1].tolist()
-        cols = (self._key, self._value, self._active, self._streak)
+        cols = [getattr(self, name) for name in self._columns()]
         w = starts[0]
         for j, stop in enumerate(stops):
             nxt = starts[j + 1] if j + 1 < len(starts) else n
@@ -640,7 +709,7 @@ class EntityStore:
         cap = len(self._key)
         if cap > MIN_CAPACITY and self._n < cap // 4:
             new_cap = max(2 * self._n, MIN_CAPACITY)
-            for name in ("_key", "_value", "_active", "_streak"):
+            for name in self._columns():
                 col = getattr(self, name)
                 fresh = np.empty(new_cap, col.dtype)
                 fresh[: self._n] = col[: self._n]

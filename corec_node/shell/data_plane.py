@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from corec_node import log
-from corec_node.config import EngineSection
+from corec_node.config import EngineSection, ttl_seconds
 from corec_node.engine import Fusion
 from corec_node.engine.audit import AlertGate, Auditor
 from corec_node.engine.host import EngineHost
@@ -147,7 +147,8 @@ class DataPlane:
         self._memory_full = False  # near the memory limit: no new blocks from producers (shell/memory.py)
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
-                                 tick_rows=engine_config.tick_rows, copies=engine_config.replicas)
+                                 tick_rows=engine_config.tick_rows, copies=engine_config.replicas,
+                                 ttl=ttl_seconds(engine_config.ttl))
         limits = IngestLimits.from_mb(engine_config.ingest_queue_mb)
         self.flow = limits.flow()  # asks for, and grants, pauses of the stream
         self._limits = limits
@@ -307,7 +308,7 @@ class DataPlane:
             # a minority side, or no nucleus yet: its blocks may have moved on the other side
             self._refuse_records(relay, len(records), NO_LEADER)
             return
-        if self._memory_full:
+        if self._memory_full and not msg.delete:
             new = self.engine.new_blocks(records)
             if new.any():  # updates of blocks held still go in: they take no new memory
                 self._refuse_records(relay, int(new.sum()), MEMORY_FULL, last=new.all())
@@ -363,12 +364,23 @@ class DataPlane:
         through their lanes; ``quorum``: the acks-all wait their answers complete."""
         for holder, part in parts.items():
             header, payload = make_batch(part, msg.channel)
-            header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq,
+            header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq, delete=msg.delete,
                                          acks=ACKS_ALL if quorum is not None else 0, replica=REPLICA_WRITE)
             self.lanes.send(holder, header, payload,
                             sent=self.replicator.sent(quorum, holder, len(part)) if quorum is not None else None)
         if parts:
             self._kick_lanes()
+
+    def _expire(self) -> None:
+        """TTLs: what expired in our own blocks is removed here and at their other holders."""
+        expired = self.engine.expire(int(self._now()))
+        if not len(expired):
+            return
+        log.event("entities_expired", entities=len(expired))
+        for channel in np.unique(expired["channel"]).tolist():
+            part = expired[expired["channel"] == channel]
+            parts = self.engine.replica_parts(part, self.engine.blocks_of(part))
+            self._replicate(EntityBatch(channel=channel, count=len(part), compressed=False, delete=True), parts, None)
 
     def _kick_lanes(self) -> None:
         """Make sure what waits in a holder's lane is sent as its budget allows."""
@@ -487,7 +499,9 @@ class DataPlane:
                 continue
             if where in ("replica", "copy", "copy_done"):  # in the order their owner sent them
                 self._store(pending)
-                if where == "replica":
+                if where == "replica" and env.msg.delete:
+                    self.engine.delete(decoded)
+                elif where == "replica":
                     self.engine.apply_replica(decoded, env.msg.channel, moved=env.msg.hops > 0)
                 elif where == "copy":
                     self.engine.receive_handoff(decoded, overwrite=True)
@@ -498,6 +512,10 @@ class DataPlane:
                     self._check_ready()
                 continue
             records = decoded if decoded is not None else self._decode_batch(env.msg, payload, where)
+            if records is not None and where == "broadcast" and env.msg.delete:  # every holder removes them
+                self._store(pending)
+                self.engine.delete(records)
+                continue
             if records is not None and where == "broadcast" and env.msg.producer:
                 records = records[self.engine._mine(records)]
                 records, refused, _ = self._admit_sequences(env.msg, records, self.engine.blocks_of(records))
@@ -505,6 +523,10 @@ class DataPlane:
                     self.dropped_records[reason] += count
             if records is not None and where == "direct" and self.view.routed:
                 records = self._moved_away(env.msg, records)
+            if records is not None and env.msg.delete:  # in order with the writes around it
+                self._store(pending)
+                self.engine.delete(records)
+                continue
             if records is not None and where == "broadcast" and (self.engine.copies > 1 or self.engine.placement.learners):
                 self._keep_copies(records, env.msg.channel, pending)
             if records is not None:
@@ -533,7 +555,7 @@ class DataPlane:
         moved = records[~mine]
         for holder, part in self.engine.holder_parts(moved, self.engine.blocks_of(moved)).items():
             header, payload = make_batch(part, msg.channel)
-            header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq, acks=0, hops=1,
+            header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq, acks=0, hops=1, delete=msg.delete,
                                          replica=REPLICA_WRITE)  # hops 1: a previous owner's, not the owner's
             self.lanes.send(holder, header, payload, sent=self._count_unsent("moved_away", len(part)))
         self._kick_lanes()
@@ -576,6 +598,7 @@ class DataPlane:
         self.forwarder.expire()
         self.lanes.pump()
         self.replicator.expire()
+        self._expire()
         if self.view.leader == self.name:
             self._publish_learners(force=True)
         self._mark_copies()
@@ -838,6 +861,8 @@ class DataPlane:
             "replicas_waiting": self.replicator.waiting(),
             "not_replicated": self.replicator.not_replicated,
             "copies_waiting": self.lanes.waiting(),
+            "deleted": self.engine.deleted,
+            "expired": self.engine.expired,
             "memory_full": self._memory_full,
             "blocks": len(self.engine.store.block_ids()),
             "cluster_blocks": len(self.engine.cluster_rows()),

@@ -479,7 +479,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(
             MsgType.ENTITY_BATCH, EntityBatch, payload=True,
             channel=_U8, count=_COUNT, compressed=_BOOL, producer=_U64, pseq=_U64, acks=_U8, epoch=_U64,
-            hops=_U8, replica=_U8,
+            hops=_U8, replica=_U8, delete=_BOOL,
         ),
         _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),
         _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),

@@ -204,7 +204,8 @@ class EntityBatch:
     producer split the batch by (0: not split); ``hops`` counts forwards between nodes.
     Since 1.6 (replicas, SPEC 9.7): ``replica`` 1 marks records a block's owner stored, sent
     to the block's other holders (answered once queued: what ``acks`` 2, all, waits for);
-    2 a block's copy for a new holder (catch-up); 0 a producer's batch."""
+    2 a block's copy for a new holder (catch-up); 0 a producer's batch. ``delete``: the
+    records name entities to remove (their values are ignored), in order with writes."""
 
     channel: int
     count: int
@@ -215,6 +216,7 @@ class EntityBatch:
     epoch: int = 0
     hops: int = 0
     replica: int = 0
+    delete: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -311,6 +311,8 @@ assert {owner_of(3, r[0]) for r in _FORWARDED_ROWS} == {"node-c"}  # block 3:4
 _B_FORWARDED = _routed(3, _FORWARDED_ROWS, producer=PRODUCER_ID, pseq=4, epoch=_EPOCH, hops=1)
 _B_REPLICA = _routed(3, _ROUTED_ROWS[:2], producer=PRODUCER_ID, pseq=2, acks=2, replica=1)
 _B_COPY = _routed(3, _ROUTED_ROWS, acks=0, replica=2)
+_B_DELETE = _routed(3, [(5000, 3, 0.0, False), (8123, 3, 0.0, False)], producer=PRODUCER_ID, pseq=9, epoch=_EPOCH,
+                    delete=True)
 
 # (name, description, message, header, payload)
 MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
@@ -462,6 +464,9 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
     ("entity_batch_copy", ("node-b copies blocks 3:5 and 3:8 to a new holder, after their sequences and "
      "before its later writes: replica 2, acks 0"),
      _B_COPY[0], _hdr("node-b", 62, "corec"), _B_COPY[1]),
+    ("entity_batch_delete", ("a producer removes entities 3:5000 and 3:8123 (node-b's blocks): delete true, "
+     "values ignored; checked for sequences and replicated like a write"),
+     _B_DELETE[0], _hdr("client-gw1-4242", 9, "corec"), _B_DELETE[1]),
     ("copy_done", "node-b sent the learner node-d every copy it owes it under the map of this digest",
      CopyDone(digest=map_digest(["node-a", "node-b", "node-c"], ["node-d"]), records=3), _hdr("node-b", 63, "corec"),
      None),

@@ -245,7 +245,8 @@ async def test_live_owners_rows_win_over_a_killed_node_whose_clock_is_off(pg_dsn
     await eventually(lambda: owners_are(expected_owners("ab")), 60,
                      message="every block's row is its live owner's, none the killed node's")
     taken = await state()
-    assert all(taken[blk][2] > s[2] for blk, s in c_rows.items())  # a higher placement epoch than c's
+    bad = {blk: (taken[blk], s) for blk, s in c_rows.items() if not taken[blk][2] > s[2]}
+    assert not bad, bad  # a higher placement epoch than c's
     assert all(abs(s[3] - time.time()) < 600 for s in taken.values())  # written on a and b's clocks
 
     async def moved_on() -> bool:  # the live owners keep writing newer ticks, and keep winning

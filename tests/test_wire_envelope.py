@@ -42,6 +42,9 @@ from corec_node.wire import (
     SeqEvent,
     SequenceCounter,
     SequenceHandoff,
+    CopyDone,
+    Ready,
+    Learners,
     SequenceTracker,
     StatePush,
     StateReply,
@@ -122,6 +125,10 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
                                  owners=st.lists(st.builds(Owner, name=names, data=addrs), max_size=6).map(tuple),
                                  fusions=rows),
     MsgType.SEQUENCE_HANDOFF: st.builds(SequenceHandoff, rows=rows),
+    MsgType.COPY_DONE: st.builds(CopyDone, digest=st.sampled_from(["", "e78319b292e39e89"]),
+                                 records=st.integers(0, limits.MAX_BATCH_RECORDS)),
+    MsgType.READY: st.builds(Ready, digest=st.sampled_from(["", "e78319b292e39e89"])),
+    MsgType.LEARNERS: st.builds(Learners, term=u64, names=st.lists(names, max_size=6).map(tuple)),
 }
 
 
@@ -199,7 +206,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 5, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 6, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}

@@ -286,6 +286,17 @@ class EngineHost:
         self.expired += self._remove(records)
         return records
 
+    def owned_copy_for(self, holder: str) -> np.ndarray:
+        """The entities of the blocks we own that ``holder`` holds under our map (a copy to
+        send again when the first did not leave)."""
+        blocks = self.store.block_ids()
+        if not len(blocks) or self._my_index < 0 or holder not in self.placement.everyone:
+            return np.empty(0, ENTITY_DTYPE)
+        roots = self.store.fusions.resolve(blocks)
+        mine = self.placement.owners(roots) == self._my_index
+        held = self.placement.holder_mask(roots, self.copies)[:, self.placement.everyone.index(holder)]
+        return self.store.copy_blocks(blocks[mine & held])
+
     def in_sync(self) -> int:
         """Members holding each block (the owner included; learners not counted)."""
         return min(self.copies, len(self.placement.members))
@@ -402,6 +413,8 @@ class EngineHost:
         a batch is a few runs of one block each: each run is placed once (remembered per
         block, ``_owned_blocks``), in O(records). ``blocks``: ``blocks_of(records)``, when
         the caller has it already."""
+        if not len(records):
+            return np.zeros(0, bool)
         if blocks is None:
             blocks = self.blocks_of(records)
         starts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1

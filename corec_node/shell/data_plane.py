@@ -144,6 +144,7 @@ class DataPlane:
         self._learners: frozenset[str] = frozenset()
         self._learners_published: tuple[int, frozenset[str]] | None = None
         self._copy_done: dict[str, set[str]] = {}
+        self._copies_failed: set[tuple[str, str]] = set()  # (map digest, learner): a copy did not leave
         self._memory_full = False  # near the memory limit: no new blocks from producers (shell/memory.py)
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
@@ -507,6 +508,7 @@ class DataPlane:
                     self.engine.receive_handoff(decoded, overwrite=True)
                 else:
                     self._copy_done.setdefault(env.msg.digest, set()).add(env.sender)
+                    self.engine.raise_epoch(env.msg.epoch)  # once we own, our rows outrank the old owners' rows
                     while len(self._copy_done) > 8:  # maps we learned under long ago
                         del self._copy_done[next(iter(self._copy_done))]
                     self._check_ready()
@@ -516,6 +518,8 @@ class DataPlane:
                 self._store(pending)
                 self.engine.delete(records)
                 continue
+            if records is not None and where == "broadcast" and (self.engine.copies > 1 or self.engine.placement.learners):
+                self._keep_copies(env.msg, records, pending)  # before the owner's part is taken out below
             if records is not None and where == "broadcast" and env.msg.producer:
                 records = records[self.engine._mine(records)]
                 records, refused, _ = self._admit_sequences(env.msg, records, self.engine.blocks_of(records))
@@ -527,8 +531,6 @@ class DataPlane:
                 self._store(pending)
                 self.engine.delete(records)
                 continue
-            if records is not None and where == "broadcast" and (self.engine.copies > 1 or self.engine.placement.learners):
-                self._keep_copies(records, env.msg.channel, pending)
             if records is not None:
                 if pending or self.engine.ingest_sweep(records, env.msg.channel) is None:  # in order, after pending
                     pending.append(records)
@@ -536,14 +538,16 @@ class DataPlane:
                     self.plugins.spawn(self.plugins.entities(self.host, env.msg.channel, records))
         self._store(pending)
 
-    def _keep_copies(self, records: np.ndarray, channel: int, pending: list[np.ndarray]) -> None:
+    def _keep_copies(self, msg: EntityBatch, records: np.ndarray, pending: list[np.ndarray]) -> None:
         """The stream of a cluster that is not owner-routed reaches every holder: a replica,
         or a learner, keeps the records of the blocks it holds and does not own (the owner
-        sends it nothing in that cluster)."""
+        sends it nothing in that cluster), their producer sequences checked as an owner's."""
         copies = self.engine._held(records) & ~self.engine._mine(records)
         if copies.any():
-            self._store(pending)
-            self.engine.apply_replica(records[copies], channel)
+            kept, _refused, _ = self._admit_sequences(msg, records[copies], None)
+            if len(kept):
+                self._store(pending)
+                self.engine.apply_replica(kept, msg.channel)
 
     def _moved_away(self, msg: EntityBatch, records: np.ndarray) -> np.ndarray:
         """Records we accepted as owner whose blocks the map gave another owner before they
@@ -560,6 +564,30 @@ class DataPlane:
             self.lanes.send(holder, header, payload, sent=self._count_unsent("moved_away", len(part)))
         self._kick_lanes()
         return records[mine]
+
+    def _copy_sent(self, holder: str, records: int) -> Callable[[int | None], None]:
+        """A copy that could not leave: counted, and the holder, if it learns, is told no
+        COPY_DONE under this map (it would own blocks it lacks); the next map copies again."""
+        digest = self.engine.placement_digest()
+
+        def sent(seq: int | None) -> None:
+            if seq is None:
+                self.dropped_records["handoff"] += records
+                self._copies_failed.add((digest, holder))
+                log.event("copy_failed", logging.WARNING, to=holder, records=records, map=digest)
+        return sent
+
+    def _copy_again(self) -> None:
+        """Copies that did not leave under the current map go again, whole, once the holder's
+        data socket is known and its lane has drained: then its COPY_DONE may follow."""
+        digest = self.engine.placement_digest()
+        self._copies_failed = {(d, h) for d, h in self._copies_failed if d == digest}
+        for _, holder in sorted(self._copies_failed):
+            if holder in self.view.data and not self.lanes.waiting_for(holder):
+                self._copies_failed.discard((digest, holder))
+                records = self.engine.owned_copy_for(holder)
+                if len(records):
+                    self._copy_to(holder, records)
 
     def _count_unsent(self, reason: str, records: int) -> Callable[[int | None], None]:
         def sent(seq: int | None) -> None:
@@ -601,6 +629,7 @@ class DataPlane:
         self._expire()
         if self.view.leader == self.name:
             self._publish_learners(force=True)
+        self._copy_again()
         self._mark_copies()
         self._check_ready()
         rows, repairs = self.engine.tick()
@@ -679,6 +708,9 @@ class DataPlane:
             if owner in self.view.data and owner in self.view.replicating:
                 self._copy_to(owner, records)
                 continue
+            if owner in self.engine.placement.learners:  # its data socket is not known yet: copied again later
+                self._copies_failed.add((self.engine.placement_digest(), owner))
+                continue
             addr = self.view.members.get(owner)
             if addr is None:  # taken out of our store with nowhere to go
                 self.dropped_records["handoff"] += len(records)
@@ -712,7 +744,7 @@ class DataPlane:
                 part = chunk[chunk["channel"] == channel]
                 header, payload = make_batch(part, channel)
                 self.lanes.send(holder, dataclasses.replace(header, acks=0, replica=REPLICA_COPY), payload,
-                                copy_bytes=len(payload), sent=self._count_unsent("handoff", len(part)))
+                                copy_bytes=len(payload), sent=self._copy_sent(holder, len(part)))
         self._kick_lanes()
         log.event("blocks_copied", to=holder, records=len(records), map_version=self.engine.placement.version)
         self.recorder.audit("placement", holder, "map changed: blocks copied to a new holder",
@@ -745,7 +777,7 @@ class DataPlane:
         """An owner's records for us as a holder (``replica`` 1), or a block's copy (2):
         queued in its order; a write sent with acks all is answered once queued."""
         msg = env.msg
-        if env.sender not in self.view.members or env.sender == self.name:
+        if env.sender == self.name:  # a member our view does not list yet is taken: its copies must not be lost
             self.traffic.rejected["replica_stranger"] += 1
             return
         records = self._decode_batch(msg, payload, "data")
@@ -825,8 +857,8 @@ class DataPlane:
             return
         digest = placement.digest()
         for learner in placement.learners:
-            if learner in self.view.data:  # behind the copies in its lane
-                self.lanes.send(learner, CopyDone(digest=digest))
+            if learner in self.view.data and (digest, learner) not in self._copies_failed:  # behind the copies
+                self.lanes.send(learner, CopyDone(digest=digest, epoch=self.engine.epoch))
         self._kick_lanes()
 
     def memory_full(self, full: bool, gauge: Any) -> None:

@@ -65,6 +65,10 @@ class HolderLanes:
     def waiting(self) -> int:
         return sum(len(lane) for lane in self._lanes.values())
 
+    def waiting_for(self, holder: str) -> int:
+        lane = self._lanes.get(holder)
+        return len(lane) if lane else 0
+
     def _drain(self, holder: str, lane: collections.deque[_Item]) -> float | None:
         """Send from the head while allowed; the seconds the head must wait, or None."""
         while lane:

@@ -492,7 +492,7 @@ SCHEMAS: dict[MsgType, Schema] = {
                 owners=_Array(_Struct(Owner, name=_NAME, data=_ADDR), limits.MAX_MEMBERS_PER_MESSAGE),
                 fusions=_ROWS, replicas=_U8),
         _schema(MsgType.SEQUENCE_HANDOFF, SequenceHandoff, rows=_ROWS),
-        _schema(MsgType.COPY_DONE, CopyDone, digest=_DIGEST, records=_COUNT),
+        _schema(MsgType.COPY_DONE, CopyDone, digest=_DIGEST, records=_COUNT, epoch=_U64),
         _schema(MsgType.READY, Ready, digest=_DIGEST),
         _schema(MsgType.LEARNERS, Learners, term=_U64, names=_Array(_NAME, limits.MAX_MEMBERS_PER_MESSAGE)),
     )

@@ -323,10 +323,12 @@ class SequenceHandoff:
 @dataclass(frozen=True, slots=True)
 class CopyDone:
     """A member sent a learner every block copy it owes it under the map of ``digest``
-    (data socket, since 1.6, after the copies: SPEC 9.7); ``records`` it sent."""
+    (data socket, since 1.6, after the copies: SPEC 9.7); ``records`` it sent; ``epoch`` the
+    member's placement epoch, which the learner's rows must pass once it owns blocks."""
 
     digest: str
     records: int = 0
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,23 +13,30 @@ alive, one leader agreed, every node holding the same committed voters):
   cpu         for each of --sizes: the CPU time (utime+stime of /proc/<pid>/stat) of ALL
               node processes (node and mesh process of every node, pids read afresh) around
               ``corec-node send --count --records`` into the first node (new ids 0..N-1, so
-              spread over N/--block-size blocks), until the nodes' ``status`` entities sum to
-              N x --copies. Prints cluster CPU s per M records, the busiest node's, the
-              producer's own (the send process, from RUSAGE_CHILDREN), the idle cost of the
-              cluster over the same time (its CPU rate measured for --idle s before the send),
-              and the ratios 4 nodes / 2 nodes and busiest of 4 / lone node.
+              spread over N/--block-size blocks), until the nodes' ``status`` held_entities
+              (copies included) sum to N x copies (--copies, at most the cluster's size)
+              and their owned ``entities`` to N. Prints cluster CPU s per M records, the
+              busiest node's, the producer's own (the send process, from RUSAGE_CHILDREN),
+              the idle cost of the cluster over the same time (its CPU rate measured for
+              --idle s before the send), and the ratios 4 nodes / 2 nodes and busiest of 4 /
+              lone node.
               Baselines: a struct loop in this process (CPU to pack and unpack the wire's
               records with numpy and with Python's struct), the fixed cost of the producer
               (``send --count 0``), and the issue's figures from before.
   memory      RSS of all node processes of --memory-nodes nodes before, and --settle s after,
-              --entities new entities are stored: growth in bytes per entity and per entity
-              per copy. Baselines: the store alone (an in-process EntityStore holding as many
-              entities as each node), the seed's 1 KB, the issue's 240-340 B before, 50 B target.
-  throughput  records/s through ``corec-node send`` (default options; and acks 0 and 1 when
-              ``send --help`` has ``--acks``) into --throughput-nodes nodes, against raw pyzmq
-              in the same run: PUSH/PULL on loopback TCP moving the same records (at least
-              5 M, to be timed at all) in ~100 KB frames to a receiver process that views
-              them as records.
+              --entities new entities are stored (held_entities summing to entities x
+              copies): growth in bytes per entity and per entity per copy. Baselines: the
+              store alone (an in-process EntityStore holding as many entities as each node,
+              copies included), the seed's 1 KB, the issue's 240-340 B before, 50 B target.
+  throughput  records/s through ``corec-node send`` (default options; and acks 0, 1 and
+              all when ``send --help`` has ``--acks``) into --throughput-nodes nodes, against
+              raw pyzmq in the same run: PUSH/PULL on loopback TCP moving the same records
+              (at least 5 M, to be timed at all) in ~100 KB frames to a receiver process that
+              views them as records.
+
+--copies N (default 1) starts every node with ``COREC_ENGINE_REPLICAS=N`` (engine.replicas:
+copies of each block in total, its owner's included; SPEC 9.7) and, with N > 1, waits until
+every node is a member (no learners) before sending.
 
 Figures only: nothing passes or fails here. Ends with one JSON line {"bench": "ingest_scale", ...}.
 """
@@ -58,7 +65,7 @@ import zmq  # noqa: E402
 from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 from corec_node.testing.cluster import Cluster, NodeProc, eventually, free_port, voters_agree  # noqa: E402
 from corec_node.testing.measure import (  # noqa: E402
-    cluster_pids, cpu_delta, cpu_snapshot, held, rss_by_node, rss_bytes, wait_held,
+    cluster_pids, cpu_delta, cpu_snapshot, rss_by_node, rss_bytes,
 )
 
 try:  # the wire's record, whatever it is in this build
@@ -79,12 +86,57 @@ M = 1_000_000
 
 
 def node_env(args: argparse.Namespace) -> dict[str, str]:
-    return {"COREC_MESH_PROFILE": "lan", "COREC_ENGINE_BLOCK_SIZE": str(args.block_size)}
+    env = {"COREC_MESH_PROFILE": "lan", "COREC_ENGINE_BLOCK_SIZE": str(args.block_size)}
+    if args.copies > 1:
+        env["COREC_ENGINE_REPLICAS"] = str(args.copies)
+    return env
+
+
+def copies_in(size: int, args: argparse.Namespace) -> int:
+    """Copies a cluster of ``size`` nodes holds of each entity: --copies, at most one a node."""
+    return max(1, min(args.copies, size))
+
+
+def stored(nodes: list[NodeProc]) -> dict[str, tuple[int, int]]:
+    """(entities held, copies included; entities owned) of each node by its ``status``
+    (a build without ``held_entities`` holds only what it owns)."""
+    out = {}
+    for n in nodes:
+        st = n.ctl("status")
+        owned = int(st.get("entities", 0))
+        out[n.name] = (int(st.get("held_entities", owned)), owned)
+    return out
+
+
+def wait_stored(nodes: list[NodeProc], copies: int, owned: int, timeout: float, *, quiet: float = 15.0,
+                interval: float = 0.25, busy: Any = None) -> tuple[int, int, float, bool]:
+    """Poll until the nodes together hold ``copies`` entities (held_entities, copies
+    included) and own ``owned`` (entities). Gives up after ``timeout`` seconds, or once
+    nothing changed for ``quiet`` seconds while ``busy()`` (e.g. "the producer still runs")
+    is false. Returns (held, owned, seconds waited, all arrived)."""
+    started = last_change = time.monotonic()
+    last = (-1, -1)
+    while True:
+        try:
+            counts = stored(nodes).values()
+            now = (sum(h for h, _ in counts), sum(o for _, o in counts))
+        except Exception:  # a node too busy to answer its control socket in time: look again
+            now = last
+        t = time.monotonic()
+        if now != last:
+            last, last_change = now, t
+        if now[0] >= copies and now[1] >= owned:
+            return now[0], now[1], t - started, True
+        running = bool(busy()) if busy is not None else False
+        if t - started >= timeout or (not running and t - last_change >= quiet):
+            return max(now[0], 0), max(now[1], 0), t - started, False
+        time.sleep(interval)
 
 
 def ready_cluster(cluster: Cluster, size: int, env: dict[str, str]) -> list[NodeProc]:
     """``size`` nodes joined to the first; returns once all are alive, agree on one leader
-    and hold the same committed voters (and, with several nodes, a placement map)."""
+    and hold the same committed voters (and, with several nodes, a placement map; with
+    replicas, one whose members are every node, none of them still learning)."""
     first = cluster.start("n0", extra_env=env).wait_ready(30)
     nodes = [first] + [cluster.start(f"n{i}", join=[first.addr], extra_env=env) for i in range(1, size)]
     for n in nodes:
@@ -99,6 +151,15 @@ def ready_cluster(cluster: Cluster, size: int, env: dict[str, str]) -> list[Node
 
     eventually(agreed, 60 + 10 * size, interval=0.25, message=f"{size} nodes alive with one leader")
     eventually(lambda: voters_agree(nodes), 60, interval=0.25, message="every node holds the same voters")
+    if size > 1 and int(env.get("COREC_ENGINE_REPLICAS", "1")) > 1:
+        names = sorted(n.name for n in nodes)
+
+        def members() -> bool:
+            st = [n.ctl("status") for n in nodes]
+            return all(s.get("placement_members") == names and not s.get("learners") and not s.get("learner")
+                       and s.get("routed") for s in st)
+
+        eventually(members, 60 + 10 * size, interval=0.25, message="every node a member of the map, none learning")
     return nodes
 
 
@@ -287,13 +348,16 @@ def run_cpu_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         idle_spent, _ = cpu_delta(idle0, before)
         idle_rate = sum(idle_spent.values()) / (t0 - t_idle)
         producer = Producer(send_cmd(nodes[0], args.records))
-        count, waited, arrived = wait_held(nodes, args.records * args.copies, args.timeout, busy=producer.running)
+        copies = copies_in(size, args)
+        count, owned, waited, arrived = wait_stored(nodes, args.records * copies, args.records, args.timeout,
+                                                    busy=producer.running)
         after, t1 = cpu_snapshot(nodes), time.perf_counter()
         rc, line, producer_cpu = producer.finish(args.timeout)
         spent, lost = cpu_delta(before, after)
         per_m = M / args.records
         return {
-            "nodes": size, "records": args.records, "held": count, "all_arrived": arrived, "wait_s": round(waited, 2),
+            "nodes": size, "records": args.records, "copies": copies, "held": count, "owned": owned,
+            "all_arrived": arrived, "wait_s": round(waited, 2),
             "cluster_cpu_s": round(sum(spent.values()), 3), "node_cpu_s": {k: round(v, 3) for k, v in spent.items()},
             "cluster_s_per_m": sum(spent.values()) * per_m, "busiest_s_per_m": max(spent.values()) * per_m,
             "busiest": max(spent, key=spent.__getitem__), "producer_s_per_m": producer_cpu * per_m,
@@ -326,7 +390,8 @@ def scenario_cpu(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_cpu(out: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\ncpu: CPU of all node processes per million records through `corec-node send` "
-          f"({args.records:,} new ids into n0, block size {args.block_size}, lan timers)")
+          f"({args.records:,} new ids into n0, block size {args.block_size}, lan timers"
+          + (f", {args.copies} copies of each block (fewer on smaller clusters)" if args.copies > 1 else "") + ")")
     struct_s = out["struct_loop_s_per_m"]
     fixed_all = [r["producer_fixed_s"] for r in out["runs"] if r["producer_fixed_s"] is not None]
     fixed = min(fixed_all) if fixed_all else None
@@ -336,23 +401,27 @@ def print_cpu(out: dict[str, Any], args: argparse.Namespace) -> None:
           + (f"; producer fixed cost (send --count 0) {fixed:.2f} s" if fixed is not None else ""))
     print("  baseline, issue 16 (before): " + ", ".join(f"{n} node{'s' * (n > 1)} {s} s/M" for n, s in BEFORE_CPU.items()))
     print(f"  {'nodes':>5} {'cluster s/M':>11} {'before':>7} {'busiest s/M':>11} {'producer s/M':>12} "
-          f"{'net of fixed':>12} {'idle s/M':>8} {'send rec/s':>11} {'held':>12}")
+          f"{'net of fixed':>12} {'idle s/M':>8} {'send rec/s':>11} {'held':>12}"
+          + (f" {'owned':>10} {'copies':>6}" if args.copies > 1 else ""))
     for r in out["runs"]:
         before = BEFORE_CPU.get(r["nodes"])
         rate = f"{r['send_rate']:,.0f}" if r["send_rate"] else "-"
         net = f"{r['producer_net_s_per_m']:.2f}" if r["producer_net_s_per_m"] is not None else "-"
-        held_s = f"{r['held']:,}" + ("" if r["all_arrived"] else f" of {r['records'] * args.copies:,}!")
+        held_s = f"{r['held']:,}" + ("" if r["all_arrived"] else f" of {r['records'] * r['copies']:,}!")
         print(f"  {r['nodes']:>5} {r['cluster_s_per_m']:>11.2f} {before if before else '-':>7} "
               f"{r['busiest_s_per_m']:>11.2f} {r['producer_s_per_m']:>12.2f} {net:>12} {r['idle_s_per_m']:>8.2f} "
-              f"{rate:>11} {held_s:>12}")
+              f"{rate:>11} {held_s:>12}" + (f" {r['owned']:>10,} {r['copies']:>6}" if args.copies > 1 else ""))
         if not r["all_arrived"]:
-            print(f"        not all arrived: {r['held']:,} held after {r['wait_s']} s; send said: {r['send']}")
+            print(f"        not all arrived: {r['held']:,} held ({r['owned']:,} owned) after {r['wait_s']} s; "
+                  f"send said: {r['send']}")
         if r["send_rc"] != 0:
             print(f"        send exited {r['send_rc']}: {r['send']}")
         if r["lost_pids"]:
             print(f"        processes gone during the run (their CPU is missing): {r['lost_pids']}")
     print("  (producer: the send process, net of fixed = minus its --count 0 cost; idle s/M: what the cluster"
-          " burns idle, rate measured just before the send, times the same window; included in cluster s/M)")
+          " burns idle, rate measured just before the send, times the same window; included in cluster s/M"
+          + ("; held: entities in the nodes' stores, copies included; owned: entities their owners hold" if args.copies > 1
+             else "") + ")")
     if "ratio_4_over_2" in out:
         print(f"  4 nodes / 2 nodes: {out['ratio_4_over_2']:.2f}x "
               f"(before {BEFORE_CPU[4] / BEFORE_CPU[2]:.2f}x; issue's target at most 1.25x)")
@@ -374,7 +443,9 @@ def scenario_memory(args: argparse.Namespace) -> dict[str, Any]:
             peak = max(peak, rss_bytes(cluster_pids(nodes)))
             return producer.running()
 
-        count, waited, arrived = wait_held(nodes, args.entities * args.copies, args.timeout, busy=busy)
+        copies = copies_in(args.memory_nodes, args)
+        count, owned, waited, arrived = wait_stored(nodes, args.entities * copies, args.entities, args.timeout,
+                                                    busy=busy)
         rc, line, _ = producer.finish(args.timeout)
         end = time.monotonic() + args.settle
         while time.monotonic() < end:
@@ -382,17 +453,20 @@ def scenario_memory(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.25)
         after = rss_by_node(nodes)
         peak = max(peak, sum(after.values()))
-        counts = held(nodes)
+        per_node = stored(nodes)
+        counts = {k: h for k, (h, _) in per_node.items()}  # copies included: what each store holds
     finally:
         close(cluster)
     growth = sum(after.values()) - sum(before.values())
     return {
-        "nodes": args.memory_nodes, "entities": args.entities, "held": count, "all_arrived": arrived,
+        "nodes": args.memory_nodes, "entities": args.entities, "copies": copies, "held": count, "owned": owned,
+        "all_arrived": arrived,
         "wait_s": round(waited, 2), "send_rc": rc, "send": line,
         "rss_before": sum(before.values()), "rss_after": sum(after.values()), "rss_peak": peak,
         "growth": growth, "bytes_per_entity": growth / args.entities,
-        "bytes_per_entity_per_copy": growth / args.entities / args.copies,
+        "bytes_per_entity_per_copy": growth / args.entities / copies,
         "node_growth": {k: after[k] - before[k] for k in after}, "node_entities": counts,
+        "node_owned": {k: o for k, (_, o) in per_node.items()},
         "store": store_bytes(counts, args.block_size),
     }
 
@@ -403,9 +477,10 @@ def print_memory(r: dict[str, Any], args: argparse.Namespace) -> None:
           f"settled {args.settle:g} s")
     print(f"  before {r['rss_before'] / mb:.1f} MB, after {r['rss_after'] / mb:.1f} MB "
           f"(peak {r['rss_peak'] / mb:.1f} MB): growth {r['growth'] / mb:.1f} MB")
-    print(f"  growth per entity {r['bytes_per_entity']:.0f} B; per entity per copy ({args.copies} "
-          f"cop{'ies' if args.copies != 1 else 'y'}) {r['bytes_per_entity_per_copy']:.0f} B")
-    print("  per node: " + ", ".join(f"{k} {v / mb:+.1f} MB ({r['node_entities'].get(k, 0):,} entities)"
+    print(f"  growth per entity {r['bytes_per_entity']:.0f} B; per entity per copy ({r['copies']} "
+          f"cop{'ies' if r['copies'] != 1 else 'y'}) {r['bytes_per_entity_per_copy']:.0f} B")
+    print("  per node: " + ", ".join(f"{k} {v / mb:+.1f} MB ({r['node_entities'].get(k, 0):,} entities"
+                                      + (f", {r['node_owned'].get(k, 0):,} owned" if r["copies"] > 1 else "") + ")"
                                       for k, v in r["node_growth"].items()))
     store = r["store"]
     store_s = (f"store alone (in-process EntityStore, same entities per node) {store[0]:.1f} B/entity; "
@@ -413,7 +488,8 @@ def print_memory(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  baseline: {store_s}seed {SEED_BYTES} B/entity; issue 16 before {BEFORE_MEMORY}/entity; "
           f"target at most {TARGET_BYTES} B/entity/copy")
     if not r["all_arrived"]:
-        print(f"  not all arrived: {r['held']:,} of {r['entities'] * args.copies:,} held after {r['wait_s']} s; "
+        print(f"  not all arrived: {r['held']:,} of {r['entities'] * r['copies']:,} held ({r['owned']:,} owned) "
+              f"after {r['wait_s']} s; "
               f"send said: {r['send']}")
     elif r["send_rc"] != 0:
         print(f"  send exited {r['send_rc']}: {r['send']}")
@@ -431,27 +507,31 @@ def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
     acks = has_acks()
     modes: list[tuple[str, list[str]]] = [("default options", [])]
     if acks:
-        modes += [("acks 0", ["--acks", "0"]), ("acks 1", ["--acks", "1"])]
+        modes += [("acks 0", ["--acks", "0"]), ("acks 1", ["--acks", "1"]), ("acks all", ["--acks", "all"])]
     runs = []
+    copies = copies_in(args.throughput_nodes, args)
     for label, extra in modes:
         cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-ingest-tput-")))
         try:
             nodes = ready_cluster(cluster, args.throughput_nodes, node_env(args))
             producer = Producer(send_cmd(nodes[0], count, extra=extra))
-            n, waited, arrived = wait_held(nodes, count * args.copies, args.timeout, busy=producer.running)
+            n, owned, waited, arrived = wait_stored(nodes, count * copies, count, args.timeout, busy=producer.running)
             rc, line, cpu = producer.finish(args.timeout)
         finally:
             close(cluster)
-        runs.append({"mode": label, "send_rate": send_rate(line), "stored_rate": n / waited if waited else None,
-                     "held": n, "all_arrived": arrived, "send_rc": rc, "send": line,
+        runs.append({"mode": label, "send_rate": send_rate(line),
+                     "stored_rate": owned / waited if waited else None,  # entities, each in all its copies
+                     "stored_copies_rate": n / waited if waited else None,
+                     "held": n, "owned": owned, "all_arrived": arrived, "send_rc": rc, "send": line,
                      "producer_cpu_s": round(cpu, 3)})
-    return {"records": count, "nodes": args.throughput_nodes, "raw_records": raw_count,
+    return {"records": count, "nodes": args.throughput_nodes, "copies": copies, "raw_records": raw_count,
             "raw_rate": raw, "raw_rates": raw_all,
             "acks": acks, "runs": runs}
 
 
 def print_throughput(r: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"\nthroughput: {r['records']:,} records into {r['nodes']} nodes")
+    print(f"\nthroughput: {r['records']:,} records into {r['nodes']} nodes"
+          + (f", {r['copies']} copies of each block" if r["copies"] > 1 else ""))
     print(f"  raw pyzmq, this run (PUSH/PULL loopback TCP, {r['raw_records']:,} records, "
           f"{FRAME_BYTES // RECORD.itemsize:,} {RECORD.itemsize}-byte records a frame, best of {len(r['raw_rates'])}): "
           f"{r['raw_rate']:,.0f} records/s "
@@ -460,11 +540,14 @@ def print_throughput(r: dict[str, Any], args: argparse.Namespace) -> None:
         rate = run["send_rate"]
         share = f" = {rate / r['raw_rate']:.1%} of raw" if rate else ""
         stored = (f"; stored by all nodes {run['stored_rate']:,.0f} records/s from the send's start"
+                  + (f" (each in its {r['copies']} copies: {run['stored_copies_rate']:,.0f} copies/s)"
+                     if r["copies"] > 1 else "")
                   if run["stored_rate"] and run["all_arrived"] else "")
         print(f"  corec-node send, {run['mode']}: {rate:,.0f} records/s by send's clock{share}{stored}"
               if rate else f"  corec-node send, {run['mode']}: no rate (exit {run['send_rc']}): {run['send']}")
         if not run["all_arrived"]:
-            print(f"    not all arrived: {run['held']:,} of {r['records'] * args.copies:,}")
+            print(f"    not all arrived: {run['held']:,} of {r['records'] * r['copies']:,} held "
+                  f"({run['owned']:,} of {r['records']:,} owned); send said: {run['send']}")
     if not r["acks"]:
         print("  acks not available in this build (send --help has no --acks)")
 
@@ -480,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-records", type=int, help="records sent (throughput; default --records)")
     p.add_argument("--throughput-nodes", type=int, default=3)
     p.add_argument("--block-size", type=int, default=1000, help="engine.block_size of every node")
-    p.add_argument("--copies", type=int, default=1, help="copies of each entity the cluster keeps (1 today)")
+    p.add_argument("--copies", type=int, default=1,
+                   help="copies of each block the cluster keeps, the owner's included (engine.replicas)")
     p.add_argument("--idle", type=float, default=3.0, help="seconds a fresh cluster is watched idle first")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the cluster to hold all")
     args = p.parse_args(argv)

@@ -19,7 +19,7 @@ from corec_node.engine.placement import PlacementMap
 from corec_node.shell.lanes import HolderLanes
 from corec_node.shell.replication import NOT_REPLICATED, Replicator
 from corec_node.shell.routing import Relay
-from corec_node.testing.cluster import Cluster, NodeProc, eventually
+from corec_node.testing.cluster import Cluster, NodeProc, eventually, voters_agree
 from corec_node.wire.messages import BatchReply
 
 BLOCK_SIZE = 1000
@@ -253,6 +253,7 @@ def test_a_million_entities_survive_the_sigkill_of_any_owner_and_a_restarted_nod
         assert all(len(r["replicas"]) == 1 and r["replicas"][0] != r["owner"] for r in rows)
 
         # SIGKILL b: with no fresh data, a and c answer the same exact figures within seconds
+        eventually(lambda: voters_agree(nodes, ["a", "b", "c"]), 30, message="three voters")
         victim = nodes[1]
         victim.kill()
         killed = time.monotonic()
@@ -316,6 +317,8 @@ def test_acks_all_fails_naming_the_records_when_too_few_copies_are_left(tmp_path
             client.send(recs)
             client.flush()
             assert client.accepted == 5000
+        eventually(lambda: voters_agree([a, b, c], ["a", "b", "c"]), 30,
+                   message="all three are voters: two of them elect a leader without the third")
         c.kill()
         _members([a, b], ["a", "b"])
         with Client(a.addr, acks="all") as client:

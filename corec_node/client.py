@@ -21,8 +21,9 @@ unreachable), when its map has no owners (some member is older than 1.5), or wit
 Idempotent producers: the client has a random producer id and numbers its batches with
 one rising ``pseq`` across all owners (a batch offered again keeps its number). An owner
 applies a batch only in the blocks where it is newer than the last one it applied from
-this producer: a retry is refused ``duplicate``, an older batch that a newer one overtook
-``out_of_order`` (the newer values stand). Send big batches (thousands of records): one
+this producer: a retry is refused ``duplicate`` (counted here as accepted, in
+``duplicates`` too: an earlier offer of the same batch stored it), an older batch that a
+newer one overtook ``out_of_order`` (the newer values stand). Send big batches (thousands of records): one
 record per message is tens of times slower.
 
 Answers (SPEC 9.4). With ``acks=1`` (the default) every batch is answered: accepted
@@ -197,6 +198,7 @@ class Client:
         self.unconfirmed = 0  # records sent and never answered
         self.sent_unacknowledged = 0  # records sent with acks 0: handed to a socket, no answer asked
         self.retries = 0  # batches offered again after a busy answer
+        self.duplicates = 0  # of the records accepted, those an earlier offer of the same batch had stored
         self.routed = False  # records go straight to their owners (set at the first send)
         self.why_unrouted = ""  # when not routed, why (after the first send)
         self.map_epoch = 0  # the placement epoch of the map batches are split by
@@ -513,11 +515,16 @@ class Client:
             link.silent = False
         link.answered = True
         accepted = min(reply.accepted, item.count)
+        # a duplicate is this batch stored already, by an earlier offer of the same pseq (one
+        # that went unanswered, or a part sent again to a new owner that held it as a replica)
+        duplicates = min(int(reply.rejected.get("duplicate", 0)), item.count - accepted)
+        self.duplicates += duplicates
+        accepted += duplicates
         self.accepted += accepted
         left = item.count - accepted
         if not left:
             return
-        refused = dict(reply.rejected) or {"unknown": left}
+        refused = {k: v for k, v in reply.rejected.items() if k != "duplicate"} or {"unknown": left}
         if set(refused) <= RETRIED and not accepted and time.monotonic() - item.first_sent < self.retry_busy:
             item.due = time.monotonic() + item.backoff
             item.backoff = min(item.backoff * 2, BACKOFF_MAX)

@@ -428,3 +428,18 @@ def test_deletes_and_ttls_reach_every_holder(tmp_path):
         assert sum(n.ctl("status")["expired"] for n in nodes) == 3000  # each expired once, by its owner
     finally:
         cluster.close()
+
+
+def test_acks_all_stops_waiting_for_a_holder_the_map_dropped():
+    rep = Replicator(lambda: 0.0)
+    answers: list[BatchReply] = []
+    quorum = rep.wait(_relay(answers), 10, {}, 2)
+    rep.sent(quorum, "b", 10)(1)
+    rep.sent(quorum, "c", 10)(2)
+    rep.answered("b", BatchReply(seq=1, accepted=10))
+    assert rep.holders_left({"a", "b"}, enough=True) == 1  # c died: the in-sync set is a and b
+    assert answers[-1].accepted == 10
+    quorum = rep.wait(_relay(answers), 10, {}, 1)
+    rep.sent(quorum, "b", 10)(3)
+    rep.holders_left({"a"}, enough=False)  # b died too: one copy left, under min_insync
+    assert answers[-1].rejected == {NOT_REPLICATED: 10}

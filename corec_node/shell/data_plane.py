@@ -489,17 +489,23 @@ class DataPlane:
     def _ingest_items(self, items: list[Item]) -> None:
         """A sweep of known entities is stored at once (``ingest_sweep``); other batches are
         stored together, in one call, with every batch after them; a handoff is applied in its
-        place in the order (what came before it is stored first)."""
+        place in the order (what came before it is stored first). An owner's writes for us
+        as a holder are gathered too and stored in one call (their blocks are not ours to
+        write: no order to keep with our own writes), before anything whose order matters."""
         pending: list[np.ndarray] = []
+        replicas: list[np.ndarray] = []
         for env, payload, where, decoded in items:
             if where == "direct" and decoded is None:  # a handoff
-                self._store(pending)
+                self._flush(pending, replicas)
                 records = self._decode_batch(env.msg, payload, "direct")
                 if records is not None:
                     self.engine.receive_handoff(records)
                 continue
+            if where == "replica" and not env.msg.delete and not env.msg.hops:
+                replicas.append(decoded)
+                continue
             if where in ("replica", "copy", "copy_done"):  # in the order their owner sent them
-                self._store(pending)
+                self._flush(pending, replicas)
                 if where == "replica" and env.msg.delete:
                     self.engine.delete(decoded)
                 elif where == "replica":
@@ -515,11 +521,11 @@ class DataPlane:
                 continue
             records = decoded if decoded is not None else self._decode_batch(env.msg, payload, where)
             if records is not None and where == "broadcast" and env.msg.delete:  # every holder removes them
-                self._store(pending)
+                self._flush(pending, replicas)
                 self.engine.delete(records)
                 continue
             if records is not None and where == "broadcast" and (self.engine.copies > 1 or self.engine.placement.learners):
-                self._keep_copies(env.msg, records, pending)  # before the owner's part is taken out below
+                self._keep_copies(env.msg, records, replicas)  # before the owner's part is taken out below
             if records is not None and where == "broadcast" and env.msg.producer:
                 records = records[self.engine._mine(records)]
                 records, refused, _ = self._admit_sequences(env.msg, records, self.engine.blocks_of(records))
@@ -528,7 +534,7 @@ class DataPlane:
             if records is not None and where == "direct" and self.view.routed:
                 records = self._moved_away(env.msg, records)
             if records is not None and env.msg.delete:  # in order with the writes around it
-                self._store(pending)
+                self._flush(pending, replicas)
                 self.engine.delete(records)
                 continue
             if records is not None:
@@ -536,9 +542,9 @@ class DataPlane:
                     pending.append(records)
                 if self.plugins.wants(env.msg.channel):
                     self.plugins.spawn(self.plugins.entities(self.host, env.msg.channel, records))
-        self._store(pending)
+        self._flush(pending, replicas)
 
-    def _keep_copies(self, msg: EntityBatch, records: np.ndarray, pending: list[np.ndarray]) -> None:
+    def _keep_copies(self, msg: EntityBatch, records: np.ndarray, replicas: list[np.ndarray]) -> None:
         """The stream of a cluster that is not owner-routed reaches every holder: a replica,
         or a learner, keeps the records of the blocks it holds and does not own (the owner
         sends it nothing in that cluster), their producer sequences checked as an owner's."""
@@ -546,8 +552,7 @@ class DataPlane:
         if copies.any():
             kept, _refused, _ = self._admit_sequences(msg, records[copies], None)
             if len(kept):
-                self._store(pending)
-                self.engine.apply_replica(kept, msg.channel)
+                replicas.append(kept)
 
     def _moved_away(self, msg: EntityBatch, records: np.ndarray) -> np.ndarray:
         """Records we accepted as owner whose blocks the map gave another owner before they
@@ -611,6 +616,13 @@ class DataPlane:
         except WireError as exc:
             self.traffic.reject(where, exc)
             return None
+
+    def _flush(self, pending: list[np.ndarray], replicas: list[np.ndarray]) -> None:
+        """Store what was gathered: our own writes, then an owner's for us as a holder."""
+        self._store(pending)
+        if replicas:
+            self.engine.apply_replica(replicas[0] if len(replicas) == 1 else np.concatenate(replicas))
+            replicas.clear()
 
     def _store(self, pending: list[np.ndarray]) -> None:
         """Ingest decoded batches in one store call (and empty the list). They are not
@@ -703,7 +715,10 @@ class DataPlane:
 
     def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
         """Send block copies to their new holders (engine rule 3), then tell the map's
-        learners we sent them all."""
+        learners we sent them all. Called on every map we adopt: acks all stops waiting for
+        holders the map dropped."""
+        self.replicator.holders_left(set(self.engine.placement.everyone),
+                                     enough=self.engine.in_sync() >= self.min_insync)
         for owner, records in handoffs.items():
             if owner in self.view.data and owner in self.view.replicating:
                 self._copy_to(owner, records)

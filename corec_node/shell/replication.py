@@ -82,6 +82,18 @@ class Replicator:
         self._settle(quorum)
         return True
 
+    def holders_left(self, holders: set[str], *, enough: bool) -> int:
+        """The map no longer names some holders we wait for (dead, left): the in-sync set is
+        the holders left, so their answers are waited for no more; ``enough``: the set left
+        still has ``min_insync`` members (else those batches fail). Returns answers dropped."""
+        gone = [key for key in self._waiting if key[0] not in holders]
+        for key in gone:
+            quorum, _deadline, _records = self._waiting.pop(key)
+            if not enough:
+                quorum.failed = True
+            self._settle(quorum)
+        return len(gone)
+
     def expire(self) -> int:
         """Holders that did not answer in time fail their batches."""
         now = self._now()

@@ -144,6 +144,10 @@ class DataPlane:
         self._learners: frozenset[str] = frozenset()
         self._learners_published: tuple[int, frozenset[str]] | None = None
         self._copy_done: dict[str, set[str]] = {}
+        # we started with nothing: until we have learned once (or are alone), we ask the
+        # nucleus to make us a learner, even if its map still names us a member (a restart
+        # faster than failure detection)
+        self._fresh = True
         self._copies_failed: set[tuple[str, str]] = set()  # (map digest, learner): a copy did not leave
         self._memory_full = False  # near the memory limit: no new blocks from producers (shell/memory.py)
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
@@ -199,7 +203,9 @@ class DataPlane:
     def _act_on_view(self) -> None:
         view = self.view
         if view.leader == self.name:
-            self._ready |= set(self.engine.placement.members)  # a member is never made a learner again
+            # a member stays trusted while it is live; one the cluster saw dead or gone learns
+            # again when it comes back (it missed writes, or lost its state)
+            self._ready = (self._ready | set(self.engine.placement.members)) & set(view.live)
             self._learners = frozenset(m for m in view.live if m in view.replicating and m not in self._ready)
         self.engine.observe_view(view.live, self._learners)
         if self._acts_on_own_view():
@@ -820,7 +826,17 @@ class DataPlane:
 
     def _check_ready(self) -> None:
         """As a learner: once every replicating member of our map sent its CopyDone for it,
-        tell the nucleus we have caught up (again every tick, until it makes us a member)."""
+        tell the nucleus we have caught up (again every tick, until it makes us a member).
+        Fresh from a start with nothing held, and named a member: ask to learn first
+        (READY with no digest)."""
+        if self._fresh and (self.engine.is_learner() or self.view.leader == self.name):
+            self._fresh = False  # learning now, or the nucleus itself (nobody to learn from)
+        if self._fresh and self.view.leader is not None and self.name in self.engine.placement.members \
+                and len(self.engine.placement.members) > 1:
+            addr = self.view.data.get(self.view.leader)
+            if addr is not None:
+                self.data_send(addr, Ready(digest=""), None)
+            return
         if not self.engine.is_learner():
             return
         leader = self.view.leader
@@ -841,7 +857,15 @@ class DataPlane:
     def ready(self, sender: str, msg: Ready) -> None:
         """A learner caught up: as nucleus, trust it with ownership if it caught up under
         the map we act on now."""
-        if self.view.leader != self.name or sender not in self._learners:
+        if self.view.leader != self.name:
+            return
+        if not msg.digest:  # a member that restarted with nothing: it learns before it owns again
+            if sender != self.name and sender in self._ready:
+                self._ready.discard(sender)
+                log.event("member_learns_again", member=sender, detail="it restarted with nothing held")
+                self._act_on_view()
+            return
+        if sender not in self._learners:
             return
         if msg.digest != self.engine.placement_digest():
             return  # the map moved since: it catches up under the new one and says so again

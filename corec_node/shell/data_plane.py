@@ -43,20 +43,17 @@ from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
 from corec_node.engine.producers import ProducerSeqs
 from corec_node.shell.lanes import HolderLanes
+from corec_node.shell.learning import ACKS_ALL, REPLICA_COPY, REPLICA_WRITE, ReplicaSide
 from corec_node.shell.replication import NO_LEADER, NOT_ENOUGH_REPLICAS, Replicator
 from corec_node.shell.routing import NOT_OWNER, Answer, Forwarder, Relay
 from corec_node.wire.messages import (
     REPLY_MINOR,
     Aggregates,
-    BatchReply,
-    CopyDone,
     EntityBatch,
     Flow,
     FusionPlan,
-    Learners,
     Owner,
     Placement,
-    Ready,
     SequenceHandoff,
 )
 from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
@@ -68,8 +65,6 @@ COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store cal
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under the rows limit)
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
-REPLICA_WRITE, REPLICA_COPY = 1, 2  # EntityBatch.replica (SPEC 9.7)
-ACKS_ALL = 2  # EntityBatch.acks: every holder queued the records
 MEMORY_FULL = "memory_full"  # a producer's records of blocks not held, refused near the memory limit
 
 
@@ -106,7 +101,7 @@ class ProducerCounts:
                 "waiting": waiting}
 
 
-class DataPlane:
+class DataPlane(ReplicaSide):
     """The entity path of one node (see the module docstring)."""
 
     def __init__(
@@ -791,114 +786,6 @@ class DataPlane:
             self.traffic.rejected["sequence_handoff"] += 1
             return
         self.seqs.merge(rows)
-
-    # -- replicas and learners (SPEC 9.7) -------------------------------------------------
-
-    def replica_batch(self, env: Any, payload: Any, answer: Answer) -> None:
-        """An owner's records for us as a holder (``replica`` 1), or a block's copy (2):
-        queued in its order; a write sent with acks all is answered once queued."""
-        msg = env.msg
-        if env.sender == self.name:  # a member our view does not list yet is taken: its copies must not be lost
-            self.traffic.rejected["replica_stranger"] += 1
-            return
-        records = self._decode_batch(msg, payload, "data")
-        if records is None:
-            if msg.acks >= ACKS_ALL:
-                answer(BatchReply(seq=env.seq, accepted=0, rejected={"malformed": msg.count}))
-            return
-        if msg.replica == REPLICA_COPY:
-            self.queue().add((env, payload, "copy", records))
-            return
-        kept, refused, _ = self._admit_sequences(msg, records, None)
-        if len(kept):
-            self.queue().add((env, payload, "replica", kept))
-        if msg.acks >= ACKS_ALL:
-            answer(BatchReply(seq=env.seq, accepted=len(kept), rejected=refused))
-
-    def holder_answered(self, sender: str, reply: BatchReply) -> None:
-        """An answer on the data socket: to a part we forwarded, or to a write we replicated."""
-        if not self.forwarder.answered(sender, reply) and not self.replicator.answered(sender, reply):
-            self.traffic.rejected["stray_reply"] += 1
-
-    def copy_done(self, env: Any) -> None:
-        """A member sent us every copy it owes us: counted once the copies before it are applied."""
-        self.queue().add((env, None, "copy_done", None))
-
-    def _check_ready(self) -> None:
-        """As a learner: once every replicating member of our map sent its CopyDone for it,
-        tell the nucleus we have caught up (again every tick, until it makes us a member).
-        Fresh from a start with nothing held, and named a member: ask to learn first
-        (READY with no digest)."""
-        if self._fresh and (self.engine.is_learner() or self.view.leader == self.name):
-            self._fresh = False  # learning now, or the nucleus itself (nobody to learn from)
-        if self._fresh and self.view.leader is not None and self.name in self.engine.placement.members \
-                and len(self.engine.placement.members) > 1:
-            addr = self.view.data.get(self.view.leader)
-            if addr is not None:
-                self.data_send(addr, Ready(digest=""), None)
-            return
-        if not self.engine.is_learner():
-            return
-        leader = self.view.leader
-        if leader is None or self.awaited_copies():
-            return
-        digest = self.engine.placement_digest()
-        addr = self.view.data.get(leader)
-        if addr is not None:
-            self.data_send(addr, Ready(digest=digest), None)
-
-    def awaited_copies(self) -> list[str]:
-        """As a learner: the members whose copies under our map we still wait for."""
-        if not self.engine.is_learner():
-            return []
-        done = self._copy_done.get(self.engine.placement_digest(), set())
-        return sorted(m for m in self.engine.placement.members if m in self.view.replicating and m not in done)
-
-    def ready(self, sender: str, msg: Ready) -> None:
-        """A learner caught up: as nucleus, trust it with ownership if it caught up under
-        the map we act on now."""
-        if self.view.leader != self.name:
-            return
-        if not msg.digest:  # a member that restarted with nothing: it learns before it owns again
-            if sender != self.name and sender in self._ready:
-                self._ready.discard(sender)
-                log.event("member_learns_again", member=sender, detail="it restarted with nothing held")
-                self._act_on_view()
-            return
-        if sender not in self._learners:
-            return
-        if msg.digest != self.engine.placement_digest():
-            return  # the map moved since: it catches up under the new one and says so again
-        self._ready.add(sender)
-        log.event("learner_ready", member=sender, map=msg.digest)
-        self._act_on_view()
-
-    def learners(self, sender: str, msg: Learners) -> None:
-        """The nucleus names its learners: our view leaves them out of ownership."""
-        if sender != self.view.leader or msg.term != self.view.term:
-            return
-        names = frozenset(msg.names)
-        if names != self._learners:
-            self._learners = names
-            self._act_on_view()
-
-    def _publish_learners(self, *, force: bool = False) -> None:
-        key = (self.view.term, self._learners)
-        if force or key != self._learners_published:
-            self._learners_published = key
-            self.outbox.publish(Learners(term=self.view.term, names=tuple(sorted(self._learners))))
-
-    def _mark_copies(self) -> None:
-        """After the copies of a new map, and every tick while it has learners: tell each
-        learner we sent all we owe it (a marker lost or early is simply sent again)."""
-        placement = self.engine.placement
-        if not placement.learners or self.engine.is_learner():
-            return
-        digest = placement.digest()
-        for learner in placement.learners:
-            if learner in self.view.data and (digest, learner) not in self._copies_failed:  # behind the copies
-                self.lanes.send(learner, CopyDone(digest=digest, epoch=self.engine.epoch))
-        self._kick_lanes()
 
     def memory_full(self, full: bool, gauge: Any) -> None:
         """The node's memory against its limit, each tick: past 90 % it takes no new blocks

@@ -200,6 +200,30 @@ def test_a_holders_lane_keeps_order_and_paces_copies():
     assert lanes.waiting() == 0
 
 
+def test_a_marker_behind_a_copy_that_fails_when_its_turn_comes_is_not_sent():
+    # COPY_DONE is queued behind copies still waiting for budget: if one of them cannot
+    # leave, the learner must not hear that every copy left
+    now, out, failed = [0.0], [], set()
+    refuse = {"copy-2"}
+
+    def send(holder, msg, payload):
+        if msg in refuse:
+            return None
+        out.append(msg)
+        return len(out)
+
+    lanes = HolderLanes(send, 1000.0, lambda: now[0])
+    lanes.send("b", "copy-1", copy_bytes=250)
+    lanes.send("b", "copy-2", copy_bytes=500, sent=lambda seq: seq is None and failed.add("b"))
+    lanes.send("b", "copy-done", unless=lambda: "b" in failed)
+    assert out == ["copy-1"]
+    now[0] += 1.0
+    assert lanes.pump() is None
+    assert out == ["copy-1"] and failed == {"b"}  # copy-2 failed, so the marker stayed home
+    lanes.send("b", "copy-done", unless=lambda: False)
+    assert out == ["copy-1", "copy-done"]
+
+
 # -- real nodes -------------------------------------------------------------------------
 
 ENV = {"COREC_ENGINE_REPLICAS": "2"}

@@ -216,6 +216,21 @@ class EngineHost:
             self.dropped_held += self.store.drop_blocks(gone)
         return out
 
+    def drop_unheld(self) -> int:
+        """Drop the blocks our map does not make us hold: copies and writes that came for a
+        map that never came to us, or for one we have left (the caller knows the map is
+        settled). Returns the entities dropped."""
+        blocks = self.store.block_ids()
+        if len(blocks) == 0:
+            return 0
+        column = self.placement.everyone.index(self.name)
+        held = self.placement.holder_mask(self.store.fusions.resolve(blocks), self.copies)[:, column]
+        if held.all():
+            return 0
+        dropped = self.store.drop_blocks(blocks[~held])
+        self.dropped_held += dropped
+        return dropped
+
     def replica_parts(self, records: np.ndarray, blocks: np.ndarray) -> dict[str, np.ndarray]:
         """What we store as owner, split by the other holders of its blocks (rule 3):
         ``{holder: records}``. ``blocks``: each record's placed block."""
@@ -462,10 +477,9 @@ class EngineHost:
         """Records the owner of their blocks stored, for us as a holder (kept even before
         we adopt the map that gives us their blocks; producer sequences refuse a write
         older than one applied). ``moved``: a previous owner's, accepted before the blocks
-        came to us: what we own of them counts as ingested here, where it is stored as owner."""
-        if moved:
-            self.ingested += int(np.count_nonzero(self._mine(records)))
-        else:
+        came to us: counted as ingested by that owner when it sent them (our map may not
+        give us the blocks yet; every holder gets them)."""
+        if not moved:
             self.replicated_in += len(records)
         if self.ingest_sweep(records, channel, owned_only=False) is None:
             self.store.ingest(records)
@@ -581,6 +595,15 @@ class EngineHost:
                 top = e
         self.epoch = top
         self._rows_version += 1
+
+    def holds_shown_blocks(self, member: str) -> bool:
+        """Whether our map makes ``member`` a holder of a block the cluster shows rows for
+        (a member that restarted empty then lacks state: it must learn; at a cluster's
+        first start there is nothing it could lack)."""
+        if member not in self.placement.everyone or not self.rows:
+            return False
+        blocks = self.store.fusions.resolve(np.fromiter(self.rows, np.int64, len(self.rows)))
+        return bool(self.placement.holder_mask(blocks, self.copies)[:, self.placement.everyone.index(member)].any())
 
     def raise_epoch(self, floor: int) -> None:
         """Rule 6: never stamp below ``floor`` (e.g. the highest epoch already in PostgreSQL)."""

@@ -64,6 +64,7 @@ HOLD_POLL = 0.002  # a batch waiting out a member's pause looks again this often
 COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
 HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
 SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under the rows limit)
+SETTLED = 10.0  # seconds a confirmed map stays unchanged before blocks it does not give us are dropped
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 MEMORY_FULL = "memory_full"  # a producer's records of blocks not held, refused near the memory limit
 
@@ -136,6 +137,8 @@ class DataPlane(ReplicaSide):
         # learners (SPEC 9.7): as nucleus, the members it trusts with ownership (``_ready``);
         # as follower, the learners its nucleus last named; as learner, who sent its copies
         self._ready: set[str] = set()
+        self._settled_version, self._settled_since = -1, 0.0  # the map's version, and since when (_drop_strays)
+        self._relearn: set[str] = set()  # as nucleus: members that restarted with nothing, learning again
         self._learners: frozenset[str] = frozenset()
         self._learners_published: tuple[int, frozenset[str]] | None = None
         self._copy_done: dict[str, set[str]] = {}
@@ -200,7 +203,8 @@ class DataPlane(ReplicaSide):
         if view.leader == self.name:
             # a member stays trusted while it is live; one the cluster saw dead or gone learns
             # again when it comes back (it missed writes, or lost its state)
-            self._ready = (self._ready | set(self.engine.placement.members)) & set(view.live)
+            self._relearn &= set(view.live)
+            self._ready = ((self._ready | set(self.engine.placement.members)) & set(view.live)) - self._relearn
             self._learners = frozenset(m for m in view.live if m in view.replicating and m not in self._ready)
         self.engine.observe_view(view.live, self._learners)
         if self._acts_on_own_view():
@@ -563,6 +567,7 @@ class DataPlane(ReplicaSide):
         if mine.all():
             return records
         moved = records[~mine]
+        self.engine.ingested += len(moved)  # taken in here, stored at their holders (counted once)
         for holder, part in self.engine.holder_parts(moved, self.engine.blocks_of(moved)).items():
             header, payload = make_batch(part, msg.channel)
             header = dataclasses.replace(header, producer=msg.producer, pseq=msg.pseq, acks=0, hops=1, delete=msg.delete,
@@ -625,6 +630,20 @@ class DataPlane(ReplicaSide):
             self.engine.apply_replica(replicas[0] if len(replicas) == 1 else np.concatenate(replicas))
             replicas.clear()
 
+    def _drop_strays(self) -> None:
+        """Blocks held without our map saying so (a copy or write sent under a map we never
+        adopted) are dropped once the map has settled: confirmed, with no learner, and
+        unchanged for SETTLED seconds (a copy for a newer map comes within that time)."""
+        placement = self.engine.placement
+        if placement.version != self._settled_version:
+            self._settled_version, self._settled_since = placement.version, self._now()
+            return
+        if placement.learners or self._now() - self._settled_since < SETTLED or not self.placement_confirmed():
+            return
+        dropped = self.engine.drop_unheld()
+        if dropped:
+            log.event("strays_dropped", entities=dropped, map_version=placement.version)
+
     def _store(self, pending: list[np.ndarray]) -> None:
         """Ingest decoded batches in one store call (and empty the list). They are not
         sweeps (``_ingest_items`` tried), so the general path is taken at once."""
@@ -645,6 +664,7 @@ class DataPlane(ReplicaSide):
         self._copy_again()
         self._mark_copies()
         self._check_ready()
+        self._drop_strays()
         rows, repairs = self.engine.tick()
         tick_no = self.engine.tick_no
         self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))

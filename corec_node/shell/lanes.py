@@ -25,6 +25,7 @@ class _Item:
     payload: Any
     nbytes: int  # counted against the budget (copies only)
     sent: Callable[[int | None], None] | None  # told the seq it left under (None: not sent)
+    unless: Callable[[], bool] | None  # asked when its turn comes: True drops it unsent
 
 
 class HolderLanes:
@@ -41,13 +42,15 @@ class HolderLanes:
         self.waits = 0  # copies that waited for budget
 
     def send(self, holder: str, msg: Any, payload: Any = None, *, copy_bytes: int = 0,
-             sent: Callable[[int | None], None] | None = None) -> None:
+             sent: Callable[[int | None], None] | None = None, unless: Callable[[], bool] | None = None) -> None:
         """Queue ``msg`` for ``holder`` behind what waits there (at once if nothing does and,
-        for a copy of ``copy_bytes``, the budget allows); ``sent`` hears its seq."""
+        for a copy of ``copy_bytes``, the budget allows); ``sent`` hears its seq. ``unless``
+        is asked when its turn comes (a marker that what went before it left: a copy ahead
+        of it may fail after it was queued)."""
         lane = self._lanes.get(holder)
         if lane is None:
             lane = self._lanes[holder] = collections.deque()
-        lane.append(_Item(msg, payload, copy_bytes, sent))
+        lane.append(_Item(msg, payload, copy_bytes, sent, unless))
         if len(lane) == 1:
             self._drain(holder, lane)
 
@@ -81,6 +84,8 @@ class HolderLanes:
                 allowed, at = self._budget[holder]
                 self._budget[holder] = (allowed - item.nbytes, at)
             lane.popleft()
+            if item.unless is not None and item.unless():
+                continue
             seq = self._send(holder, item.msg, item.payload)
             self.copied_bytes += item.nbytes if seq is not None else 0
             if item.sent is not None:

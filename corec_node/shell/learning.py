@@ -23,7 +23,7 @@ class ReplicaSide:
         """An owner's records for us as a holder (``replica`` 1), or a block's copy (2):
         queued in its order; a write sent with acks all is answered once queued."""
         msg = env.msg
-        if env.sender == self.name:  # a member our view does not list yet is taken: its copies must not be lost
+        if env.sender == self.name:  # our own name from another process: nobody's writes for us
             self.traffic.rejected["replica_stranger"] += 1
             return
         records = self._decode_batch(msg, payload, "data")
@@ -54,8 +54,8 @@ class ReplicaSide:
         tell the nucleus we have caught up (again every tick, until it makes us a member).
         Fresh from a start with nothing held, and named a member: ask to learn first
         (READY with no digest)."""
-        if self._fresh and (self.engine.is_learner() or self.view.leader == self.name):
-            self._fresh = False  # learning now, or the nucleus itself (nobody to learn from)
+        if self._fresh and (self.engine.is_learner() or self.view.leader == self.name or self.engine.store.count()):
+            self._fresh = False  # learning now, the nucleus itself (nobody to learn from), or holding state
         if self._fresh and self.view.leader is not None and self.name in self.engine.placement.members \
                 and len(self.engine.placement.members) > 1:
             addr = self.view.data.get(self.view.leader)
@@ -85,8 +85,9 @@ class ReplicaSide:
         if self.view.leader != self.name:
             return
         if not msg.digest:  # a member that restarted with nothing: it learns before it owns again
-            if sender != self.name and sender in self._ready:
+            if sender != self.name and sender in self._ready and self.engine.holds_shown_blocks(sender):
                 self._ready.discard(sender)
+                self._relearn.add(sender)  # even while our map still names it a member
                 log.event("member_learns_again", member=sender, detail="it restarted with nothing held")
                 self._act_on_view()
             return
@@ -95,6 +96,7 @@ class ReplicaSide:
         if msg.digest != self.engine.placement_digest():
             return  # the map moved since: it catches up under the new one and says so again
         self._ready.add(sender)
+        self._relearn.discard(sender)
         log.event("learner_ready", member=sender, map=msg.digest)
         self._act_on_view()
 
@@ -122,5 +124,6 @@ class ReplicaSide:
         digest = placement.digest()
         for learner in placement.learners:
             if learner in self.view.data and (digest, learner) not in self._copies_failed:  # behind the copies
-                self.lanes.send(learner, CopyDone(digest=digest, epoch=self.engine.epoch))
+                self.lanes.send(learner, CopyDone(digest=digest, epoch=self.engine.epoch),
+                                unless=lambda d=digest, h=learner: (d, h) in self._copies_failed)
         self._kick_lanes()

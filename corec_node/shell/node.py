@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
@@ -343,11 +343,7 @@ class Node:
         match env.type:
             case MsgType.ENTITY_BATCH:
                 if env.msg.replica:  # an owner's writes or copies for us as a holder (SPEC 9.7)
-                    holder_of = self.data.view.data.get(env.sender)
-                    if holder_of is not None:
-                        self.data.replica_batch(env, payload, lambda msg: self._data_send(holder_of, msg, None))
-                    else:
-                        self.traffic.rejected["replica_stranger"] += 1
+                    self.data.replica_batch(env, payload, self._holder_answer(env.sender))
                     return
                 member = self.data.view.data.get(env.sender) if env.msg.hops > 0 else None
                 if member is not None:  # a part a member forwarded: answered to its data socket
@@ -366,6 +362,18 @@ class Node:
                 self.data.placement_request(lambda msg: self._answer(self.data_outbox, identity, msg))
             case _:
                 self.traffic.reject("data", WireError("type", f"{env.type.name} on the data socket"))
+
+    def _holder_answer(self, owner: str) -> Callable[[Any], None]:
+        """How we answer an owner's write: on its data socket. Its records are kept even when
+        our view does not know that socket yet (a copy must not be lost to a view that lags
+        the owner's); the answer is then not sent, and the owner counts it not replicated."""
+        def answer(msg: Any) -> None:
+            addr = self.data.view.data.get(owner)
+            if addr is None:
+                self.traffic.rejected["replica_unanswered"] += 1
+            else:
+                self._data_send(addr, msg, None)
+        return answer
 
     @staticmethod
     def _answer(outbox: Outbox, identity: bytes, msg: Any) -> None:

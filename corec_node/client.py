@@ -39,7 +39,9 @@ said. With ``acks=0`` nothing is answered nor awaited: those records are counted
 every holder of its blocks (owner and replicas, SPEC 9.7) queued it; a cluster older than
 1.6 (its map names no replicas) acknowledges by the owner alone. A batch refused
 ``no_leader`` (an election under way, or the minority side of a partition) is offered
-again like a busy one.
+again like a busy one. A batch refused whole as ``not_owner`` (the node's map moved its
+blocks before it stored them: nothing of it is anywhere) is split again by a newer map,
+under new sequences (``rerouted``); one refused in part is counted refused.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import numpy as np
 import zmq
 
 from corec_node.engine.blocks import FusionTable, check_block_size
-from corec_node.engine.placement import PlacementMap, partition
+from corec_node.engine.placement import RENDEZVOUS, PlacementMap, partition
 from corec_node.shell.transport import tcp
 from corec_node.wire import (
     ENTITY_DTYPE,
@@ -80,7 +82,8 @@ DEFAULT_BATCH = 10_000  # records per message: 100 KB frames, far past per-messa
 DEFAULT_WINDOW = 32  # batches unanswered at most, per socket: 320 K records in flight keep a node's worker busy
 REPLY_TIMEOUT = 30.0  # seconds a batch waits for its answer (a node refuses as busy after 5 of its own)
 RETRY_BUSY = 30.0  # seconds a batch refused as busy is offered again
-RETRIED = frozenset(("busy", "no_leader"))  # refusals that store nothing and pass: offered again
+RETRIED = frozenset(("busy", "no_leader"))  # (not_owner, refused whole, is split anew: _reroute)
+NOT_OWNER = "not_owner"  # refusals that store nothing and pass: offered again
 BACKOFF_MIN, BACKOFF_MAX = 0.01, 0.5  # seconds between two offers of a busy batch, doubling
 LATE_KEPT = 1024  # unconfirmed batches per socket whose late answer still counts (older ones stay unconfirmed)
 MAP_TIMEOUT = 1.0  # seconds the first send waits for the map; a node answers in milliseconds, a 1.4 node never
@@ -108,6 +111,7 @@ class _Batch:
     sent: float = 0.0
     backoff: float = BACKOFF_MIN
     due: float | None = None  # when to offer it again, once refused as busy
+    reroute: bool = False  # refused whole as not its owner's: split anew by a newer map, new pseqs
 
 
 class _Link:
@@ -204,6 +208,7 @@ class Client:
         self.map_epoch = 0  # the placement epoch of the map batches are split by
         self.map_fetches = 0  # maps received (the first one included)
         self.rehomed = 0  # records resent to a new owner after theirs left the map
+        self.rerouted = 0  # records refused whole as sent to a node that does not own them, sent again
         self.owners_used: set[str] = set()  # owners sent to directly
         self.sent_by_owner: collections.Counter[str] = collections.Counter()  # records sent to each owner
 
@@ -270,7 +275,7 @@ class Client:
             self._placement, self.routed, self.why_unrouted = None, False, OLD_CLUSTER
             return
         try:
-            placement = PlacementMap(p.epoch, [o.name for o in p.owners])
+            placement = PlacementMap(p.epoch, [o.name for o in p.owners], rule=p.rule or RENDEZVOUS)
             block_size = check_block_size(p.block_size)
             fusions = FusionTable({int(r["block"]): int(r["root"]) for r in p.fusions})
             owner_addr = {o.name: o.data for o in p.owners}
@@ -329,8 +334,39 @@ class Client:
             link.sock.close(0)  # what it still queued for a gone owner is resent below
             del self._links[addr]
             for item in items:
+                if item.reroute:  # stored nowhere: a new pseq, whatever map we have now
+                    self._reroute_now(item)
+                    continue
                 self.rehomed += item.count
                 self._resend(item)
+
+    def _reroute(self, link: _Link, item: _Batch) -> None:
+        """A batch no node stored (refused whole as ``not_owner``), split by a map newer than
+        the one it was split by, each part under a new pseq; parked again until we have one
+        (counted refused once ``retry_busy`` has passed)."""
+        self._check_owners()
+        if self.map_epoch <= item.epoch:
+            if time.monotonic() - item.first_sent >= self.retry_busy:
+                self.rejected[NOT_OWNER] += item.count
+                return
+            item.due = time.monotonic() + item.backoff
+            item.backoff = min(item.backoff * 2, BACKOFF_MAX)
+            if self._links.get(link.addr) is link:
+                link.parked.append(item)
+            else:  # its owner left the map meanwhile
+                self._reroute_now(item)
+            return
+        self._reroute_now(item)
+
+    def _reroute_now(self, item: _Batch) -> None:
+        self.rerouted += item.count
+        records = decode_batch(EntityBatch(channel=item.channel, count=item.count, compressed=self.compress),
+                               item.payload)
+        for link, part in self._split(records):
+            payload = make_batch(part, item.channel, compress=True)[1] if self.compress else part.tobytes()
+            self._pseq += 1
+            self._put(link, _Batch(item.channel, len(part), payload, self._pseq, self.map_epoch if self._placement
+                                   is not None else 0, item.first_sent, item.delete))
 
     def _resend(self, item: _Batch) -> None:
         """A batch split anew by the current map, each part with the batch's pseq."""
@@ -525,6 +561,15 @@ class Client:
         if not left:
             return
         refused = {k: v for k, v in reply.rejected.items() if k != "duplicate"} or {"unknown": left}
+        if set(refused) <= RETRIED | {NOT_OWNER} and NOT_OWNER in refused and not accepted \
+                and self._placement is not None and time.monotonic() - item.first_sent < self.retry_busy:
+            # nothing of it was stored: split anew once our map is newer (the answer named the
+            # node's epoch), under fresh sequences (the old one may be behind later writes)
+            item.reroute = True
+            item.due = time.monotonic() + max(item.backoff, MAP_RETRY / 4)
+            item.backoff = min(item.backoff * 2, BACKOFF_MAX)
+            link.parked.append(item)
+            return
         if set(refused) <= RETRIED and not accepted and time.monotonic() - item.first_sent < self.retry_busy:
             item.due = time.monotonic() + item.backoff
             item.backoff = min(item.backoff * 2, BACKOFF_MAX)
@@ -547,6 +592,9 @@ class Client:
                 for item in due:
                     self.retries += 1
                     item.due = None
+                    if item.reroute:
+                        self._reroute(link, item)
+                        continue
                     self._put(link, item)  # same pseq: a retry must never apply twice
             for key, item in list(link.pending.items()):
                 if in_send and link.timeout is not None and now - item.sent >= link.timeout and not link.answered:

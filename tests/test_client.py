@@ -5,6 +5,7 @@ counts the answers (BatchReply, SPEC 9.4)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def owners():
 
 def _placement(owners: dict[str, Router], epoch: int = 5, fusions: tuple = (), block_size: int = 100) -> Placement:
     return Placement(epoch=epoch, digest="", block_size=block_size,
-                     owners=tuple(Owner(name, r.addr) for name, r in owners.items()), fusions=fusions)
+                     owners=tuple(Owner(name, r.addr) for name, r in owners.items()), fusions=fusions, rule="ring")
 
 
 @pytest.fixture
@@ -421,3 +422,37 @@ def test_acks_all_is_1_on_the_wire(map_node, owners):
         client.send(entities(np.arange(3_000)))
         got = [env for r in owners.values() for env, _ in _batches(r)]
     assert {env.msg.acks for env in got} == {1} and client.accepted == 3_000
+
+
+def test_a_batch_refused_whole_as_not_owned_goes_to_the_owner_of_a_newer_map(map_node, owners):
+    # a's map moved its blocks to b before a stored them: a refused the batch whole, so
+    # nothing of it is anywhere; the client splits it by the newer map under a new pseq
+    a, b = owners["a"], owners["b"]
+    node = map_node(Placement(epoch=5, digest="", block_size=100, owners=(Owner("a", a.addr),), rule="ring"))
+    seen: dict[str, list] = {"a": [], "b": []}
+
+    def serve(name: str, router: Router, refuse: bool) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(len(r) for _, r in seen[name]) < 100:
+            if not router.poll(50):
+                continue
+            identity, *frames = router.recv_multipart()
+            _, env, payload = decode_message(frames, cluster="corec")
+            seen[name].append((env, decode_batch(env.msg, payload).copy()))
+            if refuse:
+                node.placement = Placement(epoch=6, digest="", block_size=100, owners=(Owner("b", b.addr),), rule="ring")
+                _answer(router, identity, env.seq, 0, {"not_owner": env.msg.count}, epoch=6)
+                return
+            _answer(router, identity, env.seq, env.msg.count, epoch=6)
+
+    threads = [threading.Thread(target=serve, args=("a", a, True)), threading.Thread(target=serve, args=("b", b, False))]
+    for t in threads:
+        t.start()
+    with Client(node.addr, batch=100) as client:
+        client.send(entities(np.arange(100)))
+        assert client.flush(10)
+    for t in threads:
+        t.join(10)
+    assert [len(r) for _, r in seen["a"]] == [100] and sum(len(r) for _, r in seen["b"]) == 100
+    assert seen["b"][0][0].msg.pseq > seen["a"][0][0].msg.pseq  # a new sequence: the old one may be behind later writes
+    assert (client.accepted, client.rerouted, dict(client.rejected)) == (100, 100, {})

@@ -23,7 +23,7 @@ from records import entities
 
 from corec_node.client import Client
 from corec_node.engine.host import TERM_SHIFT, EngineHost
-from corec_node.engine.placement import PlacementMap, members_digest
+from corec_node.engine.placement import PlacementMap
 from corec_node.shell.control import ControlError
 from corec_node.storage.rows import latest_per_block, merged_epoch, newer, normalize_row
 
@@ -124,7 +124,7 @@ def test_an_owner_taking_over_a_dead_owners_blocks_stamps_a_higher_epoch():
     held = [r for rs in rows.values() for r in rs if r["block"] in dead]
     assert held and all(not newer(as_stored(r, T), dead[r["block"]]) for r in held)
     for host in hosts.values():
-        host.confirm(members_digest("ab"))
+        host.confirm(PlacementMap(0, "ab").digest())
     rows = exchange(hosts)
     now_owned = {r["block"]: as_stored(r, T - HOUR) for rs in rows.values() for r in rs if r["block"] in dead}
     assert now_owned.keys() == dead.keys()

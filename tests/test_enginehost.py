@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from corec_node.engine.blocks import block_ids_of
 from corec_node.engine.host import EngineHost
-from corec_node.engine.placement import PlacementMap, members_digest
+from corec_node.engine.placement import PlacementMap
 from records import entities
 
 
@@ -52,9 +52,9 @@ def test_a_view_is_acted_on_only_once_the_nucleus_confirms_it():
     # b sees c join; nothing moves until the leader's heartbeat carries the same member set
     b.observe_view(["a", "b", "c"])
     assert b.placement.members == ("a", "b")
-    assert b.confirm(members_digest(["a", "b"])) is None  # the leader has not seen c yet
+    assert b.confirm(PlacementMap(0, ["a", "b"]).digest()) is None  # the leader has not seen c yet
     assert b.store.count() == held and b.placement.members == ("a", "b")
-    handoffs = b.confirm(members_digest(["c", "b", "a"]))
+    handoffs = b.confirm(PlacementMap(0, ["c", "b", "a"]).digest())
     assert handoffs is not None and b.placement.members == ("a", "b", "c")
     moved = sum(len(r) for r in handoffs.values())
     assert set(handoffs) == {"c"} and moved > 0 and b.store.count() == held - moved
@@ -73,7 +73,7 @@ def test_while_a_view_waits_the_blocks_it_would_give_are_kept():
     after = PlacementMap(0, ["a", "b"])
     want = before | np.array([after.owner(int(x)) == "a" for x in blocks])
     assert a.store.count() == int(want.sum()) > int(before.sum())
-    assert a.confirm(members_digest(["a", "b"])) == {}  # nothing to hand away: all a's now
+    assert a.confirm(PlacementMap(0, ["a", "b"]).digest()) == {}  # nothing to hand away: all a's now
     assert a.store.count() == int(want.sum())
 
 
@@ -149,7 +149,7 @@ def test_ingest_sweep_takes_only_what_it_can_write_as_runs():
     assert result is not None and result.updated == int(mine.sum()) > 0
     assert np.array_equal(host.store.values == 7.0, mine)  # written where owned, nowhere else
     # one entity of an owned block is missing: nothing is written, the caller goes the general way
-    owned = host.store.block_ids()
+    owned = host.placement.blocks_of("a", host.store.block_ids())
     host.store.drop_blocks(owned[:1])
     sweep["value"] = 8.0
     assert host.ingest_sweep(sweep) is None

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from corec_node.engine.blocks import block_id
 from corec_node.engine.blocks import FusionTable, block_ids_of
-from corec_node.engine.placement import PlacementMap, member_seed, moves, owners, partition
+from corec_node.engine.placement import RENDEZVOUS, PlacementMap, member_seed, moves, owners, partition
 from records import entities
 
 BLOCKS = np.array([block_id(c, i * 1000) for c in range(4) for i in range(25_000)], np.int64)
@@ -25,7 +25,7 @@ def test_golden_values():
     # The score is protocol (placement.py Rule 2): these must never change. Another
     # implementation of the mesh must reproduce them.
     assert member_seed("node-0") == 0x40C50760A3130312
-    m = PlacementMap(1, ["alpha", "beta", "gamma"])
+    m = PlacementMap(1, ["alpha", "beta", "gamma"], rule=RENDEZVOUS)
     blocks = [0, 1, 2, 3, 4, 5, 1 << 32, (7 << 32) | 12345, (255 << 32) | 0xFFFF_FFFF]
     assert m.owner_names(blocks) == [
         "gamma", "gamma", "gamma", "alpha", "gamma", "beta", "beta", "gamma", "beta",
@@ -51,7 +51,7 @@ def test_owner_does_not_depend_on_member_order():
     shuffled = NAMES[::-1][3:] + NAMES[::-1][:3]
     b = np.asarray(shuffled)[owners(BLOCKS, shuffled)]
     assert np.array_equal(a, b)
-    m = PlacementMap(3, shuffled)
+    m = PlacementMap(3, shuffled, rule=RENDEZVOUS)
     assert m.members == tuple(sorted(NAMES))
     assert np.array_equal(np.asarray(m.members)[m.owners(BLOCKS)], a)
     assert m.owner(int(BLOCKS[5])) == a[5]

@@ -15,7 +15,7 @@ from records import entities
 
 from corec_node.client import Client
 from corec_node.engine.host import EngineHost
-from corec_node.engine.placement import PlacementMap
+from corec_node.engine.placement import RENDEZVOUS, RING, PlacementMap
 from corec_node.shell.lanes import HolderLanes
 from corec_node.shell.replication import NOT_REPLICATED, Replicator
 from corec_node.shell.routing import Relay
@@ -30,15 +30,17 @@ BLOCKS = np.arange(5000, dtype=np.int64) | (1 << 32)
 
 
 @pytest.mark.parametrize("copies", [1, 2, 3])
-def test_each_block_has_its_owner_and_the_next_members_as_holders(copies):
-    m = PlacementMap(1, ["a", "b", "c", "d", "e"])
+@pytest.mark.parametrize("rule", [RENDEZVOUS, RING])
+def test_each_block_has_its_owner_and_the_next_members_as_holders(copies, rule):
+    m = PlacementMap(1, ["a", "b", "c", "d", "e"], rule=rule)
     held = m.holder_mask(BLOCKS, copies)
     assert (held.sum(axis=1) == copies).all()
     owners = m.owners(BLOCKS)
     assert held[np.arange(len(BLOCKS)), owners].all()  # the owner is a holder
-    # spread: every member holds about copies / 5 of the blocks
+    # spread: every member holds about copies / 5 of the blocks (the ring's 32 tokens a
+    # member leave shares less even than rendezvous scores: bench/spread.py)
     share = held.mean(axis=0)
-    assert np.allclose(share, copies / 5, atol=0.03), share
+    assert np.allclose(share, copies / 5, rtol=0.15 if rule == RENDEZVOUS else 0.4), share
 
 
 def test_a_dead_owner_is_replaced_by_a_holder_and_no_survivor_loses_a_copy():

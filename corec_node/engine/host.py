@@ -68,7 +68,7 @@ from corec_node.engine import (
     repair,
 )
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
-from corec_node.engine.placement import PlacementMap, map_digest, partition, scores
+from corec_node.engine.placement import RENDEZVOUS, RING, PlacementMap, map_digest, partition, scores
 from corec_node.wire.entities import ENTITY_DTYPE
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
@@ -96,6 +96,7 @@ class EngineHost:
         self.deleted = 0  # entities removed by producers' deletes (as owner or holder)
         self.expired = 0  # entities removed by a TTL (as owner)
         self._emptied: set[int] = set()  # blocks deletes or a TTL emptied: a last row says so
+        self.rule = RING  # placement rule 5; RENDEZVOUS while a member older than 1.7 is live
         self.placement = PlacementMap(0, (name,))
         self.view: frozenset[str] = frozenset((name,))  # live members as this node sees them
         self.view_learners: frozenset[str] = frozenset()  # of them, those the nucleus names learners
@@ -129,13 +130,14 @@ class EngineHost:
         members = everyone - learners
         if not members:  # nobody to learn from
             members, learners = everyone, frozenset()
-        placement = PlacementMap(self.placement.version + 1, members, learners)
-        if (placement.members, placement.learners) == (self.placement.members, self.placement.learners):
+        placement = PlacementMap(self.placement.version + 1, members, learners, self.rule)
+        if (placement.members, placement.learners, placement.rule) == \
+                (self.placement.members, self.placement.learners, self.placement.rule):
             return {}
         old, self.placement = self.placement, placement
         self.epoch += 1  # rule 6: already at the highest heard, now past it
         self._my_index = placement.members.index(self.name) if self.name in placement.members else -1
-        if self._pending is not None and (self._pending.members, self._pending.learners) == (placement.members, placement.learners):
+        if self._pending is not None and self._pending.digest() == placement.digest():
             self._pending = None
         return self._rebalance(old)
 
@@ -148,12 +150,12 @@ class EngineHost:
         self.view = live - self.view_learners
         if not self.view:
             self.view, self.view_learners = frozenset((self.name,)), frozenset()
-        pending = PlacementMap(self.placement.version, self.view, self.view_learners)
-        same = (pending.members, pending.learners) == (self.placement.members, self.placement.learners)
+        pending = PlacementMap(self.placement.version, self.view, self.view_learners, self.rule)
+        same = pending.digest() == self.placement.digest()
         self._pending = None if same else pending
 
     def view_digest(self) -> str:
-        return map_digest(self.view, self.view_learners)
+        return map_digest(self.view, self.view_learners, self.rule)
 
     def placement_digest(self) -> str:
         """What a leader's heartbeat carries: the digest of the map it acts on."""
@@ -412,8 +414,8 @@ class EngineHost:
     def _owned_blocks(self, blocks: list[int]) -> list[bool]:
         """``_owned`` of raw block ids, remembered per block until the map, the pending view
         or the fusions change (a sweep's dozen blocks cost a dict lookup each, not a hash)."""
-        key = (self.placement.members, self._my_index, None if self._pending is None else self._pending.members,
-               self.store.fusions.version)
+        key = (self.placement.members, self.placement.rule, self._my_index,
+               None if self._pending is None else (self._pending.members, self._pending.rule), self.store.fusions.version)
         if key != self._owned_key:
             self._owned_key, self._owned_memo = key, {}
         memo = self._owned_memo
@@ -490,7 +492,7 @@ class EngineHost:
         if not len(records):
             return np.zeros(0, bool)
         blocks = self.blocks_of(records)
-        key = (self.placement.members, self.placement.learners, self.store.fusions.version)
+        key = (self.placement.members, self.placement.learners, self.placement.rule, self.store.fusions.version)
         if key != self._held_key:
             self._held_key, self._held_memo = key, {}
         starts = np.concatenate(([0], np.flatnonzero(blocks[1:] != blocks[:-1]) + 1))
@@ -677,6 +679,9 @@ class EngineHost:
         if not rows:
             return []
         blocks = np.array([r["block"] for r in rows], np.int64)
+        if self.placement.rule != RENDEZVOUS:  # the ring's walk order
+            return [{**row, "replicas": self.placement.holders(int(b), self.copies)[1:]}
+                    for row, b in zip(rows, blocks.tolist(), strict=True)]
         names = self.placement.everyone
         held = self.placement.holder_mask(blocks, self.copies)
         ranked = np.argsort(scores(blocks, names).T, axis=1)[:, ::-1]  # holders in score order

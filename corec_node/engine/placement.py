@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
+from corec_node.engine.ring import TokenRing
 
 PERSON = b"corec-placement"
+RENDEZVOUS, RING = "rendezvous", "ring"  # rules 1 and 4; rule 5 (engine/ring.py), since 1.7
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -58,11 +60,12 @@ def members_digest(members: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def map_digest(members: Iterable[str], learners: Iterable[str] = ()) -> str:
+def map_digest(members: Iterable[str], learners: Iterable[str] = (), rule: str = RENDEZVOUS) -> str:
     """The digest of a map with learners (rule 4): ``members_digest`` when there are none
-    (what a 1.5 node confirms), else over both sets, learners after a one byte."""
+    (what a 1.5 node confirms), else over both sets, learners after a one byte; a ring map
+    (rule 5) ends with a two byte and the rule's name, so no 1.6 node confirms one."""
     learners = sorted(n.encode("utf-8") for n in learners)
-    if not learners:
+    if not learners and rule == RENDEZVOUS:
         return members_digest(members)
     h = hashlib.blake2b(digest_size=8, person=b"corec-members")
     for name in sorted(n.encode("utf-8") for n in members):
@@ -70,6 +73,8 @@ def map_digest(members: Iterable[str], learners: Iterable[str] = ()) -> str:
     h.update(b"\1")
     for name in learners:
         h.update(name + b"\0")
+    if rule != RENDEZVOUS:
+        h.update(b"\2" + rule.encode("ascii"))
     return h.hexdigest()
 
 
@@ -159,8 +164,12 @@ class PlacementMap:
     _seeds: np.ndarray = field(init=False, repr=False, compare=False)
     _ranked: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _ranked_seeds: np.ndarray = field(init=False, repr=False, compare=False)
+    rule: str = field(init=False, default=RING)
+    _ring: TokenRing | None = field(init=False, repr=False, compare=False, default=None)
 
-    def __init__(self, version: int, members: Iterable[str], learners: Iterable[str] = ()) -> None:
+    def __init__(self, version: int, members: Iterable[str], learners: Iterable[str] = (), rule: str = RING) -> None:
+        if rule not in (RING, RENDEZVOUS):
+            raise ValueError(f"unknown placement rule {rule!r}")
         names = tuple(sorted(_checked(list(members)), key=lambda m: m.encode("utf-8")))
         extra = tuple(sorted(set(learners) - set(names), key=lambda m: m.encode("utf-8")))
         ranked = tuple(sorted(names + extra, key=lambda m: m.encode("utf-8")))
@@ -170,6 +179,9 @@ class PlacementMap:
         object.__setattr__(self, "_seeds", np.array([member_seed(m) for m in names], np.uint64))
         object.__setattr__(self, "_ranked", ranked)
         object.__setattr__(self, "_ranked_seeds", np.array([member_seed(m) for m in ranked], np.uint64))
+        object.__setattr__(self, "rule", rule)
+        ring = TokenRing(ranked, [member_seed(m) for m in ranked], [m in extra for m in ranked]) if rule == RING else None
+        object.__setattr__(self, "_ring", ring)
 
     @property
     def everyone(self) -> tuple[str, ...]:
@@ -177,7 +189,7 @@ class PlacementMap:
         return self._ranked
 
     def digest(self) -> str:
-        return map_digest(self.members, self.learners)
+        return map_digest(self.members, self.learners, self.rule)
 
     def holder_mask(self, block_ids: np.ndarray | Iterable[int], copies: int) -> np.ndarray:
         """Rule 4: (blocks, len(everyone)) bool, True where that member or learner holds the
@@ -190,6 +202,8 @@ class PlacementMap:
         if copies >= n:
             held[:] = True
             return held
+        if self._ring is not None:
+            return self._ring.holder_mask(b, copies)
         sc = scores(b, self._ranked).T  # (blocks, everyone)
         order = np.argsort(sc, axis=1)[:, ::-1]  # highest first
         is_member = np.array([m not in self.learners for m in self._ranked], bool)
@@ -207,6 +221,12 @@ class PlacementMap:
 
     def holders(self, block: int, copies: int) -> list[str]:
         """One block's holders, its owner first, then by score."""
+        if self._ring is not None:
+            walk = [self._ranked[i] for i in self._ring.ordered_holders(block, copies)]
+            if copies >= len(self._ranked):
+                walk += [m for m in self._ranked if m not in walk]
+            owner = self.owner(block)
+            return [owner, *(m for m in walk if m != owner)]
         mask = self.holder_mask([block], copies)[0]
         owner = self.owner(block)
         ranked = sorted((m for m, h in zip(self._ranked, mask.tolist(), strict=True) if h and m != owner),
@@ -215,6 +235,8 @@ class PlacementMap:
 
     def owners(self, block_ids: np.ndarray | Iterable[int]) -> np.ndarray:
         """Index into ``self.members`` (sorted names) of each block's owner."""
+        if self._ring is not None:
+            return self._ring.owners(np.asarray(block_ids))
         return _owner_index(np.asarray(block_ids), self._seeds)
 
     def owner(self, block: int) -> str:
@@ -232,7 +254,7 @@ class PlacementMap:
         return b[self.owners(b) == self.members.index(member)]
 
     def with_members(self, version: int, members: Iterable[str]) -> PlacementMap:
-        return PlacementMap(version, members, self.learners)
+        return PlacementMap(version, members, self.learners, self.rule)
 
 
 def moves(

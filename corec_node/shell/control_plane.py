@@ -73,6 +73,7 @@ class ClusterView:
     term: int
     data: Mapping[str, str] = field(default_factory=dict)  # member -> its data socket (1.5 and later)
     replicating: frozenset[str] = frozenset()  # members that hold replicas and learn (1.6 and later)
+    rendezvous: frozenset[str] = frozenset()  # members that place blocks by rendezvous only (before 1.7)
 
     @property
     def routed(self) -> bool:
@@ -228,6 +229,7 @@ class ControlPlane:
             leader=self.core.leader,
             term=self.core.term,
             replicating=frozenset(m.name for m in members if "replicas" in m.build[2]) | {self.name},
+            rendezvous=frozenset(m.name for m in members if "ring" not in m.build[2]) - {self.name},
         )
 
     # -- inputs -----------------------------------------------------------------------

@@ -35,6 +35,7 @@ from corec_node.config import EngineSection, ttl_seconds
 from corec_node.engine import Fusion
 from corec_node.engine.audit import AlertGate, Auditor
 from corec_node.engine.host import EngineHost
+from corec_node.engine.placement import RENDEZVOUS, RING
 from corec_node.plugins import PluginManager
 from corec_node.shell.control_plane import ClusterView, PluginHost
 from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
@@ -206,6 +207,8 @@ class DataPlane(ReplicaSide):
             self._relearn &= set(view.live)
             self._ready = ((self._ready | set(self.engine.placement.members)) & set(view.live)) - self._relearn
             self._learners = frozenset(m for m in view.live if m in view.replicating and m not in self._ready)
+        # rule 5 once every live member places by it; rendezvous while one cannot (a 1.6 node)
+        self.engine.rule = RENDEZVOUS if view.rendezvous & set(view.live) else RING
         self.engine.observe_view(view.live, self._learners)
         if self._acts_on_own_view():
             if view.leader is not None or self.engine.copies == 1:  # with replicas, only a nucleus moves blocks
@@ -448,7 +451,8 @@ class DataPlane(ReplicaSide):
         data = self.view.data
         owners = tuple(Owner(m, data[m]) for m in members) if self.view.routed and all(m in data for m in members) else ()
         answer(Placement(epoch=epoch, digest=digest, block_size=self.engine.block_size, owners=owners,
-                         fusions=tuple(fusions), replicas=self.engine.copies))
+                         fusions=tuple(fusions), replicas=self.engine.copies,
+                         rule="" if self.engine.placement.rule == RENDEZVOUS else self.engine.placement.rule))
 
     # -- the stream's losses ------------------------------------------------------------
 

@@ -62,9 +62,9 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 6
+PROTOCOL_MINOR = 7
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas")
+FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor."""
@@ -490,7 +490,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.PLACEMENT_REQUEST, PlacementRequest, epoch=_U64),
         _schema(MsgType.PLACEMENT, Placement, epoch=_U64, digest=_DIGEST, block_size=_U32,
                 owners=_Array(_Struct(Owner, name=_NAME, data=_ADDR), limits.MAX_MEMBERS_PER_MESSAGE),
-                fusions=_ROWS, replicas=_U8),
+                fusions=_ROWS, replicas=_U8, rule=_NAME),
         _schema(MsgType.SEQUENCE_HANDOFF, SequenceHandoff, rows=_ROWS),
         _schema(MsgType.COPY_DONE, CopyDone, digest=_DIGEST, records=_COUNT, epoch=_U64),
         _schema(MsgType.READY, Ready, digest=_DIGEST),

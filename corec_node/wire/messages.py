@@ -301,7 +301,7 @@ class Placement:
     member ``digest`` (SPEC 9.1), the ``block_size`` that makes block ids, the ``owners``
     (every member of the map, with its data socket), and the ``fusions`` in force (rows
     ``{"block": id, "root": id}``: a fused block is placed under its root, engine rule 5).
-    A producer computes each block's owner with the rendezvous rule (SPEC 9.1)."""
+    A producer computes each block's owner with the map's ``rule`` (SPEC 9.1)."""
 
     epoch: int
     digest: str
@@ -309,6 +309,7 @@ class Placement:
     owners: tuple[Owner, ...] = ()
     fusions: tuple = ()
     replicas: int = 0  # since 1.6: copies of each block (0: a 1.5 node, one copy); acks 2 waits for all
+    rule: str = ""  # since 1.7: "ring" (rule 5); absent: rendezvous (rule 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -458,6 +458,10 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
     ("placement_replicas", "a 1.6 node's map: two copies of each block, so a producer may ask acks 2 (all)",
      Placement(epoch=_EPOCH, digest=members_digest(o.name for o in OWNERS), block_size=BLOCK_SIZE,
                owners=OWNERS, replicas=2), _hdr("node-a", 33, "corec"), None),
+    ("placement_ring", ("a 1.7 node's map: blocks placed on the token ring (rule 5 of SPEC 9.1), two "
+     "copies; the digest ends with the rule's name"),
+     Placement(epoch=_EPOCH, digest=map_digest([o.name for o in OWNERS], (), "ring"), block_size=BLOCK_SIZE,
+               owners=OWNERS, replicas=2, rule="ring"), _hdr("node-a", 34, "corec"), None),
     ("entity_batch_replica", ("node-b, owner of block 3:5, sends to the block's replica the records it queued "
      "from a producer's batch sent with acks 2: replica 1, the producer's id and pseq, node-b's q"),
      _B_REPLICA[0], _hdr("node-b", 61, "corec"), _B_REPLICA[1]),

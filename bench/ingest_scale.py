@@ -4,7 +4,7 @@ send throughput, measured from outside on real ``corec-node run`` processes (iss
     python bench/ingest_scale.py [--scenarios cpu,memory,throughput] [--sizes 1,2,4,8]
                                  [--records 2000000] [--entities 1000000] [--memory-nodes 3]
                                  [--settle 5] [--throughput-records N] [--throughput-nodes 3]
-                                 [--block-size 1000] [--copies 1] [--idle 3] [--timeout 180]
+                                 [--block-size 1000] [--copies 1] [--idle 3] [--quiet 10] [--timeout 180]
 
     small run:  python bench/ingest_scale.py --sizes 1,2 --records 300000 --entities 200000
 
@@ -342,6 +342,7 @@ def run_cpu_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         nodes = ready_cluster(cluster, size, node_env(args))
         # the producer's fixed cost (interpreter, imports, connect): send --count 0
         fixed_rc, _, fixed = Producer(send_cmd(nodes[0], 0)).finish(60)
+        time.sleep(args.quiet)  # a new cluster's first seconds (imports, first audits, joins spreading) are not idle
         idle0, t_idle = cpu_snapshot(nodes), time.perf_counter()
         time.sleep(args.idle)
         before, t0 = cpu_snapshot(nodes), time.perf_counter()
@@ -566,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=1,
                    help="copies of each block the cluster keeps, the owner's included (engine.replicas)")
     p.add_argument("--idle", type=float, default=3.0, help="seconds a fresh cluster is watched idle first")
+    p.add_argument("--quiet", type=float, default=10.0, help="seconds a fresh cluster settles before it is watched idle")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the cluster to hold all")
     args = p.parse_args(argv)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]

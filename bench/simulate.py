@@ -34,15 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.sim import Cluster, FaultPlan, InvariantViolation, NetworkConfig, random_faults
+from corec_node.sim.report import tick_for
 from corec_node.wire.messages import MemberStatus
 
 PROBE = MembershipConfig.lan().probe_interval
-
-
-def tick_for(n: int) -> float:
-    # the shell ticks every 20 ms; above 100 nodes the simulator ticks every 50 ms (the
-    # membership's documented minimum call rate) because each tick scans every member
-    return 0.02 if n <= 100 else 0.05
 
 
 def formed(n: int, seed: int, loss: float = 0.0, spares: int = 0) -> Cluster:

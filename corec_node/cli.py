@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory with the nodes' logs")
     demo.set_defaults(func=cmd_demo)
 
+    sim = sub.add_parser("simulate", help="run the mesh cores in the deterministic simulator and measure them",
+                         description="N simulated nodes (the real membership and election cores, virtual "
+                                     "time): a join, K members killed, an optional partition; figures in "
+                                     "protocol rounds and virtual seconds.")
+    sim.add_argument("--nodes", type=int, required=True, help="cluster size")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--loss", type=float, default=0.0, help="share of messages lost (0 to below 1)")
+    sim.add_argument("--kill", type=int, default=1, help="members killed at once")
+    sim.add_argument("--partition", type=float, default=0.0,
+                     help="share of the survivors cut off for 10 virtual s, then healed (0: none)")
+    sim.add_argument("--json", action="store_true", help="one JSON object")
+    sim.set_defaults(func=cmd_simulate)
+
     from corec_node.scaffold import add_cli as add_plugin_cli
 
     add_plugin_cli(sub)
@@ -441,6 +454,18 @@ def cmd_send(args: argparse.Namespace) -> int:
     if rejected or unconfirmed:
         return _fail(f"{args.to} did not accept {rejected + unconfirmed:,} of {sent:,} records")
     return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from corec_node.sim.report import render, simulate
+
+    try:
+        result = simulate(args.nodes, seed=args.seed, loss=args.loss, kill=args.kill, partition=args.partition)
+    except ValueError as exc:
+        print(f"corec-node simulate: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else render(result))
+    return 1 if result["violations"] else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,145 @@
+"""``corec-node simulate``: the real mesh cores in the deterministic simulator, measured the
+way an operator sizing a fleet asks (virtual seconds, protocol rounds, peers, messages).
+
+One run: N nodes formed from a snapshot, watched in steady state (messages, suspicions,
+resyncs), a node that joins through one member (until every member lists it alive), K
+members killed at once (until every survivor lists them dead), and, with ``partition``, a
+share of the survivors cut off for PARTITION_S virtual seconds and healed (the share of
+the live nodes whose member lists are whole again within HEAL_WITHIN s). Invariant
+violations (election safety, terms) are counted, never raised.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+from corec_node.mesh.membership import MembershipConfig
+from corec_node.sim.cluster import Cluster
+from corec_node.sim.network import NetworkConfig
+from corec_node.wire.messages import MemberStatus
+
+STEADY_S = 10.0  # virtual seconds watched in steady state
+PARTITION_S = 10.0  # virtual seconds a partition lasts
+HEAL_WITHIN = 60.0  # virtual seconds the member lists have to be whole again after a heal
+DETECT_WITHIN = 120.0
+
+
+def tick_for(n: int) -> float:
+    """The shell ticks every 20 ms; above 100 nodes the simulator ticks every 50 ms (the
+    membership's documented minimum call rate), because each tick scans every member."""
+    return 0.02 if n <= 100 else 0.05
+
+
+def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, partition: float = 0.0) -> dict[str, Any]:
+    if nodes < 2:
+        raise ValueError("--nodes must be at least 2")
+    if not 0 <= kill < nodes:
+        raise ValueError(f"--kill must be between 0 and {nodes - 1}")
+    if not 0.0 <= loss < 1.0 or not 0.0 <= partition < 1.0:
+        raise ValueError("--loss and --partition are shares: at least 0 and below 1")
+    probe = MembershipConfig.lan().probe_interval
+    started = time.perf_counter()
+    c = Cluster(nodes + 1, seed=seed, network=NetworkConfig(loss=loss), tick_interval=tick_for(nodes), strict=False)
+    names = list(c.nodes)
+    members, joiner = names[:nodes], names[nodes]
+    c.bootstrap(names=members)
+    formed = c.await_convergence(60.0 + nodes / 10, every=0.5)
+    out: dict[str, Any] = {"nodes": nodes, "seed": seed, "loss": loss, "kill": kill, "partition": partition,
+                           "formed_virtual_s": formed}
+
+    # steady state: what a quiet cluster costs, per node
+    c.sent.clear()
+    c.stats.clear()
+    c.run(STEADY_S)
+    out["msgs_per_node_per_s"] = sum(c.sent.values()) / nodes / STEADY_S
+    out["suspicions_per_node_min"] = c.stats["false_suspicions"] / (nodes * STEADY_S / 60.0)
+    out["gap_resyncs_per_node_s"] = c.stats["gap_resyncs"] / nodes / STEADY_S
+    out["max_peers"] = max(_peers(c, name) for name in members)
+
+    # a join through one member
+    rng = random.Random(f"{seed}/simulate")
+    via = rng.choice(members)
+    seen = c.watch(joiner, MemberStatus.ALIVE)
+    c.nodes[joiner].join = [c.nodes[via].addr]
+    start = c.now
+    c.start(joiner)
+    joined = c.run_until(lambda: len(seen) >= nodes, 60.0, every=0.01)
+    join_s = None if joined is None else max(seen.values()) - start
+    out["join_virtual_s"] = join_s
+    out["join_rounds"] = None if join_s is None else math.ceil(join_s / probe)
+
+    # K members killed at once
+    everyone = members + [joiner]
+    victims = rng.sample(members, kill)
+    survivors = [n for n in everyone if n not in victims]
+    dead = {v: c.watch(v, MemberStatus.DEAD) for v in victims}
+    start = c.now
+    for v in victims:
+        c.crash(v)
+    if victims:
+        found = c.run_until(lambda: all(len(d) >= len(survivors) for d in dead.values()), DETECT_WITHIN, every=0.05)
+        detected = None if found is None else max(max(d.values()) for d in dead.values()) - start
+    else:
+        detected = None
+    out["crash_detected_virtual_s"] = detected
+    out["crash_detected_rounds"] = None if detected is None else math.ceil(detected / probe)
+    out["crash_bound_rounds"] = math.ceil(math.log2(nodes)) * 3  # c x log2(N), c = 3
+
+    # a partition of the survivors, healed
+    if partition > 0:
+        cut = survivors[:max(1, int(len(survivors) * partition))]
+        c.partition(cut, [n for n in survivors if n not in cut])
+        c.run(PARTITION_S)
+        c.heal()
+        whole = c.run_until(lambda: c.members_converged(), HEAL_WITHIN, every=0.25)
+        out["healed_virtual_s"] = whole
+        out["reached_after_heal"] = _whole_share(c)
+    out["violations"] = len(c.invariants.violations)
+    out["violation_examples"] = c.invariants.violations[:3]
+    out["virtual_s"] = c.now
+    out["real_s"] = time.perf_counter() - started
+    out["events"] = c.events
+    return out
+
+
+def _peers(c: Cluster, name: str) -> int:
+    """Other nodes this node holds a connection to: its SUB socket's publishers and the
+    members it keeps a direct socket to (every member it knows, today)."""
+    node = c.nodes[name]
+    known = {m.name for m in node.membership.members()} if node.membership is not None else set()
+    return len((set(node.subs) | known) - {name})
+
+
+def _whole_share(c: Cluster) -> float:
+    """The share of live nodes whose alive list is exactly the live nodes."""
+    live = c.live()
+    expected = sorted(n.name for n in live)
+    whole = sum(1 for n in live if n.membership is not None and n.membership.alive() == expected)
+    return whole / len(live) if live else 0.0
+
+
+def render(result: dict[str, Any]) -> str:
+    """The human answer: one line a figure."""
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "not within the limit"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = [f"simulated {result['nodes']} nodes (seed {result['seed']}, loss {result['loss']:g}): "
+             f"{fmt(result['virtual_s'])} virtual s in {fmt(result['real_s'])} s"]
+    for key, label in (("join_rounds", "join: rounds until alive everywhere"),
+                       ("join_virtual_s", "join: virtual s"),
+                       ("crash_detected_virtual_s", f"{result['kill']} killed: virtual s until dead everywhere"),
+                       ("crash_detected_rounds", f"{result['kill']} killed: rounds (bound 3 x log2 N = {result['crash_bound_rounds']})"),
+                       ("max_peers", "largest number of peers of a node"),
+                       ("msgs_per_node_per_s", "messages per node per s (steady)"),
+                       ("suspicions_per_node_min", "suspicions per node-minute (steady)"),
+                       ("gap_resyncs_per_node_s", "sequence-gap resyncs per node per s (steady)"),
+                       ("reached_after_heal", "share of nodes whole again after the partition's heal"),
+                       ("violations", "invariant violations")):
+        if key in result:
+            lines.append(f"  {label}: {fmt(result[key])}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""``corec-node simulate``: the mesh cores in the simulator, measured from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FIELDS = {"nodes", "join_rounds", "join_virtual_s", "crash_detected_virtual_s", "max_peers",
+          "msgs_per_node_per_s", "violations"}
+
+
+def simulate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "corec_node", "simulate", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_simulate_reports_the_figures_of_a_run_as_json():
+    out = simulate("--nodes", "40", "--seed", "3", "--kill", "3", "--partition", "0.25", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert FIELDS <= set(r)
+    assert r["nodes"] == 40 and r["violations"] == 0
+    assert r["join_rounds"] is not None and r["join_rounds"] >= 1
+    assert r["crash_detected_virtual_s"] is not None and r["crash_detected_virtual_s"] > 0
+    assert 1 <= r["max_peers"] <= 40  # today's full mesh: every other node
+    assert r["msgs_per_node_per_s"] > 0
+    assert r["reached_after_heal"] == 1.0
+
+
+def test_the_same_seed_gives_the_same_run():
+    a, b = (json.loads(simulate("--nodes", "12", "--seed", "9", "--loss", "0.05", "--json").stdout) for _ in range(2))
+    for key in ("real_s",):
+        a.pop(key), b.pop(key)
+    assert a == b
+
+
+def test_bad_arguments_are_named():
+    out = simulate("--nodes", "10", "--kill", "10")
+    assert out.returncode == 2 and "--kill" in out.stderr and out.stdout == ""
+    out = simulate("--nodes", "10", "--loss", "1.5")
+    assert out.returncode == 2 and "--loss" in out.stderr

@@ -54,7 +54,8 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     c.sent.clear()
     c.stats.clear()
     c.run(STEADY_S)
-    out["msgs_per_node_per_s"] = sum(c.sent.values()) / nodes / STEADY_S
+    out["msgs_per_node_per_s"] = sum(c.sent.values()) / nodes / STEADY_S  # sent: a publication counts once
+    out["received_per_node_per_s"] = c.stats["delivered"] / nodes / STEADY_S  # a publication reaches every subscriber
     out["suspicions_per_node_min"] = c.stats["false_suspicions"] / (nodes * STEADY_S / 60.0)
     out["gap_resyncs_per_node_s"] = c.stats["gap_resyncs"] / nodes / STEADY_S
     out["max_peers"] = max(_peers(c, name) for name in members)
@@ -135,7 +136,8 @@ def render(result: dict[str, Any]) -> str:
                        ("crash_detected_virtual_s", f"{result['kill']} killed: virtual s until dead everywhere"),
                        ("crash_detected_rounds", f"{result['kill']} killed: rounds (bound 3 x log2 N = {result['crash_bound_rounds']})"),
                        ("max_peers", "largest number of peers of a node"),
-                       ("msgs_per_node_per_s", "messages per node per s (steady)"),
+                       ("msgs_per_node_per_s", "messages sent per node per s (steady; a publication once)"),
+                       ("received_per_node_per_s", "messages received per node per s (steady)"),
                        ("suspicions_per_node_min", "suspicions per node-minute (steady)"),
                        ("gap_resyncs_per_node_s", "sequence-gap resyncs per node per s (steady)"),
                        ("reached_after_heal", "share of nodes whole again after the partition's heal"),

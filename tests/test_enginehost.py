@@ -197,3 +197,16 @@ def test_a_new_placement_epoch_gives_every_block_a_row_again():
         rows, _ = host.tick()
         stamped |= {r["block"] for r in rows if r["epoch"] >= epoch - 1}
     assert stamped == {int(b) for b in host.store.block_ids()}
+
+
+def test_blocks_a_settled_map_does_not_give_are_dropped_but_not_while_a_view_waits():
+    host = EngineHost("b", block_size=100)
+    host.set_members(["a", "b"])
+    recs = entities(np.arange(20_000), 0, 1.0)
+    host.store.put_records(recs)  # copies of every block, as if sent under a map that never came
+    mine = int(host._mine(recs).sum())
+    host.observe_view(["a", "b", "c"])  # c is seen: our view waits for the nucleus
+    assert host.drop_unheld() == 0 and host.store.count() == len(recs)  # what the view gives us stays
+    host.observe_view(["a", "b"])  # the view is the map again
+    assert host.drop_unheld() == len(recs) - mine
+    assert host.store.count() == mine == int(host._mine(recs).sum())

@@ -221,9 +221,10 @@ class EngineHost:
     def drop_unheld(self) -> int:
         """Drop the blocks our map does not make us hold: copies and writes that came for a
         map that never came to us, or for one we have left (the caller knows the map is
-        settled). Returns the entities dropped."""
+        settled). Nothing is dropped while our view differs from the map: what the view
+        would give us is kept until it is adopted (``_mine``). Returns the entities dropped."""
         blocks = self.store.block_ids()
-        if len(blocks) == 0:
+        if len(blocks) == 0 or self._pending is not None:
             return 0
         column = self.placement.everyone.index(self.name)
         held = self.placement.holder_mask(self.store.fusions.resolve(blocks), self.copies)[:, column]

@@ -229,7 +229,9 @@ class ControlPlane:
             leader=self.core.leader,
             term=self.core.term,
             replicating=frozenset(m.name for m in members if "replicas" in m.build[2]) | {self.name},
-            rendezvous=frozenset(m.name for m in members if "ring" not in m.build[2]) - {self.name},
+            # a member whose build we have not heard yet is not taken for an old one: the rule
+            # would flip, and every block move, until its state arrives
+            rendezvous=frozenset(m.name for m in members if m.build[1] and "ring" not in m.build[2]) - {self.name},
         )
 
     # -- inputs -----------------------------------------------------------------------

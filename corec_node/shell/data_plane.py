@@ -636,8 +636,9 @@ class DataPlane(ReplicaSide):
 
     def _drop_strays(self) -> None:
         """Blocks held without our map saying so (a copy or write sent under a map we never
-        adopted) are dropped once the map has settled: confirmed, with no learner, and
-        unchanged for SETTLED seconds (a copy for a newer map comes within that time)."""
+        adopted) are dropped once the map has settled: confirmed, with no learner, our view
+        the same, and unchanged for SETTLED seconds (a copy for a newer map comes within
+        that time)."""
         placement = self.engine.placement
         if placement.version != self._settled_version:
             self._settled_version, self._settled_since = placement.version, self._now()

@@ -44,7 +44,7 @@ from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
 from corec_node.engine.producers import ProducerSeqs
 from corec_node.shell.lanes import HolderLanes
-from corec_node.shell.learning import ACKS_ALL, REPLICA_COPY, REPLICA_WRITE, ReplicaSide
+from corec_node.shell.learning import ACKS_ALL, HANDOFF_CHUNK, REPLICA_WRITE, SEQUENCE_ROWS, ReplicaSide
 from corec_node.shell.replication import NO_LEADER, NOT_ENOUGH_REPLICAS, Replicator
 from corec_node.shell.routing import NOT_OWNER, Answer, Forwarder, Relay
 from corec_node.wire.messages import (
@@ -63,9 +63,6 @@ ADMIT_WAIT = 5.0  # seconds a producer's batch may wait for room before it is re
 DOOR_SHARE = 1 / 8  # of the ingest queue: producer bytes waiting at the door; past it, busy at once
 HOLD_POLL = 0.002  # a batch waiting out a member's pause looks again this often (a release ends it)
 COALESCE_RECORDS = 200_000  # queued batches the worker ingests in one store call: new keys merge once, not per batch
-HANDOFF_CHUNK = 100_000  # records per handoff message (1 MB frames)
-SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under the rows limit)
-SETTLED = 10.0  # seconds a confirmed map stays unchanged before blocks it does not give us are dropped
 FUSION_EVERY = 10  # the nucleus plans fusions every 10 engine ticks: rows from every owner are in
 MEMORY_FULL = "memory_full"  # a producer's records of blocks not held, refused near the memory limit
 
@@ -580,30 +577,6 @@ class DataPlane(ReplicaSide):
         self._kick_lanes()
         return records[mine]
 
-    def _copy_sent(self, holder: str, records: int) -> Callable[[int | None], None]:
-        """A copy that could not leave: counted, and the holder, if it learns, is told no
-        COPY_DONE under this map (it would own blocks it lacks); the next map copies again."""
-        digest = self.engine.placement_digest()
-
-        def sent(seq: int | None) -> None:
-            if seq is None:
-                self.dropped_records["handoff"] += records
-                self._copies_failed.add((digest, holder))
-                log.event("copy_failed", logging.WARNING, to=holder, records=records, map=digest)
-        return sent
-
-    def _copy_again(self) -> None:
-        """Copies that did not leave under the current map go again, whole, once the holder's
-        data socket is known and its lane has drained: then its COPY_DONE may follow."""
-        digest = self.engine.placement_digest()
-        self._copies_failed = {(d, h) for d, h in self._copies_failed if d == digest}
-        for _, holder in sorted(self._copies_failed):
-            if holder in self.view.data and not self.lanes.waiting_for(holder):
-                self._copies_failed.discard((digest, holder))
-                records = self.engine.owned_copy_for(holder)
-                if len(records):
-                    self._copy_to(holder, records)
-
     def _count_unsent(self, reason: str, records: int) -> Callable[[int | None], None]:
         def sent(seq: int | None) -> None:
             if seq is None:
@@ -633,21 +606,6 @@ class DataPlane(ReplicaSide):
         if replicas:
             self.engine.apply_replica(replicas[0] if len(replicas) == 1 else np.concatenate(replicas))
             replicas.clear()
-
-    def _drop_strays(self) -> None:
-        """Blocks held without our map saying so (a copy or write sent under a map we never
-        adopted) are dropped once the map has settled: confirmed, with no learner, our view
-        the same, and unchanged for SETTLED seconds (a copy for a newer map comes within
-        that time)."""
-        placement = self.engine.placement
-        if placement.version != self._settled_version:
-            self._settled_version, self._settled_since = placement.version, self._now()
-            return
-        if placement.learners or self._now() - self._settled_since < SETTLED or not self.placement_confirmed():
-            return
-        dropped = self.engine.drop_unheld()
-        if dropped:
-            log.event("strays_dropped", entities=dropped, map_version=placement.version)
 
     def _store(self, pending: list[np.ndarray]) -> None:
         """Ingest decoded batches in one store call (and empty the list). They are not
@@ -772,25 +730,6 @@ class DataPlane(ReplicaSide):
                                 records=len(records), map_version=version)
         self._mark_copies()
 
-    def _copy_to(self, holder: str, records: np.ndarray) -> None:
-        """Blocks' copies for a new holder, on its data socket: the sequences first, then the
-        records, so the owner's later writes on the same socket come after them (SPEC 9.7)."""
-        rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist(), keep=True)
-        for start in range(0, len(rows), SEQUENCE_ROWS):
-            chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
-            self.lanes.send(holder, SequenceHandoff(rows=chunk), sent=self._count_unsent("sequence_handoff", len(chunk)))
-        for start in range(0, len(records), HANDOFF_CHUNK):
-            chunk = records[start:start + HANDOFF_CHUNK]
-            for channel in np.unique(chunk["channel"]).tolist():
-                part = chunk[chunk["channel"] == channel]
-                header, payload = make_batch(part, channel)
-                self.lanes.send(holder, dataclasses.replace(header, acks=0, replica=REPLICA_COPY), payload,
-                                copy_bytes=len(payload), sent=self._copy_sent(holder, len(part)))
-        self._kick_lanes()
-        log.event("blocks_copied", to=holder, records=len(records), map_version=self.engine.placement.version)
-        self.recorder.audit("placement", holder, "map changed: blocks copied to a new holder",
-                            records=len(records), map_version=self.engine.placement.version)
-
     def _hand_off_sequences(self, addr: str, records: np.ndarray) -> None:
         """The producer sequences of the blocks handed over go first (same socket, so in
         order): the new owner refuses what we had already applied (SPEC 9.6)."""
@@ -799,18 +738,6 @@ class DataPlane(ReplicaSide):
             chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
             if not self.outbox.transport.send(addr, self.outbox.frames(SequenceHandoff(rows=chunk), TOPIC_DIRECT)):
                 self.dropped_records["sequence_handoff"] += len(chunk)
-
-    def sequence_handoff(self, sender: str, msg: SequenceHandoff) -> None:
-        """Sequences a block's previous owner applied: merged before its records arrive."""
-        if sender not in self.view.members:
-            self.traffic.rejected["sequence_handoff"] += 1
-            return
-        try:
-            rows = [(int(r["producer"]), int(r["block"]), int(r["pseq"])) for r in msg.rows]
-        except (KeyError, TypeError, ValueError):
-            self.traffic.rejected["sequence_handoff"] += 1
-            return
-        self.seqs.merge(rows)
 
     def memory_full(self, full: bool, gauge: Any) -> None:
         """The node's memory against its limit, each tick: past 90 % it takes no new blocks

@@ -1,18 +1,28 @@
 """Replicas and learners, the data plane's side (SPEC 9.7): an owner's writes and copies
 taken as a holder, the answers holders give, and the learner protocol (COPY_DONE from
-every member, READY to the nucleus, the nucleus's LEARNERS). A mixin of ``DataPlane``:
+every member, READY to the nucleus, the nucleus's LEARNERS), the copies a map change
+sends to new holders, and the strays a settled map drops. A mixin of ``DataPlane``:
 the state it reads and writes is the plane's, set up in its ``__init__``."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from corec_node import log
 from corec_node.shell.routing import Answer
-from corec_node.wire.messages import BatchReply, CopyDone, Learners, Ready
+from corec_node.wire import make_batch
+from corec_node.wire.messages import BatchReply, CopyDone, Learners, Ready, SequenceHandoff
 
 REPLICA_WRITE, REPLICA_COPY = 1, 2  # EntityBatch.replica (SPEC 9.7)
 ACKS_ALL = 2  # EntityBatch.acks: every holder queued the records
+HANDOFF_CHUNK = 100_000  # records per handoff or copy message (1 MB frames)
+SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under the rows limit)
+SETTLED = 10.0  # seconds a confirmed map stays unchanged before blocks it does not give us are dropped
 
 
 class ReplicaSide:
@@ -127,3 +137,75 @@ class ReplicaSide:
                 self.lanes.send(learner, CopyDone(digest=digest, epoch=self.engine.epoch),
                                 unless=lambda d=digest, h=learner: (d, h) in self._copies_failed)
         self._kick_lanes()
+
+    # -- copies to new holders (SPEC 9.7) ------------------------------------------------
+
+    def _copy_sent(self, holder: str, records: int) -> Callable[[int | None], None]:
+        """A copy that could not leave: counted, and the holder, if it learns, is told no
+        COPY_DONE under this map (it would own blocks it lacks); the next map copies again."""
+        digest = self.engine.placement_digest()
+
+        def sent(seq: int | None) -> None:
+            if seq is None:
+                self.dropped_records["handoff"] += records
+                self._copies_failed.add((digest, holder))
+                log.event("copy_failed", logging.WARNING, to=holder, records=records, map=digest)
+        return sent
+
+    def _copy_again(self) -> None:
+        """Copies that did not leave under the current map go again, whole, once the holder's
+        data socket is known and its lane has drained: then its COPY_DONE may follow."""
+        digest = self.engine.placement_digest()
+        self._copies_failed = {(d, h) for d, h in self._copies_failed if d == digest}
+        for _, holder in sorted(self._copies_failed):
+            if holder in self.view.data and not self.lanes.waiting_for(holder):
+                self._copies_failed.discard((digest, holder))
+                records = self.engine.owned_copy_for(holder)
+                if len(records):
+                    self._copy_to(holder, records)
+
+    def _copy_to(self, holder: str, records: np.ndarray) -> None:
+        """Blocks' copies for a new holder, on its data socket: the sequences first, then the
+        records, so the owner's later writes on the same socket come after them (SPEC 9.7)."""
+        rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist(), keep=True)
+        for start in range(0, len(rows), SEQUENCE_ROWS):
+            chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
+            self.lanes.send(holder, SequenceHandoff(rows=chunk), sent=self._count_unsent("sequence_handoff", len(chunk)))
+        for start in range(0, len(records), HANDOFF_CHUNK):
+            chunk = records[start:start + HANDOFF_CHUNK]
+            for channel in np.unique(chunk["channel"]).tolist():
+                part = chunk[chunk["channel"] == channel]
+                header, payload = make_batch(part, channel)
+                self.lanes.send(holder, dataclasses.replace(header, acks=0, replica=REPLICA_COPY), payload,
+                                copy_bytes=len(payload), sent=self._copy_sent(holder, len(part)))
+        self._kick_lanes()
+        log.event("blocks_copied", to=holder, records=len(records), map_version=self.engine.placement.version)
+        self.recorder.audit("placement", holder, "map changed: blocks copied to a new holder",
+                            records=len(records), map_version=self.engine.placement.version)
+
+    def sequence_handoff(self, sender: str, msg: SequenceHandoff) -> None:
+        """Sequences a block's previous owner applied: merged before its records arrive."""
+        if sender not in self.view.members:
+            self.traffic.rejected["sequence_handoff"] += 1
+            return
+        try:
+            rows = [(int(r["producer"]), int(r["block"]), int(r["pseq"])) for r in msg.rows]
+        except (KeyError, TypeError, ValueError):
+            self.traffic.rejected["sequence_handoff"] += 1
+            return
+        self.seqs.merge(rows)
+
+    def _drop_strays(self) -> None:
+        """Blocks held without our map saying so (a copy or write sent under a map we never
+        adopted) are dropped once the map has settled: confirmed, with no learner, our view
+        the same, and unchanged for SETTLED seconds (a copy for a newer map comes within
+        that time)."""
+        placement = self.engine.placement
+        if placement.version != self._settled_version:
+            self._settled_version, self._settled_since = placement.version, self._now()
+            return
+        if placement.learners or self._now() - self._settled_since < SETTLED or not self.placement_confirmed():
+            return
+        dropped = self.engine.drop_unheld()
+        if dropped:
+            log.event("strays_dropped", entities=dropped, map_version=placement.version)

@@ -39,9 +39,11 @@ said. With ``acks=0`` nothing is answered nor awaited: those records are counted
 every holder of its blocks (owner and replicas, SPEC 9.7) queued it; a cluster older than
 1.6 (its map names no replicas) acknowledges by the owner alone. A batch refused
 ``no_leader`` (an election under way, or the minority side of a partition) is offered
-again like a busy one. A batch refused whole as ``not_owner`` (the node's map moved its
-blocks before it stored them: nothing of it is anywhere) is split again by a newer map,
-under new sequences (``rerouted``); one refused in part is counted refused.
+again like a busy one. A batch refused as ``not_owner``, whole or in part (the maps of the
+node and of the owner it forwarded to disagreed while a change spread), is split again by
+a newer map under its own ``pseq`` (``rerouted``): the part already stored answers
+``duplicate``, which is not counted twice, and a part that a newer batch overtook
+meanwhile answers ``out_of_order`` (the newer values stand).
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ DEFAULT_BATCH = 10_000  # records per message: 100 KB frames, far past per-messa
 DEFAULT_WINDOW = 32  # batches unanswered at most, per socket: 320 K records in flight keep a node's worker busy
 REPLY_TIMEOUT = 30.0  # seconds a batch waits for its answer (a node refuses as busy after 5 of its own)
 RETRY_BUSY = 30.0  # seconds a batch refused as busy is offered again
-RETRIED = frozenset(("busy", "no_leader"))  # (not_owner, refused whole, is split anew: _reroute)
-NOT_OWNER = "not_owner"  # refusals that store nothing and pass: offered again
+RETRIED = frozenset(("busy", "no_leader"))  # refusals that store nothing and pass: offered again
+NOT_OWNER = "not_owner"  # refused by a node whose map differs: split anew by a newer map (_reroute)
+DUPLICATE, OUT_OF_ORDER = "duplicate", "out_of_order"  # an earlier offer stored it; a newer batch overtook it
 BACKOFF_MIN, BACKOFF_MAX = 0.01, 0.5  # seconds between two offers of a busy batch, doubling
 LATE_KEPT = 1024  # unconfirmed batches per socket whose late answer still counts (older ones stay unconfirmed)
 MAP_TIMEOUT = 1.0  # seconds the first send waits for the map; a node answers in milliseconds, a 1.4 node never
@@ -111,7 +114,10 @@ class _Batch:
     sent: float = 0.0
     backoff: float = BACKOFF_MIN
     due: float | None = None  # when to offer it again, once refused as busy
-    reroute: bool = False  # refused whole as not its owner's: split anew by a newer map, new pseqs
+    reroute: bool = False  # refused as not its owner's: split anew by a newer map, same pseq
+    # records of this pseq counted accepted already, whose offers again answer ``duplicate``
+    # (shared by the parts a batch refused in part is split into): not counted twice
+    credit: list[int] | None = None
 
 
 class _Link:
@@ -208,7 +214,7 @@ class Client:
         self.map_epoch = 0  # the placement epoch of the map batches are split by
         self.map_fetches = 0  # maps received (the first one included)
         self.rehomed = 0  # records resent to a new owner after theirs left the map
-        self.rerouted = 0  # records refused whole as sent to a node that does not own them, sent again
+        self.rerouted = 0  # records of batches refused as sent to a node that does not own them, sent again
         self.owners_used: set[str] = set()  # owners sent to directly
         self.sent_by_owner: collections.Counter[str] = collections.Counter()  # records sent to each owner
 
@@ -334,16 +340,16 @@ class Client:
             link.sock.close(0)  # what it still queued for a gone owner is resent below
             del self._links[addr]
             for item in items:
-                if item.reroute:  # stored nowhere: a new pseq, whatever map we have now
+                if item.reroute:  # refused there: split by whatever map we have now
                     self._reroute_now(item)
                     continue
                 self.rehomed += item.count
                 self._resend(item)
 
     def _reroute(self, link: _Link, item: _Batch) -> None:
-        """A batch no node stored (refused whole as ``not_owner``), split by a map newer than
-        the one it was split by, each part under a new pseq; parked again until we have one
-        (counted refused once ``retry_busy`` has passed)."""
+        """A batch refused (whole or in part) as ``not_owner``, split by a map newer than the
+        one it was split by; parked again until we have one (counted refused once
+        ``retry_busy`` has passed)."""
         self._check_owners()
         if self.map_epoch <= item.epoch:
             if time.monotonic() - item.first_sent >= self.retry_busy:
@@ -360,22 +366,17 @@ class Client:
 
     def _reroute_now(self, item: _Batch) -> None:
         self.rerouted += item.count
-        records = decode_batch(EntityBatch(channel=item.channel, count=item.count, compressed=self.compress),
-                               item.payload)
-        for link, part in self._split(records):
-            payload = make_batch(part, item.channel, compress=True)[1] if self.compress else part.tobytes()
-            self._pseq += 1
-            self._put(link, _Batch(item.channel, len(part), payload, self._pseq, self.map_epoch if self._placement
-                                   is not None else 0, item.first_sent, item.delete))
+        self._resend(item)
 
     def _resend(self, item: _Batch) -> None:
-        """A batch split anew by the current map, each part with the batch's pseq."""
+        """A batch split anew by the current map, each part with the batch's pseq (a newer
+        batch's values in a block stand: SPEC 9.6) and its credit."""
         records = decode_batch(EntityBatch(channel=item.channel, count=item.count, compressed=self.compress),
                                item.payload)
         for link, part in self._split(records):
             payload = make_batch(part, item.channel, compress=True)[1] if self.compress else part.tobytes()
             self._put(link, _Batch(item.channel, len(part), payload, item.pseq, self.map_epoch if self._placement
-                                   is not None else 0, item.first_sent, item.delete))
+                                   is not None else 0, item.first_sent, item.delete, credit=item.credit))
 
     # -- sending --------------------------------------------------------------------------
 
@@ -551,27 +552,35 @@ class Client:
             link.silent = False
         link.answered = True
         accepted = min(reply.accepted, item.count)
+        rejected = dict(reply.rejected)
         # a duplicate is this batch stored already, by an earlier offer of the same pseq (one
         # that went unanswered, or a part sent again to a new owner that held it as a replica)
-        duplicates = min(int(reply.rejected.get("duplicate", 0)), item.count - accepted)
-        self.duplicates += duplicates
-        accepted += duplicates
-        self.accepted += accepted
-        left = item.count - accepted
+        duplicates = min(int(rejected.pop(DUPLICATE, 0)), item.count - accepted)
+        overtaken = min(int(rejected.pop(OUT_OF_ORDER, 0)), item.count - accepted - duplicates)
+        # of those, the ones an earlier offer of a batch refused in part was answered for
+        # (stored then, or overtaken then or since) are counted already: the credit
+        known = min(duplicates + overtaken, item.credit[0]) if item.credit else 0
+        if known:
+            item.credit[0] -= known
+        known_stored = min(known, duplicates)
+        self.duplicates += duplicates - known_stored
+        self.accepted += accepted + duplicates - known_stored
+        if overtaken > known - known_stored:
+            self.rejected[OUT_OF_ORDER] += overtaken - (known - known_stored)
+        answered = accepted + duplicates + overtaken  # records whose fate this answer settles
+        left = item.count - answered
         if not left:
             return
-        refused = {k: v for k, v in reply.rejected.items() if k != "duplicate"} or {"unknown": left}
-        if set(refused) <= RETRIED | {NOT_OWNER} and NOT_OWNER in refused and not accepted \
-                and self._placement is not None and time.monotonic() - item.first_sent < self.retry_busy:
-            # nothing of it was stored: split anew once our map is newer (the answer named the
-            # node's epoch), under fresh sequences (the old one may be behind later writes)
-            item.reroute = True
-            item.due = time.monotonic() + max(item.backoff, MAP_RETRY / 4)
-            item.backoff = min(item.backoff * 2, BACKOFF_MAX)
-            link.parked.append(item)
-            return
-        if set(refused) <= RETRIED and not accepted and time.monotonic() - item.first_sent < self.retry_busy:
-            item.due = time.monotonic() + item.backoff
+        refused = rejected or {"unknown": left}
+        reroute = NOT_OWNER in refused  # the node's map differs: split anew once ours is newer
+        if set(refused) <= RETRIED | {NOT_OWNER} and not (reroute and self._placement is None) \
+                and time.monotonic() - item.first_sent < self.retry_busy:
+            if answered:  # offered again whole, same pseq: these answer duplicate or out_of_order then
+                item.credit = item.credit or [0]
+                item.credit[0] += answered
+            item.reroute = reroute
+            wait = max(item.backoff, MAP_RETRY / 4) if reroute else item.backoff  # the node's epoch reaches us
+            item.due = time.monotonic() + wait
             item.backoff = min(item.backoff * 2, BACKOFF_MAX)
             link.parked.append(item)
             return

@@ -14,7 +14,7 @@ from records import entities
 
 from corec_node.client import OLD_CLUSTER, Client
 from corec_node.engine.blocks import FusionTable, block_ids_of
-from corec_node.engine.placement import PlacementMap
+from corec_node.engine.placement import PlacementMap, partition
 from corec_node.testing.cluster import eventually
 from corec_node.wire import (
     BatchReply,
@@ -426,7 +426,8 @@ def test_acks_all_is_1_on_the_wire(map_node, owners):
 
 def test_a_batch_refused_whole_as_not_owned_goes_to_the_owner_of_a_newer_map(map_node, owners):
     # a's map moved its blocks to b before a stored them: a refused the batch whole, so
-    # nothing of it is anywhere; the client splits it by the newer map under a new pseq
+    # nothing of it is anywhere; the client splits it by the newer map under the same pseq
+    # (a newer batch that reached b meanwhile stands: SPEC 9.6)
     a, b = owners["a"], owners["b"]
     node = map_node(Placement(epoch=5, digest="", block_size=100, owners=(Owner("a", a.addr),), rule="ring"))
     seen: dict[str, list] = {"a": [], "b": []}
@@ -454,5 +455,53 @@ def test_a_batch_refused_whole_as_not_owned_goes_to_the_owner_of_a_newer_map(map
     for t in threads:
         t.join(10)
     assert [len(r) for _, r in seen["a"]] == [100] and sum(len(r) for _, r in seen["b"]) == 100
-    assert seen["b"][0][0].msg.pseq > seen["a"][0][0].msg.pseq  # a new sequence: the old one may be behind later writes
+    assert seen["b"][0][0].msg.pseq == seen["a"][0][0].msg.pseq
     assert (client.accepted, client.rerouted, dict(client.rejected)) == (100, 100, {})
+
+
+def test_a_batch_refused_in_part_as_not_owned_is_offered_again_and_counted_once(map_node, owners):
+    # a adopted a map that gives b some of the batch's blocks: a stored its own and forwarded
+    # the rest to b, whose map still said a owns them (refused not_owner). The client offers
+    # the whole batch again under the same pseq, split by the newer map: a answers duplicate
+    # for what it stored (not counted twice), b stores the rest.
+    a, b = owners["a"], owners["b"]
+    newer = Placement(epoch=6, digest="", block_size=100, owners=(Owner("a", a.addr), Owner("b", b.addr)), rule="ring")
+    node = map_node(Placement(epoch=5, digest="", block_size=100, owners=(Owner("a", a.addr),), rule="ring"))
+    records = entities(np.arange(1_000))
+    owned = partition(records, PlacementMap(6, ["a", "b"], rule="ring"), 100)
+    assert set(owned) == {"a", "b"}, "the test needs blocks of both owners"
+    stored: dict[str, list] = {"a": [], "b": []}
+    pseqs: list[int] = []
+
+    def serve(name: str, router: Router, offers: int) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(stored[name]) < offers:
+            if not router.poll(50):
+                continue
+            identity, *frames = router.recv_multipart()
+            _, env, payload = decode_message(frames, cluster="corec")
+            got = decode_batch(env.msg, payload).copy()
+            pseqs.append(env.msg.pseq)
+            mine = np.isin(got["id"], owned[name]["id"])
+            seen_before = np.concatenate(stored[name])["id"] if stored[name] else np.empty(0, np.uint32)
+            again = np.isin(got["id"][mine], seen_before)
+            dup = int(again.sum())
+            stored[name].append(got[mine][~again])
+            rejected = {"duplicate": dup} if dup else {}
+            if (~mine).any():
+                node.placement = newer
+                rejected["not_owner"] = int((~mine).sum())
+            _answer(router, identity, env.seq, int(mine.sum()) - dup, rejected, epoch=6)
+
+    threads = [threading.Thread(target=serve, args=args) for args in (("a", a, 2), ("b", b, 1))]
+    for t in threads:
+        t.start()
+    with Client(node.addr, batch=1_000) as client:
+        client.send(records)
+        assert client.flush(10)
+    for t in threads:
+        t.join(10)
+    assert set(pseqs) == {1} and len(pseqs) == 3  # a's refused offer, then a's part and b's part
+    for name in ("a", "b"):
+        assert np.array_equal(np.sort(np.concatenate(stored[name])["id"]), np.unique(owned[name]["id"]))
+    assert (client.accepted, client.duplicates, client.rerouted, dict(client.rejected)) == (1_000, 0, 1_000, {})

@@ -30,12 +30,56 @@ Contract every hook implementation must honour (the manager enforces what it can
 4. **No firstresult hook.** Every implementation of every hook is called, each on its own,
    so one plugin's fault never hides another's result.
 5. Implementations may take any subset of a hook's parameters (pluggy matches by name).
+6. **The node is a facade.** Hooks that take ``node`` get a
+   :class:`~corec_node.plugins.NodeFacade` of their own: the node's name, config, data
+   directory, the leader as last told, ``raise_alert`` and ``log`` (both stamped with the
+   plugin's name) and ``await plugin_store()``. That list is the API; anything else
+   reached through it is not, and logs a warning.
+
+How CoreC calls each hook, and what pluggy's markers mean here. CoreC does not make one
+pluggy call per hook (``pm.hook.x()`` stops at the first raise); it asks pluggy for the
+implementations and calls each one itself:
+
+=========================  ========================  =====================================
+hook                       how it is called          results
+=========================  ========================  =====================================
+corec_configure            direct, one by one        ignored; a raise stops the load
+corec_channels             direct, one by one        union over plugins
+corec_kernels              direct, one by one        merged; a name clash is a load error
+corec_storage_migrations   direct, one by one        per plugin (its own store)
+corec_cli_commands         direct, one by one        ignored
+corec_startup/_shutdown    event, all at once        ignored
+corec_entities             event, all at once        alert dicts, every plugin's
+corec_block_aggregates     event, all at once        alert dicts, every plugin's
+corec_alert, _member_event event, all at once        ignored
+corec_leader_changed       event, all at once        ignored
+=========================  ========================  =====================================
+
+*Direct*: on the caller's thread, in order, at load or startup. *Event*: every
+implementation started at once (sync ones in worker threads, async ones as tasks), each
+with its budget, and waited for together; a later one never waits for an earlier one.
+No hook is ``firstresult`` and none is ``historic``.
+
+- ``@hookimpl(tryfirst=True)``: this implementation is started (direct: called) before
+  the others of the hook; ``trylast=True``: after them. Among the rest the order is load
+  order (built-ins, then entry points by name, then ``plugins.paths``), not pluggy's
+  last-registered-first. For event hooks this orders only the starts: they run
+  concurrently, so never rely on another plugin having finished.
+- ``hookwrapper=True`` and ``wrapper=True`` (pluggy's wrappers around the other
+  implementations) are refused at load with a :class:`~corec_node.plugins.PluginLoadError`:
+  each plugin is called on its own, so there is no call to wrap. To act before or after
+  other plugins, use ``tryfirst`` / ``trylast`` on a direct hook, or react to their
+  alerts in :func:`corec_alert`.
+- ``optionalhook=True`` is not needed: an unknown ``corec_*`` name is a load error (a
+  misspelled hook must not be silently ignored), marked or not.
 
 Plugin settings: a plugin may declare ``SETTINGS``, either a dict ``{key: (type, default)}``
 or a dataclass type. The table ``[plugin.NAME]`` of the node's config is checked against
 it at load (an unknown key or a wrong type is a :class:`~corec_node.plugins.PluginConfigError`
 naming the plugin and the key) and handed back, defaults filled in, as
 ``config.plugin[NAME]`` in :func:`corec_configure` (a dict, or an instance of the dataclass).
+A table that names no plugin found is an error too (:class:`~corec_node.plugins.UnknownPluginTable`:
+the file, the table, the closest installed name), unless the name is in ``plugins.disabled``.
 
 A plugin object whose attribute ``DISABLED_REASON`` is a non-empty string is not registered:
 the manager lists it as disabled with that reason (e.g. an optional dependency is missing).
@@ -43,9 +87,13 @@ the manager lists it as disabled with that reason (e.g. an optional dependency i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:  # at run time hookspecs loads first: the plugins package imports it
+    from corec_node.config import Config
+    from corec_node.plugins.facade import NodeFacade
 
 PROJECT = "corec_node"
 """pluggy project name, and the entry point group plugins are found under."""
@@ -58,7 +106,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def corec_configure(config: Any) -> None:
+def corec_configure(config: Config) -> None:
     """Called once per plugin at load, after its settings were validated, before the node
     starts. Sync only; runs in the loading thread (the node's, before its loop serves).
 
@@ -72,13 +120,14 @@ def corec_configure(config: Any) -> None:
 
 
 @hookspec
-def corec_startup(node: Any) -> None:
+def corec_startup(node: NodeFacade) -> None:
     """Called once when the node is up (sockets bound, control socket serving), before
     the first engine tick. Sync (run in a worker thread) or async (awaited on the loop).
 
-    :param node: the running node. Plugins may rely on ``node.name``, ``node.config``,
-        ``node.data_dir``, ``node.raise_alert(kind, text, **fields)`` and
-        ``await node.plugin_store(name)`` (the node API: ``corec_node/shell/node.py``).
+    :param node: the running node, as this plugin may use it: ``node.name``,
+        ``node.config``, ``node.data_dir``, ``node.raise_alert(kind, text, **fields)``,
+        ``node.log(event, **fields)``, ``await node.plugin_store()`` (all of it:
+        :class:`~corec_node.plugins.NodeFacade`).
 
     Return value: ignored. A raise or timeout (a longer budget than other hooks) is a
     fault. Not firstresult. Runs on the node's event loop or in a worker thread: must not
@@ -87,7 +136,7 @@ def corec_startup(node: Any) -> None:
 
 
 @hookspec
-def corec_shutdown(node: Any) -> None:
+def corec_shutdown(node: NodeFacade) -> None:
     """Called once when the node stops, before its sockets and stores close: flush and
     close what the plugin opened. Sync (worker thread) or async (awaited on the loop).
 
@@ -114,7 +163,7 @@ def corec_channels() -> Any:
 
 
 @hookspec
-def corec_entities(node: Any, channel: int, records: Any) -> Any:
+def corec_entities(node: NodeFacade, channel: int, records: Any) -> Any:
     """Called for each entity batch this node ingests on a channel the plugin subscribed
     to (:func:`corec_channels`). Sync (worker thread) or async (awaited on the loop).
 
@@ -131,7 +180,7 @@ def corec_entities(node: Any, channel: int, records: Any) -> Any:
 
 
 @hookspec
-def corec_block_aggregates(node: Any, tick: int, aggregates: list[dict[str, Any]]) -> Any:
+def corec_block_aggregates(node: NodeFacade, tick: int, aggregates: list[dict[str, Any]]) -> Any:
     """Called after each engine tick with the aggregate rows of the blocks this node owns.
     Sync (worker thread) or async (awaited on the loop). A node holding more than
     ``engine.tick_rows`` blocks passes at most that many rows a tick: the blocks that
@@ -154,9 +203,10 @@ def corec_block_aggregates(node: Any, tick: int, aggregates: list[dict[str, Any]
 
 
 @hookspec
-def corec_alert(node: Any, alert: dict[str, Any]) -> None:
+def corec_alert(node: NodeFacade, alert: dict[str, Any]) -> None:
     """Called for each alert the node raises (from the core, a plugin, or the plugin
-    breaker), after it was recorded. Not called on the plugin that raised it. Sync
+    breaker), after it was recorded. Not called on the plugin that raised it (returned it,
+    or raised it through its ``node.raise_alert``). Sync
     (worker thread) or async (awaited on the loop).
 
     :param node: the running node.
@@ -169,7 +219,7 @@ def corec_alert(node: Any, alert: dict[str, Any]) -> None:
 
 
 @hookspec
-def corec_member_event(node: Any, event: dict[str, Any]) -> None:
+def corec_member_event(node: NodeFacade, event: dict[str, Any]) -> None:
     """Called when this node's view of a member changes. Sync (worker thread) or async
     (awaited on the loop).
 
@@ -184,11 +234,12 @@ def corec_member_event(node: Any, event: dict[str, Any]) -> None:
 
 
 @hookspec
-def corec_leader_changed(node: Any, leader: str | None, term: int) -> None:
+def corec_leader_changed(node: NodeFacade, leader: str | None, term: int) -> None:
     """Called when this node learns of a new nucleus leader, or loses it. Sync (worker
     thread) or async (awaited on the loop).
 
-    :param node: the running node (``node.name == leader`` when this node leads).
+    :param node: the running node; ``node.leader`` and ``node.term`` already hold the new
+        values, ``node.is_leader`` says whether this node leads.
     :param leader: the leader's name, or None while there is none.
     :param term: the election term.
 
@@ -215,7 +266,7 @@ def corec_kernels() -> Any:
 @hookspec
 def corec_storage_migrations() -> Any:
     """Called once at startup for the schema of this plugin's own SQLite store (the one
-    ``await node.plugin_store(NAME)`` opens). Sync; called directly.
+    ``await node.plugin_store()`` opens). Sync; called directly.
 
     Return value: a list of SQL strings, applied in order, each once; append only (a
     released plugin never edits or removes an entry), or None. Not firstresult. Must not

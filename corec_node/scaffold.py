@@ -1,7 +1,7 @@
 """``corec-node plugin new NAME``: write a plugin package that installs and loads as is.
 
     corec-node plugin new thermo [--dir DIR]   # writes DIR/corec-thermo/ (DIR defaults to .)
-    corec-node plugin list [--config FILE] [--json]
+    corec-node plugin list [--config FILE] [--json]   # an alias of ``corec-node plugins``
 
 What ``new`` writes (the entry point is the contract between the node and the plugin)::
 
@@ -13,7 +13,9 @@ What ``new`` writes (the entry point is the contract between the node and the pl
       tests/test_corec_thermo.py
 
 Then ``pip install ./corec-thermo`` and the node loads it at its next start;
-``pytest corec-thermo/tests`` runs its tests. Names: lower-case letters, digits, ``_`` and
+``pip install './corec-thermo[test]' && pytest corec-thermo/tests`` runs its tests. ``new``
+prints these commands for the folder it was run in: a bare ``pip install corec-thermo``
+would fetch that name from the package index. Names: lower-case letters, digits, ``_`` and
 ``-``, starting with a letter (the plugin's name, its config table ``[plugin.NAME]`` and
 its store's file name all derive from it; ``-`` becomes ``_`` there).
 """
@@ -21,8 +23,8 @@ its store's file name all derive from it; ``-`` becomes ``_`` there).
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,8 @@ __version__ = "0.1.0"
 Every hook the node offers is listed, with its rules, in ``corec_node/hookspecs.py``. The
 rules that matter most: a sync hook runs in a worker thread and an async one on the node's
 event loop, so neither may block; a hook that raises or hangs repeatedly is switched off.
+A hook that takes ``node`` gets a ``corec_node.plugins.NodeFacade``: all a plugin may call
+on its node (name, config, data_dir, raise_alert, log, plugin_store, leader).
 
 Settings come from the node's config, checked against SETTINGS at load::
 
@@ -185,7 +189,7 @@ the count every `report_every` ticks. Start from here: the hooks are in
     pip install ./{dist}
 
 The node finds it at its next start through the entry point group `corec_node` (name
-`{plugin}`); `corec-node plugin list` shows it. To keep it from loading without
+`{plugin}`); `corec-node plugins` shows it. To keep it from loading without
 uninstalling: `COREC_DISABLED_PLUGINS={plugin}`.
 
 ## Configure
@@ -197,8 +201,11 @@ report_every = 60   # ticks between two log lines; 0: never
 
 ## Test
 
-    pip install -e './{dist}[test]'
+    pip install './{dist}[test]'
     pytest {dist}/tests
+
+(`pip install -e` instead, to test edits without installing again.) To run the plugin
+inside a real node process, use the `plugin_node` fixture of `corec_node.testing`.
 ''',
     }
     return files
@@ -221,17 +228,19 @@ def write(name: str, directory: str | Path = ".") -> Path:
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``plugin new`` and ``plugin list`` to ``corec-node``'s subparsers."""
-    p = subparsers.add_parser("plugin", help="create a plugin package, or list the plugins this node would load",
+    """Add ``plugin new`` and ``plugin list`` (an alias of ``plugins``) to ``corec-node``'s subparsers."""
+    from corec_node.cli import add_plugins_arguments
+
+    p = subparsers.add_parser("plugin", help="create a plugin package, or list plugins (as corec-node plugins)",
                               description="Plugins (organs): pip-installed packages with hooks.")
     sub = p.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND", required=True)
     new = sub.add_parser("new", help="write a new plugin package", description=(
         "Write DIR/corec-NAME/: a pip-installable plugin with one working hook, a test and a README."))
     new.add_argument("name", metavar="NAME", help="plugin name: lower-case letters, digits, _ and -")
     new.add_argument("--dir", default=".", metavar="DIR", help="where to write it (default: the current folder)")
-    lst = sub.add_parser("list", help="list installed and configured plugins (as a node with this config loads them)")
-    lst.add_argument("--config", metavar="FILE", help="TOML config file (default: none, built-in defaults)")
-    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst = sub.add_parser("list", help="the same as corec-node plugins: the running node's plugins, else those a "
+                                      "node with this config would load")
+    add_plugins_arguments(lst)
     p.set_defaults(func=cmd_plugin)
     return p
 
@@ -246,34 +255,24 @@ def cmd_plugin(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"corec-node: cannot write the plugin: {exc}", file=sys.stderr)
             return EXIT_FAIL
-        n = names(args.name)
-        print(f"wrote {root}\n  install: pip install {root}\n  test:    pytest {root / 'tests'}\n"
-              f"  hooks:   {root / n['package'] / 'hooks.py'}")
+        print("\n".join(next_steps(root, names(args.name)["package"])))
         return EXIT_OK
     if args.plugin_command == "list":
-        return _cmd_list(args)
+        from corec_node.cli import cmd_plugins
+
+        return cmd_plugins(args)
     return EXIT_USAGE
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from corec_node.config import ConfigError, load_config
-    from corec_node.plugins import PluginManager
+def next_steps(root: Path, package: str) -> list[str]:
+    """What ``plugin new`` prints: commands that work as printed, in the folder it ran in.
+    A relative path gets ``./`` (pip takes a bare ``corec-x`` for a name on the index) and
+    every path is quoted for the shell (``[test]`` is a glob pattern)."""
+    where = root.as_posix()
+    if not root.is_absolute() and not where.startswith(("./", "../")):
+        where = f"./{where}"
+    return [f"wrote {where}",
+            f"  install: pip install {shlex.quote(where)}",
+            f"  test:    pip install {shlex.quote(where + '[test]')} && pytest {shlex.quote(where + '/tests')}",
+            f"  hooks:   {where}/{package}/hooks.py"]
 
-    try:
-        pm = PluginManager(load_config(args.config)).load()
-    except ConfigError as exc:
-        print(f"corec-node: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    info = pm.info()
-    if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
-        return EXIT_OK
-    table = [["NAME", "VERSION", "SOURCE", "STATE", "HOOKS", "REASON"]]
-    for p in info:
-        table.append([p["name"], p["version"] or "-", p["source"], p["state"],
-                      ",".join(h.removeprefix("corec_") for h in p["hooks"]) or "-", p["reason"]])
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
-    if not info:
-        print("(no plugins installed: pip install a corec-* plugin, or set plugins.paths)")
-    return EXIT_OK

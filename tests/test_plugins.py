@@ -26,9 +26,12 @@ from corec_node.engine import EntityStore, KernelState, aggregate, aggregate_row
 from corec_node.hookspecs import HOOK_NAMES, hookimpl
 from corec_node.plugins import (
     DISABLED_ENV,
+    NodeFacade,
+    NoPluginStore,
     PluginConfigError,
     PluginLoadError,
     PluginManager,
+    UnknownPluginTable,
     validate_settings,
 )
 from pgutil import eventually  # async: polls on the running loop
@@ -685,9 +688,27 @@ def test_two_plugins_with_one_name(tmp_path):
         PluginManager(config(paths=(str(a), str(b)))).load(entrypoints=False)
 
 
-def test_settings_for_an_uninstalled_plugin_are_only_a_warning(events):
-    PluginManager(config(tables={"ghost": {"x": 1}})).load(entrypoints=False)
-    assert any(e["event"] == "plugin_settings_unused" and e["plugin"] == "ghost" for e in events)
+def test_a_misspelled_plugin_table_names_file_table_and_installed_plugins(tmp_path):
+    root = folder(tmp_path, {"alerts.py": "X = 1\n", "analyzer.py": "X = 2\n"})
+    with pytest.raises(UnknownPluginTable) as err:
+        PluginManager(config(paths=(str(root),), tables={"alertz": {"x": 1}})).load(entrypoints=False)
+    e = err.value
+    assert isinstance(e, ConfigError) and e.plugin == "alertz" and e.suggestion == "alerts"
+    assert str(e).startswith("node.toml: [plugin.alertz]: no plugin named 'alertz' is installed "
+                             "(did you mean 'alerts'?); installed: alerts, analyzer.")
+    with pytest.raises(UnknownPluginTable) as err:  # nothing close: no suggestion, still the list
+        PluginManager(config(paths=(str(root),), tables={"zzz": {}})).load(entrypoints=False)
+    assert err.value.suggestion is None and "did you mean" not in str(err.value)
+    assert "installed: alerts, analyzer" in str(err.value)
+
+
+def test_settings_kept_for_a_plugin_not_installed_here_when_it_is_disabled():
+    pm = PluginManager(config(disabled=("ghost",), tables={"ghost": {"x": 1}})).load(entrypoints=False)
+    assert pm.info() == []
+    pm = PluginManager(config(tables={"ghost": {"x": 1}}), env={DISABLED_ENV: "ghost"}).load(entrypoints=False)
+    assert pm.info() == []
+    with pytest.raises(UnknownPluginTable, match="installed: none"):
+        PluginManager(config(tables={"ghost": {"x": 1}}), env={}).load(entrypoints=False)
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -788,3 +809,140 @@ def test_validate_settings_without_spec_passes_the_table_through():
     assert validate_settings("p", None, {"anything": [1]}) == {"anything": [1]}
     with pytest.raises(PluginLoadError, match="SETTINGS"):
         validate_settings("p", {"x": int}, {})
+
+
+# -- the node facade ----------------------------------------------------------------------------
+
+
+class RealishNode:
+    """The parts of shell/node.py's Node a facade reaches, recording what plugins did."""
+
+    name = "a"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.config = Config()
+        self.data_dir = tmp_path
+        self.raised: list[tuple[str, str, dict[str, Any]]] = []
+        self.engine = "the engine"  # not in the facade
+
+    def raise_alert(self, kind, text, *, severity="warning", **fields):
+        self.raised.append((kind, text, {"severity": severity, **fields}))
+
+    async def plugin_store(self, name):
+        return f"store of {name}"
+
+
+def test_hook_specs_take_the_facade_not_any():
+    for name in HOOK_NAMES:
+        params = inspect.signature(getattr(hookspecs, name)).parameters
+        if "node" in params:
+            assert params["node"].annotation == "NodeFacade", name
+
+
+async def test_each_plugin_gets_its_own_facade_that_stamps_its_name(tmp_path, events):
+    seen: dict[str, Any] = {}
+
+    class Uses:
+        SETTINGS = {"level": (int, 3)}
+
+        @hookimpl
+        async def corec_startup(self, node):
+            seen["startup"] = node
+            seen["store"] = await node.plugin_store()
+            node.raise_alert("hot", "too hot", severity="critical", block=7)
+            node.log("uses_started", rows=2)
+
+        @hookimpl
+        def corec_leader_changed(self, node, leader, term):  # a worker thread
+            seen["leader"] = (node.leader, node.term, node.is_leader)
+
+        @hookimpl
+        def corec_block_aggregates(self, node, tick):
+            seen["tick"] = node
+            seen["engine"] = node.engine
+
+    class Other:
+        @hookimpl
+        def corec_startup(self, node):
+            seen["other"] = node
+
+    real = RealishNode(tmp_path)
+    pm = PluginManager()
+    pm.register(Uses(), "uses", settings={"level": 5})
+    pm.register(Other(), "other")
+    await pm.startup(real)
+    facade = seen["startup"]
+    assert isinstance(facade, NodeFacade) and facade is not real
+    assert (facade.name, facade.plugin, facade.settings, facade.data_dir) == ("a", "uses", {"level": 5}, tmp_path)
+    assert facade.config is real.config and seen["other"].plugin == "other"
+    assert seen["store"] == "store of uses"
+    assert real.raised == [("hot", "too hot", {"severity": "critical", "block": 7, "plugin": "uses"})]
+    assert any(e["event"] == "uses_started" and e["plugin"] == "uses" and e["rows"] == 2 for e in events)
+    with pytest.raises(ValueError, match="severity"):
+        facade.raise_alert("x", "y", severity="urgent")
+
+    await pm.leader_changed(real, "a", 4)
+    assert seen["leader"] == ("a", 4, True) and (facade.leader, facade.term) == ("a", 4)
+
+    await pm.block_aggregates(real, 1, [])
+    await pm.block_aggregates(real, 2, [])
+    assert seen["tick"] is facade  # one facade per plugin and node
+    assert seen["engine"] == "the engine"  # passed through, with one warning
+    warned = [e for e in events if e["event"] == "plugin_node_attribute"]
+    assert len(warned) == 1 and warned[0]["plugin"] == "uses" and warned[0]["attribute"] == "engine"
+    assert pm.facade("uses", real) is facade
+
+
+async def test_facade_over_a_node_without_stores():
+    class Bare:
+        name = "b"
+
+    facade = NodeFacade(Bare(), "p")
+    with pytest.raises(NoPluginStore):
+        await facade.plugin_store()
+    assert isinstance(NoPluginStore("x"), LookupError)  # what a plugin may catch without importing us
+    with pytest.raises(AttributeError):
+        facade.nothing_here  # noqa: B018
+
+
+# -- hook order ---------------------------------------------------------------------------------
+
+
+def ordered_plugin(name: str, calls: list[str], **marks: bool) -> Any:
+    class P:
+        @hookimpl(**marks)
+        def corec_configure(self):
+            calls.append(f"configure {name}")
+
+        @hookimpl(**marks)
+        def corec_channels(self):
+            calls.append(f"channels {name}")
+
+        @hookimpl(**marks)
+        async def corec_block_aggregates(self, tick):
+            calls.append(f"aggregates {name}")
+
+    return P()
+
+
+async def test_tryfirst_and_trylast_order_the_calls():
+    calls: list[str] = []
+    plugins = [("late", ordered_plugin("late", calls, trylast=True)), ("one", ordered_plugin("one", calls)),
+               ("first", ordered_plugin("first", calls, tryfirst=True)), ("two", ordered_plugin("two", calls))]
+    pm = PluginManager().load(entrypoints=False, builtins=plugins)
+    expected = ["first", "one", "two", "late"]  # tryfirst, then load order, then trylast
+    assert [c.split()[1] for c in calls if c.startswith("configure")] == expected
+    assert [c.split()[1] for c in calls if c.startswith("channels")][:4] == expected
+    calls.clear()
+    await pm.block_aggregates(None, 1, [])
+    assert [c.split()[1] for c in calls] == expected  # started in that order (tasks on one loop)
+
+
+def test_a_misspelled_optional_hook_is_still_an_error():
+    class Optional:
+        @hookimpl(optionalhook=True)
+        def corec_startupp(self, node):
+            pass
+
+    with pytest.raises(PluginLoadError, match="unknown hook 'corec_startupp'"):
+        PluginManager().register(Optional(), "optional")

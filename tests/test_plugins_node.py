@@ -38,7 +38,7 @@ RECORDER = '''
 
     @hookimpl
     async def corec_startup(node):
-        write(hook="startup", node=node.name, data_dir=str(node.data_dir))
+        write(hook="startup", node=node.name, data_dir=str(node.data_dir), api=type(node).__name__)
 
     @hookimpl
     def corec_channels():
@@ -90,7 +90,8 @@ def test_plugin_hooks_fire_on_real_node(cluster, tmp_path):
 
     eventually(lambda: any(e["hook"] == "startup" for e in seen()), 15, message="corec_startup")
     assert next(e for e in seen() if e["hook"] == "startup") == {"hook": "startup", "node": "solo",
-                                                                 "data_dir": str(node.data_dir)}
+                                                                 "data_dir": str(node.data_dir),
+                                                                 "api": "NodeFacade"}
     loaded = {e["plugin"]: e for e in node.log_events() if e.get("event") == "plugin_loaded"}
     assert set(loaded) == {"recorder", "broken"} and loaded["recorder"]["source"] == "path"
 
@@ -179,7 +180,7 @@ def test_hanging_plugin_is_switched_off_while_the_mesh_goes_on(cluster, tmp_path
     out = subprocess.run([sys.executable, "-m", "corec_node", "plugins", "--json", "--data-dir", str(a.data_dir)],
                          capture_output=True, text=True, timeout=30)
     row = next(p for p in json.loads(out.stdout) if p["name"] == "hanging")
-    assert row["state"] == "disabled" and row["faults"] >= 1 and row["source"] == "path"
+    assert row["state"] == "disabled" and row["faults"] >= 1 and row["source"] == "path" and row["view"] == "node"
 
 
 ALERTS_DIR = Path(__file__).resolve().parent.parent / "plugins" / "corec-alerts"

@@ -38,27 +38,27 @@ Rules of the hook path (what a caller and a plugin may rely on):
 6. ``COREC_DISABLED_PLUGINS=a,b`` (and config ``plugins.disabled``) keeps plugins from
    being imported at all; ``COREC_TRACE_PLUGINS=1`` logs every hook call (``plugin_call``
    with hook, plugin, duration and outcome).
+7. Order: no hook is firstresult and every implementation is called; ``tryfirst`` ones
+   start first and ``trylast`` ones last, the rest in load order. Event hooks run
+   concurrently, so the order is of starts, never of ends; wrappers are refused at load.
 
 The dispatch methods must be called on the node's event loop.
 
-The node API hooks may rely on (the ``node`` argument):
-
-- ``node.name`` (str), ``node.config`` (:class:`~corec_node.config.Config`),
-  ``node.data_dir`` (Path), ``node.loop`` (its event loop), ``node.leader``, ``node.term``;
-- ``node.raise_alert(kind, text, *, severity="warning", **fields)``: record, log and
-  publish an alert (also handed to the other plugins' corec_alert). Safe from any thread.
-  A hook may instead *return* alert dicts (corec_entities, corec_block_aggregates);
-- ``await node.plugin_store(name)``: the plugin's own store, opened once and migrated
-  with its corec_storage_migrations (``corec_node.storage.PluginStore``: ``.sqlite`` is an
-  aiosqlite connection to ``<data_dir>/plugins/<name>.db``; ``.postgres`` its schema when
-  PostgreSQL is configured). The node closes it at shutdown.
+The node API hooks may rely on (the ``node`` argument) is :class:`NodeFacade`
+(:mod:`.facade`): each plugin gets its own, wrapping the node the core passes in. In short:
+``name``, ``config``, ``data_dir``, ``loop``, ``plugin``, ``settings``, ``leader``,
+``term``, ``is_leader``, ``raise_alert(kind, text, *, severity, **fields)`` (stamped with
+the plugin's name; safe from any thread), ``log(event, **fields)`` and ``await
+plugin_store()`` (the plugin's own store, migrated with its corec_storage_migrations).
+A hook may also *return* alert dicts (corec_entities, corec_block_aggregates).
 
 Layout: :mod:`.manager` finds, checks and registers plugins and is the facade
 (:class:`PluginManager`); :mod:`.dispatch` is how one hook call runs (threads and tasks,
 budgets, faults, the breaker, tracing), in a ``Dispatcher`` the manager builds and hands
 each call to (composition, as pluggy keeps its manager apart from its call loop);
 :mod:`.settings` checks each ``[plugin.NAME]`` table and holds the load errors;
-:mod:`.records` is what both know about a plugin.
+:mod:`.records` is what both know about a plugin; :mod:`.facade` is what a plugin sees of
+the node.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ from corec_node.plugins.dispatch import (
     SEVERITIES,
     TRACE_ENV,
 )
+from corec_node.plugins.facade import NodeFacade, NoPluginStore
 from corec_node.plugins.manager import (
     DISABLED_ENV,
     ENTRYPOINT_GROUP,
@@ -86,6 +87,7 @@ from corec_node.plugins.settings import (
     PluginConfigError,
     PluginError,
     PluginLoadError,
+    UnknownPluginTable,
     check_value,
     validate_settings,
 )
@@ -106,6 +108,9 @@ __all__ = [
     "SEVERITIES",
     "SOURCES",
     "TRACE_ENV",
+    "UnknownPluginTable",
+    "NoPluginStore",
+    "NodeFacade",
     "PluginConfigError",
     "PluginError",
     "PluginLoadError",

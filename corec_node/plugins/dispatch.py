@@ -133,7 +133,8 @@ class Dispatcher:
     registrations and hands over, per call, the implementations and the budget.
 
     It owns what only calling needs: the worker pool, background dispatches, each
-    plugin's calls in flight and recent faults. It judges the records it is given
+    plugin's calls in flight and recent faults. ``wrap_node(record, node)`` gives the
+    ``node`` argument each plugin gets (its NodeFacade). It judges the records it is given
     (counting calls, faults, drops) and, when the breaker trips, asks ``disable(name,
     reason)`` (the manager's) to switch the plugin off, then sends ``on_alert`` the alert.
     """
@@ -147,8 +148,10 @@ class Dispatcher:
         fault_window: float = DEFAULT_FAULT_WINDOW,
         clock: Callable[[], float] = time.monotonic,
         trace: bool = False,
+        wrap_node: Callable[[PluginRecord, Any], Any] | None = None,
     ) -> None:
         self.on_alert = on_alert
+        self.wrap_node = wrap_node  # the node as each plugin may see it (NodeFacade)
         self.max_faults = max_faults
         self.fault_window = fault_window
         self.clock = clock
@@ -245,6 +248,8 @@ class Dispatcher:
                 continue
             rec.calls += 1
             args = impl.args(kwargs)
+            if impl.takes_node and self.wrap_node is not None:
+                args = {**args, "node": self.wrap_node(rec, args["node"])}
             if impl.is_async:
                 try:
                     coro = impl.fn(**args)

@@ -41,11 +41,13 @@ from corec_node.plugins.dispatch import (
     _ThreadPool,
     where,
 )
+from corec_node.plugins.facade import Leadership, NodeFacade, unwrap
 from corec_node.plugins.records import ACTIVE, DISABLED, PluginRecord, _Impl
 from corec_node.plugins.settings import (
     PluginConfigError,
     PluginError,
     PluginLoadError,
+    UnknownPluginTable,
     validate_settings,
 )
 
@@ -102,7 +104,10 @@ class PluginManager:
         self.env_disabled = frozenset(n.strip() for n in env.get(DISABLED_ENV, "").split(",") if n.strip())
         trace = env.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
         self._dispatcher = Dispatcher(disable=self.disable, on_alert=on_alert, max_faults=max_faults,
-                                      fault_window=fault_window, clock=clock, trace=trace)
+                                      fault_window=fault_window, clock=clock, trace=trace,
+                                      wrap_node=self._facade_of)
+        self._leadership = Leadership()
+        self._facades: dict[str, NodeFacade] = {}
         self.pm = _PluggyManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
@@ -165,13 +170,10 @@ class PluginManager:
             added += self._load_entrypoints()
         for path in (self.config.plugins.paths if paths is None else paths):
             added += self._load_path(path)
+        self._check_tables()
         self._configure(added)
         self._rebuild()
         self.refresh_channels()
-        for table in self.config.plugin:
-            if table not in self.records:
-                log.event("plugin_settings_unused", logging.WARNING, plugin=table,
-                          detail=f"[plugin.{table}] in {self.config.source} but no plugin of that name is installed")
         for rec in self.records.values():
             log.event("plugin_loaded" if rec.state == ACTIVE else "plugin_not_loaded",
                       plugin=rec.name, version=rec.version, source=rec.source, origin=rec.origin,
@@ -214,6 +216,15 @@ class PluginManager:
             self.pm.set_blocked(name)
         self.records[name] = rec
         return rec
+
+    def _check_tables(self) -> None:
+        """Every ``[plugin.NAME]`` table names a plugin found (active or not), or one named in
+        ``plugins.disabled`` / ``COREC_DISABLED_PLUGINS`` (settings kept for a plugin not
+        installed here): a misspelled table is an error, not settings silently unused."""
+        known = set(self.records) | set(self.config.plugins.disabled) | self.env_disabled
+        for table in self.config.plugin:
+            if table not in known:
+                raise UnknownPluginTable(table, sorted(self.records), source=self.config.source)
 
     def _load_entrypoints(self) -> list[PluginRecord]:
         added = []
@@ -285,6 +296,10 @@ class PluginManager:
                 if impl.plugin is obj and (impl.hookwrapper or impl.wrapper):
                     self._forget(rec)
                     raise PluginLoadError(rec.name, f"{caller.name}: hook wrappers are not supported (each plugin is called on its own)")
+                if impl.plugin is obj and caller.name not in HOOK_NAMES:  # optionalhook=True passed pluggy's check
+                    self._forget(rec)
+                    raise PluginLoadError(rec.name, f"unknown hook {caller.name!r} (misspelled?); "
+                                                    f"known hooks: {', '.join(HOOK_NAMES)}")
         if "corec_entities" in rec.hooks and "corec_channels" not in rec.hooks:
             log.event("plugin_no_channels", logging.WARNING, plugin=rec.name,
                       detail="implements corec_entities but not corec_channels: it gets no batches")
@@ -303,7 +318,8 @@ class PluginManager:
             if rec.state == ACTIVE and rec.settings is not None:
                 tables[rec.name] = rec.settings
         config = dataclasses.replace(self.config, plugin=tables)
-        for rec in recs:
+        order = {impl.plugin_name: i for i, impl in enumerate(_call_order(self.pm.hook.corec_configure.get_hookimpls()))}
+        for rec in sorted(recs, key=lambda r: order.get(r.name, 0)):
             fn = self._impl_function(rec, "corec_configure")
             if fn is None:
                 continue
@@ -328,7 +344,7 @@ class PluginManager:
         """Refresh the per-hook implementation lists and the channel routing table."""
         impls: dict[str, list[_Impl]] = {h: [] for h in HOOK_NAMES}
         for hook in HOOK_NAMES:
-            for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            for impl in _call_order(getattr(self.pm.hook, hook).get_hookimpls()):
                 rec = self.records.get(impl.plugin_name)
                 if rec is not None and rec.state == ACTIVE:
                     impls[hook].append(_Impl(rec, impl.function, hook, impl.argnames))
@@ -422,7 +438,8 @@ class PluginManager:
                                    {"node": node, "event": event}, self.budget)
 
     async def leader_changed(self, node: Any, leader: str | None, term: int) -> None:
-        """corec_leader_changed."""
+        """corec_leader_changed; from now on every facade's ``leader`` and ``term``."""
+        self._leadership.leader, self._leadership.term = leader, term
         await self._dispatcher.run("corec_leader_changed", self._impls["corec_leader_changed"],
                                    {"node": node, "leader": leader, "term": term}, self.budget)
 
@@ -476,6 +493,19 @@ class PluginManager:
         """The validated settings of plugin ``name`` (dict or dataclass instance)."""
         return self.records[name].settings
 
+    def facade(self, name: str, node: Any) -> NodeFacade:
+        """The :class:`NodeFacade` plugin ``name`` gets as ``node`` from the hooks (tests
+        of a plugin call its hooks directly with it)."""
+        return self._facade_of(self.records[name], node)
+
+    def _facade_of(self, rec: PluginRecord, node: Any) -> NodeFacade:
+        node = unwrap(node)
+        facade = self._facades.get(rec.name)
+        if facade is None or facade._node is not node:  # one node per manager; tests may pass several
+            facade = self._facades[rec.name] = NodeFacade(node, rec.name, settings=rec.settings,
+                                                          leadership=self._leadership)
+        return facade
+
     def info(self) -> list[dict[str, Any]]:
         """One dict per plugin found, active or not: name, version, source ("entrypoint",
         "path", "builtin"), origin, hooks, state ("active" | "disabled"), reason, faults,
@@ -496,6 +526,13 @@ class PluginManager:
             self.pm.unregister(name=name)
         self.pm.set_blocked(name)
         self._rebuild()
+
+
+def _call_order(impls: Sequence[Any]) -> list[Any]:
+    """pluggy's hookimpls in the order CoreC starts them: ``tryfirst`` ones first, then the
+    rest in load order, ``trylast`` ones last (pluggy keeps trylast first and tryfirst last,
+    calling from the end; we call every one, so load order replaces its LIFO)."""
+    return sorted(impls, key=lambda i: 0 if i.tryfirst else 2 if i.trylast else 1)
 
 
 def _validation_message(exc: pluggy.PluginValidationError, obj: Any) -> str:

@@ -55,13 +55,14 @@ class _Impl:
     """One plugin's implementation of one hook, and the parameters it takes (a subset of
     the spec's: pluggy's rule, which we keep while calling each implementation ourselves)."""
 
-    __slots__ = ("argnames", "fn", "hook", "is_async", "rec")
+    __slots__ = ("argnames", "fn", "hook", "is_async", "rec", "takes_node")
 
     def __init__(self, rec: PluginRecord, fn: Callable[..., Any], hook: str, argnames: Sequence[str]) -> None:
         self.rec = rec
         self.fn = fn
         self.hook = hook
         self.argnames = tuple(argnames)
+        self.takes_node = "node" in self.argnames  # then it gets its plugin's NodeFacade
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
     def args(self, kwargs: dict[str, Any]) -> dict[str, Any]:

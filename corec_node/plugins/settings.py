@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from corec_node.config import ConfigError
@@ -46,6 +47,27 @@ class PluginConfigError(PluginError):
         self.setting = setting
         self.expected = expected
         self.got = got
+
+
+class UnknownPluginTable(PluginConfigError):
+    """A ``[plugin.NAME]`` table names no plugin found: a misspelling, or a plugin not
+    installed here. Names the file, the table, the closest installed name and all of them:
+    ``node.toml: [plugin.alertz]: no plugin named 'alertz' is installed (did you mean
+    'alerts'?); installed: alerts, analyzer``."""
+
+    def __init__(self, table: str, installed: Sequence[str], *, source: str = "<defaults>") -> None:
+        close = difflib.get_close_matches(table, installed, n=1, cutoff=0.6)
+        self.suggestion = close[0] if close else None
+        self.installed = tuple(installed)
+        hint = f" (did you mean {self.suggestion!r}?)" if self.suggestion else ""
+        found = ", ".join(installed) if installed else "none"
+        detail = (f"{source}: [plugin.{table}]: no plugin named {table!r} is installed{hint}; "
+                  f"installed: {found}. To keep settings for a plugin not installed here, "
+                  f"list it in plugins.disabled")
+        PluginError.__init__(self, table, detail, key=f"plugin.{table}", source=source)
+        self.setting = ""
+        self.expected = "the name of an installed plugin"
+        self.got = table
 
 
 class PluginLoadError(PluginError):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corec_analyzer.store import PredictionStore, open_store
 from corec_node import log
 from corec_node.hookspecs import hookimpl
 from corec_node.plugins import PluginConfigError
+
+if TYPE_CHECKING:
+    from corec_node.plugins import NodeFacade
 
 NAME = "analyzer"
 FIELDS = ("mean", "min", "max", "std", "error_rate", "fitness")
@@ -75,14 +78,13 @@ class AnalyzerPlugin:
         return MIGRATIONS
 
     @hookimpl
-    async def corec_startup(self, node: Any) -> None:
+    async def corec_startup(self, node: NodeFacade) -> None:
         s = self.settings or {k: d for k, (_, d) in self.SETTINGS.items()}
         model = await asyncio.to_thread(importlib.import_module, "corec_analyzer.model")  # imports torch
         self.analyzer = await asyncio.to_thread(
             lambda: model.Analyzer(window=s["window"], hidden=s["hidden"], lr=s["lr"], z=s["z"], warmup=s["warmup"],
                                    field=s["field"], channels=set(s["channels"]), seed=s["seed"], threads=s["threads"]))
-        self._owns_store = not callable(getattr(node, "plugin_store", None))
-        self.store = await open_store(node, NAME, MIGRATIONS)
+        self.store, self._owns_store = await open_store(node, NAME, MIGRATIONS)
         log.event("analyzer_ready", plugin=NAME, field=s["field"], window=s["window"], z=s["z"],
                   store="node" if not self._owns_store else "sqlite")
 

@@ -143,13 +143,19 @@ class SqliteStore(PredictionStore):
             await asyncio.to_thread(conn.close)
 
 
-async def open_store(node: Any, name: str, migrations: Sequence[str]) -> PredictionStore:
-    """The plugin's store: the node's ``plugin_store(name)`` if it has one, else SQLite
-    under ``node.data_dir``."""
+async def open_store(node: Any, name: str, migrations: Sequence[str]) -> tuple[PredictionStore, bool]:
+    """The plugin's store and whether the plugin must close it: the node's
+    ``plugin_store(name)`` if it keeps one (the node closes it), else SQLite under
+    ``node.data_dir``. A NodeFacade over a node without stores raises NoPluginStore, a
+    LookupError; an older node passed itself, with or without the method."""
     opener = getattr(node, "plugin_store", None)
     if callable(opener):
-        handle = await _maybe(opener(name))
-        if getattr(handle, "sqlite", None) is not None:  # corec_node.storage.PluginStore
-            return AioSqliteStore(handle.sqlite)
-        return GenericStore(handle)
-    return await SqliteStore.open(Path(node.data_dir) / "plugins" / f"{name}.db", migrations)
+        try:
+            handle = await _maybe(opener(name))
+        except LookupError:
+            handle = None
+        if handle is not None:
+            if getattr(handle, "sqlite", None) is not None:  # corec_node.storage.PluginStore
+                return AioSqliteStore(handle.sqlite), False
+            return GenericStore(handle), False
+    return await SqliteStore.open(Path(node.data_dir) / "plugins" / f"{name}.db", migrations), True

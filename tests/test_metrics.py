@@ -17,7 +17,16 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from corec_node.shell.metrics import TICK_BUCKETS, Metrics, TickHistogram
+from corec_node.shell.metrics import (
+    ALERT_KINDS,
+    AUDIT_BUCKETS,
+    MESSAGE_DROP_REASONS,
+    PRODUCER_REJECT_REASONS,
+    RECORD_DROP_REASONS,
+    TICK_BUCKETS,
+    Metrics,
+    TickHistogram,
+)
 from meshutil import eventually, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = [
     "corec_members", "corec_leader_term", "corec_elections_total", "corec_entities", "corec_blocks",
     "corec_messages_total", "corec_message_bytes_total", "corec_rejected_frames_total",
-    "corec_tick_duration_seconds", "corec_sync_lag_seconds", "corec_outbox_rows",
+    "corec_loop_iteration_seconds", "corec_engine_tick_seconds", "corec_audit_seconds",
+    "corec_ingested_records_total", "corec_stream_batches_dropped_total", "corec_repairs_total",
+    "corec_fusions_total", "corec_alerts_total", "corec_sync_lag_seconds", "corec_outbox_rows",
     "corec_plugin_faults_total", "corec_node_info", "corec_ingest_queue_bytes", "corec_flow_requests_total",
     "corec_flow_holds_total", "corec_records_total", "corec_producer_batches_total", "corec_producer_batches_waiting",
     "corec_stream_gaps_total", "corec_dropped_messages_total", "corec_engine_stalled",
@@ -36,9 +47,14 @@ REQUIRED = [
 
 def real_snapshot() -> dict:
     """What a busy node's snapshot looks like: the node's own Counters, bytes topics and all."""
-    tick = TickHistogram()
+    loop = TickHistogram()
     for seconds in (0.00004, 0.0002, 0.0002, 0.0008, 0.003, 0.03, 0.4, 1.7):
-        tick.observe(seconds)
+        loop.observe(seconds)
+    engine_tick = TickHistogram()
+    for seconds in (0.002, 0.02):
+        engine_tick.observe(seconds)
+    audit = TickHistogram(AUDIT_BUCKETS)
+    audit.observe(3.0)
     messages_in = collections.Counter({b"mbr": 120, b"dir": 300, b"nuc": 40, b"ent.007": 5})
     messages_out = collections.Counter({b"mbr": 100, b"dir": 310})
     return {
@@ -53,7 +69,14 @@ def real_snapshot() -> dict:
         "messages": {"in": messages_in, "out": messages_out},
         "message_bytes": {"in": {t: n * 150 for t, n in messages_in.items()}, "out": {t: n * 140 for t, n in messages_out.items()}},
         "rejected": collections.Counter({"cluster": 7, "envelope": 2}),
-        "tick": tick,
+        "loop": loop,
+        "engine_tick": engine_tick,
+        "audit": audit,
+        "ingested": 365_000,
+        "stream_batches_dropped": 2,
+        "repairs": 11,
+        "fusions": 3,
+        "alerts": collections.Counter({"memory_full": 1, "pump_overheat": 2}),  # the second: a plugin's own kind
         "sync_lag": 0.75,
         "outbox_rows": 12,
         "plugin_faults": {"anomaly": 3},
@@ -109,6 +132,13 @@ def test_exposition_has_every_metric_with_its_value():
     assert sample(s, "corec_plugin_faults_total", plugin="anomaly") == 3
     assert sample(s, "corec_node_info", version="9.9.9", name="node-a", cluster="prod") == 1
     assert sample(s, "corec_metrics_scrape_errors_total") == 0
+    assert sample(s, "corec_ingested_records_total") == 365_000
+    assert sample(s, "corec_stream_batches_dropped_total") == 2
+    assert sample(s, "corec_repairs_total") == 11
+    assert sample(s, "corec_fusions_total") == 3
+    assert sample(s, "corec_alerts_total", kind="memory_full") == 1
+    assert sample(s, "corec_alerts_total", kind="pump_overheat") == 2
+    assert sample(s, "corec_alerts_total", kind="audit_anomaly") == 0  # known kinds from the first scrape
 
 
 def test_record_accounting_and_drops():
@@ -130,36 +160,96 @@ def test_record_accounting_and_drops():
     assert sample(s, "corec_engine_stalled") == 1
     assert sample(s, "corec_heartbeat_gap_max_seconds") == 0.1375
     assert sample(s, "corec_heartbeat_gaps_late_total") == 4
+    # every reason the code counts has its series, at 0 until it is counted
+    assert records("rejected", "no_leader") == 0 and batches("rejected", "no_leader") == 0
+    assert records("dropped", "ingest_error") == 0
+    assert sample(s, "corec_dropped_messages_total", reason="direct_queue_full") == 0
 
 
 def test_accounting_of_an_idle_node_is_zero_and_absent_keys_stay_absent():
     s = parse(make_metrics(lambda: {"producers": {"batches": 0, "records": 0, "accepted": 0, "rejected": {},
                                                   "rejected_batches": {}, "waiting": 0},
-                                    "dropped_records": {}, "stream_gaps": 0, "dropped": {},
+                                    "dropped_records": {}, "stream_gaps": 0, "dropped": {}, "alerts": {},
                                     "engine_stalled": False}).text())
     assert sample(s, "corec_records_total", outcome="accepted", reason="") == 0
     assert sample(s, "corec_producer_batches_total", outcome="accepted", reason="") == 0
     assert sample(s, "corec_stream_gaps_total") == 0
     assert sample(s, "corec_engine_stalled") == 0
+    labelled = {(name, labels): v for (name, labels), v in s.items() if labels}
+    want = ({("corec_records_total", (("outcome", "rejected"), ("reason", r))) for r in PRODUCER_REJECT_REASONS}
+            | {("corec_records_total", (("outcome", "dropped"), ("reason", r))) for r in RECORD_DROP_REASONS}
+            | {("corec_producer_batches_total", (("outcome", "rejected"), ("reason", r))) for r in PRODUCER_REJECT_REASONS}
+            | {("corec_dropped_messages_total", (("reason", r),)) for r in MESSAGE_DROP_REASONS}
+            | {("corec_alerts_total", (("kind", k),)) for k in ALERT_KINDS})
+    assert want <= set(labelled), sorted(want - set(labelled))
+    assert all(labelled[key] == 0 for key in want)
     names = {name for name, _ in s}
-    assert "corec_dropped_messages_total" not in names  # no reason, no sample
     assert "corec_heartbeat_gap_max_seconds" not in names  # not in this snapshot: not a made-up zero
     s = parse(make_metrics(lambda: {}).text())
-    assert not {"corec_records_total", "corec_engine_stalled", "corec_stream_gaps_total"} & {name for name, _ in s}
+    assert not {"corec_records_total", "corec_engine_stalled", "corec_stream_gaps_total", "corec_dropped_messages_total",
+                "corec_alerts_total", "corec_ingested_records_total"} & {name for name, _ in s}
+
+
+def test_known_label_values_cover_the_sources():
+    """Each reason and alert kind the code counts under is in metrics.py's lists: a new one
+    has its series from the first scrape too."""
+    from corec_node.engine import producers
+    from corec_node.shell import data_plane
+
+    shell = ROOT / "corec_node" / "shell"
+    plane = (shell / "data_plane.py").read_text() + (shell / "learning.py").read_text()
+
+    def named(line: str) -> set[str]:
+        """The reasons a line names: string literals and data_plane's constants."""
+        constants = {getattr(data_plane, c, None) for c in re.findall(r"\b([A-Z][A-Z_]+)\b", line)}
+        return set(re.findall(r'"(\w+)"', line)) | {c for c in constants if isinstance(c, str)}
+
+    refused = set().union(*(named(line) for line in plane.splitlines()
+                            if "_refuse_records(" in line and "def " not in line))
+    refused |= {producers.DUPLICATE, producers.OUT_OF_ORDER}  # ProducerSeqs.admit's, in _admit
+    assert {"busy", "malformed", "not_owner", "memory_full"} <= refused  # the scan finds what it should
+    assert refused <= set(PRODUCER_REJECT_REASONS), refused - set(PRODUCER_REJECT_REASONS)
+
+    dropped = set(re.findall(r'dropped_records\["(\w+)"\]', plane))
+    dropped |= set(re.findall(r'_count_(?:unsent|lost)\([^)\n]*?"(\w+)"', plane))
+    dropped |= {producers.DUPLICATE, producers.OUT_OF_ORDER}  # a stream batch's, refused by sequence
+    assert {"stream_overflow", "handoff", "moved_away"} <= dropped
+    assert dropped <= set(RECORD_DROP_REASONS), dropped - set(RECORD_DROP_REASONS)
+
+    transport = (shell / "transport.py").read_text() + (shell / "link.py").read_text()
+    messages = set(re.findall(r'\bdropped\["(\w+)"\]', transport))
+    assert {"pub_queue_full", "link_full"} <= messages
+    assert messages <= set(MESSAGE_DROP_REASONS), messages - set(MESSAGE_DROP_REASONS)
+
+    kinds = set(re.findall(r'raise_alert\("(\w+)"', plane))
+    for path in (ROOT / "corec_node" / "engine" / "audit.py", ROOT / "corec_node" / "plugins" / "dispatch.py"):
+        kinds |= set(re.findall(r'"kind": "(\w+)"', path.read_text()))
+    assert kinds == set(ALERT_KINDS)
 
 
 def test_tick_histogram_buckets():
     s = parse(make_metrics().text())
-    bucket = lambda le: sample(s, "corec_tick_duration_seconds_bucket", le=le)  # noqa: E731
+    bucket = lambda le: sample(s, "corec_loop_iteration_seconds_bucket", le=le)  # noqa: E731
     assert bucket("0.0001") == 1  # 40 µs
     assert bucket("0.00025") == 3  # and two at 200 µs
     assert bucket("0.001") == 4
     assert bucket("0.05") == 6
     assert bucket("1.0") == 7
     assert bucket("+Inf") == 8  # 1.7 s: above every bound
-    assert sample(s, "corec_tick_duration_seconds_count") == 8
-    assert sample(s, "corec_tick_duration_seconds_sum") == pytest.approx(2.13424)
+    assert sample(s, "corec_loop_iteration_seconds_count") == 8
+    assert sample(s, "corec_loop_iteration_seconds_sum") == pytest.approx(2.13424)
     assert TICK_BUCKETS[0] == 0.0001 and TICK_BUCKETS[-1] == 1.0
+
+
+def test_engine_tick_and_audit_have_histograms_of_their_own():
+    s = parse(make_metrics().text())
+    assert sample(s, "corec_engine_tick_seconds_count") == 2
+    assert sample(s, "corec_engine_tick_seconds_sum") == pytest.approx(0.022)
+    assert sample(s, "corec_engine_tick_seconds_bucket", le="0.0025") == 1
+    assert sample(s, "corec_engine_tick_seconds_bucket", le="0.025") == 2
+    assert sample(s, "corec_audit_seconds_bucket", le="2.5") == 0  # a 3 s audit (a model fit)
+    assert sample(s, "corec_audit_seconds_bucket", le="5.0") == 1
+    assert "corec_tick_duration_seconds_count" not in {name for name, _ in s}  # the old name is gone
 
 
 def test_tick_histogram_bounds_are_inclusive():
@@ -285,7 +375,8 @@ def test_grafana_dashboard_uses_the_metric_names():
         assert any(u == name or u.startswith(name + "_") for u in used), f"dashboard has no panel for {name}"
     titles = " | ".join(p["title"].lower() for p in panels)
     for want in ("members by status", "leader term", "messages/s by topic", "rejected frames/s by reason",
-                 "tick duration p50 / p99", "sync lag", "outbox rows", "plugin faults"):
+                 "loop iteration p50 / p99", "engine tick p50 / p99", "sync lag", "outbox rows", "plugin faults",
+                 "alerts by kind"):
         assert want in titles
     for p in panels:
         assert {"x", "y", "w", "h"} <= set(p["gridPos"]) and p["datasource"]["type"] == "prometheus"
@@ -308,16 +399,19 @@ def test_metrics_endpoint_after_real_run(cluster, tmp_path):
         s = parse(body.decode())
         alive = s.get(("corec_members", (("status", "alive"),)))
         term = s.get(("corec_leader_term", ()))
-        return status == 200 and alive == 2 and term is not None and term >= 1 and s
+        ticks = s.get(("corec_engine_tick_seconds_count", ()), 0)  # an engine tick a second (engine.tick_interval)
+        return status == 200 and alive == 2 and term is not None and term >= 1 and ticks > 0 and s
 
-    s = eventually(scraped, 20, message=f"{url} reports 2 alive members and a leader term")
+    s = eventually(scraped, 20, message=f"{url} reports 2 alive members, a leader term and an engine tick")
     assert sample(s, "corec_node_info", version=__import__("corec_node").__version__, name="a", cluster="corec") == 1
     ins = {labels: v for (name, labels), v in s.items() if name == "corec_messages_total" and ("direction", "in") in labels}
     outs = {labels: v for (name, labels), v in s.items() if name == "corec_messages_total" and ("direction", "out") in labels}
     assert sum(ins.values()) > 0 and sum(outs.values()) > 0
     topics = {dict(labels)["topic"] for labels in ins}
     assert topics and all(t in {"dir", "mbr", "nuc", "agg", "alr"} or t.startswith("ent.") for t in topics), topics
-    assert sample(s, "corec_tick_duration_seconds_count") > 0
+    assert sample(s, "corec_loop_iteration_seconds_count") > 0
+    assert sample(s, "corec_loop_iteration_seconds_count") > sample(s, "corec_engine_tick_seconds_count")
+    assert sample(s, "corec_alerts_total", kind="memory_full") == 0
     assert sample(s, "corec_members", status="dead") == 0
     assert sample(s, "corec_engine_stalled") == 0
     assert sample(s, "corec_records_total", outcome="accepted", reason="") == 0
@@ -340,6 +434,13 @@ def test_metrics_endpoint_after_real_run(cluster, tmp_path):
     rejected = sum(shares["a"]["rejected_batches"].values())
     assert sample(s, "corec_producer_batches_total", outcome="accepted", reason="") == shares["a"]["batches"] - rejected
     assert sample(s, "corec_producer_batches_waiting") == 0
-    assert not [labels for name, labels in s if name == "corec_records_total" and ("outcome", "dropped") in labels]
+    drops = {labels: v for (name, labels), v in s.items() if name == "corec_records_total" and ("outcome", "dropped") in labels}
+    assert len(drops) == len(RECORD_DROP_REASONS) and not any(drops.values())
+
+    def ingested():  # a's records in its own blocks, once its worker has stored them
+        s = parse(http_get(url)[2].decode())
+        return sample(s, "corec_ingested_records_total") == shares["a"]["accepted"]
+
+    eventually(ingested, 20, message="a's ingested records counter reaches what a accepted")
     assert sample(s, "corec_stream_gaps_total") == 0
     assert b.proc.poll() is None

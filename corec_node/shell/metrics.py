@@ -1,7 +1,7 @@
 """Prometheus exposition of a node, read from the node's own counters at scrape time.
 
 The hot path never touches prometheus_client: the node counts with plain ints and
-``collections.Counter`` (and :class:`TickHistogram` for tick time), and a scrape calls the
+``collections.Counter`` (and :class:`TickHistogram` for durations), and a scrape calls the
 node's ``snapshot()`` and turns the dict into metric families. A node that nobody scrapes
 pays nothing; a scrape costs one snapshot and one text rendering.
 
@@ -20,7 +20,14 @@ rather than reporting a made-up zero)::
         "messages": {"in": {"mbr": 10, "dir": 40}, "out": {...}},       # by direction, topic
         "message_bytes": {"in": {"mbr": 1200}, "out": {...}},           # same keys, bytes
         "rejected": {"cluster": 2, "decode": 1},   # rejected frames by reason
-        "tick": TickHistogram(...),                # tick durations
+        "loop": TickHistogram(...),                # one pass of the node process's timer loop
+        "engine_tick": TickHistogram(...),         # one engine tick (DataPlane.tick), on the loop
+        "audit": TickHistogram(...),               # one audit of a tick's rows, in its worker thread
+        "ingested": 390_000,                       # records the engine took in as their blocks' owner
+        "stream_batches_dropped": 0,               # stream batches shed, the ingest queue full
+        "repairs": 0,                              # block repairs the engine made
+        "fusions": 0,                              # weak blocks fused into strong ones here
+        "alerts": {"memory_full": 1},              # alerts this node raised, by kind
         "sync_lag": 0.25,                          # seconds the storage sync is behind
         "outbox_rows": 12,                         # rows waiting for PostgreSQL
         "plugin_faults": {"anomaly": 1},           # hook failures by plugin
@@ -36,6 +43,10 @@ rather than reporting a made-up zero)::
         "heartbeat_gap_max": 0.13,                 # largest gap between two of our leader's heartbeats
         "heartbeat_gaps_late": 0,                  # gaps over the interval plus a tenth of the election timeout
     }
+
+A labelled counter whose key is in the snapshot has a sample for every label value the
+code can count (``*_REASONS``, ``ALERT_KINDS``), 0 until its first increment: ``rate()``
+and alert rules see the series from the first scrape, not from the first incident.
 
 Record accounting (SPEC 9.4) is one family, ``corec_records_total{outcome, reason}``:
 ``accepted`` (reason empty) and ``rejected`` are records producers sent this node and what
@@ -70,10 +81,28 @@ from prometheus_client.metrics_core import (
 
 from corec_node import log
 from corec_node.config import split_addr
+from corec_node.engine.producers import DUPLICATE, OUT_OF_ORDER
+from corec_node.shell.replication import NO_LEADER, NOT_ENOUGH_REPLICAS
+from corec_node.shell.routing import NOT_OWNER
 
 # Tick time from 0.1 ms (an idle 20 ms tick) to 1 s (a tick that made the node miss probes).
 TICK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# An audit scores a tick's rows in milliseconds and now and then fits its model: seconds.
+AUDIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MEMBER_STATUSES = ("alive", "suspect", "dead", "left")  # always exported, 0 when absent: dashboards stack them
+# The label values the code counts under (a value not listed is exported once counted; a
+# test reads the sources so that these lists keep up with them).
+# records and batches refused to a producer (DataPlane._refuse_records, _admit)
+PRODUCER_REJECT_REASONS = ("busy", "malformed", "too_large", NOT_OWNER, NO_LEADER, "memory_full",
+                           NOT_ENOUGH_REPLICAS, DUPLICATE, OUT_OF_ORDER)
+# records lost after they reached this node (DataPlane.dropped_records)
+RECORD_DROP_REASONS = ("stream_overflow", "ingest_error", DUPLICATE, OUT_OF_ORDER, "moved_away", "handoff",
+                       "sequence_handoff")
+# messages the transport (transport.py) and the link between the two processes (link.py) dropped
+MESSAGE_DROP_REASONS = ("pub_queue_full", "pub_error", "direct_queue_full", "direct_error", "recv_error",
+                        "handler_error", "link_full", "link_error", "link_recv_error", "link_handler_error")
+# the node's own alerts; plugins may raise kinds of their own
+ALERT_KINDS = ("audit_anomaly", "blocks_lost", "memory_full", "plugin_disabled")
 DIRECTIONS = ("in", "out")
 MAX_REQUEST_BYTES = 8192  # a scrape request is one line and a few headers; more is not Prometheus
 REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request before we hang up
@@ -116,6 +145,12 @@ def _label(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
+def _by_label(counts: Mapping[Any, float], known: tuple[str, ...]) -> list[tuple[str, float]]:
+    """Every known label value (0 when not counted yet), then the others counted, sorted."""
+    counted = {_label(k): float(v) for k, v in counts.items()}
+    return [(k, counted.get(k, 0.0)) for k in known] + sorted((k, v) for k, v in counted.items() if k not in known)
+
+
 class SnapshotCollector:
     """A prometheus_client collector that reads ``snapshot()`` on every scrape."""
 
@@ -152,9 +187,8 @@ class SnapshotCollector:
 
         members = GaugeMetricFamily("corec_members", "Cluster members as this node sees them, by status.", labels=["status"])
         if "members" in s:
-            counts = dict(s["members"])
-            for status in (*MEMBER_STATUSES, *sorted(set(counts) - set(MEMBER_STATUSES))):
-                members.add_metric([status], float(counts.get(status, 0)))
+            for status, n in _by_label(s["members"], MEMBER_STATUSES):
+                members.add_metric([status], n)
         yield members
 
         yield _scalar(GaugeMetricFamily, "corec_leader_term", "Current nucleus leader term.", s.get("term"))
@@ -182,11 +216,27 @@ class SnapshotCollector:
             rejected.add_metric([_label(reason)], float(n))
         yield rejected
 
-        tick = HistogramMetricFamily("corec_tick_duration_seconds", "Time one node tick takes (timers, effects).")
-        hist = s.get("tick")
-        if hist is not None:
-            tick.add_metric([], hist.cumulative(), hist.sum)
-        yield tick
+        yield _histogram("corec_loop_iteration_seconds", "Time one pass of the node process's timer loop takes "
+                         "(every 0.1 s: memory check, an engine tick when one is due, history pruning).", s.get("loop"))
+        yield _histogram("corec_engine_tick_seconds", "Time one engine tick takes on the node's loop (aggregates, "
+                         "repairs, TTLs, copies, fusion plans; the audit is apart).", s.get("engine_tick"))
+        yield _histogram("corec_audit_seconds", "Time one audit of a tick's block rows takes in its worker thread "
+                         "(model fits included).", s.get("audit"))
+
+        yield _scalar(CounterMetricFamily, "corec_ingested_records", "Records this node took in as the owner of "
+                      "their blocks (status: ingested).", s.get("ingested"))
+        yield _scalar(CounterMetricFamily, "corec_stream_batches_dropped", "Stream batches shed because the ingest "
+                      "queue was full (their records are corec_records_total{outcome=\"dropped\"}).",
+                      s.get("stream_batches_dropped"))
+        yield _scalar(CounterMetricFamily, "corec_repairs", "Repairs the engine made, one a block and kind of "
+                      "repair (status: repairs).", s.get("repairs"))
+        yield _scalar(CounterMetricFamily, "corec_fusions", "Weak blocks fused into strong ones on this node.",
+                      s.get("fusions"))
+        alerts = CounterMetricFamily("corec_alerts", "Alerts this node raised, by kind.", labels=["kind"])
+        if "alerts" in s:
+            for kind, n in _by_label(s["alerts"], ALERT_KINDS):
+                alerts.add_metric([kind], n)
+        yield alerts
 
         yield _scalar(GaugeMetricFamily, "corec_sync_lag_seconds", "How far the storage sync is behind, in seconds.", s.get("sync_lag"))
         yield _scalar(GaugeMetricFamily, "corec_outbox_rows", "Rows in the outbox waiting for PostgreSQL.", s.get("outbox_rows"))
@@ -214,12 +264,13 @@ def _accounting(s: Snapshot) -> Iterator[Metric]:
         # a batch is accepted whole or rejected whole (SPEC 9.4); the rest still wait at the door
         accepted = producers.get("batches", 0) - sum(rejected_batches.values()) - producers.get("waiting", 0)
         batches.add_metric(["accepted", ""], float(max(0, accepted)))
-        for reason, n in sorted((producers.get("rejected") or {}).items()):
-            records.add_metric(["rejected", _label(reason)], float(n))
-        for reason, n in sorted(rejected_batches.items()):
-            batches.add_metric(["rejected", _label(reason)], float(n))
-    for reason, n in sorted((s.get("dropped_records") or {}).items()):
-        records.add_metric(["dropped", _label(reason)], float(n))
+        for reason, n in _by_label(producers.get("rejected") or {}, PRODUCER_REJECT_REASONS):
+            records.add_metric(["rejected", reason], n)
+        for reason, n in _by_label(rejected_batches, PRODUCER_REJECT_REASONS):
+            batches.add_metric(["rejected", reason], n)
+    if "dropped_records" in s:
+        for reason, n in _by_label(s["dropped_records"], RECORD_DROP_REASONS):
+            records.add_metric(["dropped", reason], n)
     yield records
     yield batches
     yield _scalar(GaugeMetricFamily, "corec_producer_batches_waiting", "Producer batches waiting at the door for an answer.",
@@ -229,8 +280,9 @@ def _accounting(s: Snapshot) -> Iterator[Metric]:
 
     dropped = CounterMetricFamily("corec_dropped_messages", "Messages the transport or the link between the node's "
                                   "two processes dropped, by reason.", labels=["reason"])
-    for reason, n in sorted((s.get("dropped") or {}).items()):
-        dropped.add_metric([_label(reason)], float(n))
+    if "dropped" in s:
+        for reason, n in _by_label(s["dropped"], MESSAGE_DROP_REASONS):
+            dropped.add_metric([reason], n)
     yield dropped
 
     yield _scalar(GaugeMetricFamily, "corec_engine_stalled", "1 while the data plane has stopped beating (the node "
@@ -239,6 +291,13 @@ def _accounting(s: Snapshot) -> Iterator[Metric]:
                   "leader, in seconds.", s.get("heartbeat_gap_max"))
     yield _scalar(CounterMetricFamily, "corec_heartbeat_gaps_late", "Gaps between two leader heartbeats over the "
                   "interval plus a tenth of the election timeout.", s.get("heartbeat_gaps_late"))
+
+
+def _histogram(name: str, doc: str, hist: TickHistogram | None) -> Metric:
+    family = HistogramMetricFamily(name, doc)
+    if hist is not None:
+        family.add_metric([], hist.cumulative(), hist.sum)
+    return family
 
 
 def _scalar(cls: type, name: str, doc: str, value: Any) -> Metric:
@@ -338,4 +397,5 @@ class MetricsServer:
             pass
 
 
-__all__ = ["TICK_BUCKETS", "Metrics", "MetricsServer", "SnapshotCollector", "TickHistogram"]
+__all__ = ["ALERT_KINDS", "AUDIT_BUCKETS", "MESSAGE_DROP_REASONS", "PRODUCER_REJECT_REASONS", "RECORD_DROP_REASONS",
+           "TICK_BUCKETS", "Metrics", "MetricsServer", "SnapshotCollector", "TickHistogram"]

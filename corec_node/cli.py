@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="HOST:PORT", help="direct (ROUTER) address; PUB is the next port")
     run.add_argument("--advertise", metavar="HOST:PORT", help="address peers dial (default: --listen)")
     run.add_argument("--join", metavar="HOST:PORT", nargs="+", help="peers to join at start")
+    run.add_argument("--join-required", action="store_true", default=None,
+                     help="exit 1 when none of the --join peers answers within mesh.join_timeout (30 s)")
     run.add_argument("--profile", choices=("lan", "edge", "test"), help="timer profile")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.set_defaults(func=cmd_run)
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(members)
     members.add_argument("--json", action="store_true", help="print JSON")
     members.add_argument("--detailed", action="store_true", help="also the role, version, protocol and features")
+    members.add_argument("--status", nargs="+", choices=("alive", "suspect", "dead", "left"),
+                         help="only members with one of these statuses")
+    members.add_argument("--name", metavar="PATTERN", help="only members whose name matches this shell pattern (web-*)")
     members.set_defaults(func=cmd_members)
 
     status = sub.add_parser("status", help="show this node's status")
@@ -91,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--json", action="store_true", help="print JSON")
     blocks.set_defaults(func=cmd_blocks)
 
-    plugins = sub.add_parser("plugins", help="plugins loaded by the running node: source, hooks, state, faults")
-    _common(plugins)
-    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins = sub.add_parser("plugins", help="plugins of the running node (source, hooks, state, faults); with "
+                                              "no node running, the plugins a node with this config would load")
+    add_plugins_arguments(plugins)
     plugins.set_defaults(func=cmd_plugins)
 
     send = sub.add_parser("send", help="send entity records to a node",
@@ -206,6 +211,32 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unreachable(addr: str, timeout: float) -> str:
+    """Why nothing at ``addr`` can have taken a record (a TCP connect tells): "" when
+    something listens there."""
+    import socket
+
+    from corec_node.config import split_addr
+
+    host, port = split_addr(addr)
+    try:
+        socket.create_connection((host, port), timeout=min(timeout, 2.0)).close()
+    except ConnectionRefusedError:
+        return f"nothing listens at {addr} (connection refused)"
+    except OSError as exc:
+        return f"{addr} is unreachable ({exc.strerror or exc})"
+    return ""
+
+
+def _nobody_answered(addr: str, cluster: str, timeout: float, count: int) -> str:
+    """Why no node answered a send, in one line."""
+    cause = _unreachable(addr, timeout)
+    if cause:
+        return f"{cause}: none of the {count:,} records was stored"
+    return (f"{addr} answered nothing within {timeout:g} s: not a node's direct port, a node of another cluster "
+            f"than '{cluster}', or one older than protocol 1.4; none of the {count:,} records is known to be stored")
+
+
 def _fail(message: str) -> int:
     print(f"corec-node: {message}", file=sys.stderr)
     return EXIT_FAIL
@@ -218,8 +249,10 @@ def _request(args: argparse.Namespace, cmd: str, **kw: Any) -> Any:
     return request(_config(args).control_path, cmd, timeout=10.0 + float(kw.get("wait", 0)), **kw)
 
 
-def _client(cmd: str, render: Callable[[Any], str], **extra: Callable[[argparse.Namespace], Any]):
-    """A command that asks the running node and prints its answer (text or --json)."""
+def _client(cmd: str, render: Callable[[Any], str], *, shape: Callable[[Any, argparse.Namespace], Any] | None = None,
+            **extra: Callable[[argparse.Namespace], Any]):
+    """A command that asks the running node and prints its answer (text or --json), after
+    ``shape`` (filters, names) when given."""
 
     def run(args: argparse.Namespace) -> int:
         from corec_node.shell.control import ControlError
@@ -228,6 +261,8 @@ def _client(cmd: str, render: Callable[[Any], str], **extra: Callable[[argparse.
             result = _request(args, cmd, **{k: f(args) for k, f in extra.items()})
         except ControlError as exc:
             return _fail(str(exc))
+        if shape is not None:
+            result = shape(result, args)
         if getattr(args, "json", False):
             print(json.dumps(result, indent=2, sort_keys=True))
         else:
@@ -275,6 +310,8 @@ def render_status(s: dict[str, Any]) -> str:
                      f"{s.get('ingest_dropped', 0)} batches dropped; pauses asked {flow.get('requests', 0)}, "
                      f"producer batches held {flow.get('holds', 0)}")
     lines += _accounting_lines(s)
+    if s.get("storage"):
+        lines.append(f"storage:  {render_storage(s['storage'])}")
     if s.get("engine_stalled"):
         lines.append("STALLED:  the data plane stopped beating: this node stands for nothing and does not lead")
     if s.get("disk_error"):
@@ -282,6 +319,20 @@ def render_status(s: dict[str, Any]) -> str:
     for c in s.get("name_conflicts", []):
         lines.append(f"CONFLICT: node at {c['addr']} also uses the name {c['name']!r}")
     return "\n".join(lines)
+
+
+def render_storage(st: dict[str, Any]) -> str:
+    """Where block state is kept and how far behind the PostgreSQL copy is."""
+    text = f"sqlite {st.get('sqlite') or '-'}"
+    if st.get("postgres"):
+        text += (f"; postgres {st['postgres']}{'' if st.get('connected', True) else ' (not connected)'}: "
+                 f"outbox {st.get('outbox', 0):,} rows, sync lag {st.get('sync_lag', 0.0):.1f} s")
+        if st.get("last_error"):
+            text += f", last error: {st['last_error']}"
+    else:
+        text += "; postgres off"
+    errors = st.get("errors", 0)
+    return text + (f"; {errors:,} write errors" if errors else "")
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -320,22 +371,67 @@ def render_blocks(rows: list[dict[str, Any]]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    table = [["BLOCK", "CHANNEL", "OWNER", "REPLICAS", "COUNT", "ACTIVE", "MEAN", "MIN", "MAX", "STD", "FITNESS", "TICK"]]
+    table = [["BLOCK", "CHANNEL", "OWNER", "REPLICAS", "COUNT", "ACTIVE", "MEAN", "MIN", "MAX", "STD", "ERRORS",
+              "FITNESS", "TICK"]]
     for r in rows:
         table.append([f"{r['channel']}:{r['block'] & 0xFFFFFFFF}", str(r["channel"]), r["owner"],
                       ",".join(r.get("replicas") or ()) or "-", str(r["count"]),
-                      str(r["active"]), f(r["mean"]), f(r["min"]), f(r["max"]), f(r["std"]), f(r["fitness"]), str(r["tick"])])
+                      str(r["active"]), f(r["mean"]), f(r["min"]), f(r["max"]), f(r["std"]), f(r.get("error_rate")),
+                      f(r["fitness"]), str(r["tick"])])
     total = sum(r["count"] for r in rows)
     return _table(table) + f"\n{len(rows)} blocks, {total} entities"
 
 
-def render_plugins(rows: list[dict[str, Any]]) -> str:
+def render_plugins(rows: list[dict[str, Any]], view: str = "node", note: str = "") -> str:
+    """One table for both views of ``plugins``; the installed view says it is one, and
+    ``note`` why no node was asked."""
+    head = f"{note or 'not asking a node'}: the plugins a node with this config would load\n" if view == "installed" else ""
     if not rows:
-        return "no plugins loaded"
-    table = [["NAME", "VERSION", "SOURCE", "STATE", "FAULTS", "HOOKS"]]
-    table += [[r["name"], str(r.get("version") or "-"), r["source"], r["state"], str(r["faults"]), ",".join(r["hooks"])]
+        return head + ("no plugins loaded" if view == "node"
+                       else "(no plugins installed: pip install a corec-* plugin, or set plugins.paths)")
+    table = [["NAME", "VERSION", "SOURCE", "STATE", "FAULTS", "HOOKS", "REASON"]]
+    table += [[r["name"], str(r.get("version") or "-"), r["source"], r["state"], str(r["faults"]),
+               ",".join(h.removeprefix("corec_") for h in r["hooks"]) or "-", r.get("reason") or ""]
               for r in rows]
-    return _table(table)
+    return head + _table(table)
+
+
+def add_plugins_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``plugins`` and of its alias ``plugin list``."""
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--installed", action="store_true",
+                       help="do not ask a node: list the plugins a node with this config would load")
+    which.add_argument("--running", action="store_true", help="only ask the running node: exit 1 if none answers")
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """The running node's plugins (rows with ``view`` "node"); when no node answers, or
+    with ``--installed``, the plugins a node with this config would load (``view``
+    "installed", what ``plugin list`` printed). Rows are ``PluginManager.info()`` either way."""
+    from corec_node.shell.control import ControlError, request
+
+    rows, view, note = None, "installed", ""
+    try:
+        config = _config(args)
+        if not args.installed:
+            try:
+                rows, view = request(config.control_path, "plugins", timeout=10.0), "node"
+            except ControlError as exc:
+                if args.running:
+                    return _fail(str(exc))
+                note = str(exc)
+        if rows is None:
+            from corec_node.plugins import PluginManager
+
+            rows = PluginManager(config).load().info()
+    except ConfigError as exc:
+        print(f"corec-node: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = [{**r, "view": view} for r in rows]
+    print(json.dumps(rows, indent=2, sort_keys=True) if args.json else render_plugins(rows, view, note))
+    return EXIT_OK
 
 
 def render_leader(r: dict[str, Any]) -> str:
@@ -350,12 +446,24 @@ def render_voters(r: dict[str, Any]) -> str:
     return head + ("\n" + _table(rows) if r["voters"] else "\nno voters: this node has not been added to a cluster yet")
 
 
-_members_plain = _client("members", render_members)
-_members_detailed = _client("members", render_members_detailed)
+def _members_shape(members: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    return filter_members(members, args.status, args.name)
+
+
+_members_plain = _client("members", render_members, shape=_members_shape)
+_members_detailed = _client("members", render_members_detailed, shape=_members_shape)
 
 
 def cmd_members(args: argparse.Namespace) -> int:
     return (_members_detailed if args.detailed else _members_plain)(args)
+
+
+def filter_members(members: list[dict[str, Any]], status: list[str] | None, pattern: str | None) -> list[dict[str, Any]]:
+    """``members --status/--name``: Consul's filters (a shell pattern, not a regexp)."""
+    import fnmatch
+
+    return [m for m in members if (not status or m["status"] in status)
+            and (pattern is None or fnmatch.fnmatchcase(m["name"], pattern))]
 cmd_voters = _client("voters", render_voters)
 _recover = _client("recover-voters", render_voters, names=lambda a: a.names)
 
@@ -367,8 +475,14 @@ def cmd_recover_voters(args: argparse.Namespace) -> int:
     return _recover(args)
 cmd_status = _client("status", render_status)
 cmd_leader = _client("leader", render_leader)
-cmd_blocks = _client("blocks", render_blocks, channel=lambda a: a.channel)
-cmd_plugins = _client("plugins", render_plugins)
+def name_blocks(rows: list[dict[str, Any]], _args: argparse.Namespace | None = None) -> list[dict[str, Any]]:
+    """Each row's block as people write it, ``CHANNEL:INDEX`` (``name``), and its ``index``
+    in the channel, beside the integer id (``block``: channel << 32 | index)."""
+    return [{**r, "index": r["block"] & 0xFFFFFFFF, "name": f"{r['channel']}:{r['block'] & 0xFFFFFFFF}"}
+            for r in rows]
+
+
+cmd_blocks = _client("blocks", render_blocks, shape=name_blocks, channel=lambda a: a.channel)
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
                    addrs=lambda a: a.peers, wait=lambda a: a.timeout)
 cmd_force_leave = _client("force-leave", lambda r: f"{r['name']} marked left", name=lambda a: a.name)
@@ -421,9 +535,19 @@ def cmd_send(args: argparse.Namespace) -> int:
         with client:  # closing waits for the answers still due
             client.send(records)
     except TimeoutError as exc:  # a node answered nothing and stopped taking batches
+        cause = _unreachable(args.to, args.timeout) if not client.answered else ""
+        if cause:
+            return _fail(f"{cause}: none of the {len(records):,} records was stored")
         return _fail(f"{exc}; {len(records) - client.accepted:,} records not sent or not confirmed")
-    if not flush_all():  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
-        return _fail(f"{args.to} did not take the last records within {LINGER_MS / 1000:g} s; some may be lost")
+    written = flush_all()  # returns once ZeroMQ has written every batch out (or LINGER_MS passed)
+    if acks != 0 and not client.answered:  # nothing said a word: no rate, no counts, the cause
+        return _fail(_nobody_answered(args.to, args.cluster, args.timeout, len(records)))
+    if not written:
+        cause = _unreachable(args.to, args.timeout) if not client.answered else ""
+        if cause:
+            return _fail(f"{cause}: none of the {len(records):,} records was stored")
+        return _fail(f"{args.to} did not take the last records within {LINGER_MS / 1000:g} s; "
+                     f"{len(records) - client.accepted:,} of {len(records):,} records not confirmed stored")
     took = time.perf_counter() - started
     sent, rejected, unconfirmed = client.sent_records, sum(client.rejected.values()), client.unconfirmed
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(client.rejected.items()))
@@ -436,7 +560,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             route += f" ({direct:,} records; the rest through {args.to})"
     else:
         route = f"not routed ({client.why_unrouted or 'nothing to send'})"
-    print(f"sent {sent:,} records to {args.to} in {took:.3f} s ({sent / max(took, 1e-9):,.0f} records/s): "
+    landed = client.sent_unacknowledged if acks == 0 else client.accepted  # the rate counts only these
+    rate = f" ({landed / max(took, 1e-9):,.0f} records/s)" if landed else ""
+    print(f"sent {sent:,} records to {args.to} in {took:.3f} s{rate}: "
           f"{client.accepted:,} accepted, {rejected:,} rejected{f' ({reasons})' if reasons else ''}, "
           f"{unconfirmed:,} unconfirmed{unacked}; {route}")
     if acks == "all" and client.acks_all_by_owner:
@@ -481,13 +607,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         "node.advertise": args.advertise,
         "node.log_level": args.log_level,
         "mesh.join": args.join,
+        "mesh.join_required": args.join_required,
         "mesh.profile": args.profile,
     })
     from corec_node import log
-    from corec_node.shell.node import Node, install_signal_handlers
+    from corec_node.shell.node import Node, PortUnusable, install_signal_handlers
     from corec_node.shell.curve import SecurityError
     from corec_node.shell.datacheck import DataDirDamaged, NeedsJoin
-    from corec_node.shell.datadir import DataDirBusy
+    from corec_node.shell.datadir import DataDirBusy, DataDirUnusable
 
     log.setup(config.name, config.node.log_level)
 
@@ -500,6 +627,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except DataDirBusy as exc:
         return _fail(str(exc))
+    except DataDirUnusable as exc:
+        print(f"corec-node: config error: {exc} (node.data_dir, --data-dir)", file=sys.stderr)
+        return EXIT_USAGE
+    except PortUnusable as exc:
+        print(f"corec-node: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except DataDirDamaged as exc:  # one line, no traceback: the file and the way out
         print(f"corec-node: {exc}", file=sys.stderr)
         return EXIT_DAMAGED

@@ -59,6 +59,8 @@ class MeshSection:
     pub_listen: str = ""  # PUB socket; empty: the listen port + 1
     data_listen: str = ""  # data socket (producers, owner-routed batches); empty: the listen port + 2
     join: tuple[str, ...] = ()  # peers to join at start ("host:port" of their direct socket)
+    join_required: bool = False  # exit when none of them answers within join_timeout (else run alone, warning)
+    join_timeout: float = 30.0  # seconds join_required waits for the first answer
     max_message_bytes: int = 16 * 1024 * 1024  # ZMQ_MAXMSGSIZE: hostile frames cut at the socket
     discovery: bool = False  # UDP beacon on the LAN; off: nodes join explicitly
     discovery_port: int = 7399
@@ -343,6 +345,10 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
             split_addr(peer)
         except ValueError:
             raise fail("mesh.join", "a list of host:port", peer) from None
+    if not config.mesh.join_timeout > 0:
+        raise fail("mesh.join_timeout", "a positive number of seconds", config.mesh.join_timeout)
+    if config.mesh.join_required and not config.mesh.join:
+        raise fail("mesh.join_required", "peers to join in mesh.join (or --join)", "no peers")
     if config.mesh.max_voters < 1:
         raise fail("mesh.max_voters", "a positive integer (3, 5 or 7 is usual)", config.mesh.max_voters)
     if not 0 < config.mesh.discovery_port < 65536:

@@ -123,9 +123,19 @@ def test_send_reports_what_reached_the_node_and_blocks_pipes_into_head(cluster):
 
 def test_send_to_nobody_fails_and_says_so():
     addr = f"127.0.0.1:{free_port()}"
-    out = cli("send", "--to", addr, "--channel", "1", "--count", "10")
-    assert out.returncode == 1
-    assert f"{addr} did not take the last records" in out.stderr
+    for acks in ("1", "0"):
+        out = cli("send", "--to", addr, "--channel", "1", "--count", "10", "--timeout", "2", "--acks", acks)
+        assert out.returncode == 1 and not out.stdout
+        assert out.stderr == f"corec-node: nothing listens at {addr} (connection refused): none of the 10 records was stored\n"
+
+
+def test_send_to_a_node_of_another_cluster_or_another_port_fails_with_no_rate(cluster):
+    node = cluster.start("sink").wait_ready()
+    for to, cluster_name in ((node.addr, "elsewhere"), (node.ctl("status")["pub"], "corec")):
+        out = cli("send", "--to", to, "--cluster", cluster_name, "--channel", "1", "--count", "1000", "--timeout", "2")
+        assert out.returncode == 1 and "records/s" not in out.stdout + out.stderr, (out.stdout, out.stderr)
+        assert f"{to} answered nothing within 2 s" in out.stderr and "none of the 1,000 records" in out.stderr
+    assert node.ctl("status")["entities"] == 0
 
 
 def status_answer(**changes) -> dict:
@@ -174,3 +184,67 @@ def test_status_text_of_an_older_node_leaves_the_accounting_out():
         del old[key]
     text = render_status(old)
     assert text.startswith("name:     a\n") and "records:" not in text and "beats:" not in text
+
+
+def test_status_text_shows_storage_and_the_postgres_copy():
+    from corec_node.cli import render_status
+
+    local = render_status(status_answer(storage={"sqlite": "/var/lib/corec/corec.db", "postgres": None, "outbox": 0,
+                                                 "sync_lag": 0.0, "errors": 0}))
+    assert "storage:  sqlite /var/lib/corec/corec.db; postgres off" in local.splitlines()
+    synced = render_status(status_answer(storage={"sqlite": "/d/corec.db", "postgres": "retrying", "connected": False,
+                                                  "outbox": 12_345, "sync_lag": 7.25, "errors": 2,
+                                                  "last_error": "connection refused"}))
+    assert ("storage:  sqlite /d/corec.db; postgres retrying (not connected): outbox 12,345 rows, sync lag 7.2 s, "
+            "last error: connection refused; 2 write errors") in synced.splitlines()
+
+
+def test_members_filters_and_one_block_naming(cluster):
+    import json
+
+    web = cluster.start("web-1").wait_ready()
+    db = cluster.start("db-1", join=[web.addr]).wait_ready()
+    eventually(lambda: web.ctl("status")["members"].get("alive") == 2, 20)
+
+    def names(*flags: str) -> list[str]:
+        out = cli("members", "--json", "--data-dir", str(web.data_dir), *flags)
+        assert out.returncode == 0, out.stderr
+        return sorted(m["name"] for m in json.loads(out.stdout))
+
+    assert names() == ["db-1", "web-1"]
+    assert names("--name", "web-*") == ["web-1"]
+    assert names("--status", "dead", "left") == []
+    assert names("--status", "alive", "--name", "db-?") == ["db-1"]
+    text = cli("members", "--detailed", "--name", "db-*", "--data-dir", str(web.data_dir)).stdout
+    assert "db-1" in text and "web-1" not in text
+
+    assert cli("send", "--to", db.addr, "--channel", "3", "--count", "2500").returncode == 0
+    eventually(lambda: sum(r["count"] for r in web.ctl("blocks")) == 2500, 20)
+    rows = json.loads(cli("blocks", "--json", "--data-dir", str(web.data_dir)).stdout)
+    assert sorted(r["index"] for r in rows) == [0, 1, 2]
+    assert all(r["block"] == (3 << 32 | r["index"]) and r["name"] == f"3:{r['index']}" for r in rows)
+    table = cli("blocks", "--data-dir", str(web.data_dir)).stdout.splitlines()
+    assert "ERRORS" in table[0].split() and sorted(line.split()[0] for line in table[1:4]) == ["3:0", "3:1", "3:2"]
+
+
+def test_an_unusable_data_dir_or_a_taken_port_is_one_line_and_exit_2(tmp_path):
+    import socket
+
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    port = free_port()
+    out = cli("run", "--name", "x", "--data-dir", str(in_the_way), "--listen", f"127.0.0.1:{port}")
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    assert out.stderr == f"corec-node: config error: data directory {in_the_way}: a file, not a directory (node.data_dir, --data-dir)\n"
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", port))
+    taken.listen()
+    try:
+        out = cli("run", "--name", "x", "--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}")
+    finally:
+        taken.close()
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"corec-node: config error: cannot bind 127.0.0.1:{port} (node.listen)")
+    assert "Address already in use" in lines[0]

@@ -182,3 +182,37 @@ def test_a_small_ingest_queue_asks_for_pauses_and_loses_nothing(cluster):
     assert sum(s["entities"] for s in status) == n
     eventually(lambda: sum(r["count"] for r in a.ctl("blocks")) == n and all(
         r["mean"] == 19.0 for r in a.ctl("blocks")), 10)  # the last pass is what every block holds
+
+
+def test_an_owner_killed_and_restarted_empty_leaves_one_answer_on_every_node(cluster):
+    # one copy of each block (the default): c's blocks die with it. They leave every
+    # node's answer at once, with one alert from the nucleus, and do not come back frozen
+    # when c returns empty; every node then answers the same rows.
+    nodes = start(cluster, ["a", "b", "c"])
+    recs = entities(np.arange(60_000), 4, 5.0)
+    with Client(nodes[0].addr) as c:
+        c.send(recs)
+    eventually(lambda: all(sum(r["count"] for r in n.ctl("blocks")) == 60_000 for n in nodes), 30)
+    of_c = [r for r in nodes[0].ctl("blocks") if r["owner"] == "c"]
+    assert of_c
+    victim = nodes[2]
+    victim.kill()
+    survivors = nodes[:2]
+
+    def answer(node) -> list[tuple[int, str, int]]:
+        return sorted((r["block"], r["owner"], r["count"]) for r in node.ctl("blocks"))
+
+    left = 60_000 - sum(r["count"] for r in of_c)
+    eventually(lambda: all(sum(r[2] for r in answer(n)) == left for n in survivors), 30,
+               message="c's blocks gone from both survivors' answers")
+    lost = [e for n in survivors for e in n.log_events() if e.get("event") == "blocks_lost"]
+    assert {e["node"] for e in lost} == {"a", "b"} and all(e["blocks"] == str(len(of_c)) for e in lost)
+    alerts = [e for n in survivors for e in n.log_events() if e.get("event") == "alert" and e.get("kind") == "blocks_lost"]
+    assert len({(e["node"], e["text"]) for e in alerts}) >= 1 and f"{len(of_c)} blocks" in alerts[0]["text"]
+
+    back = cluster.start("c", join=[nodes[0].addr], port=victim.port, pub_port=victim.pub_port,
+                         data_name="c-empty").wait_ready()
+    everyone = [*survivors, back]
+    eventually(lambda: all(n.ctl("status")["members"].get("alive") == 3 for n in everyone), 30)
+    eventually(lambda: len({tuple(answer(n)) for n in everyone}) == 1, 30, message="the same answer from every node")
+    assert sum(r[2] for r in answer(back)) == left  # nothing of c's old life came back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,6 +94,30 @@ def test_cluster_rows_follow_new_rows_and_a_new_map():
     assert [r["block"] for r in host.cluster_rows()] == blocks
     host.forget_owner("a")
     assert host.cluster_rows() == []
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_rows_of_a_member_that_left_the_map_are_forgotten_and_blocks_with_no_copy_left_counted_lost(copies):
+    # one answer everywhere: a dead owner's rows never linger, nor come back with it
+    host = EngineHost("a", block_size=100, copies=copies)
+    host.set_members(["a", "b", "c"])
+    blocks = [1 << 32 | n for n in range(60)]
+    owner = {blk: host.placement.owner(blk) for blk in blocks}
+    for name in ("a", "b", "c"):
+        host.observe_rows(name, [{"block": blk, "channel": 1, "count": 10, "mean": 1.0}
+                                 for blk in blocks if owner[blk] == name])
+    of_c = sum(1 for blk in blocks if owner[blk] == "c")
+    assert of_c and len(host.cluster_rows()) == 60
+    host.set_members(["a", "b"])  # c died
+    assert {r["owner"] for r in host.rows.values()} <= {"a", "b"}
+    held_elsewhere = sum(1 for blk in blocks if owner[blk] == "c" and set(host.placement.holders(blk, copies)) - {"c"})
+    if copies == 1:
+        assert host.lost == [(("c",), of_c, 10 * of_c)]
+    else:  # every block of c had a replica on a or b: nothing lost (b and c may both have held some)
+        assert host.lost == [] and held_elsewhere == of_c
+    host.lost.clear()
+    host.set_members(["a", "b", "c"])  # c back, empty: its old rows stay gone
+    assert len(host.cluster_rows()) == 60 - of_c and host.lost == []
 
 
 @settings(max_examples=40, deadline=None)

@@ -246,3 +246,23 @@ def test_hostile_frames_are_dropped_and_counted(cluster):
     for node in nodes:
         assert node.proc.poll() is None, f"{node.name} died from hostile bytes"
     eventually(lambda: all_see(nodes, {"a": "alive", "b": "alive", "c": "alive"}), 20)
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_restart_raises_no_suspicion_of_healthy_peers(cluster, how):
+    # a node restarted on a quiet cluster (cleanly, or after SIGKILL) must not suspect the
+    # peers it finds again, nor make them suspect each other: only its own absence is news
+    nodes = start_chain(cluster, ["a", "b", "c"])
+    wait_for_traffic(nodes, 30)
+    c = nodes[2]
+    c.stop() if how == "stop" else c.kill()
+    eventually(lambda: statuses(nodes[0])["c"] in ("dead", "left", "suspect"), 20)
+    seen = {n.name: len(n.log_events()) for n in nodes}
+    c.join = []
+    c.start().wait_ready()
+    eventually(lambda: all_see(nodes, {"a": "alive", "b": "alive", "c": "alive"}), 20, message="c back alive")
+    wait_for_traffic(nodes, 60)
+    for n in nodes:
+        suspicions = [e for e in n.log_events()[seen[n.name]:] if e.get("event") == "member_changed"
+                      and e.get("new") in ("suspect", "dead") and e.get("name") != "c"]
+        assert not suspicions, f"{n.name} after c's restart: {suspicions}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import stat
 import threading
@@ -602,3 +603,46 @@ def test_allowlist_entries_are_checked(tmp_path, entry):
     with pytest.raises(ConfigError) as err:
         load_config(_allowlist_config(tmp_path / "bad.toml", [entry]), env={})
     assert "security.allow" in str(err.value)
+
+
+def test_sighup_reloads_the_authorized_keys_of_a_running_cluster(cluster, keys, tmp_path):
+    """mallory's key is not authorized: refused. Its key is added and a and b get SIGHUP:
+    its join retries get in, with no restart of anyone."""
+    test = ["--profile", "test"]
+    a = cluster.start("a", args=["--config", str(_secured_config(tmp_path / "a.toml", keys, "a")), *test]).wait_ready()
+    b = cluster.start("b", join=[a.addr], args=["--config", str(_secured_config(tmp_path / "b.toml", keys, "b")), *test]).wait_ready()
+    eventually(lambda: a.members() == {"a": "alive", "b": "alive"}, 20)
+    mallory = cluster.start("mallory", join=[a.addr],
+                            args=["--config", str(_secured_config(tmp_path / "m.toml", keys, "mallory")), *test]).wait_ready()
+    eventually(lambda: any(e.get("event") == "curve_denied" for e in a.log_events()), 30, message="mallory refused")
+    # the refused side says why, naming the peer that refused it
+    eventually(lambda: any(e.get("event") == "curve_refused" and e.get("peer") == a.addr for e in mallory.log_events()),
+               30, message="mallory told it was refused")
+    assert "mallory" not in a.members()
+
+    shutil.copy(keys.dir / "mallory.key", keys.authorized / "mallory.key")
+    for node in (a, b, mallory):
+        node.proc.send_signal(signal.SIGHUP)  # the node process only, as systemd's ExecReload: it passes it on
+    everyone = {"a": "alive", "b": "alive", "mallory": "alive"}
+    eventually(lambda: all(n.members() == everyone for n in (a, b, mallory)), 60, message="mallory admitted after the reload")
+    for node in (a, b):
+        reloaded = {e["sockets"]: e for e in node.log_events() if e.get("event") == "keys_reloaded"}
+        assert set(reloaded) == {"data", "mesh"} and reloaded["mesh"]["keys"] == "3", reloaded
+        assert node.proc.poll() is None  # both processes took the signal and run on
+    assert any(e.get("event") == "curve_admitted" and e.get("peer") == a.addr for e in mallory.log_events())
+
+
+def test_a_reload_that_cannot_read_the_keys_keeps_the_old_ones(cluster, keys, tmp_path):
+    """A directory that fails to load changes nothing: the keys in force stay in force."""
+    a = cluster.start("a", args=["--config", str(_secured_config(tmp_path / "a.toml", keys, "a")),
+                                 "--profile", "test"]).wait_ready()
+    # b's key revoked and a broken file beside it: the reload fails whole, b stays authorized
+    (keys.authorized / "b.key").unlink()
+    (keys.authorized / "broken.key").write_text("not a certificate\n")
+    a.proc.send_signal(signal.SIGHUP)
+    failed = eventually(lambda: [e for e in a.log_events() if e.get("event") == "keys_reload_failed"], 20)
+    assert {e["sockets"] for e in failed} <= {"data", "mesh"} and "broken.key" in failed[0]["error"]
+    (keys.authorized / "broken.key").unlink()  # b reads the directory at its own start
+    cluster.start("b", join=[a.addr], args=["--config", str(_secured_config(tmp_path / "b.toml", keys, "b")),
+                                                "--profile", "test"]).wait_ready()
+    eventually(lambda: a.members() == {"a": "alive", "b": "alive"}, 30, message="the old keys still admit b")

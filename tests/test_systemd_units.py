@@ -94,6 +94,7 @@ def test_service_directives(unit_path):
     # 2: a config error, 65: a damaged store on disk; restarting cannot help either
     assert one(unit, svc, "RestartPreventExitStatus").split() == ["2", "65"]
     assert one(unit, svc, "WatchdogSec") == "10"
+    assert one(unit, svc, "ExecReload") == "/bin/kill -HUP $MAINPID"  # the node reloads its keys on SIGHUP
     assert one(unit, svc, "User") == "corec" or one(unit, svc, "DynamicUser") == "yes"
     for key, value in HARDENING.items():
         assert one(unit, svc, key) == value, f"{key}= should be {value!r}"

@@ -105,6 +105,8 @@ class EngineHost:
         self.tick_no = 0
         self.epoch = 0  # placement epoch (rule 6)
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
+        # (members gone, blocks, entities) whose every holder left the map, for the shell to report
+        self.lost: list[tuple[tuple[str, ...], int, int]] = []
         self._rows_version = 0  # grows when ``rows`` changes: cluster_rows is cached on it
         self._cluster: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
         self.ingested = 0
@@ -135,6 +137,7 @@ class EngineHost:
                 (self.placement.members, self.placement.learners, self.placement.rule):
             return {}
         old, self.placement = self.placement, placement
+        self._forget_departed(old)
         self.epoch += 1  # rule 6: already at the highest heard, now past it
         self._my_index = placement.members.index(self.name) if self.name in placement.members else -1
         if self._pending is not None and self._pending.digest() == placement.digest():
@@ -637,6 +640,26 @@ class EngineHost:
             return [], {}
         self.fusions += len(records)
         return records, self._rebalance(self.placement, placed_before)
+
+    def _forget_departed(self, old: PlacementMap) -> None:
+        """Rows from members the new map no longer has are dropped: a replica that takes a
+        block publishes its own, and a member that comes back (empty, or after missed
+        writes) must not bring its old rows back to life. Blocks that no member of the new
+        map held under the old one are lost: counted in ``lost`` for the shell to report."""
+        gone = set(old.everyone) - set(self.placement.everyone)
+        if not gone:
+            return
+        blocks = np.array([b for b, r in self.rows.items() if r["owner"] in gone], np.int64)
+        if not len(blocks):
+            return
+        kept = [i for i, m in enumerate(old.everyone) if m in self.placement.everyone]
+        survived = old.holder_mask(blocks, self.copies)[:, kept].any(axis=1)
+        lost = blocks[~survived].tolist()
+        if lost:
+            self.lost.append((tuple(sorted(gone)), len(lost), sum(int(self.rows[b].get("count", 0)) for b in lost)))
+        for block in blocks.tolist():
+            del self.rows[block]
+        self._rows_version += 1
 
     def forget_owner(self, owner: str) -> None:
         for block in [b for b, r in self.rows.items() if r["owner"] == owner]:

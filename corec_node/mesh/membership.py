@@ -288,6 +288,11 @@ class Membership:
         m = self._members.get(name)
         return replace(m) if m is not None else None
 
+    def addr_of(self, name: str) -> str | None:
+        """A member's direct address (no copy: asked once per message received)."""
+        m = self._members.get(name)
+        return m.addr if m is not None else None
+
     def alive(self) -> list[str]:
         """Names of ALIVE or SUSPECT members, this node included unless it left, sorted."""
         return sorted(n for n, m in self._members.items() if m.status in LIVE)

@@ -41,6 +41,7 @@ from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.shell.datadir import load_voters, save_vote, save_voters
+from corec_node.shell.joinwatch import JoinNews, JoinWatch
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
 from corec_node.wire import FEATURES, PROTOCOL
@@ -179,12 +180,14 @@ class ControlPlane:
         self.disk_error: str | None = None  # the last vote or configuration write that failed
         self.hints = 0  # connection closes the socket monitor reported (core rule 13)
         self.gaps = HeartbeatGaps()
+        self._join_watch = JoinWatch((), 0.0)
         self._last_view: ClusterView | None = None
 
     # -- life -----------------------------------------------------------------------
 
     def start(self, snapshot: Sequence[MemberState], join: Sequence[str], *, term: int,
-              voted_for: str | None, now: float, abstain: bool = False) -> None:
+              voted_for: str | None, now: float, abstain: bool = False, join_required: bool = False,
+              join_timeout: float = 30.0) -> None:
         mcfg, ecfg = profile_configs(self.profile)
         self.gaps.late_after = ecfg.heartbeat_interval + ecfg.election_timeout_min / 10
         stored = load_voters(self.data_dir)
@@ -195,6 +198,7 @@ class ControlPlane:
                              build=(__version__, PROTOCOL, FEATURES, self.data), abstain=abstain)
         if snapshot or join:
             self._joined_at = time.time()
+        self._join_watch = JoinWatch(join, now, required=join_required, timeout=join_timeout)
         self.apply(self.core.start(snapshot, join, now))
 
     @property
@@ -240,6 +244,9 @@ class ControlPlane:
         """A decoded control message (``CONTROL_TYPES``); a core bug on one message is
         logged, never fatal."""
         assert self.core is not None
+        addr = self.core.membership.addr_of(sender) if sender != self.name else None
+        if addr is not None:  # before our answer is queued: towards a restarted peer, a fresh dial
+            self.transport.redial_if_down(addr)
         try:
             self.apply(self.core.handle(sender, msg, now, gap))
         except Exception:
@@ -253,6 +260,9 @@ class ControlPlane:
     def tick(self, now: float) -> None:
         assert self.core is not None
         self.apply(self.core.tick(now))
+        news = self._join_watch.check(self.core.membership.pending_joins(), now)
+        if news is not None:
+            self._join_news(news)
         if self._snapshot_dirty and now - self._snapshot_at >= SNAPSHOT_PERIOD:
             self.save_snapshot(now)
 
@@ -427,6 +437,18 @@ class ControlPlane:
         log.event("member_reaped", name=name)
         self.events.member_event({
             "name": name, "addr": addr, "old": None, "new": "reaped", "incarnation": None, "reason": "reaped"})
+
+    def _join_news(self, news: JoinNews) -> None:
+        peers, waited = ",".join(news.addrs), round(news.waited, 1)
+        if news.event == "join_unanswered":
+            log.event("join_unanswered", logging.WARNING, peers=peers, waited=waited,
+                      detail="no peer answered yet: running alone, retrying with backoff")
+        elif news.event == "join_answered":
+            log.event("join_answered", peers=peers, waited=waited)
+        else:
+            log.event("join_failed", logging.ERROR, peers=peers, waited=waited,
+                      detail=f"none of the peers answered within {waited:g} s (mesh.join_required): exiting")
+            self.events.stop(1)
 
     def _name_conflict(self, name: str, addr: str) -> None:
         if self.conflicts.get(addr) == name:

@@ -326,6 +326,22 @@ class CurveAuthenticator(ThreadAuthenticator):
         return len(self._authorized)
 
 
+def reload_keys(auth: CurveAuthenticator | None, sockets: str) -> int | None:
+    """SIGHUP's work in one process: re-read the authorized directory and log the outcome
+    (``keys_reloaded``, or ``keys_reload_failed`` naming the cause; the old keys stay).
+    None when this process has no CURVE."""
+    if auth is None or auth.curve is None:
+        return None
+    try:
+        count = auth.reload()
+    except SecurityError as exc:
+        log.event("keys_reload_failed", logging.ERROR, sockets=sockets, error=str(exc),
+                  detail="the keys authorized before stay in force")
+        return None
+    log.event("keys_reloaded", sockets=sockets, keys=count, dir=str(auth.curve.public_keys_dir))
+    return count
+
+
 def start_authenticator(context: zmq.Context, curve: CurveConfig | None,
                         allow: Iterable[str] = ()) -> CurveAuthenticator:
     """Start ZAP on ``context`` (any shadow of the node's context); call before binding.
@@ -421,6 +437,7 @@ __all__ = [
     "keygen",
     "load_authorized",
     "parse_allow",
+    "reload_keys",
     "start_authenticator",
     "stop_authenticator",
 ]

@@ -39,6 +39,7 @@ from corec_node.engine.placement import RENDEZVOUS, RING
 from corec_node.plugins import PluginManager
 from corec_node.shell.control_plane import ClusterView, PluginHost
 from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
+from corec_node.shell.metrics import AUDIT_BUCKETS, TickHistogram
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
@@ -174,6 +175,7 @@ class DataPlane(ReplicaSide):
         self.auditor = Auditor(contamination=0.001)
         self.alert_gate = AlertGate(persist=3)
         self._auditing = False
+        self.audit_time = TickHistogram(AUDIT_BUCKETS)  # observed on the loop, timed in the worker thread
         self._now: Callable[[], float] = time.monotonic
 
     def bind(self, now: Callable[[], float]) -> None:
@@ -212,6 +214,7 @@ class DataPlane(ReplicaSide):
                 self._hand_off(self.engine.adopt_view())
         elif self._leader_placement is not None:
             self._confirm_placement()
+        self._report_lost()
         self.publish_digest(self.engine.placement_digest())
         if view.leader == self.name:
             self._publish_learners()
@@ -222,7 +225,19 @@ class DataPlane(ReplicaSide):
             self._confirm_placement()
         else:  # a leader that does not confirm maps: act on our own view
             self._hand_off(self.engine.adopt_view())
+        self._report_lost()
         self.publish_digest(self.engine.placement_digest())
+
+    def _report_lost(self) -> None:
+        """Blocks whose every holder left the map are gone from every answer: each node logs
+        it, and the nucleus raises one alert for the cluster."""
+        for gone, blocks, entities in self.engine.lost:
+            log.event("blocks_lost", logging.WARNING, members=",".join(gone), blocks=blocks, entities=entities,
+                      detail="no member of the new map held a copy (engine.replicas 2 or more keeps one)")
+            if self.view.leader == self.name:
+                self.raise_alert("blocks_lost", f"{blocks} blocks ({entities:,} entities) lost with "
+                                 f"{', '.join(gone)}: no surviving member held a copy", blocks=blocks, entities=entities)
+        self.engine.lost.clear()
 
     def _acts_on_own_view(self) -> bool:
         """True when we are the nucleus, know none, or ours does not confirm maps (1.0)."""
@@ -649,9 +664,10 @@ class DataPlane(ReplicaSide):
 
     async def _audit_tick(self, rows: list[dict[str, Any]], tick: int) -> None:
         try:
-            findings, records = await asyncio.to_thread(self.auditor.step, rows, tick)
+            (findings, records), seconds = await asyncio.to_thread(self._timed_audit, rows, tick)
         finally:
             self._auditing = False
+        self.audit_time.observe(seconds)
         alerted = self.alert_gate.step(findings)  # a flag alone is chance; the same block again is not
         for rec in [r for r in records if r.kind != "audit_flag"] + [f.record() for f in alerted]:
             log.event("audit", kind=rec.kind, subject=rec.subject, reason=rec.reason, tick=rec.tick)
@@ -659,6 +675,11 @@ class DataPlane(ReplicaSide):
         for finding in alerted:
             alert = finding.alert()
             self.raise_alert(alert.pop("kind"), alert.pop("text"), **alert)
+
+    def _timed_audit(self, rows: list[dict[str, Any]], tick: int) -> tuple[Any, float]:
+        """In the worker thread: the audit's result and the seconds it took there."""
+        started = time.perf_counter()
+        return self.auditor.step(rows, tick), time.perf_counter() - started
 
     def _plan_fusions(self) -> None:
         """As nucleus: fuse weak blocks into strong ones of their channel, fenced by our term."""

@@ -41,6 +41,11 @@ class DataDirBusy(Exception):
     """Another live node holds this data directory."""
 
 
+class DataDirUnusable(Exception):
+    """The data directory cannot be made or written (a file in the way, permissions, a
+    read-only or full file system): a configuration problem, one line and exit 2."""
+
+
 class DamagedFile(RuntimeError):
     """A file of the data directory cannot be trusted: unreadable, not what it should hold,
     or its checksum does not match its body."""
@@ -114,8 +119,13 @@ def read_sealed(path: Path) -> Sealed | None:
 
 def lock_data_dir(data_dir: Path) -> int:
     """Hold an exclusive lock on the data directory for the life of the process."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        cause = "a file, not a directory" if isinstance(exc, FileExistsError) else (exc.strerror or str(exc))
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != data_dir else ""
+        raise DataDirUnusable(f"data directory {data_dir}: {cause}{where}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -43,7 +43,7 @@ from corec_node.config import Config
 from corec_node.shell.commands import Identity, MeshCommands
 from corec_node.shell.control import CommandError
 from corec_node.shell.control_plane import CONTROL_TYPES, ClusterView, ControlEvents, ControlPlane
-from corec_node.shell.curve import CurveConfig
+from corec_node.shell.curve import CurveConfig, reload_keys
 from corec_node.shell.discovery import Discovery
 from corec_node.shell.link import (
     ANSWER,
@@ -121,6 +121,7 @@ class MeshHandle:
         self.stats: dict[str, Any] = {}
         self.stats_at: float | None = None  # loop time of the last report (twice a second)
         self.failure: str | None = None  # why the child could not start or stopped
+        self.unbindable = False  # it could not start because its ports could not be bound
         self._ready: asyncio.Future[bool] | None = None
         self._stopped: asyncio.Future[bool] | None = None
         self._handlers: dict[bytes, Any] = {}
@@ -231,6 +232,8 @@ class MeshHandle:
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(True)
             case "failed":
+                if isinstance(args, (list, tuple)):  # ["bind", why]: a port taken, a config problem
+                    self.unbindable, args = True, args[1]
                 self.failure = args
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(False)
@@ -401,16 +404,24 @@ class MeshProcess:
         assert self.loop is not None
         return self.loop.time()
 
+    def _reload_keys(self) -> None:
+        """SIGHUP: re-read the authorized keys for the mesh sockets (a bad directory keeps
+        the old set in force)."""
+        reload_keys(self.transport.auth, "mesh")
+
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self.loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self._reload_keys)  # the node process passes its SIGHUP on
         self.link.start(self._on_link)
         cfg = self.config
         try:
             self.transport.bind(cfg.node.listen, f"{cfg.pub_listen[0]}:{cfg.pub_listen[1]}")
         except zmq.ZMQError as exc:
             log.event("bind_failed", logging.ERROR, listen=cfg.node.listen, error=str(exc))
-            self.events._put("failed", f"cannot bind {cfg.node.listen}: {exc}")
+            pub = f"{cfg.pub_listen[0]}:{cfg.pub_listen[1]}"
+            self.events._put("failed", ["bind", f"cannot bind {cfg.node.listen} (node.listen) or {pub} "
+                                                f"(mesh.pub_listen): {exc.strerror}"])
             await self._close()
             return 1
         self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS,
@@ -418,7 +429,8 @@ class MeshProcess:
         self._engine_beat = self.now()
         self.transport.watch_peers(self.control.peer_hint)
         self.control.start(list(self.spec.snapshot), cfg.mesh.join, term=self.spec.term,
-                           voted_for=self.spec.voted_for, now=self.now(), abstain=self.spec.abstain)
+                           voted_for=self.spec.voted_for, now=self.now(), abstain=self.spec.abstain,
+                           join_required=cfg.mesh.join_required, join_timeout=cfg.mesh.join_timeout)
         self.transport.start(self._on_direct, self._on_broadcast)
         if cfg.mesh.discovery:
             self.discovery = Discovery(cluster=self.cluster, name=self.name, addr=cfg.advertise,
@@ -591,6 +603,7 @@ def child_main() -> None:
     spec: MeshSpec = pickle.load(sys.stdin.buffer)
     _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the node process stops us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until run() reloads on it: a reload must never kill us
     log.setup(spec.config.name, spec.config.node.log_level)
     try:
         code = asyncio.run(MeshProcess(spec).run())

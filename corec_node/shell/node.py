@@ -39,7 +39,7 @@ from corec_node.plugins import PluginManager
 from corec_node.shell.commands import ControlCommands, Identity
 from corec_node.shell.control import ControlServer
 from corec_node.shell.control_plane import ClusterView
-from corec_node.shell.curve import CurveConfig
+from corec_node.shell.curve import CurveConfig, reload_keys
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
 from corec_node.shell.datadir import lock_data_dir
@@ -61,6 +61,11 @@ PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes o
 TRIM_PERIOD = 5.0  # after ingest, freed heap goes back to the system at most this often
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 ALERT_TEXT_MAX = 4096  # bytes of alert text published; longer texts are cut
+
+
+class PortUnusable(Exception):
+    """A port of the config cannot be bound (taken, or not an address of this host): one
+    line naming the key and the cause, exit 2."""
 
 
 class Node:
@@ -89,7 +94,9 @@ class Node:
         self.outbox = MeshOutbox(self.mesh, self.traffic, name=self.name, cluster=cluster)
         self.recorder = Recorder()
         self.notifier = Notifier.from_env(unset=True)
-        self.tick_time = TickHistogram()
+        self.loop_time = TickHistogram()  # one pass of _tick_loop
+        self.engine_tick_time = TickHistogram()  # one DataPlane.tick, inside that pass
+        self.alerts: collections.Counter[str] = collections.Counter()  # raised by this node, by kind
         self.exit_code = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -189,6 +196,8 @@ class Node:
         if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast):
             log.event("mesh_start_failed", logging.ERROR, error=self.mesh.failure)
             await self._close_storage()
+            if self.mesh.unbindable:
+                raise PortUnusable(self.mesh.failure or "cannot bind the mesh ports")
             return 1
         data_listen = join_addr(*cfg.data_listen)
         try:
@@ -198,7 +207,7 @@ class Node:
             await self.mesh.stop()
             await self.datasock.close()
             await self._close_storage()
-            return 1
+            raise PortUnusable(f"cannot bind {data_listen} (mesh.data_listen): {exc.strerror}") from None
         self.datasock.start(self._on_data, None)
         if cfg.engine.audit:  # the audit's library, loaded now off the loop: RSS is flat from here on
             self._preload = asyncio.get_running_loop().run_in_executor(None, Auditor.preload)
@@ -212,7 +221,7 @@ class Node:
                 log.event("metrics_bind_failed", logging.ERROR, listen=cfg.metrics.listen, error=str(exc))
                 await self.mesh.stop()
                 await self._close_storage()
-                return 1
+                raise PortUnusable(f"cannot bind {cfg.metrics.listen} (metrics.listen): {exc.strerror}") from None
         self.control_server = ControlServer(cfg.control_path, self.commands.table())
         await self.control_server.start()
         await self.plugins.startup(self)
@@ -277,7 +286,7 @@ class Node:
                 self._tick(now)
             except Exception:  # a bug in a core must not silently stop the timers
                 logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
-            self.tick_time.observe(time.perf_counter() - started)
+            self.loop_time.observe(time.perf_counter() - started)
             if not self._mesh_hung:  # from the loop itself: a hung loop, or mesh process, stops the pings
                 self.notifier.watchdog_due()
             if now - self._status_at >= STATUS_PERIOD:
@@ -302,7 +311,9 @@ class Node:
         self.data.memory_full(self.memory.full(), self.memory)
         if now >= self._next_engine_tick:
             self._next_engine_tick = max(self._next_engine_tick + self.config.engine.tick_interval, now)
+            started = time.perf_counter()
             self.data.tick()
+            self.engine_tick_time.observe(time.perf_counter() - started)
         retention = self.config.storage.history_retention
         if now >= self._next_prune and retention > 0:
             self._next_prune = now + PRUNE_PERIOD
@@ -415,7 +426,18 @@ class Node:
             case MsgType.FLOW:
                 self.data.peer_flow(env.sender, env.msg.hold_ms)
 
-    # -- operations: metrics and systemd status ----------------------------------------
+    # -- operations: reload, metrics and systemd status ----------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP (systemd's ExecReload): re-read the authorized node keys, here for the
+        data socket and, passed on, in the mesh process for its sockets. Nothing else in
+        the config changes at run time: other keys take a restart."""
+        reload_keys(self.datasock.auth, "data")
+        if self.mesh.pid:
+            try:
+                os.kill(self.mesh.pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass  # the mesh process is gone: its supervision reports that
 
     def status_line(self) -> str:
         stats = self.mesh.stats
@@ -446,6 +468,7 @@ class Node:
         dropped = collections.Counter(mesh.get("dropped", {}))  # the mesh process's transport and its link end
         if self.mesh.link is not None:
             dropped.update(self.mesh.link.dropped)  # our link end: what we could not hand the mesh process
+        sync = self.syncer.status() if self.syncer is not None else None
         return {
             "members": mesh.get("members", {}),
             "term": mesh.get("term", 0),
@@ -453,7 +476,15 @@ class Node:
             "messages": {"in": mesh.get("topic_in", {}), "out": topic_out},
             "message_bytes": {"in": mesh.get("bytes_in", {}), "out": bytes_out},
             "rejected": rejected,
-            "tick": self.tick_time,
+            "loop": self.loop_time,
+            "engine_tick": self.engine_tick_time,
+            "audit": self.data.audit_time,
+            "ingested": self.data.engine.ingested,
+            "stream_batches_dropped": self.data.ingest_dropped,
+            "repairs": self.data.engine.repairs,
+            "fusions": self.data.engine.fusions,
+            "alerts": self.alerts,
+            "plugin_faults": self.plugins.fault_counts(),  # every plugin loaded, at 0 until it faults
             "entities": self.data.engine.store.count(),
             "blocks": len(self.data.engine.store.block_ids()),
             "ingest_queue_bytes": queue.bytes if queue is not None else 0,
@@ -467,8 +498,7 @@ class Node:
             **({"engine_stalled": mesh["stalled"]} if "stalled" in mesh else {}),
             # in the stats once the mesh process reports them (its status has them today)
             **{key: mesh[key] for key in ("heartbeat_gap_max", "heartbeat_gaps_late") if key in mesh},
-            **({"sync_lag": self.syncer.status()["lag_seconds"], "outbox_rows": self.syncer.status()["outbox"]}
-               if self.syncer is not None else {}),
+            **({"sync_lag": sync["lag_seconds"], "outbox_rows": sync["outbox"]} if sync is not None else {}),
         }
 
     # -- plugins: the API hooks may call on ``node`` ----------------------------------------
@@ -484,6 +514,7 @@ class Node:
     def _publish_alert(self, alert: dict[str, Any]) -> None:
         """On the loop: the PluginManager's on_alert, and raise_alert's end."""
         log.event("alert", logging.WARNING, **alert)
+        self.alerts[alert["kind"]] += 1
         text = alert["text"] if len(alert["text"].encode()) <= ALERT_TEXT_MAX else alert["text"][:1000] + "..."
         try:  # published for every node and subscriber (topic alr)
             self.outbox.publish(Alert(kind=alert["kind"], text=text))
@@ -548,3 +579,4 @@ def install_signal_handlers(node: Node) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.request_stop, 0)
+    loop.add_signal_handler(signal.SIGHUP, node.reload)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from corec_node import log
 from corec_node.config import join_addr, split_addr
 from corec_node.log import LOGGER_NAME
 from corec_node.shell.curve import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
@@ -43,6 +45,7 @@ RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
 HEARTBEAT_IVL_MS = 1_000  # ZMTP heartbeats find dead TCP connections that SWIM already suspects
 HEARTBEAT_TIMEOUT_MS = 3_000
 HEARTBEAT_TTL_MS = 3_000
+AUTH_RETRY = 5.0  # seconds before a DEALER whose key a peer refused dials it again (libzmq never does)
 ZERO_COPY_MIN = 65536  # ZeroMQ copies frames under 64 KiB anyway; above, hand out views
 YIELD_EVERY = 0.005  # a receive backlog holds the loop at most ~5 ms at a time
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
@@ -82,6 +85,10 @@ class Transport:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_peer: PeerHint | None = None
         self._monitors: dict[str, asyncio.Task[None]] = {}
+        self.refused_by: dict[str, float] = {}  # peer addr -> when it last refused our CURVE key
+        self._down: set[str] = set()  # peers whose DEALER lost its connection (libzmq redials with backoff)
+        self.redials = 0  # DEALERs dialled again at once because their peer was heard from
+        self.auth_refusals = 0  # handshakes in which a peer refused our key
 
     def _common(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -168,6 +175,12 @@ class Transport:
 
     def _dealer(self, addr: str) -> zmq.Socket:
         sock = self.dealers.get(addr)
+        refused = self.refused_by.get(addr)
+        if sock is not None and refused is not None and time.monotonic() - refused >= AUTH_RETRY:
+            # libzmq gives up on a peer that refused our key: dial again, in case it reloaded its keys
+            self.refused_by[addr] = time.monotonic()
+            self.forget(addr)
+            sock = None
         if sock is None:
             sock = self.sync_ctx.socket(zmq.DEALER)
             self._common(sock)
@@ -194,10 +207,11 @@ class Transport:
             self._monitor(addr, sock)
 
     def _monitor(self, addr: str, sock: zmq.Socket) -> None:
-        if self._on_peer is None or addr in self._monitors:
+        if (self._on_peer is None and self.security is None) or addr in self._monitors:
             return
         endpoint = f"inproc://corec-monitor-{id(sock)}"
-        sock.monitor(endpoint, zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        sock.monitor(endpoint, zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         pair = self.ctx.socket(zmq.PAIR)
         pair.connect(endpoint)
         self._monitors[addr] = asyncio.get_running_loop().create_task(self._watch(addr, pair))
@@ -210,16 +224,34 @@ class Transport:
                 event = parse_monitor_message(await pair.recv_multipart())["event"]
                 if event == zmq.EVENT_CONNECTED:
                     closed = False
+                    self._down.discard(addr)
                 elif event == zmq.EVENT_DISCONNECTED:
                     closed = True
+                    self._down.add(addr)
                     self._hint(addr, False)
-                elif event == zmq.EVENT_CONNECT_RETRIED and closed:
-                    closed = False  # once per close: the retries go on every RECONNECT_IVL
-                    self._hint(addr, True)
+                elif event == zmq.EVENT_CONNECT_RETRIED:
+                    self._down.add(addr)
+                    if closed:
+                        closed = False  # once per close: the retries go on every RECONNECT_IVL
+                        self._hint(addr, True)
+                elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    self._auth_refused(addr)
+                elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.refused_by.pop(addr, None) is not None:
+                    log.event("curve_admitted", peer=addr, detail="the peer accepts this node's key now")
         except (asyncio.CancelledError, zmq.ZMQError):
             pass
         finally:
             pair.close(0)
+
+    def _auth_refused(self, addr: str) -> None:
+        """The refused side says why (the refusing side logs ``curve_denied``): once per
+        peer until it admits us."""
+        self.auth_refusals += 1
+        if addr not in self.refused_by:
+            log.event("curve_refused", logging.WARNING, peer=addr,
+                      detail=f"the peer refused this node's CURVE key: its authorized directory lacks this node's "
+                             f"public key (add it there and reload that node); dialing again every {AUTH_RETRY:g} s")
+        self.refused_by[addr] = time.monotonic()
 
     def _hint(self, addr: str, refused: bool) -> None:
         if self._on_peer is not None and addr in self.dealers:
@@ -227,6 +259,17 @@ class Transport:
                 self._on_peer(addr, refused)
             except Exception:  # a hint must never break the transport
                 logging.getLogger(LOGGER_NAME).exception("peer_hint_failed")
+
+    def redial_if_down(self, addr: str) -> bool:
+        """A peer our DEALER lost just reached us (it restarted): dial it now. libzmq would
+        retry only at the end of its backoff (up to RECONNECT_IVL_MAX), and the answers we
+        are about to send (an Ack to its probe) would wait there until its probe timed out."""
+        if addr not in self._down or addr not in self.dealers:
+            return False
+        self._down.discard(addr)
+        self.forget(addr)  # what waited there is stale (old probes, old terms): dropped
+        self.redials += 1
+        return True
 
     def forget(self, addr: str) -> None:
         """Close the DEALER to a member that was reaped."""

@@ -149,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plugin_cli(sub)
 
+    monitor = sub.add_parser("monitor", help="stream the running node's log lines as they come",
+                             description="Stream the log lines of the running node (both of its processes) until "
+                                         "Ctrl-C. Exit 1 when the node stops answering.")
+    _common(monitor)
+    monitor.add_argument("--log-level", choices=LEVELS, default="info", help="show lines at this level and above")
+    monitor.add_argument("--lines", type=int, default=0, metavar="N",
+                         help="first show up to N of the latest lines the node kept (default 0: only new ones)")
+    monitor.set_defaults(func=cmd_monitor)
+
     force = sub.add_parser("force-leave", help="mark a dead member as left so it is reaped")
     _common(force)
     force.add_argument("name", metavar="NAME")
@@ -209,6 +218,45 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if client.accepted != len(ids):
         return _fail(f"{len(ids) - client.accepted:,} of {len(ids):,} deletes were not acknowledged")
     return EXIT_OK
+
+
+LEVELS = ("debug", "info", "warning", "error")
+MONITOR_POLL = 0.25  # seconds between two reads of the node's latest lines
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Consul's ``monitor``: read the node's recent lines from cursors, again and again."""
+    import time
+
+    from corec_node.log import parse_line
+    from corec_node.shell.control import ControlError
+
+    shown = LEVELS[LEVELS.index(args.log_level):]
+    start = 0 if args.lines > 0 else -1  # every line kept (the last N shown), or from now on
+    cursors = {"node": start, "mesh": start}
+    first = True
+    try:
+        while True:
+            try:
+                answer = _request(args, "logs", **cursors)
+            except ControlError as exc:
+                return _fail(str(exc))
+            lines = answer["lines"]
+            if first:
+                lines = lines[-args.lines:] if args.lines > 0 else []
+            elif answer["missed"]:
+                print(f"corec-node: {answer['missed']:,} lines came too fast to be kept and were skipped",
+                      file=sys.stderr)
+            first = False
+            for line in lines:
+                if parse_line(line).get("level", "info") in shown:
+                    print(line, flush=True)
+            cursors = {"node": answer["node"], "mesh": answer["mesh"]}
+            time.sleep(MONITOR_POLL)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `monitor | head`: the reader left
+        return 141
 
 
 def _unreachable(addr: str, timeout: float) -> str:

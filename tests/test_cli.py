@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from corec_node import __version__
 from meshutil import eventually, free_port
 
 CLI = [sys.executable, "-m", "corec_node"]
-SUBCOMMANDS = ["run", "join", "members", "status", "leader", "leave", "force-leave", "keygen", "blocks", "send", "demo", "plugin", "plugins"]
+SUBCOMMANDS = ["run", "join", "members", "status", "leader", "leave", "force-leave", "keygen", "blocks", "send", "demo", "plugin", "plugins", "monitor"]
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
@@ -248,3 +249,38 @@ def test_an_unusable_data_dir_or_a_taken_port_is_one_line_and_exit_2(tmp_path):
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"corec-node: config error: cannot bind 127.0.0.1:{port} (node.listen)")
     assert "Address already in use" in lines[0]
+
+
+def test_monitor_streams_both_processes_lines_as_they_come(cluster):
+    a = cluster.start("a").wait_ready()
+    # every line a kept, then the new ones: b's join is shown whenever this monitor started
+    watch = subprocess.Popen([*CLI, "monitor", "--lines", "2000", "--data-dir", str(a.data_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the latest lines kept, warnings only: a's start warned that CURVE is off
+    warnings = subprocess.Popen([*CLI, "monitor", "--log-level", "warning", "--lines", "100",
+                                 "--data-dir", str(a.data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        b = cluster.start("b", join=[a.addr]).wait_ready()  # a's mesh process logs b joining
+        assert watch.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = watch.stdout.readline()
+            seen.append(line)
+            if "event=member_changed" in line and "name=b" in line:
+                break
+        assert any("event=member_changed" in line and "node=a" in line for line in seen), seen[-5:]
+        assert b.proc.poll() is None
+    finally:
+        for p in (watch, warnings):
+            p.send_signal(signal.SIGINT)
+    assert watch.wait(10) == 0
+    assert warnings.wait(10) == 0
+    shown = warnings.stdout.read().splitlines() if warnings.stdout else []
+    assert any("event=security_off" in line for line in shown), shown[:5]
+    assert all(("level=warning" in line or "level=error" in line) for line in shown), shown[:5]
+
+
+def test_monitor_without_a_node_says_so():
+    out = cli("monitor", "--data-dir", "/nonexistent/corec")
+    assert out.returncode == 1 and out.stderr.startswith("corec-node: ") and len(out.stderr.splitlines()) == 1

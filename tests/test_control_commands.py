@@ -42,6 +42,10 @@ BAD = [
     ("leader", {"term": 1}, "term"),
     ("voters", {"all": 1}, "all"),
     ("plugins", {"name": "x"}, "name"),
+    ("logs", {"node": -2}, "node"),
+    ("logs", {"mesh": "0"}, "mesh"),
+    ("logs", {"node": True}, "node"),
+    ("logs", {"since": 0}, "since"),
 ]
 
 

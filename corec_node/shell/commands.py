@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from corec_node import __version__
+from corec_node import __version__, log
 from corec_node.shell.control import CommandError
 from corec_node.shell.link import RequestFailed
 from corec_node.wire.messages import MemberStatus
@@ -78,7 +78,8 @@ class ControlCommands:
         self.storage_status = storage_status
 
     def table(self) -> dict[str, Command]:
-        table: dict[str, Command] = {"status": self.status, "blocks": self.blocks, "plugins": self.plugin_list}
+        table: dict[str, Command] = {"status": self.status, "blocks": self.blocks, "plugins": self.plugin_list,
+                                     "logs": self.logs}
         for name in MESH_COMMANDS:
             table[name] = self._forward(name)
         return table
@@ -111,6 +112,14 @@ class ControlCommands:
             "rejected": dict(rejected),
             "link_dropped": dict(link_dropped),  # messages between the node's two processes
         }
+
+    async def logs(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``monitor``'s read: the log lines of both processes since their cursors, in time
+        order, and the cursors to ask from next."""
+        mesh = await self._ask("logs", {"mesh": req.get("mesh", -1)})
+        lines, after, missed = log.RECENT.since(req.get("node", -1))
+        return {"lines": sorted([*lines, *mesh["lines"]]), "node": after, "mesh": mesh["next"],
+                "missed": missed + mesh["missed"]}
 
     async def plugin_list(self, _req: dict[str, Any]) -> list[dict[str, Any]]:
         return self.plugins.info()
@@ -155,7 +164,13 @@ class MeshCommands:
             "join": self.join,
             "leave": self.leave,
             "force-leave": self.force_leave,
+            "logs": self.logs,
         }
+
+    async def logs(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The mesh process's log lines since its cursor (the node process merges its own)."""
+        lines, after, missed = log.RECENT.since(req.get("mesh", -1))
+        return {"lines": lines, "next": after, "missed": missed}
 
     def members_json(self) -> list[dict[str, Any]]:
         assert self.control.core is not None

@@ -96,6 +96,13 @@ def addresses(value: Any) -> list[str]:
     return list(value)
 
 
+def cursor(value: Any) -> int:
+    """A log cursor: a line number, or -1 for "from now on"."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+        raise ValueError("a line number (0 or more), or -1 for from now on")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
     """One parameter of a command: the check that cleans its value, and whether it must be given."""
@@ -116,6 +123,7 @@ PARAMS: dict[str, dict[str, Param]] = {
     "leave": {"spread": Param(seconds(MAX_SPREAD_SECONDS))},
     "force-leave": {"name": Param(member_name, required=True)},
     "recover-voters": {"names": Param(member_names, required=True)},
+    "logs": {"node": Param(cursor), "mesh": Param(cursor)},  # one cursor per process of the node
 }
 
 

@@ -411,6 +411,7 @@ class MeshProcess:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        self.loop.set_exception_handler(log.loop_exception)  # one line each, never a raw traceback
         self.loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         self.loop.add_signal_handler(signal.SIGHUP, self._reload_keys)  # the node process passes its SIGHUP on
         self.link.start(self._on_link)

@@ -143,6 +143,7 @@ class Node:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        self.loop.set_exception_handler(log.loop_exception)  # one line each, never a raw traceback
         self._loop_thread = threading.get_ident()
         self.data.bind(self.now)
         lock_fd = lock_data_dir(self.data_dir)

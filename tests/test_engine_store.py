@@ -96,15 +96,17 @@ def batches(draw, max_id=400, max_len=80):
     return recs(ids, chans, vals, act)
 
 
-@pytest.mark.parametrize(("small_insert", "lookup_run"), [(0, 4), (10_000, 1024)])
+@pytest.mark.parametrize(("small_insert", "max_runs", "lookup_run"), [(0, 0, 4), (0, 10_000, 4), (10_000, 64, 1024)])
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(bs=st.sampled_from([1, 7, 100]), seq=st.lists(batches(), min_size=1, max_size=6))
-def test_ingest_matches_one_by_one_model(monkeypatch, small_insert, lookup_run, bs, seq):
-    # small_insert 0: every insert takes the scatter path; 10_000: the memmove path.
+def test_ingest_matches_one_by_one_model(monkeypatch, small_insert, max_runs, lookup_run, bs, seq):
+    # small_insert 0 and max_runs 0: every insert takes the scatter path; max_runs 10_000:
+    # the run-by-run slice moves; small_insert 10_000: the memmove path, key by key.
     # lookup_run 4: batches span many runs, so both the guess and the sparse path run.
     monkeypatch.setattr(store_mod, "SMALL_INSERT", small_insert)
+    monkeypatch.setattr(store_mod, "MAX_RUNS", max_runs)
     monkeypatch.setattr(store_mod, "LOOKUP_RUN", lookup_run)
     s, model = EntityStore(block_size=bs), Model(bs)
     for batch in seq:

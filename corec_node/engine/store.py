@@ -71,6 +71,10 @@ SMALL_INSERT = 256
 """Inserting up to this many new keys moves the columns segment by segment (memmove);
 above it one masked scatter per column is cheaper than a Python loop per key."""
 
+MAX_RUNS = 64
+"""Above SMALL_INSERT, new keys that land at fewer insertion points than this (new ids in
+order: whole blocks) move as that many slices; more scattered ones take the masked scatter."""
+
 CHUNK = 1 << 16
 """Entities per aggregation chunk: the scratch buffers (21 B an entity, 1.4 MB) stay in cache."""
 
@@ -616,11 +620,16 @@ class EntityStore:
         grow = n2 > cap
         new_cap = max(n2, 2 * cap, MIN_CAPACITY) if grow else cap
         ins = np.asarray(ins, np.intp)
-        if k > SMALL_INSERT:  # destinations of new and old entries, computed once
-            at = ins + np.arange(k)
-            old = np.ones(n2, np.bool_)
-            old[at] = False
-            old_at = np.flatnonzero(old)
+        runs = None
+        if k > SMALL_INSERT:
+            cuts = np.flatnonzero(ins[1:] != ins[:-1]) + 1  # new keys landing at one point: a run
+            if len(cuts) < MAX_RUNS:  # few runs (new ids in order, whole blocks): moved as slices
+                runs = list(zip([0, *cuts.tolist()], [*cuts.tolist(), k], strict=True))
+            else:  # scattered: destinations of new and old entries, computed once
+                at = ins + np.arange(k)
+                old = np.ones(n2, np.bool_)
+                old[at] = False
+                old_at = np.flatnonzero(old)
         cols = []
         fields = [("_key", keys), ("_value", values), ("_active", active), ("_streak", streak)]
         if self._stamp is not None:
@@ -630,6 +639,8 @@ class EntityStore:
             dst = np.empty(new_cap, src.dtype) if grow else src
             if k <= SMALL_INSERT:
                 _merge_segments(src, dst, n, new_vals, ins)
+            elif runs is not None:
+                _merge_runs(src, dst, n, new_vals, ins, runs)
             else:
                 dst[old_at] = src[:n] if grow else src[:n].copy()
                 dst[at] = new_vals
@@ -788,6 +799,23 @@ def _order_of_runs(keys: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     if np.all(keys[e[:-1] - 1] < keys[s[1:]]):  # disjoint: concatenate the runs in key order
         return np.concatenate([np.arange(a, b) for a, b in zip(s.tolist(), e.tolist(), strict=True)])
     return np.argsort(keys, kind="stable")
+
+
+def _merge_runs(
+    src: np.ndarray, dst: np.ndarray, n: int, new_vals: np.ndarray, ins: np.ndarray, runs: list[tuple[int, int]]
+) -> None:
+    """``_merge_segments`` a run at a time: ``runs`` are ``(a, b)`` slices of ``new_vals``
+    sharing one insertion point, so a batch of new ids in order costs a few slice moves,
+    not a scatter over the whole column."""
+    end = n
+    for a, b in reversed(runs):
+        s = int(ins[a])
+        if end > s:  # the old entries after the point move right past the run (numpy copes with the overlap)
+            dst[s + b : end + b] = src[s:end]
+        dst[s + a : s + b] = new_vals[a:b]
+        end = s
+    if dst is not src and end > 0:
+        dst[:end] = src[:end]
 
 
 def _merge_segments(

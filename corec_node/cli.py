@@ -427,7 +427,11 @@ def render_blocks(rows: list[dict[str, Any]]) -> str:
                       str(r["active"]), f(r["mean"]), f(r["min"]), f(r["max"]), f(r["std"]), f(r.get("error_rate")),
                       f(r["fitness"]), str(r["tick"])])
     total = sum(r["count"] for r in rows)
-    return _table(table) + f"\n{len(rows)} blocks, {total} entities"
+    footer = f"\n{len(rows)} blocks, {total} entities"
+    if rows and "epoch" in rows[0]:  # what the answer is made of: compare it between nodes
+        owners = ", ".join(sorted({r["owner"] for r in rows}))
+        footer += f"; map epoch {rows[0]['epoch']}, rows from {owners}, latest tick {max(r['tick'] for r in rows)}"
+    return _table(table) + footer
 
 
 def render_plugins(rows: list[dict[str, Any]], view: str = "node", note: str = "") -> str:

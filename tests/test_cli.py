@@ -226,6 +226,12 @@ def test_members_filters_and_one_block_naming(cluster):
     assert all(r["block"] == (3 << 32 | r["index"]) and r["name"] == f"3:{r['index']}" for r in rows)
     table = cli("blocks", "--data-dir", str(web.data_dir)).stdout.splitlines()
     assert "ERRORS" in table[0].split() and sorted(line.split()[0] for line in table[1:4]) == ["3:0", "3:1", "3:2"]
+    epoch = web.ctl("status")["placement_epoch"]
+    assert {r["epoch"] for r in rows} == {epoch}
+    owners = ", ".join(sorted({r["owner"] for r in rows}))
+    assert table[-1].startswith(f"3 blocks, 2500 entities; map epoch {epoch}, rows from {owners}, latest tick ")
+    st = web.ctl("status")
+    assert st["answered_by"] == sorted({r["owner"] for r in rows}) and st["rows_tick"] == max(r["tick"] for r in rows)
 
 
 def test_an_unusable_data_dir_or_a_taken_port_is_one_line_and_exit_2(tmp_path):

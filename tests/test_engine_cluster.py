@@ -215,4 +215,5 @@ def test_an_owner_killed_and_restarted_empty_leaves_one_answer_on_every_node(clu
     everyone = [*survivors, back]
     eventually(lambda: all(n.ctl("status")["members"].get("alive") == 3 for n in everyone), 30)
     eventually(lambda: len({tuple(answer(n)) for n in everyone}) == 1, 30, message="the same answer from every node")
+    assert len({tuple(n.ctl("status")["answered_by"]) for n in everyone}) == 1  # made of the same owners' rows
     assert sum(r[2] for r in answer(back)) == left  # nothing of c's old life came back

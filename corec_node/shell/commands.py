@@ -128,7 +128,8 @@ class ControlCommands:
         channel = req.get("channel")
         if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
             raise CommandError("channel must be an integer")
-        return self.data.engine.rows_with_holders(channel)
+        epoch = self.data.engine.epoch  # the map the answer was made under, on every row
+        return [{**row, "epoch": epoch} for row in self.data.engine.rows_with_holders(channel)]
 
 
 class MeshCommands:

@@ -777,6 +777,14 @@ class DataPlane(ReplicaSide):
 
     # -- status -------------------------------------------------------------------------
 
+    def cluster_answer(self) -> dict[str, Any]:
+        """What the cluster-wide answer (``blocks``) is made of: its rows, the owners whose
+        rows they are, the latest tick among them and the map's epoch. Two nodes that report
+        the same epoch, owners and tick give the same rows."""
+        rows = self.engine.cluster_rows()
+        return {"cluster_blocks": len(rows), "answered_by": sorted({r["owner"] for r in rows}),
+                "rows_tick": max((int(r.get("tick") or 0) for r in rows), default=0)}
+
     def status(self) -> dict[str, Any]:
         queue = self._queue
         return {
@@ -796,7 +804,7 @@ class DataPlane(ReplicaSide):
             "expired": self.engine.expired,
             "memory_full": self._memory_full,
             "blocks": len(self.engine.store.block_ids()),
-            "cluster_blocks": len(self.engine.cluster_rows()),
+            **self.cluster_answer(),
             "entity_errors": self.engine.entity_errors,
             "ingested": self.engine.ingested,
             "ingest_dropped": self.ingest_dropped,

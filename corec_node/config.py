@@ -61,6 +61,7 @@ class MeshSection:
     join: tuple[str, ...] = ()  # peers to join at start ("host:port" of their direct socket)
     join_required: bool = False  # exit when none of them answers within join_timeout (else run alone, warning)
     join_timeout: float = 30.0  # seconds join_required waits for the first answer
+    rejoin_after_leave: bool = False  # after `leave`, rejoin from the member snapshot at start (Serf's default: no)
     max_message_bytes: int = 16 * 1024 * 1024  # ZMQ_MAXMSGSIZE: hostile frames cut at the socket
     discovery: bool = False  # UDP beacon on the LAN; off: nodes join explicitly
     discovery_port: int = 7399

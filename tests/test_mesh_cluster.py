@@ -123,6 +123,27 @@ def test_graceful_leave_is_left_not_dead(cluster):
         assert "dead" not in verdicts(n, "b"), f"{n.name} logged b: {verdicts(n, 'b')}"
 
 
+def test_a_node_that_left_does_not_rejoin_by_itself(cluster):
+    # Serf's default: leave is an intent. b started again as it was (no --join) stops with
+    # one line and exit 2; started with --join it rejoins, and the mark is gone
+    nodes = start_chain(cluster, ["a", "b", "c"])
+    b = nodes[1]
+    assert subprocess.run([sys.executable, "-m", "corec_node", "leave", "--data-dir", str(b.data_dir)],
+                          capture_output=True, text=True, timeout=30).returncode == 0
+    assert b.proc.wait(15) == 0
+    b.join = []
+    b.start()
+    assert b.proc.wait(30) == 2
+    refused = b.log_path.read_text().splitlines()[-1]
+    assert refused.startswith("corec-node: this node left its cluster with `corec-node leave` at ")
+    assert "mesh.rejoin_after_leave" in refused and "--join" in refused
+    b.join = [nodes[0].addr]
+    b.start().wait_ready()
+    eventually(lambda: all_see(nodes, {"a": "alive", "b": "alive", "c": "alive"}), 20, message="b rejoined with --join")
+    assert any(e.get("event") == "rejoining_after_leave" for e in b.log_events())
+    assert not (b.data_dir / "left.json").exists()
+
+
 def test_force_leave_marks_dead_member_left(cluster):
     nodes = start_chain(cluster, ["a", "b", "c"])
     nodes[2].kill()

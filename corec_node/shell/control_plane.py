@@ -40,7 +40,7 @@ from corec_node.mesh.effects import (
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig
-from corec_node.shell.datadir import load_voters, save_vote, save_voters
+from corec_node.shell.datadir import load_voters, mark_left, save_vote, save_voters
 from corec_node.shell.joinwatch import JoinNews, JoinWatch
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
@@ -277,6 +277,7 @@ class ControlPlane:
 
     def leave(self, now: float) -> None:
         assert self.core is not None
+        mark_left(self.data_dir)  # before the news goes out: a restart does not rejoin by itself
         self.apply(self.core.leave(now))
 
     def force_leave(self, name: str, now: float) -> None:

@@ -20,6 +20,9 @@ At start (``start_check``, before the store is opened; the node holds the direct
    does (voters rule 6), and votes only once its leader's configuration names it again. It
    must be started with --join (without one it would found a cluster of its own); the mark
    is cleared once a configuration from a leader is stored.
+5. A node that left its cluster (``datadir.mark_left``, written by ``leave``) does not
+   rejoin from its member snapshot, as Serf's default: it starts only with --join (or
+   ``mesh.rejoin_after_leave``), and the mark is cleared then.
 
 A damaged store or file stops the node with ONE line that names the file and the way out,
 and exit code 65 (``cli.EXIT_DAMAGED``), which the systemd units do not restart.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,9 @@ from corec_node.shell.datadir import (
     VOTE_UNKNOWN,
     VOTERS_FILE,
     DamagedFile,
+    clear_left,
     clear_restored,
+    left_mark,
     load_vote,
     mark_restored,
     parse_vote,
@@ -268,6 +274,18 @@ def start_check(config: Any) -> tuple[int, str | None]:
         else:
             log.event("restored_rejoining", logging.WARNING,
                       detail="restored or recovered data directory: rejoining as a non-voter until the leader adds it")
+    left = left_mark(data_dir)
+    if left is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(left)) if left else "(time unknown)"
+        if config.mesh.rejoin_after_leave or any(a != config.advertise for a in config.mesh.join):
+            clear_left(data_dir)
+            log.event("rejoining_after_leave", left_at=when,
+                      detail="--join given" if config.mesh.join else "mesh.rejoin_after_leave is true")
+        else:
+            raise NeedsJoin(
+                f"this node left its cluster with `corec-node leave` at {when} and does not rejoin by itself "
+                f"(mesh.rejoin_after_leave = false): start it with --join HOST:PORT, or set "
+                f"mesh.rejoin_after_leave = true to rejoin from its member snapshot")
     term, voted, why = report.trusted_vote()
     if why is not None:
         save_vote(data_dir, term, voted)

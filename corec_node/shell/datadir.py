@@ -31,6 +31,7 @@ VOTE_FILE = "vote.json"
 VOTERS_FILE = "voters.json"
 LOCK_FILE = "node.lock"
 RESTORED_FILE = "restored.json"
+LEFT_FILE = "left.json"  # this node left its cluster with ``leave``: it does not rejoin by itself
 # A vote whose candidate is not known: the node may have voted in this term, so it refuses
 # every candidate until the term moves on. "" can never be a node's name (config.py: a name
 # has 1 to 255 bytes), so no candidate matches it (election rule 2).
@@ -222,6 +223,32 @@ def restored_mark(data_dir: Path) -> dict[str, Any] | None:
 def clear_restored(data_dir: Path) -> None:
     try:
         (data_dir / RESTORED_FILE).unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(data_dir)
+
+
+# -- a node that left --------------------------------------------------------------------
+
+
+def mark_left(data_dir: Path) -> None:
+    """``leave`` is an intent: like Serf, a node that left does not rejoin from its member
+    snapshot when it starts again (``mesh.rejoin_after_leave`` to do so, or ``--join``)."""
+    write_atomic(data_dir / LEFT_FILE, seal({"at": time.time()}))
+
+
+def left_mark(data_dir: Path) -> float | None:
+    """When the node left (0.0 for a mark that cannot be read: it still says it left)."""
+    try:
+        sealed = read_sealed(data_dir / LEFT_FILE)
+    except DamagedFile:
+        return 0.0
+    return None if sealed is None else float(sealed.body.get("at", 0.0))
+
+
+def clear_left(data_dir: Path) -> None:
+    try:
+        (data_dir / LEFT_FILE).unlink()
     except FileNotFoundError:
         return
     fsync_dir(data_dir)

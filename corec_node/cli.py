@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--status", nargs="+", choices=("alive", "suspect", "dead", "left"),
                          help="only members with one of these statuses")
     members.add_argument("--name", metavar="PATTERN", help="only members whose name matches this shell pattern (web-*)")
+    members.add_argument("--tag", metavar="KEY=VALUE", action="append", default=[],
+                         help="only members with this tag (node.tags; repeat: all of them)")
     members.set_defaults(func=cmd_members)
 
     status = sub.add_parser("status", help="show this node's status")
@@ -332,10 +334,11 @@ def render_members(members: list[dict[str, Any]]) -> str:
 
 
 def render_members_detailed(members: list[dict[str, Any]]) -> str:
-    rows = [["NAME", "ADDR", "STATUS", "INC", "ROLE", "VERSION", "PROTOCOL", "FEATURES"]]
+    rows = [["NAME", "ADDR", "STATUS", "INC", "ROLE", "VERSION", "PROTOCOL", "FEATURES", "TAGS"]]
     rows += [[m["name"] + (" *" if m.get("self") else ""), m["addr"], m["status"], str(m["incarnation"]),
               "voter" if m.get("voter") else "member", m.get("version") or "?", m.get("protocol") or "?",
-              ",".join(m.get("features") or []) or "-"] for m in members]
+              ",".join(m.get("features") or []) or "-",
+              ",".join(f"{k}={v}" for k, v in sorted((m.get("tags") or {}).items())) or "-"] for m in members]
     return _table(rows)
 
 
@@ -499,7 +502,7 @@ def render_voters(r: dict[str, Any]) -> str:
 
 
 def _members_shape(members: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    return filter_members(members, args.status, args.name)
+    return filter_members(members, args.status, args.name, args.tag)
 
 
 _members_plain = _client("members", render_members, shape=_members_shape)
@@ -510,12 +513,16 @@ def cmd_members(args: argparse.Namespace) -> int:
     return (_members_detailed if args.detailed else _members_plain)(args)
 
 
-def filter_members(members: list[dict[str, Any]], status: list[str] | None, pattern: str | None) -> list[dict[str, Any]]:
-    """``members --status/--name``: Consul's filters (a shell pattern, not a regexp)."""
+def filter_members(members: list[dict[str, Any]], status: list[str] | None, pattern: str | None,
+                   tags: list[str] | None = None) -> list[dict[str, Any]]:
+    """``members --status/--name/--tag``: Consul's filters (a shell pattern, not a regexp;
+    every ``KEY=VALUE`` tag given)."""
     import fnmatch
 
+    wanted = [t.partition("=")[::2] for t in tags or []]
     return [m for m in members if (not status or m["status"] in status)
-            and (pattern is None or fnmatch.fnmatchcase(m["name"], pattern))]
+            and (pattern is None or fnmatch.fnmatchcase(m["name"], pattern))
+            and all((m.get("tags") or {}).get(k) == v for k, v in wanted)]
 cmd_voters = _client("voters", render_voters)
 _recover = _client("recover-voters", render_voters, names=lambda a: a.names)
 

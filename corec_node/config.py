@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ def default_data_dir() -> str:
     return os.path.join(base, "corec-node")
 
 
+TAG_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def tag_map(tags: Sequence[str]) -> dict[str, str]:
+    """``("role=gateway", ...)`` as ``{"role": "gateway"}`` (a peer's tag without "=" is a
+    key with an empty value: what travels is only checked to be a printable name)."""
+    return dict(t.partition("=")[::2] for t in tags)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSection:
     name: str = ""  # empty: the host name
@@ -51,6 +61,7 @@ class NodeSection:
     advertise: str = ""  # what peers dial; empty: same as listen
     cluster: str = "corec"  # label on every frame so two clusters on one network never merge
     log_level: str = "info"
+    tags: tuple[str, ...] = ()  # "key=value" labels gossiped with this node (members --detailed, --tag, plugins)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +361,12 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("mesh.join_timeout", "a positive number of seconds", config.mesh.join_timeout)
     if config.mesh.join_required and not config.mesh.join:
         raise fail("mesh.join_required", "peers to join in mesh.join (or --join)", "no peers")
+    for tag in config.node.tags:
+        key, sep, _value = tag.partition("=")
+        if not sep or not TAG_KEY.fullmatch(key) or not tag.isprintable() or len(tag.encode()) > 255:
+            raise fail("node.tags", "a list of key=value (key: letters, digits, '.', '_', '-'; 255 bytes at most)", tag)
+    if len(config.node.tags) > 32 or len({t.partition("=")[0] for t in config.node.tags}) != len(config.node.tags):
+        raise fail("node.tags", "at most 32 tags, each key once", ",".join(config.node.tags))
     if config.mesh.max_voters < 1:
         raise fail("mesh.max_voters", "a positive integer (3, 5 or 7 is usual)", config.mesh.max_voters)
     if not 0 < config.mesh.discovery_port < 65536:

@@ -203,8 +203,8 @@ def test_status_text_shows_storage_and_the_postgres_copy():
 def test_members_filters_and_one_block_naming(cluster):
     import json
 
-    web = cluster.start("web-1").wait_ready()
-    db = cluster.start("db-1", join=[web.addr]).wait_ready()
+    web = cluster.start("web-1", extra_env={"COREC_NODE_TAGS": "role=web,zone=eu-1"}).wait_ready()
+    db = cluster.start("db-1", join=[web.addr], extra_env={"COREC_NODE_TAGS": "role=db,zone=eu-1"}).wait_ready()
     eventually(lambda: web.ctl("status")["members"].get("alive") == 2, 20)
 
     def names(*flags: str) -> list[str]:
@@ -218,6 +218,15 @@ def test_members_filters_and_one_block_naming(cluster):
     assert names("--status", "alive", "--name", "db-?") == ["db-1"]
     text = cli("members", "--detailed", "--name", "db-*", "--data-dir", str(web.data_dir)).stdout
     assert "db-1" in text and "web-1" not in text
+    # tags from each node's config, gossiped: web-1 shows db-1's, and filters on them
+    eventually(lambda: names("--tag", "role=db") == ["db-1"], 20)
+    assert names("--tag", "zone=eu-1") == ["db-1", "web-1"] and names("--tag", "zone=eu-1", "--tag", "role=web") == ["web-1"]
+    assert names("--tag", "role=cache") == []
+    members = json.loads(cli("members", "--json", "--data-dir", str(db.data_dir)).stdout)
+    assert {m["name"]: m["tags"] for m in members} == {"db-1": {"role": "db", "zone": "eu-1"},
+                                                        "web-1": {"role": "web", "zone": "eu-1"}}
+    detailed = cli("members", "--detailed", "--data-dir", str(db.data_dir)).stdout.splitlines()
+    assert detailed[0].split()[-1] == "TAGS" and any(line.endswith("role=web,zone=eu-1") for line in detailed)
 
     assert cli("send", "--to", db.addr, "--channel", "3", "--count", "2500").returncode == 0
     eventually(lambda: sum(r["count"] for r in web.ctl("blocks")) == 2500, 20)

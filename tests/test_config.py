@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from corec_node.config import Config, ConfigError, load_config
+from corec_node.config import Config, ConfigError, load_config, tag_map
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -94,3 +94,17 @@ def test_message_limit_is_the_protocols():
     from corec_node.wire.limits import MAX_PAYLOAD_BYTES
 
     assert MAX_MESSAGE_BYTES == MAX_PAYLOAD_BYTES
+
+
+def test_node_tags_are_key_value_pairs_named_in_the_error(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[node]\ntags = ["role=gateway", "zone=eu-1", "rack="]\n')
+    assert load_config(good).node.tags == ("role=gateway", "zone=eu-1", "rack=")
+    assert tag_map(load_config(good).node.tags) == {"role": "gateway", "zone": "eu-1", "rack": ""}
+    for bad in ('["gateway"]', '["=x"]', '["a b=c"]', '["k=1", "k=2"]'):
+        path = tmp_path / "bad.toml"
+        path.write_text(f"[node]\ntags = {bad}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert "node.tags" in str(err.value) and str(path) in str(err.value)
+    assert load_config(None, env={"COREC_NODE_TAGS": "role=pi,site=b"}).node.tags == ("role=pi", "site=b")

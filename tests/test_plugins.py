@@ -946,3 +946,16 @@ def test_a_misspelled_optional_hook_is_still_an_error():
 
     with pytest.raises(PluginLoadError, match="unknown hook 'corec_startupp'"):
         PluginManager().register(Optional(), "optional")
+
+
+def test_the_facade_shows_every_members_tags_as_gossiped():
+    from types import SimpleNamespace
+
+    from corec_node.plugins.facade import NodeFacade
+
+    view = SimpleNamespace(tags={"pi-7": {"role": "gateway"}, "pi-8": {"role": "sensor", "zone": "b"}})
+    node = SimpleNamespace(name="pi-7", mesh=SimpleNamespace(view=view))
+    facade = NodeFacade(node, "alerts")
+    assert facade.tags == {"pi-7": {"role": "gateway"}, "pi-8": {"role": "sensor", "zone": "b"}}
+    facade.tags["pi-7"]["role"] = "changed"  # a copy: the plugin cannot change the node's view
+    assert view.tags["pi-7"]["role"] == "gateway"

@@ -44,6 +44,10 @@ def supersedes(
     return _RANK[new_status] > _RANK[old_status]
 
 
+NO_BUILD: tuple[str, str, tuple[str, ...], str, tuple[str, ...]] = ("", "", (), "", ())
+"""A member that announced nothing of itself: version, protocol, features, data socket, tags."""
+
+
 @dataclass(slots=True)
 class Member:
     """This node's view of one member. Views hand out copies."""
@@ -54,8 +58,8 @@ class Member:
     inc: int
     status: MemberStatus
     since: float  # the ``now`` of the last status change
-    # version, protocol, features it announced, and its data socket ("" none: before 1.5)
-    build: tuple[str, str, tuple[str, ...], str] = ("", "", (), "")
+    # version, protocol, features it announced, its data socket ("" none: before 1.5), its tags (1.8)
+    build: tuple[str, str, tuple[str, ...], str, tuple[str, ...]] = NO_BUILD
 
     def state(self) -> MemberState:
         return MemberState(self.name, self.addr, self.pub, self.inc, self.status, *self.build)
@@ -63,7 +67,7 @@ class Member:
     def learn_build(self, st: MemberState) -> None:
         """What the member announced of itself (not a verdict: it never orders updates)."""
         if st.version and st.inc >= self.inc:
-            self.build = (st.version, st.protocol, st.features, st.data)
+            self.build = (st.version, st.protocol, st.features, st.data, st.tags)
 
 
 def n_live(members: Mapping[str, Member]) -> int:

@@ -171,6 +171,7 @@ from corec_node.mesh.member import (
     DEAD,
     LEFT,
     LIVE,
+    NO_BUILD,
     SUSPECT,
     Member,
     n_live,
@@ -218,16 +219,18 @@ class Membership:
         config: MembershipConfig,
         rng: random.Random,
         now: float,
-        build: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
+        build: tuple[str, str, tuple[str, ...], str, tuple[str, ...]] = ("", "", (), "", ()),
     ) -> None:
-        """``build``: this node's version, protocol and features, announced with its own
-        record (shown by ``members --detailed``; feature gates read them)."""
+        """``build``: this node's version, protocol, features, data socket and tags,
+        announced with its own record (shown by ``members --detailed``; feature gates read
+        them); a shorter tuple (an older caller) leaves the rest empty."""
         if not name:
             raise ValueError("membership: the node name must not be empty")
         if not addr:
             raise ValueError("membership: the node's direct address must not be empty")
         self._cfg = config
         self._rng = rng
+        build = (*build, *NO_BUILD[len(build):])
         self._self = Member(name, addr, pub, 0, ALIVE, now, build)
         self._members: dict[str, Member] = {name: self._self}
         self._awareness = Awareness(config.awareness_max)

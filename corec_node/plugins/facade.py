@@ -97,6 +97,13 @@ class NodeFacade:
         return self._leadership.term
 
     @property
+    def tags(self) -> dict[str, dict[str, str]]:
+        """Every member's tags as last gossiped (``node.tags`` in each one's config):
+        ``{"pi-7": {"role": "gateway"}}``; a member that announced none is absent."""
+        view = getattr(getattr(self._node, "mesh", None), "view", None)
+        return {name: dict(tags) for name, tags in getattr(view, "tags", {}).items()}
+
+    @property
     def is_leader(self) -> bool:
         """Whether this node leads the nucleus (as last told to plugins)."""
         return self._leadership.leader is not None and self._leadership.leader == self.name

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from corec_node import __version__, log
+from corec_node.config import tag_map
 from corec_node.shell.control import CommandError
 from corec_node.shell.link import RequestFailed
 from corec_node.wire.messages import MemberStatus
@@ -180,6 +181,7 @@ class MeshCommands:
             {"name": m.name, "addr": m.addr, "pub": m.pub, "status": m.status.label,
              "incarnation": m.inc, "self": m.name == self.identity.name,
              "version": m.build[0] or None, "protocol": m.build[1] or None, "features": list(m.build[2]),
+             "tags": tag_map(m.build[4]),
              "voter": m.name in voters}
             for m in self.control.core.membership.members()
         ]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from corec_node import __version__, log
+from corec_node.config import tag_map
 from corec_node.mesh.core import MeshCore
 from corec_node.mesh.effects import (
     Broadcast,
@@ -75,6 +76,7 @@ class ClusterView:
     data: Mapping[str, str] = field(default_factory=dict)  # member -> its data socket (1.5 and later)
     replicating: frozenset[str] = frozenset()  # members that hold replicas and learn (1.6 and later)
     rendezvous: frozenset[str] = frozenset()  # members that place blocks by rendezvous only (before 1.7)
+    tags: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # member -> its tags (1.8 and later)
 
     @property
     def routed(self) -> bool:
@@ -157,8 +159,10 @@ class ControlPlane:
         events: ControlEvents,
         clock: Callable[[], float],
         data: str = "",
+        tags: Sequence[str] = (),
     ) -> None:
         self.name, self.addr, self.pub, self.data = name, addr, pub, data
+        self.tags = tuple(tags)  # node.tags, announced with our member record
         self.profile = profile
         self.voter_config = VoterConfig(max_voters=max_voters, promote_after=PROMOTE_AFTER.get(profile, 2.0))
         self.data_dir = data_dir
@@ -195,7 +199,7 @@ class ControlPlane:
         self._durable = ((term, voted_for), config or Configuration())
         self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
                              term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
-                             build=(__version__, PROTOCOL, FEATURES, self.data), abstain=abstain)
+                             build=(__version__, PROTOCOL, FEATURES, self.data, self.tags), abstain=abstain)
         if snapshot or join:
             self._joined_at = time.time()
         self._join_watch = JoinWatch(join, now, required=join_required, timeout=join_timeout)
@@ -236,6 +240,7 @@ class ControlPlane:
             # a member whose build we have not heard yet is not taken for an old one: the rule
             # would flip, and every block move, until its state arrives
             rendezvous=frozenset(m.name for m in members if m.build[1] and "ring" not in m.build[2]) - {self.name},
+            tags={m.name: tag_map(m.build[4]) for m in members if m.build[4]},
         )
 
     # -- inputs -----------------------------------------------------------------------

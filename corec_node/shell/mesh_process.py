@@ -390,7 +390,7 @@ class MeshProcess:
         self.control = ControlPlane(
             name=self.name, addr=cfg.advertise, pub=cfg.pub_advertise, profile=cfg.mesh.profile,
             max_voters=cfg.mesh.max_voters, data_dir=cfg.data_dir, transport=self.transport,
-            outbox=self.outbox, events=self.events, clock=self.now, data=cfg.data_advertise)
+            outbox=self.outbox, events=self.events, clock=self.now, data=cfg.data_advertise, tags=cfg.node.tags)
         self.commands = MeshCommands(identity=spec.identity, control=self.control, traffic=self.traffic,
                                      transport=self.transport, now=self.now, stop=self.events.stop,
                                      link_dropped=self.link.dropped)

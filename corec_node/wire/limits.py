@@ -39,6 +39,9 @@ bounds a hostile heartbeat, not a real one."""
 MAX_FEATURES = 32
 """Feature names one member announces (MemberState.features)."""
 
+MAX_TAGS = 32
+"""``key=value`` tags one member announces (MemberState.tags, since 1.8)."""
+
 MAX_TEXT_BYTES = 4096
 """Free text (Alert.text): a readable message, not a log dump."""
 

@@ -64,6 +64,7 @@ class MemberState:
     protocol: str = ""  # since 1.3: the wire protocol it speaks, "MAJOR.MINOR"
     features: tuple[str, ...] = ()  # since 1.3: what it supports that changes the wire
     data: str = ""  # since 1.5: "host:port" of its data (producer) socket; "" none
+    tags: tuple[str, ...] = ()  # since 1.8: "key=value" labels from its config (node.tags), for people and plugins
 
 
 # -- membership (SWIM + Lifeguard) ----------------------------------------------------

@@ -421,6 +421,12 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      Gossip(updates=(MemberState("node-b", "10.0.0.2:7946", "10.0.0.2:7947", 3, MemberStatus.ALIVE, "0.5.0", "1.5",
                                  ("placement", "flow", "voters", "batch_reply", "owner_routing"), "10.0.0.2:7948"),)),
      _hdr("node-b", 45, "corec"), None),
+    ("gossip_tags", ("a 1.8 member announcing the tags of its config (node.tags): key=value names, "
+     "kept as they came, acted on by no node"),
+     Gossip(updates=(MemberState("pi-7", "10.0.0.7:7946", "10.0.0.7:7947", 2, MemberStatus.ALIVE, "0.1.0", "1.8",
+                                 ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring"),
+                                 "10.0.0.7:7948", ("role=gateway", "zone=eu-1")),)),
+     _hdr("pi-7", 12, "corec"), None),
     ("placement_request", ("a producer asks the node it was given for the placement map: no map held yet, "
      "so no epoch (an empty body); q from the producer's one counter"),
      PlacementRequest(), _hdr("client-gw1-4242", 1, "corec"), None),

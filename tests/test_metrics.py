@@ -197,7 +197,7 @@ def test_known_label_values_cover_the_sources():
     from corec_node.shell import data_plane
 
     shell = ROOT / "corec_node" / "shell"
-    plane = (shell / "data_plane.py").read_text() + (shell / "learning.py").read_text()
+    plane = (shell / "data_plane.py").read_text() + (shell / "learning.py").read_text() + (shell / "fusions.py").read_text()
 
     def named(line: str) -> set[str]:
         """The reasons a line names: string literals and data_plane's constants."""

@@ -68,7 +68,14 @@ from corec_node.engine import (
     repair,
 )
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
-from corec_node.engine.placement import RENDEZVOUS, RING, PlacementMap, map_digest, partition, scores
+from corec_node.engine.placement import (
+    RENDEZVOUS,
+    RING,
+    PlacementMap,
+    map_digest,
+    partition,
+    scores,
+)
 from corec_node.wire.entities import ENTITY_DTYPE
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay

@@ -58,6 +58,7 @@ from corec_node.engine.blocks import (
     check_block_size,
     entity_keys,
 )
+from corec_node.engine.runs import merge_runs, merge_segments, order_of_runs
 from corec_node.wire.entities import ENTITY_DTYPE, as_entity_array
 
 MIN_CAPACITY = 1024
@@ -638,9 +639,9 @@ class EntityStore:
             src = getattr(self, name)
             dst = np.empty(new_cap, src.dtype) if grow else src
             if k <= SMALL_INSERT:
-                _merge_segments(src, dst, n, new_vals, ins)
+                merge_segments(src, dst, n, new_vals, ins)
             elif runs is not None:
-                _merge_runs(src, dst, n, new_vals, ins, runs)
+                merge_runs(src, dst, n, new_vals, ins, runs)
             else:
                 dst[old_at] = src[:n] if grow else src[:n].copy()
                 dst[at] = new_vals
@@ -779,7 +780,7 @@ def _stable_order(keys: np.ndarray) -> np.ndarray:
     m = len(keys)
     cuts = np.flatnonzero(keys[1:] < keys[:-1]) + 1
     if len(cuts) < m // 64:
-        return _order_of_runs(keys, cuts)
+        return order_of_runs(keys, cuts)
     bits = max(1, (m - 1).bit_length())
     if bits > 64 - KEY_BITS:
         return np.argsort(keys, kind="stable")
@@ -788,49 +789,3 @@ def _stable_order(keys: np.ndarray) -> np.ndarray:
     comp.sort()
     comp &= np.uint64((1 << bits) - 1)
     return comp.view(np.int64)
-
-
-def _order_of_runs(keys: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Stable order of keys made of sorted runs starting at 0 and ``cuts``."""
-    starts = np.concatenate(([0], cuts))
-    ends = np.append(cuts, len(keys))
-    runs = np.argsort(keys[starts], kind="stable")
-    s, e = starts[runs], ends[runs]
-    if np.all(keys[e[:-1] - 1] < keys[s[1:]]):  # disjoint: concatenate the runs in key order
-        return np.concatenate([np.arange(a, b) for a, b in zip(s.tolist(), e.tolist(), strict=True)])
-    return np.argsort(keys, kind="stable")
-
-
-def _merge_runs(
-    src: np.ndarray, dst: np.ndarray, n: int, new_vals: np.ndarray, ins: np.ndarray, runs: list[tuple[int, int]]
-) -> None:
-    """``_merge_segments`` a run at a time: ``runs`` are ``(a, b)`` slices of ``new_vals``
-    sharing one insertion point, so a batch of new ids in order costs a few slice moves,
-    not a scatter over the whole column."""
-    end = n
-    for a, b in reversed(runs):
-        s = int(ins[a])
-        if end > s:  # the old entries after the point move right past the run (numpy copes with the overlap)
-            dst[s + b : end + b] = src[s:end]
-        dst[s + a : s + b] = new_vals[a:b]
-        end = s
-    if dst is not src and end > 0:
-        dst[:end] = src[:end]
-
-
-def _merge_segments(
-    src: np.ndarray, dst: np.ndarray, n: int, new_vals: np.ndarray, ins: np.ndarray
-) -> None:
-    """Merge ``new_vals`` into ``src[:n]`` at insertion points ``ins`` (sorted), writing
-    ``dst`` (which may be ``src``: runs are moved from the back, so nothing is overwritten
-    before it is read)."""
-    end = n
-    k = len(ins)
-    for j in range(k - 1, -1, -1):
-        s = int(ins[j])
-        if end > s:
-            dst[s + j + 1 : end + j + 1] = src[s:end]
-        dst[s + j] = new_vals[j]
-        end = s
-    if dst is not src and end > 0:
-        dst[:end] = src[:end]

@@ -32,28 +32,33 @@ import numpy as np
 
 from corec_node import log
 from corec_node.config import EngineSection, ttl_seconds
-from corec_node.engine import Fusion
 from corec_node.engine.audit import AlertGate, Auditor
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import RENDEZVOUS, RING
+from corec_node.engine.producers import ProducerSeqs
 from corec_node.plugins import PluginManager
 from corec_node.shell.control_plane import ClusterView, PluginHost
+from corec_node.shell.fusions import FusionSide
 from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
+from corec_node.shell.lanes import HolderLanes
+from corec_node.shell.learning import (
+    ACKS_ALL,
+    HANDOFF_CHUNK,
+    REPLICA_WRITE,
+    SEQUENCE_ROWS,
+    ReplicaSide,
+)
 from corec_node.shell.metrics import AUDIT_BUCKETS, TickHistogram
 from corec_node.shell.recorder import Recorder
-from corec_node.shell.traffic import Outbox, Traffic
-from corec_node.wire import WireError, decode_batch, make_batch, topic_for
-from corec_node.engine.producers import ProducerSeqs
-from corec_node.shell.lanes import HolderLanes
-from corec_node.shell.learning import ACKS_ALL, HANDOFF_CHUNK, REPLICA_WRITE, SEQUENCE_ROWS, ReplicaSide
 from corec_node.shell.replication import NO_LEADER, NOT_ENOUGH_REPLICAS, Replicator
 from corec_node.shell.routing import NOT_OWNER, Answer, Forwarder, Relay
+from corec_node.shell.traffic import Outbox, Traffic
+from corec_node.wire import WireError, decode_batch, make_batch, topic_for
 from corec_node.wire.messages import (
     REPLY_MINOR,
     Aggregates,
     EntityBatch,
     Flow,
-    FusionPlan,
     Owner,
     Placement,
     SequenceHandoff,
@@ -101,7 +106,7 @@ class ProducerCounts:
                 "waiting": waiting}
 
 
-class DataPlane(ReplicaSide):
+class DataPlane(ReplicaSide, FusionSide):
     """The entity path of one node (see the module docstring)."""
 
     def __init__(
@@ -680,43 +685,6 @@ class DataPlane(ReplicaSide):
         """In the worker thread: the audit's result and the seconds it took there."""
         started = time.perf_counter()
         return self.auditor.step(rows, tick), time.perf_counter() - started
-
-    def _plan_fusions(self) -> None:
-        """As nucleus: fuse weak blocks into strong ones of their channel, fenced by our term."""
-        plan = self.engine.plan(self.config.min_fitness)
-        if not plan:
-            return
-        term = self.view.term
-        self.outbox.publish(FusionPlan(term=term, fusions=tuple(
-            {"weak": f.weak_block, "strong": f.strong_block, "channel": f.channel, "reason": f.reason} for f in plan)))
-        self._apply_fusions(plan, term)
-
-    def fusion_plan(self, sender: str, msg: FusionPlan) -> None:
-        """A plan from the nucleus: applied only if it comes from the leader of our term."""
-        if sender != self.view.leader or msg.term != self.view.term:
-            log.event("fusion_plan_refused", logging.WARNING, sender=sender, term=msg.term,
-                      leader=self.view.leader, our_term=self.view.term)
-            return
-        try:
-            plan = [Fusion(int(f["weak"]), int(f["strong"]), int(f["channel"]), str(f.get("reason", "")))
-                    for f in msg.fusions]
-        except (KeyError, TypeError, ValueError):
-            self.traffic.rejected["fusion_plan"] += 1
-            return
-        self._apply_fusions(plan, msg.term)
-
-    def _apply_fusions(self, plan: list[Fusion], term: int) -> None:
-        try:
-            records, handoffs = self.engine.apply_fusions(plan)
-        except ValueError as exc:  # e.g. a plan across channels: the nucleus's bug, not ours
-            log.event("fusion_failed", logging.WARNING, error=str(exc))
-            return
-        for record in records:
-            log.event("fusion", block=record.block, into=record.target, channel=record.channel,
-                      entities=record.entities, reason=record.reason, term=term)
-            self.recorder.audit("fusion", f"block {record.channel}:{record.block & 0xFFFFFFFF}", record.reason,
-                                term=term, into=record.target, entities=record.entities)
-        self._hand_off(handoffs)
 
     def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
         """Send block copies to their new holders (engine rule 3), then tell the map's

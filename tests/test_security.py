@@ -629,7 +629,8 @@ def test_sighup_reloads_the_authorized_keys_of_a_running_cluster(cluster, keys, 
         reloaded = {e["sockets"]: e for e in node.log_events() if e.get("event") == "keys_reloaded"}
         assert set(reloaded) == {"data", "mesh"} and reloaded["mesh"]["keys"] == "3", reloaded
         assert node.proc.poll() is None  # both processes took the signal and run on
-    assert any(e.get("event") == "curve_admitted" and e.get("peer") == a.addr for e in mallory.log_events())
+    eventually(lambda: any(e.get("event") == "curve_admitted" and e.get("peer") == a.addr for e in mallory.log_events()),
+               10, message="mallory told it is admitted now")
 
 
 def test_a_reload_that_cannot_read_the_keys_keeps_the_old_ones(cluster, keys, tmp_path):

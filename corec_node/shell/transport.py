@@ -88,6 +88,7 @@ class Transport:
         self.refused_by: dict[str, float] = {}  # peer addr -> when it last refused our CURVE key
         self._down: set[str] = set()  # peers whose DEALER lost its connection (libzmq redials with backoff)
         self.redials = 0  # DEALERs dialled again at once because their peer was heard from
+        self._monitor_seq = 0  # names each socket monitor's inproc endpoint once
         self.auth_refusals = 0  # handshakes in which a peer refused our key
 
     def _common(self, sock: zmq.Socket) -> None:
@@ -209,7 +210,8 @@ class Transport:
     def _monitor(self, addr: str, sock: zmq.Socket) -> None:
         if (self._on_peer is None and self.security is None) or addr in self._monitors:
             return
-        endpoint = f"inproc://corec-monitor-{id(sock)}"
+        self._monitor_seq += 1  # not id(sock): a socket made after a closed one may get its id while its endpoint lingers
+        endpoint = f"inproc://corec-monitor-{id(self)}-{self._monitor_seq}"
         sock.monitor(endpoint, zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         pair = self.ctx.socket(zmq.PAIR)

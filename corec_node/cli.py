@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     force = sub.add_parser("force-leave", help="mark a dead member as left so it is reaped")
     _common(force)
     force.add_argument("name", metavar="NAME")
+    force.add_argument("--prune", action="store_true",
+                       help="also forget it on every node now, instead of after mesh.reap_after "
+                            "(a dead or left member; as Serf's force-leave -prune)")
     force.set_defaults(func=cmd_force_leave)
 
     _add_data_dir_commands(sub)
@@ -412,7 +415,12 @@ def name_blocks(rows: list[dict[str, Any]], _args: argparse.Namespace | None = N
 cmd_blocks = _client("blocks", render_blocks, shape=name_blocks, channel=lambda a: a.channel)
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
                    addrs=lambda a: a.peers, wait=lambda a: a.timeout)
-cmd_force_leave = _client("force-leave", lambda r: f"{r['name']} marked left", name=lambda a: a.name)
+cmd_force_leave = _client(
+    "force-leave",
+    lambda r: f"{r['name']} left and pruned: forgotten here now, and by each member as the news reaches it" if r.get("pruned") else f"{r['name']} marked left",
+    name=lambda a: a.name,
+    prune=lambda a: a.prune,
+)
 cmd_leave = _client("leave", lambda r: f"{r['name']} left the cluster; stopping")
 
 

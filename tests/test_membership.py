@@ -479,6 +479,55 @@ def test_force_leave_turns_a_dead_member_into_left():
     assert [e.reason for _, e in net.changes("b", "c", "alive")][-1] == "rejoined"
 
 
+def test_force_leave_with_prune_makes_every_node_forget_the_member_now():
+    net = Net(seed=11)  # reap_after is a day: without prune the dead would stay listed
+    net.cluster(["a", "b", "c", "d"])
+    net.crash("d")
+    assert net.run(5.0, until=lambda: net.all_see(["a", "b", "c"], {"d": "dead"}))
+    a = net.nodes["a"]
+    with pytest.raises(ValueError, match="alive"):
+        a.force_leave("b", net.now, prune=True)
+    out = a.force_leave("d", net.now, prune=True)
+    assert [(e.new, e.reason) for e in out if isinstance(e, MemberChanged)] == [(LEFT, "pruned")]
+    assert [e.name for e in out if isinstance(e, MemberReaped)] == ["d"]
+    assert a.member("d") is None
+    net.apply("a", out)
+    assert net.run(1.0, until=lambda: net.all_see(["a", "b", "c"], {"d": None})), net.views()
+    for viewer in ("b", "c"):
+        assert [e.name for _, e in net.events[viewer] if isinstance(e, MemberReaped)] == ["d"]
+        assert [e.reason for _, e in net.changes(viewer, "d", "left")] == ["pruned by a"]
+        assert "d" not in net.nodes[viewer].voters()
+    # the tombstones others still gossip do not bring it back (rule 4), and a second prune
+    # finds nobody to prune
+    net.inject("b", "c", Gossip((state("d", 0, DEAD),)))
+    net.run(0.1)
+    assert net.nodes["c"].member("d") is None
+    with pytest.raises(ValueError, match="no member"):
+        a.force_leave("d", net.now, prune=True)
+
+
+def test_a_member_that_left_can_be_pruned_and_one_that_came_back_is_not():
+    net = Net(seed=12)
+    net.cluster(["a", "b", "c"])
+    net.apply("c", net.nodes["c"].leave(net.now))
+    assert net.run(2.0, until=lambda: net.all_see(["a", "b"], {"c": "left"}))
+    net.crash("c")
+    a = net.nodes["a"]
+    assert a.force_leave("c", net.now) == []  # left already: nothing to do without prune
+    net.apply("a", a.force_leave("c", net.now, prune=True))
+    assert net.run(1.0, until=lambda: net.all_see(["a", "b"], {"c": None})), net.views()
+    # a prune is news about the incarnation it names: a member alive above it stays
+    b = net.nodes["b"]
+    net.inject("a", "b", Gossip((state("e", 0, ALIVE),)))
+    net.run(0.1)
+    assert b.member("e") is not None
+    net.inject("a", "b", Gossip((state("e", 3, ALIVE),)))
+    net.run(0.1)
+    net.inject("c", "b", Gossip((replace(state("e", 2, LEFT), pruned=True),)))
+    net.run(0.1)
+    assert b.member("e") is not None and b.member("e").status == ALIVE and b.member("e").inc == 3
+
+
 def test_restart_restores_members_from_snapshot_and_rejoins():
     net = Net(seed=10)
     everyone = ["a", "b", "c"]

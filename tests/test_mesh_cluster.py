@@ -154,6 +154,25 @@ def test_force_leave_marks_dead_member_left(cluster):
     eventually(lambda: all(statuses(n).get("c") in ("left", None) for n in nodes[:2]), 10)
 
 
+def test_force_leave_prune_removes_a_dead_member_from_every_list_now(cluster):
+    nodes = start_chain(cluster, ["a", "b", "c", "d"])
+    nodes[3].kill()
+    survivors = nodes[:3]
+    eventually(lambda: all(statuses(n).get("d") == "dead" for n in survivors), 20, message="d dead everywhere")
+    out = subprocess.run([sys.executable, "-m", "corec_node", "force-leave", "d", "--prune",
+                          "--data-dir", str(nodes[0].data_dir)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "d left and pruned: forgotten here now, and by each member as the news reaches it\n"
+    assert "d" not in statuses(nodes[0])  # at once on the node that was asked
+    # the others forget it on the gossip, long before the reap delay (a day by default)
+    eventually(lambda: all("d" not in statuses(n) for n in survivors), 10, message="d pruned everywhere")
+    eventually(lambda: all(v["name"] != "d" for n in survivors for v in n.ctl("voters")["voters"]), 10,
+               message="d out of the voter configuration")
+    out = subprocess.run([sys.executable, "-m", "corec_node", "force-leave", "d", "--prune",
+                          "--data-dir", str(nodes[1].data_dir)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no member named 'd'" in out.stderr, out.stderr
+
+
 def test_restarted_node_rejoins_from_snapshot(cluster):
     nodes = start_chain(cluster, ["a", "b", "c"])
     c = nodes[2]

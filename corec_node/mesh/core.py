@@ -267,9 +267,10 @@ class MeshCore:
             out += self.election.set_voters({}, now, cfg.id, cfg.cluster)
         return self._after(out, now)
 
-    def force_leave(self, name: str, now: float) -> list[Effect]:
-        """ValueError for a member that is not dead (it would refute)."""
-        return self._after(self._settle(self.membership.force_leave(name, now), now), now)
+    def force_leave(self, name: str, now: float, *, prune: bool = False) -> list[Effect]:
+        """ValueError for a member that is not dead (it would refute); ``prune``: forgotten
+        by every node at once (membership rule 14)."""
+        return self._after(self._settle(self.membership.force_leave(name, now, prune=prune), now), now)
 
     def note_stall(self, lag: float, now: float) -> None:
         self.membership.note_stall(lag, now)

@@ -125,6 +125,10 @@ Rule 14. Leave. ``leave`` raises our incarnation, marks us left, broadcasts it a
     the node only flushes retransmits (``broadcasts_pending``) and ignores input.
     ``force_leave`` turns a dead member into left at the same incarnation (which beats dead,
     rule 2) and gossips it; alive or suspect members are refused (they would refute).
+    With ``prune`` (Serf's ``force-leave -prune``) a dead or left member is also forgotten
+    at once instead of after ``reap_after``: the left state goes out marked ``pruned``,
+    and every node that takes it (at an incarnation not below its own record) reaps the
+    member on the spot. A member alive at a higher incarnation came back and stays.
 
 Rule 15. Restore. Members from the on-disk snapshot are learned (suspect as alive, left
     skipped) so the voter set survives a restart, and pushed to (a few at once, the rest
@@ -431,28 +435,39 @@ class Membership:
         self._flush(live, out)
         return out
 
-    def force_leave(self, name: str, now: float) -> list[Effect]:
+    def force_leave(self, name: str, now: float, *, prune: bool = False) -> list[Effect]:
         """Rule 14: a dead member becomes left (same incarnation) and is gossiped, so every
-        node drops it from the voters and reaps it. Raises ValueError (local misuse) for
-        ourselves, unknown names, and members not dead (they would refute)."""
+        node drops it from the voters and reaps it; with ``prune`` every node forgets it at
+        once, and a member that already left may be pruned too. Raises ValueError (local
+        misuse) for ourselves, unknown names, and members not dead (they would refute)."""
         live = self._clock(now)
         if name == self.name:
             raise ValueError(f"force-leave: {name!r} is this node; use leave")
         m = self._members.get(name)
         if m is None:
             raise ValueError(f"force-leave: no member named {name!r}")
-        if m.status == LEFT:
+        if m.status == LEFT and not prune:
             return []
-        if m.status != DEAD:
+        if m.status not in (DEAD, LEFT):
             raise ValueError(
                 f"force-leave: {name!r} is {m.status.label}, not dead; only a dead member can be "
                 "forced out (a live one would refute and stay)"
             )
         out: list[Effect] = []
-        self._set(m, m.inc, LEFT, now, "force-left", out)
-        self._queue.queue(m.state())
+        if prune:
+            self._prune(m, now, "pruned", out)
+        else:
+            self._set(m, m.inc, LEFT, now, "force-left", out)
+            self._queue.queue(m.state())
         self._flush(live, out)
         return out
+
+    def _prune(self, m: Member, now: float, reason: str, out: list[Effect]) -> None:
+        """Rule 14's prune: left now, forgotten now, and the news marked so others forget it."""
+        if m.status != LEFT:
+            self._set(m, m.inc, LEFT, now, reason, out)
+        self._forget(m.name, out)
+        self._queue.queue(replace(m.state(), status=LEFT, pruned=True))
 
     def note_stall(self, lag: float, now: float) -> None:
         """The shell measured its own loop lag (seconds). Lifeguard local health: a lag of
@@ -563,6 +578,9 @@ class Membership:
         if m is not None and st.addr != m.addr and m.status in LIVE:
             return  # rule 5
         if m is not None:
+            if st.pruned and st.status == LEFT and st.inc >= m.inc:
+                self._prune(m, now, f"pruned by {sender}", out)  # rule 14
+                return
             m.learn_build(st)
         if not gossip and st.status in (SUSPECT, DEAD):
             if m is not None and m.status in LIVE:
@@ -716,12 +734,15 @@ class Membership:
                 and m.status in (DEAD, LEFT)
                 and now - m.since >= self._cfg.reap_after
             ):
-                del self._members[name]
-                self._suspicions.pop(name, None)
                 self._queue.drop(name)
-                self._sync.forget(name)
-                self._prober.forget(name)
-                out.append(MemberReaped(name))
+                self._forget(name, out)
+
+    def _forget(self, name: str, out: list[Effect]) -> None:
+        del self._members[name]
+        self._suspicions.pop(name, None)
+        self._sync.forget(name)
+        self._prober.forget(name)
+        out.append(MemberReaped(name))
 
     def _flush(self, live: float, out: list[Effect]) -> None:
         if not len(self._queue) or live < self._last_flush + self._cfg.gossip_interval:

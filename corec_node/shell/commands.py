@@ -282,11 +282,12 @@ class MeshCommands:
         name = req.get("name")
         if not isinstance(name, str):
             raise CommandError("force-leave needs a member name")
+        prune = req.get("prune", False) is True
         try:
-            self.control.force_leave(name, self.now())
+            self.control.force_leave(name, self.now(), prune=prune)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        return {"name": name, "status": "left"}
+        return {"name": name, "status": "left", "pruned": prune}
 
 
 MAX_WAIT_SECONDS = 3600.0  # a control command never waits longer than an hour

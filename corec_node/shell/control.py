@@ -96,6 +96,13 @@ def addresses(value: Any) -> list[str]:
     return list(value)
 
 
+def flag(value: Any) -> bool:
+    """true or false."""
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
 def cursor(value: Any) -> int:
     """A log cursor: a line number, or -1 for "from now on"."""
     if not isinstance(value, int) or isinstance(value, bool) or value < -1:
@@ -121,7 +128,7 @@ PARAMS: dict[str, dict[str, Param]] = {
     "blocks": {"channel": Param(channel)},
     "join": {"addrs": Param(addresses, required=True), "wait": Param(seconds(MAX_WAIT_SECONDS))},
     "leave": {"spread": Param(seconds(MAX_SPREAD_SECONDS))},
-    "force-leave": {"name": Param(member_name, required=True)},
+    "force-leave": {"name": Param(member_name, required=True), "prune": Param(flag)},
     "recover-voters": {"names": Param(member_names, required=True)},
     "logs": {"node": Param(cursor), "mesh": Param(cursor)},  # one cursor per process of the node
 }

@@ -285,10 +285,10 @@ class ControlPlane:
         mark_left(self.data_dir)  # before the news goes out: a restart does not rejoin by itself
         self.apply(self.core.leave(now))
 
-    def force_leave(self, name: str, now: float) -> None:
-        """ValueError when the member is not dead."""
+    def force_leave(self, name: str, now: float, *, prune: bool = False) -> None:
+        """ValueError when the member is not dead (or, with ``prune``, not dead or left)."""
         assert self.core is not None
-        self.apply(self.core.force_leave(name, now))
+        self.apply(self.core.force_leave(name, now, prune=prune))
 
     def recover_voters(self, names: list[str], now: float) -> dict[str, Any]:
         """Rewrite the voter configuration on this survivor (ValueError: why not)."""

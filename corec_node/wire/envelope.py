@@ -62,7 +62,7 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 8
+PROTOCOL_MINOR = 9
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
@@ -436,7 +436,7 @@ _ADDR = _Addr()
 _DIGEST = _Str(32, empty=True, printable=True, spec="digest")
 _MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, status=_Status(),
                   version=_LABEL, protocol=_LABEL, features=_Array(_NAME, limits.MAX_FEATURES), data=_ADDR,
-                  tags=_Array(_NAME, limits.MAX_TAGS))
+                  tags=_Array(_NAME, limits.MAX_TAGS), pruned=_BOOL)
 _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
 _VOTERS = _Array(_Struct(Voter, name=_NAME, addr=_ADDR), limits.MAX_VOTERS)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)

@@ -65,6 +65,7 @@ class MemberState:
     features: tuple[str, ...] = ()  # since 1.3: what it supports that changes the wire
     data: str = ""  # since 1.5: "host:port" of its data (producer) socket; "" none
     tags: tuple[str, ...] = ()  # since 1.8: "key=value" labels from its config (node.tags), for people and plugins
+    pruned: bool = False  # since 1.9: with status left, an operator's force-leave --prune: forget it now
 
 
 # -- membership (SWIM + Lifeguard) ----------------------------------------------------

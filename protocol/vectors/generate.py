@@ -427,6 +427,12 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
                                  ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring"),
                                  "10.0.0.7:7948", ("role=gateway", "zone=eu-1")),)),
      _hdr("pi-7", 12, "corec"), None),
+    ("gossip_pruned", ("a 1.9 node gossips an operator's force-leave --prune: the member left at the "
+     "incarnation it died with, and every receiver not holding a higher one forgets it now"),
+     Gossip(updates=(MemberState("pi-3", "10.0.0.3:7946", "10.0.0.3:7947", 4, MemberStatus.LEFT, "0.1.0", "1.8",
+                                 ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring"),
+                                 "10.0.0.3:7948", (), True),)),
+     _hdr("pi-1", 31, "corec"), None),
     ("placement_request", ("a producer asks the node it was given for the placement map: no map held yet, "
      "so no epoch (an empty body); q from the producer's one counter"),
      PlacementRequest(), _hdr("client-gw1-4242", 1, "corec"), None),

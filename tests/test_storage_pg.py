@@ -526,6 +526,40 @@ async def test_postgres_migrations_from_empty_rerun_and_too_new(pg_dsn, pg_schem
     assert pg_schema in msg and "99" in msg and str(len(CORE_POSTGRES)) in msg and "PostgreSQL" in msg
 
 
+async def test_views_name_blocks_as_the_cli_does_and_every_column_is_described(tmp_path, pg_dsn, pg_schema, pg):
+    a = await LocalStore.open(tmp_path / "a.db", node="a")
+    block = 3 << 32 | 17
+    await a.record_tick([{**dict(zip(COLS, (block, 3, "a", 9, 4, 3, 2.5, 1.0, 4.0, 1.1, 0.25, 0.6))), "epoch": 2}], NOW)
+    await a.add_alert("hot", "too hot", severity="warning", block=block)
+    await a.add_alert("cold", "no block")
+    syncer = Syncer(a, pg_dsn, schema=pg_schema)
+    await syncer.flush()
+    await syncer.stop()
+    await a.close()
+    s = f'"{pg_schema}"'
+    row = await pg.fetchrow(f"SELECT channel, block_index, name, owner, epoch, mean FROM {s}.blocks")
+    assert tuple(row) == (3, 17, "3:17", "a", 2, 2.5)
+    row = await pg.fetchrow(f"SELECT channel, block_index, name, tick FROM {s}.history")
+    assert tuple(row) == (3, 17, "3:17", 9)
+    alerts = {r["kind"]: tuple(r)[1:] for r in await pg.fetch(f"SELECT kind, channel, block_index, name FROM {s}.block_alerts")}
+    assert alerts == {"hot": (3, 17, "3:17"), "cold": (None, None, None)}
+    # \d+ shows a description of every table, view and column a user reads
+    relations = await pg.fetch(
+        "SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition "
+        "AND c.relname <> 'schema_migrations'", pg_schema)
+    assert {r["relname"] for r in relations} >= {"blocks", "history", "block_alerts", "block_state", "block_history"}
+    undescribed = []
+    for rel in relations:
+        if await pg.fetchval("SELECT obj_description($1, 'pg_class')", rel["oid"]) is None:
+            undescribed.append(rel["relname"])
+        for col in await pg.fetch("SELECT attnum, attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 "
+                                  "AND NOT attisdropped", rel["oid"]):
+            if await pg.fetchval("SELECT col_description($1, $2)", rel["oid"], col["attnum"]) is None:
+                undescribed.append(f"{rel['relname']}.{col['attname']}")
+    assert undescribed == []
+
+
 async def test_syncer_refuses_a_too_new_schema(store, pg_dsn, pg_schema, pg):
     await (await PostgresSync.connect(pg_dsn, schema=pg_schema)).close()
     await pg.execute(f'INSERT INTO "{pg_schema}".schema_migrations (version, description) VALUES (99, \'future\')')

@@ -235,6 +235,129 @@ CREATE TABLE placement (
 """),
 ]
 
+# For people who write SQL (migration 3): the block id split as the CLI shows it
+# (CHANNEL:INDEX), and every table, view and column described where psql's \d+ and any
+# SQL tool show it. Part of a released migration: append new wording in a new one.
+_VIEWS_SQL = """
+CREATE VIEW {s}.blocks AS
+SELECT block, channel, (block & 4294967295) AS block_index,
+       channel::text || ':' || (block & 4294967295)::text AS name,
+       owner, epoch, tick, count, active, mean, min, max, std, error_rate, fitness, updated_at
+FROM {s}.block_state;
+CREATE VIEW {s}.history AS
+SELECT ts, block, channel, (block & 4294967295) AS block_index,
+       channel::text || ':' || (block & 4294967295)::text AS name,
+       owner, tick, count, active, mean, min, max, std, error_rate, fitness
+FROM {s}.block_history;
+CREATE VIEW {s}.block_alerts AS
+SELECT uid, ts, node, kind, severity, block, (block >> 32) AS channel, (block & 4294967295) AS block_index,
+       (block >> 32)::text || ':' || (block & 4294967295)::text AS name, message, details
+FROM {s}.alerts;
+"""
+
+_DESCRIBED = {  # relation: (what it is, {column: what it holds})
+    "block_state": ("the latest aggregate row of each block, written by the node that owns it (a row from "
+                    "a newer placement epoch replaces an older one); read it through the view blocks", {}),
+    "block_history": ("one aggregate row per block and tick, append only, partitioned by day on ts, written "
+                      "by the block's owner; read it through the view history", {}),
+    "blocks": ("the latest row of each block with its channel, index and name (CHANNEL:INDEX, as corec-node "
+               "blocks shows it)", {}),
+    "history": ("block_history with channel, index and name; filter on ts to read only the days you need", {}),
+    "members": ("each member as the nodes last reported it; (inc, rank) only grows, so a late report never "
+                "undoes a newer one", {
+                    "name": "member name (node.name of its config)",
+                    "addr": "host:port of its direct (ROUTER) socket",
+                    "pub": "host:port of its PUB socket",
+                    "inc": "incarnation: only the member itself raises it, to refute a suspicion",
+                    "status": "alive, suspect, dead or left",
+                    "rank": "status as a number: alive 0, suspect 1, dead 2, left 3",
+                    "reported_by": "the node whose view this row is",
+                    "updated_at": "when that node reported it (its wall clock)"}),
+    "alerts": ("alerts raised by nodes and plugins, one row each; read them with block names through the "
+               "view block_alerts", {}),
+    "block_alerts": ("alerts with the channel, index and name of their block (NULL: an alert about no block)", {}),
+    "audit": ("every repair, fusion, leader change, placement change and voter change, with its reason", {
+        "uid": "unique id of the row (a replay writes it once)",
+        "ts": "when it happened (the wall clock of the node that wrote it)",
+        "node": "member name of the node that decided or saw it",
+        "kind": "what happened: repair, fusion, leader, placement, voters, ...",
+        "subject": "what it is about: a block, a member, the voter set",
+        "reason": "why, in words",
+        "term": "election term of the nucleus that decided it (NULL: not a nucleus decision); a term "
+                "older than the highest seen is refused",
+        "details": "the figures behind it, as JSON"}),
+    "nucleus": ("one row: the current nucleus (leader) and its term, written by the leader only, so give "
+                "every voter a DSN", {
+                    "id": "always 1: the table has one row",
+                    "term": "election term of the leader",
+                    "leader": "member name of the leader (NULL: none yet)",
+                    "updated_at": "when the leader wrote it"}),
+    "placement": ("block -> owner as the nucleus last placed it, written by the leader only, fenced by its "
+                  "term", {
+                      "owner": "member name of the node the nucleus placed the block on",
+                      "term": "election term of the nucleus that placed it",
+                      "updated_at": "when the nucleus wrote it"}),
+}
+_BLOCK_COLUMNS = {  # the columns the block tables, their views and the alerts share
+    "block": "block id: channel << 32 | index (the views split it; the CLI shows CHANNEL:INDEX)",
+    "channel": "channel 0-255 the block belongs to",
+    "block_index": "the block's index within its channel",
+    "name": "CHANNEL:INDEX, as corec-node blocks names the block",
+    "owner": "member name of the node that owned the block and wrote the row",
+    "epoch": "placement epoch the owner acted on: a row of a newer map replaces an older one, whatever the clocks say",
+    "tick": "the owner's tick number (one more each engine tick of that owner)",
+    "count": "entities held in the block, erroring ones included",
+    "active": "how many of them are active (mean, min, max and std are over these)",
+    "mean": "mean of the active entities' values at the tick (NULL: no active entity)",
+    "min": "smallest active value at the tick",
+    "max": "largest active value at the tick",
+    "std": "population standard deviation of the active values at the tick",
+    "error_rate": "share of the block's entities whose last report was an error, 0-1 (the CLI's ERRORS column)",
+    "fitness": "health 0-1: active share x (1 - error_rate) x stability (dispersion can at most halve it); "
+               "repair and fusion act on it",
+    "updated_at": "the owner's wall clock at the tick (shown, never used to order rows)",
+    "ts": "the wall clock at the tick (the history's partition key) or when the alert was raised",
+    "uid": "unique id of the row (a replay writes it once)",
+    "node": "member name of the node that raised it",
+    "kind": "what kind of alert (blocks_lost, audit_anomaly, a plugin's own kind, ...)",
+    "severity": "as the raiser set it (plugins: info, warning or critical)",
+    "message": "the alert in words",
+    "details": "what the raiser attached, as JSON",
+}
+_COLUMNS = {
+    "block_state": ("block", "channel", "owner", "tick", "count", "active", "mean", "min", "max", "std",
+                    "error_rate", "fitness", "updated_at", "epoch"),
+    "block_history": ("ts", "block", "owner", "tick", "channel", "count", "active", "mean", "min", "max",
+                      "std", "error_rate", "fitness"),
+    "blocks": ("block", "channel", "block_index", "name", "owner", "epoch", "tick", "count", "active", "mean",
+               "min", "max", "std", "error_rate", "fitness", "updated_at"),
+    "history": ("ts", "block", "channel", "block_index", "name", "owner", "tick", "count", "active", "mean",
+                "min", "max", "std", "error_rate", "fitness"),
+    "alerts": ("uid", "ts", "node", "kind", "severity", "block", "message", "details"),
+    "block_alerts": ("uid", "ts", "node", "kind", "severity", "block", "channel", "block_index", "name",
+                     "message", "details"),
+    "placement": ("block",),
+}
+_VIEWS = ("blocks", "history", "block_alerts")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _comments_sql() -> str:
+    """COMMENT statements for every relation and column of ``_DESCRIBED``."""
+    out = []
+    for rel, (what, columns) in _DESCRIBED.items():
+        kind = "VIEW" if rel in _VIEWS else "TABLE"
+        out.append(f"COMMENT ON {kind} {{s}}.{rel} IS {_literal('CoreC: ' + what)};")
+        for col in _COLUMNS.get(rel, ()):
+            out.append(f"COMMENT ON COLUMN {{s}}.{rel}.{col} IS {_literal(_BLOCK_COLUMNS[col])};")
+        for col, text in columns.items():
+            out.append(f"COMMENT ON COLUMN {{s}}.{rel}.{col} IS {_literal(text)};")
+    return "\n".join(out) + "\n"
+
+
 CORE_POSTGRES: list[Migration] = [
     Migration(1, "core tables", """
 CREATE TABLE {s}.block_state (
@@ -319,4 +442,5 @@ CREATE TABLE {s}.placement (
     Migration(2, "block_state placement epoch", """
 ALTER TABLE {s}.block_state ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0
 """),
+    Migration(3, "views with block names, comments", _VIEWS_SQL + _comments_sql()),
 ]

@@ -390,31 +390,50 @@ class _Counts(_Kind):
         return self.load(out)
 
 
-class _Row(_Kind):
-    """A row of Aggregates.rows or FusionPlan.fusions: a flat map of key -> nil/bool/int/float/str."""
+_ROW_KEY_CACHE_MAX = 1024  # column names repeat in every row of every tick: validate each once
 
-    __slots__ = ()
+
+class _Row(_Kind):
+    """A row of Aggregates.rows or FusionPlan.fusions: a flat map of key -> nil/bool/int/float/str.
+
+    Every node decodes every owner's rows each tick, so this is on a hot path: column names
+    already validated are remembered (as _Addr remembers addresses), and a value is checked
+    by its type alone unless it is text."""
+
+    __slots__ = ("_keys",)
     spec = "row map"
-    _VALUE_TYPES = (type(None), bool, int, float, str)
+    _VALUE_TYPES = frozenset((type(None), bool, int, float))
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
 
     def load(self, value: Any) -> dict[str, Any]:
         if type(value) is not dict:
             raise _expected(self.spec, value)
         if len(value) > limits.MAX_ROW_KEYS:
             raise _Bad("too_large", f"{len(value)} keys > {limits.MAX_ROW_KEYS}")
+        known, plain = self._keys, self._VALUE_TYPES
         for key, item in value.items():
+            if type(key) is not str or key not in known:
+                self._key(key)
+            kind = type(item)
+            if kind in plain:
+                continue
             try:
-                _ROW_KEY.load(key)
-            except _Bad as exc:
-                raise exc.at(" (a key)") from None
-            try:
-                if type(item) not in self._VALUE_TYPES:
+                if kind is not str:
                     raise _expected("nil, bool, int, float or str", item)
-                if type(item) is str:
-                    _TEXT.load(item)
+                _TEXT.load(item)
             except _Bad as exc:
                 raise exc.at(f".{key}") from None
         return value
+
+    def _key(self, key: Any) -> None:
+        try:
+            _ROW_KEY.load(key)
+        except _Bad as exc:
+            raise exc.at(" (a key)") from None
+        if len(self._keys) < _ROW_KEY_CACHE_MAX:
+            self._keys.add(key)
 
     def dump(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):

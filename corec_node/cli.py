@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 1 when none of the --join peers answers within mesh.join_timeout (30 s)")
     run.add_argument("--profile", choices=("lan", "edge", "test"), help="timer profile")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--console", metavar="HOST:PORT",
+                     help="serve the read-only web console there (console.listen; default off); a port alone "
+                          "binds loopback (127.0.0.1): it has no login, so keep it on loopback unless you mean to share it")
     run.set_defaults(func=cmd_run)
 
     join = sub.add_parser("join", help="ask the local node to join a peer's cluster")
@@ -544,6 +547,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "mesh.join": args.join,
         "mesh.join_required": args.join_required,
         "mesh.profile": args.profile,
+        "console.listen": args.console,
     })
     from corec_node import log
     from corec_node.shell.curve import SecurityError

@@ -139,6 +139,21 @@ class MetricsSection:
     listen: str = ""  # Prometheus exposition "host:port"; empty: off
 
 
+CONSOLE_HOST = "127.0.0.1"  # a console given only a port binds loopback: it has no login
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSection:
+    listen: str = ""  # the read-only web console, "host:port" or a port alone (loopback); empty: off
+
+
+def console_addr(listen: str) -> tuple[str, int]:
+    """``console.listen`` as (host, port): a port alone is loopback's; ValueError if neither."""
+    if listen.isascii() and listen.isdigit():
+        listen = join_addr(CONSOLE_HOST, int(listen))
+    return split_addr(listen)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
@@ -148,6 +163,7 @@ class Config:
     plugins: PluginsSection = field(default_factory=PluginsSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
     # per-plugin settings tables ([plugin.NAME]); validated by each plugin at load
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
@@ -215,6 +231,7 @@ SECTIONS: dict[str, type] = {
     "plugins": PluginsSection,
     "security": SecuritySection,
     "metrics": MetricsSection,
+    "console": ConsoleSection,
 }
 
 
@@ -352,6 +369,11 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
                 split_addr(addr)
             except ValueError:
                 raise fail(key, "host:port", addr) from None
+    if config.console.listen:
+        try:
+            console_addr(config.console.listen)
+        except ValueError:
+            raise fail("console.listen", "host:port, or a port alone for 127.0.0.1", config.console.listen) from None
     for peer in config.mesh.join:
         try:
             split_addr(peer)

@@ -1,6 +1,7 @@
 """``corec-node demo``: the whole product in a minute, on loopback.
 
-Starts three real node processes in a temporary directory, joins them, streams synthetic
+Starts three real node processes in a temporary directory, each serving the web console on
+loopback (the URL is printed: watch the failover there), joins them, streams synthetic
 entities into them (and keeps streaming), prints a live summary, SIGKILLs the leader,
 shows the failover and the dead leader's blocks rebuilt by the survivors, restarts it and
 shows its blocks handed back, and stops everything. Exit 0 when the cluster behaved as it
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from corec_node.testing.cluster import Cluster, NodeProc, eventually, voters_agree
+from corec_node.config import CONSOLE_HOST
+from corec_node.testing.cluster import Cluster, NodeProc, eventually, free_port, voters_agree
 
 NAMES = ("alpha", "beta", "gamma")
 
@@ -106,8 +108,10 @@ def run_demo(say: Callable[[str], None] = print, keep: bool = False) -> int:
     ok = True
     try:
         say(f"starting {len(NAMES)} nodes in {root}")
-        nodes = [cluster.start(NAMES[0])]
-        nodes += [cluster.start(name, join=[nodes[0].addr]) for name in NAMES[1:]]
+        consoles = {name: free_port() for name in NAMES}  # every node serves the web console, on loopback
+        nodes = [cluster.start(NAMES[0], args=["--console", f"{CONSOLE_HOST}:{consoles[NAMES[0]]}"])]
+        nodes += [cluster.start(name, join=[nodes[0].addr], args=["--console", f"{CONSOLE_HOST}:{consoles[name]}"])
+                  for name in NAMES[1:]]
         for n in nodes:
             n.wait_ready()
         eventually(lambda: all(n.ctl("status")["members"].get("alive") == len(NAMES) for n in nodes), 20,
@@ -116,6 +120,8 @@ def run_demo(say: Callable[[str], None] = print, keep: bool = False) -> int:
         leader = eventually(lambda: _agreed_leader(nodes), 20, message="one agreed leader")
         say(f"cluster formed: {len(NAMES)} members alive and voting, nucleus leader {leader}")
         entry = next(n for n in nodes if n.name != leader)  # the producer keeps its node through the failover
+        say(f"web console: http://{CONSOLE_HOST}:{consoles[entry.name]}/ (served by {entry.name}, which stays up; "
+            + ", ".join(f"{n} on port {p}" for n, p in consoles.items() if n != entry.name) + ")")
         say(f"streaming synthetic entities into {entry.name} (2 channels, {ENTITIES:,} entities, each every 50 ms or so)")
         producer = _Producer(entry.addr).start()
         eventually(lambda: _held(nodes, producer) == ENTITIES, 20, message="every entity stored")

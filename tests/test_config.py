@@ -108,3 +108,26 @@ def test_node_tags_are_key_value_pairs_named_in_the_error(tmp_path):
             load_config(path)
         assert "node.tags" in str(err.value) and str(path) in str(err.value)
     assert load_config(None, env={"COREC_NODE_TAGS": "role=pi,site=b"}).node.tags == ("role=pi", "site=b")
+
+
+def test_console_is_off_by_default_and_a_port_alone_is_loopback(tmp_path):
+    from corec_node.config import console_addr
+
+    assert load_config(env={}).console.listen == ""  # off
+    path = write(tmp_path, '[console]\nlisten = "8500"\n')
+    assert console_addr(load_config(path, env={}).console.listen) == ("127.0.0.1", 8500)
+    config = load_config(path, env={"COREC_CONSOLE_LISTEN": "[::1]:8600"})
+    assert console_addr(config.console.listen) == ("::1", 8600)
+    assert load_config(path, env={}, overrides={"console.listen": "0.0.0.0:8700"}).console.listen == "0.0.0.0:8700"
+
+
+@pytest.mark.parametrize("value", ['"nowhere"', '"127.0.0.1:0"', '"99999"', '"127.0.0.1:http"', "8500"])
+def test_bad_console_listen_names_the_key_and_the_file(tmp_path, value):
+    path = write(tmp_path, f"[console]\nlisten = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.key == "console.listen"
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"COREC_CONSOLE_LISTEN": "nowhere"})
+    assert info.value.source == "COREC_CONSOLE_LISTEN" and info.value.key == "console.listen"

@@ -32,11 +32,13 @@ from typing import Any
 import zmq
 
 from corec_node import __version__, log
-from corec_node.config import Config, join_addr
+from corec_node.config import Config, console_addr, join_addr
 from corec_node.engine.audit import Auditor
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
 from corec_node.shell.commands import ControlCommands, Identity
+from corec_node.shell.console import ConsoleServer
+from corec_node.shell.console_feed import ConsoleFeed
 from corec_node.shell.control import ControlServer
 from corec_node.shell.control_plane import ClusterView
 from corec_node.shell.curve import CurveConfig, reload_keys
@@ -112,6 +114,7 @@ class Node:
         self.syncer: Any = None  # storage.Syncer when a PostgreSQL DSN is set (loaded on demand)
         self.metrics_server: MetricsServer | None = None
         self.control_server: ControlServer | None = None
+        self.console_server: ConsoleServer | None = None
         # loads, validates and configures every plugin now: a PluginError is a ConfigError (exit 2)
         self.plugins = PluginManager(config, on_alert=self._publish_alert).load()
         self.data = DataPlane(
@@ -223,6 +226,8 @@ class Node:
                 await self.mesh.stop()
                 await self._close_storage()
                 raise PortUnusable(f"cannot bind {cfg.metrics.listen} (metrics.listen): {exc.strerror}") from None
+        if cfg.console.listen:
+            await self._start_console(cfg.console.listen)
         self.control_server = ControlServer(cfg.control_path, self.commands.table())
         await self.control_server.start()
         await self.plugins.startup(self)
@@ -239,8 +244,30 @@ class Node:
             await self._shutdown(tasks)
         return self.exit_code
 
+    async def _start_console(self, listen: str) -> None:
+        """The web console (console.py), answered by the CLI's own command handlers."""
+        host, port = console_addr(listen)
+        feed = ConsoleFeed(self.commands.table(), lambda: self.recorder.store,
+                           extra=lambda: self.console_server.stats() if self.console_server else {})
+        self.console_server = ConsoleServer(feed, host, port)
+        try:
+            await self.console_server.start()
+        except OSError as exc:
+            self.console_server = None
+            log.event("console_bind_failed", logging.ERROR, listen=listen, error=str(exc))
+            await self.mesh.stop()
+            await self.datasock.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+            await self._close_storage()
+            # asyncio's strerror repeats the address; a name that does not resolve has a negative errno
+            cause = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            raise PortUnusable(f"cannot bind {join_addr(host, port)} (console.listen): {cause}") from None
+
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self.notifier.stopping()
+        if self.console_server is not None:  # first: its viewers ask the mesh process
+            await self.console_server.close()
         for task in tasks:
             task.cancel()
             try:

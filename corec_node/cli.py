@@ -20,6 +20,7 @@ from corec_node import __version__
 from corec_node.config import Config, ConfigError, load_config
 from corec_node.render import (  # the text of each command's answer
     render_blocks,
+    render_genome,
     render_leader,
     render_members,
     render_members_detailed,
@@ -109,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--channel", type=int, help="only this channel")
     blocks.add_argument("--json", action="store_true", help="print JSON")
     blocks.set_defaults(func=cmd_blocks)
+
+    genome = sub.add_parser("genome", help="a block's genome, lineage and shadow trials")
+    _common(genome)
+    genome.add_argument("block", metavar="BLOCK", help="CHANNEL:INDEX, as blocks shows it (or the integer id)")
+    genome.add_argument("--json", action="store_true", help="print JSON")
+    genome.set_defaults(func=cmd_genome)
 
     plugins = sub.add_parser("plugins", help="plugins of the running node (source, hooks, state, faults); with "
                                               "no node running, the plugins a node with this config would load")
@@ -416,6 +423,7 @@ def name_blocks(rows: list[dict[str, Any]], _args: argparse.Namespace | None = N
 
 
 cmd_blocks = _client("blocks", render_blocks, shape=name_blocks, channel=lambda a: a.channel)
+cmd_genome = _client("genome", render_genome, block=lambda a: int(a.block) if a.block.isdigit() else a.block)
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
                    addrs=lambda a: a.peers, wait=lambda a: a.timeout)
 cmd_force_leave = _client(

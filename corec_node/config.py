@@ -94,6 +94,7 @@ class EngineSection:
     ttl: tuple[str, ...] = ()  # "CHANNEL:SECONDS": entities of the channel not written for that long expire
     memory_limit_mb: float = 0.0  # past 90 % of it (RSS of the node's processes) no new blocks are taken; 0: the cgroup's MemoryMax, if any
     audit: bool = True  # IsolationForest over block rows (loads scikit-learn: about 85 MB a node); false on small devices
+    evolve_every: int = 60  # ticks between two evolution plans of the nucleus (challenger genomes run in shadow); 0: none
 
 
 def ttl_seconds(entries: tuple[str, ...]) -> dict[int, int]:
@@ -430,6 +431,8 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
                    config.engine.memory_limit_mb)
     if config.engine.tick_rows <= 0:
         raise fail("engine.tick_rows", "a positive number of rows", config.engine.tick_rows)
+    if config.engine.evolve_every < 0:
+        raise fail("engine.evolve_every", "a number of ticks (0: no evolution)", config.engine.evolve_every)
     if config.engine.block_size <= 0:
         raise fail("engine.block_size", "a positive integer", config.engine.block_size)
     if not 0 <= config.engine.max_errors <= 1:

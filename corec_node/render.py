@@ -107,18 +107,46 @@ def render_blocks(rows: list[dict[str, Any]]) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     cells = [["BLOCK", "CHANNEL", "OWNER", "REPLICAS", "COUNT", "ACTIVE", "MEAN", "MIN", "MAX", "STD", "ERRORS",
-              "FITNESS", "TICK"]]
+              "FITNESS", "FORECAST", "F.ERR", "GEN", "TICK"]]
     for r in rows:
         cells.append([f"{r['channel']}:{r['block'] & 0xFFFFFFFF}", str(r["channel"]), r["owner"],
                       ",".join(r.get("replicas") or ()) or "-", str(r["count"]),
                       str(r["active"]), f(r["mean"]), f(r["min"]), f(r["max"]), f(r["std"]), f(r.get("error_rate")),
-                      f(r["fitness"]), str(r["tick"])])
+                      f(r["fitness"]), f(r.get("forecast")), f(r.get("forecast_error")),
+                      str(r.get("generation", "-")), str(r["tick"])])
     total = sum(r["count"] for r in rows)
     footer = f"\n{len(rows)} blocks, {total} entities"
     if rows and "epoch" in rows[0]:  # what the answer is made of: compare it between nodes
         owners = ", ".join(sorted({r["owner"] for r in rows}))
         footer += f"; map epoch {rows[0]['epoch']}, rows from {owners}, latest tick {max(r['tick'] for r in rows)}"
     return table(cells) + footer
+
+
+def render_genome(r: dict[str, Any]) -> str:
+    """``genome BLOCK``: the genome, where it came from, and the trials run on it here."""
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    g = r["genome"]
+    lines = [f"block {r['name']} (owner {r['owner'] or '-'}; {'held here' if r['held_here'] else 'not held here'})"]
+    if g is None:
+        lines.append("genome: not heard yet")
+    else:
+        parents = ", ".join(g["parents"]) or "none (a first genome)"
+        lines.append(f"genome {g['id']}, generation {g['generation']}, parents: {parents}")
+        meaning = {row["gene"]: row for row in r.get("genes", ())}
+        lines.append(table([["GENE", "VALUE", "RANGE", "EVOLVES"]] + [
+            [k, str(v), str(meaning.get(k, {}).get("range", "")), "yes" if meaning.get(k, {}).get("evolves") else "no"]
+            for k, v in g["params"].items()]))
+    lines.append(f"mean {f(r['mean'])}, forecast {f(r['forecast'])}, forecast error {f(r['forecast_error'])} "
+                 f"(against naive; below 1 is better), fitness {f(r['fitness'])}, tick {r['tick'] if r['tick'] is not None else '-'}")
+    if r["trials"]:
+        lines.append(table([["KIND", "CURRENT", "CHALLENGER", "CURRENT ERR", "CHALLENGER ERR", "TICKS"]] + [
+            [t["kind"], t.get("current", "-"), t.get("challenger", "-"), f(t.get("current_mase")),
+             f(t.get("challenger_mase")), str(t.get("judged", "-"))] for t in r["trials"]]))
+    else:
+        lines.append("no shadow trials run here (the block's owner runs them)")
+    return "\n".join(lines)
 
 
 def render_plugins(rows: list[dict[str, Any]], view: str = "node", note: str = "") -> str:

@@ -46,6 +46,12 @@ BAD = [
     ("logs", {"mesh": "0"}, "mesh"),
     ("logs", {"node": True}, "node"),
     ("logs", {"since": 0}, "since"),
+    ("genome", {}, "block"),
+    ("genome", {"block": "1"}, "block"),
+    ("genome", {"block": "256:1"}, "block"),
+    ("genome", {"block": -1}, "block"),
+    ("genome", {"block": True}, "block"),
+    ("force-leave", {"name": "a", "prune": "yes"}, "prune"),
 ]
 
 
@@ -65,10 +71,15 @@ def test_check_names_the_parameter(cmd, params, culprit):
     ("status", {}), ("members", {}), ("leader", {}), ("voters", {}), ("plugins", {}), ("leave", {}),
     ("blocks", {"channel": None}), ("blocks", {"channel": 2}),  # what the CLI sends, with and without --channel
     ("join", {"addrs": ["127.0.0.1:7400", "[::1]:7400"], "wait": 5.0}),
-    ("force-leave", {"name": "node-b"}), ("recover-voters", {"names": ["a", "b"]}), ("leave", {"spread": 0}),
+    ("force-leave", {"name": "node-b"}), ("force-leave", {"name": "node-b", "prune": True}),
+    ("genome", {"block": 4294967300}), ("recover-voters", {"names": ["a", "b"]}), ("leave", {"spread": 0}),
 ])
 def test_what_the_cli_sends_passes(cmd, params):
     assert check_params(cmd, params) == {"cmd": cmd, **params}
+
+
+def test_a_block_is_named_as_blocks_shows_it_or_by_its_id():
+    assert check_params("genome", {"block": "1:4"}) == {"cmd": "genome", "block": 1 << 32 | 4}
 
 
 def _snapshot(a, b) -> dict:

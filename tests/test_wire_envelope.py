@@ -23,13 +23,16 @@ from corec_node.wire import (
     Aggregates,
     Alert,
     BatchReply,
+    CopyDone,
     EntityBatch,
     Envelope,
+    EvolutionPlan,
     Flow,
     FusionPlan,
     Gossip,
     Heartbeat,
     HeartbeatAck,
+    Learners,
     MemberState,
     MemberStatus,
     MsgType,
@@ -39,12 +42,10 @@ from corec_node.wire import (
     PingReq,
     Placement,
     PlacementRequest,
+    Ready,
     SeqEvent,
     SequenceCounter,
     SequenceHandoff,
-    CopyDone,
-    Ready,
-    Learners,
     SequenceTracker,
     StatePush,
     StateReply,
@@ -129,6 +130,7 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
                                  records=st.integers(0, limits.MAX_BATCH_RECORDS)),
     MsgType.READY: st.builds(Ready, digest=st.sampled_from(["", "e78319b292e39e89"])),
     MsgType.LEARNERS: st.builds(Learners, term=u64, names=st.lists(names, max_size=6).map(tuple)),
+    MsgType.EVOLUTION_PLAN: st.builds(EvolutionPlan, term=u64, challenges=rows),
 }
 
 
@@ -206,7 +208,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 9, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 10, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}

@@ -46,6 +46,11 @@ Ownership rules:
    alone exceed the budget) and fills what is left of the budget with a rotating share of
    the unchanged ones, so each row is refreshed every ``blocks / tick_rows`` ticks at
    least. A new placement epoch makes every block changed (its rows must carry the epoch).
+8. Adaptive blocks (``engine/adaptive.py``). Each tick, before any row is made, every
+   block held (owned or replicated) feeds its mean to its forecaster and its shadow trial;
+   rows carry the forecast, its scaled error, the genome's generation and id (and now and
+   then the whole genome); a row from another owner that carries a genome teaches it to
+   this node, and a holder that is not the owner takes it.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ from corec_node.engine import (
     plan_fusions,
     repair,
 )
+from corec_node.engine.adaptive import SPEC_KEY, AdaptiveBlocks
+from corec_node.engine.audit import AuditRecord
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
 from corec_node.engine.placement import (
     RENDEZVOUS,
@@ -128,6 +135,8 @@ class EngineHost:
         self.fusions = 0
         self._owned_key: tuple[Any, ...] = ()
         self._owned_memo: dict[int, bool] = {}
+        self.adaptive = AdaptiveBlocks()  # genomes, forecasts and trials of the blocks held (rule 8)
+        self.adaptive_records: list[AuditRecord] = []  # trial verdicts of the last tick, for the shell
 
     # -- membership -------------------------------------------------------------------
 
@@ -452,6 +461,10 @@ class EngineHost:
         owned = np.array(self._owned_blocks(blocks[starts].tolist()), dtype=bool)
         return np.repeat(owned, np.diff(np.append(starts, len(blocks))))
 
+    def owns(self, block: int) -> bool:
+        """Whether this node owns ``block`` (its fusion root) under the adopted map."""
+        return bool(self._owned(self.store.fusions.resolve(np.array([block], np.int64)))[0])
+
     def _owned(self, blocks: np.ndarray) -> np.ndarray:
         mine = self.placement.owners(blocks) == self._my_index
         if self._pending is not None and self.name in self._pending.members:
@@ -520,6 +533,7 @@ class EngineHost:
         """One engine tick: this node's block rows (for publishing) and the repairs made."""
         self.tick_no += 1
         aggs = aggregate(self.store, self.tick_no)
+        self.adaptive_records = self.adaptive.step(aggs["block"], aggs["mean"], self.tick_no)  # rule 8
         if self.copies > 1 or self.placement.learners:  # rows and repairs of the blocks we own (rule 3)
             aggs = aggs[self._owned(self.store.fusions.resolve(aggs["block"]))]
         records = repair(self.store, aggs, max_errors=self.max_errors)
@@ -528,6 +542,7 @@ class EngineHost:
         aggs = self._with_emptied(aggs)
         rows = aggregate_rows(aggs, owner=self.name, nan_as_none=True)
         self._stamp_epochs(rows, aggs["block"])
+        self.adaptive.annotate(rows, self.tick_no)
         self.observe_rows(self.name, rows)
         return rows, records
 
@@ -597,8 +612,11 @@ class EngineHost:
     def observe_rows(self, owner: str, rows: Iterable[dict[str, Any]]) -> None:
         """An owner's rows of one tick (ours too); their epochs raise ours (rule 6)."""
         top = self.epoch
+        theirs = owner != self.name
         for row in rows:
             row["owner"] = owner
+            if theirs and SPEC_KEY in row:  # rule 8: a genome the cluster now knows
+                self.adaptive.observe_row(row, ours=self.owns(int(row["block"])))
             if row.get("count") == 0:  # the block was emptied (deletes, a TTL): shown no more
                 self.rows.pop(int(row["block"]), None)
             else:

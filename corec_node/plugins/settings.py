@@ -14,7 +14,6 @@ from typing import Any
 
 from corec_node.config import ConfigError
 
-
 # -- errors ---------------------------------------------------------------------------------
 
 

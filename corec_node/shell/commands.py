@@ -80,7 +80,7 @@ class ControlCommands:
 
     def table(self) -> dict[str, Command]:
         table: dict[str, Command] = {"status": self.status, "blocks": self.blocks, "plugins": self.plugin_list,
-                                     "logs": self.logs}
+                                     "logs": self.logs, "genome": self.genome}
         for name in MESH_COMMANDS:
             table[name] = self._forward(name)
         return table
@@ -129,8 +129,44 @@ class ControlCommands:
         channel = req.get("channel")
         if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
             raise CommandError("channel must be an integer")
+        from corec_node.engine.adaptive import (
+            SPEC_KEY,  # the node process has it; the mesh process needs none
+        )
+
         epoch = self.data.engine.epoch  # the map the answer was made under, on every row
-        return [{**row, "epoch": epoch} for row in self.data.engine.rows_with_holders(channel)]
+        # a genome's whole spec rides some rows (engine/adaptive.py rule 4): `genome BLOCK` shows it
+        return [{**{k: v for k, v in row.items() if k != SPEC_KEY}, "epoch": epoch}
+                for row in self.data.engine.rows_with_holders(channel)]
+
+
+    async def genome(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``corec-node genome BLOCK``: the block's genome as this node knows it (every node
+        learns every block's genome from its owner's rows), its row, and the shadow trials
+        this node ran on it as its owner (the audit rows, oldest first)."""
+        from corec_node.engine.genome import describe, to_dict  # the node process has them
+
+        block = int(req["block"])
+        name = f"{block >> 32}:{block & 0xFFFFFFFF}"
+        engine = self.data.engine
+        row = next((r for r in engine.cluster_rows(block >> 32) if r["block"] == block), None)
+        genome = engine.adaptive.genomes.get(block) or engine.adaptive.known.get(block)
+        if row is None and genome is None:
+            raise CommandError(f"no block {name} in the cluster's rows")
+        trials: list[dict[str, Any]] = []
+        store = self.data.recorder.store
+        if store is not None:
+            for kind in ("genome_replaced", "genome_kept"):
+                trials += [{"ts": a["ts"], "kind": kind, "reason": a["reason"], **a["details"]}
+                           for a in await store.audit(kind=kind) if a["subject"] == f"block {name}"]
+            trials.sort(key=lambda t: t["ts"])
+        row = row or {}
+        return {"block": block, "name": name, "owner": row.get("owner"), "held_here": block in engine.adaptive.genomes,
+                "genome": to_dict(genome) if genome is not None else None,
+                **{k: row.get(k) for k in ("forecast", "forecast_error", "fitness", "mean", "tick")},
+                "trials": trials[-MAX_TRIALS_SHOWN:], "genes": describe()}
+
+
+MAX_TRIALS_SHOWN = 50  # the latest shadow trials ``genome`` lists
 
 
 class MeshCommands:

@@ -96,6 +96,17 @@ def addresses(value: Any) -> list[str]:
     return list(value)
 
 
+def block_ref(value: Any) -> int:
+    """A block: its integer id (channel << 32 | index) or its name, ``CHANNEL:INDEX``."""
+    if isinstance(value, str):
+        channel, sep, index = value.partition(":")
+        if sep and channel.isdigit() and index.isdigit() and int(channel) <= 255 and int(index) < 1 << 32:
+            return int(channel) << 32 | int(index)
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 40:
+        return value
+    raise ValueError("a block: CHANNEL:INDEX (as blocks shows it) or its integer id")
+
+
 def flag(value: Any) -> bool:
     """true or false."""
     if not isinstance(value, bool):
@@ -126,6 +137,7 @@ PARAMS: dict[str, dict[str, Param]] = {
     "voters": {},
     "plugins": {},
     "blocks": {"channel": Param(channel)},
+    "genome": {"block": Param(block_ref, required=True)},
     "join": {"addrs": Param(addresses, required=True), "wait": Param(seconds(MAX_WAIT_SECONDS))},
     "leave": {"spread": Param(seconds(MAX_SPREAD_SECONDS))},
     "force-leave": {"name": Param(member_name, required=True), "prune": Param(flag)},

@@ -77,6 +77,7 @@ class ClusterView:
     replicating: frozenset[str] = frozenset()  # members that hold replicas and learn (1.6 and later)
     rendezvous: frozenset[str] = frozenset()  # members that place blocks by rendezvous only (before 1.7)
     tags: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # member -> its tags (1.8 and later)
+    evolving: frozenset[str] = frozenset()  # members that take the nucleus's evolution plans (1.10 and later)
 
     @property
     def routed(self) -> bool:
@@ -241,6 +242,7 @@ class ControlPlane:
             # would flip, and every block move, until its state arrives
             rendezvous=frozenset(m.name for m in members if m.build[1] and "ring" not in m.build[2]) - {self.name},
             tags={m.name: tag_map(m.build[4]) for m in members if m.build[4]},
+            evolving=frozenset(m.name for m in members if "evolution" in m.build[2]) | {self.name},
         )
 
     # -- inputs -----------------------------------------------------------------------

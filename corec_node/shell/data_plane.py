@@ -38,6 +38,7 @@ from corec_node.engine.placement import RENDEZVOUS, RING
 from corec_node.engine.producers import ProducerSeqs
 from corec_node.plugins import PluginManager
 from corec_node.shell.control_plane import ClusterView, PluginHost
+from corec_node.shell.evolving import EvolutionSide
 from corec_node.shell.fusions import FusionSide
 from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
 from corec_node.shell.lanes import HolderLanes
@@ -106,7 +107,7 @@ class ProducerCounts:
                 "waiting": waiting}
 
 
-class DataPlane(ReplicaSide, FusionSide):
+class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
     """The entity path of one node (see the module docstring)."""
 
     def __init__(
@@ -661,6 +662,7 @@ class DataPlane(ReplicaSide, FusionSide):
                 self.outbox.publish(Aggregates(tick=tick_no, rows=tuple(chunk)))
         if self.view.leader == self.name and tick_no % FUSION_EVERY == 0:
             self._plan_fusions()
+        self._adaptive_tick(tick_no)
         for record in repairs:
             log.event("repair", kind=record.kind, block=record.block, channel=record.channel,
                       entities=record.entities, reason=record.reason)

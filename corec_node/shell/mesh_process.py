@@ -86,7 +86,7 @@ PR_SET_PDEATHSIG = 1
 # data messages forwarded whole to the node process, which checks and builds their bodies;
 # producer batches are built here (a small body: the busy answer needs its count)
 FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.FUSION_PLAN, MsgType.ALERT, MsgType.FLOW,
-                              MsgType.LEARNERS))
+                              MsgType.LEARNERS, MsgType.EVOLUTION_PLAN))
 
 
 @dataclass(frozen=True, slots=True)

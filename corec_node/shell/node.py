@@ -182,6 +182,7 @@ class Node:
         return local
 
     async def _close_storage(self) -> None:
+        self.data.save_genomes()
         await self.recorder.drain()
         if self.syncer is not None:
             await self.syncer.stop(flush=True, timeout=2.0)
@@ -195,6 +196,7 @@ class Node:
         if local is None:
             return 1
         snapshot = await local.load_members()
+        self.data.restore_genomes(await local.load_genomes())  # what blocks learned survives a restart
         # a restored directory does not abstain (election rule 15): in a cluster of two voters
         # the survivor needs its vote to elect anyone, and so to re-add it
         if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast):
@@ -449,6 +451,8 @@ class Node:
                 log.event("peer_alert", logging.INFO, sender=env.sender, kind=env.msg.kind, text=env.msg.text)
             case MsgType.FUSION_PLAN:
                 self.data.fusion_plan(env.sender, env.msg)
+            case MsgType.EVOLUTION_PLAN:
+                self.data.evolution_plan(env.sender, env.msg)
             case MsgType.LEARNERS:
                 self.data.learners(env.sender, env.msg)
             case MsgType.FLOW:

@@ -28,7 +28,13 @@ from zmq.utils.monitor import parse_monitor_message
 from corec_node import log
 from corec_node.config import join_addr, split_addr
 from corec_node.log import LOGGER_NAME
-from corec_node.shell.curve import CurveConfig, configure_client, configure_server, start_authenticator, stop_authenticator
+from corec_node.shell.curve import (
+    CurveConfig,
+    configure_client,
+    configure_server,
+    start_authenticator,
+    stop_authenticator,
+)
 
 Handler = Callable[[list[bytes]], Awaitable[None] | None]
 DirectHandler = Callable[[list[bytes], bytes], Awaitable[None] | None]  # (frames, ROUTER identity)

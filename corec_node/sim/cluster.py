@@ -33,6 +33,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+from corec_node.mesh.core import MeshCore
 from corec_node.mesh.effects import (
     Broadcast,
     ConfigCommitted,
@@ -45,11 +46,9 @@ from corec_node.mesh.effects import (
     PersistVote,
     Send,
 )
-from corec_node.mesh.core import MeshCore
 from corec_node.mesh.election import LEADER, Election, ElectionConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig
-from corec_node.wire.sequence import SeqEvent, SequenceTracker
 from corec_node.sim.invariants import Invariants, InvariantViolation
 from corec_node.sim.network import Network, NetworkConfig
 from corec_node.wire.messages import (
@@ -58,6 +57,7 @@ from corec_node.wire.messages import (
     MemberState,
     MemberStatus,
 )
+from corec_node.wire.sequence import SeqEvent, SequenceTracker
 from corec_node.wire.topics import FIXED_TOPICS, TOPIC_MEMBERSHIP
 
 __all__ = ["Cluster", "SimNode"]

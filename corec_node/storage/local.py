@@ -328,6 +328,33 @@ class LocalStore:
                 continue  # a status this version does not know: the node rejoins by config
         return out
 
+    # -- block genomes ----------------------------------------------------------------------------
+
+    async def save_genomes(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]]) -> int:
+        """Save genomes and forecaster states (``engine/adaptive.py``), replacing what was
+        saved for the same blocks; others stay (a node that restarted and has not got its
+        blocks back yet must not lose them). Returns how many."""
+        now = time.time()
+        rows = [(int(b), text, None if state is None else json.dumps(state, separators=(",", ":")), now)
+                for b, text, state in items]
+        if rows:
+            async with self._tx() as conn:
+                await conn.executemany("INSERT OR REPLACE INTO block_genomes (block, genome, state, saved_at) "
+                                       "VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    async def load_genomes(self) -> list[tuple[int, str, dict[str, Any] | None]]:
+        """What ``save_genomes`` kept: (block, genome JSON, forecaster state or None); a
+        state that does not parse is None (the block warms up again)."""
+        out = []
+        for block, genome, state in await self._fetchall("SELECT block, genome, state FROM block_genomes ORDER BY block"):
+            try:
+                parsed = None if state is None else json.loads(state)
+            except ValueError:
+                parsed = None
+            out.append((int(block), genome, parsed if isinstance(parsed, dict) else None))
+        return out
+
     # -- alerts and audit ------------------------------------------------------------------------
 
     async def add_alert(

@@ -233,6 +233,15 @@ CREATE TABLE placement (
     updated_at REAL NOT NULL
 )
 """),
+    # engine/adaptive.py: what a block learned survives a restart
+    Migration(2, "block genomes", """
+CREATE TABLE block_genomes (         -- each held block's genome and forecaster state, saved now and then
+    block INTEGER PRIMARY KEY,
+    genome TEXT NOT NULL,            -- JSON (engine/genome.py to_dict)
+    state TEXT,                      -- JSON (engine/forecast.py export), NULL none
+    saved_at REAL NOT NULL
+)
+"""),
 ]
 
 # For people who write SQL (migration 3): the block id split as the CLI shows it

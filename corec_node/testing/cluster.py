@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from corec_node.shell.control import ControlError, request
 from corec_node.log import parse_line
-
+from corec_node.shell.control import ControlError, request
 
 PORT_RANGE = (20_000, 32_000)  # below the kernel's ephemeral range (32768 and up): the outgoing
 # connections of many nodes are never given a port a test node is about to bind

@@ -33,26 +33,27 @@ from corec_node.wire.messages import (
     Aggregates,
     Alert,
     BatchReply,
+    CopyDone,
     EntityBatch,
+    EvolutionPlan,
     Flow,
     FusionPlan,
     Gossip,
     Heartbeat,
     HeartbeatAck,
+    Learners,
     MemberState,
     MemberStatus,
-    Owner,
-    Placement,
-    PlacementRequest,
-    SequenceHandoff,
-    CopyDone,
-    Ready,
-    Learners,
     Message,
     MsgType,
     Nack,
+    Owner,
     Ping,
     PingReq,
+    Placement,
+    PlacementRequest,
+    Ready,
+    SequenceHandoff,
     StatePush,
     StateReply,
     Vote,
@@ -62,9 +63,9 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 9
+PROTOCOL_MINOR = 10
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring")
+FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor."""
@@ -515,6 +516,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.COPY_DONE, CopyDone, digest=_DIGEST, records=_COUNT, epoch=_U64),
         _schema(MsgType.READY, Ready, digest=_DIGEST),
         _schema(MsgType.LEARNERS, Learners, term=_U64, names=_Array(_NAME, limits.MAX_MEMBERS_PER_MESSAGE)),
+        _schema(MsgType.EVOLUTION_PLAN, EvolutionPlan, term=_U64, challenges=_ROWS),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

@@ -37,6 +37,7 @@ class MsgType(enum.IntEnum):
     COPY_DONE = 30
     READY = 31
     LEARNERS = 32
+    EVOLUTION_PLAN = 33
 
 
 class MemberStatus(enum.IntEnum):
@@ -352,8 +353,18 @@ class Learners:
     names: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class EvolutionPlan:
+    """The nucleus of ``term`` gives some blocks a challenger genome to run in shadow
+    (topic ``nuc``, since 1.10): each row names the block, the challenger as genome JSON
+    and the id of the genome it challenges (SPEC 9.8)."""
+
+    term: int
+    challenges: tuple = ()  # of row maps: block, challenger (genome JSON), current (genome id)
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
     | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
-    | BatchReply | PlacementRequest | Placement | SequenceHandoff | CopyDone | Ready | Learners
+    | BatchReply | PlacementRequest | Placement | SequenceHandoff | CopyDone | Ready | Learners | EvolutionPlan
 )

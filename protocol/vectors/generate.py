@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import zstandard  # noqa: E402
 
 from corec_node.engine.placement import map_digest, members_digest, owners  # noqa: E402
+from corec_node.engine.genome import make, to_dict  # noqa: E402
 from corec_node.wire import (  # noqa: E402
     ENTITY_DTYPE,
     PROTOCOL_MAJOR,
@@ -59,6 +60,7 @@ from corec_node.wire import (  # noqa: E402
     CopyDone,
     Ready,
     Learners,
+    EvolutionPlan,
     StatePush,
     StateReply,
     Vote,
@@ -491,6 +493,15 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      Ready(digest=map_digest(["node-a", "node-b", "node-c"], ["node-d"])), _hdr("node-d", 1, "corec"), None),
     ("learners", "the nucleus of term 7 names node-d a learner: it holds copies and owns nothing yet",
      Learners(term=7, names=("node-d",)), _hdr("node-a", 40, "corec"), None),
+    ("evolution_plan", ("the nucleus of term 7 gives block 1:4 a challenger genome (season 12, bred from two parents) "
+     "to run in shadow beside the default genome it names"),
+     EvolutionPlan(term=7, challenges=({
+         "block": (1 << 32) | 4,
+         "challenger": json.dumps(to_dict(make({"season": 12, "alpha": 0.3, "gamma": 0.2}, 1,
+                                               ("f75dcb80f7193ce2", "398cee2ae2d139f4"))),
+                                  separators=(",", ":"), sort_keys=True),
+         "current": "f75dcb80f7193ce2"},)),
+     _hdr("node-a", 41, "corec"), None),
 ]
 
 

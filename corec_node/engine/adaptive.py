@@ -1,0 +1,232 @@
+"""The adaptive layer of one node: each held block's genome, forecaster and shadow trial.
+
+Pure: numpy and the cores of ``genome``, ``forecast`` and ``evolution``; no I/O, no clock
+(ticks are the only time). The engine host drives it once per tick; the shell carries what
+it says (rows, audit records, saved state).
+
+Rules:
+
+1. Every block this node holds (owned or replicated) is forecast from the mean its own
+   store aggregates each tick, so a replica that is promoted already has the forecaster's
+   state: nothing moves on failover.
+2. Which genome a block starts with, when this node first holds it: the one the cluster
+   last published for it (rows carry genomes, rule 4), else the one this node saved before
+   a restart, else the default. A saved forecaster state is restored with its genome when
+   the genome is the same, so learned state survives a restart.
+3. Only a block's owner runs trials (``start_trials``: the nucleus's challengers); a
+   holder that is not the owner takes the genome the owner publishes (``observe_row``).
+   A verdict that promotes a challenger restores the challenger's forecaster state.
+4. Rows say what a block's forecaster says: ``forecast`` (the next tick's mean),
+   ``forecast_error`` (scaled error against the naive last value; None until enough
+   ticks), ``generation`` and ``genome`` (the genome's id); ``genome_spec``, the genome as
+   compact JSON, rides a block's row when its genome changed since its last row, and at
+   least every GENOME_REFRESH ticks, so every node learns every block's genome at a cost
+   of a few bytes per row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from corec_node.engine.audit import AuditRecord
+from corec_node.engine.evolution import Challenge, ShadowTrials, Standing, fitness
+from corec_node.engine.forecast import Forecasts
+from corec_node.engine.genome import Genome, default_genome, from_dict, to_dict
+
+GENOME_REFRESH = 60  # rule 4: ticks between two rows of a block that carry its whole genome
+SPEC_KEY = "genome_spec"  # the row key of a genome as compact JSON (rule 4)
+
+
+def genome_text(g: Genome) -> str:
+    """A genome as the compact JSON a row carries (and SQLite keeps)."""
+    return json.dumps(to_dict(g), separators=(",", ":"), sort_keys=True)
+
+
+def parse_genome(text: Any) -> Genome | None:
+    """A genome from ``genome_text``; None for anything else (a peer's bad bytes are not fatal)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return from_dict(json.loads(text))
+    except (ValueError, TypeError):
+        return None
+
+
+DEFAULT = default_genome()  # one object for every block that never evolved
+
+
+class AdaptiveBlocks:
+    """Genomes, forecasts and trials of the blocks one node holds (module rules)."""
+
+    def __init__(self) -> None:
+        self.forecasts = Forecasts()
+        self.trials = ShadowTrials()
+        self.genomes: dict[int, Genome] = {}  # held blocks: the genome in force
+        self.known: dict[int, Genome] = {}  # every block the cluster published a genome for
+        self.saved: dict[int, tuple[Genome, Mapping[str, Any] | None]] = {}  # restored from disk (rule 2)
+        self._sent: dict[int, tuple[str, int]] = {}  # block -> (genome id, tick) of its last spec row
+        self._by_id: dict[str, Genome] = {DEFAULT.id: DEFAULT}  # one object per distinct genome
+        self.replaced = 0  # genomes replaced by a winning challenger (as owner)
+        self.kept = 0  # trials the current genome won
+
+    # -- the tick -------------------------------------------------------------------------
+
+    def step(self, blocks: np.ndarray, means: np.ndarray, tick: int) -> list[AuditRecord]:
+        """One tick over the blocks held now (``blocks`` ascending, ``means`` their
+        aggregated means): new ones tracked (rule 2), gone ones dropped, trials judged,
+        forecasts advanced. Returns the trial verdicts' audit records."""
+        blocks = np.asarray(blocks, np.int64)
+        means = np.asarray(means, np.float64)
+        if len(blocks) > 1 and (np.diff(blocks) <= 0).any():
+            order = np.argsort(blocks, kind="stable")
+            blocks, means = blocks[order], means[order]
+        tracked = self.forecasts.ids()
+        if len(tracked) != len(blocks) or not np.array_equal(np.sort(tracked), blocks):
+            self._track(blocks, tracked)
+        records: list[AuditRecord] = []
+        if len(self.trials):
+            for verdict in self.trials.observe(blocks, means, self.forecasts.predict(blocks), tick):
+                if verdict.promoted and verdict.block in self.genomes and verdict.state is not None:
+                    self.forecasts.restore(verdict.block, verdict.state, verdict.challenger)
+                    self.genomes[verdict.block] = verdict.challenger
+                    self.known[verdict.block] = verdict.challenger
+                    self.replaced += 1
+                else:
+                    self.kept += 1
+                records.append(verdict.record())
+        if len(blocks):
+            self.forecasts.update(blocks, means)
+        return records
+
+    def _track(self, blocks: np.ndarray, tracked: np.ndarray) -> None:
+        for b in np.setdiff1d(tracked, blocks, assume_unique=True).tolist():
+            self.forecasts.remove(b)
+            self.genomes.pop(b, None)
+            self._sent.pop(b, None)
+            if b in self.trials:
+                self.trials.cancel(b)
+        for b in np.setdiff1d(blocks, tracked, assume_unique=True).tolist():
+            genome, state = self._start_genome(b)
+            self.genomes[b] = genome
+            if state is not None:
+                try:
+                    self.forecasts.restore(b, state, genome)
+                    continue
+                except ValueError:
+                    pass  # a damaged saved state: start afresh
+            self.forecasts.add(b, genome)
+
+    def _start_genome(self, block: int) -> tuple[Genome, Mapping[str, Any] | None]:
+        """Rule 2."""
+        saved = self.saved.pop(block, None)
+        known = self.known.get(block)
+        if known is not None:
+            same = saved is not None and saved[0].id == known.id
+            return known, saved[1] if same else None
+        if saved is not None:
+            return saved
+        return DEFAULT, None
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def annotate(self, rows: list[dict[str, Any]], tick: int) -> None:
+        """Rule 4: forecast, forecast_error, generation and genome on this tick's rows of
+        our blocks (and the genome's spec where due)."""
+        if not rows:
+            return
+        ids = np.fromiter((r["block"] for r in rows), np.int64, len(rows))
+        held = np.fromiter((int(b) in self.genomes for b in ids.tolist()), bool, len(rows))
+        forecast = np.full(len(rows), np.nan)
+        error = np.full(len(rows), np.nan)
+        if held.any():
+            forecast[held] = self.forecasts.predict(ids[held])
+            error[held] = self.forecasts.scaled_error(ids[held])
+        for row, b, f, e, h in zip(rows, ids.tolist(), forecast.tolist(), error.tolist(), held.tolist()):
+            if not h:
+                continue
+            g = self.genomes[b]
+            row["forecast"] = None if f != f else f
+            row["forecast_error"] = None if e != e else e
+            row["generation"] = g.generation
+            row["genome"] = g.id
+            sent = self._sent.get(b)
+            if sent is None or sent[0] != g.id or tick - sent[1] >= GENOME_REFRESH:
+                row[SPEC_KEY] = genome_text(g)
+                self._sent[b] = (g.id, tick)
+                self.known[b] = g
+
+    def observe_row(self, row: Mapping[str, Any], ours: bool) -> None:
+        """A row another owner published (``ours``: we own the block, so we keep our own).
+        Learns its genome; a holder that is not the owner takes it (rule 3)."""
+        text = row.get(SPEC_KEY)
+        if text is None:
+            return
+        g = self._intern(text)
+        if g is None:
+            return
+        b = int(row["block"])
+        self.known[b] = g
+        if not ours and b in self.genomes and self.genomes[b].id != g.id:
+            self.genomes[b] = g
+            self.forecasts.set_genome(b, g)
+
+    def _intern(self, text: Any) -> Genome | None:
+        g = parse_genome(text)
+        if g is None:
+            return None
+        return self._by_id.setdefault(g.id, g)
+
+    def spec_of(self, row: Mapping[str, Any]) -> Genome | None:
+        """The genome a row names (by id), if this node knows it."""
+        g = self.known.get(int(row["block"]))
+        return g if g is not None and g.id == row.get("genome") else None
+
+    # -- evolution -----------------------------------------------------------------------------
+
+    def standings(self, rows: Iterable[Mapping[str, Any]]) -> list[Standing]:
+        """What the nucleus's planner needs from the cluster's rows: each block whose genome
+        is known, its fitness with the forecasting part (evolution.fitness)."""
+        out = []
+        for r in rows:
+            g = self.spec_of(r)
+            if g is None:
+                continue
+            health = r.get("fitness")
+            err = r.get("forecast_error")
+            score = float(fitness(np.nan if health is None else health, np.nan if err is None else err))
+            out.append(Standing(int(r["block"]), g, score))
+        return out
+
+    def start_trials(self, challenges: Iterable[Challenge], owned: Any) -> int:
+        """Rule 3: run the challengers of blocks we own and hold, not on trial already,
+        whose current genome is still the one the plan saw. Returns how many started."""
+        started = 0
+        for c in challenges:
+            b = c.block
+            g = self.genomes.get(b)
+            if g is None or g.id != c.current.id or b in self.trials or not owned(b):
+                continue
+            self.trials.start(c, self.forecasts.export(b))
+            started += 1
+        return started
+
+    # -- what survives a restart ------------------------------------------------------------
+
+    def export(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """Every held block's genome (JSON) and forecaster state, to save."""
+        return [(b, genome_text(g), self.forecasts.export(b)) for b, g in self.genomes.items()]
+
+    def restore_saved(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]]) -> int:
+        """Genomes and states saved before a restart (rule 2); unreadable ones are skipped.
+        Returns how many were taken."""
+        n = 0
+        for block, text, state in items:
+            g = self._intern(text)
+            if g is not None:
+                self.saved[int(block)] = (g, state)
+                n += 1
+        return n

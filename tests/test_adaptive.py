@@ -1,0 +1,109 @@
+"""The adaptive layer of one node (engine/adaptive.py): which genome a block starts with,
+rows that carry forecasts and genomes, holders that follow their owner, trials only on
+owned blocks, and what survives a restart."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from corec_node.engine.adaptive import DEFAULT, GENOME_REFRESH, SPEC_KEY, AdaptiveBlocks, genome_text
+from corec_node.engine.evolution import Challenge
+from corec_node.engine.genome import make
+
+SEASONAL = make({"season": 4, "alpha": 0.3, "gamma": 0.3}, generation=3, parents=("a" * 16,))
+
+
+def series(t: int, blocks: int) -> np.ndarray:
+    return 10 + 3 * np.sin(2 * np.pi * (t + np.arange(blocks)) / 4)
+
+
+def run(layer: AdaptiveBlocks, blocks: np.ndarray, ticks: range) -> list:
+    records = []
+    for t in ticks:
+        records += layer.step(blocks, series(t, len(blocks)), t)
+    return records
+
+
+def rows_for(blocks: np.ndarray) -> list[dict]:
+    return [{"block": int(b), "channel": int(b >> 32), "mean": 1.0} for b in blocks]
+
+
+def test_rows_carry_forecasts_and_the_genome_spec_when_it_changed_or_is_due():
+    layer = AdaptiveBlocks()
+    blocks = np.array([1 << 32, (1 << 32) + 1], np.int64)
+    run(layer, blocks, range(60))
+    rows = rows_for(blocks)
+    layer.annotate(rows, 60)
+    for r in rows:
+        assert isinstance(r["forecast"], float) and r["generation"] == 0 and r["genome"] == DEFAULT.id
+        assert r["forecast_error"] is not None  # 48 scored ticks: the default window
+        assert json.loads(r[SPEC_KEY])["id"] == DEFAULT.id
+    rows = rows_for(blocks)
+    layer.annotate(rows, 61)
+    assert all(SPEC_KEY not in r for r in rows)  # sent a tick ago, unchanged
+    rows = rows_for(blocks)
+    layer.annotate(rows, 60 + GENOME_REFRESH)
+    assert all(SPEC_KEY in r for r in rows)  # due again
+    rows = [{"block": 99}]
+    layer.annotate(rows, 62)
+    assert rows == [{"block": 99}]  # a block we do not hold: nothing said about it
+
+
+def test_a_block_starts_with_the_genome_the_cluster_published_then_a_saved_one_then_the_default():
+    layer = AdaptiveBlocks()
+    a, b, c = (1 << 32) + 1, (1 << 32) + 2, (1 << 32) + 3
+    layer.observe_row({"block": a, SPEC_KEY: genome_text(SEASONAL)}, ours=False)
+    other = make({"alpha": 0.5}, generation=1)
+    layer.restore_saved([(b, genome_text(other), None), (c, "not json", None)])
+    run(layer, np.array([a, b, c], np.int64), range(3))
+    assert layer.genomes[a] == SEASONAL and layer.genomes[b] == other and layer.genomes[c] == DEFAULT
+    assert layer.forecasts.genome_params(a)["season"] == 4
+
+
+def test_a_holder_follows_the_genome_its_owner_publishes_but_an_owner_keeps_its_own():
+    layer = AdaptiveBlocks()
+    blocks = np.array([7, 8], np.int64)
+    run(layer, blocks, range(10))
+    layer.observe_row({"block": 7, SPEC_KEY: genome_text(SEASONAL)}, ours=False)
+    layer.observe_row({"block": 8, SPEC_KEY: genome_text(SEASONAL)}, ours=True)
+    layer.observe_row({"block": 8, SPEC_KEY: "{broken"}, ours=False)  # a peer's bad bytes: ignored
+    assert layer.genomes[7] == SEASONAL and layer.genomes[8] == DEFAULT
+    assert layer.known[8] == SEASONAL  # learnt for when it becomes ours
+
+
+def test_trials_run_only_on_owned_blocks_and_a_winning_challenger_replaces_the_genome():
+    layer = AdaptiveBlocks()
+    blocks = np.array([1, 2, 3], np.int64)
+    run(layer, blocks, range(20))
+    plan = [Challenge(b, SEASONAL, DEFAULT) for b in (1, 2)] + [Challenge(3, SEASONAL, SEASONAL)]
+    assert layer.start_trials(plan, owned=lambda b: b != 2) == 1  # 2 not ours; 3's genome moved on
+    records = run(layer, blocks, range(20, 200))
+    assert [(r.kind, r.subject) for r in records] == [("genome_replaced", "block 0:1")]
+    assert records[0].details["challenger"] == SEASONAL.id and records[0].details["current"] == DEFAULT.id
+    assert layer.genomes[1] == SEASONAL and layer.genomes[2] == DEFAULT
+    assert layer.replaced == 1
+    error = layer.forecasts.scaled_error(np.array([1, 2]))
+    assert error[0] < 0.5 * error[1]  # the seasonal genome forecasts a seasonal series far better
+
+
+def test_what_a_block_learned_survives_a_restart():
+    before = AdaptiveBlocks()
+    blocks = np.array([5, 6], np.int64)
+    run(before, blocks, range(80))
+    saved = [(b, text, json.loads(json.dumps(state))) for b, text, state in before.export()]  # as SQLite keeps it
+    after = AdaptiveBlocks()
+    assert after.restore_saved(saved) == 2
+    run(before, blocks, range(80, 81))
+    run(after, blocks, range(80, 81))
+    np.testing.assert_array_equal(before.forecasts.predict(blocks), after.forecasts.predict(blocks))
+    assert np.isfinite(after.forecasts.scaled_error(blocks)).all()
+
+
+def test_blocks_no_longer_held_are_dropped_and_their_trials_cancelled():
+    layer = AdaptiveBlocks()
+    run(layer, np.array([1, 2], np.int64), range(5))
+    layer.start_trials([Challenge(2, SEASONAL, DEFAULT)], owned=lambda b: True)
+    run(layer, np.array([1], np.int64), range(5, 6))
+    assert set(layer.genomes) == {1} and 2 not in layer.forecasts and not layer.trials.on_trial()

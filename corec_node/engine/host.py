@@ -615,8 +615,8 @@ class EngineHost:
         theirs = owner != self.name
         for row in rows:
             row["owner"] = owner
-            if theirs and SPEC_KEY in row:  # rule 8: a genome the cluster now knows
-                self.adaptive.observe_row(row, ours=self.owns(int(row["block"])))
+            if theirs and SPEC_KEY in row and type(row.get("block")) is int:  # rule 8: a genome the cluster now knows
+                self.adaptive.observe_row(row, ours=self.owns(row["block"]))
             if row.get("count") == 0:  # the block was emptied (deletes, a TTL): shown no more
                 self.rows.pop(int(row["block"]), None)
             else:

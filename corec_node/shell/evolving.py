@@ -17,6 +17,7 @@ from corec_node.engine.evolution import Challenge, plan_challengers
 from corec_node.wire.messages import EvolutionPlan
 
 GENOME_SAVE_EVERY = 30  # ticks between two saves of what blocks learned (and once at stop)
+CHALLENGES_PER_MESSAGE = 1_000  # a plan goes out in messages of ~250 KB at most (a genome is ~250 bytes)
 
 
 class EvolutionSide:
@@ -61,9 +62,9 @@ class EvolutionSide:
         plan = plan_challengers(standings, rng)
         if not plan:
             return
-        msg = EvolutionPlan(term=term, challenges=tuple(
-            {"block": c.block, "challenger": genome_text(c.challenger), "current": c.current.id} for c in plan))
-        self.outbox.publish(msg)
+        rows = [{"block": c.block, "challenger": genome_text(c.challenger), "current": c.current.id} for c in plan]
+        for at in range(0, len(rows), CHALLENGES_PER_MESSAGE):
+            self.outbox.publish(EvolutionPlan(term=term, challenges=tuple(rows[at:at + CHALLENGES_PER_MESSAGE])))
         log.event("evolution_planned", term=term, tick=tick_no, challengers=len(plan))
         self._start_trials(plan)
 
@@ -76,15 +77,14 @@ class EvolutionSide:
         plan = []
         adaptive = self.engine.adaptive
         for row in msg.challenges:
-            challenger = parse_genome(row.get("challenger"))
             block = row.get("block")
             current = adaptive.genomes.get(block) if type(block) is int else None
-            if challenger is None or current is None:
-                if challenger is None:
-                    self.traffic.rejected["evolution_plan"] += 1
-                continue  # not a block we hold
-            if current.id != row.get("current"):
-                continue  # our genome changed since the nucleus looked
+            if current is None or current.id != row.get("current"):
+                continue  # not a block we hold, or our genome changed since the nucleus looked
+            challenger = parse_genome(row.get("challenger"))
+            if challenger is None:
+                self.traffic.rejected["evolution_plan"] += 1
+                continue
             plan.append(Challenge(block, challenger, current))
         self._start_trials(plan)
 

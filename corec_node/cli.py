@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"corec-node {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.set_defaults(_commands=sub)  # where plugins add theirs (add_plugin_commands)
 
     run = sub.add_parser("run", help="run a node in the foreground", description="Run a node in the foreground until SIGINT/SIGTERM.")
     _common(run)
@@ -719,8 +720,34 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_plugin_commands(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Plugins' subcommands (``corec_cli_commands``), loaded only when the command named is
+    not one of ours (or for the top-level help), so the built-in commands start no faster
+    or slower with plugins installed. A plugin that fails to load is one line on stderr:
+    the other plugins' commands and ours still work."""
+    sub = parser.get_default("_commands")
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in sub.choices or (first is None and not {"-h", "--help"} & set(argv)):
+        return
+    from corec_node.plugins import PluginManager
+    from corec_node.plugins.settings import PluginError
+
+    path = None
+    for i, a in enumerate(argv):  # --config FILE may name plugins.paths
+        if a == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+    try:
+        PluginManager(load_config(path, env=os.environ)).load().add_cli(sub)
+    except (PluginError, ConfigError) as exc:
+        print(f"corec-node: plugin commands not loaded: {exc}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    add_plugin_commands(parser, argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

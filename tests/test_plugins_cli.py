@@ -84,3 +84,38 @@ def test_a_misspelled_table_is_a_config_error_naming_it(node_config, tmp_path, c
         assert code == 2 and out == ""
         assert f"{cfg}: [plugin.guage]: no plugin named 'guage' is installed (did you mean 'gauge'?)" in err
         assert "gauge" in err.split("installed: ", 1)[1]
+
+
+COMMAND_PLUGIN = '''
+    from corec_node.hookspecs import hookimpl
+
+    def hello(args):
+        print(f"gauge says hello to {args.who}")
+        return 3
+
+    @hookimpl
+    def corec_cli_commands(subparsers):
+        p = subparsers.add_parser("gauge-hello", help="a plugin's own command")
+        p.add_argument("who")
+        p.set_defaults(func=hello)
+'''
+
+
+def test_a_plugin_adds_its_own_command_and_a_broken_one_costs_one_line(tmp_path, capsys, monkeypatch):
+    organs = tmp_path / "organs"
+    organs.mkdir()
+    (organs / "gauge.py").write_text(textwrap.dedent(COMMAND_PLUGIN))
+    monkeypatch.setenv("COREC_PLUGINS_PATHS", str(organs))  # the command's own flags take no --config
+    code, out, err = run(capsys, "gauge-hello", "world")
+    assert (code, out, err) == (3, "gauge says hello to world\n", "")
+    with pytest.raises(SystemExit):  # the top-level help lists it
+        cli.main(["--help"])
+    assert "gauge-hello" in capsys.readouterr().out
+    # a plugin that fails to load: one line, and the unknown command is argparse's usual error
+    (organs / "gauge.py").write_text("import no_such_module_here\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["gauge-hello", "world"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("corec-node: plugin commands not loaded: ") and "no_such_module_here" in err
+    assert "invalid choice: 'gauge-hello'" in err

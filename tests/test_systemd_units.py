@@ -146,7 +146,7 @@ def test_template_paths():
 def test_template_differs_only_by_instance():
     """The two units must not drift apart: same directives, apart from the per-instance ones."""
     single, template = parse_unit(UNIT), parse_unit(TEMPLATE)
-    per_instance = {"Description", "ExecStart", "StateDirectory", "SyslogIdentifier"}
+    per_instance = {"Description", "ExecStart", "StateDirectory", "SyslogIdentifier", "EnvironmentFile"}
     for section in single.keys() | template.keys():
         a = {k: v for k, v in single.get(section, {}).items() if k not in per_instance}
         b = {k: v for k, v in template.get(section, {}).items() if k not in per_instance}

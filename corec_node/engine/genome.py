@@ -49,6 +49,7 @@ monthly, daily (hours), yearly (weeks), hourly (minutes), daily (15 min), weekly
 daily (5 min). A longer period costs 8 bytes per block per tick of period (the ring)."""
 
 ID_BYTES = 8  # genome id: 16 hex characters; collisions need ~4e9 distinct genomes
+MAX_REDRAWS = 16  # mutate: genes drawn again while the child equals its parent
 FORMAT = 1  # to_dict's "v": bumped only if the dict's shape (not the gene list) changes
 
 
@@ -270,6 +271,11 @@ def mutate(g: Genome, rng: np.random.Generator, rate: float = 0.3, scale: float 
         if h:
             params[n] = _mutate_gene(GENES[n], params[n], rng, scale, kernels,
                                      (choices or {}).get(n))
+    for _ in range(MAX_REDRAWS):  # a step reflected at a bound can land where it started
+        if not (rate > 0 and names and params == dict(g.params)):
+            break
+        n = names[int(rng.integers(len(names)))]
+        params[n] = _mutate_gene(GENES[n], params[n], rng, scale, kernels, (choices or {}).get(n))
     return Genome(validate(params, kernels if "kernel" in names else None),
                   g.generation + 1, (g.id,))
 

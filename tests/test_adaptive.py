@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from corec_node.engine.adaptive import DEFAULT, GENOME_REFRESH, SPEC_KEY, AdaptiveBlocks, genome_text
 from corec_node.engine.evolution import Challenge
@@ -107,3 +108,27 @@ def test_blocks_no_longer_held_are_dropped_and_their_trials_cancelled():
     layer.start_trials([Challenge(2, SEASONAL, DEFAULT)], owned=lambda b: True)
     run(layer, np.array([1], np.int64), range(5, 6))
     assert set(layer.genomes) == {1} and 2 not in layer.forecasts and not layer.trials.on_trial()
+
+
+def test_the_kernel_gene_chooses_how_a_block_regenerates_its_entities():
+    from records import entities
+
+    from corec_node.engine.host import EngineHost
+
+    host = EngineHost("a", block_size=100, max_errors=1.0)
+    host.use_kernels({"answer": lambda values, state: np.full_like(values, 42.0)}, {7: "answer"})
+    with pytest.raises(ValueError, match="no kernel 'nope'"):
+        host.use_kernels({}, {8: "nope"})
+    host.ingest(entities(np.arange(4), 7, 10.0), sweep=False)  # block 7:0, kernel "answer"
+    host.ingest(entities(np.arange(4), 6, 10.0), sweep=False)  # block 6:0, the default: its mean
+    host.tick()
+    assert host.adaptive.genomes[7 << 32]["kernel"] == "answer"
+    assert host.adaptive.genomes[6 << 32]["kernel"] == "mean"
+    for _ in range(2):  # two errors in a row: regenerated
+        host.ingest(entities([0], 7, np.nan), sweep=False)
+        host.ingest(entities([0], 6, np.nan), sweep=False)
+    _, records = host.tick()
+    assert sorted((r.channel, r.kind) for r in records) == [(6, "regenerate"), (7, "regenerate")]
+    st = host.store.state()
+    values = {int(c): float(v) for i, c, v in zip(st["id"], st["channel"], st["value"]) if i == 0}
+    assert values == {6: 10.0, 7: 42.0}

@@ -56,6 +56,8 @@ def test_precedence_file_env_flags(tmp_path):
         ('[engine]\ntick_interval = "fast"\n', "engine.tick_interval", "a number"),
         ('[engine]\nblock_size = true\n', "engine.block_size", "an integer"),
         ('[engine]\ningest_queue_mb = 0\n', "engine.ingest_queue_mb", "MiB"),
+        ('[engine]\nkernels = ["3=clip"]\n', "engine.kernels", "CHANNEL:KERNEL"),
+        ('[engine]\nevolve_every = -1\n', "engine.evolve_every", "number of ticks"),
         ('[mesh]\nmax_message_bytes = 33554432\n', "mesh.max_message_bytes", "payload limit"),
         ('[security]\nenabled = "yes"\n', "security.enabled", "true or false"),
         ('[security]\nenabled = true\n', "security.secret_key_file", "key file"),

@@ -55,7 +55,7 @@ Ownership rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -72,9 +72,13 @@ from corec_node.engine import (
     plan_fusions,
     repair,
 )
+from corec_node.engine.adaptive import DEFAULT as DEFAULT_GENOME
 from corec_node.engine.adaptive import SPEC_KEY, AdaptiveBlocks
 from corec_node.engine.audit import AuditRecord
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
+from corec_node.engine.kernels import BUILTINS as KERNEL_BUILTINS
+from corec_node.engine.kernels import Kernel, KernelState
+from corec_node.engine.kernels import bind as bind_kernel
 from corec_node.engine.placement import (
     RENDEZVOUS,
     RING,
@@ -90,6 +94,7 @@ EPOCH_KEY = "epoch"  # the placement epoch in a row (rule 6); storage/rows.py re
 TERM_SHIFT = 32  # epoch = term << 32 | maps adopted in the term: 4 billion maps a term, 2**31 terms
 TICK_ROWS = 10_000  # rule 7: rows one tick makes at most (~0.1 s of publishing and storing)
 _COMPARED = tuple(k for k in AGGREGATE_DTYPE.names if k not in ("block", "tick"))
+MEAN_KERNEL = "mean"  # the kernel gene's default: a repaired entity takes its block's mean as is
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
 
 
@@ -137,6 +142,7 @@ class EngineHost:
         self._owned_memo: dict[int, bool] = {}
         self.adaptive = AdaptiveBlocks()  # genomes, forecasts and trials of the blocks held (rule 8)
         self.adaptive_records: list[AuditRecord] = []  # trial verdicts of the last tick, for the shell
+        self.kernels: dict[str, Kernel] = dict(KERNEL_BUILTINS)  # what a genome's kernel gene may name
 
     # -- membership -------------------------------------------------------------------
 
@@ -461,6 +467,23 @@ class EngineHost:
         owned = np.array(self._owned_blocks(blocks[starts].tolist()), dtype=bool)
         return np.repeat(owned, np.diff(np.append(starts, len(blocks))))
 
+    def use_kernels(self, extra: dict[str, Kernel], first: dict[int, str]) -> None:
+        """Plugins' kernels (``corec_kernels``) beside the built-in ones, and the kernel each
+        channel's first genomes carry (``engine.kernels``); ValueError naming an unknown one."""
+        self.kernels.update(extra)
+        for channel, name in first.items():
+            if name != MEAN_KERNEL and name not in self.kernels:
+                raise ValueError(f"channel {channel}: no kernel {name!r} (known: {', '.join(sorted(self.kernels))})")
+            self.adaptive.first[channel] = self.adaptive.first.get(channel, DEFAULT_GENOME).replace(kernel=name)
+
+    def _kernel_of(self, root: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The kernel a block's genome chose for its regenerated entities (repair), or None
+        for ``mean``: the inherited block mean as is. Seeded by the block, so replays agree."""
+        genome = self.adaptive.genomes.get(root)
+        name = genome["kernel"] if genome is not None else MEAN_KERNEL
+        kernel = self.kernels.get(name) if name != MEAN_KERNEL else None
+        return None if kernel is None else bind_kernel(kernel, KernelState.seeded(root, tick=self.tick_no))
+
     def owns(self, block: int) -> bool:
         """Whether this node owns ``block`` (its fusion root) under the adopted map."""
         return bool(self._owned(self.store.fusions.resolve(np.array([block], np.int64)))[0])
@@ -536,7 +559,7 @@ class EngineHost:
         self.adaptive_records = self.adaptive.step(aggs["block"], aggs["mean"], self.tick_no)  # rule 8
         if self.copies > 1 or self.placement.learners:  # rows and repairs of the blocks we own (rule 3)
             aggs = aggs[self._owned(self.store.fusions.resolve(aggs["block"]))]
-        records = repair(self.store, aggs, max_errors=self.max_errors)
+        records = repair(self.store, aggs, max_errors=self.max_errors, block_kernel=self._kernel_of)
         self.repairs += len(records)
         aggs = self._select(aggs)
         aggs = self._with_emptied(aggs)

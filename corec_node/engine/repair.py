@@ -76,9 +76,12 @@ def repair(
     max_errors: float,
     streak_limit: int = STREAK_LIMIT,
     kernels: ChannelKernels | None = None,
+    block_kernel: Callable[[int], Callable[[np.ndarray], np.ndarray] | None] | None = None,
 ) -> list[RepairRecord]:
     """Apply rules 1 and 2 to ``store`` using this tick's ``aggregates`` (from
-    ``aggregate(store, tick)``). Returns one record per (kind, raw block) touched."""
+    ``aggregate(store, tick)``). Returns one record per (kind, raw block) touched.
+    ``block_kernel(root)``: the kernel a block's genome chose for its regenerated values
+    (None: the inherited mean as is), applied after the channel's ``kernels``."""
     if streak_limit < 1:
         raise ValueError(f"streak_limit must be >= 1, got {streak_limit}")
     n = store.count()
@@ -113,7 +116,7 @@ def repair(
     if chunks:
         pos = np.concatenate(chunks)
         fixed[pos] = True
-        vals = _regenerated(store, pos, ref, kernels)
+        vals = _regenerated(store, pos, ref, kernels, roots, block_kernel)
         records += _records(store, "block_repair", pos, vals, lambda b, k, u: (
             f"error rate {rate[b]:.3f} > max_errors {max_errors:g}: "
             f"{k} erroring entities regenerated" + _no_ref(u)
@@ -122,7 +125,7 @@ def repair(
 
     pos = np.flatnonzero((streak >= streak_limit) & ~fixed)
     if len(pos):
-        vals = _regenerated(store, pos, ref, kernels)
+        vals = _regenerated(store, pos, ref, kernels, roots, block_kernel)
         records += _records(store, "regenerate", pos, vals, lambda b, k, u: (
             f"{k} entities with error streak >= {streak_limit} regenerated from the block "
             f"mean {ref[b]:.6g}" + _no_ref(u)
@@ -136,9 +139,12 @@ def _no_ref(unresolved: int) -> str:
 
 
 def _regenerated(
-    store: EntityStore, pos: np.ndarray, ref: np.ndarray, kernels: ChannelKernels | None
+    store: EntityStore, pos: np.ndarray, ref: np.ndarray, kernels: ChannelKernels | None,
+    roots: np.ndarray | None = None,
+    block_kernel: Callable[[int], Callable[[np.ndarray], np.ndarray] | None] | None = None,
 ) -> np.ndarray:
-    vals = ref[store.block_of_positions(pos)].astype(np.float32)
+    raw = store.block_of_positions(pos)
+    vals = ref[raw].astype(np.float32)
     if kernels:
         channels = (store.keys[pos] >> np.uint64(32)).astype(np.int64)
         for ch in np.unique(channels).tolist():
@@ -148,6 +154,16 @@ def _regenerated(
                 out = np.asarray(fn(vals[sel]), np.float32)
                 if out.shape != (int(sel.sum()),):
                     raise ValueError(f"kernel of channel {ch} returned shape {out.shape}")
+                vals[sel] = out
+    if block_kernel is not None and roots is not None:
+        of = roots[raw]
+        for root in np.unique(of).tolist():
+            fn = block_kernel(root)
+            if fn is not None:
+                sel = of == root
+                out = np.asarray(fn(vals[sel]), np.float32)
+                if out.shape != (int(sel.sum()),):
+                    raise ValueError(f"kernel of block {root} returned shape {out.shape}")
                 vals[sel] = out
     return vals
 

@@ -218,3 +218,16 @@ def test_on_a_small_node_a_sick_block_stays_flagged_through_refits():
         alerts += gate.step(findings)
     assert flagged == 20  # every audit, across 6 refits
     assert [(f.block & 0xFFFFFFFF, f.tick) for f in alerts] == [(5, 23)]
+
+
+def test_no_audit_while_the_node_loads_new_entities_but_never_for_long():
+    from corec_node.engine.audit import LoadGate
+
+    gate = LoadGate(growth=0.01, max_wait=3)
+    assert gate.settled(0)  # nothing held, nothing grew
+    assert not gate.settled(1_000_000)  # a load
+    assert not gate.settled(2_000_000)
+    assert gate.settled(2_000_000)  # updates only: settled
+    assert gate.settled(2_010_000)  # growth under 1 %
+    assert [gate.settled(n) for n in (3e6, 4e6, 5e6, 6e6, 7e6)] == [False, False, False, True, False]
+    assert gate.skipped == 6

@@ -369,3 +369,32 @@ def _row_tick(rows: Sequence[Any] | np.ndarray) -> int:
     for r in rows if isinstance(rows, Iterable) else ():
         return int(r.get("tick") or 0)
     return 0
+
+
+class LoadGate:
+    """Whether this tick's rows are worth auditing: not while the node is still loading new
+    entities. Blocks that are filling up change every tick and all at once, so they are no
+    baseline and their flags are noise, and a fit or a score then only takes CPU from the
+    load itself (the audit costs about the same whatever the records, so a cluster of more
+    nodes would pay it more times over). A tick whose entity count grew by more than
+    ``growth`` of it since the last call is a loading tick; after ``max_wait``
+    loading ticks in a row the audit runs anyway, so a node that never stops growing is
+    still audited. Updates to known entities never make a tick a loading one. Pure."""
+
+    def __init__(self, growth: float = 0.01, max_wait: int = 30) -> None:
+        self.growth = growth
+        self.max_wait = max_wait
+        self._last = 0
+        self._waited = 0
+        self.skipped = 0  # audits not run because the node was loading
+
+    def settled(self, entities: int) -> bool:
+        """Call before an audit with the entities the node holds; True: audit now."""
+        grew = entities - self._last > self.growth * max(entities, 1)
+        self._last = entities
+        if not grew or self._waited >= self.max_wait:
+            self._waited = 0
+            return True
+        self._waited += 1
+        self.skipped += 1
+        return False

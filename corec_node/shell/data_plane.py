@@ -32,7 +32,7 @@ import numpy as np
 
 from corec_node import log
 from corec_node.config import EngineSection, ttl_seconds
-from corec_node.engine.audit import AlertGate, Auditor
+from corec_node.engine.audit import AlertGate, Auditor, LoadGate
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import RENDEZVOUS, RING
 from corec_node.engine.producers import ProducerSeqs
@@ -180,6 +180,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         # are flagged on a tick, and only a block flagged 3 audits in a row raises an alert
         self.auditor = Auditor(contamination=0.001)
         self.alert_gate = AlertGate(persist=3)
+        self.load_gate = LoadGate()  # no audit while new entities pour in (engine/audit.py)
         self._auditing = False
         self.audit_time = TickHistogram(AUDIT_BUCKETS)  # observed on the loop, timed in the worker thread
         self._now: Callable[[], float] = time.monotonic
@@ -652,7 +653,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         rows, repairs = self.engine.tick()
         tick_no = self.engine.tick_no
         self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))
-        if rows and self.config.audit and not self._auditing:  # one audit at a time, in a worker thread
+        # one audit at a time, in a worker thread, and none while new entities pour in
+        if rows and self.config.audit and not self._auditing and self.load_gate.settled(self.engine.store.count()):
             self._auditing = True
             self.recorder.spawn("audit", self._audit_tick(rows, tick_no))
         if rows:
@@ -789,6 +791,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             "repairs": self.engine.repairs,
             "fusions": self.engine.fusions,
             "audit_fits": self.auditor.fits,
+            "audits_skipped_loading": self.load_gate.skipped,
             "flow": self.flow.status(),
             "placement_version": self.engine.placement.version,
             "placement_members": list(self.engine.placement.members),

@@ -19,6 +19,7 @@ from typing import Any
 from corec_node import __version__
 from corec_node.config import Config, ConfigError, load_config
 from corec_node.render import (  # the text of each command's answer
+    render_alerts,
     render_blocks,
     render_genome,
     render_leader,
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--channel", type=int, help="only this channel")
     blocks.add_argument("--json", action="store_true", help="print JSON")
     blocks.set_defaults(func=cmd_blocks)
+
+    alerts = sub.add_parser("alerts", help="alerts raised anywhere in the cluster, as this node kept them")
+    _common(alerts)
+    alerts.add_argument("--since", type=float, metavar="SECONDS", help="only those of the last SECONDS")
+    alerts.add_argument("--json", action="store_true", help="print JSON")
+    alerts.set_defaults(func=cmd_alerts)
 
     genome = sub.add_parser("genome", help="a block's genome, lineage and shadow trials")
     _common(genome)
@@ -424,6 +431,7 @@ def name_blocks(rows: list[dict[str, Any]], _args: argparse.Namespace | None = N
 
 
 cmd_blocks = _client("blocks", render_blocks, shape=name_blocks, channel=lambda a: a.channel)
+cmd_alerts = _client("alerts", render_alerts, since=lambda a: a.since)
 cmd_genome = _client("genome", render_genome, block=lambda a: int(a.block) if a.block.isdigit() else a.block)
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
                    addrs=lambda a: a.peers, wait=lambda a: a.timeout)

@@ -205,13 +205,15 @@ def corec_block_aggregates(node: NodeFacade, tick: int, aggregates: list[dict[st
 @hookspec
 def corec_alert(node: NodeFacade, alert: dict[str, Any]) -> None:
     """Called for each alert the node raises (from the core, a plugin, or the plugin
-    breaker), after it was recorded. Not called on the plugin that raised it (returned it,
-    or raised it through its ``node.raise_alert``). Sync
-    (worker thread) or async (awaited on the loop).
+    breaker), after it was recorded, and for each alert a peer raised (protocol 1.10).
+    Not called on the plugin that raised it here (returned it, or raised it through its
+    ``node.raise_alert``). Sync (worker thread) or async (awaited on the loop).
 
     :param node: the running node.
     :param alert: ``{"kind": str, "text": str, "severity": "info"|"warning"|"critical",
         "plugin": name or None, ...}`` plus fields such as ``block``, ``channel``, ``tick``.
+        A peer's alert has ``"remote": True``, ``"node"`` (its raiser's name) and ``"uid"``
+        (the same on every node): do not forward those again if every node forwards.
 
     Return value: ignored (to forward an alert elsewhere, do it here). Not firstresult.
     Runs on the node's event loop or in a worker thread: must not block.

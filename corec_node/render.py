@@ -122,6 +122,18 @@ def render_blocks(rows: list[dict[str, Any]]) -> str:
     return table(cells) + footer
 
 
+def render_alerts(rows: list[dict[str, Any]]) -> str:
+    """``alerts``: one line each, oldest first, with the node that raised it."""
+    import time
+
+    if not rows:
+        return "no alerts"
+    cells = [["TIME", "NODE", "SEVERITY", "KIND", "BLOCK", "TEXT"]]
+    cells += [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["node"], r["severity"], r["kind"],
+               r["name"] or "-", r["text"]] for r in rows]
+    return table(cells)
+
+
 def render_genome(r: dict[str, Any]) -> str:
     """``genome BLOCK``: the genome, where it came from, and the trials run on it here."""
     def f(v: Any) -> str:

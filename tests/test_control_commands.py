@@ -52,6 +52,9 @@ BAD = [
     ("genome", {"block": -1}, "block"),
     ("genome", {"block": True}, "block"),
     ("force-leave", {"name": "a", "prune": "yes"}, "prune"),
+    ("alerts", {"since": -1}, "since"),
+    ("alerts", {"since": "1h"}, "since"),
+    ("alerts", {"node": "a"}, "node"),
 ]
 
 
@@ -72,7 +75,7 @@ def test_check_names_the_parameter(cmd, params, culprit):
     ("blocks", {"channel": None}), ("blocks", {"channel": 2}),  # what the CLI sends, with and without --channel
     ("join", {"addrs": ["127.0.0.1:7400", "[::1]:7400"], "wait": 5.0}),
     ("force-leave", {"name": "node-b"}), ("force-leave", {"name": "node-b", "prune": True}),
-    ("genome", {"block": 4294967300}), ("recover-voters", {"names": ["a", "b"]}), ("leave", {"spread": 0}),
+    ("genome", {"block": 4294967300}), ("alerts", {"since": None}), ("alerts", {"since": 60.0}), ("recover-voters", {"names": ["a", "b"]}), ("leave", {"spread": 0}),
 ])
 def test_what_the_cli_sends_passes(cmd, params):
     assert check_params(cmd, params) == {"cmd": cmd, **params}

@@ -294,10 +294,10 @@
 
   function renderAlerts(snap) {
     const alerts = snap.alerts || [];
-    const name = (snap.status || {}).name;
-    $("alerts-note").textContent = name ? `raised on ${name}, newest first` : "";
+    $("alerts-note").textContent = "raised anywhere in the cluster, newest first";
     fill($("alerts").tBodies[0], alerts.map((a) => el("tr", { "data-kind": a.kind },
       el("td", { class: "nowrap", text: when(a.ts) }),
+      el("td", { class: "nowrap", text: a.node || "" }),
       el("td", {}, el("span", { class: `sev ${a.severity}`, text: a.severity })),
       el("td", { class: "nowrap", text: a.kind }),
       el("td", { text: a.block === null || a.block === undefined ? "-" : blockName(a.block) }),

@@ -428,9 +428,10 @@ class PluginManager:
                                           self.budget, alerts=True)
 
     async def alert(self, node: Any, alert: dict[str, Any]) -> None:
-        """corec_alert on every plugin but the one that raised ``alert``."""
+        """corec_alert on every plugin but the one that raised ``alert`` here (a peer's alert,
+        ``remote``, reaches every plugin: its raiser ran on another node)."""
         await self._dispatcher.run("corec_alert", self._impls["corec_alert"], {"node": node, "alert": alert},
-                                   self.budget, skip=alert.get("plugin"))
+                                   self.budget, skip=None if alert.get("remote") else alert.get("plugin"))
 
     async def member_event(self, node: Any, event: dict[str, Any]) -> None:
         """corec_member_event (see the hook for the keys of ``event``)."""

@@ -80,7 +80,7 @@ class ControlCommands:
 
     def table(self) -> dict[str, Command]:
         table: dict[str, Command] = {"status": self.status, "blocks": self.blocks, "plugins": self.plugin_list,
-                                     "logs": self.logs, "genome": self.genome}
+                                     "logs": self.logs, "genome": self.genome, "alerts": self.alerts}
         for name in MESH_COMMANDS:
             table[name] = self._forward(name)
         return table
@@ -166,6 +166,20 @@ class ControlCommands:
                 "trials": trials[-MAX_TRIALS_SHOWN:], "genes": describe()}
 
 
+    async def alerts(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        """``corec-node alerts``: the alerts this node keeps, its own and its peers' (every
+        node keeps every alert it heard, shell/alerts.py), oldest first, ``since`` seconds back."""
+        store = self.data.recorder.store
+        if store is None:
+            raise CommandError("the node's store is not open yet")
+        since = req.get("since")
+        rows = await store.alerts(None if since is None else time.time() - float(since))
+        return [{"ts": r["ts"], "node": r["node"], "kind": r["kind"], "severity": r["severity"], "block": r["block"],
+                 "name": None if r["block"] is None else f"{r['block'] >> 32}:{r['block'] & 0xFFFFFFFF}",
+                 "text": r["message"], "uid": r["uid"], "details": r["details"]} for r in rows[-MAX_ALERTS_SHOWN:]]
+
+
+MAX_ALERTS_SHOWN = 1000  # the newest alerts ``alerts`` lists
 MAX_TRIALS_SHOWN = 50  # the latest shadow trials ``genome`` lists
 
 

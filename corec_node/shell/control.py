@@ -58,6 +58,11 @@ def seconds(most: float) -> Callable[[Any], float]:
     return check
 
 
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``check``, or null for "not given"."""
+    return lambda value: None if value is None else check(value)
+
+
 def channel(value: Any) -> int | None:
     """A channel 0..255, or null for every channel."""
     if value is None:
@@ -94,6 +99,9 @@ def addresses(value: Any) -> list[str]:
         except (TypeError, ValueError, AttributeError):
             raise ValueError(f"a list of host:port addresses ({_show(addr)} is not one)") from None
     return list(value)
+
+
+MAX_ALERT_AGE = 10 * 365 * 86400.0  # alerts --since: seconds back, at most ten years
 
 
 def block_ref(value: Any) -> int:
@@ -138,6 +146,7 @@ PARAMS: dict[str, dict[str, Param]] = {
     "plugins": {},
     "blocks": {"channel": Param(channel)},
     "genome": {"block": Param(block_ref, required=True)},
+    "alerts": {"since": Param(optional(seconds(MAX_ALERT_AGE)))},
     "join": {"addrs": Param(addresses, required=True), "wait": Param(seconds(MAX_WAIT_SECONDS))},
     "leave": {"spread": Param(seconds(MAX_SPREAD_SECONDS))},
     "force-leave": {"name": Param(member_name, required=True), "prune": Param(flag)},

@@ -36,6 +36,7 @@ from corec_node.config import Config, ConfigError, console_addr, join_addr, kern
 from corec_node.engine.audit import Auditor
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
+from corec_node.shell.alerts import facts_of, new_uid, remote_alert
 from corec_node.shell.commands import ControlCommands, Identity
 from corec_node.shell.console import ConsoleServer
 from corec_node.shell.console_feed import ConsoleFeed
@@ -453,7 +454,7 @@ class Node:
             case MsgType.AGGREGATES:
                 self.data.engine.observe_rows(env.sender, env.msg.rows)
             case MsgType.ALERT:
-                log.event("peer_alert", logging.INFO, sender=env.sender, kind=env.msg.kind, text=env.msg.text)
+                self._peer_alert(env.sender, env.msg)
             case MsgType.FUSION_PLAN:
                 self.data.fusion_plan(env.sender, env.msg)
             case MsgType.EVOLUTION_PLAN:
@@ -553,13 +554,25 @@ class Node:
         log.event("alert", logging.WARNING, **alert)
         self.alerts[alert["kind"]] += 1
         text = alert["text"] if len(alert["text"].encode()) <= ALERT_TEXT_MAX else alert["text"][:1000] + "..."
+        uid = new_uid()  # the same on every node that keeps it (shell/alerts.py)
         try:  # published for every node and subscriber (topic alr)
-            self.outbox.publish(Alert(kind=alert["kind"], text=text))
+            self.outbox.publish(Alert(kind=alert["kind"], text=text, facts=facts_of(alert, uid)))
         except (ValueError, TypeError):  # a kind that is not a valid name on the wire
             pass
         details = {k: v for k, v in alert.items() if k not in ("kind", "text", "severity", "block")}
         self.recorder.alert(alert["kind"], alert["text"], severity=alert["severity"],
-                            block=alert.get("block"), details=details)
+                            block=alert.get("block"), details=details, uid=uid)
+        self.plugins.spawn(self.plugins.alert(self, alert))
+
+    def _peer_alert(self, sender: str, msg: Alert) -> None:
+        """A peer's alert: logged, kept beside ours under its raiser's name and uid, and
+        passed to the corec_alert hooks marked remote."""
+        alert = remote_alert(sender, msg)
+        log.event("peer_alert", logging.INFO, sender=sender, kind=alert["kind"], text=alert["text"],
+                  severity=alert["severity"])
+        details = {k: v for k, v in alert.items() if k not in ("kind", "text", "severity", "block", "uid", "node")}
+        self.recorder.alert(alert["kind"], alert["text"], severity=alert["severity"], block=alert["block"],
+                            details=details, uid=alert["uid"], node=sender)
         self.plugins.spawn(self.plugins.alert(self, alert))
 
     async def plugin_store(self, name: str) -> Any:

@@ -46,9 +46,11 @@ class Recorder:
             self.spawn(f"audit {kind}", self.store.add_audit(kind, subject, reason, term=term,
                                                              details=details or None))
 
-    def alert(self, kind: str, text: str, *, severity: str, block: Any, details: dict[str, Any]) -> None:
+    def alert(self, kind: str, text: str, *, severity: str, block: Any, details: dict[str, Any],
+              uid: str | None = None, node: str | None = None) -> None:
         if self.store is not None:
-            self.spawn("alert", self.store.add_alert(kind, text, severity=severity, block=block, details=details))
+            self.spawn("alert", self.store.add_alert(kind, text, severity=severity, block=block, details=details,
+                                                     uid=uid, node=node))
 
     def block_state(self, rows: list[dict[str, Any]], wall: float) -> None:
         if self.store is not None:

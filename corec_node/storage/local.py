@@ -360,18 +360,22 @@ class LocalStore:
     async def add_alert(
         self, kind: str, message: str, *, severity: str = "warning", block: int | None = None,
         details: Mapping[str, Any] | None = None, ts: float | datetime | None = None,
+        uid: str | None = None, node: str | None = None,
     ) -> str:
-        """Record an alert; returns its uid (the key that makes its PostgreSQL copy idempotent)."""
-        uid = uuid.uuid4().hex
+        """Record an alert; returns its uid (the key that makes its PostgreSQL copy idempotent).
+        ``uid`` and ``node``: a peer's alert, under its raiser's uid and name; one already
+        kept is not kept twice."""
+        uid = uid or uuid.uuid4().hex
         when = to_epoch(ts) if ts is not None else time.time()
         det = _jsonable(details)
         async with self._tx() as conn:
-            await conn.execute(
-                "INSERT INTO alerts (uid, ts, kind, severity, block, message, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (uid, when, kind, severity, block, message, det),
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO alerts (uid, ts, kind, severity, block, message, details, node) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, when, kind, severity, block, message, det, node),
             )
-            if self.outbox_enabled:
-                payload = {"uid": uid, "ts": when, "node": self.node, "kind": kind, "severity": severity,
+            if self.outbox_enabled and cur.rowcount == 1:
+                payload = {"uid": uid, "ts": when, "node": node or self.node, "kind": kind, "severity": severity,
                            "block": block, "message": message, "details": det}
                 await conn.execute(_INSERT_OUTBOX, ("alert", None, 1, _pack(payload), time.time()))
                 self._delta += 1
@@ -407,9 +411,9 @@ class LocalStore:
     async def alerts(self, since: float | datetime | None = None) -> list[dict[str, Any]]:
         lo = to_epoch(since) if since is not None else -math.inf
         rows = await self._fetchall(
-            "SELECT uid, ts, kind, severity, block, message, details FROM alerts WHERE ts >= ? ORDER BY id", (lo,))
+            "SELECT uid, ts, kind, severity, block, message, details, node FROM alerts WHERE ts >= ? ORDER BY id", (lo,))
         keys = ("uid", "ts", "kind", "severity", "block", "message", "details")
-        return [{**dict(zip(keys, r)), "details": json.loads(r[6])} for r in rows]
+        return [{**dict(zip(keys, r)), "details": json.loads(r[6]), "node": r[7] or self.node} for r in rows]
 
     async def audit(self, since: float | datetime | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         lo = to_epoch(since) if since is not None else -math.inf

@@ -242,6 +242,12 @@ CREATE TABLE block_genomes (         -- each held block's genome and forecaster 
     saved_at REAL NOT NULL
 )
 """),
+    # shell/alerts.py: peers' alerts are kept too, under their raiser's name (NULL: this node)
+    Migration(3, "alerts from every node", """
+ALTER TABLE alerts ADD COLUMN node TEXT;
+CREATE INDEX alerts_ts ON alerts (ts);
+CREATE INDEX audit_ts ON audit (ts)
+"""),
 ]
 
 # For people who write SQL (migration 3): the block id split as the CLI shows it

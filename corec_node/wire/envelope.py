@@ -503,7 +503,7 @@ SCHEMAS: dict[MsgType, Schema] = {
             hops=_U8, replica=_U8, delete=_BOOL,
         ),
         _schema(MsgType.AGGREGATES, Aggregates, tick=_U64, rows=_ROWS),
-        _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT),
+        _schema(MsgType.ALERT, Alert, kind=_NAME, text=_TEXT, facts=_Row()),
         _schema(MsgType.FUSION_PLAN, FusionPlan, term=_U64, fusions=_ROWS),
         _schema(MsgType.FLOW, Flow, hold_ms=_U64),
         _schema(MsgType.BATCH_REPLY, BatchReply, seq=_U64, accepted=_COUNT, rejected=_REASONS, stage=_U8,

@@ -233,10 +233,13 @@ class Aggregates:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """An alert a node raised (topic ``alr``): its ``kind`` and readable ``text``."""
+    """An alert a node raised (topic ``alr``): its ``kind`` and readable ``text``; since 1.10
+    ``facts``, a row map of ``uid``, ``severity``, ``block``, ``channel``, ``value`` and
+    ``plugin`` (each optional), so every node can keep the alert as its raiser did."""
 
     kind: str
     text: str
+    facts: dict | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -384,6 +384,11 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      BatchReply(seq=U64_MAX, accepted=5, rejected={"too_large": 2, "busy": 3}, stage=1), _hdr("node-b", 2), None),
     ("alert", "an alert with a two-line text",
      Alert(kind="threshold", text="channel 7 mean 98.5 > 90\nblock 3"), _hdr("node-b", 6), None),
+    ("alert_facts", ("a 1.10 alert with its facts: every node keeps it under this uid and the sender's name, "
+     "and hands it to its corec_alert hooks marked remote"),
+     Alert(kind="threshold", text="block 7:3 mean 98.5 > 90", facts={
+         "uid": "9b2f6c1e4d8a4f0b8c7e6d5a4b3c2d1e", "severity": "critical", "block": (7 << 32) | 3, "channel": 7,
+         "value": 98.5, "plugin": "alerts"}), _hdr("node-b", 7), None),
     # -- rules a stranger's implementation needs (SPEC 5, 9.2, 9.5, 12) --
     ("entity_batch_producer", ("a producer's first batch as `corec-node send` writes it: the default "
      "label corec, the producer's own name (no member's), q from its one counter for all channels, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -746,10 +747,13 @@ def add_plugin_commands(parser: argparse.ArgumentParser, argv: Sequence[str]) ->
             path = argv[i + 1]
         elif a.startswith("--config="):
             path = a.split("=", 1)[1]
+    logging.disable(logging.INFO)  # a node's plugin_loaded lines mean nothing to a command line
     try:
         PluginManager(load_config(path, env=os.environ)).load().add_cli(sub)
     except (PluginError, ConfigError) as exc:
         print(f"corec-node: plugin commands not loaded: {exc}", file=sys.stderr)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

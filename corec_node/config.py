@@ -92,22 +92,41 @@ class EngineSection:
     min_insync: int = 0  # holders that must store a batch sent with acks all; 0: min(2, replicas)
     copy_mb_per_s: float = 64.0  # block copies to each new holder at most this fast (a join must not starve ingest); 0: unpaced
     ttl: tuple[str, ...] = ()  # "CHANNEL:SECONDS": entities of the channel not written for that long expire
-    kernels: tuple[str, ...] = ()  # "CHANNEL:KERNEL": the kernel gene of the channel's first genomes (how repaired entities are regenerated)
+    genomes: tuple[str, ...] = ()  # "CHANNEL:GENE=VALUE[;GENE=VALUE]": genes of the channel's first genomes ("1:season=12", "3:kernel=clip")
     memory_limit_mb: float = 0.0  # past 90 % of it (RSS of the node's processes) no new blocks are taken; 0: the cgroup's MemoryMax, if any
     audit: bool = True  # IsolationForest over block rows (loads scikit-learn: about 85 MB a node); false on small devices
     evolve_every: int = 60  # ticks between two evolution plans of the nucleus (challenger genomes run in shadow); 0: none
 
 
-def kernel_names(entries: tuple[str, ...]) -> dict[int, str]:
-    """``engine.kernels`` as {channel: kernel name}; ValueError naming the first bad entry
-    (whether the kernel exists is known only once plugins are loaded: the node checks)."""
-    out: dict[int, str] = {}
+def genome_genes(entries: tuple[str, ...]) -> dict[int, dict[str, Any]]:
+    """``engine.genomes`` as {channel: {gene: value}}, each value an int, a float or a name;
+    ValueError naming the first bad entry or gene (whether a kernel exists is known only
+    once plugins are loaded: the node checks that)."""
+    from corec_node.engine.genome import validate
+
+    out: dict[int, dict[str, Any]] = {}
     for entry in entries:
-        channel, sep, name = str(entry).partition(":")
-        if not sep or not channel.isdigit() or int(channel) > 255 or not name.isidentifier():
-            raise ValueError(f"{entry!r} is not CHANNEL:KERNEL")
-        out[int(channel)] = name
+        channel, sep, genes = str(entry).partition(":")
+        if not sep or not channel.isdigit() or int(channel) > 255 or not genes:
+            raise ValueError(f"{entry!r} is not CHANNEL:GENE=VALUE[;GENE=VALUE...]")
+        parsed: dict[str, Any] = {}
+        for pair in genes.split(";"):
+            gene, eq, text = pair.partition("=")
+            if not eq or not gene.strip():
+                raise ValueError(f"{entry!r}: {pair!r} is not GENE=VALUE")
+            parsed[gene.strip()] = _gene_value(text.strip())
+        validate(parsed)  # names the gene and its range
+        out[int(channel)] = parsed
     return out
+
+
+def _gene_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def ttl_seconds(entries: tuple[str, ...]) -> dict[int, int]:
@@ -438,10 +457,10 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("engine.ttl", f'"CHANNEL:SECONDS" entries, channel 0-255, seconds > 0 ({exc})',
                    list(config.engine.ttl)) from None
     try:
-        kernel_names(config.engine.kernels)
+        genome_genes(config.engine.genomes)
     except ValueError as exc:
-        raise fail("engine.kernels", f'"CHANNEL:KERNEL" entries, channel 0-255 ({exc})',
-                   list(config.engine.kernels)) from None
+        raise fail("engine.genomes", f'"CHANNEL:GENE=VALUE[;GENE=VALUE]" entries, channel 0-255, genes in range ({exc})',
+                   list(config.engine.genomes)) from None
     if not 0 <= config.engine.copy_mb_per_s <= 1 << 20:
         raise fail("engine.copy_mb_per_s", "MiB/s from 0 (unpaced) to 1048576", config.engine.copy_mb_per_s)
     if not 0 <= config.engine.memory_limit_mb <= 1 << 24:

@@ -9,7 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from corec_node.engine.adaptive import DEFAULT, GENOME_REFRESH, SPEC_KEY, AdaptiveBlocks, genome_text
+from corec_node.engine.adaptive import (
+    DEFAULT,
+    GENOME_REFRESH,
+    SPEC_KEY,
+    AdaptiveBlocks,
+    genome_text,
+)
 from corec_node.engine.evolution import Challenge
 from corec_node.engine.genome import make
 
@@ -116,9 +122,11 @@ def test_the_kernel_gene_chooses_how_a_block_regenerates_its_entities():
     from corec_node.engine.host import EngineHost
 
     host = EngineHost("a", block_size=100, max_errors=1.0)
-    host.use_kernels({"answer": lambda values, state: np.full_like(values, 42.0)}, {7: "answer"})
+    host.use_kernels({"answer": lambda values, state: np.full_like(values, 42.0)},
+                     {7: {"kernel": "answer"}, 5: {"season": 12, "alpha": 0.3}})
     with pytest.raises(ValueError, match="no kernel 'nope'"):
-        host.use_kernels({}, {8: "nope"})
+        host.use_kernels({}, {8: {"kernel": "nope"}})
+    assert (host.adaptive.first[5]["season"], host.adaptive.first[5]["alpha"]) == (12, 0.3)
     host.ingest(entities(np.arange(4), 7, 10.0), sweep=False)  # block 7:0, kernel "answer"
     host.ingest(entities(np.arange(4), 6, 10.0), sweep=False)  # block 6:0, the default: its mean
     host.tick()

@@ -11,9 +11,9 @@ Rules:
    state: nothing moves on failover.
 2. Which genome a block starts with, when this node first holds it: the one the cluster
    last published for it (rows carry genomes, rule 4), else the one this node saved before
-   a restart, else its channel's first genome (the default, with the kernel that
-   ``engine.kernels`` names for the channel). A saved forecaster state is restored with its genome when
-   the genome is the same, so learned state survives a restart.
+   a restart, else its channel's first genome (the default, with the genes that
+   ``engine.genomes`` gives the channel). A saved forecaster state is restored with its
+   genome when the genome is the same, so learned state survives a restart.
 3. Only a block's owner runs trials (``start_trials``: the nucleus's challengers); a
    holder that is not the owner takes the genome the owner publishes (``observe_row``).
    A verdict that promotes a challenger restores the challenger's forecaster state.
@@ -71,7 +71,7 @@ class AdaptiveBlocks:
         self.saved: dict[int, tuple[Genome, Mapping[str, Any] | None]] = {}  # restored from disk (rule 2)
         self._sent: dict[int, tuple[str, int]] = {}  # block -> (genome id, tick) of its last spec row
         self._by_id: dict[str, Genome] = {DEFAULT.id: DEFAULT}  # one object per distinct genome
-        self.first: dict[int, Genome] = {}  # channel -> the genome its blocks start with (engine.kernels)
+        self.first: dict[int, Genome] = {}  # channel -> the genome its blocks start with (engine.genomes)
         self.replaced = 0  # genomes replaced by a winning challenger (as owner)
         self.kept = 0  # trials the current genome won
 

@@ -467,14 +467,16 @@ class EngineHost:
         owned = np.array(self._owned_blocks(blocks[starts].tolist()), dtype=bool)
         return np.repeat(owned, np.diff(np.append(starts, len(blocks))))
 
-    def use_kernels(self, extra: dict[str, Kernel], first: dict[int, str]) -> None:
-        """Plugins' kernels (``corec_kernels``) beside the built-in ones, and the kernel each
-        channel's first genomes carry (``engine.kernels``); ValueError naming an unknown one."""
+    def use_kernels(self, extra: dict[str, Kernel], first: dict[int, dict[str, Any]]) -> None:
+        """Plugins' kernels (``corec_kernels``) beside the built-in ones, and the genes each
+        channel's first genomes carry (``engine.genomes``); ValueError naming an unknown
+        kernel or a gene out of range."""
         self.kernels.update(extra)
-        for channel, name in first.items():
+        for channel, genes in first.items():
+            name = genes.get("kernel", MEAN_KERNEL)
             if name != MEAN_KERNEL and name not in self.kernels:
                 raise ValueError(f"channel {channel}: no kernel {name!r} (known: {', '.join(sorted(self.kernels))})")
-            self.adaptive.first[channel] = self.adaptive.first.get(channel, DEFAULT_GENOME).replace(kernel=name)
+            self.adaptive.first[channel] = DEFAULT_GENOME.replace(**genes)
 
     def _kernel_of(self, root: int) -> Callable[[np.ndarray], np.ndarray] | None:
         """The kernel a block's genome chose for its regenerated entities (repair), or None

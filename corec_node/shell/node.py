@@ -32,7 +32,7 @@ from typing import Any
 import zmq
 
 from corec_node import __version__, log
-from corec_node.config import Config, ConfigError, console_addr, join_addr, kernel_names
+from corec_node.config import Config, ConfigError, console_addr, genome_genes, join_addr
 from corec_node.engine.audit import Auditor
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
@@ -123,11 +123,11 @@ class Node:
             recorder=self.recorder, plugins=self.plugins, host=self, raise_alert=self.raise_alert,
             publish_digest=self._publish_digest)
         self.data.data_send = self._data_send
-        try:  # plugins' kernels, and the kernel each channel's genomes start with
-            self.data.engine.use_kernels(self.plugins.kernels(), kernel_names(config.engine.kernels))
+        try:  # plugins' kernels, and the genes each channel's first genomes carry
+            self.data.engine.use_kernels(self.plugins.kernels(), genome_genes(config.engine.genomes))
         except ValueError as exc:
-            raise ConfigError(config.source, "engine.kernels", f"kernels this node has ({exc})",
-                              list(config.engine.kernels)) from None
+            raise ConfigError(config.source, "engine.genomes", f"kernels this node has ({exc})",
+                              list(config.engine.genomes)) from None
         self.data_outbox = Outbox(self.datasock, self.traffic, name=self.name, cluster=cluster)
         self.commands = ControlCommands(
             identity=self.identity, mesh=self.mesh, data=self.data, traffic=self.traffic,

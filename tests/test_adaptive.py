@@ -37,22 +37,31 @@ def rows_for(blocks: np.ndarray) -> list[dict]:
     return [{"block": int(b), "channel": int(b >> 32), "mean": 1.0} for b in blocks]
 
 
-def test_rows_carry_forecasts_and_the_genome_spec_when_it_changed_or_is_due():
+def test_rows_carry_forecasts_and_the_genome_spec_when_it_changed_or_in_turn():
     layer = AdaptiveBlocks()
     blocks = np.array([1 << 32, (1 << 32) + 1], np.int64)
     run(layer, blocks, range(60))
+    turn = {int(b): -int(b) % GENOME_REFRESH for b in blocks}  # the tick (mod the refresh) of each block's turn
+    quiet = next(t for t in range(60, 200) if all((t + b) % GENOME_REFRESH for b in turn))
     rows = rows_for(blocks)
-    layer.annotate(rows, 60)
+    layer.annotate(rows, quiet)
     for r in rows:
         assert isinstance(r["forecast"], float) and r["generation"] == 0 and r["genome"] == DEFAULT.id
         assert r["forecast_error"] is not None  # 48 scored ticks: the default window
-        assert json.loads(r[SPEC_KEY])["id"] == DEFAULT.id
+        assert SPEC_KEY not in r  # the default genome needs no spec, and it is not this block's turn
+    assert layer.spec_of(rows[0]) is DEFAULT  # every node knows the default
+    b = int(blocks[0])
     rows = rows_for(blocks)
-    layer.annotate(rows, 61)
-    assert all(SPEC_KEY not in r for r in rows)  # sent a tick ago, unchanged
+    layer.annotate(rows, GENOME_REFRESH * 10 + turn[b])
+    assert [SPEC_KEY in r for r in rows] == [True, False]  # block b's turn only
+    assert json.loads(rows[0][SPEC_KEY])["id"] == DEFAULT.id
+    layer.observe_row({"block": b + 1, SPEC_KEY: genome_text(SEASONAL)}, ours=False)  # its owner's genome
     rows = rows_for(blocks)
-    layer.annotate(rows, 60 + GENOME_REFRESH)
-    assert all(SPEC_KEY in r for r in rows)  # due again
+    layer.annotate(rows, quiet)
+    assert SPEC_KEY not in rows[0] and json.loads(rows[1][SPEC_KEY])["id"] == SEASONAL.id  # not the one it sent
+    rows = rows_for(blocks)
+    layer.annotate(rows, quiet + 1)
+    assert all(SPEC_KEY not in r for r in rows)  # sent once
     rows = [{"block": 99}]
     layer.annotate(rows, 62)
     assert rows == [{"block": 99}]  # a block we do not hold: nothing said about it

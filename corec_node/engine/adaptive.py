@@ -20,9 +20,10 @@ Rules:
 4. Rows say what a block's forecaster says: ``forecast`` (the next tick's mean),
    ``forecast_error`` (scaled error against the naive last value; None until enough
    ticks), ``generation`` and ``genome`` (the genome's id); ``genome_spec``, the genome as
-   compact JSON, rides a block's row when its genome changed since its last row, and at
-   least every GENOME_REFRESH ticks, so every node learns every block's genome at a cost
-   of a few bytes per row.
+   compact JSON, rides a block's row when its genome is not the one it last sent (the
+   default needs no spec: every node knows it), and every GENOME_REFRESH ticks in turns
+   (block ids spread the turns), so every node learns every block's genome at a cost of a
+   few bytes per row and no burst.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ class AdaptiveBlocks:
             row["generation"] = g.generation
             row["genome"] = g.id
             sent = self._sent.get(b)
-            if sent is None or sent[0] != g.id or tick - sent[1] >= GENOME_REFRESH:
-                row[SPEC_KEY] = genome_text(g)
+            if (sent[0] != g.id if sent is not None else g is not DEFAULT) or (tick + b) % GENOME_REFRESH == 0:
+                row[SPEC_KEY] = genome_text(g)  # changed, or this block's turn: blocks take turns
                 self._sent[b] = (g.id, tick)
                 self.known[b] = g
 
@@ -183,7 +184,9 @@ class AdaptiveBlocks:
         return self._by_id.setdefault(g.id, g)
 
     def spec_of(self, row: Mapping[str, Any]) -> Genome | None:
-        """The genome a row names (by id), if this node knows it."""
+        """The genome a row names (by id), if this node knows it (the default it always does)."""
+        if row.get("genome") == DEFAULT.id:
+            return DEFAULT
         g = self.known.get(int(row["block"]))
         return g if g is not None and g.id == row.get("genome") else None
 

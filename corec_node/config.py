@@ -180,6 +180,13 @@ class ConsoleSection:
     listen: str = ""  # the read-only web console, "host:port" or a port alone (loopback); empty: off
 
 
+@dataclass(frozen=True, slots=True)
+class AlertsSection:
+    webhook: str = ""  # http(s) URL: each alert this node raises is POSTed there as JSON; empty: none
+    alertmanager: str = ""  # Alertmanager's base URL ("http://host:9093"): alerts go to its /api/v2/alerts; empty: none
+    timeout: float = 5.0  # seconds one delivery may take before it is tried again
+
+
 def console_addr(listen: str) -> tuple[str, int]:
     """``console.listen`` as (host, port): a port alone is loopback's; ValueError if neither."""
     if listen.isascii() and listen.isdigit():
@@ -197,6 +204,7 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
     # per-plugin settings tables ([plugin.NAME]); validated by each plugin at load
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
@@ -265,6 +273,7 @@ SECTIONS: dict[str, type] = {
     "security": SecuritySection,
     "metrics": MetricsSection,
     "console": ConsoleSection,
+    "alerts": AlertsSection,
 }
 
 
@@ -402,6 +411,11 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
                 split_addr(addr)
             except ValueError:
                 raise fail(key, "host:port", addr) from None
+    for key, url in (("alerts.webhook", config.alerts.webhook), ("alerts.alertmanager", config.alerts.alertmanager)):
+        if url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise fail(key, "an http:// or https:// URL", url)
+    if not 0 < config.alerts.timeout <= 300:
+        raise fail("alerts.timeout", "seconds from 0 to 300", config.alerts.timeout)
     if config.console.listen:
         try:
             console_addr(config.console.listen)

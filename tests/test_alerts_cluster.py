@@ -4,10 +4,12 @@ listed by `corec-node alerts` from any node."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -91,3 +93,58 @@ def test_an_alert_raised_on_one_node_is_listed_by_every_node(tmp_path):
         assert "probe_hot" in text and " a " in text and "critical" in text
     finally:
         cluster.close()
+
+
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """A webhook and an Alertmanager: the first POST to each path fails (500), to be retried."""
+
+    got: list[tuple[str, object]] = []
+    failed: set[str] = set()
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path not in self.failed:
+            self.failed.add(self.path)
+            self.send_response(500)
+        else:
+            self.got.append((self.path, body))
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_raiser_sends_its_alert_to_a_webhook_and_alertmanager_once_with_retries(tmp_path):
+    organs = tmp_path / "organs"
+    organs.mkdir()
+    (organs / "probe.py").write_text(textwrap.dedent(PROBE))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {"COREC_PLUGINS_PATHS": str(organs), "COREC_ENGINE_TICK_INTERVAL": "0.2",
+           "COREC_ALERTS_WEBHOOK": f"{base}/hook", "COREC_ALERTS_ALERTMANAGER": base}
+    cluster = Cluster(tmp_path)
+    try:
+        a = cluster.start("a", extra_env=env)
+        nodes = [a] + [cluster.start(n, join=[a.addr], extra_env=env) for n in ("b",)]
+        for node in nodes:
+            node.wait_ready(30)
+        eventually(lambda: all(len(n.members()) == 2 for n in nodes), 30, message="two members")
+        with Client(a.addr) as client:
+            client.send(entities(np.arange(5000), 1, 20.0))
+            client.flush(10)
+        eventually(lambda: {p for p, _ in _Sink.got} == {"/hook", "/api/v2/alerts"}, 60, interval=0.2,
+                   message="both sinks took the alert after a failed try")
+        eventually(lambda: len(alerts(nodes[1])) >= 1, 30, message="b keeps it too")
+        got = dict(_Sink.got)
+        assert len(_Sink.got) == 2  # b keeps a's alert but does not send it again
+        hook = got["/hook"]
+        assert (hook["kind"], hook["node"], hook["severity"], hook["cluster"]) == ("probe_hot", "a", "critical", "corec")
+        (am,) = got["/api/v2/alerts"]
+        assert am["labels"]["alertname"] == "probe_hot" and am["labels"]["node"] == "a"
+        assert am["labels"]["severity"] == "critical" and am["annotations"]["summary"].startswith("block ")
+        assert am["annotations"]["uid"] == hook["uid"] == alerts(nodes[1])[0]["uid"]
+    finally:
+        cluster.close()
+        server.shutdown()

@@ -57,6 +57,8 @@ def test_precedence_file_env_flags(tmp_path):
         ('[engine]\nblock_size = true\n', "engine.block_size", "an integer"),
         ('[engine]\ningest_queue_mb = 0\n', "engine.ingest_queue_mb", "MiB"),
         ('[engine]\ngenomes = ["3=clip"]\n', "engine.genomes", "CHANNEL:GENE=VALUE"),
+        ('[alerts]\nwebhook = "hooks.example/x"\n', "alerts.webhook", "http:// or https:// URL"),
+        ('[alerts]\nalertmanager = "ftp://am"\n', "alerts.alertmanager", "http:// or https:// URL"),
         ('[engine]\ngenomes = ["1:season=13"]\n', "engine.genomes", "'season' must be"),
         ('[engine]\ngenomes = ["1:salt=1"]\n', "engine.genomes", "salt"),
         ('[engine]\nevolve_every = -1\n', "engine.evolve_every", "number of ticks"),

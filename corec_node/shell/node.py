@@ -36,6 +36,7 @@ from corec_node.config import Config, ConfigError, console_addr, genome_genes, j
 from corec_node.engine.audit import Auditor
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
+from corec_node.shell.alert_sinks import AlertSinks
 from corec_node.shell.alerts import facts_of, new_uid, remote_alert
 from corec_node.shell.commands import ControlCommands, Identity
 from corec_node.shell.console import ConsoleServer
@@ -100,6 +101,8 @@ class Node:
         self.loop_time = TickHistogram()  # one pass of _tick_loop
         self.engine_tick_time = TickHistogram()  # one DataPlane.tick, inside that pass
         self.alerts: collections.Counter[str] = collections.Counter()  # raised by this node, by kind
+        self.alert_sinks = AlertSinks(config.alerts.webhook, config.alerts.alertmanager, cluster=cluster,
+                                      node=self.name, timeout=config.alerts.timeout)
         self.exit_code = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -285,6 +288,7 @@ class Node:
         await self.mesh.stop()  # it sends its member snapshot on the way out
         await self.datasock.close()
         await self.plugins.shutdown(self)
+        await self.alert_sinks.close()
         for opening in self._plugin_stores.values():
             try:
                 await (await opening).close()
@@ -562,6 +566,7 @@ class Node:
         details = {k: v for k, v in alert.items() if k not in ("kind", "text", "severity", "block")}
         self.recorder.alert(alert["kind"], alert["text"], severity=alert["severity"],
                             block=alert.get("block"), details=details, uid=uid)
+        self.alert_sinks.send({**alert, "text": text, "uid": uid})  # the raiser sends; its peers only keep it
         self.plugins.spawn(self.plugins.alert(self, alert))
 
     def _peer_alert(self, sender: str, msg: Alert) -> None:

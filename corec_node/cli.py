@@ -22,6 +22,7 @@ from corec_node.config import Config, ConfigError, load_config
 from corec_node.render import (  # the text of each command's answer
     render_alerts,
     render_blocks,
+    render_drift,
     render_genome,
     render_leader,
     render_members,
@@ -113,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--channel", type=int, help="only this channel")
     blocks.add_argument("--json", action="store_true", help="print JSON")
     blocks.set_defaults(func=cmd_blocks)
+
+    drift = sub.add_parser("drift", help="settings that differ between members (exit 1 when any do)")
+    _common(drift)
+    drift.add_argument("--json", action="store_true", help="print JSON")
+    drift.set_defaults(func=cmd_drift)
 
     alerts = sub.add_parser("alerts", help="alerts raised anywhere in the cluster, as this node kept them")
     _common(alerts)
@@ -432,6 +438,18 @@ def name_blocks(rows: list[dict[str, Any]], _args: argparse.Namespace | None = N
 
 
 cmd_blocks = _client("blocks", render_blocks, shape=name_blocks, channel=lambda a: a.channel)
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Exit 1 when members differ: a script can gate a rollout on it."""
+    from corec_node.shell.control import ControlError
+
+    try:
+        result = _request(args, "drift")
+    except ControlError as exc:
+        return _fail(str(exc))
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else render_drift(result))
+    return EXIT_FAIL if result["differences"] else EXIT_OK
+
+
 cmd_alerts = _client("alerts", render_alerts, since=lambda a: a.since)
 cmd_genome = _client("genome", render_genome, block=lambda a: int(a.block) if a.block.isdigit() else a.block)
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",

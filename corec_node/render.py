@@ -134,6 +134,18 @@ def render_alerts(rows: list[dict[str, Any]]) -> str:
     return table(cells)
 
 
+def render_drift(r: dict[str, Any]) -> str:
+    """``drift``: one line per differing key and member, or that they agree."""
+    unknown = f"; not compared (older than protocol 1.10): {', '.join(r['unknown'])}" if r["unknown"] else ""
+    if not r["differences"]:
+        return f"no drift: {len(r['members'])} members agree on {r['keys']} settings{unknown}"
+    cells = [["KEY", "MEMBER", "VALUE"]]
+    for d in r["differences"]:
+        cells += [[d["key"], name, "(none)" if value is None else value] for name, value in d["values"].items()]
+    return (f"drift: {len(r['differences'])} of {r['keys']} settings differ between {len(r['members'])} members"
+            f"{unknown}\n" + table(cells))
+
+
 def render_genome(r: dict[str, Any]) -> str:
     """``genome BLOCK``: the genome, where it came from, and the trials run on it here."""
     def f(v: Any) -> str:

@@ -148,3 +148,31 @@ def test_the_raiser_sends_its_alert_to_a_webhook_and_alertmanager_once_with_retr
     finally:
         cluster.close()
         server.shutdown()
+
+
+def test_drift_names_the_member_whose_settings_differ(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        a = cluster.start("a")
+        nodes = [a, cluster.start("b", join=[a.addr]),
+                 cluster.start("c", join=[a.addr], extra_env={"COREC_ENGINE_EVOLVE_EVERY": "7"})]
+        for node in nodes:
+            node.wait_ready(30)
+
+        def drift(node, *extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "corec_node", "drift", *extra, "--data-dir",
+                                   str(node.data_dir)], capture_output=True, text=True, timeout=30)
+
+        out = eventually(lambda: (lambda o: o if len(json.loads(o.stdout)["members"]) == 3 else None)(
+            drift(a, "--json")), 30, message="every member's settings heard")
+        assert out.returncode == 1
+        report = json.loads(out.stdout)
+        assert report["unknown"] == [] and report["keys"] >= 8
+        assert report["differences"] == [{"key": "engine.evolve_every", "values": {"a": "60", "b": "60", "c": "7"}}]
+        text = drift(nodes[1])
+        assert text.returncode == 1 and text.stdout.startswith("drift: 1 of ") and "engine.evolve_every" in text.stdout
+        nodes[2].stop()
+        eventually(lambda: drift(a).returncode == 0, 30, message="no drift once c left")
+        assert drift(a).stdout.startswith("no drift: 2 members agree on ")
+    finally:
+        cluster.close()

@@ -15,7 +15,7 @@ from corec_node import __version__
 from meshutil import eventually, free_port
 
 CLI = [sys.executable, "-m", "corec_node"]
-SUBCOMMANDS = ["run", "join", "members", "status", "leader", "leave", "force-leave", "keygen", "blocks", "send", "demo", "plugin", "plugins", "monitor", "genome", "alerts"]
+SUBCOMMANDS = ["run", "join", "members", "status", "leader", "leave", "force-leave", "keygen", "blocks", "send", "demo", "plugin", "plugins", "monitor", "genome", "alerts", "drift"]
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:

@@ -55,6 +55,7 @@ BAD = [
     ("alerts", {"since": -1}, "since"),
     ("alerts", {"since": "1h"}, "since"),
     ("alerts", {"node": "a"}, "node"),
+    ("drift", {"all": True}, "all"),
 ]
 
 

@@ -297,9 +297,9 @@ def test_a_feature_is_on_only_when_every_voter_announces_it() -> None:
     net.run(10.0)
     a = net.cores["a"]
     assert a.config.names() == frozenset("abc")
-    assert a.membership.member("c").build == ("1.9", "1.4", ("voters",), "", ())
-    assert a.membership.member("b").build == (*new, "b:7402", ())
-    assert net.cores["c"].membership.member("a").build == (*new, "a:7402", ())
+    assert a.membership.member("c").build == ("1.9", "1.4", ("voters",), "", (), ())
+    assert a.membership.member("b").build == (*new, "b:7402", (), ())
+    assert net.cores["c"].membership.member("a").build == (*new, "a:7402", (), ())
     assert a.feature_on("voters") and not a.feature_on("shiny")
     net.down.add("c")
     net.run(1.0)

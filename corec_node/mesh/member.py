@@ -44,8 +44,9 @@ def supersedes(
     return _RANK[new_status] > _RANK[old_status]
 
 
-NO_BUILD: tuple[str, str, tuple[str, ...], str, tuple[str, ...]] = ("", "", (), "", ())
-"""A member that announced nothing of itself: version, protocol, features, data socket, tags."""
+NO_BUILD: tuple[str, str, tuple[str, ...], str, tuple[str, ...], tuple[str, ...]] = ("", "", (), "", (), ())
+"""A member that announced nothing of itself: version, protocol, features, data socket, tags,
+settings."""
 
 
 @dataclass(slots=True)
@@ -58,16 +59,18 @@ class Member:
     inc: int
     status: MemberStatus
     since: float  # the ``now`` of the last status change
-    # version, protocol, features it announced, its data socket ("" none: before 1.5), its tags (1.8)
-    build: tuple[str, str, tuple[str, ...], str, tuple[str, ...]] = NO_BUILD
+    # version, protocol, features it announced, its data socket ("" none: before 1.5), its tags (1.8),
+    # its settings (1.10)
+    build: tuple[str, str, tuple[str, ...], str, tuple[str, ...], tuple[str, ...]] = NO_BUILD
 
     def state(self) -> MemberState:
-        return MemberState(self.name, self.addr, self.pub, self.inc, self.status, *self.build)
+        *build, settings = self.build  # pruned (1.9) sits between tags and settings: never set from here
+        return MemberState(self.name, self.addr, self.pub, self.inc, self.status, *build, settings=settings)
 
     def learn_build(self, st: MemberState) -> None:
         """What the member announced of itself (not a verdict: it never orders updates)."""
         if st.version and st.inc >= self.inc:
-            self.build = (st.version, st.protocol, st.features, st.data, st.tags)
+            self.build = (st.version, st.protocol, st.features, st.data, st.tags, st.settings)
 
 
 def n_live(members: Mapping[str, Member]) -> int:

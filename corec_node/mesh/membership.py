@@ -223,7 +223,7 @@ class Membership:
         config: MembershipConfig,
         rng: random.Random,
         now: float,
-        build: tuple[str, str, tuple[str, ...], str, tuple[str, ...]] = ("", "", (), "", ()),
+        build: tuple[object, ...] = NO_BUILD,
     ) -> None:
         """``build``: this node's version, protocol, features, data socket and tags,
         announced with its own record (shown by ``members --detailed``; feature gates read

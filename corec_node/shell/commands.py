@@ -54,7 +54,7 @@ class Identity:
 
 
 STATUS_WAIT = 2.0  # status answers within the CLI's patience, even when the mesh process is slow
-MESH_COMMANDS = ("members", "leader", "voters", "recover-voters", "join", "leave", "force-leave")
+MESH_COMMANDS = ("members", "leader", "voters", "recover-voters", "join", "leave", "force-leave", "drift")
 
 
 class ControlCommands:
@@ -217,7 +217,17 @@ class MeshCommands:
             "leave": self.leave,
             "force-leave": self.force_leave,
             "logs": self.logs,
+            "drift": self.drift,
         }
+
+    async def drift(self, _req: dict[str, Any]) -> dict[str, Any]:
+        """``corec-node drift``: where the live members' announced settings differ."""
+        from corec_node.shell.drift import differences
+
+        assert self.control.core is not None
+        live = [(m.name, m.build[5]) for m in self.control.core.membership.members()
+                if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)]
+        return differences(live)
 
     async def logs(self, req: dict[str, Any]) -> dict[str, Any]:
         """The mesh process's log lines since its cursor (the node process merges its own)."""
@@ -231,7 +241,7 @@ class MeshCommands:
             {"name": m.name, "addr": m.addr, "pub": m.pub, "status": m.status.label,
              "incarnation": m.inc, "self": m.name == self.identity.name,
              "version": m.build[0] or None, "protocol": m.build[1] or None, "features": list(m.build[2]),
-             "tags": tag_map(m.build[4]),
+             "tags": tag_map(m.build[4]), "settings": list(m.build[5]),
              "voter": m.name in voters}
             for m in self.control.core.membership.members()
         ]

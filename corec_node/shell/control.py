@@ -147,6 +147,7 @@ PARAMS: dict[str, dict[str, Param]] = {
     "blocks": {"channel": Param(channel)},
     "genome": {"block": Param(block_ref, required=True)},
     "alerts": {"since": Param(optional(seconds(MAX_ALERT_AGE)))},
+    "drift": {},
     "join": {"addrs": Param(addresses, required=True), "wait": Param(seconds(MAX_WAIT_SECONDS))},
     "leave": {"spread": Param(seconds(MAX_SPREAD_SECONDS))},
     "force-leave": {"name": Param(member_name, required=True), "prune": Param(flag)},

@@ -161,9 +161,11 @@ class ControlPlane:
         clock: Callable[[], float],
         data: str = "",
         tags: Sequence[str] = (),
+        settings: Sequence[str] = (),
     ) -> None:
         self.name, self.addr, self.pub, self.data = name, addr, pub, data
         self.tags = tuple(tags)  # node.tags, announced with our member record
+        self.settings = tuple(settings)  # what must agree cluster-wide, announced too (drift)
         self.profile = profile
         self.voter_config = VoterConfig(max_voters=max_voters, promote_after=PROMOTE_AFTER.get(profile, 2.0))
         self.data_dir = data_dir
@@ -200,7 +202,8 @@ class ControlPlane:
         self._durable = ((term, voted_for), config or Configuration())
         self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
                              term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
-                             build=(__version__, PROTOCOL, FEATURES, self.data, self.tags), abstain=abstain)
+                             build=(__version__, PROTOCOL, FEATURES, self.data, self.tags, self.settings),
+                             abstain=abstain)
         if snapshot or join:
             self._joined_at = time.time()
         self._join_watch = JoinWatch(join, now, required=join_required, timeout=join_timeout)

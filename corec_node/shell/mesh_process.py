@@ -101,6 +101,7 @@ class MeshSpec:
     parent_pid: int
     identity: Identity
     abstain: bool = False  # a restored data directory: no vote until led (election rule 15)
+    settings: tuple[str, ...] = ()  # announced with our member record (corec-node drift)
 
 
 # -- the node process's side ------------------------------------------------------------
@@ -113,6 +114,7 @@ class MeshHandle:
         self.config = config
         self.identity = identity
         self.events = events
+        self.settings: tuple[str, ...] = ()  # set by the node before start (its plugins are known by then)
         self.endpoint = endpoint_for(os.getpid())
         self.link: LinkEnd | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -135,7 +137,7 @@ class MeshHandle:
         self._handlers = {DIRECT: on_direct, BROADCAST: on_broadcast}
         self.link.start(self._on_link)
         spec = MeshSpec(self.config, tuple(snapshot), term, voted_for, self.endpoint, os.getpid(), self.identity,
-                        abstain)
+                        abstain, self.settings)
         # a fresh interpreter that imports only the mesh (not the caller's __main__, as
         # multiprocessing's spawn would); the spec arrives on its stdin
         self.proc = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND], stdin=subprocess.PIPE, close_fds=True)
@@ -390,7 +392,8 @@ class MeshProcess:
         self.control = ControlPlane(
             name=self.name, addr=cfg.advertise, pub=cfg.pub_advertise, profile=cfg.mesh.profile,
             max_voters=cfg.mesh.max_voters, data_dir=cfg.data_dir, transport=self.transport,
-            outbox=self.outbox, events=self.events, clock=self.now, data=cfg.data_advertise, tags=cfg.node.tags)
+            outbox=self.outbox, events=self.events, clock=self.now, data=cfg.data_advertise, tags=cfg.node.tags,
+            settings=spec.settings)
         self.commands = MeshCommands(identity=spec.identity, control=self.control, traffic=self.traffic,
                                      transport=self.transport, now=self.now, stop=self.events.stop,
                                      link_dropped=self.link.dropped)

@@ -47,6 +47,7 @@ from corec_node.shell.curve import CurveConfig, reload_keys
 from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
 from corec_node.shell.datadir import lock_data_dir
+from corec_node.shell.drift import settings_of
 from corec_node.shell.memory import MemoryGauge, release_free_memory
 from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
@@ -121,6 +122,7 @@ class Node:
         self.console_server: ConsoleServer | None = None
         # loads, validates and configures every plugin now: a PluginError is a ConfigError (exit 2)
         self.plugins = PluginManager(config, on_alert=self._publish_alert).load()
+        self.mesh.settings = settings_of(config, self.plugins.info())  # announced for corec-node drift
         self.data = DataPlane(
             name=self.name, engine_config=config.engine, outbox=self.outbox, traffic=self.traffic,
             recorder=self.recorder, plugins=self.plugins, host=self, raise_alert=self.raise_alert,

@@ -456,7 +456,7 @@ _ADDR = _Addr()
 _DIGEST = _Str(32, empty=True, printable=True, spec="digest")
 _MEMBER = _Struct(MemberState, name=_NAME, addr=_ADDR, pub=_ADDR, inc=_U64, status=_Status(),
                   version=_LABEL, protocol=_LABEL, features=_Array(_NAME, limits.MAX_FEATURES), data=_ADDR,
-                  tags=_Array(_NAME, limits.MAX_TAGS), pruned=_BOOL)
+                  tags=_Array(_NAME, limits.MAX_TAGS), pruned=_BOOL, settings=_Array(_NAME, limits.MAX_SETTINGS))
 _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
 _VOTERS = _Array(_Struct(Voter, name=_NAME, addr=_ADDR), limits.MAX_VOTERS)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)

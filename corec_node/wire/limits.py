@@ -42,6 +42,10 @@ MAX_FEATURES = 32
 MAX_TAGS = 32
 """``key=value`` tags one member announces (MemberState.tags, since 1.8)."""
 
+MAX_SETTINGS = 64
+"""``key=value`` settings one member announces (MemberState.settings, since 1.10): the config
+keys that must agree cluster-wide and its plugins' versions (``corec-node drift``)."""
+
 MAX_TEXT_BYTES = 4096
 """Free text (Alert.text): a readable message, not a log dump."""
 

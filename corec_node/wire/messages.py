@@ -67,6 +67,7 @@ class MemberState:
     data: str = ""  # since 1.5: "host:port" of its data (producer) socket; "" none
     tags: tuple[str, ...] = ()  # since 1.8: "key=value" labels from its config (node.tags), for people and plugins
     pruned: bool = False  # since 1.9: with status left, an operator's force-leave --prune: forget it now
+    settings: tuple[str, ...] = ()  # since 1.10: "key=value" of its config that must agree cluster-wide, and plugin versions
 
 
 # -- membership (SWIM + Lifeguard) ----------------------------------------------------

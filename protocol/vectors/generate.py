@@ -434,6 +434,13 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
                                  ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring"),
                                  "10.0.0.7:7948", ("role=gateway", "zone=eu-1")),)),
      _hdr("pi-7", 12, "corec"), None),
+    ("gossip_settings", ("a 1.10 member announcing the settings that must agree cluster-wide and its plugins' "
+     "versions, for corec-node drift: key=value names, acted on by no node"),
+     Gossip(updates=(MemberState("pi-7", "10.0.0.7:7946", "10.0.0.7:7947", 2, MemberStatus.ALIVE, "0.1.0", "1.10",
+                                 ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring",
+                                  "evolution"), "10.0.0.7:7948", (), False,
+                                 ("engine.block_size=1000", "engine.replicas=2", "plugin.alerts=0.1.0")),)),
+     _hdr("pi-7", 13, "corec"), None),
     ("gossip_pruned", ("a 1.9 node gossips an operator's force-leave --prune: the member left at the "
      "incarnation it died with, and every receiver not holding a higher one forgets it now"),
      Gossip(updates=(MemberState("pi-3", "10.0.0.3:7946", "10.0.0.3:7947", 4, MemberStatus.LEFT, "0.1.0", "1.8",

@@ -149,3 +149,31 @@ def test_the_kernel_gene_chooses_how_a_block_regenerates_its_entities():
     st = host.store.state()
     values = {int(c): float(v) for i, c, v in zip(st["id"], st["channel"], st["value"]) if i == 0}
     assert values == {6: 10.0, 7: 42.0}
+
+
+def test_a_kernel_that_fails_keeps_the_mean_and_a_peers_bad_genome_is_ignored():
+    from records import entities
+
+    from corec_node.engine.adaptive import parse_genome
+    from corec_node.engine.host import EngineHost
+
+    def broken(values, state):
+        raise RuntimeError("a plugin's bug")
+
+    host = EngineHost("a", block_size=100, max_errors=1.0)
+    host.use_kernels({"broken": broken, "short": lambda values, state: np.append(values, 0.0)},
+                     {7: {"kernel": "broken"}, 6: {"kernel": "short"}})
+    host.ingest(entities(np.arange(4), 7, 10.0), sweep=False)
+    host.ingest(entities(np.arange(4), 6, 10.0), sweep=False)
+    host.tick()
+    for _ in range(2):
+        host.ingest(entities([0], 7, np.nan), sweep=False)
+        host.ingest(entities([0], 6, np.nan), sweep=False)
+    _, records = host.tick()  # the tick goes on
+    assert sorted(r.channel for r in records) == [6, 7] and host.kernel_faults == 2
+    st = host.store.state()
+    assert {int(c): float(v) for i, c, v in zip(st["id"], st["channel"], st["value"]) if i == 0} == {6: 10.0, 7: 10.0}
+    assert parse_genome("[" * 5000) is None and parse_genome(7) is None  # deep nesting, not text
+    layer = AdaptiveBlocks()
+    (standing,) = layer.standings([{"block": 5, "genome": DEFAULT.id, "fitness": "high", "forecast_error": None}])
+    assert standing.genome is DEFAULT  # a text fitness from a peer is no number, and no crash

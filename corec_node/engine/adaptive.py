@@ -54,11 +54,18 @@ def parse_genome(text: Any) -> Genome | None:
         return None
     try:
         return from_dict(json.loads(text))
-    except (ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - a peer's bytes (deep nesting: RecursionError) are never fatal
         return None
 
 
 DEFAULT = default_genome()  # one object for every block that never evolved
+MAX_DISTINCT = 4096  # distinct genomes shared by id; past it the table starts again (only sharing is lost)
+MAX_SPECS_PER_TICK = 200  # genome specs one tick's rows carry (~500 B each): the rest wait a tick
+
+
+def _number(x: Any) -> float:
+    """A row's value as a float, NaN when it is not a number (a peer's row is checked only for form)."""
+    return float(x) if type(x) in (int, float) else np.nan
 
 
 class AdaptiveBlocks:
@@ -93,7 +100,10 @@ class AdaptiveBlocks:
         records: list[AuditRecord] = []
         if len(self.trials):
             for verdict in self.trials.observe(blocks, means, self.forecasts.predict(blocks), tick):
-                if verdict.promoted and verdict.block in self.genomes and verdict.state is not None:
+                current = self.genomes.get(verdict.block)
+                if current is None or current.id != verdict.current.id:
+                    continue  # the genome changed under the trial (its owner's, on a holder): no verdict here
+                if verdict.promoted and verdict.state is not None:
                     self.forecasts.restore(verdict.block, verdict.state, verdict.challenger)
                     self.genomes[verdict.block] = verdict.challenger
                     self.known[verdict.block] = verdict.challenger
@@ -148,6 +158,7 @@ class AdaptiveBlocks:
         if held.any():
             forecast[held] = self.forecasts.predict(ids[held])
             error[held] = self.forecasts.scaled_error(ids[held])
+        specs = 0
         for row, b, f, e, h in zip(rows, ids.tolist(), forecast.tolist(), error.tolist(), held.tolist()):
             if not h:
                 continue
@@ -157,7 +168,10 @@ class AdaptiveBlocks:
             row["generation"] = g.generation
             row["genome"] = g.id
             sent = self._sent.get(b)
-            if (sent[0] != g.id if sent is not None else g is not DEFAULT) or (tick + b) % GENOME_REFRESH == 0:
+            due = (sent[0] != g.id if sent is not None else g is not DEFAULT) or (tick + b) % GENOME_REFRESH == 0 \
+                or (sent is not None and tick - sent[1] >= 2 * GENOME_REFRESH)  # its turn's row was not made
+            if due and specs < MAX_SPECS_PER_TICK:
+                specs += 1
                 row[SPEC_KEY] = genome_text(g)  # changed, or this block's turn: blocks take turns
                 self._sent[b] = (g.id, tick)
                 self.known[b] = g
@@ -181,6 +195,8 @@ class AdaptiveBlocks:
         g = parse_genome(text)
         if g is None:
             return None
+        if len(self._by_id) >= MAX_DISTINCT:
+            self._by_id = {DEFAULT.id: DEFAULT}
         return self._by_id.setdefault(g.id, g)
 
     def spec_of(self, row: Mapping[str, Any]) -> Genome | None:
@@ -200,9 +216,8 @@ class AdaptiveBlocks:
             g = self.spec_of(r)
             if g is None:
                 continue
-            health = r.get("fitness")
-            err = r.get("forecast_error")
-            score = float(fitness(np.nan if health is None else health, np.nan if err is None else err))
+            health, err = _number(r.get("fitness")), _number(r.get("forecast_error"))
+            score = float(fitness(health, err))
             out.append(Standing(int(r["block"]), g, score))
         return out
 

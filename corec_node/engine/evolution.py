@@ -93,6 +93,11 @@ def fitness(health: Any, scaled_error: Any) -> np.ndarray:
     return np.where(np.isnan(q), h, h * (1.0 + q) / 2.0)
 
 
+def _finite(x: float) -> float | None:
+    """A score for the audit log (JSON): None where it is not a number."""
+    return float(x) if math.isfinite(x) else None
+
+
 # -- the nucleus's plan (rule 1) ----------------------------------------------------------
 
 
@@ -199,8 +204,8 @@ class Verdict:
                 "challenger": self.challenger.id,
                 "parents": list(self.challenger.parents),
                 "generation": self.challenger.generation,
-                "current_mase": self.current_mase,
-                "challenger_mase": self.challenger_mase,
+                "current_mase": _finite(self.current_mase),  # None: no tick could be scored
+                "challenger_mase": _finite(self.challenger_mase),
                 "judged": self.judged,
             },
         )

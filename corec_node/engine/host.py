@@ -143,6 +143,7 @@ class EngineHost:
         self.adaptive = AdaptiveBlocks()  # genomes, forecasts and trials of the blocks held (rule 8)
         self.adaptive_records: list[AuditRecord] = []  # trial verdicts of the last tick, for the shell
         self.kernels: dict[str, Kernel] = dict(KERNEL_BUILTINS)  # what a genome's kernel gene may name
+        self.kernel_faults = 0  # kernel calls that raised or returned the wrong shape (the mean kept)
 
     # -- membership -------------------------------------------------------------------
 
@@ -480,11 +481,26 @@ class EngineHost:
 
     def _kernel_of(self, root: int) -> Callable[[np.ndarray], np.ndarray] | None:
         """The kernel a block's genome chose for its regenerated entities (repair), or None
-        for ``mean``: the inherited block mean as is. Seeded by the block, so replays agree."""
+        for ``mean``: the inherited block mean as is. Seeded by the block and the tick, so
+        replays agree. A kernel that raises, or returns the wrong shape, leaves the mean as
+        is and is counted (``kernel_faults``): a plugin's kernel never stops the ticks."""
         genome = self.adaptive.genomes.get(root)
         name = genome["kernel"] if genome is not None else MEAN_KERNEL
         kernel = self.kernels.get(name) if name != MEAN_KERNEL else None
-        return None if kernel is None else bind_kernel(kernel, KernelState.seeded(root, tick=self.tick_no))
+        if kernel is None:
+            return None
+        fn = bind_kernel(kernel, KernelState(np.random.default_rng([root, self.tick_no]), {}, self.tick_no))
+
+        def guarded(values: np.ndarray) -> np.ndarray:
+            try:
+                out = np.asarray(fn(values), np.float32)
+                if out.shape == values.shape:
+                    return out
+            except Exception:
+                pass
+            self.kernel_faults += 1
+            return values
+        return guarded
 
     def owns(self, block: int) -> bool:
         """Whether this node owns ``block`` (its fusion root) under the adopted map."""
@@ -640,7 +656,7 @@ class EngineHost:
         theirs = owner != self.name
         for row in rows:
             row["owner"] = owner
-            if theirs and SPEC_KEY in row and type(row.get("block")) is int:  # rule 8: a genome the cluster now knows
+            if theirs and SPEC_KEY in row and type(row.get("block")) is int and 0 <= row["block"] < 1 << 40:
                 self.adaptive.observe_row(row, ours=self.owns(row["block"]))
             if row.get("count") == 0:  # the block was emptied (deletes, a TTL): shown no more
                 self.rows.pop(int(row["block"]), None)

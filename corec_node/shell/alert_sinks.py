@@ -32,8 +32,8 @@ def alertmanager_body(alert: dict[str, Any], cluster: str) -> list[dict[str, Any
     on, the text as the summary."""
     labels = {"alertname": alert["kind"], "severity": alert.get("severity", "warning"), "cluster": cluster,
               "node": alert.get("node") or ""}
-    if alert.get("block") is not None:
-        block = int(alert["block"])
+    block = alert.get("block")
+    if type(block) is int and 0 <= block < 1 << 40:
         labels["block"] = f"{block >> 32}:{block & 0xFFFFFFFF}"
     if alert.get("plugin"):
         labels["plugin"] = str(alert["plugin"])
@@ -67,6 +67,7 @@ class AlertSinks:
             self._task = asyncio.get_running_loop().create_task(self._deliver())
         if self._queue.full():
             self._queue.get_nowait()
+            self._queue.task_done()
             self.dropped += 1
         self._queue.put_nowait({**alert, "node": alert.get("node") or self.node})
 
@@ -86,14 +87,19 @@ class AlertSinks:
             alert = await self._queue.get()
             try:
                 for name, url in self.targets:
-                    body = alertmanager_body(alert, self.cluster) if name == "alertmanager" \
-                        else webhook_body(alert, self.cluster)
-                    await self._post(name, url, body, alert)
+                    try:
+                        body = alertmanager_body(alert, self.cluster) if name == "alertmanager" \
+                            else webhook_body(alert, self.cluster)
+                        await self._post(name, url, body, alert)
+                    except Exception as exc:  # a plugin's odd field: this alert fails, the sink goes on
+                        self.failed[name] += 1
+                        log.event("alert_sink_failed", logging.WARNING, sink=name, kind=alert.get("kind"),
+                                  error=f"{type(exc).__name__}: {exc}")
             finally:
                 self._queue.task_done()
 
     async def _post(self, name: str, url: str, body: Any, alert: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        data = json.dumps(body, default=str).encode()  # a plugin's field JSON does not know: as text
         delay = BACKOFF
         for attempt in range(1, TRIES + 1):
             error = await asyncio.to_thread(self._post_once, url, data)

@@ -175,7 +175,7 @@ class ControlCommands:
         since = req.get("since")
         rows = await store.alerts(None if since is None else time.time() - float(since))
         return [{"ts": r["ts"], "node": r["node"], "kind": r["kind"], "severity": r["severity"], "block": r["block"],
-                 "name": None if r["block"] is None else f"{r['block'] >> 32}:{r['block'] & 0xFFFFFFFF}",
+                 "name": f"{r['block'] >> 32}:{r['block'] & 0xFFFFFFFF}" if type(r["block"]) is int else None,
                  "text": r["message"], "uid": r["uid"], "details": r["details"]} for r in rows[-MAX_ALERTS_SHOWN:]]
 
 

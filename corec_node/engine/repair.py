@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -146,26 +147,22 @@ def _regenerated(
     raw = store.block_of_positions(pos)
     vals = ref[raw].astype(np.float32)
     if kernels:
-        channels = (store.keys[pos] >> np.uint64(32)).astype(np.int64)
-        for ch in np.unique(channels).tolist():
-            fn = kernels.get(ch)
-            if fn is not None:
-                sel = channels == ch
-                out = np.asarray(fn(vals[sel]), np.float32)
-                if out.shape != (int(sel.sum()),):
-                    raise ValueError(f"kernel of channel {ch} returned shape {out.shape}")
-                vals[sel] = out
+        _apply(vals, (store.keys[pos] >> np.uint64(32)).astype(np.int64), kernels.get, "channel")
     if block_kernel is not None and roots is not None:
-        of = roots[raw]
-        for root in np.unique(of).tolist():
-            fn = block_kernel(root)
-            if fn is not None:
-                sel = of == root
-                out = np.asarray(fn(vals[sel]), np.float32)
-                if out.shape != (int(sel.sum()),):
-                    raise ValueError(f"kernel of block {root} returned shape {out.shape}")
-                vals[sel] = out
+        _apply(vals, roots[raw], block_kernel, "block")
     return vals
+
+
+def _apply(vals: np.ndarray, groups: np.ndarray, kernel_of: Callable[[int], Any], what: str) -> None:
+    """Each group's kernel (``kernel_of(group)``, None: none) on its values, in place."""
+    for g in np.unique(groups).tolist():
+        fn = kernel_of(g)
+        if fn is not None:
+            sel = groups == g
+            out = np.asarray(fn(vals[sel]), np.float32)
+            if out.shape != (int(sel.sum()),):
+                raise ValueError(f"kernel of {what} {g} returned shape {out.shape}")
+            vals[sel] = out
 
 
 def _records(

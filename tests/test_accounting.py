@@ -18,8 +18,8 @@ import pytest
 import zmq
 
 from corec_node.client import Client
-from corec_node.wire import PROTOCOL_MINOR
 from corec_node.testing.cluster import eventually, free_port
+from corec_node.wire import PROTOCOL_MINOR
 
 pytestmark = pytest.mark.timeout(600)
 

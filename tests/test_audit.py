@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from records import entities
 
 from corec_node.engine import EntityStore, aggregate, aggregate_rows
-from corec_node.engine.audit import FEATURES, AlertGate, AuditFinding, Auditor, AuditRecord, features
-from records import entities
+from corec_node.engine.audit import (
+    FEATURES,
+    AlertGate,
+    AuditFinding,
+    Auditor,
+    AuditRecord,
+    features,
+)
 
 BLOCKS_PER_CHANNEL = 300
 CHANNELS = {1: 20.0, 2: 1000.0}  # two scales: a temperature, a pressure

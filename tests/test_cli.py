@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from meshutil import eventually, free_port
 
 from corec_node import __version__
-from meshutil import eventually, free_port
 
 CLI = [sys.executable, "-m", "corec_node"]
 SUBCOMMANDS = ["run", "join", "members", "status", "leader", "leave", "force-leave", "keygen", "blocks", "send", "demo", "plugin", "plugins", "monitor", "genome", "alerts", "drift"]

@@ -20,10 +20,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from corec_node.shell.console import BadRequest, channel_param, host_name, is_loopback, parse_request
-from corec_node.shell.console_feed import Tail, channels, placement, role, strict
 from meshutil import eventually, free_port
+
+from corec_node.shell.console import (
+    BadRequest,
+    channel_param,
+    host_name,
+    is_loopback,
+    parse_request,
+)
+from corec_node.shell.console_feed import Tail, channels, placement, role, strict
 
 pytestmark = pytest.mark.timeout(240)
 

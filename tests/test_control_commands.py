@@ -6,9 +6,15 @@ import json
 import socket
 
 import pytest
-
-from corec_node.shell.control import MAX_REQUEST_BYTES, PARAMS, CommandError, ControlError, check_params
 from meshutil import eventually
+
+from corec_node.shell.control import (
+    MAX_REQUEST_BYTES,
+    PARAMS,
+    CommandError,
+    ControlError,
+    check_params,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 
 import pytest
+from meshutil import eventually, free_port
 
 from corec_node.shell.discovery import MAGIC, decode_beacon, encode_beacon
-from meshutil import eventually, free_port
 
 pytestmark = pytest.mark.timeout(120)
 

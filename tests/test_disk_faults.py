@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from meshutil import eventually
 
 from corec_node.testing import voters_agree

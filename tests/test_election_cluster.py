@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from meshutil import eventually
 
 from corec_node.testing import voters_agree

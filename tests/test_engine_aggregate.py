@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from records import entities as recs
 
 from corec_node.engine import store as store_mod
 from corec_node.engine.aggregate import AGGREGATE_DTYPE, ROW_KEYS, aggregate, aggregate_rows
 from corec_node.engine.blocks import block_id
 from corec_node.engine.store import EntityStore
-from records import entities as recs
 
 
 def reference(ids, chans, vals, act, block_size):

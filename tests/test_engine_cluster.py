@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from corec_node.client import Client
 from meshutil import eventually
 from records import entities, random_entities
+
+from corec_node.client import Client
 
 pytestmark = pytest.mark.timeout(240)
 BLOCK = 1000

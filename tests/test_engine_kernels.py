@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from records import entities
 
 from corec_node.engine import EntityStore, aggregate
 from corec_node.engine.kernels import (
@@ -19,7 +20,6 @@ from corec_node.engine.kernels import (
     transform,
 )
 from corec_node.wire import ENTITY_DTYPE
-from records import entities
 
 
 def test_registry():

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from records import entities as recs
 
 from corec_node.engine.aggregate import AGGREGATE_DTYPE, aggregate
 from corec_node.engine.blocks import block_id
@@ -19,7 +20,6 @@ from corec_node.engine.repair import (
     repair,
 )
 from corec_node.engine.store import EntityStore
-from records import entities as recs
 
 
 def tick(s: EntityStore, t: int = 0, **kw) -> list[RepairRecord]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from records import entities as recs
 
 from corec_node.engine import store as store_mod
 from corec_node.engine.blocks import (
@@ -20,7 +21,6 @@ from corec_node.engine.blocks import (
 )
 from corec_node.engine.store import EntityStore, IngestResult
 from corec_node.wire import ENTITY_DTYPE, decode_entities, encode_entities
-from records import entities as recs
 
 
 class Model:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from records import entities
 
 from corec_node.engine.blocks import block_ids_of
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import PlacementMap
-from records import entities
 
 
 @settings(max_examples=30, deadline=None)

@@ -15,10 +15,10 @@ import sys
 import msgpack
 import pytest
 import zmq
+from meshutil import eventually, free_port
 
 from corec_node.wire import encode_message
 from corec_node.wire.messages import Gossip, MemberState, MemberStatus, Ping, StatePush
-from meshutil import eventually, free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from meshutil import eventually, free_port
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,7 +28,6 @@ from corec_node.shell.metrics import (
     Metrics,
     TickHistogram,
 )
-from meshutil import eventually, free_port
 
 pytestmark = pytest.mark.timeout(60)
 

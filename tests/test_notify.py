@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from meshutil import free_port
 
 from corec_node.shell.systemd import Notifier
-from meshutil import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,11 +11,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from corec_node.engine.blocks import block_id
-from corec_node.engine.blocks import FusionTable, block_ids_of
-from corec_node.engine.placement import RENDEZVOUS, PlacementMap, member_seed, moves, owners, partition
 from records import entities
+
+from corec_node.engine.blocks import FusionTable, block_id, block_ids_of
+from corec_node.engine.placement import (
+    RENDEZVOUS,
+    PlacementMap,
+    member_seed,
+    moves,
+    owners,
+    partition,
+)
 
 BLOCKS = np.array([block_id(c, i * 1000) for c in range(4) for i in range(25_000)], np.int64)
 NAMES = [f"node-{i}" for i in range(10)]

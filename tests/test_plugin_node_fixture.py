@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from meshutil import eventually
 from piputil import is_installed
-
 from records import entities
 
 # the fixture; a venv where corec-node is installed has it already (entry point pytest11)

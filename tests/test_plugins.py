@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pgutil import eventually  # async: polls on the running loop
+from records import entities
 
 from corec_node import hookspecs, log
 from corec_node.config import Config, ConfigError, PluginsSection
@@ -34,8 +36,6 @@ from corec_node.plugins import (
     UnknownPluginTable,
     validate_settings,
 )
-from pgutil import eventually  # async: polls on the running loop
-from records import entities
 
 # -- helpers --------------------------------------------------------------------------------
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from piputil import pip_install, pip_uninstall
+from records import entities
 
 from corec_node.config import Config, PluginsSection
 from corec_node.engine import EntityStore, aggregate, aggregate_rows
 from corec_node.plugins import DISABLED_ENV, PluginManager
-from records import entities
-from piputil import pip_install, pip_uninstall
 
 
 def write_dist(root: Path, dist: str, package: str, plugin: str) -> Path:

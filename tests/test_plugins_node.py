@@ -5,8 +5,8 @@ raises, which the node must switch off while it lives on."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from meshutil import eventually
-
-from corec_node.client import Client
 from piputil import is_installed, pip_install, pip_uninstall
 from records import entities
+
+from corec_node.client import Client
 
 RECORDER = '''
     """Writes one JSON line per hook call to the file named by its "out" setting."""

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from meshutil import eventually, free_port
+from records import entities
 
 from corec_node.client import Client
 from corec_node.shell.metrics import ALERT_KINDS, PRODUCER_REJECT_REASONS, RECORD_DROP_REASONS
-from meshutil import eventually, free_port
-from records import entities
 
 pytestmark = pytest.mark.timeout(120)
 

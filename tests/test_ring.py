@@ -7,7 +7,14 @@ import hashlib
 import numpy as np
 import pytest
 
-from corec_node.engine.placement import RENDEZVOUS, RING, PlacementMap, map_digest, members_digest, owners
+from corec_node.engine.placement import (
+    RENDEZVOUS,
+    RING,
+    PlacementMap,
+    map_digest,
+    members_digest,
+    owners,
+)
 from corec_node.engine.ring import RING_TOKENS
 
 BLOCKS = np.arange(20_000, dtype=np.int64) | (3 << 32)

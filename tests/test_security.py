@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
+from meshutil import eventually
 from zmq.utils.monitor import recv_monitor_message
 
 from corec_node.config import ConfigError, load_config
@@ -31,7 +32,6 @@ from corec_node.shell.curve import (
     stop_authenticator,
 )
 from corec_node.testing.stranger import Attempt, reset_peak, rss_kib, send_message
-from meshutil import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,11 +9,11 @@ import threading
 
 import aiosqlite
 import pytest
+from pgutil import eventually  # async: polls on the running loop
 
 from corec_node.storage import LocalStore, PluginStore, SchemaTooNewError, StaleTermError
 from corec_node.storage.migrations import CORE_SQLITE
 from corec_node.wire.messages import MemberState, MemberStatus
-from pgutil import eventually  # async: polls on the running loop
 
 T0 = 1_700_000_000.0
 
@@ -309,8 +309,8 @@ async def test_plugin_sqlite_isolated_and_migrated_once(tmp_path):
 
 async def test_syncer_without_a_server_keeps_the_node_working(store):
     """Nothing listens at the DSN: ticks still record, the drain backs off, stop is bounded."""
-    from corec_node.testing.cluster import free_port
     from corec_node.storage import Syncer
+    from corec_node.testing.cluster import free_port
 
     syncer = Syncer(store, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
                     interval=0.02, max_backoff=0.1, connect_timeout=0.5)

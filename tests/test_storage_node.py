@@ -11,11 +11,11 @@ import contextlib
 
 import numpy as np
 import pytest
-
-from corec_node.client import Client
 from meshutil import free_port
 from pgutil import eventually  # the pg, pg_dsn and pg_schema fixtures come through conftest
 from records import entities
+
+from corec_node.client import Client
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -6,6 +6,7 @@ Each test gets its own schema (see pgutil); nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -21,7 +22,6 @@ import pytest
 from pgutil import eventually  # the pg, pg_dsn and pg_schema fixtures come through conftest
 from test_storage_local import rows_for
 
-from corec_node.testing.cluster import free_port
 from corec_node.storage import (
     LocalStore,
     PluginStore,
@@ -31,6 +31,7 @@ from corec_node.storage import (
     Syncer,
 )
 from corec_node.storage.migrations import CORE_POSTGRES, migrate_postgres
+from corec_node.testing.cluster import free_port
 from corec_node.wire.messages import MemberState, MemberStatus
 
 COLS = ("block", "channel", "owner", "tick", "count", "active", "mean", "min", "max", "std", "error_rate", "fitness")
@@ -630,3 +631,26 @@ async def test_plugin_postgres_schema_isolated(tmp_path, pg_dsn, pg_schema, pg):
     with pytest.raises(SchemaTooNewError):
         await PluginStore.open("metrics", data_dir=tmp_path, postgres_dsn=pg_dsn, postgres_schema=pg_schema,
                                postgres_migrations=[])
+
+
+async def test_the_owners_genomes_reach_postgres_and_a_lower_generation_never_wins(tmp_path, pg_dsn, pg_schema, pg):
+    from corec_node.engine.adaptive import genome_text
+    from corec_node.engine.genome import default_genome, make
+
+    evolved = make({"season": 12, "alpha": 0.3}, generation=2, parents=("f75dcb80f7193ce2",))
+    block = 3 << 32 | 4
+    a = await LocalStore.open(tmp_path / "a.db", node="a")
+    b = await LocalStore.open(tmp_path / "b.db", node="b")
+    await a.save_genomes([(block, genome_text(default_genome()), None)], owned=[block])
+    await a.save_genomes([(block, genome_text(evolved), {"v": 1}), (block + 1, genome_text(default_genome()), None)],
+                         owned=[block])  # replaces the pending entry; block + 1 is a replica here: not sent
+    await b.save_genomes([(block, genome_text(default_genome()), None)], owned=[block])  # an older owner's
+    for st in (a, b):
+        syncer = Syncer(st, pg_dsn, schema=pg_schema)
+        await syncer.flush()
+        await syncer.stop()
+        await st.close()
+    s = f'"{pg_schema}"'
+    rows = await pg.fetch(f"SELECT block, channel, block_index, owner, genome_id, generation, genome FROM {s}.block_genomes")
+    assert [tuple(r)[:6] for r in rows] == [(block, 3, 4, "a", evolved.id, 2)]
+    assert json.loads(rows[0]["genome"])["params"]["season"] == 12

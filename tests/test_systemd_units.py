@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from meshutil import free_port
 
 pytestmark = pytest.mark.timeout(120)

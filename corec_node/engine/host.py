@@ -502,6 +502,10 @@ class EngineHost:
             return values
         return guarded
 
+    def owned_mask(self, blocks: np.ndarray) -> np.ndarray:
+        """Which of ``blocks`` (ids) this node owns under the adopted map."""
+        return self._owned(self.store.fusions.resolve(blocks)) if len(blocks) else np.zeros(0, bool)
+
     def owns(self, block: int) -> bool:
         """Whether this node owns ``block`` (its fusion root) under the adopted map."""
         return bool(self._owned(self.store.fusions.resolve(np.array([block], np.int64)))[0])

@@ -157,7 +157,7 @@ class ControlCommands:
         if store is not None:
             for kind in ("genome_replaced", "genome_kept"):
                 trials += [{"ts": a["ts"], "kind": kind, "reason": a["reason"], **a["details"]}
-                           for a in await store.audit(kind=kind) if a["subject"] == f"block {name}"]
+                           for a in await store.audit(kind=kind, subject=f"block {name}")]
             trials.sort(key=lambda t: t["ts"])
         row = row or {}
         return {"block": block, "name": name, "owner": row.get("owner"), "held_here": block in engine.adaptive.genomes,

@@ -41,11 +41,14 @@ class EvolutionSide:
         return all(name in self.view.evolving for name in self.view.live)
 
     def save_genomes(self) -> None:
-        """What the blocks held now have learned, to SQLite (in the background)."""
+        """What the blocks held now have learned, to SQLite (in the background), and the
+        genomes of the blocks we own on to PostgreSQL (the owner's is the block's genome)."""
         store = self.recorder.store
         items = self.engine.adaptive.export()
         if store is not None and items:
-            self.recorder.spawn("genomes", store.save_genomes(items))
+            blocks = np.fromiter((b for b, _, _ in items), np.int64, len(items))
+            owned = blocks[self.engine.owned_mask(blocks)].tolist()
+            self.recorder.spawn("genomes", store.save_genomes(items, owned))
 
     def restore_genomes(self, items: list[tuple[int, str, Any]]) -> None:
         n = self.engine.adaptive.restore_saved(items)

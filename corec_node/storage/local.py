@@ -52,7 +52,7 @@ from corec_node.storage.rows import BLOCK_COLUMNS, normalize_rows, tick_epochs, 
 from corec_node.storage.verify import TERM_KEY, StoreCheck, check_store
 from corec_node.wire.messages import MemberState, MemberStatus
 
-OUTBOX_KINDS = ("state", "history", "alert", "audit", "member", "nucleus")
+OUTBOX_KINDS = ("state", "history", "alert", "audit", "member", "nucleus", "genome")
 BATCH_SCAN = 64  # outbox entries looked at per outbox_batch call (each carries up to a tick of rows)
 OFFLOAD_ROWS = 2_000  # above this many rows, (de)serializing runs in a worker thread, off the event loop
 
@@ -330,17 +330,26 @@ class LocalStore:
 
     # -- block genomes ----------------------------------------------------------------------------
 
-    async def save_genomes(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]]) -> int:
+    async def save_genomes(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]],
+                           owned: Iterable[int] = ()) -> int:
         """Save genomes and forecaster states (``engine/adaptive.py``), replacing what was
         saved for the same blocks; others stay (a node that restarted and has not got its
-        blocks back yet must not lose them). Returns how many."""
+        blocks back yet must not lose them). The genomes of the ``owned`` blocks also go
+        to PostgreSQL (one coalesced outbox entry: the latest save). Returns how many."""
         now = time.time()
+        items = list(items)
         rows = [(int(b), text, None if state is None else json.dumps(state, separators=(",", ":")), now)
                 for b, text, state in items]
+        mine = set(owned)
+        genomes = [[int(b), text] for b, text, _ in items if b in mine]
         if rows:
             async with self._tx() as conn:
                 await conn.executemany("INSERT OR REPLACE INTO block_genomes (block, genome, state, saved_at) "
                                        "VALUES (?, ?, ?, ?)", rows)
+                if self.outbox_enabled and genomes:
+                    payload = _pack({"node": self.node, "ts": now, "genomes": genomes})
+                    self._delta += len(genomes) - await self._replace_keyed(conn, "genome", "genomes", len(genomes),
+                                                                            payload, now)
         return len(rows)
 
     async def load_genomes(self) -> list[tuple[int, str, dict[str, Any] | None]]:
@@ -415,13 +424,17 @@ class LocalStore:
         keys = ("uid", "ts", "kind", "severity", "block", "message", "details")
         return [{**dict(zip(keys, r)), "details": json.loads(r[6]), "node": r[7] or self.node} for r in rows]
 
-    async def audit(self, since: float | datetime | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    async def audit(self, since: float | datetime | None = None, kind: str | None = None,
+                    subject: str | None = None) -> list[dict[str, Any]]:
         lo = to_epoch(since) if since is not None else -math.inf
         sql = "SELECT uid, ts, kind, subject, reason, term, details FROM audit WHERE ts >= ?"
         params: list[Any] = [lo]
         if kind is not None:
             sql += " AND kind = ?"
             params.append(kind)
+        if subject is not None:
+            sql += " AND subject = ?"
+            params.append(subject)
         rows = await self._fetchall(sql + " ORDER BY id", params)
         keys = ("uid", "ts", "kind", "subject", "reason", "term", "details")
         return [{**dict(zip(keys, r)), "details": json.loads(r[6])} for r in rows]

@@ -248,6 +248,22 @@ ALTER TABLE alerts ADD COLUMN node TEXT;
 CREATE INDEX alerts_ts ON alerts (ts);
 CREATE INDEX audit_ts ON audit (ts)
 """),
+    # the owner's genomes go to PostgreSQL too: the outbox takes a kind more (SQLite cannot
+    # change a CHECK in place, so the table is rebuilt with its rows and ids)
+    Migration(4, "outbox kind genome", """
+CREATE TABLE outbox_new (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('state', 'history', 'alert', 'audit', 'member', 'nucleus', 'genome')),
+    key TEXT,
+    rows INTEGER NOT NULL DEFAULT 1,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+INSERT INTO outbox_new (id, kind, key, rows, payload, created_at) SELECT id, kind, key, rows, payload, created_at FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_new RENAME TO outbox;
+CREATE INDEX outbox_keyed ON outbox (kind, key) WHERE key IS NOT NULL
+"""),
 ]
 
 # For people who write SQL (migration 3): the block id split as the CLI shows it
@@ -458,4 +474,25 @@ CREATE TABLE {s}.placement (
 ALTER TABLE {s}.block_state ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0
 """),
     Migration(3, "views with block names, comments", _VIEWS_SQL + _comments_sql()),
+    Migration(4, "block genomes", """
+CREATE TABLE {s}.block_genomes (
+    block bigint PRIMARY KEY,
+    channel smallint NOT NULL,
+    block_index bigint NOT NULL,
+    owner text NOT NULL,
+    genome_id text NOT NULL,
+    generation integer NOT NULL,
+    genome jsonb NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+COMMENT ON TABLE {s}.block_genomes IS 'CoreC: each block''s genome as its owner last saved it (engine/genome.py); a lower generation never replaces a higher one';
+COMMENT ON COLUMN {s}.block_genomes.block IS 'block id: channel << 32 | index';
+COMMENT ON COLUMN {s}.block_genomes.channel IS 'channel 0-255 the block belongs to';
+COMMENT ON COLUMN {s}.block_genomes.block_index IS 'the block''s index within its channel';
+COMMENT ON COLUMN {s}.block_genomes.owner IS 'member name of the node that owned the block and saved this genome';
+COMMENT ON COLUMN {s}.block_genomes.genome_id IS 'the genome''s id (a digest of its genes, generation and parents), as blocks --json shows it';
+COMMENT ON COLUMN {s}.block_genomes.generation IS 'how many breedings led to this genome (0: the channel''s first)';
+COMMENT ON COLUMN {s}.block_genomes.genome IS 'the genome: {"v", "id", "generation", "parents", "params"}';
+COMMENT ON COLUMN {s}.block_genomes.updated_at IS 'when its owner saved it (its wall clock; never used to order)'
+"""),
 ]

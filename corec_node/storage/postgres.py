@@ -238,6 +238,11 @@ class PostgresSync:
                        "WHERE EXCLUDED.inc > m.inc OR (EXCLUDED.inc = m.inc AND EXCLUDED.rank > m.rank)",
             "alert": f"INSERT INTO {s}.alerts (uid, ts, node, kind, severity, block, message, details) "
                      "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT (uid) DO NOTHING",
+            "genome": f"INSERT INTO {s}.block_genomes AS g (block, channel, block_index, owner, genome_id, generation, "
+                      "genome, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) ON CONFLICT (block) DO UPDATE "
+                      "SET owner = EXCLUDED.owner, genome_id = EXCLUDED.genome_id, generation = EXCLUDED.generation, "
+                      "genome = EXCLUDED.genome, updated_at = EXCLUDED.updated_at "
+                      "WHERE EXCLUDED.generation >= g.generation",
             "audit": f"INSERT INTO {s}.audit (uid, ts, node, kind, subject, reason, term, details) "
                      "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT (uid) DO NOTHING",
             "fence": f"SELECT term, leader FROM {s}.nucleus WHERE id = 1 FOR UPDATE",
@@ -379,6 +384,8 @@ class PostgresSync:
                 await conn.executemany(self._sql["alert"], prep.alerts)
             if prep.audits:
                 await conn.executemany(self._sql["audit"], prep.audits)
+            if prep.genomes:
+                await conn.executemany(self._sql["genome"], prep.genomes)
             if prep.fenced:
                 term, leader = await conn.fetchrow(self._sql["fence"])
                 for item_id, op in prep.fenced:
@@ -462,6 +469,7 @@ class _Prepared:
     alerts: list[tuple[Any, ...]] = field(default_factory=list)
     audits: list[tuple[Any, ...]] = field(default_factory=list)
     fenced: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    genomes: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _days(rows: Iterable[Row]) -> list[date]:
@@ -498,6 +506,13 @@ def _prepare(items: Sequence[OutboxItem]) -> _Prepared:
                                 p["severity"], p["block"], p["message"], p["details"]))
         elif item.kind == "audit" and p.get("term") is None:
             prep.audits.append(_audit_args(p))
+        elif item.kind == "genome":
+            when = to_datetime(float(p["ts"]))
+            for block, text in p["genomes"]:
+                g = json.loads(text)
+                block = int(block)
+                prep.genomes.append((block, block >> 32, block & 0xFFFFFFFF, p["node"], str(g["id"]),
+                                     int(g["generation"]), text, when))
         elif item.kind in ("audit", "nucleus"):
             prep.fenced.append((item.id, {**p, "_kind": item.kind}))
         else:

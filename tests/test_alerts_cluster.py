@@ -115,10 +115,25 @@ class _Sink(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_the_raiser_sends_its_alert_to_a_webhook_and_alertmanager_once_with_retries(tmp_path):
+EVERYWHERE = '''
+    """On every node, once rows come: the same alert about block 1:0 (as a threshold plugin
+    on every holder of a block would raise it)."""
+    from corec_node.hookspecs import hookimpl
+
+    RAISED = []
+
+    @hookimpl
+    def corec_block_aggregates(node, tick, aggregates):
+        if not RAISED and aggregates:
+            RAISED.append(tick)
+            node.raise_alert("probe_hot", "block 1:0 is too hot", severity="critical", block=1 << 32, value=99.5)
+'''
+
+
+def test_the_nucleus_sends_an_episode_once_to_a_webhook_and_alertmanager_with_retries(tmp_path):
     organs = tmp_path / "organs"
     organs.mkdir()
-    (organs / "probe.py").write_text(textwrap.dedent(PROBE))
+    (organs / "probe.py").write_text(textwrap.dedent(EVERYWHERE))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -130,21 +145,24 @@ def test_the_raiser_sends_its_alert_to_a_webhook_and_alertmanager_once_with_retr
         nodes = [a] + [cluster.start(n, join=[a.addr], extra_env=env) for n in ("b",)]
         for node in nodes:
             node.wait_ready(30)
-        eventually(lambda: all(len(n.members()) == 2 for n in nodes), 30, message="two members")
+        eventually(lambda: all(len(n.members()) == 2 and n.ctl("leader")["leader"] for n in nodes), 30,
+                   message="two members, one leader")
         with Client(a.addr) as client:
             client.send(entities(np.arange(5000), 1, 20.0))
             client.flush(10)
         eventually(lambda: {p for p, _ in _Sink.got} == {"/hook", "/api/v2/alerts"}, 60, interval=0.2,
                    message="both sinks took the alert after a failed try")
-        eventually(lambda: len(alerts(nodes[1])) >= 1, 30, message="b keeps it too")
+        # both raised it, both nodes keep both, and the sinks hear the episode once
+        eventually(lambda: all({r["node"] for r in alerts(n)} == {"a", "b"} for n in nodes), 30,
+                   message="every node keeps both alerts")
         got = dict(_Sink.got)
-        assert len(_Sink.got) == 2  # b keeps a's alert but does not send it again
+        assert len(_Sink.got) == 2, _Sink.got  # one episode: one webhook call, one Alertmanager call
         hook = got["/hook"]
-        assert (hook["kind"], hook["node"], hook["severity"], hook["cluster"]) == ("probe_hot", "a", "critical", "corec")
+        assert (hook["kind"], hook["severity"], hook["cluster"], hook["block"]) == ("probe_hot", "critical", "corec", 1 << 32)
         (am,) = got["/api/v2/alerts"]
-        assert am["labels"]["alertname"] == "probe_hot" and am["labels"]["node"] == "a"
-        assert am["labels"]["severity"] == "critical" and am["annotations"]["summary"].startswith("block ")
-        assert am["annotations"]["uid"] == hook["uid"] == alerts(nodes[1])[0]["uid"]
+        assert am["labels"]["alertname"] == "probe_hot" and am["labels"]["node"] == hook["node"] in ("a", "b")
+        assert am["labels"]["severity"] == "critical" and am["labels"]["block"] == "1:0"
+        assert am["annotations"]["uid"] == hook["uid"] in {r["uid"] for r in alerts(nodes[1])}
     finally:
         cluster.close()
         server.shutdown()
@@ -176,3 +194,17 @@ def test_drift_names_the_member_whose_settings_differ(tmp_path):
         assert drift(a).stdout.startswith("no drift: 2 members agree on ")
     finally:
         cluster.close()
+
+
+def test_an_episode_is_one_kind_about_one_block_within_the_window():
+    from corec_node.shell.alerts import Episodes
+
+    e = Episodes(window=300.0, kept=3)
+    hot = {"kind": "hot", "block": 7}
+    assert e.first(hot, 0.0) and not e.first({**hot, "node": "b"}, 10.0)  # another node, same episode
+    assert e.first({"kind": "hot", "block": 8}, 10.0) and e.first({"kind": "cold", "block": 7}, 10.0)
+    assert e.first(hot, 301.0)  # the window passed: a new episode
+    assert e.folded == 1
+    for b in range(10, 20):  # bounded: the oldest episodes are forgotten
+        e.first({"kind": "hot", "block": b}, 400.0)
+    assert len(e._last) == 3

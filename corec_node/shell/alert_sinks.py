@@ -1,8 +1,9 @@
-"""Where a node sends the alerts it raises, besides its peers: a webhook (the alert as JSON,
-POSTed) and Alertmanager (its v2 API). Only the raiser sends (its peers keep the alert, they
-do not send it again), so each alert reaches a sink once from a healthy cluster. Delivery is
-in the background with a bounded queue and retries with backoff; a sink that stays down
-costs a warning per alert given up, never the node's loop.
+"""Where the cluster's alerts go besides the nodes: a webhook (the alert as JSON, POSTed) and
+Alertmanager (its v2 API). The nucleus sends them, one per episode (``alerts.Episodes``):
+every node keeps every alert, the leader alone sends, so a sink hears each episode once
+from a healthy cluster (an alert raised while no leader is known reaches the nodes, not
+the sinks). Delivery is in the background with a bounded queue and retries with backoff;
+a sink that stays down costs a warning per alert given up, never the node's loop.
 """
 
 from __future__ import annotations

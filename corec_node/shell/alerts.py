@@ -54,3 +54,30 @@ def remote_alert(sender: str, msg: Alert) -> dict[str, Any]:
     if isinstance(facts.get("plugin"), str):
         alert["plugin"] = facts["plugin"]
     return alert
+
+
+EPISODE_WINDOW = 300.0  # seconds: the same kind about the same block within this is one episode
+EPISODES_KEPT = 10_000  # episodes remembered at most (the oldest go first)
+
+
+class Episodes:
+    """The nucleus's view of alert episodes: the first alert of a (kind, block) in a window
+    goes to the sinks, the others raised meanwhile (by the same node or its peers: a
+    threshold plugin on every holder of a block) are the same episode. Pure."""
+
+    def __init__(self, window: float = EPISODE_WINDOW, kept: int = EPISODES_KEPT) -> None:
+        self.window, self.kept = window, kept
+        self._last: dict[tuple[str, Any], float] = {}
+        self.folded = 0  # alerts not sent again: part of an episode already sent
+
+    def first(self, alert: dict[str, Any], now: float) -> bool:
+        """Whether ``alert`` opens an episode (and so goes to the sinks)."""
+        key = (alert["kind"], alert.get("block"))
+        last = self._last.get(key)
+        if last is not None and now - last < self.window:
+            self.folded += 1
+            return False
+        self._last[key] = now
+        if len(self._last) > self.kept:
+            del self._last[next(iter(self._last))]
+        return True

@@ -37,7 +37,7 @@ from corec_node.engine.audit import Auditor
 from corec_node.engine.host import EngineHost
 from corec_node.plugins import PluginManager
 from corec_node.shell.alert_sinks import AlertSinks
-from corec_node.shell.alerts import facts_of, new_uid, remote_alert
+from corec_node.shell.alerts import Episodes, facts_of, new_uid, remote_alert
 from corec_node.shell.commands import ControlCommands, Identity
 from corec_node.shell.console import ConsoleServer
 from corec_node.shell.console_feed import ConsoleFeed
@@ -102,6 +102,7 @@ class Node:
         self.loop_time = TickHistogram()  # one pass of _tick_loop
         self.engine_tick_time = TickHistogram()  # one DataPlane.tick, inside that pass
         self.alerts: collections.Counter[str] = collections.Counter()  # raised by this node, by kind
+        self.alert_episodes = Episodes()  # as nucleus: which alerts open an episode (shell/alerts.py)
         self.alert_sinks = AlertSinks(config.alerts.webhook, config.alerts.alertmanager, cluster=cluster,
                                       node=self.name, timeout=config.alerts.timeout)
         self.exit_code = 0
@@ -568,7 +569,7 @@ class Node:
         details = {k: v for k, v in alert.items() if k not in ("kind", "text", "severity", "block")}
         self.recorder.alert(alert["kind"], alert["text"], severity=alert["severity"],
                             block=alert.get("block"), details=details, uid=uid)
-        self.alert_sinks.send({**alert, "text": text, "uid": uid})  # the raiser sends; its peers only keep it
+        self._to_sinks({**alert, "text": text, "uid": uid, "node": self.name})
         self.plugins.spawn(self.plugins.alert(self, alert))
 
     def _peer_alert(self, sender: str, msg: Alert) -> None:
@@ -581,6 +582,13 @@ class Node:
         self.recorder.alert(alert["kind"], alert["text"], severity=alert["severity"], block=alert["block"],
                             details=details, uid=alert["uid"], node=sender)
         self.plugins.spawn(self.plugins.alert(self, alert))
+        self._to_sinks(alert)
+
+    def _to_sinks(self, alert: dict[str, Any]) -> None:
+        """The nucleus sends the cluster's alerts to the sinks, one per episode (every node
+        keeps every alert; only the leader sends, so a sink hears each episode once)."""
+        if self.data.view.leader == self.name and self.alert_episodes.first(alert, time.monotonic()):
+            self.alert_sinks.send(alert)
 
     async def plugin_store(self, name: str) -> Any:
         """The plugin's own store (opened and migrated once, with its corec_storage_migrations)."""

@@ -79,6 +79,7 @@ from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
 from corec_node.engine.kernels import BUILTINS as KERNEL_BUILTINS
 from corec_node.engine.kernels import Kernel, KernelState
 from corec_node.engine.kernels import bind as bind_kernel
+from corec_node.engine.kernels import guarded as guarded_kernel
 from corec_node.engine.placement import (
     RENDEZVOUS,
     RING,
@@ -489,18 +490,11 @@ class EngineHost:
         kernel = self.kernels.get(name) if name != MEAN_KERNEL else None
         if kernel is None:
             return None
-        fn = bind_kernel(kernel, KernelState(np.random.default_rng([root, self.tick_no]), {}, self.tick_no))
+        state = KernelState(np.random.default_rng([root, self.tick_no]), {}, self.tick_no)
+        return guarded_kernel(bind_kernel(kernel, state), self._kernel_fault)
 
-        def guarded(values: np.ndarray) -> np.ndarray:
-            try:
-                out = np.asarray(fn(values), np.float32)
-                if out.shape == values.shape:
-                    return out
-            except Exception:
-                pass
-            self.kernel_faults += 1
-            return values
-        return guarded
+    def _kernel_fault(self) -> None:
+        self.kernel_faults += 1
 
     def owned_mask(self, blocks: np.ndarray) -> np.ndarray:
         """Which of ``blocks`` (ids) this node owns under the adopted map."""

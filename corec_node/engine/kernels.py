@@ -143,6 +143,21 @@ def bind(kernel: Kernel, state: KernelState) -> Callable[[np.ndarray], np.ndarra
     return lambda values: kernel(values, state)
 
 
+def guarded(fn: Callable[[np.ndarray], np.ndarray], on_fault: Callable[[], None]) -> Callable[[np.ndarray], np.ndarray]:
+    """``fn``, but the values as they came (and ``on_fault()``) when it raises or returns
+    another shape: a plugin's kernel never stops a tick."""
+    def call(values: np.ndarray) -> np.ndarray:
+        try:
+            out = np.asarray(fn(values), np.float32)
+            if out.shape == values.shape:
+                return out
+        except Exception:  # noqa: BLE001 - a plugin's bug, counted by on_fault
+            pass
+        on_fault()
+        return values
+    return call
+
+
 def transform(records: np.ndarray, kernel: Kernel, state: KernelState) -> np.ndarray:
     """A copy of entity records with ``kernel`` applied to their values (e.g. ``clip``)."""
     out = np.array(records, dtype=ENTITY_DTYPE)

@@ -157,6 +157,28 @@ class StorageSection:
 class PluginsSection:
     paths: tuple[str, ...] = ()  # local plugin folders, besides installed entry points
     disabled: tuple[str, ...] = ()  # plugin names not to load
+    # tracemalloc attributes traced memory to each plugin's files (README, "Plugin memory");
+    # off by default: tracing slows every allocation of the node process
+    memory_watch: bool = False
+    memory_max_mb: float = 256.0  # a plugin over it on 2 checks in a row is switched off (an eighth of the unit's MemoryMax); 0: figures only
+    memory_limits: tuple[str, ...] = ()  # "NAME:MB" entries: a plugin's own limit instead of memory_max_mb (0: none)
+    memory_interval: float = 30.0  # seconds between checks: a snapshot stalls the loop ~1 us a live trace (0.3 s at a busy node's 300k)
+    memory_frames: int = 4  # frames kept a trace: 4 credits a plugin with what np.ones or pandas allocate for it; 1 only its own lines, at half the cost
+
+
+def plugin_memory_limits(entries: tuple[str, ...]) -> dict[str, float]:
+    """``plugins.memory_limits`` as {plugin: MiB}; ValueError naming the first bad entry."""
+    out: dict[str, float] = {}
+    for entry in entries:
+        name, sep, mb = str(entry).rpartition(":")
+        try:
+            value = float(mb)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not NAME:MB") from None
+        if not sep or not name.strip() or not 0 <= value <= 1 << 24:
+            raise ValueError(f"{entry!r} is not NAME:MB (MB from 0 to 16777216)")
+        out[name.strip()] = value
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +209,23 @@ class AlertsSection:
     timeout: float = 5.0  # seconds one delivery may take before it is tried again
 
 
+@dataclass(frozen=True, slots=True)
+class ExplainSection:
+    """``corec-node explain``'s optional rewording by an OpenAI-compatible endpoint
+    (``shell/explain_llm.py``); the account by rules needs none of it."""
+
+    url: str = ""  # base URL ("https://openrouter.ai/api/v1", "http://127.0.0.1:11434/v1"); empty: rules only
+    api_key: str = field(default="", repr=False)  # sent as a Bearer token; COREC_EXPLAIN_API_KEY keeps it out of files
+    model: str = ""  # the endpoint's model name; empty: none sent (a llama.cpp server serves the one it loaded)
+    timeout: float = 20.0  # seconds one answer may take before the account by rules is given instead
+    max_tokens: int = 400  # tokens one answer may have (a paragraph)
+    token_budget: int = 20_000  # tokens spent per budget_window at most (usage.total_tokens); 0: no limit
+    budget_window: float = 3600.0  # seconds the budget counts back
+    breaker_failures: int = 3  # failures in a row after which the endpoint is skipped...
+    breaker_cooldown: float = 60.0  # ...for this many seconds
+    cache_size: int = 128  # answers kept by their account's digest (the same facts are not asked twice)
+
+
 def console_addr(listen: str) -> tuple[str, int]:
     """``console.listen`` as (host, port): a port alone is loopback's; ValueError if neither."""
     if listen.isascii() and listen.isdigit():
@@ -205,6 +244,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
     alerts: AlertsSection = field(default_factory=AlertsSection)
+    explain: ExplainSection = field(default_factory=ExplainSection)
     # per-plugin settings tables ([plugin.NAME]); validated by each plugin at load
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
@@ -274,6 +314,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsSection,
     "console": ConsoleSection,
     "alerts": AlertsSection,
+    "explain": ExplainSection,
 }
 
 
@@ -348,7 +389,7 @@ def load_config(
         if not isinstance(table, dict):
             raise ConfigError(source, f"plugin.{name}", "a table of settings", table)
     config = Config(**sections, plugin=plugin_tables, source=source)
-    _validate(config, origins)
+    validate(config, origins)
     return config
 
 
@@ -397,7 +438,29 @@ def _coerce(value: Any, hint: Any, source: str, key: str, *, from_text: bool) ->
 
 
 
-def _validate(config: Config, origins: Mapping[str, str]) -> None:
+def _validate_explain(e: ExplainSection, fail: typing.Callable[..., ConfigError]) -> None:
+    if e.url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", e.url):
+        raise fail("explain.url", "an http:// or https:// URL (the API's base, before /chat/completions)", e.url)
+    if not e.api_key.isprintable() or any(c.isspace() for c in e.api_key):
+        raise fail("explain.api_key", "a key without spaces or control characters")
+    if not 0 < e.timeout <= 300:
+        raise fail("explain.timeout", "seconds from 0 to 300", e.timeout)
+    if not 1 <= e.max_tokens <= 100_000:
+        raise fail("explain.max_tokens", "tokens from 1 to 100000", e.max_tokens)
+    if e.token_budget < 0 or 0 < e.token_budget < e.max_tokens:
+        raise fail("explain.token_budget", f"0 (no limit) or at least explain.max_tokens ({e.max_tokens})",
+                   e.token_budget)
+    if not e.budget_window > 0:
+        raise fail("explain.budget_window", "a positive number of seconds", e.budget_window)
+    if e.breaker_failures < 1:
+        raise fail("explain.breaker_failures", "a positive number of failures", e.breaker_failures)
+    if e.breaker_cooldown < 0:
+        raise fail("explain.breaker_cooldown", "0 or more seconds", e.breaker_cooldown)
+    if not 0 <= e.cache_size <= 100_000:
+        raise fail("explain.cache_size", "answers from 0 (no cache) to 100000", e.cache_size)
+
+
+def validate(config: Config, origins: Mapping[str, str]) -> None:
     """Checks across keys that types alone cannot express; errors name where the value came from."""
 
     def fail(key: str, expected: str, got: object = None) -> ConfigError:
@@ -416,6 +479,7 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
             raise fail(key, "an http:// or https:// URL", url)
     if not 0 < config.alerts.timeout <= 300:
         raise fail("alerts.timeout", "seconds from 0 to 300", config.alerts.timeout)
+    _validate_explain(config.explain, fail)
     if config.console.listen:
         try:
             console_addr(config.console.listen)
@@ -497,6 +561,16 @@ def _validate(config: Config, origins: Mapping[str, str]) -> None:
             ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             raise fail("security.allow", "a list of IP networks such as 10.0.0.0/8", entry) from None
+    if not 0 <= config.plugins.memory_max_mb <= 1 << 24:
+        raise fail("plugins.memory_max_mb", "MiB from 0 (no limit) to 16777216", config.plugins.memory_max_mb)
+    try:
+        plugin_memory_limits(config.plugins.memory_limits)
+    except ValueError as exc:
+        raise fail("plugins.memory_limits", f'"NAME:MB" entries ({exc})', list(config.plugins.memory_limits)) from None
+    if not 1 <= config.plugins.memory_frames <= 64:
+        raise fail("plugins.memory_frames", "frames from 1 to 64", config.plugins.memory_frames)
+    if not 0.1 <= config.plugins.memory_interval <= 86400:
+        raise fail("plugins.memory_interval", "seconds from 0.1 to 86400", config.plugins.memory_interval)
     if config.storage.history_retention < 0:
         raise fail("storage.history_retention", "0 (keep all) or a number of seconds", config.storage.history_retention)
     schema = config.storage.postgres_schema

@@ -180,11 +180,21 @@ def render_plugins(rows: list[dict[str, Any]], view: str = "node", note: str = "
     if not rows:
         return head + ("no plugins loaded" if view == "node"
                        else "(no plugins installed: pip install a corec-* plugin, or set plugins.paths)")
-    cells = [["NAME", "VERSION", "SOURCE", "STATE", "FAULTS", "HOOKS", "REASON"]]
+    watched = any(r.get("memory_bytes") is not None for r in rows)  # plugins.memory_watch is on
+    cells = [["NAME", "VERSION", "SOURCE", "STATE", "FAULTS", *(["MEMORY"] if watched else []), "HOOKS", "REASON"]]
     cells += [[r["name"], str(r.get("version") or "-"), r["source"], r["state"], str(r["faults"]),
+               *([_plugin_memory(r)] if watched else []),
                ",".join(h.removeprefix("corec_") for h in r["hooks"]) or "-", r.get("reason") or ""]
               for r in rows]
     return head + table(cells)
+
+
+def _plugin_memory(r: dict[str, Any]) -> str:
+    """Traced MiB, of its limit when it has one: ``12.0/256 MiB``."""
+    held, limit = r.get("memory_bytes"), r.get("memory_limit_bytes")
+    if held is None:
+        return "-"
+    return f"{held / 2**20:.1f}/{limit / 2**20:g} MiB" if limit else f"{held / 2**20:.1f} MiB"
 
 
 def render_leader(r: dict[str, Any]) -> str:
@@ -197,3 +207,20 @@ def render_voters(r: dict[str, Any]) -> str:
     rows += [[v["name"], v["addr"], "leader" if v["name"] == r["leader"] else "voter"] for v in r["voters"]]
     head = f"configuration {r['index']} (made in term {r['config_term']}, {state}); leader {r['leader'] or '(none)'} (term {r['term']})"
     return head + ("\n" + table(rows) if r["voters"] else "\nno voters: this node has not been added to a cluster yet")
+
+
+def render_settings(r: dict[str, Any]) -> str:
+    """``corec-node settings``: the committed values; where this node's file differs."""
+    if not r["committed"]:
+        return ("no settings committed yet (the leader writes them with its next configuration; until then each node "
+                "runs with its own file)")
+    lines = []
+    if r.get("changed"):
+        lines.append("committed: " + ", ".join(f"{k}={v}" for k, v in sorted(r["changed"].items()))
+                     + f" (configuration {r['index']}; every node restarts in place to run with them)")
+    width = max(len(k) for k in r["committed"])
+    for key, value in sorted(r["committed"].items()):
+        diff = r["differences"].get(key)
+        note = f"   this node's file says {diff['file']}: running with {value}" if diff else ""
+        lines.append(f"{key:<{width}}  {value}{note}")
+    return "\n".join(lines)

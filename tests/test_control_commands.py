@@ -62,6 +62,15 @@ BAD = [
     ("alerts", {"since": "1h"}, "since"),
     ("alerts", {"node": "a"}, "node"),
     ("drift", {"all": True}, "all"),
+    ("explain", {"block": "1"}, "block"),
+    ("explain", {"alert": "xyz1"}, "alert"),
+    ("explain", {"alert": "abc"}, "alert"),
+    ("explain", {"block": "1:0", "refine": "yes"}, "refine"),
+    ("explain", {"uid": "abcd"}, "uid"),
+    ("settings", {"set": "engine.replicas=2"}, "set"),
+    ("settings", {"set": ["engine.replicas"]}, "set"),
+    ("settings", {"set": [2]}, "set"),
+    ("settings", {"key": "x"}, "key"),
 ]
 
 

@@ -122,6 +122,27 @@ def test_memory_is_bounded(unit_path):
     assert "MemoryMax" in text and "Size it" in text, "the unit says how to size the bound"
 
 
+def _percent(value: str) -> int:
+    match = re.fullmatch(r"([0-9]+)%", value)
+    assert match, f"{value!r}: expected a percentage such as 200%"
+    return int(match.group(1))
+
+
+def test_cpu_and_tasks_are_bounded(unit_path):
+    """Two cores' worth at least (the node is two processes, each one busy loop: less would
+    throttle the loops themselves), and a thread/process bound far above a node's ~15 tasks."""
+    unit = parse_unit(unit_path)
+    quota = _percent(one(unit, "Service", "CPUQuota"))
+    assert 200 <= quota <= 800
+    assert "CPUQuotaPeriodSec" not in unit["Service"], "the default 100 ms period: a throttled loop waits at most that"
+    tasks = int(one(unit, "Service", "TasksMax"))
+    assert 256 <= tasks <= 4096
+    text = unit_path.read_text()
+    before = text[:text.index("\nCPUQuota=")]
+    assert "WatchdogSec" in before.rsplit("\n\n", 1)[-1] and "100 ms" in before, "the reason, beside the value"
+    assert "15" in text[:text.index("\nTasksMax=")].rsplit("CPUQuota=", 1)[-1], "what a node runs, beside TasksMax"
+
+
 def test_single_node_paths():
     unit = parse_unit(UNIT)
     exec_start = one(unit, "Service", "ExecStart").split()

@@ -32,9 +32,11 @@ Rules of the hook path (what a caller and a plugin may rely on):
    call is past its budget (it hangs).
 5. Circuit breaker: ``max_faults`` faults within ``fault_window`` seconds switch the
    plugin off (unregistered from every hook, state "disabled") until the node restarts;
-   ``on_alert`` gets a ``plugin_disabled`` alert. Nothing a plugin does raises out of a
-   dispatch method; only load problems raise, as :class:`PluginConfigError` or
-   :class:`PluginLoadError` (both :class:`~corec_node.config.ConfigError`: exit code 2).
+   ``on_alert`` gets a ``plugin_disabled`` alert. With ``plugins.memory_watch`` a plugin
+   holding more traced memory than its limit is switched off the same way (:mod:`.memwatch`).
+   Nothing a plugin does raises out of a dispatch method; only load problems raise, as
+   :class:`PluginConfigError` or :class:`PluginLoadError` (both
+   :class:`~corec_node.config.ConfigError`: exit code 2).
 6. ``COREC_DISABLED_PLUGINS=a,b`` (and config ``plugins.disabled``) keeps plugins from
    being imported at all; ``COREC_TRACE_PLUGINS=1`` logs every hook call (``plugin_call``
    with hook, plugin, duration and outcome).
@@ -58,7 +60,7 @@ budgets, faults, the breaker, tracing), in a ``Dispatcher`` the manager builds a
 each call to (composition, as pluggy keeps its manager apart from its call loop);
 :mod:`.settings` checks each ``[plugin.NAME]`` table and holds the load errors;
 :mod:`.records` is what both know about a plugin; :mod:`.facade` is what a plugin sees of
-the node.
+the node; :mod:`.memory` (pure) and :mod:`.memwatch` (tracemalloc) are the memory watch.
 """
 
 from __future__ import annotations

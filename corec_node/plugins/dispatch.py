@@ -384,15 +384,16 @@ class Dispatcher:
     def _trip(self, rec: PluginRecord, recent: int) -> None:
         reason = (f"circuit breaker: {recent} faults within {self.fault_window:g} s "
                   f"(last: {rec.last_error})")
+        self.switch_off(rec, reason, f"plugin {rec.name} switched off after {recent} faults within "
+                        f"{self.fault_window:g} s: {rec.last_error}")
+
+    def switch_off(self, rec: PluginRecord, reason: str, text: str, **fields: Any) -> None:
+        """Switch ``rec`` off (the manager's ``disable``), log ``plugin_disabled`` and send
+        the ``plugin_disabled`` alert: the breaker's way out, and the memory watch's."""
         self._disable(rec.name, reason)
-        log.event("plugin_disabled", logging.ERROR, plugin=rec.name, faults=rec.faults, reason=reason)
-        self._emit({
-            "kind": "plugin_disabled",
-            "severity": "critical",
-            "text": f"plugin {rec.name} switched off after {recent} faults within {self.fault_window:g} s: {rec.last_error}",
-            "plugin": rec.name,
-            "faults": rec.faults,
-        })
+        log.event("plugin_disabled", logging.ERROR, plugin=rec.name, faults=rec.faults, reason=reason, **fields)
+        self._emit({"kind": "plugin_disabled", "severity": "critical", "text": text, "plugin": rec.name,
+                    "faults": rec.faults, **fields})
 
     def _dropped(self, rec: PluginRecord, track: _Track, hook: str, now: float) -> None:
         rec.dropped += 1

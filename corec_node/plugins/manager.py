@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from corec_node import hookspecs, log
-from corec_node.config import Config, ConfigError
+from corec_node.config import Config, ConfigError, plugin_memory_limits
 from corec_node.hookspecs import HOOK_NAMES, PROJECT
 from corec_node.plugins.dispatch import (
     DEFAULT_BUDGET,
@@ -42,6 +42,7 @@ from corec_node.plugins.dispatch import (
     where,
 )
 from corec_node.plugins.facade import Leadership, NodeFacade, unwrap
+from corec_node.plugins.memwatch import MemoryWatcher
 from corec_node.plugins.records import ACTIVE, DISABLED, PluginRecord, _Impl
 from corec_node.plugins.settings import (
     PluginConfigError,
@@ -115,6 +116,7 @@ class PluginManager:
         self._by_channel: list[tuple[_Impl, ...]] = [()] * 256
         self._channels: frozenset[int] = frozenset()
         self._loaded = False
+        self.memory: MemoryWatcher | None = None  # plugins.memory_watch, from startup() to shutdown()
 
     # the dispatcher's settings and pool, readable here as before the split
     @property
@@ -225,6 +227,10 @@ class PluginManager:
         for table in self.config.plugin:
             if table not in known:
                 raise UnknownPluginTable(table, sorted(self.records), source=self.config.source)
+        for name in plugin_memory_limits(self.config.plugins.memory_limits):
+            if name not in known:
+                raise ConfigError(self.config.source, "plugins.memory_limits",
+                                  f"names of plugins found ({', '.join(sorted(self.records)) or 'none'})", name)
 
     def _load_entrypoints(self) -> list[PluginRecord]:
         added = []
@@ -362,7 +368,11 @@ class PluginManager:
 
     async def startup(self, node: Any) -> None:
         """corec_startup on every plugin (awaited, ``startup_budget`` each, concurrently),
-        then corec_channels. Call once, on the loop, before the first tick."""
+        then corec_channels. Call once, on the loop, before the first tick. With
+        ``plugins.memory_watch`` the memory watch starts first (:mod:`.memwatch`)."""
+        if self.config.plugins.memory_watch and self.memory is None:
+            self.memory = MemoryWatcher(self.config.plugins, self.records, self._dispatcher.switch_off)
+            self.memory.start()
         await self._dispatcher.run("corec_startup", self._impls["corec_startup"], {"node": node},
                                    self.startup_budget)
         self.refresh_channels()
@@ -374,6 +384,8 @@ class PluginManager:
         await self._dispatcher.run("corec_shutdown", self._impls["corec_shutdown"], {"node": node},
                                    self.startup_budget)
         self._dispatcher.close()
+        if self.memory is not None:
+            await self.memory.stop()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a dispatch in the background (the tick and the ingest path never wait for
@@ -510,12 +522,19 @@ class PluginManager:
     def info(self) -> list[dict[str, Any]]:
         """One dict per plugin found, active or not: name, version, source ("entrypoint",
         "path", "builtin"), origin, hooks, state ("active" | "disabled"), reason, faults,
-        dropped, calls, last_error, channels. Sorted by name; keys are a public interface."""
+        dropped, calls, last_error, channels, memory_bytes, memory_peak_bytes,
+        memory_growth_bytes, memory_limit_bytes (None without plugins.memory_watch). Sorted by
+        name; keys are a public interface."""
         return [self.records[n].info() for n in sorted(self.records)]
 
     def fault_counts(self) -> dict[str, int]:
         """``{plugin: faults}`` for metrics."""
         return {n: r.faults for n, r in self.records.items()}
+
+    def memory_counts(self) -> dict[str, int]:
+        """``{plugin: traced bytes}`` for metrics: plugins the memory watch has measured
+        (empty while it is off)."""
+        return {n: r.memory_bytes for n, r in self.records.items() if r.memory_bytes is not None}
 
     def disable(self, name: str, reason: str) -> None:
         """Switch a plugin off now (as the breaker does, without the alert)."""

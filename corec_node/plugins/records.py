@@ -33,6 +33,11 @@ class PluginRecord:
     dropped: int = 0
     calls: int = 0
     last_error: str = ""
+    # the memory watch's figures (plugins.memory_watch; None while it is off or before its first check)
+    memory_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    memory_growth_bytes: int | None = None
+    memory_limit_bytes: int | None = None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -48,6 +53,10 @@ class PluginRecord:
             "calls": self.calls,
             "last_error": self.last_error,
             "channels": sorted(self.channels),
+            "memory_bytes": self.memory_bytes,
+            "memory_peak_bytes": self.memory_peak_bytes,
+            "memory_growth_bytes": self.memory_growth_bytes,
+            "memory_limit_bytes": self.memory_limit_bytes,
         }
 
 

@@ -89,6 +89,17 @@ def member_names(value: Any) -> list[str]:
     return names
 
 
+def assignments(value: Any) -> list[str]:
+    """A list of ``KEY=VALUE`` texts (``settings set``: the keys are checked by the node);
+    None, none."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_LIST or not all(
+            isinstance(v, str) and "=" in v and len(v) <= 200 for v in value):
+        raise ValueError(f"a list of at most {MAX_LIST} KEY=VALUE texts")
+    return value
+
+
 def addresses(value: Any) -> list[str]:
     """A non-empty list of host:port addresses."""
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_LIST:
@@ -113,6 +124,13 @@ def block_ref(value: Any) -> int:
     elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 40:
         return value
     raise ValueError("a block: CHANNEL:INDEX (as blocks shows it) or its integer id")
+
+
+def alert_ref(value: Any) -> str:
+    """An alert uid or its first 4 or more hex digits (``explain``), lowercased."""
+    if isinstance(value, str) and 4 <= len(value) <= 32 and all(c in "0123456789abcdefABCDEF" for c in value):
+        return value.lower()
+    raise ValueError("an alert uid, or its first 4 or more hex digits")
 
 
 def flag(value: Any) -> bool:
@@ -146,8 +164,10 @@ PARAMS: dict[str, dict[str, Param]] = {
     "plugins": {},
     "blocks": {"channel": Param(channel)},
     "genome": {"block": Param(block_ref, required=True)},
+    "explain": {"block": Param(block_ref), "alert": Param(alert_ref), "refine": Param(flag)},  # a block or an alert
     "alerts": {"since": Param(optional(seconds(MAX_ALERT_AGE)))},
     "drift": {},
+    "settings": {"set": Param(assignments)},
     "join": {"addrs": Param(addresses, required=True), "wait": Param(seconds(MAX_WAIT_SECONDS))},
     "leave": {"spread": Param(seconds(MAX_SPREAD_SECONDS))},
     "force-leave": {"name": Param(member_name, required=True), "prune": Param(flag)},

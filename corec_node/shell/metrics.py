@@ -31,6 +31,7 @@ rather than reporting a made-up zero)::
         "sync_lag": 0.25,                          # seconds the storage sync is behind
         "outbox_rows": 12,                         # rows waiting for PostgreSQL
         "plugin_faults": {"anomaly": 1},           # hook failures by plugin
+        "plugin_memory": {"anomaly": 12_582_912},  # traced bytes by plugin (plugins.memory_watch)
         # what producers sent this node and its answers (DataPlane.status()["producers"]):
         # records and batches received, records accepted, refused records and batches by
         # reason, batches still waiting at the door for an answer
@@ -245,6 +246,11 @@ class SnapshotCollector:
         for plugin, n in sorted((s.get("plugin_faults") or {}).items()):
             faults.add_metric([_label(plugin)], float(n))
         yield faults
+        memory = GaugeMetricFamily("corec_plugin_memory_bytes", "Memory traced to each plugin's code by the plugin "
+                                   "memory watch (plugins.memory_watch; tracemalloc: not RSS).", labels=["plugin"])
+        for plugin, n in sorted((s.get("plugin_memory") or {}).items()):
+            memory.add_metric([_label(plugin)], float(n))
+        yield memory
 
         yield from _accounting(s)
 

@@ -28,6 +28,7 @@ from corec_node.render import (  # the text of each command's answer
     render_members,
     render_members_detailed,
     render_plugins,
+    render_settings,
     render_status,
     render_voters,
 )
@@ -120,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--json", action="store_true", help="print JSON")
     drift.set_defaults(func=cmd_drift)
 
+    settings = sub.add_parser("settings", help="the cluster's committed settings; 'set KEY=VALUE...' changes them "
+                              "through the leader", description="Show the settings every node runs with (block size, "
+                              "tick, replicas, security mode) and where this node's file differs; on the leader, "
+                              "'settings set engine.replicas=2' commits new values for the whole cluster.")
+    _common(settings)
+    settings.add_argument("action", nargs="?", choices=["set"], help="set: commit new values (on the leader)")
+    settings.add_argument("assignments", nargs="*", metavar="KEY=VALUE", help="with set: the values to commit")
+    settings.add_argument("--json", action="store_true", help="print JSON")
+    settings.set_defaults(func=cmd_settings)
+
     alerts = sub.add_parser("alerts", help="alerts raised anywhere in the cluster, as this node kept them")
     _common(alerts)
     alerts.add_argument("--since", type=float, metavar="SECONDS", help="only those of the last SECONDS")
@@ -131,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     genome.add_argument("block", metavar="BLOCK", help="CHANNEL:INDEX, as blocks shows it (or the integer id)")
     genome.add_argument("--json", action="store_true", help="print JSON")
     genome.set_defaults(func=cmd_genome)
+
+    explain = sub.add_parser(
+        "explain", help="what happened to a block, or around an alert, in plain language",
+        description="An account of a block (its aggregates, owners over time, repairs, fusions, audit flags, genome "
+                    "trials, alerts) or of an alert, built by rules from the node's store; reworded by the endpoint "
+                    "of [explain] when one is configured (any failure: the account by rules, saying why).")
+    _common(explain)
+    explain.add_argument("subject", metavar="BLOCK|ALERT",
+                         help="CHANNEL:INDEX or a block id (as blocks shows them), or an alert's uid or its first "
+                              "4 or more hex digits (as alerts --json shows it)")
+    explain.add_argument("--alert", action="store_true", help="SUBJECT is an alert uid (for one that is all digits)")
+    explain.add_argument("--local", action="store_true", help="the account by rules only: do not ask the endpoint")
+    explain.add_argument("--json", action="store_true", help="print JSON")
+    explain.set_defaults(func=cmd_explain)
 
     plugins = sub.add_parser("plugins", help="plugins of the running node (source, hooks, state, faults); with "
                                               "no node running, the plugins a node with this config would load")
@@ -202,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(a dead or left member; as Serf's force-leave -prune)")
     force.set_defaults(func=cmd_force_leave)
 
-    _add_data_dir_commands(sub)
+    from corec_node.cli_datadir import add_cli as add_data_dir_cli
+
+    add_data_dir_cli(sub)
 
     from corec_node.shell.curve import add_cli as add_keygen
 
@@ -451,7 +478,46 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 cmd_alerts = _client("alerts", render_alerts, since=lambda a: a.since)
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.action is None and args.assignments:
+        print("corec-node: settings: KEY=VALUE goes after 'set' (corec-node settings set KEY=VALUE)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "set" and not args.assignments:
+        print("corec-node: settings set needs at least one KEY=VALUE", file=sys.stderr)
+        return EXIT_USAGE
+    return _client("settings", render_settings, set=lambda a: a.assignments or None)(args)
 cmd_genome = _client("genome", render_genome, block=lambda a: int(a.block) if a.block.isdigit() else a.block)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """A block or an alert, as the node's ``explain`` command tells it: exit 1 naming the
+    cause when it knows neither; the wait covers the endpoint's ``explain.timeout``."""
+    from corec_node.explain import render as render_explain
+    from corec_node.shell.control import ControlError, alert_ref, block_ref, request
+
+    text = args.subject.strip()
+    try:
+        params: dict[str, Any] = {"block": block_ref(int(text) if text.isdigit() else text)} if not args.alert else {}
+    except ValueError:
+        params = {}
+    try:
+        params = params or {"alert": alert_ref(text)}
+    except ValueError:
+        print(f"corec-node explain: {text!r} is neither a block (CHANNEL:INDEX, or its id) nor an alert uid "
+              "(4 to 32 hex digits)", file=sys.stderr)
+        return EXIT_USAGE
+    config = _config(args)
+    try:
+        result = request(config.control_path, "explain", timeout=10.0 + config.explain.timeout,
+                         **params, **({"refine": False} if args.local else {}))
+    except ControlError as exc:
+        return _fail(str(exc))
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else render_explain(result))
+    return EXIT_OK
+
+
 cmd_join = _client("join", lambda r: f"joined {', '.join(r['joined'])}: {r['members']} members",
                    addrs=lambda a: a.peers, wait=lambda a: a.timeout)
 cmd_force_leave = _client(
@@ -593,13 +659,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     log.setup(config.name, config.node.log_level)
 
+    nodes: list[Node] = []
+
     async def main() -> int:
-        node = Node(config)
-        install_signal_handlers(node)
-        return await node.run()
+        nodes.append(Node(config))
+        install_signal_handlers(nodes[0])
+        return await nodes[0].run()
 
     try:
-        return asyncio.run(main())
+        code = asyncio.run(main())
+        if nodes and nodes[0].settings_watch.restart_for is not None:  # the cluster committed other settings
+            from corec_node.shell.settings_watch import restart_in_place
+            restart_in_place(nodes[0].settings_watch.restart_for)
+        return code
     except DataDirBusy as exc:
         return _fail(str(exc))
     except DataDirUnusable as exc:
@@ -619,132 +691,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
-
-
-# -- the data directory offline: check, recover, backup, restore ---------------------------
-
-
-def _add_data_dir_commands(sub: Any) -> None:
-    check = sub.add_parser("check", help="verify a data directory: store, vote, voter configuration",
-                           description="Verify a data directory (read-only; safe beside a running node). "
-                                       "Exit 0 healthy, 65 damaged, 1 when it cannot tell.")
-    _common(check)
-    check.add_argument("--full", action="store_true", help="PRAGMA integrity_check (also matches every index "
-                                                           "against its table; slower) instead of quick_check")
-    check.add_argument("--json", action="store_true", help="print JSON")
-    check.set_defaults(func=cmd_check)
-
-    recover = sub.add_parser("recover", help="rebuild a damaged data directory (node stopped)",
-                             description="Move damaged files aside (kept), rebuild the store from what SQLite can "
-                                         "still read, keep the highest known term with no vote in it. The node "
-                                         "then rejoins its cluster (--join) and re-learns members and block state.")
-    _common(recover)
-    recover.add_argument("--json", action="store_true", help="print JSON")
-    recover.set_defaults(func=cmd_recover)
-
-    backup = sub.add_parser("backup", help="copy the node's store, consistent even while the node runs")
-    _common(backup)
-    backup.add_argument("--to", metavar="FILE", required=True, help="the backup file to create (must not exist)")
-    backup.add_argument("--json", action="store_true", help="print JSON")
-    backup.set_defaults(func=cmd_backup)
-
-    restore = sub.add_parser("restore", help="put a backup in place as the store (node stopped)",
-                             description="Verify the backup, move the store it replaces aside, and mark the data "
-                                         "directory restored: the node rejoins as a non-voter (start it with --join).")
-    _common(restore)
-    restore.add_argument("--from", metavar="FILE", dest="source", required=True, help="a file made by `backup`")
-    restore.add_argument("--json", action="store_true", help="print JSON")
-    restore.set_defaults(func=cmd_restore)
-
-
-def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text)
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    import sqlite3
-
-    from corec_node.shell.datacheck import check_data_dir
-    from corec_node.shell.datadir import held_lock
-
-    config = _config(args)
-    if not config.data_dir.is_dir():
-        return _fail(f"no data directory at {config.data_dir}")
-    try:
-        with held_lock(config.data_dir) as ours:
-            report = check_data_dir(config.data_dir, config.sqlite_path, full=args.full, live=not ours)
-    except sqlite3.Error as exc:
-        return _fail(f"cannot check {config.sqlite_path}: {exc}")
-    _print(args, report.as_json(), report.render())
-    return EXIT_DAMAGED if report.damaged else EXIT_OK if report.healthy else EXIT_FAIL
-
-
-def cmd_recover(args: argparse.Namespace) -> int:
-    from corec_node.shell.datacheck import recover_data_dir
-    from corec_node.shell.datadir import held_lock
-
-    config = _config(args)
-    if not config.data_dir.is_dir():
-        return _fail(f"no data directory at {config.data_dir}")
-    with held_lock(config.data_dir) as ours:
-        if not ours:
-            return _fail(f"a node is running with data directory {config.data_dir}: stop it first")
-        rec = recover_data_dir(config.data_dir, config.sqlite_path)
-    _print(args, rec.as_json(), "\n".join([*rec.lines, "", rec.after.render()]))
-    return EXIT_OK if rec.after.healthy else EXIT_DAMAGED
-
-
-def cmd_backup(args: argparse.Namespace) -> int:
-    import sqlite3
-
-    from corec_node.storage.backup import copy_store
-    from corec_node.storage.verify import is_damage
-
-    config = _config(args)
-    src = config.sqlite_path
-    try:
-        copied = copy_store(src, args.to)
-    except (FileExistsError, FileNotFoundError) as exc:
-        return _fail(str(exc))
-    except sqlite3.Error as exc:
-        if is_damage(exc):
-            print(f"corec-node: {src} is damaged ({exc}): not backed up", file=sys.stderr)
-            return EXIT_DAMAGED
-        return _fail(f"cannot back up {src}: {exc}")
-    except OSError as exc:
-        return _fail(f"cannot write {args.to}: {exc.strerror or exc}")
-    check = copied.check
-    if check.damaged:  # the store itself is damaged: the copy holds the same pages
-        copied.path.unlink(missing_ok=True)
-        print(f"corec-node: {src} is damaged ({check.reason()}): not backed up", file=sys.stderr)
-        return EXIT_DAMAGED
-    data = {"backup": str(copied.path), "source": str(src), "size": copied.size, "seconds": round(copied.seconds, 3),
-            "schema_version": check.schema_version, "term": check.term}
-    _print(args, data, f"backed up {src} to {copied.path}: {copied.size / 2**20:.1f} MiB, schema "
-                       f"{check.schema_version}, term {check.term}, in {copied.seconds:.2f} s")
-    return EXIT_OK
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    import sqlite3
-    from pathlib import Path
-
-    from corec_node.shell.datacheck import DataDirDamaged, RestoreRefused, restore_data_dir
-    from corec_node.shell.datadir import held_lock
-
-    config = _config(args)
-    with held_lock(config.data_dir) as ours:
-        if not ours:
-            return _fail(f"a node is running with data directory {config.data_dir}: stop it first")
-        try:
-            done = restore_data_dir(config.data_dir, config.sqlite_path, Path(args.source))
-        except DataDirDamaged as exc:
-            print(f"corec-node: {exc}", file=sys.stderr)
-            return EXIT_DAMAGED
-        except (RestoreRefused, FileNotFoundError, FileExistsError, sqlite3.Error) as exc:
-            return _fail(str(exc))
-    _print(args, done, "\n".join(done["messages"]))
-    return EXIT_OK
 
 
 def add_plugin_commands(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:

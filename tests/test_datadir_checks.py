@@ -52,7 +52,7 @@ def test_vote_and_voters_carry_a_checksum_and_a_changed_byte_is_caught(tmp_path)
     save_voters(tmp_path, 3, 5, (("a", "127.0.0.1:1"), ("b", "127.0.0.1:2")), "c1")
     assert "crc32" in json.loads((tmp_path / "vote.json").read_text())
     assert load_vote(tmp_path) == (5, "b")
-    assert load_voters(tmp_path) == (3, 5, (("a", "127.0.0.1:1"), ("b", "127.0.0.1:2")), "c1")
+    assert load_voters(tmp_path) == (3, 5, (("a", "127.0.0.1:1"), ("b", "127.0.0.1:2")), "c1", ())
     # valid JSON, a plausible vote, one digit changed: only the checksum tells
     vote = tmp_path / "vote.json"
     vote.write_text(vote.read_text().replace('"term": 5', '"term": 4'))
@@ -74,7 +74,7 @@ def test_files_without_a_checksum_are_accepted_once_and_rewritten_with_one(tmp_p
     assert start_check(config_for(tmp_path)) == (4, "b")
     assert "crc32" in json.loads((tmp_path / "vote.json").read_text())
     assert "crc32" in json.loads((tmp_path / "voters.json").read_text())
-    assert load_voters(tmp_path) == (2, 4, (("a", "127.0.0.1:7101"),), "c1")
+    assert load_voters(tmp_path) == (2, 4, (("a", "127.0.0.1:7101"),), "c1", ())
 
 
 # -- the vote against the store's term row ---------------------------------------------------

@@ -94,7 +94,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from corec_node.mesh.effects import Broadcast, Effect, LeaderChanged, MemberChanged, Send
 from corec_node.mesh.election import Election, ElectionConfig
@@ -145,6 +145,7 @@ class MeshCore:
         voter_config: VoterConfig | None = None,
         build: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
         abstain: bool = False,
+        settings: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """``abstain``: the vote and store may both have been rolled back (a restored
         backup): grant no vote until a leader leads us (election rule 15)."""
@@ -152,7 +153,7 @@ class MeshCore:
         self.membership = Membership(name, addr, pub, membership, rng, now, build)
         self.election = Election(name, addr, election, rng, now, term=term, voted_for=voted_for,
                                  abstain=abstain)
-        self.voters = Voters(name, voter_config or VoterConfig(), config or Configuration())
+        self.voters = Voters(name, voter_config or VoterConfig(), config or Configuration(), settings)
         self._rng = rng
         self._hb_seq = 0
         self._leading = False
@@ -318,9 +319,21 @@ class MeshCore:
                              "through it (leave, force-leave), not by recovery")
         cfg = self.voters.current
         entry = Configuration(cfg.index + 1, max(cfg.term, self.election.term),
-                              tuple((n, members[n].addr) for n in names), cfg.cluster)
+                              tuple((n, members[n].addr) for n in names), cfg.cluster, cfg.settings)
         out = self.voters.recover(entry)
         out += self._configure(now)
+        return self._after(out, now)
+
+    def settle(self, settings: Mapping[str, str], now: float) -> list[Effect]:
+        """Voters rule 9: as leader, change the cluster's settings. ValueError names why
+        not (not the leader, a change in flight); no effects when nothing changes."""
+        if not self._leading:
+            leader = self.election.leader
+            raise ValueError(f"{self.name} is not the leader: run it on {leader}" if leader else
+                             "no leader is known: the cluster's settings change only through one")
+        out, why = self.voters.settle(self.election.term, settings)
+        if why:
+            raise ValueError(why)
         return self._after(out, now)
 
     # -- the glue ---------------------------------------------------------------------
@@ -363,7 +376,7 @@ class MeshCore:
             return out
         if msg.cfg_index and sender == msg.leader and msg.term >= election.term:
             theirs = Configuration(msg.cfg_index, msg.cfg_term, tuple((v.name, v.addr) for v in msg.voters),
-                                   msg.cfg_cluster)
+                                   msg.cfg_cluster, tuple(sorted(kv.partition("=")[::2] for kv in msg.settings)))
             changed = theirs != self.voters.current
             out += self.voters.follow(theirs, msg.commit)
             if changed:
@@ -434,7 +447,8 @@ class MeshCore:
             del self._sent[next(iter(self._sent))]
         cfg, commit = self.voters.heartbeat()
         return Heartbeat(hb.term, hb.leader, hb.placement, self._hb_seq, cfg.term, cfg.index,
-                         tuple(Voter(n, a) for n, a in cfg.voters), commit, cfg.cluster)
+                         tuple(Voter(n, a) for n, a in cfg.voters), commit, cfg.cluster,
+                         tuple(f"{k}={v}" for k, v in cfg.settings))
 
     def _plan(self, now: float) -> list[Effect]:
         """Rule 7: the next one-member change of the configuration, as leader."""

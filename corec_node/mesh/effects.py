@@ -71,6 +71,7 @@ class PersistConfig:
     term: int
     voters: tuple[tuple[str, str], ...]
     cluster: str
+    settings: tuple[tuple[str, str], ...] = ()  # voters rule 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class ConfigCommitted:
     index: int
     term: int
     voters: tuple[tuple[str, str], ...]
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,13 @@ Rule 8. One cluster, one history. Bootstrap draws a cluster id, carried by every
     votes to another's: two clusters bootstrapped apart never merge their elections. A node
     that founded a cluster of one and is told to join another gives its one-node
     configuration up (it asked to be a member elsewhere).
+
+Rule 9. The cluster's settings ride the configuration (protocol 1.11): the keys every node
+    must run with alike (``shell/cluster_settings.py``), as ``key=value`` pairs. The founder
+    writes its own; a leader that finds none (a configuration made by an older release)
+    writes its own with rule 4's entry. Every change keeps them; only the leader changes
+    them (``settle``), as one more entry, once the previous one committed, so every node
+    that stores the configuration stores them, and a minority side can never change them.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class Configuration:
     term: int = 0
     voters: tuple[tuple[str, str], ...] = ()
     cluster: str = ""  # the id drawn when the cluster was bootstrapped (rule 8); "" none yet
+    settings: tuple[tuple[str, str], ...] = ()  # rule 9: sorted (key, value); () none yet
 
     @property
     def id(self) -> tuple[int, int]:
@@ -78,8 +86,10 @@ class Configuration:
     def majority(self) -> int:
         return len(self.voters) // 2 + 1
 
-    def changed(self, term: int, voters: Mapping[str, str]) -> Configuration:
-        return Configuration(self.index + 1, term, tuple(sorted(voters.items())), self.cluster)
+    def changed(self, term: int, voters: Mapping[str, str],
+                settings: tuple[tuple[str, str], ...] | None = None) -> Configuration:
+        return Configuration(self.index + 1, term, tuple(sorted(voters.items())), self.cluster,
+                             self.settings if settings is None else settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +108,13 @@ class VoterConfig:
 class Voters:
     """This node's configuration, and as leader, the change in flight and its acks."""
 
-    __slots__ = ("_acks", "_pending", "commit_index", "config", "current", "name")
+    __slots__ = ("_acks", "_pending", "commit_index", "config", "current", "name", "own_settings")
 
-    def __init__(self, name: str, config: VoterConfig, stored: Configuration) -> None:
+    def __init__(self, name: str, config: VoterConfig, stored: Configuration,
+                 own_settings: tuple[tuple[str, str], ...] = ()) -> None:
         self.name = name
         self.config = config
+        self.own_settings = own_settings  # this node's file's values of rule 9's keys
         self.current = stored  # the latest stored (rule 1)
         self.commit_index = 0  # the highest index this node knows committed
         self._pending: Configuration | None = None  # as leader: the entry awaiting its majority
@@ -120,11 +132,11 @@ class Voters:
         """Rule 6: found a cluster, with its id: of one (``{name: addr}``), or, for a node
         upgraded from a protocol without configurations, of the members its snapshot
         remembers."""
-        entry = Configuration(1, 0, tuple(sorted(voters.items())), cluster)
+        entry = Configuration(1, 0, tuple(sorted(voters.items())), cluster, self.own_settings)
         out = self._store(entry)
         if len(entry.voters) == 1:
             self.commit_index = 1
-            out.append(ConfigCommitted(entry.index, entry.term, entry.voters))
+            out.append(ConfigCommitted(entry.index, entry.term, entry.voters, entry.settings))
         return out
 
     def abandon(self) -> list[Effect]:
@@ -152,9 +164,10 @@ class Voters:
     # -- leader -------------------------------------------------------------------------
 
     def lead(self, term: int) -> list[Effect]:
-        """Rule 4: elected in ``term``: commit the configuration again under this term."""
+        """Rule 4: elected in ``term``: commit the configuration again under this term
+        (with this node's settings if it holds none: rule 9)."""
         self._acks = {}
-        entry = self.current.changed(term, self.current.as_dict())
+        entry = self.current.changed(term, self.current.as_dict(), self.current.settings or self.own_settings)
         self._pending = entry
         return self._store(entry)
 
@@ -206,6 +219,20 @@ class Voters:
         self._pending = entry
         return self._store(entry)
 
+    def settle(self, term: int, settings: Mapping[str, str]) -> tuple[list[Effect], str]:
+        """Rule 9, as leader: the entry that changes the cluster's settings to include
+        ``settings``; its effects, or none and the reason it cannot be made now."""
+        if self.current.term != term:
+            return [], "this node is not the leader"
+        if self._pending is not None or not self.committed:
+            return [], "the previous configuration change has not committed yet: try again in a moment"
+        merged = dict(self.current.settings) | dict(settings)
+        entry = self.current.changed(term, self.current.as_dict(), tuple(sorted(merged.items())))
+        if entry.settings == self.current.settings:
+            return [], ""
+        self._pending = entry
+        return self._store(entry), ""
+
     def heartbeat(self) -> tuple[Configuration, int]:
         """What the leader's heartbeats carry: its latest configuration and commit index."""
         return self.current, self.commit_index
@@ -215,7 +242,7 @@ class Voters:
     def _store(self, entry: Configuration) -> list[Effect]:
         self.current = entry
         self.commit_index = min(self.commit_index, entry.index)
-        out: list[Effect] = [PersistConfig(entry.index, entry.term, entry.voters, entry.cluster)]
+        out: list[Effect] = [PersistConfig(entry.index, entry.term, entry.voters, entry.cluster, entry.settings)]
         if self._pending is not None and self._pending is entry:
             self._acks[self.name] = entry.index
             out += self._try_commit()
@@ -231,4 +258,4 @@ class Voters:
             return []
         self.commit_index = entry.index
         self._pending = None
-        return [ConfigCommitted(entry.index, entry.term, entry.voters)]
+        return [ConfigCommitted(entry.index, entry.term, entry.voters, entry.settings)]

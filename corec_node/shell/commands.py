@@ -22,6 +22,7 @@ from corec_node.shell.link import RequestFailed
 from corec_node.wire.messages import MemberStatus
 
 if TYPE_CHECKING:  # the mesh process imports this module: it needs neither plane's code
+    from corec_node.config import Config
     from corec_node.plugins import PluginManager
     from corec_node.shell.control_plane import ControlPlane
     from corec_node.shell.data_plane import DataPlane
@@ -70,17 +71,21 @@ class ControlCommands:
         traffic: Traffic,
         plugins: PluginManager,
         storage_status: Callable[[], dict[str, Any]],
+        configs: Callable[[], tuple[Config, Config]] | None = None,
     ) -> None:
         self.identity = identity
+        self.configs = configs  # () -> (this node's file, what it runs with now): ``settings``
         self.mesh = mesh
         self.data = data
         self.traffic = traffic
         self.plugins = plugins
         self.storage_status = storage_status
+        self._refiner: Any = None  # explain's endpoint (shell/explain_llm.py), made when first asked
 
     def table(self) -> dict[str, Command]:
         table: dict[str, Command] = {"status": self.status, "blocks": self.blocks, "plugins": self.plugin_list,
-                                     "logs": self.logs, "genome": self.genome, "alerts": self.alerts}
+                                     "logs": self.logs, "genome": self.genome, "alerts": self.alerts,
+                                     "explain": self.explain, "settings": self.settings}
         for name in MESH_COMMANDS:
             table[name] = self._forward(name)
         return table
@@ -98,6 +103,28 @@ class ControlCommands:
             return await self.mesh.request(command, req, timeout=timeout)
         except RequestFailed as exc:
             raise CommandError(str(exc)) from None
+
+    async def settings(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``corec-node settings [set KEY=VALUE...]``: the cluster's committed settings and
+        where this node's file differs; with ``set``, as leader, commit new values
+        (cluster_settings.py, voters rule 9)."""
+        from corec_node import cluster_settings
+
+        assert self.configs is not None
+        file, running = self.configs()
+        voters = await self._ask("voters", {})
+        committed = tuple(sorted(voters.get("settings", {}).items()))
+        out: dict[str, Any] = {}
+        if req.get("set"):
+            try:
+                changes = cluster_settings.changes(running, req["set"], committed)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            voters = await self._ask("settings-set", {"settings": changes})
+            committed = tuple(sorted(voters.get("settings", {}).items()))
+            out["changed"] = changes
+        return {**out, **cluster_settings.describe(file, committed), "running": dict(cluster_settings.own(running)),
+                "index": voters["index"], "config_committed": voters["committed"], "leader": voters["leader"]}
 
     async def status(self, req: dict[str, Any]) -> dict[str, Any]:
         mesh = await self._ask("status", req, STATUS_WAIT)
@@ -179,6 +206,54 @@ class ControlCommands:
                  "text": r["message"], "uid": r["uid"], "details": r["details"]} for r in rows[-MAX_ALERTS_SHOWN:]]
 
 
+    async def explain(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``corec-node explain BLOCK|ALERT``: the account by rules (``explain.py``) from this
+        node's store and its view of the cluster's rows, reworded by the ``[explain]``
+        endpoint when one is configured and ``refine`` is not false (here, on request:
+        never on the tick path)."""
+        # the node process has these; the mesh process needs none
+        from corec_node import explain as ex
+        from corec_node.engine.genome import to_dict
+        from corec_node.shell.explain_facts import UnknownSubject, read_alert, read_block
+        from corec_node.shell.explain_llm import Refiner
+
+        store = self.data.recorder.store
+        if store is None:
+            raise CommandError("the node's store is not open yet")
+        if ("block" in req) == ("alert" in req):
+            raise CommandError("explain: give a block or an alert")
+        engine, me = self.data.engine, self.identity.name
+        if "alert" in req:
+            try:
+                rows = await read_alert(store.path, req["alert"], node=me)
+            except UnknownSubject as exc:
+                raise CommandError(str(exc)) from None
+            block = rows.alert["block"]
+            row = next((r for r in engine.cluster_rows(block >> 32) if r["block"] == block), None) \
+                if type(block) is int else None
+            account = ex.alert_account(rows.alert, now=time.time(), node=me, audit=rows.audit, alerts=rows.alerts,
+                                       row=row)
+        else:
+            block = req["block"]
+            gap = max(EXPLAIN_GAP_MIN, EXPLAIN_GAP_TICKS * self.data.config.tick_interval)
+            rows = await read_block(store.path, block, gap=gap, node=me)
+            row = next((r for r in engine.cluster_rows(block >> 32) if r["block"] == block), None)
+            genome = engine.adaptive.genomes.get(block) or engine.adaptive.known.get(block)
+            if row is None and genome is None and rows.empty():
+                raise CommandError(f"no block {ex.block_name(block)} in the cluster's rows or this node's store")
+            account = ex.block_account(
+                block, now=time.time(), node=me, row=row, state=rows.state, held_here=block in engine.adaptive.genomes,
+                tenures=rows.tenures, history_gap=gap, audit=rows.audit, alerts=rows.alerts,
+                genome=to_dict(genome) if genome is not None else rows.genome, placement=rows.placement)
+        if not req.get("refine", True):
+            return {**account, "refined": False, "fallback": "not asked (--local)"}
+        if self._refiner is None:
+            self._refiner = Refiner(self.plugins.config.explain)
+        return await self._refiner.refine(account)
+
+
+EXPLAIN_GAP_TICKS = 10  # history rows further apart than this many ticks (or EXPLAIN_GAP_MIN s) are two stretches
+EXPLAIN_GAP_MIN = 30.0
 MAX_ALERTS_SHOWN = 1000  # the newest alerts ``alerts`` lists
 MAX_TRIALS_SHOWN = 50  # the latest shadow trials ``genome`` lists
 
@@ -218,7 +293,14 @@ class MeshCommands:
             "force-leave": self.force_leave,
             "logs": self.logs,
             "drift": self.drift,
+            "settings-set": self.settle,  # from the node process's ``settings`` only (checked there)
         }
+
+    async def settle(self, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.control.settle(dict(req["settings"]), self.now())
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
 
     async def drift(self, _req: dict[str, Any]) -> dict[str, Any]:
         """``corec-node drift``: where the live members' announced settings differ."""

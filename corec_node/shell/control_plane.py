@@ -78,6 +78,7 @@ class ClusterView:
     rendezvous: frozenset[str] = frozenset()  # members that place blocks by rendezvous only (before 1.7)
     tags: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # member -> its tags (1.8 and later)
     evolving: frozenset[str] = frozenset()  # members that take the nucleus's evolution plans (1.10 and later)
+    settings: tuple[tuple[str, str], ...] = ()  # the cluster's committed settings (voters rule 9); () none known
 
     @property
     def routed(self) -> bool:
@@ -162,8 +163,10 @@ class ControlPlane:
         data: str = "",
         tags: Sequence[str] = (),
         settings: Sequence[str] = (),
+        cluster_settings: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.name, self.addr, self.pub, self.data = name, addr, pub, data
+        self.cluster_settings = cluster_settings  # ours, for a configuration that holds none (voters rule 9)
         self.tags = tuple(tags)  # node.tags, announced with our member record
         self.settings = tuple(settings)  # what must agree cluster-wide, announced too (drift)
         self.profile = profile
@@ -203,7 +206,7 @@ class ControlPlane:
         self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
                              term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
                              build=(__version__, PROTOCOL, FEATURES, self.data, self.tags, self.settings),
-                             abstain=abstain)
+                             abstain=abstain, settings=self.cluster_settings)
         if snapshot or join:
             self._joined_at = time.time()
         self._join_watch = JoinWatch(join, now, required=join_required, timeout=join_timeout)
@@ -229,7 +232,7 @@ class ControlPlane:
                 "disk_error": self.disk_error,
                 "cluster_id": cfg.cluster, "features": sorted(f for f in FEATURES if self.core.feature_on(f)), "foreign": [{"name": n, "cluster_id": c} for n, c in self.core.foreign.items()],
                 "voters": [{"name": n, "addr": a} for n, a in cfg.voters],
-                "leader": self.core.leader, "term": self.core.term}
+                "settings": dict(cfg.settings), "leader": self.core.leader, "term": self.core.term}
 
     def view(self) -> ClusterView:
         assert self.core is not None
@@ -246,6 +249,7 @@ class ControlPlane:
             rendezvous=frozenset(m.name for m in members if m.build[1] and "ring" not in m.build[2]) - {self.name},
             tags={m.name: tag_map(m.build[4]) for m in members if m.build[4]},
             evolving=frozenset(m.name for m in members if "evolution" in m.build[2]) | {self.name},
+            settings=self.core.config.settings if self.core.voters.committed else (),
         )
 
     # -- inputs -----------------------------------------------------------------------
@@ -294,6 +298,13 @@ class ControlPlane:
         """ValueError when the member is not dead (or, with ``prune``, not dead or left)."""
         assert self.core is not None
         self.apply(self.core.force_leave(name, now, prune=prune))
+
+    def settle(self, settings: dict[str, str], now: float) -> dict[str, Any]:
+        """``corec-node settings set``, on the leader: the entry that changes the cluster's
+        settings (voters rule 9). ValueError names why not."""
+        assert self.core is not None
+        self.apply(self.core.settle(settings, now))
+        return self.voters_json()
 
     def recover_voters(self, names: list[str], now: float) -> dict[str, Any]:
         """Rewrite the voter configuration on this survivor (ValueError: why not)."""
@@ -405,9 +416,9 @@ class ControlPlane:
                 self._durable = ((effect.term, effect.voted_for), self._durable[1])
                 self.events.vote(effect.term)
             else:
-                save_voters(self.data_dir, effect.index, effect.term, effect.voters, effect.cluster)
+                save_voters(self.data_dir, effect.index, effect.term, effect.voters, effect.cluster, effect.settings)
                 self._durable = (self._durable[0], Configuration(effect.index, effect.term, effect.voters,
-                                                                 effect.cluster))
+                                                                 effect.cluster, effect.settings))
         except OSError as exc:
             what = "vote" if type(effect) is PersistVote else "voter configuration"
             error = f"cannot write the {what} in {self.data_dir}: {exc.strerror or exc}"

@@ -45,6 +45,7 @@ from corec_node.shell.datadir import (
     VOTE_UNKNOWN,
     VOTERS_FILE,
     DamagedFile,
+    StoredConfig,
     clear_left,
     clear_restored,
     left_mark,
@@ -112,7 +113,7 @@ class Report:
     files: list[FileReport] = field(default_factory=list)
     vote: tuple[int, str | None] | None = None
     vote_legacy: bool = False
-    voters: tuple[int, int, tuple[tuple[str, str], ...], str] | None = None
+    voters: StoredConfig | None = None
     voters_legacy: bool = False
     restored: dict[str, Any] | None = None
 
@@ -226,7 +227,7 @@ def check_data_dir(data_dir: Path, sqlite_path: Path, *, full: bool = False, bud
         if report.voters is None:
             report.files.append(FileReport(VOTERS_FILE, path, "new", "no voter configuration stored"))
         else:
-            index, term, voters, _ = report.voters
+            index, term, voters, _, _ = report.voters
             names = ", ".join(n for n, _ in voters) or "none"
             legacy = "; no checksum (an older corec-node wrote it): added at start" if report.voters_legacy else ""
             report.files.append(FileReport(VOTERS_FILE, path, "note" if legacy else "ok",

@@ -179,24 +179,32 @@ def load_vote(data_dir: Path) -> tuple[int, str | None]:
 # -- the voter configuration -------------------------------------------------------------
 
 
-def save_voters(data_dir: Path, index: int, term: int, voters: tuple[tuple[str, str], ...], cluster: str) -> None:
-    """The latest voter configuration, fsynced before it is acknowledged (voters rule 2)."""
-    row = {"index": index, "term": term, "cluster": cluster,
-           "voters": [{"name": n, "addr": a} for n, a in voters]}
+StoredConfig = tuple[int, int, tuple[tuple[str, str], ...], str, tuple[tuple[str, str], ...]]
+
+
+def save_voters(data_dir: Path, index: int, term: int, voters: tuple[tuple[str, str], ...], cluster: str,
+                settings: tuple[tuple[str, str], ...] = ()) -> None:
+    """The latest voter configuration, fsynced before it is acknowledged (voters rule 2),
+    with the cluster's settings (rule 9; the key is absent when it holds none)."""
+    row: dict[str, Any] = {"index": index, "term": term, "cluster": cluster,
+                           "voters": [{"name": n, "addr": a} for n, a in voters]}
+    if settings:
+        row["settings"] = dict(settings)
     write_atomic(data_dir / VOTERS_FILE, seal(row))
 
 
-def parse_voters(sealed: Sealed, path: Path) -> tuple[int, int, tuple[tuple[str, str], ...], str]:
+def parse_voters(sealed: Sealed, path: Path) -> StoredConfig:
     row = sealed.body
     try:
         voters = tuple(sorted((str(v["name"]), str(v["addr"])) for v in row["voters"]))
-        return int(row["index"]), int(row["term"]), voters, str(row["cluster"])
+        settings = tuple(sorted((str(k), str(v)) for k, v in row.get("settings", {}).items()))
+        return int(row["index"]), int(row["term"]), voters, str(row["cluster"]), settings
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DamagedFile(path, f"not a voter configuration: {exc!r}") from None
 
 
-def load_voters(data_dir: Path) -> tuple[int, int, tuple[tuple[str, str], ...], str] | None:
-    """``(index, term, voters, cluster)``, or None when this node never stored one."""
+def load_voters(data_dir: Path) -> StoredConfig | None:
+    """``(index, term, voters, cluster, settings)``, or None when this node never stored one."""
     path = data_dir / VOTERS_FILE
     sealed = read_sealed(path)
     return None if sealed is None else parse_voters(sealed, path)

@@ -38,7 +38,7 @@ from typing import Any
 
 import zmq
 
-from corec_node import log
+from corec_node import cluster_settings, log
 from corec_node.config import Config
 from corec_node.shell.commands import Identity, MeshCommands
 from corec_node.shell.control import CommandError
@@ -393,7 +393,7 @@ class MeshProcess:
             name=self.name, addr=cfg.advertise, pub=cfg.pub_advertise, profile=cfg.mesh.profile,
             max_voters=cfg.mesh.max_voters, data_dir=cfg.data_dir, transport=self.transport,
             outbox=self.outbox, events=self.events, clock=self.now, data=cfg.data_advertise, tags=cfg.node.tags,
-            settings=spec.settings)
+            settings=spec.settings, cluster_settings=cluster_settings.own(cfg))
         self.commands = MeshCommands(identity=spec.identity, control=self.control, traffic=self.traffic,
                                      transport=self.transport, now=self.now, stop=self.events.stop,
                                      link_dropped=self.link.dropped)

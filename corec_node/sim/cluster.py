@@ -387,7 +387,7 @@ class Cluster:
                 node.vote = (eff.term, eff.voted_for)  # type: ignore[union-attr]
                 self.invariants.on_persist(self.now, node.name, eff.term, eff.voted_for)  # type: ignore[union-attr]
             elif t is PersistConfig:
-                node.config = Configuration(eff.index, eff.term, eff.voters, eff.cluster)  # type: ignore[union-attr]
+                node.config = Configuration(eff.index, eff.term, eff.voters, eff.cluster, eff.settings)  # type: ignore[union-attr]
             elif t is ConfigCommitted:
                 self.invariants.on_commit(self.now, node.name, eff.index, eff.term, eff.voters)  # type: ignore[union-attr]
             elif t is LeaderChanged:

@@ -63,7 +63,7 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 10
+PROTOCOL_MINOR = 11
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
@@ -494,7 +494,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.VOTE, Vote, term=_U64, granted=_BOOL, pre=_BOOL),
         _schema(MsgType.HEARTBEAT, Heartbeat, term=_U64, leader=_NAME, placement=_DIGEST,
                 seq=_U64, cfg_term=_U64, cfg_index=_U64, voters=_VOTERS, commit=_U64,
-                cfg_cluster=_DIGEST),
+                cfg_cluster=_DIGEST, settings=_Array(_NAME, limits.MAX_SETTINGS)),
         _schema(MsgType.HEARTBEAT_ACK, HeartbeatAck, term=_U64, seq=_U64, cfg_term=_U64,
                 cfg_index=_U64),
         _schema(

@@ -169,7 +169,8 @@ class Heartbeat:
     Since 1.3: ``seq`` numbers the heartbeat (followers answer HeartbeatAck), and the
     leader's voter configuration travels in ``cfg_term``, ``cfg_index``, ``voters``, with
     the highest index it knows committed in ``commit`` and the id of the cluster it was
-    bootstrapped in, ``cfg_cluster``."""
+    bootstrapped in, ``cfg_cluster``. Since 1.11: the configuration's cluster ``settings``,
+    ``key=value`` sorted (voters rule 9; empty: it holds none)."""
 
     term: int
     leader: str
@@ -180,6 +181,7 @@ class Heartbeat:
     voters: tuple[Voter, ...] = ()
     commit: int = 0
     cfg_cluster: str = ""
+    settings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,10 +147,10 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self._learners: frozenset[str] = frozenset()
         self._learners_published: tuple[int, frozenset[str]] | None = None
         self._copy_done: dict[str, set[str]] = {}
-        # we started with nothing: until we have learned once (or are alone), we ask the
-        # nucleus to make us a learner, even if its map still names us a member (a restart
-        # faster than failure detection)
-        self._fresh = True
+        # we restarted with nothing (the node sets it: it remembered a cluster): until we have
+        # learned once (or are alone), we ask the nucleus to make us a learner, even if its map
+        # still names us a member (a restart faster than failure detection); elected, we learn
+        self.fresh = False
         self._copies_failed: set[tuple[str, str]] = set()  # (map digest, learner): a copy did not leave
         self._memory_full = False  # near the memory limit: no new blocks from producers (shell/memory.py)
         self.data_send: Callable[[str, Any, Any], int | None] = lambda addr, msg, payload: None  # set by the node
@@ -765,8 +765,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             "replicas": self.engine.copies,
             "min_insync": self.min_insync,
             "in_sync": self.engine.in_sync(),
-            "learner": self.engine.is_learner(),
-            "learners": sorted(self.engine.placement.learners),
+            "learner": self.engine.is_learner(), "learners": sorted(self.engine.placement.learners),
+            "restarted_empty": self.fresh,  # not yet taught what it held before its restart
             "awaited_copies": self.awaited_copies(),
             "replicated_in": self.engine.replicated_in,
             "replicas_waiting": self.replicator.waiting(),

@@ -64,9 +64,15 @@ class ReplicaSide:
         tell the nucleus we have caught up (again every tick, until it makes us a member).
         Fresh from a start with nothing held, and named a member: ask to learn first
         (READY with no digest)."""
-        if self._fresh and (self.engine.is_learner() or self.view.leader == self.name or self.engine.store.count()):
-            self._fresh = False  # learning now, the nucleus itself (nobody to learn from), or holding state
-        if self._fresh and self.view.leader is not None and self.name in self.engine.placement.members \
+        alone = len(self.engine.placement.members) <= 1
+        if self.fresh and (self.engine.is_learner() or (alone and self.engine.store.count())):
+            # learning now, or holding what was sent to us alone; not the writes our peers
+            # replicate to us after a restart: those are not the blocks we lost
+            self.fresh = False
+        if self.fresh and self.view.leader == self.name:
+            self._learn_as_nucleus(alone)
+            return
+        if self.fresh and self.view.leader is not None and self.name in self.engine.placement.members \
                 and len(self.engine.placement.members) > 1:
             addr = self.view.data.get(self.view.leader)
             if addr is not None:
@@ -81,6 +87,20 @@ class ReplicaSide:
         addr = self.view.data.get(leader)
         if addr is not None:
             self.data_send(addr, Ready(digest=digest), None)
+
+    def _learn_as_nucleus(self, alone: bool) -> None:
+        """Restarted with nothing and elected: we learn too, from the members that hold our
+        blocks' copies, before we own (a learner nucleus says READY to itself), once the
+        cluster's rows show what we lack (with no rows, nothing is lacking yet)."""
+        if alone:
+            self.fresh = False
+        elif self.engine.rows:
+            self.fresh = False
+            if self.engine.holds_shown_blocks(self.name):
+                self._ready.discard(self.name)
+                self._relearn.add(self.name)
+                log.event("member_learns_again", member=self.name, detail="elected with nothing held: it learns first")
+                self._act_on_view()
 
     def awaited_copies(self) -> list[str]:
         """As a learner: the members whose copies under our map we still wait for."""

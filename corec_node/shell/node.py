@@ -52,6 +52,7 @@ from corec_node.shell.memory import MemoryGauge, release_free_memory
 from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
+from corec_node.shell.settings_watch import SettingsWatch
 from corec_node.shell.systemd import Notifier
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.shell.transport import Transport
@@ -80,7 +81,8 @@ class Node:
     ``raise_alert`` and ``plugin_store`` are its API (hookspecs.py)."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
+        self.settings_watch = SettingsWatch(config, alert=self.raise_alert)
+        self.config = config = self.settings_watch.at_start()  # the cluster's committed settings in place
         self.name = config.name
         self.data_dir = config.data_dir
         cluster = config.node.cluster
@@ -137,7 +139,7 @@ class Node:
         self.data_outbox = Outbox(self.datasock, self.traffic, name=self.name, cluster=cluster)
         self.commands = ControlCommands(
             identity=self.identity, mesh=self.mesh, data=self.data, traffic=self.traffic,
-            plugins=self.plugins, storage_status=self.storage_status)
+            plugins=self.plugins, storage_status=self.storage_status, configs=lambda: (self.settings_watch.file, self.config))
 
     @property
     def engine(self) -> EngineHost:
@@ -208,6 +210,7 @@ class Node:
         if local is None:
             return 1
         snapshot = await local.load_members()
+        self.data.fresh = bool(snapshot)  # a member of a cluster before: what it held is gone (learning.py)
         self.data.restore_genomes(await local.load_genomes())  # what blocks learned survives a restart
         # a restored directory does not abstain (election rule 15): in a cluster of two voters
         # the survivor needs its vote to elect anyone, and so to re-add it
@@ -245,6 +248,7 @@ class Node:
         self.control_server = ControlServer(cfg.control_path, self.commands.table())
         await self.control_server.start()
         await self.plugins.startup(self)
+        self.settings_watch.said_at_start()
         if not cfg.security.enabled:
             log.event("security_off", logging.WARNING, detail="CurveZMQ is off: anyone who reaches these ports can join and read")
         log.event("ready", listen=cfg.node.listen, pub=self.identity.pub, advertise=self.identity.addr,
@@ -530,6 +534,7 @@ class Node:
             "fusions": self.data.engine.fusions,
             "alerts": self.alerts,
             "plugin_faults": self.plugins.fault_counts(),  # every plugin loaded, at 0 until it faults
+            "plugin_memory": self.plugins.memory_counts(),
             "entities": self.data.engine.store.count(),
             "blocks": len(self.data.engine.store.block_ids()),
             "ingest_queue_bytes": queue.bytes if queue is not None else 0,
@@ -610,6 +615,13 @@ class NodeEvents:
 
     def view_changed(self, view: ClusterView) -> None:
         self.node.data.view_changed(view)
+        node = self.node
+        change = node.settings_watch.on_view(view.settings, node.config)
+        if change is True:
+            node.request_stop(0)  # the way out, then cli.cmd_run starts the node again in place
+        elif change:
+            node.config = change  # the tick interval, from the next tick
+            node.data.config = change.engine
 
     def leader_placement(self, digest: str) -> None:
         self.node.data.leader_placement(digest)

@@ -72,19 +72,22 @@ class NodeProc:
 
     def __init__(self, name: str, root: Path, *, join: list[str] | None = None, extra_env: dict[str, str] | None = None,
                  port: int | None = None, pub_port: int | None = None, args: list[str] | None = None,
-                 data_name: str | None = None, data_dir: Path | None = None, cwd: Path | None = None) -> None:
+                 data_name: str | None = None, data_dir: Path | None = None, cwd: Path | None = None,
+                 data_port: int | None = None, python: str | None = None) -> None:
         """``cwd``: where the process runs (``python -m`` puts it first on sys.path: a node
-        of another version runs from a directory holding that version's package)."""
+        of another version runs from a directory holding that version's package). ``python``:
+        the interpreter (another virtualenv's runs the release installed there)."""
         self.name = name
         self.data_dir = data_dir or root / (data_name or name)
         self.port = port or free_port()
         self.pub_port = pub_port or free_port()
-        self.data_port = free_port()
+        self.data_port = data_port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.join = join or []
         self.extra_env = extra_env or {}
         self.args = args or []
         self.cwd = cwd
+        self.python = python or sys.executable
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / f"{data_name or name}.log"
 
@@ -93,7 +96,7 @@ class NodeProc:
         env.update({"COREC_MESH_PUB_LISTEN": f"127.0.0.1:{self.pub_port}",
                     "COREC_MESH_DATA_LISTEN": f"127.0.0.1:{self.data_port}", "PYTHONUNBUFFERED": "1"})
         env.update(self.extra_env)
-        cmd = [sys.executable, "-m", "corec_node", "run", "--name", self.name, "--data-dir", str(self.data_dir),
+        cmd = [self.python, "-m", "corec_node", "run", "--name", self.name, "--data-dir", str(self.data_dir),
                "--listen", self.addr, *self.args]
         if self.join:
             cmd += ["--join", *self.join]
@@ -167,6 +170,7 @@ class Cluster:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="corec-test-"))
+        self.root.mkdir(parents=True, exist_ok=True)
         self.nodes: list[NodeProc] = []
 
     def start(self, name: str, **kw: Any) -> NodeProc:

@@ -222,7 +222,8 @@ def test_known_label_values_cover_the_sources():
     assert messages <= set(MESSAGE_DROP_REASONS), messages - set(MESSAGE_DROP_REASONS)
 
     kinds = set(re.findall(r'raise_alert\("(\w+)"', plane))
-    for path in (ROOT / "corec_node" / "engine" / "audit.py", ROOT / "corec_node" / "plugins" / "dispatch.py"):
+    for path in (ROOT / "corec_node" / "engine" / "audit.py", ROOT / "corec_node" / "engine" / "anomaly.py",
+                 ROOT / "corec_node" / "plugins" / "dispatch.py"):
         kinds |= set(re.findall(r'"kind": "(\w+)"', path.read_text()))
     assert kinds == set(ALERT_KINDS)
 

@@ -185,10 +185,12 @@ def test_engine_rows_have_the_spec_keys_in_order_with_their_types() -> None:
     rows, _ = host.tick()
     assert len(rows) == 2
     ints = {"block", "channel", "count", "active", "tick", "epoch"}
-    adaptive = ("forecast", "forecast_error", "generation", "genome", "genome_spec")  # 1.10, section 9.8
-    assert ", ".join(adaptive) in " ".join(section("4").split()), "section 4.1 lists the adaptive keys"
+    adaptive = ("forecast", "forecast_error", "generation", "genome", "genome_spec", "anomaly")  # 1.10, section 9.8
+    assert ", ".join(adaptive[:5]) + "` and since 1.11 `anomaly" in " ".join(section("4").split()), \
+        "section 4.1 lists the adaptive keys"
+    optional = {adaptive[:4] + extra for extra in ((), ("genome_spec",), ("anomaly",), ("genome_spec", "anomaly"))}
     for row in rows:
-        assert tuple(row)[: len(keys)] == keys and tuple(row)[len(keys):] in (adaptive, adaptive[:-1])
+        assert tuple(row)[: len(keys)] == keys and tuple(row)[len(keys):] in optional
         for key in ints:
             assert type(row[key]) is int, key
         assert type(row["owner"]) is str

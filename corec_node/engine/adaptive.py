@@ -24,6 +24,11 @@ Rules:
    default needs no spec: every node knows it), and every GENOME_REFRESH ticks in turns
    (block ids spread the turns), so every node learns every block's genome at a cost of a
    few bytes per row and no burst.
+5. Forecast anomalies (``engine/anomaly.py``): each tick, a held block whose mean is more
+   than its ``sensitivity`` gene in robust sigmas from the forecast made for it (sigma from
+   the errors before this tick) is flagged; its row then carries ``anomaly: true``, and
+   ``anomalies.opened`` lists the flags that open an episode (one alert each, raised by the
+   block's owner only).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from corec_node.engine.anomaly import AnomalyWatch
 from corec_node.engine.audit import AuditRecord
 from corec_node.engine.evolution import Challenge, ShadowTrials, Standing, fitness
 from corec_node.engine.forecast import Forecasts
@@ -41,6 +47,7 @@ from corec_node.engine.genome import Genome, default_genome, from_dict, to_dict
 
 GENOME_REFRESH = 60  # rule 4: ticks between two rows of a block that carry its whole genome
 SPEC_KEY = "genome_spec"  # the row key of a genome as compact JSON (rule 4)
+ANOMALY_KEY = "anomaly"  # the row key of a forecast anomaly (rule 5)
 
 
 def genome_text(g: Genome) -> str:
@@ -74,6 +81,7 @@ class AdaptiveBlocks:
     def __init__(self) -> None:
         self.forecasts = Forecasts()
         self.trials = ShadowTrials()
+        self.anomalies = AnomalyWatch()  # this tick's forecast anomalies and the episodes they open (rule 5)
         self.genomes: dict[int, Genome] = {}  # held blocks: the genome in force
         self.known: dict[int, Genome] = {}  # every block the cluster published a genome for
         self.saved: dict[int, tuple[Genome, Mapping[str, Any] | None]] = {}  # restored from disk (rule 2)
@@ -98,8 +106,9 @@ class AdaptiveBlocks:
         if len(tracked) != len(blocks) or not np.array_equal(np.sort(tracked), blocks):
             self._track(blocks, tracked)
         records: list[AuditRecord] = []
+        before = self.forecasts.predict(blocks)  # the forecasts made for this tick (rule 5)
         if len(self.trials):
-            for verdict in self.trials.observe(blocks, means, self.forecasts.predict(blocks), tick):
+            for verdict in self.trials.observe(blocks, means, before, tick):
                 current = self.genomes.get(verdict.block)
                 if current is None or current.id != verdict.current.id:
                     continue  # the genome changed under the trial (its owner's, on a holder): no verdict here
@@ -113,6 +122,10 @@ class AdaptiveBlocks:
                 records.append(verdict.record())
         if len(blocks):
             self.forecasts.update(blocks, means)
+            sigmas, flags = self.forecasts.judged(blocks)
+            self.anomalies.step(blocks, means, before, sigmas, flags, tick)
+        else:
+            self.anomalies.step(blocks, means, before, before, np.zeros(0, bool), tick)
         return records
 
     def _track(self, blocks: np.ndarray, tracked: np.ndarray) -> None:
@@ -159,6 +172,7 @@ class AdaptiveBlocks:
             forecast[held] = self.forecasts.predict(ids[held])
             error[held] = self.forecasts.scaled_error(ids[held])
         specs = 0
+        flagged = self.anomalies.now
         for row, b, f, e, h in zip(rows, ids.tolist(), forecast.tolist(), error.tolist(), held.tolist()):
             if not h:
                 continue
@@ -175,6 +189,8 @@ class AdaptiveBlocks:
                 row[SPEC_KEY] = genome_text(g)  # changed, or this block's turn: blocks take turns
                 self._sent[b] = (g.id, tick)
                 self.known[b] = g
+            if b in flagged:
+                row[ANOMALY_KEY] = True  # rule 5: written only when true
 
     def observe_row(self, row: Mapping[str, Any], ours: bool) -> None:
         """A row another owner published (``ours``: we own the block, so we keep our own).

@@ -324,15 +324,18 @@ class AlertGate:
     a healthy cluster. Those flags score low (at most ~0.05 in the tests' healthy windows;
     a shifted, dead, erroring or noisy block scores ~0.5), and a block flagged audit after
     audit is not chance (one miss is allowed: a sick block near the threshold flickers).
-    An alerted block is not alerted again until it has gone ``persist`` audits unflagged
-    (its episode is over). Pure; memory is bounded by the blocks flagged lately.
+    An alerted block is not alerted again until it has gone ``calm`` audits unflagged
+    (its episode is over; ``persist`` unless told). Pure; memory is bounded by the blocks
+    flagged lately. ``engine.anomaly`` gates forecast anomalies with it (persist 1: a spike
+    is one tick; a long calm: a block flickering near its threshold is one episode).
     """
 
-    def __init__(self, persist: int = 3, min_score: float = 0.1) -> None:
-        if persist < 1:
-            raise ValueError(f"persist must be >= 1, got {persist}")
+    def __init__(self, persist: int = 3, min_score: float = 0.1, calm: int | None = None) -> None:
+        if persist < 1 or (calm is not None and calm < 1):
+            raise ValueError(f"persist and calm must be >= 1, got {persist}, {calm}")
         self.persist = persist
         self.window = persist + 1
+        self.calm = persist if calm is None else calm
         self.min_score = min_score
         self._audits = 0
         self._flags: dict[int, collections.deque[int]] = {}  # block -> audits it was flagged in, lately
@@ -358,7 +361,7 @@ class AlertGate:
             self.suppressed += 1
         for block in [b for b, seen in self._flags.items() if now - seen[-1] >= self.window]:
             del self._flags[block]
-        for block in [b for b, last in self._episodes.items() if now - last >= self.persist]:
+        for block in [b for b, last in self._episodes.items() if now - last >= self.calm]:
             del self._episodes[block]
         return sorted(out, key=lambda f: -f.score)
 

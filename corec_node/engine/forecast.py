@@ -37,7 +37,10 @@ Rules:
 4. Surprise (``surprise``): the last tick's |y - f| in robust sigmas, sigma estimated as
    MAE_TO_SIGMA x the forgetting mean of |y - f| over *earlier* ticks, so an anomaly
    never inflates the yardstick that judges it. ``flags`` compares it with the block's
-   ``sensitivity`` gene. NaN until MIN_SURPRISE ticks are scored.
+   ``sensitivity`` gene once ``window`` ticks are scored (a yardstick of a dozen errors
+   is too noisy to judge 4-sigma events; ``engine/anomaly.py`` turns flags into episodes
+   and alerts). NaN until MIN_SURPRISE ticks are scored; sigma is floored at SIGMA_FLOOR x the series'
+   magnitude, so float rounding on a constant series never flags, and any real move does.
 5. Portable state. ``export(block)`` gives plain values (msgpack-friendly: floats, ints,
    lists); ``restore(block, state, genome)`` continues exactly as if the block had never
    moved (same float64 values). The genome travels separately (it is block state too); a
@@ -59,6 +62,7 @@ MAE_TO_SIGMA = math.sqrt(math.pi / 2)  # mean |e| of a normal error times this i
 MIN_SURPRISE = 8  # scored ticks before a surprise is reported: a yardstick of fewer is noise
 STATE_FORMAT = 1  # export's "v"
 NAIVE_FLOOR = 1e-9  # rule 3: naive error sums below this share of |last| + 1 per tick are rounding
+SIGMA_FLOOR = 1e-9  # rule 4: a yardstick below this share of |last| + 1 is rounding (a constant series)
 
 _F64 = ("alpha", "beta", "gamma", "phi", "decay", "sens", "level", "trend", "last", "fc",
         "ef", "en", "w", "z")
@@ -207,7 +211,8 @@ class Forecasts:
         dec = c["decay"][rows]
         ef, en, w, nsc = c["ef"][rows], c["en"][rows], c["w"][rows], c["scored"][rows]
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.where(scored & (nsc >= MIN_SURPRISE), ae / (MAE_TO_SIGMA * ef / w), np.nan)
+            sigma = np.maximum(MAE_TO_SIGMA * ef / w, SIGMA_FLOOR * (np.abs(last) + 1.0))
+            z = np.where(scored & (nsc >= MIN_SURPRISE), ae / sigma, np.nan)
         c["z"][rows] = z
         c["ef"][rows] = np.where(scored, dec * ef + ae, ef)
         c["en"][rows] = np.where(scored, dec * en + an, en)
@@ -272,10 +277,16 @@ class Forecasts:
         return self._col("z", block_ids)
 
     def flags(self, block_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """True where the last tick's surprise exceeds the block's ``sensitivity`` gene."""
+        """True where the last tick's surprise exceeds the block's ``sensitivity`` gene (rule 4)."""
+        return self.judged(block_ids)[1]
+
+    def judged(self, block_ids: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(surprise, flags)`` of the last tick in one lookup (the tick path's call)."""
         rows = self._rows(block_ids)
+        c = self._cols
+        z = c["z"][rows]
         with np.errstate(invalid="ignore"):
-            return self._cols["z"][rows] > self._cols["sens"][rows]
+            return z, (z > c["sens"][rows]) & (c["scored"][rows] > c["window"][rows])
 
     def last_observed(self, block_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Each block's last finite observation: the naive forecast of its next tick."""

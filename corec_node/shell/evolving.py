@@ -1,7 +1,8 @@
 """Adaptive blocks on the data plane (``engine/adaptive.py``): trial verdicts into the audit
 log, genomes and forecaster states saved now and then and at stop, and evolution by the
 nucleus: every ``engine.evolve_every`` ticks it plans challengers from the cluster's rows,
-fenced by its term, and each owner runs the ones of its blocks in shadow. A mixin of
+fenced by its term, and each owner runs the ones of its blocks in shadow; and the owner's
+alerts on forecast anomalies (``engine/anomaly.py``). A mixin of
 ``DataPlane``, like ``fusions.FusionSide``."""
 
 from __future__ import annotations
@@ -29,11 +30,27 @@ class EvolutionSide:
         for rec in self.engine.adaptive_records:
             log.event("genome_trial", kind=rec.kind, subject=rec.subject, reason=rec.reason, tick=rec.tick)
             self.recorder.audit(rec.kind, rec.subject, rec.reason, tick=rec.tick, **rec.details)
+        if self.engine.adaptive.anomalies.opened:
+            self._forecast_alerts()
         if tick_no % GENOME_SAVE_EVERY == 0:
             self.save_genomes()
         every = self.config.evolve_every
         if every and tick_no % every == 0 and self.view.leader == self.name and self._evolution_on():
             self._plan_evolution(tick_no)
+
+    def _forecast_alerts(self) -> None:
+        """The forecast anomalies that opened an episode this tick (engine/anomaly.py), alerted
+        by the blocks' owner only: every holder flags, one node alerts."""
+        opened = self.engine.adaptive.anomalies.opened
+        mine = self.engine.owned_mask(np.fromiter((a.block for a in opened), np.int64, len(opened)))
+        for anomaly, owned in zip(opened, mine.tolist()):
+            if not owned:
+                continue
+            rec = anomaly.record()
+            log.event("forecast_anomaly", subject=rec.subject, reason=rec.reason, tick=rec.tick)
+            self.recorder.audit(rec.kind, rec.subject, rec.reason, tick=rec.tick, **rec.details)
+            alert = anomaly.alert()
+            self.raise_alert(alert.pop("kind"), alert.pop("text"), **alert)
 
     def _evolution_on(self) -> bool:
         """Plans go out only when every live member takes them (older ones would count the

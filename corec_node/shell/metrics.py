@@ -103,7 +103,7 @@ RECORD_DROP_REASONS = ("stream_overflow", "ingest_error", DUPLICATE, OUT_OF_ORDE
 MESSAGE_DROP_REASONS = ("pub_queue_full", "pub_error", "direct_queue_full", "direct_error", "recv_error",
                         "handler_error", "link_full", "link_error", "link_recv_error", "link_handler_error")
 # the node's own alerts; plugins may raise kinds of their own
-ALERT_KINDS = ("audit_anomaly", "blocks_lost", "memory_full", "plugin_disabled")
+ALERT_KINDS = ("audit_anomaly", "blocks_lost", "forecast_anomaly", "memory_full", "plugin_disabled")
 DIRECTIONS = ("in", "out")
 MAX_REQUEST_BYTES = 8192  # a scrape request is one line and a few headers; more is not Prometheus
 REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request before we hang up

@@ -33,8 +33,18 @@ Contract every hook implementation must honour (the manager enforces what it can
 6. **The node is a facade.** Hooks that take ``node`` get a
    :class:`~corec_node.plugins.NodeFacade` of their own: the node's name, config, data
    directory, the leader as last told, ``raise_alert`` and ``log`` (both stamped with the
-   plugin's name) and ``await plugin_store()``. That list is the API; anything else
-   reached through it is not, and logs a warning.
+   plugin's name), ``emit`` and ``await plugin_store()``. That list is the API; anything
+   else reached through it is not, and logs a warning.
+7. **Plugins may act.** ``node.emit(channel, ids, values, active=None)`` puts entities
+   into the mesh as a producer's batch sent to this node: routed to each block's owner,
+   replicated, counted, refused (never waited for) when the ingest queue, the stream's
+   pauses or the memory limit say so. It returns how many records it handed over; from
+   any thread or task, without blocking. A bad argument raises ValueError/TypeError in
+   the plugin: a fault of the hook that lets it out. Emitted records reach the
+   ``corec_entities`` of every plugin subscribed to their channel on their owner's node,
+   the emitter's included; so inside ``corec_entities`` a plugin may not emit onto a
+   channel it subscribes to, nor onto the batch's own channel (``EmitLoopError``, a
+   fault). Emit derived entities from ``corec_block_aggregates`` (once a tick) instead.
 
 How CoreC calls each hook, and what pluggy's markers mean here. CoreC does not make one
 pluggy call per hook (``pm.hook.x()`` stops at the first raise); it asks pluggy for the
@@ -170,7 +180,11 @@ def corec_entities(node: NodeFacade, channel: int, records: Any) -> Any:
     :param node: the running node.
     :param channel: the batch's channel (0..255); every record has it.
     :param records: a read-only numpy array of ``corec_node.wire.ENTITY_DTYPE``
-        (fields ``id``, ``channel``, ``value``, ``active``), as ingested.
+        (fields ``id``, ``channel``, ``value``, ``active``), as ingested. Entities that
+        plugins emit (``node.emit``) arrive here too, on their owner's node.
+
+    ``node.emit`` from here onto this plugin's channels, or onto ``channel``, raises
+    ``EmitLoopError`` (rule 7): each batch would beget another.
 
     Return value: None, or an iterable of alert dicts (``{"kind", "text", ...}``) that
     the node records and publishes as alerts from this plugin. Not firstresult. A plugin
@@ -191,7 +205,13 @@ def corec_block_aggregates(node: NodeFacade, tick: int, aggregates: list[dict[st
     :param aggregates: one dict per block with keys ``block`` (int id: channel << 32 |
         number), ``channel``, ``owner``, ``count``, ``active``, ``mean``, ``min``, ``max``,
         ``std`` (None when the block has no active entity), ``error_rate``, ``fitness``,
-        ``tick``. Read-only: the same dicts are published to the cluster.
+        ``tick``, and the block's forecast: ``forecast`` (its next mean), ``forecast_error``
+        (scaled against the naive forecast; None until known), ``generation``, ``genome``.
+        Read-only: the same dicts are published to the cluster.
+
+    The place to derive entities: ``node.emit(channel, ids, values)`` here once a tick
+    (one entity per block, say) puts them into the mesh like a producer's (rule 7); their
+    own blocks' rows come back here on the ticks after, so skip their channel.
 
     Return value: None, or an iterable of alert dicts (``{"kind", "text", ...}``) that
     the node records and publishes as alerts from this plugin. Not firstresult. Runs on

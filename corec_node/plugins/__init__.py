@@ -50,8 +50,10 @@ The node API hooks may rely on (the ``node`` argument) is :class:`NodeFacade`
 (:mod:`.facade`): each plugin gets its own, wrapping the node the core passes in. In short:
 ``name``, ``config``, ``data_dir``, ``loop``, ``plugin``, ``settings``, ``leader``,
 ``term``, ``is_leader``, ``raise_alert(kind, text, *, severity, **fields)`` (stamped with
-the plugin's name; safe from any thread), ``log(event, **fields)`` and ``await
-plugin_store()`` (the plugin's own store, migrated with its corec_storage_migrations).
+the plugin's name; safe from any thread), ``log(event, **fields)``, ``emit(channel, ids,
+values, active=None)`` (entities into the mesh as a producer's batch, :mod:`.emit`; safe
+from any thread) and ``await plugin_store()`` (the plugin's own store, migrated with its
+corec_storage_migrations).
 A hook may also *return* alert dicts (corec_entities, corec_block_aggregates).
 
 Layout: :mod:`.manager` finds, checks and registers plugins and is the facade
@@ -60,7 +62,8 @@ budgets, faults, the breaker, tracing), in a ``Dispatcher`` the manager builds a
 each call to (composition, as pluggy keeps its manager apart from its call loop);
 :mod:`.settings` checks each ``[plugin.NAME]`` table and holds the load errors;
 :mod:`.records` is what both know about a plugin; :mod:`.facade` is what a plugin sees of
-the node; :mod:`.memory` (pure) and :mod:`.memwatch` (tracemalloc) are the memory watch.
+the node; :mod:`.emit` checks what a plugin emits (pure); :mod:`.memory` (pure) and
+:mod:`.memwatch` (tracemalloc) are the memory watch.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import inspect
 import logging
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from corec_node import log
+from corec_node.plugins.emit import entities_context
 from corec_node.plugins.records import ACTIVE, PluginRecord, _Impl
 
 TRACE_ENV = "COREC_TRACE_PLUGINS"
@@ -250,15 +252,17 @@ class Dispatcher:
             args = impl.args(kwargs)
             if impl.takes_node and self.wrap_node is not None:
                 args = {**args, "node": self.wrap_node(rec, args["node"])}
+            # corec_entities calls run marked (emit's feedback rule, plugins/emit.py)
+            ctx = entities_context(kwargs["channel"]) if hook == "corec_entities" else None
             if impl.is_async:
                 try:
-                    coro = impl.fn(**args)
+                    coro = impl.fn(**args) if ctx is None else ctx.run(impl.fn, **args)
                 except Exception as exc:  # e.g. a TypeError before the coroutine exists
                     self.fault(rec, hook, "error", exc)
                     continue
                 track.busy[hook] = now
                 slot = _Slot(impl, track.busy, t0)
-                slot.task = loop.create_task(coro)
+                slot.task = loop.create_task(coro, context=ctx)
                 # not busy once the call has returned, even before this dispatch judges it
                 slot.task.add_done_callback(functools.partial(_release, track.busy, hook))
                 if self.trace:
@@ -268,7 +272,7 @@ class Dispatcher:
                 track.busy[hook] = now
                 if batch is None:
                     batch = _SyncBatch(loop)
-                batch.slots.append(_Slot(impl, track.busy, t0, args))
+                batch.slots.append(_Slot(impl, track.busy, t0, args, ctx))
         if batch is not None:
             batch.start(self._get_pool())
         waitables: list[asyncio.Future[Any]] = [s.task for s in tasks if s.task is not None]
@@ -300,7 +304,8 @@ class Dispatcher:
                     self.fault(rec, hook, "error", slot.exc)
                     self._trace(slot, "error")
                 elif inspect.isawaitable(slot.result):  # await me maybe
-                    slot.task = asyncio.ensure_future(slot.result, loop=loop)
+                    slot.task = (loop.create_task(slot.result, context=slot.ctx) if asyncio.iscoroutine(slot.result)
+                                 else asyncio.ensure_future(slot.result, loop=loop))
                     slot.result = None
                     later.append(slot)
                 else:
@@ -429,11 +434,12 @@ class _Track:
 class _Slot:
     """One implementation's call within one dispatch; ``busy`` is its plugin's in-flight map."""
 
-    __slots__ = ("args", "busy", "done", "exc", "impl", "result", "t0", "t1", "task")
+    __slots__ = ("args", "busy", "ctx", "done", "exc", "impl", "result", "t0", "t1", "task")
 
     def __init__(self, impl: _Impl, busy: dict[str, float], t0: float,
-                 args: dict[str, Any] | None = None) -> None:
+                 args: dict[str, Any] | None = None, ctx: contextvars.Context | None = None) -> None:
         self.impl = impl
+        self.ctx = ctx  # the context the call runs in (None: the worker's own)
         self.busy = busy
         self.t0 = t0
         self.t1 = 0.0
@@ -469,7 +475,8 @@ class _SyncBatch:
 
     def _run(self, slot: _Slot) -> None:  # in a worker thread
         try:
-            slot.result = slot.impl.fn(**(slot.args or {}))
+            args = slot.args or {}
+            slot.result = slot.impl.fn(**args) if slot.ctx is None else slot.ctx.run(slot.impl.fn, **args)
         except BaseException as exc:  # judged on the loop
             slot.exc = exc
         slot.t1 = time.perf_counter()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corec_node import log
 from corec_node.plugins.dispatch import SEVERITIES
+from corec_node.plugins.emit import check_loop, emit_records
 
 if TYPE_CHECKING:
     from corec_node.config import Config
@@ -28,6 +30,10 @@ if TYPE_CHECKING:
 class NoPluginStore(LookupError):
     """The node behind the facade keeps no plugin stores (a test double): the plugin may
     fall back to a file of its own under ``data_dir``."""
+
+
+class NoEmit(LookupError):
+    """The node behind the facade takes no emitted entities (a test double)."""
 
 
 @dataclasses.dataclass
@@ -43,14 +49,16 @@ class NodeFacade:
     """The node as one plugin sees it. Every member is safe from any thread (sync hooks run
     in worker threads) unless it says otherwise, and none of them blocks."""
 
-    __slots__ = ("_leadership", "_node", "_plugin", "_settings", "_warned")
+    __slots__ = ("_leadership", "_node", "_plugin", "_settings", "_subscribed", "_warned")
 
     def __init__(self, node: Any, plugin: str, *, settings: Any = None,
-                 leadership: Leadership | None = None) -> None:
+                 leadership: Leadership | None = None,
+                 subscribed: Callable[[], Collection[int]] | None = None) -> None:
         self._node = node
         self._plugin = plugin
         self._settings = settings
         self._leadership = leadership if leadership is not None else Leadership()
+        self._subscribed = subscribed  # this plugin's corec_channels, for emit's feedback rule
         self._warned: set[str] = set()
 
     # -- who and where ----------------------------------------------------------------
@@ -118,6 +126,33 @@ class NodeFacade:
             raise ValueError(f"alert severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
         fields["plugin"] = self._plugin
         self._node.raise_alert(kind, text, severity=severity, **fields)
+
+    def emit(self, channel: int, ids: Any, values: Any, active: Any = None) -> int:
+        """Put entity records into the mesh as if a producer had sent them to this node:
+        ``ids`` (uint32) and ``values`` (finite numbers; a scalar is broadcast), ``active``
+        None (all 1), a bool or one 0/1 per id, all on ``channel`` (0..255). Each record goes
+        to its block's owner (this node's ingest for what it owns, forwarded for the rest,
+        replicated as usual), and is counted like a producer's (``status`` ``producers``, and
+        this plugin's ``emitted`` / ``emit_accepted`` / ``emit_refused`` in ``plugins``): a
+        full ingest queue, a paused stream or the memory limit refuse records (``busy``,
+        ``memory_full``, ...), they are never waited for. Returns how many records were
+        handed to the node; what became of them is known later, in those counters.
+
+        Safe from any thread and from async hooks; never blocks. A bad argument raises
+        ValueError or TypeError here, in the plugin (a fault of the hook that let it out).
+        Inside ``corec_entities`` emitting onto a channel this plugin subscribes to, or onto
+        the batch's channel, raises :class:`~corec_node.plugins.emit.EmitLoopError`: its own
+        records would come back to it. Elsewhere they do: an emitted batch reaches the
+        ``corec_entities`` of every plugin subscribed to its channel on the owner's node,
+        this one included."""
+        records = emit_records(channel, ids, values, active)
+        check_loop(int(channel), self._subscribed() if self._subscribed is not None else ())
+        if not len(records):
+            return 0
+        taker = getattr(self._node, "emit_entities", None)
+        if taker is None:
+            raise NoEmit(f"{type(self._node).__name__} takes no emitted entities")
+        return taker(self._plugin, records)
 
     def log(self, event: str, level: int = logging.INFO, /, **fields: Any) -> None:
         """One logfmt line in the node's log, ``plugin=NAME`` added: ``node.log("x_done", rows=3)``."""

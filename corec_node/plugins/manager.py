@@ -516,13 +516,14 @@ class PluginManager:
         facade = self._facades.get(rec.name)
         if facade is None or facade._node is not node:  # one node per manager; tests may pass several
             facade = self._facades[rec.name] = NodeFacade(node, rec.name, settings=rec.settings,
-                                                          leadership=self._leadership)
+                                                          leadership=self._leadership,
+                                                          subscribed=lambda: rec.channels)
         return facade
 
     def info(self) -> list[dict[str, Any]]:
         """One dict per plugin found, active or not: name, version, source ("entrypoint",
         "path", "builtin"), origin, hooks, state ("active" | "disabled"), reason, faults,
-        dropped, calls, last_error, channels, memory_bytes, memory_peak_bytes,
+        dropped, calls, last_error, channels, emitted, emit_accepted, emit_refused, memory_bytes, memory_peak_bytes,
         memory_growth_bytes, memory_limit_bytes (None without plugins.memory_watch). Sorted by
         name; keys are a public interface."""
         return [self.records[n].info() for n in sorted(self.records)]

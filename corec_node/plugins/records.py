@@ -33,6 +33,10 @@ class PluginRecord:
     dropped: int = 0
     calls: int = 0
     last_error: str = ""
+    # entities it emitted (NodeFacade.emit): handed to the node, then queued or refused by reason
+    emitted: int = 0
+    emit_accepted: int = 0
+    emit_refused: dict[str, int] = dataclasses.field(default_factory=dict)
     # the memory watch's figures (plugins.memory_watch; None while it is off or before its first check)
     memory_bytes: int | None = None
     memory_peak_bytes: int | None = None
@@ -53,6 +57,9 @@ class PluginRecord:
             "calls": self.calls,
             "last_error": self.last_error,
             "channels": sorted(self.channels),
+            "emitted": self.emitted,
+            "emit_accepted": self.emit_accepted,
+            "emit_refused": dict(self.emit_refused),
             "memory_bytes": self.memory_bytes,
             "memory_peak_bytes": self.memory_peak_bytes,
             "memory_growth_bytes": self.memory_growth_bytes,

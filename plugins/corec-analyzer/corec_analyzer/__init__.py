@@ -1,38 +1,27 @@
-"""corec-analyzer: per channel, a tiny torch model predicts each block's next aggregate
-and flags blocks whose actual value departs from the prediction by more than z sigma.
+"""corec-analyzer: flags blocks whose mean departs from the node's own forecast by more than
+z sigma, and can emit its scores as entities on a channel of their own.
 
-torch is optional. Without it the entry point's ``plugin`` is an object with no hooks and
-``DISABLED_REASON`` set: the node lists the plugin as disabled, logs
-"analyzer disabled: torch not installed", and starts as usual. With it, torch itself is
-imported only at node startup, in a worker thread (importing it takes seconds).
+The node forecasts every block (rows of ``corec_block_aggregates`` carry ``forecast``); the
+analyzer judges those forecasts, with no forecaster of its own. torch is optional: with
+it, and ``model = true`` (the default), a tiny net per channel learns the forecasts'
+residuals as a second opinion (imported at node startup, in a worker thread: importing
+torch takes seconds). Without it the plugin loads all the same, logs
+"analyzer: torch not installed: its model (the second opinion) is disabled", and judges
+the node's forecasts alone.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
+from corec_analyzer.plugin import NAME, TORCH_MISSING, AnalyzerPlugin, torch_available
 from corec_node import log
 
-__version__ = "0.1.0"
-NAME = "analyzer"
-TORCH_MISSING = "analyzer disabled: torch not installed"
+__version__ = "0.2.0"
+__all__ = ["NAME", "TORCH_MISSING", "AnalyzerPlugin", "plugin", "torch_available"]
 
+if not torch_available():
+    log.event("analyzer_model_disabled", logging.WARNING, plugin=NAME, reason="torch not installed",
+              detail=TORCH_MISSING)
 
-class Unavailable:
-    """Stands in for the plugin when torch is missing: no hooks, a reason."""
-
-    DISABLED_REASON = TORCH_MISSING
-
-
-def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
-if torch_available():
-    from corec_analyzer.plugin import AnalyzerPlugin
-
-    plugin: object = AnalyzerPlugin()
-else:
-    log.event("analyzer_disabled", logging.WARNING, plugin=NAME, reason="torch not installed", detail=TORCH_MISSING)
-    plugin = Unavailable()
+plugin: object = AnalyzerPlugin()

@@ -1,12 +1,15 @@
-"""The analyzer's hooks. torch is imported at startup in a worker thread, not here."""
+"""The analyzer's hooks. torch, when there and wanted, is imported at startup in a worker
+thread, never here (``corec_analyzer`` is imported by every node that has it installed)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any
 
+from corec_analyzer.residuals import Analyzer, score_id
 from corec_analyzer.store import PredictionStore, open_store
 from corec_node import log
 from corec_node.hookspecs import hookimpl
@@ -16,7 +19,7 @@ if TYPE_CHECKING:
     from corec_node.plugins import NodeFacade
 
 NAME = "analyzer"
-FIELDS = ("mean", "min", "max", "std", "error_rate", "fitness")
+TORCH_MISSING = "analyzer: torch not installed: its model (the second opinion) is disabled"
 PRUNE_EVERY = 100  # ticks between two deletions of old predictions
 
 MIGRATIONS = [
@@ -36,34 +39,40 @@ MIGRATIONS = [
 INSERT = "INSERT OR REPLACE INTO predictions (tick, block, channel, predicted, actual, z) VALUES (?, ?, ?, ?, ?, ?)"
 
 
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 class AnalyzerPlugin:
     """One instance per node (the entry point's ``plugin``)."""
 
     SETTINGS = {
-        "field": (str, "mean"),  # the aggregate predicted
-        "window": (int, 8),  # past ticks the net sees
-        "hidden": (int, 16),  # hidden units
-        "lr": (float, 0.01),  # Adam learning rate
         "z": (float, 4.0),  # |actual - predicted| / sigma above this is a departure
         "warmup": (int, 20),  # judged ticks before any departure is reported
-        "channels": (list, []),  # channels to model; empty: all
+        "channels": (list, []),  # channels to judge; empty: all (but emit_channel)
+        "emit_channel": (int, -1),  # emit each judged block's |z| as an entity on this channel; -1: off
         "retain_ticks": (int, 1000),  # predictions kept in the store
-        "threads": (int, 1),  # torch CPU threads
+        "model": (bool, True),  # the torch second opinion, when torch is installed
+        "window": (int, 8),  # the model: past residuals it sees
+        "hidden": (int, 16),  # the model: hidden units
+        "lr": (float, 0.01),  # the model: Adam learning rate
+        "threads": (int, 1),  # the model: torch CPU threads
         "seed": (int, 0),
     }
 
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
-        self.analyzer: Any = None
+        self.analyzer: Analyzer | None = None
         self.store: PredictionStore | None = None
         self._owns_store = False
         self._pruned = 0
+        self.emitted = 0  # scores emitted (entities)
 
     @hookimpl
     def corec_configure(self, config: Any) -> None:
         s = dict(config.plugin[NAME])
-        if s["field"] not in FIELDS:
-            raise PluginConfigError(NAME, "field", f"one of {', '.join(FIELDS)}", s["field"])
+        if not -1 <= s["emit_channel"] <= 255:
+            raise PluginConfigError(NAME, "emit_channel", "a channel 0..255, or -1 for none", s["emit_channel"])
         for key in ("window", "hidden", "warmup", "retain_ticks", "threads"):
             if s[key] < (0 if key == "warmup" else 1):
                 raise PluginConfigError(NAME, key, "a positive integer", s[key])
@@ -80,19 +89,31 @@ class AnalyzerPlugin:
     @hookimpl
     async def corec_startup(self, node: NodeFacade) -> None:
         s = self.settings or {k: d for k, (_, d) in self.SETTINGS.items()}
-        model = await asyncio.to_thread(importlib.import_module, "corec_analyzer.model")  # imports torch
-        self.analyzer = await asyncio.to_thread(
-            lambda: model.Analyzer(window=s["window"], hidden=s["hidden"], lr=s["lr"], z=s["z"], warmup=s["warmup"],
-                                   field=s["field"], channels=set(s["channels"]), seed=s["seed"], threads=s["threads"]))
+        opinion = None
+        if s["model"] and torch_available():
+            model = await asyncio.to_thread(importlib.import_module, "corec_analyzer.model")  # imports torch
+            opinion = await asyncio.to_thread(lambda: model.Opinions(window=s["window"], hidden=s["hidden"], lr=s["lr"],
+                                                                     seed=s["seed"], threads=s["threads"]))
+        elif s["model"]:
+            log.event("analyzer_model_disabled", logging.WARNING, plugin=NAME, reason="torch not installed",
+                      detail=TORCH_MISSING)
+        emit = s["emit_channel"]
+        self.analyzer = Analyzer(z=s["z"], warmup=s["warmup"], window=s["window"], channels=set(s["channels"]),
+                                 exclude={emit} if emit >= 0 else set(), opinion=opinion)
         self.store, self._owns_store = await open_store(node, NAME, MIGRATIONS)
-        log.event("analyzer_ready", plugin=NAME, field=s["field"], window=s["window"], z=s["z"],
+        log.event("analyzer_ready", plugin=NAME, z=s["z"], model=opinion is not None, emit_channel=emit,
                   store="node" if not self._owns_store else "sqlite")
 
     @hookimpl
-    async def corec_block_aggregates(self, tick: int, aggregates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def corec_block_aggregates(self, node: NodeFacade, tick: int,
+                                     aggregates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.analyzer is None:
             return []
         predictions, departures = await asyncio.to_thread(self.analyzer.step, tick, aggregates)
+        emit = self.settings.get("emit_channel", -1)
+        scored = [p for p in predictions if p.z is not None]
+        if emit >= 0 and scored:  # one entity per judged block: id channel << 24 | index, value |z|
+            self.emitted += node.emit(emit, [score_id(p.block) for p in scored], [min(abs(p.z), 1e30) for p in scored])
         if self.store is not None:
             if predictions:
                 await self.store.executemany(INSERT, [(p.tick, p.block, p.channel, p.predicted, p.actual, p.z)

@@ -48,6 +48,7 @@ from corec_node.shell.data_plane import DataPlane
 from corec_node.shell.datacheck import open_store, start_check
 from corec_node.shell.datadir import lock_data_dir
 from corec_node.shell.drift import settings_of
+from corec_node.shell.emitter import Emitter
 from corec_node.shell.memory import MemoryGauge, release_free_memory
 from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
@@ -78,7 +79,7 @@ class Node:
     """One CoreC node process. ``await Node(config).run()`` returns the exit code.
 
     Plugin hooks receive it as ``node``: ``name``, ``config``, ``data_dir``,
-    ``raise_alert`` and ``plugin_store`` are its API (hookspecs.py)."""
+    ``raise_alert``, ``emit_entities`` and ``plugin_store`` are its API (hookspecs.py)."""
 
     def __init__(self, config: Config) -> None:
         self.settings_watch = SettingsWatch(config, alert=self.raise_alert)
@@ -131,6 +132,8 @@ class Node:
             recorder=self.recorder, plugins=self.plugins, host=self, raise_alert=self.raise_alert,
             publish_digest=self._publish_digest)
         self.data.data_send = self._data_send
+        # plugins' emitted entities, taken as a producer's batches (NodeFacade.emit)
+        self.emitter = Emitter(name=self.name, cluster=cluster, take=self.data.batch, records=self.plugins.records.get)
         try:  # plugins' kernels, and the genes each channel's first genomes carry
             self.data.engine.use_kernels(self.plugins.kernels(), genome_genes(config.engine.genomes))
         except ValueError as exc:
@@ -163,6 +166,7 @@ class Node:
         self.loop.set_exception_handler(log.loop_exception)  # one line each, never a raw traceback
         self._loop_thread = threading.get_ident()
         self.data.bind(self.now)
+        self.emitter.bind(self.loop)
         lock_fd = lock_data_dir(self.data_dir)
         try:
             return await self._run()
@@ -560,6 +564,11 @@ class Node:
             self.loop.call_soon_threadsafe(self._publish_alert, alert)
         else:
             self._publish_alert(alert)
+
+    def emit_entities(self, plugin: str, records: Any) -> int:
+        """Records a plugin emits (``NodeFacade.emit``, checked there): a producer's batch to
+        this node (``shell/emitter.py``). Safe from any thread."""
+        return self.emitter.emit(plugin, records)
 
     def _publish_alert(self, alert: dict[str, Any]) -> None:
         """On the loop: the PluginManager's on_alert, and raise_alert's end."""

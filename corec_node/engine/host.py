@@ -221,6 +221,7 @@ class EngineHost:
                                                                zip(blocks.tolist(), roots.tolist(), strict=True)], np.int64)
         names = sorted(set(old.everyone) | set(new.everyone) | {self.name}, key=lambda m: m.encode("utf-8"))
         was, now = self._holder_columns(old, before, names), self._holder_columns(new, roots, names)
+        was[:, [names.index(m) for m in set(new.learners) - set(old.learners)]] = False  # learning again: it lost them
         me = names.index(self.name)
         rows = np.arange(len(blocks))
         owner = np.array([names.index(m) for m in new.members], np.intp)[new.owners(roots)]
@@ -240,8 +241,7 @@ class EngineHost:
             if len(records):
                 out[names[col]] = records
                 self.handed_off += len(records)
-        gone = blocks[~now[:, me]]
-        if len(gone):
+        if len(gone := blocks[~now[:, me]]):
             self.dropped_held += self.store.drop_blocks(gone)
         return out
 

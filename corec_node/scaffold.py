@@ -54,6 +54,8 @@ def render(name: str) -> dict[str, str]:
     n = names(name)
     plugin, dist, package = n["plugin"], n["dist"], n["package"]
     major_minor = ".".join(__version__.split(".")[:2])
+    if not __version__.replace(".", "").isdigit():  # a development build: its own pre-release counts
+        major_minor += ".dev0"
     files = {
         "pyproject.toml": f'''\
 [build-system]

@@ -59,6 +59,7 @@ class Producer(threading.Thread):
         super().__init__(daemon=True)
         self.nodes = nodes
         self.done: list[int] = []  # channels whose round was acknowledged whole
+        self.when: dict[int, tuple[str, str]] = {}  # channel -> (wall time it was acknowledged, node sent to)
         self.retries = 0
         self.stopping = threading.Event()
         self.failure = ""
@@ -74,6 +75,7 @@ class Producer(threading.Thread):
                                       "--timeout", "5"], capture_output=True, text=True, timeout=120)
                 if out.returncode == 0 and f"{RECORDS:,} accepted, 0 rejected" in out.stdout:
                     self.done.append(channel)
+                    self.when[channel] = (time.strftime("%H:%M:%S", time.gmtime()), to.name)
                     break
                 self.retries += 1
                 self.stopping.wait(0.5)
@@ -209,7 +211,11 @@ def rolling_upgrade(previous: Path, tmp_path: Path, old_version: str) -> dict:
         time.sleep(5)  # rows of the last ticks reach every node
         missing = {n.name: _mismatches(n, expected) for n in nodes}
         owned = sum(n.ctl("status")["entities"] for n in nodes)
-        return {"rounds": len(producer.done), "resent": producer.retries, "records": len(producer.done) * RECORDS,
+        lost = sorted({int(m.split(",")[0].strip("(")) for v in missing.values() for m in v})
+        return {"lost_rounds": {ch: producer.when.get(ch) for ch in lost},
+                "dropped_records": {n.name: n.ctl("status")["dropped_records"] for n in nodes},
+                "logs": str(tmp_path),
+                "rounds": len(producer.done), "resent": producer.retries, "records": len(producer.done) * RECORDS,
                 "owned_entities": owned, "blocks_wrong": {k: len(v) for k, v in missing.items()},
                 "examples": [m for v in missing.values() for m in v][:3]}
     finally:

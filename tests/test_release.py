@@ -11,10 +11,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from releaseutil import PACKAGES, build, install, venv, version_of
 
 from corec_node import __version__
 from corec_node.testing.cluster import Cluster, eventually
+from corec_node.testing.releases import PACKAGES, build, install, venv, version_of
 
 pytestmark = pytest.mark.timeout(900)
 

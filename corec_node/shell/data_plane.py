@@ -315,6 +315,10 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             self.traffic.reject("direct", exc)
             self._refuse_records(relay, msg.count, "too_large" if exc.reason == "too_large" else "malformed")
             return
+        if relay.answer is not None and self.engine.copies > 1 and (self.view.leader is None or not self.placement_confirmed()):
+            # a minority side, no nucleus yet, or a map the nucleus has not confirmed (one just restarted): by it we could own blocks held elsewhere
+            self._refuse_records(relay, len(records), NO_LEADER)
+            return
         blocks = None
         if self.view.routed:
             blocks = self.engine.blocks_of(records)
@@ -332,10 +336,6 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             if not len(records):
                 relay.part(0)
                 return
-        if relay.answer is not None and self.view.leader is None and self.engine.copies > 1:
-            # a minority side, or no nucleus yet: its blocks may have moved on the other side
-            self._refuse_records(relay, len(records), NO_LEADER)
-            return
         if self._memory_full and not msg.delete:
             new = self.engine.new_blocks(records)
             if new.any():  # updates of blocks held still go in: they take no new memory

@@ -1,4 +1,4 @@
-"""Releases for tests: a tagged release exported from the repository's history, its sdist
+"""Releases for tests and benchmarks: a tagged release exported from the repository's history, its sdist
 and wheel built with ``python -m build``, and virtualenvs that install them."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The releases by commit (CHANGELOG.md): the tag may not travel with a clone, its commit does.
 RELEASES = {
     "0.1.0": "f760881",  # no feature gates: an upgrade from it is stop-the-world

@@ -42,13 +42,7 @@ from corec_node.shell.evolving import EvolutionSide
 from corec_node.shell.fusions import FusionSide
 from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
 from corec_node.shell.lanes import HolderLanes
-from corec_node.shell.learning import (
-    ACKS_ALL,
-    HANDOFF_CHUNK,
-    REPLICA_WRITE,
-    SEQUENCE_ROWS,
-    ReplicaSide,
-)
+from corec_node.shell.learning import ACKS_ALL, REPLICA_WRITE, ReplicaSide
 from corec_node.shell.metrics import AUDIT_BUCKETS, TickHistogram
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.replication import NO_LEADER, NOT_ENOUGH_REPLICAS, Replicator
@@ -62,9 +56,8 @@ from corec_node.wire.messages import (
     Flow,
     Owner,
     Placement,
-    SequenceHandoff,
 )
-from corec_node.wire.topics import TOPIC_DIRECT, TOPIC_FLOW
+from corec_node.wire.topics import TOPIC_FLOW
 
 ADMIT_WAIT = 5.0  # seconds a producer's batch may wait for room before it is refused as busy
 DOOR_SHARE = 1 / 8  # of the ingest queue: producer bytes waiting at the door; past it, busy at once
@@ -218,6 +211,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self.engine.observe_view(view.live, self._learners)
         if self._acts_on_own_view():
             if view.leader is not None or self.engine.copies == 1:  # with replicas, only a nucleus moves blocks
+                self._store_queued(self.engine.view_digest())
                 self._hand_off(self.engine.adopt_view())
         elif self._leader_placement is not None:
             self._confirm_placement()
@@ -231,6 +225,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         if digest:
             self._confirm_placement()
         else:  # a leader that does not confirm maps: act on our own view
+            self._store_queued(self.engine.view_digest())
             self._hand_off(self.engine.adopt_view())
         self._report_lost()
         self.publish_digest(self.engine.placement_digest())
@@ -258,6 +253,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         return self.engine.placement_digest() == confirmed
 
     def _confirm_placement(self) -> None:
+        if self._leader_placement == self.engine.view_digest():
+            self._store_queued(self._leader_placement)
         handoffs = self.engine.confirm(self._leader_placement or "")
         if handoffs is not None:
             self._hand_off(handoffs)
@@ -504,15 +501,25 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         COALESCE_RECORDS records): one store call merges all its new keys at once."""
         queue = self.queue()
         while True:
-            items = await queue.take(COALESCE_RECORDS)
-            try:
-                self._ingest_items(items)
-            except Exception:  # a bug on one batch must not stop ingest
-                logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
-                self.dropped_records["ingest_error"] += sum(getattr(item[0].msg, "count", 0) for item in items)  # at most
-            stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
-            self._ask_flow(self.flow.stream_taken(stream, self._now()))  # publish never raises
+            self._ingest_taken(await queue.take(COALESCE_RECORDS))
             await asyncio.sleep(0)  # timers and control messages go between two takes
+
+    def _store_queued(self, digest: str | None = None) -> None:
+        """Before the map changes to ``digest`` (None: fusions move blocks): store everything
+        queued now. Holders answered for it, so the copies the change cuts from the store
+        must carry it (a write stored after its block's copy left would reach no new holder)."""
+        if digest == self.engine.placement_digest() or self._queue is None or not self._queue.qsize():
+            return
+        self._ingest_taken(self._queue.take_now())
+
+    def _ingest_taken(self, items: list[Item]) -> None:
+        try:
+            self._ingest_items(items)
+        except Exception:  # a bug on one batch must not stop ingest
+            logging.getLogger(log.LOGGER_NAME).exception("ingest_failed")
+            self.dropped_records["ingest_error"] += sum(getattr(item[0].msg, "count", 0) for item in items)  # at most
+        stream = sum(payload_bytes(item) for item in items if item[2] == "broadcast")
+        self._ask_flow(self.flow.stream_taken(stream, self._now()))  # publish never raises
 
     def _ingest_items(self, items: list[Item]) -> None:
         """A sweep of known entities is stored at once (``ingest_sweep``); other batches are
@@ -689,48 +696,6 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         """In the worker thread: the audit's result and the seconds it took there."""
         started = time.perf_counter()
         return self.auditor.step(rows, tick), time.perf_counter() - started
-
-    def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
-        """Send block copies to their new holders (engine rule 3), then tell the map's
-        learners we sent them all. Called on every map we adopt: acks all stops waiting for
-        holders the map dropped."""
-        self.replicator.holders_left(set(self.engine.placement.everyone),
-                                     enough=self.engine.in_sync() >= self.min_insync)
-        for owner, records in handoffs.items():
-            if owner in self.view.data and owner in self.view.replicating:
-                self._copy_to(owner, records)
-                continue
-            if owner in self.engine.placement.learners:  # its data socket is not known yet: copied again later
-                self._copies_failed.add((self.engine.placement_digest(), owner))
-                continue
-            addr = self.view.members.get(owner)
-            if addr is None:  # taken out of our store with nowhere to go
-                self.dropped_records["handoff"] += len(records)
-                log.event("handoff_lost", logging.WARNING, to=owner, records=len(records), detail="owner has no address")
-                continue
-            if owner in self.view.data:  # 1.5 and later: a 1.4 owner would drop the message as unknown
-                self._hand_off_sequences(addr, records)
-            for start in range(0, len(records), HANDOFF_CHUNK):
-                chunk = records[start:start + HANDOFF_CHUNK]
-                for channel in np.unique(chunk["channel"]).tolist():
-                    part = chunk[chunk["channel"] == channel]
-                    header, payload = make_batch(part, channel)
-                    if not self.outbox.transport.send(addr, self.outbox.frames(header, TOPIC_DIRECT, payload)):
-                        self.dropped_records["handoff"] += len(part)
-            version = self.engine.placement.version
-            log.event("blocks_handed_off", to=owner, records=len(records), map_version=version)
-            self.recorder.audit("placement", owner, "membership changed: blocks handed to their new owner",
-                                records=len(records), map_version=version)
-        self._mark_copies()
-
-    def _hand_off_sequences(self, addr: str, records: np.ndarray) -> None:
-        """The producer sequences of the blocks handed over go first (same socket, so in
-        order): the new owner refuses what we had already applied (SPEC 9.6)."""
-        rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist())
-        for start in range(0, len(rows), SEQUENCE_ROWS):
-            chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
-            if not self.outbox.transport.send(addr, self.outbox.frames(SequenceHandoff(rows=chunk), TOPIC_DIRECT)):
-                self.dropped_records["sequence_handoff"] += len(chunk)
 
     def memory_full(self, full: bool, gauge: Any) -> None:
         """The node's memory against its limit, each tick: past 90 % it takes no new blocks

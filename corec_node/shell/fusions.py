@@ -40,6 +40,8 @@ class FusionSide:
         self._apply_fusions(plan, msg.term)
 
     def _apply_fusions(self, plan: list[Fusion], term: int) -> None:
+        if plan:
+            self._store_queued()  # the copies fusions send are cut from the store
         try:
             records, handoffs = self.engine.apply_fusions(plan)
         except ValueError as exc:  # e.g. a plan across channels: the nucleus's bug, not ours

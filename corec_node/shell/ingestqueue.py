@@ -85,6 +85,17 @@ class IngestQueue:
         while records < max_records and not self._items.empty():
             items.append(self._items.get_nowait())
             records += getattr(items[-1][0].msg, "count", 0)
+        return self._taken(items)
+
+    def take_now(self) -> list[Item]:
+        """Everything queued, at once: what must be stored before the placement map
+        changes (a copy for a new holder is cut from the store)."""
+        items = []
+        while not self._items.empty():
+            items.append(self._items.get_nowait())
+        return self._taken(items)
+
+    def _taken(self, items: list[Item]) -> list[Item]:
         for item in items:
             size = payload_bytes(item)
             self.bytes -= size

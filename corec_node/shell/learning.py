@@ -17,6 +17,7 @@ from corec_node import log
 from corec_node.shell.routing import Answer
 from corec_node.wire import make_batch
 from corec_node.wire.messages import BatchReply, CopyDone, Learners, Ready, SequenceHandoff
+from corec_node.wire.topics import TOPIC_DIRECT
 
 REPLICA_WRITE, REPLICA_COPY = 1, 2  # EntityBatch.replica (SPEC 9.7)
 ACKS_ALL = 2  # EntityBatch.acks: every holder queued the records
@@ -159,6 +160,48 @@ class ReplicaSide:
         self._kick_lanes()
 
     # -- copies to new holders (SPEC 9.7) ------------------------------------------------
+
+    def _hand_off(self, handoffs: dict[str, np.ndarray]) -> None:
+        """Send block copies to their new holders (engine rule 3), then tell the map's
+        learners we sent them all. Called on every map we adopt: acks all stops waiting for
+        holders the map dropped."""
+        self.replicator.holders_left(set(self.engine.placement.everyone),
+                                     enough=self.engine.in_sync() >= self.min_insync)
+        for owner, records in handoffs.items():
+            if owner in self.view.data and owner in self.view.replicating:
+                self._copy_to(owner, records)
+                continue
+            if owner in self.engine.placement.learners:  # its data socket is not known yet: copied again later
+                self._copies_failed.add((self.engine.placement_digest(), owner))
+                continue
+            addr = self.view.members.get(owner)
+            if addr is None:  # taken out of our store with nowhere to go
+                self.dropped_records["handoff"] += len(records)
+                log.event("handoff_lost", logging.WARNING, to=owner, records=len(records), detail="owner has no address")
+                continue
+            if owner in self.view.data:  # 1.5 and later: a 1.4 owner would drop the message as unknown
+                self._hand_off_sequences(addr, records)
+            for start in range(0, len(records), HANDOFF_CHUNK):
+                chunk = records[start:start + HANDOFF_CHUNK]
+                for channel in np.unique(chunk["channel"]).tolist():
+                    part = chunk[chunk["channel"] == channel]
+                    header, payload = make_batch(part, channel)
+                    if not self.outbox.transport.send(addr, self.outbox.frames(header, TOPIC_DIRECT, payload)):
+                        self.dropped_records["handoff"] += len(part)
+            version = self.engine.placement.version
+            log.event("blocks_handed_off", to=owner, records=len(records), map_version=version)
+            self.recorder.audit("placement", owner, "membership changed: blocks handed to their new owner",
+                                records=len(records), map_version=version)
+        self._mark_copies()
+
+    def _hand_off_sequences(self, addr: str, records: np.ndarray) -> None:
+        """The producer sequences of the blocks handed over go first (same socket, so in
+        order): the new owner refuses what we had already applied (SPEC 9.6)."""
+        rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist())
+        for start in range(0, len(rows), SEQUENCE_ROWS):
+            chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
+            if not self.outbox.transport.send(addr, self.outbox.frames(SequenceHandoff(rows=chunk), TOPIC_DIRECT)):
+                self.dropped_records["sequence_handoff"] += len(chunk)
 
     def _copy_sent(self, holder: str, records: int) -> Callable[[int | None], None]:
         """A copy that could not leave: counted, and the holder, if it learns, is told no

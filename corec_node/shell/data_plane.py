@@ -312,8 +312,11 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             self.traffic.reject("direct", exc)
             self._refuse_records(relay, msg.count, "too_large" if exc.reason == "too_large" else "malformed")
             return
-        if relay.answer is not None and self.engine.copies > 1 and (self.view.leader is None or not self.placement_confirmed()):
-            # a minority side, no nucleus yet, or a map the nucleus has not confirmed (one just restarted): by it we could own blocks held elsewhere
+        if relay.answer is not None and self.engine.copies > 1 and \
+                (self.view.leader is None or not self.placement_confirmed() or not self.view.routed):
+            # a minority side, no nucleus yet, or a map the nucleus has not confirmed (one just restarted): by it
+            # we could own blocks held elsewhere; or a live member whose data socket we do not know yet (just
+            # restarted): only the lossy PUB stream would reach its blocks, and no holder would answer
             self._refuse_records(relay, len(records), NO_LEADER)
             return
         blocks = None

@@ -1,11 +1,15 @@
-"""A placement map change stores everything queued before it cuts the copies it sends.
+"""Rules of a node's data plane around a change of the cluster, driven by hand: the data
+plane of a real node (not started: no sockets), its sends captured where they would leave.
 
-A holder answers an owner's write once it is queued (acks all, SPEC 9.7), and the write
-is stored later by the ingest worker. A map change that gives a block to a new holder
-copies it from the store at once: a write still queued then would be stored here after
-the copy left and would never reach the new holder, which may own the block next. The
-data plane of a real node (not started: no sockets) is driven by hand; what it sends to
-the new holder's data socket is captured where it would leave.
+1. A placement map change stores everything queued before it cuts the copies it sends. A
+   holder answers an owner's write once it is queued (acks all, SPEC 9.7), and the write is
+   stored later by the ingest worker. A map change that gives a block to a new holder
+   copies it from the store at once: a write still queued then would be stored here after
+   the copy left and would never reach the new holder, which may own the block next.
+2. A node that does not know the data socket of a live member yet (it has just restarted)
+   refuses a batch that asks for every holder's acknowledgement (``no_leader``, offered
+   again by producers): it could only republish it on the lossy PUB stream, and no holder
+   would answer for it.
 """
 
 from __future__ import annotations
@@ -21,14 +25,14 @@ from corec_node.shell.learning import REPLICA_COPY, REPLICA_WRITE
 from corec_node.shell.node import Node
 from corec_node.wire import decode_batch, make_batch
 from corec_node.wire.envelope import Envelope
-from corec_node.wire.messages import EntityBatch, MsgType, Ready
+from corec_node.wire.messages import BatchReply, EntityBatch, MsgType, Ready
 
 CHANNEL = 3
 DATA = {"a": "tcp://127.0.0.1:9001", "b": "tcp://127.0.0.1:9002", "c": "tcp://127.0.0.1:9003"}
 
 
-def _plane(tmp_path):
-    config = load_config(env={"COREC_ENGINE_REPLICAS": "2"}, overrides={"node.name": "a", "node.data_dir": str(tmp_path)})
+def _plane(tmp_path, name: str = "a"):
+    config = load_config(env={"COREC_ENGINE_REPLICAS": "2"}, overrides={"node.name": name, "node.data_dir": str(tmp_path)})
     plane = Node(config).data
     sent: list[tuple[str, object, object]] = []
     plane.data_send = lambda addr, msg, payload: sent.append((addr, msg, payload)) or len(sent)
@@ -73,3 +77,28 @@ def test_a_write_queued_before_a_map_change_travels_with_the_copies(tmp_path):
     copied = _copied_to(sent, DATA["c"])
     assert sorted(copied["id"].tolist()) == sorted(records["id"][owed].tolist())
     assert (copied["value"] == 7.0).all()
+
+
+def test_a_node_that_knows_no_data_socket_of_a_member_refuses_acks_all(tmp_path):
+    plane, _sent = _plane(tmp_path, "c")
+    # just restarted: a and b alive (from its snapshot), b leads, a's data socket not heard yet
+    view = ClusterView(members={m: f"tcp://127.0.0.1:800{i}" for i, m in enumerate("abc")}, live=("a", "b", "c"),
+                       leader="b", term=2, data={"b": DATA["b"], "c": DATA["c"]}, replicating=frozenset("bc"))
+    plane.view_changed(view)
+    plane.leader_placement(plane.engine.view_digest())  # the nucleus confirms the map c sees
+    assert plane.placement_confirmed() and not view.routed
+
+    answers: list[BatchReply] = []
+    records = entities(np.arange(3000), CHANNEL, 5.0)
+    header, payload = make_batch(records, CHANNEL)
+    env = Envelope(version=1, type=MsgType.ENTITY_BATCH, cluster="", sender="producer", seq=7, minor=11,
+                   msg=dataclasses.replace(header, acks=2, producer=99, pseq=1))
+    plane.batch(env, payload, "direct", answers.append)
+    assert [(a.seq, a.accepted, a.rejected) for a in answers] == [(7, 0, {"no_leader": 3000})]
+    assert plane.queue().qsize() == 0  # nothing taken, nothing republished as if stored
+
+    # once a's data socket is known the same batch is taken (and waits for its holders' answers)
+    plane.view_changed(dataclasses.replace(view, data=DATA, replicating=frozenset("abc")))
+    plane.leader_placement(plane.engine.view_digest())
+    plane.batch(env, payload, "direct", answers.append)
+    assert plane.queue().qsize() == 1 and len(answers) == 1

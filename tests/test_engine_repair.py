@@ -10,6 +10,7 @@ from records import entities as recs
 
 from corec_node.engine.aggregate import AGGREGATE_DTYPE, aggregate
 from corec_node.engine.blocks import block_id
+from corec_node.engine.genome import default_genome, in_effect
 from corec_node.engine.kernels import KernelState, bind, random_walk
 from corec_node.engine.repair import (
     Fusion,
@@ -157,3 +158,37 @@ def test_apply_fusion_rejects_channel_mismatch():
         apply_fusion(s, Fusion(block_id(1, 0), block_id(2, 0), 1, "x"))
     with pytest.raises(ValueError):
         apply_fusion(s, Fusion(block_id(1, 0), block_id(1, 1000), 2, "x"))
+
+
+def test_a_blocks_repair_threshold_gene_stands_for_max_errors():
+    s = EntityStore(block_size=10)
+    s.ingest(recs(np.arange(20), 0, 1.0))
+    s.ingest(recs([0, 1, 2, 10, 11, 12], 0, np.nan))  # both blocks 30% erroring
+    b0, b1 = block_id(0, 0, 10), block_id(0, 10, 10)
+    asked = []
+
+    def threshold(root: int) -> float:
+        asked.append(root)
+        return 0.5 if root == b0 else 0.2  # block 0 tolerates more than the node's setting
+
+    done = tick(s, max_errors=0.1, block_max_errors=threshold)
+    assert [(r.kind, r.block) for r in done] == [("block_repair", b1)]
+    assert "> max_errors 0.2" in done[0].reason
+    assert sorted(asked) == [b0, b1]  # only blocks with errors are asked
+
+
+def test_a_blocks_fusion_floor_gene_stands_for_min_fitness():
+    c1 = [block_id(1, i * 1000) for i in range(3)]
+    aggs = rows((c1[0], 1000, 0.95), (c1[1], 1000, 0.3), (c1[2], 1000, 0.1))
+    assert [f.weak_block for f in plan_fusions(aggs, 0.2)] == [c1[2]]
+    raised = plan_fusions(aggs, 0.2, floors={c1[1]: 0.4, c1[2]: 0.05})  # c1[1] fuses, c1[2] no longer
+    assert [(f.weak_block, f.strong_block) for f in raised] == [(c1[1], c1[0])]
+    assert "fitness 0.300 < min_fitness 0.4" in raised[0].reason
+
+
+def test_genes_that_stand_for_settings_take_effect_once_set_away_from_their_default():
+    g = default_genome()
+    assert in_effect(None, "repair_threshold", 0.3) == 0.3
+    assert in_effect(g, "repair_threshold", 0.3) == 0.3  # the default gene: the node's setting
+    assert in_effect(g.replace(repair_threshold=0.05), "repair_threshold", 0.3) == 0.05
+    assert in_effect(g.replace(fusion_floor=0.6), "fusion_floor", 0.2) == 0.6

@@ -235,3 +235,14 @@ def test_blocks_a_settled_map_does_not_give_are_dropped_but_not_while_a_view_wai
     host.observe_view(["a", "b"])  # the view is the map again
     assert host.drop_unheld() == len(recs) - mine
     assert host.store.count() == mine == int(host._mine(recs).sum())
+
+
+@pytest.mark.parametrize(("genes", "repaired"), [({}, True), ({"repair_threshold": 0.5}, False)])
+def test_a_channels_repair_threshold_gene_decides_its_blocks_repair(genes, repaired):
+    host = EngineHost("a", block_size=10, max_errors=0.1)
+    host.use_kernels({}, {3: genes})  # engine.genomes: the genes channel 3's blocks start with
+    host.ingest(entities(np.arange(10), 3, 1.0))
+    host.tick()  # the block gets its genome
+    host.ingest(entities([0, 1, 2], 3, np.nan))  # 30 % erroring
+    _rows, records = host.tick()
+    assert [r.kind for r in records] == (["block_repair"] if repaired else [])

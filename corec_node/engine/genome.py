@@ -317,6 +317,16 @@ def inherit_repaired(best: Genome) -> Genome:
 # -- plain values --------------------------------------------------------------------------
 
 
+def in_effect(g: Genome | None, gene: str, setting: Any) -> Any:
+    """A gene that stands for a node setting (``repair_threshold``: ``engine.max_errors``,
+    ``fusion_floor``: ``engine.min_fitness``; their defaults are the same): the block's
+    value once its genome sets it away from the default, else the node's setting."""
+    if g is None:
+        return setting
+    value = g.params[gene]
+    return setting if value == GENES[gene].default else value
+
+
 def to_dict(g: Genome) -> dict[str, Any]:
     """Plain values for msgpack, SQLite and PostgreSQL: ``{"v", "id", "generation",
     "parents", "params"}``. ``id`` is informative: ``from_dict`` recomputes it."""

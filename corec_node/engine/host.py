@@ -69,13 +69,14 @@ from corec_node.engine import (
     aggregate,
     aggregate_rows,
     apply_fusion,
-    plan_fusions,
+    plan_from_rows,
     repair,
 )
 from corec_node.engine.adaptive import DEFAULT as DEFAULT_GENOME
 from corec_node.engine.adaptive import SPEC_KEY, AdaptiveBlocks
 from corec_node.engine.audit import AuditRecord
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
+from corec_node.engine.genome import in_effect
 from corec_node.engine.kernels import BUILTINS as KERNEL_BUILTINS
 from corec_node.engine.kernels import Kernel, KernelState
 from corec_node.engine.kernels import bind as bind_kernel
@@ -575,7 +576,9 @@ class EngineHost:
         self.adaptive_records = self.adaptive.step(aggs["block"], aggs["mean"], self.tick_no)  # rule 8
         if self.copies > 1 or self.placement.learners:  # rows and repairs of the blocks we own (rule 3)
             aggs = aggs[self._owned(self.store.fusions.resolve(aggs["block"]))]
-        records = repair(self.store, aggs, max_errors=self.max_errors, block_kernel=self._kernel_of)
+        records = repair(self.store, aggs, max_errors=self.max_errors, block_kernel=self._kernel_of,
+                         block_max_errors=lambda root: in_effect(self.adaptive.genomes.get(root), "repair_threshold",
+                                                                 self.max_errors))
         self.repairs += len(records)
         aggs = self._select(aggs)
         aggs = self._with_emptied(aggs)
@@ -685,14 +688,10 @@ class EngineHost:
         self.raise_epoch(int(term) << TERM_SHIFT)
 
     def plan(self, min_fitness: float) -> list[Fusion]:
-        """The nucleus's fusion plan over the cluster's current rows (deterministic)."""
-        rows = self.cluster_rows()
-        if not rows:
-            return []
-        arr = np.zeros(len(rows), dtype=[("block", "<i8"), ("channel", "u1"), ("count", "<i8"), ("fitness", "<f8")])
-        for i, r in enumerate(rows):
-            arr[i] = (r["block"], r["channel"], r["count"], r["fitness"])
-        return plan_fusions(arr, min_fitness, max_count=4 * self.block_size)
+        """The nucleus's fusion plan over the cluster's current rows (deterministic); a
+        block's ``fusion_floor`` gene stands for ``min_fitness`` once set (``in_effect``)."""
+        return plan_from_rows(self.cluster_rows(), min_fitness, max_count=4 * self.block_size,
+                              floor_of=lambda r: in_effect(self.adaptive.spec_of(r), "fusion_floor", min_fitness))
 
     def apply_fusions(self, fusions: Iterable[Fusion]) -> tuple[list[RepairRecord], dict[str, np.ndarray]]:
         """Apply the nucleus's plan in order; returns the records and the copies it causes

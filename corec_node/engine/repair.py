@@ -78,11 +78,14 @@ def repair(
     streak_limit: int = STREAK_LIMIT,
     kernels: ChannelKernels | None = None,
     block_kernel: Callable[[int], Callable[[np.ndarray], np.ndarray] | None] | None = None,
+    block_max_errors: Callable[[int], float] | None = None,
 ) -> list[RepairRecord]:
     """Apply rules 1 and 2 to ``store`` using this tick's ``aggregates`` (from
     ``aggregate(store, tick)``). Returns one record per (kind, raw block) touched.
     ``block_kernel(root)``: the kernel a block's genome chose for its regenerated values
-    (None: the inherited mean as is), applied after the channel's ``kernels``."""
+    (None: the inherited mean as is), applied after the channel's ``kernels``.
+    ``block_max_errors(root)``: the block's own threshold (its ``repair_threshold`` gene),
+    asked only of blocks with errors; ``max_errors`` for all when None."""
     if streak_limit < 1:
         raise ValueError(f"streak_limit must be >= 1, got {streak_limit}")
     n = store.count()
@@ -107,7 +110,11 @@ def repair(
 
     records: list[RepairRecord] = []
     fixed = np.zeros(n, np.bool_)
-    bad_blocks = np.flatnonzero(rate > max_errors)
+    limit = np.full(len(roots), max_errors)
+    if block_max_errors is not None:
+        erring = np.flatnonzero(rate > 0)
+        limit[erring] = [block_max_errors(int(r)) for r in roots[erring].tolist()]
+    bad_blocks = np.flatnonzero(rate > limit)
     chunks = []
     for b in bad_blocks.tolist():
         s, e = int(starts[b]), int(starts[b + 1])
@@ -119,7 +126,7 @@ def repair(
         fixed[pos] = True
         vals = _regenerated(store, pos, ref, kernels, roots, block_kernel)
         records += _records(store, "block_repair", pos, vals, lambda b, k, u: (
-            f"error rate {rate[b]:.3f} > max_errors {max_errors:g}: "
+            f"error rate {rate[b]:.3f} > max_errors {limit[b]:g}: "
             f"{k} erroring entities regenerated" + _no_ref(u)
         ))
         store.reset_entities(pos, vals)
@@ -190,16 +197,20 @@ def plan_fusions(
     *,
     strong_fitness: float | None = None,
     max_count: int | None = None,
+    floors: Mapping[int, float] | None = None,
 ) -> list[Fusion]:
     """Rule 3: which weak rows fuse into which strong rows. Pure and deterministic (the
-    same rows in any order give the same plan), so any node can check the nucleus."""
+    same rows in any order give the same plan), so any node can check the nucleus.
+    ``floors``: a block's own fitness floor (its ``fusion_floor`` gene), where it has one:
+    it is weak under that floor instead of ``min_fitness``."""
     if strong_fitness is None:
         strong_fitness = (1.0 + min_fitness) / 2.0
     rows = np.sort(aggregates, order="block")
     plan: list[Fusion] = []
     for ch in np.unique(rows["channel"]).tolist():
         r = rows[rows["channel"] == ch]
-        weak = r[r["fitness"] < min_fitness]
+        floor = np.array([floors.get(int(b), min_fitness) for b in r["block"].tolist()]) if floors else min_fitness
+        weak = r[r["fitness"] < floor]
         strong = r[r["fitness"] >= max(strong_fitness, min_fitness)]
         if len(weak) == 0 or len(strong) == 0:
             continue
@@ -224,10 +235,26 @@ def plan_fusions(
             heapq.heappush(heap, (total + size, neg_fit, strong_id))
             plan.append(Fusion(
                 int(w["block"]), strong_id, ch,
-                f"fitness {float(w['fitness']):.3f} < min_fitness {min_fitness:g}: fused into "
+                f"fitness {float(w['fitness']):.3f} < min_fitness "
+                f"{floors.get(int(w['block']), min_fitness) if floors else min_fitness:g}: fused into "
                 f"block {strong_id:#x} (fitness {-neg_fit:.3f})",
             ))
     return plan
+
+
+def plan_from_rows(rows: list[dict[str, Any]], min_fitness: float, *, max_count: int | None = None,
+                   floor_of: Callable[[dict[str, Any]], float] | None = None) -> list[Fusion]:
+    """``plan_fusions`` over cluster rows as nodes keep them (dicts); ``floor_of(row)``: the
+    block's own floor (rows whose floor is ``min_fitness`` need no entry)."""
+    if not rows:
+        return []
+    arr = np.zeros(len(rows), dtype=[("block", "<i8"), ("channel", "u1"), ("count", "<i8"), ("fitness", "<f8")])
+    for i, r in enumerate(rows):
+        arr[i] = (r["block"], r["channel"], r["count"], r["fitness"])
+    floors = None
+    if floor_of is not None:
+        floors = {int(r["block"]): f for r in rows if (f := floor_of(r)) != min_fitness}
+    return plan_fusions(arr, min_fitness, max_count=max_count, floors=floors)
 
 
 def apply_fusion(store: EntityStore, fusion: Fusion) -> RepairRecord | None:

@@ -404,6 +404,11 @@ class Membership:
         self._flush(live, out)
         return out
 
+    @property
+    def gap_resyncs(self) -> int:
+        """Push-pulls started by sequence gaps (at most one per sender per period: pushpull.on_gap)."""
+        return self._sync.gap_resyncs
+
     def on_gap(self, sender: str, now: float) -> list[Effect]:
         """The shell saw a sequence gap on ``sender``'s mbr topic: push-pull with it
         (at most once per pushpull.GAP_RESYNC_PERIODS probe intervals per sender)."""

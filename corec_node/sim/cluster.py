@@ -371,7 +371,7 @@ class Cluster:
         self.stats["delivered"] += 1
         assert dst.core is not None
         if gap:
-            self.stats["gap_resyncs"] += 1
+            self.stats["gaps"] += 1
         self._apply(dst, dst.core.handle(src, msg, now, gap))
 
     def _apply(self, node: SimNode, effects: list[Effect]) -> None:

@@ -53,11 +53,13 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     # steady state: what a quiet cluster costs, per node
     c.sent.clear()
     c.stats.clear()
+    resyncs = _gap_resyncs(c)
     c.run(STEADY_S)
     out["msgs_per_node_per_s"] = sum(c.sent.values()) / nodes / STEADY_S  # sent: a publication counts once
     out["received_per_node_per_s"] = c.stats["delivered"] / nodes / STEADY_S  # a publication reaches every subscriber
     out["suspicions_per_node_min"] = c.stats["false_suspicions"] / (nodes * STEADY_S / 60.0)
-    out["gap_resyncs_per_node_s"] = c.stats["gap_resyncs"] / nodes / STEADY_S
+    out["gaps_per_node_s"] = c.stats["gaps"] / nodes / STEADY_S  # membership stream gaps seen
+    out["gap_resyncs_per_node_s"] = (_gap_resyncs(c) - resyncs) / nodes / STEADY_S  # push-pulls they started
     out["max_peers"] = max(_peers(c, name) for name in members)
 
     # a join through one member
@@ -106,6 +108,11 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     return out
 
 
+def _gap_resyncs(c: Cluster) -> int:
+    """Push-pulls sequence gaps have started so far, on every node that runs."""
+    return sum(n.membership.gap_resyncs for n in c.nodes.values() if n.membership is not None)
+
+
 def _peers(c: Cluster, name: str) -> int:
     """Other nodes this node holds a connection to: its SUB socket's publishers and the
     members it keeps a direct socket to (every member it knows, today)."""
@@ -139,7 +146,8 @@ def render(result: dict[str, Any]) -> str:
                        ("msgs_per_node_per_s", "messages sent per node per s (steady; a publication once)"),
                        ("received_per_node_per_s", "messages received per node per s (steady)"),
                        ("suspicions_per_node_min", "suspicions per node-minute (steady)"),
-                       ("gap_resyncs_per_node_s", "sequence-gap resyncs per node per s (steady)"),
+                       ("gaps_per_node_s", "membership sequence gaps seen per node per s (steady)"),
+                       ("gap_resyncs_per_node_s", "push-pulls those gaps started per node per s (steady)"),
                        ("reached_after_heal", "share of nodes whole again after the partition's heal"),
                        ("violations", "invariant violations")):
         if key in result:

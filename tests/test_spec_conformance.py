@@ -27,6 +27,7 @@ from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import members_digest
 from corec_node.engine.repair import Fusion
 from corec_node.shell import data_plane as data_plane_module
+from corec_node.shell import learning as learning_module
 from corec_node.shell import routing
 from corec_node.shell.control_plane import ClusterView
 from corec_node.shell.data_plane import DataPlane
@@ -344,7 +345,7 @@ def test_the_owner_routing_rules_of_9_6_are_the_codes() -> None:
     assert Config().data_listen[1] == Config().listen[1] + 2
     assert "direct port + 2" in section("1") and "direct port + 2" in text and "`mesh.data_listen`" in section("1")
     assert "owner_routing" in FEATURES and "`owner_routing` 1.5" in " ".join(section("5").split())
-    assert data_plane_module.SEQUENCE_ROWS <= 10_000 and f"{data_plane_module.SEQUENCE_ROWS:,}" in text
+    assert learning_module.SEQUENCE_ROWS <= 10_000 and f"{learning_module.SEQUENCE_ROWS:,}" in text
     assert EntityBatch(channel=0, count=0, compressed=False).acks == 1 and "`acks`, whose absence means 1" in " ".join(section("6").split())
 
 
@@ -445,12 +446,12 @@ def test_direct_messages_share_one_counter_and_pub_topics_one_each() -> None:
     outbox = Outbox(None, Traffic(), name="node-a", cluster="corec")  # type: ignore[arg-type]
     header, payload = make_batch(np.zeros(0, dtype=ENTITY_DTYPE), 3)
     ping = outbox.frames(Ping(1, "node-b", "h:1"), TOPIC_DIRECT)
-    handoff = outbox.frames(header, TOPIC_DIRECT, payload)  # as DataPlane._hand_off sends it
+    handoff = outbox.frames(header, TOPIC_DIRECT, payload)  # as ReplicaSide._hand_off sends it
     reply = outbox.frames(BatchReply(seq=1, accepted=0), TOPIC_DIRECT)
     republished = outbox.frames(header, b"ent.003", payload)  # as DataPlane._republish sends it
     assert [decode_message(f)[1].seq for f in (ping, handoff, reply)] == [0, 1, 2]
     assert handoff[0] == b"ent.003"
     assert decode_message(republished)[1].seq == 0
-    src = Path(data_plane_module.__file__).read_text(encoding="utf-8")
+    src = Path(learning_module.__file__).read_text(encoding="utf-8")
     assert "self.outbox.frames(header, TOPIC_DIRECT, payload)" in src  # handoffs on the dir counter
     assert isinstance(header, EntityBatch)

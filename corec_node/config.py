@@ -96,6 +96,8 @@ class EngineSection:
     memory_limit_mb: float = 0.0  # past 90 % of it (RSS of the node's processes) no new blocks are taken; 0: the cgroup's MemoryMax, if any
     audit: bool = True  # IsolationForest over block rows (loads scikit-learn: about 85 MB a node); false on small devices
     evolve_every: int = 60  # ticks between two evolution plans of the nucleus (challenger genomes run in shadow); 0: none
+    intelligent: tuple[int, ...] = ()  # channels whose blocks also get a tiny torch forecaster, trained in a child process; empty: torch never loads
+    intelligent_save_every: int = 60  # ticks between two saves of those forecasters' weights to SQLite (and once at stop): a crash loses at most this many ticks of learning
 
 
 def genome_genes(entries: tuple[str, ...]) -> dict[int, dict[str, Any]]:
@@ -396,6 +398,15 @@ def load_config(
 def _coerce(value: Any, hint: Any, source: str, key: str, *, from_text: bool) -> Any:
     """Check (and from environment text, parse) one value against its field type."""
     origin = typing.get_origin(hint)
+    if origin is tuple and typing.get_args(hint)[0] is int:
+        if from_text and isinstance(value, str):
+            try:
+                value = [int(item) for item in value.split(",") if item.strip()]
+            except ValueError:
+                raise ConfigError(source, key, "a list of integers", value) from None
+        if not isinstance(value, (list, tuple)) or not all(type(v) is int for v in value):
+            raise ConfigError(source, key, "a list of integers", value)
+        return tuple(value)
     if origin is tuple:
         if from_text and isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
@@ -548,6 +559,11 @@ def validate(config: Config, origins: Mapping[str, str]) -> None:
         raise fail("engine.tick_rows", "a positive number of rows", config.engine.tick_rows)
     if config.engine.evolve_every < 0:
         raise fail("engine.evolve_every", "a number of ticks (0: no evolution)", config.engine.evolve_every)
+    intelligent = config.engine.intelligent
+    if not all(0 <= c <= 255 for c in intelligent) or len(set(intelligent)) != len(intelligent):
+        raise fail("engine.intelligent", "a list of channel numbers 0-255, each once", list(intelligent))
+    if config.engine.intelligent_save_every < 1:
+        raise fail("engine.intelligent_save_every", "a positive number of ticks", config.engine.intelligent_save_every)
     if config.engine.block_size <= 0:
         raise fail("engine.block_size", "a positive integer", config.engine.block_size)
     if not 0 <= config.engine.max_errors <= 1:

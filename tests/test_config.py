@@ -62,6 +62,10 @@ def test_precedence_file_env_flags(tmp_path):
         ('[engine]\ngenomes = ["1:season=13"]\n', "engine.genomes", "'season' must be"),
         ('[engine]\ngenomes = ["1:salt=1"]\n', "engine.genomes", "salt"),
         ('[engine]\nevolve_every = -1\n', "engine.evolve_every", "number of ticks"),
+        ('[engine]\nintelligent = [3, 256]\n', "engine.intelligent", "channel numbers 0-255"),
+        ('[engine]\nintelligent = ["3"]\n', "engine.intelligent", "a list of integers"),
+        ('[engine]\nintelligent = 3\n', "engine.intelligent", "a list of integers"),
+        ('[engine]\nintelligent_save_every = 0\n', "engine.intelligent_save_every", "positive number of ticks"),
         ('[mesh]\nmax_message_bytes = 33554432\n', "mesh.max_message_bytes", "payload limit"),
         ('[security]\nenabled = "yes"\n', "security.enabled", "true or false"),
         ('[security]\nenabled = true\n', "security.secret_key_file", "key file"),
@@ -137,3 +141,13 @@ def test_bad_console_listen_names_the_key_and_the_file(tmp_path, value):
     with pytest.raises(ConfigError) as info:
         load_config(env={"COREC_CONSOLE_LISTEN": "nowhere"})
     assert info.value.source == "COREC_CONSOLE_LISTEN" and info.value.key == "console.listen"
+
+
+def test_intelligent_channels_from_the_file_or_the_environment(tmp_path):
+    path = write(tmp_path, "[engine]\nintelligent = [3, 5]\n")
+    assert load_config(path, env={}).engine.intelligent == (3, 5)
+    assert load_config(env={"COREC_ENGINE_INTELLIGENT": "7, 9"}).engine.intelligent == (7, 9)
+    assert load_config(env={}).engine.intelligent == ()  # the default: torch is never imported
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"COREC_ENGINE_INTELLIGENT": "3,x"})
+    assert (info.value.source, info.value.key) == ("COREC_ENGINE_INTELLIGENT", "engine.intelligent")

@@ -41,6 +41,7 @@ from corec_node.shell.control_plane import ClusterView, PluginHost
 from corec_node.shell.evolving import EvolutionSide
 from corec_node.shell.fusions import FusionSide
 from corec_node.shell.ingestqueue import IngestLimits, IngestQueue, Item, payload_bytes
+from corec_node.shell.intelligence import Intelligence
 from corec_node.shell.lanes import HolderLanes
 from corec_node.shell.learning import ACKS_ALL, REPLICA_WRITE, ReplicaSide
 from corec_node.shell.metrics import AUDIT_BUCKETS, TickHistogram
@@ -150,6 +151,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
                                  tick_rows=engine_config.tick_rows, copies=engine_config.replicas,
                                  ttl=ttl_seconds(engine_config.ttl))
+        self.intelligence = Intelligence(engine_config.intelligent, engine_config.intelligent_save_every,
+                                         self.engine, recorder)  # torch forecasters, in a child process
         limits = IngestLimits.from_mb(engine_config.ingest_queue_mb)
         self.flow = limits.flow()  # asks for, and grants, pauses of the stream
         self._limits = limits
@@ -662,6 +665,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self._drop_strays()
         rows, repairs = self.engine.tick()
         tick_no = self.engine.tick_no
+        self.intelligence.tick(rows, tick_no)  # nano_forecast, nano_error on rows of intelligent channels
         self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))
         # one audit at a time, in a worker thread, and none while new entities pour in
         if rows and self.config.audit and not self._auditing and self.load_gate.settled(self.engine.store.count()):
@@ -761,6 +765,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             "audit_fits": self.auditor.fits,
             "audits_skipped_loading": self.load_gate.skipped,
             "flow": self.flow.status(),
+            "intelligent": self.intelligence.status(),
             "placement_version": self.engine.placement.version,
             "placement_members": list(self.engine.placement.members),
             "placement_confirmed": self.placement_confirmed(),

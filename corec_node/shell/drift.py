@@ -4,7 +4,7 @@ of those config keys and of its plugins' versions; ``corec-node drift`` compares
 
 Which keys: the ones that make two nodes disagree about the same data or the same peers
 (block size, tick, copies and their quorum, the timer profile, the message limit, the
-security mode, evolution and forecasting genes), and every plugin with its version
+security mode, evolution and forecasting genes, intelligent channels), and every plugin with its version
 (``plugin.NAME``; a node without the plugin says nothing of it, which is a difference too).
 Pure."""
 
@@ -25,6 +25,8 @@ def settings_of(config: Config, plugins: Iterable[Mapping[str, Any]] = ()) -> tu
         "engine.genomes": ",".join(e.genomes), "mesh.profile": config.mesh.profile,
         "mesh.max_message_bytes": config.mesh.max_message_bytes, "security.enabled": config.security.enabled,
     }
+    if e.intelligent:  # announced only when set: nodes without it say what they said before
+        pairs["engine.intelligent"] = ",".join(map(str, e.intelligent))
     for p in plugins:
         if p.get("state") == "active":
             pairs[f"plugin.{p['name']}"] = p.get("version") or "unversioned"

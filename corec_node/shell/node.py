@@ -201,6 +201,7 @@ class Node:
 
     async def _close_storage(self) -> None:
         self.data.save_genomes()
+        await self.data.intelligence.close()  # the torch forecasters' weights saved, their child reaped
         await self.recorder.drain()
         if self.syncer is not None:
             await self.syncer.stop(flush=True, timeout=2.0)
@@ -216,6 +217,7 @@ class Node:
         snapshot = await local.load_members()
         self.data.fresh = bool(snapshot)  # a member of a cluster before: what it held is gone (learning.py)
         self.data.restore_genomes(await local.load_genomes())  # what blocks learned survives a restart
+        await self.data.intelligence.restore()  # and the torch forecasters' weights, if any channel is intelligent
         # a restored directory does not abstain (election rule 15): in a cluster of two voters
         # the survivor needs its vote to elect anyone, and so to re-add it
         if not await self.mesh.start(snapshot, term, voted_for, self._on_direct, self._on_broadcast):

@@ -215,14 +215,19 @@ class Trainer:
 
     def poll(self) -> dict[int, float]:
         """Forecasts ready since the last poll: block -> its newest forecast (rule 4)."""
+        return {b: fc for b, (_, fc) in self.poll_ticks().items()}
+
+    def poll_ticks(self) -> dict[int, tuple[int, float]]:
+        """``poll`` with the tick each forecast answers: block -> (tick, forecast), the
+        forecast being for the tick after it (a caller that scores them needs the tick)."""
         self._check()
-        out: dict[int, float] = {}
+        out: dict[int, tuple[int, float]] = {}
         while True:
             try:
-                _, ids, fc = self._results.popleft()
+                tick, ids, fc = self._results.popleft()
             except IndexError:
                 return out
-            out.update(zip(ids.tolist(), fc.tolist()))
+            out.update(zip(ids.tolist(), zip([tick] * len(ids), fc.tolist())))
 
     def weights(self, block: int) -> bytes | None:
         """``block``'s last saved state (rule 1), or None if the child has not saved it yet."""

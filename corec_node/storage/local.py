@@ -364,6 +364,23 @@ class LocalStore:
             out.append((int(block), genome, parsed if isinstance(parsed, dict) else None))
         return out
 
+    # -- intelligent blocks' weights ------------------------------------------------------------
+
+    async def save_nano_weights(self, items: Iterable[tuple[int, bytes]]) -> int:
+        """Save blocks' NanoNet states (``shell/intelligence.py``), replacing what was saved
+        for the same blocks; others stay (as ``save_genomes``). Returns how many."""
+        now = time.time()
+        rows = [(int(b), bytes(blob), now) for b, blob in items]
+        if rows:
+            async with self._tx() as conn:
+                await conn.executemany("INSERT OR REPLACE INTO nano_weights (block, weights, saved_at) "
+                                       "VALUES (?, ?, ?)", rows)
+        return len(rows)
+
+    async def load_nano_weights(self) -> dict[int, bytes]:
+        """What ``save_nano_weights`` kept: block -> its saved bytes."""
+        return {int(b): bytes(w) for b, w in await self._fetchall("SELECT block, weights FROM nano_weights")}
+
     # -- alerts and audit ------------------------------------------------------------------------
 
     async def add_alert(

@@ -264,6 +264,14 @@ DROP TABLE outbox;
 ALTER TABLE outbox_new RENAME TO outbox;
 CREATE INDEX outbox_keyed ON outbox (kind, key) WHERE key IS NOT NULL
 """),
+    # shell/intelligence.py: the torch forecasters of intelligent channels survive a restart
+    Migration(5, "nano weights", """
+CREATE TABLE nano_weights (          -- each owned intelligent block's NanoNet state, saved now and then
+    block INTEGER PRIMARY KEY,
+    weights BLOB NOT NULL,           -- engine/nanonet.py export (torch.save bytes, read with weights_only)
+    saved_at REAL NOT NULL
+)
+"""),
 ]
 
 # For people who write SQL (migration 3): the block id split as the CLI shows it

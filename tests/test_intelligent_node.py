@@ -1,0 +1,192 @@
+"""Intelligent channels on a real node (shell/intelligence.py): rows of an `engine.intelligent`
+channel carry the torch forecaster's `nano_forecast` and `nano_error`, other channels' rows
+do not; torch loads only in the trainer's child, which is reaped when the node stops; the
+weights come back after a restart. Plus the rows' wire round trip and the scaled error."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+from meshutil import NodeProc, eventually
+from records import entities
+
+from corec_node.client import Client
+from corec_node.shell.intelligence import WINDOW, _Block
+from corec_node.storage import LocalStore
+from corec_node.wire import decode_message, encode_message
+from corec_node.wire.messages import Aggregates
+
+pytestmark = pytest.mark.timeout(120)
+
+SMART, PLAIN = 1, 2  # the intelligent channel, and one that is not
+ENV = {"COREC_ENGINE_TICK_INTERVAL": "0.2", "COREC_ENGINE_INTELLIGENT": str(SMART),
+       "COREC_ENGINE_INTELLIGENT_SAVE_EVERY": "10", "COREC_ENGINE_AUDIT": "false",
+       "COREC_ENGINE_EVOLVE_EVERY": "0"}
+needs_torch = pytest.mark.skipif(find_spec("torch") is None,
+                                 reason="torch is not installed (the optional 'ml' extra; CI installs it)")
+
+
+class Stream:
+    """A producer thread: 3 blocks of SMART and 1 of PLAIN, each block's values a period-6
+    wave plus noise, one step per send (about a tick), until stopped."""
+
+    def __init__(self, node: NodeProc) -> None:
+        self.node, self.stop, self.t = node, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(5)
+        with Client(self.node.addr) as client:
+            while not self.stop.is_set():
+                wave = 10 + 3 * np.sin(2 * np.pi * self.t / 6)
+                client.send(entities(np.arange(3000), SMART, wave + rng.normal(0, 0.1, 3000)))
+                client.send(entities(np.arange(1000), PLAIN, wave + rng.normal(0, 0.1, 1000)))
+                client.flush(5)
+                self.t += 1
+                self.stop.wait(0.2)
+
+    def __enter__(self) -> Stream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(20)
+
+
+def blocks_json(node: NodeProc) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "corec_node", "blocks", "--json", "--data-dir", str(node.data_dir)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"  # a zombie is gone too
+    except OSError:
+        return True
+
+
+def test_rows_with_the_nano_keys_cross_the_wire():
+    row = {"block": (SMART << 32) | 2, "channel": SMART, "owner": "a", "count": 1000, "mean": 10.5,
+           "forecast": 10.4, "anomaly": True, "nano_forecast": 10.25, "nano_error": None}
+    frames = encode_message(Aggregates(tick=7, rows=(row, {**row, "nano_error": 0.61})), sender="a", seq=1)
+    rows = decode_message(frames)[1].msg.rows
+    assert rows == (row, {**row, "nano_error": 0.61})
+
+
+def test_the_scaled_error_is_against_naive_last_value():
+    b = _Block()
+    for t in range(WINDOW + 5):  # y alternates 0, 2: naive errs by 2, a forecast of 1 by 1
+        y = 2.0 * (t % 2)
+        b.score(y, t)
+        assert (b.error() is None) == (b.scored < WINDOW)
+        b.target, b.forecast = t + 1, 1.0
+    assert b.error() == pytest.approx(0.5)
+    b.target = 99  # a forecast for another tick is never scored
+    scored = b.scored
+    b.score(5.0, 50)
+    assert b.scored == scored and b.last == 5.0
+
+
+async def test_weights_are_kept_per_block_in_the_local_store(tmp_path):
+    store = await LocalStore.open(tmp_path / "corec.db", node="a")
+    try:
+        assert await store.load_nano_weights() == {}
+        assert await store.save_nano_weights([(1 << 32, b"one"), ((1 << 32) | 1, b"two")]) == 2
+        await store.save_nano_weights([(1 << 32, b"newer")])  # replaces that block's, keeps the other
+        assert await store.load_nano_weights() == {1 << 32: b"newer", (1 << 32) | 1: b"two"}
+    finally:
+        await store.close()
+
+
+@needs_torch
+def test_an_intelligent_channel_forecasts_in_a_child_and_keeps_its_weights(cluster):
+    node = cluster.start("a", extra_env=ENV).wait_ready()
+    with Stream(node):
+        def forecasts() -> list[dict] | None:
+            rows = blocks_json(node)
+            smart = [r for r in rows if r["channel"] == SMART]
+            ok = len(smart) == 3 and all(isinstance(r.get("nano_forecast"), float) for r in smart)
+            return rows if ok else None
+        rows = eventually(forecasts, 60, interval=0.3, message="every block of the intelligent channel has nano_forecast")
+        assert all(math.isfinite(r["nano_forecast"]) and "nano_error" in r for r in rows if r["channel"] == SMART)
+        plain = [r for r in rows if r["channel"] == PLAIN]
+        assert plain and all("nano_forecast" not in r and "nano_error" not in r for r in plain)
+        # the scaled error comes once WINDOW ticks are scored; the seasonal wave beats naive
+        eventually(lambda: all(isinstance(r.get("nano_error"), float) for r in blocks_json(node)
+                               if r["channel"] == SMART), 30, interval=0.3, message="nano_error on every block")
+        intel = node.ctl("status")["intelligent"]
+        assert intel["channels"] == [SMART] and intel["running"] and intel["blocks"] == 3
+        assert intel["answered"] > 0 and intel["child_rss_mb"] > 0 and intel["restarts"] == 0
+        child = intel["child_pid"]
+        assert child in node.pids()  # a child of the node process
+        assert "libtorch" in maps(child) and "libtorch" not in maps(node.proc.pid)  # torch only in the child
+        eventually(lambda: node.ctl("status")["intelligent"]["saved_blocks"] >= 3, 20, message="weights saved")
+    assert node.stop() == 0
+    assert gone(child), "the trainer child outlived the node"
+    with sqlite3.connect(f"file:{node.data_dir / 'corec.db'}?mode=ro", uri=True) as db:
+        saved = dict(db.execute("SELECT block, length(weights) FROM nano_weights").fetchall())
+    assert {b >> 32 for b in saved} == {SMART} and len(saved) == 3 and all(n > 0 for n in saved.values())
+
+    node.start().wait_ready()
+    with Stream(node):
+        intel = eventually(lambda: (s := node.ctl("status")["intelligent"])["restored_blocks"] == 3 and s, 30,
+                           message="the saved weights are loaded into the trainer")
+        assert intel["load_errors"] == 0
+        # the restored models forecast again (the scaled error's sums live in the node process:
+        # they start again, the models do not)
+        eventually(lambda: all(isinstance(r.get("nano_forecast"), float) for r in blocks_json(node)
+                               if r["channel"] == SMART), 30, interval=0.3, message="forecasts after the restart")
+    assert any(e.get("event") == "intelligent_started" for e in node.log_events())
+
+
+def test_no_intelligent_channel_no_trainer(cluster):
+    node = cluster.start("a", extra_env={"COREC_ENGINE_TICK_INTERVAL": "0.2", "COREC_ENGINE_AUDIT": "false"}).wait_ready()
+    with Client(node.addr) as client:
+        client.send(entities(np.arange(100), SMART, 1.0))
+        client.flush(5)
+    eventually(lambda: node.ctl("blocks", channel=SMART), 10, message="a block")
+    intel = node.ctl("status")["intelligent"]
+    assert intel == {"channels": [], "running": False, "off": None, "blocks": 0, "restored_blocks": 0,
+                     "saved_blocks": 0}
+    assert "libtorch" not in maps(node.proc.pid) and len(node.pids()) == 2  # the node and its mesh process
+
+
+def test_without_torch_one_warning_and_the_node_runs_on(cluster, tmp_path):
+    """A real node in an environment where torch cannot be found (a sitecustomize hides it
+    from importlib's lookup): one ``intelligent_needs_torch`` warning, no child, rows as usual."""
+    hide = tmp_path / "notorch"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import importlib.util as _u\n_find = _u.find_spec\n"
+        "_u.find_spec = lambda name, package=None: None if name.split('.')[0] == 'torch' else _find(name, package)\n")
+    path = ":".join(p for p in (str(hide), os.environ.get("PYTHONPATH", "")) if p)
+    node = cluster.start("a", extra_env={**ENV, "PYTHONPATH": path}).wait_ready()
+    with Client(node.addr) as client:
+        for t in range(4):
+            client.send(entities(np.arange(100), SMART, float(t)))
+            client.flush(5)
+            time.sleep(0.3)
+    intel = eventually(lambda: (s := node.ctl("status")["intelligent"])["off"] and s, 10, message="off")
+    assert intel["off"] == "torch is not installed" and not intel["running"]
+    rows = node.ctl("blocks", channel=SMART)
+    assert rows and all("nano_forecast" not in r for r in rows)
+    assert [e["event"] for e in node.log_events()].count("intelligent_needs_torch") == 1
+    assert len(node.pids()) == 2 and node.stop() == 0

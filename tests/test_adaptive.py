@@ -177,3 +177,21 @@ def test_a_kernel_that_fails_keeps_the_mean_and_a_peers_bad_genome_is_ignored():
     layer = AdaptiveBlocks()
     (standing,) = layer.standings([{"block": 5, "genome": DEFAULT.id, "fitness": "high", "forecast_error": None}])
     assert standing.genome is DEFAULT  # a text fitness from a peer is no number, and no crash
+
+
+def test_a_restored_season_moves_on_by_the_ticks_the_node_was_down():
+    before = AdaptiveBlocks()
+    before.first[0] = SEASONAL  # season 4
+    blocks = np.array([5], np.int64)
+    run(before, blocks, range(80))
+    saved = [(b, text, json.loads(json.dumps(state))) for b, text, state in before.export()]
+    for _ in range(3):  # down for ticks 80-82: what it would have done, with nothing observed
+        before.forecasts.update(blocks, [np.nan])
+    after, unaware = AdaptiveBlocks(), AdaptiveBlocks()
+    assert after.restore_saved(saved, gap=3) == 1 and unaware.restore_saved(saved) == 1
+    for layer in (after, unaware):  # back at tick 83, the first tick of the new process
+        layer.step(blocks, series(83, 1), 1)
+    before.forecasts.update(blocks, series(83, 1))
+    np.testing.assert_allclose(after.forecasts.predict(blocks), before.forecasts.predict(blocks))
+    want = series(84, 1)[0]
+    assert abs(after.forecasts.predict(blocks)[0] - want) < 0.2 * abs(unaware.forecasts.predict(blocks)[0] - want)

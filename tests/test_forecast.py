@@ -363,3 +363,35 @@ def test_any_series_keeps_the_state_finite_once_started(values, season, seed):
     if any(math.isfinite(v) for v in values):
         assert math.isfinite(st_["level"]) and math.isfinite(st_["trend"])
         assert math.isfinite(st_["fc"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(season=st.sampled_from([0, 4, 7, 12]), seen=st.integers(0, 60), gap=st.integers(1, 40),
+       seed=st.integers(0, 2**16))
+def test_skipping_ticks_is_the_same_as_ticks_with_nothing_observed(season, seen, gap, seed):
+    """A node down for ``gap`` ticks (Forecasts.skip) forecasts as if it had ticked through
+    them with nothing observed (rule 1), its season's phase included; a warm-up the gap would
+    end starts again instead."""
+    rng = np.random.default_rng(seed)
+    g = default_genome().replace(season=season, beta=0.2)
+    series = 20 + np.sin(2 * np.pi * np.arange(seen + gap + 30) / max(season, 1)) + 0.05 * np.arange(seen + gap + 30) \
+        + rng.normal(0, 0.1, seen + gap + 30)
+    ticked, skipped = Forecasts(), Forecasts()
+    for f in (ticked, skipped):
+        f.add(1, g)
+        for y in series[:seen]:
+            f.update([1], [y])
+    for _ in range(gap):
+        ticked.update([1], [np.nan])
+    skipped.skip(1, gap)
+    if season and seen < 2 * season <= seen + gap:  # the gap ends the warm-up: it starts again
+        assert skipped.export(1)["t"] == 0
+        return
+    a, b = ticked.export(1), skipped.export(1)
+    assert a["t"] == b["t"]
+    for key in ("level", "trend", "fc"):
+        assert (math.isnan(a[key]) and math.isnan(b[key])) or a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+    for y in series[seen + gap:]:  # and both go on alike
+        ticked.update([1], [y])
+        skipped.update([1], [y])
+    assert ticked.predict([1])[0] == pytest.approx(skipped.predict([1])[0], rel=1e-6, abs=1e-9)

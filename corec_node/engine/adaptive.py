@@ -13,7 +13,9 @@ Rules:
    last published for it (rows carry genomes, rule 4), else the one this node saved before
    a restart, else its channel's first genome (the default, with the genes that
    ``engine.genomes`` gives the channel). A saved forecaster state is restored with its
-   genome when the genome is the same, so learned state survives a restart.
+   genome when the genome is the same, so learned state survives a restart; the ticks
+   since it was saved pass it by as ticks with nothing observed (``Forecasts.skip``), so
+   its season's phase lines up with the ticks again.
 3. Only a block's owner runs trials (``start_trials``: the nucleus's challengers); a
    holder that is not the owner takes the genome the owner publishes (``observe_row``).
    A verdict that promotes a challenger restores the challenger's forecaster state.
@@ -85,6 +87,10 @@ class AdaptiveBlocks:
         self.genomes: dict[int, Genome] = {}  # held blocks: the genome in force
         self.known: dict[int, Genome] = {}  # every block the cluster published a genome for
         self.saved: dict[int, tuple[Genome, Mapping[str, Any] | None]] = {}  # restored from disk (rule 2)
+        self.saved_gap = 0  # ticks between the save and this start: a restored season's phase moves on
+        self._restored: set[int] = set()  # blocks whose state _start_genome took from disk, this tick
+        self._tick = 0  # the tick being stepped
+        self._first_tick: int | None = None  # the first tick this process stepped
         self._sent: dict[int, tuple[str, int]] = {}  # block -> (genome id, tick) of its last spec row
         self._by_id: dict[str, Genome] = {DEFAULT.id: DEFAULT}  # one object per distinct genome
         self.first: dict[int, Genome] = {}  # channel -> the genome its blocks start with (engine.genomes)
@@ -97,6 +103,9 @@ class AdaptiveBlocks:
         """One tick over the blocks held now (``blocks`` ascending, ``means`` their
         aggregated means): new ones tracked (rule 2), gone ones dropped, trials judged,
         forecasts advanced. Returns the trial verdicts' audit records."""
+        self._tick = tick
+        if self._first_tick is None:
+            self._first_tick = tick
         blocks = np.asarray(blocks, np.int64)
         means = np.asarray(means, np.float64)
         if len(blocks) > 1 and (np.diff(blocks) <= 0).any():
@@ -141,6 +150,8 @@ class AdaptiveBlocks:
             if state is not None:
                 try:
                     self.forecasts.restore(b, state, genome)
+                    if b in self._restored:  # saved before our restart: the ticks since have passed it by
+                        self.forecasts.skip(b, self.saved_gap + self._tick - (self._first_tick or self._tick))
                     continue
                 except ValueError:
                     pass  # a damaged saved state: start afresh
@@ -149,6 +160,9 @@ class AdaptiveBlocks:
     def _start_genome(self, block: int) -> tuple[Genome, Mapping[str, Any] | None]:
         """Rule 2."""
         saved = self.saved.pop(block, None)
+        self._restored.discard(block)
+        if saved is not None and saved[1] is not None:
+            self._restored.add(block)
         known = self.known.get(block)
         if known is not None:
             same = saved is not None and saved[0].id == known.id
@@ -256,9 +270,12 @@ class AdaptiveBlocks:
         """Every held block's genome (JSON) and forecaster state, to save."""
         return [(b, genome_text(g), self.forecasts.export(b)) for b, g in self.genomes.items()]
 
-    def restore_saved(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]]) -> int:
+    def restore_saved(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]], gap: int = 0) -> int:
         """Genomes and states saved before a restart (rule 2); unreadable ones are skipped.
-        Returns how many were taken."""
+        ``gap``: ticks between the save and this start (the node was down), which a state
+        restored later skips, with the ticks since the start (``Forecasts.skip``). Returns
+        how many were taken."""
+        self.saved_gap = max(int(gap), 0)
         n = 0
         for block, text, state in items:
             g = self._intern(text)

@@ -346,6 +346,36 @@ class Forecasts:
             if warm:
                 g.buf[gr, : len(warm)] = warm
 
+    def skip(self, block: int, ticks: int) -> None:
+        """``ticks`` ticks passed without ``block``'s forecaster (its node was down, or did
+        not hold it): rule 1 for each, in closed form. Level and trend move on along the
+        damped trend (level + b (phi + ... + phi^k), trend phi^k b), the seasonal ring stays,
+        and the phase moves on by ``ticks``, so a season restored after a restart lines up
+        with the ticks again. A warm-up (rule 2) the gap cuts short starts again."""
+        if ticks <= 0:
+            return
+        r = self._row[int(block)]
+        c = self._cols
+        phi, b = float(c["phi"][r]), float(c["trend"][r])
+        if np.isfinite(c["level"][r]) and b:
+            c["level"][r] += b * (ticks if phi == 1.0 else phi * (1.0 - phi**ticks) / (1.0 - phi))
+            c["trend"][r] = b * phi**ticks
+        t, m = int(c["t"][r]), self._season_of(r)
+        g = self._glist[int(c["grp"][r])] if m else None
+        gr = int(c["grow"][r])
+        if g is not None and t < 2 * m:
+            if t + ticks < 2 * m:
+                g.buf[gr, t:t + ticks] = np.nan
+                t += ticks
+            else:
+                g.buf[gr] = np.nan
+                t = 0
+        else:
+            t += ticks
+        c["t"][r] = t
+        season = g.seas[gr, t % m] if g is not None else 0.0
+        c["fc"][r] = c["level"][r] + c["phi"][r] * c["trend"][r] + season
+
     # -- internals ---------------------------------------------------------------------------
 
     def _grow(self, cap: int) -> None:

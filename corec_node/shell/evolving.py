@@ -8,6 +8,7 @@ alerts on forecast anomalies (``engine/anomaly.py``). A mixin of
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -67,10 +68,13 @@ class EvolutionSide:
             owned = blocks[self.engine.owned_mask(blocks)].tolist()
             self.recorder.spawn("genomes", store.save_genomes(items, owned))
 
-    def restore_genomes(self, items: list[tuple[int, str, Any]]) -> None:
-        n = self.engine.adaptive.restore_saved(items)
+    def restore_genomes(self, items: list[tuple[int, str, Any]], saved_at: float | None = None) -> None:
+        """What blocks learned before a restart; ``saved_at``: when it was saved, so the
+        ticks missed since pass the forecasters by (their season's phase stays true)."""
+        gap = 0 if saved_at is None else max(0, round((time.time() - saved_at) / self.config.tick_interval))
+        n = self.engine.adaptive.restore_saved(items, gap)
         if n:
-            log.event("genomes_restored", blocks=n)
+            log.event("genomes_restored", blocks=n, ticks_missed=gap)
 
     def _plan_evolution(self, tick_no: int) -> None:
         """As nucleus: challengers for a share of each channel's blocks, fenced by our term."""

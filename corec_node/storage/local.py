@@ -352,6 +352,12 @@ class LocalStore:
                                                                             payload, now)
         return len(rows)
 
+    async def genomes_saved_at(self) -> float | None:
+        """When ``save_genomes`` last ran (wall seconds), or None: the restored forecasters'
+        phase moves on by the ticks since."""
+        rows = await self._fetchall("SELECT max(saved_at) FROM block_genomes")
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
     async def load_genomes(self) -> list[tuple[int, str, dict[str, Any] | None]]:
         """What ``save_genomes`` kept: (block, genome JSON, forecaster state or None); a
         state that does not parse is None (the block warms up again)."""

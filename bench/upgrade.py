@@ -7,7 +7,7 @@ producer was told are stored and the blocks whose aggregates are not those of th
 sent, on each node; ``--from this`` restarts nodes of this tree onto this tree (a rolling
 restart, no upgrade).
 
-    python bench/upgrade.py --runs 5             # from the previous release (0.2.0)
+    python bench/upgrade.py --runs 5             # from the previous release (releases.PREVIOUS)
     python bench/upgrade.py --runs 5 --from this
 
 Measured, not asserted: it found blocks lost in a fast rolling restart (README, "Releases

@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 RELEASES = {
     "0.1.0": "f760881",  # no feature gates: an upgrade from it is stop-the-world
     "0.2.0": "d0b65b5",  # the first release with feature gates
+    "0.3.0": "bd283eb",  # rolling upgrades tested (tests/test_upgrade.py)
 }
-PREVIOUS = "0.2.0"  # the release before this tree: the mixed-version upgrade starts from it
+PREVIOUS = "0.3.0"  # the release before this tree: the mixed-version upgrade starts from it
 PACKAGES = (REPO, REPO / "plugins" / "corec-alerts", REPO / "plugins" / "corec-analyzer")
 
 

@@ -183,7 +183,10 @@ def test_a_blocks_fusion_floor_gene_stands_for_min_fitness():
     assert [f.weak_block for f in plan_fusions(aggs, 0.2)] == [c1[2]]
     raised = plan_fusions(aggs, 0.2, floors={c1[1]: 0.4, c1[2]: 0.05})  # c1[1] fuses, c1[2] no longer
     assert [(f.weak_block, f.strong_block) for f in raised] == [(c1[1], c1[0])]
-    assert "fitness 0.300 < min_fitness 0.4" in raised[0].reason
+    assert "fitness 0.300 < its fusion_floor 0.4" in raised[0].reason
+    # a floor over the strong bar: weak, never strong, never fused into itself or in a ring
+    high = plan_fusions(rows((c1[0], 1000, 0.7), (c1[1], 1000, 0.65)), 0.2, floors={c1[0]: 0.9, c1[1]: 0.9})
+    assert high == []
 
 
 def test_genes_that_stand_for_settings_take_effect_once_set_away_from_their_default():

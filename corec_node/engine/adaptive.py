@@ -88,6 +88,7 @@ class AdaptiveBlocks:
         self.known: dict[int, Genome] = {}  # every block the cluster published a genome for
         self.saved: dict[int, tuple[Genome, Mapping[str, Any] | None]] = {}  # restored from disk (rule 2)
         self.saved_gap = 0  # ticks between the save and this start: a restored season's phase moves on
+        self._saved_gaps: dict[int, int] = {}  # the same per block, where its state was saved apart
         self._restored: set[int] = set()  # blocks whose state _start_genome took from disk, this tick
         self._tick = 0  # the tick being stepped
         self._first_tick: int | None = None  # the first tick this process stepped
@@ -138,6 +139,7 @@ class AdaptiveBlocks:
         return records
 
     def _track(self, blocks: np.ndarray, tracked: np.ndarray) -> None:
+        self._restored.clear()
         for b in np.setdiff1d(tracked, blocks, assume_unique=True).tolist():
             self.forecasts.remove(b)
             self.genomes.pop(b, None)
@@ -151,7 +153,8 @@ class AdaptiveBlocks:
                 try:
                     self.forecasts.restore(b, state, genome)
                     if b in self._restored:  # saved before our restart: the ticks since have passed it by
-                        self.forecasts.skip(b, self.saved_gap + self._tick - (self._first_tick or self._tick))
+                        first = self._tick if self._first_tick is None else self._first_tick
+                        self.forecasts.skip(b, self._saved_gaps.get(b, self.saved_gap) + self._tick - first)
                     continue
                 except ValueError:
                     pass  # a damaged saved state: start afresh
@@ -270,12 +273,14 @@ class AdaptiveBlocks:
         """Every held block's genome (JSON) and forecaster state, to save."""
         return [(b, genome_text(g), self.forecasts.export(b)) for b, g in self.genomes.items()]
 
-    def restore_saved(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]], gap: int = 0) -> int:
+    def restore_saved(self, items: Iterable[tuple[int, str, Mapping[str, Any] | None]], gap: int = 0,
+                      gaps: Mapping[int, int] | None = None) -> int:
         """Genomes and states saved before a restart (rule 2); unreadable ones are skipped.
-        ``gap``: ticks between the save and this start (the node was down), which a state
-        restored later skips, with the ticks since the start (``Forecasts.skip``). Returns
-        how many were taken."""
+        ``gap``: ticks between the save and this start (the node was down), ``gaps`` the same
+        per block where it differs; a state restored later skips them, with the ticks since
+        the start (``Forecasts.skip``). Returns how many were taken."""
         self.saved_gap = max(int(gap), 0)
+        self._saved_gaps = {int(b): max(int(g), 0) for b, g in (gaps or {}).items()}
         n = 0
         for block, text, state in items:
             g = self._intern(text)

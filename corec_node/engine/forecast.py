@@ -357,10 +357,12 @@ class Forecasts:
         r = self._row[int(block)]
         c = self._cols
         phi, b = float(c["phi"][r]), float(c["trend"][r])
-        if np.isfinite(c["level"][r]) and b:
-            c["level"][r] += b * (ticks if phi == 1.0 else phi * (1.0 - phi**ticks) / (1.0 - phi))
-            c["trend"][r] = b * phi**ticks
         t, m = int(c["t"][r]), self._season_of(r)
+        if np.isfinite(c["level"][r]) and b:
+            # undamped, a long gap would carry the line anywhere: at most a window's worth
+            ahead = min(ticks, max(2 * m, int(c["window"][r]))) if phi == 1.0 else ticks
+            c["level"][r] += b * (ahead if phi == 1.0 else phi * (1.0 - phi**ahead) / (1.0 - phi))
+            c["trend"][r] = b * phi**ahead
         g = self._glist[int(c["grp"][r])] if m else None
         gr = int(c["grow"][r])
         if g is not None and t < 2 * m:

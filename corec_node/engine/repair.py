@@ -211,7 +211,8 @@ def plan_fusions(
         r = rows[rows["channel"] == ch]
         floor = np.array([floors.get(int(b), min_fitness) for b in r["block"].tolist()]) if floors else min_fitness
         weak = r[r["fitness"] < floor]
-        strong = r[r["fitness"] >= max(strong_fitness, min_fitness)]
+        # strong: over the strong bar and over its own floor (a block never both, nor fused into itself)
+        strong = r[(r["fitness"] >= max(strong_fitness, min_fitness)) & (r["fitness"] >= floor)]
         if len(weak) == 0 or len(strong) == 0:
             continue
         weak = weak[np.lexsort((weak["block"], weak["fitness"]))]
@@ -233,10 +234,11 @@ def plan_fusions(
                 continue
             total, neg_fit, strong_id = choice
             heapq.heappush(heap, (total + size, neg_fit, strong_id))
+            own = floors.get(int(w["block"])) if floors else None
+            bar = f"min_fitness {min_fitness:g}" if own is None else f"its fusion_floor {own:g}"
             plan.append(Fusion(
                 int(w["block"]), strong_id, ch,
-                f"fitness {float(w['fitness']):.3f} < min_fitness "
-                f"{floors.get(int(w['block']), min_fitness) if floors else min_fitness:g}: fused into "
+                f"fitness {float(w['fitness']):.3f} < {bar}: fused into "
                 f"block {strong_id:#x} (fitness {-neg_fit:.3f})",
             ))
     return plan

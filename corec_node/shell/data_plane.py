@@ -172,6 +172,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         # the digest in our leader's last heartbeat: None = not heard since it was elected,
         # "" = it does not confirm maps (a 1.0 leader)
         self._leader_placement: str | None = None
+        self._unrouted: tuple[str, ...] = ()  # live members with no data socket known, last logged
         # IsolationForest over this node's block rows (engine/audit.py); 0.1 % of healthy rows
         # are flagged on a tick, and only a block flagged 3 audits in a row raises an alert
         self.auditor = Auditor(contamination=0.001)
@@ -315,8 +316,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             self.traffic.reject("direct", exc)
             self._refuse_records(relay, msg.count, "too_large" if exc.reason == "too_large" else "malformed")
             return
-        if relay.answer is not None and self.engine.copies > 1 and \
-                (self.view.leader is None or not self.placement_confirmed() or not self.view.routed):
+        if relay.answer is not None and self.engine.copies > 1 and (
+                self.view.leader is None or not self.placement_confirmed() or not self._routed()):
             # a minority side, no nucleus yet, or a map the nucleus has not confirmed (one just restarted): by it
             # we could own blocks held elsewhere; or a live member whose data socket we do not know yet (just
             # restarted): only the lossy PUB stream would reach its blocks, and no holder would answer
@@ -360,6 +361,17 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self._door_bytes += entry.size
         if self._door_task is None or self._door_task.done():
             self._door_task = asyncio.get_running_loop().create_task(self._run_door())
+
+    def _routed(self) -> bool:
+        """``view.routed``, and one line naming the members whose data socket is not known
+        each time that set changes (acknowledged batches are refused while it is not empty)."""
+        missing = tuple(m for m in self.view.live if m not in self.view.data)
+        if missing != self._unrouted:
+            self._unrouted = missing
+            if missing:
+                log.event("acks_refused_unrouted", logging.WARNING, members=",".join(missing),
+                          detail="no data socket known for them: acknowledged batches refused no_leader until there is")
+        return not missing
 
     def _admit(self, entry: _Waiting) -> bool:
         """Queue, republish and answer ``entry`` if nothing holds it now (a member's pause,
@@ -516,7 +528,14 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         must carry it (a write stored after its block's copy left would reach no new holder)."""
         if digest == self.engine.placement_digest() or self._queue is None or not self._queue.qsize():
             return
-        self._ingest_taken(self._queue.take_now())
+        items, taken = self._queue.take_now(), 0
+        while taken < len(items):  # in the worker's portions: one store call each, memory bounded
+            end, records = taken, 0
+            while end < len(items) and (end == taken or records < COALESCE_RECORDS):
+                records += getattr(items[end][0].msg, "count", 0)
+                end += 1
+            self._ingest_taken(items[taken:end])
+            taken = end
 
     def _ingest_taken(self, items: list[Item]) -> None:
         try:
@@ -535,6 +554,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         write: no order to keep with our own writes), before anything whose order matters."""
         pending: list[np.ndarray] = []
         replicas: list[np.ndarray] = []
+        copies_done = False
         for env, payload, where, decoded in items:
             if where == "direct" and decoded is None:  # a handoff
                 self._flush(pending, replicas)
@@ -558,7 +578,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
                     self.engine.raise_epoch(env.msg.epoch)  # once we own, our rows outrank the old owners' rows
                     while len(self._copy_done) > 8:  # maps we learned under long ago
                         del self._copy_done[next(iter(self._copy_done))]
-                    self._check_ready()
+                    copies_done = True
                 continue
             records = decoded if decoded is not None else self._decode_batch(env.msg, payload, where)
             if records is not None and where == "broadcast" and env.msg.delete:  # every holder removes them
@@ -584,6 +604,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
                 if self.plugins.wants(env.msg.channel):
                     self.plugins.spawn(self.plugins.entities(self.host, env.msg.channel, records))
         self._flush(pending, replicas)
+        if copies_done:  # once the whole batch is stored: READY may change the map (as nucleus, at once)
+            self._check_ready()
 
     def _keep_copies(self, msg: EntityBatch, records: np.ndarray, replicas: list[np.ndarray]) -> None:
         """The stream of a cluster that is not owner-routed reaches every holder: a replica,

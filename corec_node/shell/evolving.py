@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -68,13 +69,14 @@ class EvolutionSide:
             owned = blocks[self.engine.owned_mask(blocks)].tolist()
             self.recorder.spawn("genomes", store.save_genomes(items, owned))
 
-    def restore_genomes(self, items: list[tuple[int, str, Any]], saved_at: float | None = None) -> None:
-        """What blocks learned before a restart; ``saved_at``: when it was saved, so the
-        ticks missed since pass the forecasters by (their season's phase stays true)."""
-        gap = 0 if saved_at is None else max(0, round((time.time() - saved_at) / self.config.tick_interval))
-        n = self.engine.adaptive.restore_saved(items, gap)
+    def restore_genomes(self, items: list[tuple[int, str, Any]], saved_at: Mapping[int, float] | None = None) -> None:
+        """What blocks learned before a restart; ``saved_at``: when each block's was saved,
+        so the ticks missed since pass its forecaster by (its season's phase stays true)."""
+        now = time.time()
+        gaps = {b: max(0, round((now - t) / self.config.tick_interval)) for b, t in (saved_at or {}).items()}
+        n = self.engine.adaptive.restore_saved(items, gaps=gaps)
         if n:
-            log.event("genomes_restored", blocks=n, ticks_missed=gap)
+            log.event("genomes_restored", blocks=n, ticks_missed=min(gaps.values(), default=0))
 
     def _plan_evolution(self, tick_no: int) -> None:
         """As nucleus: challengers for a share of each channel's blocks, fenced by our term."""

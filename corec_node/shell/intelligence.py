@@ -200,9 +200,13 @@ class Intelligence:
         items = self._weights() if self.trainer is not None else []
         if store is None or not items:
             return
+        self.recorder.spawn("nano weights", self._write(store, items))
+
+    async def _write(self, store: Any, items: list[tuple[int, bytes]]) -> None:
+        """Counted as saved once SQLite has them (a failed write is tried again next time)."""
+        await store.save_nano_weights(items)
         self._saved.update(items)
         self.saved_blocks += len(items)
-        self.recorder.spawn("nano weights", store.save_nano_weights(items))
 
     async def close(self) -> None:
         """At stop: fresh weights from the child (up to SNAPSHOT_WAIT), saved, then the child
@@ -228,7 +232,8 @@ class Intelligence:
     def status(self) -> dict[str, Any]:
         """``status --json``'s ``intelligent`` object."""
         trainer = self.trainer
-        out: dict[str, Any] = {"channels": sorted(self.channels), "running": trainer is not None, "off": self.off,
+        alive = trainer is not None and trainer.stats().child_pid is not None
+        out: dict[str, Any] = {"channels": sorted(self.channels), "running": alive, "off": self.off,
                                "blocks": len(self.blocks), "restored_blocks": self.restored_blocks,
                                "saved_blocks": self.saved_blocks}
         if trainer is not None:

@@ -216,7 +216,7 @@ class Node:
             return 1
         snapshot = await local.load_members()
         self.data.fresh = bool(snapshot)  # a member of a cluster before: what it held is gone (learning.py)
-        self.data.restore_genomes(await local.load_genomes(), await local.genomes_saved_at())  # what blocks learned survives a restart
+        self.data.restore_genomes(await local.load_genomes(), await local.genome_save_times())  # what blocks learned survives a restart
         await self.data.intelligence.restore()  # and the torch forecasters' weights, if any channel is intelligent
         # a restored directory does not abstain (election rule 15): in a cluster of two voters
         # the survivor needs its vote to elect anyone, and so to re-add it

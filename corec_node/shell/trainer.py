@@ -265,10 +265,13 @@ class Trainer:
             self._link.send(("snapshot", None if blocks is None else [int(b) for b in blocks]))
 
     def stats(self) -> TrainerStats:
+        """The counters, and the child as it is now: no pid and not ready while it is dead
+        or not started again yet."""
         link = self._link
+        alive = link is not None and not link.dead()
         return TrainerStats(self._submitted, self._dropped, self._answered, self._restarts,
-                            self._load_errors, link.proc.pid if link else None,
-                            self._ready, self._rss, self._cpu, self._tick_cpu, self._blocks)
+                            self._load_errors, link.proc.pid if alive else None,
+                            self._ready and alive, self._rss, self._cpu, self._tick_cpu, self._blocks)
 
     @property
     def pid(self) -> int | None:

@@ -352,11 +352,10 @@ class LocalStore:
                                                                             payload, now)
         return len(rows)
 
-    async def genomes_saved_at(self) -> float | None:
-        """When ``save_genomes`` last ran (wall seconds), or None: the restored forecasters'
-        phase moves on by the ticks since."""
-        rows = await self._fetchall("SELECT max(saved_at) FROM block_genomes")
-        return rows[0][0] if rows and rows[0][0] is not None else None
+    async def genome_save_times(self) -> dict[int, float]:
+        """When each block's genome and state were saved (wall seconds): the restored
+        forecasters' phase moves on by the ticks since (a block saved long ago, more)."""
+        return {int(b): float(t) for b, t in await self._fetchall("SELECT block, saved_at FROM block_genomes")}
 
     async def load_genomes(self) -> list[tuple[int, str, dict[str, Any] | None]]:
         """What ``save_genomes`` kept: (block, genome JSON, forecaster state or None); a

@@ -7,13 +7,10 @@ import json
 import sqlite3
 import subprocess
 import sys
-import threading
 
-import numpy as np
 import pytest
-from records import entities
+from meshutil import WaveStream
 
-from corec_node.client import Client
 from corec_node.testing.cluster import Cluster, NodeProc, eventually, voters_agree
 
 pytestmark = pytest.mark.timeout(300)
@@ -22,32 +19,9 @@ FAST = {"COREC_ENGINE_TICK_INTERVAL": "0.1", "COREC_ENGINE_EVOLVE_EVERY": "5"}
 CHANNEL, BLOCKS = 1, 10
 
 
-class Stream:
-    """A producer thread: each block's entities follow a period-4 wave plus noise, one step
-    per send (about a tick), until stopped."""
-
-    def __init__(self, node: NodeProc) -> None:
-        self.node, self.stop, self.t = node, threading.Event(), 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        n = BLOCKS * 1000
-        rng = np.random.default_rng(3)
-        with Client(self.node.addr) as client:
-            while not self.stop.is_set():
-                values = 10 + 3 * np.sin(2 * np.pi * self.t / 4) + rng.normal(0, 0.1, n)
-                client.send(entities(np.arange(n), CHANNEL, values))
-                client.flush(5)
-                self.t += 1
-                self.stop.wait(0.1)
-
-    def __enter__(self) -> Stream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(20)
+def stream(node: NodeProc) -> WaveStream:
+    """Each block's entities follow a period-4 wave plus noise, one step per send (about a tick)."""
+    return WaveStream(node, [(CHANNEL, BLOCKS * 1000)], period=4, every=0.1, seed=3)
 
 
 def cli(*args: str, node: NodeProc, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -69,7 +43,7 @@ def audit(node: NodeProc, kind: str) -> list[dict]:
 
 def test_forecasts_evolve_and_what_blocks_learned_survives_a_restart(cluster):
     node = cluster.start("a", extra_env=FAST).wait_ready()
-    with Stream(node):
+    with stream(node):
         rows = eventually(lambda: [r for r in node.ctl("blocks", channel=CHANNEL) if r["forecast"] is not None]
                           if len(node.ctl("blocks", channel=CHANNEL)) == BLOCKS else None, 30,
                           message="every block forecast")
@@ -95,7 +69,7 @@ def test_forecasts_evolve_and_what_blocks_learned_survives_a_restart(cluster):
         assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "no block 9:9" in missing.stderr
     node.stop()
     node.start().wait_ready()
-    with Stream(node):
+    with stream(node):
         eventually(lambda: len(node.ctl("blocks", channel=CHANNEL)) == BLOCKS, 30, message="blocks back")
         back = genomes(node)
         assert {b: back[b] for b in evolved} == evolved  # the same genomes, generations kept
@@ -114,7 +88,7 @@ def test_a_replica_holds_the_owners_genome_and_keeps_it_when_the_owner_is_killed
         for node in nodes:
             node.wait_ready(30)
         eventually(lambda: voters_agree(nodes, ["a", "b", "c"]), 60, message="three voters")
-        with Stream(nodes[0]):
+        with stream(nodes[0]):
             def evolved_elsewhere() -> dict[int, tuple[str, int, str]]:
                 rows = nodes[0].ctl("blocks", channel=CHANNEL)
                 return {r["block"]: (r["genome"], r["generation"], r["owner"]) for r in rows

@@ -11,14 +11,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import pytest
-from meshutil import NodeProc, eventually
+from meshutil import NodeProc, WaveStream, eventually
 from records import entities
 
 from corec_node.client import Client
@@ -37,32 +36,9 @@ needs_torch = pytest.mark.skipif(find_spec("torch") is None,
                                  reason="torch is not installed (the optional 'ml' extra; CI installs it)")
 
 
-class Stream:
-    """A producer thread: 3 blocks of SMART and 1 of PLAIN, each block's values a period-6
-    wave plus noise, one step per send (about a tick), until stopped."""
-
-    def __init__(self, node: NodeProc) -> None:
-        self.node, self.stop, self.t = node, threading.Event(), 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        rng = np.random.default_rng(5)
-        with Client(self.node.addr) as client:
-            while not self.stop.is_set():
-                wave = 10 + 3 * np.sin(2 * np.pi * self.t / 6)
-                client.send(entities(np.arange(3000), SMART, wave + rng.normal(0, 0.1, 3000)))
-                client.send(entities(np.arange(1000), PLAIN, wave + rng.normal(0, 0.1, 1000)))
-                client.flush(5)
-                self.t += 1
-                self.stop.wait(0.2)
-
-    def __enter__(self) -> Stream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(20)
+def stream(node: NodeProc) -> WaveStream:
+    """3 blocks of SMART and 1 of PLAIN, each a period-6 wave plus noise, a step a tick."""
+    return WaveStream(node, [(SMART, 3000), (PLAIN, 1000)], period=6, every=0.2, seed=5)
 
 
 def blocks_json(node: NodeProc) -> list[dict]:
@@ -119,7 +95,7 @@ async def test_weights_are_kept_per_block_in_the_local_store(tmp_path):
 @needs_torch
 def test_an_intelligent_channel_forecasts_in_a_child_and_keeps_its_weights(cluster):
     node = cluster.start("a", extra_env=ENV).wait_ready()
-    with Stream(node):
+    with stream(node):
         def forecasts() -> list[dict] | None:
             rows = blocks_json(node)
             smart = [r for r in rows if r["channel"] == SMART]
@@ -146,7 +122,7 @@ def test_an_intelligent_channel_forecasts_in_a_child_and_keeps_its_weights(clust
     assert {b >> 32 for b in saved} == {SMART} and len(saved) == 3 and all(n > 0 for n in saved.values())
 
     node.start().wait_ready()
-    with Stream(node):
+    with stream(node):
         intel = eventually(lambda: (s := node.ctl("status")["intelligent"])["restored_blocks"] == 3 and s, 30,
                            message="the saved weights are loaded into the trainer")
         assert intel["load_errors"] == 0

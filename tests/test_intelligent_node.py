@@ -166,3 +166,22 @@ def test_without_torch_one_warning_and_the_node_runs_on(cluster, tmp_path):
     assert rows and all("nano_forecast" not in r for r in rows)
     assert [e["event"] for e in node.log_events()].count("intelligent_needs_torch") == 1
     assert len(node.pids()) == 2 and node.stop() == 0
+
+
+@needs_torch
+def test_with_replicas_every_holder_trains_and_only_the_owner_writes_rows(cluster):
+    env = {**ENV, "COREC_ENGINE_REPLICAS": "2"}
+    a = cluster.start("a", extra_env=env).wait_ready()
+    b = cluster.start("b", extra_env=env, join=[a.addr]).wait_ready()
+    eventually(lambda: all(n.ctl("status")["placement_members"] == ["a", "b"] for n in (a, b)), 30,
+               message="both nodes own blocks")
+    with stream(a):
+        # two nodes, two copies: each holds all 3 blocks of the channel and trains a model for each
+        eventually(lambda: all((s := n.ctl("status")["intelligent"])["blocks"] == 3 and s["answered"] > 0
+                               for n in (a, b)), 60, interval=0.3, message="a model per block on both holders")
+        rows = eventually(lambda: [r for r in blocks_json(a) if r["channel"] == SMART
+                                   and isinstance(r.get("nano_forecast"), float)], 30, interval=0.3,
+                          message="rows with nano_forecast")
+        assert {r["owner"] for r in rows} <= {"a", "b"}
+        owned = {n.name: n.ctl("status")["entities"] for n in (a, b)}
+        assert all(owned.values()), owned  # both own some blocks, and hold the others as replicas

@@ -26,8 +26,11 @@ Rules:
 4. Weights survive a restart: every ``engine.intelligent_save_every`` ticks the blocks'
    latest saved bytes (``Trainer.weights``) go to SQLite (``nano_weights``), and at stop
    after a fresh ``snapshot``. At start they are read back, and each block's bytes are
-   loaded into the trainer the first time the block is owned here. Handing weights over
-   with a block that moves to another owner is not done (the new owner starts afresh).
+   loaded into the trainer the first time the block is held here. Weights are not sent
+   to a new holder (a rebalance): it starts afresh; a replica has trained all along.
+5. With replicas, every holder trains a block's model, as every holder runs its statistical
+   forecaster (``engine/adaptive.py`` rule 1): a replica promoted when its owner dies
+   forecasts at once, with nothing to move. Only the owner writes the block's row.
 """
 
 from __future__ import annotations
@@ -108,13 +111,14 @@ class Intelligence:
 
     def tick(self, rows: list[dict[str, Any]], tick: int) -> None:
         """After an engine tick, before its rows are published (rule 2)."""
-        if not self.channels or self.off is not None or not rows:
+        if not self.channels or self.off is not None:
             return
         mine = [r for r in rows if r["channel"] in self.channels and r.get("count")]
         if mine:
             owned = self.engine.owned_mask(np.fromiter((r["block"] for r in mine), np.int64, len(mine)))
             mine = [r for r, own in zip(mine, owned.tolist(), strict=True) if own]
-        trainer = self.trainer if self.trainer is not None or not mine else self._start()
+        replicas = self._replica_means(mine) if self.engine.copies > 1 else {}
+        trainer = self.trainer if self.trainer is not None or not (mine or replicas) else self._start()
         if trainer is None:
             return
         for b, (answered, fc) in trainer.poll_ticks().items():
@@ -137,11 +141,31 @@ class Intelligence:
             row[NANO_ERROR] = state.error()
             state.seen = tick
             means[b] = y
+        for b, y in replicas.items():  # rule 5: they learn too, and write no row
+            state = self.blocks.get(b)
+            if state is None:
+                state = self.blocks[b] = self._add(trainer, b)
+            self._season(trainer, b, state)
+            state.seen = tick
+            means[b] = y
         if means:
             trainer.submit(tick, means)
         if tick % self.save_every == 0:
             self._forget_gone(tick)
             self._save()
+
+    def _replica_means(self, owned_rows: list[dict[str, Any]]) -> dict[int, float]:
+        """Rule 5: this tick's means of the intelligent channels' blocks held here as a
+        replica (the statistical forecaster runs on every holder and saw them)."""
+        forecasts = self.engine.adaptive.forecasts
+        ids = forecasts.ids()
+        ids = ids[np.isin(ids >> 32, np.fromiter(self.channels, np.int64, len(self.channels)))]
+        if len(ids) == 0:
+            return {}
+        ids = ids[~self.engine.owned_mask(ids)]
+        owned = {r["block"] for r in owned_rows}
+        return {b: y for b, y in zip(ids.tolist(), forecasts.last_observed(ids).tolist(), strict=True)
+                if b not in owned and math.isfinite(y)}
 
     def _start(self) -> Any:
         """Rule 1: the trainer, started now, or None (off for good) without torch."""

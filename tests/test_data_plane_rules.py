@@ -9,7 +9,9 @@ plane of a real node (not started: no sockets), its sends captured where they wo
 2. A node that does not know the data socket of a live member yet (it has just restarted)
    refuses a batch that asks for every holder's acknowledgement (``no_leader``, offered
    again by producers): it could only republish it on the lossy PUB stream, and no holder
-   would answer for it.
+   would answer for it. Without replicas it refuses any answered batch while a member it
+   has not heard from since its start lacks one (a member heard without one is an old
+   node: its batches go by the stream, as before owner routing).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ CHANNEL = 3
 DATA = {"a": "tcp://127.0.0.1:9001", "b": "tcp://127.0.0.1:9002", "c": "tcp://127.0.0.1:9003"}
 
 
-def _plane(tmp_path, name: str = "a"):
-    config = load_config(env={"COREC_ENGINE_REPLICAS": "2"}, overrides={"node.name": name, "node.data_dir": str(tmp_path)})
+def _plane(tmp_path, name: str = "a", replicas: int = 2):
+    config = load_config(env={"COREC_ENGINE_REPLICAS": str(replicas)},
+                         overrides={"node.name": name, "node.data_dir": str(tmp_path)})
     plane = Node(config).data
     sent: list[tuple[str, object, object]] = []
     plane.data_send = lambda addr, msg, payload: sent.append((addr, msg, payload)) or len(sent)
@@ -102,3 +105,23 @@ def test_a_node_that_knows_no_data_socket_of_a_member_refuses_acks_all(tmp_path)
     plane.leader_placement(plane.engine.view_digest())
     plane.batch(env, payload, "direct", answers.append)
     assert plane.queue().qsize() == 1 and len(answers) == 1
+
+
+def test_without_replicas_only_a_member_not_heard_yet_holds_answered_batches(tmp_path):
+    plane, _sent = _plane(tmp_path, "c", replicas=1)
+    members = {m: f"tcp://127.0.0.1:800{i}" for i, m in enumerate("abc")}
+    view = ClusterView(members=members, live=("a", "b", "c"), leader="b", term=2,
+                       data={"b": DATA["b"], "c": DATA["c"]}, unheard=frozenset("a"))
+    plane.view_changed(view)
+    answers: list[BatchReply] = []
+    records = entities(np.arange(3000), CHANNEL, 5.0)
+    header, payload = make_batch(records, CHANNEL)
+    env = Envelope(version=1, type=MsgType.ENTITY_BATCH, cluster="", sender="producer", seq=8, minor=11,
+                   msg=dataclasses.replace(header, acks=1, producer=99, pseq=1))
+    plane.batch(env, payload, "direct", answers.append)
+    assert [(a.accepted, a.rejected) for a in answers] == [(0, {"no_leader": 3000})]
+
+    # a heard from, without a data socket: an old node, whose blocks go by the stream
+    plane.view_changed(dataclasses.replace(view, unheard=frozenset()))
+    plane.batch(env, payload, "direct", answers.append)
+    assert [(a.accepted, a.rejected) for a in answers[1:]] == [(3000, {})]

@@ -79,6 +79,7 @@ class ClusterView:
     tags: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # member -> its tags (1.8 and later)
     evolving: frozenset[str] = frozenset()  # members that take the nucleus's evolution plans (1.10 and later)
     settings: tuple[tuple[str, str], ...] = ()  # the cluster's committed settings (voters rule 9); () none known
+    unheard: frozenset[str] = frozenset()  # members whose state we have not heard (restored from our snapshot)
 
     @property
     def routed(self) -> bool:
@@ -247,6 +248,7 @@ class ControlPlane:
             # a member whose build we have not heard yet is not taken for an old one: the rule
             # would flip, and every block move, until its state arrives
             rendezvous=frozenset(m.name for m in members if m.build[1] and "ring" not in m.build[2]) - {self.name},
+            unheard=frozenset(m.name for m in members if not m.build[1]) - {self.name},
             tags={m.name: tag_map(m.build[4]) for m in members if m.build[4]},
             evolving=frozenset(m.name for m in members if "evolution" in m.build[2]) | {self.name},
             settings=self.core.config.settings if self.core.voters.committed else (),

@@ -316,11 +316,11 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             self.traffic.reject("direct", exc)
             self._refuse_records(relay, msg.count, "too_large" if exc.reason == "too_large" else "malformed")
             return
-        if relay.answer is not None and self.engine.copies > 1 and (
-                self.view.leader is None or not self.placement_confirmed() or not self._routed()):
-            # a minority side, no nucleus yet, or a map the nucleus has not confirmed (one just restarted): by it
-            # we could own blocks held elsewhere; or a live member whose data socket we do not know yet (just
-            # restarted): only the lossy PUB stream would reach its blocks, and no holder would answer
+        if relay.answer is not None and (not self._routed(every=self.engine.copies > 1) or self.engine.copies > 1 and (
+                self.view.leader is None or not self.placement_confirmed())):
+            # a live member whose data socket we do not know (just restarted: only the lossy PUB stream would
+            # reach its blocks, and no holder would answer); with replicas, a minority side, no nucleus yet, or
+            # a map the nucleus has not confirmed (one just restarted): by it we could own blocks held elsewhere
             self._refuse_records(relay, len(records), NO_LEADER)
             return
         blocks = None
@@ -362,10 +362,13 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         if self._door_task is None or self._door_task.done():
             self._door_task = asyncio.get_running_loop().create_task(self._run_door())
 
-    def _routed(self) -> bool:
-        """``view.routed``, and one line naming the members whose data socket is not known
-        each time that set changes (acknowledged batches are refused while it is not empty)."""
-        missing = tuple(m for m in self.view.live if m not in self.view.data)
+    def _routed(self, *, every: bool) -> bool:
+        """Whether an answered batch surely reaches its owners: ``every`` live member's data
+        socket known (with replicas: ``view.routed``), else that of each member whose state
+        we have heard (one restored from our snapshot and not heard yet may be a node whose
+        subscription to our PUB stream is not back: republished, the batch would be lost).
+        One line names the members missing each time that set changes."""
+        missing = tuple(m for m in self.view.live if m not in self.view.data and (every or m in self.view.unheard))
         if missing != self._unrouted:
             self._unrouted = missing
             if missing:

@@ -50,8 +50,8 @@ from corec_node.mesh.hyparview import (  # noqa: E402
     HyParViewConfig,
     NeighborDown,
     NeighborUp,
+    ViewSend,  # noqa: E402
 )
-from corec_node.mesh.hyparview import Send as ViewSend  # noqa: E402
 from corec_node.mesh.plumtree import (  # noqa: E402
     Deliver,
     Gossip,
@@ -61,8 +61,8 @@ from corec_node.mesh.plumtree import (  # noqa: E402
     Plumtree,
     PlumtreeConfig,
     Prune,
+    TreeSend,  # noqa: E402
 )
-from corec_node.mesh.plumtree import Send as TreeSend  # noqa: E402
 
 PERIOD = 1.0  # protocol period: the leader's heartbeat interval
 VOTERS = 5  # nodes 0..4 pin each other

@@ -22,7 +22,7 @@ from corec_node.mesh.hyparview import (
     NeighborDown,
     NeighborReply,
     NeighborUp,
-    Send,
+    ViewSend,
 )
 
 
@@ -52,7 +52,7 @@ class Overlay:
 
     def apply(self, src: str, effects: list[HyParViewEffect]) -> None:
         for e in effects:
-            if isinstance(e, Send):
+            if isinstance(e, ViewSend):
                 self._seq += 1
                 link = (src, e.to)
                 at = max(self.now + self.rng.uniform(0.001, 0.005), self._link_free.get(link, 0))
@@ -155,9 +155,9 @@ def test_join_links_contact_and_joiner_both_ways() -> None:
     contact = HyParView("a", random.Random(1))
     joiner = HyParView("b", random.Random(2))
     out = joiner.join(0.0, "a")
-    assert out == [Send("a", Join("b"))]
+    assert out == [ViewSend("a", Join("b"))]
     out = contact.handle(0.0, Join("b"))
-    assert NeighborUp("b") in out and Send("b", JoinReply("a", ())) in out
+    assert NeighborUp("b") in out and ViewSend("b", JoinReply("a", ())) in out
     out = joiner.handle(0.0, JoinReply("a", ()))
     assert out == [NeighborUp("a")]
     assert contact.active == ("b",) and joiner.active == ("a",)
@@ -168,7 +168,7 @@ def test_join_is_retried_until_answered() -> None:
     node.join(0.0, "a")
     assert node.next_deadline() == 1.0  # nothing else to do while alone
     out = node.on_timer(1.0)
-    assert Send("a", Join("b")) in out
+    assert ViewSend("a", Join("b")) in out
     node.handle(1.1, JoinReply("a", ()))
     assert node.next_deadline() is None or node.next_deadline() > 1.1
 
@@ -178,7 +178,7 @@ def test_full_view_evicts_a_random_peer_with_disconnect() -> None:
     for peer in ("p1", "p2"):
         node.handle(0.0, Neighbor(peer, high=False))
     out = node.handle(0.0, Neighbor("p3", high=True))
-    victims = [e.to for e in out if isinstance(e, Send) and isinstance(e.msg, Disconnect)]
+    victims = [e.to for e in out if isinstance(e, ViewSend) and isinstance(e.msg, Disconnect)]
     assert len(victims) == 1 and victims[0] in ("p1", "p2")
     assert NeighborDown(victims[0]) in out
     assert set(node.active) == {"p3", ({"p1", "p2"} - set(victims)).pop()}
@@ -189,7 +189,7 @@ def test_low_priority_request_refused_when_full() -> None:
     node = HyParView("x", random.Random(3), HyParViewConfig(active_size=1))
     node.handle(0.0, Neighbor("p1", high=False))
     out = node.handle(0.0, Neighbor("p2", high=False))
-    assert out == [Send("p2", NeighborReply("x", accepted=False))]
+    assert out == [ViewSend("p2", NeighborReply("x", accepted=False))]
     assert node.active == ("p1",) and "p2" in node.passive
 
 
@@ -199,10 +199,10 @@ def test_forward_join_walk_ends_at_ttl_zero() -> None:
     for peer in ("p1", "p2", "p3"):
         node.handle(0.0, Neighbor(peer, high=False))
     out = node.handle(0.0, ForwardJoin("p1", "j", cfg.passive_walk))
-    assert any(isinstance(e, Send) and isinstance(e.msg, ForwardJoin) for e in out)
+    assert any(isinstance(e, ViewSend) and isinstance(e.msg, ForwardJoin) for e in out)
     assert "j" in node.passive  # ttl == PRWL
     out = node.handle(0.0, ForwardJoin("p1", "j2", 0))
-    assert "j2" in node.active and Send("j2", Neighbor("x", high=True)) in out
+    assert "j2" in node.active and ViewSend("j2", Neighbor("x", high=True)) in out
 
 
 def test_failed_active_peer_is_replaced_from_passive() -> None:
@@ -213,12 +213,12 @@ def test_failed_active_peer_is_replaced_from_passive() -> None:
     assert set(node.active) == {"p1", "p2"}
     out = node.peer_failed(1.0, "p1")
     assert out[0] == NeighborDown("p1")
-    asked = [e.to for e in out if isinstance(e, Send) and isinstance(e.msg, Neighbor)]
+    asked = [e.to for e in out if isinstance(e, ViewSend) and isinstance(e.msg, Neighbor)]
     assert len(asked) == 1 and asked[0] in ("c1", "c2")
     # the candidate never answers: it is dropped and the other one asked
     out = node.on_timer(2.0)
     assert asked[0] not in node.passive
-    assert [e.to for e in out if isinstance(e, Send)] == [({"c1", "c2"} - set(asked)).pop()]
+    assert [e.to for e in out if isinstance(e, ViewSend)] == [({"c1", "c2"} - set(asked)).pop()]
 
 
 def test_active_view_empty_asks_with_high_priority() -> None:
@@ -226,10 +226,10 @@ def test_active_view_empty_asks_with_high_priority() -> None:
     node.handle(0.0, Neighbor("p1", high=False))
     node.handle(0.0, Disconnect("c1"))  # a passive candidate
     out = node.peer_failed(1.0, "p1")
-    assert Send("c1", Neighbor("x", high=True)) in out
+    assert ViewSend("c1", Neighbor("x", high=True)) in out
     # refused though high (an older peer): with no peer left, ask again at once
     out = node.handle(1.1, NeighborReply("c1", accepted=False))
-    assert Send("c1", Neighbor("x", high=True)) in out
+    assert ViewSend("c1", Neighbor("x", high=True)) in out
 
 
 def test_pinned_peers_sit_outside_the_cap_and_stay_linked() -> None:
@@ -252,10 +252,10 @@ def test_a_pinned_peer_may_hold_an_active_slot_without_double_reports() -> None:
     node = HyParView("x", random.Random(8), HyParViewConfig(active_size=1))
     node.pin(0.0, "v1")
     out = node.handle(0.0, Neighbor("v1", high=False))
-    assert out == [Send("v1", NeighborReply("x", accepted=True))]  # no second NeighborUp
+    assert out == [ViewSend("v1", NeighborReply("x", accepted=True))]  # no second NeighborUp
     assert node.active == ("v1",)
     out = node.handle(0.0, Neighbor("p2", high=True))  # evicts v1 from the active view
-    assert Send("v1", Disconnect("x")) in out and NeighborDown("v1") not in out
+    assert ViewSend("v1", Disconnect("x")) in out and NeighborDown("v1") not in out
     assert set(node.neighbors()) == {"p2", "v1"}
     assert node.unpin(1.0, "v1") == [NeighborDown("v1")]
     assert "v1" in node.passive
@@ -265,7 +265,7 @@ def test_leave_says_goodbye_and_ignores_input() -> None:
     node = HyParView("x", random.Random(9))
     node.handle(0.0, Neighbor("p1", high=False))
     out = node.leave(1.0)
-    assert Send("p1", Disconnect("x", leaving=True)) in out
+    assert ViewSend("p1", Disconnect("x", leaving=True)) in out
     assert node.handle(2.0, Neighbor("p2", high=True)) == []
     assert node.next_deadline() is None
 

@@ -10,8 +10,7 @@ from collections import Counter
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from corec_node.mesh.hyparview import HyParView, HyParViewConfig, NeighborDown, NeighborUp
-from corec_node.mesh.hyparview import Send as OverlaySend
+from corec_node.mesh.hyparview import HyParView, HyParViewConfig, NeighborDown, NeighborUp, ViewSend
 from corec_node.mesh.plumtree import (
     Deliver,
     Gossip,
@@ -23,7 +22,7 @@ from corec_node.mesh.plumtree import (
     PlumtreeEffect,
     Prune,
     RecentIds,
-    Send,
+    TreeSend,
 )
 
 
@@ -111,9 +110,9 @@ def test_gossip_is_delivered_once_and_duplicates_prune() -> None:
         node.neighbor_up(0.0, peer)
     out = node.handle(0.0, Gossip("a", ("o", 1), b"p", 1))
     assert out[0] == Deliver(("o", 1), b"p", 1)
-    assert {e.to for e in out if isinstance(e, Send)} == {"b", "c"}
+    assert {e.to for e in out if isinstance(e, TreeSend)} == {"b", "c"}
     out = node.handle(0.0, Gossip("b", ("o", 1), b"p", 2))
-    assert out == [Send("b", Prune("x"))]
+    assert out == [TreeSend("b", Prune("x"))]
     assert node.lazy_peers == ("b",) and set(node.eager_peers) == {"a", "c"}
     node.handle(0.0, Prune("c"))
     assert node.eager_peers == ("a",)
@@ -128,7 +127,7 @@ def test_lazy_peers_get_batched_ihave() -> None:
     node.handle(0.01, Gossip("a", ("o", 2), b"q", 1))
     assert node.next_deadline() == 0.1
     out = node.on_timer(0.1)
-    assert out == [Send("b", IHave("x", ((("o", 1), 1), (("o", 2), 1))))]
+    assert out == [TreeSend("b", IHave("x", ((("o", 1), 1), (("o", 2), 1))))]
     assert node.next_deadline() is None
 
 
@@ -141,9 +140,9 @@ def test_missing_message_grafts_announcers_in_turn() -> None:
     node.handle(0.0, IHave("a", ((("o", 1), 3),)))
     node.handle(0.1, IHave("b", ((("o", 1), 2),)))
     assert node.next_deadline() == 0.5
-    assert node.on_timer(0.5) == [Send("a", Graft("x", (("o", 1),)))]
+    assert node.on_timer(0.5) == [TreeSend("a", Graft("x", (("o", 1),)))]
     assert "a" in node.eager_peers
-    assert node.on_timer(0.75) == [Send("b", Graft("x", (("o", 1),)))]
+    assert node.on_timer(0.75) == [TreeSend("b", Graft("x", (("o", 1),)))]
     out = node.handle(0.8, Gossip("b", ("o", 1), b"p", 3))
     assert out[0] == Deliver(("o", 1), b"p", 3)
     assert node.next_deadline() is None
@@ -155,7 +154,7 @@ def test_graft_is_answered_from_the_cache_and_makes_the_link_eager() -> None:
     node.handle(0.0, Prune("a"))
     msg_id, _ = node.broadcast(0.0, b"p")
     out = node.handle(0.2, Graft("a", (msg_id, ("o", 99))))
-    assert out == [Send("a", Gossip("x", msg_id, b"p", 1))]
+    assert out == [TreeSend("a", Gossip("x", msg_id, b"p", 1))]
     assert node.eager_peers == ("a",)
 
 
@@ -309,7 +308,7 @@ def test_broadcast_on_hyparview_reaches_survivors_after_crashes() -> None:
                 carry(src, trees[src].neighbor_down(now, e.peer))
             elif isinstance(e, Deliver):
                 delivered[(src, e.msg_id)] += 1
-            elif isinstance(e, (OverlaySend, Send)) and e.to not in dead:
+            elif isinstance(e, (ViewSend, TreeSend)) and e.to not in dead:
                 seq += 1
                 heapq.heappush(queue, (now + rng.uniform(0.001, 0.005), seq, e.to, e.msg))
 

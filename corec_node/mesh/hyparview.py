@@ -8,7 +8,7 @@ pinned peers whatever the cluster's size, and since the active view is filled up
 cluster is a full mesh by the same rules, with no switch at some size.
 
 Sans-I/O like the other mesh cores: every input carries ``now``; randomness is the
-``random.Random`` passed in; the methods return effects (``Send``, ``NeighborUp``,
+``random.Random`` passed in; the methods return effects (``ViewSend``, ``NeighborUp``,
 ``NeighborDown``) in the order the shell must carry them out. Peers are opaque strings
 (the shell's direct address or member name); views are insertion-ordered dicts, never
 sets, so the same seed gives the same choices in every process.
@@ -98,7 +98,7 @@ __all__ = [
     "NeighborDown",
     "NeighborReply",
     "NeighborUp",
-    "Send",
+    "ViewSend",
     "Shuffle",
     "ShuffleReply",
 ]
@@ -213,8 +213,8 @@ HyParViewMessage = (
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``msg`` to ``to`` (over its link if it is a neighbour, else a short-lived one)."""
+class ViewSend:
+    """ViewSend ``msg`` to ``to`` (over its link if it is a neighbour, else a short-lived one)."""
 
     to: str
     msg: HyParViewMessage
@@ -235,7 +235,7 @@ class NeighborDown:
     peer: str
 
 
-HyParViewEffect = Send | NeighborUp | NeighborDown
+HyParViewEffect = ViewSend | NeighborUp | NeighborDown
 
 
 class HyParView:
@@ -322,7 +322,7 @@ class HyParView:
             return []
         self._join_contact = contact
         self._join_at = now + self._cfg.join_retry
-        return [Send(contact, Join(self._me))]
+        return [ViewSend(contact, Join(self._me))]
 
     def leave(self, now: float) -> list[HyParViewEffect]:
         """Say goodbye to every neighbour and stop (rule 8)."""
@@ -330,7 +330,7 @@ class HyParView:
             return []
         out: list[HyParViewEffect] = []
         for peer in dict.fromkeys([*self._active, *self._pinned]):
-            out.append(Send(peer, Disconnect(self._me, leaving=True)))
+            out.append(ViewSend(peer, Disconnect(self._me, leaving=True)))
             if self._linked(peer):
                 out.append(NeighborDown(peer))
         self._active.clear()
@@ -414,9 +414,9 @@ class HyParView:
         if len(self._active) < self._cfg.active_size:
             sample = others + sample  # not full: the cluster is small, link to all of it
         self._add_active(now, joiner, out)
-        out.append(Send(joiner, JoinReply(self._me, tuple(sample))))
+        out.append(ViewSend(joiner, JoinReply(self._me, tuple(sample))))
         for peer in others:
-            out.append(Send(peer, ForwardJoin(self._me, joiner, self._cfg.active_walk)))
+            out.append(ViewSend(peer, ForwardJoin(self._me, joiner, self._cfg.active_walk)))
 
     def _on_join_reply(self, now: float, msg: JoinReply, out: list[HyParViewEffect]) -> None:
         self._add_active(now, msg.sender, out)
@@ -438,24 +438,24 @@ class HyParView:
         if nxt is None:
             self._accept_joiner(now, joiner, out)
         else:
-            out.append(Send(nxt, ForwardJoin(self._me, joiner, msg.ttl - 1)))
+            out.append(ViewSend(nxt, ForwardJoin(self._me, joiner, msg.ttl - 1)))
 
     def _accept_joiner(self, now: float, joiner: str, out: list[HyParViewEffect]) -> None:
         self._add_active(now, joiner, out)
-        out.append(Send(joiner, Neighbor(self._me, high=True)))
+        out.append(ViewSend(joiner, Neighbor(self._me, high=True)))
 
     def _on_neighbor(self, now: float, msg: Neighbor, out: list[HyParViewEffect]) -> None:
         peer = msg.sender
         self._pending.pop(peer, None)  # crossed requests: this one settles ours
         if peer in self._active:
-            out.append(Send(peer, NeighborReply(self._me, accepted=True)))
+            out.append(ViewSend(peer, NeighborReply(self._me, accepted=True)))
             return
         if msg.high or len(self._active) < self._cfg.active_size:
             self._add_active(now, peer, out)
-            out.append(Send(peer, NeighborReply(self._me, accepted=True)))
+            out.append(ViewSend(peer, NeighborReply(self._me, accepted=True)))
         else:
             self._add_passive(peer)
-            out.append(Send(peer, NeighborReply(self._me, accepted=False)))
+            out.append(ViewSend(peer, NeighborReply(self._me, accepted=False)))
 
     def _on_neighbor_reply(
         self, now: float, msg: NeighborReply, out: list[HyParViewEffect]
@@ -481,7 +481,7 @@ class HyParView:
             self._fill_backoff = 1
         else:  # rule 4: filled meanwhile, or a stale answer (we timed out, or dropped it)
             self._add_passive(peer)
-            out.append(Send(peer, Disconnect(self._me)))
+            out.append(ViewSend(peer, Disconnect(self._me)))
 
     def _on_disconnect(self, now: float, msg: Disconnect, out: list[HyParViewEffect]) -> None:
         peer = msg.sender
@@ -509,11 +509,11 @@ class HyParView:
         if msg.ttl > 1 and len(self._active) > 1:
             nxt = self._random_active(exclude=(msg.sender, msg.origin))
             if nxt is not None:
-                out.append(Send(nxt, Shuffle(self._me, msg.origin, msg.peers, msg.ttl - 1)))
+                out.append(ViewSend(nxt, Shuffle(self._me, msg.origin, msg.peers, msg.ttl - 1)))
                 return
         known = [p for p in (*self._passive, *self._active) if p != msg.origin]
         reply = tuple(self._sample(known, len(msg.peers)))
-        out.append(Send(msg.origin, ShuffleReply(self._me, reply)))
+        out.append(ViewSend(msg.origin, ShuffleReply(self._me, reply)))
         self._merge_passive(msg.peers, reply)
 
     # -- timers -------------------------------------------------------------------------
@@ -549,7 +549,7 @@ class HyParView:
                 self._join_at = None
             else:
                 self._join_at = now + cfg.join_retry
-                out.append(Send(self._join_contact, Join(self._me)))
+                out.append(ViewSend(self._join_contact, Join(self._me)))
         if self._fill_at is not None and now >= self._fill_at:
             self._fill_at = None
             self._fill(now, out)
@@ -571,7 +571,7 @@ class HyParView:
         peer = self._rng.choice(candidates)
         self._rewiring = peer
         self._pending[peer] = now + cfg.neighbor_timeout
-        out.append(Send(peer, Neighbor(self._me, high=True)))
+        out.append(ViewSend(peer, Neighbor(self._me, high=True)))
 
     def _start_shuffle(self, out: list[HyParViewEffect]) -> None:
         cfg = self._cfg
@@ -584,7 +584,7 @@ class HyParView:
             + self._sample(list(self._passive), cfg.shuffle_passive)
         )
         self._shuffle_sent = tuple(sample)
-        out.append(Send(target, Shuffle(self._me, self._me, self._shuffle_sent, cfg.active_walk)))
+        out.append(ViewSend(target, Shuffle(self._me, self._me, self._shuffle_sent, cfg.active_walk)))
 
     # -- views --------------------------------------------------------------------------
 
@@ -597,7 +597,7 @@ class HyParView:
             high = not self._active
             for peer in self._sample(candidates, free):
                 self._pending[peer] = now + cfg.neighbor_timeout
-                out.append(Send(peer, Neighbor(self._me, high)))
+                out.append(ViewSend(peer, Neighbor(self._me, high)))
         self._schedule_fill(now)
 
     def _keep_filling(self, now: float) -> None:
@@ -619,7 +619,7 @@ class HyParView:
         if len(self._active) >= self._cfg.active_size:  # rule 3
             victim = self._rng.choice(list(self._active))
             del self._active[victim]
-            out.append(Send(victim, Disconnect(self._me)))
+            out.append(ViewSend(victim, Disconnect(self._me)))
             if not self._linked(victim):
                 out.append(NeighborDown(victim))
             self._add_passive(victim)

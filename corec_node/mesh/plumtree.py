@@ -9,7 +9,7 @@ link breaks, the lazy announcements reveal the gap and a ``Graft`` pulls the mes
 makes that link eager again: the tree repairs itself without a global view.
 
 Sans-I/O like the other mesh cores: every input carries ``now``; ``next_deadline`` says
-when ``on_timer`` has work; effects (``Send``, ``Deliver``) are returned in order. The
+when ``on_timer`` has work; effects (``TreeSend``, ``Deliver``) are returned in order. The
 neighbours are the overlay's (``hyparview.py``): the caller forwards its ``NeighborUp``
 and ``NeighborDown`` to ``neighbor_up`` and ``neighbor_down``. Views are insertion-ordered
 dicts so the same inputs give the same effects in every process.
@@ -57,7 +57,7 @@ __all__ = [
     "PlumtreeMessage",
     "Prune",
     "RecentIds",
-    "Send",
+    "TreeSend",
 ]
 
 MessageId = tuple[str, int]
@@ -122,7 +122,7 @@ class IHave:
 
 @dataclass(frozen=True, slots=True)
 class Graft:
-    """Send me these messages, and push to me eagerly from now on."""
+    """TreeSend me these messages, and push to me eagerly from now on."""
 
     sender: str
     ids: tuple[MessageId, ...]
@@ -142,7 +142,7 @@ PlumtreeMessage = Gossip | IHave | Graft | Prune
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
+class TreeSend:
     to: str
     msg: PlumtreeMessage
 
@@ -156,7 +156,7 @@ class Deliver:
     hops: int
 
 
-PlumtreeEffect = Send | Deliver
+PlumtreeEffect = TreeSend | Deliver
 
 
 class RecentIds:
@@ -299,7 +299,7 @@ class Plumtree:
         if msg.msg_id in self._seen:
             self.duplicates += 1
             self._to_lazy(sender)
-            out.append(Send(sender, Prune(self._me)))
+            out.append(TreeSend(sender, Prune(self._me)))
             return
         self._seen.put(msg.msg_id, now)
         self._cache.put(msg.msg_id, now, (msg.payload, msg.hops))
@@ -324,7 +324,7 @@ class Plumtree:
             return
         for peer in self._eager:
             if peer != sender:
-                out.append(Send(peer, Gossip(self._me, msg_id, payload, hops + 1)))
+                out.append(TreeSend(peer, Gossip(self._me, msg_id, payload, hops + 1)))
         for peer in self._lazy:
             if peer != sender:
                 self._lazy_queue.setdefault(peer, []).append((msg_id, hops))
@@ -352,7 +352,7 @@ class Plumtree:
                 continue
             payload, hops = cached  # type: ignore[misc]
             if hops < self._cfg.max_hops:
-                out.append(Send(sender, Gossip(self._me, msg_id, payload, hops + 1)))
+                out.append(TreeSend(sender, Gossip(self._me, msg_id, payload, hops + 1)))
 
     def _to_lazy(self, peer: str) -> None:
         if peer in self._eager:
@@ -396,12 +396,12 @@ class Plumtree:
             heapq.heappush(timers, (missing.deadline, msg_id))
         for peer, ids in grafts.items():
             self.grafts += 1
-            out.append(Send(peer, Graft(self._me, tuple(ids))))
+            out.append(TreeSend(peer, Graft(self._me, tuple(ids))))
         if self._flush_at is not None and now >= self._flush_at:
             self._flush_at = None
             step = cfg.max_ihave_ids
             for peer, items in self._lazy_queue.items():
                 for start in range(0, len(items), step):
-                    out.append(Send(peer, IHave(self._me, tuple(items[start : start + step]))))
+                    out.append(TreeSend(peer, IHave(self._me, tuple(items[start : start + step]))))
             self._lazy_queue.clear()
         return out

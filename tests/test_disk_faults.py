@@ -36,7 +36,7 @@ def small_disk(tmp_path):
 def fill(disk: Path) -> Path:
     """Write until the file system refuses: ENOSPC for the next vote."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush (and fail) at close
         try:
             while True:
                 f.write(b"\0" * 65536)
@@ -45,7 +45,7 @@ def fill(disk: Path) -> Path:
             pass
     for i in range(1000):  # the last partial blocks
         try:
-            with open(disk / f"crumb{i}", "wb") as f:
+            with open(disk / f"crumb{i}", "wb", buffering=0) as f:
                 f.write(b"\0" * 512)
         except OSError:
             break

@@ -164,3 +164,14 @@ def test_the_node_process_never_imports_torch():
                          cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "False"]
+
+
+def test_a_hung_child_is_killed_and_started_again():
+    with Trainer(CFG, hung_after=1.0) as trainer:
+        eventually(lambda: (trainer.poll(), trainer.stats().child_ready)[1], what="child ready")
+        hung = trainer.pid
+        os.kill(hung, signal.SIGSTOP)  # alive, silent
+        trainer.submit(0, {1: 1.0})
+        eventually(lambda: (trainer.submit(1, {1: 1.0}), trainer.stats().restarts == 1)[1], what="a restart")
+        eventually(lambda: (trainer.poll(), trainer.stats().child_ready)[1], what="the new child ready")
+        assert trainer.pid != hung and gone(hung)

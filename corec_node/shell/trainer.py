@@ -30,7 +30,8 @@ Rules:
    caller's next ``submit`` or ``poll``, and a new one is started with every block's last
    saved bytes and season. Quick deaths back off (doubling, up to ``MAX_BACKOFF``) so a
    child that cannot start (torch missing or broken) does not spin; meanwhile ticks are
-   dropped and counted.
+   dropped and counted. A ready child that answers nothing for ``hung_after`` seconds
+   while ticks wait is taken for hung: killed, and started again the same way.
 3. ``close`` stops the child (a stop message, then SIGTERM, then SIGKILL) and always reaps
    it. The child also exits on its own when the parent goes away (EOF on its pipe).
 4. Forecasts carry the tick they answer; ``poll`` returns each block's newest, merged over
@@ -66,6 +67,7 @@ FIRST_BACKOFF = 0.5  # seconds before restarting a quickly dead child; doubles p
 MAX_BACKOFF = 60.0
 RESULTS_KEPT = 64  # answered ticks kept for poll: a caller that stops polling costs bounded memory
 STOP_TIMEOUT = 5.0  # close(): seconds for the child to stop on its own before SIGTERM, then SIGKILL
+HUNG_AFTER = 60.0  # seconds a ready child may leave submitted ticks unanswered before it is killed and started again
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +169,15 @@ class Trainer:
 
     def __init__(self, config: NanoConfig | None = None, *, season: int = 0,
                  max_pending: int = MAX_PENDING, save_every: int = SAVE_EVERY,
-                 threads: int = 1, context: str = "spawn") -> None:
+                 threads: int = 1, context: str = "spawn", hung_after: float = HUNG_AFTER) -> None:
         """Start the child at once (it imports torch in the background: the first ticks
         may be dropped or answered late). ``season``: phase period of new blocks
         (``set_season`` for one block); ``threads``: torch's threads in the child (1: it
-        must not starve the node)."""
+        must not starve the node); ``hung_after``: seconds a ready child may leave ticks
+        unanswered before it is taken for hung, killed and started again."""
         self.config = config or NanoConfig()
+        self.hung_after = hung_after
+        self._answered_at = time.monotonic()  # the child's last answer (or its start)
         self.default_season = season
         self.max_pending = max(1, max_pending)
         self.save_every = max(1, save_every)
@@ -203,9 +208,18 @@ class Trainer:
     def submit(self, tick: int, means: Mapping[int, float]) -> bool:
         """Hand one tick's observed means to the child; False if dropped (counted)."""
         link = self._check()
+        if link is not None and self._sent_ticks > self._done_ticks and self._ready \
+                and time.monotonic() - self._answered_at > self.hung_after:
+            log.event("trainer_hung", logging.WARNING, pid=link.proc.pid, unanswered=self._sent_ticks - self._done_ticks,
+                      detail=f"no answer for {self.hung_after:g} s: killed, started again with its saved weights")
+            link.proc.kill()  # the next _check reaps it and starts another (rule 2)
+            self._dropped += 1
+            return False
         if link is None or self._sent_ticks - self._done_ticks >= self.max_pending:
             self._dropped += 1
             return False
+        if self._sent_ticks == self._done_ticks:
+            self._answered_at = time.monotonic()  # idle until now: the wait starts with this tick
         ids = np.fromiter(means.keys(), np.int64, len(means))
         vals = np.fromiter(means.values(), np.float64, len(means))
         link.send(("tick", int(tick), ids, vals))
@@ -345,6 +359,7 @@ class Trainer:
         if kind == "fc":
             _, tick, ids, fc, stats = msg
             self._results.append((tick, ids, fc))
+            self._answered_at = time.monotonic()
             self._done_ticks += 1
             self._answered += 1
             self._rss, self._cpu, self._tick_cpu, self._blocks = stats
@@ -355,6 +370,7 @@ class Trainer:
                     if seen >= self._fence.get(b, 0):  # else made before a load/forget (rule 1)
                         self._saved[b] = blob
         elif kind == "ready":
+            self._answered_at = time.monotonic()
             self._ready = True
             self._rss, self._cpu, self._tick_cpu, self._blocks = msg[1]
         elif kind == "load_error":

@@ -106,13 +106,15 @@ def render_blocks(rows: list[dict[str, Any]]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
+    nano = any("nano_forecast" in r or "nano_error" in r for r in rows)  # intelligent channels: two more columns
     cells = [["BLOCK", "CHANNEL", "OWNER", "REPLICAS", "COUNT", "ACTIVE", "MEAN", "MIN", "MAX", "STD", "ERRORS",
-              "FITNESS", "FORECAST", "F.ERR", "GEN", "TICK"]]
+              "FITNESS", "FORECAST", "F.ERR", *(["NANO", "N.ERR"] if nano else []), "GEN", "TICK"]]
     for r in rows:
         cells.append([f"{r['channel']}:{r['block'] & 0xFFFFFFFF}", str(r["channel"]), r["owner"],
                       ",".join(r.get("replicas") or ()) or "-", str(r["count"]),
                       str(r["active"]), f(r["mean"]), f(r["min"]), f(r["max"]), f(r["std"]), f(r.get("error_rate")),
                       f(r["fitness"]), f(r.get("forecast")), f(r.get("forecast_error")),
+                      *([f(r.get("nano_forecast")), f(r.get("nano_error"))] if nano else []),
                       str(r.get("generation", "-")), str(r["tick"])])
     total = sum(r["count"] for r in rows)
     footer = f"\n{len(rows)} blocks, {total} entities"

@@ -185,3 +185,16 @@ def test_with_replicas_every_holder_trains_and_only_the_owner_writes_rows(cluste
         assert {r["owner"] for r in rows} <= {"a", "b"}
         owned = {n.name: n.ctl("status")["entities"] for n in (a, b)}
         assert all(owned.values()), owned  # both own some blocks, and hold the others as replicas
+
+
+def test_the_blocks_table_shows_the_torch_columns_only_where_rows_carry_them():
+    from corec_node.render import render_blocks
+
+    row = {"block": (SMART << 32) | 2, "channel": SMART, "owner": "a", "count": 1000, "active": 1000, "mean": 10.0,
+           "min": 9.0, "max": 11.0, "std": 0.5, "error_rate": 0.0, "fitness": 0.9, "forecast": 10.1,
+           "forecast_error": 0.8, "generation": 0, "tick": 7}
+    plain = render_blocks([row]).splitlines()
+    assert "NANO" not in plain[0] and "N.ERR" not in plain[0]
+    smart = render_blocks([{**row, "nano_forecast": 9.95, "nano_error": 0.42}]).splitlines()
+    header, line = smart[0].split(), smart[1].split()
+    assert line[header.index("NANO")] == "9.950" and line[header.index("N.ERR")] == "0.420"

@@ -42,6 +42,13 @@ def _plane(tmp_path, name: str = "a", replicas: int = 2):
     return plane, sent
 
 
+def _producer_batch(*, seq: int, acks: int) -> tuple[Envelope, bytes]:
+    """A producer's batch of 3,000 records of CHANNEL as the node decodes it, and its payload."""
+    header, payload = make_batch(entities(np.arange(3000), CHANNEL, 5.0), CHANNEL)
+    return Envelope(version=1, type=MsgType.ENTITY_BATCH, cluster="", sender="producer", seq=seq, minor=11,
+                    msg=dataclasses.replace(header, acks=acks, producer=99, pseq=1)), payload
+
+
 def _copied_to(sent, addr: str) -> np.ndarray:
     parts = [decode_batch(msg, payload) for to, msg, payload in sent
              if to == addr and isinstance(msg, EntityBatch) and msg.replica == REPLICA_COPY]
@@ -92,10 +99,7 @@ def test_a_node_that_knows_no_data_socket_of_a_member_refuses_acks_all(tmp_path)
     assert plane.placement_confirmed() and not view.routed
 
     answers: list[BatchReply] = []
-    records = entities(np.arange(3000), CHANNEL, 5.0)
-    header, payload = make_batch(records, CHANNEL)
-    env = Envelope(version=1, type=MsgType.ENTITY_BATCH, cluster="", sender="producer", seq=7, minor=11,
-                   msg=dataclasses.replace(header, acks=2, producer=99, pseq=1))
+    env, payload = _producer_batch(seq=7, acks=2)
     plane.batch(env, payload, "direct", answers.append)
     assert [(a.seq, a.accepted, a.rejected) for a in answers] == [(7, 0, {"no_leader": 3000})]
     assert plane.queue().qsize() == 0  # nothing taken, nothing republished as if stored
@@ -114,10 +118,7 @@ def test_without_replicas_only_a_member_not_heard_yet_holds_answered_batches(tmp
                        data={"b": DATA["b"], "c": DATA["c"]}, unheard=frozenset("a"))
     plane.view_changed(view)
     answers: list[BatchReply] = []
-    records = entities(np.arange(3000), CHANNEL, 5.0)
-    header, payload = make_batch(records, CHANNEL)
-    env = Envelope(version=1, type=MsgType.ENTITY_BATCH, cluster="", sender="producer", seq=8, minor=11,
-                   msg=dataclasses.replace(header, acks=1, producer=99, pseq=1))
+    env, payload = _producer_batch(seq=8, acks=1)
     plane.batch(env, payload, "direct", answers.append)
     assert [(a.accepted, a.rejected) for a in answers] == [(0, {"no_leader": 3000})]
 

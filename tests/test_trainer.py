@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,9 +76,10 @@ def test_a_sigkilled_child_is_restarted_with_its_weights(trainer):
     trainer.snapshot()
     eventually(lambda: (trainer.poll(), all(trainer.weights(b) for b in range(4)))[1],
                what="weights of every block")
+    first = {b: trainer.weights(b) for b in range(4)}
     trainer.snapshot()  # a second, to be sure the blobs are those of tick 29 (no tick since)
-    time.sleep(0.3)
-    trainer.poll()
+    eventually(lambda: (trainer.poll(), all(trainer.weights(b) is not first[b] for b in range(4)))[1],
+               what="the second snapshot")
     saved = {b: trainer.weights(b) for b in range(4)}
     old = trainer.pid
     os.kill(old, signal.SIGKILL)
@@ -131,9 +131,9 @@ def test_load_and_forget_and_refused_bytes(trainer):
     assert got[77] == donor.update([77], [series(20, 1)[0]])[0]
     trainer.forget(77)
     assert trainer.weights(77) is None
+    before = trainer.weights(0)
     trainer.snapshot()
-    time.sleep(0.3)
-    trainer.poll()
+    eventually(lambda: (trainer.poll(), trainer.weights(0) is not before)[1], what="the snapshot after forget")
     assert trainer.weights(77) is None and trainer.weights(0) is not None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("subject", metavar="BLOCK|ALERT",
                          help="CHANNEL:INDEX or a block id (as blocks shows them), or an alert's uid or its first "
                               "4 or more hex digits (as alerts --json shows it)")
-    explain.add_argument("--alert", action="store_true", help="SUBJECT is an alert uid (for one that is all digits)")
+    explain.add_argument("--alert", action="store_true", help="SUBJECT is an alert uid (an all-digit one is tried as a block first, then as an alert)")
     explain.add_argument("--local", action="store_true", help="the account by rules only: do not ask the endpoint")
     explain.add_argument("--json", action="store_true", help="print JSON")
     explain.set_defaults(func=cmd_explain)
@@ -509,11 +510,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
               "(4 to 32 hex digits)", file=sys.stderr)
         return EXIT_USAGE
     config = _config(args)
+    ask = functools.partial(request, config.control_path, "explain", timeout=10.0 + config.explain.timeout,
+                            **({"refine": False} if args.local else {}))
     try:
-        result = request(config.control_path, "explain", timeout=10.0 + config.explain.timeout,
-                         **params, **({"refine": False} if args.local else {}))
+        result = ask(**params)
     except ControlError as exc:
-        return _fail(str(exc))
+        if "block" not in params or not text.isdigit() or not 4 <= len(text) <= 32:
+            return _fail(str(exc))
+        try:  # all digits and no such block: an alert uid's prefix may be all digits too
+            result = ask(alert=alert_ref(text))
+        except ControlError:
+            return _fail(str(exc))
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else render_explain(result))
     return EXIT_OK
 

@@ -125,7 +125,9 @@ def test_explain_answers_with_and_without_the_endpoint(tmp_path):
         assert shown.returncode == 0 and shown.stdout.startswith(f"Block {name} is block")
         assert "(by rules: no endpoint configured (explain.url))" in shown.stdout
 
-        for node, subject, words in ((a, "9:99", "no block 9:99"), (b, "deadbeef", "no alert deadbeef")):
+        # all digits: tried as a block id, then as an alert uid prefix; neither names the block's miss
+        for node, subject, words in ((a, "9:99", "no block 9:99"), (b, "deadbeef", "no alert deadbeef"),
+                                     (a, "12345678", "no block 0:12345678")):
             out = explain(node, subject)
             assert out.returncode == 1 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert explain(a, "nonsense").returncode == 2

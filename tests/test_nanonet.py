@@ -124,3 +124,65 @@ def test_restore_refuses_foreign_bytes():
     with pytest.raises(ValueError, match="window"):
         nets.restore(1, wide.export(1))
     assert 1 not in nets
+
+
+# A format-1 blob (torch.save), as the code before format 2 wrote it to users' SQLite files:
+# NanoConfig(window=3, hidden=2, memory=6, seed=4) of then (training every tick, lr 0.005), block 5, season 4, after the ticks
+# 10, 11, NaN, 12.5, 12, 13, 12.2, 14, 13.1; then it forecast 13.289964026212692, and
+# 14.882684955596924 after one more tick of 15.
+FORMAT_1_BLOB = (
+    "eNqll3tsU1Ucx28fa7syBuM1QNyKgHZjlPW5Fra2dqSLuSaMgjAB0922d2ux692vPd0cD8PDjeA7kSiahZBAgiGL/KFk"
+    "IOuERNHEOAGRGPQPCIqbIo/4RIJ4z7ml3HvnGLKzNL/9zj2f3+/be87v/m7raZWaonQ6atiYSE2imGQ4GmtjF0YYxJha"
+    "n437fYXUasnYrNwElLFBwQNtoKAVDRr+vzCXaIo1A39JZSQT7bFEhGsHNa0ibjQWibAJyKOVxG1hW7hkB2hoTUMe74YY"
+    "FI6CltYRL4XY1hTo+MhK3osnIb/Og9ZfqHtvyoY0oVMsk+ISoKfVREUCxtH55AITYVqCCAr4QBhtCsP4Om/5zrZyq9Ua"
+    "xcnUhGYjUPhi/mDdj/+sva74jSJoK5NkWlIwYRNMNBJ4lRmKwojjb4cpmEaxeEofTLKhdCweCSI2keKSwTaLHiYZjQ1a"
+    "oplLMs0sTBYQvT/OMWi5MKmHKURnJUxtUOF71ZqGaXQhguJlNEVraWUXTKeVtKILZuwIh7l4nA2jGJdI6ZcmI2ySjSyJ"
+    "hZEeZpYF4CEEswLwMNEXMkNJlE8fnRwVwpuhNDqNViIw4LDKTphNKzrhkR1RTM5BMDcA8wjZboFHJaQFHhNIY5Ysw2S5"
+    "QM5HUBGABUJOC5gkpBUW8qQCQSVPlpUJhBmBJQBW8l3jsQTYJIgN7DyiReAg374TqnAyp4C6ECwKwOI02agkm0JQLcDZ"
+    "27qES4fibO6+1pCIdnDzEb0IPDiitxO8OOLjQkQfgtoALEmb6mmtbqtSFejlvwj+1I9YBsWUOlcGpiYu2cKgYBubTPF7"
+    "4vfx9xlH6r363TacG39GjjSTqrobKXtEgkw81pxoYRPI77PKSuu+hsOGBXjaYQhvifKeAoooT05AqAOxHD5Rft/iB8l7"
+    "Z8RjCMVZrKGz5uIMXDuae2oopNySp8rCSr9v0RgE5IXH9a8vtRwtQZzbu+azTNe4Le5LGmN/zV873QfeXtRvvTXVXRd6"
+    "un+wIN+9+MvjmYFWU3/kz+5+rPjEC3HKyWtyjqK4QKrY7Pfpcoqv6yszrxZnSLzn2IvtOIBulHjV0ngWv8/5wHeg9ltd"
+    "zY2ztX04/5Pe24ceIL91LPkLBopqcO6rH0y6ictUPUpurzS3ze+rHsvxW320+82+K+lPq0Pju/o0K3dVt+W9drT8htbs"
+    "2VGSIaW54tT+WXzmWaPoMkp12f2+ufeli4c3f9GxwYPtuUtNH/HWcP34K9h6B5Zvx/ONV6LEerdVp/H8nt6vWrFP2TY1"
+    "Ev/7vauwPd+7fwWZz1Ot7MN2DlVfjfmh0zsJf6TmZbyu8def27E9tm9oC5nf99JJMm/acpzM/7R2ENvNQ4NnyPW5jZeJ"
+    "rlvvXsD+nvn7D2OfWlpxgORvrT2E8xl6Sv/A1w2WwIduzO8a3IVt4+3Oc9hShsQZbA2RoZPYnn/jSA+ZL7vWS6x6zUHC"
+    "9Rx8h1zf9/xGbL3PTI7jEjO8r20kduPvP5A4pl/OknWZK18T//QnA2T99LPriM6rfobomd23F9tjr2c4bM9z1m4yv5vb"
+    "SqxL9RZZ3314OVmX7yl3YT3zSns8wv6WeQVrzNpybxMZd/wKr5WM8qx/zXO/Fp+xz0+s66Cyj9+Rz9gEqjZ3xnINxDOm"
+    "w88Pqx4rOLW7+anRn/8llOVuAyLHPMUmY3wHWs/gV4xgLOL3mf6nILPF4bQ7qqwuh8th4/8sDrO50myz2Jy2KpvdZXda"
+    "nC67w+nAKv/ueOJjI94FolKBxeZ0ipvxxGHK5e+hclrcgIslpFZFjdS+5UHETXSmJMgycZBhnVseR9wIiyRxTovi5Bqw"
+    "HBd3pUIJvlJNyXqnnBV3ICmry5OxZjkr7h5StkHOWuSs+OkvZb+Rs9Zheyd6QkvZFRoZa5Oz4sqTspflrF3OimtmgoSt"
+    "z6fklSqHxUe5RLrHIvi/i6ye1mgq7pSkakGOLJDZm8rspuqzsmgN/nFBpcYLvvC2macRmAKyXlj7L5PHPA4="
+)
+
+
+def test_restore_reads_format_1_blobs():
+    import base64
+    import zlib
+
+    blob = zlib.decompress(base64.b64decode(FORMAT_1_BLOB))
+    assert blob[:2] == b"PK"  # a torch.save zip
+    nets = NanoNets(NanoConfig(window=3, hidden=2, memory=6, train_every=1, lr=0.005, seed=99))
+    nets.restore(5, blob)
+    assert nets.season(5) == 4
+    assert nets.predict([5])[0] == 13.289964026212692
+    assert nets.update([5], [15.0])[0] == pytest.approx(14.882684955596924, rel=1e-6)
+    again = NanoNets(NanoConfig(window=3, hidden=2, memory=6))
+    again.restore(5, nets.export(5))  # and it goes on in format 2
+    assert again.export(5) == nets.export(5)
+
+
+def test_train_every_trains_on_every_kth_tick_and_forecasts_on_all():
+    ys = seasonal(60)[:, None]
+    every = NanoNets(NanoConfig(seed=1, train_every=3))
+    every.add(0, season=12)
+    pred = replay(every, ys)
+    assert np.isfinite(pred[1:]).all()
+    assert every._np["adam_t"][0] == 60 // 3  # ticks 3, 6, .. 60 of the block's own count
+    blob = every.export(0)
+    other = NanoNets(NanoConfig(seed=7, train_every=3))
+    other.restore(0, blob)
+    for t in range(10):
+        assert other.update([0], [50.0 + t])[0] == every.update([0], [50.0 + t])[0]
+    with pytest.raises(ValueError):
+        NanoConfig(train_every=0)

@@ -2,7 +2,7 @@
 
 Why a child. torch holds the GIL while it trains and costs hundreds of MB once imported
 (``bench/nanonet.py``, torch 2.13 CPU: the child's RSS is 222 MB with torch imported and
-no block, 244 MB with 1,000 blocks; ``Trainer.stats().child_rss``); in the node process it would
+no block, 238 MB with 1,000 blocks; ``Trainer.stats().child_rss``); in the node process it would
 delay the tick and the control plane and weigh on every channel, intelligent or not. So
 the node process never imports torch: this module and ``engine/nanonet.py`` import it only
 in the child, started with the ``spawn`` context (a fresh interpreter: no forked copy of
@@ -60,8 +60,8 @@ from corec_node.engine.nanonet import NanoConfig
 
 MAX_PENDING = 4  # ticks in flight before submit drops: > 1 absorbs a slow tick; small: fresh forecasts
 SAVE_EVERY = 200  # every block's saved state is at most this many ticks old: 1,000 blocks cost
-# 5 exports a tick (~2 ms, a fifth of the tick's training); snapshot() before a handoff
-SNAPSHOT_CHUNK = 64  # blocks per weights message: ~700 KB, small enough to unpickle between two ticks
+# 5 exports a tick (~0.06 ms with format 2's raw bytes; torch.save took ~2.5 ms); snapshot() before a handoff
+SNAPSHOT_CHUNK = 64  # blocks per weights message: ~240 KB, small enough to unpickle between two ticks
 MIN_UPTIME = 10.0  # a child that lived less than this (seconds) died "quickly" (rule 2)
 FIRST_BACKOFF = 0.5  # seconds before restarting a quickly dead child; doubles per quick death
 MAX_BACKOFF = 60.0

@@ -66,6 +66,7 @@ def test_precedence_file_env_flags(tmp_path):
         ('[engine]\nintelligent = ["3"]\n', "engine.intelligent", "a list of integers"),
         ('[engine]\nintelligent = 3\n', "engine.intelligent", "a list of integers"),
         ('[engine]\nintelligent_save_every = 0\n', "engine.intelligent_save_every", "positive number of ticks"),
+        ('[engine]\nintelligent_train_every = 0\n', "engine.intelligent_train_every", "positive number of ticks"),
         ('[mesh]\nmax_message_bytes = 33554432\n', "mesh.max_message_bytes", "payload limit"),
         ('[security]\nenabled = "yes"\n', "security.enabled", "true or false"),
         ('[security]\nenabled = true\n', "security.secret_key_file", "key file"),
@@ -148,6 +149,7 @@ def test_intelligent_channels_from_the_file_or_the_environment(tmp_path):
     assert load_config(path, env={}).engine.intelligent == (3, 5)
     assert load_config(env={"COREC_ENGINE_INTELLIGENT": "7, 9"}).engine.intelligent == (7, 9)
     assert load_config(env={}).engine.intelligent == ()  # the default: torch is never imported
+    assert load_config(env={"COREC_ENGINE_INTELLIGENT_TRAIN_EVERY": "1"}).engine.intelligent_train_every == 1
     with pytest.raises(ConfigError) as info:
         load_config(env={"COREC_ENGINE_INTELLIGENT": "3,x"})
     assert (info.value.source, info.value.key) == ("COREC_ENGINE_INTELLIGENT", "engine.intelligent")

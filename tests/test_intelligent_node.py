@@ -94,7 +94,7 @@ async def test_weights_are_kept_per_block_in_the_local_store(tmp_path):
 
 @needs_torch
 def test_an_intelligent_channel_forecasts_in_a_child_and_keeps_its_weights(cluster):
-    node = cluster.start("a", extra_env=ENV).wait_ready()
+    node = cluster.start("a", extra_env={**ENV, "COREC_ENGINE_INTELLIGENT_TRAIN_EVERY": "3"}).wait_ready()
     with stream(node):
         def forecasts() -> list[dict] | None:
             rows = blocks_json(node)
@@ -109,7 +109,7 @@ def test_an_intelligent_channel_forecasts_in_a_child_and_keeps_its_weights(clust
         eventually(lambda: all(isinstance(r.get("nano_error"), float) for r in blocks_json(node)
                                if r["channel"] == SMART), 30, interval=0.3, message="nano_error on every block")
         intel = node.ctl("status")["intelligent"]
-        assert intel["channels"] == [SMART] and intel["running"] and intel["blocks"] == 3
+        assert intel["channels"] == [SMART] and intel["running"] and intel["blocks"] == 3 and intel["train_every"] == 3
         assert intel["answered"] > 0 and intel["child_rss_mb"] > 0 and intel["restarts"] == 0
         child = intel["child_pid"]
         assert child in node.pids()  # a child of the node process
@@ -140,8 +140,8 @@ def test_no_intelligent_channel_no_trainer(cluster):
         client.flush(5)
     eventually(lambda: node.ctl("blocks", channel=SMART), 10, message="a block")
     intel = node.ctl("status")["intelligent"]
-    assert intel == {"channels": [], "running": False, "off": None, "blocks": 0, "restored_blocks": 0,
-                     "saved_blocks": 0}
+    assert intel == {"channels": [], "running": False, "off": None, "train_every": 2, "blocks": 0,
+                     "restored_blocks": 0, "saved_blocks": 0}
     assert "libtorch" not in maps(node.proc.pid) and len(node.pids()) == 2  # the node and its mesh process
 
 

@@ -37,6 +37,7 @@ from corec_node.wire import (
     MemberStatus,
     MsgType,
     Nack,
+    NanoWeights,
     Owner,
     Ping,
     PingReq,
@@ -149,14 +150,22 @@ def batches(draw: st.DrawFn) -> tuple[EntityBatch, bytes]:
     return dataclasses.replace(msg, **draw(st.sampled_from([{}, routed]))), payload
 
 
+@st.composite
+def nano_weights(draw: st.DrawFn) -> tuple[NanoWeights, bytes]:
+    """NANO_WEIGHTS (since 1.12): rows of block, ticks, size, and the blocks' bytes as payload."""
+    blobs = draw(st.lists(st.binary(min_size=1, max_size=64), max_size=5))
+    rows = tuple({"block": draw(st.integers(0, 2**40 - 1)), "ticks": draw(u64), "size": len(b)} for b in blobs)
+    return NanoWeights(rows=rows), b"".join(blobs)
+
+
 messages_with_payload = st.one_of(
-    *(s.map(lambda m: (m, None)) for s in MESSAGES.values()), batches()
+    *(s.map(lambda m: (m, None)) for s in MESSAGES.values()), batches(), nano_weights()
 )
 headers = st.fixed_dictionaries({"sender": names, "seq": u64, "cluster": labels})
 
 
 def test_every_type_has_a_strategy() -> None:
-    assert set(MESSAGES) | {MsgType.ENTITY_BATCH} == set(MsgType) == set(SCHEMAS)
+    assert set(MESSAGES) | {MsgType.ENTITY_BATCH, MsgType.NANO_WEIGHTS} == set(MsgType) == set(SCHEMAS)
 
 
 # -- round trips -----------------------------------------------------------------------------
@@ -208,7 +217,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 11, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 12, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ]}}

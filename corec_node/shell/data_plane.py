@@ -151,8 +151,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self.engine = EngineHost(name, block_size=engine_config.block_size, max_errors=engine_config.max_errors,
                                  tick_rows=engine_config.tick_rows, copies=engine_config.replicas,
                                  ttl=ttl_seconds(engine_config.ttl))
-        self.intelligence = Intelligence(engine_config.intelligent, engine_config.intelligent_save_every,
-                                         self.engine, recorder)  # torch forecasters, in a child process
+        self.intelligence = Intelligence(engine_config.intelligent, engine_config.intelligent_save_every, self.engine,
+                                         recorder, train_every=engine_config.intelligent_train_every)  # torch, a child
         limits = IngestLimits.from_mb(engine_config.ingest_queue_mb)
         self.flow = limits.flow()  # asks for, and grants, pauses of the stream
         self._limits = limits

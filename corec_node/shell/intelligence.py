@@ -26,11 +26,12 @@ Rules:
 4. Weights survive a restart: every ``engine.intelligent_save_every`` ticks the blocks'
    latest saved bytes (``Trainer.weights``) go to SQLite (``nano_weights``), and at stop
    after a fresh ``snapshot``. At start they are read back, and each block's bytes are
-   loaded into the trainer the first time the block is held here. Weights are not sent
-   to a new holder (a rebalance): it starts afresh; a replica has trained all along.
+   loaded into the trainer the first time the block is held here.
 5. With replicas, every holder trains a block's model, as every holder runs its statistical
    forecaster (``engine/adaptive.py`` rule 1): a replica promoted when its owner dies
    forecasts at once, with nothing to move. Only the owner writes the block's row.
+6. Weights move with a block (``nano_moves.py``, SPEC 9.8, since 1.12): the block's model goes
+   to a new holder with its copy, and a holder loads a peer's model that saw more ticks.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import numpy as np
 
 from corec_node import log
 from corec_node.engine.forecast import NAIVE_FLOOR
+from corec_node.shell.nano_moves import WeightMoves
 
 WINDOW = 24  # ticks in the scaled error's forgetting window (rule 3); None until this many are scored
 FORGET_AFTER = 3  # save periods without a row: the block moved away or emptied, its model is dropped
@@ -66,6 +68,7 @@ class _Block:
     w: float = 0.0
     scored: int = 0
     seen: int = 0  # the last tick the block had a row here
+    ticks: int = 0  # ticks of means its model was handed (rule 6: what a received model must beat)
     season: int = -1  # the season the trainer was given
 
     def score(self, y: float, tick: int) -> None:
@@ -84,14 +87,17 @@ class _Block:
         return self.ef / max(self.en, NAIVE_FLOOR * self.w * (abs(self.last) + 1.0))
 
 
-class Intelligence:
+
+class Intelligence(WeightMoves):
     """The node's torch forecasters of intelligent channels (see the module rules)."""
 
-    def __init__(self, channels: tuple[int, ...], save_every: int, engine: Any, recorder: Any) -> None:
+    def __init__(self, channels: tuple[int, ...], save_every: int, engine: Any, recorder: Any, *,
+                 train_every: int = 2) -> None:
         """``engine``: the data plane's ``EngineHost`` (ownership, genomes' seasons);
         ``recorder``: its ``Recorder`` (the local store, background writes)."""
         self.channels = frozenset(channels)
         self.save_every = save_every
+        self.train_every = train_every  # engine.intelligent_train_every: NanoConfig.train_every
         self.engine = engine
         self.recorder = recorder
         self.trainer: Any = None  # shell.trainer.Trainer once started (rule 1)
@@ -101,6 +107,7 @@ class Intelligence:
         self._saved: dict[int, bytes] = {}  # the bytes last written per block: unchanged ones are not rewritten
         self.restored_blocks = 0
         self.saved_blocks = 0
+        self._init_moves()  # rule 6
 
     async def restore(self) -> None:
         """At start: the weights saved before (rule 4); nothing when no channel is set."""
@@ -113,6 +120,10 @@ class Intelligence:
         """After an engine tick, before its rows are published (rule 2)."""
         if not self.channels or self.off is not None:
             return
+        if self._parked:
+            self._unpark()
+        if self._outgoing:
+            self._send_moved()
         mine = [r for r in rows if r["channel"] in self.channels and r.get("count")]
         if mine:
             owned = self.engine.owned_mask(np.fromiter((r["block"] for r in mine), np.int64, len(mine)))
@@ -148,8 +159,9 @@ class Intelligence:
             self._season(trainer, b, state)
             state.seen = tick
             means[b] = y
-        if means:
-            trainer.submit(tick, means)
+        if means and trainer.submit(tick, means):
+            for b in means:
+                self.blocks[b].ticks += 1
         if tick % self.save_every == 0:
             self._forget_gone(tick)
             self._save()
@@ -177,19 +189,26 @@ class Intelligence:
                       detail="engine.intelligent is set but torch is not installed (pip install 'corec-node[ml]'): "
                              "those channels get no torch forecast")
             return None
+        from corec_node.engine.nanonet import NanoConfig
         from corec_node.shell.trainer import Trainer
 
-        self.trainer = Trainer(save_every=self.save_every)
+        self.trainer = Trainer(NanoConfig(train_every=self.train_every), save_every=self.save_every)
         log.event("intelligent_started", channels=",".join(map(str, sorted(self.channels))),
                   trainer_pid=self.trainer.pid, stored_blocks=len(self._stored))
         return self.trainer
 
     def _add(self, trainer: Any, block: int) -> _Block:
+        state = _Block()
         blob = self._stored.pop(block, None)
         if blob is not None:  # rule 4: applied by the child before this tick's means
             trainer.load(block, blob)
-            self.restored_blocks += 1
-        return _Block()
+            got = self._received.pop(block, None)
+            if got is None:
+                self.restored_blocks += 1
+            else:  # rule 6: a peer's, taken before the block's first row here
+                state.ticks = got[0]
+                self._loaded(block, *got)
+        return state
 
     def _season(self, trainer: Any, block: int, state: _Block) -> None:
         """The block's genome's season (its phase features in the net), given when it changes."""
@@ -208,6 +227,7 @@ class Intelligence:
             blob = self.trainer.weights(b)
             if blob is not None:
                 self._stored[b] = blob
+                self._received.pop(b, None)  # our own now: counted from 0 should it come back
             self.trainer.forget(b)
 
     def _weights(self) -> list[tuple[int, bytes]]:
@@ -258,8 +278,15 @@ class Intelligence:
         trainer = self.trainer
         alive = trainer is not None and trainer.stats().child_pid is not None
         out: dict[str, Any] = {"channels": sorted(self.channels), "running": alive, "off": self.off,
+                               "train_every": self.train_every,
                                "blocks": len(self.blocks), "restored_blocks": self.restored_blocks,
                                "saved_blocks": self.saved_blocks}
+        if self.channels:  # rule 6
+            out.update(weights_sent=self.weights_sent, weights_received=self.weights_received,
+                       weights_loaded=self.weights_loaded, weights_kept=self.weights_kept,
+                       weights_dropped=dict(self.weights_dropped), weights_unsent=dict(self.weights_unsent),
+                       weights_waiting=len(self._outgoing), weights_parked=len(self._parked),
+                       last_loaded=self.last_loaded)
         if trainer is not None:
             st = trainer.stats()
             out.update(submitted=st.submitted, dropped=st.dropped, answered=st.answered, restarts=st.restarts,

@@ -230,7 +230,8 @@ class ReplicaSide:
     def _copy_to(self, holder: str, records: np.ndarray) -> None:
         """Blocks' copies for a new holder, on its data socket: the sequences first, then the
         records, so the owner's later writes on the same socket come after them (SPEC 9.7)."""
-        rows = self.seqs.take(np.unique(self.engine.blocks_of(records)).tolist(), keep=True)
+        blocks = np.unique(self.engine.blocks_of(records)).tolist()
+        rows = self.seqs.take(blocks, keep=True)
         for start in range(0, len(rows), SEQUENCE_ROWS):
             chunk = tuple({"producer": p, "block": b, "pseq": s} for p, b, s in rows[start:start + SEQUENCE_ROWS])
             self.lanes.send(holder, SequenceHandoff(rows=chunk), sent=self._count_unsent("sequence_handoff", len(chunk)))
@@ -242,9 +243,16 @@ class ReplicaSide:
                 self.lanes.send(holder, dataclasses.replace(header, acks=0, replica=REPLICA_COPY), payload,
                                 copy_bytes=len(payload), sent=self._copy_sent(holder, len(part)))
         self._kick_lanes()
+        self.intelligence.moved(holder, blocks)  # their torch models follow (intelligence.py rule 6)
         log.event("blocks_copied", to=holder, records=len(records), map_version=self.engine.placement.version)
         self.recorder.audit("placement", holder, "map changed: blocks copied to a new holder",
                             records=len(records), map_version=self.engine.placement.version)
+
+    def lane_send(self, holder: str, msg: Any, payload: Any, sent: Callable[[int | None], None] | None = None) -> None:
+        """A message to a holder's data socket, in order behind what its lane holds (the
+        copies of the blocks it is sent about): the intelligent channels' weights."""
+        self.lanes.send(holder, msg, payload, sent=sent)
+        self._kick_lanes()
 
     def sequence_handoff(self, sender: str, msg: SequenceHandoff) -> None:
         """Sequences a block's previous owner applied: merged before its records arrive."""

@@ -132,6 +132,7 @@ class Node:
             recorder=self.recorder, plugins=self.plugins, host=self, raise_alert=self.raise_alert,
             publish_digest=self._publish_digest)
         self.data.data_send = self._data_send
+        self.data.intelligence.send = self.data.lane_send  # intelligent channels' weights to new holders
         # plugins' emitted entities, taken as a producer's batches (NodeFacade.emit)
         self.emitter = Emitter(name=self.name, cluster=cluster, take=self.data.batch, records=self.plugins.records.get)
         try:  # plugins' kernels, and the genes each channel's first genomes carry
@@ -422,6 +423,8 @@ class Node:
                 self.data.copy_done(env)
             case MsgType.READY:
                 self.data.ready(env.sender, env.msg)
+            case MsgType.NANO_WEIGHTS:
+                self.data.intelligence.received(env.sender, env.msg, payload, self.data.view.members)
             case MsgType.PLACEMENT_REQUEST:
                 self.data.placement_request(lambda msg: self._answer(self.data_outbox, identity, msg))
             case _:
@@ -653,6 +656,7 @@ class NodeEvents:
 
     def members(self, snapshot: list[MemberState]) -> None:
         self.node.recorder.members(snapshot)
+        self.node.data.intelligence.peers(snapshot)  # whose protocol takes the weights of moved blocks
 
     def vote(self, term: int) -> None:
         store = self.node.recorder.store

@@ -47,6 +47,7 @@ from corec_node.wire.messages import (
     Message,
     MsgType,
     Nack,
+    NanoWeights,
     Owner,
     Ping,
     PingReq,
@@ -63,7 +64,7 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 11
+PROTOCOL_MINOR = 12
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
@@ -517,6 +518,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.READY, Ready, digest=_DIGEST),
         _schema(MsgType.LEARNERS, Learners, term=_U64, names=_Array(_NAME, limits.MAX_MEMBERS_PER_MESSAGE)),
         _schema(MsgType.EVOLUTION_PLAN, EvolutionPlan, term=_U64, challenges=_ROWS),
+        _schema(MsgType.NANO_WEIGHTS, NanoWeights, payload=True, rows=_ROWS),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

@@ -38,6 +38,7 @@ class MsgType(enum.IntEnum):
     READY = 31
     LEARNERS = 32
     EVOLUTION_PLAN = 33
+    NANO_WEIGHTS = 34
 
 
 class MemberStatus(enum.IntEnum):
@@ -369,8 +370,20 @@ class EvolutionPlan:
     challenges: tuple = ()  # of row maps: block, challenger (genome JSON), current (genome id)
 
 
+@dataclass(frozen=True, slots=True)
+class NanoWeights:
+    """The torch forecasters' weights of blocks of intelligent channels, sent by a block's
+    holder to a new holder after a map change (data socket, since 1.12, SPEC 9.8): one row
+    map ``{"block": id, "ticks": n, "size": bytes}`` per block, in the order their bytes
+    follow one another in the payload frame (opaque bytes: the forecaster's own state
+    format); ``ticks``: the ticks of means the sender's forecaster of the block has seen."""
+
+    rows: tuple  # of row maps: block, ticks, size
+
+
 Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
     | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
     | BatchReply | PlacementRequest | Placement | SequenceHandoff | CopyDone | Ready | Learners | EvolutionPlan
+    | NanoWeights
 )

@@ -26,6 +26,7 @@ from corec_node.wire.messages import (
     Learners,
     Message,
     Nack,
+    NanoWeights,
     Ping,
     PingReq,
     Placement,
@@ -74,6 +75,7 @@ FIXED_TOPICS: dict[type, bytes] = {
     Ready: TOPIC_DIRECT,
     Learners: TOPIC_NUCLEUS,
     EvolutionPlan: TOPIC_NUCLEUS,
+    NanoWeights: TOPIC_DIRECT,
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

@@ -61,6 +61,7 @@ from corec_node.wire import (  # noqa: E402
     Ready,
     Learners,
     EvolutionPlan,
+    NanoWeights,
     StatePush,
     StateReply,
     Vote,
@@ -522,6 +523,10 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
                                   separators=(",", ":"), sort_keys=True),
          "current": "f75dcb80f7193ce2"},)),
      _hdr("node-a", 41, "corec"), None),
+    ("nano_weights", ("node-a gives node-b the forecasters of blocks 1:4 and 1:9, which the map moved to it, after "
+     "their copies: 3 and 2 bytes of opaque state one after the other in the payload, and the ticks each has seen"),
+     NanoWeights(rows=({"block": (1 << 32) | 4, "ticks": 120, "size": 3}, {"block": (1 << 32) | 9, "ticks": 118, "size": 2})),
+     _hdr("node-a", 42, "corec"), bytes.fromhex("0102030405")),
 ]
 
 
@@ -873,6 +878,8 @@ def message_vectors() -> dict[str, Any]:
          [b"dir", pack(envelope(MsgType.PLACEMENT_REQUEST, {"epoch": "3"}))], "field"),
         ("placement_request_on_ent", "PLACEMENT_REQUEST travels on dir, whatever the socket",
          [b"ent.003", pack(envelope(MsgType.PLACEMENT_REQUEST, {}))], "topic"),
+        ("nano_weights_without_payload", "NANO_WEIGHTS needs one",
+         [b"dir", pack(envelope(MsgType.NANO_WEIGHTS, {"rows": []}))], "payload"),
         ("placement_request_with_payload", "PLACEMENT_REQUEST takes no payload",
          [b"dir", pack(envelope(MsgType.PLACEMENT_REQUEST, {})), b""], "payload"),
         ("placement_no_digest", "PLACEMENT without digest (required; \"\" when none)",

@@ -206,6 +206,7 @@ MAX_GOSSIP_UPDATES = 64  # updates per Gossip (~4 KB): frames stay small; the re
 REFUSED_SUSPICION = 2  # rule 17: probe periods a member whose port refused us has to refute (0.4 s on lan)
 REFUSED_FRESH = 10  # probe periods a refused reconnect stays evidence for a suspicion to come
 _NEVER = -math.inf
+DOWN = frozenset({DEAD, LEFT})  # members kept only until reaped (rule 13)
 
 
 class Membership:
@@ -254,6 +255,7 @@ class Membership:
             name, addr, config, rng, next_push_pull=next_push_pull, next_reconnect=next_reconnect
         )
         self._last_flush = _NEVER
+        self._next_reap = math.inf  # the earliest a dead or left member is due to be forgotten
 
     # -- properties -------------------------------------------------------------------
 
@@ -501,6 +503,8 @@ class Membership:
             if m is None:
                 m = Member(st.name, st.addr, st.pub, st.inc, status, now)
                 self._members[st.name] = m
+                if status in DOWN:
+                    self._next_reap = min(self._next_reap, now + self._cfg.reap_after)
                 out.append(MemberChanged(m.name, m.addr, None, status, m.inc, "restored"))
                 if status in LIVE:
                     self._prober.insert(m.name)
@@ -667,6 +671,8 @@ class Membership:
         if status != old:
             m.status = status
             m.since = now
+            if status in DOWN:
+                self._next_reap = min(self._next_reap, now + self._cfg.reap_after)
         if status != SUSPECT:
             self._suspicions.pop(m.name, None)
         queued = self._queue.pending(m.name)
@@ -733,14 +739,20 @@ class Membership:
                 self._queue.queue(m.state())
 
     def _reap(self, now: float, out: list[Effect]) -> None:
+        """Forget members dead or left for ``reap_after``: a scan only when one is due (by
+        ``_next_reap``, lowered whenever a member goes down), not every tick."""
+        if now < self._next_reap:
+            return
+        next_reap = math.inf
         for name, m in list(self._members.items()):
-            if (
-                name != self.name
-                and m.status in (DEAD, LEFT)
-                and now - m.since >= self._cfg.reap_after
-            ):
+            if name == self.name or m.status not in DOWN:
+                continue
+            if now - m.since >= self._cfg.reap_after:
                 self._queue.drop(name)
                 self._forget(name, out)
+            else:
+                next_reap = min(next_reap, m.since + self._cfg.reap_after)
+        self._next_reap = next_reap
 
     def _forget(self, name: str, out: list[Effect]) -> None:
         del self._members[name]

@@ -23,6 +23,7 @@ import pytest
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.voters import VoterConfig
+from corec_node.shell.mesh_process import IDLE_PERIOD, TICK_PERIOD
 from corec_node.sim import (
     Cluster,
     FaultPlan,
@@ -288,12 +289,47 @@ def test_same_seed_same_trace_across_processes() -> None:
 
 SWEEP_RUNS = 200
 SWEEP_CHUNK = 25
+TIMER_RUNS = 50  # seeded runs with timer-driven nodes
 
 
 @pytest.mark.parametrize("first", range(0, SWEEP_RUNS, SWEEP_CHUNK))
 def test_random_fault_sweep(first: int) -> None:
     """200 seeded runs of 5-7 nodes: random loss, duplication, reordering, crashes,
     restarts, partitions and isolation for 12 s; then heal, restart all and converge."""
+    sweep(first, idle_period=None)
+
+
+@pytest.mark.parametrize("first", range(0, TIMER_RUNS, SWEEP_CHUNK))
+def test_random_fault_sweep_timer_driven(first: int) -> None:
+    """The same faults with nodes that tick as the mesh process does: when a timer is due,
+    at least every IDLE_PERIOD (seeds of their own, after the sweep's)."""
+    sweep(SWEEP_RUNS + first, idle_period=IDLE_PERIOD)
+
+
+def test_timer_driven_nodes_tick_a_quarter_as_often_and_lose_nothing() -> None:
+    """Nodes ticking only when their core's next deadline is due (shell/mesh_process.py)
+    form a cluster, see a crash everywhere and replace a crashed leader like nodes that tick
+    every 20 ms, with a fraction of the wakes."""
+    c = Cluster(20, seed=4, idle_period=IDLE_PERIOD, tick_interval=TICK_PERIOD, voters=ALL_VOTE)
+    c.bootstrap()
+    c.await_convergence(CONVERGE)
+    before = c.stats["ticks"]
+    c.run(10.0)
+    per_node_s = (c.stats["ticks"] - before) / 20 / 10.0
+    assert per_node_s < 0.5 / TICK_PERIOD, per_node_s  # fixed ticks: 1 / TICK_PERIOD (50 a second)
+    leader, term = c.agreed_leader()  # type: ignore[misc]
+    victim = next(n for n in c.nodes if n != leader)
+    c.crash(victim)
+    seen = c.run_until(lambda: all(any(m.name == victim and m.status == MemberStatus.DEAD
+                                       for m in n.membership.members()) for n in c.live()), 10.0, every=0.05)
+    assert seen is not None, c.describe()
+    c.crash(leader)
+    took = c.run_until(lambda: (a := c.agreed_leader()) is not None and a[1] > term, FAILOVER, every=0.05)
+    assert took is not None, c.describe()
+    assert not c.invariants.violations
+
+
+def sweep(first: int, *, idle_period: float | None) -> None:
     failures = []
     for seed in range(first, first + SWEEP_CHUNK):
         rng = random.Random(seed)
@@ -302,7 +338,7 @@ def test_random_fault_sweep(first: int) -> None:
             duplicate=rng.choice([0.0, 0.02]),
             reorder=rng.choice([0.0, 0.05]),
         )
-        c = Cluster(rng.randint(5, 7), seed=seed, network=net, strict=False)
+        c = Cluster(rng.randint(5, 7), seed=seed, network=net, strict=False, idle_period=idle_period)
         c.bootstrap()
         c.run(rng.uniform(0.0, 4.0))  # faults may start before the first election
         log = random_faults(c, rng, FaultPlan(duration=12.0))

@@ -97,7 +97,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 
 from corec_node.mesh.effects import Broadcast, Effect, LeaderChanged, MemberChanged, Send
-from corec_node.mesh.election import Election, ElectionConfig
+from corec_node.mesh.election import FOLLOWER, Election, ElectionConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig, Voters
 from corec_node.wire.messages import (
@@ -245,6 +245,18 @@ class MeshCore:
         if self._leading:
             out += self._plan(now)
         return out
+
+    def next_deadline(self, now: float) -> float:
+        """The earliest ``now`` at which ``tick`` has work: membership's timers and a
+        follower's election timeout. A leader (heartbeats, its lease, the configuration it
+        plans) and a candidate are due at every tick; a stalled node's election timer is not
+        ticked (rule 14), so not waited for. At or before ``now``: due now."""
+        if self._leading or self.election.role != FOLLOWER:
+            return now
+        due = self.membership.next_deadline(now)
+        if not self.membership.left and not self.stalled:
+            due = min(due, self.election.next_deadline)
+        return max(now, due)
 
     def join(self, addrs: Iterable[str], now: float) -> list[Effect]:
         """Join the cluster at ``addrs``; a node that founded a cluster of one gives it up

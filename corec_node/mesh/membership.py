@@ -406,6 +406,23 @@ class Membership:
         self._flush(live, out)
         return out
 
+    def next_deadline(self, now: float) -> float:
+        """The earliest ``now`` at which ``tick`` has work (rule 16): probes and relays,
+        suspicions, the gossip flush, push-pull and joins, the reaper. Timers run on the
+        live clock, which never runs ahead of ``now``: a deadline read as ``now`` plus
+        what is left of it is never late (after a stall it is early, and ``tick`` is a no-op).
+        At or before ``now`` means due now."""
+        if self._left:
+            return now if len(self._queue) else math.inf
+        live = self._live
+        due = min(self._prober.next_deadline(), self._sync.next_deadline())
+        if self._suspicions:
+            scale = self._awareness.score + 1
+            due = min(due, min(s.deadline(scale) for s in self._suspicions.values()))
+        if len(self._queue):
+            due = min(due, self._last_flush + self._cfg.gossip_interval)
+        return max(now, min(self._last_now + (due - live), self._next_reap))
+
     @property
     def gap_resyncs(self) -> int:
         """Push-pulls started by sequence gaps (at most one per sender per period: pushpull.on_gap)."""

@@ -130,6 +130,20 @@ class Prober:
         self._next_probe = p.deadline
         out.append(Send(target.addr, Ping(p.probe, target.name, self._addr)))
 
+    def next_deadline(self) -> float:
+        """The earliest live time at which ``expire_probe``, ``start_probe`` or
+        ``tick_relays`` has work (the shell sleeps until then)."""
+        p = self._probe
+        if p is None:
+            due = self._next_probe
+        elif not p.acked and not p.indirect:
+            due = p.direct_deadline
+        else:
+            due = p.deadline
+        for r in self._relays.values():
+            due = min(due, r.expire_at if r.acked or r.nacked else r.nack_at)
+        return due
+
     def tick_relays(self, live: float, out: list[Effect]) -> None:
         """Nack the askers whose target has not answered in time; drop expired relays."""
         for seq, r in list(self._relays.items()):

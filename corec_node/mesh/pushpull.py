@@ -185,6 +185,16 @@ class PushPull:
 
     # -- timers -----------------------------------------------------------------------
 
+    def next_deadline(self) -> float:
+        """The earliest live time at which ``tick`` has work: a join retry, a resync, the
+        next push-pull or reconnect (forgetting old outstanding pushes waits for those)."""
+        due = min(self._next_push_pull, self._next_reconnect)
+        if self._resync:
+            due = min(due, self._resync[0][0])
+        for pj in self._pending.values():
+            due = min(due, pj.next_at)
+        return due
+
     def tick(
         self, members: Mapping[str, Member], now: float, live: float, out: list[Effect]
     ) -> None:

@@ -75,6 +75,9 @@ from corec_node.wire.topics import (
 )
 
 TICK_PERIOD = 0.02  # the cores' timers resolve to 20 ms: well under the 100 ms probe timeout
+IDLE_PERIOD = 0.1  # with no core timer due, the loop still runs its checks this often (the
+# engine's beat, the join watch, the snapshot): a wake costs ~0.25 ms of CPU on a small VM, so
+# waking 50 times a second for nothing was half of an idle mesh process's CPU
 STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
 STATS_PERIOD = 0.5  # counters and status reported to the node process twice a second
 ENGINE_STALL_BOUND = 8.0  # a data plane silent this long is stalled (systemd's watchdog: 10 s)
@@ -402,6 +405,10 @@ class MeshProcess:
         self._engine_beat = 0.0
         self._beaten = False
         self._stats_at = float("-inf")
+        self._sleep: asyncio.Future[None] | None = None  # the tick loop's sleep (``_nudge`` cuts it short)
+        self._alarm: asyncio.TimerHandle | None = None
+        self._wake_at = 0.0
+        self._last_tick = 0.0
 
     def now(self) -> float:
         assert self.loop is not None
@@ -431,7 +438,7 @@ class MeshProcess:
         self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS,
                                   TOPIC_ENTITIES_ALL, TOPIC_FLOW])
         self._engine_beat = self.now()
-        self.transport.watch_peers(self.control.peer_hint)
+        self.transport.watch_peers(self._peer_hint)
         self.control.start(list(self.spec.snapshot), cfg.mesh.join, term=self.spec.term,
                            voted_for=self.spec.voted_for, now=self.now(), abstain=self.spec.abstain,
                            join_required=cfg.mesh.join_required, join_timeout=cfg.mesh.join_timeout)
@@ -439,7 +446,7 @@ class MeshProcess:
         if cfg.mesh.discovery:
             self.discovery = Discovery(cluster=self.cluster, name=self.name, addr=cfg.advertise,
                                        target=(cfg.mesh.discovery_addr, cfg.mesh.discovery_port),
-                                       on_peer=lambda name, addr: self.control.discovered(name, addr, self.now()))
+                                       on_peer=self._discovered)
             try:
                 await self.discovery.start()
             except OSError as exc:
@@ -470,15 +477,22 @@ class MeshProcess:
         await self.link.close(linger_ms=1000)
 
     async def _tick_loop(self) -> None:
-        expected = self.now() + TICK_PERIOD
+        """The cores' timers, woken when the next is due (``MeshCore.next_deadline``), never
+        more often than every ``TICK_PERIOD`` and never less than every ``IDLE_PERIOD``; an
+        input that brings a timer nearer wakes it sooner (``_nudge``)."""
+        loop = asyncio.get_running_loop()
+        self._wake_at = self.now() + TICK_PERIOD
+        self._last_tick = self.now()
         while True:
-            await asyncio.sleep(max(0.0, expected - self.now()))
+            self._sleep = loop.create_future()
+            self._alarm = loop.call_at(self._wake_at, self._ring, self._sleep)
+            await self._sleep
             now = self.now()
-            lag = now - expected
+            lag = now - self._wake_at
             if lag > STALL_REPORT:
                 self.control.note_stall(lag, now)
                 log.event("loop_stall", logging.DEBUG, lag=lag)
-            expected = max(expected + TICK_PERIOD, now)
+            self._last_tick = now
             try:
                 self._watch_engine(now)
                 self.control.tick(now)
@@ -486,6 +500,36 @@ class MeshProcess:
                 logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
             if now - self._stats_at >= STATS_PERIOD:
                 self._report(now)
+            self._wake_at = self._next_wake(now)
+
+    def _next_wake(self, now: float) -> float:
+        core = self.control.core
+        due = min(core.next_deadline(now) if core is not None else now, now + IDLE_PERIOD,
+                  self._stats_at + STATS_PERIOD)
+        return max(self._last_tick + TICK_PERIOD, due)
+
+    @staticmethod
+    def _ring(sleep: asyncio.Future[None]) -> None:
+        if not sleep.done():
+            sleep.set_result(None)
+
+    def _nudge(self) -> None:
+        """After an input: if it brought a timer nearer than the loop's next wake, wake then."""
+        if self._sleep is None or self._sleep.done():
+            return  # the loop is running, or not started: it plans its wake after the tick
+        wake = self._next_wake(self.now())
+        if wake < self._wake_at:
+            self._alarm.cancel()
+            self._wake_at = wake
+            self._alarm = asyncio.get_running_loop().call_at(wake, self._ring, self._sleep)
+
+    def _peer_hint(self, addr: str, refused: bool) -> None:
+        self.control.peer_hint(addr, refused)  # a probe at once (membership rule 17)
+        self._nudge()
+
+    def _discovered(self, name: str, addr: str) -> None:
+        self.control.discovered(name, addr, self.now())
+        self._nudge()
 
     def _watch_engine(self, now: float) -> None:
         core = self.control.core
@@ -527,6 +571,7 @@ class MeshProcess:
                 self.traffic.reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
             else:
                 self.control.handle(env.sender, env.msg, self.now())
+                self._nudge()
             return
         if not self.link.put([DIRECT, identity, *frames]) and identity and type(env.msg) is EntityBatch \
                 and env.minor >= REPLY_MINOR:  # the node process is behind: the producer hears so now
@@ -547,6 +592,7 @@ class MeshProcess:
         if env.type in CONTROL_TYPES:
             gap = verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP
             self.control.handle(env.sender, env.msg, self.now(), gap)
+            self._nudge()
         else:
             self.link.put([BROADCAST, *frames])
 
@@ -580,6 +626,7 @@ class MeshProcess:
             if handler is None:
                 raise CommandError(f"unknown command {command!r}")
             result: tuple[int, bool, Any] = (rid, True, await handler(params))
+            self._nudge()  # a join, a leave: timers of their own
         except CommandError as exc:
             result = (rid, False, str(exc))
         except Exception as exc:  # a bug answers with its one line, never kills the process

@@ -16,7 +16,10 @@ What each simulated node does is what the shell does: it drives one ``mesh/core.
 - broadcasts are numbered per sender and topic and run through the real SequenceTracker:
   duplicates are dropped and a gap on the ``mbr`` topic is passed to the core;
 - ``PersistVote`` is "written to disk" at once;
-- the core ticks every ``tick_interval`` (the shell: 20 ms), each node at its own phase.
+- the core ticks every ``tick_interval`` (20 ms), each node at its own phase; or, with
+  ``idle_period``, as the mesh process ticks: when its core's next deadline is due
+  (``MeshCore.next_deadline``), at most every ``tick_interval``, at least every ``idle_period``,
+  and sooner after an input that brought a deadline nearer.
 A crash loses everything but the persisted vote and the member snapshot (taken at the
 crash: the real shell writes it at most a second late); a restart is ``MeshCore.start``
 with that snapshot and the node's join addresses, as the shell starts.
@@ -85,14 +88,17 @@ class SimNode:
         "election",
         "epoch",
         "join",
+        "last_tick",
         "left",
         "membership",
+        "next_tick",
         "name",
         "pub",
         "saved",
         "seq",
         "starts",
         "subs",
+        "ticket",
         "tracker",
         "up",
         "vote",
@@ -118,6 +124,11 @@ class SimNode:
         self.subs: dict[str, None] = {}  # publishers this node's SUB socket is connected to
         self.join: list[str] = []  # config.mesh.join
         self.starts = 0
+        # timer-driven ticks (``Cluster(idle_period=...)``): only the tick event holding the
+        # current ticket runs; an earlier deadline after an input takes a new ticket
+        self.ticket = 0
+        self.next_tick = 0.0
+        self.last_tick = 0.0
 
     def __repr__(self) -> str:
         state = "up" if self.up else ("left" if self.left else "down")
@@ -137,6 +148,7 @@ class Cluster:
         election: ElectionConfig | None = None,
         voters: VoterConfig | None = None,
         tick_interval: float = 0.02,
+        idle_period: float | None = None,
         trace: bool = False,
         strict: bool = True,
     ) -> None:
@@ -150,6 +162,10 @@ class Cluster:
         self.ecfg = election or ElectionConfig.lan()
         self.vcfg = voters or VoterConfig()
         self.tick_interval = tick_interval
+        # None: every node ticks every tick_interval. A number: as the mesh process does
+        # (shell/mesh_process.py), a node ticks when its core's next deadline is due, at most
+        # every tick_interval and at least every idle_period (``stats["ticks"]`` counts them)
+        self.idle_period = idle_period
         self.now = 0.0
         self.invariants = Invariants(strict=strict)
         self.stats: Counter[str] = Counter()
@@ -207,7 +223,7 @@ class Cluster:
                 self._deliver(ev)
             elif kind == _TICK:
                 node = ev[3]
-                if node.up and node.epoch == ev[4]:
+                if node.up and node.epoch == ev[4] and ev[5] == node.ticket:
                     self._tick(node)
             else:
                 if trace is not None:
@@ -289,7 +305,8 @@ class Cluster:
         node.tracker = SequenceTracker()
         node.seq = {}
         self._apply(node, core.start(node.saved, node.join, now))
-        self._push(now + self.rng.random() * self.tick_interval, _TICK, node, node.epoch)
+        node.last_tick = now
+        self._schedule(node, now + self.rng.random() * self.tick_interval)
 
     def crash(self, name: str) -> None:
         """Kill -9: only the persisted vote and the member snapshot survive."""
@@ -312,6 +329,7 @@ class Cluster:
             return
         assert node.core is not None
         self._apply(node, node.core.leave(self.now))
+        self._nudge(node)
         epoch = node.epoch
 
         def stop() -> None:
@@ -352,8 +370,31 @@ class Cluster:
             if self._trace is not None:
                 self._trace.update(f"{now!r} tick {node.name} {effects!r}\n".encode())
             self._apply(node, effects)
-        if node.up:
-            self._push(now + self.tick_interval, _TICK, node, node.epoch)
+        self.stats["ticks"] += 1
+        if not node.up:
+            return
+        node.last_tick = now
+        if self.idle_period is None:
+            self._schedule(node, now + self.tick_interval)
+        else:
+            self._schedule(node, self._next_wake(node, now))
+
+    def _next_wake(self, node: SimNode, now: float) -> float:
+        assert node.core is not None
+        due = min(node.core.next_deadline(now), now + self.idle_period)  # type: ignore[operator]
+        return max(node.last_tick + self.tick_interval, due)
+
+    def _schedule(self, node: SimNode, when: float) -> None:
+        node.ticket += 1
+        node.next_tick = when
+        self._push(when, _TICK, node, node.epoch, node.ticket)
+
+    def _nudge(self, node: SimNode) -> None:
+        """Timer-driven: an input that brought a deadline nearer wakes the node sooner."""
+        if self.idle_period is not None and node.up and node.core is not None:
+            wake = self._next_wake(node, self.now)
+            if wake < node.next_tick:
+                self._schedule(node, wake)
 
     def _deliver(self, ev: tuple) -> None:
         _, _, _, src, dst, epoch, msg, topic, seq = ev
@@ -373,6 +414,7 @@ class Cluster:
         if gap:
             self.stats["gaps"] += 1
         self._apply(dst, dst.core.handle(src, msg, now, gap))
+        self._nudge(dst)
 
     def _apply(self, node: SimNode, effects: list[Effect]) -> None:
         for eff in effects:

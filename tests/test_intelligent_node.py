@@ -1,7 +1,8 @@
 """Intelligent channels on a real node (shell/intelligence.py): rows of an `engine.intelligent`
 channel carry the torch forecaster's `nano_forecast` and `nano_error`, other channels' rows
 do not; torch loads only in the trainer's child, which is reaped when the node stops; the
-weights come back after a restart. Plus the rows' wire round trip and the scaled error."""
+weights come back after a restart; a replica promoted when its owner dies forecasts, with
+its scaled error, from its first row. Plus the rows' wire round trip and the scaled error."""
 
 from __future__ import annotations
 
@@ -198,3 +199,37 @@ def test_the_blocks_table_shows_the_torch_columns_only_where_rows_carry_them():
     smart = render_blocks([{**row, "nano_forecast": 9.95, "nano_error": 0.42}]).splitlines()
     header, line = smart[0].split(), smart[1].split()
     assert line[header.index("NANO")] == "9.950" and line[header.index("N.ERR")] == "0.420"
+
+
+@needs_torch
+def test_a_replica_promoted_when_its_owner_dies_forecasts_with_the_model_it_trained(cluster):
+    env = {**ENV, "COREC_ENGINE_REPLICAS": "2"}
+    a = cluster.start("a", extra_env=env).wait_ready()
+    b = cluster.start("b", extra_env=env, join=[a.addr]).wait_ready()
+    c = cluster.start("c", extra_env=env, join=[a.addr]).wait_ready()
+    nodes = (a, b, c)
+    eventually(lambda: all(n.ctl("status")["placement_members"] == ["a", "b", "c"] for n in nodes), 30,
+               message="three nodes own blocks")
+    with WaveStream(a, [(SMART, 6000)], period=6, every=0.2, seed=5):
+        # every holder has scored its model for WINDOW ticks: each row carries its scaled error
+        rows = eventually(lambda: (rs := [r for r in blocks_json(a) if r["channel"] == SMART]) and len(rs) == 6
+                          and all(isinstance(r.get("nano_error"), float) for r in rs) and rs,
+                          90, interval=0.3, message="nano_error on every block")
+        victim = next(n for n in (b, c) if any(r["owner"] == n.name for r in rows))
+        moved = {r["block"] for r in rows if r["owner"] == victim.name}
+        survivors = [n for n in nodes if n is not victim]
+        victim.kill()
+        # the first row each moved block gets from its new owner already has the error of a model
+        # that saw WINDOW ticks: a fresh one would answer None for the next 24 ticks (4.8 s)
+        first: dict[int, dict] = {}
+
+        def promoted() -> bool:
+            for r in blocks_json(a):
+                if r["block"] in moved and r["owner"] != victim.name:
+                    first.setdefault(r["block"], r)
+            return first.keys() == moved
+        eventually(promoted, 40, interval=0.2, message="the dead owner's blocks have a new owner")
+        assert {r["owner"] for r in first.values()} <= {n.name for n in survivors}
+        assert all(isinstance(r.get("nano_forecast"), float) and isinstance(r.get("nano_error"), float)
+                   for r in first.values()), first
+        assert all(n.ctl("status")["intelligent"]["restarts"] == 0 for n in survivors)

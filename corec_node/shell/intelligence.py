@@ -28,8 +28,9 @@ Rules:
    after a fresh ``snapshot``. At start they are read back, and each block's bytes are
    loaded into the trainer the first time the block is held here.
 5. With replicas, every holder trains a block's model, as every holder runs its statistical
-   forecaster (``engine/adaptive.py`` rule 1): a replica promoted when its owner dies
-   forecasts at once, with nothing to move. Only the owner writes the block's row.
+   forecaster (``engine/adaptive.py`` rule 1), and is scored as rule 3: a replica promoted
+   when its owner dies forecasts at once, its scaled error with it, with nothing to move.
+   Only the owner writes the block's row.
 6. Weights move with a block (``nano_moves.py``, SPEC 9.8, since 1.12): the block's model goes
    to a new holder with its copy, and a holder loads a peer's model that saw more ticks.
 """
@@ -152,11 +153,12 @@ class Intelligence(WeightMoves):
             row[NANO_ERROR] = state.error()
             state.seen = tick
             means[b] = y
-        for b, y in replicas.items():  # rule 5: they learn too, and write no row
+        for b, y in replicas.items():  # rule 5: they learn and are scored too, and write no row
             state = self.blocks.get(b)
             if state is None:
                 state = self.blocks[b] = self._add(trainer, b)
             self._season(trainer, b, state)
+            state.score(y, tick)
             state.seen = tick
             means[b] = y
         if means and trainer.submit(tick, means):

@@ -34,14 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.sim import Cluster, FaultPlan, InvariantViolation, NetworkConfig, random_faults
-from corec_node.sim.report import tick_for
+from corec_node.sim.report import SHELL_TIMING
 from corec_node.wire.messages import MemberStatus
 
 PROBE = MembershipConfig.lan().probe_interval
 
 
 def formed(n: int, seed: int, loss: float = 0.0, spares: int = 0) -> Cluster:
-    c = Cluster(n + spares, seed=seed, network=NetworkConfig(loss=loss), tick_interval=tick_for(n))
+    c = Cluster(n + spares, seed=seed, network=NetworkConfig(loss=loss), **SHELL_TIMING)
     c.bootstrap(names=list(c.nodes)[:n])
     c.await_convergence(60.0, every=0.5)
     return c

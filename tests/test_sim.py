@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from corec_node.mesh.core import IDLE_PERIOD, TICK_PERIOD
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.voters import VoterConfig
-from corec_node.shell.mesh_process import IDLE_PERIOD, TICK_PERIOD
 from corec_node.sim import (
     Cluster,
     FaultPlan,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corec_node.wire.messages import MemberState, MemberStatus
 
@@ -62,10 +62,19 @@ class Member:
     # version, protocol, features it announced, its data socket ("" none: before 1.5), its tags (1.8),
     # its settings (1.10)
     build: tuple[str, str, tuple[str, ...], str, tuple[str, ...], tuple[str, ...]] = NO_BUILD
+    # the last ``state()`` and what it was made of: a push-pull sends every member's state,
+    # and building one (a frozen dataclass) costs ten times checking that nothing changed
+    _state: tuple[tuple[object, ...], MemberState] | None = field(default=None, init=False, repr=False, compare=False)
 
     def state(self) -> MemberState:
+        key = (self.addr, self.pub, self.inc, self.status, self.build)
+        cached = self._state
+        if cached is not None and cached[0] == key:
+            return cached[1]
         *build, settings = self.build  # pruned (1.9) sits between tags and settings: never set from here
-        return MemberState(self.name, self.addr, self.pub, self.inc, self.status, *build, settings=settings)
+        st = MemberState(self.name, self.addr, self.pub, self.inc, self.status, *build, settings=settings)
+        self._state = (key, st)
+        return st
 
     def learn_build(self, st: MemberState) -> None:
         """What the member announced of itself (not a verdict: it never orders updates)."""

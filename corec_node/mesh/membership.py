@@ -556,11 +556,15 @@ class Membership:
         *,
         gossip: bool,
     ) -> None:
+        members = self._members
         for st in states:
             if st.name == self.name:
                 self._merge_self(st, out)
-            else:
-                self._merge_other(st, sender, now, live, out, gossip=gossip)
+                continue
+            m = members.get(st.name)
+            if m is not None and m.state() == st and not (gossip and st.status == SUSPECT):
+                continue  # what we hold already: a no-op (a push-pull is mostly these), bar a suspicion's confirmation
+            self._merge_other(st, sender, now, live, out, gossip=gossip)
 
     def _merge_self(self, st: MemberState, out: list[Effect]) -> None:
         if self._left:

@@ -40,6 +40,7 @@ import zmq
 
 from corec_node import cluster_settings, log
 from corec_node.config import Config
+from corec_node.mesh.core import IDLE_PERIOD, TICK_PERIOD
 from corec_node.shell.commands import Identity, MeshCommands
 from corec_node.shell.control import CommandError
 from corec_node.shell.control_plane import CONTROL_TYPES, ClusterView, ControlEvents, ControlPlane
@@ -74,10 +75,6 @@ from corec_node.wire.topics import (
     TOPIC_NUCLEUS,
 )
 
-TICK_PERIOD = 0.02  # the cores' timers resolve to 20 ms: well under the 100 ms probe timeout
-IDLE_PERIOD = 0.1  # with no core timer due, the loop still runs its checks this often (the
-# engine's beat, the join watch, the snapshot): a wake costs ~0.25 ms of CPU on a small VM, so
-# waking 50 times a second for nothing was half of an idle mesh process's CPU
 STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
 STATS_PERIOD = 0.5  # counters and status reported to the node process twice a second
 ENGINE_STALL_BOUND = 8.0  # a data plane silent this long is stalled (systemd's watchdog: 10 s)

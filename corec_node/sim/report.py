@@ -16,6 +16,7 @@ import random
 import time
 from typing import Any
 
+from corec_node.mesh.core import IDLE_PERIOD, TICK_PERIOD
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.network import NetworkConfig
@@ -27,10 +28,9 @@ HEAL_WITHIN = 60.0  # virtual seconds the member lists have to be whole again af
 DETECT_WITHIN = 120.0
 
 
-def tick_for(n: int) -> float:
-    """The shell ticks every 20 ms; above 100 nodes the simulator ticks every 50 ms (the
-    membership's documented minimum call rate), because each tick scans every member."""
-    return 0.02 if n <= 100 else 0.05
+SHELL_TIMING = {"tick_interval": TICK_PERIOD, "idle_period": IDLE_PERIOD}
+"""Cluster keywords that tick each node as the mesh process does: when its core's next timer
+is due or an input came, at most every TICK_PERIOD, at least every IDLE_PERIOD."""
 
 
 def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, partition: float = 0.0) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
         raise ValueError("--loss and --partition are shares: at least 0 and below 1")
     probe = MembershipConfig.lan().probe_interval
     started = time.perf_counter()
-    c = Cluster(nodes + 1, seed=seed, network=NetworkConfig(loss=loss), tick_interval=tick_for(nodes), strict=False)
+    c = Cluster(nodes + 1, seed=seed, network=NetworkConfig(loss=loss), strict=False, **SHELL_TIMING)
     names = list(c.nodes)
     members, joiner = names[:nodes], names[nodes]
     c.bootstrap(names=members)

@@ -140,7 +140,10 @@ Rule 16. Local stalls. Timers run on a "live" clock that advances with ``now`` b
     meanwhile (the Ack we wait for) are still unread; they must be handled before any of
     our deadlines passes, or we accuse healthy peers for our own slowness. Time spent
     stalled therefore does not count against others. The shell must call in at least every
-    stall_gap / 2 (it ticks every 20-50 ms); ``stall_gap=None`` turns this off.
+    stall_gap, or the time past it counts as stalled (the mesh process calls in on every
+    input and at least every ``core.IDLE_PERIOD``, the lan profile's stall_gap: a wake a
+    few ms late costs the live clock those ms, never a peer a verdict); ``stall_gap=None``
+    turns this off.
 
 Rule 17. Transport hints. A crashed process closes its TCP connections at once, and the
     shell's socket monitor reports it (``hint_down``): that member is probed at once,

@@ -67,7 +67,8 @@ class MembershipConfig:
     # An unanswered join is retried after 2 s, doubling up to 16 s, until answered.
     join_retry: float = 2.0
     # Rule 16: a silence longer than this between calls means our own loop stalled (the
-    # shell ticks every 20 ms). None turns the guard off (a simulator with coarse ticks).
+    # shell calls in on every input and at least every 0.1 s, core.IDLE_PERIOD). None turns
+    # the guard off (a simulator with coarse ticks).
     stall_gap: float | None = 0.1
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from corec_node.mesh.effects import Broadcast, Effect, LeaderChanged, MemberChan
 from corec_node.mesh.election import LEADER, ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig
-from corec_node.wire.messages import MemberState, MemberStatus, Vote, VoteRequest
+from corec_node.wire.messages import Gossip, MemberState, MemberStatus, StatePush, Vote, VoteRequest
 
 ALIVE, DEAD, LEFT = MemberStatus.ALIVE, MemberStatus.DEAD, MemberStatus.LEFT
 TICK = 0.02
@@ -340,3 +340,25 @@ def test_a_refused_reconnect_shortens_the_suspicion_never_skips_the_probes() -> 
     assert refused < closed <= silent
     assert refused >= cfg.probe_timeout  # the direct probe had to fail first
     assert refused < lifeguard_min + cfg.probe_interval  # faster than any suspicion could end
+
+
+def test_a_gap_costs_a_push_pull_only_when_a_missed_gossip_carried_an_updates_last_copy() -> None:
+    """Rule 2 with membership rule 9: the Gossip after a gap says how many flushes before
+    it sent no update for the last time (``quiet``); a gap within that count is covered
+    (what was missed comes again), one beyond it, or from a 1.12 sender that does not
+    tell, pushes to the sender."""
+    net = Net()
+    for name in ("a", "b", "c"):
+        net.add(name, join=("a",) if name != "a" else ())
+    net.run(3.0)
+    a = net.cores["a"]
+
+    def pushes(sender: str, quiet: int | None, missed: int) -> list[str]:
+        state = net.cores[sender].membership.member(sender).state()
+        effects = a.handle(sender, Gossip((state,), quiet), net.now, missed)
+        return [e.to for e in effects if isinstance(e, Send) and isinstance(e.msg, StatePush)]
+
+    assert pushes("b", quiet=3, missed=3) == [] and a.membership.gaps_covered == 1
+    assert pushes("b", quiet=2, missed=3) == [net.addr("b")]
+    assert pushes("c", quiet=None, missed=1) == [net.addr("c")]
+    assert pushes("c", quiet=0, missed=0) == []  # no gap, nothing to cover

@@ -182,6 +182,28 @@ def test_awareness_is_clamped():
         Awareness(0)
 
 
+def test_broadcast_queue_counts_the_flushes_since_an_update_went_for_the_last_time():
+    """``quiet`` is what the next Gossip carries (membership rule 9)."""
+    q = BroadcastQueue()
+    assert q.quiet == 0
+    q.queue(ms("a", 0, SUSPECT))
+    q.take(limit=3, max_items=10)
+    q.take(limit=3, max_items=10)
+    assert q.quiet == 2  # a sent twice of three times
+    q.queue(ms("b", 0, ALIVE))
+    q.take(limit=3, max_items=10)
+    assert q.quiet == 0 and q.pending("a") is None  # a's last copy went in this flush
+    q.take(limit=3, max_items=10)
+    assert q.quiet == 1
+    q.queue(ms("b", 1, ALIVE))  # replaces b's update: the old one never has a last copy
+    q.take(limit=3, max_items=10)
+    assert q.quiet == 2
+    q.take(limit=3, max_items=10)
+    q.take(limit=3, max_items=10)
+    assert q.quiet == 0 and len(q) == 0
+    assert q.take(limit=3, max_items=10) == [] and q.quiet == 0  # no flush, no count
+
+
 def test_broadcast_queue_replaces_limits_and_orders():
     q = BroadcastQueue()
     q.queue(ms("a", 0, SUSPECT))

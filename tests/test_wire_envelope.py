@@ -212,15 +212,26 @@ def test_frames_may_be_any_buffer() -> None:
 
 
 def test_envelope_layout_is_as_specified() -> None:
-    frames = encode_message(Gossip(updates=(MemberState("a", "h:1", "h:2", 3, MemberStatus.DEAD),)),
-                            sender="n1", seq=7, cluster="prod")
+    update = MemberState("a", "h:1", "h:2", 3, MemberStatus.DEAD)
+    frames = encode_message(Gossip(updates=(update,), quiet=4), sender="n1", seq=7, cluster="prod")
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 12, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 13, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
-                   ]}}
+                   ], "quiet": 4}}
+
+
+def test_a_gossip_without_quiet_is_a_1_12_gossip() -> None:
+    """``quiet`` (1.13) is optional both ways: not told, it is not written, and a 1.12
+    sender's body decodes to None (every gap may have lost something)."""
+    update = MemberState("a", "h:1", "h:2", 3, MemberStatus.DEAD)
+    frames = encode_message(Gossip(updates=(update,)), sender="n1", seq=7)
+    assert "quiet" not in msgpack.unpackb(frames[1], raw=False)["b"]
+    assert decode_message(frames)[1].msg == Gossip(updates=(update,), quiet=None)
+    told = decode_message(encode_message(Gossip(updates=(update,), quiet=0), sender="n1", seq=8))[1].msg
+    assert told.quiet == 0
 
 
 # -- topics ----------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ Rule 1. One input, one list of effects, in the order the shell must carry them o
 
 Rule 2. Every control message, of either core, is reported to ``Election.heard_from``
     before it is handled (election rule 10, isolation). A gap in a member's ``mbr``
-    broadcast sequence makes a push-pull with that member, after the message is handled.
+    broadcast sequence makes a push-pull with that member, after the message is handled,
+    unless the Gossip that showed it says the missed ones carried nothing for the last
+    time (membership rule 9).
 
 Rule 3. SWIM's verdicts reach the election: a member turning DEAD or LEFT ->
     ``member_dead``; a member back from DEAD to ALIVE or SUSPECT -> ``member_alive``.
@@ -101,6 +103,7 @@ from corec_node.mesh.election import FOLLOWER, Election, ElectionConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig, Voters
 from corec_node.wire.messages import (
+    Gossip,
     Heartbeat,
     HeartbeatAck,
     MemberState,
@@ -217,9 +220,9 @@ class MeshCore:
             out += self.join(join, now)
         return self._after(out, now)
 
-    def handle(self, sender: str, msg: Message, now: float, gap: bool = False) -> list[Effect]:
-        """A decoded control message from ``sender`` (rules 2 and 5); ``gap``: its ``mbr``
-        sequence skipped numbers. Other message types are ignored."""
+    def handle(self, sender: str, msg: Message, now: float, missed: int = 0) -> list[Effect]:
+        """A decoded control message from ``sender`` (rules 2 and 5); ``missed``: how many
+        numbers of its ``mbr`` sequence it skipped. Other message types are ignored."""
         self.election.heard_from(sender, now)
         t = type(msg)
         if t is Heartbeat:
@@ -232,8 +235,9 @@ class MeshCore:
             out = self.election.handle(sender, msg, now)  # type: ignore[arg-type]
         else:
             out = self._settle(self.membership.handle(sender, msg, now), now)
-        if gap:
-            out += self._settle(self.membership.on_gap(sender, now), now)
+        if missed:
+            quiet = msg.quiet if t is Gossip else None  # type: ignore[union-attr]
+            out += self._settle(self.membership.on_gap(sender, now, missed, quiet), now)
         return self._after(out, now)
 
     def tick(self, now: float) -> list[Effect]:

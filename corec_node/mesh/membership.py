@@ -86,6 +86,12 @@ Rule 9. Dissemination (broadcast.py). What this node originates goes into the re
     relaying would cost n times the traffic and, for suspicions, fake Lifeguard's
     independent confirmations (MemberState carries no "from", so the Gossip sender is the
     accuser).
+    Each Gossip carries ``quiet``: how many flushes before it sent no update for the last
+    time. A receiver that sees a gap in the sender's ``mbr`` numbers push-pulls with it
+    (``on_gap``) only when more were missed than that: within the count, every update the
+    missed flushes carried is sent again (or was replaced by a newer one, sent instead).
+    So under loss a gap costs a push-pull only when an update's last copy was lost, about
+    one flush in ``retransmit_mult * ceil(log10(n + 1))``, not on every lost flush.
 
 Rule 10. Push-pull. ``StatePush(join, reply_to, members)`` is merged and answered with
     ``StateReply(full state)`` to ``reply_to`` (after the merge, so a refutation it caused
@@ -247,6 +253,7 @@ class Membership:
         self._refused: dict[str, tuple[int, float]] = {}  # rule 17: name -> (incarnation, when)
         self._conflicts: set[str] = set()
         self._left = False
+        self.gaps_covered = 0  # mbr gaps whose missed Gossip carried nothing for the last time: no push-pull
         self._live = now
         self._last_now = now
         # first timers at random phases, so nodes started together do not beat in step
@@ -431,11 +438,17 @@ class Membership:
         """Push-pulls started by sequence gaps (at most one per sender per period: pushpull.on_gap)."""
         return self._sync.gap_resyncs
 
-    def on_gap(self, sender: str, now: float) -> list[Effect]:
-        """The shell saw a sequence gap on ``sender``'s mbr topic: push-pull with it
-        (at most once per pushpull.GAP_RESYNC_PERIODS probe intervals per sender)."""
+    def on_gap(self, sender: str, now: float, missed: int = 1, quiet: int | None = None) -> list[Effect]:
+        """The shell saw ``missed`` numbers skipped in ``sender``'s mbr sequence, and the
+        Gossip after them says ``quiet`` flushes before it sent nothing for the last time
+        (rule 9): if the missed ones are among those, what they carried comes again and
+        the gap is covered; otherwise push-pull with the sender (at most once per
+        pushpull.GAP_RESYNC_PERIODS probe intervals per sender)."""
         live = self._clock(now)
         if self._left or sender == self.name:
+            return []
+        if quiet is not None and missed <= quiet:
+            self.gaps_covered += 1
             return []
         return self._sync.on_gap(sender, self._members, live)
 
@@ -789,7 +802,8 @@ class Membership:
         if not len(self._queue) or live < self._last_flush + self._cfg.gossip_interval:
             return
         limit = retransmit_limit(self._cfg.retransmit_mult, n_live(self._members))
+        quiet = self._queue.quiet
         updates = self._queue.take(limit, MAX_GOSSIP_UPDATES)
         if updates:
             self._last_flush = live
-            out.append(Broadcast(Gossip(tuple(updates))))
+            out.append(Broadcast(Gossip(tuple(updates), quiet)))

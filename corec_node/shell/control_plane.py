@@ -256,7 +256,7 @@ class ControlPlane:
 
     # -- inputs -----------------------------------------------------------------------
 
-    def handle(self, sender: str, msg: Message, now: float, gap: bool = False) -> None:
+    def handle(self, sender: str, msg: Message, now: float, missed: int = 0) -> None:
         """A decoded control message (``CONTROL_TYPES``); a core bug on one message is
         logged, never fatal."""
         assert self.core is not None
@@ -264,7 +264,7 @@ class ControlPlane:
         if addr is not None:  # before our answer is queued: towards a restarted peer, a fresh dial
             self.transport.redial_if_down(addr)
         try:
-            self.apply(self.core.handle(sender, msg, now, gap))
+            self.apply(self.core.handle(sender, msg, now, missed))
         except Exception:
             logging.getLogger(log.LOGGER_NAME).exception("handle_failed", extra={"fields": {"type": type(msg).__name__}})
             return

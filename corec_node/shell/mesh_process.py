@@ -583,12 +583,13 @@ class MeshProcess:
         if env.sender == self.name:
             return
         self.traffic.count_in(env.type.name.lower(), topic, frames)
+        last = self.sequences.last(env.sender, topic)
         verdict = self.sequences.observe(env.sender, topic, env.seq)
         if verdict is SeqEvent.DUPLICATE:
             return
         if env.type in CONTROL_TYPES:
-            gap = verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP
-            self.control.handle(env.sender, env.msg, self.now(), gap)
+            missed = env.seq - last - 1 if verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP else 0
+            self.control.handle(env.sender, env.msg, self.now(), missed)
             self._nudge()
         else:
             self.link.put([BROADCAST, *frames])

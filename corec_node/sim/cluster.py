@@ -401,19 +401,21 @@ class Cluster:
         if not dst.up or dst.epoch != epoch or not self.net.reachable(src, dst.name):
             return
         now = self.now
-        gap = False
+        missed = 0
         if topic is not None:
+            last = dst.tracker.last(src, topic)
             verdict = dst.tracker.observe(src, topic, seq)
             if verdict is SeqEvent.DUPLICATE:
                 return
-            gap = verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP
+            if verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP:
+                missed = seq - last - 1
         if self._trace is not None:
             self._trace.update(f"{now!r} {src}>{dst.name} {msg!r}\n".encode())
         self.stats["delivered"] += 1
         assert dst.core is not None
-        if gap:
+        if missed:
             self.stats["gaps"] += 1
-        self._apply(dst, dst.core.handle(src, msg, now, gap))
+        self._apply(dst, dst.core.handle(src, msg, now, missed))
         self._nudge(dst)
 
     def _apply(self, node: SimNode, effects: list[Effect]) -> None:

@@ -53,12 +53,13 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     # steady state: what a quiet cluster costs, per node
     c.sent.clear()
     c.stats.clear()
-    resyncs = _gap_resyncs(c)
+    resyncs, covered = _gap_resyncs(c), _gaps_covered(c)
     c.run(STEADY_S)
     out["msgs_per_node_per_s"] = sum(c.sent.values()) / nodes / STEADY_S  # sent: a publication counts once
     out["received_per_node_per_s"] = c.stats["delivered"] / nodes / STEADY_S  # a publication reaches every subscriber
     out["suspicions_per_node_min"] = c.stats["false_suspicions"] / (nodes * STEADY_S / 60.0)
     out["gaps_per_node_s"] = c.stats["gaps"] / nodes / STEADY_S  # membership stream gaps seen
+    out["gaps_covered_per_node_s"] = (_gaps_covered(c) - covered) / nodes / STEADY_S  # lost nothing sent for the last time
     out["gap_resyncs_per_node_s"] = (_gap_resyncs(c) - resyncs) / nodes / STEADY_S  # push-pulls they started
     out["max_peers"] = max(_peers(c, name) for name in members)
 
@@ -74,7 +75,9 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     out["join_virtual_s"] = join_s
     out["join_rounds"] = None if join_s is None else math.ceil(join_s / probe)
 
-    # K members killed at once
+    # K members killed at once, once the joiner holds the member list too (its join reply
+    # may have been lost and be retried): a node that never heard of a member cannot see it dead
+    out["joined_whole_virtual_s"] = c.run_until(c.members_converged, 60.0, every=0.05)
     everyone = members + [joiner]
     victims = rng.sample(members, kill)
     survivors = [n for n in everyone if n not in victims]
@@ -113,6 +116,11 @@ def _gap_resyncs(c: Cluster) -> int:
     return sum(n.membership.gap_resyncs for n in c.nodes.values() if n.membership is not None)
 
 
+def _gaps_covered(c: Cluster) -> int:
+    """Gaps that started no push-pull: the missed Gossip carried nothing for the last time."""
+    return sum(n.membership.gaps_covered for n in c.nodes.values() if n.membership is not None)
+
+
 def _peers(c: Cluster, name: str) -> int:
     """Other nodes this node holds a connection to: its SUB socket's publishers and the
     members it keeps a direct socket to (every member it knows, today)."""
@@ -147,6 +155,7 @@ def render(result: dict[str, Any]) -> str:
                        ("received_per_node_per_s", "messages received per node per s (steady)"),
                        ("suspicions_per_node_min", "suspicions per node-minute (steady)"),
                        ("gaps_per_node_s", "membership sequence gaps seen per node per s (steady)"),
+                       ("gaps_covered_per_node_s", "of them covered by retransmits, no push-pull (steady)"),
                        ("gap_resyncs_per_node_s", "push-pulls those gaps started per node per s (steady)"),
                        ("reached_after_heal", "share of nodes whole again after the partition's heal"),
                        ("violations", "invariant violations")):

@@ -64,7 +64,7 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 12
+PROTOCOL_MINOR = 13
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
@@ -487,7 +487,7 @@ SCHEMAS: dict[MsgType, Schema] = {
             MsgType.PING_REQ, PingReq, probe=_U64, target=_NAME, target_addr=_ADDR, reply_to=_ADDR
         ),
         _schema(MsgType.NACK, Nack, probe=_U64, target=_NAME),
-        _schema(MsgType.GOSSIP, Gossip, updates=_MEMBERS),
+        _schema(MsgType.GOSSIP, Gossip, updates=_MEMBERS, quiet=_U64),
         _schema(MsgType.STATE_PUSH, StatePush, join=_BOOL, reply_to=_ADDR, members=_MEMBERS),
         _schema(MsgType.STATE_REPLY, StateReply, members=_MEMBERS),
         _schema(MsgType.VOTE_REQUEST, VoteRequest, term=_U64, pre=_BOOL, reply_to=_ADDR,

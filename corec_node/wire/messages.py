@@ -109,9 +109,14 @@ class Nack:
 
 @dataclass(frozen=True, slots=True)
 class Gossip:
-    """Member updates broadcast on the PUB stream (topic ``mbr``)."""
+    """Member updates broadcast on the PUB stream (topic ``mbr``). Since 1.13 ``quiet``:
+    how many of the sender's Gossip messages just before this one carried no update for
+    the last time, so a receiver that missed only those will hear
+    all they carried again and needs no push-pull (membership rule 9). None: not told (a
+    1.12 sender): every gap may have lost something."""
 
     updates: tuple[MemberState, ...]
+    quiet: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -336,6 +336,8 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      _hdr("node-b", 44), None),
     ("gossip_empty", "no updates",
      Gossip(updates=()), _hdr("node-a", 43), None),
+    ("gossip_quiet", "updates with quiet: the 3 GOSSIPs before this one sent no update for the last time (since 1.13)",
+     Gossip(updates=MEMBERS[:1], quiet=3), _hdr("node-a", 45), None),
     ("state_push_join", "join push-pull",
      StatePush(join=True, reply_to="10.0.0.9:7946", members=MEMBERS[:1]),
      _hdr("node-new", 0, "prod"), None),

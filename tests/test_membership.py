@@ -686,6 +686,20 @@ def test_gap_on_the_pub_stream_triggers_one_push_pull():
     assert a.on_gap("zed", net.now) == [] and a.on_gap("a", net.now) == []
 
 
+def test_gap_push_pulls_are_bounded_per_node_whatever_the_senders():
+    """One gap push-pull per probe interval per node, with anyone: under heavy loss many
+    senders' gaps at once start one resync, not one each."""
+    net = Net(seed=12)
+    net.cluster(["a", "b", "c"])
+    a = net.nodes["a"]
+    period = a.config.probe_interval
+    (push,) = a.on_gap("b", net.now)
+    assert push.to == net.addr("b")
+    assert a.on_gap("c", net.now + 0.5 * period) == []  # the node's bound, not c's
+    (push,) = a.on_gap("c", net.now + 1.01 * period)
+    assert push.to == net.addr("c") and a.gap_resyncs == 2
+
+
 def test_healed_partition_merges_back_via_reconnect():
     net = Net(seed=13)
     everyone = ["a", "b", "c", "d"]

@@ -91,7 +91,8 @@ Rule 9. Dissemination (broadcast.py). What this node originates goes into the re
     (``on_gap``) only when more were missed than that: within the count, every update the
     missed flushes carried is sent again (or was replaced by a newer one, sent instead).
     So under loss a gap costs a push-pull only when an update's last copy was lost, about
-    one flush in ``retransmit_mult * ceil(log10(n + 1))``, not on every lost flush.
+    one flush in ``retransmit_mult * ceil(log10(n + 1))``, not on every lost flush, and
+    at most one a probe interval per node (pushpull.on_gap).
 
 Rule 10. Push-pull. ``StatePush(join, reply_to, members)`` is merged and answered with
     ``StateReply(full state)`` to ``reply_to`` (after the merge, so a refutation it caused

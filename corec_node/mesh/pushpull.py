@@ -19,6 +19,7 @@ from corec_node.mesh.membership_config import MembershipConfig
 from corec_node.wire.messages import MemberState, StatePush, StateReply
 
 __all__ = [
+    "GAP_RESYNC_NODE_PERIODS",
     "GAP_RESYNC_PERIODS",
     "JOIN_RETRY_MAX_FACTOR",
     "RESTORE_FANOUT",
@@ -29,6 +30,7 @@ __all__ = [
 JOIN_RETRY_MAX_FACTOR = 8  # join retries back off up to 8 x join_retry
 RESTORE_FANOUT = 8  # restore pushes to this many remembered members at once, the rest later
 GAP_RESYNC_PERIODS = 5  # at most one gap-triggered push-pull per sender per 5 probe intervals
+GAP_RESYNC_NODE_PERIODS = 1  # and at most one per node per probe interval, whatever the loss and the cluster's size
 
 
 def forward(addr: str, reply_to: str, st: MemberState) -> Send:
@@ -68,6 +70,7 @@ class PushPull:
         self._joined_any = False
         self._resync: list[tuple[float, str]] = []  # (live time, addr): post-join push-pulls
         self._gap_sync: dict[str, float] = {}
+        self._last_gap_sync = -math.inf  # live time of the last gap push-pull, with anyone
         self.gap_resyncs = 0  # gap push-pulls started (a gap soon after the last with its sender starts none)
         self._next_push_pull = next_push_pull
         self._next_reconnect = next_reconnect
@@ -120,17 +123,22 @@ class PushPull:
                 out.append(self.push(addr, members, live, join=True))
 
     def on_gap(self, sender: str, members: Mapping[str, Member], live: float) -> list[Effect]:
-        """A sequence gap on ``sender``'s stream: push-pull with it, at most once per
-        GAP_RESYNC_PERIODS probe intervals. (A bound per node as well, one a probe interval,
-        left a SIGKILLed node undetected by some at 10 % loss in the simulator: under such
-        loss these push-pulls are what spreads news.)"""
+        """A sequence gap on ``sender``'s stream that may have lost an update's last copy
+        (membership rule 9): push-pull with it, at most once per GAP_RESYNC_PERIODS probe
+        intervals per sender and once per GAP_RESYNC_NODE_PERIODS with anyone, so loss
+        cannot make a node resync without bound. What a skipped gap lost comes with the
+        next push-pull (a later gap's, anti-entropy's) or, for a death, with our own probes."""
         m = members.get(sender)
         if m is None or m.status == LEFT:
             return []
         last = self._gap_sync.get(sender)
-        if last is not None and live - last < GAP_RESYNC_PERIODS * self._cfg.probe_interval:
+        period = self._cfg.probe_interval
+        if last is not None and live - last < GAP_RESYNC_PERIODS * period:
+            return []
+        if live - self._last_gap_sync < GAP_RESYNC_NODE_PERIODS * period:
             return []
         self._gap_sync[sender] = live
+        self._last_gap_sync = live
         self.gap_resyncs += 1
         return [self.push(m.addr, members, live, join=False)]
 

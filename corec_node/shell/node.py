@@ -332,6 +332,9 @@ class Node:
             flowing = self.data.engine.ingested != ingested or self.data.queue().qsize() > 0
             ingested = self.data.engine.ingested
             step = TICK_PERIOD if flowing else IDLE_TICK_PERIOD
+            watchdog = self.notifier.watchdog_interval()
+            if watchdog is not None:  # a short WatchdogSec: ping on time all the same
+                step = max(TICK_PERIOD, min(step, watchdog / 2))
             if not self.mesh.alive:
                 log.event("mesh_process_exited", logging.ERROR, code=self.mesh.exit_code,
                           detail="the node's sockets and control plane are gone: stopping")

@@ -65,6 +65,7 @@ from corec_node.wire.topics import TOPIC_DIRECT
 TICK_PERIOD = 0.1  # the node process's timers (memory guard, watchdog, the data plane's beat) while data flows
 IDLE_TICK_PERIOD = 0.5  # and while none does: a wake costs ~0.3 ms, 10 a second were most of an idle node process's
 # CPU; engine ticks keep their own time (the loop wakes for each), a first batch waits at most this for the memory guard
+MIN_TICK_GAP = 0.01  # never sooner: a tick that failed before the engine's next tick moved on must not spin the loop
 STATUS_PERIOD = 5.0  # seconds between two STATUS= lines to systemd
 BEAT_PERIOD = 1.0  # the data plane's beat to the mesh process: 8 a stall bound (ENGINE_STALL_BOUND), and
 # each one wakes both processes (at 10 a second it was a tenth of an idle mesh process's CPU)
@@ -361,7 +362,7 @@ class Node:
             if now - self._status_at >= STATUS_PERIOD:
                 self._status_at = now
                 self.notifier.status(self.status_line())
-            expected = max(min(expected + step, self._next_engine_tick), now)
+            expected = max(min(expected + step, self._next_engine_tick), now + MIN_TICK_GAP)
 
     def _trim(self, now: float) -> None:
         """Once ingest has gone quiet, give the heap that receive buffers and batches freed

@@ -13,15 +13,22 @@ update is never starved by old ones when a flush is capped.
 a receiver that missed only flushes within that count hears everything they carried again
 (an update replaced by a newer one is outdated, the newer one goes out in its stead), so
 the gap costs it no push-pull (membership rule 9).
+
+``Dissemination`` is rule 9 around the queue: one ``Gossip`` per ``gossip_interval`` at
+most, each carrying ``quiet``, and the receiving side's test of whether a gap is covered.
 """
 
 from __future__ import annotations
 
 import math
 
-from corec_node.wire.messages import MemberState
+from corec_node.mesh.effects import Broadcast, Effect
+from corec_node.wire.messages import Gossip, MemberState
 
-__all__ = ["BroadcastQueue", "retransmit_limit"]
+__all__ = ["MAX_GOSSIP_UPDATES", "BroadcastQueue", "Dissemination", "retransmit_limit"]
+
+MAX_GOSSIP_UPDATES = 64  # updates per Gossip (~4 KB): frames stay small; the rest go next flush
+_NEVER = -math.inf
 
 
 def retransmit_limit(retransmit_mult: int, n: int) -> int:
@@ -69,3 +76,46 @@ class BroadcastQueue:
         if out:
             self.quiet = 0 if final else self.quiet + 1
         return out
+
+
+class Dissemination:
+    """Membership rule 9: what this node originates leaves in rate-limited Gossip flushes;
+    what others' flushes say about their own gaps decides whether ours need a push-pull."""
+
+    __slots__ = ("_interval", "_last_flush", "_mult", "gaps_covered", "queue")
+
+    def __init__(self, gossip_interval: float, retransmit_mult: int) -> None:
+        self._interval = gossip_interval
+        self._mult = retransmit_mult
+        self._last_flush = _NEVER
+        self.queue = BroadcastQueue()
+        self.gaps_covered = 0  # mbr gaps whose missed Gossip carried nothing for the last time: no push-pull
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def next_flush(self) -> float:
+        """When (on the live clock) the next flush may go: never while nothing is queued."""
+        return self._last_flush + self._interval if len(self.queue) else math.inf
+
+    def flush_now(self) -> None:
+        """Let the next flush go at once (a leave: the news must not wait out the interval)."""
+        self._last_flush = _NEVER
+
+    def flush(self, live: float, n: int, out: list[Effect]) -> None:
+        """One Gossip with the queued updates, if one is due; ``n``: the cluster's size."""
+        if not len(self.queue) or live < self._last_flush + self._interval:
+            return
+        quiet = self.queue.quiet
+        updates = self.queue.take(retransmit_limit(self._mult, n), MAX_GOSSIP_UPDATES)
+        if updates:
+            self._last_flush = live
+            out.append(Broadcast(Gossip(tuple(updates), quiet)))
+
+    def covered(self, missed: int, quiet: int | None) -> bool:
+        """Did the sender's later flushes repeat all that its ``missed`` ones carried? Only
+        when the Gossip after the gap says it sent nothing for the last time since then."""
+        if quiet is not None and missed <= quiet:
+            self.gaps_covered += 1
+            return True
+        return False

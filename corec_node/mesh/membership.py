@@ -12,10 +12,9 @@ probe loop (rule 7), pushpull.py push-pull and join (rules 10-12, 15), member.py
 record and precedence (rule 2), and suspicion.py, awareness.py and broadcast.py are
 suspicion.go, awareness.go and queue.go.
 
-Future work: every node here subscribes to every member's PUB and probes round-robin over
-all members. That is right up to a few hundred nodes; beyond, a node should keep a partial
-view (SUB to a random subset, relayed gossip with a hop count) and the simulator must show
-convergence. Not needed yet.
+Every node here subscribes to every member's PUB and probes round-robin over all members:
+right up to a few hundred nodes. Beyond, a partial view (hyparview.py) and tree broadcast
+(plumtree.py) are the cores to come; they are not wired in yet.
 
 Rules (numbered as h11 does; the code refers to them):
 
@@ -171,9 +170,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from corec_node.mesh.awareness import Awareness
-from corec_node.mesh.broadcast import BroadcastQueue, retransmit_limit
+from corec_node.mesh.broadcast import Dissemination
 from corec_node.mesh.effects import (
-    Broadcast,
     Effect,
     MemberChanged,
     MemberReaped,
@@ -212,10 +210,8 @@ from corec_node.wire.messages import (
 
 __all__ = ["PROFILES", "Member", "Membership", "MembershipConfig", "supersedes"]
 
-MAX_GOSSIP_UPDATES = 64  # updates per Gossip (~4 KB): frames stay small; the rest go next flush
 REFUSED_SUSPICION = 2  # rule 17: probe periods a member whose port refused us has to refute (0.4 s on lan)
 REFUSED_FRESH = 10  # probe periods a refused reconnect stays evidence for a suspicion to come
-_NEVER = -math.inf
 DOWN = frozenset({DEAD, LEFT})  # members kept only until reaped (rule 13)
 
 
@@ -249,12 +245,11 @@ class Membership:
         self._self = Member(name, addr, pub, 0, ALIVE, now, build)
         self._members: dict[str, Member] = {name: self._self}
         self._awareness = Awareness(config.awareness_max)
-        self._queue = BroadcastQueue()
+        self._gossip = Dissemination(config.gossip_interval, config.retransmit_mult)
         self._suspicions: dict[str, Suspicion] = {}
         self._refused: dict[str, tuple[int, float]] = {}  # rule 17: name -> (incarnation, when)
         self._conflicts: set[str] = set()
         self._left = False
-        self.gaps_covered = 0  # mbr gaps whose missed Gossip carried nothing for the last time: no push-pull
         self._live = now
         self._last_now = now
         # first timers at random phases, so nodes started together do not beat in step
@@ -265,7 +260,6 @@ class Membership:
         self._sync = PushPull(
             name, addr, config, rng, next_push_pull=next_push_pull, next_reconnect=next_reconnect
         )
-        self._last_flush = _NEVER
         self._next_reap = math.inf  # the earliest a dead or left member is due to be forgotten
 
     # -- properties -------------------------------------------------------------------
@@ -342,7 +336,7 @@ class Membership:
 
     def broadcasts_pending(self) -> int:
         """Updates still to be retransmitted; after ``leave`` the shell may stop at 0."""
-        return len(self._queue)
+        return len(self._gossip)
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -424,15 +418,19 @@ class Membership:
         what is left of it is never late (after a stall it is early, and ``tick`` is a no-op).
         At or before ``now`` means due now."""
         if self._left:
-            return now if len(self._queue) else math.inf
+            return now if len(self._gossip) else math.inf
         live = self._live
         due = min(self._prober.next_deadline(), self._sync.next_deadline())
         if self._suspicions:
             scale = self._awareness.score + 1
             due = min(due, min(s.deadline(scale) for s in self._suspicions.values()))
-        if len(self._queue):
-            due = min(due, self._last_flush + self._cfg.gossip_interval)
+        due = min(due, self._gossip.next_flush())
         return max(now, min(self._last_now + (due - live), self._next_reap))
+
+    @property
+    def gaps_covered(self) -> int:
+        """Sequence gaps the sender's later Gossip covered: no push-pull (rule 9)."""
+        return self._gossip.gaps_covered
 
     @property
     def gap_resyncs(self) -> int:
@@ -448,8 +446,7 @@ class Membership:
         live = self._clock(now)
         if self._left or sender == self.name:
             return []
-        if quiet is not None and missed <= quiet:
-            self.gaps_covered += 1
+        if self._gossip.covered(missed, quiet):
             return []
         return self._sync.on_gap(sender, self._members, live)
 
@@ -468,11 +465,11 @@ class Membership:
         out: list[Effect] = [MemberChanged(me.name, me.addr, old, LEFT, me.inc, "left")]
         self._prober.stop()
         self._sync.stop()
-        self._queue.queue(me.state())
+        self._gossip.queue.queue(me.state())
         fanout = self._cfg.indirect_checks
         for m in random_alive(self._members, self._rng, fanout, exclude={me.name}):
             out.append(Send(m.addr, StatePush(join=False, reply_to=me.addr, members=(me.state(),))))
-        self._last_flush = _NEVER
+        self._gossip.flush_now()
         self._flush(live, out)
         return out
 
@@ -499,7 +496,7 @@ class Membership:
             self._prune(m, now, "pruned", out)
         else:
             self._set(m, m.inc, LEFT, now, "force-left", out)
-            self._queue.queue(m.state())
+            self._gossip.queue.queue(m.state())
         self._flush(live, out)
         return out
 
@@ -508,7 +505,7 @@ class Membership:
         if m.status != LEFT:
             self._set(m, m.inc, LEFT, now, reason, out)
         self._forget(m.name, out)
-        self._queue.queue(replace(m.state(), status=LEFT, pruned=True))
+        self._gossip.queue.queue(replace(m.state(), status=LEFT, pruned=True))
 
     def note_stall(self, lag: float, now: float) -> None:
         """The shell measured its own loop lag (seconds). Lifeguard local health: a lag of
@@ -602,7 +599,7 @@ class Membership:
     def _refute(self, inc: int, status: MemberStatus) -> None:
         me = self._self
         me.inc = max(me.inc, inc) + 1
-        self._queue.queue(me.state())
+        self._gossip.queue.queue(me.state())
         if status in (SUSPECT, DEAD):
             self._awareness.apply(1)
 
@@ -648,7 +645,7 @@ class Membership:
             if m.status == SUSPECT:
                 self._start_suspicion(m, sender, live)
             elif not gossip:
-                self._queue.queue(m.state())  # rule 9: news from a direct push-pull
+                self._gossip.queue.queue(m.state())  # rule 9: news from a direct push-pull
             return
         if not supersedes(st.inc, st.status, m.inc, m.status):
             if gossip and st.status == SUSPECT and m.status == SUSPECT and st.inc == m.inc:
@@ -675,7 +672,7 @@ class Membership:
         if st.status == SUSPECT:
             self._start_suspicion(m, sender, live)
         elif not gossip and st.status != DEAD:
-            self._queue.queue(m.state())  # rule 9: news from a direct push-pull
+            self._gossip.queue.queue(m.state())  # rule 9: news from a direct push-pull
 
     @staticmethod
     def _reason(m: Member, status: MemberStatus, sender: str, gossip: bool) -> str:
@@ -713,9 +710,9 @@ class Membership:
                 self._next_reap = min(self._next_reap, now + self._cfg.reap_after)
         if status != SUSPECT:
             self._suspicions.pop(m.name, None)
-        queued = self._queue.pending(m.name)
+        queued = self._gossip.queue.pending(m.name)
         if queued is not None and supersedes(m.inc, m.status, queued.inc, queued.status):
-            self._queue.drop(m.name)  # what we were spreading is outdated
+            self._gossip.queue.drop(m.name)  # what we were spreading is outdated
         if status != old:
             out.append(MemberChanged(m.name, m.addr, old, status, inc, reason))
         elif moved:
@@ -759,11 +756,11 @@ class Membership:
         if m.status == ALIVE:
             self._set(m, m.inc, SUSPECT, now, "probe timeout", out)
             self._start_suspicion(m, self.name, live)
-            self._queue.queue(m.state())
+            self._gossip.queue.queue(m.state())
         elif m.status == SUSPECT:
             s = self._suspicions.get(m.name)
             if s is not None and s.confirm(self.name):
-                self._queue.queue(m.state())  # our independent accusation counts for others
+                self._gossip.queue.queue(m.state())  # our independent accusation counts for others
 
     def _tick_suspicions(self, now: float, live: float, out: list[Effect]) -> None:
         scale = self._awareness.score + 1
@@ -774,7 +771,7 @@ class Membership:
             m = self._members.get(name)
             if m is not None and m.status == SUSPECT and m.inc == s.inc:
                 self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
-                self._queue.queue(m.state())
+                self._gossip.queue.queue(m.state())
 
     def _reap(self, now: float, out: list[Effect]) -> None:
         """Forget members dead or left for ``reap_after``: a scan only when one is due (by
@@ -786,7 +783,7 @@ class Membership:
             if name == self.name or m.status not in DOWN:
                 continue
             if now - m.since >= self._cfg.reap_after:
-                self._queue.drop(name)
+                self._gossip.queue.drop(name)
                 self._forget(name, out)
             else:
                 next_reap = min(next_reap, m.since + self._cfg.reap_after)
@@ -800,11 +797,4 @@ class Membership:
         out.append(MemberReaped(name))
 
     def _flush(self, live: float, out: list[Effect]) -> None:
-        if not len(self._queue) or live < self._last_flush + self._cfg.gossip_interval:
-            return
-        limit = retransmit_limit(self._cfg.retransmit_mult, n_live(self._members))
-        quiet = self._queue.quiet
-        updates = self._queue.take(limit, MAX_GOSSIP_UPDATES)
-        if updates:
-            self._last_flush = live
-            out.append(Broadcast(Gossip(tuple(updates), quiet)))
+        self._gossip.flush(live, n_live(self._members), out)

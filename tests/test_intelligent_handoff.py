@@ -234,8 +234,12 @@ def test_a_joining_node_gets_the_trained_weights_of_the_blocks_it_is_given(clust
         rows = eventually(given, 40, interval=0.3, message="b's rows of the blocks it was given carry nano_forecast")
         moved = len(rows)
         assert 0 < moved < 8
-        intel_b = eventually(lambda: (s := b.ctl("status")["intelligent"])["weights_loaded"] >= moved and s, 30,
-                             message="b loaded a's weights of every block it was given")
+        try:
+            intel_b = eventually(lambda: (s := b.ctl("status")["intelligent"])["weights_loaded"] >= moved and s, 30,
+                                 message="b loaded a's weights of every block it was given")
+        except AssertionError as exc:  # say where the weights went: sent, unsent, dropped, kept
+            raise AssertionError(f"{exc}; moved {moved}; a: {a.ctl('status')['intelligent']}; "
+                                 f"b: {b.ctl('status')['intelligent']}") from None
         intel_a = a.ctl("status")["intelligent"]
         # once per block (more only if a copy had to be sent again under a later map)
         assert intel_a["weights_sent"] >= intel_b["weights_received"] >= intel_b["weights_loaded"] >= moved

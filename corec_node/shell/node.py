@@ -65,6 +65,7 @@ from corec_node.wire.topics import TOPIC_DIRECT
 TICK_PERIOD = 0.1  # the node process's timers (memory guard, watchdog, the data plane's beat) while data flows
 IDLE_TICK_PERIOD = 0.5  # and while none does: a wake costs ~0.3 ms, 10 a second were most of an idle node process's
 # CPU; engine ticks keep their own time (the loop wakes for each), a first batch waits at most this for the memory guard
+TICK_SLACK = 0.5  # after an engine tick that overran its interval, the loop is free this share of its length
 MIN_TICK_GAP = 0.01  # never sooner: a tick that failed before the engine's next tick moved on must not spin the loop
 STATUS_PERIOD = 5.0  # seconds between two STATUS= lines to systemd
 BEAT_PERIOD = 1.0  # the data plane's beat to the mesh process: 8 a stall bound (ENGINE_STALL_BOUND), and
@@ -73,6 +74,14 @@ PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes o
 TRIM_PERIOD = 5.0  # after ingest, freed heap goes back to the system at most this often
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 ALERT_TEXT_MAX = 4096  # bytes of alert text published; longer texts are cut
+
+
+def next_engine_tick(due: float, interval: float, started: float, took: float) -> float:
+    """When the next engine tick is due, after one due at ``due`` that started at ``started``
+    and ran ``took`` s: an interval after ``due`` while ticks keep time; after one that ran
+    late or long, once the loop has been free ``TICK_SLACK`` of its length, so commands,
+    replies and ingest get their turn however far behind the ticks are."""
+    return max(due + interval, started + took * (1 + TICK_SLACK))
 
 
 class PortUnusable(Exception):
@@ -381,10 +390,14 @@ class Node:
         self._trim(now)
         self.data.memory_full(self.memory.full(), self.memory)
         if now >= self._next_engine_tick:
-            self._next_engine_tick = max(self._next_engine_tick + self.config.engine.tick_interval, now)
             started = time.perf_counter()
-            self.data.tick()
-            self.engine_tick_time.observe(time.perf_counter() - started)
+            try:
+                self.data.tick()
+            finally:  # a tick that raised is not run again at once either
+                took = time.perf_counter() - started
+                self.engine_tick_time.observe(took)
+                self._next_engine_tick = next_engine_tick(self._next_engine_tick, self.config.engine.tick_interval,
+                                                          now, took)
         retention = self.config.storage.history_retention
         if now >= self._next_prune and retention > 0:
             self._next_prune = now + PRUNE_PERIOD

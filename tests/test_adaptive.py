@@ -89,6 +89,16 @@ def test_a_holder_follows_the_genome_its_owner_publishes_but_an_owner_keeps_its_
     assert layer.known[8] == SEASONAL  # learnt for when it becomes ours
 
 
+def test_a_spec_seen_before_is_not_parsed_again_and_bad_bytes_are_never_remembered():
+    layer = AdaptiveBlocks()
+    text = genome_text(SEASONAL)
+    first = layer._intern(text)
+    assert first == SEASONAL and layer._intern(text) is first  # each owner resends specs in turn
+    assert layer._intern("{broken") is None and layer._intern("{broken") is None
+    assert layer._intern(42) is None  # not text: a peer's row is checked only for form
+    assert "{broken" not in layer._by_text
+
+
 def test_trials_run_only_on_owned_blocks_and_a_winning_challenger_replaces_the_genome():
     layer = AdaptiveBlocks()
     blocks = np.array([1, 2, 3], np.int64)

@@ -94,6 +94,7 @@ class AdaptiveBlocks:
         self._first_tick: int | None = None  # the first tick this process stepped
         self._sent: dict[int, tuple[str, int]] = {}  # block -> (genome id, tick) of its last spec row
         self._by_id: dict[str, Genome] = {DEFAULT.id: DEFAULT}  # one object per distinct genome
+        self._by_text: dict[str, Genome] = {}  # specs already parsed: each owner resends them in turn
         self.first: dict[int, Genome] = {}  # channel -> the genome its blocks start with (engine.genomes)
         self.replaced = 0  # genomes replaced by a winning challenger (as owner)
         self.kept = 0  # trials the current genome won
@@ -225,12 +226,16 @@ class AdaptiveBlocks:
             self.forecasts.set_genome(b, g)
 
     def _intern(self, text: Any) -> Genome | None:
+        known = self._by_text.get(text) if type(text) is str else None
+        if known is not None:
+            return known
         g = parse_genome(text)
         if g is None:
             return None
-        if len(self._by_id) >= MAX_DISTINCT:
-            self._by_id = {DEFAULT.id: DEFAULT}
-        return self._by_id.setdefault(g.id, g)
+        if len(self._by_id) >= MAX_DISTINCT or len(self._by_text) >= MAX_DISTINCT:
+            self._by_id, self._by_text = {DEFAULT.id: DEFAULT}, {}
+        g = self._by_text[text] = self._by_id.setdefault(g.id, g)
+        return g
 
     def spec_of(self, row: Mapping[str, Any]) -> Genome | None:
         """The genome a row names (by id), if this node knows it (the default it always does)."""

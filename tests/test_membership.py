@@ -383,6 +383,36 @@ def test_indirect_probe_saves_a_node_behind_a_lossy_direct_link():
     assert net.nodes["a"].awareness == 0
 
 
+def test_a_lost_ping_is_sent_again_with_the_relays_and_its_ack_ends_the_probe():
+    """memberlist's fallback ping: once the direct wait is over, the target is pinged again
+    beside the PingReqs, under the same probe number, so one lost Ping or Ack (with the
+    relays' hops lost too) costs no suspicion."""
+    cfg = replace(MembershipConfig.test(), stall_gap=None)
+    a = Membership("a", "a:7400", "a:7401", cfg, random.Random(1), 0.0)
+    a.handle("b", StateReply(tuple(state(n) for n in "bc")), 0.0)
+    t, first = 0.0, None
+    while first is None and t < 1.0:  # a's first probe; its Ping is lost
+        t = round(t + 0.005, 3)
+        first = next((e for e in a.tick(t) if isinstance(e, Send) and isinstance(e.msg, Ping)), None)
+    target = first.msg.target
+    again: list[Send] = []
+    while not again and t < 1.0:
+        t = round(t + 0.005, 3)
+        out = a.tick(t)
+        again = [e for e in out if isinstance(e, Send) and isinstance(e.msg, Ping)]
+    assert [e.msg.target for e in out if isinstance(e, Send) and isinstance(e.msg, PingReq)] == [target]
+    (ping,) = again
+    assert ping.to == first.to and ping.msg == first.msg  # the same probe, straight to it
+    a.handle(target, Ack(ping.msg.probe, target), t + 0.01)  # its Ack; the relay's answer is lost
+    end = t + cfg.probe_interval  # past this probe's period (the next probe's Ping goes unanswered)
+    changes = []
+    while t < end:
+        t = round(t + 0.005, 3)
+        changes += [e for e in a.tick(t) if isinstance(e, MemberChanged)]
+    assert a.member(target).status == ALIVE and changes == []
+    assert a.awareness == 0  # an acked probe: no penalty for the relay's missing Nack
+
+
 def test_relay_nacks_when_the_target_does_not_answer():
     cfg = MembershipConfig.test()
     relay = Membership("c", "c:7400", "c:7401", cfg, random.Random(1), 0.0)

@@ -50,14 +50,14 @@ Rule 6. Name conflict. Our name listed alive at another address (Gossip, StatePu
     one ``NameConflict`` per conflicting address. We never refute it: two nodes refuting
     each other would raise incarnations forever.
 
-Rule 7. Probing. One probe per probe period ``probe_interval * (awareness + 1)``. Targets:
-    members we heard suspected by someone else first (our verdict confirms or not within
-    one period), then round-robin over a shuffled list of the other alive/suspect members,
-    reshuffled each round; new members are inserted at a random place in the rest of the
-    round. ``Ping(probe, target, reply_to)``; no Ack after ``probe_timeout * (awareness +
-    1)``: ``PingReq`` to ``indirect_checks`` random other alive members, which ping the
-    target under their own probe number, relay its Ack, or send ``Nack`` after half a base
-    probe timeout (early enough to reach us before our period ends). An Ack (direct or
+Rule 7. Probing. One probe per period ``probe_interval * (awareness + 1)``. Targets: members
+    others suspect first (our verdict within one period), then round-robin over a shuffled
+    list of the other live members, reshuffled each round (a new one at a random place).
+    ``Ping(probe, target, reply_to)``; no Ack after ``probe_timeout * (awareness + 1)``:
+    ``PingReq`` to ``indirect_checks`` random other alive members, which ping the target
+    under their own probe number, relay its Ack, or send ``Nack`` after half a base probe
+    timeout (to reach us before our period ends), and one more Ping straight to the target
+    (memberlist's fallback ping: one lost Ping or Ack is no suspicion). An Ack (direct or
     relayed) before the period ends: success, awareness -1. None: the target becomes
     suspect (at the incarnation it had when the probe started), and awareness +1 if some
     asked relay sent no Nack (they could not even answer us: we are the suspect one).

@@ -83,9 +83,10 @@ class Prober:
     def expire_probe(
         self, members: Mapping[str, Member], live: float, out: list[Effect]
     ) -> Probe | None:
-        """Advance the probe in flight: PingReq to relays once the direct wait is over; at
-        the end of its period, return it if no Ack came (awareness +1 if some relay sent no
-        Nack: they could not answer us either, we may be the slow one)."""
+        """Advance the probe in flight: once the direct wait is over, PingReq to relays and
+        the target pinged again; at the end of its period, return it if no Ack came
+        (awareness +1 if some relay sent no Nack: they could not answer us either, we may
+        be the slow one)."""
         cfg = self._cfg
         p = self._probe
         if p is None:
@@ -98,6 +99,10 @@ class Prober:
             p.expected_nacks = len(relays)
             for r in relays:
                 out.append(Send(r.addr, PingReq(p.probe, p.target, p.addr, self._addr)))
+            # and a second Ping straight to it (memberlist's fallback ping): one lost
+            # message, the Ping or its Ack, must not cost a suspicion when the relays' four
+            # hops are lost too; its Ack carries the same probe number
+            out.append(Send(p.addr, Ping(p.probe, p.target, self._addr)))
         if live < p.deadline:
             return None
         self._probe = None

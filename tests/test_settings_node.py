@@ -76,8 +76,12 @@ def test_a_node_runs_with_the_committed_settings_and_set_changes_them_everywhere
         assert _settings(b)["differences"] == {}, "b's file now agrees with the cluster"
         assert _settings(a)["differences"] == {"engine.replicas": {"file": "1", "committed": "2"}}
         assert any(e.get("event") == "cluster_settings_changed" for e in a.log_events())
-        eventually(lambda: voters_agree(nodes, ["a", "b"]) and all(
-            sorted(n.members().values()) == ["alive", "alive"] for n in nodes), 30, message="the cluster is back")
+        try:
+            eventually(lambda: voters_agree(nodes, ["a", "b"]) and all(
+                sorted(n.members().values()) == ["alive", "alive"] for n in nodes), 30, message="the cluster is back")
+        except AssertionError as exc:  # say what each node sees
+            seen = {n.name: (n.voters(), n.members(), [e.get("event") for e in n.log_events()][-12:]) for n in nodes}
+            raise AssertionError(f"{exc}; voters, members and last events on each node: {seen}") from None
 
         # the tick interval changes while the nodes run: no restart
         restarts = {n.name: sum(e.get("event") == "ready" for e in n.log_events()) for n in nodes}

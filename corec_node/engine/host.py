@@ -654,13 +654,11 @@ class EngineHost:
     def observe_rows(self, owner: str, rows: Iterable[dict[str, Any]]) -> None:
         """An owner's rows of one tick (ours too); their epochs raise ours (rule 6)."""
         top = self.epoch
-        if not isinstance(rows, list):
-            rows = list(rows)
-        specs: list[dict[str, Any]] = []
+        rows = rows if isinstance(rows, list) else list(rows)
         if owner != self.name:  # genomes others own: ours are kept (rule 3), asked in one go
             specs = [r for r in rows if SPEC_KEY in r and type(r.get("block")) is int and 0 <= r["block"] < 1 << 40]
-        for row, ours in zip(specs, self._owned_blocks([r["block"] for r in specs]) if specs else (), strict=True):
-            self.adaptive.observe_row(row, ours=ours)
+            for row, ours in zip(specs, self._owned_blocks([r["block"] for r in specs]), strict=True):
+                self.adaptive.observe_row(row, ours=ours)
         for row in rows:
             row["owner"] = owner
             if row.get("count") == 0:  # the block was emptied (deletes, a TTL): shown no more

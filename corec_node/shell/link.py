@@ -43,9 +43,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from corec_node.log import LOGGER_NAME
+from corec_node.shell.reader import SocketReader
 
 DIRECT, BROADCAST, EVENT, REPLY = b"D", b"B", b"E", b"R"  # mesh -> node
 SEND, PUBLISH, ANSWER, OPERATION, REQUEST = b"S", b"P", b"Y", b"C", b"Q"  # node -> mesh
@@ -54,8 +54,6 @@ DATA_KINDS = frozenset((DIRECT, BROADCAST, SEND, PUBLISH, ANSWER))  # the data l
 LINK_HWM = 200_000  # data messages queued either way before the link drops (and counts)
 LINK_BYTES = 64 << 20  # data bytes sent and not yet read by the other end, at most
 CREDIT_SHARE = 64  # the reader returns credit every LINK_BYTES / CREDIT_SHARE bytes it reads
-ZERO_COPY_MIN = 65536  # as the transport: big frames cross as zero-copy views
-YIELD_EVERY = 0.005  # a backlog on the link holds a loop at most ~5 ms at a time
 
 
 def endpoint_for(pid: int) -> str:
@@ -74,11 +72,10 @@ class LinkEnd:
     way round (both its PUSHes to ``endpoint-up``)."""
 
     def __init__(self, endpoint: str, *, bind: bool) -> None:
-        self.ctx = zmq.asyncio.Context()
-        sync_ctx = zmq.Context.shadow(self.ctx.underlying)
-        self._out = sync_ctx.socket(zmq.PUSH)  # plain: NOBLOCK raises at once, no future
-        self._ctl = sync_ctx.socket(zmq.PUSH)
-        self.sock = self.ctx.socket(zmq.PULL)
+        self.ctx = zmq.Context()  # plain sockets: NOBLOCK raises at once, no future
+        self._out = self.ctx.socket(zmq.PUSH)
+        self._ctl = self.ctx.socket(zmq.PUSH)
+        self.sock = self.ctx.socket(zmq.PULL)  # read by SocketReader, never awaited
         for sock in (self._out, self._ctl, self.sock):
             sock.setsockopt(zmq.LINGER, 0)
         self._out.setsockopt(zmq.SNDHWM, LINK_HWM)
@@ -98,7 +95,7 @@ class LinkEnd:
         self.credited_bytes = 0  # ... of which the other end has read this many
         self.read_bytes = 0  # data bytes this end read
         self._credit_sent = 0
-        self._task: asyncio.Task[None] | None = None
+        self._reader: SocketReader | None = None
 
     @property
     def in_flight(self) -> int:
@@ -150,48 +147,18 @@ class LinkEnd:
         return False
 
     def start(self, handler: Callable[[bytes, list[Any]], None]) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._recv_loop(handler))
-
-    async def _recv_loop(self, handler: Callable[[bytes, list[Any]], None]) -> None:
-        loop = asyncio.get_running_loop()
-        queued = zmq.Socket.shadow(self.sock.underlying)
-        last_yield = loop.time()
-        while True:
-            if loop.time() - last_yield >= YIELD_EVERY:
-                await asyncio.sleep(0)
-                last_yield = loop.time()
-            try:
-                try:
-                    raw = queued.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    raw = await self.sock.recv_multipart(copy=False)
-            except asyncio.CancelledError:
-                raise
-            except zmq.ZMQError:
-                if self.sock.closed:
-                    return
-                self.dropped["link_recv_error"] += 1
-                await asyncio.sleep(0)
-                continue
-            frames = [f.bytes if len(f) < ZERO_COPY_MIN else f.buffer for f in raw]
-            try:
-                if self._take(frames[0], frames[1:]):
-                    continue
+        """Read the link from the loop's reader callback (reader.py); needs the running loop."""
+        def take(frames: list[Any]) -> None:
+            if not self._take(frames[0], frames[1:]):
                 handler(frames[0], frames[1:])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad message must not stop the link
-                self.dropped["link_handler_error"] += 1
-                logging.getLogger(LOGGER_NAME).exception("link_handler_failed")
+
+        self._reader = SocketReader(self.sock, take, self.dropped, prefix="link_", failure_event="link_handler_failed")
+        self._reader.start()
 
     async def close(self, linger_ms: int = 0) -> None:
         """``linger_ms``: how long what is still queued may take to leave."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._reader is not None:
+            self._reader.close()
         self._out.close(linger_ms)
         self._ctl.close(linger_ms)
         self.sock.close(0)

@@ -1,4 +1,5 @@
-"""ZeroMQ sockets: the only module that imports zmq.
+"""ZeroMQ sockets of the network (the link between a node's two processes is link.py; both
+read through reader.py).
 
 One node owns:
 - a ROUTER bound on its direct address: probes, push-pull and votes arrive here;
@@ -35,6 +36,7 @@ from corec_node.shell.curve import (
     start_authenticator,
     stop_authenticator,
 )
+from corec_node.shell.reader import ZERO_COPY_MIN, SocketReader
 
 Handler = Callable[[list[bytes]], Awaitable[None] | None]
 DirectHandler = Callable[[list[bytes], bytes], Awaitable[None] | None]  # (frames, ROUTER identity)
@@ -52,8 +54,6 @@ HEARTBEAT_IVL_MS = 1_000  # ZMTP heartbeats find dead TCP connections that SWIM 
 HEARTBEAT_TIMEOUT_MS = 3_000
 HEARTBEAT_TTL_MS = 3_000
 AUTH_RETRY = 5.0  # seconds before a DEALER whose key a peer refused dials it again (libzmq never does)
-ZERO_COPY_MIN = 65536  # ZeroMQ copies frames under 64 KiB anyway; above, hand out views
-YIELD_EVERY = 0.005  # a receive backlog holds the loop at most ~5 ms at a time
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
 # What a PUB reads is subscriptions (a topic of a few bytes) and, with CURVE, the handshake
 # (its largest command, INITIATE, is under 1 KiB). libzmq reads a frame of any declared size
@@ -81,14 +81,16 @@ class Transport:
         self.security = security  # CurveZMQ keys; None: plain TCP (the node warns at start)
         self.allow = tuple(allow)  # peer networks admitted ("10.0.0.0/8"); empty: every address
         self.auth = None  # the ZAP authenticator thread while security or an allowlist is on
-        self.router: zmq.asyncio.Socket | None = None
+        self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
-        self.sub: zmq.asyncio.Socket | None = None
+        self.sub: zmq.Socket | None = None
         self.dealers: dict[str, zmq.Socket] = {}
         self.sub_peers: set[str] = set()
         self.dropped: collections.Counter[str] = collections.Counter()
         self.sent = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._readers: list[SocketReader] = []
+        self._router_reader: SocketReader | None = None  # poked after our own sends on its socket
+        self._sub_reader: SocketReader | None = None
         self._on_peer: PeerHint | None = None
         self._monitors: dict[str, asyncio.Task[None]] = {}
         self.refused_by: dict[str, float] = {}  # peer addr -> when it last refused our CURVE key
@@ -123,7 +125,7 @@ class Transport:
             assert self.router is not None
             self.router.close(0)
             raise
-        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub = self.sync_ctx.socket(zmq.SUB)
         self._common(self.sub)
         self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
         self.sub.setsockopt(zmq.MAXMSGSIZE, limit)
@@ -136,7 +138,7 @@ class Transport:
         if (self.security is not None or self.allow) and self.auth is None:
             # before any server socket exists: a stranger is refused before libzmq buffers its message
             self.auth = start_authenticator(self.sync_ctx, self.security, allow=self.allow)
-        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router = self.sync_ctx.socket(zmq.ROUTER)
         self._common(self.router)
         # No ZMTP heartbeats on the ROUTER. In libzmq 4.3.5 an engine whose peer filled its
         # receive pipe stops reading, so it cannot see the peer's PONGs: after
@@ -163,6 +165,7 @@ class Transport:
         assert self.sub is not None
         for topic in topics:
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self._poke_sub()
 
     def connect_sub(self, pub_addr: str) -> None:
         """Listen to a member's PUB stream (idempotent)."""
@@ -170,6 +173,7 @@ class Transport:
             return
         self.sub.connect(tcp(pub_addr))
         self.sub_peers.add(pub_addr)
+        self._poke_sub()
 
     def disconnect_sub(self, pub_addr: str) -> None:
         if pub_addr not in self.sub_peers or self.sub is None:
@@ -179,6 +183,12 @@ class Transport:
             self.sub.disconnect(tcp(pub_addr))
         except zmq.ZMQError:
             pass
+        self._poke_sub()
+
+    def _poke_sub(self) -> None:
+        """An operation on the SUB may have taken its descriptor's signal: look again."""
+        if self._sub_reader is not None:
+            self._sub_reader.poke()
 
     def _dealer(self, addr: str) -> zmq.Socket:
         sock = self.dealers.get(addr)
@@ -320,78 +330,40 @@ class Transport:
 
     def reply(self, identity: bytes, frames: Sequence[Any]) -> bool:
         """Send frames back on the ROUTER to the connection ``identity`` (a producer's);
-        False (and counted) when it is gone or its queue is full. Through the asyncio
-        socket, which the receive loop awaits: a plain send on a shadow could swallow the
-        wake-up of a message that arrived meanwhile."""
+        False (and counted) when it is gone or its queue is full. The send may take the
+        wake-up of a message that arrived meanwhile: the reader is poked to look."""
         assert self.router is not None
-        sent = self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
-        error = sent.exception() if sent.done() else None  # NOBLOCK: settled at once
-        if error is None:
-            self.sent += 1
-            return True
-        self.dropped["reply_queue_full" if isinstance(error, zmq.Again) else "reply_unroutable"] += 1
-        return False
+        try:
+            self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as error:
+            self.dropped["reply_queue_full" if isinstance(error, zmq.Again) else "reply_unroutable"] += 1
+            return False
+        finally:
+            if self._router_reader is not None:
+                self._router_reader.poke()
+        self.sent += 1
+        return True
 
-    def start(self, on_direct: DirectHandler, on_broadcast: Handler) -> None:
-        """Start the receive loops; each frame list goes to its handler, identity stripped
-        (the direct handler gets it as its second argument, for ``reply``)."""
+    def start(self, on_direct: DirectHandler, on_broadcast: Handler | None) -> None:
+        """Start reading; each frame list goes to its handler, identity stripped (the
+        direct handler gets it as its second argument, for ``reply``). Needs the running loop."""
         assert self.router is not None
-        self._tasks = [asyncio.create_task(self._recv_loop(self.router, on_direct, strip_identity=True))]
-        if self.sub is not None:
-            self._tasks.append(asyncio.create_task(self._recv_loop(self.sub, on_broadcast, strip_identity=False)))
-
-    async def _recv_loop(self, sock: zmq.asyncio.Socket, handler: Any, *, strip_identity: bool) -> None:
-        # A queued message is taken with a plain non-blocking recv on a shadow of the socket
-        # (no Future per message); only an empty socket is awaited. So a backlog would
-        # starve the timers (probes, heartbeats, ticks) and the control socket: yield at
-        # least every YIELD_EVERY seconds.
-        loop = asyncio.get_running_loop()
-        queued = zmq.Socket.shadow(sock.underlying)
-        last_yield = loop.time()
-        while True:
-            if loop.time() - last_yield >= YIELD_EVERY:
-                await asyncio.sleep(0)
-                last_yield = loop.time()
-            try:
-                try:
-                    raw = queued.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    raw = await sock.recv_multipart(copy=False)
-                # small frames as bytes (cheapest to parse); big payloads as zero-copy views
-                # that keep their zmq.Frame alive for as long as someone holds them
-                frames = [f.bytes if len(f) < ZERO_COPY_MIN else f.buffer for f in raw]
-            except asyncio.CancelledError:
-                raise
-            except zmq.ZMQError:
-                if sock.closed:
-                    return
-                self.dropped["recv_error"] += 1
-                await asyncio.sleep(0)  # an error must not spin the loop
-                continue
-            try:
-                result = handler(frames[1:], bytes(frames[0])) if strip_identity else handler(frames)
-                if result is not None:
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug on one message must not stop this socket's loop
-                self.dropped["handler_error"] += 1
-                logging.getLogger(LOGGER_NAME).exception("receive_handler_failed")
-            # drop the last message now, not when the next one comes: on a quiet socket a
-            # stranger's 1.5 GB would otherwise stay in memory until someone else speaks
-            raw = frames = None  # type: ignore[assignment]
+        self._router_reader = SocketReader(self.router, lambda frames: on_direct(frames[1:], bytes(frames[0])),
+                                           self.dropped)
+        self._readers = [self._router_reader]
+        if self.sub is not None and on_broadcast is not None:
+            self._sub_reader = SocketReader(self.sub, on_broadcast, self.dropped)
+            self._readers.append(self._sub_reader)
+        for reader in self._readers:
+            reader.start()
 
     async def close(self) -> None:
         for task in self._monitors.values():
             task.cancel()
         self._monitors.clear()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
         for sock in list(self.dealers.values()):
             sock.close(0)
         self.dealers.clear()

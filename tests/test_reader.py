@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import zmq
+from meshutil import free_port
 
 from corec_node.shell.reader import SocketReader
-from meshutil import free_port
 
 
 @pytest.fixture
@@ -160,3 +160,48 @@ def test_a_backlog_leaves_the_loop_its_timers(ctx: zmq.Context) -> None:
 
     asyncio.run(main())
     assert timer_saw and timer_saw[0] < 50_000, "the timer ran only after the whole backlog"
+
+
+def test_a_handler_result_that_cannot_be_awaited_is_counted_and_reading_goes_on(ctx: zmq.Context) -> None:
+    sink, source = pair(ctx)
+    seen: list[bytes] = []
+    dropped: collections.Counter[str] = collections.Counter()
+
+    def handler(frames: list[Any]) -> Any:
+        seen.append(bytes(frames[0]))
+        return 5 if frames[0] == b"1" else None
+
+    async def main() -> None:
+        reader = SocketReader(sink, handler, dropped)
+        reader.start()
+        for i in range(3):
+            source.send(str(i).encode())
+        await until(lambda: len(seen) == 3)
+        reader.close()
+
+    asyncio.run(main())
+    assert seen == [b"0", b"1", b"2"] and dropped == {"handler_error": 1}
+
+
+@pytest.mark.timeout(60)  # the failure is a hang inside ctx.term()
+def test_a_transport_with_watched_peers_closes() -> None:
+    """Closing waits for its socket monitors to close their sockets: the context's term()
+    would otherwise block the loop for good."""
+    from corec_node.shell.transport import Transport
+
+    async def main() -> None:
+        peer = Transport(max_message_bytes=1 << 20)
+        peer.bind(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+        port = peer.router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1]
+        got: list[bytes] = []
+        peer.start(lambda frames, identity: got.append(bytes(frames[0])), None)
+        t = Transport(max_message_bytes=1 << 20)
+        t.bind(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+        t.watch_peers(lambda addr, refused: None)
+        t.start(lambda frames, identity: None, lambda frames: None)
+        assert t.send(f"127.0.0.1:{port}", [b"hello"])  # a DEALER, and its monitor
+        await until(lambda: got == [b"hello"])
+        await asyncio.wait_for(t.close(), 10)
+        await asyncio.wait_for(peer.close(), 10)
+
+    asyncio.run(main())

@@ -56,7 +56,7 @@ class SocketReader:
     def start(self) -> None:
         """Needs the running loop; messages queued before are taken at once."""
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._fd, self._drain)
+        self._loop.add_reader(self._fd, self._readable)
         self.poke()
 
     def poke(self) -> None:
@@ -65,7 +65,7 @@ class SocketReader:
         if self._scheduled or self._loop is None or self._waiting is not None or self._closed:
             return
         self._scheduled = True
-        self._loop.call_soon(self._drain)
+        self._loop.call_soon(self._poked)
 
     def close(self) -> None:
         """Stop reading (before the socket closes)."""
@@ -77,8 +77,15 @@ class SocketReader:
         if self._waiting is not None:
             self._waiting.cancel()
 
-    def _drain(self) -> None:
+    def _readable(self) -> None:
+        if not self._scheduled:  # a look is already on its way: at most one a loop turn
+            self._drain()
+
+    def _poked(self) -> None:
         self._scheduled = False
+        self._drain()
+
+    def _drain(self) -> None:
         if self._closed or self._waiting is not None:
             return
         assert self._loop is not None
@@ -89,9 +96,9 @@ class SocketReader:
                 raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return  # the socket is empty and its descriptor armed again
-            except zmq.ZMQError:
-                if sock.closed:
-                    self.close()
+            except zmq.ZMQError as exc:
+                if sock.closed or exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    self.close()  # for good: looking again would only spin
                     return
                 self.dropped[self._prefix + "recv_error"] += 1
                 self.poke()  # an error must not spin here: the rest on the next turn
@@ -108,34 +115,40 @@ class SocketReader:
             # drop the message now, not when the next one comes: on a quiet socket a
             # stranger's 1.5 GB would otherwise stay in memory until someone else speaks
             frames = None  # type: ignore[assignment]
-            if result is not None:
-                self._hold(result)
+            if result is not None and self._hold(result):
                 return
             if self._loop.time() >= until:
                 self.poke()  # the rest after the loop's other work
                 return
 
-    def _hold(self, result: Awaitable[None]) -> None:
+    def _hold(self, result: Awaitable[None]) -> bool:
+        """Reading waits for ``result``; False (counted) when it is not awaitable."""
         assert self._loop is not None
+        try:
+            waiting = asyncio.ensure_future(result)
+        except TypeError:
+            self._failed()
+            return False
+        self._waiting = waiting
         self._loop.remove_reader(self._fd)
-        self._waiting = asyncio.ensure_future(result)
-        self._waiting.add_done_callback(self._resume)
+        waiting.add_done_callback(self._resume)
+        return True
 
     def _resume(self, done: asyncio.Future[Any]) -> None:
         self._waiting = None
-        if done.cancelled():
-            return
-        if done.exception() is not None:
-            self._failed(done.exception())
         if self._closed or self._loop is None or self._loop.is_closed():
             return
-        self._loop.add_reader(self._fd, self._drain)
+        if done.cancelled():
+            self._failed()  # cancelled by someone else than close(): the socket is still read
+        elif done.exception() is not None:
+            self._failed(done.exception())
+        self._loop.add_reader(self._fd, self._readable)
         self.poke()
 
     def _failed(self, exc: BaseException | None = None) -> None:
         self.dropped[self._prefix + "handler_error"] += 1
         logger = logging.getLogger(LOGGER_NAME)
         if exc is None:
-            logger.exception(self.failure_event)
+            logger.error(self.failure_event, exc_info=True)
         else:
             logger.error(self.failure_event, exc_info=exc)

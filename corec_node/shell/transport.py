@@ -358,9 +358,13 @@ class Transport:
             reader.start()
 
     async def close(self) -> None:
-        for task in self._monitors.values():
-            task.cancel()
+        monitors = list(self._monitors.values())
         self._monitors.clear()
+        for task in monitors:
+            task.cancel()
+        # each monitor closes its PAIR socket as it ends: ctx.term() below waits for every
+        # socket of the context, so it would block this loop for good on one left open
+        await asyncio.gather(*monitors, return_exceptions=True)
         for reader in self._readers:
             reader.close()
         self._readers.clear()

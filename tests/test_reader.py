@@ -22,10 +22,14 @@ def ctx():
 
 
 def pair(ctx: zmq.Context, kind_in: int = zmq.PULL, kind_out: int = zmq.PUSH) -> tuple[zmq.Socket, zmq.Socket]:
+    """Queues without limit: a test that sends a backlog before reading must not block on
+    a full queue (how many fit depends on the machine's TCP buffers)."""
     port = free_port()
     sink = ctx.socket(kind_in)
+    sink.setsockopt(zmq.RCVHWM, 0)
     sink.bind(f"tcp://127.0.0.1:{port}")
     source = ctx.socket(kind_out)
+    source.setsockopt(zmq.SNDHWM, 0)
     source.connect(f"tcp://127.0.0.1:{port}")
     return sink, source
 
@@ -152,8 +156,9 @@ def test_a_backlog_leaves_the_loop_its_timers(ctx: zmq.Context) -> None:
     async def main() -> None:
         reader = SocketReader(sink, handler, collections.Counter())
         for _ in range(50_000):
-            source.send(b"x" * 64)
-        await asyncio.sleep(0.3)  # all queued at the sink
+            source.send(b"x" * 64, zmq.NOBLOCK)  # never blocks: no queue limit
+        await until(lambda: sink.poll(0) != 0)
+        await asyncio.sleep(0.3)  # most of it queued at the sink
         reader.start()
         await until(lambda: taken == 50_000, 60)
         reader.close()

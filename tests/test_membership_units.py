@@ -14,10 +14,19 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from corec_node.mesh.awareness import Awareness
 from corec_node.mesh.broadcast import BroadcastQueue, retransmit_limit
-from corec_node.mesh.effects import MemberChanged
+from corec_node.mesh.effects import MemberChanged, Send
 from corec_node.mesh.membership import Membership, MembershipConfig, supersedes
+from corec_node.mesh.probing import probe_spread
 from corec_node.mesh.suspicion import Suspicion, expected_confirmations, suspicion_timeouts
-from corec_node.wire.messages import Gossip, MemberState, MemberStatus, StatePush, StateReply
+from corec_node.wire.messages import (
+    Ack,
+    Gossip,
+    MemberState,
+    MemberStatus,
+    Ping,
+    StatePush,
+    StateReply,
+)
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberStatus.ALIVE,
@@ -323,3 +332,46 @@ class Convergence(RuleBasedStateMachine):
 
 TestConvergence = Convergence.TestCase
 TestConvergence.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
+
+
+# -- probe spread (rule 7) ----------------------------------------------------------------
+
+
+def _pings_in(m: Membership, seconds: float, step: float = 0.01) -> int:
+    """Pings ``m`` starts in ``seconds`` of virtual time, each acked at once (none fails)."""
+    pings, now = 0, 0.0
+    while now < seconds:
+        now += step
+        for e in m.tick(now):
+            if isinstance(e, Send) and isinstance(e.msg, Ping):
+                pings += 1
+                m.handle(e.msg.target, Ack(e.msg.probe, e.msg.target), now)
+    return pings
+
+
+@pytest.mark.parametrize("n, period", [(2, 0.2), (10, 0.2), (20, 0.4), (40, 0.8), (400, 0.8)])
+def test_probes_spread_out_above_ten_members_up_to_four_periods(n, period):
+    m = node()
+    m.handle("p0", StatePush(False, "p0:7400", tuple(ms(f"p{i}", 1, ALIVE) for i in range(n - 1))), 0.0)
+    assert len(m.alive()) == n
+    pings = _pings_in(m, 20.0)
+    assert pings == pytest.approx(20.0 / period, rel=0.06)
+
+
+def test_probe_spread_leaves_a_probes_own_wait_alone():
+    cfg = MembershipConfig.test()
+    assert [probe_spread(cfg, n) for n in (1, 10, 15, 40, 10_000)] == [1.0, 1.0, 1.5, 4.0, 4.0]
+    assert probe_spread(MembershipConfig.edge(), 10_000) == 1.0  # already 1 s a probe
+    m = node()
+    m.handle("p0", StatePush(False, "p0:7400", tuple(ms(f"p{i}", 1, ALIVE) for i in range(39))), 0.0)
+    now, target = 0.0, None
+    while target is None:  # the first probe: nobody answers it
+        now += 0.01
+        target = next((e.msg.target for e in m.tick(now) if isinstance(e, Send) and isinstance(e.msg, Ping)), None)
+    started = now
+    while m.member(target).status == ALIVE:
+        now += 0.01
+        m.tick(now)
+    assert now - started == pytest.approx(cfg.probe_interval, abs=0.02)  # suspected after one period, not four
+    with pytest.raises(ValueError, match="probe_spread"):
+        MembershipConfig(probe_spread_max=0.5)

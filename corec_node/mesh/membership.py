@@ -50,9 +50,10 @@ Rule 6. Name conflict. Our name listed alive at another address (Gossip, StatePu
     one ``NameConflict`` per conflicting address. We never refute it: two nodes refuting
     each other would raise incarnations forever.
 
-Rule 7. Probing. One probe per period ``probe_interval * (awareness + 1)``. Targets: members
-    others suspect first (our verdict within one period), then round-robin over a shuffled
-    list of the other live members, reshuffled each round (a new one at a random place).
+Rule 7. Probing. One probe per period ``probe_interval * (awareness + 1)``, started further
+    apart in large clusters (``probing.probe_spread``). Targets: members others suspect
+    first (our verdict next), then round-robin over a shuffled list of the other live
+    members, reshuffled each round (a new one at a random place).
     ``Ping(probe, target, reply_to)``; no Ack after ``probe_timeout * (awareness + 1)``:
     ``PingReq`` to ``indirect_checks`` random other alive members, which ping the target
     under their own probe number, relay its Ack, or send ``Nack`` after half a base probe

@@ -18,10 +18,19 @@ from corec_node.mesh.member import LIVE, SUSPECT, Member, random_alive
 from corec_node.mesh.membership_config import MembershipConfig
 from corec_node.wire.messages import Ack, Nack, Ping, PingReq
 
-__all__ = ["MAX_RELAYS", "NACK_FRACTION", "Probe", "Prober"]
+__all__ = ["MAX_RELAYS", "NACK_FRACTION", "Probe", "Prober", "probe_spread"]
 
 MAX_RELAYS = 256  # PingReq relays in flight: a PingReq flood cannot grow our memory
 NACK_FRACTION = 0.5  # a relay nacks after this share of the base probe timeout (rule 7)
+
+
+def probe_spread(cfg: MembershipConfig, n: int) -> float:
+    """How many probe intervals apart a node of an ``n``-member cluster starts its probes
+    (rule 7): 1 up to ``probe_spread_from`` members, then growing with n up to
+    ``probe_spread_max``. Each member is probed about once a period cluster-wide (n probers,
+    each over n - 1 targets), so spreading keeps what a node sends and answers flat as the
+    cluster grows, at the price of a later first probe of a dead member in a large one."""
+    return min(max(1.0, n / cfg.probe_spread_from), cfg.probe_spread_max)
 
 
 @dataclass(slots=True)
@@ -132,7 +141,7 @@ class Prober:
             deadline=live + cfg.probe_interval * scale,
         )
         self._probe = p
-        self._next_probe = p.deadline
+        self._next_probe = live + cfg.probe_interval * scale * probe_spread(cfg, len(self._order) + 1)
         out.append(Send(target.addr, Ping(p.probe, target.name, self._addr)))
 
     def next_deadline(self) -> float:

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import random
 
-from corec_node.mesh.core import MeshCore
+from corec_node.mesh.core import HEARTBEATS_DIRECT, MEMBER_ACK_EVERY, MeshCore
 from corec_node.mesh.effects import Broadcast, Effect, LeaderChanged, MemberChanged, Send
 from corec_node.mesh.election import LEADER, ElectionConfig
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig
-from corec_node.wire.messages import Gossip, MemberState, MemberStatus, StatePush, Vote, VoteRequest
+from corec_node.wire import FEATURES
+from corec_node.wire.messages import (
+    Gossip,
+    Heartbeat,
+    MemberState,
+    MemberStatus,
+    StatePush,
+    Vote,
+    VoteRequest,
+)
 
 ALIVE, DEAD, LEFT = MemberStatus.ALIVE, MemberStatus.DEAD, MemberStatus.LEFT
 TICK = 0.02
@@ -363,3 +372,47 @@ def test_a_gap_costs_a_push_pull_only_when_a_missed_gossip_carried_an_updates_la
     net.run(1.0)  # past the node's bound on gap push-pulls (one a probe interval)
     assert pushes("c", quiet=None, missed=1) == [net.addr("c")]
     assert pushes("c", quiet=0, missed=0) == []  # no gap, nothing to cover
+
+
+def _heartbeats(net: Net, leader: str, since: int) -> tuple[list[Heartbeat], list[Heartbeat]]:
+    """The leader's heartbeats after its ``since``-th effect: (published, sent straight)."""
+    effs = net.log[leader][since:]
+    return ([e.msg for e in effs if isinstance(e, Broadcast) and isinstance(e.msg, Heartbeat)],
+            [e.msg for e in effs if isinstance(e, Send) and isinstance(e.msg, Heartbeat)])
+
+
+def test_heartbeats_go_straight_to_voters_and_one_in_ten_is_published() -> None:
+    """Rule 15: with every live member announcing it, the voters hear every heartbeat and
+    the rest one in ten (or one with news); the lease holds, and a member that is not a
+    voter keeps its leader. A member without the feature turns it off for everyone."""
+    assert HEARTBEATS_DIRECT in FEATURES  # what a node announces (wire/envelope.py)
+    net = Net()
+    build = ("2.0", "1.13", (HEARTBEATS_DIRECT,), "")
+    for name in ("a", "b", "c", "d"):
+        net.add(name, join=("a",) if name != "a" else (), build=build)
+        net.cores[name].voters.config = VoterConfig(max_voters=3, promote_after=0.5)
+    net.run(8.0)
+    (leader,) = leaders(net)
+    core = net.cores[leader]
+    voters = core.config.names()
+    member = next(n for n in net.cores if n not in voters)
+    term = core.term
+    start = len(net.log[leader])
+    net.run(5.0)
+    published, direct = _heartbeats(net, leader, start)
+    assert published and all(hb.seq % MEMBER_ACK_EVERY == 0 for hb in published)
+    assert {hb.seq for hb in direct}.isdisjoint(hb.seq for hb in published)
+    assert len(direct) >= 2 * 8 * len(published) - 4  # 9 in 10 sent, to each of the 2 other voters
+    assert leaders(net) == [leader] and core.term == term  # the lease held on the voters' acks
+    assert net.cores[member].leader == leader
+    core.placement = "0123456789abcdef"  # news: published at once, whatever its seq
+    start = len(net.log[leader])
+    net.run(0.2)
+    published, _ = _heartbeats(net, leader, start)
+    assert published and published[0].placement == "0123456789abcdef"
+    net.add("old", join=("a",), build=("1.9", "1.13", (), ""))  # an older build: every heartbeat published
+    net.run(3.0)
+    start = len(net.log[leader])
+    net.run(2.0)
+    published, direct = _heartbeats(net, leader, start)
+    assert len(published) >= 15 and not direct

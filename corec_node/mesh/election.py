@@ -76,6 +76,11 @@ Rules (everything that changes this state machine lives in this file):
     that leader as its vote in the leader's term, so it never helps elect another in it.
     The node does not set it for a restored directory today: in a cluster of two voters
     the survivor needs the restored voter's vote to elect anyone, and so to re-add it.
+16. A node that is not a voter waits ``member_patience`` (when longer than its election
+    timeout) after its leader's last heartbeat before it drops the leader: a leader may
+    send it only one heartbeat in ten (``mesh/core.py`` rule 15). It stands for nothing
+    either way; what it loses by waiting is only how soon it shows a silent leader gone
+    (a dead verdict or a refused port still drops the leader at once, rules 11 and 14).
 Safety. Raft's argument needs any two majorities to intersect: the voter sets are committed
 configurations, changed one member at a time by the leader (``mesh/voters.py``), so two
 nodes' sets differ by at most one member whatever the partitions, and the up-to-date check
@@ -173,6 +178,7 @@ class Election:
         "_cluster",
         "addr",
         "config",
+        "member_patience",
         "name",
     )
 
@@ -197,6 +203,7 @@ class Election:
         self._voted_for = voted_for
         self._abstain = abstain  # rule 15
         self._leader: str | None = None
+        self.member_patience = 0.0  # rule 16
         self._role = FOLLOWER
         self._prevoting = False
         self._voters: dict[str, str] = {}
@@ -413,7 +420,8 @@ class Election:
         self._prevoting = False
         self._leader = leader
         self._leader_heard_at = now
-        self._deadline = now + self._timeout()
+        timeout = self._timeout()
+        self._deadline = now + (timeout if self.name in self._voters else max(timeout, self.member_patience))
 
     def _on_vote_request(
         self, sender: str, msg: VoteRequest, now: float, effects: list[Effect]

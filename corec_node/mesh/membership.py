@@ -312,6 +312,10 @@ class Membership:
         """Names of ALIVE or SUSPECT members, this node included unless it left, sorted."""
         return sorted(n for n, m in self._members.items() if m.status in LIVE)
 
+    def announced(self, feature: str) -> bool:
+        """Every live member, this node included, announced ``feature`` (core rule 15)."""
+        return all(feature in m.build[2] for m in self._members.values() if m.status in LIVE)
+
     def voters(self) -> dict[str, str]:
         """name -> direct addr of members that joined and have not left or been forced out:
         alive, suspect and dead (until reaped), this node included unless it left."""

@@ -360,6 +360,8 @@ class MeshCommands:
             "awareness": core.membership.awareness,
             "messages_in": sum(self.traffic.messages_in.values()),
             "messages_out": sum(self.traffic.messages_out.values()),
+            "messages_in_by_type": dict(self.traffic.messages_in),
+            "messages_out_by_type": dict(self.traffic.messages_out),
             "rejected": {**self.traffic.rejected, **self.transport.refused},  # frames, and handshakes refused
             "dropped": dict(self.transport.dropped),
             "link_dropped": dict(self.link_dropped),

@@ -14,7 +14,6 @@ is a small fsynced write, the only disk I/O on this path).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -25,7 +24,7 @@ from typing import Any, Protocol
 
 from corec_node import __version__, log
 from corec_node.config import tag_map
-from corec_node.mesh.core import MeshCore
+from corec_node.mesh.core import HEARTBEATS_DIRECT, MEMBER_ACK_EVERY, MeshCore
 from corec_node.mesh.effects import (
     Broadcast,
     ConfigCommitted,
@@ -128,20 +127,23 @@ class HeartbeatGaps:
     """The largest gap between two heartbeats of our leader: how well the leader's timing
     held (an overloaded node shows here before it costs an election)."""
 
-    __slots__ = ("largest", "late", "late_after", "_from", "_last")
+    __slots__ = ("largest", "late", "late_after", "thinned_every", "_from", "_last")
 
     def __init__(self) -> None:
         self.largest = 0.0
         self.late = 0  # gaps over ``late_after``: the interval plus a tenth of the election timeout
         self.late_after = float("inf")
+        self.thinned_every = 0.0  # the interval of the heartbeats a member that is not a voter hears (core rule 15)
         self._from: str | None = None
         self._last = 0.0
 
-    def heard(self, leader: str, now: float) -> None:
+    def heard(self, leader: str, now: float, thinned: bool = False) -> None:
+        """``thinned``: we are not a voter and the leader publishes one heartbeat in ten;
+        a gap is then late against that interval."""
         if leader == self._from:
             gap = now - self._last
             self.largest = max(self.largest, gap)
-            self.late += gap > self.late_after
+            self.late += gap > self.late_after + (self.thinned_every if thinned else 0.0)
         self._from, self._last = leader, now
 
 
@@ -181,7 +183,7 @@ class ControlPlane:
         self.elections_started = 0
         self.conflicts: dict[str, str] = {}  # other node's addr -> the name it shares with us
         self.leader_placement: str | None = None  # digest in our leader's last heartbeat (SPEC 9.1)
-        self.placement_digest = ""  # the map our own heartbeats confirm, set by the data plane
+        self._placement_digest = ""  # the map our own heartbeats confirm, set by the data plane
         self._peers: dict[str, tuple[str, str]] = {}  # name -> (direct addr, pub addr), for cleanup on reap
         self._joined_at = float("-inf")  # wall time of our last join: we are the newcomer in a conflict
         self._discovered: dict[str, float] = {}  # addr -> when we last tried to join it
@@ -194,6 +196,17 @@ class ControlPlane:
         self._join_watch = JoinWatch((), 0.0)
         self._last_view: ClusterView | None = None
 
+    @property
+    def placement_digest(self) -> str:
+        return self._placement_digest
+
+    @placement_digest.setter
+    def placement_digest(self, digest: str) -> None:
+        """The map the nucleus confirms in its heartbeats (the core stamps them)."""
+        self._placement_digest = digest
+        if self.core is not None:
+            self.core.placement = digest
+
     # -- life -----------------------------------------------------------------------
 
     def start(self, snapshot: Sequence[MemberState], join: Sequence[str], *, term: int,
@@ -201,6 +214,7 @@ class ControlPlane:
               join_timeout: float = 30.0) -> None:
         mcfg, ecfg = profile_configs(self.profile)
         self.gaps.late_after = ecfg.heartbeat_interval + ecfg.election_timeout_min / 10
+        self.gaps.thinned_every = (MEMBER_ACK_EVERY - 1) * ecfg.heartbeat_interval
         stored = load_voters(self.data_dir)
         config = Configuration(*stored) if stored is not None else None
         self._durable = ((term, voted_for), config or Configuration())
@@ -208,6 +222,7 @@ class ControlPlane:
                              term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
                              build=(__version__, PROTOCOL, FEATURES, self.data, self.tags, self.settings),
                              abstain=abstain, settings=self.cluster_settings)
+        self.core.placement = self._placement_digest
         if snapshot or join:
             self._joined_at = time.time()
         self._join_watch = JoinWatch(join, now, required=join_required, timeout=join_timeout)
@@ -270,7 +285,8 @@ class ControlPlane:
             return
         if type(msg) is Heartbeat:
             if sender == self.leader and sender != self.name:
-                self.gaps.heard(sender, now)
+                core = self.core
+                self.gaps.heard(sender, now, not core.voters.voter and core.membership.announced(HEARTBEATS_DIRECT))
             self._placement_heartbeat(sender, msg)
 
     def tick(self, now: float) -> None:
@@ -371,8 +387,6 @@ class ControlPlane:
                     if to != self.addr:
                         self.outbox.send(to, msg)
                 case Broadcast(msg=msg):
-                    if type(msg) is Heartbeat:  # the nucleus confirms the map it acts on
-                        msg = dataclasses.replace(msg, placement=self.placement_digest)
                     self.outbox.publish(msg)
                 case MemberChanged():
                     self._member_changed(effect)

@@ -564,7 +564,7 @@ class MeshProcess:
         topic, env, _payload = decoded
         self.traffic.count_in(env.type.name.lower(), topic, frames)
         if env.type in CONTROL_TYPES:
-            if topic != TOPIC_DIRECT:
+            if topic != TOPIC_DIRECT and env.type is not MsgType.HEARTBEAT:  # a leader's, straight to a voter (core rule 15)
                 self.traffic.reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
             else:
                 self.control.handle(env.sender, env.msg, self.now())

@@ -54,6 +54,7 @@ from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.sim.invariants import Invariants, InvariantViolation
 from corec_node.sim.network import Network, NetworkConfig
+from corec_node.wire.envelope import FEATURES, PROTOCOL
 from corec_node.wire.messages import (
     Gossip,
     Heartbeat,
@@ -87,6 +88,7 @@ class SimNode:
         "core",
         "election",
         "epoch",
+        "features",
         "join",
         "last_tick",
         "left",
@@ -123,6 +125,7 @@ class SimNode:
         self.saved: list[MemberState] = []  # the member snapshot on "disk"
         self.subs: dict[str, None] = {}  # publishers this node's SUB socket is connected to
         self.join: list[str] = []  # config.mesh.join
+        self.features: tuple[str, ...] = FEATURES  # what it announces (an older build: fewer)
         self.starts = 0
         # timer-driven ticks (``Cluster(idle_period=...)``): only the tick event holding the
         # current ticket runs; an earlier deadline after an input takes a new ticket
@@ -300,6 +303,7 @@ class Cluster:
         core = MeshCore(
             name, node.addr, node.pub, self.mcfg, self.ecfg, rng, now, term=term,
             voted_for=voted_for, config=node.config, voter_config=self.vcfg,
+            build=("sim", PROTOCOL, node.features, ""),
         )
         node.core, node.membership, node.election = core, core.membership, core.election
         node.tracker = SequenceTracker()

@@ -66,7 +66,8 @@ from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 PROTOCOL_MAJOR = 1
 PROTOCOL_MINOR = 13
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution")
+FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution",
+            "hb_direct")
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor."""

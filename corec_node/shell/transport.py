@@ -50,9 +50,15 @@ RCVHWM = 100_000  # deep receive queues absorb bursts of entity batches
 ROUTER_RCVHWM = 1_000  # per peer: a producer the node makes wait holds at most this many batches here
 RECONNECT_IVL_MS = 100  # first reconnect after 100 ms: a restarted peer is heard again quickly
 RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
-HEARTBEAT_IVL_MS = 1_000  # ZMTP heartbeats find dead TCP connections that SWIM already suspects
-HEARTBEAT_TIMEOUT_MS = 3_000
-HEARTBEAT_TTL_MS = 3_000
+# ZMTP heartbeats find dead TCP connections (a host gone without a FIN, a cut link) that
+# SWIM already suspects, so their connecting side redials. Only the dialling sockets (DEALER,
+# SUB) send them; the peer answers each and, told the TTL, closes a connection gone silent.
+# Every 3 s, not every 1 s from both ends: an idle node's ZeroMQ I/O thread handled ~600
+# pings and pongs a second at 40 nodes (more than half of its mesh process's CPU), while
+# detection does not wait for them (a killed process's FIN closes its connections at once).
+HEARTBEAT_IVL_MS = 3_000
+HEARTBEAT_TIMEOUT_MS = 6_000
+HEARTBEAT_TTL_MS = 10_000
 AUTH_RETRY = 5.0  # seconds before a DEALER whose key a peer refused dials it again (libzmq never does)
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
 # What a PUB reads is subscriptions (a topic of a few bytes) and, with CURVE, the handshake
@@ -113,6 +119,7 @@ class Transport:
         limit = self.max_message_bytes + ENVELOPE_OVERHEAD
         self.pub = self.sync_ctx.socket(zmq.PUB)
         self._common(self.pub)
+        self.pub.setsockopt(zmq.HEARTBEAT_IVL, 0)  # subscribers ping it (see HEARTBEAT_IVL_MS)
         self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
         self.pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAXMSGSIZE)
         if self.allow:

@@ -375,3 +375,30 @@ def test_probe_spread_leaves_a_probes_own_wait_alone():
     assert now - started == pytest.approx(cfg.probe_interval, abs=0.02)  # suspected after one period, not four
     with pytest.raises(ValueError, match="probe_spread"):
         MembershipConfig(probe_spread_max=0.5)
+
+
+def test_a_sleep_until_the_next_deadline_is_no_stall_and_a_stall_past_it_is():
+    """Rule 16: a shell that sleeps until ``next_deadline`` (0.8 s between probes at 40
+    members, longer than stall_gap) loses no probe; a wake far past it counts as stalled,
+    so a probe in flight is not failed for our own slowness."""
+    m = node()
+    m.handle("p0", StatePush(False, "p0:7400", tuple(ms(f"p{i}", 1, ALIVE) for i in range(39))), 0.0)
+    now, pings = 0.0, 0
+    while now < 20.0:
+        now = m.next_deadline(now) + 0.003  # a wake a few ms late
+        for e in m.tick(now):
+            if isinstance(e, Send) and isinstance(e.msg, Ping):
+                pings += 1
+                m.handle(e.msg.target, Ack(e.msg.probe, e.msg.target), now)
+    assert pings == pytest.approx(20.0 / 0.8, abs=2)  # every probe, on time
+    ping = None
+    while ping is None:
+        now = m.next_deadline(now) + 0.003
+        ping = next((e.msg for e in m.tick(now) if isinstance(e, Send) and isinstance(e.msg, Ping)), None)
+    now = m.next_deadline(now) + 1.0  # the loop stalls a second past the direct wait
+    m.tick(now)
+    m.handle(ping.target, Ack(ping.probe, ping.target), now)  # the Ack that waited meanwhile
+    for _ in range(5):
+        now = m.next_deadline(now) + 0.003
+        m.tick(now)
+    assert m.member(ping.target).status == ALIVE

@@ -127,9 +127,10 @@ from corec_node.wire.messages import (
 )
 
 TICK_PERIOD = 0.02  # the shell ticks the core at most this often: timers resolve to 20 ms, well under the 100 ms probe timeout
-IDLE_PERIOD = 0.1  # and at least this often, due or not (the shell's own checks ride on it): between the two it
-# sleeps until ``next_deadline`` or an input. A wake costs ~0.25 ms of CPU on a small VM, so waking 50 times
-# a second for nothing was half of an idle mesh process's CPU
+IDLE_PERIOD = 0.5  # and at least this often, due or not (the shell's own checks ride on it): between the two it
+# sleeps until ``next_deadline`` or an input (membership rule 16: a planned sleep is no stall). A wake costs
+# ~0.25 ms of CPU on a small VM: waking 50 times a second for nothing was half of an idle mesh process's
+# CPU, and 10 times a second a fifth of it at 40 nodes (whose probes are 0.8 s apart)
 
 __all__ = ["ELECTION_MESSAGES", "HEARTBEATS_DIRECT", "MeshCore"]
 

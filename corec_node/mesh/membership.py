@@ -142,15 +142,14 @@ Rule 15. Restore. Members from the on-disk snapshot are learned (suspect as aliv
     later) until the first reply. Our own record in a snapshot raises our incarnation past
     it, so our alive beats whatever the cluster last heard of us.
 
-Rule 16. Local stalls. Timers run on a "live" clock that advances with ``now`` but by at
-    most ``stall_gap`` between two calls. After our own loop stalled, messages that arrived
-    meanwhile (the Ack we wait for) are still unread; they must be handled before any of
-    our deadlines passes, or we accuse healthy peers for our own slowness. Time spent
-    stalled therefore does not count against others. The shell must call in at least every
-    stall_gap, or the time past it counts as stalled (the mesh process calls in on every
-    input and at least every ``core.IDLE_PERIOD``, the lan profile's stall_gap: a wake a
-    few ms late costs the live clock those ms, never a peer a verdict); ``stall_gap=None``
-    turns this off.
+Rule 16. Local stalls. Timers run on a "live" clock that advances with ``now`` but, between
+    two calls, by at most ``stall_gap`` or up to the last ``next_deadline`` we gave,
+    whichever is later. After our own loop stalled, messages that arrived meanwhile (the
+    Ack we wait for) are still unread; they must be handled before any of our deadlines
+    passes, or we accuse healthy peers for our own slowness. Time spent stalled therefore
+    does not count against others. The shell may sleep until ``next_deadline`` (nothing
+    is due before it); past it, time counts as stalled (a wake a few ms late costs the
+    live clock those ms, never a peer a verdict); ``stall_gap=None`` turns this off.
 
 Rule 17. Transport hints. A crashed process closes its TCP connections at once, and the
     shell's socket monitor reports it (``hint_down``): that member is probed at once,
@@ -253,6 +252,7 @@ class Membership:
         self._left = False
         self._live = now
         self._last_now = now
+        self._quiet_until = now  # rule 16: the shell's planned sleep, from next_deadline
         # first timers at random phases, so nodes started together do not beat in step
         next_probe = now + rng.random() * config.probe_interval
         next_push_pull = now + rng.random() * config.push_pull_interval
@@ -430,7 +430,9 @@ class Membership:
             scale = self._awareness.score + 1
             due = min(due, min(s.deadline(scale) for s in self._suspicions.values()))
         due = min(due, self._gossip.next_flush())
-        return max(now, min(self._last_now + (due - live), self._next_reap))
+        due = max(now, min(self._last_now + (due - live), self._next_reap))
+        self._quiet_until = due  # rule 16: a sleep until then is no stall
+        return due
 
     @property
     def gaps_covered(self) -> int:
@@ -559,7 +561,7 @@ class Membership:
         dt = now - self._last_now
         if dt > 0:
             gap = self._cfg.stall_gap
-            self._live += dt if gap is None else min(dt, gap)
+            self._live += dt if gap is None else min(dt, max(self._quiet_until - self._last_now, gap))
             self._last_now = now
         return self._live
 

@@ -72,9 +72,9 @@ class MembershipConfig:
     reconnect_interval: float = 3.0
     # An unanswered join is retried after 2 s, doubling up to 16 s, until answered.
     join_retry: float = 2.0
-    # Rule 16: a silence longer than this between calls means our own loop stalled (the
-    # shell calls in on every input and at least every 0.1 s, core.IDLE_PERIOD). None turns
-    # the guard off (a simulator with coarse ticks).
+    # Rule 16: a silence longer than this between calls, past the next deadline we gave,
+    # means our own loop stalled (the shell wakes at that deadline). None turns the guard
+    # off (a simulator with coarse ticks).
     stall_gap: float | None = 0.1
 
     def __post_init__(self) -> None:

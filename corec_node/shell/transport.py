@@ -53,12 +53,14 @@ RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
 # ZMTP heartbeats find dead TCP connections (a host gone without a FIN, a cut link) that
 # SWIM already suspects, so their connecting side redials. Only the dialling sockets (DEALER,
 # SUB) send them; the peer answers each and, told the TTL, closes a connection gone silent.
-# Every 3 s, not every 1 s from both ends: an idle node's ZeroMQ I/O thread handled ~600
+# Every 5 s, not every 1 s from both ends: an idle node's ZeroMQ I/O thread handled ~600
 # pings and pongs a second at 40 nodes (more than half of its mesh process's CPU), while
 # detection does not wait for them (a killed process's FIN closes its connections at once).
-HEARTBEAT_IVL_MS = 3_000
-HEARTBEAT_TIMEOUT_MS = 6_000
-HEARTBEAT_TTL_MS = 10_000
+# A connection silent through a cut is closed within 10 s and redialled every 2 s, so a
+# healed link carries traffic again at once instead of after TCP's retransmit backoff.
+HEARTBEAT_IVL_MS = 5_000
+HEARTBEAT_TIMEOUT_MS = 5_000
+HEARTBEAT_TTL_MS = 15_000
 AUTH_RETRY = 5.0  # seconds before a DEALER whose key a peer refused dials it again (libzmq never does)
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
 # What a PUB reads is subscriptions (a topic of a few bytes) and, with CURVE, the handshake

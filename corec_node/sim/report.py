@@ -18,6 +18,7 @@ from typing import Any
 
 from corec_node.mesh.core import IDLE_PERIOD, TICK_PERIOD
 from corec_node.mesh.membership import MembershipConfig
+from corec_node.mesh.probing import probe_spread
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.network import NetworkConfig
 from corec_node.wire.messages import MemberStatus
@@ -40,7 +41,8 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
         raise ValueError(f"--kill must be between 0 and {nodes - 1}")
     if not 0.0 <= loss < 1.0 or not 0.0 <= partition < 1.0:
         raise ValueError("--loss and --partition are shares: at least 0 and below 1")
-    probe = MembershipConfig.lan().probe_interval
+    lan = MembershipConfig.lan()
+    probe = lan.probe_interval * probe_spread(lan, nodes)  # SWIM's protocol period: a node's probe period at this size
     started = time.perf_counter()
     c = Cluster(nodes + 1, seed=seed, network=NetworkConfig(loss=loss), strict=False, **SHELL_TIMING)
     names = list(c.nodes)
@@ -48,7 +50,7 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     c.bootstrap(names=members)
     formed = c.await_convergence(60.0 + nodes / 10, every=0.5)
     out: dict[str, Any] = {"nodes": nodes, "seed": seed, "loss": loss, "kill": kill, "partition": partition,
-                           "formed_virtual_s": formed}
+                           "formed_virtual_s": formed, "protocol_period_s": probe}
 
     # steady state: what a quiet cluster costs, per node
     c.sent.clear()
@@ -146,10 +148,12 @@ def render(result: dict[str, Any]) -> str:
 
     lines = [f"simulated {result['nodes']} nodes (seed {result['seed']}, loss {result['loss']:g}): "
              f"{fmt(result['virtual_s'])} virtual s in {fmt(result['real_s'])} s"]
-    for key, label in (("join_rounds", "join: rounds until alive everywhere"),
+    rounds = f"rounds of {result['protocol_period_s']:g} s, a node's probe period at this size"
+    for key, label in (("join_rounds", f"join: {rounds}, until alive everywhere"),
                        ("join_virtual_s", "join: virtual s"),
                        ("crash_detected_virtual_s", f"{result['kill']} killed: virtual s until dead everywhere"),
                        ("crash_detected_rounds", f"{result['kill']} killed: rounds (bound 3 x log2 N = {result['crash_bound_rounds']})"),
+                       ("protocol_period_s", "a round, virtual s"),
                        ("max_peers", "largest number of peers of a node"),
                        ("msgs_per_node_per_s", "messages sent per node per s (steady; a publication once)"),
                        ("received_per_node_per_s", "messages received per node per s (steady)"),

@@ -10,6 +10,8 @@ process), joined through the first; then, once every node lists every other aliv
   (utime + stime from /proc/PID/stat), split into the node processes and the mesh
   processes, and per node;
 - RSS of all node processes together;
+- for the leader, a voter and a member that does not vote: messages a second by type over
+  the window (``status --json``) and CPU of its node and mesh processes, printed as they come;
 (after --settle s: at 40 nodes on 2 cores the node processes' start, imports included,
 takes minutes, and its CPU is not idle CPU);
 - detection: --kills nodes SIGKILLed at once; seconds until every survivor's log has a
@@ -75,6 +77,26 @@ def all_alive(nodes: list[NodeProc]) -> bool:
     return all({m["name"] for m in n.ctl("members") if m["status"] == "alive"} == want for n in nodes)
 
 
+def roles_of(nodes: list[NodeProc]) -> dict[str, NodeProc]:
+    """One node of each role: the leader, a voter that does not lead, a member that does not vote."""
+    leader = nodes[0].ctl("leader")["leader"]
+    voters = set(nodes[0].voters())
+    out = {"leader": next((n for n in nodes if n.name == leader), None),
+           "voter": next((n for n in nodes if n.name in voters and n.name != leader), None),
+           "member": next((n for n in nodes if n.name not in voters), None)}
+    return {role: n for role, n in out.items() if n is not None}
+
+
+def print_traffic(role: str, node: NodeProc, before: dict, after: dict, span: float, cores: list[float]) -> None:
+    """Messages a second by type over the window (``status --json``), and CPU ms/s of the
+    node process and its mesh process."""
+    def rates(key: str) -> str:
+        diff = {k: (v - before[key].get(k, 0)) / span for k, v in after[key].items()}
+        return ", ".join(f"{k} {v:.1f}" for k, v in sorted(diff.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+    print(f"  {role} {node.name}: node/mesh {' / '.join(f'{1000 * c:.1f}' for c in cores)} ms/s; "
+          f"in: {rates('messages_in_by_type')}; out: {rates('messages_out_by_type')}", flush=True)
+
+
 def measure(size: int, window: float, kills: int, settle: float) -> dict[str, float]:
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-idle-")))
     try:
@@ -89,11 +111,16 @@ def measure(size: int, window: float, kills: int, settle: float) -> dict[str, fl
         pids = {n.name: (n.proc.pid, [p for p in n.pids() if p != n.proc.pid]) for n in nodes}
         socks = [sum(sockets(p) for p in (main, *kids)) for main, kids in pids.values()]
         rss = sum(rss_bytes(p) for main, kids in pids.values() for p in (main, *kids))
+        roles = roles_of(nodes)
+        counted = {role: n.ctl("status") for role, n in roles.items()}
         before = {p: cpu_seconds(p) for main, kids in pids.values() for p in (main, *kids)}
         w0 = time.monotonic()
         time.sleep(window)
         span = time.monotonic() - w0
         used = {p: cpu_seconds(p) - c for p, c in before.items()}
+        for role, n in roles.items():
+            print_traffic(role, n, counted[role], n.ctl("status"), span,
+                          [used.get(p, 0.0) / span for p in (pids[n.name][0], *pids[n.name][1])])
         node_cpu = sum(used[main] for main, _ in pids.values()) / span
         mesh_cpu = sum(used[p] for _, kids in pids.values() for p in kids) / span
         victims = nodes[-kills:]

@@ -33,6 +33,8 @@ def test_members_that_do_not_vote_hear_one_heartbeat_in_ten(cluster):
                message="40 heartbeats to each voter")
     got = {n.name: heartbeats_in(n) - before[n.name] for n in [member, *followers]}
     assert 1 <= got[member.name] <= min(got[f.name] for f in followers) / 4, got
+    status = followers[0].ctl("status")  # both directions name a message by its type, as the wire does
+    assert status["messages_out_by_type"].get("heartbeat_ack", 0) >= 40 and "heartbeat" in status["messages_in_by_type"]
     for n in nodes:  # the lease held throughout, and everyone still names the leader
         assert n.ctl("leader") == {"leader": leader, "term": term}
         assert n.ctl("status")["rejected"].get("topic", 0) == 0

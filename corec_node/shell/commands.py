@@ -135,6 +135,7 @@ class ControlCommands:
         return {
             **mesh,
             "messages_out": mesh["messages_out"] + sum(self.traffic.messages_out.values()),
+            "messages_out_by_type": dict(collections.Counter(mesh.get("messages_out_by_type", {})) + self.traffic.messages_out),
             **self.data.status(),
             "storage": self.storage_status(),
             "rejected": dict(rejected),

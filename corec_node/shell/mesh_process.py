@@ -63,7 +63,15 @@ from corec_node.shell.link import (
 )
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.shell.transport import Transport
-from corec_node.wire import MsgType, SeqEvent, SequenceTracker, WireError, decode_message, topic_for
+from corec_node.wire import (
+    MsgType,
+    SeqEvent,
+    SequenceTracker,
+    WireError,
+    decode_message,
+    message_type,
+    topic_for,
+)
 from corec_node.wire.messages import REPLY_MINOR, BatchReply, EntityBatch, MemberState
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
@@ -326,7 +334,7 @@ class MeshOutbox(Outbox):
     def publish(self, msg: Any, payload: Any = None) -> None:
         if topic_for(msg) in self.MESH_TOPICS:
             self.mesh.operation("publish", msg, payload)
-            self.traffic.messages_out[type(msg).__name__.lower()] += 1
+            self.traffic.messages_out[message_type(msg).name.lower()] += 1
             return
         super().publish(msg, payload)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from corec_node import log
 from corec_node.shell.transport import Transport
-from corec_node.wire import SequenceCounter, WireError, encode_message, topic_for
+from corec_node.wire import SequenceCounter, WireError, encode_message, message_type, topic_for
 from corec_node.wire.topics import TOPIC_DIRECT
 
 REJECT_LOG_EVERY = 1.0  # seconds between two frame_rejected lines
@@ -78,7 +78,7 @@ class Outbox:
         frames = self.frames(msg, TOPIC_DIRECT, payload)
         if not self.transport.send(addr, frames):
             return False
-        self.traffic.messages_out[type(msg).__name__.lower()] += 1
+        self.traffic.messages_out[message_type(msg).name.lower()] += 1
         self.traffic.count_out(TOPIC_DIRECT, frames)
         return True
 
@@ -88,7 +88,7 @@ class Outbox:
         frames = self.frames(msg, TOPIC_DIRECT)
         if not self.transport.reply(identity, frames):
             return False
-        self.traffic.messages_out[type(msg).__name__.lower()] += 1
+        self.traffic.messages_out[message_type(msg).name.lower()] += 1
         self.traffic.count_out(TOPIC_DIRECT, frames)
         return True
 
@@ -96,7 +96,7 @@ class Outbox:
         """A broadcast on this node's PUB stream, under the message's own topic."""
         topic = topic_for(msg)
         self.publish_frames(topic, self.frames(msg, topic, payload))
-        self.traffic.messages_out[type(msg).__name__.lower()] += 1
+        self.traffic.messages_out[message_type(msg).name.lower()] += 1
 
     def publish_frames(self, topic: bytes, frames: list[Any]) -> None:
         self.transport.publish(frames)

@@ -178,6 +178,7 @@ from corec_node.mesh.effects import (
     NameConflict,
     Send,
 )
+from corec_node.mesh.liveclock import LiveClock
 from corec_node.mesh.member import (
     ALIVE,
     DEAD,
@@ -250,9 +251,7 @@ class Membership:
         self._refused: dict[str, tuple[int, float]] = {}  # rule 17: name -> (incarnation, when)
         self._conflicts: set[str] = set()
         self._left = False
-        self._live = now
-        self._last_now = now
-        self._quiet_until = now  # rule 16: the shell's planned sleep, from next_deadline
+        self._live = LiveClock(now, config.stall_gap)  # rule 16
         # first timers at random phases, so nodes started together do not beat in step
         next_probe = now + rng.random() * config.probe_interval
         next_push_pull = now + rng.random() * config.push_pull_interval
@@ -424,15 +423,12 @@ class Membership:
         At or before ``now`` means due now."""
         if self._left:
             return now if len(self._gossip) else math.inf
-        live = self._live
         due = min(self._prober.next_deadline(), self._sync.next_deadline())
         if self._suspicions:
             scale = self._awareness.score + 1
             due = min(due, min(s.deadline(scale) for s in self._suspicions.values()))
         due = min(due, self._gossip.next_flush())
-        due = max(now, min(self._last_now + (due - live), self._next_reap))
-        self._quiet_until = due  # rule 16: a sleep until then is no stall
-        return due
+        return self._live.plan(due, now, self._next_reap)
 
     @property
     def gaps_covered(self) -> int:
@@ -558,12 +554,7 @@ class Membership:
     # -- clock (rule 16) --------------------------------------------------------------
 
     def _clock(self, now: float) -> float:
-        dt = now - self._last_now
-        if dt > 0:
-            gap = self._cfg.stall_gap
-            self._live += dt if gap is None else min(dt, max(self._quiet_until - self._last_now, gap))
-            self._last_now = now
-        return self._live
+        return self._live.advance(now)
 
     # -- merging (rules 2-6, 10) --------------------------------------------------------
 

@@ -72,6 +72,7 @@ BEAT_PERIOD = 1.0  # the data plane's beat to the mesh process: 8 a stall bound 
 # each one wakes both processes (at 10 a second it was a tenth of an idle mesh process's CPU)
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
 TRIM_PERIOD = 5.0  # after ingest, freed heap goes back to the system at most this often
+STOP_SIGNAL_GRACE = 2.0  # a mesh process that left in order: wait this long for the node's own stop
 PG_CONNECT_WAIT = 5.0  # at start, wait this long for PostgreSQL; after that the outbox waits for it
 ALERT_TEXT_MAX = 4096  # bytes of alert text published; longer texts are cut
 
@@ -331,6 +332,18 @@ class Node:
         self.notifier.close()
         log.event("stopped", code=self.exit_code)
 
+    async def _stopping_with_mesh(self) -> bool:
+        """Whether a mesh process that left in order (exit 0) left because the node stops
+        too: ``systemctl stop`` sends SIGTERM to both processes at once, and the mesh
+        process may be gone before the node process's own signal is handled."""
+        if self.mesh.exit_code != 0:
+            return False
+        try:
+            await asyncio.wait_for(self._stop.wait(), STOP_SIGNAL_GRACE)
+        except TimeoutError:
+            return False
+        return True
+
     async def _tick_loop(self) -> None:
         """The node process's timers: every TICK_PERIOD while data flows, else every
         IDLE_TICK_PERIOD, and at each engine tick's time."""
@@ -346,6 +359,8 @@ class Node:
             if watchdog is not None:  # a short WatchdogSec: ping on time all the same
                 step = max(TICK_PERIOD, min(step, watchdog / 2))
             if not self.mesh.alive:
+                if await self._stopping_with_mesh():
+                    return
                 log.event("mesh_process_exited", logging.ERROR, code=self.mesh.exit_code,
                           detail="the node's sockets and control plane are gone: stopping")
                 self.request_stop(1)

@@ -126,3 +126,31 @@ def test_without_replicas_only_a_member_not_heard_yet_holds_answered_batches(tmp
     plane.view_changed(dataclasses.replace(view, unheard=frozenset()))
     plane.batch(env, payload, "direct", answers.append)
     assert [(a.accepted, a.rejected) for a in answers[1:]] == [(3000, {})]
+
+
+def test_the_nucleus_repeats_its_learners_every_tick_only_while_they_matter(tmp_path):
+    """Published at once on a change, every tick while there are learners and for
+    LEARNERS_SETTLE ticks after a change, then every LEARNERS_REFRESH ticks: an idle
+    cluster is not told "no learners" every tick, and a member that missed it hears again."""
+    from corec_node.shell.learning import LEARNERS_REFRESH, LEARNERS_SETTLE
+    from corec_node.wire.messages import Learners
+
+    plane, _sent = _plane(tmp_path)
+    published: list[tuple[str, ...]] = []
+    plane.outbox.publish = lambda msg, *a, **k: published.append(msg.names) if isinstance(msg, Learners) else None
+    two = ClusterView(members={m: f"tcp://127.0.0.1:800{i}" for i, m in enumerate("ab")}, live=("a", "b"),
+                      leader="a", term=1, data=DATA, replicating=frozenset("abc"))
+    plane.view_changed(two)
+    assert published == [("b",)]  # b joined: it learns, and the nucleus says so at once
+    ticks = 4 * LEARNERS_REFRESH
+    for _ in range(ticks):  # every tick until it is ready
+        plane._publish_learners(tick=True)
+    assert published == [("b",)] * (ticks + 1)
+
+    published.clear()
+    plane.ready("b", Ready(digest=plane.engine.placement_digest()))
+    assert published == [()]  # at once
+    for _ in range(ticks):
+        plane._publish_learners(tick=True)
+    assert LEARNERS_SETTLE < LEARNERS_REFRESH
+    assert published == [()] * (1 + LEARNERS_SETTLE + ticks // LEARNERS_REFRESH)

@@ -330,7 +330,7 @@ class MeshCommands:
         ]
 
     def stats(self) -> dict[str, Any]:
-        """What the node process shows in metrics and systemd's status line, twice a second."""
+        """What the node process shows in metrics and systemd's status line, once a second."""
         core = self.control.core
         assert core is not None
         t = self.traffic

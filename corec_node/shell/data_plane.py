@@ -140,6 +140,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self._relearn: set[str] = set()  # as nucleus: members that restarted with nothing, learning again
         self._learners: frozenset[str] = frozenset()
         self._learners_published: tuple[int, frozenset[str]] | None = None
+        self._learners_quiet = 0  # engine ticks since the learners last changed (learning.py)
         self._copy_done: dict[str, set[str]] = {}
         # we restarted with nothing (the node sets it: it remembered a cluster): until we have
         # learned once (or are alone), we ask the nucleus to make us a learner, even if its map
@@ -683,7 +684,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self.replicator.expire()
         self._expire()
         if self.view.leader == self.name:
-            self._publish_learners(force=True)
+            self._publish_learners(tick=True)
         self._copy_again()
         self._mark_copies()
         self._check_ready()

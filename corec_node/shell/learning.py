@@ -23,6 +23,8 @@ REPLICA_WRITE, REPLICA_COPY = 1, 2  # EntityBatch.replica (SPEC 9.7)
 ACKS_ALL = 2  # EntityBatch.acks: every holder queued the records
 HANDOFF_CHUNK = 100_000  # records per handoff or copy message (1 MB frames)
 SEQUENCE_ROWS = 2_000  # producer sequences per SEQUENCE_HANDOFF message (under the rows limit)
+LEARNERS_SETTLE = 5  # engine ticks after a change of the learners during which they go out every tick
+LEARNERS_REFRESH = 10  # and after that, every this many ticks (none: a 1-second tick says so every 10 s)
 SETTLED = 10.0  # seconds a confirmed map stays unchanged before blocks it does not give us are dropped
 
 
@@ -140,11 +142,22 @@ class ReplicaSide:
             self._learners = names
             self._act_on_view()
 
-    def _publish_learners(self, *, force: bool = False) -> None:
+    def _publish_learners(self, *, tick: bool = False) -> None:
+        """The nucleus's learners, published when they change and again on engine ticks
+        (``tick``): every tick while there are learners or the set changed in the last
+        ``LEARNERS_SETTLE`` ticks, else every ``LEARNERS_REFRESH`` ticks. A member that
+        missed a change learns it again; an idle cluster is not told "none" every tick."""
         key = (self.view.term, self._learners)
-        if force or key != self._learners_published:
-            self._learners_published = key
-            self.outbox.publish(Learners(term=self.view.term, names=tuple(sorted(self._learners))))
+        if key != self._learners_published:
+            self._learners_published, self._learners_quiet = key, 0
+        elif not tick:
+            return
+        else:
+            self._learners_quiet += 1
+            if not (self._learners or self._learners_quiet <= LEARNERS_SETTLE
+                    or self._learners_quiet % LEARNERS_REFRESH == 0):
+                return
+        self.outbox.publish(Learners(term=self.view.term, names=tuple(sorted(self._learners))))
 
     def _mark_copies(self) -> None:
         """After the copies of a new map, and every tick while it has learners: tell each

@@ -84,7 +84,8 @@ from corec_node.wire.topics import (
 )
 
 STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
-STATS_PERIOD = 0.5  # counters and status reported to the node process twice a second
+STATS_PERIOD = 1.0  # counters and status reported to the node process once a second (each a wake of both)
+VIEW_PERIOD = 0.5  # and the view sent again, if it differs, twice a second (a member's data socket)
 ENGINE_STALL_BOUND = 8.0  # a data plane silent this long is stalled (systemd's watchdog: 10 s)
 START_TIMEOUT = 30.0  # the child binds and reports ready within this (TimeoutStartSec)
 STOP_TIMEOUT = 5.0  # the child saves its snapshot and exits within this, or is killed
@@ -129,7 +130,7 @@ class MeshHandle:
         self.requests = Requests()
         self.view = ClusterView(members={}, live=(config.name,), leader=None, term=0)
         self.stats: dict[str, Any] = {}
-        self.stats_at: float | None = None  # loop time of the last report (twice a second)
+        self.stats_at: float | None = None  # loop time of the last report (once a second)
         self.failure: str | None = None  # why the child could not start or stopped
         self.unbindable = False  # it could not start because its ports could not be bound
         self._ready: asyncio.Future[bool] | None = None
@@ -409,7 +410,7 @@ class MeshProcess:
         self._stop = asyncio.Event()
         self._engine_beat = 0.0
         self._beaten = False
-        self._stats_at = float("-inf")
+        self._stats_at = self._view_at = float("-inf")
         self._sleep: asyncio.Future[None] | None = None  # the tick loop's sleep (``_nudge`` cuts it short)
         self._alarm: asyncio.TimerHandle | None = None
         self._wake_at = 0.0
@@ -505,12 +506,15 @@ class MeshProcess:
                 logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
             if now - self._stats_at >= STATS_PERIOD:
                 self._report(now)
+            elif now - self._view_at >= VIEW_PERIOD:
+                self._view_at = now
+                self.control.refresh_view()
             self._wake_at = self._next_wake(now)
 
     def _next_wake(self, now: float) -> float:
         core = self.control.core
         due = min(core.next_deadline(now) if core is not None else now, now + IDLE_PERIOD,
-                  self._stats_at + STATS_PERIOD)
+                  self._view_at + VIEW_PERIOD)
         return max(self._last_tick + TICK_PERIOD, due)
 
     @staticmethod
@@ -551,7 +555,7 @@ class MeshProcess:
             self.control.apply(core.engine_stalled(False, now))
 
     def _report(self, now: float) -> None:
-        self._stats_at = now
+        self._stats_at = self._view_at = now
         self.control.refresh_view()
         self.events._put("stats", self.commands.stats())
 

@@ -177,6 +177,22 @@ def test_confirmations_shrink_the_timeout_towards_min():
     assert s.deadline(scale=3) == pytest.approx(12.4)
     lone = Suspicion(inc=1, start=0.0, k=0, min_timeout=0.8, max_timeout=1.6, accuser=None)
     assert lone.timeout() == pytest.approx(0.8)
+    lone.shorten(0.3)  # read before: the timeout it kept gives way
+    assert lone.timeout() == pytest.approx(0.3) and lone.deadline() == pytest.approx(0.3)
+
+
+def test_cores_that_hear_the_same_state_hold_the_same_object():
+    """Rule 2 unchanged; what changes is memory: in one process (the simulator) every core
+    holds a member's state as one shared object, and a no-op merge finds it by identity."""
+    a, b = node("a"), node("b")
+    news = Gossip((ms("x", 3, ALIVE),))
+    a.handle("y", news, 0.0)
+    b.handle("y", news, 0.0)
+    assert a._members["x"].state() is news.updates[0] is b._members["x"].state()
+    assert not a.handle("z", Gossip((ms("x", 3, ALIVE),)), 0.1)  # equal, not identical: still a no-op
+    refuted = ms("x", 4, ALIVE)
+    a.handle("z", Gossip((refuted,)), 0.2)
+    assert a._members["x"].state() is refuted and a.member("x").inc == 4
 
 
 # -- awareness, queue, sequence, config --------------------------------------------------

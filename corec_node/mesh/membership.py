@@ -559,14 +559,7 @@ class Membership:
     # -- merging (rules 2-6, 10) --------------------------------------------------------
 
     def _merge(
-        self,
-        states: Iterable[MemberState],
-        sender: str,
-        now: float,
-        live: float,
-        out: list[Effect],
-        *,
-        gossip: bool,
+        self, states: Iterable[MemberState], sender: str, now: float, live: float, out: list[Effect], *, gossip: bool
     ) -> None:
         members = self._members
         for st in states:
@@ -574,9 +567,11 @@ class Membership:
                 self._merge_self(st, out)
                 continue
             m = members.get(st.name)
-            if m is not None and m.state() == st and not (gossip and st.status == SUSPECT):
+            if m is not None and not (gossip and st.status == SUSPECT) and ((held := m.state()) is st or held == st):
                 continue  # what we hold already: a no-op (a push-pull is mostly these), bar a suspicion's confirmation
             self._merge_other(st, sender, now, live, out, gossip=gossip)
+            if (m := members.get(st.name)) is not None:
+                m.adopt(st)
 
     def _merge_self(self, st: MemberState, out: list[Effect]) -> None:
         if self._left:
@@ -795,4 +790,5 @@ class Membership:
         out.append(MemberReaped(name))
 
     def _flush(self, live: float, out: list[Effect]) -> None:
-        self._gossip.flush(live, n_live(self._members), out)
+        if len(self._gossip):  # n is a scan of every member: only when there is news to send
+            self._gossip.flush(live, n_live(self._members), out)

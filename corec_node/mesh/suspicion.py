@@ -39,7 +39,7 @@ def expected_confirmations(indirect_checks: int, n: int) -> int:
 class Suspicion:
     """One member's suspicion at one incarnation, as this node holds it."""
 
-    __slots__ = ("_confirmations", "_seen", "inc", "k", "max", "min", "start")
+    __slots__ = ("_confirmations", "_seen", "_timeout", "inc", "k", "max", "min", "start")
 
     def __init__(
         self,
@@ -59,6 +59,7 @@ class Suspicion:
         # the first accuser started the timer: it is not a confirmation of itself
         self._seen: set[str] = {accuser} if accuser is not None else set()
         self._confirmations = 0
+        self._timeout: float | None = None  # timeout(), kept until a confirmation or shorten() changes it
 
     @property
     def confirmations(self) -> int:
@@ -70,18 +71,27 @@ class Suspicion:
             return False
         self._seen.add(name)
         self._confirmations += 1
+        self._timeout = None
         return True
 
     def shorten(self, timeout: float) -> None:
         """Evidence that nobody is left to refute (membership rule 17): at most ``timeout``."""
         self.min = min(self.min, timeout)
         self.max = min(self.max, timeout)
+        self._timeout = None
 
     def timeout(self) -> float:
+        """Read on every wake of a timer-driven shell (``next_deadline``): computed once
+        per confirmation."""
+        if self._timeout is not None:
+            return self._timeout
         if self.k < 1:
-            return self.min  # nobody could confirm: waiting longer would buy nothing
-        frac = math.log(self._confirmations + 1) / math.log(self.k + 1)
-        return max(self.min, self.max - frac * (self.max - self.min))
+            t = self.min  # nobody could confirm: waiting longer would buy nothing
+        else:
+            frac = math.log(self._confirmations + 1) / math.log(self.k + 1)
+            t = max(self.min, self.max - frac * (self.max - self.min))
+        self._timeout = t
+        return t
 
     def deadline(self, scale: float = 1.0) -> float:
         """When the suspect becomes dead; ``scale`` is Lifeguard's local health (score + 1)."""

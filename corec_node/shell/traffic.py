@@ -78,7 +78,7 @@ class Outbox:
         frames = self.frames(msg, TOPIC_DIRECT, payload)
         if not self.transport.send(addr, frames):
             return False
-        self.traffic.messages_out[message_type(msg).name.lower()] += 1
+        self._counted(msg)
         self.traffic.count_out(TOPIC_DIRECT, frames)
         return True
 
@@ -88,7 +88,7 @@ class Outbox:
         frames = self.frames(msg, TOPIC_DIRECT)
         if not self.transport.reply(identity, frames):
             return False
-        self.traffic.messages_out[message_type(msg).name.lower()] += 1
+        self._counted(msg)
         self.traffic.count_out(TOPIC_DIRECT, frames)
         return True
 
@@ -96,6 +96,10 @@ class Outbox:
         """A broadcast on this node's PUB stream, under the message's own topic."""
         topic = topic_for(msg)
         self.publish_frames(topic, self.frames(msg, topic, payload))
+        self._counted(msg)
+
+    def _counted(self, msg: Any) -> None:
+        """One more message out of its type, by the wire's name (``heartbeat_ack``)."""
         self.traffic.messages_out[message_type(msg).name.lower()] += 1
 
     def publish_frames(self, topic: bytes, frames: list[Any]) -> None:

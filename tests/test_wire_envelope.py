@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from unittest import mock
 
 import msgpack
 import numpy as np
@@ -58,6 +59,7 @@ from corec_node.wire import (
     encode_message,
     entity_channel,
     entity_topic,
+    envelope,
     limits,
     make_batch,
     message_type,
@@ -374,12 +376,14 @@ def test_a_forwarding_decode_agrees_with_the_whole_decode_on_headers(
         else:
             del frame[pos:]
     frames = [bytes(f) for f in frames]
-    skipped = _only_wire_error(frames, skip_body=FORWARDED)
+    with mock.patch.object(envelope, "_HEADER_ONLY_FROM", 0):  # every size takes the header-only path
+        skipped = _only_wire_error(frames, skip_body=FORWARDED)
     whole = _only_wire_error(frames)
     if whole is None:
         assert skipped is None
         _, env, got = decode_message(frames)
-        _, header, got_skipped = decode_message(frames, skip_body=FORWARDED)
+        with mock.patch.object(envelope, "_HEADER_ONLY_FROM", 0):
+            _, header, got_skipped = decode_message(frames, skip_body=FORWARDED)
         assert header == dataclasses.replace(env, msg=None)
         assert got_skipped == got
     if skipped is not None:
@@ -387,14 +391,14 @@ def test_a_forwarding_decode_agrees_with_the_whole_decode_on_headers(
 
 
 def test_a_forwarded_body_is_not_unpacked_but_its_header_is_checked() -> None:
-    rows = {"tick": 1, "rows": [{"block": 1, "bad": {"nested": 1}}]}  # a row value no row may hold
+    rows = {"tick": 1, "rows": [{"block": b, "count": 3} for b in range(200)] + [{"block": 1, "bad": {"x": 1}}]}
     frames = [b"agg", _env(MsgType.AGGREGATES, rows)]
     _, env, _ = decode_message(frames, skip_body=frozenset({MsgType.AGGREGATES}))
     assert (env.type, env.sender, env.msg) == (MsgType.AGGREGATES, "a", None)
     with pytest.raises(WireError):
         decode_message(frames)
     int_keys = msgpack.packb({"v": 1, "m": 0, "t": int(MsgType.AGGREGATES), "c": "", "s": "a", "q": 0,
-                              "b": {1: 2}})  # unpacking it at all is refused (strict_map_key)
+                              "b": {1: 2, 3: "x" * 4000}})  # unpacking it at all is refused (strict_map_key)
     assert decode_message([b"agg", int_keys], skip_body=frozenset({MsgType.AGGREGATES}))[1].msg is None
     assert _only_wire_error([b"agg", int_keys]).reason == "msgpack"
     body_first = msgpack.packb({"b": rows, "v": 1, "m": 0, "t": int(MsgType.AGGREGATES), "c": "", "s": "a", "q": 3})

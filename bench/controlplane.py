@@ -62,6 +62,7 @@ import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
 from corec_node.engine.host import EngineHost  # noqa: E402
+from corec_node.engine.wire_rows import chunks  # noqa: E402
 from corec_node.mesh.election import ElectionConfig  # noqa: E402
 from corec_node.wire import (  # noqa: E402
     ENTITY_DTYPE,
@@ -384,7 +385,7 @@ async def data_plane(host: EngineHost, flood: list[tuple[Any, bytes]], control: 
             next_tick += args.tick
             t0 = time.perf_counter()
             rows, _repairs = host.tick()
-            for chunk in host.chunks(rows):
+            for chunk in chunks(rows):
                 if chunk:
                     seq += 1
                     frames = encode_message(Aggregates(tick=host.tick_no, rows=tuple(chunk)), sender=NODE, seq=seq)

@@ -11,6 +11,7 @@ from records import entities
 from corec_node.engine.blocks import block_ids_of
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import PlacementMap
+from corec_node.engine.wire_rows import ROWS_REFRESH, rows_for_the_wire
 
 
 @settings(max_examples=30, deadline=None)
@@ -246,3 +247,42 @@ def test_a_channels_repair_threshold_gene_decides_its_blocks_repair(genes, repai
     host.ingest(entities([0, 1, 2], 3, np.nan))  # 30 % erroring
     _rows, records = host.tick()
     assert [r.kind for r in records] == (["block_repair"] if repaired else [])
+
+
+def test_the_wire_gets_changed_rows_and_each_unchanged_one_every_refresh_ticks():
+    """engine/wire_rows.py: the hooks get every row each tick; the wire the rows that say
+    something new, each unchanged one again every ROWS_REFRESH ticks, and all on a new epoch."""
+    host = EngineHost("a", block_size=10)
+    host.ingest(entities(np.arange(200), 0, 1.0))  # 20 blocks
+    rows, _ = host.tick()
+    assert len(host.wire_rows) == len(rows) == 20  # new blocks: all of them
+    block = int(block_ids_of(np.zeros(1, np.uint8), np.array([5]), 10)[0])
+    sent: dict[int, list[int]] = {}
+    for n in range(2 * ROWS_REFRESH):
+        if n == 3:
+            host.ingest(entities(np.array([5]), 0, 9.0))
+        rows, _ = host.tick()
+        assert len(rows) == 20 and {r["tick"] for r in rows} == {host.tick_no}  # hooks: every row
+        for r in host.wire_rows:
+            sent.setdefault(r["block"], []).append(r["tick"])
+        assert all(r in rows for r in host.wire_rows)
+    for b, ticks in sent.items():
+        due = [t for t in range(2, 2 + 2 * ROWS_REFRESH) if (t + b) % ROWS_REFRESH == 0]
+        if b == block:  # its values changed at tick 5 (and its forecast moves on for a while)
+            assert 5 in ticks and set(due) <= set(ticks)
+        else:
+            assert ticks == due, b
+    assert len(sent) == 20
+    host.set_members(["a", "b"])  # a new map: every row carries the new epoch
+    host.tick()
+    owned = {r["block"] for r in host.cluster_rows() if r["owner"] == "a"}
+    assert {r["block"] for r in host.wire_rows} == owned and owned
+
+
+def test_rows_with_the_same_values_but_another_owner_epoch_or_key_go_on_the_wire():
+    row = {"block": 1, "count": 3, "mean": 2.0, "tick": 9, "owner": "a", "epoch": 4}
+    assert rows_for_the_wire([dict(row, tick=10)], {1: row}, tick=10, refresh=7) == []
+    for changed in ({"owner": "b"}, {"epoch": 5}, {"mean": None}, {"forecast": 1.0}):
+        assert rows_for_the_wire([dict(row, **changed)], {1: row}, tick=10, refresh=7) != []
+    assert rows_for_the_wire([dict(row)], {}, tick=10, refresh=7) != []
+    assert rows_for_the_wire([dict(row)], {1: row}, tick=13, refresh=7) != []  # (13 + 1) % 7: its turn

@@ -40,8 +40,9 @@ Ownership rules:
    the row of the block's owner at the same epoch.
 7. Bounded ticks. Every tick aggregates every block (vectorized: milliseconds per million
    entities), but makes rows, the costly part downstream (published, stored, handed to the
-   hooks and the audit), for at most ``tick_rows`` blocks. A node holding no more blocks
-   than that gives every block its row every tick. Past it, a tick gives the blocks whose
+   hooks and the audit; published only if changed or due, ``engine/wire_rows.py``), for at
+   most ``tick_rows`` blocks. A node holding no more blocks than that gives every block its
+   row every tick. Past it, a tick gives the blocks whose
    aggregates changed since their last row (taken in turn from a rotating cursor when they
    alone exceed the budget) and fills what is left of the budget with a rotating share of
    the unchanged ones, so each row is refreshed every ``blocks / tick_rows`` ticks at
@@ -89,6 +90,7 @@ from corec_node.engine.placement import (
     partition,
     scores,
 )
+from corec_node.engine.wire_rows import rows_for_the_wire
 from corec_node.wire.entities import ENTITY_DTYPE
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
@@ -97,7 +99,6 @@ TERM_SHIFT = 32  # epoch = term << 32 | maps adopted in the term: 4 billion maps
 TICK_ROWS = 10_000  # rule 7: rows one tick makes at most (~0.1 s of publishing and storing)
 _COMPARED = tuple(k for k in AGGREGATE_DTYPE.names if k not in ("block", "tick"))
 MEAN_KERNEL = "mean"  # the kernel gene's default: a repaired entity takes its block's mean as is
-ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
 
 
 class EngineHost:
@@ -126,6 +127,7 @@ class EngineHost:
         self.tick_no = 0
         self.epoch = 0  # placement epoch (rule 6)
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
+        self.wire_rows: list[dict[str, Any]] = []  # the last tick's rows to publish (engine/wire_rows.py)
         # (members gone, blocks, entities) whose every holder left the map, for the shell to report
         self.lost: list[tuple[tuple[str, ...], int, int]] = []
         self._rows_version = 0  # grows when ``rows`` changes: cluster_rows is cached on it
@@ -585,6 +587,7 @@ class EngineHost:
         rows = aggregate_rows(aggs, owner=self.name, nan_as_none=True)
         self._stamp_epochs(rows, aggs["block"])
         self.adaptive.annotate(rows, self.tick_no)
+        self.wire_rows = rows_for_the_wire(rows, self.rows, self.tick_no)  # of them, those worth publishing
         self.observe_rows(self.name, rows)
         return rows, records
 
@@ -780,10 +783,6 @@ class EngineHost:
             replicas = [names[j] for j in ranked[i].tolist() if held[i, j] and names[j] != owners[i]]
             out.append({**row, "replicas": replicas})
         return out
-
-    @staticmethod
-    def chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        return [rows[i:i + ROWS_PER_MESSAGE] for i in range(0, len(rows), ROWS_PER_MESSAGE)] or [[]]
 
 
 def _take_in_turn(chosen: np.ndarray, candidates: np.ndarray, budget: int, cursor: int) -> int:

@@ -36,6 +36,7 @@ from corec_node.engine.audit import AlertGate, Auditor, LoadGate
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import RENDEZVOUS, RING
 from corec_node.engine.producers import ProducerSeqs
+from corec_node.engine.wire_rows import chunks
 from corec_node.plugins import PluginManager
 from corec_node.shell.control_plane import ClusterView, PluginHost
 from corec_node.shell.evolving import EvolutionSide
@@ -699,7 +700,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             self.recorder.spawn("audit", self._audit_tick(rows, tick_no))
         if rows:
             self.recorder.block_state(rows, time.time())
-        for chunk in self.engine.chunks(rows):
+        for chunk in chunks(self.engine.wire_rows):  # the rows worth publishing (engine/wire_rows.py)
             if chunk:
                 self.outbox.publish(Aggregates(tick=tick_no, rows=tuple(chunk)))
         if self.view.leader == self.name and tick_no % FUSION_EVERY == 0:

@@ -4,7 +4,8 @@ send throughput, measured from outside on real ``corec-node run`` processes (iss
     python bench/ingest_scale.py [--scenarios cpu,memory,throughput] [--sizes 1,2,4,8]
                                  [--records 2000000] [--entities 1000000] [--memory-nodes 3]
                                  [--settle 5] [--throughput-records N] [--throughput-nodes 3]
-                                 [--block-size 1000] [--copies 1] [--idle 3] [--quiet 10] [--timeout 180]
+                                 [--block-size 1000] [--copies 1] [--idle 3] [--quiet 10] [--held-idle 10]
+                                 [--timeout 180]
 
     small run:  python bench/ingest_scale.py --sizes 1,2 --records 300000 --entities 200000
 
@@ -19,7 +20,8 @@ alive, one leader agreed, every node holding the same committed voters):
               busiest node's, the producer's own (the send process, from RUSAGE_CHILDREN),
               the idle cost of the cluster over the same time (its CPU rate measured for
               --idle s before the send), and the ratios 4 nodes / 2 nodes and busiest of 4 /
-              lone node.
+              lone node. Then, --quiet s after, the cluster's cores idle while it holds the
+              data, over --held-idle s (what every owner's rows cost the others each tick).
               Baselines: a struct loop in this process (CPU to pack and unpack the wire's
               records with numpy and with Python's struct), the fixed cost of the producer
               (``send --count 0``), and the issue's figures from before.
@@ -356,6 +358,13 @@ def run_cpu_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         rc, line, producer_cpu = producer.finish(args.timeout)
         spent, lost = cpu_delta(before, after)
         per_m = M / args.records
+        held_rate = None
+        if args.held_idle > 0:  # the cluster idle once it holds the data (rows still go out each tick)
+            time.sleep(args.quiet)
+            h0, th0 = cpu_snapshot(nodes), time.perf_counter()
+            time.sleep(args.held_idle)
+            held_spent, _ = cpu_delta(h0, cpu_snapshot(nodes))
+            held_rate = round(sum(held_spent.values()) / (time.perf_counter() - th0), 3)
         return {
             "nodes": size, "records": args.records, "copies": copies, "held": count, "owned": owned,
             "all_arrived": arrived, "wait_s": round(waited, 2),
@@ -363,6 +372,7 @@ def run_cpu_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
             "cluster_s_per_m": sum(spent.values()) * per_m, "busiest_s_per_m": max(spent.values()) * per_m,
             "busiest": max(spent, key=spent.__getitem__), "producer_s_per_m": producer_cpu * per_m,
             "producer_cpu_s": round(producer_cpu, 3), "idle_cpu_per_s": round(idle_rate, 3),
+            "held_idle_cpu_per_s": held_rate,
             "idle_s_per_m": idle_rate * (t1 - t0) * per_m, "window_s": round(t1 - t0, 2),
             "send_rc": rc, "send": line, "send_rate": send_rate(line), "lost_pids": lost,
             "producer_fixed_s": round(fixed, 3) if fixed_rc == 0 else None,
@@ -412,6 +422,9 @@ def print_cpu(out: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"  {r['nodes']:>5} {r['cluster_s_per_m']:>11.2f} {before if before else '-':>7} "
               f"{r['busiest_s_per_m']:>11.2f} {r['producer_s_per_m']:>12.2f} {net:>12} {r['idle_s_per_m']:>8.2f} "
               f"{rate:>11} {held_s:>12}" + (f" {r['owned']:>10,} {r['copies']:>6}" if args.copies > 1 else ""))
+        if r.get("held_idle_cpu_per_s") is not None:
+            print(f"        idle holding the data ({args.quiet:g} s after, for {args.held_idle:g} s): "
+                  f"{r['held_idle_cpu_per_s']:.3f} cores (empty, before the send: {r['idle_cpu_per_s']:.3f})")
         if not r["all_arrived"]:
             print(f"        not all arrived: {r['held']:,} held ({r['owned']:,} owned) after {r['wait_s']} s; "
                   f"send said: {r['send']}")
@@ -567,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=1,
                    help="copies of each block the cluster keeps, the owner's included (engine.replicas)")
     p.add_argument("--idle", type=float, default=3.0, help="seconds a fresh cluster is watched idle first")
+    p.add_argument("--held-idle", type=float, default=10.0,
+                   help="cpu: seconds the cluster is watched idle once it holds the data, --quiet s after (0: not)")
     p.add_argument("--quiet", type=float, default=10.0, help="seconds a fresh cluster settles before it is watched idle")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the cluster to hold all")
     args = p.parse_args(argv)

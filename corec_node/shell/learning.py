@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from corec_node import log
+from corec_node.engine.wire_rows import ROWS_REFRESH
 from corec_node.shell.routing import Answer
 from corec_node.wire import make_batch
 from corec_node.wire.messages import BatchReply, CopyDone, Learners, Ready, SequenceHandoff
@@ -30,6 +31,8 @@ SETTLED = 10.0  # seconds a confirmed map stays unchanged before blocks it does 
 
 class ReplicaSide:
     """What a node does as a holder of others' blocks and as a learner (see the module)."""
+
+    _rows_heard_at: int | None = None  # the engine tick a fresh nucleus first heard rows
 
 
     def replica_batch(self, env: Any, payload: Any, answer: Answer) -> None:
@@ -94,10 +97,16 @@ class ReplicaSide:
     def _learn_as_nucleus(self, alone: bool) -> None:
         """Restarted with nothing and elected: we learn too, from the members that hold our
         blocks' copies, before we own (a learner nucleus says READY to itself), once the
-        cluster's rows show what we lack (with no rows, nothing is lacking yet)."""
+        cluster's rows show what we lack (with no rows, nothing is lacking yet). Unchanged
+        rows come every ROWS_REFRESH ticks (engine/wire_rows.py): the first ones heard may be
+        a few, so the rows are judged once they have been heard for that long."""
         if alone:
             self.fresh = False
         elif self.engine.rows:
+            if self._rows_heard_at is None:
+                self._rows_heard_at = self.engine.tick_no
+            if self.engine.tick_no - self._rows_heard_at < ROWS_REFRESH:
+                return
             self.fresh = False
             if self.engine.holds_shown_blocks(self.name):
                 self._ready.discard(self.name)

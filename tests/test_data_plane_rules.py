@@ -181,3 +181,25 @@ def test_a_fresh_nucleus_judges_what_it_lacks_once_every_row_had_its_turn(tmp_pa
         engine.tick_no += 1
     plane._check_ready()
     assert not plane.fresh and "a" in plane._relearn  # a block we hold is shown: we learn it first
+
+
+def test_a_nucleus_judges_a_restarted_member_once_its_own_rows_are_the_clusters(tmp_path):
+    from corec_node.engine.wire_rows import ROWS_REFRESH
+
+    plane, _sent = _plane(tmp_path)
+    two = ClusterView(members={m: f"tcp://127.0.0.1:800{i}" for i, m in enumerate("ab")}, live=("a", "b"),
+                      leader="a", term=1, data=DATA, replicating=frozenset("ab"))
+    plane.view_changed(two)
+    plane.ready("b", Ready(digest=plane.engine.placement_digest()))
+    engine = plane.engine
+    block = next(b for b in range(CHANNEL << 32, (CHANNEL << 32) + 100)
+                 if engine.placement.holder_mask([b], engine.copies)[0, engine.placement.everyone.index("b")])
+    engine.observe_rows("b", [{"block": block, "channel": CHANNEL, "count": 10, "tick": 1, "epoch": engine.epoch}])
+    for _ in range(ROWS_REFRESH):  # rows heard a moment ago: maybe a few of them, b is not judged yet
+        plane._check_ready()
+        plane.ready("b", Ready(digest=""))
+        assert "b" in plane._ready and "b" not in plane._relearn
+        engine.tick_no += 1
+    plane._check_ready()
+    plane.ready("b", Ready(digest=""))  # b restarted with nothing and holds a block the cluster shows
+    assert "b" not in plane._ready and "b" in plane._relearn

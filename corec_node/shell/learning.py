@@ -71,6 +71,8 @@ class ReplicaSide:
         Fresh from a start with nothing held, and named a member: ask to learn first
         (READY with no digest)."""
         alone = len(self.engine.placement.members) <= 1
+        if self._rows_heard_at is None and self.engine.rows:
+            self._rows_heard_at = self.engine.tick_no
         if self.fresh and (self.engine.is_learner() or (alone and self.engine.store.count())):
             # learning now, or holding what was sent to us alone; not the writes our peers
             # replicate to us after a restart: those are not the blocks we lost
@@ -97,22 +99,22 @@ class ReplicaSide:
     def _learn_as_nucleus(self, alone: bool) -> None:
         """Restarted with nothing and elected: we learn too, from the members that hold our
         blocks' copies, before we own (a learner nucleus says READY to itself), once the
-        cluster's rows show what we lack (with no rows, nothing is lacking yet). Unchanged
-        rows come every ROWS_REFRESH ticks (engine/wire_rows.py): the first ones heard may be
-        a few, so the rows are judged once they have been heard for that long."""
+        cluster's rows show what we lack (with no rows, nothing is lacking yet)."""
         if alone:
             self.fresh = False
-        elif self.engine.rows:
-            if self._rows_heard_at is None:
-                self._rows_heard_at = self.engine.tick_no
-            if self.engine.tick_no - self._rows_heard_at < ROWS_REFRESH:
-                return
+        elif self._rows_shown():
             self.fresh = False
             if self.engine.holds_shown_blocks(self.name):
                 self._ready.discard(self.name)
                 self._relearn.add(self.name)
                 log.event("member_learns_again", member=self.name, detail="elected with nothing held: it learns first")
                 self._act_on_view()
+
+    def _rows_shown(self) -> bool:
+        """Whether our rows are the cluster's: unchanged rows come every ROWS_REFRESH ticks
+        (engine/wire_rows.py), so the first rows a node hears may be a few of them, and what
+        a member lacks is judged only on rows heard for that long."""
+        return self._rows_heard_at is not None and self.engine.tick_no - self._rows_heard_at >= ROWS_REFRESH
 
     def awaited_copies(self) -> list[str]:
         """As a learner: the members whose copies under our map we still wait for."""
@@ -127,6 +129,8 @@ class ReplicaSide:
         if self.view.leader != self.name:
             return
         if not msg.digest:  # a member that restarted with nothing: it learns before it owns again
+            if self.engine.rows and not self._rows_shown():
+                return  # judged once our rows are the cluster's: it asks again every tick
             if sender != self.name and sender in self._ready and self.engine.holds_shown_blocks(sender):
                 self._ready.discard(sender)
                 self._relearn.add(sender)  # even while our map still names it a member

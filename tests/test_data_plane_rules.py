@@ -156,12 +156,8 @@ def test_the_nucleus_repeats_its_learners_every_tick_only_while_they_matter(tmp_
     assert published == [()] * (1 + LEARNERS_SETTLE + ticks // LEARNERS_REFRESH)
 
 
-def test_a_fresh_nucleus_judges_what_it_lacks_once_every_row_had_its_turn(tmp_path):
-    """Restarted with nothing and elected: unchanged rows come every ROWS_REFRESH ticks, so
-    the first rows heard may be a few; the nucleus decides whether it must learn first only
-    once rows have been heard for that long, not on the first of them."""
-    from corec_node.engine.wire_rows import ROWS_REFRESH
-
+def _nucleus_of_two(tmp_path, holder: str):
+    """Nucleus a of a map of a and b (b caught up), and a block ``holder`` holds a copy of."""
     plane, _sent = _plane(tmp_path)
     two = ClusterView(members={m: f"tcp://127.0.0.1:800{i}" for i, m in enumerate("ab")}, live=("a", "b"),
                       leader="a", term=1, data=DATA, replicating=frozenset("ab"))
@@ -169,16 +165,26 @@ def test_a_fresh_nucleus_judges_what_it_lacks_once_every_row_had_its_turn(tmp_pa
     plane.ready("b", Ready(digest=plane.engine.placement_digest()))
     engine = plane.engine
     assert engine.placement.members == ("a", "b")
-    plane.fresh = True  # as a node restarted with nothing that was a member of this map
     block = next(b for b in range(CHANNEL << 32, (CHANNEL << 32) + 100)
-                 if engine.placement.holder_mask([b], engine.copies)[0, engine.placement.everyone.index("a")])
+                 if engine.placement.holder_mask([b], engine.copies)[0, engine.placement.everyone.index(holder)])
+    return plane, {"block": block, "channel": CHANNEL, "count": 10, "tick": 1, "epoch": engine.epoch}
+
+
+def test_a_fresh_nucleus_judges_what_it_lacks_once_every_row_had_its_turn(tmp_path):
+    """Restarted with nothing and elected: unchanged rows come every ROWS_REFRESH ticks, so
+    the first rows heard may be a few; the nucleus decides whether it must learn first only
+    once rows have been heard for that long, not on the first of them."""
+    from corec_node.engine.wire_rows import ROWS_REFRESH
+
+    plane, row = _nucleus_of_two(tmp_path, "a")
+    plane.fresh = True  # as a node restarted with nothing that was a member of this map
     plane._check_ready()
     assert plane.fresh  # no rows yet: nothing to judge
-    engine.observe_rows("b", [{"block": block, "channel": CHANNEL, "count": 10, "tick": 1, "epoch": engine.epoch}])
+    plane.engine.observe_rows("b", [row])
     for _ in range(ROWS_REFRESH):
         plane._check_ready()
         assert plane.fresh and "a" not in plane._relearn
-        engine.tick_no += 1
+        plane.engine.tick_no += 1
     plane._check_ready()
     assert not plane.fresh and "a" in plane._relearn  # a block we hold is shown: we learn it first
 
@@ -186,20 +192,13 @@ def test_a_fresh_nucleus_judges_what_it_lacks_once_every_row_had_its_turn(tmp_pa
 def test_a_nucleus_judges_a_restarted_member_once_its_own_rows_are_the_clusters(tmp_path):
     from corec_node.engine.wire_rows import ROWS_REFRESH
 
-    plane, _sent = _plane(tmp_path)
-    two = ClusterView(members={m: f"tcp://127.0.0.1:800{i}" for i, m in enumerate("ab")}, live=("a", "b"),
-                      leader="a", term=1, data=DATA, replicating=frozenset("ab"))
-    plane.view_changed(two)
-    plane.ready("b", Ready(digest=plane.engine.placement_digest()))
-    engine = plane.engine
-    block = next(b for b in range(CHANNEL << 32, (CHANNEL << 32) + 100)
-                 if engine.placement.holder_mask([b], engine.copies)[0, engine.placement.everyone.index("b")])
-    engine.observe_rows("b", [{"block": block, "channel": CHANNEL, "count": 10, "tick": 1, "epoch": engine.epoch}])
+    plane, row = _nucleus_of_two(tmp_path, "b")
+    plane.engine.observe_rows("b", [row])
     for _ in range(ROWS_REFRESH):  # rows heard a moment ago: maybe a few of them, b is not judged yet
         plane._check_ready()
         plane.ready("b", Ready(digest=""))
         assert "b" in plane._ready and "b" not in plane._relearn
-        engine.tick_no += 1
+        plane.engine.tick_no += 1
     plane._check_ready()
     plane.ready("b", Ready(digest=""))  # b restarted with nothing and holds a block the cluster shows
     assert "b" not in plane._ready and "b" in plane._relearn

@@ -32,8 +32,7 @@ SETTLED = 10.0  # seconds a confirmed map stays unchanged before blocks it does 
 class ReplicaSide:
     """What a node does as a holder of others' blocks and as a learner (see the module)."""
 
-    _rows_heard_at: int | None = None  # the engine tick a fresh nucleus first heard rows
-
+    _rows_heard_at: int | None = None  # the engine tick this node first held rows (``_rows_shown``)
 
     def replica_batch(self, env: Any, payload: Any, answer: Answer) -> None:
         """An owner's records for us as a holder (``replica`` 1), or a block's copy (2):

@@ -676,7 +676,8 @@ def decode_message(
     """Decode and validate one multipart message: ``(topic, envelope, payload)``.
 
     ``skip_body``: types whose body is left unchecked and unbuilt (the envelope's ``msg``
-    is None): for a process that only forwards them to one that decodes them whole.
+    is None): for a process that only forwards them to one that decodes them whole. From
+    2 KB on, such a body is not even unpacked (``_unpack_header``).
 
     Raises WireError (and nothing else) for anything that does not follow SPEC.md; when
     ``cluster`` is given, a message with another cluster label is refused ("cluster").

@@ -238,3 +238,24 @@ def test_no_audit_while_the_node_loads_new_entities_but_never_for_long():
     assert gate.settled(2_010_000)  # growth under 1 %
     assert [gate.settled(n) for n in (3e6, 4e6, 5e6, 6e6, 7e6)] == [False, False, False, True, False]
     assert gate.skipped == 6
+
+
+def test_rows_at_rest_are_judged_again_without_the_forest():
+    """Rule 5: the same rows before the same model get the same findings, stamped with the
+    new tick, and the forest is not asked again; a row that moves, or a refit, asks it."""
+    rng = np.random.default_rng(7)
+    auditor = Auditor(contamination=0.01, refit_every=100, random_state=0)
+    for tick in range(1, 4):
+        auditor.step(normal_rows(tick, rng), tick)
+    rows = normal_rows(4, rng)
+    plant(rows)
+    asked = []
+    forest = auditor.model.decision_function
+    auditor.model.decision_function = lambda Z: asked.append(len(Z)) or forest(Z)
+    first = auditor.score(rows, 10)
+    again = auditor.score([dict(r, tick=11) for r in rows], 11)
+    assert len(asked) == 1 and first and [f.tick for f in again] == [11] * len(first)
+    assert [(f.block, f.score, f.reason) for f in again] == [(f.block, f.score, f.reason) for f in first]
+    rows[0]["mean"] += 1.0
+    auditor.score(rows, 12)
+    assert len(asked) == 2

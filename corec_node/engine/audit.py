@@ -30,11 +30,16 @@ Rules:
    MIN_UNLEARNED, or MAX_UNLEARNED_SHARE of the tick): a block that stays sick never becomes the baseline, and is
    flagged tick after tick (which is what :class:`AlertGate` waits for). When many blocks
    change at once, that is a new normal, and it is learned.
+5. Data at rest costs little: rows the same model scored last time (the same features,
+   blocks and channels, by a digest) get the same findings again, stamped with the new
+   tick, without the forest (~20 ms for 2,500 rows; the digest ~0.2 ms).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +98,16 @@ class AuditFinding:
         return {"kind": "audit_anomaly", "text": f"block {self.channel}:{self.block & 0xFFFFFFFF}: {self.reason}",
                 "severity": "warning", "block": self.block, "channel": self.channel, "tick": self.tick,
                 "score": round(self.score, 6)}
+
+
+def _digest(*arrays: np.ndarray) -> bytes:
+    """What rule 5 compares: the arrays' bytes, shapes and types, hashed."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.digest()
 
 
 def features(rows: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -209,6 +224,7 @@ class Auditor:
         self.scaler: _Scaler | None = None
         self.fitted_tick: int | None = None
         self.fits = 0
+        self._scored: tuple[Any, bytes, list[AuditFinding]] | None = None  # model, rows' digest, findings
 
     @property
     def window_rows(self) -> int:
@@ -273,6 +289,18 @@ class Auditor:
         X, blocks, channels = features(rows)
         if not len(X):
             return []
+        if tick is None:
+            tick = _row_tick(rows)
+        digest = _digest(X, channels, blocks)
+        memo = self._scored
+        if memo is not None and memo[0] is self.model and memo[1] == digest:  # rule 5
+            return [dataclasses.replace(f, tick=int(tick)) for f in memo[2]]
+        findings = self._score(X, blocks, channels, int(tick))
+        self._scored = (self.model, digest, findings)
+        return findings
+
+    def _score(self, X: np.ndarray, blocks: np.ndarray, channels: np.ndarray, tick: int) -> list[AuditFinding]:
+        assert self.model is not None and self.scaler is not None
         Z, known, excess = self.scaler.transform(X, channels)
         if not known.any():
             return []
@@ -282,8 +310,6 @@ class Auditor:
         out_of_range = beyond > self.range_margin
         flagged = np.flatnonzero((scores > 0) | out_of_range)
         combined = np.maximum(scores, 0.0) + RANGE_SCORE * np.minimum(beyond, Z_CLIP)
-        if tick is None:
-            tick = _row_tick(rows)
         out = []
         for j in flagged[np.argsort(-combined[flagged], kind="stable")].tolist():
             i = int(idx[j])

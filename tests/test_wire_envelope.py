@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
-from unittest import mock
 
 import msgpack
 import numpy as np
@@ -59,7 +58,6 @@ from corec_node.wire import (
     encode_message,
     entity_channel,
     entity_topic,
-    envelope,
     limits,
     make_batch,
     message_type,
@@ -354,62 +352,6 @@ def test_mutated_frames_only_raise_wire_error(
         _, env, got = decode_message([bytes(f) for f in frames])
         encode_message(env.msg, sender=env.sender, seq=env.seq, cluster=env.cluster,
                        payload=None if got is None else bytes(got))
-
-
-FORWARDED = frozenset(MsgType)  # a forwarding process's decode: every body left packed
-
-
-@FAST
-@given(messages_with_payload, st.data())
-def test_a_forwarding_decode_agrees_with_the_whole_decode_on_headers(
-    msg_payload: tuple[Any, bytes | None], data: st.DataObject
-) -> None:
-    """``skip_body`` reads the header alone (the body stays packed): whatever the whole decode
-    accepts it accepts with the same header, and it fails only where the whole one does."""
-    msg, payload = msg_payload
-    frames = [bytearray(f) for f in encode_message(msg, sender="n", seq=7, payload=payload)]
-    if data.draw(st.booleans()):
-        frame = frames[1]
-        pos = data.draw(st.integers(0, max(0, len(frame) - 1)))
-        if data.draw(st.booleans()) and frame:
-            frame[pos] ^= data.draw(st.integers(1, 255))
-        else:
-            del frame[pos:]
-    frames = [bytes(f) for f in frames]
-    with mock.patch.object(envelope, "_HEADER_ONLY_FROM", 0):  # every size takes the header-only path
-        skipped = _only_wire_error(frames, skip_body=FORWARDED)
-    whole = _only_wire_error(frames)
-    if whole is None:
-        assert skipped is None
-        _, env, got = decode_message(frames)
-        with mock.patch.object(envelope, "_HEADER_ONLY_FROM", 0):
-            _, header, got_skipped = decode_message(frames, skip_body=FORWARDED)
-        assert header == dataclasses.replace(env, msg=None)
-        assert got_skipped == got
-    if skipped is not None:
-        assert whole is not None and whole.reason == skipped.reason
-
-
-def test_a_forwarded_body_is_not_unpacked_but_its_header_is_checked() -> None:
-    rows = {"tick": 1, "rows": [{"block": b, "count": 3} for b in range(200)] + [{"block": 1, "bad": {"x": 1}}]}
-    frames = [b"agg", _env(MsgType.AGGREGATES, rows)]
-    _, env, _ = decode_message(frames, skip_body=frozenset({MsgType.AGGREGATES}))
-    assert (env.type, env.sender, env.msg) == (MsgType.AGGREGATES, "a", None)
-    with pytest.raises(WireError):
-        decode_message(frames)
-    int_keys = msgpack.packb({"v": 1, "m": 0, "t": int(MsgType.AGGREGATES), "c": "", "s": "a", "q": 0,
-                              "b": {1: 2, 3: "x" * 4000}})  # unpacking it at all is refused (strict_map_key)
-    assert decode_message([b"agg", int_keys], skip_body=frozenset({MsgType.AGGREGATES}))[1].msg is None
-    assert _only_wire_error([b"agg", int_keys]).reason == "msgpack"
-    body_first = msgpack.packb({"b": rows, "v": 1, "m": 0, "t": int(MsgType.AGGREGATES), "c": "", "s": "a", "q": 3})
-    assert decode_message([b"agg", body_first], skip_body=frozenset({MsgType.AGGREGATES}))[1].seq == 3
-    for frames, reason in [([b"agg", _env(MsgType.AGGREGATES, rows)[:-2]], "truncated"),
-                           ([b"agg", _env(MsgType.AGGREGATES, rows) + b"\x00"], "msgpack"),
-                           ([b"agg", _env(MsgType.AGGREGATES, rows, v=2)], "version"),
-                           ([b"dir", _env(MsgType.AGGREGATES, rows)], "topic")]:
-        with pytest.raises(WireError) as info:
-            decode_message(frames, skip_body=frozenset({MsgType.AGGREGATES}))
-        assert info.value.reason == reason
 
 
 @pytest.mark.parametrize(

@@ -625,36 +625,6 @@ def _unpack(view: memoryview) -> Any:
         raise WireError("msgpack", f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
 
-_SKIPPED = object()  # the body of a message ``skip_body`` names, not unpacked
-_HEADER_ONLY_FROM = 2048  # envelope bytes from which a skipped body is worth a second parser (~2 us)
-
-
-def _unpack_header(view: memoryview, skip_body: frozenset[MsgType]) -> dict | None:
-    """The envelope map with its body left packed (``_SKIPPED``) when its type is one of
-    ``skip_body``: a process that only forwards such a message then pays for its few
-    header keys, not for the thousands of objects in its body (an Aggregates body of
-    2,000 rows costs ~3 ms to unpack, the header ~0.3 ms). None when that does not apply
-    (another type, a body before its type, anything malformed): the caller unpacks the
-    whole envelope, which also gives a malformed one its usual error."""
-    unpacker = msgpack.Unpacker(**_UNPACK_OPTIONS)
-    try:
-        unpacker.feed(view)
-        obj: dict = {}
-        for _ in range(unpacker.read_map_header()):
-            key = unpacker.unpack()
-            if key != "b":
-                obj[key] = unpacker.unpack()
-            elif obj.get("t") in skip_body:
-                unpacker.skip()
-                obj[key] = _SKIPPED
-            else:  # a body to unpack anyway: the whole unpack does it, once
-                return None
-        whole = unpacker.tell() == view.nbytes and obj.get("b") is _SKIPPED and obj.get("t") in skip_body
-    except Exception:  # noqa: BLE001 - any failure (an unhashable type too): the whole unpack decides
-        return None
-    return obj if whole else None
-
-
 def _header(obj: dict, key: str, kind: _Kind) -> Any:
     try:
         value = obj[key]
@@ -676,8 +646,7 @@ def decode_message(
     """Decode and validate one multipart message: ``(topic, envelope, payload)``.
 
     ``skip_body``: types whose body is left unchecked and unbuilt (the envelope's ``msg``
-    is None): for a process that only forwards them to one that decodes them whole. From
-    2 KB on, such a body is not even unpacked (``_unpack_header``).
+    is None): for a process that only forwards them to one that decodes them whole.
 
     Raises WireError (and nothing else) for anything that does not follow SPEC.md; when
     ``cluster`` is given, a message with another cluster label is refused ("cluster").
@@ -710,8 +679,7 @@ def decode_message(
         if len(payload) > max_payload:
             raise WireError("too_large", f"payload {len(payload)} > {max_payload} bytes")
 
-    header_only = skip_body and envelope_view.nbytes >= _HEADER_ONLY_FROM
-    obj = (_unpack_header(envelope_view, skip_body) if header_only else None) or _unpack(envelope_view)
+    obj = _unpack(envelope_view)
     if type(obj) is not dict:
         raise WireError("header", f"envelope is a {type(obj).__name__}, not a map")
     version = _header(obj, "v", _U64)

@@ -434,7 +434,9 @@ def check_leaders(
     majority = len(voters) // 2 + 1
     exits = exits or {}
     now = time.time() if now is None else now
-    events = sorted(e for path in logs.values() for e in leader_events(path))
+    # by time and node only: one node's two changes in one millisecond keep their log order
+    # (and a leader of None is never compared with a name)
+    events = sorted((e for path in logs.values() for e in leader_events(path)), key=lambda e: (e[0], e[1]))
     t0 = history[0][0] if history else (events[0][0] if events else 0.0)
     violations: list[str] = []
 

@@ -259,3 +259,26 @@ def test_rows_at_rest_are_judged_again_without_the_forest():
     rows[0]["mean"] += 1.0
     auditor.score(rows, 12)
     assert len(asked) == 2
+
+
+def test_a_window_at_rest_is_fitted_once():
+    """Rule 6: once the window holds only ticks of rows it was fitted on, in the same order,
+    a refit that falls due is skipped (the same data would grow the same forest); a tick whose
+    rows differ makes the next due refit a real one."""
+    rng = np.random.default_rng(11)
+    auditor = Auditor(contamination=0.01, refit_every=3, random_state=0, window=4, min_rows=1000)
+    at_rest = normal_rows(1, rng)
+    refits = []
+    for tick in range(1, 18):
+        if auditor.observe([dict(r, tick=tick) for r in at_rest], tick):
+            refits.append(tick)
+    # the first fit when min_rows is reached, then while the window still fills or holds the
+    # ticks before it: from tick 8 on every tick in it is the same rows, and so is the fit
+    assert refits == [2, 5], refits
+    model = auditor.model
+    assert auditor.fitted_tick == 17 and auditor.fits == 2
+    moved = [dict(r, tick=18) for r in at_rest]
+    moved[0]["mean"] += 1.0
+    assert auditor.observe(moved, 18) == [] and auditor.model is model  # not due yet
+    assert [r.kind for r in auditor.observe([dict(r, tick=20) for r in at_rest], 20)] == ["audit_refit"]
+    assert auditor.model is not model and auditor.fits == 3

@@ -282,3 +282,23 @@ def test_a_window_at_rest_is_fitted_once():
     assert auditor.observe(moved, 18) == [] and auditor.model is model  # not due yet
     assert [r.kind for r in auditor.observe([dict(r, tick=20) for r in at_rest], 20)] == ["audit_refit"]
     assert auditor.model is not model and auditor.fits == 3
+
+
+def test_a_node_at_rest_with_sick_blocks_stops_refitting():
+    """Rule 6 on ``step``: the rows kept out of the window (rule 4) depend on the model, but
+    the window is compared by the rows the node had, so a cluster at rest with a few sick
+    blocks is fitted until the window holds only its resting rows, then no more, and the
+    sick blocks are still flagged every tick."""
+    rng = np.random.default_rng(13)
+    auditor = Auditor(contamination=0.01, refit_every=3, random_state=0, window=4, min_rows=1000)
+    for tick in range(1, 6):
+        auditor.step(normal_rows(tick, rng), tick)
+    at_rest = normal_rows(6, rng)
+    sick = plant(at_rest)
+    fits, flagged = [], []
+    for tick in range(6, 40):
+        findings, records = auditor.step([dict(r, tick=tick) for r in at_rest], tick)
+        fits += [tick for r in records if r.kind == "audit_refit"]
+        flagged.append(found(findings))
+    assert fits and max(fits) <= 6 + 4 + 3, fits  # the window is all resting rows from tick 9 on
+    assert all(sick <= f for f in flagged[max(fits) - 5:]), flagged

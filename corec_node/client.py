@@ -9,10 +9,14 @@ Owner-routed (SPEC 9.5, protocol 1.5). At its first send the client asks the nod
 given for the placement map (PLACEMENT_REQUEST, answered within ``map_timeout``), splits
 each batch by the owner of its records' blocks and sends every part straight to its
 owner's data socket: one DEALER and one window per owner, so what a cluster ingests grows
-with its members. An answer that names a newer placement epoch makes the client fetch the
-map again (from the node it was given; if that fails the old map stays) and split later
-batches by the new one. A node that receives records it no longer owns forwards them and
-answers for the whole batch, so a stale map costs a hop, never a record.
+with its members. With 2 or more copies (the map's ``replicas``) an owner's part is
+grouped by the holders of its blocks before it is cut into batches (``by_holders``): the
+owner forwards each batch to the other holders, one message each, so a batch then goes on
+to one or two of them, not to most of the cluster. An answer that names a newer placement
+epoch makes the client fetch the map again (from the node it was given; if that fails the
+old map stays) and split later batches by the new one. A node that receives records it no
+longer owns forwards them and answers for the whole batch, so a stale map costs a hop,
+never a record.
 
 The 1.4 path: when the node does not answer the map request (older than 1.5, or
 unreachable), when its map has no owners (some member is older than 1.5), or with
@@ -61,7 +65,7 @@ import numpy as np
 import zmq
 
 from corec_node.engine.blocks import FusionTable, check_block_size
-from corec_node.engine.placement import RENDEZVOUS, PlacementMap, partition
+from corec_node.engine.placement import RENDEZVOUS, PlacementMap, by_holders, partition
 from corec_node.shell.transport import tcp
 from corec_node.wire import (
     ENTITY_DTYPE,
@@ -199,6 +203,7 @@ class Client:
         self._owner_addr: dict[str, str] = {}
         self._fusions = FusionTable()
         self._block_size = 0
+        self._copies = 1  # copies of each block, from the map (its replicas): batches cut by holders when > 1
         self._want_epoch = 0  # the highest placement epoch an answer named
         self._map_doubt = False  # an owner stopped answering: its blocks may have moved
         self._next_map_try = 0.0
@@ -292,6 +297,7 @@ class Client:
             self.why_unrouted = f"the map {self.addr} sent is not usable ({exc})"
             return
         self._placement, self._block_size, self._fusions, self._owner_addr = placement, block_size, fusions, owner_addr
+        self._copies = max(1, p.replicas)
         self.routed, self.why_unrouted = True, ""
 
     def _refresh_map(self, *, newer: bool = True) -> None:
@@ -436,7 +442,9 @@ class Client:
             return [(self._link(self.addr, None), slab)]
         resolve = self._fusions.resolve if self._fusions else None
         parts = partition(slab, self._placement, self._block_size, resolve)
-        return [(self._link(self._owner_addr[owner], owner), records) for owner, records in parts.items()]
+        return [(self._link(self._owner_addr[owner], owner),
+                 by_holders(records, self._placement, self._block_size, self._copies, resolve))  # one replica message a batch
+                for owner, records in parts.items()]
 
     def _link(self, addr: str, name: str | None) -> _Link:
         link = self._links.get(addr)

@@ -124,9 +124,11 @@ def owners():
         r.sock.close(0)
 
 
-def _placement(owners: dict[str, Router], epoch: int = 5, fusions: tuple = (), block_size: int = 100) -> Placement:
+def _placement(owners: dict[str, Router], epoch: int = 5, fusions: tuple = (), block_size: int = 100,
+               replicas: int = 0) -> Placement:
     return Placement(epoch=epoch, digest="", block_size=block_size,
-                     owners=tuple(Owner(name, r.addr) for name, r in owners.items()), fusions=fusions, rule="ring")
+                     owners=tuple(Owner(name, r.addr) for name, r in owners.items()), fusions=fusions, rule="ring",
+                     replicas=replicas)
 
 
 @pytest.fixture
@@ -337,6 +339,41 @@ def test_records_go_straight_to_their_owners_by_the_map_and_its_fusions(map_node
     assert {(env.msg.epoch, env.msg.acks) for env in everything} == {(5, 1)}
     assert client.owners_used == {"a", "b", "c"} and sum(client.sent_by_owner.values()) == 3_000
     assert (client.accepted, client.unconfirmed, dict(client.rejected)) == (3_000, 0, {})
+
+
+def _runs(items: list) -> int:
+    return sum(1 for i, x in enumerate(items) if i == 0 or x != items[i - 1])
+
+
+def test_with_replicas_an_owners_batches_are_cut_by_the_holders_of_their_blocks(map_node, owners):
+    """With 2 copies an owner forwards each batch to the other holders of its blocks, one
+    message per holder: the client sends an owner's blocks grouped by their holders, so a
+    batch goes on to as few of them as the blocks allow; every record still reaches its owner
+    and each block's records keep their order."""
+    node = map_node(_placement(owners, replicas=2))
+    ids = np.arange(6_000)
+    recs = entities(np.concatenate([ids, ids[:600]]), 0, np.arange(6_600, dtype=np.float64))
+    with Client(node.addr, batch=250) as client:
+        client.send(recs)
+        got = {name: _batches(r) for name, r in owners.items()}
+    pmap = PlacementMap(0, owners, rule="ring")
+    blocks = block_ids_of(recs["channel"], recs["id"], 100)
+    want = np.asarray(pmap.members)[pmap.owners(blocks)]
+    slabs = -(-len(recs) // (250 * 3 * 4))  # the client splits a few batches per owner at a time
+    runs = {}
+    for name, batches in got.items():
+        sent = np.concatenate([r for _, r in sorted(batches, key=lambda b: b[0].msg.pseq)])
+        mine = recs[want == name]
+        assert sorted(sent["value"].tolist()) == sorted(mine["value"].tolist())
+        sent_blocks = block_ids_of(sent["channel"], sent["id"], 100)
+        for block in np.unique(sent_blocks):
+            assert np.array_equal(sent["value"][sent_blocks == block], mine["value"][blocks[want == name] == block])
+        sent_runs = _runs([tuple(pmap.holders(int(b), 2)) for b in sent_blocks])
+        given_runs = _runs([tuple(pmap.holders(int(b), 2)) for b in blocks[want == name]])
+        assert sent_runs <= 2 * slabs  # an owner's blocks have two holder sets here: each together in a slab
+        runs[name] = (sent_runs, given_runs)
+    assert sum(s for s, _ in runs.values()) < sum(g for _, g in runs.values()), runs
+    assert client.accepted == 6_600
 
 
 def test_the_window_is_per_owner(map_node, owners):

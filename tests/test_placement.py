@@ -17,6 +17,7 @@ from corec_node.engine.blocks import FusionTable, block_id, block_ids_of
 from corec_node.engine.placement import (
     RENDEZVOUS,
     PlacementMap,
+    by_holders,
     member_seed,
     moves,
     owners,
@@ -159,3 +160,38 @@ def test_partition_keeps_the_records_dtype_and_order_on_both_paths() -> None:
             assert (part["value"] == part["id"].astype(np.float32)).all()  # whole records, not mixed
         if records is not scattered:
             assert all((np.diff(p["id"].astype(np.int64)) > 0).all() for p in parts.values())  # input order kept
+
+
+def _holder_sets(records: np.ndarray, pm: PlacementMap, copies: int) -> list[tuple[str, ...]]:
+    blocks = block_ids_of(records["channel"], records["id"], 1000)
+    return [tuple(pm.holders(int(b), copies)) for b in blocks]
+
+
+def test_an_owners_records_grouped_by_their_blocks_holders():
+    """The records of blocks with the same holders come together, in the order the sets
+    first appear, and each block's records (an entity's updates too) keep their order: a
+    batch cut from it goes to one or two other holders, not to most of the cluster."""
+    pm = PlacementMap(1, [f"n{i}" for i in range(8)])
+    ids = np.arange(400_000)
+    records = entities(np.concatenate([ids, ids[:5_000]]), 0, np.arange(405_000, dtype=np.float64))
+    mine = partition(records, pm, 1000)["n3"]
+    grouped = by_holders(mine, pm, 1000, 2)
+    assert len(grouped) == len(mine) and sorted(grouped["value"].tolist()) == sorted(mine["value"].tolist())
+    sets = _holder_sets(grouped, pm, 2)
+    runs = [s for i, s in enumerate(sets) if i == 0 or s != sets[i - 1]]
+    assert len(runs) == len(set(runs)) > 1  # each holder set in one run
+    assert runs == list(dict.fromkeys(_holder_sets(mine, pm, 2)))  # in order of first appearance
+    for block in np.unique(block_ids_of(mine["channel"], mine["id"], 1000)):
+        of = lambda r: r[block_ids_of(r["channel"], r["id"], 1000) == block]["value"]  # noqa: E731
+        assert np.array_equal(of(grouped), of(mine))  # a block's records in their order
+    batches = [grouped[i:i + 10_000] for i in range(0, len(grouped), 10_000)]
+    before = [mine[i:i + 10_000] for i in range(0, len(mine), 10_000)]
+    others = lambda b: len({h for s in _holder_sets(b, pm, 2) for h in s} - {"n3"})  # noqa: E731
+    # one holder a batch, and one more for each place where a batch crosses from one set to the next
+    assert sum(map(others, batches)) <= len(batches) + len(runs) - 1 < sum(map(others, before))
+
+
+def test_one_holder_set_leaves_the_records_as_they_are():
+    records = entities(np.arange(5_000), 0)
+    assert by_holders(records, PlacementMap(1, ["a", "b"]), 1000, 2) is records  # 2 nodes, 2 copies
+    assert by_holders(records, PlacementMap(1, ["a", "b", "c"]), 1000, 1) is records  # one copy

@@ -191,6 +191,20 @@ def test_an_owners_records_grouped_by_their_blocks_holders():
     assert sum(map(others, batches)) <= len(batches) + len(runs) - 1 < sum(map(others, before))
 
 
+def test_scattered_ids_are_grouped_by_holders_too():
+    pm = PlacementMap(1, [f"n{i}" for i in range(8)])
+    rng = np.random.default_rng(5)
+    records = entities(rng.integers(0, 2_000_000, 50_000), rng.integers(0, 3, 50_000), np.arange(50_000.0))
+    mine = partition(records, pm, 1000)["n2"]
+    grouped = by_holders(mine, pm, 1000, 2)
+    sets = _holder_sets(grouped, pm, 2)
+    runs = [s for i, s in enumerate(sets) if i == 0 or s != sets[i - 1]]
+    assert len(runs) == len(set(runs)) > 1 and runs == list(dict.fromkeys(_holder_sets(mine, pm, 2)))
+    blocks_mine, blocks_grouped = (block_ids_of(r["channel"], r["id"], 1000) for r in (mine, grouped))
+    for block in np.unique(blocks_mine)[:200]:
+        assert np.array_equal(grouped["value"][blocks_grouped == block], mine["value"][blocks_mine == block])
+
+
 def test_one_holder_set_leaves_the_records_as_they_are():
     records = entities(np.arange(5_000), 0)
     assert by_holders(records, PlacementMap(1, ["a", "b"]), 1000, 2) is records  # 2 nodes, 2 copies

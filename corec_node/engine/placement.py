@@ -353,11 +353,20 @@ def by_holders(
     if resolve is not None:
         blocks = resolve(blocks)
     starts = np.concatenate(([0], np.flatnonzero(blocks[1:] != blocks[:-1]) + 1))
-    held = placement.holder_mask(blocks[starts], copies)
-    _, first, group = np.unique(held, axis=0, return_index=True, return_inverse=True)
-    rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")[group.ravel()]  # by first appearance
+    if len(starts) <= m // 16:  # a few runs of one block each (ids in order): a set per run
+        held, per_record = placement.holder_mask(blocks[starts], copies), None
+    else:  # scattered ids: a set per distinct block
+        uniq, per_record = np.unique(blocks, return_inverse=True)
+        held = placement.holder_mask(uniq, copies)
+    packed = np.ascontiguousarray(np.packbits(held, axis=1))  # a holder set as a few bytes
+    _, group = np.unique(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(), return_inverse=True)
+    group = group.ravel() if per_record is None else group.ravel()[per_record.ravel()]  # of each run or record
+    _, first = np.unique(group, return_index=True)  # each set's first run or record
+    rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")[group]  # sets in order of first appearance
     if (np.diff(rank) >= 0).all():
         return records  # already grouped
-    lengths = np.diff(np.append(starts, m))
-    order = np.argsort(np.repeat(rank, lengths), kind="stable")
-    return records[order]
+    order = np.argsort(rank, kind="stable")
+    if per_record is not None:
+        return records[order]
+    stops = np.append(starts[1:], m)
+    return records[np.concatenate([np.arange(a, b) for a, b in zip(starts[order].tolist(), stops[order].tolist(), strict=True)])]

@@ -655,17 +655,28 @@ class EntityStore:
 
     def _add_blocks(self, new_bids: np.ndarray) -> None:
         """Update the block table for newly inserted keys whose (sorted) block ids are
-        ``new_bids``; O(blocks + new), no pass over the columns."""
+        ``new_bids``; O(blocks + new), no pass over the columns and no sort: a batch of one
+        or two blocks into a node holding thousands is the common case."""
         old_b, old_start = self._bkeys, self._bstart
-        fresh = np.unique(new_bids)
-        all_b = np.union1d(old_b, fresh)
+        if len(new_bids) == 0:
+            return
+        first = np.empty(len(new_bids), np.bool_)
+        first[0] = True
+        np.not_equal(new_bids[1:], new_bids[:-1], out=first[1:])
+        fresh = new_bids[first]
+        at = np.searchsorted(old_b, fresh)
+        known = at < len(old_b)
+        known[known] = old_b[at[known]] == fresh[known]
+        if known.all():
+            all_b, err = old_b, self._berr
+        else:
+            all_b = np.insert(old_b, at[~known], fresh[~known])
+            err = np.insert(self._berr, at[~known], 0)
         old_before = old_start[np.searchsorted(old_b, all_b)]
         new_before = np.searchsorted(new_bids, all_b)
         starts = np.empty(len(all_b) + 1, np.int64)
         starts[:-1] = old_before + new_before
         starts[-1] = self._n
-        err = np.zeros(len(all_b), np.int64)
-        err[np.searchsorted(all_b, old_b)] = self._berr
         self._bkeys, self._bstart, self._berr = all_b, starts, err
 
     def _block_indices(self, block_ids: np.ndarray | list[int], *, strict: bool) -> np.ndarray:

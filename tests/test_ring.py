@@ -116,6 +116,17 @@ def test_the_holders_of_a_block_start_with_its_owner():
         assert set(holders) == {m.everyone[i] for i in np.flatnonzero(mask).tolist()}
 
 
+@pytest.mark.parametrize("rule", [RING, RENDEZVOUS])
+@pytest.mark.parametrize("copies", [1, 2, 3, 5, 6])
+def test_the_holders_of_many_blocks_at_once_are_each_blocks_holders(rule, copies):
+    # ``blocks`` lists every block's holders in one go; a learner among the names, and
+    # copies up to and past the number of names
+    m = PlacementMap(1, [f"node-{i}" for i in range(4)], learners=["node-new"], rule=rule)
+    blocks = np.concatenate([BLOCKS[:300], np.arange(50, dtype=np.int64)])
+    assert m.holders_of(blocks, copies) == [m.holders(b, copies) for b in blocks.tolist()]
+    assert m.holders_of(blocks[:0], copies) == []
+
+
 @pytest.mark.parametrize("size", [40, 400])
 def test_copies_stay_among_a_bounded_set_of_peers(size):
     # rendezvous spreads every node's copies over every other node; the ring keeps each

@@ -772,8 +772,8 @@ class EngineHost:
             return []
         blocks = np.array([r["block"] for r in rows], np.int64)
         if self.placement.rule != RENDEZVOUS:  # the ring's walk order
-            return [{**row, "replicas": self.placement.holders(int(b), self.copies)[1:]}
-                    for row, b in zip(rows, blocks.tolist(), strict=True)]
+            return [{**row, "replicas": held[1:]}
+                    for row, held in zip(rows, self.placement.holders_of(blocks, self.copies), strict=True)]
         names = self.placement.everyone
         held = self.placement.holder_mask(blocks, self.copies)
         ranked = np.argsort(scores(blocks, names).T, axis=1)[:, ::-1]  # holders in score order

@@ -233,6 +233,21 @@ class PlacementMap:
                         key=lambda m: -int(scores([block], [m])[0, 0]))
         return [owner, *ranked]
 
+    def holders_of(self, block_ids: np.ndarray | Iterable[int], copies: int) -> list[list[str]]:
+        """``holders`` of many blocks at once (``blocks`` lists every block's holders)."""
+        b = np.asarray(block_ids, dtype=np.int64).ravel()
+        if self._ring is None or len(b) == 0:
+            return [self.holders(int(block), copies) for block in b.tolist()]
+        names = (*self._ranked, "")  # the walks' padding is the index len(names) - 1
+        rest = copies >= len(self._ranked)  # every name holds: the ones the walk missed follow it
+        out = []
+        for walk, owner in zip(self._ring.walks(b, copies).tolist(), self.owner_names(b), strict=True):
+            held = [names[i] for i in walk if names[i]]
+            if rest:
+                held += [m for m in self._ranked if m not in held]
+            out.append([owner, *(m for m in held if m != owner)])
+        return out
+
     def owners(self, block_ids: np.ndarray | Iterable[int]) -> np.ndarray:
         """Index into ``self.members`` (sorted names) of each block's owner."""
         if self._ring is not None:

@@ -97,6 +97,15 @@ class TokenRing:
             self._walks.clear()  # the table has them all
         return table
 
+    def walks(self, block_ids: np.ndarray, copies: int) -> np.ndarray:
+        """Each block's holders in walk order, one row a block, padded with ``n`` (what
+        ``ordered_holders`` gives one block, for many at once)."""
+        points = block_points(block_ids)
+        if len(points) == 0:
+            return np.zeros((0, 1), np.intp)
+        pos = np.searchsorted(self.tokens, points, side="left") % len(self.tokens)
+        return self._table(copies)[pos]
+
     def ordered_holders(self, block: int, copies: int) -> tuple[int, ...]:
         """One block's holders in walk order (its owner is the first member)."""
         pos = int(np.searchsorted(self.tokens, block_points(np.array([block]))[0], side="left")) % len(self.tokens)

@@ -92,6 +92,8 @@ def _accounting_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"lost:     {sum(lost.values()):,} records after they arrived{_counts(lost)}")
     if "stream_gaps" in s:
         lines.append(f"stream:   {s['stream_gaps']:,} batches missed (sequence gaps)")
+    if s.get("rows_ignored"):
+        lines.append(f"rows:     {s['rows_ignored']:,} aggregate rows of other owners ignored (keys or types not SPEC 9.2's)")
     if "heartbeat_gap_max" in s:
         lines.append(f"beats:    largest gap {s['heartbeat_gap_max']:.3f} s between the leader's heartbeats, "
                      f"{s.get('heartbeat_gaps_late', 0):,} late")

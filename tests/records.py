@@ -1,6 +1,7 @@
 """Entity records for tests: the one place that builds arrays of ``ENTITY_DTYPE``.
 
-``entities`` lays out given columns; ``random_entities`` draws a reproducible mixed batch.
+``entities`` lays out given columns; ``random_entities`` draws a reproducible mixed batch;
+``aggregate_row`` is one block's AGGREGATES row with every key SPEC 9.2 requires.
 Test files import them (``from records import entities``) instead of keeping their own copy.
 """
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from corec_node.wire import ENTITY_DTYPE
 
-__all__ = ["entities", "random_entities"]
+__all__ = ["aggregate_row", "entities", "random_entities"]
 
 
 def entities(ids: Any, channel: Any = 0, value: Any = 0.0, active: Any = 1) -> np.ndarray:
@@ -37,3 +38,12 @@ def random_entities(n: int, seed: int = 1) -> np.ndarray:
     value = np.round(rng.normal(50, 10, n), 2).astype(np.float32)
     active = rng.random(n) < 0.9
     return entities(ids, channel, value, active)
+
+
+def aggregate_row(block: int, /, **values: Any) -> dict[str, Any]:
+    """A row another owner could publish for ``block`` (its channel from the id), with
+    ``values`` over the defaults: what a node keeps of the rows it hears (SPEC 9.2)."""
+    row = {"block": block, "channel": block >> 32, "count": 1, "active": 1, "mean": 0.0, "min": 0.0, "max": 0.0,
+           "std": 0.0, "error_rate": 0.0, "fitness": 1.0, "tick": 1}
+    row.update(values)
+    return row

@@ -166,10 +166,11 @@ def test_status_text_accounts_for_records_and_drops():
 
     text = render_status(status_answer(dropped_records={"stream_overflow": 4321, "handoff_failed": 17}, stream_gaps=6,
                                        dropped={"pub_queue_full": 9, "link_full": 2}, engine_stalled=True,
-                                       heartbeat_gap_max=2.5, heartbeat_gaps_late=3))
+                                       heartbeat_gap_max=2.5, heartbeat_gaps_late=3, rows_ignored=1200))
     lines = text.splitlines()
     assert "lost:     4,338 records after they arrived (handoff_failed 17, stream_overflow 4,321)" in lines
     assert "stream:   6 batches missed (sequence gaps)" in lines
+    assert "rows:     1,200 aggregate rows of other owners ignored (keys or types not SPEC 9.2's)" in lines
     assert "beats:    largest gap 2.500 s between the leader's heartbeats, 3 late" in lines
     assert "dropped:  11 messages (link_full 2, pub_queue_full 9)" in lines
     assert any(line.startswith("STALLED:  the data plane stopped beating") for line in lines)

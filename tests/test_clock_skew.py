@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pgutil import IN_CI, eventually  # the pg, pg_dsn and pg_schema fixtures come through conftest
-from records import entities
+from records import aggregate_row, entities
 
 from corec_node.client import Client
 from corec_node.engine.host import TERM_SHIFT, EngineHost
@@ -141,7 +141,7 @@ def test_a_newcomer_catches_up_and_a_newer_term_outranks_older_maps():
     new = EngineHost("n", block_size=100)
     new.set_members(["a", "n"])
     assert new.epoch < old.epoch
-    new.observe_rows("a", [{"block": 1, "channel": 0, "epoch": old.epoch}])
+    new.observe_rows("a", [aggregate_row(1, epoch=old.epoch)])
     assert new.epoch == old.epoch  # its next rows are not below anything it has heard
     new.raise_epoch(old.epoch - 3)  # a lower floor changes nothing
     assert new.epoch == old.epoch

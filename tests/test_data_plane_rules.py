@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from records import entities
+from records import aggregate_row, entities
 
 from corec_node.config import load_config
 from corec_node.shell.control_plane import ClusterView
@@ -167,7 +167,7 @@ def _nucleus_of_two(tmp_path, holder: str):
     assert engine.placement.members == ("a", "b")
     block = next(b for b in range(CHANNEL << 32, (CHANNEL << 32) + 100)
                  if engine.placement.holder_mask([b], engine.copies)[0, engine.placement.everyone.index(holder)])
-    return plane, {"block": block, "channel": CHANNEL, "count": 10, "tick": 1, "epoch": engine.epoch}
+    return plane, aggregate_row(block, count=10, epoch=engine.epoch)
 
 
 def test_a_fresh_nucleus_judges_what_it_lacks_once_every_row_had_its_turn(tmp_path):

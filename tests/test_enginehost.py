@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from records import entities
+from records import aggregate_row, entities
 
 from corec_node.engine.blocks import block_ids_of
 from corec_node.engine.host import EngineHost
@@ -85,13 +85,13 @@ def test_cluster_rows_follow_new_rows_and_a_new_map():
     host.set_members(["a", "b"])
     blocks = [1 << 32 | n for n in range(40)]
     owner = {blk: host.placement.owner(blk) for blk in blocks}
-    host.observe_rows("a", [{"block": blk, "channel": 1, "mean": 1.0} for blk in blocks if owner[blk] == "a"])
-    host.observe_rows("b", [{"block": blk, "channel": 1, "mean": 2.0} for blk in blocks if owner[blk] == "b"])
+    host.observe_rows("a", [aggregate_row(blk, mean=1.0) for blk in blocks if owner[blk] == "a"])
+    host.observe_rows("b", [aggregate_row(blk, mean=2.0) for blk in blocks if owner[blk] == "b"])
     assert [r["block"] for r in host.cluster_rows()] == blocks
     assert host.cluster_rows(channel=2) == []
     host.set_members(["a"])  # b left: its rows are no longer the owner's
     assert {r["owner"] for r in host.cluster_rows()} == {"a"}
-    host.observe_rows("a", [{"block": blk, "channel": 1, "mean": 3.0} for blk in blocks if owner[blk] == "b"])
+    host.observe_rows("a", [aggregate_row(blk, mean=3.0) for blk in blocks if owner[blk] == "b"])
     assert [r["block"] for r in host.cluster_rows()] == blocks
     host.forget_owner("a")
     assert host.cluster_rows() == []
@@ -105,7 +105,7 @@ def test_rows_of_a_member_that_left_the_map_are_forgotten_and_blocks_with_no_cop
     blocks = [1 << 32 | n for n in range(60)]
     owner = {blk: host.placement.owner(blk) for blk in blocks}
     for name in ("a", "b", "c"):
-        host.observe_rows(name, [{"block": blk, "channel": 1, "count": 10, "mean": 1.0}
+        host.observe_rows(name, [aggregate_row(blk, count=10, mean=1.0)
                                  for blk in blocks if owner[blk] == name])
     of_c = sum(1 for blk in blocks if owner[blk] == "c")
     assert of_c and len(host.cluster_rows()) == 60
@@ -119,6 +119,60 @@ def test_rows_of_a_member_that_left_the_map_are_forgotten_and_blocks_with_no_cop
     host.lost.clear()
     host.set_members(["a", "b", "c"])  # c back, empty: its old rows stay gone
     assert len(host.cluster_rows()) == 60 - of_c and host.lost == []
+
+
+GONE = object()  # a key the row lacks
+
+
+@pytest.mark.parametrize("change", [
+    {"count": "many"}, {"active": True}, {"tick": -1}, {"block": 1 << 40}, {"channel": 2}, {"mean": "x"},
+    {"fitness": None}, {"fitness": float("nan")}, {"epoch": 1.5}, {"generation": -2}, {"genome": 5},
+    {"anomaly": 1}, {"forecast": "soon"}, {"error_rate": GONE}, {"max": GONE}, {"tick": GONE},
+])
+def test_a_row_spec_9_2_does_not_allow_is_ignored_and_counted_and_the_rest_of_its_message_kept(change):
+    host = EngineHost("a", block_size=100)
+    host.set_members(["a", "b"])
+    theirs = [blk for blk in (1 << 32 | n for n in range(40)) if host.placement.owner(blk) == "b"]
+    bad = aggregate_row(theirs[0], **{k: v for k, v in change.items() if v is not GONE})
+    for key in [k for k, v in change.items() if v is GONE]:
+        del bad[key]
+    good = [aggregate_row(blk, count=3, mean=float(blk & 7)) for blk in theirs[1:]]
+    host.observe_rows("b", [good[0], bad, *good[1:]])
+    assert host.rows_ignored == 1
+    assert [r["block"] for r in host.cluster_rows()] == theirs[1:]
+
+
+def test_a_nan_reads_as_nil_and_an_int_as_the_number_it_is():
+    host = EngineHost("a", block_size=100)
+    host.set_members(["a", "b"])
+    blk = next(b for b in (1 << 32 | n for n in range(40)) if host.placement.owner(b) == "b")
+    host.observe_rows("b", [aggregate_row(blk, mean=float("nan"), std=2, forecast=float("nan"), anomaly=True)])
+    [row] = host.cluster_rows()
+    assert host.rows_ignored == 0 and row["mean"] is None and row["forecast"] is None and row["std"] == 2
+
+
+_ROW_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 1 << 41), st.floats(allow_nan=True),
+                        st.text(max_size=8))
+_ROW_KEYS = st.sampled_from(["block", "channel", "count", "active", "mean", "min", "max", "std", "error_rate",
+                             "fitness", "tick", "epoch", "forecast", "generation", "genome", "genome_spec",
+                             "anomaly", "other"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.dictionaries(_ROW_KEYS, _ROW_VALUES, max_size=18), max_size=6))
+def test_no_row_a_peer_sends_breaks_what_a_node_answers_from_rows(rows):
+    # what the wire lets through (a flat map of nil, bool, int, float and str) reaches the
+    # engine; whatever it is, the node's answers from rows still come (a node never dies
+    # from a peer's bytes, and one peer's row must not break status on every node)
+    host = EngineHost("a", block_size=100, copies=2)
+    host.set_members(["a", "b", "c"])
+    valid = [aggregate_row(1 << 32 | 5, count=4, mean=1.5)]
+    host.observe_rows("b", [*rows, *valid])
+    shown = host.rows_with_holders()
+    assert max((int(r.get("tick") or 0) for r in shown), default=0) >= 0
+    assert all(type(r["count"]) is int and r["owner"] in ("a", "b", "c") for r in shown)
+    host.plan(0.5)
+    assert host.rows_ignored <= len(rows)
 
 
 @settings(max_examples=40, deadline=None)

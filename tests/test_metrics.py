@@ -40,7 +40,7 @@ REQUIRED = [
     "corec_fusions_total", "corec_alerts_total", "corec_sync_lag_seconds", "corec_outbox_rows",
     "corec_plugin_faults_total", "corec_node_info", "corec_ingest_queue_bytes", "corec_flow_requests_total",
     "corec_flow_holds_total", "corec_records_total", "corec_producer_batches_total", "corec_producer_batches_waiting",
-    "corec_stream_gaps_total", "corec_dropped_messages_total", "corec_engine_stalled",
+    "corec_stream_gaps_total", "corec_rows_ignored_total", "corec_dropped_messages_total", "corec_engine_stalled",
     "corec_heartbeat_gap_max_seconds", "corec_heartbeat_gaps_late_total",
 ]
 
@@ -86,6 +86,7 @@ def real_snapshot() -> dict:
                       "rejected_batches": collections.Counter({"busy": 2, "too_large": 1}), "waiting": 1},
         "dropped_records": collections.Counter({"stream_overflow": 4_321, "handoff_failed": 17}),
         "stream_gaps": 6,
+        "rows_ignored": 2,
         "dropped": collections.Counter({"pub_queue_full": 9, "link_full": 2}),
         "engine_stalled": True,
         "heartbeat_gap_max": 0.1375,
@@ -155,6 +156,7 @@ def test_record_accounting_and_drops():
     assert batches("rejected", "busy") == 2 and batches("rejected", "too_large") == 1
     assert sample(s, "corec_producer_batches_waiting") == 1
     assert sample(s, "corec_stream_gaps_total") == 6
+    assert sample(s, "corec_rows_ignored_total") == 2
     assert sample(s, "corec_dropped_messages_total", reason="pub_queue_full") == 9
     assert sample(s, "corec_dropped_messages_total", reason="link_full") == 2
     assert sample(s, "corec_engine_stalled") == 1

@@ -83,14 +83,12 @@ from corec_node.engine.kernels import Kernel, KernelState
 from corec_node.engine.kernels import bind as bind_kernel
 from corec_node.engine.kernels import guarded as guarded_kernel
 from corec_node.engine.placement import (
-    RENDEZVOUS,
     RING,
     PlacementMap,
     map_digest,
     partition,
-    scores,
 )
-from corec_node.engine.wire_rows import rows_for_the_wire
+from corec_node.engine.wire_rows import heard, rows_for_the_wire
 from corec_node.wire.entities import ENTITY_DTYPE
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
@@ -127,6 +125,7 @@ class EngineHost:
         self.tick_no = 0
         self.epoch = 0  # placement epoch (rule 6)
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
+        self.rows_ignored = 0  # rows heard that SPEC 9.2 does not let us keep (engine/wire_rows.py)
         self.wire_rows: list[dict[str, Any]] = []  # the last tick's rows to publish (engine/wire_rows.py)
         # (members gone, blocks, entities) whose every holder left the map, for the shell to report
         self.lost: list[tuple[tuple[str, ...], int, int]] = []
@@ -658,8 +657,10 @@ class EngineHost:
         """An owner's rows of one tick (ours too); their epochs raise ours (rule 6)."""
         top = self.epoch
         rows = rows if isinstance(rows, list) else list(rows)
-        if owner != self.name:  # genomes others own: ours are kept (rule 3), asked in one go
-            specs = [r for r in rows if SPEC_KEY in r and type(r.get("block")) is int and 0 <= r["block"] < 1 << 40]
+        if owner != self.name:  # what its rows must hold (SPEC 9.2); its genomes (ours are kept, rule 3)
+            rows, ignored = heard(rows)
+            self.rows_ignored += ignored
+            specs = [r for r in rows if SPEC_KEY in r]
             for row, ours in zip(specs, self._owned_blocks([r["block"] for r in specs]), strict=True):
                 self.adaptive.observe_row(row, ours=ours)
         for row in rows:
@@ -768,21 +769,8 @@ class EngineHost:
         """``cluster_rows`` with each block's ``replicas``: its other holders under our map
         (a learner copying it included), best ranked first."""
         rows = self.cluster_rows(channel)
-        if not rows:
-            return []
-        blocks = np.array([r["block"] for r in rows], np.int64)
-        if self.placement.rule != RENDEZVOUS:  # the ring's walk order
-            return [{**row, "replicas": held[1:]}
-                    for row, held in zip(rows, self.placement.holders_of(blocks, self.copies), strict=True)]
-        names = self.placement.everyone
-        held = self.placement.holder_mask(blocks, self.copies)
-        ranked = np.argsort(scores(blocks, names).T, axis=1)[:, ::-1]  # holders in score order
-        owners = self.placement.owner_names(blocks)
-        out = []
-        for i, row in enumerate(rows):
-            replicas = [names[j] for j in ranked[i].tolist() if held[i, j] and names[j] != owners[i]]
-            out.append({**row, "replicas": replicas})
-        return out
+        holders = self.placement.holders_of(np.array([r["block"] for r in rows], np.int64), self.copies)
+        return [{**row, "replicas": held[1:]} for row, held in zip(rows, holders, strict=True)]
 
 
 def _take_in_turn(chosen: np.ndarray, candidates: np.ndarray, budget: int, cursor: int) -> int:

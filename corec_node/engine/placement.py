@@ -236,8 +236,13 @@ class PlacementMap:
     def holders_of(self, block_ids: np.ndarray | Iterable[int], copies: int) -> list[list[str]]:
         """``holders`` of many blocks at once (``blocks`` lists every block's holders)."""
         b = np.asarray(block_ids, dtype=np.int64).ravel()
-        if self._ring is None or len(b) == 0:
-            return [self.holders(int(block), copies) for block in b.tolist()]
+        if len(b) == 0:
+            return []
+        if self._ring is None:  # rendezvous: the holders by score
+            held_mask = self.holder_mask(b, copies)
+            ranked = np.argsort(scores(b, self._ranked).T, axis=1)[:, ::-1]
+            return [[owner, *(self._ranked[j] for j in order if held_mask[i, j] and self._ranked[j] != owner)]
+                    for i, (order, owner) in enumerate(zip(ranked.tolist(), self.owner_names(b), strict=True))]
         names = (*self._ranked, "")  # the walks' padding is the index len(names) - 1
         rest = copies >= len(self._ranked)  # every name holds: the ones the walk missed follow it
         out = []

@@ -1,4 +1,5 @@
-"""Which of an owner's rows of one tick go on the wire, and in what messages.
+"""Which of an owner's rows of one tick go on the wire, in what messages, and which rows
+heard from another owner a node may keep (``heard``).
 
 Every other node takes in each row an owner publishes (2-4 us a row to decode and keep),
 so rows sent to the whole cluster cost the cluster N times what they cost the owner. A
@@ -10,6 +11,13 @@ gets the rows that changed (any value but ``tick``) and, so that a node that mis
 placement epoch changes every row (its ``epoch``), so a map change, a joiner's included,
 still sends them all at once.
 
+The wire checks only a row's form (a flat map of nil, bool, int, float and str); what
+its keys must hold is SPEC 9.2, checked here on every row heard from another owner
+(SPEC 19, step 23): a row that lacks a key of the table, or has one of the wrong type, is
+ignored and counted, and the rest of its message is kept. So one peer's bad row never
+reaches ``blocks``, ``status`` or the nucleus's plans, where a str for a count would break
+them on every node.
+
 So a row shown for another owner's block carries the tick of its last change or refresh,
 at most ``ROWS_REFRESH`` ticks behind; a static cluster costs its receivers a fifth of a
 row a block a tick, and one whose every block changes each tick (entities streaming in
@@ -18,12 +26,19 @@ everywhere) costs the same as before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 ROWS_REFRESH = 5  # ticks between two sends of an unchanged row (its tick in others' answers)
 ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
 _ANY_TICK = "tick"
+BLOCK_LIMIT = 1 << 40  # block ids are channel << 32 | index (SPEC 9.1)
+_INTS = ("block", "channel", "count", "active", "tick")  # ints >= 0, required (SPEC 9.2)
+_STATISTICS = ("mean", "min", "max", "std")  # a number or nil, required; a float NaN reads as nil
+_SHARES = ("error_rate", "fitness")  # a number, required
+_OPTIONAL_INTS = ("epoch", "generation")  # ints >= 0 where present (9.2, 9.8)
+_OPTIONAL_NUMBERS = ("forecast", "forecast_error", "nano_forecast", "nano_error")  # a number or nil (9.8)
+_OPTIONAL_TEXTS = ("genome", "genome_spec")  # str where present (9.8)
 
 
 def rows_for_the_wire(rows: list[dict[str, Any]], previous: Mapping[int, dict[str, Any]], tick: int,
@@ -51,3 +66,49 @@ def _same(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 def chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Rows split into messages of at most ``ROWS_PER_MESSAGE`` (one empty list for none)."""
     return [rows[i:i + ROWS_PER_MESSAGE] for i in range(0, len(rows), ROWS_PER_MESSAGE)] or [[]]
+
+
+def heard(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The rows of another owner's message that SPEC 9.2 lets a node keep, and how many it
+    ignores. A float NaN where a statistic may be nil is read as nil (in place)."""
+    kept = [row for row in rows if _usable(row)]
+    return kept, len(rows) - len(kept)
+
+
+def _usable(row: dict[str, Any]) -> bool:
+    for key in _INTS:
+        value = row.get(key)
+        if type(value) is not int or value < 0:  # a bool is no int here
+            return False
+    block = row["block"]
+    if block >= BLOCK_LIMIT or row["channel"] != block >> 32:
+        return False
+    for key in _STATISTICS:
+        if key not in row or not _number_or_nil(row, key):
+            return False
+    for key in _SHARES:
+        value = row.get(key)
+        if (type(value) is not float and type(value) is not int) or value != value:
+            return False
+    for key in _OPTIONAL_INTS:
+        value = row.get(key, 0)
+        if type(value) is not int or value < 0:
+            return False
+    for key in _OPTIONAL_NUMBERS:
+        if key in row and not _number_or_nil(row, key):
+            return False
+    for key in _OPTIONAL_TEXTS:
+        if type(row.get(key, "")) is not str:
+            return False
+    return type(row.get("anomaly", False)) is bool
+
+
+def _number_or_nil(row: dict[str, Any], key: str) -> bool:
+    """Whether ``row[key]`` is a number or nil; a float NaN becomes nil."""
+    value = row[key]
+    kind = type(value)
+    if kind is float:
+        if value != value:
+            row[key] = None
+        return True
+    return kind is int or value is None

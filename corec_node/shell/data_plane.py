@@ -785,6 +785,7 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             "placement_epoch": self.engine.epoch,
             "dropped_records": dict(self.dropped_records),
             "stream_gaps": self.stream_gaps,
+            "rows_ignored": self.engine.rows_ignored,
             "ingest_queue": queue.qsize() if queue is not None else 0,
             "ingest_queue_bytes": queue.bytes if queue is not None else 0,
             "repairs": self.engine.repairs,

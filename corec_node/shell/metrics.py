@@ -39,6 +39,7 @@ rather than reporting a made-up zero)::
                       "rejected": {"busy": 10_000}, "rejected_batches": {"busy": 1}, "waiting": 0},
         "dropped_records": {"stream_overflow": 5000},  # records lost after they reached this node, by reason
         "stream_gaps": 3,                          # stream batches missed on the way (sequence gaps)
+        "rows_ignored": 0,                         # other owners' aggregate rows ignored (SPEC 9.2)
         "dropped": {"pub_queue_full": 2, "link_full": 1},  # messages the transport and the link dropped
         "engine_stalled": False,                   # the mesh process finds the data plane silent (rule 14)
         "heartbeat_gap_max": 0.13,                 # largest gap between two of our leader's heartbeats
@@ -283,6 +284,8 @@ def _accounting(s: Snapshot) -> Iterator[Metric]:
                   producers.get("waiting") if producers is not None else None)
     yield _scalar(CounterMetricFamily, "corec_stream_gaps", "Stream batches missed on the way (sequence gaps).",
                   s.get("stream_gaps"))
+    yield _scalar(CounterMetricFamily, "corec_rows_ignored", "Aggregate rows heard from other owners that lack a "
+                  "key or hold a wrong type (SPEC 9.2), ignored.", s.get("rows_ignored"))
 
     dropped = CounterMetricFamily("corec_dropped_messages", "Messages the transport or the link between the node's "
                                   "two processes dropped, by reason.", labels=["reason"])

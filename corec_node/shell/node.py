@@ -598,6 +598,7 @@ class Node:
             "producers": self.data.producers.status(len(self.data._door)),
             "dropped_records": self.data.dropped_records,
             "stream_gaps": self.data.stream_gaps,
+            "rows_ignored": self.data.engine.rows_ignored,
             "dropped": dropped,
             **({"engine_stalled": mesh["stalled"]} if "stalled" in mesh else {}),
             # in the stats once the mesh process reports them (its status has them today)

@@ -151,6 +151,20 @@ def test_a_nan_reads_as_nil_and_an_int_as_the_number_it_is():
     assert host.rows_ignored == 0 and row["mean"] is None and row["forecast"] is None and row["std"] == 2
 
 
+@pytest.mark.parametrize("change", [{"count": 10.0}, {"active": True}, {"epoch": 3.0}, {"tick": -1}, {"tick": 2.0}])
+def test_a_refresh_of_a_row_held_is_checked_too(change):
+    # a row equal to the one held but for its tick takes a shorter check: equal values of
+    # another type (10.0 == 10, True == 1) and a bad tick are still ignored
+    host = EngineHost("a", block_size=100)
+    host.set_members(["a", "b"])
+    blk = next(b for b in (1 << 32 | n for n in range(40)) if host.placement.owner(b) == "b")
+    host.observe_rows("b", [aggregate_row(blk, count=10, active=1, epoch=3, tick=1)])
+    host.observe_rows("b", [aggregate_row(blk, count=10, active=1, epoch=3, tick=6)])
+    assert host.rows_ignored == 0 and host.cluster_rows()[0]["tick"] == 6  # a refresh: its tick shows
+    host.observe_rows("b", [aggregate_row(blk, count=10, active=1, epoch=3, tick=7) | change])
+    assert host.rows_ignored == 1 and host.cluster_rows()[0]["tick"] == 6
+
+
 _ROW_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 1 << 41), st.floats(allow_nan=True),
                         st.text(max_size=8))
 _ROW_KEYS = st.sampled_from(["block", "channel", "count", "active", "mean", "min", "max", "std", "error_rate",

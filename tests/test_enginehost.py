@@ -347,6 +347,16 @@ def test_the_wire_gets_changed_rows_and_each_unchanged_one_every_refresh_ticks()
     assert {r["block"] for r in host.wire_rows} == owned and owned
 
 
+def test_a_scaled_error_creeping_at_rest_is_no_news_but_a_move_is():
+    row = {"block": 1, "mean": 2.0, "tick": 9, "forecast": 2.0, "forecast_error": 0.25, "nano_error": 0.5}
+    for crept in ({"forecast_error": 0.25 * (1 + 1e-4)}, {"nano_error": 0.5 * (1 - 5e-4)}):
+        assert rows_for_the_wire([dict(row, tick=10, **crept)], {1: row}, tick=10, refresh=7) == []
+    for moved in ({"forecast_error": 0.26}, {"nano_error": None}, {"forecast": 2.0 * (1 + 1e-4)}, {"mean": 2.0001}):
+        assert rows_for_the_wire([dict(row, tick=10, **moved)], {1: row}, tick=10, refresh=7) != []
+    # the refresh still sends it: a receiver is at most ROWS_REFRESH ticks of creeping off
+    assert rows_for_the_wire([dict(row, forecast_error=0.250001)], {1: row}, tick=13, refresh=7) != []
+
+
 def test_rows_with_the_same_values_but_another_owner_epoch_or_key_go_on_the_wire():
     row = {"block": 1, "count": 3, "mean": 2.0, "tick": 9, "owner": "a", "epoch": 4}
     assert rows_for_the_wire([dict(row, tick=10)], {1: row}, tick=10, refresh=7) == []

@@ -658,7 +658,7 @@ class EngineHost:
         top = self.epoch
         rows = rows if isinstance(rows, list) else list(rows)
         if owner != self.name:  # what its rows must hold (SPEC 9.2); its genomes (ours are kept, rule 3)
-            rows, ignored = heard(rows, self.rows)
+            rows, ignored = heard(rows)
             self.rows_ignored += ignored
             specs = [r for r in rows if SPEC_KEY in r]
             for row, ours in zip(specs, self._owned_blocks([r["block"] for r in specs]), strict=True):

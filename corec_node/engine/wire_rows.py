@@ -80,26 +80,12 @@ def chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [rows[i:i + ROWS_PER_MESSAGE] for i in range(0, len(rows), ROWS_PER_MESSAGE)] or [[]]
 
 
-def heard(rows: Sequence[dict[str, Any]], held: Mapping[int, dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def heard(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """The rows of another owner's message that SPEC 9.2 lets a node keep, and how many it
-    ignores. A float NaN where a statistic may be nil is read as nil (in place). A row
-    equal to the one ``held`` for its block but for ``tick`` (a refresh: most rows of a
-    cluster at rest) needs only its tick and the types of its ints checked (equal values
-    of another type are what else could differ), at a third of the cost."""
-    kept = []
-    for row in rows:
-        old = held.get(row.get("block"))  # type: ignore[arg-type]  # any key a row map may hold
-        if old is not None:
-            tick = row.get("tick")
-            if type(tick) is int and tick >= 0:
-                row["tick"] = old["tick"]
-                same = row == old and _ints(row)
-                row["tick"] = tick
-                if same:
-                    kept.append(row)
-                    continue
-        if _usable(row):
-            kept.append(row)
+    ignores. A float NaN where a statistic may be nil is read as nil (in place). (Every
+    row is checked whole: comparing a refresh with the row held costs more, since the
+    rows held are cold in memory and at rest a refresh differs in its scaled errors.)"""
+    kept = [row for row in rows if _usable(row)]
     return kept, len(rows) - len(kept)
 
 
@@ -141,9 +127,3 @@ def _number_or_nil(row: dict[str, Any], key: str) -> bool:
         return True
     return kind is int or value is None
 
-
-def _ints(row: dict[str, Any]) -> bool:
-    """Whether the keys SPEC 9.2 wants ints hold ints (1.0 and True equal 1)."""
-    return (type(row["block"]) is int and type(row["channel"]) is int and type(row["count"]) is int
-            and type(row["active"]) is int and type(row.get("epoch", 0)) is int
-            and type(row.get("generation", 0)) is int)

@@ -655,27 +655,34 @@ class EntityStore:
 
     def _add_blocks(self, new_bids: np.ndarray) -> None:
         """Update the block table for newly inserted keys whose (sorted) block ids are
-        ``new_bids``; O(blocks + new), no pass over the columns and no sort: a batch of one
-        or two blocks into a node holding thousands is the common case."""
-        old_b, old_start = self._bkeys, self._bstart
+        ``new_bids``: O(blocks + new) in a few array passes, with no sort and no search over
+        every block held (a batch of one or two blocks into a node holding thousands is
+        the common case)."""
         if len(new_bids) == 0:
             return
+        old_b, old_start = self._bkeys, self._bstart
         first = np.empty(len(new_bids), np.bool_)
         first[0] = True
         np.not_equal(new_bids[1:], new_bids[:-1], out=first[1:])
-        fresh = new_bids[first]
+        heads = np.flatnonzero(first)
+        fresh = new_bids[heads]  # the blocks the new keys fall in, and how many in each
+        counts = np.diff(np.append(heads, len(new_bids)))
         at = np.searchsorted(old_b, fresh)
         known = at < len(old_b)
         known[known] = old_b[at[known]] == fresh[known]
+        before = old_start[:-1]  # old entries before each block
         if known.all():
             all_b, err = old_b, self._berr
         else:
-            all_b = np.insert(old_b, at[~known], fresh[~known])
-            err = np.insert(self._berr, at[~known], 0)
-        old_before = old_start[np.searchsorted(old_b, all_b)]
-        new_before = np.searchsorted(new_bids, all_b)
+            gap = at[~known]  # a new block starts where the old block after it started
+            all_b = np.insert(old_b, gap, fresh[~known])
+            err = np.insert(self._berr, gap, 0)
+            before = np.insert(before, gap, old_start[gap])
+        # new entries before each block: those of the fresh blocks below it
+        added = np.zeros(len(all_b) + 1, np.int64)
+        added[np.searchsorted(all_b, fresh) + 1] = counts
         starts = np.empty(len(all_b) + 1, np.int64)
-        starts[:-1] = old_before + new_before
+        starts[:-1] = before + np.cumsum(added[:-1])
         starts[-1] = self._n
         self._bkeys, self._bstart, self._berr = all_b, starts, err
 

@@ -11,7 +11,7 @@ from records import aggregate_row, entities
 from corec_node.engine.blocks import block_ids_of
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import PlacementMap
-from corec_node.engine.wire_rows import ROWS_REFRESH, rows_for_the_wire
+from corec_node.engine.wire_rows import DRIFT, ROWS_REFRESH, rows_for_the_wire
 
 
 @settings(max_examples=30, deadline=None)
@@ -128,6 +128,8 @@ GONE = object()  # a key the row lacks
     {"count": "many"}, {"active": True}, {"tick": -1}, {"block": 1 << 40}, {"channel": 2}, {"mean": "x"},
     {"fitness": None}, {"fitness": float("nan")}, {"epoch": 1.5}, {"generation": -2}, {"genome": 5},
     {"anomaly": 1}, {"forecast": "soon"}, {"error_rate": GONE}, {"max": GONE}, {"tick": GONE},
+    {"count": 1 << 63}, {"epoch": (1 << 64) - 1}, {"generation": 1 << 63}, {"fitness": 1.5}, {"error_rate": -0.1},
+    {"fitness": float("inf")}, {"active": 5, "count": 3},
 ])
 def test_a_row_spec_9_2_does_not_allow_is_ignored_and_counted_and_the_rest_of_its_message_kept(change):
     host = EngineHost("a", block_size=100)
@@ -153,8 +155,8 @@ def test_a_nan_reads_as_nil_and_an_int_as_the_number_it_is():
 
 @pytest.mark.parametrize("change", [{"count": 10.0}, {"active": True}, {"epoch": 3.0}, {"tick": -1}, {"tick": 2.0}])
 def test_a_refresh_of_a_row_held_is_checked_too(change):
-    # a row equal to the one held but for its tick takes a shorter check: equal values of
-    # another type (10.0 == 10, True == 1) and a bad tick are still ignored
+    # a refresh that differs from the row held only in types (10.0 == 10, True == 1) or in
+    # a bad tick is ignored too
     host = EngineHost("a", block_size=100)
     host.set_members(["a", "b"])
     blk = next(b for b in (1 << 32 | n for n in range(40)) if host.placement.owner(b) == "b")
@@ -165,8 +167,8 @@ def test_a_refresh_of_a_row_held_is_checked_too(change):
     assert host.rows_ignored == 1 and host.cluster_rows()[0]["tick"] == 6
 
 
-_ROW_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 1 << 41), st.floats(allow_nan=True),
-                        st.text(max_size=8))
+_ROW_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 1 << 41), st.integers(0, (1 << 64) - 1),
+                        st.floats(allow_nan=True), st.text(max_size=8))
 _ROW_KEYS = st.sampled_from(["block", "channel", "count", "active", "mean", "min", "max", "std", "error_rate",
                              "fitness", "tick", "epoch", "forecast", "generation", "genome", "genome_spec",
                              "anomaly", "other"])
@@ -187,6 +189,8 @@ def test_no_row_a_peer_sends_breaks_what_a_node_answers_from_rows(rows):
     assert all(type(r["count"]) is int and r["owner"] in ("a", "b", "c") for r in shown)
     host.plan(0.5)
     assert host.rows_ignored <= len(rows)
+    host.set_members(["a", "b"])  # a map adopted above every epoch heard still fits the wire's uint64
+    assert host.epoch < 1 << 64
 
 
 @settings(max_examples=40, deadline=None)
@@ -355,6 +359,40 @@ def test_a_scaled_error_creeping_at_rest_is_no_news_but_a_move_is():
         assert rows_for_the_wire([dict(row, tick=10, **moved)], {1: row}, tick=10, refresh=7) != []
     # the refresh still sends it: a receiver is at most ROWS_REFRESH ticks of creeping off
     assert rows_for_the_wire([dict(row, forecast_error=0.250001)], {1: row}, tick=13, refresh=7) != []
+
+
+def test_a_creeping_scaled_error_is_sent_before_it_is_drift_away_from_what_was_sent():
+    # compared with the row last sent, not the last one made: the creep never adds up unsent
+    host = EngineHost("a", block_size=10)
+    host.ingest(entities(np.arange(100), 0, 1.0))
+
+    def creep(rows, tick):
+        for row in rows:
+            row["forecast_error"] = 0.25 * 1.0009 ** tick
+
+    shown: dict[int, float] = {}  # what a receiver holds, block by block
+    published = 0
+    for _ in range(100):
+        rows, _ = host.tick(creep)
+        shown.update((r["block"], r["forecast_error"]) for r in host.wire_rows)
+        published += len(host.wire_rows)
+        assert all(abs(shown[r["block"]] / r["forecast_error"] - 1) <= DRIFT for r in rows)
+    assert 100 * 10 / ROWS_REFRESH < published < 100 * 10  # more than the refreshes, less than every row
+
+
+def test_the_shells_keys_are_on_the_rows_before_the_wire_compares_them():
+    # nano_forecast and nano_error come from the shell; added after the comparison, every
+    # row of an intelligent channel went out every tick
+    host = EngineHost("a", block_size=10)
+    host.ingest(entities(np.arange(100), 0, 1.0))
+
+    def nano(rows, tick):
+        for row in rows:
+            row["nano_forecast"], row["nano_error"] = 1.0, 0.5
+
+    counts = [len(host.tick(nano)[0]) and len(host.wire_rows) for _ in range(3 * ROWS_REFRESH)]
+    assert counts[0] == 10 and sum(counts[ROWS_REFRESH:]) == 2 * 10  # then each row once every refresh
+    assert all(r["nano_error"] == 0.5 for r in host.cluster_rows())
 
 
 def test_rows_with_the_same_values_but_another_owner_epoch_or_key_go_on_the_wire():

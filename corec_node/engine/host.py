@@ -127,6 +127,8 @@ class EngineHost:
         self.rows: dict[int, dict[str, Any]] = {}  # block -> latest row heard, from any owner
         self.rows_ignored = 0  # rows heard that SPEC 9.2 does not let us keep (engine/wire_rows.py)
         self.wire_rows: list[dict[str, Any]] = []  # the last tick's rows to publish (engine/wire_rows.py)
+        self._sent: dict[int, dict[str, Any]] = {}  # block -> the last row of it we published, this epoch
+        self._sent_epoch = -1
         # (members gone, blocks, entities) whose every holder left the map, for the shell to report
         self.lost: list[tuple[tuple[str, ...], int, int]] = []
         self._rows_version = 0  # grows when ``rows`` changes: cluster_rows is cached on it
@@ -570,8 +572,11 @@ class EngineHost:
             memo.update(zip(unknown.tolist(), held.tolist(), strict=True))
         return np.repeat(np.array([memo[b] for b in heads], bool), np.diff(np.append(starts, len(blocks))))
 
-    def tick(self) -> tuple[list[dict[str, Any]], list[RepairRecord]]:
-        """One engine tick: this node's block rows (for publishing) and the repairs made."""
+    def tick(self, annotate: Callable[[list[dict[str, Any]], int], None] | None = None,
+             ) -> tuple[list[dict[str, Any]], list[RepairRecord]]:
+        """One engine tick: this node's block rows (for publishing) and the repairs made.
+        ``annotate(rows, tick)``: the shell's own keys on the rows (nano_forecast and
+        nano_error), added before the wire compares them with what it sent."""
         self.tick_no += 1
         aggs = aggregate(self.store, self.tick_no)
         self.adaptive_records = self.adaptive.step(aggs["block"], aggs["mean"], self.tick_no)  # rule 8
@@ -586,7 +591,12 @@ class EngineHost:
         rows = aggregate_rows(aggs, owner=self.name, nan_as_none=True)
         self._stamp_epochs(rows, aggs["block"])
         self.adaptive.annotate(rows, self.tick_no)
-        self.wire_rows = rows_for_the_wire(rows, self.rows, self.tick_no)  # of them, those worth publishing
+        if annotate is not None:
+            annotate(rows, self.tick_no)
+        if self._sent_epoch != self.epoch:  # every row carries the new epoch: no row sent before compares
+            self._sent, self._sent_epoch = {}, self.epoch
+        self.wire_rows = rows_for_the_wire(rows, self._sent, self.tick_no)  # of them, those worth publishing
+        self._sent.update((row["block"], row) for row in self.wire_rows)
         self.observe_rows(self.name, rows)
         return rows, records
 

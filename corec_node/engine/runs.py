@@ -51,3 +51,25 @@ def order_of_runs(keys: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     if np.all(keys[e[:-1] - 1] < keys[s[1:]]):  # disjoint: concatenate the runs in key order
         return np.concatenate([np.arange(a, b) for a, b in zip(s.tolist(), e.tolist(), strict=True)])
     return np.argsort(keys, kind="stable")
+
+
+def stable_order(keys: np.ndarray, key_bits: int) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, faster for the batches a node sees.
+
+    A backlog stored in one call is a few sorted runs (producers send their ids in order):
+    runs that do not overlap are put in order whole, and overlapping ones go to the stable
+    argsort (a merge sort that finds the runs). Otherwise keys use ``key_bits`` bits, so the record
+    index fits in the low bits of a uint64 and one plain sort of unique composites gives
+    the stable order (a stable argsort again above 2**24 records)."""
+    m = len(keys)
+    cuts = np.flatnonzero(keys[1:] < keys[:-1]) + 1
+    if len(cuts) < m // 64:
+        return order_of_runs(keys, cuts)
+    bits = max(1, (m - 1).bit_length())
+    if bits > 64 - key_bits:
+        return np.argsort(keys, kind="stable")
+    comp = keys << np.uint64(bits)
+    comp |= np.arange(m, dtype=np.uint64)
+    comp.sort()
+    comp &= np.uint64((1 << bits) - 1)
+    return comp.view(np.int64)

@@ -58,7 +58,7 @@ from corec_node.engine.blocks import (
     check_block_size,
     entity_keys,
 )
-from corec_node.engine.runs import merge_runs, merge_segments, order_of_runs
+from corec_node.engine.runs import merge_runs, merge_segments, stable_order
 from corec_node.wire.entities import ENTITY_DTYPE, as_entity_array
 
 MIN_CAPACITY = 1024
@@ -447,7 +447,7 @@ class EntityStore:
         )
         if len(streaks) != m:
             raise ValueError(f"streak has {len(streaks)} entries for {m} records")
-        order = _stable_order(keys)
+        order = stable_order(keys, KEY_BITS)
         keys = keys[order]
         last = np.ones(m, np.bool_)
         last[:-1] = keys[1:] != keys[:-1]  # the last record of each key wins
@@ -768,7 +768,7 @@ def _collapse(
     """
     m = len(keys)
     if m > 1 and not np.all(keys[1:] > keys[:-1]):
-        order = _stable_order(keys)
+        order = stable_order(keys, KEY_BITS)
         keys, values, active, finite = keys[order], values[order], active[order], finite[order]
         head = np.empty(m, np.bool_)
         head[0] = True
@@ -786,24 +786,3 @@ def _collapse(
     nerr = (~finite).astype(np.int64)
     return keys, values, active, finite, nerr, nerr
 
-
-def _stable_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")``, faster for the batches a node sees.
-
-    A backlog stored in one call is a few sorted runs (producers send their ids in order):
-    runs that do not overlap are put in order whole, and overlapping ones go to the stable
-    argsort (a merge sort that finds the runs). Otherwise keys use 40 bits, so the record
-    index fits in the low bits of a uint64 and one plain sort of unique composites gives
-    the stable order (a stable argsort again above 2**24 records)."""
-    m = len(keys)
-    cuts = np.flatnonzero(keys[1:] < keys[:-1]) + 1
-    if len(cuts) < m // 64:
-        return order_of_runs(keys, cuts)
-    bits = max(1, (m - 1).bit_length())
-    if bits > 64 - KEY_BITS:
-        return np.argsort(keys, kind="stable")
-    comp = keys << np.uint64(bits)
-    comp |= np.arange(m, dtype=np.uint64)
-    comp.sort()
-    comp &= np.uint64((1 << bits) - 1)
-    return comp.view(np.int64)

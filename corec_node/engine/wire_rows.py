@@ -36,9 +36,10 @@ _ANY_TICK = "tick"
 DRIFT_KEYS = frozenset(("forecast_error", "nano_error"))  # scaled errors (SPEC 9.8)
 DRIFT = 1e-3  # a relative move of a scaled error below this is not news (``_drift``)
 BLOCK_LIMIT = 1 << 40  # block ids are channel << 32 | index (SPEC 9.1)
+INT_LIMIT = 1 << 63  # an int a row holds fits an int64 (counts, ticks; epochs are term << 32 | maps)
 _INTS = ("block", "channel", "count", "active", "tick")  # ints >= 0, required (SPEC 9.2)
 _STATISTICS = ("mean", "min", "max", "std")  # a number or nil, required; a float NaN reads as nil
-_SHARES = ("error_rate", "fitness")  # a number, required
+_SHARES = ("error_rate", "fitness")  # a number in [0, 1], required
 _OPTIONAL_INTS = ("epoch", "generation")  # ints >= 0 where present (9.2, 9.8)
 _OPTIONAL_NUMBERS = ("forecast", "forecast_error", "nano_forecast", "nano_error")  # a number or nil (9.8)
 _OPTIONAL_TEXTS = ("genome", "genome_spec")  # str where present (9.8)
@@ -47,8 +48,10 @@ _OPTIONAL_TEXTS = ("genome", "genome_spec")  # str where present (9.8)
 def rows_for_the_wire(rows: list[dict[str, Any]], previous: Mapping[int, dict[str, Any]], tick: int,
                       refresh: int = ROWS_REFRESH) -> list[dict[str, Any]]:
     """The rows of ``rows`` (this tick's, of our blocks) to publish: each whose block's row in
-    ``previous`` (the last row we made of it, or heard from its owner before us) is missing
-    or says something else, and each whose block's turn to be refreshed this tick is."""
+    ``previous`` (the last row of it we published) is missing or says something else, and
+    each whose block's turn to be refreshed this tick is. (Compared with what receivers
+    have, not with the last row made, so a scaled error's creep never adds up past
+    ``DRIFT`` unsent.)"""
     out = []
     for row in rows:
         block = row["block"]
@@ -92,21 +95,21 @@ def heard(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 def _usable(row: dict[str, Any]) -> bool:
     for key in _INTS:
         value = row.get(key)
-        if type(value) is not int or value < 0:  # a bool is no int here
+        if type(value) is not int or not 0 <= value < INT_LIMIT:  # a bool is no int here
             return False
     block = row["block"]
-    if block >= BLOCK_LIMIT or row["channel"] != block >> 32:
+    if block >= BLOCK_LIMIT or row["channel"] != block >> 32 or row["active"] > row["count"]:
         return False
     for key in _STATISTICS:
         if key not in row or not _number_or_nil(row, key):
             return False
     for key in _SHARES:
         value = row.get(key)
-        if (type(value) is not float and type(value) is not int) or value != value:
+        if (type(value) is not float and type(value) is not int) or not 0 <= value <= 1:  # NaN fails too
             return False
     for key in _OPTIONAL_INTS:
         value = row.get(key, 0)
-        if type(value) is not int or value < 0:
+        if type(value) is not int or not 0 <= value < INT_LIMIT:
             return False
     for key in _OPTIONAL_NUMBERS:
         if key in row and not _number_or_nil(row, key):

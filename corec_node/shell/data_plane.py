@@ -690,9 +690,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
         self._mark_copies()
         self._check_ready()
         self._drop_strays()
-        rows, repairs = self.engine.tick()
+        rows, repairs = self.engine.tick(self.intelligence.tick)  # nano_forecast, nano_error: intelligent channels
         tick_no = self.engine.tick_no
-        self.intelligence.tick(rows, tick_no)  # nano_forecast, nano_error on rows of intelligent channels
         self.plugins.spawn(self.plugins.block_aggregates(self.host, tick_no, rows))
         # one audit at a time, in a worker thread, and none while new entities pour in
         if rows and self.config.audit and not self._auditing and self.load_gate.settled(self.engine.store.count()):

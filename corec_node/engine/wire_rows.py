@@ -36,11 +36,12 @@ _ANY_TICK = "tick"
 DRIFT_KEYS = frozenset(("forecast_error", "nano_error"))  # scaled errors (SPEC 9.8)
 DRIFT = 1e-3  # a relative move of a scaled error below this is not news (``_drift``)
 BLOCK_LIMIT = 1 << 40  # block ids are channel << 32 | index (SPEC 9.1)
-INT_LIMIT = 1 << 63  # an int a row holds fits an int64 (counts, ticks; epochs are term << 32 | maps)
+INT_LIMIT = 1 << 63  # an int a row holds fits an int64 (PostgreSQL's bigint)
+EPOCH_LIMIT = 1 << 62  # epochs are term << 32 | maps: a billion terms, and room to count maps above any heard
 _INTS = ("block", "channel", "count", "active", "tick")  # ints >= 0, required (SPEC 9.2)
 _STATISTICS = ("mean", "min", "max", "std")  # a number or nil, required; a float NaN reads as nil
 _SHARES = ("error_rate", "fitness")  # a number in [0, 1], required
-_OPTIONAL_INTS = ("epoch", "generation")  # ints >= 0 where present (9.2, 9.8)
+_OPTIONAL_INTS = (("epoch", EPOCH_LIMIT), ("generation", INT_LIMIT))  # ints >= 0 where present (9.2, 9.8)
 _OPTIONAL_NUMBERS = ("forecast", "forecast_error", "nano_forecast", "nano_error")  # a number or nil (9.8)
 _OPTIONAL_TEXTS = ("genome", "genome_spec")  # str where present (9.8)
 
@@ -72,8 +73,8 @@ def _same(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 def _drift(key: str, old: Any, new: Any) -> bool:
     """A scaled error that moved by less than ``DRIFT`` of itself: no news. These are
     ratios of sums that forget slowly, and at rest they creep in their fourth digit every
-    tick (a third of a cluster's rows went out each tick for that alone); what a receiver
-    shows is then that far off until the block's next refresh."""
+    tick (a third of a cluster's rows went out each tick for that alone). The owner
+    compares with the row it last sent, so what a receiver shows is never further off."""
     return (key in DRIFT_KEYS and type(old) is float and type(new) is float
             and abs(new - old) <= DRIFT * max(abs(new), abs(old)))
 
@@ -107,9 +108,9 @@ def _usable(row: dict[str, Any]) -> bool:
         value = row.get(key)
         if (type(value) is not float and type(value) is not int) or not 0 <= value <= 1:  # NaN fails too
             return False
-    for key in _OPTIONAL_INTS:
+    for key, limit in _OPTIONAL_INTS:
         value = row.get(key, 0)
-        if type(value) is not int or not 0 <= value < INT_LIMIT:
+        if type(value) is not int or not 0 <= value < limit:
             return False
     for key in _OPTIONAL_NUMBERS:
         if key in row and not _number_or_nil(row, key):

@@ -455,8 +455,10 @@ class ControlPlane:
             member = self.core.membership.member(change.name)
             if member is not None:
                 self._peers[change.name] = (member.addr, member.pub)
-                if change.new in (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD):
-                    self.transport.connect_sub(member.pub)  # dead: keep listening, it may return
+                if change.new == MemberStatus.DEAD:
+                    self.transport.redial(member.addr, member.pub)  # keep listening: it may return
+                elif change.new in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+                    self.transport.connect_sub(member.pub)
                 elif change.new == MemberStatus.LEFT:
                     self.transport.disconnect_sub(member.pub)
         old = change.old.label if change.old is not None else None

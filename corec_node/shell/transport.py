@@ -61,6 +61,10 @@ RECONNECT_IVL_MAX_MS = 2_000  # back off to 2 s for peers that stay down
 HEARTBEAT_IVL_MS = 5_000
 HEARTBEAT_TIMEOUT_MS = 5_000
 HEARTBEAT_TTL_MS = 15_000
+# A dial whose SYN went out into a cut link is retried by the kernel at 1, 3, 7, 15 s...:
+# after a link flaps, a connect could wait half a minute on a link that is long back up.
+# Past 2 s libzmq abandons the attempt and dials again (RECONNECT_IVL, backing off to 2 s).
+CONNECT_TIMEOUT_MS = 2_000
 AUTH_RETRY = 5.0  # seconds before a DEALER whose key a peer refused dials it again (libzmq never does)
 ENVELOPE_OVERHEAD = 1 << 20  # the envelope frame's own limit, on top of the payload limit
 # What a PUB reads is subscriptions (a topic of a few bytes) and, with CURVE, the handshake
@@ -103,7 +107,7 @@ class Transport:
         self._monitors: dict[str, asyncio.Task[None]] = {}
         self.refused_by: dict[str, float] = {}  # peer addr -> when it last refused our CURVE key
         self._down: set[str] = set()  # peers whose DEALER lost its connection (libzmq redials with backoff)
-        self.redials = 0  # DEALERs dialled again at once because their peer was heard from
+        self.redials = 0  # DEALERs dialled afresh: their peer was heard from, or found dead on a connection that looked open
         self._monitor_seq = 0  # names each socket monitor's inproc endpoint once
         self.auth_refusals = 0  # handshakes in which a peer refused our key
 
@@ -114,6 +118,7 @@ class Transport:
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
 
     def bind(self, direct: str, pub: str) -> None:
         """Bind ROUTER and PUB; raises zmq.ZMQError (e.g. EADDRINUSE) for the caller to report."""
@@ -297,6 +302,19 @@ class Transport:
         self.forget(addr)  # what waited there is stale (old probes, old terms): dropped
         self.redials += 1
         return True
+
+    def redial(self, addr: str, pub_addr: str | None = None) -> None:
+        """A member was found dead while our connections to it looked open: over a cut
+        link, TCP's retransmit backoff can hold what we send there for tens of seconds
+        after the link is back (and ZMTP heartbeats close such a connection only after
+        10 s). Dial it afresh, so the reconnect pushes of membership rule 12 go out on a
+        new connection; a peer whose connection already closed is being redialled by libzmq."""
+        if addr in self.dealers and addr not in self._down:
+            self.forget(addr)
+            self.redials += 1
+        if pub_addr is not None and pub_addr in self.sub_peers:
+            self.disconnect_sub(pub_addr)
+            self.connect_sub(pub_addr)
 
     def forget(self, addr: str) -> None:
         """Close the DEALER to a member that was reaped."""

@@ -1,0 +1,92 @@
+"""The network sockets (shell/transport.py) on real ZeroMQ sockets over loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import zmq
+from meshutil import free_port
+
+from corec_node.shell.transport import CONNECT_TIMEOUT_MS, Transport
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        assert loop.time() < end, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_a_member_found_dead_is_dialled_afresh_and_heard_again() -> None:
+    """A DEALER and a SUB connection that look open to a member membership declared dead
+    are replaced by new connections; what is sent and published afterwards arrives."""
+
+    async def main() -> None:
+        peer = Transport(max_message_bytes=1 << 20)
+        direct, pub = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        peer.bind(direct, pub)
+        got: list[bytes] = []
+        peer.start(lambda frames, identity: got.append(bytes(frames[0])), None)
+        t = Transport(max_message_bytes=1 << 20)
+        t.bind(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+        heard: list[bytes] = []
+        t.watch_peers(lambda addr, refused: None)
+        t.start(lambda frames, identity: None, lambda frames: heard.append(bytes(frames[-1])))
+        t.subscribe([b""])
+        t.connect_sub(pub)
+        try:
+            assert t.send(direct, [b"one"])
+            await until(lambda: got == [b"one"])
+            first = t.dealers[direct]
+            assert first.getsockopt(zmq.CONNECT_TIMEOUT) == CONNECT_TIMEOUT_MS
+
+            async def published(payload: bytes) -> None:
+                async def again() -> None:
+                    while payload not in heard:
+                        peer.publish([b"t", payload])
+                        await asyncio.sleep(0.02)
+                await asyncio.wait_for(again(), 10)
+
+            await published(b"before")
+            t.redial(direct, pub)
+            assert direct not in t.dealers and t.redials == 1 and pub in t.sub_peers
+            assert t.send(direct, [b"two"])
+            assert t.dealers[direct] is not first
+            await until(lambda: got == [b"one", b"two"])
+            await published(b"after")
+        finally:
+            await asyncio.wait_for(t.close(), 10)
+            await asyncio.wait_for(peer.close(), 10)
+
+    asyncio.run(main())
+
+
+def test_a_dealer_whose_connection_closed_is_left_to_libzmq() -> None:
+    """A peer that went away closed its connection: libzmq is already dialling it with
+    backoff, and the queued messages wait for it; ``redial`` leaves that socket alone."""
+
+    async def main() -> None:
+        direct = f"127.0.0.1:{free_port()}"
+        peer = Transport(max_message_bytes=1 << 20)
+        peer.bind_router(direct)
+        got: list[bytes] = []
+        peer.start(lambda frames, identity: got.append(bytes(frames[0])), None)
+        t = Transport(max_message_bytes=1 << 20)
+        t.bind(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+        hints: list[str] = []
+        t.watch_peers(lambda addr, refused: hints.append(addr))
+        t.start(lambda frames, identity: None, None)
+        try:
+            assert t.send(direct, [b"one"])
+            await until(lambda: got == [b"one"])
+            sock = t.dealers[direct]
+            await asyncio.wait_for(peer.close(), 10)
+            await until(lambda: direct in hints and direct in t._down)
+            t.redial(direct)
+            assert t.dealers.get(direct) is sock and t.redials == 0
+        finally:
+            await asyncio.wait_for(t.close(), 10)
+
+    asyncio.run(main())

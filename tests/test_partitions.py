@@ -193,6 +193,23 @@ def test_flapping_follower_link(lab):
     clean(lab)
 
 
+def test_a_cut_longer_than_the_reap_time_heals(lab):
+    """Both sides forget each other (the test profile reaps after 30 s). A member that is
+    not a voter is known to nobody then, and knows nobody: it joins the address it was
+    started with again, and the cluster is whole once the link is."""
+    by, _, _ = boot(lab)
+    cut = lab.start("m6", join=[by[NAMES[1]].addr])  # a sixth node: not a voter (5 at most)
+    cut.wait_ready(30)
+    everyone = [*by.values(), cut]
+    eventually(lambda: all_alive(everyone), SETTLE, message="six alive everywhere")
+    lab.isolate(cut.name)
+    eventually(lambda: list(cut.members()) == [cut.name], 90, message="m6 forgot the others")
+    eventually(lambda: all(cut.name not in n.members() for n in by.values()), 30, message="the others forgot m6")
+    lab.heal()
+    converge(lab, everyone)
+    clean(lab)
+
+
 def test_heal_with_minority_restarted(lab):
     by, leader, _ = boot(lab)
     major, minor = split_3_2(lab, by, leader)

@@ -368,3 +368,24 @@ def test_membership_test_profile_is_usable_in_the_simulator() -> None:
     c.restart(leader)
     c.await_convergence(CONVERGE)
     assert set(seen) == set(c.nodes) - {leader}
+
+
+@pytest.mark.parametrize("cut", ["n0004", "n0000"])
+def test_a_node_cut_off_past_the_reap_time_knocks_on_its_join_addresses_and_former_members(cut: str) -> None:
+    """Both sides of a cut longer than reap_after forget each other, so rule 12's reconnect
+    has no dead member left to knock on. The node left alone pushes again to the addresses
+    it joined through (n0004) or, when it has none (the founder, n0000), to the members it
+    reaped."""
+    mcfg = MembershipConfig.test()
+    c = Cluster(5, seed=4, network=LOSSY, membership=mcfg, election=ElectionConfig.test())
+    c.bootstrap("join", stagger=0.05)
+    c.await_convergence(CONVERGE)
+    c.isolate(cut)
+    c.run(mcfg.reap_after + 15)
+    alone = c.nodes[cut].membership
+    assert [m.name for m in alone.members()] == [cut], "the cut node forgot the others"  # type: ignore[union-attr]
+    assert all(cut not in {m.name for m in c.nodes[n].membership.members()}  # type: ignore[union-attr]
+               for n in c.nodes if n != cut), "the others forgot the cut node"
+    c.heal()
+    c.await_convergence(CONVERGE)
+    assert all(len(n.membership.alive()) == 5 for n in c.live())  # type: ignore[union-attr]

@@ -120,7 +120,11 @@ Rule 11. Join. ``join`` pushes to each address and keeps it pending, retried wit
 Rule 12. Anti-entropy and reconnect. Every push_pull_interval (scaled up above 32 members as
     memberlist), a push-pull with one random alive member. Every reconnect_interval, one
     with a random dead member whose death is younger than reconnect_for: if it answers, it
-    refutes (rule 3), so two halves of a healed partition merge.
+    refutes (rule 3), so two halves of a healed partition merge. A node that holds no
+    other member alive or suspect pushes again, as a join does (rule 11, retried until
+    answered), to its join addresses and to the last 64 members it reaped dead: after a
+    cut longer than reap_after both sides forgot each other, and only the node left alone
+    knows where to knock (a founder has no join address, so the reaped ones count).
 
 Rule 13. Reap. Dead and left members are forgotten ``reap_after`` seconds after their status
     changed (``MemberReaped``); never self. Until then dead members stay voters: a long
@@ -783,9 +787,9 @@ class Membership:
         self._next_reap = next_reap
 
     def _forget(self, name: str, out: list[Effect]) -> None:
-        del self._members[name]
+        m = self._members.pop(name)
         self._suspicions.pop(name, None)
-        self._sync.forget(name)
+        self._sync.forget(name, m.addr if m.status == DEAD else None)
         self._prober.forget(name)
         out.append(MemberReaped(name))
 

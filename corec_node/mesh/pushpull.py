@@ -19,6 +19,7 @@ from corec_node.mesh.membership_config import MembershipConfig
 from corec_node.wire.messages import MemberState, StatePush, StateReply
 
 __all__ = [
+    "FORMER_KEPT",
     "GAP_RESYNC_NODE_PERIODS",
     "GAP_RESYNC_PERIODS",
     "JOIN_RETRY_MAX_FACTOR",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 JOIN_RETRY_MAX_FACTOR = 8  # join retries back off up to 8 x join_retry
+FORMER_KEPT = 64  # reaped members' addresses a node left alone knocks on (rule 12)
 RESTORE_FANOUT = 8  # restore pushes to this many remembered members at once, the rest later
 GAP_RESYNC_PERIODS = 5  # at most one gap-triggered push-pull per sender per 5 probe intervals
 GAP_RESYNC_NODE_PERIODS = 1  # and at most one per node per probe interval, whatever the loss and the cluster's size
@@ -64,6 +66,10 @@ class PushPull:
         self._cfg = config
         self._rng = rng
         self._pending: dict[str, _PendingJoin] = {}
+        # rule 12, asked again while no other member is live: every address given to join,
+        # and the last FORMER_KEPT dead members reaped (a founder has no join address)
+        self._seeds: dict[str, None] = {}
+        self._former: dict[str, None] = {}
         # addr -> (StatePushes not yet answered, live time of the last): two pushes to one
         # member in one period get two replies, and the second must not pass for an alias's
         self._outstanding: dict[str, tuple[int, float]] = {}
@@ -95,10 +101,13 @@ class PushPull:
         self, addrs: Iterable[str], members: Mapping[str, Member], live: float
     ) -> list[Effect]:
         """Rule 11: push to each address and keep it pending until answered."""
+        addrs = [a for a in dict.fromkeys(addrs) if a != self._addr]
+        self._seeds.update(dict.fromkeys(addrs))
+        return self._ask(addrs, members, live)
+
+    def _ask(self, addrs: Iterable[str], members: Mapping[str, Member], live: float) -> list[Effect]:
         out: list[Effect] = []
-        for addr in dict.fromkeys(addrs):
-            if addr == self._addr:
-                continue
+        for addr in addrs:
             self._pending[addr] = _PendingJoin(
                 False, live + self._cfg.join_retry, self._cfg.join_retry
             )
@@ -183,9 +192,14 @@ class PushPull:
             # rule 10: let it see our refutation now
             out.append(self.push(addr, members, live, join=False))
 
-    def forget(self, name: str) -> None:
-        """``name`` was reaped."""
+    def forget(self, name: str, dead_at: str | None = None) -> None:
+        """``name`` was reaped (``dead_at``: its address, when it was reaped dead, not left)."""
         self._gap_sync.pop(name, None)
+        if dead_at is not None and dead_at != self._addr:
+            self._former.pop(dead_at, None)
+            self._former[dead_at] = None
+            if len(self._former) > FORMER_KEPT:
+                del self._former[next(iter(self._former))]
 
     def stop(self) -> None:
         """We left: no more join retries."""
@@ -243,6 +257,10 @@ class PushPull:
         if live < self._next_reconnect:
             return
         self._next_reconnect = live + self._cfg.reconnect_interval
+        if (self._seeds or self._former) and not self._pending and not any(
+            m.status in LIVE for n, m in members.items() if n != self._name
+        ):
+            out += self._ask(self._seeds | self._former, members, live)  # alone: knock on them again
         dead = sorted(
             n
             for n, m in members.items()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import zmq
 from meshutil import free_port
 
 from corec_node.shell.transport import CONNECT_TIMEOUT_MS, Transport
+
+pytestmark = pytest.mark.timeout(60)  # a blocked I/O thread hangs the context's term() for good
 
 
 async def until(check: Any, timeout: float = 10.0) -> None:
@@ -88,5 +91,41 @@ def test_a_dealer_whose_connection_closed_is_left_to_libzmq() -> None:
             assert t.dealers.get(direct) is sock and t.redials == 0
         finally:
             await asyncio.wait_for(t.close(), 10)
+
+    asyncio.run(main())
+
+
+def test_a_dealer_no_longer_watched_cannot_block_the_io_thread() -> None:
+    """libzmq's I/O thread hands each socket event to the monitor with a blocking send: a
+    DEALER still dialling a refusing port after its monitor's PAIR closed blocked that
+    thread for good, and the process heard nobody again. ``_unmonitor`` (what ``forget``
+    and ``close`` do first) ends the monitor before the PAIR goes; the DEALER here keeps
+    retrying for half a second after, and the transport still carries messages."""
+
+    async def main() -> None:
+        refusing = f"127.0.0.1:{free_port()}"
+        peer = Transport(max_message_bytes=1 << 20)
+        direct = f"127.0.0.1:{free_port()}"
+        peer.bind_router(direct)
+        peer.start(lambda frames, identity: None, None)
+        t = Transport(max_message_bytes=1 << 20)
+        own = f"127.0.0.1:{free_port()}"
+        t.bind(own, f"127.0.0.1:{free_port()}")
+        heard: list[bytes] = []
+        t.watch_peers(lambda addr, refused: None)
+        t.start(lambda frames, identity: heard.append(bytes(frames[0])), None)
+        try:
+            t.send(refusing, [b"anyone?"])
+            await until(lambda: refusing in t._down)  # its retries are being reported
+            task = t._unmonitor(refusing)
+            assert task is not None
+            await asyncio.gather(task, return_exceptions=True)  # the PAIR is closed
+            await asyncio.sleep(0.5)  # the DEALER retries every 100 ms meanwhile
+            assert peer.send(own, [b"still here"])
+            await until(lambda: heard == [b"still here"], 5)
+        finally:
+            t.forget(refusing)
+            await asyncio.wait_for(t.close(), 10)
+            await asyncio.wait_for(peer.close(), 10)
 
     asyncio.run(main())

@@ -245,6 +245,7 @@ class Transport:
         sock.monitor(endpoint, zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         pair = self.ctx.socket(zmq.PAIR)
+        pair.setsockopt(zmq.RCVHWM, 0)  # never full: see _unmonitor
         pair.connect(endpoint)
         self._monitors[addr] = asyncio.get_running_loop().create_task(self._watch(addr, pair))
 
@@ -273,6 +274,8 @@ class Transport:
         except (asyncio.CancelledError, zmq.ZMQError):
             pass
         finally:
+            if self._monitors.get(addr) is asyncio.current_task():
+                self._unmonitor(addr)  # ended by itself: the DEALER must stop reporting first
             pair.close(0)
 
     def _auth_refused(self, addr: str) -> None:
@@ -316,11 +319,27 @@ class Transport:
             self.disconnect_sub(pub_addr)
             self.connect_sub(pub_addr)
 
-    def forget(self, addr: str) -> None:
-        """Close the DEALER to a member that was reaped."""
+    def _unmonitor(self, addr: str) -> asyncio.Task[None] | None:
+        """Stop watching ``addr``'s DEALER before its PAIR closes. libzmq's I/O thread sends
+        each socket event to the monitor with a blocking send: an event of a DEALER being
+        torn down, towards a PAIR already closed, blocked that thread for good, and with it
+        every connection of the process (the node then heard nobody and was declared dead
+        everywhere). ``disable_monitor`` ends the monitor under the lock those sends take."""
         task = self._monitors.pop(addr, None)
-        if task is not None:
-            task.cancel()
+        if task is None:
+            return None
+        sock = self.dealers.get(addr)
+        if sock is not None and not sock.closed:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        task.cancel()
+        return task
+
+    def forget(self, addr: str) -> None:
+        """Close the DEALER to ``addr`` (a member reaped, or dialled afresh)."""
+        self._unmonitor(addr)
         sock = self.dealers.pop(addr, None)
         if sock is not None:
             sock.close(0)
@@ -385,10 +404,7 @@ class Transport:
             reader.start()
 
     async def close(self) -> None:
-        monitors = list(self._monitors.values())
-        self._monitors.clear()
-        for task in monitors:
-            task.cancel()
+        monitors = [task for task in map(self._unmonitor, list(self._monitors)) if task is not None]
         # each monitor closes its PAIR socket as it ends: ctx.term() below waits for every
         # socket of the context, so it would block this loop for good on one left open
         await asyncio.gather(*monitors, return_exceptions=True)

@@ -225,9 +225,12 @@ class Transport:
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes + ENVELOPE_OVERHEAD)
             if self.security is not None:
                 configure_client(sock, self.security)
-            sock.connect(tcp(addr))
             self.dealers[addr] = sock
+            # watched before it dials: a peer that refuses our key does so once, in the first
+            # handshake, and libzmq never dials it again; an event raised before the monitor
+            # existed was lost, and with it the curve_refused line and the AUTH_RETRY redial
             self._monitor(addr, sock)
+            sock.connect(tcp(addr))
         return sock
 
     def watch_peers(self, on_peer: PeerHint) -> None:

@@ -3,8 +3,9 @@ producer thread that streams waves."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from records import entities
@@ -12,7 +13,16 @@ from records import entities
 from corec_node.client import Client
 from corec_node.testing.cluster import Cluster, NodeProc, eventually, free_port
 
-__all__ = ["Cluster", "NodeProc", "WaveStream", "eventually", "free_port"]
+__all__ = ["Cluster", "NodeProc", "WaveStream", "eventually", "free_port", "until"]
+
+
+async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """In a running loop: wait (polling every 5 ms) until ``check()`` is true."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        assert loop.time() < end, "timed out"
+        await asyncio.sleep(0.005)
 
 
 class WaveStream:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import zmq
-from meshutil import free_port
+from meshutil import free_port, until
 
 from corec_node.shell.reader import SocketReader
 
@@ -32,14 +32,6 @@ def pair(ctx: zmq.Context, kind_in: int = zmq.PULL, kind_out: int = zmq.PUSH) ->
     source.setsockopt(zmq.SNDHWM, 0)
     source.connect(f"tcp://127.0.0.1:{port}")
     return sink, source
-
-
-async def until(check: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not check():
-        assert loop.time() < end, "timed out"
-        await asyncio.sleep(0.005)
 
 
 def test_messages_reach_the_handler_in_order_and_a_failing_handler_is_counted(ctx: zmq.Context) -> None:

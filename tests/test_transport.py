@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 import zmq
-from meshutil import free_port
+from meshutil import free_port, until
 
 from corec_node.shell.transport import CONNECT_TIMEOUT_MS, Transport
 
 pytestmark = pytest.mark.timeout(60)  # a blocked I/O thread hangs the context's term() for good
-
-
-async def until(check: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not check():
-        assert loop.time() < end, "timed out"
-        await asyncio.sleep(0.005)
 
 
 def test_a_member_found_dead_is_dialled_afresh_and_heard_again() -> None:

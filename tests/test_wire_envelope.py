@@ -20,6 +20,7 @@ from corec_node.wire import (
     TOPIC_ENTITIES_ALL,
     TOPIC_MEMBERSHIP,
     Ack,
+    AggregateColumns,
     Aggregates,
     Alert,
     BatchReply,
@@ -132,6 +133,8 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.READY: st.builds(Ready, digest=st.sampled_from(["", "e78319b292e39e89"])),
     MsgType.LEARNERS: st.builds(Learners, term=u64, names=st.lists(names, max_size=6).map(tuple)),
     MsgType.EVOLUTION_PLAN: st.builds(EvolutionPlan, term=u64, challenges=rows),
+    MsgType.AGGREGATE_COLUMNS: st.builds(AggregateColumns, tick=u64, columns=st.integers(0, 4).flatmap(
+        lambda n: st.dictionaries(names, st.lists(row_values, min_size=n, max_size=n).map(tuple), max_size=6))),
 }
 
 
@@ -217,7 +220,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 13, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 14, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ], "quiet": 4}}
@@ -252,6 +255,7 @@ def test_topics() -> None:
     assert topic_for(Ping(1, "a", "h:1")) == TOPIC_DIRECT
     assert topic_for(Heartbeat(1, "a")) == b"nuc"
     assert topic_for(Aggregates(1)) == b"agg" and topic_for(Alert("k", "t")) == b"alr"
+    assert topic_for(AggregateColumns(1)) == b"col"  # not under agg: its subscribers expect row maps
     with pytest.raises(TypeError):
         topic_for(object())  # type: ignore[arg-type]
 

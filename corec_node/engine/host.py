@@ -22,7 +22,8 @@ Ownership rules:
    every copy dead) they are rebuilt from fresh data. A learner (catching up) holds copies
    and owns nothing until the nucleus makes it a member.
 4. ``cluster_rows`` answers for the whole cluster from the aggregates every owner
-   publishes each tick, showing for each block the row of its current owner only.
+   publishes each tick, showing for each block the row of its current owner only
+   (``engine/cluster_rows.py``).
 5. Fusion: the nucleus plans fusions from the cluster's rows (``plan``) and every node
    applies the plan in the nucleus's order (``apply_fusions``): a weak block then lives,
    is aggregated and is placed under its strong block's id, and its state is handed to
@@ -74,9 +75,10 @@ from corec_node.engine import (
     repair,
 )
 from corec_node.engine.adaptive import DEFAULT as DEFAULT_GENOME
-from corec_node.engine.adaptive import SPEC_KEY, AdaptiveBlocks
+from corec_node.engine.adaptive import AdaptiveBlocks
 from corec_node.engine.audit import AuditRecord
 from corec_node.engine.blocks import CHANNEL_SHIFT, block_ids_of
+from corec_node.engine.cluster_rows import EPOCH_KEY, ClusterRows
 from corec_node.engine.genome import in_effect
 from corec_node.engine.kernels import BUILTINS as KERNEL_BUILTINS
 from corec_node.engine.kernels import Kernel, KernelState
@@ -88,18 +90,17 @@ from corec_node.engine.placement import (
     map_digest,
     partition,
 )
-from corec_node.engine.wire_rows import heard, rows_for_the_wire
+from corec_node.engine.wire_rows import rows_for_the_wire
 from corec_node.wire.entities import ENTITY_DTYPE
 
 SWEEP_MIN = 64  # records below which a batch takes the general path: the fast one would not pay
-EPOCH_KEY = "epoch"  # the placement epoch in a row (rule 6); storage/rows.py reads the same key
 TERM_SHIFT = 32  # epoch = term << 32 | maps adopted in the term: 4 billion maps a term, 2**31 terms
 TICK_ROWS = 10_000  # rule 7: rows one tick makes at most (~0.1 s of publishing and storing)
 _COMPARED = tuple(k for k in AGGREGATE_DTYPE.names if k not in ("block", "tick"))
 MEAN_KERNEL = "mean"  # the kernel gene's default: a repaired entity takes its block's mean as is
 
 
-class EngineHost:
+class EngineHost(ClusterRows):
     def __init__(self, name: str, *, block_size: int = 1000, max_errors: float = 0.1,
                  tick_rows: int = TICK_ROWS, copies: int = 1, ttl: dict[int, int] | None = None) -> None:
         self.name = name
@@ -663,37 +664,6 @@ class EngineHost:
         for row, mine in zip(rows, owned.tolist(), strict=True):
             row[EPOCH_KEY] = epoch if mine else held
 
-    def observe_rows(self, owner: str, rows: Iterable[dict[str, Any]]) -> None:
-        """An owner's rows of one tick (ours too); their epochs raise ours (rule 6)."""
-        top = self.epoch
-        rows = rows if isinstance(rows, list) else list(rows)
-        if owner != self.name:  # what its rows must hold (SPEC 9.2); its genomes (ours are kept, rule 3)
-            rows, ignored = heard(rows)
-            self.rows_ignored += ignored
-            specs = [r for r in rows if SPEC_KEY in r]
-            for row, ours in zip(specs, self._owned_blocks([r["block"] for r in specs]), strict=True):
-                self.adaptive.observe_row(row, ours=ours)
-        for row in rows:
-            row["owner"] = owner
-            if row.get("count") == 0:  # the block was emptied (deletes, a TTL): shown no more
-                self.rows.pop(int(row["block"]), None)
-            else:
-                self.rows[int(row["block"])] = row
-            e = row.get(EPOCH_KEY)
-            if type(e) is int and e > top:
-                top = e
-        self.epoch = top
-        self._rows_version += 1
-
-    def holds_shown_blocks(self, member: str) -> bool:
-        """Whether our map makes ``member`` a holder of a block the cluster shows rows for
-        (a member that restarted empty then lacks state: it must learn; at a cluster's
-        first start there is nothing it could lack)."""
-        if member not in self.placement.everyone or not self.rows:
-            return False
-        blocks = self.store.fusions.resolve(np.fromiter(self.rows, np.int64, len(self.rows)))
-        return bool(self.placement.holder_mask(blocks, self.copies)[:, self.placement.everyone.index(member)].any())
-
     def raise_epoch(self, floor: int) -> None:
         """Rule 6: never stamp below ``floor`` (e.g. the highest epoch already in PostgreSQL)."""
         if floor > self.epoch:
@@ -719,69 +689,6 @@ class EngineHost:
             return [], {}
         self.fusions += len(records)
         return records, self._rebalance(self.placement, placed_before)
-
-    def _forget_departed(self, old: PlacementMap) -> None:
-        """Rows from members the new map no longer has are dropped: a replica that takes a
-        block publishes its own, and a member that comes back (empty, or after missed
-        writes) must not bring its old rows back to life. Blocks that no member of the new
-        map held under the old one are lost: counted in ``lost`` for the shell to report."""
-        gone = set(old.everyone) - set(self.placement.everyone)
-        if not gone:
-            return
-        blocks = np.array([b for b, r in self.rows.items() if r["owner"] in gone], np.int64)
-        if not len(blocks):
-            return
-        kept = [i for i, m in enumerate(old.everyone) if m in self.placement.everyone]
-        survived = old.holder_mask(blocks, self.copies)[:, kept].any(axis=1)
-        lost = blocks[~survived].tolist()
-        if lost:
-            self.lost.append((tuple(sorted(gone)), len(lost), sum(int(self.rows[b].get("count", 0)) for b in lost)))
-        for block in blocks.tolist():
-            del self.rows[block]
-        self._rows_version += 1
-
-    def forget_owner(self, owner: str) -> None:
-        for block in [b for b, r in self.rows.items() if r["owner"] == owner]:
-            del self.rows[block]
-        self._rows_version += 1
-
-    def cluster_rows(self, channel: int | None = None) -> list[dict[str, Any]]:
-        """Each block once, with the row of its current owner, sorted by block. Computed once
-        per change of the rows, the map or the fusions (status and the CLI ask often)."""
-        key = (self._rows_version, self.placement.version, self.placement.members, self.store.fusions.version)
-        if self._cluster is None or self._cluster[0] != key:
-            self._cluster = (key, self._current_rows())
-        rows = self._cluster[1]
-        return list(rows) if channel is None else [r for r in rows if r["channel"] == channel]
-
-    def _current_rows(self) -> list[dict[str, Any]]:
-        """Each placed block's row from its owner or, until the owner's first row comes (it
-        took the block a moment ago), from another holder of the block: never from a node
-        that no longer holds it."""
-        blocks = np.fromiter(sorted(self.rows), dtype=np.int64)
-        if len(blocks) == 0:
-            return []
-        roots = self.store.fusions.resolve(blocks)
-        placed = roots == blocks
-        blocks = blocks[placed]
-        owners = self.placement.owner_names(blocks)
-        column = {name: i for i, name in enumerate(self.placement.everyone)}
-        held = self.placement.holder_mask(blocks, self.copies) if self.copies > 1 else None
-        out = []
-        for i, (block, owner) in enumerate(zip(blocks.tolist(), owners, strict=True)):
-            row = self.rows[block]
-            by = row["owner"]
-            if by == owner or (held is not None and by in column and held[i, column[by]]):
-                out.append(row)
-        return out
-
-    def rows_with_holders(self, channel: int | None = None) -> list[dict[str, Any]]:
-        """``cluster_rows`` with each block's ``replicas``: its other holders under our map
-        (a learner copying it included), best ranked first."""
-        rows = self.cluster_rows(channel)
-        holders = self.placement.holders_of(np.array([r["block"] for r in rows], np.int64), self.copies)
-        return [{**row, "replicas": held[1:]} for row, held in zip(rows, holders, strict=True)]
-
 
 def _take_in_turn(chosen: np.ndarray, candidates: np.ndarray, budget: int, cursor: int) -> int:
     """Mark up to ``budget`` of ``candidates`` (positions, ascending) in ``chosen``, starting

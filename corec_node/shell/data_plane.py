@@ -36,7 +36,7 @@ from corec_node.engine.audit import AlertGate, Auditor, LoadGate
 from corec_node.engine.host import EngineHost
 from corec_node.engine.placement import RENDEZVOUS, RING
 from corec_node.engine.producers import ProducerSeqs
-from corec_node.engine.wire_rows import chunks
+from corec_node.engine.wire_rows import wire_messages
 from corec_node.plugins import PluginManager
 from corec_node.shell.control_plane import ClusterView, PluginHost
 from corec_node.shell.evolving import EvolutionSide
@@ -53,7 +53,6 @@ from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.wire import WireError, decode_batch, make_batch, topic_for
 from corec_node.wire.messages import (
     REPLY_MINOR,
-    Aggregates,
     EntityBatch,
     Flow,
     Owner,
@@ -699,9 +698,8 @@ class DataPlane(ReplicaSide, FusionSide, EvolutionSide):
             self.recorder.spawn("audit", self._audit_tick(rows, tick_no))
         if rows:
             self.recorder.block_state(rows, time.time())
-        for chunk in chunks(self.engine.wire_rows):  # the rows worth publishing (engine/wire_rows.py)
-            if chunk:
-                self.outbox.publish(Aggregates(tick=tick_no, rows=tuple(chunk)))
+        for msg in wire_messages(tick_no, self.engine.wire_rows):  # the rows worth publishing (engine/wire_rows.py)
+            self.outbox.publish(msg)
         if self.view.leader == self.name and tick_no % FUSION_EVERY == 0:
             self._plan_fusions()
         self._adaptive_tick(tick_no)

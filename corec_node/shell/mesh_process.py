@@ -72,10 +72,18 @@ from corec_node.wire import (
     message_type,
     topic_for,
 )
-from corec_node.wire.messages import REPLY_MINOR, BatchReply, EntityBatch, MemberState
+from corec_node.wire.messages import (
+    COLUMNS_FEATURE,
+    COLUMNS_MINOR,
+    REPLY_MINOR,
+    BatchReply,
+    EntityBatch,
+    MemberState,
+)
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_ALERTS,
+    TOPIC_COLUMNS,
     TOPIC_DIRECT,
     TOPIC_ENTITIES_ALL,
     TOPIC_FLOW,
@@ -411,6 +419,7 @@ class MeshProcess:
         self._engine_beat = 0.0
         self._beaten = False
         self._stats_at = self._view_at = float("-inf")
+        self._row_maps = True  # subscribed to AGGREGATES row maps (``_follow_row_maps``)
         self._sleep: asyncio.Future[None] | None = None  # the tick loop's sleep (``_nudge`` cuts it short)
         self._alarm: asyncio.TimerHandle | None = None
         self._wake_at = 0.0
@@ -441,7 +450,7 @@ class MeshProcess:
                                                 f"(mesh.pub_listen): {exc.strerror}"])
             await self._close()
             return 1
-        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_ALERTS,
+        self.transport.subscribe([TOPIC_MEMBERSHIP, TOPIC_NUCLEUS, TOPIC_AGGREGATES, TOPIC_COLUMNS, TOPIC_ALERTS,
                                   TOPIC_ENTITIES_ALL, TOPIC_FLOW])
         self._engine_beat = self.now()
         self.transport.watch_peers(self._peer_hint)
@@ -554,8 +563,20 @@ class MeshProcess:
             log.event("engine_resumed", silent=round(silent, 3))
             self.control.apply(core.engine_stalled(False, now))
 
+    def _follow_row_maps(self) -> None:
+        """Take AGGREGATES row maps only while a live member does not publish columns (an
+        older build): from every other owner they are a copy of its AGGREGATE_COLUMNS, twice
+        the bytes and three times the work to decode and check (``engine/wire_rows.py``)."""
+        core = self.control.core
+        wanted = core is None or not core.membership.announced(COLUMNS_FEATURE)
+        if wanted != self._row_maps:
+            (self.transport.subscribe if wanted else self.transport.unsubscribe)([TOPIC_AGGREGATES])
+            self._row_maps = wanted
+            log.event("row_maps", subscribed=wanted)
+
     def _report(self, now: float) -> None:
         self._stats_at = self._view_at = now
+        self._follow_row_maps()
         self.control.refresh_view()
         self.events._put("stats", self.commands.stats())
 
@@ -603,7 +624,7 @@ class MeshProcess:
             missed = env.seq - last - 1 if verdict is SeqEvent.GAP and topic == TOPIC_MEMBERSHIP else 0
             self.control.handle(env.sender, env.msg, self.now(), missed)
             self._nudge()
-        else:
+        elif env.type is not MsgType.AGGREGATES or env.minor < COLUMNS_MINOR:  # else its columns carry the same
             self.link.put([BROADCAST, *frames])
 
     # -- inbound from the node process ---------------------------------------------------

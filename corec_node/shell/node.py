@@ -518,6 +518,8 @@ class Node:
                 self.data.batch(env, payload, "broadcast")
             case MsgType.AGGREGATES:
                 self.data.engine.observe_rows(env.sender, env.msg.rows)
+            case MsgType.AGGREGATE_COLUMNS:
+                self.data.engine.observe_columns(env.sender, env.msg.columns)
             case MsgType.ALERT:
                 self._peer_alert(env.sender, env.msg)
             case MsgType.FUSION_PLAN:

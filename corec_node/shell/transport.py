@@ -181,6 +181,12 @@ class Transport:
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._poke_sub()
 
+    def unsubscribe(self, topics: Iterable[bytes]) -> None:
+        assert self.sub is not None
+        for topic in topics:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+        self._poke_sub()
+
     def connect_sub(self, pub_addr: str) -> None:
         """Listen to a member's PUB stream (idempotent)."""
         if pub_addr in self.sub_peers or self.sub is None:

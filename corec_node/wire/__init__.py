@@ -1,4 +1,4 @@
-"""CoreC wire protocol 1.13 (protocol/SPEC.md): entity records, topics, message envelope.
+"""CoreC wire protocol 1.14 (protocol/SPEC.md): entity records, topics, message envelope.
 
 Pure codecs: bytes in, typed values out, no I/O. Every decoder raises :class:`WireError`
 (with a short ``reason`` slug for metrics) and nothing else on bad input.
@@ -27,6 +27,7 @@ from corec_node.wire.envelope import (
 from corec_node.wire.errors import WireError
 from corec_node.wire.messages import (
     Ack,
+    AggregateColumns,
     Aggregates,
     Alert,
     BatchReply,
@@ -63,6 +64,7 @@ from corec_node.wire.sequence import SeqEvent, SequenceCounter, SequenceTracker
 from corec_node.wire.topics import (
     TOPIC_AGGREGATES,
     TOPIC_ALERTS,
+    TOPIC_COLUMNS,
     TOPIC_DIRECT,
     TOPIC_ENTITIES_ALL,
     TOPIC_FLOW,
@@ -83,12 +85,14 @@ __all__ = [
     "SCHEMAS",
     "TOPIC_AGGREGATES",
     "TOPIC_ALERTS",
+    "TOPIC_COLUMNS",
     "TOPIC_DIRECT",
     "TOPIC_FLOW",
     "TOPIC_ENTITIES_ALL",
     "TOPIC_MEMBERSHIP",
     "TOPIC_NUCLEUS",
     "Ack",
+    "AggregateColumns",
     "Aggregates",
     "Alert",
     "BatchReply",

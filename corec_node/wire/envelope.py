@@ -29,7 +29,9 @@ from corec_node.wire import limits
 from corec_node.wire.batch import check_batch_payload
 from corec_node.wire.errors import WireError
 from corec_node.wire.messages import (
+    COLUMNS_FEATURE,
     Ack,
+    AggregateColumns,
     Aggregates,
     Alert,
     BatchReply,
@@ -64,10 +66,10 @@ from corec_node.wire.messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 13
+PROTOCOL_MINOR = 14
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution",
-            "hb_direct")
+            "hb_direct", COLUMNS_FEATURE)
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor."""
@@ -445,6 +447,60 @@ class _Row(_Kind):
         return self.load(row)
 
 
+class _Columns(_Kind):
+    """AggregateColumns.columns (since 1.14): a map of column name -> array of values, every
+    array of one length, at most ``MAX_ROWS_PER_MESSAGE``; values as in a row map. Checked
+    a column at a time, by the set of its values' types (the text ones one by one)."""
+
+    __slots__ = ("_names",)
+    spec = "column map"
+
+    def __init__(self) -> None:
+        self._names = _Row()  # its cache of column names already validated
+
+    def load(self, value: Any) -> dict[str, tuple]:
+        if type(value) is not dict:
+            raise _expected(self.spec, value)
+        if len(value) > limits.MAX_ROW_KEYS:
+            raise _Bad("too_large", f"{len(value)} columns > {limits.MAX_ROW_KEYS}")
+        out: dict[str, tuple] = {}
+        length = None
+        for key, column in value.items():
+            if type(key) is not str or key not in self._names._keys:
+                self._names._key(key)
+            if type(column) is not tuple and type(column) is not list:
+                raise _expected("array of values", column).at(f".{key}")
+            if length is None:
+                length = len(column)
+                if length > limits.MAX_ROWS_PER_MESSAGE:
+                    raise _Bad("too_large", f"{length} rows > {limits.MAX_ROWS_PER_MESSAGE}").at(f".{key}")
+            elif len(column) != length:
+                raise _Bad("field", f"{len(column)} values, the column before has {length}").at(f".{key}")
+            if not set(map(type, column)) <= _Row._VALUE_TYPES:
+                for i, item in enumerate(column):
+                    try:
+                        if type(item) is str:
+                            _TEXT.load(item)
+                        elif type(item) not in _Row._VALUE_TYPES:
+                            raise _expected("nil, bool, int, float or str", item)
+                    except _Bad as exc:
+                        raise exc.at(f".{key}[{i}]") from None
+            out[key] = column if type(column) is tuple else tuple(column)
+        return out
+
+    def dump(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise _expected(self.spec, value)
+        out = {}
+        for key, column in value.items():
+            if isinstance(column, np.ndarray):
+                column = column.tolist()
+            elif isinstance(column, (list, tuple)) and any(isinstance(v, np.generic) for v in column):
+                column = [v.item() if isinstance(v, np.generic) else v for v in column]
+            out[key] = column
+        return self.load(out)
+
+
 _U64 = _UInt(UINT64_MAX, "uint64")
 _U8 = _UInt(0xFF, "uint8")
 _U32 = _UInt(0xFFFFFFFF, "uint32")
@@ -520,6 +576,7 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.LEARNERS, Learners, term=_U64, names=_Array(_NAME, limits.MAX_MEMBERS_PER_MESSAGE)),
         _schema(MsgType.EVOLUTION_PLAN, EvolutionPlan, term=_U64, challenges=_ROWS),
         _schema(MsgType.NANO_WEIGHTS, NanoWeights, payload=True, rows=_ROWS),
+        _schema(MsgType.AGGREGATE_COLUMNS, AggregateColumns, tick=_U64, columns=_Columns()),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

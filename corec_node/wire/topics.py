@@ -12,6 +12,7 @@ import operator
 
 from corec_node.wire.messages import (
     Ack,
+    AggregateColumns,
     Aggregates,
     Alert,
     BatchReply,
@@ -42,6 +43,7 @@ from corec_node.wire.messages import (
 TOPIC_MEMBERSHIP = b"mbr"
 TOPIC_NUCLEUS = b"nuc"
 TOPIC_AGGREGATES = b"agg"
+TOPIC_COLUMNS = b"col"  # AGGREGATE_COLUMNS (1.14): not under ``agg``, whose subscribers expect row maps
 TOPIC_ALERTS = b"alr"
 TOPIC_DIRECT = b"dir"
 TOPIC_FLOW = b"flw"
@@ -64,6 +66,7 @@ FIXED_TOPICS: dict[type, bytes] = {
     Heartbeat: TOPIC_NUCLEUS,
     HeartbeatAck: TOPIC_DIRECT,
     Aggregates: TOPIC_AGGREGATES,
+    AggregateColumns: TOPIC_COLUMNS,
     Alert: TOPIC_ALERTS,
     FusionPlan: TOPIC_NUCLEUS,
     Flow: TOPIC_FLOW,

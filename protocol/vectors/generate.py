@@ -38,6 +38,7 @@ from corec_node.wire import (  # noqa: E402
     PROTOCOL_MINOR,
     SCHEMAS,
     Ack,
+    AggregateColumns,
     Aggregates,
     Alert,
     BatchReply,
@@ -529,6 +530,10 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      "their copies: 3 and 2 bytes of opaque state one after the other in the payload, and the ticks each has seen"),
      NanoWeights(rows=({"block": (1 << 32) | 4, "ticks": 120, "size": 3}, {"block": (1 << 32) | 9, "ticks": 118, "size": 2})),
      _hdr("node-a", 42, "corec"), bytes.fromhex("0102030405")),
+    ("aggregate_columns", ("the rows of vector aggregates_rows as columns (since 1.14): each key of SPEC 9.2 "
+     "once, in canonical order, with its values in the rows' order; published on col beside the row maps"),
+     AggregateColumns(tick=41, columns={key: tuple(row[key] for row in _AGG_ROWS) for key in _AGG_ROWS[0]}),
+     _hdr("node-a", 12, "corec"), None),
 ]
 
 
@@ -880,6 +885,11 @@ def message_vectors() -> dict[str, Any]:
          [b"dir", pack(envelope(MsgType.PLACEMENT_REQUEST, {"epoch": "3"}))], "field"),
         ("placement_request_on_ent", "PLACEMENT_REQUEST travels on dir, whatever the socket",
          [b"ent.003", pack(envelope(MsgType.PLACEMENT_REQUEST, {}))], "topic"),
+        ("aggregate_columns_of_two_lengths", "every column of AGGREGATE_COLUMNS has one value a row",
+         [b"col", pack(envelope(MsgType.AGGREGATE_COLUMNS, {"tick": 1, "columns": {"block": [1, 2], "count": [3]}}))],
+         "field"),
+        ("aggregate_columns_not_arrays", "a column is an array of values",
+         [b"col", pack(envelope(MsgType.AGGREGATE_COLUMNS, {"tick": 1, "columns": {"block": 1}}))], "field"),
         ("nano_weights_without_payload", "NANO_WEIGHTS needs one",
          [b"dir", pack(envelope(MsgType.NANO_WEIGHTS, {"rows": []}))], "payload"),
         ("placement_request_with_payload", "PLACEMENT_REQUEST takes no payload",

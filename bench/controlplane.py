@@ -11,9 +11,9 @@ as fast as it goes, as a producer sends them: --batch-record ENTITY_BATCH payloa
 before the clock starts, decoded with ``decode_batch``, tried as a sweep and stored in one
 ``ingest`` call per COALESCE_RECORDS (the node's ingest worker, ``shell/data_plane.py``),
 with ``await asyncio.sleep(0)`` between two takes. An engine tick runs every --tick s on
-the same asyncio loop: ``EngineHost.tick()`` then every chunk of aggregate rows encoded
-as an ``Aggregates`` message (``encode_message``, msgpack) and sent on a PUB socket, as
-the node's ``_engine_tick`` does. After the flood the ticks go on for --tail s.
+the same asyncio loop: ``EngineHost.tick()`` then the rows worth publishing encoded as
+AGGREGATE_COLUMNS and AGGREGATES messages (``wire_messages``, ``encode_message``, msgpack)
+and sent on a PUB socket, as the node's ``_engine_tick`` does. After the flood the ticks go on for --tail s.
 
 The control plane sends a real ``Heartbeat`` message every 0.1 s (ElectionConfig.lan's
 heartbeat_interval) on a DEALER socket to an observer, and answers the observer's
@@ -62,12 +62,11 @@ import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
 from corec_node.engine.host import EngineHost  # noqa: E402
-from corec_node.engine.wire_rows import chunks  # noqa: E402
+from corec_node.engine.wire_rows import wire_messages  # noqa: E402
 from corec_node.mesh.election import ElectionConfig  # noqa: E402
 from corec_node.wire import (  # noqa: E402
     ENTITY_DTYPE,
     Ack,
-    Aggregates,
     Heartbeat,
     Ping,
     WireError,
@@ -385,15 +384,14 @@ async def data_plane(host: EngineHost, flood: list[tuple[Any, bytes]], control: 
             next_tick += args.tick
             t0 = time.perf_counter()
             rows, _repairs = host.tick()
-            for chunk in chunks(rows):
-                if chunk:
-                    seq += 1
-                    frames = encode_message(Aggregates(tick=host.tick_no, rows=tuple(chunk)), sender=NODE, seq=seq)
-                    agg_bytes += len(frames[1])
-                    try:
-                        pub.send_multipart(frames, flags=zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass
+            for msg in wire_messages(host.tick_no, host.wire_rows):
+                seq += 1
+                frames = encode_message(msg, sender=NODE, seq=seq)
+                agg_bytes += len(frames[1])
+                try:
+                    pub.send_multipart(frames, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
             ticks.append(time.perf_counter() - t0)
             control.status({"tick": host.tick_no, "entities": host.store.count(), "blocks": len(rows),
                             "placement": host.placement_digest()})

@@ -1,10 +1,18 @@
-"""Wire codec benchmark: entity records per second, compressed size, envelope cost.
+"""Wire codec benchmark: entity records per second, compressed size, envelope cost, and what
+another owner's block rows cost a node to take in.
 
-    python bench/wire.py [--records 1000000] [--struct-records 100000] [--repeat 5]
+    python bench/wire.py [--records 1000000] [--struct-records 100000] [--repeat 5] [--rows 2000]
 
 Prints a table, then one JSON line ``{"bench": "wire", ...}``. Figures only: nothing here
 passes or fails on time. The baseline is a ``struct`` loop over ``!IBf?`` (the seed
 documents' way), run in the same process on fewer records and scaled per record.
+
+Rows: every node takes in each row every other owner publishes, so this is paid N - 1
+times a row. --rows rows of a real ``EngineHost`` tick (forecast keys included) are sent
+as one AGGREGATES message (row maps, the 1.13 way) and as AGGREGATE_COLUMNS (1.14); each is
+timed decoded, checked and kept by another node's engine (``observe_rows`` /
+``observe_columns``), beside a bare ``msgpack.unpackb`` of the row maps' frame, the floor
+of any decode of them.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from corec_node.wire import (  # noqa: E402
     encode_entities,
     encode_message,
 )
+from corec_node.engine.host import EngineHost  # noqa: E402
+from corec_node.engine.wire_rows import wire_messages  # noqa: E402
 from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 TARGET_DECODE_X = 100
@@ -73,6 +83,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--struct-records", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=2000, help="block rows of one owner's message (2,000 at most)")
     args = parser.parse_args()
     n, ns, repeat = args.records, args.struct_records, args.repeat
 
@@ -135,6 +146,8 @@ def main() -> int:
             "bytes": len(frames[1]), "encode_us": enc / k * 1e6, "decode_us": dec / k * 1e6
         }
 
+    taken = rows_taken_in(min(args.rows, 2000), repeat)
+
     base = rows[f"struct loop ({ns:,} scaled)"]
     fast = rows["numpy raw"]
     decode_x = fast["decode_rps"] / base["decode_rps"]
@@ -160,6 +173,10 @@ def main() -> int:
     for name, e in envelope.items():
         print(f"envelope {name}: {e['bytes']} bytes, "
               f"encode {e['encode_us']:.1f} us, decode {e['decode_us']:.1f} us")
+    print(f"another owner's rows taken in ({taken['rows']:,} rows of a tick, us a row; bytes a row):")
+    for name in ("row maps", "columns", "msgpack.unpackb of the row maps (floor)"):
+        t = taken[name]
+        print(f"  {name:<42} {t['us_per_row']:6.2f} us  {t['bytes_per_row']:6.1f} B")
     print(json.dumps({
         "bench": "wire",
         "records": n,
@@ -173,11 +190,49 @@ def main() -> int:
                     "decode_met": decode_x >= TARGET_DECODE_X,
                     "encode_met": encode_x >= TARGET_ENCODE_X},
         "envelope": envelope,
+        "rows_taken_in": taken,
         "env": {"python": platform.python_version(), "numpy": np.__version__,
                 "zstandard": zstandard.__version__, "msgpack": ".".join(map(str, msgpack.version)),
                 "cpu": cpu_model(), "cpus": os.cpu_count()},
     }))
     return 0
+
+
+def rows_taken_in(n: int, repeat: int) -> dict[str, Any]:
+    """Per row: decode, check and keep ``n`` rows another owner sent, as row maps and as
+    columns, by a node's engine; and a bare unpack of the row maps' frame."""
+    owner = EngineHost("b", block_size=10)
+    owner.set_members(["a", "b"])
+    ids = np.arange(n * 10 * 4, dtype=np.uint32)  # enough blocks that b owns n of them
+    records = np.zeros(len(ids), ENTITY_DTYPE)
+    records["id"], records["value"], records["active"] = ids, (ids % 97).astype(np.float32), 1
+    owner.ingest(records)
+    for _ in range(3):
+        owner.tick()
+    wire = owner.cluster_rows()[:n]  # rows as the owner made and published them
+    maps, columns = [], []
+    for msg in wire_messages(owner.tick_no, wire):
+        (maps if hasattr(msg, "rows") else columns).append(encode_message(msg, sender="b", seq=1))
+
+    def take(frames_list: list[list[bytes]], columnar: bool) -> None:
+        node = EngineHost("a", block_size=10)
+        node.set_members(["a", "b"])
+        for frames in frames_list:
+            _, env, _ = decode_message(frames)
+            if columnar:
+                node.observe_columns("b", env.msg.columns)
+            else:
+                node.observe_rows("b", env.msg.rows)
+        assert len(node.rows) == len(wire)
+
+    out: dict[str, Any] = {"rows": len(wire)}
+    for name, frames_list, fn in (
+            ("row maps", maps, lambda: take(maps, False)),
+            ("columns", columns, lambda: take(columns, True)),
+            ("msgpack.unpackb of the row maps (floor)", maps, lambda: [msgpack.unpackb(f[1]) for f in maps])):
+        out[name] = {"us_per_row": best_of(fn, repeat) / len(wire) * 1e6,
+                     "bytes_per_row": sum(len(f[1]) for f in frames_list) / len(wire)}
+    return out
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Which of an owner's rows of one tick go on the wire, in what messages, and which rows
 heard from another owner a node may keep (``heard``).
 
-Every other node takes in each row an owner publishes (2-4 us a row to decode and keep),
+Every other node takes in each row an owner publishes (3-4 us a row to decode and keep),
 so rows sent to the whole cluster cost the cluster N times what they cost the owner. A
 row that says what the owner's previous row of that block already said is not worth it:
 the owner's hooks, store and audit get every row of every tick as before, but the wire
@@ -42,7 +42,7 @@ from typing import Any
 from corec_node.wire.messages import AggregateColumns, Aggregates
 
 ROWS_REFRESH = 5  # ticks between two sends of an unchanged row (its tick in others' answers)
-ROWS_PER_MESSAGE = 2_000  # aggregate rows per AGGREGATES message: ~300 KB, under the envelope limit
+ROWS_PER_MESSAGE = 2_000  # rows per AGGREGATES or AGGREGATE_COLUMNS message: ~450 / 210 KB, under the envelope limit
 _ANY_TICK = "tick"
 DRIFT_KEYS = frozenset(("forecast_error", "nano_error"))  # scaled errors (SPEC 9.8)
 DRIFT = 1e-2  # a relative move of a scaled error below this is not news (``_drift``)
@@ -91,13 +91,13 @@ def _drift(key: str, old: Any, new: Any) -> bool:
 
 
 def wire_messages(tick: int, rows: list[dict[str, Any]]) -> list[Aggregates | AggregateColumns]:
-    """The messages that carry ``rows`` (``rows_for_the_wire``'s), none for none: AGGREGATES
-    row maps for subscribers written against 1.13 and before (a PUB drops what nobody
-    subscribes to, so members of 1.14 on cost the owner their encoding only), and
-    AGGREGATE_COLUMNS, one message per set of keys (a row carrying its genome has more),
-    each cut at ``ROWS_PER_MESSAGE``."""
-    out: list[Aggregates | AggregateColumns] = [
-        Aggregates(tick=tick, rows=tuple(rows[i:i + ROWS_PER_MESSAGE])) for i in range(0, len(rows), ROWS_PER_MESSAGE)]
+    """The messages that carry ``rows`` (``rows_for_the_wire``'s), none for none:
+    AGGREGATE_COLUMNS, one message per list of keys (a row carrying its genome has more),
+    which members read; then AGGREGATES row maps, for subscribers written against 1.13 and
+    before (a PUB drops what nobody subscribes to, so they cost the owner their encoding
+    only). Columns first: if the lane to the mesh process is full, the row maps are lost.
+    Each message holds at most ``ROWS_PER_MESSAGE`` rows."""
+    out: list[Aggregates | AggregateColumns] = []
     groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for row in rows:
         groups.setdefault(tuple(row), []).append(tuple(row.values()))
@@ -105,6 +105,8 @@ def wire_messages(tick: int, rows: list[dict[str, Any]]) -> list[Aggregates | Ag
         for i in range(0, len(values), ROWS_PER_MESSAGE):
             out.append(AggregateColumns(tick=tick, columns=dict(zip(keys, zip(*values[i:i + ROWS_PER_MESSAGE]),
                                                                         strict=True))))
+    out.extend(Aggregates(tick=tick, rows=tuple(rows[i:i + ROWS_PER_MESSAGE]))
+               for i in range(0, len(rows), ROWS_PER_MESSAGE))
     return out
 
 
@@ -156,12 +158,12 @@ def _number_or_nil(row: dict[str, Any], key: str) -> bool:
     return kind is int or value is None
 
 
-
 def heard_columns(columns: Mapping[str, Sequence[Any]]) -> tuple[list[dict[str, Any]], int]:
     """``heard`` for an AGGREGATE_COLUMNS message: the same rows kept and the same count
     ignored, found a column at a time (the set of its values' types, its range by min and
     max: C loops, not a Python test per value); only a message with a column that fails is
-    checked row by row, by ``heard`` itself."""
+    checked row by row, by ``heard`` itself. The columns are of one length (the wire
+    checks that: ``zip`` would cut the longer ones)."""
     keys = tuple(columns)
     by = {key: list(column) for key, column in columns.items()}  # lists: a NaN becomes nil in place
     values = list(by.values())

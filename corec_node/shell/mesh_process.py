@@ -102,8 +102,8 @@ MESH_SILENCE_BOUND = ENGINE_STALL_BOUND  # a mesh process silent this long is hu
 PR_SET_PDEATHSIG = 1
 # data messages forwarded whole to the node process, which checks and builds their bodies;
 # producer batches are built here (a small body: the busy answer needs its count)
-FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.FUSION_PLAN, MsgType.ALERT, MsgType.FLOW,
-                              MsgType.LEARNERS, MsgType.EVOLUTION_PLAN))
+FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.AGGREGATE_COLUMNS, MsgType.FUSION_PLAN, MsgType.ALERT,
+                              MsgType.FLOW, MsgType.LEARNERS, MsgType.EVOLUTION_PLAN))
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +511,7 @@ class MeshProcess:
             try:
                 self._watch_engine(now)
                 self.control.tick(now)
+                self._follow_row_maps()
             except Exception:  # a bug in a core must not silently stop the timers
                 logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
             if now - self._stats_at >= STATS_PERIOD:
@@ -565,10 +566,12 @@ class MeshProcess:
 
     def _follow_row_maps(self) -> None:
         """Take AGGREGATES row maps only while a live member does not publish columns (an
-        older build): from every other owner they are a copy of its AGGREGATE_COLUMNS, twice
-        the bytes and three times the work to decode and check (``engine/wire_rows.py``)."""
+        older build), or while we know no other member (a join tells us who they are): from
+        every other owner they are a copy of its AGGREGATE_COLUMNS, twice the bytes and
+        twice the work to decode and check (``engine/wire_rows.py``). Looked at every tick,
+        so an older member's rows are heard within one."""
         core = self.control.core
-        wanted = core is None or not core.membership.announced(COLUMNS_FEATURE)
+        wanted = core is None or len(core.membership.alive()) <= 1 or not core.membership.announced(COLUMNS_FEATURE)
         if wanted != self._row_maps:
             (self.transport.subscribe if wanted else self.transport.unsubscribe)([TOPIC_AGGREGATES])
             self._row_maps = wanted
@@ -576,7 +579,6 @@ class MeshProcess:
 
     def _report(self, now: float) -> None:
         self._stats_at = self._view_at = now
-        self._follow_row_maps()
         self.control.refresh_view()
         self.events._put("stats", self.commands.stats())
 

@@ -18,6 +18,7 @@ Rules of this module:
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
@@ -146,8 +147,12 @@ class _Bad(Exception):
         return f"{root}{''.join(reversed(self.path))}: {self.msg}"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+
+
 def _expected(what: str, value: Any) -> _Bad:
-    text = repr(value)
+    text = _REPR.repr(value)  # bounded: a hostile array nested a thousand deep must not recurse
     shown = f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
     return _Bad("field", f"expected {what}, got {shown}")
 

@@ -50,7 +50,7 @@ MAX_TEXT_BYTES = 4096
 """Free text (Alert.text): a readable message, not a log dump."""
 
 MAX_ROWS_PER_MESSAGE = 10_000
-"""Aggregates rows in one message: one row a block; 10,000 blocks of ~1000 entities is ten
+"""Aggregates rows in one message (values a column of AGGREGATE_COLUMNS): one row a block; 10,000 blocks of ~1000 entities is ten
 million entities, more than one node owns."""
 
 MAX_REASONS = 16

@@ -400,6 +400,7 @@ class _Counts(_Kind):
         return self.load(out)
 
 
+_WRITTEN_AS_IS = frozenset((type(None), bool, int, float, str))  # a row's values needing no conversion to write
 _ROW_KEY_CACHE_MAX = 1024  # column names repeat in every row of every tick: validate each once
 
 
@@ -423,6 +424,18 @@ class _Row(_Kind):
         if len(value) > limits.MAX_ROW_KEYS:
             raise _Bad("too_large", f"{len(value)} keys > {limits.MAX_ROW_KEYS}")
         known, plain = self._keys, self._VALUE_TYPES
+        if known.issuperset(value):  # known keys: each value by its type's set (C loops), texts alone
+            kinds = set(map(type, value.values()))
+            if kinds <= plain:
+                return value
+            if kinds <= _WRITTEN_AS_IS:
+                for key, item in value.items():
+                    if type(item) is str:
+                        try:
+                            _TEXT.load(item)
+                        except _Bad as exc:
+                            raise exc.at(f".{key}") from None
+                return value
         for key, item in value.items():
             if type(key) is not str or key not in known:
                 self._key(key)
@@ -448,6 +461,8 @@ class _Row(_Kind):
     def dump(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise _expected(self.spec, value)
+        if type(value) is dict and set(map(type, value.values())) <= _WRITTEN_AS_IS:  # an engine row: as it is
+            return self.load(value)
         row = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.items()}
         return self.load(row)
 
@@ -500,7 +515,7 @@ class _Columns(_Kind):
         for key, column in value.items():
             if isinstance(column, np.ndarray):
                 column = column.tolist()
-            elif isinstance(column, (list, tuple)) and any(isinstance(v, np.generic) for v in column):
+            elif isinstance(column, (list, tuple)) and not set(map(type, column)) <= _WRITTEN_AS_IS:
                 column = [v.item() if isinstance(v, np.generic) else v for v in column]
             out[key] = column
         return self.load(out)

@@ -395,8 +395,9 @@ COLUMNS_FEATURE = "agg_columns"  # the feature a 1.14 member announces for it
 class AggregateColumns:
     """An owner's block aggregates after its tick ``tick`` as columns (topic ``col``, since
     1.14): ``columns`` maps each key of SPEC 9.2 to its values, one a row, every column as
-    long as the others; the same rows as AGGREGATES, at half the bytes and a third of the
-    work to take in (the keys are written once, and checked a column at a time)."""
+    long as the others; the same rows as AGGREGATES, at under half the bytes and three
+    fifths of the work to take in (the keys are written once, and checked a column at a
+    time)."""
 
     tick: int
     columns: dict = field(default_factory=dict)

@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from records import aggregate_row
 
+from corec_node.engine.adaptive import genome_text
+from corec_node.engine.genome import default_genome, mutate
 from corec_node.engine.host import EngineHost
 from corec_node.engine.wire_rows import ROWS_PER_MESSAGE, heard, heard_columns, wire_messages
 from corec_node.wire import (
@@ -106,6 +108,31 @@ def test_a_node_takes_columns_as_it_takes_row_maps():
     assert by_columns.cluster_rows() == by_maps.cluster_rows() and len(by_maps.cluster_rows()) == len(theirs) - 1
     assert by_columns.rows_ignored == by_maps.rows_ignored == 1
     assert by_columns.epoch == by_maps.epoch == 1 << 33
+
+
+def test_columns_that_empty_blocks_and_carry_genomes_leave_what_row_maps_leave():
+    # the fast path takes checked columns a column at a time: the outcome must be the same
+    genome = mutate(default_genome(), np.random.default_rng(3))
+    by_maps, by_columns = EngineHost("a", block_size=100), EngineHost("a", block_size=100)
+    for host in (by_maps, by_columns):
+        host.set_members(["a", "b"])
+    theirs = [b for b in ((1 << 32) | n for n in range(60)) if by_maps.placement.owner(b) == "b"]
+    first = [aggregate_row(b, count=5, epoch=1 << 33) for b in theirs]
+    emptied = {"count": 0, "active": 0, "mean": None, "min": None, "max": None, "std": None, "fitness": 0.0}
+    later = [aggregate_row(b, **(emptied if i % 3 == 0 else {"count": 6}), epoch=(1 << 33) + 1, tick=2,
+                           genome=genome.id, genome_spec=genome_text(genome)) for i, b in enumerate(theirs)]
+    for rows in (first, later):
+        by_maps.observe_rows("b", copy.deepcopy(rows))
+        for msg in wire_messages(2, rows):
+            if type(msg) is AggregateColumns:
+                _, env, _ = decode_message(encode_message(msg, sender="b", seq=1))
+                by_columns.observe_columns("b", env.msg.columns)
+    assert by_columns.cluster_rows() == by_maps.cluster_rows()
+    assert len(by_maps.cluster_rows()) == len([b for i, b in enumerate(theirs) if i % 3])
+    assert by_columns.epoch == by_maps.epoch == (1 << 33) + 1
+    assert {b: by_columns.adaptive.spec_of(r) for b, r in by_columns.rows.items()} \
+        == {b: by_maps.adaptive.spec_of(r) for b, r in by_maps.rows.items()}
+    assert all(by_maps.adaptive.spec_of(r) == genome for r in by_maps.rows.values())
 
 
 def test_the_wire_refuses_columns_of_two_lengths_or_not_arrays_or_too_long():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from corec_node.engine.adaptive import SPEC_KEY
-from corec_node.engine.wire_rows import heard, heard_columns
+from corec_node.engine.wire_rows import checked_columns, heard, heard_columns, rows_of
 
 if TYPE_CHECKING:
     from corec_node.engine.adaptive import AdaptiveBlocks
@@ -45,17 +45,36 @@ class ClusterRows:
         self._take_rows(owner, rows)
 
     def observe_columns(self, owner: str, columns: dict[str, Any]) -> None:
-        """``observe_rows`` for another owner's rows sent as columns (AGGREGATE_COLUMNS)."""
-        rows, ignored = heard_columns(columns)
-        self.rows_ignored += ignored
-        self._take_rows(owner, rows)
+        """``observe_rows`` for another owner's rows sent as columns (AGGREGATE_COLUMNS):
+        when every row is one to keep, taken in a column at a time."""
+        by = checked_columns(columns)
+        if by is None:  # a row to ignore: row by row, as row maps
+            rows, ignored = heard_columns(columns)
+            self.rows_ignored += ignored
+            self._take_rows(owner, rows)
+        elif by:
+            self._take_columns(owner, by)
+
+    def _take_columns(self, owner: str, by: dict[str, list[Any]]) -> None:
+        """``_take_rows`` of the rows of checked columns, with the same outcome."""
+        by["owner"] = [owner] * len(by["block"])
+        rows = rows_of(by)
+        if owner != self.name and SPEC_KEY in by:
+            self._learn_genomes(rows)
+        blocks = by["block"]
+        self.rows.update(zip(blocks, rows))
+        if 0 in by["count"]:  # blocks emptied (deletes, a TTL): shown no more
+            for block in blocks:
+                if self.rows.get(block, {}).get("count") == 0:
+                    del self.rows[block]
+        if EPOCH_KEY in by:
+            self.epoch = max(self.epoch, max(by[EPOCH_KEY]))
+        self._rows_version += 1
 
     def _take_rows(self, owner: str, rows: list[dict[str, Any]]) -> None:
         top = self.epoch
-        if owner != self.name:  # its genomes (ours are kept, rule 3)
-            specs = [r for r in rows if SPEC_KEY in r]
-            for row, ours in zip(specs, self._owned_blocks([r["block"] for r in specs]), strict=True):
-                self.adaptive.observe_row(row, ours=ours)
+        if owner != self.name:
+            self._learn_genomes([r for r in rows if SPEC_KEY in r])
         for row in rows:
             row["owner"] = owner
             if row.get("count") == 0:  # the block was emptied (deletes, a TTL): shown no more
@@ -67,6 +86,11 @@ class ClusterRows:
                 top = e
         self.epoch = top
         self._rows_version += 1
+
+    def _learn_genomes(self, specs: list[dict[str, Any]]) -> None:
+        """Another owner's rows that carry a genome teach it (ours are kept: host.py rule 8)."""
+        for row, ours in zip(specs, self._owned_blocks([r["block"] for r in specs]), strict=True):
+            self.adaptive.observe_row(row, ours=ours)
 
     def holds_shown_blocks(self, member: str) -> bool:
         """Whether our map makes ``member`` a holder of a block the cluster shows rows for

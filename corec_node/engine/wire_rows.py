@@ -164,14 +164,26 @@ def heard_columns(columns: Mapping[str, Sequence[Any]]) -> tuple[list[dict[str, 
     max: C loops, not a Python test per value); only a message with a column that fails is
     checked row by row, by ``heard`` itself. The columns are of one length (the wire
     checks that: ``zip`` would cut the longer ones)."""
+    by = checked_columns(columns)
+    if by is not None:
+        return rows_of(by), 0
     keys = tuple(columns)
+    return heard([dict(zip(keys, row, strict=True)) for row in zip(*columns.values())])
+
+
+def checked_columns(columns: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]] | None:
+    """The columns as lists when every row they hold is one ``heard`` keeps (a NaN of a
+    statistic made nil), else None: then check them row by row (``heard_columns``)."""
     by = {key: list(column) for key, column in columns.items()}  # lists: a NaN becomes nil in place
-    values = list(by.values())
-    if not values or not values[0]:
-        return [], 0
-    if _columns_usable(by):
-        return [dict(zip(keys, row)) for row in zip(*values)], 0  # columns are of one length (wire)
-    return heard([dict(zip(keys, row, strict=True)) for row in zip(*values)])
+    if not by or not next(iter(by.values())):
+        return {}
+    return by if _columns_usable(by) else None
+
+
+def rows_of(by: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """One row map a row of the columns ``by`` (of one length: the wire checks that)."""
+    keys = tuple(by)
+    return [dict(zip(keys, row)) for row in zip(*by.values())]
 
 
 def _columns_usable(by: dict[str, list[Any]]) -> bool:

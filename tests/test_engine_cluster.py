@@ -217,3 +217,45 @@ def test_an_owner_killed_and_restarted_empty_leaves_one_answer_on_every_node(clu
     eventually(lambda: len({tuple(answer(n)) for n in everyone}) == 1, 30, message="the same answer from every node")
     assert len({tuple(n.ctl("status")["answered_by"]) for n in everyone}) == 1  # made of the same owners' rows
     assert sum(r[2] for r in answer(back)) == left  # nothing of c's old life came back
+
+
+def test_a_subscriber_to_agg_still_reads_row_maps_and_col_carries_the_same_rows(cluster):
+    # SPEC 9.2 and 9.5: members of 1.14 take the columns and stop subscribing to agg, but a
+    # subscriber written against 1.13 still gets every row as AGGREGATES row maps
+    import zmq
+
+    from corec_node.wire import MsgType, decode_message
+
+    a, b = start(cluster, ["a", "b"])
+    send_through([a], entities(np.arange(20 * BLOCK), channel=2, value=np.arange(20 * BLOCK) % 13))
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    try:
+        for topic in (b"agg", b"col"):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(f"tcp://127.0.0.1:{a.pub_port}")
+        by_tick: dict[tuple[int, MsgType], list[dict]] = {}
+
+        def heard_both() -> bool:  # one tick of a's published in both forms, every row of it
+            while sub.poll(100):
+                _, env, _ = decode_message(sub.recv_multipart())
+                if env.type is MsgType.AGGREGATES:
+                    rows = list(env.msg.rows)
+                else:
+                    keys = tuple(env.msg.columns)
+                    rows = [dict(zip(keys, values)) for values in zip(*env.msg.columns.values())]
+                by_tick.setdefault((env.msg.tick, env.type), []).extend(rows)
+            return any((tick, MsgType.AGGREGATE_COLUMNS) in by_tick and len(rows) >= 5
+                       for (tick, kind), rows in by_tick.items() if kind is MsgType.AGGREGATES)
+
+        eventually(heard_both, 20, message="a's rows of one tick as row maps and as columns")
+        for (tick, kind), rows in by_tick.items():
+            if kind is MsgType.AGGREGATES and (tick, MsgType.AGGREGATE_COLUMNS) in by_tick:
+                columns = by_tick[tick, MsgType.AGGREGATE_COLUMNS]
+                assert sorted(rows, key=lambda r: r["block"]) == sorted(columns, key=lambda r: r["block"])
+                assert {r["owner"] for r in rows} == {"a"}
+        assert b.ctl("status")["messages_in_by_type"].get("aggregates", 0) == 0  # b reads the columns only
+    finally:
+        sub.close()
+        ctx.term()

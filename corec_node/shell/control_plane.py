@@ -188,6 +188,7 @@ class ControlPlane:
         self._joined_at = float("-inf")  # wall time of our last join: we are the newcomer in a conflict
         self._discovered: dict[str, float] = {}  # addr -> when we last tried to join it
         self._snapshot_dirty = False
+        self.member_changes = 0  # member changes and reaps so far: what watches members looks again when it grows
         self._snapshot_at = 0.0
         self._durable: tuple[tuple[int, str | None], Configuration] = ((0, None), Configuration())  # on disk
         self.disk_error: str | None = None  # the last vote or configuration write that failed
@@ -451,6 +452,7 @@ class ControlPlane:
     def _member_changed(self, change: MemberChanged) -> None:
         assert self.core is not None
         self._snapshot_dirty = True
+        self.member_changes += 1
         if change.name != self.name:
             member = self.core.membership.member(change.name)
             if member is not None:
@@ -470,6 +472,7 @@ class ControlPlane:
 
     def _member_reaped(self, name: str) -> None:
         self._snapshot_dirty = True
+        self.member_changes += 1
         addr, pub = self._peers.pop(name, ("", ""))
         if addr:
             self.transport.disconnect_sub(pub)

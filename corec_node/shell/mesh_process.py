@@ -420,6 +420,7 @@ class MeshProcess:
         self._beaten = False
         self._stats_at = self._view_at = float("-inf")
         self._row_maps = True  # subscribed to AGGREGATES row maps (``_follow_row_maps``)
+        self._row_maps_seen = -1  # the control plane's member_changes when we last looked
         self._sleep: asyncio.Future[None] | None = None  # the tick loop's sleep (``_nudge`` cuts it short)
         self._alarm: asyncio.TimerHandle | None = None
         self._wake_at = 0.0
@@ -564,12 +565,16 @@ class MeshProcess:
             log.event("engine_resumed", silent=round(silent, 3))
             self.control.apply(core.engine_stalled(False, now))
 
-    def _follow_row_maps(self) -> None:
+    def _follow_row_maps(self, *, anyway: bool = False) -> None:
         """Take AGGREGATES row maps only while a live member does not publish columns (an
         older build), or while we know no other member (a join tells us who they are): from
         every other owner they are a copy of its AGGREGATE_COLUMNS, twice the bytes and
-        twice the work to decode and check (``engine/wire_rows.py``). Looked at every tick,
-        so an older member's rows are heard within one."""
+        twice the work to decode and check (``engine/wire_rows.py``). Looked at on the tick
+        after a member changes, so an older member's rows are heard within one, and once a
+        second (``anyway``: a member that restarted with another build keeps its status)."""
+        if self.control.member_changes == self._row_maps_seen and not anyway:
+            return
+        self._row_maps_seen = self.control.member_changes
         core = self.control.core
         wanted = core is None or len(core.membership.alive()) <= 1 or not core.membership.announced(COLUMNS_FEATURE)
         if wanted != self._row_maps:
@@ -579,6 +584,7 @@ class MeshProcess:
 
     def _report(self, now: float) -> None:
         self._stats_at = self._view_at = now
+        self._follow_row_maps(anyway=True)
         self.control.refresh_view()
         self.events._put("stats", self.commands.stats())
 

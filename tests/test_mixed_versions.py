@@ -96,12 +96,18 @@ def _entities(nodes) -> int:
     return sum(n.ctl("status")["entities"] for n in nodes)
 
 
-def test_a_cluster_with_a_1_4_node_stores_every_record_once_then_routes_without_it(cluster, old_tree):
+def _three(cluster, tree: Path) -> list:
+    """a and b of this version and ``old`` run from ``tree``, joined through a, all alive everywhere."""
     a = cluster.start("a").wait_ready()
-    old = cluster.start("old", join=[a.addr], cwd=old_tree).wait_ready()
+    old = cluster.start("old", join=[a.addr], cwd=tree).wait_ready()
     b = cluster.start("b", join=[a.addr]).wait_ready()
     nodes = [a, old, b]
     eventually(lambda: all(sorted(n.members().values()) == ["alive"] * 3 for n in nodes), 20, message="3 alive")
+    return nodes
+
+
+def test_a_cluster_with_a_1_4_node_stores_every_record_once_then_routes_without_it(cluster, old_tree):
+    a, old, b = nodes = _three(cluster, old_tree)
     assert old.ctl("status")["version"] != a.ctl("status")["version"] or "routed" not in old.ctl("status")
     eventually(lambda: a.ctl("status")["routed"] is False and b.ctl("status")["routed"] is False, 10,
                message="a 1.4 member: not routed")
@@ -133,11 +139,7 @@ def _in(node, kind: str) -> int:
 
 
 def test_a_1_13_node_and_nodes_of_this_version_show_each_others_rows(cluster, tree_1_13):
-    a = cluster.start("a").wait_ready()
-    old = cluster.start("old", join=[a.addr], cwd=tree_1_13).wait_ready()
-    b = cluster.start("b", join=[a.addr]).wait_ready()
-    nodes = [a, old, b]
-    eventually(lambda: all(sorted(n.members().values()) == ["alive"] * 3 for n in nodes), 20, message="3 alive")
+    a, old, b = nodes = _three(cluster, tree_1_13)
     _send(a, 0, 60_000, 1)
     expected = _expected(0, 60_000, 1)
     eventually(lambda: _entities(nodes) == 60_000, 30, message="every record stored once")

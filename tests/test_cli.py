@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,11 +124,13 @@ def test_send_reports_what_reached_the_node_and_blocks_pipes_into_head(cluster):
 
 
 def test_send_to_nobody_fails_and_says_so():
-    addr = f"127.0.0.1:{free_port()}"
-    for acks in ("1", "0"):
-        out = cli("send", "--to", addr, "--channel", "1", "--count", "10", "--timeout", "2", "--acks", acks)
-        assert out.returncode == 1 and not out.stdout
-        assert out.stderr == f"corec-node: nothing listens at {addr} (connection refused): none of the 10 records was stored\n"
+    with socket.socket() as held:  # bound, never listening: connections are refused, and no other process takes it
+        held.bind(("127.0.0.1", free_port()))
+        addr = f"127.0.0.1:{held.getsockname()[1]}"
+        for acks in ("1", "0"):
+            out = cli("send", "--to", addr, "--channel", "1", "--count", "10", "--timeout", "2", "--acks", acks)
+            assert out.returncode == 1 and not out.stdout, (out.stdout, out.stderr)
+            assert out.stderr == f"corec-node: nothing listens at {addr} (connection refused): none of the 10 records was stored\n"
 
 
 def test_send_to_a_node_of_another_cluster_or_another_port_fails_with_no_rate(cluster):

@@ -131,7 +131,7 @@ def test_the_optional_fields_are_the_ones_with_defaults() -> None:
 
 
 def _member_defaults() -> list[str]:
-    from corec_node.wire.envelope import _MEMBER
+    from corec_node.wire.fields import _MEMBER
     return list(_MEMBER.defaults)
 
 

@@ -65,7 +65,7 @@ def test_vector_files_describe_this_protocol() -> None:
 def test_every_optional_field_is_written_by_a_canonical_vector() -> None:
     """Each key a minor added appears, with a value other than its default, in a canonical
     vector: a stranger sees how it is written (SPEC 4.1, 6)."""
-    from corec_node.wire.envelope import _MEMBER
+    from corec_node.wire.fields import _MEMBER
 
     written: dict[str, set[str]] = {}
     for vector in MESSAGES["valid"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from corec_node.wire.envelope import UINT64_MAX
+from corec_node.wire.fields import UINT64_MAX
 
 
 class SeqEvent(enum.Enum):

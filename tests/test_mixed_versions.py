@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +152,8 @@ def test_a_1_13_node_and_nodes_of_this_version_show_each_others_rows(cluster, tr
 
     old.stop()
     eventually(lambda: a.members().get("old") in ("left", "dead", None), 20, message="old is gone")
-    time.sleep(2.5)  # the mesh process looks at the members' features once a second
+    eventually(lambda: any(e.get("event") == "row_maps" and e.get("subscribed") == "false" for e in a.log_events()),
+               10, message="a takes row maps no more")
     maps, columns = _in(a, "aggregates"), _in(a, "aggregate_columns")
     _send(b, 0, 60_000, 2)  # new values for every block: every owner publishes rows again
     eventually(lambda: _in(a, "aggregate_columns") > columns, 20, message="b's rows as columns")

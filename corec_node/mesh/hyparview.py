@@ -47,7 +47,10 @@ Rule 5. Repair and fill. ``peer_failed`` drops the peer from both views (a faile
     another is asked. While
     the active view has free slots, one more round of requests goes out every
     ``fill_interval``, doubling after each refusal up to ``fill_backoff_max`` times, so a
-    node whose candidates are all full costs two messages a long while, not a storm.
+    node whose candidates are all full costs two messages a long while, not a storm. Refused
+    at the longest backoff, it asks with high priority (the one it asks makes room, rule 3):
+    a clique whose views are full of each other, such as one side of a healed partition,
+    must let the other side's under-full nodes in, or the broadcast tree stays cut in two.
 
 Rule 6. Shuffle. Every ``shuffle_interval`` (first one at a random phase) a node sends
     ``Shuffle`` with itself, ``shuffle_active`` active and ``shuffle_passive`` passive
@@ -356,6 +359,13 @@ class HyParView:
         self._add_passive(peer)
         return [NeighborDown(peer)]
 
+    def learn(self, now: float, peer: str) -> None:
+        """A peer heard of outside the overlay (the member list): a passive candidate, so a
+        node whose contact is gone still finds the overlay (rule 5's fill asks it)."""
+        if not self._stopped and peer not in self._pinned:
+            self._add_passive(peer)
+            self._keep_filling(now)
+
     def peer_failed(self, now: float, peer: str) -> list[HyParViewEffect]:
         """The link to ``peer`` broke or failure detection declared it dead (rule 5)."""
         if self._stopped:
@@ -594,7 +604,7 @@ class HyParView:
         free = cfg.active_size - len(self._active) - len(self._pending)
         if free > 0:
             candidates = [p for p in self._passive if p not in self._pending]
-            high = not self._active
+            high = not self._active or self._fill_backoff >= cfg.fill_backoff_max  # rule 5's last resort
             for peer in self._sample(candidates, free):
                 self._pending[peer] = now + cfg.neighbor_timeout
                 out.append(ViewSend(peer, Neighbor(self._me, high)))

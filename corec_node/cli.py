@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--kill", type=int, default=1, help="members killed at once")
     sim.add_argument("--partition", type=float, default=0.0,
                      help="share of the survivors cut off for 10 virtual s, then healed (0: none)")
+    sim.add_argument("--overlay", action="store_true",
+                     help="broadcasts over HyParView partial views and a Plumtree tree, probes among "
+                          "neighbours (the layout for large fleets; nodes do not run it yet)")
     sim.add_argument("--json", action="store_true", help="one JSON object")
     sim.set_defaults(func=cmd_simulate)
 
@@ -633,7 +636,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from corec_node.sim.report import render, simulate
 
     try:
-        result = simulate(args.nodes, seed=args.seed, loss=args.loss, kill=args.kill, partition=args.partition)
+        result = simulate(args.nodes, seed=args.seed, loss=args.loss, kill=args.kill, partition=args.partition,
+                          overlay=args.overlay)
     except ValueError as exc:
         print(f"corec-node simulate: {exc}", file=sys.stderr)
         return 2

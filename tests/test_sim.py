@@ -22,7 +22,9 @@ import pytest
 
 from corec_node.mesh.core import IDLE_PERIOD, TICK_PERIOD
 from corec_node.mesh.election import ElectionConfig
+from corec_node.mesh.hyparview import HyParViewConfig
 from corec_node.mesh.membership import MembershipConfig
+from corec_node.mesh.overlay import OverlayConfig
 from corec_node.mesh.voters import VoterConfig
 from corec_node.sim import (
     Cluster,
@@ -290,6 +292,7 @@ def test_same_seed_same_trace_across_processes() -> None:
 SWEEP_RUNS = 200
 SWEEP_CHUNK = 25
 TIMER_RUNS = 50  # seeded runs with timer-driven nodes
+OVERLAY_RUNS = 50  # seeded runs over partial views
 
 
 @pytest.mark.parametrize("first", range(0, SWEEP_RUNS, SWEEP_CHUNK))
@@ -304,6 +307,14 @@ def test_random_fault_sweep_timer_driven(first: int) -> None:
     """The same faults with nodes that tick as the mesh process does: when a timer is due,
     at least every IDLE_PERIOD (seeds of their own, after the sweep's)."""
     sweep(SWEEP_RUNS + first, idle_period=IDLE_PERIOD)
+
+
+@pytest.mark.parametrize("first", range(0, OVERLAY_RUNS, SWEEP_CHUNK))
+def test_random_fault_sweep_over_the_overlay(first: int) -> None:
+    """The same faults with broadcasts over the overlay (mesh/overlay.py), its active views
+    capped at 3 so that 5-7 nodes make partial views, not a full mesh."""
+    small = OverlayConfig(views=HyParViewConfig(active_size=3, passive_size=12))
+    sweep(SWEEP_RUNS + TIMER_RUNS + first, idle_period=IDLE_PERIOD, overlay=small)
 
 
 def test_timer_driven_nodes_tick_a_quarter_as_often_and_lose_nothing() -> None:
@@ -329,7 +340,7 @@ def test_timer_driven_nodes_tick_a_quarter_as_often_and_lose_nothing() -> None:
     assert not c.invariants.violations
 
 
-def sweep(first: int, *, idle_period: float | None) -> None:
+def sweep(first: int, *, idle_period: float | None, overlay: OverlayConfig | None = None) -> None:
     failures = []
     for seed in range(first, first + SWEEP_CHUNK):
         rng = random.Random(seed)
@@ -338,7 +349,8 @@ def sweep(first: int, *, idle_period: float | None) -> None:
             duplicate=rng.choice([0.0, 0.02]),
             reorder=rng.choice([0.0, 0.05]),
         )
-        c = Cluster(rng.randint(5, 7), seed=seed, network=net, strict=False, idle_period=idle_period)
+        c = Cluster(rng.randint(5, 7), seed=seed, network=net, strict=False, idle_period=idle_period,
+                    overlay=overlay)
         c.bootstrap()
         c.run(rng.uniform(0.0, 4.0))  # faults may start before the first election
         log = random_faults(c, rng, FaultPlan(duration=12.0))

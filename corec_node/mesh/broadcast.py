@@ -16,6 +16,8 @@ the gap costs it no push-pull (membership rule 9).
 
 ``Dissemination`` is rule 9 around the queue: one ``Gossip`` per ``gossip_interval`` at
 most, each carrying ``quiet``, and the receiving side's test of whether a gap is covered.
+With ``once`` (the overlay, ``mesh/overlay.py``) each update leaves in one flush: the tree
+repairs its own losses, and every retransmit would be one more broadcast to every node.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Dissemination:
     """Membership rule 9: what this node originates leaves in rate-limited Gossip flushes;
     what others' flushes say about their own gaps decides whether ours need a push-pull."""
 
-    __slots__ = ("_interval", "_last_flush", "_mult", "gaps_covered", "queue")
+    __slots__ = ("_interval", "_last_flush", "_mult", "gaps_covered", "once", "queue")
 
     def __init__(self, gossip_interval: float, retransmit_mult: int) -> None:
         self._interval = gossip_interval
@@ -90,6 +92,7 @@ class Dissemination:
         self._last_flush = _NEVER
         self.queue = BroadcastQueue()
         self.gaps_covered = 0  # mbr gaps whose missed Gossip carried nothing for the last time: no push-pull
+        self.once = False  # each update in one flush (the overlay)
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -107,7 +110,8 @@ class Dissemination:
         if not len(self.queue) or live < self._last_flush + self._interval:
             return
         quiet = self.queue.quiet
-        updates = self.queue.take(retransmit_limit(self._mult, n), MAX_GOSSIP_UPDATES)
+        limit = 1 if self.once else retransmit_limit(self._mult, n)
+        updates = self.queue.take(limit, MAX_GOSSIP_UPDATES)
         if updates:
             self._last_flush = live
             out.append(Broadcast(Gossip(tuple(updates), quiet)))

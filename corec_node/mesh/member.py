@@ -20,6 +20,7 @@ __all__ = [
     "SUSPECT",
     "Member",
     "n_live",
+    "change_reason",
     "random_alive",
     "sorted_states",
     "supersedes",
@@ -88,6 +89,17 @@ class Member:
         """What the member announced of itself (not a verdict: it never orders updates)."""
         if st.version and st.inc >= self.inc:
             self.build = (st.version, st.protocol, st.features, st.data, st.tags, st.settings)
+
+
+def change_reason(m: Member, status: MemberStatus, sender: str, gossip: bool) -> str:
+    """Why ``m`` takes ``status`` from ``sender``'s news (the reason a MemberChanged gives)."""
+    if status == LEFT:
+        return "left"
+    if status == ALIVE and m.status != ALIVE:
+        return "rejoined" if m.status == LEFT else "refuted"
+    if status == SUSPECT and gossip:
+        return f"suspected by {sender}"
+    return f"gossip from {sender}" if gossip else "push-pull"
 
 
 def n_live(members: Mapping[str, Member]) -> int:

@@ -10,11 +10,9 @@ Shape follows hashicorp/memberlist: this file is its state.go (merging, refutati
 timers' order, leave, reap); beside it, membership_config.py is config.go, probing.py the
 probe loop (rule 7), pushpull.py push-pull and join (rules 10-12, 15), member.py the member
 record and precedence (rule 2), and suspicion.py, awareness.py and broadcast.py are
-suspicion.go, awareness.go and queue.go.
-
-Every node here subscribes to every member's PUB and probes round-robin over all members:
-right up to a few hundred nodes. Beyond, a partial view (hyparview.py) and tree broadcast
-(plumtree.py) are the cores to come; they are not wired in yet.
+suspicion.go, awareness.go and queue.go. Without the overlay every node subscribes to every
+member's PUB and probes all members; with it (``mesh/overlay.py``) broadcasts ride a tree
+and probes stay among a node's neighbours (rule 7's scope).
 
 Rules (numbered as h11 does; the code refers to them):
 
@@ -68,7 +66,8 @@ Rule 8. Suspicion (suspicion.py). Each node runs its own timer per suspect: min 
     shrinking from max towards min as independent members confirm (k = min(indirect_checks,
     n - 2)); the deadline is scaled by awareness + 1. A confirmation is a suspect update for
     the same incarnation broadcast by another member (the Gossip sender; see rule 9), or our
-    own failed probe. Timeout: dead, broadcast. A dead verdict heard by Gossip is final
+    own failed probe. Timeout: dead, broadcast (over the overlay only by a node that suspected
+    the member itself: every other node heard the suspicion and times out on its own). A dead verdict heard by Gossip is final
     only for a node that already suspects that member at that incarnation (in a real failure
     everyone has heard the accuser's suspicion first); a node that holds it alive takes the
     verdict as a suspicion with its own timer instead. So a node that declared everyone dead
@@ -191,6 +190,7 @@ from corec_node.mesh.member import (
     NO_BUILD,
     SUSPECT,
     Member,
+    change_reason,
     n_live,
     random_alive,
     sorted_states,
@@ -347,6 +347,12 @@ class Membership:
         return len(self._gossip)
 
     # -- inputs -----------------------------------------------------------------------
+
+    def within_overlay(self, neighbours: frozenset[str]) -> None:
+        """Rules 7 and 9 over the overlay: probe and ask relays only among ``neighbours``;
+        an update leaves in one Gossip (the tree repairs its losses)."""
+        self._prober.set_scope(neighbours)
+        self._gossip.once = True
 
     def join(self, addrs: Iterable[str], now: float) -> list[Effect]:
         """Push our state (``StatePush(join=True)``) to each "host:port"; retried until answered."""
@@ -661,7 +667,7 @@ class Membership:
             st.inc,
             st.status,
             now,
-            self._reason(m, st.status, sender, gossip),
+            change_reason(m, st.status, sender, gossip),
             out,
             addr=st.addr,
             pub=st.pub,
@@ -670,16 +676,6 @@ class Membership:
             self._start_suspicion(m, sender, live)
         elif not gossip and st.status != DEAD:
             self._gossip.queue.queue(m.state())  # rule 9: news from a direct push-pull
-
-    @staticmethod
-    def _reason(m: Member, status: MemberStatus, sender: str, gossip: bool) -> str:
-        if status == LEFT:
-            return "left"
-        if status == ALIVE and m.status != ALIVE:
-            return "rejoined" if m.status == LEFT else "refuted"
-        if status == SUSPECT and gossip:
-            return f"suspected by {sender}"
-        return f"gossip from {sender}" if gossip else "push-pull"
 
     def _set(
         self,
@@ -768,7 +764,8 @@ class Membership:
             m = self._members.get(name)
             if m is not None and m.status == SUSPECT and m.inc == s.inc:
                 self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
-                self._gossip.queue.queue(m.state())
+                if not self._gossip.once or s.accused_by(self.name):  # rule 8 over the tree:
+                    self._gossip.queue.queue(m.state())  # the accusers tell, the rest know
 
     def _reap(self, now: float, out: list[Effect]) -> None:
         """Forget members dead or left for ``reap_after``: a scan only when one is due (by

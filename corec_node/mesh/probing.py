@@ -2,7 +2,10 @@
 relays, Ack and Nack, and relaying other members' PingReqs (memberlist's probe loop).
 
 ``Prober`` owns the probe in flight, the round order and the relays; it changes Lifeguard's
-awareness for its own probes. What a failed probe means for the target (suspect, rule 8) is
+awareness for its own probes. With a scope (``set_scope``: the overlay's neighbours,
+``mesh/overlay.py``) it probes, and asks relays, only among those members: each member is
+then watched by the few nodes linked to it, not by all, and a node's direct links stay
+bounded whatever the cluster's size. What a failed probe means for the target (suspect, rule 8) is
 the caller's: ``expire_probe`` hands the failed probe back.
 """
 
@@ -83,6 +86,8 @@ class Prober:
         self._order: list[str] = []
         self._order_pos = 0
         self._probe_first: list[str] = []
+        self._scope: frozenset[str] | None = None  # None: every member
+        self._size = 1  # with a scope: the cluster's live members at the last round, us included
         self._seq = 0  # numbers our probes and the pings we send as a relay
         self._relays: dict[int, _Relay] = {}
         self._next_probe = next_probe
@@ -103,7 +108,7 @@ class Prober:
         if not p.acked and not p.indirect and live >= p.direct_deadline:
             p.indirect = True
             relays = random_alive(
-                members, self._rng, cfg.indirect_checks, exclude={self._name, p.target}
+                self._within(members), self._rng, cfg.indirect_checks, exclude={self._name, p.target}
             )
             p.expected_nacks = len(relays)
             for r in relays:
@@ -141,7 +146,8 @@ class Prober:
             deadline=live + cfg.probe_interval * scale,
         )
         self._probe = p
-        self._next_probe = live + cfg.probe_interval * scale * probe_spread(cfg, len(self._order) + 1)
+        size = len(self._order) + 1 if self._scope is None else self._size
+        self._next_probe = live + cfg.probe_interval * scale * probe_spread(cfg, size)
         out.append(Send(target.addr, Ping(p.probe, target.name, self._addr)))
 
     def next_deadline(self) -> float:
@@ -209,9 +215,23 @@ class Prober:
 
     # -- the round --------------------------------------------------------------------
 
+    def set_scope(self, names: frozenset[str] | None) -> None:
+        """Probe only ``names`` from the next round on (None: every member)."""
+        if names != self._scope:
+            self._scope = names
+            self._order_pos = len(self._order)  # the next target starts a new round
+
+    def _within(self, members: Mapping[str, Member]) -> Mapping[str, Member]:
+        scope = self._scope
+        if scope is None:
+            return members
+        return {n: members[n] for n in scope if n in members}
+
     def insert(self, name: str) -> None:
         """A member became live: put it at a random place in the rest of this round."""
         if name == self._name or name in self._order[self._order_pos :]:
+            return
+        if self._scope is not None and name not in self._scope:
             return
         self._order.insert(self._rng.randint(self._order_pos, len(self._order)), name)
 
@@ -237,9 +257,10 @@ class Prober:
         self._relays.clear()
 
     def _next_target(self, members: Mapping[str, Member]) -> Member | None:
+        scope = self._scope
         while self._probe_first:
             m = members.get(self._probe_first.pop(0))
-            if m is not None and m.status == SUSPECT:
+            if m is not None and m.status == SUSPECT and (scope is None or m.name in scope):
                 return m
         for _ in range(2):
             while self._order_pos < len(self._order):
@@ -249,8 +270,11 @@ class Prober:
                 if m is not None and m.status in LIVE and name != self._name:
                     return m
             self._order = sorted(
-                n for n, m in members.items() if m.status in LIVE and n != self._name
+                n for n, m in self._within(members).items() if m.status in LIVE and n != self._name
             )
+            if self._scope is not None:  # spread by the cluster's size all the same: k watchers
+                # of a member, each over k targets, probe it as often as n probers over n - 1 do
+                self._size = 1 + sum(1 for n, m in members.items() if m.status in LIVE and n != self._name)
             self._rng.shuffle(self._order)
             self._order_pos = 0
             if not self._order:

@@ -67,12 +67,18 @@ class Suspicion:
 
     def confirm(self, name: str) -> bool:
         """Count ``name``'s independent suspicion; True if it was new (and counted)."""
-        if self._confirmations >= self.k or name in self._seen:
+        if name in self._seen:
             return False
         self._seen.add(name)
+        if self._confirmations >= self.k:
+            return False
         self._confirmations += 1
         self._timeout = None
         return True
+
+    def accused_by(self, name: str) -> bool:
+        """``name`` suspected this member itself: the first accuser or a confirmation."""
+        return name in self._seen
 
     def shorten(self, timeout: float) -> None:
         """Evidence that nobody is left to refute (membership rule 17): at most ``timeout``."""

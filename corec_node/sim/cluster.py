@@ -20,6 +20,9 @@ What each simulated node does is what the shell does: it drives one ``mesh/core.
   ``idle_period``, as the mesh process ticks: when its core's next deadline is due
   (``MeshCore.next_deadline``), at most every ``tick_interval``, at least every ``idle_period``,
   and sooner after an input that brought a deadline nearer.
+With ``overlay`` (``mesh/overlay.py``) each core is wrapped in an ``OverlayMesh``: no node
+subscribes to any PUB stream, broadcasts travel Plumtree's tree as direct messages between
+neighbours, and ``SimNode.neighbors`` holds the links HyParView keeps open.
 A crash loses everything but the persisted vote and the member snapshot (taken at the
 crash: the real shell writes it at most a second late); a restart is ``MeshCore.start``
 with that snapshot and the node's join addresses, as the shell starts.
@@ -50,7 +53,10 @@ from corec_node.mesh.effects import (
     Send,
 )
 from corec_node.mesh.election import LEADER, Election, ElectionConfig
+from corec_node.mesh.hyparview import NeighborDown, NeighborUp, ViewSend
 from corec_node.mesh.membership import Membership, MembershipConfig
+from corec_node.mesh.overlay import OverlayConfig, OverlayMesh
+from corec_node.mesh.plumtree import TreeSend
 from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.sim.invariants import Invariants, InvariantViolation
 from corec_node.sim.network import Network, NetworkConfig
@@ -95,6 +101,7 @@ class SimNode:
         "membership",
         "next_tick",
         "name",
+        "neighbors",
         "pub",
         "saved",
         "seq",
@@ -115,7 +122,7 @@ class SimNode:
         self.epoch = (
             0  # bumped on crash and restart: in-flight messages to the old process are lost
         )
-        self.core: MeshCore | None = None
+        self.core: MeshCore | OverlayMesh | None = None
         self.membership: Membership | None = None  # core.membership, for reading
         self.election: Election | None = None  # core.election, for reading
         self.tracker = SequenceTracker()
@@ -124,6 +131,7 @@ class SimNode:
         self.config: Configuration | None = None  # the voter configuration on "disk"
         self.saved: list[MemberState] = []  # the member snapshot on "disk"
         self.subs: dict[str, None] = {}  # publishers this node's SUB socket is connected to
+        self.neighbors: dict[str, None] = {}  # with the overlay: addresses it holds a link to
         self.join: list[str] = []  # config.mesh.join
         self.features: tuple[str, ...] = FEATURES  # what it announces (an older build: fewer)
         self.starts = 0
@@ -152,6 +160,7 @@ class Cluster:
         voters: VoterConfig | None = None,
         tick_interval: float = 0.02,
         idle_period: float | None = None,
+        overlay: OverlayConfig | None = None,
         trace: bool = False,
         strict: bool = True,
     ) -> None:
@@ -169,10 +178,12 @@ class Cluster:
         # (shell/mesh_process.py), a node ticks when its core's next deadline is due, at most
         # every tick_interval and at least every idle_period (``stats["ticks"]`` counts them)
         self.idle_period = idle_period
+        self.overlay = overlay
         self.now = 0.0
         self.invariants = Invariants(strict=strict)
         self.stats: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()  # messages sent (a broadcast counts once), by type
+        self.contacts: dict[str, set[str]] | None = None  # a dict: node -> addresses it sent to directly
         self.leaderships: list[
             tuple[float, str, int]
         ] = []  # (time, node, term) each time a node became leader
@@ -243,9 +254,10 @@ class Cluster:
         while True:
             if condition():
                 return self.now - start
-            if self.now - start >= timeout:
+            left = timeout - (self.now - start)
+            if left <= 1e-9:  # not 0: a float remainder too small to move the clock loops forever
                 return None
-            self.run(min(every, timeout - (self.now - start)))
+            self.run(min(every, left))
 
     def await_convergence(self, within: float, every: float = 0.25) -> float:
         """Liveness: every live node agrees on the members and the leader within ``within``
@@ -306,9 +318,13 @@ class Cluster:
             build=("sim", PROTOCOL, node.features, ""),
         )
         node.core, node.membership, node.election = core, core.membership, core.election
+        node.neighbors = {}
+        if self.overlay is not None:
+            node.core = OverlayMesh(core, node.addr, self.overlay,
+                                    random.Random(f"{self.seed}/{name}/{node.epoch}/overlay"), now)
         node.tracker = SequenceTracker()
         node.seq = {}
-        self._apply(node, core.start(node.saved, node.join, now))
+        self._apply(node, node.core.start(node.saved, node.join, now))
         node.last_tick = now
         self._schedule(node, now + self.rng.random() * self.tick_interval)
 
@@ -351,6 +367,7 @@ class Cluster:
         for pub in node.subs:
             self._subscribers[pub].pop(node.name, None)
         node.subs.clear()
+        node.neighbors.clear()
         node.core = node.membership = node.election = None
 
     # -- network faults ---------------------------------------------------------------
@@ -444,12 +461,20 @@ class Cluster:
                 self.stats["reaped"] += 1
             elif t is NameConflict:
                 self.stats["name_conflicts"] += 1
+            elif t is ViewSend or t is TreeSend:
+                self._send(node, eff.to, eff.msg, "overlay.")  # type: ignore[union-attr]
+            elif t is NeighborUp:
+                node.neighbors[eff.peer] = None  # type: ignore[union-attr]
+            elif t is NeighborDown:
+                node.neighbors.pop(eff.peer, None)  # type: ignore[union-attr]
 
-    def _send(self, node: SimNode, to: str, msg: object) -> None:
+    def _send(self, node: SimNode, to: str, msg: object, kind: str = "") -> None:
         dst = self._by_addr.get(to)
         if dst is None or dst is node:
             return
-        self.sent[type(msg).__name__] += 1
+        self.sent[kind + type(msg).__name__] += 1
+        if self.contacts is not None:
+            self.contacts.setdefault(node.name, set()).add(to)
         if not dst.up:
             return
         for d in self.net.delays(node.name, dst.name):
@@ -473,7 +498,9 @@ class Cluster:
         if name == node.name:
             return
         new = ch.new
-        if new == LEFT:
+        if self.overlay is not None:
+            pass  # no PUB streams: broadcasts come over the tree
+        elif new == LEFT:
             if name in node.subs:
                 del node.subs[name]
                 self._subscribers[name].pop(node.name, None)

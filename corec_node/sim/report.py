@@ -18,6 +18,7 @@ from typing import Any
 
 from corec_node.mesh.core import IDLE_PERIOD, TICK_PERIOD
 from corec_node.mesh.membership import MembershipConfig
+from corec_node.mesh.overlay import OverlayConfig
 from corec_node.mesh.probing import probe_spread
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.network import NetworkConfig
@@ -34,7 +35,10 @@ SHELL_TIMING = {"tick_interval": TICK_PERIOD, "idle_period": IDLE_PERIOD}
 is due or an input came, at most every TICK_PERIOD, at least every IDLE_PERIOD."""
 
 
-def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, partition: float = 0.0) -> dict[str, Any]:
+def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, partition: float = 0.0,
+             overlay: bool = False) -> dict[str, Any]:
+    """``overlay``: broadcasts over HyParView's views and Plumtree's tree (``mesh/overlay.py``),
+    probes among a node's neighbours; else the full mesh the node shell runs today."""
     if nodes < 2:
         raise ValueError("--nodes must be at least 2")
     if not 0 <= kill < nodes:
@@ -44,18 +48,20 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     lan = MembershipConfig.lan()
     probe = lan.probe_interval * probe_spread(lan, nodes)  # SWIM's protocol period: a node's probe period at this size
     started = time.perf_counter()
-    c = Cluster(nodes + 1, seed=seed, network=NetworkConfig(loss=loss), strict=False, **SHELL_TIMING)
+    c = Cluster(nodes + 1, seed=seed, network=NetworkConfig(loss=loss), strict=False,
+                overlay=OverlayConfig() if overlay else None, **SHELL_TIMING)
     names = list(c.nodes)
     members, joiner = names[:nodes], names[nodes]
     c.bootstrap(names=members)
     formed = c.await_convergence(60.0 + nodes / 10, every=0.5)
     out: dict[str, Any] = {"nodes": nodes, "seed": seed, "loss": loss, "kill": kill, "partition": partition,
-                           "formed_virtual_s": formed, "protocol_period_s": probe}
+                           "overlay": overlay, "formed_virtual_s": formed, "protocol_period_s": probe}
 
     # steady state: what a quiet cluster costs, per node
     c.sent.clear()
     c.stats.clear()
     resyncs, covered = _gap_resyncs(c), _gaps_covered(c)
+    c.contacts = {}
     c.run(STEADY_S)
     out["msgs_per_node_per_s"] = sum(c.sent.values()) / nodes / STEADY_S  # sent: a publication counts once
     out["received_per_node_per_s"] = c.stats["delivered"] / nodes / STEADY_S  # a publication reaches every subscriber
@@ -64,6 +70,7 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
     out["gaps_covered_per_node_s"] = (_gaps_covered(c) - covered) / nodes / STEADY_S  # lost nothing sent for the last time
     out["gap_resyncs_per_node_s"] = (_gap_resyncs(c) - resyncs) / nodes / STEADY_S  # push-pulls they started
     out["max_peers"] = max(_peers(c, name) for name in members)
+    c.contacts = None
 
     # a join through one member
     rng = random.Random(f"{seed}/simulate")
@@ -124,9 +131,13 @@ def _gaps_covered(c: Cluster) -> int:
 
 
 def _peers(c: Cluster, name: str) -> int:
-    """Other nodes this node holds a connection to: its SUB socket's publishers and the
-    members it keeps a direct socket to (every member it knows, today)."""
+    """Other nodes this node holds a connection to. The full mesh: its SUB socket's
+    publishers and the members it keeps a direct socket to (every member it knows). The
+    overlay: its neighbours and every address it sent to directly in the steady window
+    (probes, push-pulls: a short-lived link each)."""
     node = c.nodes[name]
+    if c.overlay is not None:
+        return len(set(node.neighbors) | (c.contacts or {}).get(name, set()))
     known = {m.name for m in node.membership.members()} if node.membership is not None else set()
     return len((set(node.subs) | known) - {name})
 

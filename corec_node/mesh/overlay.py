@@ -1,0 +1,244 @@
+"""The overlay: the mesh core's broadcasts over HyParView's partial views and Plumtree's
+tree, so membership news and heartbeats reach every node over a bounded set of links.
+
+``OverlayMesh`` wraps one ``MeshCore`` (``core.py``) and is driven exactly as it is: the
+same inputs, the same effects, except that no ``Broadcast`` comes out. Its place is
+between the core and the transport: the core's rules stay as they are (a Gossip still
+reaches every member, once, from its originator, so Lifeguard's accuser is still the
+sender), only the path changes. Sans-I/O like the cores it composes.
+
+Rules (the code refers to them):
+
+Rule 1. Broadcasts ride the tree. Each ``Broadcast`` of the core goes to
+    ``Plumtree.broadcast`` as ``(our name, message)``; each ``Deliver`` is handed to the
+    core as that message from that member, with no sequence gap: the tree repairs its own
+    losses (lazy ``IHave``, ``Graft``), and push-pull anti-entropy stays the last resort;
+    so membership sends each update in one Gossip, not in several (a retransmit would be
+    one more broadcast to every node).
+    Overlay messages come out as ``ViewSend`` and ``TreeSend`` effects: a direct message
+    to the peer's address, as ``Send`` is.
+
+Rule 2. Peers are direct addresses (what a join names before any member is known).
+    ``NeighborUp`` and ``NeighborDown`` go to Plumtree and out to the shell (open or close
+    the link), in that order.
+
+Rule 3. Probing within the overlay: the core's membership probes, and asks relays, only
+    among the neighbours whose member name it knows (membership rule 7 with a scope). Each
+    member is watched by the few nodes linked to it; their suspicions reach everyone by
+    the tree, and each node's own suspicion timer runs as before (rule 8).
+
+Rule 4. Verdicts repair the views: a member turning DEAD or LEFT is ``peer_failed``
+    (dropped from both views, a passive peer asked in its place). Every member the core
+    learns of is a passive candidate (``HyParView.learn``), so a node whose contact is gone
+    still finds the overlay.
+
+Rule 5. Joining: through the first join address that is not our own; with none, through
+    a member of the restored snapshot drawn at random (a restart); with neither, a founder
+    waits to be joined.
+
+Rule 6. Leaving: the core's leave first (its "left" gossip takes the tree while the links
+    are up), then HyParView's goodbye to every neighbour.
+
+Left for the next step (issue 18): voters are not pinned (their election traffic is
+direct ``Send`` already), and the node shell does not drive this yet: only the simulator.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from corec_node.mesh.core import MeshCore
+from corec_node.mesh.effects import Broadcast, Effect, MemberChanged
+from corec_node.mesh.hyparview import (
+    Disconnect,
+    ForwardJoin,
+    HyParView,
+    HyParViewConfig,
+    Join,
+    JoinReply,
+    Neighbor,
+    NeighborDown,
+    NeighborReply,
+    NeighborUp,
+    Shuffle,
+    ShuffleReply,
+)
+from corec_node.mesh.plumtree import (
+    Deliver,
+    Gossip,
+    Graft,
+    IHave,
+    Plumtree,
+    PlumtreeConfig,
+    Prune,
+)
+from corec_node.wire.messages import MemberState, MemberStatus
+
+__all__ = ["OVERLAY_TYPES", "OverlayConfig", "OverlayMesh"]
+
+OVERLAY_TYPES = frozenset({Join, JoinReply, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle,
+                           ShuffleReply, Gossip, IHave, Graft, Prune})
+_VIEW_TYPES = frozenset({Join, JoinReply, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle,
+                         ShuffleReply})
+_GONE = frozenset({MemberStatus.DEAD, MemberStatus.LEFT})
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    """The two cores' settings (their defaults fit 10,000 nodes: see each config)."""
+
+    views: HyParViewConfig = field(default_factory=HyParViewConfig)
+    tree: PlumtreeConfig = field(default_factory=PlumtreeConfig)
+
+
+class OverlayMesh:
+    """One node's mesh core behind the overlay. Reads (``membership``, ``election``,
+    ``leader``...) pass through to the core."""
+
+    def __init__(self, core: MeshCore, addr: str, config: OverlayConfig, rng: random.Random,
+                 now: float) -> None:
+        self.core = core
+        self.addr = addr
+        self.views = HyParView(addr, rng, config.views, now=now)
+        self.tree = Plumtree(addr, config.tree)
+        self._rng = rng
+        self._names: dict[str, str] = {}  # peer address -> member name (rule 3)
+        self._scope: frozenset[str] = frozenset()
+        core.membership.within_overlay(self._scope)  # rule 3: no neighbour yet, nobody to probe
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.core, name)
+
+    @property
+    def neighbors(self) -> tuple[str, ...]:
+        return self.views.neighbors()
+
+    # -- inputs (as MeshCore's) -------------------------------------------------------
+
+    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float) -> list[object]:
+        out = self._route(self.core.start(snapshot, join, now), now)
+        contacts = [a for a in join if a != self.addr]
+        if not contacts:  # rule 5: a restart joins through a member it remembers
+            contacts = sorted(s.addr for s in snapshot if s.status not in _GONE and s.addr != self.addr)
+            contacts = [self._rng.choice(contacts)] if contacts else []
+        if contacts:
+            out += self._view(self.views.join(now, contacts[0]), now)
+        return out
+
+    def handle(self, sender: str, msg: object, now: float, missed: int = 0) -> list[object]:
+        t = type(msg)
+        if t in _VIEW_TYPES:
+            return self._view(self.views.handle(now, msg), now)  # type: ignore[arg-type]
+        if t in OVERLAY_TYPES:
+            return self._tree(self.tree.handle(now, msg), now)  # type: ignore[arg-type]
+        return self._route(self.core.handle(sender, msg, now, missed), now)  # type: ignore[arg-type]
+
+    def tick(self, now: float) -> list[object]:
+        out = self._route(self.core.tick(now), now)
+        due = self.views.next_deadline()
+        if due is not None and due <= now:
+            out += self._view(self.views.on_timer(now), now)
+        due = self.tree.next_deadline()
+        if due is not None and due <= now:
+            out += self._tree(self.tree.on_timer(now), now)
+        return out
+
+    def next_deadline(self, now: float) -> float:
+        due = self.core.next_deadline(now)
+        for other in (self.views.next_deadline(), self.tree.next_deadline()):
+            if other is not None:
+                due = min(due, other)
+        return max(now, due)
+
+    def join(self, addrs: Iterable[str], now: float) -> list[object]:
+        addrs = list(addrs)
+        out = self._route(self.core.join(addrs, now), now)
+        contacts = [a for a in addrs if a != self.addr]
+        if contacts and not self.views.active:
+            out += self._view(self.views.join(now, contacts[0]), now)
+        return out
+
+    def leave(self, now: float) -> list[object]:
+        out = self._route(self.core.leave(now), now)  # rule 6
+        return out + self._view(self.views.leave(now), now)
+
+    def force_leave(self, name: str, now: float, *, prune: bool = False) -> list[object]:
+        return self._route(self.core.force_leave(name, now, prune=prune), now)
+
+    def engine_stalled(self, stalled: bool, now: float) -> list[object]:
+        return self._route(self.core.engine_stalled(stalled, now), now)
+
+    def hint(self, name: str, refused: bool, now: float) -> list[object]:
+        return self._route(self.core.hint(name, refused, now), now)
+
+    def settle(self, settings: Mapping[str, str], now: float) -> list[object]:
+        return self._route(self.core.settle(settings, now), now)
+
+    def recover(self, voters: Iterable[str], now: float) -> list[object]:
+        return self._route(self.core.recover(voters, now), now)
+
+    # -- routing --------------------------------------------------------------------
+
+    def _route(self, effects: list[Effect], now: float) -> list[object]:
+        """Rules 1, 3 and 4 on what the core returned."""
+        out: list[object] = []
+        for eff in effects:
+            t = type(eff)
+            if t is Broadcast:
+                _id, sends = self.tree.broadcast(now, (self.core.name, eff.msg))  # type: ignore[arg-type, union-attr]
+                out += sends
+                continue
+            out.append(eff)
+            if t is MemberChanged:
+                self._member_changed(eff, now, out)  # type: ignore[arg-type]
+        return out
+
+    def _member_changed(self, ch: MemberChanged, now: float, out: list[object]) -> None:
+        if ch.name == self.core.name:
+            return
+        known = self._names.get(ch.addr)
+        self._names[ch.addr] = ch.name
+        if ch.new in _GONE:
+            out += self._view(self.views.peer_failed(now, ch.addr), now)
+        elif ch.old is None or ch.old in _GONE:
+            self.views.learn(now, ch.addr)
+        if known != ch.name and ch.addr in self.views.neighbors():
+            self._rescope()
+
+    def _view(self, effects: list, now: float) -> list[object]:
+        """Rule 2: neighbour changes reach the tree, then the shell."""
+        out: list[object] = []
+        changed = False
+        for eff in effects:
+            t = type(eff)
+            if t is NeighborUp:
+                self.tree.neighbor_up(now, eff.peer)
+                changed = True
+            elif t is NeighborDown:
+                self.tree.neighbor_down(now, eff.peer)
+                changed = True
+            out.append(eff)
+        if changed:
+            self._rescope()
+        return out
+
+    def _tree(self, effects: list, now: float) -> list[object]:
+        """Rule 1: a delivered broadcast is the core's input from its originator."""
+        out: list[object] = []
+        for eff in effects:
+            if type(eff) is Deliver:
+                origin, msg = eff.payload
+                if origin != self.core.name:
+                    out += self._route(self.core.handle(origin, msg, now, 0), now)
+            else:
+                out.append(eff)
+        return out
+
+    def _rescope(self) -> None:
+        names = self._names
+        scope = frozenset(names[p] for p in self.views.neighbors() if p in names)
+        if scope != self._scope:
+            self._scope = scope
+            self.core.membership.within_overlay(scope)

@@ -1,0 +1,137 @@
+"""The overlay (``mesh/overlay.py``): the real mesh cores behind HyParView's partial views
+and Plumtree's tree, in the simulator. Broadcasts reach everyone over bounded links,
+probes stay among neighbours, and the cluster's answers are those of the full mesh."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from corec_node.mesh.effects import Send
+from corec_node.mesh.hyparview import HyParViewConfig
+from corec_node.mesh.membership import Membership, MembershipConfig
+from corec_node.mesh.overlay import OverlayConfig
+from corec_node.sim.cluster import Cluster
+from corec_node.sim.network import NetworkConfig
+from corec_node.sim.report import SHELL_TIMING
+from corec_node.wire.messages import MemberState, MemberStatus, Ping
+
+CAP = HyParViewConfig().active_size
+
+
+def overlay_cluster(n: int, seed: int = 1, **kw) -> Cluster:
+    return Cluster(n, seed=seed, overlay=OverlayConfig(), strict=False, **SHELL_TIMING, **kw)
+
+
+def test_a_small_cluster_is_a_full_mesh_by_the_same_rules():
+    c = overlay_cluster(6)
+    c.bootstrap()
+    c.await_convergence(30)
+    c.run(5)  # fills settle
+    for node in c.nodes.values():
+        others = {n.addr for n in c.nodes.values() if n is not node}
+        assert set(node.neighbors) == others, node.name
+
+
+def test_a_cluster_formed_by_joins_converges_with_bounded_links():
+    c = overlay_cluster(80)
+    c.bootstrap("join", stagger=0.05)
+    c.await_convergence(120, every=0.5)
+    assert all(len(n.neighbors) <= CAP for n in c.nodes.values())
+    assert all(n.subs == {} for n in c.nodes.values())  # no PUB stream is followed
+    assert c.sent["overlay.Gossip"] > 0  # the member news travelled the tree
+    assert c.invariants.violations == []
+
+
+def test_crashed_nodes_are_seen_dead_everywhere_and_the_views_heal():
+    c = overlay_cluster(60, seed=4)
+    c.bootstrap()
+    c.await_convergence(60, every=0.5)
+    victims = random.Random(4).sample(sorted(c.nodes), 3)
+    seen = {v: c.watch(v, MemberStatus.DEAD) for v in victims}
+    for v in victims:
+        c.crash(v)
+    survivors = [n for n in c.nodes if n not in victims]
+    took = c.run_until(lambda: all(len(s) >= len(survivors) for s in seen.values()), 60, every=0.05)
+    assert took is not None, c.describe()
+    dead = {c.nodes[v].addr for v in victims}
+    c.run(5)
+    for name in survivors:
+        node = c.nodes[name]
+        assert not (set(node.neighbors) & dead), name
+        assert node.neighbors, name  # repaired from the passive view
+    assert c.invariants.violations == []
+
+
+def test_the_leader_fails_over_across_the_overlay():
+    c = overlay_cluster(40, seed=2)
+    c.bootstrap()
+    c.await_convergence(60, every=0.5)
+    leader, term = c.agreed_leader()
+    c.crash(leader)
+    c.await_convergence(60, every=0.25)
+    new, new_term = c.agreed_leader()
+    assert new != leader and new_term > term
+    assert c.invariants.violations == []
+
+
+def test_the_tree_repairs_what_loss_takes():
+    c = overlay_cluster(100, seed=3, network=NetworkConfig(loss=0.05))
+    c.bootstrap()
+    c.await_convergence(120, every=0.5)
+    victim = sorted(c.nodes)[17]
+    seen = c.watch(victim, MemberStatus.DEAD)
+    c.crash(victim)
+    assert c.run_until(lambda: len(seen) >= 99, 60, every=0.1) is not None
+    assert c.invariants.violations == []
+
+
+def test_the_same_seed_gives_the_same_overlay_run():
+    def run() -> str:
+        c = Cluster(25, seed=7, overlay=OverlayConfig(), trace=True, network=NetworkConfig(loss=0.02))
+        c.bootstrap("join")
+        c.run(15)
+        c.crash("n0003")
+        c.run(10)
+        return c.trace_hash()
+
+    assert run() == run()
+
+
+def test_probes_stay_among_the_members_in_scope():
+    cfg = MembershipConfig.lan()
+    m = Membership("a", "h:1", "h:2", cfg, random.Random(1), 0.0)
+    others = [MemberState(f"n{i}", f"h:{10 + i}", f"h:{50 + i}", 0, MemberStatus.ALIVE) for i in range(12)]
+    m.restore(others, 0.0)
+    m.within_overlay(frozenset({"n3", "n7"}))
+    targets = set()
+    now = 0.0
+    for _ in range(400):
+        now += 0.05
+        for eff in m.tick(now):
+            if type(eff) is Send and type(eff.msg) is Ping:
+                targets.add(eff.msg.target)
+    assert targets == {"n3", "n7"}
+
+
+def test_simulate_reports_the_overlay_run():
+    out = subprocess.run([sys.executable, "-m", "corec_node", "simulate", "--nodes", "120", "--kill", "2",
+                          "--overlay", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["overlay"] is True and r["violations"] == 0
+    assert r["crash_detected_virtual_s"] is not None and r["join_rounds"] is not None
+    assert r["max_peers"] <= 64  # issue 18's bound; the full mesh holds 119 here
+
+
+@pytest.mark.parametrize("mode", ["snapshot", "join"])
+def test_every_member_ends_in_every_list(mode: str):
+    c = overlay_cluster(50, seed=5)
+    c.bootstrap(mode, stagger=0.02)
+    c.await_convergence(120, every=0.5)
+    names = sorted(c.nodes)
+    assert all(n.membership.alive() == names for n in c.nodes.values())

@@ -2,6 +2,13 @@
 
     python bench/simulate.py            # full: sizes up to 1000 nodes, 1000-run sweep (minutes)
     python bench/simulate.py --quick    # sizes up to 100, 100-run sweep (well under a minute)
+    python bench/simulate.py --curves 100,300,1000   # issue 18's curves, full mesh vs overlay
+
+``--curves``: for each size and layout (today's full mesh; ``--overlay``, HyParView views
+and a Plumtree tree) one ``corec-node simulate --kill 4 --json`` in its own process, its
+peak RSS read from ``wait4``: join rounds, the 4 dead everywhere (virtual s and rounds),
+messages sent and received per node per s in steady state, the most peers of a node
+(neighbours plus every address it sent to directly in a 10 s window), real s, RSS.
 
 Prints a table, then one JSON line with every figure. Figures are in VIRTUAL seconds (the
 simulator's clock, lan timer profiles, LAN latency 0.5-5 ms); "real s" columns are what the
@@ -23,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -174,6 +183,35 @@ def sweep(runs: int, first_seed: int = 100_000) -> dict:
     }
 
 
+def simulate_run(n: int, overlay: bool, seed: int, loss: float = 0.0) -> dict:
+    """One ``corec-node simulate --json`` in its own process, with its peak RSS."""
+    cmd = [sys.executable, "-m", "corec_node", "simulate", "--nodes", str(n), "--kill", "4",
+           "--seed", str(seed), "--loss", str(loss), "--json"] + (["--overlay"] if overlay else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    r = json.loads(out)
+    r["rss_mb"] = usage.ru_maxrss / 1024
+    return r
+
+
+def curves(sizes: list[int], seed: int, loss: float) -> list[dict]:
+    print(f"{'layout':<9}{'N':>7}{'join rnds':>10}{'dead s':>8}{'rounds':>7}{'sent/s':>8}{'recv/s':>8}"
+          f"{'peers':>7}{'viol.':>6}{'real s':>8}{'RSS MB':>8}")
+    rows = []
+    for n in sizes:
+        for overlay in (False, True):
+            r = simulate_run(n, overlay, seed, loss)
+            rows.append(r)
+            print(f"{'overlay' if overlay else 'mesh':<9}{n:>7}{fmt(r['join_rounds']):>10}"
+                  f"{fmt(r['crash_detected_virtual_s']):>8}{fmt(r['crash_detected_rounds']):>7}"
+                  f"{fmt(r['msgs_per_node_per_s'], 1):>8}{fmt(r['received_per_node_per_s'], 1):>8}"
+                  f"{r['max_peers']:>7}{r['violations']:>6}{fmt(r['real_s'], 0):>8}{fmt(r['rss_mb'], 0):>8}",
+                  flush=True)
+    return rows
+
+
 def fmt(x: object, digits: int = 2) -> str:
     if x is None:
         return "-"
@@ -188,7 +226,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sweep-runs", type=int, default=None, help="seeded fault runs (default 1000, --quick 100)")
     ap.add_argument("--sweep-only", action="store_true", help="only the seeded fault sweep")
+    ap.add_argument("--curves", default=None, help="sizes, e.g. 100,300,1000: full mesh vs overlay, then stop")
+    ap.add_argument("--loss", type=float, default=0.0, help="message loss of the --curves runs")
     args = ap.parse_args()
+    if args.curves:
+        rows = curves([int(x) for x in args.curves.split(",")], args.seed, args.loss)
+        print(json.dumps({"curves": rows, "seed": args.seed, "loss": args.loss}, default=str))
+        return 0
     quick = args.quick
     sizes = [10, 30, 100] if quick else [10, 30, 100, 300, 1000]
     out: dict = {

@@ -39,8 +39,14 @@ Rule 5. Joining: through the first join address that is not our own; with none, 
 Rule 6. Leaving: the core's leave first (its "left" gossip takes the tree while the links
     are up), then HyParView's goodbye to every neighbour.
 
-Left for the next step (issue 18): voters are not pinned (their election traffic is
-direct ``Send`` already), and the node shell does not drive this yet: only the simulator.
+Rule 7. Election traffic does not ride the tree. Votes and most heartbeats are direct
+    ``Send`` already (core rule 15); a heartbeat the core publishes also goes straight to
+    each other voter of the configuration, before the tree takes it to everyone: a voter
+    must not wait for a tree repair (half a second and more under loss) and stand for
+    election meanwhile. A voter hears it twice; the second copy changes nothing.
+
+Left for the next step (issue 18): voters are not pinned as neighbours, and the node shell
+does not drive this yet: only the simulator.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corec_node.mesh.core import MeshCore
-from corec_node.mesh.effects import Broadcast, Effect, MemberChanged
+from corec_node.mesh.effects import Broadcast, Effect, MemberChanged, Send
 from corec_node.mesh.hyparview import (
     Disconnect,
     ForwardJoin,
@@ -74,7 +80,7 @@ from corec_node.mesh.plumtree import (
     PlumtreeConfig,
     Prune,
 )
-from corec_node.wire.messages import MemberState, MemberStatus
+from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus
 
 __all__ = ["OVERLAY_TYPES", "OverlayConfig", "OverlayMesh"]
 
@@ -187,7 +193,11 @@ class OverlayMesh:
         for eff in effects:
             t = type(eff)
             if t is Broadcast:
-                _id, sends = self.tree.broadcast(now, (self.core.name, eff.msg))  # type: ignore[arg-type, union-attr]
+                msg = eff.msg  # type: ignore[union-attr]
+                if type(msg) is Heartbeat:  # rule 7: the voters hear it straight from us
+                    core = self.core
+                    out += [Send(addr, msg) for name, addr in core.voters.current.voters if name != core.name]
+                _id, sends = self.tree.broadcast(now, (self.core.name, msg))
                 out += sends
                 continue
             out.append(eff)

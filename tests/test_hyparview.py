@@ -346,3 +346,23 @@ def test_pinned_voters_stay_linked_beside_a_full_overlay() -> None:
     for name in net.nodes:
         net.check_cap(name)
     assert net.connected()
+
+
+def test_rejoin_says_goodbye_on_every_link_and_asks_others_with_high_priority():
+    """Rule 10: links its peers may have dropped are closed at both ends, and the node
+    fills again as a node left alone does, from other candidates first."""
+    v = HyParView("me", random.Random(1), HyParViewConfig(active_size=2, passive_size=8))
+    for peer in ("a", "b"):
+        v.handle(0.0, Neighbor(peer, high=True))
+    for peer in ("c", "d", "e"):
+        v.learn(0.0, peer)
+    assert set(v.active) == {"a", "b"}
+    out = v.rejoin(1.0)
+    assert v.active == ()
+    goodbyes = {e.to for e in out if isinstance(e, ViewSend) and isinstance(e.msg, Disconnect)}
+    downs = {e.peer for e in out if isinstance(e, NeighborDown)}
+    asked = [e for e in out if isinstance(e, ViewSend) and isinstance(e.msg, Neighbor)]
+    assert goodbyes == downs == {"a", "b"}
+    assert len(asked) == 2 and all(e.msg.high for e in asked)
+    assert {e.to for e in asked} <= {"c", "d", "e"}  # not a peer its goodbye could cross
+    assert {"a", "b"} <= set(v.passive)

@@ -15,6 +15,7 @@ from corec_node.mesh.effects import Send
 from corec_node.mesh.hyparview import HyParViewConfig
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.overlay import OverlayConfig
+from corec_node.sim import FaultPlan, random_faults
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.network import NetworkConfig
 from corec_node.sim.report import SHELL_TIMING
@@ -135,3 +136,39 @@ def test_every_member_ends_in_every_list(mode: str):
     c.await_convergence(120, every=0.5)
     names = sorted(c.nodes)
     assert all(n.membership.alive() == names for n in c.nodes.values())
+
+
+@pytest.mark.parametrize("seed", range(7000, 7010))
+def test_random_faults_on_clusters_larger_than_the_cap(seed: int):
+    """20-40 nodes with the default views: crashes, restarts, partitions, joins and leaves
+    under loss, then every live node agrees on the members and the leader."""
+    rng = random.Random(seed)
+    net = NetworkConfig(loss=rng.choice([0.0, 0.05, 0.1]), duplicate=rng.choice([0.0, 0.05]),
+                        reorder=rng.choice([0.0, 0.1]))
+    n, spares = rng.randint(20, 40), rng.randint(0, 2)
+    c = Cluster(n + spares, seed=seed, network=net, strict=False, overlay=OverlayConfig())
+    c.bootstrap(rng.choice(["snapshot", "join"]), names=list(c.nodes)[:n])
+    c.run(rng.uniform(0.0, 4.0))
+    log = random_faults(c, rng, FaultPlan(duration=15.0, join=0.1, leave=0.05))
+    c.run(15.0)
+    c.await_convergence(60.0)  # raises, naming the cluster's state
+    assert c.invariants.violations == [], log
+
+
+def test_a_node_taken_for_dead_rejoins_and_every_link_is_held_at_both_ends():
+    """Its peers dropped it without a word while it was cut off; once it refutes its death
+    it rejoins (hyparview rule 10), so no link is left one-sided and the broadcasts reach it."""
+    c = overlay_cluster(30, seed=6)
+    c.bootstrap()
+    c.await_convergence(60, every=0.5)
+    cut = sorted(c.nodes)[7]
+    dead = c.watch(cut, MemberStatus.DEAD)
+    c.isolate(cut)
+    assert c.run_until(lambda: len(dead) >= 29, 60, every=0.25) is not None
+    c.heal()
+    c.await_convergence(60, every=0.25)
+    c.run(10)
+    active = {n.addr: set(n.core.views.active) for n in c.nodes.values()}
+    one_sided = [(a, b) for a, peers in active.items() for b in peers if a not in active[b]]
+    assert one_sided == []
+    assert c.nodes[cut].membership.deaths_refuted >= 1

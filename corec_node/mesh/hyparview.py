@@ -81,6 +81,15 @@ Rule 9. Rewire (our addition). Rules 1-5 can close an island: a clique of
     peer with high priority and, if accepted, evicts a random active peer for it (rule 3).
     An island then opens within a few shuffle periods; elsewhere it is a slow trickle of
     link changes (one per node per shuffle_interval / rewire_chance) the tree repairs.
+
+Rule 10. Rejoin (our addition). A peer that takes us for dead drops us from its views
+    without a word (rule 5: nobody is there to tell), so a node that was cut off, or
+    falsely declared dead, can be left holding links its peers no longer hold: one-sided,
+    nothing reaches it over them, and with its active view full it never asks anyone.
+    ``rejoin`` (the caller's: our death was refuted) sends ``Disconnect`` on each active
+    link, keeps those peers as passive candidates, and fills again with high priority, as
+    a node left alone does (rule 5), from the other candidates first: a ``Disconnect`` and
+    a new request to the same peer could cross on a network that reorders.
 """
 
 from __future__ import annotations
@@ -383,6 +392,24 @@ class HyParView:
             self._fill(now, out)
         return out
 
+    def rejoin(self, now: float) -> list[HyParViewEffect]:
+        """Our peers may have dropped us without a word: rule 10."""
+        if self._stopped:
+            return []
+        out: list[HyParViewEffect] = []
+        old = tuple(self._active)
+        self._active.clear()
+        for peer in old:
+            out.append(ViewSend(peer, Disconnect(self._me)))
+            if not self._linked(peer):
+                out.append(NeighborDown(peer))
+            self._add_passive(peer)
+        self._pending.clear()
+        self._rewiring = None
+        self._fill_backoff = 1
+        self._fill(now, out, avoid=old)
+        return out
+
     # -- messages -----------------------------------------------------------------------
 
     def handle(self, now: float, msg: HyParViewMessage) -> list[HyParViewEffect]:
@@ -598,12 +625,14 @@ class HyParView:
 
     # -- views --------------------------------------------------------------------------
 
-    def _fill(self, now: float, out: list[HyParViewEffect]) -> None:
-        """Ask one passive candidate per free active slot (rule 5)."""
+    def _fill(self, now: float, out: list[HyParViewEffect], avoid: tuple[str, ...] = ()) -> None:
+        """Ask one passive candidate per free active slot (rule 5), ``avoid`` last."""
         cfg = self._cfg
         free = cfg.active_size - len(self._active) - len(self._pending)
         if free > 0:
-            candidates = [p for p in self._passive if p not in self._pending]
+            candidates = [p for p in self._passive if p not in self._pending and p not in avoid]
+            if len(candidates) < free:
+                candidates += [p for p in avoid if p in self._passive and p not in self._pending]
             high = not self._active or self._fill_backoff >= cfg.fill_backoff_max  # rule 5's last resort
             for peer in self._sample(candidates, free):
                 self._pending[peer] = now + cfg.neighbor_timeout

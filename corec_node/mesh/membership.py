@@ -255,6 +255,7 @@ class Membership:
         self._refused: dict[str, tuple[int, float]] = {}  # rule 17: name -> (incarnation, when)
         self._conflicts: set[str] = set()
         self._left = False
+        self.deaths_refuted = 0  # verdicts of our death or leave we outbid (rule 3)
         self._live = LiveClock(now, config.stall_gap)  # rule 16
         # first timers at random phases, so nodes started together do not beat in step
         next_probe = now + rng.random() * config.probe_interval
@@ -602,6 +603,7 @@ class Membership:
     def _refute(self, inc: int, status: MemberStatus) -> None:
         me = self._self
         me.inc = max(me.inc, inc) + 1
+        self.deaths_refuted += status in DOWN  # the overlay rejoins: peers that took us for dead dropped us
         self._gossip.queue.queue(me.state())
         if status in (SUSPECT, DEAD):
             self._awareness.apply(1)

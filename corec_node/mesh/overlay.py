@@ -30,7 +30,10 @@ Rule 3. Probing within the overlay: the core's membership probes, and asks relay
 Rule 4. Verdicts repair the views: a member turning DEAD or LEFT is ``peer_failed``
     (dropped from both views, a passive peer asked in its place). Every member the core
     learns of is a passive candidate (``HyParView.learn``), so a node whose contact is gone
-    still finds the overlay.
+    still finds the overlay. The other side of the same rule: a node whose death the core
+    refuted was dropped by every peer that took it for dead, without a word, and rejoins
+    (``HyParView.rejoin``): else it could hold only one-sided links, over which nothing
+    reaches it.
 
 Rule 5. Joining: through the first join address that is not our own; with none, through
     a member of the restored snapshot drawn at random (a restart); with neither, a founder
@@ -112,6 +115,7 @@ class OverlayMesh:
         self._rng = rng
         self._names: dict[str, str] = {}  # peer address -> member name (rule 3)
         self._scope: frozenset[str] = frozenset()
+        self._refuted = 0  # our deaths the core refuted, as last seen (rule 4)
         core.membership.within_overlay(self._scope)  # rule 3: no neighbour yet, nobody to probe
 
     def __getattr__(self, name: str) -> object:
@@ -203,6 +207,10 @@ class OverlayMesh:
             out.append(eff)
             if t is MemberChanged:
                 self._member_changed(eff, now, out)  # type: ignore[arg-type]
+        refuted = self.core.membership.deaths_refuted
+        if refuted != self._refuted:  # rule 4: whoever took us for dead dropped us silently;
+            self._refuted = refuted  # our refutation left first, over the links we had
+            out += self._view(self.views.rejoin(now), now)
         return out
 
     def _member_changed(self, ch: MemberChanged, now: float, out: list[object]) -> None:

@@ -18,6 +18,7 @@ from corec_node.wire.messages import (
     MemberStatus,
     StatePush,
     Vote,
+    Voter,
     VoteRequest,
 )
 
@@ -416,3 +417,22 @@ def test_heartbeats_go_straight_to_voters_and_one_in_ten_is_published() -> None:
     net.run(2.0)
     published, direct = _heartbeats(net, leader, start)
     assert len(published) >= 15 and not direct
+
+
+def test_a_late_heartbeat_never_takes_a_follower_back_to_an_older_configuration() -> None:
+    """Rule 5: a copy of an earlier heartbeat of the same leader and term (it came another
+    way: published and direct, or a tree's repair) is no reason to undo a stored entry."""
+    net = Net()
+    for name in ("a", "b", "c"):
+        net.add(name, join=("a",) if name != "a" else ())
+    net.run(6.0)
+    leader = leaders(net)[0]
+    follower = next(c for n, c in net.cores.items() if n != leader)
+    stored = follower.config
+    assert stored.index >= 2 and stored.term == follower.term
+    older = [Voter(n, a) for n, a in stored.voters][:-1]
+    late = Heartbeat(follower.term, leader, "", 1, stored.term, stored.index - 1, tuple(older),
+                     stored.index - 1, stored.cluster)
+    effects = follower.handle(leader, late, net.now)
+    assert follower.config == stored
+    assert not [e for e in effects if type(e).__name__ == "PersistConfig"]

@@ -34,7 +34,12 @@ Rule 5. The voters are the committed configuration (``voters.py``), not the goss
     member list: the election is given the node's latest stored configuration whenever it
     changes. A heartbeat from the leader of a term not older than ours brings the
     leader's configuration first (adopted, stored, then acknowledged: ``HeartbeatAck``
-    with the heartbeat's ``seq``), so a new voter follows its leader at once.
+    with the heartbeat's ``seq``), so a new voter follows its leader at once. A heartbeat
+    whose configuration is older than ours, by (term, index), is a late copy (it came over
+    another path than a newer one: published and direct, or a tree's repair) and changes
+    nothing: adopting it would undo a stored entry a commit may have counted. A new
+    leader's heartbeats carry the entry it stored under its own term on winning (rule 7),
+    never an older one.
 
 Rule 6. Start: the stored configuration if there is one; else bootstrap (voters rule 6): a
     node with no join address founds a cluster of one, or, when its member snapshot
@@ -413,7 +418,8 @@ class MeshCore:
         election = self.election
         if self._foreign(sender, msg.cfg_cluster):
             return out
-        if msg.cfg_index and sender == msg.leader and msg.term >= election.term:
+        if (msg.cfg_index and sender == msg.leader and msg.term >= election.term
+                and (msg.cfg_term, msg.cfg_index) >= self.voters.current.id):  # rule 5: never an older one
             theirs = Configuration(msg.cfg_index, msg.cfg_term, tuple((v.name, v.addr) for v in msg.voters),
                                    msg.cfg_cluster, tuple(sorted(kv.partition("=")[::2] for kv in msg.settings)))
             changed = theirs != self.voters.current

@@ -323,11 +323,8 @@ class Membership:
     def voters(self) -> dict[str, str]:
         """name -> direct addr of members that joined and have not left or been forced out:
         alive, suspect and dead (until reaped), this node included unless it left."""
-        return {
-            n: self._members[n].addr
-            for n in sorted(self._members)
-            if self._members[n].status != LEFT
-        }
+        members = self._members
+        return {n: members[n].addr for n in sorted(members) if members[n].status != LEFT}
 
     def snapshot(self) -> list[MemberState]:
         """What the shell writes to disk (and what a push-pull carries), sorted by name."""
@@ -348,6 +345,10 @@ class Membership:
         return len(self._gossip)
 
     # -- inputs -----------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Queue our own record, build included, for one Gossip (a node new to the overlay)."""
+        self._gossip.queue.queue(self._self.state())
 
     def within_overlay(self, neighbours: frozenset[str]) -> None:
         """Rules 7 and 9 over the overlay: probe and ask relays only among ``neighbours``;

@@ -16,7 +16,14 @@ Rule 1. Broadcasts ride the tree. Each ``Broadcast`` of the core goes to
     so membership sends each update in one Gossip, not in several (a retransmit would be
     one more broadcast to every node).
     Overlay messages come out as ``ViewSend`` and ``TreeSend`` effects: a direct message
-    to the peer's address, as ``Send`` is.
+    to the peer's address, as ``Send`` is. A broadcast made while we have no neighbour (a
+    node just started, or rejoining) is held, and sent over the first link that comes up:
+    else it would be lost for good, since membership sends each update once. The first is
+    a node's own record, with its build, announced at start: push-pulls alone spread it
+    to a few, and a leader missing one member's build takes it for an old one and publishes
+    every heartbeat (core rule 15). It is announced once more a shuffle interval later: a
+    tree still forming (a whole cluster started at once) misses nodes that join it after a
+    broadcast, and Plumtree repairs only what some link announced.
 
 Rule 2. Peers are direct addresses (what a join names before any member is known).
     ``NeighborUp`` and ``NeighborDown`` go to Plumtree and out to the shell (open or close
@@ -79,19 +86,23 @@ from corec_node.mesh.plumtree import (
     Gossip,
     Graft,
     IHave,
+    MessageId,
     Plumtree,
     PlumtreeConfig,
     Prune,
+    TreeSend,
 )
+from corec_node.mesh.voters import Configuration
 from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus
 
 __all__ = ["OVERLAY_TYPES", "OverlayConfig", "OverlayMesh"]
 
-OVERLAY_TYPES = frozenset({Join, JoinReply, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle,
-                           ShuffleReply, Gossip, IHave, Graft, Prune})
 _VIEW_TYPES = frozenset({Join, JoinReply, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle,
                          ShuffleReply})
+_TREE_TYPES = frozenset({Gossip, IHave, Graft, Prune})
+OVERLAY_TYPES = _VIEW_TYPES | _TREE_TYPES  # the messages the overlay takes; the rest go to the core
 _GONE = frozenset({MemberStatus.DEAD, MemberStatus.LEFT})
+HELD_MAX = 64  # broadcasts held for the first link (rule 1): a node alone says little
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +127,9 @@ class OverlayMesh:
         self._names: dict[str, str] = {}  # peer address -> member name (rule 3)
         self._scope: frozenset[str] = frozenset()
         self._refuted = 0  # our deaths the core refuted, as last seen (rule 4)
+        self._held: list[tuple[MessageId, object, float]] = []  # broadcast with no neighbour (rule 1)
+        self._hold_for = config.tree.cache_ttl
+        self._announce_at: float | None = now + config.views.shuffle_interval  # rule 1: once more
         core.membership.within_overlay(self._scope)  # rule 3: no neighbour yet, nobody to probe
 
     def __getattr__(self, name: str) -> object:
@@ -125,9 +139,18 @@ class OverlayMesh:
     def neighbors(self) -> tuple[str, ...]:
         return self.views.neighbors()
 
+    @property
+    def placement(self) -> str:
+        return self.core.placement
+
+    @placement.setter
+    def placement(self, digest: str) -> None:  # the shell sets it (core rule 15)
+        self.core.placement = digest
+
     # -- inputs (as MeshCore's) -------------------------------------------------------
 
     def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float) -> list[object]:
+        self.core.membership.announce()  # rule 1: our build reaches everyone, not only some
         out = self._route(self.core.start(snapshot, join, now), now)
         contacts = [a for a in join if a != self.addr]
         if not contacts:  # rule 5: a restart joins through a member it remembers
@@ -141,11 +164,14 @@ class OverlayMesh:
         t = type(msg)
         if t in _VIEW_TYPES:
             return self._view(self.views.handle(now, msg), now)  # type: ignore[arg-type]
-        if t in OVERLAY_TYPES:
+        if t in _TREE_TYPES:
             return self._tree(self.tree.handle(now, msg), now)  # type: ignore[arg-type]
         return self._route(self.core.handle(sender, msg, now, missed), now)  # type: ignore[arg-type]
 
     def tick(self, now: float) -> list[object]:
+        if self._announce_at is not None and now >= self._announce_at:
+            self._announce_at = None
+            self.core.membership.announce()
         out = self._route(self.core.tick(now), now)
         due = self.views.next_deadline()
         if due is not None and due <= now:
@@ -157,7 +183,7 @@ class OverlayMesh:
 
     def next_deadline(self, now: float) -> float:
         due = self.core.next_deadline(now)
-        for other in (self.views.next_deadline(), self.tree.next_deadline()):
+        for other in (self.views.next_deadline(), self.tree.next_deadline(), self._announce_at):
             if other is not None:
                 due = min(due, other)
         return max(now, due)
@@ -189,6 +215,9 @@ class OverlayMesh:
     def recover(self, voters: Iterable[str], now: float) -> list[object]:
         return self._route(self.core.recover(voters, now), now)
 
+    def write_failed(self, vote: tuple[int, str | None], config: Configuration, now: float) -> list[object]:
+        return self._route(self.core.write_failed(vote, config, now), now)
+
     # -- routing --------------------------------------------------------------------
 
     def _route(self, effects: list[Effect], now: float) -> list[object]:
@@ -201,7 +230,11 @@ class OverlayMesh:
                 if type(msg) is Heartbeat:  # rule 7: the voters hear it straight from us
                     core = self.core
                     out += [Send(addr, msg) for name, addr in core.voters.current.voters if name != core.name]
-                _id, sends = self.tree.broadcast(now, (self.core.name, msg))
+                payload = (self.core.name, msg)
+                msg_id, sends = self.tree.broadcast(now, payload)
+                if not self.views.neighbors():  # nobody to take it: held for the first link
+                    self._held = [h for h in self._held if now - h[2] < self._hold_for][-HELD_MAX + 1:]
+                    self._held.append((msg_id, payload, now))
                 out += sends
                 continue
             out.append(eff)
@@ -234,6 +267,10 @@ class OverlayMesh:
             if t is NeighborUp:
                 self.tree.neighbor_up(now, eff.peer)
                 changed = True
+                for msg_id, payload, at in self._held:  # rule 1: what we said with nobody to hear
+                    if now - at < self._hold_for:
+                        out.append(TreeSend(eff.peer, Gossip(self.addr, msg_id, payload, 1)))
+                self._held = []
             elif t is NeighborDown:
                 self.tree.neighbor_down(now, eff.peer)
                 changed = True

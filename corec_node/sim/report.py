@@ -1,8 +1,8 @@
 """``corec-node simulate``: the real mesh cores in the deterministic simulator, measured the
 way an operator sizing a fleet asks (virtual seconds, protocol rounds, peers, messages).
 
-One run: N nodes formed from a snapshot, watched in steady state (messages, suspicions,
-resyncs), a node that joins through one member (until every member lists it alive), K
+One run: N nodes formed from a snapshot, left SETTLE_S to settle, watched in steady state
+(messages, suspicions, resyncs), a node that joins through one member (until every member lists it alive), K
 members killed at once (until every survivor lists them dead), and, with ``partition``, a
 share of the survivors cut off for PARTITION_S virtual seconds and healed (the share of
 the live nodes whose member lists are whole again within HEAL_WITHIN s). Invariant
@@ -25,6 +25,8 @@ from corec_node.sim.network import NetworkConfig
 from corec_node.wire.messages import MemberStatus
 
 STEADY_S = 10.0  # virtual seconds watched in steady state
+SETTLE_S = 15.0  # virtual seconds after forming before that: the overlay's views settle, and every
+# node's second announcement of itself (overlay rule 1, one shuffle interval after its start) is out
 PARTITION_S = 10.0  # virtual seconds a partition lasts
 HEAL_WITHIN = 60.0  # virtual seconds the member lists have to be whole again after a heal
 DETECT_WITHIN = 120.0
@@ -58,6 +60,7 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
                            "overlay": overlay, "formed_virtual_s": formed, "protocol_period_s": probe}
 
     # steady state: what a quiet cluster costs, per node
+    c.run(SETTLE_S)
     c.sent.clear()
     c.stats.clear()
     resyncs, covered = _gap_resyncs(c), _gaps_covered(c)

@@ -366,3 +366,16 @@ def test_rejoin_says_goodbye_on_every_link_and_asks_others_with_high_priority():
     assert len(asked) == 2 and all(e.msg.high for e in asked)
     assert {e.to for e in asked} <= {"c", "d", "e"}  # not a peer its goodbye could cross
     assert {"a", "b"} <= set(v.passive)
+
+
+def test_a_peer_dropped_for_dead_and_found_alive_is_told():
+    """Rule 10, the dropping end: it may still hold us, so it hears Disconnect, once; a
+    peer we never held active hears nothing."""
+    v = HyParView("me", random.Random(2), HyParViewConfig(active_size=3, passive_size=8))
+    v.handle(0.0, Neighbor("a", high=True))
+    v.peer_failed(1.0, "a")
+    v.learn(1.0, "b")
+    told = v.revived(2.0, "a")
+    assert [(e.to, type(e.msg)) for e in told if isinstance(e, ViewSend)] == [("a", Disconnect)]
+    assert "a" in v.passive
+    assert v.revived(3.0, "a") == [] and v.revived(3.0, "b") == []

@@ -82,14 +82,18 @@ Rule 9. Rewire (our addition). Rules 1-5 can close an island: a clique of
     An island then opens within a few shuffle periods; elsewhere it is a slow trickle of
     link changes (one per node per shuffle_interval / rewire_chance) the tree repairs.
 
-Rule 10. Rejoin (our addition). A peer that takes us for dead drops us from its views
-    without a word (rule 5: nobody is there to tell), so a node that was cut off, or
-    falsely declared dead, can be left holding links its peers no longer hold: one-sided,
-    nothing reaches it over them, and with its active view full it never asks anyone.
-    ``rejoin`` (the caller's: our death was refuted) sends ``Disconnect`` on each active
-    link, keeps those peers as passive candidates, and fills again with high priority, as
-    a node left alone does (rule 5), from the other candidates first: a ``Disconnect`` and
-    a new request to the same peer could cross on a network that reorders.
+Rule 10. One-sided links (our addition). A peer that takes us for dead drops us from its
+    views without a word (rule 5: nobody is there to tell), so a node that was cut off, or
+    falsely declared dead, can be left holding links its peers no longer hold: nothing
+    reaches it over them, and with its active view full it never asks anyone. Both ends
+    mend it. The dropping end remembers whom ``peer_failed`` took out of its active view,
+    and when that peer is found alive after all (``revived``) sends it ``Disconnect``. The
+    dropped end, when it refuted its own death (``rejoin``, the caller's), sends
+    ``Disconnect`` on each active link, keeps those peers as passive candidates, and fills
+    again with high priority, as a node left alone does (rule 5), from the other
+    candidates first: a ``Disconnect`` and a new request to the same peer could cross on a
+    network that reorders. A member brought back by others' news, not by its own
+    refutation, hears the first of the two.
 """
 
 from __future__ import annotations
@@ -270,6 +274,7 @@ class HyParView:
         "_shuffle_at",
         "_shuffle_sent",
         "_stopped",
+        "_dropped",
     )
 
     def __init__(
@@ -295,6 +300,7 @@ class HyParView:
         self._join_at: float | None = None
         self._rewiring: str | None = None
         self._stopped = False
+        self._dropped: dict[str, None] = {}  # active peers peer_failed dropped (rule 10), newest last
 
     # -- reading ------------------------------------------------------------------------
 
@@ -388,8 +394,20 @@ class HyParView:
         self._pending.pop(peer, None)
         if peer in self._active:
             del self._active[peer]
+            self._dropped[peer] = None
+            if len(self._dropped) > self._cfg.passive_size:
+                del self._dropped[next(iter(self._dropped))]
             self._fill_backoff = 1
             self._fill(now, out)
+        return out
+
+    def revived(self, now: float, peer: str) -> list[HyParViewEffect]:
+        """``peer``, taken for dead, lives (rule 10): if we dropped it from our active view,
+        say so, since it may still hold us; either way it is a passive candidate again."""
+        out: list[HyParViewEffect] = []
+        if self._dropped.pop(peer, 0) is None and not self._stopped and not self._linked(peer):
+            out.append(ViewSend(peer, Disconnect(self._me)))
+        self.learn(now, peer)
         return out
 
     def rejoin(self, now: float) -> list[HyParViewEffect]:

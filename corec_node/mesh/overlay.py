@@ -37,10 +37,10 @@ Rule 3. Probing within the overlay: the core's membership probes, and asks relay
 Rule 4. Verdicts repair the views: a member turning DEAD or LEFT is ``peer_failed``
     (dropped from both views, a passive peer asked in its place). Every member the core
     learns of is a passive candidate (``HyParView.learn``), so a node whose contact is gone
-    still finds the overlay. The other side of the same rule: a node whose death the core
-    refuted was dropped by every peer that took it for dead, without a word, and rejoins
-    (``HyParView.rejoin``): else it could hold only one-sided links, over which nothing
-    reaches it.
+    still finds the overlay. A peer that took a member for dead dropped it without a word,
+    so links can be left one-sided (hyparview rule 10): a member found alive after all is
+    told (``HyParView.revived``), and a node whose death the core refuted rejoins
+    (``HyParView.rejoin``).
 
 Rule 5. Joining: through the first join address that is not our own; with none, through
     a member of the restored snapshot drawn at random (a restart); with neither, a founder
@@ -253,7 +253,9 @@ class OverlayMesh:
         self._names[ch.addr] = ch.name
         if ch.new in _GONE:
             out += self._view(self.views.peer_failed(now, ch.addr), now)
-        elif ch.old is None or ch.old in _GONE:
+        elif ch.old in _GONE:
+            out += self._view(self.views.revived(now, ch.addr), now)
+        elif ch.old is None:
             self.views.learn(now, ch.addr)
         if known != ch.name and ch.addr in self.views.neighbors():
             self._rescope()

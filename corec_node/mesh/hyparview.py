@@ -47,8 +47,8 @@ Rule 5. Repair and fill. ``peer_failed`` drops the peer from both views (a faile
     another is asked. While
     the active view has free slots, one more round of requests goes out every
     ``fill_interval``, doubling after each refusal up to ``fill_backoff_max`` times, so a
-    node whose candidates are all full costs two messages a long while, not a storm. Refused
-    at the longest backoff, it asks with high priority (the one it asks makes room, rule 3):
+    node whose candidates are all full costs two messages a long while, not a storm. Once
+    refusals have taken the backoff to its longest, it asks with high priority (the one it asks makes room, rule 3):
     a clique whose views are full of each other, such as one side of a healed partition,
     must let the other side's under-full nodes in, or the broadcast tree stays cut in two.
 
@@ -648,11 +648,12 @@ class HyParView:
         cfg = self._cfg
         free = cfg.active_size - len(self._active) - len(self._pending)
         if free > 0:
-            candidates = [p for p in self._passive if p not in self._pending and p not in avoid]
-            if len(candidates) < free:
-                candidates += [p for p in avoid if p in self._passive and p not in self._pending]
+            chosen = self._sample([p for p in self._passive if p not in self._pending and p not in avoid], free)
+            if len(chosen) < free:
+                chosen += self._sample([p for p in avoid if p in self._passive and p not in self._pending],
+                                       free - len(chosen))
             high = not self._active or self._fill_backoff >= cfg.fill_backoff_max  # rule 5's last resort
-            for peer in self._sample(candidates, free):
+            for peer in chosen:
                 self._pending[peer] = now + cfg.neighbor_timeout
                 out.append(ViewSend(peer, Neighbor(self._me, high)))
         self._schedule_fill(now)

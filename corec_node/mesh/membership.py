@@ -593,7 +593,7 @@ class Membership:
             if st.status == ALIVE:
                 self._conflict(st.addr, out)  # rule 6
             elif st.inc >= me.inc:
-                self._refute(st.inc, st.status)  # our old address, most likely: outbid it
+                self._refute(st.inc, st.status, ours=False)  # our old address, most likely: outbid it
             return
         if st.status == ALIVE:
             if st.inc > me.inc or (st.inc == me.inc and st.pub != me.pub):
@@ -601,10 +601,10 @@ class Membership:
         elif st.inc >= me.inc:
             self._refute(st.inc, st.status)
 
-    def _refute(self, inc: int, status: MemberStatus) -> None:
+    def _refute(self, inc: int, status: MemberStatus, ours: bool = True) -> None:
         me = self._self
         me.inc = max(me.inc, inc) + 1
-        self.deaths_refuted += status in DOWN  # the overlay rejoins: peers that took us for dead dropped us
+        self.deaths_refuted += ours and status in DOWN  # the overlay rejoins: peers that took us for dead dropped us
         self._gossip.queue.queue(me.state())
         if status in (SUSPECT, DEAD):
             self._awareness.apply(1)

@@ -17,7 +17,8 @@ Rule 1. Broadcasts ride the tree. Each ``Broadcast`` of the core goes to
     one more broadcast to every node).
     Overlay messages come out as ``ViewSend`` and ``TreeSend`` effects: a direct message
     to the peer's address, as ``Send`` is. A broadcast made while we have no neighbour (a
-    node just started, or rejoining) is held, and sent over the first link that comes up:
+    node just started, or rejoining) is held, and sent over the first link that comes up
+    (not a heartbeat: the next one says more):
     else it would be lost for good, since membership sends each update once. The first is
     a node's own record, with its build, announced at start: push-pulls alone spread it
     to a few, and a leader missing one member's build takes it for an old one and publishes
@@ -66,7 +67,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corec_node.mesh.core import MeshCore
-from corec_node.mesh.effects import Broadcast, Effect, MemberChanged, Send
+from corec_node.mesh.effects import Broadcast, Effect, MemberChanged, MemberReaped, Send
 from corec_node.mesh.hyparview import (
     Disconnect,
     ForwardJoin,
@@ -124,7 +125,8 @@ class OverlayMesh:
         self.views = HyParView(addr, rng, config.views, now=now)
         self.tree = Plumtree(addr, config.tree)
         self._rng = rng
-        self._names: dict[str, str] = {}  # peer address -> member name (rule 3)
+        self._names: dict[str, str] = {}  # peer address -> member name (rule 3), until reaped
+        self._addrs: dict[str, str] = {}  # and back
         self._scope: frozenset[str] = frozenset()
         self._refuted = 0  # our deaths the core refuted, as last seen (rule 4)
         self._held: list[tuple[MessageId, object, float]] = []  # broadcast with no neighbour (rule 1)
@@ -150,8 +152,9 @@ class OverlayMesh:
     # -- inputs (as MeshCore's) -------------------------------------------------------
 
     def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float) -> list[object]:
+        started = self.core.start(snapshot, join, now)  # first: a restart raises our incarnation
         self.core.membership.announce()  # rule 1: our build reaches everyone, not only some
-        out = self._route(self.core.start(snapshot, join, now), now)
+        out = self._route(started, now)
         contacts = [a for a in join if a != self.addr]
         if not contacts:  # rule 5: a restart joins through a member it remembers
             contacts = sorted(s.addr for s in snapshot if s.status not in _GONE and s.addr != self.addr)
@@ -232,7 +235,7 @@ class OverlayMesh:
                     out += [Send(addr, msg) for name, addr in core.voters.current.voters if name != core.name]
                 payload = (self.core.name, msg)
                 msg_id, sends = self.tree.broadcast(now, payload)
-                if not self.views.neighbors():  # nobody to take it: held for the first link
+                if type(msg) is not Heartbeat and not self.views.neighbors():  # held for the first link
                     self._held = [h for h in self._held if now - h[2] < self._hold_for][-HELD_MAX + 1:]
                     self._held.append((msg_id, payload, now))
                 out += sends
@@ -240,9 +243,11 @@ class OverlayMesh:
             out.append(eff)
             if t is MemberChanged:
                 self._member_changed(eff, now, out)  # type: ignore[arg-type]
+            elif t is MemberReaped:
+                self._names.pop(self._addrs.pop(eff.name, ""), None)  # type: ignore[union-attr]
         refuted = self.core.membership.deaths_refuted
-        if refuted != self._refuted:  # rule 4: whoever took us for dead dropped us silently;
-            self._refuted = refuted  # our refutation left first, over the links we had
+        if refuted != self._refuted:  # rule 4: whoever took us for dead dropped us silently
+            self._refuted = refuted
             out += self._view(self.views.rejoin(now), now)
         return out
 
@@ -251,6 +256,7 @@ class OverlayMesh:
             return
         known = self._names.get(ch.addr)
         self._names[ch.addr] = ch.name
+        self._addrs[ch.name] = ch.addr
         if ch.new in _GONE:
             out += self._view(self.views.peer_failed(now, ch.addr), now)
         elif ch.old in _GONE:
@@ -269,10 +275,12 @@ class OverlayMesh:
             if t is NeighborUp:
                 self.tree.neighbor_up(now, eff.peer)
                 changed = True
+                out.append(eff)
                 for msg_id, payload, at in self._held:  # rule 1: what we said with nobody to hear
                     if now - at < self._hold_for:
                         out.append(TreeSend(eff.peer, Gossip(self.addr, msg_id, payload, 1)))
                 self._held = []
+                continue
             elif t is NeighborDown:
                 self.tree.neighbor_down(now, eff.peer)
                 changed = True

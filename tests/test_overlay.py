@@ -11,10 +11,12 @@ import sys
 
 import pytest
 
+from corec_node.mesh.core import MeshCore
 from corec_node.mesh.effects import Send
-from corec_node.mesh.hyparview import HyParViewConfig
+from corec_node.mesh.election import ElectionConfig
+from corec_node.mesh.hyparview import HyParViewConfig, Neighbor, ViewSend
 from corec_node.mesh.membership import Membership, MembershipConfig
-from corec_node.mesh.overlay import OverlayConfig
+from corec_node.mesh.overlay import ISLAND_AFTER, OverlayConfig, OverlayMesh
 from corec_node.sim import FaultPlan, random_faults
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.network import NetworkConfig
@@ -172,3 +174,44 @@ def test_a_node_taken_for_dead_rejoins_and_every_link_is_held_at_both_ends():
     one_sided = [(a, b) for a, peers in active.items() for b in peers if a not in active[b]]
     assert one_sided == []
     assert c.nodes[cut].membership.deaths_refuted >= 1
+
+
+
+def test_a_node_that_hears_no_leader_rewires():
+    """Overlay rule 8: views can close into cliques that hold only each other; a node that
+    hears no leader for ISLAND_AFTER asks a passive peer with high priority, whatever rule
+    9's chance, and again every ISLAND_AFTER."""
+    core = MeshCore("a", "h:1", "h:2", MembershipConfig.lan(), ElectionConfig.lan(), random.Random(3), 0.0)
+    node = OverlayMesh(core, "h:1", OverlayConfig(), random.Random(4), 0.0)
+    node.start([MemberState(f"n{i}", f"h:{10 + i}", f"h:{50 + i}", 0, MemberStatus.ALIVE) for i in range(12)],
+               [], 0.0)
+    for i in range(CAP):  # a full active view: no fill asks anyone
+        node.handle(f"n{i}", Neighbor(f"h:{10 + i}", high=True), 0.0)
+    assert len(node.views.active) == CAP
+
+    def asks(now: float) -> list:
+        return [e for e in node.tick(now) if isinstance(e, ViewSend) and isinstance(e.msg, Neighbor)
+                and e.msg.high]
+
+    assert core.election.leader is None
+    assert asks(1.0) == [] and asks(ISLAND_AFTER / 2) == []
+    assert len(asks(ISLAND_AFTER + 1.0)) == 1
+    assert asks(ISLAND_AFTER + 2.0) == []
+
+
+def test_a_fault_run_that_closed_the_views_into_two_cliques_converges():
+    """A sweep run (seed 100913: 8 nodes, cap 3, crashes, partitions, joins) whose views
+    ended as two full cliques of 4, one without its leader's heartbeats, for good."""
+    seed = 100913
+    rng = random.Random(seed)
+    net = NetworkConfig(loss=rng.choice([0.0, 0.05, 0.1, 0.2]), duplicate=rng.choice([0.0, 0.05]),
+                        reorder=rng.choice([0.0, 0.1]), delay_max=rng.choice([0.005, 0.05]))
+    n, spares = rng.randint(5, 9), rng.randint(0, 2)
+    c = Cluster(n + spares, seed=seed, network=net, strict=False,
+                overlay=OverlayConfig(views=HyParViewConfig(active_size=3, passive_size=12)))
+    c.bootstrap(rng.choice(["snapshot", "join"]), names=list(c.nodes)[:n])
+    c.run(rng.uniform(0.0, 4.0))
+    random_faults(c, rng, FaultPlan(duration=15.0, join=0.1, leave=0.05))
+    c.run(15.0)
+    c.await_convergence(60.0)
+    assert c.invariants.violations == []

@@ -615,11 +615,23 @@ class HyParView:
         self._keep_filling(now)
         return out
 
+    def rewire(self, now: float) -> list[HyParViewEffect]:
+        """Rule 9 at once, whatever the chance: the caller has reason to think the overlay
+        is cut (its broadcasts stopped coming)."""
+        out: list[HyParViewEffect] = []
+        if not self._stopped and self._rewiring is None:
+            self._rewire(now, out)
+        return out
+
     def _maybe_rewire(self, now: float, out: list[HyParViewEffect]) -> None:
         """Rule 9."""
         cfg = self._cfg
         if len(self._active) < cfg.active_size or self._rng.random() >= cfg.rewire_chance:
             return
+        self._rewire(now, out)
+
+    def _rewire(self, now: float, out: list[HyParViewEffect]) -> None:
+        cfg = self._cfg
         candidates = [p for p in self._passive if p not in self._pending]
         if not candidates:
             return

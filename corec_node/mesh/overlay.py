@@ -56,6 +56,12 @@ Rule 7. Election traffic does not ride the tree. Votes and most heartbeats are d
     must not wait for a tree repair (half a second and more under loss) and stand for
     election meanwhile. A voter hears it twice; the second copy changes nothing.
 
+Rule 8. Islands. Views can close into cliques that hold only each other (a small cap, a
+    healed partition); HyParView's rule 9 opens them by chance, within minutes. A node that
+    has heard no leader for ISLAND_AFTER rewires at once, and again every ISLAND_AFTER
+    while it hears none: where a leader exists, the nodes cut off from its tree (members
+    that are not voters hear it only over the tree) are exactly those.
+
 Left for the next step (issue 18): voters are not pinned as neighbours, and the node shell
 does not drive this yet: only the simulator.
 """
@@ -104,6 +110,7 @@ _TREE_TYPES = frozenset({Gossip, IHave, Graft, Prune})
 OVERLAY_TYPES = _VIEW_TYPES | _TREE_TYPES  # the messages the overlay takes; the rest go to the core
 _GONE = frozenset({MemberStatus.DEAD, MemberStatus.LEFT})
 HELD_MAX = 64  # broadcasts held for the first link (rule 1): a node alone says little
+ISLAND_AFTER = 10.0  # s without a leader before a node rewires (rule 8): twice a member's patience
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,7 @@ class OverlayMesh:
         self._held: list[tuple[MessageId, object, float]] = []  # broadcast with no neighbour (rule 1)
         self._hold_for = config.tree.cache_ttl
         self._announce_at: float | None = now + config.views.shuffle_interval  # rule 1: once more
+        self._leaderless_since: float | None = None  # rule 8
         core.membership.within_overlay(self._scope)  # rule 3: no neighbour yet, nobody to probe
 
     def __getattr__(self, name: str) -> object:
@@ -176,6 +184,14 @@ class OverlayMesh:
             self._announce_at = None
             self.core.membership.announce()
         out = self._route(self.core.tick(now), now)
+        if self.core.election.leader is None and not self.core.membership.left:  # rule 8
+            if self._leaderless_since is None:
+                self._leaderless_since = now
+            elif now - self._leaderless_since >= ISLAND_AFTER:
+                self._leaderless_since = now
+                out += self._view(self.views.rewire(now), now)
+        else:
+            self._leaderless_since = None
         due = self.views.next_deadline()
         if due is not None and due <= now:
             out += self._view(self.views.on_timer(now), now)

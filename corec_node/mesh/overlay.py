@@ -33,7 +33,7 @@ Rule 2. Peers are direct addresses (what a join names before any member is known
 Rule 3. Probing within the overlay: the core's membership probes, and asks relays, only
     among the neighbours whose member name it knows (membership rule 7 with a scope). Each
     member is watched by the few nodes linked to it; their suspicions reach everyone by
-    the tree, and each node's own suspicion timer runs as before (rule 8).
+    the tree, and each node's own suspicion timer runs as before (membership rule 8).
 
 Rule 4. Verdicts repair the views: a member turning DEAD or LEFT is ``peer_failed``
     (dropped from both views, a passive peer asked in its place). Every member the core

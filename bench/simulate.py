@@ -189,9 +189,9 @@ def simulate_run(n: int, overlay: bool, seed: int, loss: float = 0.0) -> dict:
            "--seed", str(seed), "--loss", str(loss), "--json"] + (["--overlay"] if overlay else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()  # type: ignore[union-attr]
-    _pid, _status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0
-    r = json.loads(out)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    r = json.loads(out)  # exit 1 means violations, which the figures report
     r["rss_mb"] = usage.ru_maxrss / 1024
     return r
 

@@ -213,3 +213,11 @@ def test_a_fault_run_that_closed_the_views_into_two_cliques_converges():
     ended as two full cliques of 4, one without its leader's heartbeats, for good."""
     fault_run(100913, (5, 9), OverlayConfig(views=HyParViewConfig(active_size=3, passive_size=12)),
               [0.0, 0.05, 0.1, 0.2], delays=[0.005, 0.05])
+
+
+def test_the_human_answer_says_the_run_was_over_the_overlay():
+    out = subprocess.run([sys.executable, "-m", "corec_node", "simulate", "--nodes", "12", "--overlay"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith("simulated 12 nodes over the overlay (seed 0")
+    assert "invariant violations: 0" in out.stdout

@@ -160,7 +160,8 @@ def render(result: dict[str, Any]) -> str:
             return "not within the limit"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
-    lines = [f"simulated {result['nodes']} nodes (seed {result['seed']}, loss {result['loss']:g}): "
+    lines = [f"simulated {result['nodes']} nodes{' over the overlay' if result.get('overlay') else ''} "
+             f"(seed {result['seed']}, loss {result['loss']:g}): "
              f"{fmt(result['virtual_s'])} virtual s in {fmt(result['real_s'])} s"]
     rounds = f"rounds of {result['protocol_period_s']:g} s, a node's probe period at this size"
     for key, label in (("join_rounds", f"join: {rounds}, until alive everywhere"),

@@ -50,6 +50,20 @@ def test_a_cluster_formed_by_joins_converges_with_bounded_links():
     assert c.invariants.violations == []
 
 
+def test_a_restarted_node_numbers_its_broadcasts_past_its_former_life():
+    c = overlay_cluster(5, seed=3)
+    c.bootstrap()
+    c.await_convergence(30)
+    node = c.nodes[sorted(c.nodes)[0]]
+    before = node.core.tree._seq  # type: ignore[union-attr]
+    assert before > 0  # it announced itself at least
+    c.crash(node.name)
+    c.run(1)
+    c.restart(node.name)
+    assert node.core.tree._seq > before  # type: ignore[union-attr]  # plumtree rule 3: its news is not taken for seen
+    c.await_convergence(30)
+
+
 def test_crashed_nodes_are_seen_dead_everywhere_and_the_views_heal():
     c = overlay_cluster(60, seed=4)
     c.bootstrap()

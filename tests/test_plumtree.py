@@ -22,6 +22,7 @@ from corec_node.mesh.plumtree import (
     PlumtreeEffect,
     Prune,
     RecentIds,
+    SeenIds,
     TreeSend,
 )
 
@@ -190,6 +191,40 @@ def test_seen_ids_are_bounded_by_size_and_age() -> None:
     assert len(seen) == 3 and ("o", 1) not in seen and ("o", 4) in seen
     seen.put(("o", 9), 13.5)
     assert ("o", 3) not in seen and ("o", 4) in seen
+
+
+def test_seen_ids_live_at_least_half_their_bounds_and_at_most_the_size() -> None:
+    seen = SeenIds(size=10, ttl=10.0)
+    for i in range(5):  # half the size: all remembered
+        seen.put(("o", i), 0.0)
+    assert all(("o", i) in seen for i in range(5))
+    for i in range(5, 100):
+        seen.put(("o", i), 0.0)
+        assert len(seen) <= 10
+        assert all(("o", j) in seen for j in range(i - 4, i + 1))  # the last size / 2 ids
+    seen = SeenIds(size=1000, ttl=10.0)
+    seen.put(("o", 1), 0.0)
+    seen.put(("o", 2), 4.9)
+    assert ("o", 1) in seen
+    seen.put(("o", 3), 5.0)  # ttl / 2 after the first: a new generation; the first still held
+    assert ("o", 1) in seen and ("o", 2) in seen
+    seen.put(("o", 4), 10.0)
+    assert ("o", 1) not in seen and ("o", 2) not in seen and ("o", 3) in seen
+
+
+def test_a_node_restarted_at_the_same_address_is_heard_when_it_numbers_from_a_new_first_seq() -> None:
+    peer = Plumtree("y")
+    first = Plumtree("x")
+    for _ in range(3):
+        _, sends = first.broadcast(0.0, b"before")
+        assert sends == []  # no neighbour yet: the peer hears it below
+        peer.handle(0.0, Gossip("x", (first.me, first._seq), b"before", 1))
+    same = Plumtree("x")  # a restart that numbers from 0 again: taken for the old news
+    msg_id, _ = same.broadcast(1.0, b"after")
+    assert peer.handle(1.0, Gossip("x", msg_id, b"after", 1)) != [Deliver(msg_id, b"after", 1)]
+    fresh = Plumtree("x", first_seq=1 << 32)
+    msg_id, _ = fresh.broadcast(1.0, b"after")
+    assert peer.handle(1.0, Gossip("x", msg_id, b"after", 1)) == [Deliver(msg_id, b"after", 1)]
 
 
 def test_memory_stays_bounded_over_many_broadcasts() -> None:

@@ -506,7 +506,7 @@ class MeshCore:
 
     def _plan(self, now: float) -> list[Effect]:
         """Rule 7: the next one-member change of the configuration, as leader."""
-        members = self.membership.members()
+        members = self.membership.records()
         alive = {m.name: (m.addr, m.since) for m in members
                  if m.status == ALIVE and m.name != self.name and m.name in self._followers}
         present = [m.name for m in members if m.status != LEFT]

@@ -49,6 +49,11 @@ NO_BUILD: tuple[str, str, tuple[str, ...], str, tuple[str, ...], tuple[str, ...]
 """A member that announced nothing of itself: version, protocol, features, data socket, tags,
 settings."""
 
+BUILDS_KEPT = 4_096
+_BUILDS: dict[tuple[object, ...], tuple[object, ...]] = {}
+"""One tuple per distinct build, shared by every member record that holds it: a cluster has
+a few builds, and a process of simulated nodes holds each member once per node."""
+
 
 @dataclass(slots=True)
 class Member:
@@ -63,18 +68,19 @@ class Member:
     # version, protocol, features it announced, its data socket ("" none: before 1.5), its tags (1.8),
     # its settings (1.10)
     build: tuple[str, str, tuple[str, ...], str, tuple[str, ...], tuple[str, ...]] = NO_BUILD
-    # the last ``state()`` and what it was made of: a push-pull sends every member's state,
-    # and building one (a frozen dataclass) costs ten times checking that nothing changed
-    _state: tuple[tuple[object, ...], MemberState] | None = field(default=None, init=False, repr=False, compare=False)
+    # the last ``state()`` and the build it was made from: a push-pull sends every member's
+    # state, and building one (a frozen dataclass) costs ten times checking that nothing changed
+    _state: MemberState | None = field(default=None, init=False, repr=False, compare=False)
+    _built: tuple[object, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def state(self) -> MemberState:
-        key = (self.addr, self.pub, self.inc, self.status, self.build)
-        cached = self._state
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        st = self._state
+        if (st is not None and self._built is self.build and st.inc == self.inc and st.status == self.status
+                and st.addr == self.addr and st.pub == self.pub):
+            return st
         *build, settings = self.build  # pruned (1.9) sits between tags and settings: never set from here
         st = MemberState(self.name, self.addr, self.pub, self.inc, self.status, *build, settings=settings)
-        self._state = (key, st)
+        self._state, self._built = st, self.build
         return st
 
     def adopt(self, st: MemberState) -> None:
@@ -83,12 +89,14 @@ class Member:
         a push-pull's no-op finds it by identity."""
         held = self.state()
         if held is not st and held == st:
-            self._state = (self._state[0], st)  # type: ignore[index]
+            self._state = st
 
     def learn_build(self, st: MemberState) -> None:
         """What the member announced of itself (not a verdict: it never orders updates)."""
         if st.version and st.inc >= self.inc:
-            self.build = (st.version, st.protocol, st.features, st.data, st.tags, st.settings)
+            build = (st.version, st.protocol, st.features, st.data, st.tags, st.settings)
+            if build != self.build:
+                self.build = _BUILDS.setdefault(build, build) if len(_BUILDS) < BUILDS_KEPT else build
 
 
 def change_reason(m: Member, status: MemberStatus, sender: str, gossip: bool) -> str:

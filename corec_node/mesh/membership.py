@@ -303,6 +303,10 @@ class Membership:
         """Every member we know, this node included, sorted by name (copies)."""
         return [replace(self._members[n]) for n in sorted(self._members)]
 
+    def records(self) -> list[Member]:
+        """As ``members()``, the records themselves: for a reader that keeps none (a leader's every tick)."""
+        return [self._members[n] for n in sorted(self._members)]
+
     def member(self, name: str) -> Member | None:
         m = self._members.get(name)
         return replace(m) if m is not None else None
@@ -548,6 +552,7 @@ class Membership:
             m = self._members.get(st.name)
             if m is None:
                 m = Member(st.name, st.addr, st.pub, st.inc, status, now)
+                m.adopt(st)  # the snapshot's record itself when it says what we hold
                 self._members[st.name] = m
                 if status in DOWN:
                     self._next_reap = min(self._next_reap, now + self._cfg.reap_after)

@@ -126,14 +126,16 @@ class OverlayMesh:
     ``leader``...) pass through to the core."""
 
     def __init__(self, core: MeshCore, addr: str, config: OverlayConfig, rng: random.Random,
-                 now: float) -> None:
+                 now: float, first_seq: int = 0) -> None:
+        """``first_seq``: where this life numbers its broadcasts (plumtree rule 3), a value
+        no earlier life at this address reached: the shell gives its start's wall clock in
+        microseconds."""
         self.core = core
         self.addr = addr
         self.views = HyParView(addr, rng, config.views, now=now)
-        self.tree = Plumtree(addr, config.tree)
+        self.tree = Plumtree(addr, config.tree, first_seq=first_seq)
         self._rng = rng
         self._names: dict[str, str] = {}  # peer address -> member name (rule 3), until reaped
-        self._addrs: dict[str, str] = {}  # and back
         self._scope: frozenset[str] = frozenset()
         self._refuted = 0  # our deaths the core refuted, as last seen (rule 4)
         self._held: list[tuple[MessageId, object, float]] = []  # broadcast with no neighbour (rule 1)
@@ -260,19 +262,24 @@ class OverlayMesh:
             if t is MemberChanged:
                 self._member_changed(eff, now, out)  # type: ignore[arg-type]
             elif t is MemberReaped:
-                self._names.pop(self._addrs.pop(eff.name, ""), None)  # type: ignore[union-attr]
+                self._reaped(eff.name)  # type: ignore[union-attr]
         refuted = self.core.membership.deaths_refuted
         if refuted != self._refuted:  # rule 4: whoever took us for dead dropped us silently
             self._refuted = refuted
             out += self._view(self.views.rejoin(now), now)
         return out
 
+    def _reaped(self, name: str) -> None:
+        """A reaped member's address is no longer its (a scan: reaps are rare, and a map
+        back would be one more entry per member per node)."""
+        for addr in [a for a, n in self._names.items() if n == name]:
+            del self._names[addr]
+
     def _member_changed(self, ch: MemberChanged, now: float, out: list[object]) -> None:
         if ch.name == self.core.name:
             return
         known = self._names.get(ch.addr)
         self._names[ch.addr] = ch.name
-        self._addrs[ch.name] = ch.addr
         if ch.new in _GONE:
             out += self._view(self.views.peer_failed(now, ch.addr), now)
         elif ch.old in _GONE:

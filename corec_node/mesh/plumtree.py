@@ -25,8 +25,12 @@ Rule 2. A new message (by id, ``(origin, seq)``) is delivered once, cached for g
     A duplicate moves its sender to lazy and answers ``Prune``, which does the same on the
     other side.
 
-Rule 3. Ids are remembered in a bounded seen set (``seen_size`` ids, ``seen_ttl`` s): a
-    copy older than that (impossible within the hop bound) could be delivered twice.
+Rule 3. Ids are remembered in a bounded seen set (at least ``seen_ttl / 2`` s and
+    ``seen_size / 2`` later ids, ``SeenIds``): a copy older than that (impossible within
+    the hop bound) could be delivered twice. A node numbers its broadcasts from
+    ``first_seq``: the caller draws it at random at each start, so that a node restarted at
+    the same address is not taken for its former self, whose ids the others still hold,
+    and its news dropped as seen.
 
 Rule 4. ``IHave`` for an unknown id starts a timer of ``missing_timeout``; if the message
     has not come when it fires, the first announcer is moved to eager and sent ``Graft``,
@@ -42,6 +46,7 @@ Rule 6. Messages from a peer that is not a neighbour (a race with its ``Neighbor
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -57,6 +62,7 @@ __all__ = [
     "PlumtreeMessage",
     "Prune",
     "RecentIds",
+    "SeenIds",
     "TreeSend",
 ]
 
@@ -159,6 +165,33 @@ class Deliver:
 PlumtreeEffect = TreeSend | Deliver
 
 
+class SeenIds:
+    """Ids delivered lately, as two generations of sets: an id is remembered for at least
+    ``ttl / 2`` and ``size / 2`` later ids, and at most ``size`` are held. Half the memory
+    of a map that times each id, which matters when one process holds thousands of nodes
+    (the simulator): a broadcast leaves one entry in every node."""
+
+    __slots__ = ("_half", "_new", "_old", "_since", "_span")
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self._new: set[MessageId] = set()
+        self._old: set[MessageId] = set()
+        self._half = max(1, size // 2)
+        self._span = ttl / 2
+        self._since = -math.inf
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+    def __contains__(self, key: MessageId) -> bool:
+        return key in self._new or key in self._old
+
+    def put(self, key: MessageId, now: float) -> None:
+        if now - self._since >= self._span or len(self._new) >= self._half:
+            self._old, self._new, self._since = self._new, set(), now
+        self._new.add(key)
+
+
 class RecentIds:
     """Insertion-ordered map with a size and an age bound: oldest entries go first."""
 
@@ -222,18 +255,18 @@ class Plumtree:
         "grafts",
     )
 
-    def __init__(self, me: str, config: PlumtreeConfig | None = None) -> None:
+    def __init__(self, me: str, config: PlumtreeConfig | None = None, first_seq: int = 0) -> None:
         self._me = me
         self._cfg = cfg = config or PlumtreeConfig()
         self._eager: dict[str, None] = {}
         self._lazy: dict[str, None] = {}
-        self._seen = RecentIds(cfg.seen_size, cfg.seen_ttl)
+        self._seen = SeenIds(cfg.seen_size, cfg.seen_ttl)
         self._cache = RecentIds(cfg.cache_size, cfg.cache_ttl)  # id -> (payload, hops)
         self._missing: dict[MessageId, _Missing] = {}
         self._timers: list[tuple[float, MessageId]] = []  # heap; stale entries skipped
         self._lazy_queue: dict[str, list[tuple[MessageId, int]]] = {}
         self._flush_at: float | None = None
-        self._seq = 0
+        self._seq = first_seq  # rule 3
         self.delivered = 0  # counters for tests and benchmarks
         self.duplicates = 0
         self.grafts = 0

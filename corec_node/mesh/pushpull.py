@@ -66,6 +66,7 @@ class PushPull:
         self._cfg = config
         self._rng = rng
         self._pending: dict[str, _PendingJoin] = {}
+        self._pending_due: float | None = None  # their earliest next_at; None: to be found again
         # rule 12, asked again while no other member is live: every address given to join,
         # and the last FORMER_KEPT dead members reaped (a founder has no join address)
         self._seeds: dict[str, None] = {}
@@ -111,6 +112,7 @@ class PushPull:
             self._pending[addr] = _PendingJoin(
                 False, live + self._cfg.join_retry, self._cfg.join_retry
             )
+            self._pending_due = None
             out.append(self.push(addr, members, live, join=True))
         return out
 
@@ -128,6 +130,7 @@ class PushPull:
             self._pending[addr] = _PendingJoin(
                 True, first if batch else live + self._cfg.join_retry, self._cfg.join_retry
             )
+            self._pending_due = None
             if batch == 0:
                 out.append(self.push(addr, members, live, join=True))
 
@@ -158,8 +161,8 @@ class PushPull:
         if sender != self._name:
             m = members.get(sender)
             if m is not None:
-                self._pending.pop(m.addr, None)  # it reached us: joining it is done
-            self._pending.pop(msg.reply_to, None)
+                self._settled(m.addr)  # it reached us: joining it is done
+            self._settled(msg.reply_to)
         out.append(Send(msg.reply_to, StateReply(tuple(sorted_states(members)))))
 
     def on_state_reply(
@@ -204,6 +207,7 @@ class PushPull:
     def stop(self) -> None:
         """We left: no more join retries."""
         self._pending.clear()
+        self._pending_due = None
 
     # -- timers -----------------------------------------------------------------------
 
@@ -213,8 +217,10 @@ class PushPull:
         due = min(self._next_push_pull, self._next_reconnect)
         if self._resync:
             due = min(due, self._resync[0][0])
-        for pj in self._pending.values():
-            due = min(due, pj.next_at)
+        if self._pending:
+            if self._pending_due is None:  # found again only after a change: a restore pends on every member
+                self._pending_due = min(pj.next_at for pj in self._pending.values())
+            due = min(due, self._pending_due)
         return due
 
     def tick(
@@ -234,6 +240,7 @@ class PushPull:
                 pj.next_at = live + pj.interval
                 pj.interval = min(pj.interval * 2, cfg.join_retry * JOIN_RETRY_MAX_FACTOR)
                 out.append(self.push(addr, members, live, join=True))
+                self._pending_due = None
         horizon = live - cfg.join_retry * JOIN_RETRY_MAX_FACTOR
         for addr in [a for a, (_, t) in self._outstanding.items() if t < horizon]:
             del self._outstanding[addr]
@@ -286,14 +293,18 @@ class PushPull:
                 self._outstanding[matched] = (count - 1, at)
             else:
                 del self._outstanding[matched]
-            self._pending.pop(matched, None)
+            self._settled(matched)
         if addr is not None:
-            self._pending.pop(addr, None)
+            self._settled(addr)
+
+    def _settled(self, addr: str) -> None:
+        if self._pending.pop(addr, None) is not None:
+            self._pending_due = None
 
     def _settle_pending(self, members: Mapping[str, Member]) -> None:
         if not self._joined_any or not self._pending:
             return
         live_addrs = {m.addr for n, m in members.items() if m.status in LIVE and n != self._name}
-        for addr, pj in list(self._pending.items()):
-            if pj.restore or addr in live_addrs:
-                del self._pending[addr]
+        # a new dict, not deletes: a restore's table stays its full size when emptied
+        self._pending = {a: pj for a, pj in self._pending.items() if not (pj.restore or a in live_addrs)}
+        self._pending_due = None

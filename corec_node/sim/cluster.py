@@ -321,7 +321,8 @@ class Cluster:
         node.neighbors = {}
         if self.overlay is not None:
             node.core = OverlayMesh(core, node.addr, self.overlay,
-                                    random.Random(f"{self.seed}/{name}/{node.epoch}/overlay"), now)
+                                    random.Random(f"{self.seed}/{name}/{node.epoch}/overlay"), now,
+                                    first_seq=node.epoch << 32)  # each life its own ids
         node.tracker = SequenceTracker()
         node.seq = {}
         self._apply(node, node.core.start(node.saved, node.join, now))

@@ -22,7 +22,6 @@ from corec_node.mesh.plumtree import (
     PlumtreeEffect,
     Prune,
     RecentIds,
-    SeenIds,
     TreeSend,
 )
 
@@ -184,17 +183,8 @@ def test_gossip_from_a_stranger_is_delivered_but_not_made_eager() -> None:
     assert node.eager_peers == () and node.lazy_peers == ()
 
 
-def test_seen_ids_are_bounded_by_size_and_age() -> None:
-    seen = RecentIds(size=3, ttl=10.0)
-    for i in range(5):
-        seen.put(("o", i), float(i))
-    assert len(seen) == 3 and ("o", 1) not in seen and ("o", 4) in seen
-    seen.put(("o", 9), 13.5)
-    assert ("o", 3) not in seen and ("o", 4) in seen
-
-
 def test_seen_ids_live_at_least_half_their_bounds_and_at_most_the_size() -> None:
-    seen = SeenIds(size=10, ttl=10.0)
+    seen = RecentIds(size=10, ttl=10.0)
     for i in range(5):  # half the size: all remembered
         seen.put(("o", i), 0.0)
     assert all(("o", i) in seen for i in range(5))
@@ -202,7 +192,7 @@ def test_seen_ids_live_at_least_half_their_bounds_and_at_most_the_size() -> None
         seen.put(("o", i), 0.0)
         assert len(seen) <= 10
         assert all(("o", j) in seen for j in range(i - 4, i + 1))  # the last size / 2 ids
-    seen = SeenIds(size=1000, ttl=10.0)
+    seen = RecentIds(size=1000, ttl=10.0)
     seen.put(("o", 1), 0.0)
     seen.put(("o", 2), 4.9)
     assert ("o", 1) in seen
@@ -210,6 +200,8 @@ def test_seen_ids_live_at_least_half_their_bounds_and_at_most_the_size() -> None
     assert ("o", 1) in seen and ("o", 2) in seen
     seen.put(("o", 4), 10.0)
     assert ("o", 1) not in seen and ("o", 2) not in seen and ("o", 3) in seen
+    seen.put(("o", 5), 10.0, "payload")
+    assert seen.get(("o", 5)) == "payload" and seen.get(("o", 3)) is None and seen.get(("o", 1)) is None
 
 
 def test_a_node_restarted_at_the_same_address_is_heard_when_it_numbers_from_a_new_first_seq() -> None:
@@ -233,8 +225,8 @@ def test_memory_stays_bounded_over_many_broadcasts() -> None:
     node.neighbor_up(0.0, "a")
     for i in range(1000):
         node.handle(float(i), Gossip("a", ("o", i), b"p", 1))
-    assert len(node._seen) == 100  # size bound
-    assert len(node._cache) == 30  # age bound: cache_ttl 30 s at one broadcast a second
+    assert 50 <= len(node._seen) <= 100  # size bound: between half and all of seen_size
+    assert 15 <= len(node._cache) <= 30  # age bound: cache_ttl 30 s at one broadcast a second
     assert node.delivered == 1000
 
 

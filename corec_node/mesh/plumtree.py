@@ -26,7 +26,7 @@ Rule 2. A new message (by id, ``(origin, seq)``) is delivered once, cached for g
     other side.
 
 Rule 3. Ids are remembered in a bounded seen set (at least ``seen_ttl / 2`` s and
-    ``seen_size / 2`` later ids, ``SeenIds``): a copy older than that (impossible within
+    ``seen_size / 2`` later ids, ``RecentIds``): a copy older than that (impossible within
     the hop bound) could be delivered twice. A node numbers its broadcasts from
     ``first_seq``: the caller draws it at random at each start, so that a node restarted at
     the same address is not taken for its former self, whose ids the others still hold,
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = [
@@ -62,7 +61,6 @@ __all__ = [
     "PlumtreeMessage",
     "Prune",
     "RecentIds",
-    "SeenIds",
     "TreeSend",
 ]
 
@@ -165,17 +163,17 @@ class Deliver:
 PlumtreeEffect = TreeSend | Deliver
 
 
-class SeenIds:
-    """Ids delivered lately, as two generations of sets: an id is remembered for at least
-    ``ttl / 2`` and ``size / 2`` later ids, and at most ``size`` are held. Half the memory
-    of a map that times each id, which matters when one process holds thousands of nodes
-    (the simulator): a broadcast leaves one entry in every node."""
+class RecentIds:
+    """Ids seen lately, each with a value, as two generations of dicts: an id is held for at
+    least ``ttl / 2`` and ``size / 2`` later ids, and at most ``size`` are held. Half the
+    memory of a map that times each id, which matters when one process holds thousands of
+    nodes (the simulator): a broadcast leaves an entry in every node."""
 
     __slots__ = ("_half", "_new", "_old", "_since", "_span")
 
     def __init__(self, size: int, ttl: float) -> None:
-        self._new: set[MessageId] = set()
-        self._old: set[MessageId] = set()
+        self._new: dict[MessageId, object] = {}
+        self._old: dict[MessageId, object] = {}
         self._half = max(1, size // 2)
         self._span = ttl / 2
         self._since = -math.inf
@@ -186,42 +184,14 @@ class SeenIds:
     def __contains__(self, key: MessageId) -> bool:
         return key in self._new or key in self._old
 
-    def put(self, key: MessageId, now: float) -> None:
-        if now - self._since >= self._span or len(self._new) >= self._half:
-            self._old, self._new, self._since = self._new, set(), now
-        self._new.add(key)
-
-
-class RecentIds:
-    """Insertion-ordered map with a size and an age bound: oldest entries go first."""
-
-    __slots__ = ("_items", "_size", "_ttl")
-
-    def __init__(self, size: int, ttl: float) -> None:
-        self._items: OrderedDict[MessageId, tuple[float, object]] = OrderedDict()
-        self._size = size
-        self._ttl = ttl
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: MessageId) -> bool:
-        return key in self._items
-
     def put(self, key: MessageId, now: float, value: object = None) -> None:
-        self._items[key] = (now, value)
-        self._items.move_to_end(key)
-        self.trim(now)
+        if now - self._since >= self._span or len(self._new) >= self._half:
+            self._old, self._new, self._since = self._new, {}, now
+        self._new[key] = value
 
     def get(self, key: MessageId) -> object:
-        item = self._items.get(key)
-        return None if item is None else item[1]
-
-    def trim(self, now: float) -> None:
-        items = self._items
-        oldest = now - self._ttl
-        while items and (len(items) > self._size or next(iter(items.values()))[0] <= oldest):
-            items.popitem(last=False)
+        value = self._new.get(key)
+        return self._old.get(key) if value is None else value
 
 
 class _Missing:
@@ -260,7 +230,7 @@ class Plumtree:
         self._cfg = cfg = config or PlumtreeConfig()
         self._eager: dict[str, None] = {}
         self._lazy: dict[str, None] = {}
-        self._seen = SeenIds(cfg.seen_size, cfg.seen_ttl)
+        self._seen = RecentIds(cfg.seen_size, cfg.seen_ttl)
         self._cache = RecentIds(cfg.cache_size, cfg.cache_ttl)  # id -> (payload, hops)
         self._missing: dict[MessageId, _Missing] = {}
         self._timers: list[tuple[float, MessageId]] = []  # heap; stale entries skipped

@@ -361,7 +361,42 @@ def sweep(first: int, *, idle_period: float | None, overlay: OverlayConfig | Non
             failures.append(f"seed {seed}: {exc}\n  " + "\n  ".join(log))
         if c.invariants.violations:
             failures.append(f"seed {seed}: {c.invariants.violations}\n  " + "\n  ".join(log))
+        if (wrong := miscounted(c)):
+            failures.append(f"seed {seed}: member tables miscounted at {wrong}\n  " + "\n  ".join(log))
     assert not failures, "\n".join(failures)
+
+
+def miscounted(c: Cluster) -> list[str]:
+    """Nodes whose member table's kept counts (live, dead) differ from a scan of its records."""
+    wrong = []
+    for node in c.nodes.values():
+        if node.up and node.membership is not None:
+            table = node.membership._members
+            live = sum(1 for m in table.values() if m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT))
+            dead = {n for n, m in table.items() if m.status == MemberStatus.DEAD}
+            if table.live != live or set(table.dead) != dead:
+                wrong.append(node.name)
+    return wrong
+
+
+def test_member_tables_count_through_leaves_force_leaves_prunes_and_reaps() -> None:
+    c = Cluster(6, seed=12, membership=MembershipConfig.test(), election=ElectionConfig.test())
+    c.bootstrap()
+    c.await_convergence(CONVERGE)
+    names = sorted(c.nodes)
+    c.crash(names[1])
+    c.crash(names[2])
+    c.leave(names[3])
+    c.run_until(lambda: all(c.nodes[names[0]].membership.member(n).status == MemberStatus.DEAD
+                            for n in names[1:3]), 30.0)
+    assert c.nodes[names[0]].membership._members.dead.keys() == {names[1], names[2]}
+    assert miscounted(c) == []
+    c.nodes[names[0]].core.force_leave(names[1], c.now)
+    c.nodes[names[0]].core.force_leave(names[2], c.now, prune=True)
+    c.run(60.0)  # past the test profile's reap time
+    assert miscounted(c) == []
+    table = c.nodes[names[0]].membership._members
+    assert table.live == 3 and not table.dead and names[2] not in table
 
 
 def test_membership_test_profile_is_usable_in_the_simulator() -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "LIVE",
     "SUSPECT",
     "Member",
+    "MemberTable",
     "n_live",
     "change_reason",
     "random_alive",
@@ -110,9 +111,49 @@ def change_reason(m: Member, status: MemberStatus, sender: str, gossip: bool) ->
     return f"gossip from {sender}" if gossip else "push-pull"
 
 
-def n_live(members: Mapping[str, Member]) -> int:
+class MemberTable(dict[str, Member]):
+    """One node's member records by name, with what the rules read every round (how many are
+    live, which are dead) kept as records come, change status and go: no rule scans every
+    member per round, which at thousands of members is most of a node's work. Records come
+    with ``add``, change status with ``set_status`` and go with ``pop``; everything else is
+    a read."""
+
+    __slots__ = ("dead", "live")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0  # ALIVE or SUSPECT
+        self.dead: dict[str, None] = {}  # names of DEAD members
+
+    def add(self, m: Member) -> None:
+        if m.name in self:
+            raise ValueError(f"{m.name} has a record already")
+        self[m.name] = m
+        self._count(m, 1)
+
+    def set_status(self, m: Member, status: MemberStatus) -> None:
+        self._count(m, -1)
+        m.status = status
+        self._count(m, 1)
+
+    def pop(self, name: str) -> Member:  # type: ignore[override]
+        m = super().pop(name)
+        self._count(m, -1)
+        return m
+
+    def _count(self, m: Member, step: int) -> None:
+        if m.status in LIVE:
+            self.live += step
+        elif m.status == DEAD:
+            if step > 0:
+                self.dead[m.name] = None
+            else:
+                self.dead.pop(m.name, None)
+
+
+def n_live(members: MemberTable) -> int:
     """How many members are alive or suspect (at least 1: the cluster size n of the rules)."""
-    return max(1, sum(1 for m in members.values() if m.status in LIVE))
+    return max(1, members.live)
 
 
 def sorted_states(members: Mapping[str, Member]) -> list[MemberState]:

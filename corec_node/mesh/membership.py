@@ -190,6 +190,7 @@ from corec_node.mesh.member import (
     NO_BUILD,
     SUSPECT,
     Member,
+    MemberTable,
     change_reason,
     n_live,
     random_alive,
@@ -248,7 +249,8 @@ class Membership:
         self._rng = rng
         build = (*build, *NO_BUILD[len(build):])
         self._self = Member(name, addr, pub, 0, ALIVE, now, build)
-        self._members: dict[str, Member] = {name: self._self}
+        self._members = MemberTable()
+        self._members.add(self._self)
         self._awareness = Awareness(config.awareness_max)
         self._gossip = Dissemination(config.gossip_interval, config.retransmit_mult)
         self._suspicions: dict[str, Suspicion] = {}
@@ -479,7 +481,7 @@ class Membership:
         me = self._self
         old = me.status
         me.inc += 1
-        me.status = LEFT
+        self._members.set_status(me, LEFT)
         me.since = now
         out: list[Effect] = [MemberChanged(me.name, me.addr, old, LEFT, me.inc, "left")]
         self._prober.stop()
@@ -553,7 +555,7 @@ class Membership:
             if m is None:
                 m = Member(st.name, st.addr, st.pub, st.inc, status, now)
                 m.adopt(st)  # the snapshot's record itself when it says what we hold
-                self._members[st.name] = m
+                self._members.add(m)
                 if status in DOWN:
                     self._next_reap = min(self._next_reap, now + self._cfg.reap_after)
                 out.append(MemberChanged(m.name, m.addr, None, status, m.inc, "restored"))
@@ -650,7 +652,7 @@ class Membership:
                 return  # rule 4
             m = Member(st.name, st.addr, st.pub, st.inc, st.status, now)
             m.learn_build(st)
-            self._members[st.name] = m
+            self._members.add(m)
             out.append(MemberChanged(m.name, m.addr, None, m.status, m.inc, "joined"))
             self._prober.insert(m.name)
             if m.status == SUSPECT:
@@ -705,7 +707,7 @@ class Membership:
         if pub is not None:
             m.pub = pub
         if status != old:
-            m.status = status
+            self._members.set_status(m, status)
             m.since = now
             if status in DOWN:
                 self._next_reap = min(self._next_reap, now + self._cfg.reap_after)

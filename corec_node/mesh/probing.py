@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from corec_node.mesh.awareness import Awareness
 from corec_node.mesh.effects import Effect, Send
-from corec_node.mesh.member import LIVE, SUSPECT, Member, random_alive
+from corec_node.mesh.member import LIVE, SUSPECT, Member, MemberTable, random_alive
 from corec_node.mesh.membership_config import MembershipConfig
 from corec_node.wire.messages import Ack, Nack, Ping, PingReq
 
@@ -229,9 +229,9 @@ class Prober:
 
     def insert(self, name: str) -> None:
         """A member became live: put it at a random place in the rest of this round."""
-        if name == self._name or name in self._order[self._order_pos :]:
-            return
         if self._scope is not None and name not in self._scope:
+            return  # first: within the overlay, most members are outside it, and the scan costs O(n)
+        if name == self._name or name in self._order[self._order_pos :]:
             return
         self._order.insert(self._rng.randint(self._order_pos, len(self._order)), name)
 
@@ -256,7 +256,7 @@ class Prober:
         self._probe = None
         self._relays.clear()
 
-    def _next_target(self, members: Mapping[str, Member]) -> Member | None:
+    def _next_target(self, members: MemberTable) -> Member | None:
         scope = self._scope
         while self._probe_first:
             m = members.get(self._probe_first.pop(0))
@@ -274,7 +274,8 @@ class Prober:
             )
             if self._scope is not None:  # spread by the cluster's size all the same: k watchers
                 # of a member, each over k targets, probe it as often as n probers over n - 1 do
-                self._size = 1 + sum(1 for n, m in members.items() if m.status in LIVE and n != self._name)
+                me = members.get(self._name)
+                self._size = 1 + members.live - (me is not None and me.status in LIVE)  # type: ignore[attr-defined]
             self._rng.shuffle(self._order)
             self._order_pos = 0
             if not self._order:

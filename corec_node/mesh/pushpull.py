@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from corec_node.mesh.effects import Effect, Send
-from corec_node.mesh.member import DEAD, LEFT, LIVE, Member, n_live, random_alive, sorted_states
+from corec_node.mesh.member import (
+    LEFT,
+    LIVE,
+    MemberTable,
+    n_live,
+    random_alive,
+    sorted_states,
+)
 from corec_node.mesh.membership_config import MembershipConfig
 from corec_node.wire.messages import MemberState, StatePush, StateReply
 
@@ -87,7 +94,7 @@ class PushPull:
         return list(self._pending)
 
     def push(
-        self, addr: str, members: Mapping[str, Member], live: float, *, join: bool
+        self, addr: str, members: MemberTable, live: float, *, join: bool
     ) -> Send:
         """Our full state to ``addr``; its StateReply will settle it."""
         count, _ = self._outstanding.get(addr, (0, live))
@@ -99,14 +106,14 @@ class PushPull:
     # -- inputs -----------------------------------------------------------------------
 
     def join(
-        self, addrs: Iterable[str], members: Mapping[str, Member], live: float
+        self, addrs: Iterable[str], members: MemberTable, live: float
     ) -> list[Effect]:
         """Rule 11: push to each address and keep it pending until answered."""
         addrs = [a for a in dict.fromkeys(addrs) if a != self._addr]
         self._seeds.update(dict.fromkeys(addrs))
         return self._ask(addrs, members, live)
 
-    def _ask(self, addrs: Iterable[str], members: Mapping[str, Member], live: float) -> list[Effect]:
+    def _ask(self, addrs: Iterable[str], members: MemberTable, live: float) -> list[Effect]:
         out: list[Effect] = []
         for addr in addrs:
             self._pending[addr] = _PendingJoin(
@@ -117,7 +124,7 @@ class PushPull:
         return out
 
     def restore(
-        self, targets: list[str], members: Mapping[str, Member], live: float, out: list[Effect]
+        self, targets: list[str], members: MemberTable, live: float, out: list[Effect]
     ) -> None:
         """Rule 15: push to the restored members' addresses, RESTORE_FANOUT at once, the rest
         one join_retry later per batch; pending until any member answers."""
@@ -134,7 +141,7 @@ class PushPull:
             if batch == 0:
                 out.append(self.push(addr, members, live, join=True))
 
-    def on_gap(self, sender: str, members: Mapping[str, Member], live: float) -> list[Effect]:
+    def on_gap(self, sender: str, members: MemberTable, live: float) -> list[Effect]:
         """A sequence gap on ``sender``'s stream that may have lost an update's last copy
         (membership rule 9): push-pull with it, at most once per GAP_RESYNC_PERIODS probe
         intervals per sender and once per GAP_RESYNC_NODE_PERIODS with anyone, so loss
@@ -155,7 +162,7 @@ class PushPull:
         return [self.push(m.addr, members, live, join=False)]
 
     def on_state_push(
-        self, sender: str, msg: StatePush, members: Mapping[str, Member], out: list[Effect]
+        self, sender: str, msg: StatePush, members: MemberTable, out: list[Effect]
     ) -> None:
         """After the merge: the pusher reached us, so joining it is done; answer it."""
         if sender != self._name:
@@ -169,7 +176,7 @@ class PushPull:
         self,
         sender: str,
         msg: StateReply,
-        members: Mapping[str, Member],
+        members: MemberTable,
         live: float,
         out: list[Effect],
         *,
@@ -224,14 +231,14 @@ class PushPull:
         return due
 
     def tick(
-        self, members: Mapping[str, Member], now: float, live: float, out: list[Effect]
+        self, members: MemberTable, now: float, live: float, out: list[Effect]
     ) -> None:
         """Join retries and resyncs (rule 11), anti-entropy and reconnect (rule 12)."""
         self._tick_joins(members, live, out)
         self._tick_push_pull(members, live, out)
         self._tick_reconnect(members, now, live, out)
 
-    def _tick_joins(self, members: Mapping[str, Member], live: float, out: list[Effect]) -> None:
+    def _tick_joins(self, members: MemberTable, live: float, out: list[Effect]) -> None:
         cfg = self._cfg
         while self._resync and live >= self._resync[0][0]:
             out.append(self.push(self._resync.pop(0)[1], members, live, join=False))
@@ -246,7 +253,7 @@ class PushPull:
             del self._outstanding[addr]
 
     def _tick_push_pull(
-        self, members: Mapping[str, Member], live: float, out: list[Effect]
+        self, members: MemberTable, live: float, out: list[Effect]
     ) -> None:
         if live < self._next_push_pull:
             return
@@ -259,27 +266,23 @@ class PushPull:
             out.append(self.push(m.addr, members, live, join=False))
 
     def _tick_reconnect(
-        self, members: Mapping[str, Member], now: float, live: float, out: list[Effect]
+        self, members: MemberTable, now: float, live: float, out: list[Effect]
     ) -> None:
         if live < self._next_reconnect:
             return
         self._next_reconnect = live + self._cfg.reconnect_interval
-        if (self._seeds or self._former) and not self._pending and not any(
-            m.status in LIVE for n, m in members.items() if n != self._name
-        ):
+        me = members.get(self._name)
+        others_live = members.live - (me is not None and me.status in LIVE)
+        if (self._seeds or self._former) and not self._pending and not others_live:
             out += self._ask(self._seeds | self._former, members, live)  # alone: knock on them again
-        dead = sorted(
-            n
-            for n, m in members.items()
-            if m.status == DEAD and now - m.since < self._cfg.reconnect_for
-        )
+        dead = sorted(n for n in members.dead if now - members[n].since < self._cfg.reconnect_for)
         if dead:
             addr = members[self._rng.choice(dead)].addr
             out.append(self.push(addr, members, live, join=False))
 
     # -- settling ---------------------------------------------------------------------
 
-    def _answered(self, addr: str | None, members: Mapping[str, Member]) -> None:
+    def _answered(self, addr: str | None, members: MemberTable) -> None:
         """A StateReply came from the member at ``addr``: settle the push it answers."""
         matched = addr if addr is not None and addr in self._outstanding else None
         if matched is None:
@@ -301,7 +304,7 @@ class PushPull:
         if self._pending.pop(addr, None) is not None:
             self._pending_due = None
 
-    def _settle_pending(self, members: Mapping[str, Member]) -> None:
+    def _settle_pending(self, members: MemberTable) -> None:
         if not self._joined_any or not self._pending:
             return
         live_addrs = {m.addr for n, m in members.items() if m.status in LIVE and n != self._name}

@@ -221,9 +221,11 @@ class MeshCore:
 
     # -- inputs ---------------------------------------------------------------------
 
-    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float) -> list[Effect]:
+    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float, *,
+              formed: bool = False) -> list[Effect]:
         """Rule 6: the start sequence, from the configuration and member snapshot on disk
-        and ``mesh.join``."""
+        and ``mesh.join``. ``formed``: the simulator's cluster that is already running
+        (membership's ``restore``)."""
         out: list[Effect] = []
         addr = self.membership.addr
         if self.voters.current.index == 0 and not any(a != addr for a in join):
@@ -238,7 +240,7 @@ class MeshCore:
             out += self.voters.bootstrap(chosen, cluster)
         out += self._configure(now)
         if snapshot:
-            out += self._settle(self.membership.restore(snapshot, now), now)
+            out += self._settle(self.membership.restore(snapshot, now, formed=formed), now)
         if join:
             out += self.join(join, now)
         return self._after(out, now)

@@ -537,8 +537,9 @@ class Membership:
         if lag >= timeout / 2:
             self._awareness.apply(math.ceil(lag / timeout))
 
-    def restore(self, states: Iterable[MemberState], now: float) -> list[Effect]:
-        """Rule 15: learn the members of the on-disk snapshot and push-pull to them."""
+    def restore(self, states: Iterable[MemberState], now: float, *, formed: bool = False) -> list[Effect]:
+        """Rule 15: learn the members of the on-disk snapshot and push-pull to them. ``formed``
+        (the simulator's running cluster): the snapshot is what every node holds, builds too."""
         live = self._clock(now)
         if self._left:
             return []
@@ -554,6 +555,8 @@ class Membership:
             m = self._members.get(st.name)
             if m is None:
                 m = Member(st.name, st.addr, st.pub, st.inc, status, now)
+                if formed:
+                    m.learn_build(st)
                 m.adopt(st)  # the snapshot's record itself when it says what we hold
                 self._members.add(m)
                 if status in DOWN:
@@ -567,7 +570,7 @@ class Membership:
                 self._set(m, st.inc, status, now, "restored", out, addr=st.addr, pub=st.pub)
             if m.status in LIVE and m.addr not in targets:
                 targets.append(m.addr)
-        self._sync.restore(targets, self._members, live, out)
+        self._sync.restore([] if formed else targets, self._members, live, out)
         return out
 
     # -- clock (rule 16) --------------------------------------------------------------

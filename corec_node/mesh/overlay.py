@@ -161,9 +161,15 @@ class OverlayMesh:
 
     # -- inputs (as MeshCore's) -------------------------------------------------------
 
-    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float) -> list[object]:
-        started = self.core.start(snapshot, join, now)  # first: a restart raises our incarnation
-        self.core.membership.announce()  # rule 1: our build reaches everyone, not only some
+    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float, *,
+              formed: bool = False) -> list[object]:
+        """``formed``: the simulator's cluster that is already running, whose every node holds
+        every member and build: nothing to announce (rule 1), only views to make (rule 5)."""
+        started = self.core.start(snapshot, join, now, formed=formed)  # first: a restart raises our incarnation
+        if formed:
+            self._announce_at = None
+        else:
+            self.core.membership.announce()  # rule 1: our build reaches everyone, not only some
         out = self._route(started, now)
         contacts = [a for a in join if a != self.addr]
         if not contacts:  # rule 5: a restart joins through a member it remembers

@@ -275,17 +275,23 @@ class Cluster:
         self, mode: str = "snapshot", stagger: float = 0.01, names: Iterable[str] | None = None
     ) -> None:
         """Start nodes. ``snapshot``: every node starts as if restarted from the snapshot of
-        a formed cluster (cheap, no join storm). ``join``: the first node starts alone and
+        a formed cluster (cheap, no join storm). ``formed``: as if the cluster had been
+        running: every node holds every member with its build, so nobody announces or
+        pushes (what sizing a fleet of thousands needs; the overlay still makes its
+        views, each node joining through a member drawn at random). ``join``: the first node starts alone and
         each next one joins through the first three (its configured seeds), ``stagger``
         seconds apart (what operators do)."""
         chosen = [self.nodes[n] for n in names] if names is not None else list(self.nodes.values())
         for node in chosen:
             self.booted[node.name] = None
-        if mode == "snapshot":
-            states = [MemberState(n.name, n.addr, n.pub, 0, ALIVE) for n in chosen]
+        if mode in ("snapshot", "formed"):
+            formed = mode == "formed"
+            states = [MemberState(n.name, n.addr, n.pub, 0, ALIVE, *(("sim", PROTOCOL, n.features, "")
+                                                                     if formed else ()))
+                      for n in chosen]
             for node in chosen:  # its peers, not itself: a record of its own would raise its
                 node.saved = [s for s in states if s.name != node.name]  # inc (rule 15)
-                self.start(node.name)
+                self.start(node.name, formed=formed)
         elif mode == "join":
             seeds = [n.addr for n in chosen[:3]]
             self.start(chosen[0].name)
@@ -297,10 +303,11 @@ class Cluster:
                     f"start {node.name}",
                 )
         else:
-            raise ValueError(f"bootstrap mode must be 'snapshot' or 'join', got {mode!r}")
+            raise ValueError(f"bootstrap mode must be 'snapshot', 'formed' or 'join', got {mode!r}")
 
-    def start(self, name: str) -> None:
-        """Start (or restart) a node as the shell does, from its persisted vote and snapshot."""
+    def start(self, name: str, *, formed: bool = False) -> None:
+        """Start (or restart) a node as the shell does, from its persisted vote and snapshot
+        (``formed``: see ``bootstrap``)."""
         node = self.nodes[name]
         if node.up:
             raise ValueError(f"{name} is already up")
@@ -325,7 +332,7 @@ class Cluster:
                                     first_seq=node.epoch << 32)  # each life its own ids
         node.tracker = SequenceTracker()
         node.seq = {}
-        self._apply(node, node.core.start(node.saved, node.join, now))
+        self._apply(node, node.core.start(node.saved, node.join, now, formed=formed))
         node.last_tick = now
         self._schedule(node, now + self.rng.random() * self.tick_interval)
 

@@ -1,7 +1,9 @@
 """``corec-node simulate``: the real mesh cores in the deterministic simulator, measured the
 way an operator sizing a fleet asks (virtual seconds, protocol rounds, peers, messages).
 
-One run: N nodes formed from a snapshot, left SETTLE_S to settle, watched in steady state
+One run: N nodes of a cluster already running (every node holds every member and its build:
+``Cluster.bootstrap("formed")``; starting thousands from a snapshot would replay every node's
+announcement to every other), left SETTLE_S to settle, watched in steady state
 (messages, suspicions, resyncs), a node that joins through one member (until every member lists it alive), K
 members killed at once (until every survivor lists them dead), and, with ``partition``, a
 share of the survivors cut off for PARTITION_S virtual seconds and healed (the share of
@@ -25,8 +27,8 @@ from corec_node.sim.network import NetworkConfig
 from corec_node.wire.messages import MemberStatus
 
 STEADY_S = 10.0  # virtual seconds watched in steady state
-SETTLE_S = 15.0  # virtual seconds after forming before that: the overlay's views settle, and every
-# node's second announcement of itself (overlay rule 1, one shuffle interval after its start) is out
+SETTLE_S = 15.0  # virtual seconds after forming before that: the overlay's views settle (a shuffle
+# interval and more: joins, fills and the first shuffles are out)
 PARTITION_S = 10.0  # virtual seconds a partition lasts
 HEAL_WITHIN = 60.0  # virtual seconds the member lists have to be whole again after a heal
 DETECT_WITHIN = 120.0
@@ -54,7 +56,7 @@ def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, par
                 overlay=OverlayConfig() if overlay else None, **SHELL_TIMING)
     names = list(c.nodes)
     members, joiner = names[:nodes], names[nodes]
-    c.bootstrap(names=members)
+    c.bootstrap("formed", names=members)
     formed = c.await_convergence(60.0 + nodes / 10, every=0.5)
     out: dict[str, Any] = {"nodes": nodes, "seed": seed, "loss": loss, "kill": kill, "partition": partition,
                            "overlay": overlay, "formed_virtual_s": formed, "protocol_period_s": probe}

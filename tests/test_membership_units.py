@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from corec_node.mesh.awareness import Awareness
 from corec_node.mesh.broadcast import BroadcastQueue, retransmit_limit
 from corec_node.mesh.effects import MemberChanged, Send
+from corec_node.mesh.member import Member, MemberTable, SharedMembers
 from corec_node.mesh.membership import Membership, MembershipConfig, supersedes
 from corec_node.mesh.probing import probe_spread
 from corec_node.mesh.suspicion import Suspicion, expected_confirmations, suspicion_timeouts
@@ -418,3 +419,49 @@ def test_a_sleep_until_the_next_deadline_is_no_stall_and_a_stall_past_it_is():
         now = m.next_deadline(now) + 0.003
         m.tick(now)
     assert m.member(ping.target).status == ALIVE
+
+
+# -- member tables (member.py) ----------------------------------------------------------
+
+
+def _table(*records: tuple[str, MemberStatus]) -> MemberTable:
+    table = MemberTable()
+    for name, status in records:
+        table.add(Member(name, f"{name}:1", f"{name}:2", 0, status, 0.0))
+    return table
+
+
+def test_a_shared_table_reads_the_shared_records_until_it_changes_one():
+    base = _table(("a", MemberStatus.ALIVE), ("b", MemberStatus.ALIVE), ("c", MemberStatus.DEAD))
+    mine = SharedMembers(base)
+    assert sorted(mine) == ["a", "b", "c"] and len(mine) == 3 and mine.live == 2 and set(mine.dead) == {"c"}
+    assert mine["a"] is base["a"] and mine.get("zz") is None and "c" in mine
+    with pytest.raises(ValueError):
+        mine.set_status(mine["a"], MemberStatus.SUSPECT)  # a shared record is never changed in place
+    a = mine.mutable("a")
+    assert a is not base["a"] and a == base["a"] and mine["a"] is a
+    mine.set_status(a, MemberStatus.DEAD)
+    assert base["a"].status == MemberStatus.ALIVE and base.live == 2  # the others still read it alive
+    assert mine.live == 1 and set(mine.dead) == {"a", "c"}
+    assert mine.pop("c").name == "c" and "c" not in mine and "c" in base and len(mine) == 2
+    mine.add(Member("d", "d:1", "d:2", 0, MemberStatus.ALIVE, 1.0))
+    assert sorted(mine) == ["a", "b", "d"] and len(mine) == 3 and mine.live == 2
+    assert dict(mine.items()).keys() == {"a", "b", "d"} and set(mine.dead) == {"a"}
+    with pytest.raises(ValueError):
+        mine.add(Member("b", "b:1", "b:2", 0, MemberStatus.ALIVE, 1.0))
+    me = Member("b", "b:1", "b:2", 3, MemberStatus.ALIVE, 1.0)
+    mine.put(me)  # a node's own record takes the shared one's place
+    assert mine["b"] is me and len(mine) == 3 and mine.live == 2
+    with pytest.raises(KeyError):
+        mine.mutable("c")
+
+
+def test_a_plain_table_counts_as_its_records_come_change_and_go():
+    table = _table(("a", MemberStatus.ALIVE), ("b", MemberStatus.SUSPECT))
+    assert table.live == 2 and not table.dead and table.mutable("a") is table["a"]
+    table.set_status(table["b"], MemberStatus.DEAD)
+    assert table.live == 1 and set(table.dead) == {"b"}
+    table.put(Member("b", "b:1", "b:2", 1, MemberStatus.ALIVE, 1.0))
+    assert table.live == 2 and not table.dead
+    table.pop("a")
+    assert table.live == 1 and list(table) == ["b"]

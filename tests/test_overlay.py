@@ -50,6 +50,28 @@ def test_a_cluster_formed_by_joins_converges_with_bounded_links():
     assert c.invariants.violations == []
 
 
+def test_a_cluster_started_formed_shares_its_records_and_copies_only_what_changes():
+    """Cluster.bootstrap("formed"): every node starts from one shared table of records
+    (SharedMembers), holds every member, and copies a record only when it changes it."""
+    c = overlay_cluster(40, seed=6)
+    c.bootstrap("formed")
+    c.await_convergence(60, every=0.5)
+    shared = c._shared
+    assert shared is not None and all(n.membership.shared for n in c.nodes.values())
+    assert c.members_converged() and all(len(n.neighbors) <= CAP for n in c.nodes.values())
+    victims = sorted(c.nodes)[5:8]
+    seen = {v: c.watch(v, MemberStatus.DEAD) for v in victims}
+    for v in victims:
+        c.crash(v)
+    c.run_until(lambda: all(len(d) == 37 for d in seen.values()), 60.0)
+    assert all(len(d) == 37 for d in seen.values())  # dead everywhere
+    assert all(m.status == MemberStatus.ALIVE and m.inc == 0 for m in shared.values())  # never changed
+    for node in c.nodes.values():
+        if node.up:  # its own record and the three it saw die, no more
+            assert set(node.membership._members._own) == {node.name, *victims}, node.name
+    assert c.invariants.violations == []
+
+
 def test_a_restarted_node_numbers_its_broadcasts_past_its_former_life():
     c = overlay_cluster(5, seed=3)
     c.bootstrap()

@@ -117,6 +117,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from corec_node.mesh.effects import Broadcast, Effect, LeaderChanged, MemberChanged, Send
 from corec_node.mesh.election import FOLLOWER, Election, ElectionConfig
+from corec_node.mesh.member import MemberTable
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig, Voters
 from corec_node.wire.messages import (
@@ -174,11 +175,13 @@ class MeshCore:
         build: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
         abstain: bool = False,
         settings: tuple[tuple[str, str], ...] = (),
+        shared: MemberTable | None = None,
     ) -> None:
         """``abstain``: the vote and store may both have been rolled back (a restored
-        backup): grant no vote until a leader leads us (election rule 15)."""
+        backup): grant no vote until a leader leads us (election rule 15). ``shared``: see
+        ``Membership``."""
         self.name = name
-        self.membership = Membership(name, addr, pub, membership, rng, now, build)
+        self.membership = Membership(name, addr, pub, membership, rng, now, build, shared)
         self.election = Election(name, addr, election, rng, now, term=term, voted_for=voted_for,
                                  abstain=abstain)
         self.election.member_patience = MEMBER_PATIENCE * MEMBER_ACK_EVERY * election.heartbeat_interval
@@ -221,11 +224,10 @@ class MeshCore:
 
     # -- inputs ---------------------------------------------------------------------
 
-    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float, *,
-              formed: bool = False) -> list[Effect]:
+    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float) -> list[Effect]:
         """Rule 6: the start sequence, from the configuration and member snapshot on disk
-        and ``mesh.join``. ``formed``: the simulator's cluster that is already running
-        (membership's ``restore``)."""
+        and ``mesh.join``. Membership that holds shared records (the simulator's running
+        cluster) has them already: the snapshot only names the first voters."""
         out: list[Effect] = []
         addr = self.membership.addr
         if self.voters.current.index == 0 and not any(a != addr for a in join):
@@ -239,8 +241,8 @@ class MeshCore:
                 cluster = f"{self._rng.getrandbits(64):016x}"
             out += self.voters.bootstrap(chosen, cluster)
         out += self._configure(now)
-        if snapshot:
-            out += self._settle(self.membership.restore(snapshot, now, formed=formed), now)
+        if snapshot and not self.membership.shared:
+            out += self._settle(self.membership.restore(snapshot, now), now)
         if join:
             out += self.join(join, now)
         return self._after(out, now)

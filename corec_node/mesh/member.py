@@ -6,8 +6,9 @@ push-pull share: who is live, how many, and a random pick of alive members from 
 
 from __future__ import annotations
 
+import copy
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from corec_node.wire.messages import MemberState, MemberStatus
@@ -20,6 +21,7 @@ __all__ = [
     "SUSPECT",
     "Member",
     "MemberTable",
+    "SharedMembers",
     "n_live",
     "change_reason",
     "random_alive",
@@ -125,33 +127,143 @@ class MemberTable(dict[str, Member]):
         self.live = 0  # ALIVE or SUSPECT
         self.dead: dict[str, None] = {}  # names of DEAD members
 
+    shared = False
+
     def add(self, m: Member) -> None:
         if m.name in self:
             raise ValueError(f"{m.name} has a record already")
+        self.put(m)
+
+    def put(self, m: Member) -> None:
+        """Add ``m``, or put it in place of the record of that name."""
+        old = self.get(m.name)
+        if old is not None:
+            _count(self, old, -1)
         self[m.name] = m
-        self._count(m, 1)
+        _count(self, m, 1)
+
+    def mutable(self, name: str) -> Member:
+        """The record of ``name`` to change (KeyError: none)."""
+        return self[name]
 
     def set_status(self, m: Member, status: MemberStatus) -> None:
-        self._count(m, -1)
+        _count(self, m, -1)
         m.status = status
-        self._count(m, 1)
+        _count(self, m, 1)
 
     def pop(self, name: str) -> Member:  # type: ignore[override]
         m = super().pop(name)
-        self._count(m, -1)
+        _count(self, m, -1)
         return m
 
-    def _count(self, m: Member, step: int) -> None:
-        if m.status in LIVE:
-            self.live += step
-        elif m.status == DEAD:
-            if step > 0:
-                self.dead[m.name] = None
-            else:
-                self.dead.pop(m.name, None)
+
+class SharedMembers:
+    """A node's member table over records it shares with the other nodes of one process (the
+    simulator's running cluster of thousands, whose N x N records would not fit in memory):
+    it reads the shared ``base`` until it changes a record (``mutable``), and reads its own
+    copy from then on. The interface of ``MemberTable``; ``base`` is never changed."""
+
+    __slots__ = ("_base", "_extra", "_gone", "_own", "dead", "live")
+    shared = True
+
+    def __init__(self, base: MemberTable) -> None:
+        self._base = base
+        self._own: dict[str, Member] = {}  # our copies of shared records, and records of our own
+        self._gone: set[str] = set()  # shared records we let go
+        self._extra = 0  # records of ours not in base
+        self.live = base.live
+        self.dead = dict(base.dead)
+
+    def get(self, name: str, default: Member | None = None) -> Member | None:
+        m = self._own.get(name)
+        if m is not None:
+            return m
+        if name in self._gone:
+            return default
+        return self._base.get(name, default)
+
+    def __getitem__(self, name: str) -> Member:
+        m = self.get(name)
+        if m is None:
+            raise KeyError(name)
+        return m
+
+    def __contains__(self, name: object) -> bool:
+        return self.get(name) is not None  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self._base) - len(self._gone) + self._extra
+
+    def __iter__(self) -> Iterator[str]:
+        gone = self._gone
+        yield from (n for n in self._base if n not in gone)
+        base = self._base
+        yield from (n for n in self._own if n not in base)
+
+    def keys(self) -> Iterator[str]:
+        return iter(self)
+
+    def items(self) -> Iterator[tuple[str, Member]]:
+        get = self.get
+        return ((n, get(n)) for n in self)  # type: ignore[misc]
+
+    def values(self) -> Iterator[Member]:
+        get = self.get
+        return (get(n) for n in self)  # type: ignore[misc]
+
+    def add(self, m: Member) -> None:
+        if m.name in self:
+            raise ValueError(f"{m.name} has a record already")
+        self.put(m)
+
+    def put(self, m: Member) -> None:
+        old = self.get(m.name)
+        if old is not None:
+            _count(self, old, -1)
+        elif m.name not in self._base:
+            self._extra += 1
+        self._own[m.name] = m
+        self._gone.discard(m.name)
+        _count(self, m, 1)
+
+    def mutable(self, name: str) -> Member:
+        m = self._own.get(name)
+        if m is None:
+            if name in self._gone:
+                raise KeyError(name)
+            m = self._own[name] = copy.copy(self._base[name])
+        return m
+
+    def set_status(self, m: Member, status: MemberStatus) -> None:
+        if self._own.get(m.name) is not m:
+            raise ValueError(f"{m.name}: change a record only through mutable()")
+        _count(self, m, -1)
+        m.status = status
+        _count(self, m, 1)
+
+    def pop(self, name: str) -> Member:
+        m = self[name]
+        self._own.pop(name, None)
+        if name in self._base:
+            self._gone.add(name)
+        else:
+            self._extra -= 1
+        _count(self, m, -1)
+        return m
 
 
-def n_live(members: MemberTable) -> int:
+def _count(table: MemberTable | SharedMembers, m: Member, step: int) -> None:
+    """Keep a table's live count and dead names as record ``m`` comes (1) or goes (-1)."""
+    if m.status in LIVE:
+        table.live += step
+    elif m.status == DEAD:
+        if step > 0:
+            table.dead[m.name] = None
+        else:
+            table.dead.pop(m.name, None)
+
+
+def n_live(members: MemberTable | SharedMembers) -> int:
     """How many members are alive or suspect (at least 1: the cluster size n of the rules)."""
     return max(1, members.live)
 

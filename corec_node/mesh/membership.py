@@ -191,6 +191,7 @@ from corec_node.mesh.member import (
     SUSPECT,
     Member,
     MemberTable,
+    SharedMembers,
     change_reason,
     n_live,
     random_alive,
@@ -237,10 +238,13 @@ class Membership:
         rng: random.Random,
         now: float,
         build: tuple[object, ...] = NO_BUILD,
+        shared: MemberTable | None = None,
     ) -> None:
         """``build``: this node's version, protocol, features, data socket and tags,
         announced with its own record (shown by ``members --detailed``; feature gates read
-        them); a shorter tuple (an older caller) leaves the rest empty."""
+        them); a shorter tuple (an older caller) leaves the rest empty. ``shared``: the
+        records of a running cluster that this node holds from the start, shared with the
+        other nodes of the process (the simulator's, ``SharedMembers``)."""
         if not name:
             raise ValueError("membership: the node name must not be empty")
         if not addr:
@@ -249,8 +253,8 @@ class Membership:
         self._rng = rng
         build = (*build, *NO_BUILD[len(build):])
         self._self = Member(name, addr, pub, 0, ALIVE, now, build)
-        self._members = MemberTable()
-        self._members.add(self._self)
+        self._members = MemberTable() if shared is None else SharedMembers(shared)
+        self._members.put(self._self)
         self._awareness = Awareness(config.awareness_max)
         self._gossip = Dissemination(config.gossip_interval, config.retransmit_mult)
         self._suspicions: dict[str, Suspicion] = {}
@@ -294,6 +298,11 @@ class Membership:
     @property
     def left(self) -> bool:
         return self._left
+
+    @property
+    def shared(self) -> bool:
+        """Our records start as those of a running cluster, shared in this process."""
+        return self._members.shared
 
     @property
     def config(self) -> MembershipConfig:
@@ -513,6 +522,7 @@ class Membership:
                 "forced out (a live one would refute and stay)"
             )
         out: list[Effect] = []
+        m = self._members.mutable(name)
         if prune:
             self._prune(m, now, "pruned", out)
         else:
@@ -537,14 +547,13 @@ class Membership:
         if lag >= timeout / 2:
             self._awareness.apply(math.ceil(lag / timeout))
 
-    def restore(self, states: Iterable[MemberState], now: float, *, formed: bool = False) -> list[Effect]:
-        """Rule 15: learn the members of the on-disk snapshot and push-pull to them. ``formed``
-        (the simulator's running cluster): the snapshot is what every node holds, builds too."""
+    def restore(self, states: Iterable[MemberState], now: float) -> list[Effect]:
+        """Rule 15: learn the members of the on-disk snapshot and push-pull to them."""
         live = self._clock(now)
         if self._left:
             return []
         out: list[Effect] = []
-        targets: list[str] = []
+        targets: dict[str, None] = {}  # a dict, not a list: a snapshot of thousands
         for st in states:
             if st.name == self.name:
                 self._self.inc = max(self._self.inc, st.inc + 1)
@@ -555,8 +564,6 @@ class Membership:
             m = self._members.get(st.name)
             if m is None:
                 m = Member(st.name, st.addr, st.pub, st.inc, status, now)
-                if formed:
-                    m.learn_build(st)
                 m.adopt(st)  # the snapshot's record itself when it says what we hold
                 self._members.add(m)
                 if status in DOWN:
@@ -567,10 +574,11 @@ class Membership:
             elif supersedes(st.inc, status, m.inc, m.status) and (
                 st.addr == m.addr or m.status not in LIVE
             ):
+                m = self._members.mutable(st.name)
                 self._set(m, st.inc, status, now, "restored", out, addr=st.addr, pub=st.pub)
-            if m.status in LIVE and m.addr not in targets:
-                targets.append(m.addr)
-        self._sync.restore([] if formed else targets, self._members, live, out)
+            if m.status in LIVE:
+                targets[m.addr] = None
+        self._sync.restore(list(targets), self._members, live, out)
         return out
 
     # -- clock (rule 16) --------------------------------------------------------------
@@ -638,6 +646,7 @@ class Membership:
         if m is not None and st.addr != m.addr and m.status in LIVE:
             return  # rule 5
         if m is not None:
+            m = self._members.mutable(st.name)
             if st.pruned and st.status == LEFT and st.inc >= m.inc:
                 self._prune(m, now, f"pruned by {sender}", out)  # rule 14
                 return
@@ -760,6 +769,7 @@ class Membership:
         if m is None or m.inc != p.inc:
             return  # reaped, or refuted meanwhile
         if m.status == ALIVE:
+            m = self._members.mutable(m.name)
             self._set(m, m.inc, SUSPECT, now, "probe timeout", out)
             self._start_suspicion(m, self.name, live)
             self._gossip.queue.queue(m.state())
@@ -776,6 +786,7 @@ class Membership:
             del self._suspicions[name]
             m = self._members.get(name)
             if m is not None and m.status == SUSPECT and m.inc == s.inc:
+                m = self._members.mutable(name)
                 self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
                 if not self._gossip.once or s.accused_by(self.name):  # rule 8 over the tree:
                     self._gossip.queue.queue(m.state())  # the accusers tell, the rest know

@@ -126,16 +126,19 @@ class OverlayMesh:
     ``leader``...) pass through to the core."""
 
     def __init__(self, core: MeshCore, addr: str, config: OverlayConfig, rng: random.Random,
-                 now: float, first_seq: int = 0) -> None:
+                 now: float, first_seq: int = 0, known: Mapping[str, str] | None = None) -> None:
         """``first_seq``: where this life numbers its broadcasts (plumtree rule 3), a value
         no earlier life at this address reached: the shell gives its start's wall clock in
-        microseconds."""
+        microseconds. ``known``: address -> name of the members held from the start (the
+        simulator's running cluster shares one map, as its member records)."""
         self.core = core
         self.addr = addr
         self.views = HyParView(addr, rng, config.views, now=now)
         self.tree = Plumtree(addr, config.tree, first_seq=first_seq)
         self._rng = rng
         self._names: dict[str, str] = {}  # peer address -> member name (rule 3), until reaped
+        self._known: Mapping[str, str] = known or {}  # the same, from the start
+        self._passive_size = config.views.passive_size
         self._scope: frozenset[str] = frozenset()
         self._refuted = 0  # our deaths the core refuted, as last seen (rule 4)
         self._held: list[tuple[MessageId, object, float]] = []  # broadcast with no neighbour (rule 1)
@@ -161,13 +164,15 @@ class OverlayMesh:
 
     # -- inputs (as MeshCore's) -------------------------------------------------------
 
-    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float, *,
-              formed: bool = False) -> list[object]:
-        """``formed``: the simulator's cluster that is already running, whose every node holds
-        every member and build: nothing to announce (rule 1), only views to make (rule 5)."""
-        started = self.core.start(snapshot, join, now, formed=formed)  # first: a restart raises our incarnation
-        if formed:
+    def start(self, snapshot: Sequence[MemberState], join: Sequence[str], now: float) -> list[object]:
+        """A core holding the shared records of a running cluster (the simulator's) has
+        nothing to announce (rule 1), only views to make (rule 5)."""
+        started = self.core.start(snapshot, join, now)  # first: a restart raises our incarnation
+        if self.core.membership.shared:
             self._announce_at = None
+            peers = [a for a in self._known if a != self.addr]  # rule 4, as if each had been learned:
+            for addr in self._rng.sample(peers, min(len(peers), self._passive_size)):  # a passive
+                self.views.learn(now, addr)  # view is a sample of them
         else:
             self.core.membership.announce()  # rule 1: our build reaches everyone, not only some
         out = self._route(started, now)
@@ -331,8 +336,8 @@ class OverlayMesh:
         return out
 
     def _rescope(self) -> None:
-        names = self._names
-        scope = frozenset(names[p] for p in self.views.neighbors() if p in names)
+        names, known = self._names, self._known
+        scope = frozenset(n for p in self.views.neighbors() if (n := names.get(p) or known.get(p)) is not None)
         if scope != self._scope:
             self._scope = scope
             self.core.membership.within_overlay(scope)

@@ -54,6 +54,7 @@ from corec_node.mesh.effects import (
 )
 from corec_node.mesh.election import LEADER, Election, ElectionConfig
 from corec_node.mesh.hyparview import NeighborDown, NeighborUp, ViewSend
+from corec_node.mesh.member import Member, MemberTable
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.overlay import OverlayConfig, OverlayMesh
 from corec_node.mesh.plumtree import TreeSend
@@ -179,6 +180,8 @@ class Cluster:
         # every tick_interval and at least every idle_period (``stats["ticks"]`` counts them)
         self.idle_period = idle_period
         self.overlay = overlay
+        self._shared: MemberTable | None = None  # bootstrap("formed"): the records every node starts with
+        self._known: dict[str, str] = {}  # and address -> name of them
         self.now = 0.0
         self.invariants = Invariants(strict=strict)
         self.stats: Counter[str] = Counter()
@@ -286,9 +289,13 @@ class Cluster:
             self.booted[node.name] = None
         if mode in ("snapshot", "formed"):
             formed = mode == "formed"
-            states = [MemberState(n.name, n.addr, n.pub, 0, ALIVE, *(("sim", PROTOCOL, n.features, "")
-                                                                     if formed else ()))
-                      for n in chosen]
+            states = [MemberState(n.name, n.addr, n.pub, 0, ALIVE) for n in chosen]
+            if formed:  # one record of each member, with its build, shared by every node
+                self._shared = MemberTable()
+                for n in chosen:
+                    self._shared.add(Member(n.name, n.addr, n.pub, 0, ALIVE, self.now,
+                                            ("sim", PROTOCOL, n.features, "", (), ())))
+                self._known = {n.addr: n.name for n in chosen}
             for node in chosen:  # its peers, not itself: a record of its own would raise its
                 node.saved = [s for s in states if s.name != node.name]  # inc (rule 15)
                 self.start(node.name, formed=formed)
@@ -322,17 +329,23 @@ class Cluster:
         core = MeshCore(
             name, node.addr, node.pub, self.mcfg, self.ecfg, rng, now, term=term,
             voted_for=voted_for, config=node.config, voter_config=self.vcfg,
-            build=("sim", PROTOCOL, node.features, ""),
+            build=("sim", PROTOCOL, node.features, ""), shared=self._shared if formed else None,
         )
         node.core, node.membership, node.election = core, core.membership, core.election
         node.neighbors = {}
         if self.overlay is not None:
             node.core = OverlayMesh(core, node.addr, self.overlay,
                                     random.Random(f"{self.seed}/{name}/{node.epoch}/overlay"), now,
-                                    first_seq=node.epoch << 32)  # each life its own ids
+                                    first_seq=node.epoch << 32,  # each life its own ids
+                                    known=self._known if formed else None)
         node.tracker = SequenceTracker()
         node.seq = {}
-        self._apply(node, node.core.start(node.saved, node.join, now, formed=formed))
+        if formed and self.overlay is None:  # the full mesh: its SUB follows every member's PUB already
+            for other in self._shared or ():
+                if other != name and other in self._subscribers:
+                    node.subs[other] = None
+                    self._subscribers[other][name] = node
+        self._apply(node, node.core.start(node.saved, node.join, now))
         node.last_tick = now
         self._schedule(node, now + self.rng.random() * self.tick_interval)
 

@@ -167,6 +167,15 @@ def test_simulate_reports_the_overlay_run():
     assert r["max_peers"] <= 64  # issue 18's bound; the full mesh holds 119 here
 
 
+def test_the_overlay_still_reaches_every_survivor_after_half_the_nodes_crash_at_once():
+    out = subprocess.run([sys.executable, "-m", "corec_node", "simulate", "--nodes", "80", "--kill", "40",
+                          "--overlay", "--json", "--seed", "4"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["crash_detected_virtual_s"] is not None and r["violations"] == 0
+    assert r["reached_after_kill"] == 1.0  # every survivor holds the survivors alive, the dead dead
+
+
 @pytest.mark.parametrize("mode", ["snapshot", "join"])
 def test_every_member_ends_in_every_list(mode: str):
     c = overlay_cluster(50, seed=5)

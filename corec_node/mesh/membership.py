@@ -322,6 +322,16 @@ class Membership:
         m = self._members.get(name)
         return replace(m) if m is not None else None
 
+    def status_of(self, name: str) -> MemberStatus | None:
+        """A member's status as we hold it (no copy: a simulator asks it of thousands)."""
+        m = self._members.get(name)
+        return m.status if m is not None else None
+
+    @property
+    def live_count(self) -> int:
+        """Members alive or suspect, this node included unless it left."""
+        return self._members.live
+
     def addr_of(self, name: str) -> str | None:
         """A member's direct address (no copy: asked once per message received)."""
         m = self._members.get(name)

@@ -15,7 +15,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from corec_node.mesh.awareness import Awareness
 from corec_node.mesh.broadcast import BroadcastQueue, retransmit_limit
 from corec_node.mesh.effects import MemberChanged, Send
-from corec_node.mesh.member import Member, MemberTable, SharedMembers
+from corec_node.mesh.member import (
+    Member,
+    MemberTable,
+    SharedMembers,
+    SharedRecords,
+    random_alive,
+    sorted_states,
+)
 from corec_node.mesh.membership import Membership, MembershipConfig, supersedes
 from corec_node.mesh.probing import probe_spread
 from corec_node.mesh.suspicion import Suspicion, expected_confirmations, suspicion_timeouts
@@ -432,28 +439,41 @@ def _table(*records: tuple[str, MemberStatus]) -> MemberTable:
 
 
 def test_a_shared_table_reads_the_shared_records_until_it_changes_one():
-    base = _table(("a", MemberStatus.ALIVE), ("b", MemberStatus.ALIVE), ("c", MemberStatus.DEAD))
-    mine = SharedMembers(base)
-    assert sorted(mine) == ["a", "b", "c"] and len(mine) == 3 and mine.live == 2 and set(mine.dead) == {"c"}
+    base = _table(("a", MemberStatus.ALIVE), ("b", MemberStatus.ALIVE), ("c", MemberStatus.DEAD),
+                  ("shared", MemberStatus.ALIVE))
+    mine = SharedMembers(SharedRecords(base))
+    assert sorted(mine) == ["a", "b", "c", "shared"] and len(mine) == 4 and mine.live == 3
+    assert set(mine.dead) == {"c"}
     assert mine["a"] is base["a"] and mine.get("zz") is None and "c" in mine
     with pytest.raises(ValueError):
         mine.set_status(mine["a"], MemberStatus.SUSPECT)  # a shared record is never changed in place
     a = mine.mutable("a")
     assert a is not base["a"] and a == base["a"] and mine["a"] is a
     mine.set_status(a, MemberStatus.DEAD)
-    assert base["a"].status == MemberStatus.ALIVE and base.live == 2  # the others still read it alive
-    assert mine.live == 1 and set(mine.dead) == {"a", "c"}
-    assert mine.pop("c").name == "c" and "c" not in mine and "c" in base and len(mine) == 2
+    assert base["a"].status == MemberStatus.ALIVE and base.live == 3  # the others still read it alive
+    assert mine.live == 2 and set(mine.dead) == {"a", "c"}
+    assert mine.pop("c").name == "c" and "c" not in mine and "c" in base and len(mine) == 3
     mine.add(Member("d", "d:1", "d:2", 0, MemberStatus.ALIVE, 1.0))
-    assert sorted(mine) == ["a", "b", "d"] and len(mine) == 3 and mine.live == 2
-    assert dict(mine.items()).keys() == {"a", "b", "d"} and set(mine.dead) == {"a"}
+    assert sorted(mine) == ["a", "b", "d", "shared"] and len(mine) == 4 and mine.live == 3
+    assert dict(mine.items()).keys() == {"a", "b", "d", "shared"} and set(mine.dead) == {"a"}
     with pytest.raises(ValueError):
         mine.add(Member("b", "b:1", "b:2", 0, MemberStatus.ALIVE, 1.0))
     me = Member("b", "b:1", "b:2", 3, MemberStatus.ALIVE, 1.0)
     mine.put(me)  # a node's own record takes the shared one's place
-    assert mine["b"] is me and len(mine) == 3 and mine.live == 2
+    assert mine["b"] is me and len(mine) == 4 and mine.live == 3
     with pytest.raises(KeyError):
         mine.mutable("c")
+    scan = [mine[n].state() for n in sorted(mine)]  # what sorted_states does for a plain table
+    assert sorted_states(mine) == scan and [st.name for st in scan] == ["a", "b", "d", "shared"]
+    records = mine._records
+    pushed = list(records.states)  # another node's push of the shared states, and one news
+    news = mine.news(pushed + [Member("e", "e:1", "e:2", 0, MemberStatus.ALIVE, 0.0).state()])
+    assert [st.name for st in news] == ["a", "b", "c", "e"]  # ours changed, ours, let go, new; not "shared"
+    fresh = SharedMembers(records)
+    assert fresh.news(pushed) == [] and sorted_states(fresh) == list(records.states)
+    drawn = fresh.random_alive(random.Random(1), 1, exclude=set())
+    assert len(drawn) == 1 and drawn[0].name in ("a", "b")  # c is dead
+    assert random_alive(fresh, random.Random(1), 5, exclude={"a"})[0].name == "b"  # too few: the scan
 
 
 def test_a_plain_table_counts_as_its_records_come_change_and_go():

@@ -65,7 +65,7 @@ def test_a_cluster_started_formed_shares_its_records_and_copies_only_what_change
         c.crash(v)
     c.run_until(lambda: all(len(d) == 37 for d in seen.values()), 60.0)
     assert all(len(d) == 37 for d in seen.values())  # dead everywhere
-    assert all(m.status == MemberStatus.ALIVE and m.inc == 0 for m in shared.values())  # never changed
+    assert all(m.status == MemberStatus.ALIVE and m.inc == 0 for m in shared.table.values())  # never changed
     for node in c.nodes.values():
         if node.up:  # its own record and the three it saw die, no more
             assert set(node.membership._members._own) == {node.name, *victims}, node.name

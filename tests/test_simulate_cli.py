@@ -46,10 +46,14 @@ def test_under_loss_a_gap_costs_a_push_pull_only_when_an_update_lost_its_last_co
     """Membership rule 9: at 10 % loss most lost Gossip carried updates that are sent
     again, so most gaps start no push-pull; the cluster still converges, and the killed
     members are seen dead by everyone."""
-    # seed 2: its steady state has suspicions (and so Gossip for the loss to hit); an idle
-    # cluster whose members all answer sends no Gossip at all, and so shows no gap
-    r = json.loads(simulate("--nodes", "30", "--seed", "2", "--loss", "0.1", "--kill", "2", "--json").stdout)
-    assert r["violations"] == 0 and r["crash_detected_virtual_s"] is not None
-    assert r["gaps_per_node_s"] > 0
+    # the first seed whose steady state has suspicions (and so Gossip for the loss to hit): an
+    # idle cluster whose members all answer sends no Gossip at all, and so shows no gap
+    for seed in range(20):
+        r = json.loads(simulate("--nodes", "30", "--seed", str(seed), "--loss", "0.1", "--kill", "2",
+                                "--json").stdout)
+        assert r["violations"] == 0 and r["crash_detected_virtual_s"] is not None
+        if r["gaps_per_node_s"] > 0:
+            break
+    assert r["gaps_per_node_s"] > 0, "no seed of 20 showed a gap"
     assert r["gaps_covered_per_node_s"] > 0.5 * r["gaps_per_node_s"]
     assert r["gap_resyncs_per_node_s"] < 0.5 * r["gaps_per_node_s"]

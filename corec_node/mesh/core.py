@@ -117,7 +117,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from corec_node.mesh.effects import Broadcast, Effect, LeaderChanged, MemberChanged, Send
 from corec_node.mesh.election import FOLLOWER, Election, ElectionConfig
-from corec_node.mesh.member import MemberTable
+from corec_node.mesh.member import SharedRecords
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.voters import Configuration, VoterConfig, Voters
 from corec_node.wire.messages import (
@@ -175,7 +175,7 @@ class MeshCore:
         build: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
         abstain: bool = False,
         settings: tuple[tuple[str, str], ...] = (),
-        shared: MemberTable | None = None,
+        shared: SharedRecords | None = None,
     ) -> None:
         """``abstain``: the vote and store may both have been rolled back (a restored
         backup): grant no vote until a leader leads us (election rule 15). ``shared``: see

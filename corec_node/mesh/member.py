@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from corec_node.wire.messages import MemberState, MemberStatus
@@ -22,6 +22,7 @@ __all__ = [
     "Member",
     "MemberTable",
     "SharedMembers",
+    "SharedRecords",
     "n_live",
     "change_reason",
     "random_alive",
@@ -157,17 +158,32 @@ class MemberTable(dict[str, Member]):
         return m
 
 
+class SharedRecords:
+    """The records of a running cluster that the simulator's nodes start with, and what every
+    push-pull would otherwise work out again per node: their states sorted by name, where
+    each name sits, and which state objects they are. Never changed once made."""
+
+    __slots__ = ("ids", "index", "states", "table")
+
+    def __init__(self, table: MemberTable) -> None:
+        self.table = table
+        self.states = tuple(sorted_states(table))
+        self.index = {st.name: i for i, st in enumerate(self.states)}
+        self.ids = frozenset(id(st) for st in self.states)  # alive as long as ``states`` holds them
+
+
 class SharedMembers:
     """A node's member table over records it shares with the other nodes of one process (the
     simulator's running cluster of thousands, whose N x N records would not fit in memory):
     it reads the shared ``base`` until it changes a record (``mutable``), and reads its own
     copy from then on. The interface of ``MemberTable``; ``base`` is never changed."""
 
-    __slots__ = ("_base", "_extra", "_gone", "_own", "dead", "live")
+    __slots__ = ("_base", "_extra", "_gone", "_own", "_records", "dead", "live")
     shared = True
 
-    def __init__(self, base: MemberTable) -> None:
-        self._base = base
+    def __init__(self, records: SharedRecords) -> None:
+        self._records = records
+        base = self._base = records.table
         self._own: dict[str, Member] = {}  # our copies of shared records, and records of our own
         self._gone: set[str] = set()  # shared records we let go
         self._extra = 0  # records of ours not in base
@@ -241,6 +257,49 @@ class SharedMembers:
         m.status = status
         _count(self, m, 1)
 
+    def states(self) -> list[MemberState]:
+        """``sorted_states`` of this table: the shared states with ours in their place."""
+        records = self._records
+        out: list[MemberState | None] = list(records.states)
+        index = records.index
+        extra = []
+        for name, m in self._own.items():
+            i = index.get(name)
+            if i is None:
+                extra.append(m.state())
+            else:
+                out[i] = m.state()
+        for name in self._gone:
+            if name not in self._own:
+                out[index[name]] = None
+        kept = [st for st in out if st is not None] if self._gone else out
+        if extra:
+            kept += extra
+            kept.sort(key=lambda st: st.name)  # type: ignore[union-attr]
+        return kept  # type: ignore[return-value]
+
+    def news(self, states: Iterable[MemberState]) -> list[MemberState]:
+        """The states a merge must look at: those that are not a shared record's own state
+        where we hold that record as shared (for those a merge is a no-op, by identity)."""
+        ids, own, gone = self._records.ids, self._own, self._gone
+        if not own and not gone:
+            return [st for st in states if id(st) not in ids]
+        return [st for st in states if id(st) not in ids or st.name in own or st.name in gone]
+
+    def random_alive(self, rng: random.Random, k: int, exclude: set[str]) -> list[Member]:
+        """As ``random_alive``, by drawing names until k fit (no sort of every name), then
+        the scan if draws keep missing (few of them alive)."""
+        names, chosen = self._records.states, {}
+        for _ in range(4 * k + 8):
+            if len(chosen) == k:
+                break
+            m = self.get(names[rng.randrange(len(names))].name)
+            if m is not None and m.status == ALIVE and m.name not in exclude:
+                chosen[m.name] = m
+        if len(chosen) < k:
+            return _random_alive_scan(self, rng, k, exclude)
+        return list(chosen.values())
+
     def pop(self, name: str) -> Member:
         m = self[name]
         self._own.pop(name, None)
@@ -268,15 +327,25 @@ def n_live(members: MemberTable | SharedMembers) -> int:
     return max(1, members.live)
 
 
-def sorted_states(members: Mapping[str, Member]) -> list[MemberState]:
+def sorted_states(members: Mapping[str, Member] | SharedMembers) -> list[MemberState]:
     """Every member's state, sorted by name (a snapshot, a push-pull's payload)."""
+    if type(members) is SharedMembers:
+        return members.states()
     return [members[n].state() for n in sorted(members)]
 
 
 def random_alive(
-    members: Mapping[str, Member], rng: random.Random, k: int, *, exclude: set[str]
+    members: Mapping[str, Member] | SharedMembers, rng: random.Random, k: int, *, exclude: set[str]
 ) -> list[Member]:
     """Up to ``k`` ALIVE members not in ``exclude``, drawn with one ``rng.sample`` call."""
+    if type(members) is SharedMembers and k > 0:
+        return members.random_alive(rng, k, exclude)
+    return _random_alive_scan(members, rng, k, exclude)
+
+
+def _random_alive_scan(
+    members: Mapping[str, Member] | SharedMembers, rng: random.Random, k: int, exclude: set[str]
+) -> list[Member]:
     names = sorted(n for n, m in members.items() if m.status == ALIVE and n not in exclude)
     if k <= 0 or not names:
         return []

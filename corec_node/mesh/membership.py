@@ -192,6 +192,7 @@ from corec_node.mesh.member import (
     Member,
     MemberTable,
     SharedMembers,
+    SharedRecords,
     change_reason,
     n_live,
     random_alive,
@@ -238,7 +239,7 @@ class Membership:
         rng: random.Random,
         now: float,
         build: tuple[object, ...] = NO_BUILD,
-        shared: MemberTable | None = None,
+        shared: SharedRecords | None = None,
     ) -> None:
         """``build``: this node's version, protocol, features, data socket and tags,
         announced with its own record (shown by ``members --detailed``; feature gates read
@@ -602,6 +603,8 @@ class Membership:
         self, states: Iterable[MemberState], sender: str, now: float, live: float, out: list[Effect], *, gossip: bool
     ) -> None:
         members = self._members
+        if not gossip and members.shared:  # a push-pull of thousands of records we share: what differs
+            states = members.news(states)  # type: ignore[union-attr]
         for st in states:
             if st.name == self.name:
                 self._merge_self(st, out)

@@ -54,7 +54,7 @@ from corec_node.mesh.effects import (
 )
 from corec_node.mesh.election import LEADER, Election, ElectionConfig
 from corec_node.mesh.hyparview import NeighborDown, NeighborUp, ViewSend
-from corec_node.mesh.member import Member, MemberTable
+from corec_node.mesh.member import Member, MemberTable, SharedRecords
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.overlay import OverlayConfig, OverlayMesh
 from corec_node.mesh.plumtree import TreeSend
@@ -180,7 +180,7 @@ class Cluster:
         # every tick_interval and at least every idle_period (``stats["ticks"]`` counts them)
         self.idle_period = idle_period
         self.overlay = overlay
-        self._shared: MemberTable | None = None  # bootstrap("formed"): the records every node starts with
+        self._shared: SharedRecords | None = None  # bootstrap("formed"): the records every node starts with
         self._known: dict[str, str] = {}  # and address -> name of them
         self.now = 0.0
         self.invariants = Invariants(strict=strict)
@@ -291,10 +291,10 @@ class Cluster:
             formed = mode == "formed"
             states = [MemberState(n.name, n.addr, n.pub, 0, ALIVE) for n in chosen]
             if formed:  # one record of each member, with its build, shared by every node
-                self._shared = MemberTable()
+                table = MemberTable()
                 for n in chosen:
-                    self._shared.add(Member(n.name, n.addr, n.pub, 0, ALIVE, self.now,
-                                            ("sim", PROTOCOL, n.features, "", (), ())))
+                    table.add(Member(n.name, n.addr, n.pub, 0, ALIVE, self.now, ("sim", PROTOCOL, n.features, "", (), ())))
+                self._shared = SharedRecords(table)
                 self._known = {n.addr: n.name for n in chosen}
             for node in chosen:  # its peers, not itself: a record of its own would raise its
                 node.saved = [s for s in states if s.name != node.name]  # inc (rule 15)
@@ -341,7 +341,7 @@ class Cluster:
         node.tracker = SequenceTracker()
         node.seq = {}
         if formed and self.overlay is None:  # the full mesh: its SUB follows every member's PUB already
-            for other in self._shared or ():
+            for other in self._shared.table if self._shared is not None else ():
                 if other != name and other in self._subscribers:
                     node.subs[other] = None
                     self._subscribers[other][name] = node

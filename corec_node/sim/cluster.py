@@ -610,13 +610,14 @@ class Cluster:
     def members_converged(self, among: Iterable[str] | None = None) -> bool:
         """Every live node's alive list is exactly the set of live nodes."""
         nodes = self.live() if among is None else [self.nodes[n] for n in among if self.nodes[n].up]
-        expected = sorted(n.name for n in nodes)
-        size = len(expected)
-        for n in nodes:
-            counts = n.membership.counts()  # type: ignore[union-attr]
-            if counts["alive"] + counts["suspect"] != size:
-                return False
-        return all(n.membership.alive() == expected for n in nodes)  # type: ignore[union-attr]
+        names = {n.name for n in nodes}
+        if any(n.membership.live_count != len(names) for n in nodes):  # type: ignore[union-attr]
+            return False
+        # as many live as expected, and none of the other nodes live: the same list (every member
+        # is a node of the cluster), with no N x N comparison of lists
+        others = [name for name in self.nodes if name not in names]
+        return all(n.membership.status_of(o) not in (ALIVE, SUSPECT)  # type: ignore[union-attr]
+                   for n in nodes for o in others)
 
     def converged(self) -> bool:
         return self.agreed_leader() is not None and self.members_converged()

@@ -186,7 +186,7 @@ def sweep(runs: int, first_seed: int = 100_000) -> dict:
 def simulate_run(n: int, overlay: bool, seed: int, loss: float = 0.0) -> dict:
     """One ``corec-node simulate --json`` in its own process, with its peak RSS."""
     cmd = [sys.executable, "-m", "corec_node", "simulate", "--nodes", str(n), "--kill", "4",
-           "--seed", str(seed), "--loss", str(loss), "--json"] + (["--overlay"] if overlay else [])
+           "--seed", str(seed), "--loss", str(loss), "--json", "--overlay" if overlay else "--full-mesh"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()  # type: ignore[union-attr]
     _pid, status, usage = os.wait4(proc.pid, 0)

@@ -204,9 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--kill", type=int, default=1, help="members killed at once")
     sim.add_argument("--partition", type=float, default=0.0,
                      help="share of the survivors cut off for 10 virtual s, then healed (0: none)")
-    sim.add_argument("--overlay", action="store_true",
-                     help="broadcasts over HyParView partial views and a Plumtree tree, probes among "
-                          "neighbours (the layout for large fleets; nodes do not run it yet)")
+    layout = sim.add_mutually_exclusive_group()
+    layout.add_argument("--overlay", action="store_true",
+                        help="broadcasts over HyParView partial views and a Plumtree tree, probes among "
+                             "neighbours: the layout for large fleets, and the default")
+    layout.add_argument("--full-mesh", action="store_true",
+                        help="every node linked to every other, as the node shell runs today (to about "
+                             "1,000 nodes: its links grow as N x N)")
     sim.add_argument("--json", action="store_true", help="one JSON object")
     sim.set_defaults(func=cmd_simulate)
 
@@ -637,7 +641,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     try:
         result = simulate(args.nodes, seed=args.seed, loss=args.loss, kill=args.kill, partition=args.partition,
-                          overlay=args.overlay)
+                          overlay=not args.full_mesh)
     except ValueError as exc:
         print(f"corec-node simulate: {exc}", file=sys.stderr)
         return 2

@@ -41,9 +41,10 @@ is due or an input came, at most every TICK_PERIOD, at least every IDLE_PERIOD."
 
 
 def simulate(nodes: int, *, seed: int = 0, loss: float = 0.0, kill: int = 1, partition: float = 0.0,
-             overlay: bool = False) -> dict[str, Any]:
-    """``overlay``: broadcasts over HyParView's views and Plumtree's tree (``mesh/overlay.py``),
-    probes among a node's neighbours; else the full mesh the node shell runs today."""
+             overlay: bool = True) -> dict[str, Any]:
+    """``overlay`` (the default): broadcasts over HyParView's views and Plumtree's tree
+    (``mesh/overlay.py``), probes among a node's neighbours; else the full mesh the node
+    shell runs today."""
     if nodes < 2:
         raise ValueError("--nodes must be at least 2")
     if not 0 <= kill < nodes:

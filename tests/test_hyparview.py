@@ -7,7 +7,7 @@ import heapq
 import random
 from collections import deque
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corec_node.mesh.hyparview import (
@@ -285,11 +285,14 @@ def test_same_seed_same_effects() -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 9), any_contact=st.booleans(),
        spread=st.sampled_from([0.0, 0.002, 0.1]))
+@example(seed=823, n=8, any_contact=True, spread=0.002)
 def test_small_cluster_is_a_full_mesh(seed: int, n: int, any_contact: bool, spread: float) -> None:
-    """n - 1 <= active_size: every node links to every other, by the same rules."""
+    """n - 1 <= active_size: every node links to every other, by the same rules. Two nodes
+    that joined through different contacts at about the same time may first hear of each
+    other in a shuffle (seed 823, n 8: at 6 s, linked by 8 s), so a few shuffle intervals."""
     cfg = HyParViewConfig(active_size=8, shuffle_interval=2.0, fill_interval=0.5)
     net = grow(seed, n, cfg, spread=spread, any_contact=any_contact)
-    net.settle(6.0)
+    net.settle(12.0)
     for name in net.nodes:
         assert set(net.nodes[name].active) == set(net.nodes) - {name}
 

@@ -82,7 +82,7 @@ def test_a_restarted_node_numbers_its_broadcasts_past_its_former_life():
     c.crash(node.name)
     c.run(1)
     c.restart(node.name)
-    assert node.core.tree._seq > before  # type: ignore[union-attr]  # plumtree rule 3: its news is not taken for seen
+    assert node.core.tree._seq > before  # type: ignore[union-attr]  # plumtree rule 3: not taken for seen
     c.await_convergence(30)
 
 

@@ -95,12 +95,16 @@ class Member:
         if held is not st and held == st:
             self._state = st
 
+    def would_learn(self, st: MemberState) -> bool:
+        """``learn_build(st)`` would change our record."""
+        return bool(st.version) and st.inc >= self.inc and (
+            st.version, st.protocol, st.features, st.data, st.tags, st.settings) != self.build
+
     def learn_build(self, st: MemberState) -> None:
         """What the member announced of itself (not a verdict: it never orders updates)."""
-        if st.version and st.inc >= self.inc:
+        if self.would_learn(st):
             build = (st.version, st.protocol, st.features, st.data, st.tags, st.settings)
-            if build != self.build:
-                self.build = _BUILDS.setdefault(build, build) if len(_BUILDS) < BUILDS_KEPT else build
+            self.build = _BUILDS.setdefault(build, build) if len(_BUILDS) < BUILDS_KEPT else build
 
 
 def change_reason(m: Member, status: MemberStatus, sender: str, gossip: bool) -> str:
@@ -178,7 +182,7 @@ class SharedMembers:
     it reads the shared ``base`` until it changes a record (``mutable``), and reads its own
     copy from then on. The interface of ``MemberTable``; ``base`` is never changed."""
 
-    __slots__ = ("_base", "_extra", "_gone", "_own", "_records", "dead", "live")
+    __slots__ = ("_added", "_base", "_gone", "_own", "_records", "dead", "live")
     shared = True
 
     def __init__(self, records: SharedRecords) -> None:
@@ -186,7 +190,7 @@ class SharedMembers:
         base = self._base = records.table
         self._own: dict[str, Member] = {}  # our copies of shared records, and records of our own
         self._gone: set[str] = set()  # shared records we let go
-        self._extra = 0  # records of ours not in base
+        self._added: dict[str, None] = {}  # names of our records not in base
         self.live = base.live
         self.dead = dict(base.dead)
 
@@ -208,13 +212,12 @@ class SharedMembers:
         return self.get(name) is not None  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return len(self._base) - len(self._gone) + self._extra
+        return len(self._base) - len(self._gone) + len(self._added)
 
     def __iter__(self) -> Iterator[str]:
         gone = self._gone
         yield from (n for n in self._base if n not in gone)
-        base = self._base
-        yield from (n for n in self._own if n not in base)
+        yield from self._added
 
     def keys(self) -> Iterator[str]:
         return iter(self)
@@ -237,7 +240,7 @@ class SharedMembers:
         if old is not None:
             _count(self, old, -1)
         elif m.name not in self._base:
-            self._extra += 1
+            self._added[m.name] = None
         self._own[m.name] = m
         self._gone.discard(m.name)
         _count(self, m, 1)
@@ -289,11 +292,12 @@ class SharedMembers:
     def random_alive(self, rng: random.Random, k: int, exclude: set[str]) -> list[Member]:
         """As ``random_alive``, by drawing names until k fit (no sort of every name), then
         the scan if draws keep missing (few of them alive)."""
-        names, chosen = self._records.states, {}
+        shared, added, chosen = self._records.states, list(self._added), {}
         for _ in range(4 * k + 8):
             if len(chosen) == k:
                 break
-            m = self.get(names[rng.randrange(len(names))].name)
+            i = rng.randrange(len(shared) + len(added))
+            m = self.get(shared[i].name if i < len(shared) else added[i - len(shared)])
             if m is not None and m.status == ALIVE and m.name not in exclude:
                 chosen[m.name] = m
         if len(chosen) < k:
@@ -306,7 +310,7 @@ class SharedMembers:
         if name in self._base:
             self._gone.add(name)
         else:
-            self._extra -= 1
+            del self._added[name]
         _count(self, m, -1)
         return m
 

@@ -533,11 +533,10 @@ class Membership:
                 "forced out (a live one would refute and stay)"
             )
         out: list[Effect] = []
-        m = self._members.mutable(name)
         if prune:
             self._prune(m, now, "pruned", out)
         else:
-            self._set(m, m.inc, LEFT, now, "force-left", out)
+            m = self._set(m, m.inc, LEFT, now, "force-left", out)
             self._gossip.queue.queue(m.state())
         self._flush(live, out)
         return out
@@ -545,7 +544,7 @@ class Membership:
     def _prune(self, m: Member, now: float, reason: str, out: list[Effect]) -> None:
         """Rule 14's prune: left now, forgotten now, and the news marked so others forget it."""
         if m.status != LEFT:
-            self._set(m, m.inc, LEFT, now, reason, out)
+            m = self._set(m, m.inc, LEFT, now, reason, out)
         self._forget(m.name, out)
         self._gossip.queue.queue(replace(m.state(), status=LEFT, pruned=True))
 
@@ -585,8 +584,7 @@ class Membership:
             elif supersedes(st.inc, status, m.inc, m.status) and (
                 st.addr == m.addr or m.status not in LIVE
             ):
-                m = self._members.mutable(st.name)
-                self._set(m, st.inc, status, now, "restored", out, addr=st.addr, pub=st.pub)
+                m = self._set(m, st.inc, status, now, "restored", out, addr=st.addr, pub=st.pub)
             if m.status in LIVE:
                 targets[m.addr] = None
         self._sync.restore(list(targets), self._members, live, out)
@@ -659,11 +657,12 @@ class Membership:
         if m is not None and st.addr != m.addr and m.status in LIVE:
             return  # rule 5
         if m is not None:
-            m = self._members.mutable(st.name)
             if st.pruned and st.status == LEFT and st.inc >= m.inc:
                 self._prune(m, now, f"pruned by {sender}", out)  # rule 14
                 return
-            m.learn_build(st)
+            if m.would_learn(st):
+                m = self._members.mutable(st.name)  # a copy only when something changes
+                m.learn_build(st)
         if not gossip and st.status in (SUSPECT, DEAD):
             if m is not None and m.status in LIVE:
                 if supersedes(st.inc, st.status, m.inc, m.status):
@@ -694,10 +693,10 @@ class Membership:
         unconfirmed = not (m.status == SUSPECT and m.inc == st.inc)
         if gossip and st.status == DEAD and m.status in LIVE and unconfirmed:
             # rule 8: a verdict we did not suspect ourselves is a suspicion for us
-            self._set(m, st.inc, SUSPECT, now, f"suspected by {sender}", out)
+            m = self._set(m, st.inc, SUSPECT, now, f"suspected by {sender}", out)
             self._start_suspicion(m, sender, live)
             return
-        self._set(
+        m = self._set(
             m,
             st.inc,
             st.status,
@@ -723,7 +722,10 @@ class Membership:
         *,
         addr: str | None = None,
         pub: str | None = None,
-    ) -> None:
+    ) -> Member:
+        """Change ``m`` (through ``mutable``: the record changed is returned, a copy where the
+        table shared it)."""
+        m = self._members.mutable(m.name)
         old = m.status
         moved = (addr is not None and addr != m.addr) or (pub is not None and pub != m.pub)
         m.inc = inc
@@ -747,6 +749,7 @@ class Membership:
             out.append(MemberChanged(m.name, m.addr, old, status, inc, "address changed"))
         if status in LIVE and old not in LIVE:
             self._prober.insert(m.name)
+        return m
 
     def _start_suspicion(self, m: Member, accuser: str, live: float) -> None:
         cfg = self._cfg
@@ -782,8 +785,7 @@ class Membership:
         if m is None or m.inc != p.inc:
             return  # reaped, or refuted meanwhile
         if m.status == ALIVE:
-            m = self._members.mutable(m.name)
-            self._set(m, m.inc, SUSPECT, now, "probe timeout", out)
+            m = self._set(m, m.inc, SUSPECT, now, "probe timeout", out)
             self._start_suspicion(m, self.name, live)
             self._gossip.queue.queue(m.state())
         elif m.status == SUSPECT:
@@ -799,8 +801,7 @@ class Membership:
             del self._suspicions[name]
             m = self._members.get(name)
             if m is not None and m.status == SUSPECT and m.inc == s.inc:
-                m = self._members.mutable(name)
-                self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
+                m = self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
                 if not self._gossip.once or s.accused_by(self.name):  # rule 8 over the tree:
                     self._gossip.queue.queue(m.state())  # the accusers tell, the rest know
 

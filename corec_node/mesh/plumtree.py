@@ -25,12 +25,13 @@ Rule 2. A new message (by id, ``(origin, seq)``) is delivered once, cached for g
     A duplicate moves its sender to lazy and answers ``Prune``, which does the same on the
     other side.
 
-Rule 3. Ids are remembered in a bounded seen set (at least ``seen_ttl / 2`` s and
-    ``seen_size / 2`` later ids, ``RecentIds``): a copy older than that (impossible within
-    the hop bound) could be delivered twice. A node numbers its broadcasts from
-    ``first_seq``: the caller draws it at random at each start, so that a node restarted at
-    the same address is not taken for its former self, whose ids the others still hold,
-    and its news dropped as seen.
+Rule 3. Ids are remembered in a bounded seen set (``RecentIds``: until ``seen_ttl / 2`` s
+    or ``seen_size / 2`` later ids have passed, whichever comes first): a copy older than
+    that (impossible within the hop bound) could be delivered twice. A node numbers its
+    broadcasts from ``first_seq``, a value no earlier life at its address reached (the
+    caller's: the simulator shifts the life's number high, a shell would take its start's
+    wall clock in microseconds), so that a node restarted at the same address is not taken
+    for its former self, whose ids the others still hold, and its news dropped as seen.
 
 Rule 4. ``IHave`` for an unknown id starts a timer of ``missing_timeout``; if the message
     has not come when it fires, the first announcer is moved to eager and sent ``Graft``,
@@ -87,8 +88,9 @@ class PlumtreeConfig:
     # of origins, and a copy can outlive neither bound within max_hops.
     seen_size: int = 65_536
     seen_ttl: float = 120.0
-    # Payloads kept to answer grafts: a graft comes within a second or two of a broadcast.
-    cache_size: int = 4_096
+    # Payloads kept to answer grafts: a graft comes within a second or two of a broadcast;
+    # at least cache_size / 2 of the latest are held (RecentIds).
+    cache_size: int = 8_192
     cache_ttl: float = 30.0
     max_ihave_ids: int = 256  # ids in one IHave frame (frame size bound)
 
@@ -164,10 +166,11 @@ PlumtreeEffect = TreeSend | Deliver
 
 
 class RecentIds:
-    """Ids seen lately, each with a value, as two generations of dicts: an id is held for at
-    least ``ttl / 2`` and ``size / 2`` later ids, and at most ``size`` are held. Half the
-    memory of a map that times each id, which matters when one process holds thousands of
-    nodes (the simulator): a broadcast leaves an entry in every node."""
+    """Ids seen lately, each with a value, as two generations of dicts: an id is held until
+    ``ttl / 2`` s or ``size / 2`` later ids have passed, whichever comes first, and at most
+    ``size`` are held. Half the memory of a map that times each id, which matters when one
+    process holds thousands of nodes (the simulator): a broadcast leaves an entry in every
+    node."""
 
     __slots__ = ("_half", "_new", "_old", "_since", "_span")
 

@@ -275,7 +275,8 @@ class Prober:
             if self._scope is not None:  # spread by the cluster's size all the same: k watchers
                 # of a member, each over k targets, probe it as often as n probers over n - 1 do
                 me = members.get(self._name)
-                self._size = 1 + members.live - (me is not None and me.status in LIVE)  # type: ignore[attr-defined]
+                others = members.live - (me is not None and me.status in LIVE)
+                self._size = 1 + others
             self._rng.shuffle(self._order)
             self._order_pos = 0
             if not self._order:

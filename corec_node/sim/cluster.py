@@ -281,9 +281,9 @@ class Cluster:
         a formed cluster (cheap, no join storm). ``formed``: as if the cluster had been
         running: every node holds every member with its build, so nobody announces or
         pushes (what sizing a fleet of thousands needs; the overlay still makes its
-        views, each node joining through a member drawn at random). ``join``: the first node starts alone and
-        each next one joins through the first three (its configured seeds), ``stagger``
-        seconds apart (what operators do)."""
+        views, each node joining through a member drawn at random). ``join``: the first
+        node starts alone and each next one joins through the first three (its configured
+        seeds), ``stagger`` seconds apart (what operators do)."""
         chosen = [self.nodes[n] for n in names] if names is not None else list(self.nodes.values())
         for node in chosen:
             self.booted[node.name] = None
@@ -293,7 +293,8 @@ class Cluster:
             if formed:  # one record of each member, with its build, shared by every node
                 table = MemberTable()
                 for n in chosen:
-                    table.add(Member(n.name, n.addr, n.pub, 0, ALIVE, self.now, ("sim", PROTOCOL, n.features, "", (), ())))
+                    build = ("sim", PROTOCOL, n.features, "", (), ())
+                    table.add(Member(n.name, n.addr, n.pub, 0, ALIVE, self.now, build))
                 self._shared = SharedRecords(table)
                 self._known = {n.addr: n.name for n in chosen}
             for node in chosen:  # its peers, not itself: a record of its own would raise its

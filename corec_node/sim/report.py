@@ -152,10 +152,11 @@ def _peers(c: Cluster, name: str) -> int:
 
 def _whole_share(c: Cluster) -> float:
     """The share of live nodes whose alive list is exactly the live nodes: as many live
-    members as live nodes, and none of the nodes that are down held live (every member is
-    one of the cluster's nodes; a scan of every list would take N x N)."""
+    members as live nodes, and none of the other nodes held live (every member is one of
+    the cluster's nodes; a comparison of every list would take N x N)."""
     live = c.live()
-    down = [n.name for n in c.nodes.values() if not n.up and n.starts]
+    names = {n.name for n in live}
+    down = [name for name in c.nodes if name not in names]
     whole = sum(1 for n in live if n.membership is not None and n.membership.live_count == len(live)
                 and all(n.membership.status_of(d) not in _LIVE for d in down))
     return whole / len(live) if live else 0.0

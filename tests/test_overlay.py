@@ -167,6 +167,25 @@ def test_simulate_reports_the_overlay_run():
     assert r["max_peers"] <= 64  # issue 18's bound; the full mesh holds 119 here
 
 
+def test_a_thousand_simulated_nodes_meet_the_targets_of_issue_18():
+    """CI's size (bench/simulate.py runs 10,000): a join everywhere within 30 rounds, at most
+    64 peers a node, 4 crashes dead everywhere within 3 x log2 N rounds, no violation, and
+    a node's messages a second within 1.5x those at 100 nodes."""
+    def run(n: int) -> dict:
+        out = subprocess.run([sys.executable, "-m", "corec_node", "simulate", "--nodes", str(n), "--kill", "4",
+                              "--json"], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    r, small = run(1000), run(100)
+    assert r["nodes"] == 1000 and r["overlay"] is True and r["violations"] == 0
+    assert r["join_rounds"] is not None and r["join_rounds"] <= 30
+    assert r["max_peers"] <= 64
+    assert r["crash_detected_rounds"] is not None and r["crash_detected_rounds"] <= r["crash_bound_rounds"]
+    assert r["reached_after_kill"] == 1.0
+    assert 0 < r["msgs_per_node_per_s"] <= 1.5 * small["msgs_per_node_per_s"]
+
+
 def test_the_overlay_still_reaches_every_survivor_after_half_the_nodes_crash_at_once():
     out = subprocess.run([sys.executable, "-m", "corec_node", "simulate", "--nodes", "80", "--kill", "40",
                           "--overlay", "--json", "--seed", "4"], capture_output=True, text=True, timeout=300)

@@ -167,6 +167,7 @@ Rule 17. Transport hints. A crashed process closes its TCP connections at once, 
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Iterable
@@ -259,7 +260,8 @@ class Membership:
         self._awareness = Awareness(config.awareness_max)
         self._gossip = Dissemination(config.gossip_interval, config.retransmit_mult)
         self._suspicions: dict[str, Suspicion] = {}
-        self._suspect_due: tuple[int, float] | None = None  # (scale, earliest verdict); None: changed
+        self._verdicts: list[tuple[float, str]] = []  # heap of (verdict time, name); stale entries skipped
+        self._verdicts_scale = 1  # the local health the heap's times were taken at
         self._refused: dict[str, tuple[int, float]] = {}  # rule 17: name -> (incarnation, when)
         self._conflicts: set[str] = set()
         self._left = False
@@ -433,7 +435,7 @@ class Membership:
             s = self._suspicions.get(name)
             if s is not None and s.inc == m.inc:
                 s.shorten(self._refused_timeout())
-                self._suspect_due = None
+                self._due_changed(name, s)
         self._prober.probe_now(name, live)
         return self.tick(now)
 
@@ -464,11 +466,8 @@ class Membership:
         if self._left:
             return now if len(self._gossip) else math.inf
         due = min(self._prober.next_deadline(), self._sync.next_deadline())
-        if self._suspicions:  # found again only after a change: half a cluster crashed is thousands
-            scale = self._awareness.score + 1
-            if self._suspect_due is None or self._suspect_due[0] != scale:
-                self._suspect_due = (scale, min(s.deadline(scale) for s in self._suspicions.values()))
-            due = min(due, self._suspect_due[1])
+        if self._suspicions:
+            due = min(due, self._next_verdict())
         due = min(due, self._gossip.next_flush())
         return self._live.plan(due, now, self._next_reap)
 
@@ -693,7 +692,7 @@ class Membership:
                 s = self._suspicions.get(m.name)
                 if s is not None:
                     s.confirm(sender)  # rule 8: an independent accuser
-                    self._suspect_due = None
+                    self._due_changed(m.name, s)
             return
         unconfirmed = not (m.status == SUSPECT and m.inc == st.inc)
         if gossip and st.status == DEAD and m.status in LIVE and unconfirmed:
@@ -745,7 +744,6 @@ class Membership:
                 self._next_reap = min(self._next_reap, now + self._cfg.reap_after)
         if status != SUSPECT:
             self._suspicions.pop(m.name, None)
-            self._suspect_due = None
         queued = self._gossip.queue.pending(m.name)
         if queued is not None and supersedes(m.inc, m.status, queued.inc, queued.status):
             self._gossip.queue.drop(m.name)  # what we were spreading is outdated
@@ -756,6 +754,28 @@ class Membership:
         if status in LIVE and old not in LIVE:
             self._prober.insert(m.name)
         return m
+
+    def _due_changed(self, name: str, s: Suspicion) -> None:
+        """A suspicion began or its verdict came nearer (a confirmation, rule 17)."""
+        heapq.heappush(self._verdicts, (s.deadline(self._verdicts_scale), name))
+
+    def _next_verdict(self) -> float:
+        """The earliest verdict, from the heap: half a cluster crashed at once is thousands of
+        suspicions, and a wake must not look at each. An entry whose suspicion is gone, or
+        whose time has since moved, is dropped; a new local health retimes them all."""
+        scale = self._awareness.score + 1
+        heap, suspicions = self._verdicts, self._suspicions
+        if scale != self._verdicts_scale:
+            self._verdicts_scale = scale
+            heap[:] = [(s.deadline(scale), n) for n, s in suspicions.items()]
+            heapq.heapify(heap)
+        while heap:
+            at, name = heap[0]
+            s = suspicions.get(name)
+            if s is not None and s.deadline(scale) == at:
+                return at
+            heapq.heappop(heap)
+        return math.inf
 
     def _start_suspicion(self, m: Member, accuser: str, live: float) -> None:
         cfg = self._cfg
@@ -774,7 +794,7 @@ class Membership:
         refused = self._refused.pop(m.name, None)
         if refused is not None and refused[0] == m.inc and live - refused[1] < REFUSED_FRESH * cfg.probe_interval:
             s.shorten(self._refused_timeout())  # rule 17
-        self._suspect_due = None
+        self._due_changed(m.name, s)
         if accuser != self.name:
             self._prober.probe_soon(m.name)  # rule 7: our own verdict, soon
 
@@ -798,7 +818,7 @@ class Membership:
         elif m.status == SUSPECT:
             s = self._suspicions.get(m.name)
             if s is not None and s.confirm(self.name):
-                self._suspect_due = None
+                self._due_changed(m.name, s)
                 self._gossip.queue.queue(m.state())  # our independent accusation counts for others
 
     def _tick_suspicions(self, now: float, live: float, out: list[Effect]) -> None:
@@ -807,7 +827,6 @@ class Membership:
             if live < s.deadline(scale):
                 continue
             del self._suspicions[name]
-            self._suspect_due = None
             m = self._members.get(name)
             if m is not None and m.status == SUSPECT and m.inc == s.inc:
                 m = self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
@@ -833,7 +852,6 @@ class Membership:
     def _forget(self, name: str, out: list[Effect]) -> None:
         m = self._members.pop(name)
         self._suspicions.pop(name, None)
-        self._suspect_due = None
         self._sync.forget(name, m.addr if m.status == DEAD else None)
         self._prober.forget(name)
         out.append(MemberReaped(name))

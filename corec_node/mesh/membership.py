@@ -822,11 +822,13 @@ class Membership:
                 self._gossip.queue.queue(m.state())  # our independent accusation counts for others
 
     def _tick_suspicions(self, now: float, live: float, out: list[Effect]) -> None:
-        scale = self._awareness.score + 1
-        for name, s in list(self._suspicions.items()):
-            if live < s.deadline(scale):
-                continue
-            del self._suspicions[name]
+        due: dict[str, None] = {}
+        while self._next_verdict() <= live:  # from the heap: no look at every suspicion per tick
+            due[heapq.heappop(self._verdicts)[1]] = None
+        if len(due) > 1:  # in the order the suspicions began, as a scan would take them
+            due = dict.fromkeys(n for n in self._suspicions if n in due)
+        for name in due:
+            s = self._suspicions.pop(name)
             m = self._members.get(name)
             if m is not None and m.status == SUSPECT and m.inc == s.inc:
                 m = self._set(m, m.inc, DEAD, now, "suspicion timeout", out)

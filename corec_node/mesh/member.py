@@ -118,7 +118,18 @@ def change_reason(m: Member, status: MemberStatus, sender: str, gossip: bool) ->
     return f"gossip from {sender}" if gossip else "push-pull"
 
 
-class MemberTable(dict[str, Member]):
+class _Adds:
+    """``add`` for both tables: a record of a new name (``put`` replaces one)."""
+
+    __slots__ = ()
+
+    def add(self, m: Member) -> None:
+        if m.name in self:  # type: ignore[operator]
+            raise ValueError(f"{m.name} has a record already")
+        self.put(m)  # type: ignore[attr-defined]
+
+
+class MemberTable(_Adds, dict[str, Member]):
     """One node's member records by name, with what the rules read every round (how many are
     live, which are dead) kept as records come, change status and go: no rule scans every
     member per round, which at thousands of members is most of a node's work. Records come
@@ -133,11 +144,6 @@ class MemberTable(dict[str, Member]):
         self.dead: dict[str, None] = {}  # names of DEAD members
 
     shared = False
-
-    def add(self, m: Member) -> None:
-        if m.name in self:
-            raise ValueError(f"{m.name} has a record already")
-        self.put(m)
 
     def put(self, m: Member) -> None:
         """Add ``m``, or put it in place of the record of that name."""
@@ -176,7 +182,7 @@ class SharedRecords:
         self.ids = frozenset(id(st) for st in self.states)  # alive as long as ``states`` holds them
 
 
-class SharedMembers:
+class SharedMembers(_Adds):
     """A node's member table over records it shares with the other nodes of one process (the
     simulator's running cluster of thousands, whose N x N records would not fit in memory):
     it reads the shared ``base`` until it changes a record (``mutable``), and reads its own
@@ -229,11 +235,6 @@ class SharedMembers:
     def values(self) -> Iterator[Member]:
         get = self.get
         return (get(n) for n in self)  # type: ignore[misc]
-
-    def add(self, m: Member) -> None:
-        if m.name in self:
-            raise ValueError(f"{m.name} has a record already")
-        self.put(m)
 
     def put(self, m: Member) -> None:
         old = self.get(m.name)

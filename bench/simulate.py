@@ -2,7 +2,8 @@
 
     python bench/simulate.py            # full: sizes up to 1000 nodes, 1000-run sweep (minutes)
     python bench/simulate.py --quick    # sizes up to 100, 100-run sweep (well under a minute)
-    python bench/simulate.py --curves 100,300,1000,3000,10000   # issue 18's curves, full mesh (to 1,000) vs overlay
+    python bench/simulate.py --curves 100,300,1000,3000,10000   # issue 18's curves:
+                                                                # full mesh (to 1,000), overlay
 
 ``--curves``: for each size and layout (today's full mesh; ``--overlay``, HyParView views
 and a Plumtree tree) one ``corec-node simulate --kill 4 --json`` in its own process, its
@@ -229,7 +230,8 @@ def main() -> int:
     ap.add_argument("--curves", default=None, help="sizes, e.g. 100,300,1000: full mesh vs overlay, then stop")
     ap.add_argument("--loss", type=float, default=0.0, help="message loss of the --curves runs")
     ap.add_argument("--mesh-up-to", type=int, default=1000,
-                    help="--curves: the full mesh only up to this size (its N x N streams), the overlay at every size")
+                    help="--curves: the full mesh only up to this size (its N x N streams); "
+                         "the overlay at every size")
     args = ap.parse_args()
     if args.curves:
         rows = curves([int(x) for x in args.curves.split(",")], args.seed, args.loss, args.mesh_up_to)

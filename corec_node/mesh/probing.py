@@ -5,8 +5,12 @@ relays, Ack and Nack, and relaying other members' PingReqs (memberlist's probe l
 awareness for its own probes. With a scope (``set_scope``: the overlay's neighbours,
 ``mesh/overlay.py``) it probes, and asks relays, only among those members: each member is
 then watched by the few nodes linked to it, not by all, and a node's direct links stay
-bounded whatever the cluster's size. What a failed probe means for the target (suspect, rule 8) is
-the caller's: ``expire_probe`` hands the failed probe back.
+bounded whatever the cluster's size. Each round with a scope also probes one live member
+outside it, drawn at random: a member all of whose neighbours crashed with it (half a
+cluster at once) is watched by nobody, and would stay alive in every list for good; across
+the cluster every member is probed from outside about once a round. What a failed probe
+means for the target (suspect, rule 8) is the caller's: ``expire_probe`` hands the failed
+probe back.
 """
 
 from __future__ import annotations
@@ -277,6 +281,8 @@ class Prober:
                 me = members.get(self._name)
                 others = members.live - (me is not None and me.status in LIVE)
                 self._size = 1 + others
+                outside = random_alive(members, self._rng, 1, exclude={self._name, *self._scope})
+                self._order += [m.name for m in outside]  # watched by nobody else, maybe
             self._rng.shuffle(self._order)
             self._order_pos = 0
             if not self._order:

@@ -1,12 +1,14 @@
 """One member's record and the precedence between updates about it (membership rules 2, 4).
 
 Also the read-only queries over a member table (name -> Member) that membership, probing and
-push-pull share: who is live, how many, and a random pick of alive members from the rng.
+push-pull share: who is live, how many, a random pick of alive members from the rng, the
+voters, and who is due to be forgotten (rule 13).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from corec_node.wire.messages import MemberState, MemberStatus
 __all__ = [
     "ALIVE",
     "DEAD",
+    "DOWN",
     "LEFT",
     "LIVE",
     "SUSPECT",
@@ -25,9 +28,12 @@ __all__ = [
     "SharedRecords",
     "n_live",
     "change_reason",
+    "due_to_reap",
     "random_alive",
     "sorted_states",
+    "status_counts",
     "supersedes",
+    "voter_addrs",
 ]
 
 ALIVE, SUSPECT, DEAD, LEFT = (
@@ -37,6 +43,7 @@ ALIVE, SUSPECT, DEAD, LEFT = (
     MemberStatus.LEFT,
 )
 LIVE = frozenset({ALIVE, SUSPECT})  # still members: probed, counted in n, listed by alive()
+DOWN = frozenset({DEAD, LEFT})  # members kept only until reaped (membership rule 13)
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}  # rule 2, at equal incarnation
 
 
@@ -330,6 +337,36 @@ def _count(table: MemberTable | SharedMembers, m: Member, step: int) -> None:
 def n_live(members: MemberTable | SharedMembers) -> int:
     """How many members are alive or suspect (at least 1: the cluster size n of the rules)."""
     return max(1, members.live)
+
+
+def voter_addrs(members: Mapping[str, Member] | SharedMembers) -> dict[str, str]:
+    """name -> direct address of every member that has not left, sorted by name."""
+    return {n: members[n].addr for n in sorted(members) if members[n].status != LEFT}
+
+
+def status_counts(members: Mapping[str, Member] | SharedMembers) -> dict[str, int]:
+    """How many members hold each status, by label (every label present)."""
+    out = {s.label: 0 for s in MemberStatus}
+    for m in members.values():
+        out[m.status.label] += 1
+    return out
+
+
+def due_to_reap(
+    members: Mapping[str, Member] | SharedMembers, keep: str, now: float, reap_after: float
+) -> tuple[list[str], float]:
+    """Members dead or left for ``reap_after`` (never ``keep``, the node itself), and when
+    the next of the others is due."""
+    due: list[str] = []
+    next_reap = math.inf
+    for name, m in members.items():
+        if name == keep or m.status not in DOWN:
+            continue
+        if now - m.since >= reap_after:
+            due.append(name)
+        else:
+            next_reap = min(next_reap, m.since + reap_after)
+    return due, next_reap
 
 
 def sorted_states(members: Mapping[str, Member] | SharedMembers) -> list[MemberState]:

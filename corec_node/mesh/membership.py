@@ -167,7 +167,6 @@ Rule 17. Transport hints. A crashed process closes its TCP connections at once, 
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 from collections.abc import Iterable
@@ -186,6 +185,7 @@ from corec_node.mesh.liveclock import LiveClock
 from corec_node.mesh.member import (
     ALIVE,
     DEAD,
+    DOWN,
     LEFT,
     LIVE,
     NO_BUILD,
@@ -195,15 +195,18 @@ from corec_node.mesh.member import (
     SharedMembers,
     SharedRecords,
     change_reason,
+    due_to_reap,
     n_live,
     random_alive,
     sorted_states,
+    status_counts,
     supersedes,
+    voter_addrs,
 )
 from corec_node.mesh.membership_config import PROFILES, MembershipConfig
 from corec_node.mesh.probing import Probe, Prober
 from corec_node.mesh.pushpull import PushPull, forward
-from corec_node.mesh.suspicion import Suspicion, expected_confirmations, suspicion_timeouts
+from corec_node.mesh.suspicion import Suspicions
 from corec_node.wire.messages import (
     Ack,
     Gossip,
@@ -221,7 +224,6 @@ __all__ = ["PROFILES", "Member", "Membership", "MembershipConfig", "supersedes"]
 
 REFUSED_SUSPICION = 2  # rule 17: probe periods a member whose port refused us has to refute (0.4 s on lan)
 REFUSED_FRESH = 10  # probe periods a refused reconnect stays evidence for a suspicion to come
-DOWN = frozenset({DEAD, LEFT})  # members kept only until reaped (rule 13)
 
 
 class Membership:
@@ -259,10 +261,7 @@ class Membership:
         self._members.put(self._self)
         self._awareness = Awareness(config.awareness_max)
         self._gossip = Dissemination(config.gossip_interval, config.retransmit_mult)
-        self._suspicions: dict[str, Suspicion] = {}
-        self._verdicts: list[tuple[float, str]] = []  # heap of (verdict time, name); stale entries skipped
-        self._verdicts_scale = 1  # the local health the heap's times were taken at
-        self._refused: dict[str, tuple[int, float]] = {}  # rule 17: name -> (incarnation, when)
+        self._suspicions = Suspicions(config, REFUSED_SUSPICION, REFUSED_FRESH)  # rule 17: refusals
         self._conflicts: set[str] = set()
         self._left = False
         self.deaths_refuted = 0  # verdicts of our death or leave we outbid (rule 3)
@@ -352,18 +351,14 @@ class Membership:
     def voters(self) -> dict[str, str]:
         """name -> direct addr of members that joined and have not left or been forced out:
         alive, suspect and dead (until reaped), this node included unless it left."""
-        members = self._members
-        return {n: members[n].addr for n in sorted(members) if members[n].status != LEFT}
+        return voter_addrs(self._members)
 
     def snapshot(self) -> list[MemberState]:
         """What the shell writes to disk (and what a push-pull carries), sorted by name."""
         return sorted_states(self._members)
 
     def counts(self) -> dict[str, int]:
-        out = {s.label: 0 for s in MemberStatus}
-        for m in self._members.values():
-            out[m.status.label] += 1
-        return out
+        return status_counts(self._members)
 
     def pending_joins(self) -> list[str]:
         """Addresses pushed to by join/restore that have not answered yet (rule 11)."""
@@ -431,16 +426,9 @@ class Membership:
         if self._left or m is None or m.status not in LIVE or name == self.name:
             return []
         if refused:
-            self._refused[name] = (m.inc, live)
-            s = self._suspicions.get(name)
-            if s is not None and s.inc == m.inc:
-                s.shorten(self._refused_timeout())
-                self._due_changed(name, s)
+            self._suspicions.refused(name, m.inc, live)
         self._prober.probe_now(name, live)
         return self.tick(now)
-
-    def _refused_timeout(self) -> float:
-        return REFUSED_SUSPICION * self._cfg.probe_interval
 
     def tick(self, now: float) -> list[Effect]:
         """Run due timers. Call every ~20-50 ms and after each input (rule 16)."""
@@ -466,8 +454,8 @@ class Membership:
         if self._left:
             return now if len(self._gossip) else math.inf
         due = min(self._prober.next_deadline(), self._sync.next_deadline())
-        if self._suspicions:
-            due = min(due, self._next_verdict())
+        if len(self._suspicions):
+            due = min(due, self._suspicions.next_verdict(self._awareness.score + 1))
         due = min(due, self._gossip.next_flush())
         return self._live.plan(due, now, self._next_reap)
 
@@ -689,10 +677,7 @@ class Membership:
             return
         if not supersedes(st.inc, st.status, m.inc, m.status):
             if gossip and st.status == SUSPECT and m.status == SUSPECT and st.inc == m.inc:
-                s = self._suspicions.get(m.name)
-                if s is not None:
-                    s.confirm(sender)  # rule 8: an independent accuser
-                    self._due_changed(m.name, s)
+                self._suspicions.confirm(m.name, sender)  # rule 8: an independent accuser
             return
         unconfirmed = not (m.status == SUSPECT and m.inc == st.inc)
         if gossip and st.status == DEAD and m.status in LIVE and unconfirmed:
@@ -743,7 +728,7 @@ class Membership:
             if status in DOWN:
                 self._next_reap = min(self._next_reap, now + self._cfg.reap_after)
         if status != SUSPECT:
-            self._suspicions.pop(m.name, None)
+            self._suspicions.pop(m.name)
         queued = self._gossip.queue.pending(m.name)
         if queued is not None and supersedes(m.inc, m.status, queued.inc, queued.status):
             self._gossip.queue.drop(m.name)  # what we were spreading is outdated
@@ -755,46 +740,8 @@ class Membership:
             self._prober.insert(m.name)
         return m
 
-    def _due_changed(self, name: str, s: Suspicion) -> None:
-        """A suspicion began or its verdict came nearer (a confirmation, rule 17)."""
-        heapq.heappush(self._verdicts, (s.deadline(self._verdicts_scale), name))
-
-    def _next_verdict(self) -> float:
-        """The earliest verdict, from the heap: half a cluster crashed at once is thousands of
-        suspicions, and a wake must not look at each. An entry whose suspicion is gone, or
-        whose time has since moved, is dropped; a new local health retimes them all."""
-        scale = self._awareness.score + 1
-        heap, suspicions = self._verdicts, self._suspicions
-        if scale != self._verdicts_scale:
-            self._verdicts_scale = scale
-            heap[:] = [(s.deadline(scale), n) for n, s in suspicions.items()]
-            heapq.heapify(heap)
-        while heap:
-            at, name = heap[0]
-            s = suspicions.get(name)
-            if s is not None and s.deadline(scale) == at:
-                return at
-            heapq.heappop(heap)
-        return math.inf
-
     def _start_suspicion(self, m: Member, accuser: str, live: float) -> None:
-        cfg = self._cfg
-        n = n_live(self._members)
-        lo, hi = suspicion_timeouts(
-            cfg.suspicion_mult, cfg.suspicion_max_mult, n, cfg.probe_interval
-        )
-        self._suspicions[m.name] = s = Suspicion(
-            inc=m.inc,
-            start=live,
-            k=expected_confirmations(cfg.indirect_checks, n),
-            min_timeout=lo,
-            max_timeout=hi,
-            accuser=accuser,
-        )
-        refused = self._refused.pop(m.name, None)
-        if refused is not None and refused[0] == m.inc and live - refused[1] < REFUSED_FRESH * cfg.probe_interval:
-            s.shorten(self._refused_timeout())  # rule 17
-        self._due_changed(m.name, s)
+        self._suspicions.start(m.name, m.inc, live, n_live(self._members), accuser)
         if accuser != self.name:
             self._prober.probe_soon(m.name)  # rule 7: our own verdict, soon
 
@@ -816,19 +763,11 @@ class Membership:
             self._start_suspicion(m, self.name, live)
             self._gossip.queue.queue(m.state())
         elif m.status == SUSPECT:
-            s = self._suspicions.get(m.name)
-            if s is not None and s.confirm(self.name):
-                self._due_changed(m.name, s)
+            if self._suspicions.confirm(m.name, self.name):
                 self._gossip.queue.queue(m.state())  # our independent accusation counts for others
 
     def _tick_suspicions(self, now: float, live: float, out: list[Effect]) -> None:
-        due: dict[str, None] = {}
-        while self._next_verdict() <= live:  # from the heap: no look at every suspicion per tick
-            due[heapq.heappop(self._verdicts)[1]] = None
-        if len(due) > 1:  # in the order the suspicions began, as a scan would take them
-            due = dict.fromkeys(n for n in self._suspicions if n in due)
-        for name in due:
-            s = self._suspicions.pop(name)
+        for name, s in self._suspicions.due(live, self._awareness.score + 1):  # no scan of them all
             m = self._members.get(name)
             if m is not None and m.status == SUSPECT and m.inc == s.inc:
                 m = self._set(m, m.inc, DEAD, now, "suspicion timeout", out)
@@ -840,20 +779,14 @@ class Membership:
         ``_next_reap``, lowered whenever a member goes down), not every tick."""
         if now < self._next_reap:
             return
-        next_reap = math.inf
-        for name, m in list(self._members.items()):
-            if name == self.name or m.status not in DOWN:
-                continue
-            if now - m.since >= self._cfg.reap_after:
-                self._gossip.queue.drop(name)
-                self._forget(name, out)
-            else:
-                next_reap = min(next_reap, m.since + self._cfg.reap_after)
-        self._next_reap = next_reap
+        due, self._next_reap = due_to_reap(self._members, self.name, now, self._cfg.reap_after)
+        for name in due:
+            self._gossip.queue.drop(name)
+            self._forget(name, out)
 
     def _forget(self, name: str, out: list[Effect]) -> None:
         m = self._members.pop(name)
-        self._suspicions.pop(name, None)
+        self._suspicions.pop(name)
         self._sync.forget(name, m.addr if m.status == DEAD else None)
         self._prober.forget(name)
         out.append(MemberReaped(name))

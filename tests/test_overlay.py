@@ -47,7 +47,7 @@ def test_a_cluster_formed_by_joins_converges_with_bounded_links():
     c.await_convergence(120, every=0.5)
     assert all(len(n.neighbors) <= CAP for n in c.nodes.values())
     assert all(n.subs == {} for n in c.nodes.values())  # no PUB stream is followed
-    assert c.sent["overlay.Gossip"] > 0  # the member news travelled the tree
+    assert c.sent["overlay.TreeGossip"] > 0  # the member news travelled the tree
     assert c.invariants.violations == []
 
 

@@ -64,6 +64,20 @@ from corec_node.wire import (
     message_type,
     topic_for,
 )
+from corec_node.wire.overlay_messages import (
+    Disconnect,
+    ForwardJoin,
+    Graft,
+    IHave,
+    Join,
+    JoinReply,
+    Neighbor,
+    NeighborReply,
+    Prune,
+    Shuffle,
+    ShuffleReply,
+    TreeGossip,
+)
 
 FAST = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -94,6 +108,8 @@ row_values = st.one_of(
 )
 rows = st.lists(st.dictionaries(names, row_values, max_size=8), max_size=4).map(tuple)
 u8 = st.integers(0, 255)
+peer_lists = st.lists(addrs, max_size=6).map(tuple)
+msg_ids = st.tuples(addrs, u64)
 
 MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.PING: st.builds(Ping, probe=u64, target=names, reply_to=addrs),
@@ -135,6 +151,24 @@ MESSAGES: dict[MsgType, st.SearchStrategy[Any]] = {
     MsgType.EVOLUTION_PLAN: st.builds(EvolutionPlan, term=u64, challenges=rows),
     MsgType.AGGREGATE_COLUMNS: st.builds(AggregateColumns, tick=u64, columns=st.integers(0, 4).flatmap(
         lambda n: st.dictionaries(names, st.lists(row_values, min_size=n, max_size=n).map(tuple), max_size=6))),
+    MsgType.VIEW_JOIN: st.builds(Join, sender=addrs),
+    MsgType.VIEW_JOIN_REPLY: st.builds(JoinReply, sender=addrs, peers=peer_lists),
+    MsgType.FORWARD_JOIN: st.builds(ForwardJoin, sender=addrs, joiner=addrs, ttl=u8),
+    MsgType.NEIGHBOR: st.builds(Neighbor, sender=addrs, high=st.booleans()),
+    MsgType.NEIGHBOR_REPLY: st.builds(NeighborReply, sender=addrs, accepted=st.booleans()),
+    MsgType.DISCONNECT: st.builds(Disconnect, sender=addrs, leaving=st.booleans()),
+    MsgType.SHUFFLE: st.builds(Shuffle, sender=addrs, origin=addrs, peers=peer_lists, ttl=u8),
+    MsgType.SHUFFLE_REPLY: st.builds(ShuffleReply, sender=addrs, peers=peer_lists),
+    MsgType.TREE_GOSSIP: st.builds(
+        TreeGossip, sender=addrs, msg_id=msg_ids, hops=u8,
+        payload=st.tuples(names, st.one_of(
+            st.builds(Gossip, updates=member_lists),
+            st.builds(Heartbeat, term=u64, leader=names, seq=u64, commit=u64),
+        )),
+    ),
+    MsgType.IHAVE: st.builds(IHave, sender=addrs, ids=st.lists(st.tuples(msg_ids, u8), max_size=6).map(tuple)),
+    MsgType.GRAFT: st.builds(Graft, sender=addrs, ids=st.lists(msg_ids, max_size=6).map(tuple)),
+    MsgType.PRUNE: st.builds(Prune, sender=addrs),
 }
 
 
@@ -220,7 +254,7 @@ def test_envelope_layout_is_as_specified() -> None:
     assert frames[0] == TOPIC_MEMBERSHIP
     obj = msgpack.unpackb(frames[1], raw=False)
     assert list(obj) == ["v", "m", "t", "c", "s", "q", "b"]
-    assert obj == {"v": 1, "m": 14, "t": 5, "c": "prod", "s": "n1", "q": 7,
+    assert obj == {"v": 1, "m": 15, "t": 5, "c": "prod", "s": "n1", "q": 7,
                    "b": {"updates": [
                        {"name": "a", "addr": "h:1", "pub": "h:2", "inc": 3, "status": 2}
                    ], "quiet": 4}}

@@ -101,6 +101,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from corec_node.wire.overlay_messages import (
+    Disconnect,
+    ForwardJoin,
+    Join,
+    JoinReply,
+    Neighbor,
+    NeighborReply,
+    Shuffle,
+    ShuffleReply,
+    ViewMessage,
+)
+
 __all__ = [
     "Disconnect",
     "ForwardJoin",
@@ -160,69 +172,7 @@ class HyParViewConfig:
             raise ValueError("HyParViewConfig.rewire_chance must be a probability")
 
 
-# -- messages (peer to peer) -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    sender: str
-
-
-@dataclass(frozen=True, slots=True)
-class JoinReply:
-    """The contact took the joiner into its active view; ``peers`` seed the passive view."""
-
-    sender: str
-    peers: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardJoin:
-    sender: str
-    joiner: str
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class Neighbor:
-    """Ask to become active peers; ``high`` must be accepted (the asker has no peer left,
-    or ends a join walk)."""
-
-    sender: str
-    high: bool
-
-
-@dataclass(frozen=True, slots=True)
-class NeighborReply:
-    sender: str
-    accepted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect:
-    """The sender dropped us from its active view; ``leaving``: it is gone for good."""
-
-    sender: str
-    leaving: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Shuffle:
-    sender: str
-    origin: str
-    peers: tuple[str, ...]
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShuffleReply:
-    sender: str
-    peers: tuple[str, ...]
-
-
-HyParViewMessage = (
-    Join | JoinReply | ForwardJoin | Neighbor | NeighborReply | Disconnect | Shuffle | ShuffleReply
-)
+HyParViewMessage = ViewMessage  # the messages, peer to peer: wire/overlay_messages.py
 
 
 # -- effects (core to shell) -----------------------------------------------------------

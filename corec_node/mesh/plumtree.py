@@ -49,6 +49,10 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from typing import Any
+
+from corec_node.wire.overlay_messages import Graft, IHave, MessageId, Prune
+from corec_node.wire.overlay_messages import TreeGossip as Gossip  # the tree's own name for it
 
 __all__ = [
     "Deliver",
@@ -65,8 +69,6 @@ __all__ = [
     "TreeSend",
 ]
 
-MessageId = tuple[str, int]
-"""(origin, sequence number at the origin): unique without coordination."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,43 +107,7 @@ class PlumtreeConfig:
             raise ValueError("PlumtreeConfig: seen_size, cache_size, max_ihave_ids must be >= 1")
 
 
-# -- messages (peer to peer) -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Gossip:
-    """A broadcast in full; ``hops`` counts the links it has crossed, this one included."""
-
-    sender: str
-    msg_id: MessageId
-    payload: bytes
-    hops: int
-
-
-@dataclass(frozen=True, slots=True)
-class IHave:
-    """Lazy announcements: (id, hops at the sender) pairs."""
-
-    sender: str
-    ids: tuple[tuple[MessageId, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Graft:
-    """TreeSend me these messages, and push to me eagerly from now on."""
-
-    sender: str
-    ids: tuple[MessageId, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Prune:
-    """Stop pushing to me in full: announce instead."""
-
-    sender: str
-
-
-PlumtreeMessage = Gossip | IHave | Graft | Prune
+PlumtreeMessage = Gossip | IHave | Graft | Prune  # peer to peer: wire/overlay_messages.py
 
 
 # -- effects (core to shell) -----------------------------------------------------------
@@ -158,7 +124,7 @@ class Deliver:
     """A broadcast reached this node, once per id (rule 2)."""
 
     msg_id: MessageId
-    payload: bytes
+    payload: Any
     hops: int
 
 
@@ -277,7 +243,7 @@ class Plumtree:
 
     # -- broadcasting (rule 2) ----------------------------------------------------------
 
-    def broadcast(self, now: float, payload: bytes) -> tuple[MessageId, list[PlumtreeEffect]]:
+    def broadcast(self, now: float, payload: Any) -> tuple[MessageId, list[PlumtreeEffect]]:
         """Originate a broadcast; it is not delivered back to this node."""
         self._seq += 1
         msg_id = (self._me, self._seq)
@@ -321,7 +287,7 @@ class Plumtree:
         self,
         now: float,
         msg_id: MessageId,
-        payload: bytes,
+        payload: Any,
         hops: int,
         sender: str | None,
         out: list[PlumtreeEffect],

@@ -33,7 +33,9 @@ from corec_node.wire.fields import (
     _DIGEST,
     _LABEL,
     _MEMBERS,
+    _MSG_ID,
     _NAME,
+    _PEERS,
     _REASONS,
     _ROWS,
     _TEXT,
@@ -44,9 +46,11 @@ from corec_node.wire.fields import (
     _Array,
     _Bad,
     _Columns,
+    _expected,
     _Kind,
     _Row,
     _Struct,
+    _Tuple,
 )
 from corec_node.wire.messages import (
     COLUMNS_FEATURE,
@@ -80,16 +84,32 @@ from corec_node.wire.messages import (
     Vote,
     VoteRequest,
 )
+from corec_node.wire.overlay_messages import (
+    Disconnect,
+    ForwardJoin,
+    Graft,
+    IHave,
+    Join,
+    JoinReply,
+    Neighbor,
+    NeighborReply,
+    Prune,
+    Shuffle,
+    ShuffleReply,
+    TreeGossip,
+)
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 14
+PROTOCOL_MINOR = 15
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution",
             "hb_direct", COLUMNS_FEATURE)
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
-``batch_reply`` is between a node and its producers, who announce it with their minor."""
+``batch_reply`` is between a node and its producers, who announce it with their minor.
+A node that runs the overlay will announce ``overlay`` (SPEC 7.1); this one decodes the
+overlay's messages (1.15) but does not run it yet."""
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""
@@ -150,6 +170,50 @@ def _schema(msg_type: MsgType, cls: type, *, payload: bool = False, **kinds: _Ki
     return Schema(msg_type, _Struct(cls, **kinds), payload)
 
 
+CARRIED_TYPES = frozenset({MsgType.GOSSIP, MsgType.HEARTBEAT})
+"""What a TREE_GOSSIP carries (SPEC 7.1): what the mesh core broadcasts."""
+
+
+class _Carried(_Kind):
+    """A TREE_GOSSIP's payload: ``[origin, t, body]``, the originating member's name and one
+    message of a type in CARRIED_TYPES, its body checked by that type's schema; decoded to
+    ``(origin, message)``."""
+
+    __slots__ = ()
+    spec = "array [name, carried type, body]"
+
+    def load(self, value: Any) -> tuple[str, Message]:
+        if (type(value) is not tuple and type(value) is not list) or len(value) != 3:
+            raise _expected(self.spec, value)
+        origin, type_id, body = value
+        try:
+            origin = _NAME.load(origin)
+        except _Bad as exc:
+            raise exc.at("[0]") from None
+        if type(type_id) is not int or type_id not in CARRIED_TYPES:
+            raise _expected("carried type GOSSIP (5) or HEARTBEAT (12)", type_id).at("[1]")
+        try:
+            return origin, SCHEMAS[MsgType(type_id)].body.load(body)
+        except _Bad as exc:
+            raise exc.at("[2]") from None
+
+    def dump(self, value: Any) -> list:
+        if type(value) is not tuple or len(value) != 2:
+            raise _expected("(origin, message)", value)
+        origin, msg = value
+        schema = _BY_CLASS.get(type(msg))
+        if schema is None or schema.type not in CARRIED_TYPES:
+            raise _expected("GOSSIP or HEARTBEAT", msg).at("[2]")
+        try:
+            origin = _NAME.dump(origin)
+        except _Bad as exc:
+            raise exc.at("[0]") from None
+        try:
+            return [origin, int(schema.type), schema.body.dump(msg)]
+        except _Bad as exc:
+            raise exc.at("[2]") from None
+
+
 # THE table. Keys of each body are the dataclass field names, in declaration order.
 SCHEMAS: dict[MsgType, Schema] = {
     s.type: s
@@ -193,6 +257,20 @@ SCHEMAS: dict[MsgType, Schema] = {
         _schema(MsgType.EVOLUTION_PLAN, EvolutionPlan, term=_U64, challenges=_ROWS),
         _schema(MsgType.NANO_WEIGHTS, NanoWeights, payload=True, rows=_ROWS),
         _schema(MsgType.AGGREGATE_COLUMNS, AggregateColumns, tick=_U64, columns=_Columns()),
+        _schema(MsgType.VIEW_JOIN, Join, sender=_ADDR),
+        _schema(MsgType.VIEW_JOIN_REPLY, JoinReply, sender=_ADDR, peers=_PEERS),
+        _schema(MsgType.FORWARD_JOIN, ForwardJoin, sender=_ADDR, joiner=_ADDR, ttl=_U8),
+        _schema(MsgType.NEIGHBOR, Neighbor, sender=_ADDR, high=_BOOL),
+        _schema(MsgType.NEIGHBOR_REPLY, NeighborReply, sender=_ADDR, accepted=_BOOL),
+        _schema(MsgType.DISCONNECT, Disconnect, sender=_ADDR, leaving=_BOOL),
+        _schema(MsgType.SHUFFLE, Shuffle, sender=_ADDR, origin=_ADDR, peers=_PEERS, ttl=_U8),
+        _schema(MsgType.SHUFFLE_REPLY, ShuffleReply, sender=_ADDR, peers=_PEERS),
+        Schema(MsgType.TREE_GOSSIP,  # its field ``payload`` is no payload frame: not through _schema
+               _Struct(TreeGossip, sender=_ADDR, msg_id=_MSG_ID, payload=_Carried(), hops=_U8)),
+        _schema(MsgType.IHAVE, IHave, sender=_ADDR,
+                ids=_Array(_Tuple(_MSG_ID, _U8), limits.MAX_PEERS_PER_MESSAGE)),
+        _schema(MsgType.GRAFT, Graft, sender=_ADDR, ids=_Array(_MSG_ID, limits.MAX_PEERS_PER_MESSAGE)),
+        _schema(MsgType.PRUNE, Prune, sender=_ADDR),
     )
 }
 _BY_CLASS: dict[type, Schema] = {s.body.cls: s for s in SCHEMAS.values()}

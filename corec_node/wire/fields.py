@@ -255,6 +255,36 @@ class _Array(_Kind):
         return out
 
 
+class _Tuple(_Kind):
+    """An array of exactly one item per kind given, in order (a tuple once decoded):
+    an overlay message id is ``[addr, uint64]``."""
+
+    __slots__ = ("items", "spec")
+
+    def __init__(self, *items: _Kind) -> None:
+        self.items = items
+        self.spec = f"array [{', '.join(k.spec for k in items)}]"
+
+    def load(self, value: Any) -> tuple:
+        if (type(value) is not tuple and type(value) is not list) or len(value) != len(self.items):
+            raise _expected(self.spec, value)
+        return tuple(self._each(value, "load"))
+
+    def dump(self, value: Any) -> list:
+        if not isinstance(value, (tuple, list)) or len(value) != len(self.items):
+            raise _expected(self.spec, value)
+        return self._each(value, "dump")
+
+    def _each(self, value: Sequence, how: str) -> list:
+        out: list = []
+        for i, (kind, item) in enumerate(zip(self.items, value)):
+            try:
+                out.append(getattr(kind, how)(item))
+            except _Bad as exc:
+                raise exc.at(f"[{i}]") from None
+        return out
+
+
 class _Counts(_Kind):
     """A map of name -> count (BatchReply.rejected): at most ``max_len`` pairs, written
     sorted by name so that the encoding is canonical."""
@@ -432,3 +462,5 @@ _MEMBERS = _Array(_MEMBER, limits.MAX_MEMBERS_PER_MESSAGE)
 _VOTERS = _Array(_Struct(Voter, name=_NAME, addr=_ADDR), limits.MAX_VOTERS)
 _ROWS = _Array(_Row(), limits.MAX_ROWS_PER_MESSAGE)
 _REASONS = _Counts(limits.MAX_REASONS)
+_PEERS = _Array(_ADDR, limits.MAX_PEERS_PER_MESSAGE)
+_MSG_ID = _Tuple(_ADDR, _U64)

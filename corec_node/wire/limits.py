@@ -32,6 +32,10 @@ MAX_MEMBERS_PER_MESSAGE = 10_000
 """Member states in one Gossip/StatePush/StateReply. The 1 MiB envelope binds first for
 long names; this bounds the work a receiver does for one message."""
 
+MAX_PEERS_PER_MESSAGE = 1024
+"""Addresses in one overlay message's peer sample, and ids in one IHAVE or GRAFT (since 1.15):
+a sample is a few dozen and an IHAVE at most 256; this bounds a hostile one."""
+
 MAX_VOTERS = 64
 """Voters in one configuration (Heartbeat.voters). Clusters keep 3, 5 or 7 voters; this
 bounds a hostile heartbeat, not a real one."""

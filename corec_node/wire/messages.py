@@ -11,6 +11,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from corec_node.wire.overlay_messages import OverlayMessage
+
 
 class MsgType(enum.IntEnum):
     # WARNING: ONLY APPEND TO THIS LIST! The numeric values are part of the protocol itself.
@@ -40,6 +42,18 @@ class MsgType(enum.IntEnum):
     EVOLUTION_PLAN = 33
     NANO_WEIGHTS = 34
     AGGREGATE_COLUMNS = 35
+    VIEW_JOIN = 36  # since 1.15: the overlay (SPEC 7.1)
+    VIEW_JOIN_REPLY = 37
+    FORWARD_JOIN = 38
+    NEIGHBOR = 39
+    NEIGHBOR_REPLY = 40
+    DISCONNECT = 41
+    SHUFFLE = 42
+    SHUFFLE_REPLY = 43
+    TREE_GOSSIP = 44
+    IHAVE = 45
+    GRAFT = 46
+    PRUNE = 47
 
 
 class MemberStatus(enum.IntEnum):
@@ -407,5 +421,5 @@ Message = (
     Ping | Ack | PingReq | Nack | Gossip | StatePush | StateReply
     | VoteRequest | Vote | Heartbeat | HeartbeatAck | EntityBatch | Aggregates | Alert | FusionPlan | Flow
     | BatchReply | PlacementRequest | Placement | SequenceHandoff | CopyDone | Ready | Learners | EvolutionPlan
-    | NanoWeights | AggregateColumns
+    | NanoWeights | AggregateColumns | OverlayMessage
 )

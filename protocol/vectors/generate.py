@@ -75,6 +75,20 @@ from corec_node.wire import (  # noqa: E402
     encode_message,
 )
 from corec_node.wire import PROTOCOL as WIRE_VERSION  # noqa: E402
+from corec_node.wire.overlay_messages import (  # noqa: E402
+    Disconnect,
+    ForwardJoin,
+    Graft,
+    IHave,
+    Join,
+    JoinReply,
+    Neighbor,
+    NeighborReply,
+    Prune,
+    Shuffle,
+    ShuffleReply,
+    TreeGossip,
+)
 
 PROTOCOL = f"CoreC wire protocol {WIRE_VERSION}"
 ZSTD_LEVEL = 1
@@ -534,6 +548,42 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      "once, in canonical order, with its values in the rows' order; published on col beside the row maps"),
      AggregateColumns(tick=41, columns={key: tuple(row[key] for row in _AGG_ROWS) for key in _AGG_ROWS[0]}),
      _hdr("node-a", 12, "corec"), None),
+    ("view_join", "node-new asks node-a to take it into its active view (the overlay, since 1.15)",
+     Join(sender="10.0.0.9:7946"), _hdr("node-new", 0, "corec"), None),
+    ("view_join_reply", "node-a took the joiner in, and gives it two peers for its passive view",
+     JoinReply(sender="10.0.0.1:7946", peers=("10.0.0.2:7946", "[2001:db8::7]:7946")),
+     _hdr("node-a", 0, "corec"), None),
+    ("forward_join", "node-a walks node-new's join on, 5 hops left",
+     ForwardJoin(sender="10.0.0.1:7946", joiner="10.0.0.9:7946", ttl=5), _hdr("node-a", 0, "corec"), None),
+    ("neighbor", "node-b, with no active peer left, asks node-a to link at high priority",
+     Neighbor(sender="10.0.0.2:7946", high=True), _hdr("node-b", 0, "corec"), None),
+    ("neighbor_reply", "node-a refuses: its active view is full",
+     NeighborReply(sender="10.0.0.1:7946", accepted=False), _hdr("node-a", 0, "corec"), None),
+    ("disconnect", "node-a leaves the cluster and drops the link for good",
+     Disconnect(sender="10.0.0.1:7946", leaving=True), _hdr("node-a", 0, "corec"), None),
+    ("shuffle", "node-c's sample of its views, walked on by node-a with 2 hops left",
+     Shuffle(sender="10.0.0.1:7946", origin="10.0.0.3:7946", peers=("10.0.0.3:7946", "10.0.0.4:7946"), ttl=2),
+     _hdr("node-a", 0, "corec"), None),
+    ("shuffle_reply", "node-d answers node-c's shuffle with a sample of its passive view",
+     ShuffleReply(sender="10.0.0.4:7946", peers=("10.0.0.5:7946",)), _hdr("node-d", 0, "corec"), None),
+    ("tree_gossip_heartbeat", ("node-a pushes node-b's heartbeat down the tree: broadcast 1733400000000001 "
+     "of 10.0.0.2:7946, 2 links crossed"),
+     TreeGossip(sender="10.0.0.1:7946", msg_id=("10.0.0.2:7946", 1733400000000001), hops=2,
+                payload=("node-b", Heartbeat(term=3, leader="node-b", seq=17, cfg_term=1, cfg_index=2,
+                                             voters=(Voter("node-b", "10.0.0.2:7946"),), commit=2))),
+     _hdr("node-a", 0, "corec"), None),
+    ("tree_gossip_members", "a membership GOSSIP of node-c carried by the tree, one hop from its origin",
+     TreeGossip(sender="10.0.0.3:7946", msg_id=("10.0.0.3:7946", 1733400000000007), hops=1,
+                payload=("node-c", Gossip(updates=MEMBERS[:1]))),
+     _hdr("node-c", 0, "corec"), None),
+    ("ihave", "node-a announces two broadcasts it holds, with their hop counts",
+     IHave(sender="10.0.0.1:7946", ids=((("10.0.0.2:7946", 1733400000000001), 2),
+                                        (("10.0.0.3:7946", 1733400000000007), 1))),
+     _hdr("node-a", 0, "corec"), None),
+    ("graft", "node-d asks node-a for a broadcast it missed, and for eager pushes from now on",
+     Graft(sender="10.0.0.4:7946", ids=(("10.0.0.2:7946", 1733400000000001),)), _hdr("node-d", 0, "corec"), None),
+    ("prune", "node-b got a duplicate from node-a: announce to me instead",
+     Prune(sender="10.0.0.2:7946"), _hdr("node-b", 0, "corec"), None),
 ]
 
 
@@ -623,6 +673,15 @@ def placement(**fields: Any) -> list[bytes]:
     """A PLACEMENT on ``dir`` with body fields replaced (or dropped with ``_DROP``)."""
     body = {k: v for k, v in dict(PLACEMENT_BODY, **fields).items() if v is not _DROP}
     return [b"dir", pack(envelope(MsgType.PLACEMENT, body))]
+
+
+TREE_BODY = {"sender": "10.0.0.1:7946", "msg_id": ["10.0.0.2:7946", 9],
+             "payload": ["node-b", int(MsgType.HEARTBEAT), {"term": 3, "leader": "node-b"}], "hops": 1}
+
+
+def tree_gossip(**fields: Any) -> list[bytes]:
+    """A TREE_GOSSIP on ``dir`` with body fields replaced."""
+    return [b"dir", pack(envelope(MsgType.TREE_GOSSIP, dict(TREE_BODY, **fields)))]
 
 
 def batch(topic: bytes, payload: bytes | None, **fields: Any) -> list[bytes]:
@@ -940,6 +999,16 @@ def message_vectors() -> dict[str, Any]:
          "length"),
         ("order_hops_before_count", ("hops 256 and count 4 for 3 records: the body is checked before the "
          "payload against it"), batch(b"ent.007", p_raw, count=4, hops=256), "field"),
+        ("tree_gossip_carries_ping", "a TREE_GOSSIP that carries a PING: only GOSSIP and HEARTBEAT ride the tree",
+         tree_gossip(payload=["node-b", int(MsgType.PING), PING_BODY]), "field"),
+        ("tree_gossip_bad_carried_body", "a carried HEARTBEAT without its term",
+         tree_gossip(payload=["node-b", int(MsgType.HEARTBEAT), {"leader": "node-b"}]), "field"),
+        ("tree_gossip_short_id", "a message id of one item, not [addr, uint64]",
+         tree_gossip(msg_id=["10.0.0.2:7946"]), "field"),
+        ("ihave_too_many", "an IHAVE of 1,025 ids: at most 1,024",
+         [b"dir", pack(envelope(MsgType.IHAVE, {"sender": "10.0.0.1:7946",
+                                                "ids": [[["10.0.0.2:7946", i], 1] for i in range(1025)]}))],
+         "too_large"),
     ]
     assert _B_RAW[0].count == 3 and _B_ZSTD[0].count == 10
     invalid = []

@@ -1,7 +1,7 @@
 """Real idle clusters on loopback: what N nodes cost when nothing flows, and how fast they
 see a crash.
 
-    python bench/idle_mesh.py [--sizes 10,40] [--window 20] [--kills 4]
+    python bench/idle_mesh.py [--sizes 10,40] [--window 20] [--kills 4] [--layouts full,overlay]
 
 For each size: N real ``corec-node run`` processes (each a node process and its mesh
 process), joined through the first; then, once every node lists every other alive:
@@ -16,7 +16,9 @@ process), joined through the first; then, once every node lists every other aliv
 takes minutes, and its CPU is not idle CPU);
 - detection: --kills nodes SIGKILLed at once; seconds until every survivor's log has a
   ``member_changed new=dead`` line for each of them (log timestamps, not polling).
-Sizes run one after another, so the smaller one is the baseline of the same run.
+Sizes run one after another, so the smaller one is the baseline of the same run; with
+``--layouts full,overlay`` each size runs on today's full mesh and then with ``mesh.overlay``
+(membership and heartbeats over partial views and a tree), the first the second's baseline.
 """
 
 from __future__ import annotations
@@ -97,11 +99,12 @@ def print_traffic(role: str, node: NodeProc, before: dict, after: dict, span: fl
           f"in: {rates('messages_in_by_type')}; out: {rates('messages_out_by_type')}", flush=True)
 
 
-def measure(size: int, window: float, kills: int, settle: float) -> dict[str, float]:
+def measure(size: int, window: float, kills: int, settle: float, overlay: bool = False) -> dict[str, float]:
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-idle-")))
+    env = {"COREC_MESH_OVERLAY": "true"} if overlay else {}
     try:
-        first = cluster.start("n0").wait_ready(60)
-        nodes = [first] + [cluster.start(f"n{i}", join=[first.addr]) for i in range(1, size)]
+        first = cluster.start("n0", extra_env=env).wait_ready(60)
+        nodes = [first] + [cluster.start(f"n{i}", join=[first.addr], extra_env=env) for i in range(1, size)]
         t0 = time.time()
         for n in nodes:
             n.wait_ready(120)
@@ -134,7 +137,7 @@ def measure(size: int, window: float, kills: int, settle: float) -> dict[str, fl
         eventually(lambda: all(changes(n, "dead", v.name, k0) for n in survivors for v in victims), 120,
                    interval=0.5, message="every kill seen dead by every survivor")
         detect = max(min(ts(e) for e in changes(n, "dead", v.name, k0)) for n in survivors for v in victims) - k0
-        return {"nodes": size, "join_s": joined, "max_sockets": max(socks), "mean_sockets": sum(socks) / len(socks),
+        return {"layout": "overlay" if overlay else "full", "nodes": size, "join_s": joined, "max_sockets": max(socks), "mean_sockets": sum(socks) / len(socks),
                 "idle_cores": node_cpu + mesh_cpu, "node_cores": node_cpu, "mesh_cores": mesh_cpu,
                 "per_node_ms_s": 1000 * (node_cpu + mesh_cpu) / size, "rss_mb": rss / 2**20, "detect_s": detect}
     finally:
@@ -147,12 +150,14 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=20.0)
     parser.add_argument("--kills", type=int, default=4)
     parser.add_argument("--settle", type=float, default=30.0, help="seconds of quiet before measuring")
+    parser.add_argument("--layouts", default="full", help="full, overlay, or both: full,overlay")
     args = parser.parse_args()
-    print(f"{'nodes':>5} {'join s':>7} {'sockets max/mean':>17} {'idle cores':>10} {'node/mesh':>11} "
+    print(f"{'layout':>7} {'nodes':>5} {'join s':>7} {'sockets max/mean':>17} {'idle cores':>10} {'node/mesh':>11} "
           f"{'ms/s a node':>11} {'RSS MB':>7} {'kill seen s':>11}")
-    for size in (int(s) for s in args.sizes.split(",")):
-        r = measure(size, args.window, min(args.kills, size - 1), args.settle)
-        print(f"{r['nodes']:>5} {r['join_s']:>7.1f} {r['max_sockets']:>8}/{r['mean_sockets']:<8.1f} "
+    runs = [(int(s), layout) for s in args.sizes.split(",") for layout in args.layouts.split(",")]
+    for size, layout in runs:
+        r = measure(size, args.window, min(args.kills, size - 1), args.settle, overlay=layout == "overlay")
+        print(f"{r['layout']:>7} {r['nodes']:>5} {r['join_s']:>7.1f} {r['max_sockets']:>8}/{r['mean_sockets']:<8.1f} "
               f"{r['idle_cores']:>10.2f} {r['node_cores']:>5.2f}/{r['mesh_cores']:<5.2f} "
               f"{r['per_node_ms_s']:>11.1f} {r['rss_mb']:>7.0f} {r['detect_s']:>11.1f}", flush=True)
     print("targets (issue: membership that scales): 40 idle nodes <= 0.3 cores together, bounded sockets a node; "

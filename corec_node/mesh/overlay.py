@@ -145,6 +145,7 @@ class OverlayMesh:
         self._hold_for = config.tree.cache_ttl
         self._announce_at: float | None = now + config.views.shuffle_interval  # rule 1: once more
         self._leaderless_since: float | None = None  # rule 8
+        self.delivered: list[tuple[str, object]] = []  # (origin, message) the last handle() delivered
         core.membership.within_overlay(self._scope)  # rule 3: no neighbour yet, nobody to probe
 
     def __getattr__(self, name: str) -> object:
@@ -185,6 +186,9 @@ class OverlayMesh:
         return out
 
     def handle(self, sender: str, msg: object, now: float, missed: int = 0) -> list[object]:
+        """As ``MeshCore.handle``; what a tree message delivered is in ``delivered`` until the
+        next call (the shell reads the heartbeats there)."""
+        self.delivered = []
         t = type(msg)
         if t in _VIEW_TYPES:
             return self._view(self.views.handle(now, msg), now)  # type: ignore[arg-type]
@@ -330,6 +334,7 @@ class OverlayMesh:
             if type(eff) is Deliver:
                 origin, msg = eff.payload
                 if origin != self.core.name:
+                    self.delivered.append((origin, msg))
                     out += self._route(self.core.handle(origin, msg, now, 0), now)
             else:
                 out.append(eff)

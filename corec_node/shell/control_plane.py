@@ -1,7 +1,9 @@
 """The control plane of the shell: membership and election (``mesh/core.py``) driven with
 the node's clock, their effects carried out on the sockets, the vote file and the logs.
 
-It owns the mesh core and tells the rest of the node what happened through one narrow,
+It owns the mesh core (behind the overlay, ``mesh/overlay.py``, with ``mesh.overlay``: then
+membership news and heartbeats travel the tree over a few links, and the views' messages
+go out direct as the core's do) and tells the rest of the node what happened through one narrow,
 plain-data interface (``ControlEvents``: a ``ClusterView`` on every change of members or
 leader, the placement digest in the leader's heartbeats, member and leader changes for the
 plugin hooks, rows for SQLite), and learns from the data plane only the digest its own
@@ -28,7 +30,6 @@ from corec_node.mesh.core import HEARTBEATS_DIRECT, MEMBER_ACK_EVERY, MeshCore
 from corec_node.mesh.effects import (
     Broadcast,
     ConfigCommitted,
-    Effect,
     LeaderChanged,
     MemberChanged,
     MemberReaped,
@@ -38,7 +39,10 @@ from corec_node.mesh.effects import (
     Send,
 )
 from corec_node.mesh.election import ElectionConfig
+from corec_node.mesh.hyparview import NeighborDown, NeighborUp, ViewSend
 from corec_node.mesh.membership import MembershipConfig
+from corec_node.mesh.overlay import OverlayConfig, OverlayMesh
+from corec_node.mesh.plumtree import TreeSend
 from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.shell.datadir import load_voters, mark_left, save_vote, save_voters
 from corec_node.shell.joinwatch import JoinNews, JoinWatch
@@ -47,6 +51,7 @@ from corec_node.shell.transport import Transport
 from corec_node.wire import FEATURES, PROTOCOL
 from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus, Message, MsgType
 
+OVERLAY_FEATURE = "overlay"  # what a node running the overlay announces (SPEC 7.1)
 SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
 CONFLICT_GRACE = 10.0  # a node that finds its name taken this soon after it joined exits
 DISCOVERY_RETRY = 5.0  # one join per discovered peer per 5 s
@@ -54,6 +59,11 @@ CONTROL_TYPES = frozenset({  # what the mesh core handles; the router sends thes
     MsgType.PING, MsgType.ACK, MsgType.PING_REQ, MsgType.NACK, MsgType.GOSSIP,
     MsgType.STATE_PUSH, MsgType.STATE_REPLY, MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT,
     MsgType.HEARTBEAT_ACK,
+})
+OVERLAY_TYPES = frozenset({  # the overlay's (SPEC 7.1): to the control plane too when it runs the overlay
+    MsgType.VIEW_JOIN, MsgType.VIEW_JOIN_REPLY, MsgType.FORWARD_JOIN, MsgType.NEIGHBOR, MsgType.NEIGHBOR_REPLY,
+    MsgType.DISCONNECT, MsgType.SHUFFLE, MsgType.SHUFFLE_REPLY, MsgType.TREE_GOSSIP, MsgType.IHAVE,
+    MsgType.GRAFT, MsgType.PRUNE,
 })
 # how long a member must stay alive before the leader makes it a voter, per timer profile
 PROMOTE_AFTER = {"lan": 2.0, "edge": 10.0, "test": 0.5}
@@ -167,8 +177,10 @@ class ControlPlane:
         tags: Sequence[str] = (),
         settings: Sequence[str] = (),
         cluster_settings: tuple[tuple[str, str], ...] = (),
+        overlay: bool = False,
     ) -> None:
         self.name, self.addr, self.pub, self.data = name, addr, pub, data
+        self.overlay = overlay
         self.cluster_settings = cluster_settings  # ours, for a configuration that holds none (voters rule 9)
         self.tags = tuple(tags)  # node.tags, announced with our member record
         self.settings = tuple(settings)  # what must agree cluster-wide, announced too (drift)
@@ -179,7 +191,8 @@ class ControlPlane:
         self.outbox = outbox
         self.events = events
         self._clock = clock
-        self.core: MeshCore | None = None
+        self.core: MeshCore | OverlayMesh | None = None
+        self.neighbors: set[str] = set()  # the overlay's: the peers we hold a link to
         self.elections_started = 0
         self.conflicts: dict[str, str] = {}  # other node's addr -> the name it shares with us
         self.leader_placement: str | None = None  # digest in our leader's last heartbeat (SPEC 9.1)
@@ -219,10 +232,15 @@ class ControlPlane:
         stored = load_voters(self.data_dir)
         config = Configuration(*stored) if stored is not None else None
         self._durable = ((term, voted_for), config or Configuration())
-        self.core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, random.Random(), now,
-                             term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
-                             build=(__version__, PROTOCOL, FEATURES, self.data, self.tags, self.settings),
-                             abstain=abstain, settings=self.cluster_settings)
+        features = (*FEATURES, OVERLAY_FEATURE) if self.overlay else FEATURES
+        rng = random.Random()
+        core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, rng, now,
+                        term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
+                        build=(__version__, PROTOCOL, features, self.data, self.tags, self.settings),
+                        abstain=abstain, settings=self.cluster_settings)
+        # plumtree rule 3: this life's broadcasts are numbered past any earlier life's
+        self.core = OverlayMesh(core, self.addr, OverlayConfig(), rng, now, first_seq=time.time_ns() // 1000) \
+            if self.overlay else core
         self.core.placement = self._placement_digest
         if snapshot or join:
             self._joined_at = time.time()
@@ -285,10 +303,19 @@ class ControlPlane:
             logging.getLogger(log.LOGGER_NAME).exception("handle_failed", extra={"fields": {"type": type(msg).__name__}})
             return
         if type(msg) is Heartbeat:
-            if sender == self.leader and sender != self.name:
-                core = self.core
-                self.gaps.heard(sender, now, not core.voters.voter and core.membership.announced(HEARTBEATS_DIRECT))
-            self._placement_heartbeat(sender, msg)
+            self._heartbeat(sender, msg, now)
+        elif self.overlay:
+            for origin, carried in self.core.delivered:  # type: ignore[union-attr]
+                if type(carried) is Heartbeat:
+                    self._heartbeat(origin, carried, now)
+
+    def _heartbeat(self, sender: str, msg: Heartbeat, now: float) -> None:
+        """A heartbeat the election core has seen (direct, published, or over the tree)."""
+        assert self.core is not None
+        if sender == self.leader and sender != self.name:
+            core = self.core
+            self.gaps.heard(sender, now, not core.voters.voter and core.membership.announced(HEARTBEATS_DIRECT))
+        self._placement_heartbeat(sender, msg)
 
     def tick(self, now: float) -> None:
         assert self.core is not None
@@ -372,7 +399,7 @@ class ControlPlane:
 
     # -- effects ----------------------------------------------------------------------
 
-    def apply(self, effects: list[Effect]) -> None:
+    def apply(self, effects: list[Any]) -> None:
         """Carry out the core's effects in order (a vote is on disk before it is sent). A
         vote or configuration that cannot be written stops the batch there (core rule 11)."""
         changed = False
@@ -389,6 +416,15 @@ class ControlPlane:
                         self.outbox.send(to, msg)
                 case Broadcast(msg=msg):
                     self.outbox.publish(msg)
+                case ViewSend(to=to, msg=msg) | TreeSend(to=to, msg=msg):
+                    if to != self.addr:
+                        self.outbox.send(to, msg)
+                case NeighborUp(peer=peer):
+                    self.neighbors.add(peer)
+                    log.event("overlay_neighbor_up", logging.DEBUG, peer=peer, neighbors=len(self.neighbors))
+                case NeighborDown(peer=peer):
+                    self.neighbors.discard(peer)
+                    log.event("overlay_neighbor_down", logging.DEBUG, peer=peer, neighbors=len(self.neighbors))
                 case MemberChanged():
                     self._member_changed(effect)
                     changed = True

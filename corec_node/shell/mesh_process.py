@@ -43,7 +43,13 @@ from corec_node.config import Config
 from corec_node.mesh.core import IDLE_PERIOD, TICK_PERIOD
 from corec_node.shell.commands import Identity, MeshCommands
 from corec_node.shell.control import CommandError
-from corec_node.shell.control_plane import CONTROL_TYPES, ClusterView, ControlEvents, ControlPlane
+from corec_node.shell.control_plane import (
+    CONTROL_TYPES,
+    OVERLAY_TYPES,
+    ClusterView,
+    ControlEvents,
+    ControlPlane,
+)
 from corec_node.shell.curve import CurveConfig, reload_keys
 from corec_node.shell.discovery import Discovery
 from corec_node.shell.link import (
@@ -410,7 +416,8 @@ class MeshProcess:
             name=self.name, addr=cfg.advertise, pub=cfg.pub_advertise, profile=cfg.mesh.profile,
             max_voters=cfg.mesh.max_voters, data_dir=cfg.data_dir, transport=self.transport,
             outbox=self.outbox, events=self.events, clock=self.now, data=cfg.data_advertise, tags=cfg.node.tags,
-            settings=spec.settings, cluster_settings=cluster_settings.own(cfg))
+            settings=spec.settings, cluster_settings=cluster_settings.own(cfg), overlay=cfg.mesh.overlay)
+        self._control_types = CONTROL_TYPES | OVERLAY_TYPES if cfg.mesh.overlay else CONTROL_TYPES
         self.commands = MeshCommands(identity=spec.identity, control=self.control, traffic=self.traffic,
                                      transport=self.transport, now=self.now, stop=self.events.stop,
                                      link_dropped=self.link.dropped)
@@ -604,7 +611,10 @@ class MeshProcess:
             return
         topic, env, _payload = decoded
         self.traffic.count_in(env.type.name.lower(), topic, frames)
-        if env.type in CONTROL_TYPES:
+        if env.type in OVERLAY_TYPES and not self.control.overlay:
+            self.traffic.reject("direct", WireError("type", f"{env.type.name}: this node runs no overlay (mesh.overlay)"))
+            return
+        if env.type in self._control_types:
             if topic != TOPIC_DIRECT and env.type is not MsgType.HEARTBEAT:  # a leader's, straight to a voter (core rule 15)
                 self.traffic.reject("direct", WireError("topic", f"{topic!r} on the direct socket"))
             else:

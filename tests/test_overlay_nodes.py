@@ -1,0 +1,51 @@
+"""``mesh.overlay`` on real processes: membership news and heartbeats travel the overlay's
+tree (TREE_GOSSIP over the direct sockets, SPEC 7.1), not the PUB streams, and the cluster
+still converges, elects one leader, sees a SIGKILLed node dead everywhere, and takes it
+back when it restarts at the same address (its new life's broadcasts are not taken for the
+old one's, plumtree rule 3)."""
+
+from __future__ import annotations
+
+import pytest
+from meshutil import eventually
+
+pytestmark = pytest.mark.timeout(240)
+
+OVERLAY = {"COREC_MESH_OVERLAY": "true", "COREC_MESH_MAX_VOTERS": "3"}
+
+
+def statuses(node) -> dict[str, str]:
+    return node.members()
+
+
+def test_an_overlay_cluster_converges_elects_and_sees_a_kill_over_the_tree(cluster):
+    first = cluster.start("v0", extra_env=OVERLAY).wait_ready()
+    nodes = [first] + [cluster.start(f"v{i}", join=[first.addr], extra_env=OVERLAY) for i in range(1, 6)]
+    for n in nodes:
+        n.wait_ready(30)
+    names = {n.name for n in nodes}
+    eventually(lambda: all(statuses(n) == dict.fromkeys(names, "alive") for n in nodes), 60, 0.5,
+               message="six nodes alive everywhere")
+    eventually(lambda: len({n.ctl("leader")["leader"] for n in nodes}) == 1 and nodes[0].ctl("leader")["leader"],
+               30, message="one leader named by all")
+    for n in nodes:
+        status = n.ctl("status")
+        got = status["messages_in_by_type"]
+        assert got.get("tree_gossip", 0) > 0, (n.name, got)  # the news came over the tree
+        assert got.get("gossip", 0) == 0, (n.name, got)  # and not on anyone's PUB stream
+        assert status["rejected"] == {}, (n.name, status["rejected"])
+
+    victim = nodes[3]
+    victim.kill()
+    survivors = [n for n in nodes if n is not victim]
+    eventually(lambda: all(statuses(n).get(victim.name) == "dead" for n in survivors), 60, 0.2,
+               message=f"{victim.name} dead everywhere")
+
+    back = cluster.start(victim.name, port=victim.port, pub_port=victim.pub_port, data_port=victim.data_port,
+                         join=[first.addr], extra_env=OVERLAY).wait_ready(30)
+    nodes = [*survivors, back]
+    eventually(lambda: all(statuses(n) == dict.fromkeys(names, "alive") for n in nodes), 60, 0.5,
+               message=f"{victim.name} alive again everywhere")
+    leader = first.ctl("leader")["leader"]
+    eventually(lambda: {n.ctl("leader")["leader"] for n in nodes} == {leader}, 20, 0.2,
+               message=f"{back.name} follows the leader it hears over the tree")

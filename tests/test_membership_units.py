@@ -158,6 +158,29 @@ def test_push_pull_verdicts_are_forwarded_to_the_accused_not_adopted():
     assert [e.to for e in out if hasattr(e, "to")] == ["s:7400"]
 
 
+def test_over_the_overlay_a_push_pulled_death_is_a_suspicion_of_our_own_that_we_do_not_spread():
+    """Rule 10 over the overlay: a node cut off from the tree missed the verdicts; a dead
+    report makes the member suspect for it alone, on its own timer, and a refutation (which
+    the forward asks for) ends it. Without the overlay the same report changes nothing."""
+    me = node()
+    me.within_overlay(frozenset())
+    me.handle("y", Gossip((ms("x", 2, ALIVE), ms("z", 1, ALIVE))), 0.0)
+    out = me.handle("y", StatePush(join=False, reply_to="y:7400", members=(ms("x", 2, DEAD), ms("z", 1, DEAD))), 0.0)
+    assert me.member("x").status == SUSPECT and me.member("x").inc == 2
+    assert [e.to for e in out if type(e) is Send] == ["x:7400", "z:7400", "y:7400"]  # the forwards, the answer
+    assert me.broadcasts_pending() == 0  # nobody else hears of it from us
+    me.handle("z", Gossip((ms("z", 2, ALIVE),)), 0.01)  # z lives: its refutation
+    assert me.member("z").status == ALIVE and me.member("z").inc == 2
+    for step in range(1, 300):  # 30 s of ticks (one jump would count as our own stall, rule 16)
+        me.tick(step / 10)
+    assert me.member("x").status == DEAD
+
+    full = node("full")
+    full.handle("y", Gossip((ms("x", 2, ALIVE),)), 0.0)
+    full.handle("y", StatePush(join=False, reply_to="y:7400", members=(ms("x", 2, DEAD),)), 0.0)
+    assert full.member("x").status == ALIVE
+
+
 # -- suspicion (rule 8) ------------------------------------------------------------------
 
 

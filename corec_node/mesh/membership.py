@@ -7,12 +7,12 @@ live member in one hop. No sockets, no asyncio, no clock, no files, no global ra
 same rng seed and the same inputs give the same effects (the simulator relies on it).
 
 Shape follows hashicorp/memberlist: this file is its state.go (merging, refutation, the
-timers' order, leave, reap); beside it, membership_config.py is config.go, probing.py the
-probe loop (rule 7), pushpull.py push-pull and join (rules 10-12, 15), member.py the member
-record and precedence (rule 2), and suspicion.py, awareness.py and broadcast.py are
-suspicion.go, awareness.go and queue.go. Without the overlay every node subscribes to every
-member's PUB and probes all members; with it (``mesh/overlay.py``) broadcasts ride a tree
-and probes stay among a node's neighbours (rule 7's scope).
+timers' order, leave, reap); membership_config.py is config.go, probing.py the probe loop
+(rule 7), pushpull.py push-pull and join (rules 10-12, 15), member.py the record and
+precedence (rule 2), suspicion.py, awareness.py, broadcast.py suspicion.go, awareness.go,
+queue.go. Without the overlay every node subscribes to every member's PUB and probes all
+members; with it (``mesh/overlay.py``) broadcasts ride a tree and probes stay among a
+node's neighbours (rule 7's scope).
 
 Rules (numbered as h11 does; the code refers to them):
 
@@ -101,9 +101,13 @@ Rule 10. Push-pull. ``StatePush(join, reply_to, members)`` is merged and answere
     report about a member we hold alive or suspect is not taken. Instead we forward that
     record to the accused (a one-record StatePush), which refutes at once if it lives, and
     its refutation reaches everyone holding the stale verdict; if it is really dead, our own
-    probes find it within a round. A suspect report about a stranger, or about a member we
-    hold dead/left at a lower incarnation, makes it a member again as alive at that
-    incarnation, forwarded the same way. Everything else merges by rule 2.
+    probes find it within a round. Over the overlay, where a node whose neighbours all crashed
+    missed the verdicts and probes one member outside its scope a round, a dead report about
+    a member we hold alive makes it suspect for us alone, on our own timer (memberlist takes
+    it as a suspicion too); the refutation the forward asks for ends it. A suspect report
+    about a stranger, or about a member we hold dead/left at a lower incarnation, makes it a
+    member again as alive at that incarnation, forwarded the same way. Everything else
+    merges by rule 2.
 
 Rule 11. Join. ``join`` pushes to each address and keeps it pending, retried with backoff
     (join_retry doubling to 8x) until answered: a StateReply from that address (or, for an
@@ -635,14 +639,7 @@ class Membership:
             out.append(NameConflict(self.name, addr))
 
     def _merge_other(
-        self,
-        st: MemberState,
-        sender: str,
-        now: float,
-        live: float,
-        out: list[Effect],
-        *,
-        gossip: bool,
+        self, st: MemberState, sender: str, now: float, live: float, out: list[Effect], *, gossip: bool
     ) -> None:
         m = self._members.get(st.name)
         if m is not None and st.addr != m.addr and m.status in LIVE:
@@ -658,6 +655,9 @@ class Membership:
             if m is not None and m.status in LIVE:
                 if supersedes(st.inc, st.status, m.inc, m.status):
                     out.append(forward(m.addr, self.addr, st))  # rule 10: not ours to adopt
+                    if self._gossip.once and st.status == DEAD and m.status == ALIVE:  # but, cut off, to suspect
+                        self._start_suspicion(self._set(m, st.inc, SUSPECT, now, f"reported dead by {sender}", out),
+                                              sender, live)
                 return
             if st.status == SUSPECT and (m is None or st.inc > m.inc):
                 out.append(forward(st.addr, self.addr, st))
@@ -701,16 +701,8 @@ class Membership:
             self._gossip.queue.queue(m.state())  # rule 9: news from a direct push-pull
 
     def _set(
-        self,
-        m: Member,
-        inc: int,
-        status: MemberStatus,
-        now: float,
-        reason: str,
-        out: list[Effect],
-        *,
-        addr: str | None = None,
-        pub: str | None = None,
+        self, m: Member, inc: int, status: MemberStatus, now: float, reason: str, out: list[Effect], *,
+        addr: str | None = None, pub: str | None = None,
     ) -> Member:
         """Change ``m`` (through ``mutable``: the record changed is returned, a copy where the
         table shared it)."""

@@ -125,10 +125,29 @@ def test_lazy_peers_get_batched_ihave() -> None:
     node.handle(0.0, Prune("b"))
     node.handle(0.0, Gossip("a", ("o", 1), b"p", 1))
     node.handle(0.01, Gossip("a", ("o", 2), b"q", 1))
-    assert node.next_deadline() == 0.1
-    out = node.on_timer(0.1)
+    due = node.next_deadline()
+    assert 0.05 <= due < 0.15  # this node's own delay: 0.5-1.5 intervals (rule 5)
+    assert node.on_timer(due - 0.001) == []
+    out = node.on_timer(due)
     assert out == [TreeSend("b", IHave("x", ((("o", 1), 1), (("o", 2), 1))))]
     assert node.next_deadline() is None
+
+
+def test_an_id_the_lazy_peer_announced_or_sent_first_is_not_announced_to_it() -> None:
+    """Rule 5: a lazy link carries one announcement of a broadcast, from the end that
+    flushes first; the other end heard it meanwhile and leaves it out."""
+    node = Plumtree("x", PlumtreeConfig(ihave_interval=0.1))
+    for peer in ("a", "b", "c"):
+        node.neighbor_up(0.0, peer)
+    node.handle(0.0, Prune("b"))
+    node.handle(0.0, Prune("c"))
+    node.handle(0.0, Gossip("a", ("o", 1), b"p", 1))
+    node.handle(0.0, Gossip("a", ("o", 2), b"q", 1))
+    node.handle(0.01, IHave("b", ((("o", 1), 2),)))  # b holds o:1
+    node.handle(0.02, Gossip("c", ("o", 2), b"q", 2))  # c sent o:2 in full (a duplicate)
+    out = node.on_timer(node.next_deadline())
+    assert [e for e in out if type(e.msg) is IHave] == [
+        TreeSend("b", IHave("x", ((("o", 2), 1),))), TreeSend("c", IHave("x", ((("o", 1), 1),)))]
 
 
 def test_missing_message_grafts_announcers_in_turn() -> None:

@@ -38,7 +38,10 @@ Rule 4. ``IHave`` for an unknown id starts a timer of ``missing_timeout``; if th
     and the next announcer is tried ``graft_timeout`` later, until one delivers.
 
 Rule 5. ``Graft`` makes the sender eager and is answered with the cached messages it
-    names. Lazy announcements are batched per peer and flushed every ``ihave_interval``.
+    names. Lazy announcements are batched per peer and flushed 0.5-1.5 ``ihave_interval``
+    after the first (each node its own delay); an id the peer announced or sent to us
+    meanwhile is left out (it holds it), so a lazy link mostly carries one announcement of
+    a broadcast, from the end that flushes first.
 
 Rule 6. Messages from a peer that is not a neighbour (a race with its ``NeighborDown``)
     are still delivered and answered, but never make it eager.
@@ -48,6 +51,8 @@ from __future__ import annotations
 
 import heapq
 import math
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +187,7 @@ class Plumtree:
         "_cfg",
         "_eager",
         "_flush_at",
+        "_ihave_delay",
         "_lazy",
         "_lazy_queue",
         "_me",
@@ -205,6 +211,9 @@ class Plumtree:
         self._timers: list[tuple[float, MessageId]] = []  # heap; stale entries skipped
         self._lazy_queue: dict[str, list[tuple[MessageId, int]]] = {}
         self._flush_at: float | None = None
+        # rule 5: each node its own delay, 0.5-1.5 intervals by its address (no rng here), so
+        # one end of a lazy link mostly flushes first and the other hears it before its own
+        self._ihave_delay = cfg.ihave_interval * (0.5 + zlib.crc32(me.encode()) % 1024 / 1024)
         self._seq = first_seq  # rule 3
         self.delivered = 0  # counters for tests and benchmarks
         self.duplicates = 0
@@ -272,6 +281,7 @@ class Plumtree:
             self.duplicates += 1
             self._to_lazy(sender)
             out.append(TreeSend(sender, Prune(self._me)))
+            self._held_by(sender, (msg.msg_id,))
             return
         self._seen.put(msg.msg_id, now)
         self._cache.put(msg.msg_id, now, (msg.payload, msg.hops))
@@ -301,17 +311,31 @@ class Plumtree:
             if peer != sender:
                 self._lazy_queue.setdefault(peer, []).append((msg_id, hops))
         if self._lazy_queue and self._flush_at is None:
-            self._flush_at = now + self._cfg.ihave_interval
+            self._flush_at = now + self._ihave_delay
 
     def _on_ihave(self, now: float, msg: IHave) -> None:
+        held: list[MessageId] = []
         for msg_id, hops in msg.ids:
             if msg_id in self._seen:
+                held.append(msg_id)
                 continue
             missing = self._missing.get(msg_id)
             if missing is None:
                 missing = self._missing[msg_id] = _Missing(now + self._cfg.missing_timeout)
                 heapq.heappush(self._timers, (missing.deadline, msg_id))
             missing.announcers.append((msg.sender, hops))
+        if held:
+            self._held_by(msg.sender, held)
+
+    def _held_by(self, peer: str, ids: Iterable[MessageId]) -> None:
+        """Rule 5: ``peer`` holds these ids (it announced or sent them): our own pending
+        announcements of them to it would tell it nothing."""
+        queued = self._lazy_queue.get(peer)
+        if queued:
+            drop = set(ids)
+            queued[:] = [q for q in queued if q[0] not in drop]
+            if not queued:
+                del self._lazy_queue[peer]
 
     def _on_graft(self, now: float, msg: Graft, out: list[PlumtreeEffect]) -> None:
         sender = msg.sender

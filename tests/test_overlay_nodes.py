@@ -28,6 +28,9 @@ def test_an_overlay_cluster_converges_elects_and_sees_a_kill_over_the_tree(clust
                message="six nodes alive everywhere")
     eventually(lambda: len({n.ctl("leader")["leader"] for n in nodes}) == 1 and nodes[0].ctl("leader")["leader"],
                30, message="one leader named by all")
+    linked = {n.addr: set(n.ctl("status")["overlay_neighbors"]) for n in nodes}
+    for addr, peers in linked.items():  # six nodes under the cap of 8: a full mesh by the same rules
+        assert peers == set(linked) - {addr}, (addr, peers)
     for n in nodes:
         status = n.ctl("status")
         got = status["messages_in_by_type"]

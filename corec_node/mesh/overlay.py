@@ -62,8 +62,9 @@ Rule 8. Islands. Views can close into cliques that hold only each other (a small
     while it hears none: where a leader exists, the nodes cut off from its tree (members
     that are not voters hear it only over the tree) are exactly those.
 
-Left for the next step (issue 18): voters are not pinned as neighbours, and the node shell
-does not drive this yet: only the simulator.
+The node shell drives it with ``mesh.overlay`` (``shell/control_plane.py``); the simulator
+by default. Left for the next step (issue 18): voters are not pinned as neighbours (their
+heartbeats and votes go direct anyway, rule 7).
 """
 
 from __future__ import annotations

@@ -373,6 +373,10 @@ class MeshCommands:
             "engine_stalled": core.stalled,
             "heartbeat_gap_max": round(self.control.gaps.largest, 4),
             "heartbeat_gaps_late": self.control.gaps.late,
+            # the overlay's neighbours (direct addresses; null without mesh.overlay), and
+            # the members this node holds a direct connection to
+            "overlay_neighbors": sorted(self.control.neighbors) if self.control.overlay else None,
+            "direct_peers": len(self.transport.dealers),
         }
 
     async def members(self, _req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -121,3 +121,5 @@ class Prune:
 ViewMessage = Join | JoinReply | ForwardJoin | Neighbor | NeighborReply | Disconnect | Shuffle | ShuffleReply
 TreeMessage = TreeGossip | IHave | Graft | Prune
 OverlayMessage = ViewMessage | TreeMessage
+OVERLAY_CLASSES = (Join, JoinReply, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle, ShuffleReply,
+                   TreeGossip, IHave, Graft, Prune)

@@ -39,20 +39,7 @@ from corec_node.wire.messages import (
     Vote,
     VoteRequest,
 )
-from corec_node.wire.overlay_messages import (
-    Disconnect,
-    ForwardJoin,
-    Graft,
-    IHave,
-    Join,
-    JoinReply,
-    Neighbor,
-    NeighborReply,
-    Prune,
-    Shuffle,
-    ShuffleReply,
-    TreeGossip,
-)
+from corec_node.wire.overlay_messages import OVERLAY_CLASSES
 
 TOPIC_MEMBERSHIP = b"mbr"
 TOPIC_NUCLEUS = b"nuc"
@@ -93,11 +80,7 @@ FIXED_TOPICS: dict[type, bytes] = {
     Learners: TOPIC_NUCLEUS,
     EvolutionPlan: TOPIC_NUCLEUS,
     NanoWeights: TOPIC_DIRECT,
-    **dict.fromkeys(  # the overlay's (1.15): peer to peer, on the direct socket
-        (Join, JoinReply, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle, ShuffleReply,
-         TreeGossip, IHave, Graft, Prune),
-        TOPIC_DIRECT,
-    ),
+    **dict.fromkeys(OVERLAY_CLASSES, TOPIC_DIRECT),  # the overlay's (1.15): peer to peer
 }
 
 _ENTITY_TOPICS = tuple(b"ent.%03d" % ch for ch in range(MAX_CHANNEL + 1))

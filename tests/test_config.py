@@ -153,3 +153,15 @@ def test_intelligent_channels_from_the_file_or_the_environment(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(env={"COREC_ENGINE_INTELLIGENT": "3,x"})
     assert (info.value.source, info.value.key) == ("COREC_ENGINE_INTELLIGENT", "engine.intelligent")
+
+
+def test_a_node_on_the_overlay_announces_it_among_the_settings_drift_compares():
+    """mesh.overlay must be alike on every node: a node running it says so, so `drift`
+    names the nodes that differ; one without it announces what it did before."""
+    from corec_node.shell.drift import differences, settings_of
+
+    on = settings_of(load_config(env={"COREC_MESH_OVERLAY": "true"}))
+    off = settings_of(load_config(env={}))
+    assert "mesh.overlay=true" in on and not any(s.startswith("mesh.overlay") for s in off)
+    diffs = differences([("a", on), ("b", off)])["differences"]
+    assert diffs == [{"key": "mesh.overlay", "values": {"a": "true", "b": None}}]

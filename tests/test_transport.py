@@ -120,3 +120,27 @@ def test_a_dealer_no_longer_watched_cannot_block_the_io_thread() -> None:
             await asyncio.wait_for(peer.close(), 10)
 
     asyncio.run(main())
+
+
+def test_idle_direct_links_are_closed_but_those_kept() -> None:
+    """Over the overlay the mesh process closes the DEALERs nothing was sent on lately, but
+    those to its neighbours and voters: a node's connections stay bounded."""
+
+    async def main() -> None:
+        t = Transport(max_message_bytes=1 << 20)
+        t.bind(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+        t.watch_peers(lambda addr, refused: None)
+        t.start(lambda frames, identity: None, None)
+        peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]  # nobody listens: the sends wait queued
+        try:
+            for addr in peers:
+                assert t.send(addr, [b"hello"])
+            assert t.close_idle(60.0, keep=()) == 0  # all sent on just now
+            assert set(t.dealers) == set(peers)
+            assert t.close_idle(0.0, keep=peers[:1]) == 2
+            assert set(t.dealers) == set(peers[:1])
+            assert t.send(peers[1], [b"again"]) and set(t.dealers) == set(peers[:2])  # dialled afresh when needed
+        finally:
+            await asyncio.wait_for(t.close(), 10)
+
+    asyncio.run(main())

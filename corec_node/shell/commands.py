@@ -374,7 +374,7 @@ class MeshCommands:
             "heartbeat_gap_max": round(self.control.gaps.largest, 4),
             "heartbeat_gaps_late": self.control.gaps.late,
             # the overlay's neighbours (direct addresses; null without mesh.overlay), and
-            # the members this node holds a direct connection to
+            # the addresses this node holds a direct (DEALER) connection to
             "overlay_neighbors": sorted(self.control.neighbors) if self.control.overlay else None,
             "direct_peers": len(self.transport.dealers),
         }

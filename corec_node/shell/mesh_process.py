@@ -98,6 +98,8 @@ from corec_node.wire.topics import (
 )
 
 STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
+IDLE_LINK_AFTER = 60.0  # over the overlay: a direct link nothing was sent on for this long is closed
+IDLE_LINK_CHECK = 10.0  # and looked for this often
 STATS_PERIOD = 1.0  # counters and status reported to the node process once a second (each a wake of both)
 VIEW_PERIOD = 0.5  # and the view sent again, if it differs, twice a second (a member's data socket)
 ENGINE_STALL_BOUND = 8.0  # a data plane silent this long is stalled (systemd's watchdog: 10 s)
@@ -432,6 +434,7 @@ class MeshProcess:
         self._alarm: asyncio.TimerHandle | None = None
         self._wake_at = 0.0
         self._last_tick = 0.0
+        self._idle_links_at = 0.0
 
     def now(self) -> float:
         assert self.loop is not None
@@ -520,6 +523,7 @@ class MeshProcess:
                 self._watch_engine(now)
                 self.control.tick(now)
                 self._follow_row_maps()
+                self._close_idle_links(now)
             except Exception:  # a bug in a core must not silently stop the timers
                 logging.getLogger(log.LOGGER_NAME).exception("tick_failed")
             if now - self._stats_at >= STATS_PERIOD:
@@ -528,6 +532,18 @@ class MeshProcess:
                 self._view_at = now
                 self.control.refresh_view()
             self._wake_at = self._next_wake(now)
+
+    def _close_idle_links(self, now: float) -> None:
+        """Over the overlay, keep direct links to the neighbours and the voters, and close
+        the others once idle: a node's connections stay bounded whatever the cluster's size."""
+        core = self.control.core
+        if not self.control.overlay or core is None or now - self._idle_links_at < IDLE_LINK_CHECK:
+            return
+        self._idle_links_at = now
+        keep = self.control.neighbors | {addr for _, addr in core.config.voters}
+        closed = self.transport.close_idle(IDLE_LINK_AFTER, keep)
+        if closed:
+            log.event("idle_links_closed", logging.DEBUG, closed=closed, open=len(self.transport.dealers))
 
     def _next_wake(self, now: float) -> float:
         core = self.control.core

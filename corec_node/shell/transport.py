@@ -97,6 +97,7 @@ class Transport:
         self.pub: zmq.Socket | None = None
         self.sub: zmq.Socket | None = None
         self.dealers: dict[str, zmq.Socket] = {}
+        self._sent_at: dict[str, float] = {}  # addr -> when we last sent there (close_idle)
         self.sub_peers: set[str] = set()
         self.dropped: collections.Counter[str] = collections.Counter()
         self.sent = 0
@@ -353,8 +354,23 @@ class Transport:
         if sock is not None:
             sock.close(0)
 
+    def close_idle(self, idle_for: float, keep: Iterable[str]) -> int:
+        """Close the DEALERs nothing was sent on for ``idle_for`` seconds, but those to
+        ``keep``; how many. Over the overlay a node talks to few peers at a time (its
+        neighbours, its voters) and to others now and then (a probe outside its neighbours, a
+        push-pull, a view request to an address that is gone): without this each of those
+        would stay dialled for good, and its connections would grow with the cluster."""
+        now = time.monotonic()
+        kept = set(keep)
+        idle = [a for a in self.dealers if a not in kept and now - self._sent_at.setdefault(a, now) >= idle_for]
+        for addr in idle:
+            self.forget(addr)
+            del self._sent_at[addr]
+        return len(idle)
+
     def send(self, addr: str, frames: Sequence[bytes]) -> bool:
         """Send direct frames to ``addr`` without blocking; False (and counted) if dropped."""
+        self._sent_at[addr] = time.monotonic()
         try:
             self._dealer(addr).send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:

@@ -108,8 +108,8 @@ FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "repl
 """What this implementation adds to 1.0 that changes the wire (1.1, 1.2, 1.3, 1.4), as
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor.
-A node that runs the overlay will announce ``overlay`` (SPEC 7.1); this one decodes the
-overlay's messages (1.15) but does not run it yet."""
+A node that runs the overlay (``mesh.overlay``) announces ``overlay`` too (SPEC 7.1,
+``shell/control_plane.py``)."""
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""

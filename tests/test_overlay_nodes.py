@@ -7,7 +7,11 @@ old one's, plumtree rule 3)."""
 from __future__ import annotations
 
 import pytest
+import zmq
 from meshutil import eventually
+
+from corec_node.wire import encode_message
+from corec_node.wire.overlay_messages import Graft
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,6 +41,19 @@ def test_an_overlay_cluster_converges_elects_and_sees_a_kill_over_the_tree(clust
         assert got.get("tree_gossip", 0) > 0, (n.name, got)  # the news came over the tree
         assert got.get("gossip", 0) == 0, (n.name, got)  # and not on anyone's PUB stream
         assert status["rejected"] == {}, (n.name, status["rejected"])
+
+    # an overlay message whose body names another address than the member's own is refused
+    forged = encode_message(Graft("127.0.0.1:9", (("127.0.0.1:9", 1),)), sender=nodes[1].name, seq=1,
+                            cluster="corec")
+    ctx = zmq.Context.instance()
+    dealer = ctx.socket(zmq.DEALER)
+    try:
+        dealer.connect(f"tcp://{first.addr}")
+        dealer.send_multipart(forged)
+        eventually(lambda: first.ctl("status")["rejected"].get("sender") == 1, 10, 0.1,
+                   message="the forged GRAFT refused as sender")
+    finally:
+        dealer.close(0)
 
     victim = nodes[3]
     victim.kill()

@@ -317,6 +317,14 @@ class ControlPlane:
             self.gaps.heard(sender, now, not core.voters.voter and core.membership.announced(HEARTBEATS_DIRECT))
         self._placement_heartbeat(sender, msg)
 
+    def speaks_for(self, name: str, addr: str) -> bool:
+        """An overlay message from member ``name`` names ``addr`` as its sender: true unless we
+        know that member at another address (a joiner is not known yet). Without it, anyone
+        who reaches the port could have us link to, or send our cached broadcasts to, a
+        third party's address."""
+        known = self.core.membership.addr_of(name) if self.core is not None else None
+        return known is None or known == addr
+
     def tick(self, now: float) -> None:
         assert self.core is not None
         self.apply(self.core.tick(now))

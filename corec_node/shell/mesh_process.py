@@ -627,9 +627,14 @@ class MeshProcess:
             return
         topic, env, _payload = decoded
         self.traffic.count_in(env.type.name.lower(), topic, frames)
-        if env.type in OVERLAY_TYPES and not self.control.overlay:
-            self.traffic.reject("direct", WireError("type", f"{env.type.name}: this node runs no overlay (mesh.overlay)"))
-            return
+        if env.type in OVERLAY_TYPES:
+            if not self.control.overlay:
+                self.traffic.reject("direct", WireError("type", f"{env.type.name}: this node runs no overlay (mesh.overlay)"))
+                return
+            if not self.control.speaks_for(env.sender, env.msg.sender):  # type: ignore[union-attr]
+                self.traffic.reject("direct", WireError(
+                    "sender", f"{env.type.name} from {env.sender} names {env.msg.sender}, not its address"))  # type: ignore[union-attr]
+                return
         if env.type in self._control_types:
             if topic != TOPIC_DIRECT and env.type is not MsgType.HEARTBEAT:  # a leader's, straight to a voter (core rule 15)
                 self.traffic.reject("direct", WireError("topic", f"{topic!r} on the direct socket"))

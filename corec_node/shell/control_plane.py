@@ -48,8 +48,9 @@ from corec_node.shell.datadir import load_voters, mark_left, save_vote, save_vot
 from corec_node.shell.joinwatch import JoinNews, JoinWatch
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
-from corec_node.wire import FEATURES, PROTOCOL
+from corec_node.wire import FEATURES, PROTOCOL, SCHEMAS
 from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus, Message, MsgType
+from corec_node.wire.overlay_messages import OVERLAY_CLASSES
 
 OVERLAY_FEATURE = "overlay"  # what a node running the overlay announces (SPEC 7.1)
 SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
@@ -60,11 +61,8 @@ CONTROL_TYPES = frozenset({  # what the mesh core handles; the router sends thes
     MsgType.STATE_PUSH, MsgType.STATE_REPLY, MsgType.VOTE_REQUEST, MsgType.VOTE, MsgType.HEARTBEAT,
     MsgType.HEARTBEAT_ACK,
 })
-OVERLAY_TYPES = frozenset({  # the overlay's (SPEC 7.1): to the control plane too when it runs the overlay
-    MsgType.VIEW_JOIN, MsgType.VIEW_JOIN_REPLY, MsgType.FORWARD_JOIN, MsgType.NEIGHBOR, MsgType.NEIGHBOR_REPLY,
-    MsgType.DISCONNECT, MsgType.SHUFFLE, MsgType.SHUFFLE_REPLY, MsgType.TREE_GOSSIP, MsgType.IHAVE,
-    MsgType.GRAFT, MsgType.PRUNE,
-})
+OVERLAY_TYPES = frozenset(  # the overlay's (SPEC 7.1): to the control plane too when it runs the overlay
+    t for t, schema in SCHEMAS.items() if schema.body.cls in OVERLAY_CLASSES)
 # how long a member must stay alive before the leader makes it a voter, per timer profile
 PROMOTE_AFTER = {"lan": 2.0, "edge": 10.0, "test": 0.5}
 _LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)

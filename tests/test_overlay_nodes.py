@@ -1,14 +1,17 @@
-"""``mesh.overlay`` on real processes: membership news and heartbeats travel the overlay's
-tree (TREE_GOSSIP over the direct sockets, SPEC 7.1), not the PUB streams, and the cluster
-still converges, elects one leader, sees a SIGKILLed node dead everywhere, and takes it
-back when it restarts at the same address (its new life's broadcasts are not taken for the
-old one's, plumtree rule 3)."""
+"""``mesh.overlay`` on real processes: membership news, heartbeats and (since 1.16) the data
+plane's broadcasts travel the overlay's tree (TREE_GOSSIP over the direct sockets, SPEC
+7.1), not the PUB streams, which no node follows; and the cluster still converges, elects
+one leader, answers ``blocks`` for the whole cluster from every node, sees a SIGKILLed node
+dead everywhere, and takes it back when it restarts at the same address (its new life's
+broadcasts are not taken for the old one's, plumtree rule 3)."""
 
 from __future__ import annotations
 
 import pytest
 import zmq
 from meshutil import eventually
+from records import random_entities
+from test_engine_cluster import matches, reference, send_through
 
 from corec_node.wire import encode_message
 from corec_node.wire.overlay_messages import Graft
@@ -40,6 +43,23 @@ def test_an_overlay_cluster_converges_elects_and_sees_a_kill_over_the_tree(clust
         got = status["messages_in_by_type"]
         assert got.get("tree_gossip", 0) > 0, (n.name, got)  # the news came over the tree
         assert got.get("gossip", 0) == 0, (n.name, got)  # and not on anyone's PUB stream
+        assert status["rejected"] == {}, (n.name, status["rejected"])
+    eventually(lambda: all(n.ctl("status")["tree_data"] for n in nodes), 20,
+               message="every node sends the data plane's broadcasts over the tree")
+
+    # block rows reach every node over the tree: each answers for the whole cluster,
+    # following no member's PUB stream
+    eventually(lambda: all(n.ctl("status")["placement_version"] > 0 for n in nodes), 20, message="a placement map")
+    recs = random_entities(60_000)
+    ref = reference(recs)
+    send_through(nodes, recs)
+    for n in nodes:
+        eventually(lambda: matches(n.ctl("blocks"), ref), 60, 0.5, message=f"{n.name} sees every owner's rows")
+    assert len({r["owner"] for r in nodes[0].ctl("blocks")}) > 1  # rows of other owners, not only its own
+    for n in nodes:
+        status = n.ctl("status")
+        assert status["subscribed_peers"] == 0, (n.name, status["subscribed_peers"])
+        assert status["messages_in_by_type"].get("aggregate_columns", 0) > 0, n.name
         assert status["rejected"] == {}, (n.name, status["rejected"])
 
     # an overlay message whose body names another address than the member's own is refused

@@ -1,6 +1,6 @@
 """The overlay's messages on the wire (protocol 1.15, SPEC 7.1): what the real overlay cores
 send in a simulated cluster crosses the codec unchanged, and what the tree may carry is
-only what the mesh core broadcasts."""
+only broadcasts: the mesh core's, and since 1.16 the data plane's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from corec_node.mesh.overlay import OVERLAY_TYPES, OverlayConfig
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.report import SHELL_TIMING
 from corec_node.wire import WireError, decode_message, encode_message
-from corec_node.wire.messages import Ping
+from corec_node.wire.messages import (
+    AggregateColumns,
+    Alert,
+    EvolutionPlan,
+    Flow,
+    FusionPlan,
+    Learners,
+    Ping,
+)
 from corec_node.wire.overlay_messages import Graft, TreeGossip
 
 
@@ -47,10 +55,24 @@ def test_every_message_the_overlay_sends_crosses_the_wire_unchanged():
         assert (topic, env.msg, payload) == (b"dir", msg, None)
 
 
-def test_the_tree_carries_only_what_the_core_broadcasts():
+def test_the_tree_carries_only_broadcasts():
     ping = TreeGossip("10.0.0.1:7946", ("10.0.0.1:7946", 1), ("node-a", Ping(1, "node-b", "10.0.0.1:7946")), 1)
-    with pytest.raises(ValueError, match="GOSSIP or HEARTBEAT"):
+    with pytest.raises(ValueError, match="a message of GOSSIP \\(5\\), HEARTBEAT \\(12\\), ALERT \\(22\\)"):
         encode_message(ping, sender="node-a", seq=1)
+
+
+@pytest.mark.parametrize("carried", [
+    AggregateColumns(tick=9, columns={"block": (7 << 32 | 3,), "count": (12,)}),
+    Alert(kind="anomaly", text="block 7:3", facts={"uid": "a1", "block": 7 << 32 | 3}),
+    FusionPlan(term=4, fusions=({"weak": 1, "strong": 2, "channel": 7, "reason": "low fitness"},)),
+    EvolutionPlan(term=4, challenges=()),
+    Learners(term=4, names=("node-c",)),
+    Flow(hold_ms=250),
+], ids=lambda m: type(m).__name__)
+def test_the_tree_carries_the_data_planes_broadcasts_since_1_16(carried):
+    msg = TreeGossip("10.0.0.1:7946", ("10.0.0.3:7946", 17), ("node-c", carried), 2)
+    topic, env, _ = decode_message(encode_message(msg, sender="node-a", seq=1, cluster="corec"), cluster="corec")
+    assert (topic, env.msg.payload[0], type(env.msg.payload[1])) == (b"dir", "node-c", type(carried))
 
 
 def test_a_graft_of_too_many_ids_is_refused_as_too_large():

@@ -56,7 +56,7 @@ def records_from_json(records: list[dict]) -> np.ndarray:
 
 
 def test_vector_files_describe_this_protocol() -> None:
-    assert ENTITIES["protocol"] == MESSAGES["protocol"] == "CoreC wire protocol 1.15" == f"CoreC wire protocol {PROTOCOL}"
+    assert ENTITIES["protocol"] == MESSAGES["protocol"] == "CoreC wire protocol 1.16" == f"CoreC wire protocol {PROTOCOL}"
     assert MESSAGES["types"] == {t.name: int(t) for t in MsgType}
     covered = {v["header"]["type_name"] for v in MESSAGES["valid"] if v["canonical"]}
     assert covered == {t.name for t in SCHEMAS}, "a canonical vector for every message type"

@@ -62,6 +62,11 @@ Rule 8. Islands. Views can close into cliques that hold only each other (a small
     while it hears none: where a leader exists, the nodes cut off from its tree (members
     that are not voters hear it only over the tree) are exactly those.
 
+Rule 9. The data plane's broadcasts ride the tree too (SPEC 7.1, since 1.16): the shell
+    hands them to ``share``, and a delivered one is not the core's input but the shell's,
+    in ``delivered``. Periodic ones (a row is sent again within five ticks, a flow hold on
+    the next pause) are not held for a first link; an alert or a plan is.
+
 The node shell drives it with ``mesh.overlay`` (``shell/control_plane.py``); the simulator
 by default. Left for the next step (issue 18): voters are not pinned as neighbours (their
 heartbeats and votes go direct anyway, rule 7).
@@ -101,7 +106,15 @@ from corec_node.mesh.plumtree import (
     TreeSend,
 )
 from corec_node.mesh.voters import Configuration
-from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus
+from corec_node.wire.messages import (
+    AggregateColumns,
+    Flow,
+    Heartbeat,
+    Learners,
+    MemberState,
+    MemberStatus,
+)
+from corec_node.wire.messages import Gossip as MemberGossip
 
 __all__ = ["OVERLAY_TYPES", "OverlayConfig", "OverlayMesh"]
 
@@ -112,6 +125,8 @@ OVERLAY_TYPES = _VIEW_TYPES | _TREE_TYPES  # the messages the overlay takes; the
 _GONE = frozenset({MemberStatus.DEAD, MemberStatus.LEFT})
 HELD_MAX = 64  # broadcasts held for the first link (rule 1): a node alone says little
 ISLAND_AFTER = 10.0  # s without a leader before a node rewires (rule 8): twice a member's patience
+_CORE_CARRIED = frozenset({MemberGossip, Heartbeat})  # what the core broadcasts and takes (rule 1)
+_NOT_HELD = frozenset({Heartbeat, AggregateColumns, Flow, Learners})  # sent again soon anyway (rules 1, 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +270,20 @@ class OverlayMesh:
     def write_failed(self, vote: tuple[int, str | None], config: Configuration, now: float) -> list[object]:
         return self._route(self.core.write_failed(vote, config, now), now)
 
+    def share(self, msg: object, now: float) -> list[object]:
+        """Rule 9: a broadcast of the data plane (``wire.DATA_CARRIED_TYPES``), over the tree."""
+        return self._spread(msg, now)
+
     # -- routing --------------------------------------------------------------------
+
+    def _spread(self, msg: object, now: float) -> list[object]:
+        """Rules 1 and 9: one broadcast of ours onto the tree, held while we have no link."""
+        payload = (self.core.name, msg)
+        msg_id, sends = self.tree.broadcast(now, payload)
+        if type(msg) not in _NOT_HELD and not self.views.neighbors():  # held for the first link
+            self._held = [h for h in self._held if now - h[2] < self._hold_for][-HELD_MAX + 1:]
+            self._held.append((msg_id, payload, now))
+        return sends
 
     def _route(self, effects: list[Effect], now: float) -> list[object]:
         """Rules 1, 3 and 4 on what the core returned."""
@@ -267,12 +295,7 @@ class OverlayMesh:
                 if type(msg) is Heartbeat:  # rule 7: the voters hear it straight from us
                     core = self.core
                     out += [Send(addr, msg) for name, addr in core.voters.current.voters if name != core.name]
-                payload = (self.core.name, msg)
-                msg_id, sends = self.tree.broadcast(now, payload)
-                if type(msg) is not Heartbeat and not self.views.neighbors():  # held for the first link
-                    self._held = [h for h in self._held if now - h[2] < self._hold_for][-HELD_MAX + 1:]
-                    self._held.append((msg_id, payload, now))
-                out += sends
+                out += self._spread(msg, now)
                 continue
             out.append(eff)
             if t is MemberChanged:
@@ -329,14 +352,15 @@ class OverlayMesh:
         return out
 
     def _tree(self, effects: list, now: float) -> list[object]:
-        """Rule 1: a delivered broadcast is the core's input from its originator."""
+        """Rules 1 and 9: a delivered broadcast of the core is its input from its originator."""
         out: list[object] = []
         for eff in effects:
             if type(eff) is Deliver:
                 origin, msg = eff.payload
                 if origin != self.core.name:
                     self.delivered.append((origin, msg))
-                    out += self._route(self.core.handle(origin, msg, now, 0), now)
+                    if type(msg) in _CORE_CARRIED:
+                        out += self._route(self.core.handle(origin, msg, now, 0), now)
             else:
                 out.append(eff)
         return out

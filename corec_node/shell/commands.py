@@ -374,9 +374,12 @@ class MeshCommands:
             "heartbeat_gap_max": round(self.control.gaps.largest, 4),
             "heartbeat_gaps_late": self.control.gaps.late,
             # the overlay's neighbours (direct addresses; null without mesh.overlay), and
-            # the addresses this node holds a direct (DEALER) connection to
+            # the addresses this node holds a direct (DEALER) connection to, the members whose
+            # PUB stream it follows, and whether the data plane rides the tree (SPEC 7.1)
             "overlay_neighbors": sorted(self.control.neighbors) if self.control.overlay else None,
             "direct_peers": len(self.transport.dealers),
+            "subscribed_peers": len(self.transport.sub_peers),
+            "tree_data": self.control.tree_data,
         }
 
     async def members(self, _req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@ the node's clock, their effects carried out on the sockets, the vote file and th
 
 It owns the mesh core (behind the overlay, ``mesh/overlay.py``, with ``mesh.overlay``: then
 membership news and heartbeats travel the tree over a few links, and the views' messages
-go out direct as the core's do) and tells the rest of the node what happened through one narrow,
+go out direct as the core's do; once every member announces ``tree_data``, the data
+plane's broadcasts travel the tree as well and no member's PUB stream is followed, so a
+node's connections stay bounded: ``follow_tree_data``) and tells the rest of the node what happened through one narrow,
 plain-data interface (``ControlEvents``: a ``ClusterView`` on every change of members or
 leader, the placement digest in the leader's heartbeats, member and leader changes for the
 plugin hooks, rows for SQLite), and learns from the data plane only the digest its own
@@ -49,10 +51,12 @@ from corec_node.shell.joinwatch import JoinNews, JoinWatch
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
 from corec_node.wire import FEATURES, PROTOCOL, SCHEMAS
+from corec_node.wire.envelope import DATA_CARRIED_TYPES
 from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus, Message, MsgType
 from corec_node.wire.overlay_messages import OVERLAY_CLASSES
 
 OVERLAY_FEATURE = "overlay"  # what a node running the overlay announces (SPEC 7.1)
+TREE_DATA_FEATURE = "tree_data"  # and that it sends the data plane's broadcasts over the tree (1.16)
 SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
 CONFLICT_GRACE = 10.0  # a node that finds its name taken this soon after it joined exits
 DISCOVERY_RETRY = 5.0  # one join per discovered peer per 5 s
@@ -63,6 +67,7 @@ CONTROL_TYPES = frozenset({  # what the mesh core handles; the router sends thes
 })
 OVERLAY_TYPES = frozenset(  # the overlay's (SPEC 7.1): to the control plane too when it runs the overlay
     t for t, schema in SCHEMAS.items() if schema.body.cls in OVERLAY_CLASSES)
+_DATA_CLASSES = frozenset(SCHEMAS[t].body.cls for t in DATA_CARRIED_TYPES)  # what ``on_tree_data`` gets
 # how long a member must stay alive before the leader makes it a voter, per timer profile
 PROMOTE_AFTER = {"lan": 2.0, "edge": 10.0, "test": 0.5}
 _LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
@@ -191,6 +196,8 @@ class ControlPlane:
         self._clock = clock
         self.core: MeshCore | OverlayMesh | None = None
         self.neighbors: set[str] = set()  # the overlay's: the peers we hold a link to
+        self.tree_data = False  # the data plane's broadcasts ride the tree, no PUB followed (``follow_tree_data``)
+        self.on_tree_data: Callable[[str, Message], None] | None = None  # a data broadcast the tree delivered
         self.elections_started = 0
         self.conflicts: dict[str, str] = {}  # other node's addr -> the name it shares with us
         self.leader_placement: str | None = None  # digest in our leader's last heartbeat (SPEC 9.1)
@@ -230,7 +237,7 @@ class ControlPlane:
         stored = load_voters(self.data_dir)
         config = Configuration(*stored) if stored is not None else None
         self._durable = ((term, voted_for), config or Configuration())
-        features = (*FEATURES, OVERLAY_FEATURE) if self.overlay else FEATURES
+        features = (*FEATURES, OVERLAY_FEATURE, TREE_DATA_FEATURE) if self.overlay else FEATURES
         rng = random.Random()
         core = MeshCore(self.name, self.addr, self.pub, mcfg, ecfg, rng, now,
                         term=term, voted_for=voted_for, config=config, voter_config=self.voter_config,
@@ -306,6 +313,34 @@ class ControlPlane:
             for origin, carried in self.core.delivered:  # type: ignore[union-attr]
                 if type(carried) is Heartbeat:
                     self._heartbeat(origin, carried, now)
+                elif type(carried) in _DATA_CLASSES and self.on_tree_data is not None:
+                    self.on_tree_data(origin, carried)
+
+    def share(self, msg: Message) -> bool:
+        """A broadcast of the data plane, over the tree while ``tree_data`` holds; False when
+        it does not (the PUB stream is then the only way)."""
+        if not self.tree_data or self.core is None:
+            return False
+        self.apply(self.core.share(msg, self._clock()))  # type: ignore[union-attr]
+        return True
+
+    def follow_tree_data(self) -> bool:
+        """Switch between the tree and every member's PUB stream for the data plane's
+        broadcasts (SPEC 7.1, 1.16): the tree while every live member announces
+        ``tree_data``, else the streams as before. A member whose build we have not heard
+        yet is not taken for an older one: every join would switch twice. True when it switched."""
+        core = self.core
+        wanted = self.overlay and core is not None and all(
+            TREE_DATA_FEATURE in m.build[2] for m in core.membership.members() if m.status in _LIVE and m.build[1])
+        if wanted == self.tree_data:
+            return False
+        self.tree_data = wanted
+        assert core is not None
+        for member in core.membership.members():
+            if member.name != self.name and member.status in _LIVE:
+                (self.transport.disconnect_sub if wanted else self.transport.connect_sub)(member.pub)
+        log.event("tree_data", on=wanted, subscribed=len(self.transport.sub_peers))
+        return True
 
     def _heartbeat(self, sender: str, msg: Heartbeat, now: float) -> None:
         """A heartbeat the election core has seen (direct, published, or over the tree)."""
@@ -501,7 +536,7 @@ class ControlPlane:
                 self._peers[change.name] = (member.addr, member.pub)
                 if change.new == MemberStatus.DEAD:
                     self.transport.redial(member.addr, member.pub)  # keep listening: it may return
-                elif change.new in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+                elif change.new in (MemberStatus.ALIVE, MemberStatus.SUSPECT) and not self.tree_data:
                     self.transport.connect_sub(member.pub)
                 elif change.new == MemberStatus.LEFT:
                     self.transport.disconnect_sub(member.pub)

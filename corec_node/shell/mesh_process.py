@@ -70,14 +70,17 @@ from corec_node.shell.link import (
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.shell.transport import Transport
 from corec_node.wire import (
+    SCHEMAS,
     MsgType,
     SeqEvent,
     SequenceTracker,
     WireError,
     decode_message,
+    encode_message,
     message_type,
     topic_for,
 )
+from corec_node.wire.envelope import DATA_CARRIED_TYPES
 from corec_node.wire.messages import (
     COLUMNS_FEATURE,
     COLUMNS_MINOR,
@@ -108,6 +111,7 @@ STOP_TIMEOUT = 5.0  # the child saves its snapshot and exits within this, or is 
 REQUEST_TIMEOUT = 30.0  # a control command answered by the mesh process
 MESH_SILENCE_BOUND = ENGINE_STALL_BOUND  # a mesh process silent this long is hung (stopped, or stuck)
 PR_SET_PDEATHSIG = 1
+TREE_DATA_CLASSES = frozenset(SCHEMAS[t].body.cls for t in DATA_CARRIED_TYPES)  # what may ride the tree
 # data messages forwarded whole to the node process, which checks and builds their bodies;
 # producer batches are built here (a small body: the busy answer needs its count)
 FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.AGGREGATE_COLUMNS, MsgType.FUSION_PLAN, MsgType.ALERT,
@@ -420,6 +424,7 @@ class MeshProcess:
             outbox=self.outbox, events=self.events, clock=self.now, data=cfg.data_advertise, tags=cfg.node.tags,
             settings=spec.settings, cluster_settings=cluster_settings.own(cfg), overlay=cfg.mesh.overlay)
         self._control_types = CONTROL_TYPES | OVERLAY_TYPES if cfg.mesh.overlay else CONTROL_TYPES
+        self.control.on_tree_data = self._tree_data
         self.commands = MeshCommands(identity=spec.identity, control=self.control, traffic=self.traffic,
                                      transport=self.transport, now=self.now, stop=self.events.stop,
                                      link_dropped=self.link.dropped)
@@ -598,6 +603,7 @@ class MeshProcess:
         if self.control.member_changes == self._row_maps_seen and not anyway:
             return
         self._row_maps_seen = self.control.member_changes
+        self.control.follow_tree_data()
         core = self.control.core
         wanted = core is None or len(core.membership.alive()) <= 1 or not core.membership.announced(COLUMNS_FEATURE)
         if wanted != self._row_maps:
@@ -647,6 +653,28 @@ class MeshProcess:
             self.traffic.rejected["busy"] += 1
             self.outbox.reply(identity, BatchReply(seq=env.seq, accepted=0, rejected={"busy": env.msg.count}))
 
+    def _share(self, frames: list[Any]) -> None:
+        """One of the node process's broadcasts, over the tree too (SPEC 7.1, 1.16); row
+        maps are left out: every member on the tree reads columns."""
+        try:
+            _topic, env, _payload = decode_message(frames, cluster=self.cluster)
+        except WireError as exc:  # ours: never expected; counted where a peer's would be
+            self.traffic.reject("share", exc)
+            return
+        if env.type in DATA_CARRIED_TYPES:
+            self.control.share(env.msg)
+
+    def _tree_data(self, origin: str, msg: Any) -> None:
+        """A data broadcast the tree delivered: to the node process as if it had come on its
+        topic from its originator (no sequence number: the tree drops copies by id)."""
+        try:
+            frames = encode_message(msg, sender=origin, seq=0, cluster=self.cluster)
+        except ValueError as exc:
+            self.traffic.reject("tree", WireError("field", str(exc)))
+            return
+        self.traffic.count_in(message_type(msg).name.lower(), frames[0], frames)
+        self.link.put([BROADCAST, *frames])
+
     def _on_broadcast(self, frames: list[Any]) -> None:
         decoded = self._decode("broadcast", frames)
         if decoded is None:
@@ -673,6 +701,8 @@ class MeshProcess:
             self.transport.send(bytes(frames[0]).decode(), frames[1:])
         elif kind == PUBLISH:
             self.transport.publish(frames)
+            if self.control.tree_data:
+                self._share(frames)
         elif kind == ANSWER:
             self.transport.reply(bytes(frames[0]), frames[1:])
         elif kind == OPERATION:
@@ -684,6 +714,8 @@ class MeshProcess:
                 self.control.placement_digest = args[0]
             elif name == "publish":  # a message on a topic this process numbers (``MeshOutbox``)
                 self.outbox.publish(*args)
+                if type(args[0]) in TREE_DATA_CLASSES:
+                    self.control.share(args[0])
             elif name == "stop":
                 self._stop.set()
         elif kind == REQUEST:

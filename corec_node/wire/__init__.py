@@ -1,4 +1,4 @@
-"""CoreC wire protocol 1.15 (protocol/SPEC.md): entity records, topics, message envelope.
+"""CoreC wire protocol 1.16 (protocol/SPEC.md): entity records, topics, message envelope.
 
 Pure codecs: bytes in, typed values out, no I/O. Every decoder raises :class:`WireError`
 (with a short ``reason`` slug for metrics) and nothing else on bad input.

@@ -101,7 +101,7 @@ from corec_node.wire.overlay_messages import (
 from corec_node.wire.topics import FIXED_TOPICS, entity_channel, topic_for
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 15
+PROTOCOL_MINOR = 16
 PROTOCOL = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "replicas", "ring", "evolution",
             "hb_direct", COLUMNS_FEATURE)
@@ -109,7 +109,7 @@ FEATURES = ("placement", "flow", "voters", "batch_reply", "owner_routing", "repl
 members announce it: a feature is used cluster-wide only when every voter announces it.
 ``batch_reply`` is between a node and its producers, who announce it with their minor.
 A node that runs the overlay (``mesh.overlay``) announces ``overlay`` too (SPEC 7.1,
-``shell/control_plane.py``)."""
+``shell/control_plane.py``), and since 1.16 ``tree_data`` (TREE_DATA_FEATURE)."""
 
 HEADER_KEYS = ("v", "m", "t", "c", "s", "q", "b")
 """Envelope keys in canonical order: major, minor, type, cluster, sender, seq, body."""
@@ -170,8 +170,14 @@ def _schema(msg_type: MsgType, cls: type, *, payload: bool = False, **kinds: _Ki
     return Schema(msg_type, _Struct(cls, **kinds), payload)
 
 
-CARRIED_TYPES = frozenset({MsgType.GOSSIP, MsgType.HEARTBEAT})
-"""What a TREE_GOSSIP carries (SPEC 7.1): what the mesh core broadcasts."""
+CORE_CARRIED_TYPES = frozenset({MsgType.GOSSIP, MsgType.HEARTBEAT})
+"""What a TREE_GOSSIP carries since 1.15 (SPEC 7.1): what the mesh core broadcasts."""
+DATA_CARRIED_TYPES = frozenset({MsgType.AGGREGATE_COLUMNS, MsgType.ALERT, MsgType.FUSION_PLAN,
+                                MsgType.EVOLUTION_PLAN, MsgType.LEARNERS, MsgType.FLOW})
+"""What a TREE_GOSSIP carries since 1.16 (SPEC 7.1): the data plane's broadcasts, which a node
+whose members all announce ``tree_data`` sends over the tree instead of its PUB stream."""
+CARRIED_TYPES = CORE_CARRIED_TYPES | DATA_CARRIED_TYPES
+_CARRIED_NAMES = ", ".join(f"{t.name} ({int(t)})" for t in sorted(CARRIED_TYPES))
 
 
 class _Carried(_Kind):
@@ -191,7 +197,7 @@ class _Carried(_Kind):
         except _Bad as exc:
             raise exc.at("[0]") from None
         if type(type_id) is not int or type_id not in CARRIED_TYPES:
-            raise _expected("carried type GOSSIP (5) or HEARTBEAT (12)", type_id).at("[1]")
+            raise _expected(f"carried type {_CARRIED_NAMES}", type_id).at("[1]")
         try:
             return origin, SCHEMAS[MsgType(type_id)].body.load(body)
         except _Bad as exc:
@@ -203,7 +209,7 @@ class _Carried(_Kind):
         origin, msg = value
         schema = _BY_CLASS.get(type(msg))
         if schema is None or schema.type not in CARRIED_TYPES:
-            raise _expected("GOSSIP or HEARTBEAT", msg).at("[2]")
+            raise _expected(f"a message of {_CARRIED_NAMES}", msg).at("[2]")
         try:
             origin = _NAME.dump(origin)
         except _Bad as exc:

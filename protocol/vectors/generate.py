@@ -576,6 +576,16 @@ MESSAGE_SAMPLES: list[tuple[str, str, Any, dict[str, Any], bytes | None]] = [
      TreeGossip(sender="10.0.0.3:7946", msg_id=("10.0.0.3:7946", 1733400000000007), hops=1,
                 payload=("node-c", Gossip(updates=MEMBERS[:1]))),
      _hdr("node-c", 0, "corec"), None),
+    ("tree_gossip_columns", ("node-a pushes node-c's block aggregates down the tree (since 1.16: the data "
+     "plane's broadcasts ride the tree where every member announces tree_data)"),
+     TreeGossip(sender="10.0.0.1:7946", msg_id=("10.0.0.3:7946", 1733400000000042), hops=3,
+                payload=("node-c", AggregateColumns(tick=41, columns={key: tuple(row[key] for row in _AGG_ROWS)
+                                                                      for key in _AGG_ROWS[0]}))),
+     _hdr("node-a", 0, "corec"), None),
+    ("tree_gossip_alert", "an alert node-c raised, carried by the tree one hop from its origin (since 1.16)",
+     TreeGossip(sender="10.0.0.3:7946", msg_id=("10.0.0.3:7946", 1733400000000043), hops=1,
+                payload=("node-c", Alert(kind="anomaly", text="block 7:3 mean 41.5 beyond 3 sigma"))),
+     _hdr("node-c", 0, "corec"), None),
     ("ihave", "node-a announces two broadcasts it holds, with their hop counts",
      IHave(sender="10.0.0.1:7946", ids=((("10.0.0.2:7946", 1733400000000001), 2),
                                         (("10.0.0.3:7946", 1733400000000007), 1))),
@@ -999,7 +1009,7 @@ def message_vectors() -> dict[str, Any]:
          "length"),
         ("order_hops_before_count", ("hops 256 and count 4 for 3 records: the body is checked before the "
          "payload against it"), batch(b"ent.007", p_raw, count=4, hops=256), "field"),
-        ("tree_gossip_carries_ping", "a TREE_GOSSIP that carries a PING: only GOSSIP and HEARTBEAT ride the tree",
+        ("tree_gossip_carries_ping", "a TREE_GOSSIP that carries a PING: only broadcasts ride the tree",
          tree_gossip(payload=["node-b", int(MsgType.PING), PING_BODY]), "field"),
         ("tree_gossip_bad_carried_body", "a carried HEARTBEAT without its term",
          tree_gossip(payload=["node-b", int(MsgType.HEARTBEAT), {"leader": "node-b"}]), "field"),

@@ -101,7 +101,10 @@ from corec_node.wire.topics import (
 )
 
 STALL_REPORT = 0.05  # loop lag above this is fed to Lifeguard's local health
-IDLE_LINK_AFTER = 60.0  # over the overlay: a direct link nothing was sent on for this long is closed
+# over the overlay: a direct link nothing was sent on for this long is closed; a probe round
+# takes one member outside the neighbours (overlay rule 3), so this bounds those links to
+# about this many a node, whatever the cluster's size
+IDLE_LINK_AFTER = 15.0
 IDLE_LINK_CHECK = 10.0  # and looked for this often
 STATS_PERIOD = 1.0  # counters and status reported to the node process once a second (each a wake of both)
 VIEW_PERIOD = 0.5  # and the view sent again, if it differs, twice a second (a member's data socket)

@@ -50,7 +50,7 @@ from corec_node.shell.datadir import lock_data_dir
 from corec_node.shell.drift import settings_of
 from corec_node.shell.emitter import Emitter
 from corec_node.shell.memory import MemoryGauge, release_free_memory
-from corec_node.shell.mesh_process import MeshHandle, MeshOutbox
+from corec_node.shell.mesh_process import IDLE_LINK_AFTER, IDLE_LINK_CHECK, MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.settings_watch import SettingsWatch
@@ -134,6 +134,7 @@ class Node:
         self._trimmed_at = 0  # engine.ingested at the last trim
         self._next_engine_tick = 0.0
         self._next_prune = 0.0
+        self._next_idle_links = 0.0  # over the overlay: when the data socket's idle links are looked for next
         self._plugin_stores: dict[str, asyncio.Future[Any]] = {}
         self._preload: asyncio.Future[None] | None = None  # the audit's library, loading
         self.syncer: Any = None  # storage.Syncer when a PostgreSQL DSN is set (loaded on demand)
@@ -413,10 +414,22 @@ class Node:
                 self.engine_tick_time.observe(took)
                 self._next_engine_tick = next_engine_tick(self._next_engine_tick, self.config.engine.tick_interval,
                                                           now, took)
+        if self.config.mesh.overlay and now >= self._next_idle_links:
+            self._next_idle_links = now + IDLE_LINK_CHECK
+            self._close_idle_data_links()
         retention = self.config.storage.history_retention
         if now >= self._next_prune and retention > 0:
             self._next_prune = now + PRUNE_PERIOD
             self.recorder.prune(time.time() - retention)
+
+    def _close_idle_data_links(self) -> None:
+        """Over the overlay, close the data socket's links to members nothing was sent to for
+        IDLE_LINK_AFTER s: a join has every member tell the learner its copies are done, and
+        each of those links would otherwise stay open for good, so a node's connections
+        would grow with the cluster. The next message dials again."""
+        closed = self.datasock.close_idle(IDLE_LINK_AFTER, ())
+        if closed:
+            log.event("idle_data_links_closed", logging.DEBUG, closed=closed, open=len(self.datasock.dealers))
 
     # -- inbound: data messages the mesh process forwards -------------------------------------
 

@@ -22,7 +22,7 @@ from corec_node.sim import FaultPlan, random_faults
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.network import NetworkConfig
 from corec_node.sim.report import SHELL_TIMING
-from corec_node.wire.messages import MemberState, MemberStatus, Ping
+from corec_node.wire.messages import Alert, MemberState, MemberStatus, Ping
 
 CAP = HyParViewConfig().active_size
 
@@ -307,3 +307,39 @@ def test_the_human_answer_says_the_run_was_over_the_overlay():
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith("simulated 12 nodes over the overlay (seed 0")
     assert "invariant violations: 0" in out.stdout
+
+
+class DataRecordingCluster(Cluster):
+    """A simulated overlay cluster that keeps what each node's tree delivered that is not
+    the mesh core's (overlay rule 9: the shell's, in ``delivered``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_delivered: Counter = Counter()
+
+    def _deliver(self, ev: tuple) -> None:
+        super()._deliver(ev)
+        dst = ev[4]
+        for origin, msg in getattr(dst.core, "delivered", ()):
+            if type(msg) is Alert:
+                self.data_delivered[(dst.name, origin, msg.text)] += 1
+
+
+def test_the_data_planes_broadcasts_reach_every_node_once_over_the_tree():
+    """Overlay rule 9 (protocol 1.16): an alert one node shares reaches the shell of each
+    other node exactly once, also under loss (the tree's lazy repair), and not its origin's."""
+    c = DataRecordingCluster(30, seed=3, overlay=OverlayConfig(), strict=False, network=NetworkConfig(loss=0.05),
+                             **SHELL_TIMING)
+    c.bootstrap()
+    c.await_convergence(60, every=0.5)
+    origin = c.nodes["n0000"]
+    for i in range(5):
+        c._apply(origin, origin.core.share(Alert(kind="anomaly", text=f"alert {i}"), c.now))
+        c.run(1.0)
+    c.run(5.0)
+    others = [n.name for n in c.nodes.values() if n is not origin]
+    for i in range(5):
+        got = {name: c.data_delivered[(name, "n0000", f"alert {i}")] for name in others}
+        assert got == dict.fromkeys(others, 1), (i, got)
+    assert not any(k[0] == "n0000" for k in c.data_delivered)  # not back to its origin
+    assert c.invariants.violations == []

@@ -13,7 +13,10 @@ from meshutil import eventually
 from records import random_entities
 from test_engine_cluster import matches, reference, send_through
 
+from corec_node.mesh.member import NO_BUILD, Member
+from corec_node.shell.control_plane import data_rides_tree
 from corec_node.wire import encode_message
+from corec_node.wire.messages import MemberStatus
 from corec_node.wire.overlay_messages import Graft
 
 pytestmark = pytest.mark.timeout(240)
@@ -89,3 +92,19 @@ def test_an_overlay_cluster_converges_elects_and_sees_a_kill_over_the_tree(clust
     leader = first.ctl("leader")["leader"]
     eventually(lambda: {n.ctl("leader")["leader"] for n in nodes} == {leader}, 20, 0.2,
                message=f"{back.name} follows the leader it hears over the tree")
+
+
+def test_the_data_plane_rides_the_tree_only_while_every_member_heard_announces_it():
+    """SPEC 7.1 (1.16): one live member of an older build (no ``tree_data``) puts every
+    node back on the PUB streams; a dead one, or one whose build has not arrived, does not."""
+    new = ("0.4.0", "1.16", ("overlay", "tree_data"), "", (), ())
+    old = ("0.4.0", "1.15", ("overlay",), "", (), ())
+
+    def member(name: str, build: tuple, status: MemberStatus = MemberStatus.ALIVE) -> Member:
+        return Member(name, f"{name}:1", f"{name}:2", 1, status, 0.0, build)
+
+    assert data_rides_tree([member("a", new), member("b", new)])
+    assert not data_rides_tree([member("a", new), member("b", old)])
+    assert not data_rides_tree([member("a", new), member("b", old, MemberStatus.SUSPECT)])
+    assert data_rides_tree([member("a", new), member("b", old, MemberStatus.DEAD)])
+    assert data_rides_tree([member("a", new), member("b", NO_BUILD)])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ from corec_node.mesh.effects import (
 )
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.hyparview import NeighborDown, NeighborUp, ViewSend
+from corec_node.mesh.member import Member
 from corec_node.mesh.membership import MembershipConfig
 from corec_node.mesh.overlay import OverlayConfig, OverlayMesh
 from corec_node.mesh.plumtree import TreeSend
@@ -158,6 +159,13 @@ class HeartbeatGaps:
             self.largest = max(self.largest, gap)
             self.late += gap > self.late_after + (self.thinned_every if thinned else 0.0)
         self._from, self._last = leader, now
+
+
+def data_rides_tree(members: Iterable[Member]) -> bool:
+    """Every live member whose build we heard announces ``tree_data`` (SPEC 7.1, 1.16). One
+    whose build has not arrived yet is not taken for an older one: every join would
+    switch the cluster's data plane to the PUB streams and back."""
+    return all(TREE_DATA_FEATURE in m.build[2] for m in members if m.status in _LIVE and m.build[1])
 
 
 class ControlPlane:
@@ -326,12 +334,10 @@ class ControlPlane:
 
     def follow_tree_data(self) -> bool:
         """Switch between the tree and every member's PUB stream for the data plane's
-        broadcasts (SPEC 7.1, 1.16): the tree while every live member announces
-        ``tree_data``, else the streams as before. A member whose build we have not heard
-        yet is not taken for an older one: every join would switch twice. True when it switched."""
+        broadcasts (SPEC 7.1, 1.16): the tree while ``data_rides_tree``, else the streams
+        as before. True when it switched."""
         core = self.core
-        wanted = self.overlay and core is not None and all(
-            TREE_DATA_FEATURE in m.build[2] for m in core.membership.members() if m.status in _LIVE and m.build[1])
+        wanted = self.overlay and core is not None and data_rides_tree(core.membership.members())
         if wanted == self.tree_data:
             return False
         self.tree_data = wanted

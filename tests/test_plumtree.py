@@ -133,6 +133,22 @@ def test_lazy_peers_get_batched_ihave() -> None:
     assert node.next_deadline() is None
 
 
+def test_a_periodic_payload_goes_in_full_to_eager_peers_and_is_not_announced() -> None:
+    """Rule 7: the next copy of a periodic payload says more; the others' announcements
+    keep the tree repaired."""
+    node = Plumtree("x", PlumtreeConfig(ihave_interval=0.1), periodic=lambda payload: payload.startswith(b"rows"))
+    for peer in ("a", "b", "c"):
+        node.neighbor_up(0.0, peer)
+    node.handle(0.0, Prune("c"))
+    out = node.handle(0.0, Gossip("a", ("o", 1), b"rows 1", 1))
+    assert [e.to for e in out if isinstance(e, TreeSend)] == ["b"]  # in full to the eager peer
+    assert node.next_deadline() is None  # and nothing queued for the lazy one
+    node.handle(0.01, Gossip("a", ("o", 2), b"alert", 1))
+    _, id_out = node.broadcast(0.02, b"rows 2")
+    assert [e.to for e in id_out] == ["a", "b"]
+    assert node.on_timer(node.next_deadline()) == [TreeSend("c", IHave("x", ((("o", 2), 1),)))]
+
+
 def test_an_id_the_lazy_peer_announced_or_sent_first_is_not_announced_to_it() -> None:
     """Rule 5: a lazy link carries one announcement of a broadcast, from the end that
     flushes first; the other end heard it meanwhile and leaves it out."""

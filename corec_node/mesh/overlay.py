@@ -64,8 +64,9 @@ Rule 8. Islands. Views can close into cliques that hold only each other (a small
 
 Rule 9. The data plane's broadcasts ride the tree too (SPEC 7.1, since 1.16): the shell
     hands them to ``share``, and a delivered one is not the core's input but the shell's,
-    in ``delivered``. Periodic ones (a row is sent again within five ticks, a flow hold on
-    the next pause) are not held for a first link; an alert or a plan is.
+    in ``delivered``. Periodic ones (a row is sent again within five ticks, learners every
+    tick, a flow hold on the next pause) are neither held for a first link nor announced
+    to lazy peers (plumtree rule 7); an alert or a plan is both.
 
 The node shell drives it with ``mesh.overlay`` (``shell/control_plane.py``); the simulator
 by default. Left for the next step (issue 18): voters are not pinned as neighbours (their
@@ -127,6 +128,11 @@ HELD_MAX = 64  # broadcasts held for the first link (rule 1): a node alone says 
 ISLAND_AFTER = 10.0  # s without a leader before a node rewires (rule 8): twice a member's patience
 _CORE_CARRIED = frozenset({MemberGossip, Heartbeat})  # what the core broadcasts and takes (rule 1)
 _NOT_HELD = frozenset({Heartbeat, AggregateColumns, Flow, Learners})  # sent again soon anyway (rules 1, 9)
+_PERIODIC = frozenset({AggregateColumns, Flow, Learners})  # rule 9: not announced (a heartbeat is: it keeps the tree)
+
+
+def _periodic(payload: tuple[str, object]) -> bool:
+    return type(payload[1]) in _PERIODIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +156,7 @@ class OverlayMesh:
         self.core = core
         self.addr = addr
         self.views = HyParView(addr, rng, config.views, now=now)
-        self.tree = Plumtree(addr, config.tree, first_seq=first_seq)
+        self.tree = Plumtree(addr, config.tree, first_seq=first_seq, periodic=_periodic)
         self._rng = rng
         self._names: dict[str, str] = {}  # peer address -> member name (rule 3), until reaped
         self._known: Mapping[str, str] = known or {}  # the same, from the start

@@ -45,6 +45,12 @@ Rule 5. ``Graft`` makes the sender eager and is answered with the cached message
 
 Rule 6. Messages from a peer that is not a neighbour (a race with its ``NeighborDown``)
     are still delivered and answered, but never make it eager.
+
+Rule 7. A payload the caller calls periodic (``periodic``: its next copy says more, as a
+    block's rows sent again within a few ticks) goes in full to eager peers as any other,
+    but is not announced to lazy ones: a lost copy is made good by the next, and the
+    announcements of the other broadcasts keep the tree repaired. Lazy links otherwise
+    carry one IHAVE a broadcast, which for a cluster's rows is most of what they carry.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +198,7 @@ class Plumtree:
         "_lazy_queue",
         "_me",
         "_missing",
+        "_periodic",
         "_seen",
         "_seq",
         "_timers",
@@ -200,8 +207,10 @@ class Plumtree:
         "grafts",
     )
 
-    def __init__(self, me: str, config: PlumtreeConfig | None = None, first_seq: int = 0) -> None:
+    def __init__(self, me: str, config: PlumtreeConfig | None = None, first_seq: int = 0,
+                 periodic: Callable[[Any], bool] | None = None) -> None:
         self._me = me
+        self._periodic = periodic  # rule 7
         self._cfg = cfg = config or PlumtreeConfig()
         self._eager: dict[str, None] = {}
         self._lazy: dict[str, None] = {}
@@ -307,6 +316,8 @@ class Plumtree:
         for peer in self._eager:
             if peer != sender:
                 out.append(TreeSend(peer, Gossip(self._me, msg_id, payload, hops + 1)))
+        if self._periodic is not None and self._periodic(payload):  # rule 7
+            return
         for peer in self._lazy:
             if peer != sender:
                 self._lazy_queue.setdefault(peer, []).append((msg_id, hops))

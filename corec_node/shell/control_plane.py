@@ -5,8 +5,8 @@ It owns the mesh core (behind the overlay, ``mesh/overlay.py``, with ``mesh.over
 membership news and heartbeats travel the tree over a few links, and the views' messages
 go out direct as the core's do; once every member announces ``tree_data``, the data
 plane's broadcasts travel the tree as well and no member's PUB stream is followed, so a
-node's connections stay bounded: ``follow_tree_data``) and tells the rest of the node what happened through one narrow,
-plain-data interface (``ControlEvents``: a ``ClusterView`` on every change of members or
+node's connections stay bounded: ``follow_tree_data``) and tells the rest of the node what
+happened through one narrow, plain-data interface (``ControlEvents``: a ``ClusterView`` on every change of members or
 leader, the placement digest in the leader's heartbeats, member and leader changes for the
 plugin hooks, rows for SQLite), and learns from the data plane only the digest its own
 heartbeats carry. It runs in the mesh process (``mesh_process.py``), where the data plane
@@ -329,7 +329,11 @@ class ControlPlane:
         it does not (the PUB stream is then the only way)."""
         if not self.tree_data or self.core is None:
             return False
-        self.apply(self.core.share(msg, self._clock()))  # type: ignore[union-attr]
+        try:
+            self.apply(self.core.share(msg, self._clock()))  # type: ignore[union-attr]
+        except ValueError as exc:  # not encodable inside a TREE_GOSSIP (over the envelope limit): on PUB only
+            log.event("tree_share_failed", logging.WARNING, type=type(msg).__name__, error=str(exc))
+            return False
         return True
 
     def follow_tree_data(self) -> bool:
@@ -342,9 +346,13 @@ class ControlPlane:
             return False
         self.tree_data = wanted
         assert core is not None
-        for member in core.membership.members():
-            if member.name != self.name and member.status in _LIVE:
-                (self.transport.disconnect_sub if wanted else self.transport.connect_sub)(member.pub)
+        if wanted:  # the dead ones too: their streams were kept in case they return
+            for pub in list(self.transport.sub_peers):
+                self.transport.disconnect_sub(pub)
+        else:
+            for member in core.membership.members():
+                if member.name != self.name and member.status in _LIVE:
+                    self.transport.connect_sub(member.pub)
         log.event("tree_data", on=wanted, subscribed=len(self.transport.sub_peers))
         return True
 

@@ -115,6 +115,7 @@ REQUEST_TIMEOUT = 30.0  # a control command answered by the mesh process
 MESH_SILENCE_BOUND = ENGINE_STALL_BOUND  # a mesh process silent this long is hung (stopped, or stuck)
 PR_SET_PDEATHSIG = 1
 TREE_DATA_CLASSES = frozenset(SCHEMAS[t].body.cls for t in DATA_CARRIED_TYPES)  # what may ride the tree
+TREE_DATA_TOPICS = frozenset((TOPIC_COLUMNS, TOPIC_ALERTS, TOPIC_FLOW))  # of those, what the node process publishes
 # data messages forwarded whole to the node process, which checks and builds their bodies;
 # producer batches are built here (a small body: the busy answer needs its count)
 FORWARDED_BODIES = frozenset((MsgType.AGGREGATES, MsgType.AGGREGATE_COLUMNS, MsgType.FUSION_PLAN, MsgType.ALERT,
@@ -658,7 +659,10 @@ class MeshProcess:
 
     def _share(self, frames: list[Any]) -> None:
         """One of the node process's broadcasts, over the tree too (SPEC 7.1, 1.16); row
-        maps are left out: every member on the tree reads columns."""
+        maps are left out, by their topic before any decoding: every member on the tree
+        reads columns."""
+        if bytes(frames[0]) not in TREE_DATA_TOPICS:
+            return
         try:
             _topic, env, _payload = decode_message(frames, cluster=self.cluster)
         except WireError as exc:  # ours: never expected; counted where a peer's would be

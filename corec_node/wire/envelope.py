@@ -180,6 +180,33 @@ CARRIED_TYPES = CORE_CARRIED_TYPES | DATA_CARRIED_TYPES
 _CARRIED_NAMES = ", ".join(f"{t.name} ({int(t)})" for t in sorted(CARRIED_TYPES))
 
 
+class _BodyMemo:
+    """The written bodies of the last few carried data messages, by identity. A node on
+    the tree forwards each one it takes to its eager peers and hands it to its node process:
+    without this, a block's rows were written again (checked, converted) for every copy,
+    the mesh process's largest cost while a cluster holds data. A message is immutable
+    once built, so the body it was read from, or first written as, is its body."""
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._entries: dict[int, tuple[Message, Any]] = {}
+        self._size = size
+
+    def get(self, msg: Message) -> Any:
+        entry = self._entries.get(id(msg))
+        return entry[1] if entry is not None and entry[0] is msg else None
+
+    def put(self, msg: Message, body: Any) -> None:
+        entries = self._entries
+        entries[id(msg)] = (msg, body)
+        if len(entries) > self._size:
+            del entries[next(iter(entries))]  # the oldest
+
+
+_CARRIED_BODIES = _BodyMemo(32)
+
+
 class _Carried(_Kind):
     """A TREE_GOSSIP's payload: ``[origin, t, body]``, the originating member's name and one
     message of a type in CARRIED_TYPES, its body checked by that type's schema; decoded to
@@ -199,9 +226,12 @@ class _Carried(_Kind):
         if type(type_id) is not int or type_id not in CARRIED_TYPES:
             raise _expected(f"carried type {_CARRIED_NAMES}", type_id).at("[1]")
         try:
-            return origin, SCHEMAS[MsgType(type_id)].body.load(body)
+            msg = SCHEMAS[MsgType(type_id)].body.load(body)
         except _Bad as exc:
             raise exc.at("[2]") from None
+        if type_id in DATA_CARRIED_TYPES:
+            _CARRIED_BODIES.put(msg, body)
+        return origin, msg
 
     def dump(self, value: Any) -> list:
         if type(value) is not tuple or len(value) != 2:
@@ -214,10 +244,15 @@ class _Carried(_Kind):
             origin = _NAME.dump(origin)
         except _Bad as exc:
             raise exc.at("[0]") from None
-        try:
-            return [origin, int(schema.type), schema.body.dump(msg)]
-        except _Bad as exc:
-            raise exc.at("[2]") from None
+        body = _CARRIED_BODIES.get(msg) if schema.type in DATA_CARRIED_TYPES else None
+        if body is None:
+            try:
+                body = schema.body.dump(msg)
+            except _Bad as exc:
+                raise exc.at("[2]") from None
+            if schema.type in DATA_CARRIED_TYPES:
+                _CARRIED_BODIES.put(msg, body)
+        return [origin, int(schema.type), body]
 
 
 # THE table. Keys of each body are the dataclass field names, in declaration order.
@@ -321,7 +356,9 @@ def encode_message(
         root = "cluster"
         header_c = _LABEL.dump(cluster)
         root = "b"
-        body = schema.body.dump(msg)
+        body = _CARRIED_BODIES.get(msg) if schema.type in DATA_CARRIED_TYPES else None
+        if body is None:
+            body = schema.body.dump(msg)
         if schema.payload != (payload is not None):
             raise WireError("payload", "required" if schema.payload else "not allowed")
         if payload is not None:

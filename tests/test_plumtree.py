@@ -133,7 +133,7 @@ def test_lazy_peers_get_batched_ihave() -> None:
     assert node.next_deadline() is None
 
 
-def test_a_periodic_payload_goes_in_full_to_eager_peers_and_is_not_announced() -> None:
+def test_a_periodic_payload_goes_in_full_to_eager_peers_and_is_neither_announced_nor_cached() -> None:
     """Rule 7: the next copy of a periodic payload says more; the others' announcements
     keep the tree repaired."""
     node = Plumtree("x", PlumtreeConfig(ihave_interval=0.1), periodic=lambda payload: payload.startswith(b"rows"))
@@ -147,6 +147,8 @@ def test_a_periodic_payload_goes_in_full_to_eager_peers_and_is_not_announced() -
     _, id_out = node.broadcast(0.02, b"rows 2")
     assert [e.to for e in id_out] == ["a", "b"]
     assert node.on_timer(node.next_deadline()) == [TreeSend("c", IHave("x", ((("o", 2), 1),)))]
+    out = node.handle(0.5, Graft("c", (("o", 1), ("o", 2), ("x", 1))))  # nor cached for grafts
+    assert out == [TreeSend("c", Gossip("x", ("o", 2), b"alert", 2))]
 
 
 def test_an_id_the_lazy_peer_announced_or_sent_first_is_not_announced_to_it() -> None:

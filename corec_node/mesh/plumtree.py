@@ -48,8 +48,8 @@ Rule 6. Messages from a peer that is not a neighbour (a race with its ``Neighbor
 
 Rule 7. A payload the caller calls periodic (``periodic``: its next copy says more, as a
     block's rows sent again within a few ticks) goes in full to eager peers as any other,
-    but is not announced to lazy ones: a lost copy is made good by the next, and the
-    announcements of the other broadcasts keep the tree repaired. Lazy links otherwise
+    but is not announced to lazy ones, nor cached for grafts: a lost copy is made good by
+    the next, and the announcements of the other broadcasts keep the tree repaired. Lazy links otherwise
     carry one IHAVE a broadcast, which for a cluster's rows is most of what they carry.
 """
 
@@ -266,7 +266,8 @@ class Plumtree:
         self._seq += 1
         msg_id = (self._me, self._seq)
         self._seen.put(msg_id, now)
-        self._cache.put(msg_id, now, (payload, 0))
+        if not self._is_periodic(payload):  # rule 7: nobody will graft it
+            self._cache.put(msg_id, now, (payload, 0))
         out: list[PlumtreeEffect] = []
         self._forward(now, msg_id, payload, 0, None, out)
         return msg_id, out
@@ -293,7 +294,8 @@ class Plumtree:
             self._held_by(sender, (msg.msg_id,))
             return
         self._seen.put(msg.msg_id, now)
-        self._cache.put(msg.msg_id, now, (msg.payload, msg.hops))
+        if not self._is_periodic(msg.payload):  # rule 7: nobody will graft it
+            self._cache.put(msg.msg_id, now, (msg.payload, msg.hops))
         self._missing.pop(msg.msg_id, None)
         self.delivered += 1
         out.append(Deliver(msg.msg_id, msg.payload, msg.hops))
@@ -301,6 +303,9 @@ class Plumtree:
             del self._lazy[sender]
             self._eager[sender] = None
         self._forward(now, msg.msg_id, msg.payload, msg.hops, sender, out)
+
+    def _is_periodic(self, payload: Any) -> bool:
+        return self._periodic is not None and self._periodic(payload)
 
     def _forward(
         self,
@@ -316,7 +321,7 @@ class Plumtree:
         for peer in self._eager:
             if peer != sender:
                 out.append(TreeSend(peer, Gossip(self._me, msg_id, payload, hops + 1)))
-        if self._periodic is not None and self._periodic(payload):  # rule 7
+        if self._is_periodic(payload):  # rule 7
             return
         for peer in self._lazy:
             if peer != sender:

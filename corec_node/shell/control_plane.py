@@ -331,7 +331,7 @@ class ControlPlane:
             return False
         try:
             self.apply(self.core.share(msg, self._clock()))  # type: ignore[union-attr]
-        except ValueError as exc:  # not encodable inside a TREE_GOSSIP (over the envelope limit): on PUB only
+        except ValueError as exc:  # not encodable inside a TREE_GOSSIP (over the envelope limit): lost
             log.event("tree_share_failed", logging.WARNING, type=type(msg).__name__, error=str(exc))
             return False
         return True
@@ -341,7 +341,7 @@ class ControlPlane:
         broadcasts (SPEC 7.1, 1.16): the tree while ``data_rides_tree``, else the streams
         as before. True when it switched."""
         core = self.core
-        wanted = self.overlay and core is not None and data_rides_tree(core.membership.members())
+        wanted = self.overlay and core is not None and data_rides_tree(core.membership.records())
         if wanted == self.tree_data:
             return False
         self.tree_data = wanted

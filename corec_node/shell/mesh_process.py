@@ -673,7 +673,11 @@ class MeshProcess:
 
     def _tree_data(self, origin: str, msg: Any) -> None:
         """A data broadcast the tree delivered: to the node process as if it had come on its
-        topic from its originator (no sequence number: the tree drops copies by id)."""
+        topic from its originator (no sequence number: the tree drops copies by id). Not
+        while this node follows the PUB streams: every sender writes its own too, so the
+        tree's copy would be a second one."""
+        if not self.control.tree_data:
+            return
         try:
             frames = encode_message(msg, sender=origin, seq=0, cluster=self.cluster)
         except ValueError as exc:
@@ -720,9 +724,9 @@ class MeshProcess:
             elif name == "digest":
                 self.control.placement_digest = args[0]
             elif name == "publish":  # a message on a topic this process numbers (``MeshOutbox``)
-                self.outbox.publish(*args)
-                if type(args[0]) in TREE_DATA_CLASSES:
+                if type(args[0]) in TREE_DATA_CLASSES:  # first: its body, written for the tree, is kept
                     self.control.share(args[0])
+                self.outbox.publish(*args)
             elif name == "stop":
                 self._stop.set()
         elif kind == REQUEST:

@@ -50,7 +50,7 @@ from corec_node.shell.datadir import lock_data_dir
 from corec_node.shell.drift import settings_of
 from corec_node.shell.emitter import Emitter
 from corec_node.shell.memory import MemoryGauge, release_free_memory
-from corec_node.shell.mesh_process import IDLE_LINK_AFTER, IDLE_LINK_CHECK, MeshHandle, MeshOutbox
+from corec_node.shell.mesh_process import IDLE_LINK_CHECK, MeshHandle, MeshOutbox
 from corec_node.shell.metrics import Metrics, MetricsServer, TickHistogram
 from corec_node.shell.recorder import Recorder
 from corec_node.shell.settings_watch import SettingsWatch
@@ -70,6 +70,7 @@ MIN_TICK_GAP = 0.01  # never sooner: a tick that failed before the engine's next
 STATUS_PERIOD = 5.0  # seconds between two STATUS= lines to systemd
 BEAT_PERIOD = 1.0  # the data plane's beat to the mesh process: 8 a stall bound (ENGINE_STALL_BOUND), and
 # each one wakes both processes (at 10 a second it was a tenth of an idle mesh process's CPU)
+IDLE_DATA_LINK_AFTER = 60.0  # over the overlay: a data link nothing was sent on for this long is closed
 PRUNE_PERIOD = 60.0  # local history older than storage.history_retention goes once a minute
 TRIM_PERIOD = 5.0  # after ingest, freed heap goes back to the system at most this often
 STOP_SIGNAL_GRACE = 2.0  # a mesh process that left in order: wait this long for the node's own stop
@@ -424,10 +425,11 @@ class Node:
 
     def _close_idle_data_links(self) -> None:
         """Over the overlay, close the data socket's links to members nothing was sent to for
-        IDLE_LINK_AFTER s: a join has every member tell the learner its copies are done, and
+        IDLE_DATA_LINK_AFTER s (longer than the mesh's: a handoff's last chunks may still be
+        queued on a slow link): a join has every member tell the learner its copies are done, and
         each of those links would otherwise stay open for good, so a node's connections
         would grow with the cluster. The next message dials again."""
-        closed = self.datasock.close_idle(IDLE_LINK_AFTER, ())
+        closed = self.datasock.close_idle(IDLE_DATA_LINK_AFTER, ())
         if closed:
             log.event("idle_data_links_closed", logging.DEBUG, closed=closed, open=len(self.datasock.dealers))
 

@@ -68,7 +68,7 @@ CONTROL_TYPES = frozenset({  # what the mesh core handles; the router sends thes
 })
 OVERLAY_TYPES = frozenset(  # the overlay's (SPEC 7.1): to the control plane too when it runs the overlay
     t for t, schema in SCHEMAS.items() if schema.body.cls in OVERLAY_CLASSES)
-_DATA_CLASSES = frozenset(SCHEMAS[t].body.cls for t in DATA_CARRIED_TYPES)  # what ``on_tree_data`` gets
+TREE_DATA_CLASSES = frozenset(SCHEMAS[t].body.cls for t in DATA_CARRIED_TYPES)  # what may ride the tree (1.16)
 # how long a member must stay alive before the leader makes it a voter, per timer profile
 PROMOTE_AFTER = {"lan": 2.0, "edge": 10.0, "test": 0.5}
 _LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
@@ -321,7 +321,7 @@ class ControlPlane:
             for origin, carried in self.core.delivered:  # type: ignore[union-attr]
                 if type(carried) is Heartbeat:
                     self._heartbeat(origin, carried, now)
-                elif type(carried) in _DATA_CLASSES and self.on_tree_data is not None:
+                elif type(carried) in TREE_DATA_CLASSES and self.on_tree_data is not None:
                     self.on_tree_data(origin, carried)
 
     def share(self, msg: Message) -> bool:

@@ -46,6 +46,7 @@ from corec_node.shell.control import CommandError
 from corec_node.shell.control_plane import (
     CONTROL_TYPES,
     OVERLAY_TYPES,
+    TREE_DATA_CLASSES,
     ClusterView,
     ControlEvents,
     ControlPlane,
@@ -70,7 +71,6 @@ from corec_node.shell.link import (
 from corec_node.shell.traffic import Outbox, Traffic
 from corec_node.shell.transport import Transport
 from corec_node.wire import (
-    SCHEMAS,
     MsgType,
     SeqEvent,
     SequenceTracker,
@@ -114,7 +114,6 @@ STOP_TIMEOUT = 5.0  # the child saves its snapshot and exits within this, or is 
 REQUEST_TIMEOUT = 30.0  # a control command answered by the mesh process
 MESH_SILENCE_BOUND = ENGINE_STALL_BOUND  # a mesh process silent this long is hung (stopped, or stuck)
 PR_SET_PDEATHSIG = 1
-TREE_DATA_CLASSES = frozenset(SCHEMAS[t].body.cls for t in DATA_CARRIED_TYPES)  # what may ride the tree
 TREE_DATA_TOPICS = frozenset((TOPIC_COLUMNS, TOPIC_ALERTS, TOPIC_FLOW))  # of those, what the node process publishes
 # data messages forwarded whole to the node process, which checks and builds their bodies;
 # producer batches are built here (a small body: the busy answer needs its count)

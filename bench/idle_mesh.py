@@ -17,8 +17,9 @@ takes minutes, and its CPU is not idle CPU);
 - detection: --kills nodes SIGKILLed at once; seconds until every survivor's log has a
   ``member_changed new=dead`` line for each of them (log timestamps, not polling).
 Sizes run one after another, so the smaller one is the baseline of the same run; with
-``--layouts full,overlay`` each size runs on today's full mesh and then with ``mesh.overlay``
-(membership and heartbeats over partial views and a tree), the first the second's baseline.
+``--layouts full,overlay`` each size runs as a full mesh (``mesh.overlay = false``) and then
+on the overlay (the default: membership, heartbeats and broadcasts over partial views and
+a tree), the first the second's baseline.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def print_traffic(role: str, node: NodeProc, before: dict, after: dict, span: fl
 
 def measure(size: int, window: float, kills: int, settle: float, overlay: bool = False) -> dict[str, float]:
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="corec-bench-idle-")))
-    env = {"COREC_MESH_OVERLAY": "true"} if overlay else {}
+    env = {"COREC_MESH_OVERLAY": "true" if overlay else "false"}
     try:
         first = cluster.start("n0", extra_env=env).wait_ready(60)
         nodes = [first] + [cluster.start(f"n{i}", join=[first.addr], extra_env=env) for i in range(1, size)]

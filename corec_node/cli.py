@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="broadcasts over HyParView partial views and a Plumtree tree, probes among "
                              "neighbours: the layout for large fleets, and the default")
     layout.add_argument("--full-mesh", action="store_true",
-                        help="every node linked to every other, as the node shell runs today (to about "
-                             "1,000 nodes: its links grow as N x N)")
+                        help="every node linked to every other, as nodes run with mesh.overlay = false or "
+                             "beside an older release (to about 1,000 nodes: its links grow as N x N)")
     sim.add_argument("--json", action="store_true", help="one JSON object")
     sim.set_defaults(func=cmd_simulate)
 

@@ -78,7 +78,7 @@ class MeshSection:
     discovery_port: int = 7399
     discovery_addr: str = "255.255.255.255"  # where beacons go: the subnet's broadcast address
     max_voters: int = 5  # members that elect the nucleus (3, 5 or 7: two may fail of five); the rest follow
-    overlay: bool = False  # membership and heartbeats over partial views and a broadcast tree (SPEC 7.1); alike on every node
+    overlay: bool = True  # membership, heartbeats and broadcasts over partial views and a tree (SPEC 7.1); false: this node speaks none, and the cluster runs as a full mesh
 
 
 @dataclass(frozen=True, slots=True)

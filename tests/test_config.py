@@ -155,13 +155,15 @@ def test_intelligent_channels_from_the_file_or_the_environment(tmp_path):
     assert (info.value.source, info.value.key) == ("COREC_ENGINE_INTELLIGENT", "engine.intelligent")
 
 
-def test_a_node_on_the_overlay_announces_it_among_the_settings_drift_compares():
-    """mesh.overlay must be alike on every node: a node running it says so, so `drift`
-    names the nodes that differ; one without it announces what it did before."""
+def test_a_node_off_the_overlay_says_so_among_the_settings_drift_compares():
+    """The overlay is the default; one node with mesh.overlay = false makes the whole
+    cluster a full mesh (overlay rule 10), so it says so and `drift` names it. A node on
+    the overlay announces nothing of it."""
     from corec_node.shell.drift import differences, settings_of
 
-    on = settings_of(load_config(env={"COREC_MESH_OVERLAY": "true"}))
-    off = settings_of(load_config(env={}))
-    assert "mesh.overlay=true" in on and not any(s.startswith("mesh.overlay") for s in off)
+    assert load_config(env={}).mesh.overlay is True
+    off = settings_of(load_config(env={"COREC_MESH_OVERLAY": "false"}))
+    on = settings_of(load_config(env={}))
+    assert "mesh.overlay=false" in off and not any(s.startswith("mesh.overlay") for s in on)
     diffs = differences([("a", on), ("b", off)])["differences"]
-    assert diffs == [{"key": "mesh.overlay", "values": {"a": "true", "b": None}}]
+    assert diffs == [{"key": "mesh.overlay", "values": {"a": None, "b": "false"}}]

@@ -258,8 +258,10 @@ def test_hostile_frames_are_dropped_and_counted(cluster):
         # raw bytes that are not even ZMTP, on both ports
         _raw_tcp(target.port, b"\xff" * 64 + b"GET / HTTP/1.1\r\n\r\n")
         _raw_tcp(target.pub_port, b"\x00" * 1000)
-        # a "member" whose PUB stream is garbage: push its state so nodes subscribe to it
-        evil = MemberState("evil", f"127.0.0.1:{free_port()}", f"127.0.0.1:{evil_pub_port}", 0, MemberStatus.ALIVE)
+        # a "member" whose PUB stream is garbage: push its state so nodes subscribe to it (a
+        # build that speaks no overlay: every node then follows every PUB stream, overlay rule 10)
+        evil = MemberState("evil", f"127.0.0.1:{free_port()}", f"127.0.0.1:{evil_pub_port}", 0, MemberStatus.ALIVE,
+                           version="0.3.0", protocol="1.15")
         push = StatePush(join=False, reply_to=evil.addr, members=(evil,))
         dealer.send_multipart(encode_message(push, sender="evil", seq=2, cluster="corec"))
         gossip = encode_message(Gossip(updates=()), sender="evil", seq=1, cluster="corec")

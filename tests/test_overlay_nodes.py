@@ -108,3 +108,51 @@ def test_the_data_plane_rides_the_tree_only_while_every_member_heard_announces_i
     assert not data_rides_tree([member("a", new), member("b", old, MemberStatus.SUSPECT)])
     assert data_rides_tree([member("a", new), member("b", old, MemberStatus.DEAD)])
     assert data_rides_tree([member("a", new), member("b", NO_BUILD)])
+
+
+def test_a_member_that_speaks_no_overlay_makes_the_cluster_a_full_mesh_until_it_goes(cluster):
+    """Overlay rule 10, as in a rolling upgrade: a node run with ``mesh.overlay = false``
+    (what an older release is) joins three on the overlay. While it lives every node runs as
+    a full mesh: it follows every PUB stream, the broadcasts go on them, one leader is named
+    by all, and nothing of the overlay reaches the old node (it would reject it). Once it is
+    dead, the others are back on the tree, following no stream."""
+    first = cluster.start("o0", extra_env=OVERLAY).wait_ready()
+    nodes = [first] + [cluster.start(f"o{i}", join=[first.addr], extra_env=OVERLAY).wait_ready(30) for i in (1, 2)]
+    eventually(lambda: all(n.ctl("status")["tree_data"] for n in nodes), 30, 0.2, message="three on the tree")
+    old = cluster.start("old", join=[first.addr],
+                        extra_env={**OVERLAY, "COREC_MESH_OVERLAY": "false"}).wait_ready(30)
+    everyone = [*nodes, old]
+    names = {n.name for n in everyone}
+    eventually(lambda: all(statuses(n) == dict.fromkeys(names, "alive") for n in everyone), 60, 0.5,
+               message="four nodes alive everywhere")
+
+    def full_mesh(n) -> bool:
+        s = n.ctl("status")
+        return s["overlay_legacy_members"] == ["old"] and not s["tree_data"] and s["subscribed_peers"] == 3
+
+    eventually(lambda: all(full_mesh(n) for n in nodes), 30, 0.2, message="the three follow every PUB stream")
+    eventually(lambda: len({n.ctl("leader")["leader"] for n in everyone}) == 1 and first.ctl("leader")["leader"],
+               30, message="one leader named by all four")
+    gossip_before = {n.name: n.ctl("status")["messages_in_by_type"].get("gossip", 0) for n in everyone}
+    # news from now on goes on the PUB streams the old node follows: a member that leaves
+    nodes[2].ctl("leave")
+    eventually(lambda: all(statuses(n).get("o2") == "left" for n in [*nodes[:2], old]), 30, 0.2,
+               message="o2 left, as seen by the old node too")
+    after = old.ctl("status")
+    assert after["messages_in_by_type"].get("gossip", 0) > gossip_before["old"], after["messages_in_by_type"]
+    assert after["rejected"] == {}, after["rejected"]  # no TREE_GOSSIP or view message reached it
+    assert after["overlay_neighbors"] is None and after["overlay_legacy_members"] == []
+
+    old.kill()
+    rest = nodes[:2]
+    eventually(lambda: all(statuses(n).get("old") == "dead" for n in rest), 60, 0.2, message="old dead everywhere")
+
+    def on_tree(n) -> bool:
+        s = n.ctl("status")
+        return s["overlay_legacy_members"] == [] and s["tree_data"] and s["subscribed_peers"] == 0
+
+    eventually(lambda: all(on_tree(n) for n in rest), 30, 0.2, message="back on the tree, following no stream")
+    before = {n.name: n.ctl("status")["tree_delivered_by_type"].get("heartbeat", 0) for n in rest}
+    eventually(lambda: all(n.ctl("status")["tree_delivered_by_type"].get("heartbeat", 0) > before[n.name]
+                           for n in rest if n.name != n.ctl("leader")["leader"]), 30, 0.2,
+               message="the leader's heartbeats over the tree again")

@@ -378,11 +378,24 @@ class Membership:
         """Queue our own record, build included, for one Gossip (a node new to the overlay)."""
         self._gossip.queue.queue(self._self.state())
 
-    def within_overlay(self, neighbours: frozenset[str]) -> None:
+    def within_overlay(self, neighbours: frozenset[str] | None) -> None:
         """Rules 7 and 9 over the overlay: probe and ask relays only among ``neighbours``;
-        an update leaves in one Gossip (the tree repairs its losses)."""
+        an update leaves in one Gossip (the tree repairs its losses). None: the full mesh's
+        rules again (every member probed, each update retransmitted)."""
         self._prober.set_scope(neighbours)
-        self._gossip.once = True
+        self._gossip.once = neighbours is not None
+
+    def announces(self, name: str, feature: str) -> bool | None:
+        """Whether member ``name`` announced ``feature``; None: unknown, or its build not heard."""
+        m = self._members.get(name)
+        return feature in m.build[2] if m is not None and m.build[1] else None
+
+    def lacking(self, feature: str) -> list[Member]:
+        """Live members, not this node, whose build we heard and which do not announce
+        ``feature`` (a member not heard from yet is not taken for an old one). O(members)."""
+        me = self.name
+        return [m for m in self._members.values()
+                if m.status in LIVE and m.build[1] and feature not in m.build[2] and m.name != me]
 
     def join(self, addrs: Iterable[str], now: float) -> list[Effect]:
         """Push our state (``StatePush(join=True)``) to each "host:port"; retried until answered."""

@@ -68,8 +68,20 @@ Rule 9. The data plane's broadcasts ride the tree too (SPEC 7.1, since 1.16): th
     tick, a flow hold on the next pause) are neither held for a first link nor announced
     to lazy peers (plumtree rule 7); an alert or a plan is both.
 
-The node shell drives it with ``mesh.overlay`` (``shell/control_plane.py``); the simulator
-by default. Left for the next step (issue 18): voters are not pinned as neighbours (their
+Rule 10. One code path, old members included (SPEC 7.1, since 1.17). While some live member
+    whose build we heard announces no ``overlay`` (a node of an older release during a
+    rolling upgrade, or one run with ``mesh.overlay = false``), the core runs by the full
+    mesh's rules: its broadcasts go out as ``Broadcast`` (the shell publishes them on the
+    PUB stream every member follows then), every member is probed, and updates are
+    retransmitted; the views and the tree keep running among the members that speak
+    them, so the overlay takes over again the moment the last such member goes. Nothing
+    of the overlay is sent to such a member (it would reject it), and it is no candidate
+    for the views. The check runs at most once every BUILD_CHECK, and at once after a
+    push-pull (where a joiner's build arrives first). A cluster smaller than the active
+    view's cap is a full mesh of links either way: no switch happens at some size.
+
+The node shell drives it (``shell/control_plane.py``) unless ``mesh.overlay`` is false; the
+simulator always, with every node of this build (its shared records skip rule 10). Left for the next step (issue 18): voters are not pinned as neighbours (their
 heartbeats and votes go direct anyway, rule 7).
 """
 
@@ -94,6 +106,7 @@ from corec_node.mesh.hyparview import (
     NeighborUp,
     Shuffle,
     ShuffleReply,
+    ViewSend,
 )
 from corec_node.mesh.plumtree import (
     Deliver,
@@ -114,21 +127,27 @@ from corec_node.wire.messages import (
     Learners,
     MemberState,
     MemberStatus,
+    StatePush,
+    StateReply,
 )
 from corec_node.wire.messages import Gossip as MemberGossip
 
-__all__ = ["OVERLAY_TYPES", "OverlayConfig", "OverlayMesh"]
+__all__ = ["OVERLAY_FEATURE", "OVERLAY_TYPES", "OverlayConfig", "OverlayMesh"]
 
 _VIEW_TYPES = frozenset({Join, JoinReply, ForwardJoin, Neighbor, NeighborReply, Disconnect, Shuffle,
                          ShuffleReply})
 _TREE_TYPES = frozenset({Gossip, IHave, Graft, Prune})
 OVERLAY_TYPES = _VIEW_TYPES | _TREE_TYPES  # the messages the overlay takes; the rest go to the core
 _GONE = frozenset({MemberStatus.DEAD, MemberStatus.LEFT})
+_LIVE = frozenset({MemberStatus.ALIVE, MemberStatus.SUSPECT})
 HELD_MAX = 64  # broadcasts held for the first link (rule 1): a node alone says little
 ISLAND_AFTER = 10.0  # s without a leader before a node rewires (rule 8): twice a member's patience
 _CORE_CARRIED = frozenset({MemberGossip, Heartbeat})  # what the core broadcasts and takes (rule 1)
 _NOT_HELD = frozenset({Heartbeat, AggregateColumns, Flow, Learners})  # sent again soon anyway (rules 1, 9)
 _PERIODIC = frozenset({AggregateColumns, Flow, Learners})  # rule 9: not announced (a heartbeat is: it keeps the tree)
+OVERLAY_FEATURE = "overlay"  # what a node that speaks the overlay announces in its build (rule 10)
+BUILD_CHECK = 1.0  # s between two looks for members that speak no overlay (rule 10)
+_PUSH_PULL = (StatePush, StateReply)  # where a joiner's build arrives first (rule 10)
 
 
 def _periodic(payload: tuple[str, object]) -> bool:
@@ -161,13 +180,15 @@ class OverlayMesh:
         self._names: dict[str, str] = {}  # peer address -> member name (rule 3), until reaped
         self._known: Mapping[str, str] = known or {}  # the same, from the start
         self._passive_size = config.views.passive_size
-        self._scope: frozenset[str] = frozenset()
+        self._scope: frozenset[str] | None = frozenset()
         self._refuted = 0  # our deaths the core refuted, as last seen (rule 4)
         self._held: list[tuple[MessageId, object, float]] = []  # broadcast with no neighbour (rule 1)
         self._hold_for = config.tree.cache_ttl
         self._announce_at: float | None = now + config.views.shuffle_interval  # rule 1: once more
         self._leaderless_since: float | None = None  # rule 8
         self.delivered: list[tuple[str, object]] = []  # (origin, message) the last handle() delivered
+        self.legacy: dict[str, str] = {}  # rule 10: live members that speak no overlay, address -> name
+        self._builds_at = float("-inf")  # rule 10: the last look
         core.membership.within_overlay(self._scope)  # rule 3: no neighbour yet, nobody to probe
 
     def __getattr__(self, name: str) -> object:
@@ -198,10 +219,12 @@ class OverlayMesh:
                 self.views.learn(now, addr)  # view is a sample of them
         else:
             self.core.membership.announce()  # rule 1: our build reaches everyone, not only some
+            self._follow_builds(now)  # rule 10: the snapshot's old members count from the start
         out = self._route(started, now)
         contacts = [a for a in join if a != self.addr]
         if not contacts:  # rule 5: a restart joins through a member it remembers
-            contacts = sorted(s.addr for s in snapshot if s.status not in _GONE and s.addr != self.addr)
+            contacts = sorted(s.addr for s in snapshot
+                              if s.status not in _GONE and s.addr != self.addr and s.addr not in self.legacy)
             contacts = [self._rng.choice(contacts)] if contacts else []
         if contacts:
             out += self._view(self.views.join(now, contacts[0]), now)
@@ -216,14 +239,19 @@ class OverlayMesh:
             return self._view(self.views.handle(now, msg), now)  # type: ignore[arg-type]
         if t in _TREE_TYPES:
             return self._tree(self.tree.handle(now, msg), now)  # type: ignore[arg-type]
-        return self._route(self.core.handle(sender, msg, now, missed), now)  # type: ignore[arg-type]
+        out = self._route(self.core.handle(sender, msg, now, missed), now)  # type: ignore[arg-type]
+        if t in _PUSH_PULL and not self.core.membership.shared:
+            out += self._follow_builds(now)
+        return out
 
     def tick(self, now: float) -> list[object]:
         if self._announce_at is not None and now >= self._announce_at:
             self._announce_at = None
             self.core.membership.announce()
         out = self._route(self.core.tick(now), now)
-        if self.core.election.leader is None and not self.core.membership.left:  # rule 8
+        if now - self._builds_at >= BUILD_CHECK and not self.core.membership.shared:
+            out += self._follow_builds(now)
+        if self.core.election.leader is None and not self.core.membership.left and not self.legacy:  # rule 8
             if self._leaderless_since is None:
                 self._leaderless_since = now
             elif now - self._leaderless_since >= ISLAND_AFTER:
@@ -241,7 +269,8 @@ class OverlayMesh:
 
     def next_deadline(self, now: float) -> float:
         due = self.core.next_deadline(now)
-        for other in (self.views.next_deadline(), self.tree.next_deadline(), self._announce_at):
+        builds = None if self.core.membership.shared else self._builds_at + BUILD_CHECK
+        for other in (self.views.next_deadline(), self.tree.next_deadline(), self._announce_at, builds):
             if other is not None:
                 due = min(due, other)
         return max(now, due)
@@ -296,7 +325,7 @@ class OverlayMesh:
         out: list[object] = []
         for eff in effects:
             t = type(eff)
-            if t is Broadcast:
+            if t is Broadcast and not self.legacy:
                 msg = eff.msg  # type: ignore[union-attr]
                 if type(msg) is Heartbeat:  # rule 7: the voters hear it straight from us
                     core = self.core
@@ -326,7 +355,11 @@ class OverlayMesh:
         known = self._names.get(ch.addr)
         self._names[ch.addr] = ch.name
         if ch.new in _GONE:
+            if ch.addr in self.legacy:  # rule 10: the overlay again, if it was the last
+                out += self._follow_builds(now)
             out += self._view(self.views.peer_failed(now, ch.addr), now)
+        elif ch.addr in self.legacy or self.core.membership.announces(ch.name, OVERLAY_FEATURE) is False:
+            out += self._follow_builds(now)  # rule 10: no candidate; the full mesh's rules from now on
         elif ch.old in _GONE:
             out += self._view(self.views.revived(now, ch.addr), now)
         elif ch.old is None:
@@ -334,12 +367,35 @@ class OverlayMesh:
         if known != ch.name and ch.addr in self.views.neighbors():
             self._rescope()
 
+    def _follow_builds(self, now: float) -> list[object]:
+        """Rule 10: the full mesh's rules while a live member speaks no overlay."""
+        self._builds_at = now
+        legacy = {m.addr: m.name for m in self.core.membership.lacking(OVERLAY_FEATURE)}
+        if legacy == self.legacy:
+            return []
+        before, self.legacy = self.legacy, legacy
+        out: list[object] = []
+        for addr in legacy.keys() - before.keys():  # a view holds it only if it was heard of first
+            out += self._view(self.views.peer_failed(now, addr), now)
+        for addr in before.keys() - legacy.keys():  # upgraded in place, or gone (the core said which)
+            if self.core.membership.status_of(before[addr]) in _LIVE:
+                self.views.learn(now, addr)
+        if not legacy:
+            self._scope = None  # so that _rescope sets it again
+            self._rescope()
+        elif not before:
+            self.core.membership.within_overlay(None)
+        return out
+
     def _view(self, effects: list, now: float) -> list[object]:
         """Rule 2: neighbour changes reach the tree, then the shell."""
         out: list[object] = []
         changed = False
+        legacy = self.legacy
         for eff in effects:
             t = type(eff)
+            if legacy and t is ViewSend and eff.to in legacy:  # rule 10: it would reject it
+                continue
             if t is NeighborUp:
                 self.tree.neighbor_up(now, eff.peer)
                 changed = True
@@ -360,7 +416,10 @@ class OverlayMesh:
     def _tree(self, effects: list, now: float) -> list[object]:
         """Rules 1 and 9: a delivered broadcast of the core is its input from its originator."""
         out: list[object] = []
+        legacy = self.legacy
         for eff in effects:
+            if legacy and type(eff) is TreeSend and eff.to in legacy:  # rule 10: it would reject it
+                continue
             if type(eff) is Deliver:
                 origin, msg = eff.payload
                 if origin != self.core.name:
@@ -376,4 +435,5 @@ class OverlayMesh:
         scope = frozenset(n for p in self.views.neighbors() if (n := names.get(p) or known.get(p)) is not None)
         if scope != self._scope:
             self._scope = scope
-            self.core.membership.within_overlay(scope)
+            if not self.legacy:  # rule 10: every member is probed meanwhile
+                self.core.membership.within_overlay(scope)

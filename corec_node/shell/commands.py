@@ -380,6 +380,10 @@ class MeshCommands:
             "direct_peers": len(self.transport.dealers),
             "subscribed_peers": len(self.transport.sub_peers),
             "tree_data": self.control.tree_data,
+            "tree_delivered_by_type": dict(self.control.tree_delivered),  # broadcasts the tree brought, by their type
+            # live members that speak no overlay (an older release, or mesh.overlay = false):
+            # while any, every node runs as a full mesh (overlay rule 10)
+            "overlay_legacy_members": self.control.legacy_members,
         }
 
     async def members(self, _req: dict[str, Any]) -> list[dict[str, Any]]:

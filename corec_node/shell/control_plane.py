@@ -18,6 +18,7 @@ is a small fsynced write, the only disk I/O on this path).
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import time
@@ -44,7 +45,7 @@ from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.hyparview import NeighborDown, NeighborUp, ViewSend
 from corec_node.mesh.member import Member
 from corec_node.mesh.membership import MembershipConfig
-from corec_node.mesh.overlay import OverlayConfig, OverlayMesh
+from corec_node.mesh.overlay import OVERLAY_FEATURE, OverlayConfig, OverlayMesh
 from corec_node.mesh.plumtree import TreeSend
 from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.shell.datadir import load_voters, mark_left, save_vote, save_voters
@@ -52,11 +53,10 @@ from corec_node.shell.joinwatch import JoinNews, JoinWatch
 from corec_node.shell.traffic import Outbox
 from corec_node.shell.transport import Transport
 from corec_node.wire import FEATURES, PROTOCOL, SCHEMAS
-from corec_node.wire.envelope import DATA_CARRIED_TYPES
+from corec_node.wire.envelope import DATA_CARRIED_TYPES, message_type
 from corec_node.wire.messages import Heartbeat, MemberState, MemberStatus, Message, MsgType
 from corec_node.wire.overlay_messages import OVERLAY_CLASSES
 
-OVERLAY_FEATURE = "overlay"  # what a node running the overlay announces (SPEC 7.1)
 TREE_DATA_FEATURE = "tree_data"  # and that it sends the data plane's broadcasts over the tree (1.16)
 SNAPSHOT_PERIOD = 1.0  # write the member snapshot at most once a second
 CONFLICT_GRACE = 10.0  # a node that finds its name taken this soon after it joined exits
@@ -206,6 +206,7 @@ class ControlPlane:
         self.neighbors: set[str] = set()  # the overlay's: the peers we hold a link to
         self.tree_data = False  # the data plane's broadcasts ride the tree, no PUB followed (``follow_tree_data``)
         self.on_tree_data: Callable[[str, Message], None] | None = None  # a data broadcast the tree delivered
+        self.tree_delivered: collections.Counter[str] = collections.Counter()  # what the tree delivered, by type
         self.elections_started = 0
         self.conflicts: dict[str, str] = {}  # other node's addr -> the name it shares with us
         self.leader_placement: str | None = None  # digest in our leader's last heartbeat (SPEC 9.1)
@@ -319,6 +320,7 @@ class ControlPlane:
             self._heartbeat(sender, msg, now)
         elif self.overlay:
             for origin, carried in self.core.delivered:  # type: ignore[union-attr]
+                self.tree_delivered[message_type(carried).name.lower()] += 1
                 if type(carried) is Heartbeat:
                     self._heartbeat(origin, carried, now)
                 elif type(carried) in TREE_DATA_CLASSES and self.on_tree_data is not None:
@@ -335,6 +337,13 @@ class ControlPlane:
             log.event("tree_share_failed", logging.WARNING, type=type(msg).__name__, error=str(exc))
             return False
         return True
+
+    @property
+    def legacy_members(self) -> list[str]:
+        """Live members that speak no overlay: while any, the cluster runs by the full mesh's
+        rules (overlay rule 10). Empty without the overlay (this node is such a member)."""
+        core = self.core
+        return sorted(core.legacy.values()) if isinstance(core, OverlayMesh) else []
 
     def follow_tree_data(self) -> bool:
         """Switch between the tree and every member's PUB stream for the data plane's

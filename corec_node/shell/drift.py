@@ -27,8 +27,8 @@ def settings_of(config: Config, plugins: Iterable[Mapping[str, Any]] = ()) -> tu
     }
     if e.intelligent:  # announced only when set: nodes without it say what they said before
         pairs["engine.intelligent"] = ",".join(map(str, e.intelligent))
-    if config.mesh.overlay:  # the same; every node must run it alike (SPEC 7.1)
-        pairs["mesh.overlay"] = True
+    if not config.mesh.overlay:  # announced only when off: one such node makes the cluster a full mesh (SPEC 7.1)
+        pairs["mesh.overlay"] = False
     for p in plugins:
         if p.get("state") == "active":
             pairs[f"plugin.{p['name']}"] = p.get("version") or "unversioned"

@@ -56,7 +56,7 @@ from corec_node.mesh.election import LEADER, Election, ElectionConfig
 from corec_node.mesh.hyparview import NeighborDown, NeighborUp, ViewSend
 from corec_node.mesh.member import Member, MemberTable, SharedRecords
 from corec_node.mesh.membership import Membership, MembershipConfig
-from corec_node.mesh.overlay import OverlayConfig, OverlayMesh
+from corec_node.mesh.overlay import OVERLAY_FEATURE, OverlayConfig, OverlayMesh
 from corec_node.mesh.plumtree import TreeSend
 from corec_node.mesh.voters import Configuration, VoterConfig
 from corec_node.sim.invariants import Invariants, InvariantViolation
@@ -293,7 +293,7 @@ class Cluster:
             if formed:  # one record of each member, with its build, shared by every node
                 table = MemberTable()
                 for n in chosen:
-                    build = ("sim", PROTOCOL, n.features, "", (), ())
+                    build = ("sim", PROTOCOL, self._features(n), "", (), ())
                     table.add(Member(n.name, n.addr, n.pub, 0, ALIVE, self.now, build))
                 self._shared = SharedRecords(table)
                 self._known = {n.addr: n.name for n in chosen}
@@ -330,7 +330,7 @@ class Cluster:
         core = MeshCore(
             name, node.addr, node.pub, self.mcfg, self.ecfg, rng, now, term=term,
             voted_for=voted_for, config=node.config, voter_config=self.vcfg,
-            build=("sim", PROTOCOL, node.features, ""), shared=self._shared if formed else None,
+            build=("sim", PROTOCOL, self._features(node), ""), shared=self._shared if formed else None,
         )
         node.core, node.membership, node.election = core, core.membership, core.election
         node.neighbors = {}
@@ -349,6 +349,10 @@ class Cluster:
         self._apply(node, node.core.start(node.saved, node.join, now))
         node.last_tick = now
         self._schedule(node, now + self.rng.random() * self.tick_interval)
+
+    def _features(self, node: SimNode) -> tuple[str, ...]:
+        """What the node announces: with the overlay, that it speaks it (overlay rule 10)."""
+        return (*node.features, OVERLAY_FEATURE) if self.overlay is not None else node.features
 
     def crash(self, name: str) -> None:
         """Kill -9: only the persisted vote and the member snapshot survive."""

@@ -13,16 +13,17 @@ from collections import Counter
 import pytest
 
 from corec_node.mesh.core import MeshCore
-from corec_node.mesh.effects import Send
+from corec_node.mesh.effects import Broadcast, Send
 from corec_node.mesh.election import ElectionConfig
 from corec_node.mesh.hyparview import HyParViewConfig, Neighbor, ViewSend
 from corec_node.mesh.membership import Membership, MembershipConfig
 from corec_node.mesh.overlay import ISLAND_AFTER, OverlayConfig, OverlayMesh
+from corec_node.mesh.plumtree import TreeSend
 from corec_node.sim import FaultPlan, random_faults
 from corec_node.sim.cluster import Cluster
 from corec_node.sim.network import NetworkConfig
 from corec_node.sim.report import SHELL_TIMING
-from corec_node.wire.messages import Alert, MemberState, MemberStatus, Ping
+from corec_node.wire.messages import Alert, Gossip, MemberState, MemberStatus, Ping
 
 CAP = HyParViewConfig().active_size
 
@@ -278,8 +279,8 @@ def test_a_node_that_hears_no_leader_rewires():
     9's chance, and again every ISLAND_AFTER."""
     core = MeshCore("a", "h:1", "h:2", MembershipConfig.lan(), ElectionConfig.lan(), random.Random(3), 0.0)
     node = OverlayMesh(core, "h:1", OverlayConfig(), random.Random(4), 0.0)
-    node.start([MemberState(f"n{i}", f"h:{10 + i}", f"h:{50 + i}", 0, MemberStatus.ALIVE) for i in range(12)],
-               [], 0.0)
+    node.start([MemberState(f"n{i}", f"h:{10 + i}", f"h:{50 + i}", 0, MemberStatus.ALIVE, version="x",
+                            protocol="1.16", features=("overlay",)) for i in range(12)], [], 0.0)
     for i in range(CAP):  # a full active view: no fill asks anyone
         node.handle(f"n{i}", Neighbor(f"h:{10 + i}", high=True), 0.0)
     assert len(node.views.active) == CAP
@@ -343,3 +344,46 @@ def test_the_data_planes_broadcasts_reach_every_node_once_over_the_tree():
         assert got == dict.fromkeys(others, 1), (i, got)
     assert not any(k[0] == "n0000" for k in c.data_delivered)  # not back to its origin
     assert c.invariants.violations == []
+
+
+def test_a_member_that_speaks_no_overlay_turns_the_node_to_the_full_mesh_and_back():
+    """Overlay rule 10 on one node: an old member (a build without ``overlay``) in its
+    snapshot makes it run by the full mesh's rules (its broadcasts come out for the PUB
+    stream too, and the tree still takes them), keeps the old member out of its views and
+    drops the overlay messages from its address; a member whose build is unheard becomes
+    a candidate once it arrives; the old member's leaving takes the node back to the tree."""
+    def state(name: str, port: int, features: tuple[str, ...] | None, status=MemberStatus.ALIVE, inc=0):
+        build = {} if features is None else {"version": "x", "protocol": "1.16" if "overlay" in features else "1.11",
+                                              "features": features}
+        return MemberState(name, f"h:{port}", f"h:{port + 1}", inc, status, **build)
+
+    core = MeshCore("a", "h:1", "h:2", MembershipConfig.lan(), ElectionConfig.lan(), random.Random(3), 0.0)
+    node = OverlayMesh(core, "h:1", OverlayConfig(), random.Random(4), 0.0)
+    snapshot = [state(f"n{i}", 10 + 2 * i, ("overlay",)) for i in range(4)]
+    snapshot += [state("old", 90, ()), state("u", 80, None)]
+    node.start(snapshot, [], 0.0)
+    assert node.legacy == {"h:90": "old"}
+    assert "h:90" not in node.views.passive and "h:80" not in node.views.passive
+    assert {"h:10", "h:12", "h:14", "h:16"} & set(node.views.passive)
+
+    # news of a new member: out for the PUB stream as well as onto the tree
+    out = node.handle("n0", Gossip(updates=(state("n9", 40, ("overlay",)),)), 0.5)
+    out += [e for t in (0.6, 0.7, 0.8, 0.9) for e in node.tick(t)]  # the next gossip round
+    assert any(isinstance(e, Broadcast) for e in out), out
+    assert not any(getattr(e, "to", None) == "h:90" and isinstance(e, (ViewSend, TreeSend)) for e in out)
+    # an overlay message from the old member's address is dropped while its build says old
+    assert node.handle("old", Neighbor("h:90", high=True), 0.95) == []
+    assert "h:90" not in node.views.active
+
+    # u's build arrives: a candidate at the next look
+    node.handle("n0", Gossip(updates=(state("u", 80, ("overlay",)),)), 1.0)
+    node.tick(2.0)
+    assert "h:80" in node.views.passive or "h:80" in node.views.active
+
+    # the old member leaves: the tree alone again
+    node.handle("n0", Gossip(updates=(state("old", 90, (), MemberStatus.LEFT, inc=1),)), 3.0)
+    assert core.membership.status_of("old") == MemberStatus.LEFT
+    assert node.legacy == {}
+    out = node.handle("n0", Gossip(updates=(state("n8", 42, ("overlay",)),)), 3.5)
+    out += [e for t in (3.6, 3.7, 3.8, 3.9) for e in node.tick(t)]
+    assert not any(isinstance(e, Broadcast) for e in out), out

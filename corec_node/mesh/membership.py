@@ -582,6 +582,7 @@ class Membership:
             m = self._members.get(st.name)
             if m is None:
                 m = Member(st.name, st.addr, st.pub, st.inc, status, now)
+                m.learn_build(st)  # a snapshot that holds builds (the simulator's) says whose are old
                 m.adopt(st)  # the snapshot's record itself when it says what we hold
                 self._members.add(m)
                 if status in DOWN:

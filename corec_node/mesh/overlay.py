@@ -55,6 +55,13 @@ Rule 7. Election traffic does not ride the tree. Votes and most heartbeats are d
     each other voter of the configuration, before the tree takes it to everyone: a voter
     must not wait for a tree repair (half a second and more under loss) and stand for
     election meanwhile. A voter hears it twice; the second copy changes nothing.
+    Over the tree every other published heartbeat (``seq`` a multiple of
+    HEARTBEAT_ANNOUNCED_EVERY) is announced to lazy peers, and any that carries news (one
+    published off the leader's rhythm, core rule 15): each heartbeat says all the one
+    before it said, so a lost copy is made good by the next, and an announcement every
+    second published interval still finds a broken eager link within the five a member
+    waits before it takes the leader as gone. On an idle cluster those announcements
+    were most of what a member sent and took.
 
 Rule 8. Islands. Views can close into cliques that hold only each other (a small cap, a
     healed partition); HyParView's rule 9 opens them by chance, within minutes. A node that
@@ -68,21 +75,29 @@ Rule 9. The data plane's broadcasts ride the tree too (SPEC 7.1, since 1.16): th
     tick, a flow hold on the next pause) are neither held for a first link nor announced
     to lazy peers (plumtree rule 7); an alert or a plan is both.
 
-Rule 10. One code path, old members included (SPEC 7.1, since 1.17). While some live member
+Rule 10. One code path, old members included (SPEC 7.1). While some live member
     whose build we heard announces no ``overlay`` (a node of an older release during a
     rolling upgrade, or one run with ``mesh.overlay = false``), the core runs by the full
-    mesh's rules: its broadcasts go out as ``Broadcast`` (the shell publishes them on the
-    PUB stream every member follows then), every member is probed, and updates are
+    mesh's rules: its broadcasts go out as ``Broadcast`` too (the shell publishes them on
+    the PUB stream every member follows then), every member is probed, and updates are
     retransmitted; the views and the tree keep running among the members that speak
-    them, so the overlay takes over again the moment the last such member goes. Nothing
-    of the overlay is sent to such a member (it would reject it), and it is no candidate
-    for the views. The check runs at most once every BUILD_CHECK, and at once after a
-    push-pull (where a joiner's build arrives first). A cluster smaller than the active
-    view's cap is a full mesh of links either way: no switch happens at some size.
+    them, and the broadcasts still take the tree as well, so a node that has not yet
+    heard of the old member, or has already seen it go, hears every other; the overlay
+    takes over alone again once the last such member goes. Nothing of the overlay is
+    sent to such a member (it would reject it), and an overlay message from its address
+    makes us look at its build again (upgraded in place) and is dropped while it still
+    says old. A member whose build we have not heard is no candidate for the views
+    until it arrives (a restart's snapshot holds no builds), and a join's view join waits
+    for the first push-pull, which names the contact's build: with an old contact it
+    goes to a member that speaks the overlay instead. The look runs at most once every
+    BUILD_CHECK, after a push-pull, and after an old member's change. A cluster smaller
+    than the active view's cap is a full mesh of links either way: no switch happens at
+    some size.
 
 The node shell drives it (``shell/control_plane.py``) unless ``mesh.overlay`` is false; the
-simulator always, with every node of this build (its shared records skip rule 10). Left for the next step (issue 18): voters are not pinned as neighbours (their
-heartbeats and votes go direct anyway, rule 7).
+simulator always, every node of this build (a cluster started formed, on shared records,
+skips rule 10's look). Left for the next step (issue 18): voters are not pinned as
+neighbours (their heartbeats and votes go direct anyway, rule 7).
 """
 
 from __future__ import annotations
@@ -91,7 +106,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from corec_node.mesh.core import MeshCore
+from corec_node.mesh.core import MEMBER_ACK_EVERY, MeshCore
 from corec_node.mesh.effects import Broadcast, Effect, MemberChanged, MemberReaped, Send
 from corec_node.mesh.hyparview import (
     Disconnect,
@@ -144,14 +159,19 @@ HELD_MAX = 64  # broadcasts held for the first link (rule 1): a node alone says 
 ISLAND_AFTER = 10.0  # s without a leader before a node rewires (rule 8): twice a member's patience
 _CORE_CARRIED = frozenset({MemberGossip, Heartbeat})  # what the core broadcasts and takes (rule 1)
 _NOT_HELD = frozenset({Heartbeat, AggregateColumns, Flow, Learners})  # sent again soon anyway (rules 1, 9)
-_PERIODIC = frozenset({AggregateColumns, Flow, Learners})  # rule 9: not announced (a heartbeat is: it keeps the tree)
+_PERIODIC = frozenset({AggregateColumns, Flow, Learners})  # rule 9: not announced (heartbeats: rule 7)
 OVERLAY_FEATURE = "overlay"  # what a node that speaks the overlay announces in its build (rule 10)
 BUILD_CHECK = 1.0  # s between two looks for members that speak no overlay (rule 10)
 _PUSH_PULL = (StatePush, StateReply)  # where a joiner's build arrives first (rule 10)
+HEARTBEAT_ANNOUNCED_EVERY = 2 * MEMBER_ACK_EVERY  # rule 7: every other heartbeat the leader publishes in rhythm
 
 
 def _periodic(payload: tuple[str, object]) -> bool:
-    return type(payload[1]) in _PERIODIC
+    msg = payload[1]
+    if type(msg) is Heartbeat:  # rule 7: news (off the rhythm) is always announced
+        seq = msg.seq  # type: ignore[attr-defined]
+        return seq % MEMBER_ACK_EVERY == 0 and seq % HEARTBEAT_ANNOUNCED_EVERY != 0
+    return type(msg) in _PERIODIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +209,9 @@ class OverlayMesh:
         self.delivered: list[tuple[str, object]] = []  # (origin, message) the last handle() delivered
         self.legacy: dict[str, str] = {}  # rule 10: live members that speak no overlay, address -> name
         self._builds_at = float("-inf")  # rule 10: the last look
+        self._builds_dirty = False  # rule 10: an old member changed; look before the next return
+        self._unheard: dict[str, str] = {}  # rule 10: members whose build has not arrived, address -> name
+        self._view_contact: str | None = None  # rule 10: the view join waits for a push-pull
         core.membership.within_overlay(self._scope)  # rule 3: no neighbour yet, nobody to probe
 
     def __getattr__(self, name: str) -> object:
@@ -227,7 +250,7 @@ class OverlayMesh:
                               if s.status not in _GONE and s.addr != self.addr and s.addr not in self.legacy)
             contacts = [self._rng.choice(contacts)] if contacts else []
         if contacts:
-            out += self._view(self.views.join(now, contacts[0]), now)
+            out += self._join_views(contacts[0], now)
         return out
 
     def handle(self, sender: str, msg: object, now: float, missed: int = 0) -> list[object]:
@@ -235,13 +258,20 @@ class OverlayMesh:
         next call (the shell reads the heartbeats there)."""
         self.delivered = []
         t = type(msg)
-        if t in _VIEW_TYPES:
-            return self._view(self.views.handle(now, msg), now)  # type: ignore[arg-type]
-        if t in _TREE_TYPES:
-            return self._tree(self.tree.handle(now, msg), now)  # type: ignore[arg-type]
+        if t in _VIEW_TYPES or t in _TREE_TYPES:
+            out: list[object] = []
+            if self.legacy and msg.sender in self.legacy:  # type: ignore[attr-defined]  # rule 10
+                out = self._follow_builds(now)
+                if msg.sender in self.legacy:  # type: ignore[attr-defined]  # still old, as far as we heard
+                    return out
+            if t in _VIEW_TYPES:
+                return out + self._view(self.views.handle(now, msg), now)  # type: ignore[arg-type]
+            return out + self._tree(self.tree.handle(now, msg), now)  # type: ignore[arg-type]
         out = self._route(self.core.handle(sender, msg, now, missed), now)  # type: ignore[arg-type]
         if t in _PUSH_PULL and not self.core.membership.shared:
             out += self._follow_builds(now)
+            if self._view_contact is not None:
+                out += self._join_views(self._view_contact, now)
         return out
 
     def tick(self, now: float) -> list[object]:
@@ -280,7 +310,7 @@ class OverlayMesh:
         out = self._route(self.core.join(addrs, now), now)
         contacts = [a for a in addrs if a != self.addr]
         if contacts and not self.views.active:
-            out += self._view(self.views.join(now, contacts[0]), now)
+            out += self._join_views(contacts[0], now)
         return out
 
     def leave(self, now: float) -> list[object]:
@@ -325,12 +355,14 @@ class OverlayMesh:
         out: list[object] = []
         for eff in effects:
             t = type(eff)
-            if t is Broadcast and not self.legacy:
+            if t is Broadcast:
                 msg = eff.msg  # type: ignore[union-attr]
                 if type(msg) is Heartbeat:  # rule 7: the voters hear it straight from us
                     core = self.core
                     out += [Send(addr, msg) for name, addr in core.voters.current.voters if name != core.name]
                 out += self._spread(msg, now)
+                if self.legacy:  # rule 10: on the PUB streams too
+                    out.append(eff)
                 continue
             out.append(eff)
             if t is MemberChanged:
@@ -341,6 +373,8 @@ class OverlayMesh:
         if refuted != self._refuted:  # rule 4: whoever took us for dead dropped us silently
             self._refuted = refuted
             out += self._view(self.views.rejoin(now), now)
+        if self._builds_dirty:  # rule 10: once for all the changes of one input
+            out += self._follow_builds(now)
         return out
 
     def _reaped(self, name: str) -> None:
@@ -356,21 +390,55 @@ class OverlayMesh:
         self._names[ch.addr] = ch.name
         if ch.new in _GONE:
             if ch.addr in self.legacy:  # rule 10: the overlay again, if it was the last
-                out += self._follow_builds(now)
+                self._builds_dirty = True
             out += self._view(self.views.peer_failed(now, ch.addr), now)
-        elif ch.addr in self.legacy or self.core.membership.announces(ch.name, OVERLAY_FEATURE) is False:
-            out += self._follow_builds(now)  # rule 10: no candidate; the full mesh's rules from now on
+        elif ch.addr in self.legacy or (speaks := self.core.membership.announces(ch.name, OVERLAY_FEATURE)) is False:
+            self._builds_dirty = True  # rule 10: no candidate, and the full mesh's rules
         elif ch.old in _GONE:
             out += self._view(self.views.revived(now, ch.addr), now)
         elif ch.old is None:
-            self.views.learn(now, ch.addr)
+            if speaks is None and not self.core.membership.shared:  # rule 10: a candidate once heard
+                self._unheard[ch.addr] = ch.name
+            else:
+                self.views.learn(now, ch.addr)
         if known != ch.name and ch.addr in self.views.neighbors():
             self._rescope()
 
+    def _join_views(self, contact: str, now: float) -> list[object]:
+        """Rule 10: join the views through ``contact`` once its build says it speaks the
+        overlay; through another member that does if it does not; else wait for the next
+        push-pull (a cluster of older members only: they will not answer)."""
+        membership = self.core.membership
+        name = self._names.get(contact) or self._known.get(contact)
+        if not membership.shared and (name is None or membership.announces(name, OVERLAY_FEATURE) is not True):
+            if self.views.active:
+                self._view_contact = None
+                return []
+            self._view_contact = contact
+            if name is None or membership.announces(name, OVERLAY_FEATURE) is None:
+                return []  # not heard yet: the push-pull's answer will say
+            speakers = sorted(a for a, n in self._names.items() if a != self.addr and a not in self.legacy
+                              and membership.status_of(n) in _LIVE and membership.announces(n, OVERLAY_FEATURE))
+            if not speakers:
+                return []
+            contact = self._rng.choice(speakers)
+        self._view_contact = None
+        return self._view(self.views.join(now, contact), now)
+
     def _follow_builds(self, now: float) -> list[object]:
-        """Rule 10: the full mesh's rules while a live member speaks no overlay."""
+        """Rule 10: the full mesh's rules while a live member speaks no overlay; members
+        whose build arrived become the views' candidates."""
         self._builds_at = now
-        legacy = {m.addr: m.name for m in self.core.membership.lacking(OVERLAY_FEATURE)}
+        self._builds_dirty = False
+        membership = self.core.membership
+        for addr, name in list(self._unheard.items()):
+            speaks = membership.announces(name, OVERLAY_FEATURE)
+            if speaks is None and membership.status_of(name) in _LIVE:
+                continue
+            del self._unheard[addr]
+            if speaks and membership.status_of(name) in _LIVE:
+                self.views.learn(now, addr)
+        legacy = {m.addr: m.name for m in membership.lacking(OVERLAY_FEATURE)}
         if legacy == self.legacy:
             return []
         before, self.legacy = self.legacy, legacy

@@ -223,6 +223,7 @@ class ControlPlane:
         self.gaps = HeartbeatGaps()
         self._join_watch = JoinWatch((), 0.0)
         self._last_view: ClusterView | None = None
+        self._legacy_seen: dict[str, str] = {}  # the overlay's old members, as last logged
 
     @property
     def placement_digest(self) -> str:
@@ -345,6 +346,25 @@ class ControlPlane:
         core = self.core
         return sorted(core.legacy.values()) if isinstance(core, OverlayMesh) else []
 
+    @property
+    def full_mesh(self) -> bool:
+        """Every member is probed and followed: no overlay here, or a member without it."""
+        return not self.overlay or bool(self.core.legacy)  # type: ignore[union-attr]
+
+    def _watch_legacy(self) -> None:
+        """Say when the cluster turns into a full mesh for an old member, and back (the
+        overlay replaces its map when it changes, so an identity check is enough)."""
+        legacy = self.core.legacy  # type: ignore[union-attr]
+        if legacy is self._legacy_seen:
+            return
+        before, self._legacy_seen = self._legacy_seen, legacy
+        if legacy:
+            log.event("overlay_full_mesh", logging.WARNING, members=",".join(sorted(legacy.values())),
+                      detail="live members that speak no overlay (an older release, or mesh.overlay = false): "
+                             "every node runs as a full mesh until they are gone")
+        elif before:
+            log.event("overlay_tree", detail="every live member speaks the overlay: broadcasts over the tree again")
+
     def follow_tree_data(self) -> bool:
         """Switch between the tree and every member's PUB stream for the data plane's
         broadcasts (SPEC 7.1, 1.16): the tree while ``data_rides_tree``, else the streams
@@ -384,6 +404,8 @@ class ControlPlane:
     def tick(self, now: float) -> None:
         assert self.core is not None
         self.apply(self.core.tick(now))
+        if self.overlay:
+            self._watch_legacy()
         news = self._join_watch.check(self.core.membership.pending_joins(), now)
         if news is not None:
             self._join_news(news)

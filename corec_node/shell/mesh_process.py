@@ -548,7 +548,7 @@ class MeshProcess:
         if not self.control.overlay or core is None or now - self._idle_links_at < IDLE_LINK_CHECK:
             return
         self._idle_links_at = now
-        if self.control.legacy_members:  # a full mesh meanwhile (overlay rule 10): every member probed
+        if self.control.full_mesh:  # meanwhile (overlay rule 10): every member is probed
             return
         keep = self.control.neighbors | {addr for _, addr in core.config.voters}
         closed = self.transport.close_idle(IDLE_LINK_AFTER, keep)

@@ -195,6 +195,28 @@ def test_graft_is_answered_from_the_cache_and_makes_the_link_eager() -> None:
     assert node.eager_peers == ("a",)
 
 
+def test_a_doubted_eager_peer_turns_every_lazy_link_eager_both_ways() -> None:
+    """Rule 8: a suspected neighbour that is eager for us may carry the tree; the lazy
+    peers become eager and are asked, by an empty Graft, to push to us in full. A lazy one
+    doubted changes nothing, and the duplicates that follow prune the links again."""
+    node = Plumtree("x")
+    for peer in ("a", "b", "c", "d"):
+        node.neighbor_up(0.0, peer)
+    node.handle(0.0, Prune("b"))
+    node.handle(0.0, Prune("c"))
+    assert node.doubt(0.1, "b") == []  # lazy: the tree does not run through it
+    out = node.doubt(0.1, "a")
+    assert out == [TreeSend("b", Graft("x", ())), TreeSend("c", Graft("x", ()))]
+    assert set(node.eager_peers) == {"a", "b", "c", "d"} and node.lazy_peers == ()
+    other = Plumtree("b")  # the empty Graft's receiver pushes to x from now on
+    other.neighbor_up(0.0, "x")
+    other.handle(0.0, Prune("x"))
+    assert other.handle(0.1, Graft("x", ())) == [] and other.eager_peers == ("x",)
+    node.handle(0.2, Gossip("d", ("o", 1), b"p", 1))
+    assert node.handle(0.2, Gossip("b", ("o", 1), b"p", 2)) == [TreeSend("b", Prune("x"))]
+    assert node.lazy_peers == ("b",)
+
+
 def test_hop_bound_stops_forwarding() -> None:
     node = Plumtree("x", PlumtreeConfig(max_hops=3))
     node.neighbor_up(0.0, "a")

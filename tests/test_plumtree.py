@@ -185,6 +185,20 @@ def test_missing_message_grafts_announcers_in_turn() -> None:
     assert node.next_deadline() is None
 
 
+def test_grafts_go_round_the_announcers_again_up_to_max_grafts() -> None:
+    """Rule 4: a graft or its answer lost on a lossy link; the announcers are asked again
+    in turn, and after max_grafts the id is given up (a new IHave starts over)."""
+    node = Plumtree("x", PlumtreeConfig(missing_timeout=0.5, graft_timeout=0.25, max_grafts=3))
+    for peer in ("a", "b"):
+        node.neighbor_up(0.0, peer)
+        node.handle(0.0, Prune(peer))
+    node.handle(0.0, IHave("a", ((("o", 1), 3),)))
+    node.handle(0.0, IHave("b", ((("o", 1), 2),)))
+    asked = [e.to for t in (0.5, 0.75, 1.0, 1.25, 1.5) for e in node.on_timer(t)]
+    assert asked == ["a", "b", "a"]
+    assert node.next_deadline() is None
+
+
 def test_graft_is_answered_from_the_cache_and_makes_the_link_eager() -> None:
     node = Plumtree("x")
     node.neighbor_up(0.0, "a")

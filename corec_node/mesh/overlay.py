@@ -300,9 +300,8 @@ class OverlayMesh:
         return out
 
     def next_deadline(self, now: float) -> float:
-        due = self.core.next_deadline(now)
-        builds = None if self.core.membership.shared else self._builds_at + BUILD_CHECK
-        for other in (self.views.next_deadline(), self.tree.next_deadline(), self._announce_at, builds):
+        due = self.core.next_deadline(now)  # rule 10's look rides the probes' ticks: no wake of its own
+        for other in (self.views.next_deadline(), self.tree.next_deadline(), self._announce_at):
             if other is not None:
                 due = min(due, other)
         return max(now, due)

@@ -35,7 +35,8 @@ Rule 3. Ids are remembered in a bounded seen set (``RecentIds``: until ``seen_tt
 
 Rule 4. ``IHave`` for an unknown id starts a timer of ``missing_timeout``; if the message
     has not come when it fires, the first announcer is moved to eager and sent ``Graft``,
-    and the next announcer is tried ``graft_timeout`` later, until one delivers.
+    and the next announcer is tried ``graft_timeout`` later, round after round, until one
+    delivers or ``max_grafts`` were sent.
 
 Rule 5. ``Graft`` makes the sender eager and is answered with the cached messages it
     names. Lazy announcements are batched per peer and flushed 0.5-1.5 ``ihave_interval``
@@ -106,6 +107,10 @@ class PlumtreeConfig:
     missing_timeout: float = 0.5
     # Next announcer if the grafted one did not deliver.
     graft_timeout: float = 0.25
+    # Grafts for one id before giving up, the announcers asked in turn and again: on a
+    # lossy link a graft or its answer can be lost twice in a row (at 5 % loss and two
+    # announcers that lost a broadcast for good in one simulated run of a few hundred).
+    max_grafts: int = 6
     # Seen ids: 64 Ki ids over 2 minutes; at 1 broadcast/s per origin that covers hundreds
     # of origins, and a copy can outlive neither bound within max_hops.
     seen_size: int = 65_536
@@ -123,8 +128,8 @@ class PlumtreeConfig:
         for name in timers:
             if getattr(self, name) <= 0:
                 raise ValueError(f"PlumtreeConfig.{name} must be > 0")
-        if min(self.seen_size, self.cache_size, self.max_ihave_ids) < 1:
-            raise ValueError("PlumtreeConfig: seen_size, cache_size, max_ihave_ids must be >= 1")
+        if min(self.seen_size, self.cache_size, self.max_ihave_ids, self.max_grafts) < 1:
+            raise ValueError("PlumtreeConfig: seen_size, cache_size, max_ihave_ids, max_grafts must be >= 1")
 
 
 PlumtreeMessage = Gossip | IHave | Graft | Prune  # peer to peer: wire/overlay_messages.py
@@ -186,11 +191,12 @@ class RecentIds:
 class _Missing:
     """An id announced but not received: who announced it, and when to graft next."""
 
-    __slots__ = ("announcers", "deadline")
+    __slots__ = ("announcers", "deadline", "grafts")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.announcers: list[tuple[str, int]] = []
+        self.grafts = 0
 
 
 class Plumtree:
@@ -416,10 +422,13 @@ class Plumtree:
             missing = self._missing.get(msg_id)
             if missing is None or missing.deadline != deadline:
                 continue
-            if not missing.announcers:
+            if not missing.announcers or missing.grafts >= cfg.max_grafts:
                 del self._missing[msg_id]  # nobody left to ask; a new IHave starts over
                 continue
-            peer, _hops = missing.announcers.pop(0)
+            announcer = missing.announcers.pop(0)
+            missing.announcers.append(announcer)  # asked again in its turn (a lost graft or answer)
+            missing.grafts += 1
+            peer = announcer[0]
             if peer in self._lazy:
                 del self._lazy[peer]
                 self._eager[peer] = None

@@ -278,7 +278,8 @@ def test_a_node_that_hears_no_leader_rewires():
     hears no leader for ISLAND_AFTER asks a passive peer with high priority, whatever rule
     9's chance, and again every ISLAND_AFTER."""
     core = MeshCore("a", "h:1", "h:2", MembershipConfig.lan(), ElectionConfig.lan(), random.Random(3), 0.0)
-    node = OverlayMesh(core, "h:1", OverlayConfig(), random.Random(4), 0.0)
+    views = HyParViewConfig(rewire_chance=0.0)  # rule 8 alone, not hyparview rule 9's chance at a shuffle
+    node = OverlayMesh(core, "h:1", OverlayConfig(views=views), random.Random(4), 0.0)
     node.start([MemberState(f"n{i}", f"h:{10 + i}", f"h:{50 + i}", 0, MemberStatus.ALIVE, version="x",
                             protocol="1.16", features=("overlay",)) for i in range(12)], [], 0.0)
     for i in range(CAP):  # a full active view: no fill asks anyone

@@ -185,20 +185,6 @@ def test_missing_message_grafts_announcers_in_turn() -> None:
     assert node.next_deadline() is None
 
 
-def test_grafts_go_round_the_announcers_again_up_to_max_grafts() -> None:
-    """Rule 4: a graft or its answer lost on a lossy link; the announcers are asked again
-    in turn, and after max_grafts the id is given up (a new IHave starts over)."""
-    node = Plumtree("x", PlumtreeConfig(missing_timeout=0.5, graft_timeout=0.25, max_grafts=3))
-    for peer in ("a", "b"):
-        node.neighbor_up(0.0, peer)
-        node.handle(0.0, Prune(peer))
-    node.handle(0.0, IHave("a", ((("o", 1), 3),)))
-    node.handle(0.0, IHave("b", ((("o", 1), 2),)))
-    asked = [e.to for t in (0.5, 0.75, 1.0, 1.25, 1.5) for e in node.on_timer(t)]
-    assert asked == ["a", "b", "a"]
-    assert node.next_deadline() is None
-
-
 def test_graft_is_answered_from_the_cache_and_makes_the_link_eager() -> None:
     node = Plumtree("x")
     node.neighbor_up(0.0, "a")
@@ -207,28 +193,6 @@ def test_graft_is_answered_from_the_cache_and_makes_the_link_eager() -> None:
     out = node.handle(0.2, Graft("a", (msg_id, ("o", 99))))
     assert out == [TreeSend("a", Gossip("x", msg_id, b"p", 1))]
     assert node.eager_peers == ("a",)
-
-
-def test_a_doubted_eager_peer_turns_every_lazy_link_eager_both_ways() -> None:
-    """Rule 8: a suspected neighbour that is eager for us may carry the tree; the lazy
-    peers become eager and are asked, by an empty Graft, to push to us in full. A lazy one
-    doubted changes nothing, and the duplicates that follow prune the links again."""
-    node = Plumtree("x")
-    for peer in ("a", "b", "c", "d"):
-        node.neighbor_up(0.0, peer)
-    node.handle(0.0, Prune("b"))
-    node.handle(0.0, Prune("c"))
-    assert node.doubt(0.1, "b") == []  # lazy: the tree does not run through it
-    out = node.doubt(0.1, "a")
-    assert out == [TreeSend("b", Graft("x", ())), TreeSend("c", Graft("x", ()))]
-    assert set(node.eager_peers) == {"a", "b", "c", "d"} and node.lazy_peers == ()
-    other = Plumtree("b")  # the empty Graft's receiver pushes to x from now on
-    other.neighbor_up(0.0, "x")
-    other.handle(0.0, Prune("x"))
-    assert other.handle(0.1, Graft("x", ())) == [] and other.eager_peers == ("x",)
-    node.handle(0.2, Gossip("d", ("o", 1), b"p", 1))
-    assert node.handle(0.2, Gossip("b", ("o", 1), b"p", 2)) == [TreeSend("b", Prune("x"))]
-    assert node.lazy_peers == ("b",)
 
 
 def test_hop_bound_stops_forwarding() -> None:

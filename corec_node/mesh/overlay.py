@@ -35,9 +35,7 @@ Rule 3. Probing within the overlay: the core's membership probes, and asks relay
     member is watched by the few nodes linked to it; their suspicions reach everyone by
     the tree, and each node's own suspicion timer runs as before (membership rule 8).
 
-Rule 4. Verdicts repair the views: a suspected member is doubted by the tree (plumtree
-    rule 8: its lazy links turn eager, so the news of the failure does not wait for a
-    graft); a member turning DEAD or LEFT is ``peer_failed``
+Rule 4. Verdicts repair the views: a member turning DEAD or LEFT is ``peer_failed``
     (dropped from both views, a passive peer asked in its place). Every member the core
     learns of is a passive candidate (``HyParView.learn``), so a node whose contact is gone
     still finds the overlay. A peer that took a member for dead dropped it without a word,
@@ -300,8 +298,9 @@ class OverlayMesh:
         return out
 
     def next_deadline(self, now: float) -> float:
-        due = self.core.next_deadline(now)  # rule 10's look rides the probes' ticks: no wake of its own
-        for other in (self.views.next_deadline(), self.tree.next_deadline(), self._announce_at):
+        due = self.core.next_deadline(now)
+        builds = None if self.core.membership.shared else self._builds_at + BUILD_CHECK
+        for other in (self.views.next_deadline(), self.tree.next_deadline(), self._announce_at, builds):
             if other is not None:
                 due = min(due, other)
         return max(now, due)
@@ -389,8 +388,6 @@ class OverlayMesh:
             return
         known = self._names.get(ch.addr)
         self._names[ch.addr] = ch.name
-        if ch.new == MemberStatus.SUSPECT:  # plumtree rule 8: the tree may run through it
-            out += self._tree(self.tree.doubt(now, ch.addr), now)
         if ch.new in _GONE:
             if ch.addr in self.legacy:  # rule 10: the overlay again, if it was the last
                 self._builds_dirty = True

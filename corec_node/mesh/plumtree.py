@@ -35,8 +35,7 @@ Rule 3. Ids are remembered in a bounded seen set (``RecentIds``: until ``seen_tt
 
 Rule 4. ``IHave`` for an unknown id starts a timer of ``missing_timeout``; if the message
     has not come when it fires, the first announcer is moved to eager and sent ``Graft``,
-    and the next announcer is tried ``graft_timeout`` later, round after round, until one
-    delivers or ``max_grafts`` were sent.
+    and the next announcer is tried ``graft_timeout`` later, until one delivers.
 
 Rule 5. ``Graft`` makes the sender eager and is answered with the cached messages it
     names. Lazy announcements are batched per peer and flushed 0.5-1.5 ``ihave_interval``
@@ -52,15 +51,6 @@ Rule 7. A payload the caller calls periodic (``periodic``: its next copy says mo
     but is not announced to lazy ones, nor cached for grafts: a lost copy is made good by
     the next, and the announcements of the other broadcasts keep the tree repaired. Lazy links otherwise
     carry one IHAVE a broadcast, which for a cluster's rows is most of what they carry.
-
-Rule 8. Doubt (our addition). When the caller suspects a neighbour that is eager for us
-    (``doubt``: its failure detector's suspicion, long before the views drop it), the tree
-    may run through it: every lazy peer becomes eager, and is sent an empty ``Graft`` so
-    that it pushes to us in full too. The news of that very failure then goes direct,
-    not over a cut branch and a ``missing_timeout`` later by graft; the duplicates that
-    follow prune the extra links back to lazy (rule 2). Without it a cluster of five lost
-    half a second on one kill in two: a survivor's suspicion timer ran without the
-    others' confirmations.
 """
 
 from __future__ import annotations
@@ -107,10 +97,6 @@ class PlumtreeConfig:
     missing_timeout: float = 0.5
     # Next announcer if the grafted one did not deliver.
     graft_timeout: float = 0.25
-    # Grafts for one id before giving up, the announcers asked in turn and again: on a
-    # lossy link a graft or its answer can be lost twice in a row (at 5 % loss and two
-    # announcers that lost a broadcast for good in one simulated run of a few hundred).
-    max_grafts: int = 6
     # Seen ids: 64 Ki ids over 2 minutes; at 1 broadcast/s per origin that covers hundreds
     # of origins, and a copy can outlive neither bound within max_hops.
     seen_size: int = 65_536
@@ -128,8 +114,8 @@ class PlumtreeConfig:
         for name in timers:
             if getattr(self, name) <= 0:
                 raise ValueError(f"PlumtreeConfig.{name} must be > 0")
-        if min(self.seen_size, self.cache_size, self.max_ihave_ids, self.max_grafts) < 1:
-            raise ValueError("PlumtreeConfig: seen_size, cache_size, max_ihave_ids, max_grafts must be >= 1")
+        if min(self.seen_size, self.cache_size, self.max_ihave_ids) < 1:
+            raise ValueError("PlumtreeConfig: seen_size, cache_size, max_ihave_ids must be >= 1")
 
 
 PlumtreeMessage = Gossip | IHave | Graft | Prune  # peer to peer: wire/overlay_messages.py
@@ -191,12 +177,11 @@ class RecentIds:
 class _Missing:
     """An id announced but not received: who announced it, and when to graft next."""
 
-    __slots__ = ("announcers", "deadline", "grafts")
+    __slots__ = ("announcers", "deadline")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.announcers: list[tuple[str, int]] = []
-        self.grafts = 0
 
 
 class Plumtree:
@@ -273,17 +258,6 @@ class Plumtree:
             if missing.announcers:
                 missing.announcers = [a for a in missing.announcers if a[0] != peer]
         return []
-
-    def doubt(self, now: float, peer: str) -> list[PlumtreeEffect]:
-        """Rule 8: ``peer`` may have failed; if it is eager, every lazy link becomes eager."""
-        if peer not in self._eager or not self._lazy:
-            return []
-        out: list[PlumtreeEffect] = []
-        for lazy in list(self._lazy):
-            del self._lazy[lazy]
-            self._eager[lazy] = None
-            out.append(TreeSend(lazy, Graft(self._me, ())))
-        return out
 
     # -- broadcasting (rule 2) ----------------------------------------------------------
 
@@ -422,13 +396,10 @@ class Plumtree:
             missing = self._missing.get(msg_id)
             if missing is None or missing.deadline != deadline:
                 continue
-            if not missing.announcers or missing.grafts >= cfg.max_grafts:
+            if not missing.announcers:
                 del self._missing[msg_id]  # nobody left to ask; a new IHave starts over
                 continue
-            announcer = missing.announcers.pop(0)
-            missing.announcers.append(announcer)  # asked again in its turn (a lost graft or answer)
-            missing.grafts += 1
-            peer = announcer[0]
+            peer, _hops = missing.announcers.pop(0)
             if peer in self._lazy:
                 del self._lazy[peer]
                 self._eager[peer] = None

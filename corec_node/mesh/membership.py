@@ -391,11 +391,9 @@ class Membership:
         return feature in m.build[2] if m is not None and m.build[1] else None
 
     def lacking(self, feature: str) -> list[Member]:
-        """Live members, not this node, whose build we heard and which do not announce
-        ``feature`` (a member not heard from yet is not taken for an old one). O(members)."""
-        me = self.name
-        return [m for m in self._members.values()
-                if m.status in LIVE and m.build[1] and feature not in m.build[2] and m.name != me]
+        """Live members but us whose heard build lacks ``feature`` (unheard: not old). O(members)."""
+        return [m for m in self._members.values() if m.status in LIVE and m.build[1]
+                and feature not in m.build[2] and m.name != self.name]
 
     def join(self, addrs: Iterable[str], now: float) -> list[Effect]:
         """Push our state (``StatePush(join=True)``) to each "host:port"; retried until answered."""
